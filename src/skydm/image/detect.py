@@ -12,7 +12,7 @@ from astropy.table import Table
 from skydm.errors import BadValueError, UserError
 from skydm.image.exposure import Exposure
 from skydm.image.mask import UNUSABLE, Mask
-from skydm.image.psf import PixelPsf, Psf
+from skydm.image.psf import GaussianPsf, PixelPsf, Psf
 
 
 def _native(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -48,6 +48,26 @@ def subtract_background(exposure: Exposure, *, box: int = 64) -> np.ndarray:
     return back
 
 
+def matched_filter_snr(image: np.ndarray, variance: np.ndarray, psf: Psf) -> np.ndarray:
+    """Signal-to-noise map of a point source at every pixel (the PSF-matched filter).
+
+    ``S/N = (I/V * P) / sqrt((1/V) * P^2)`` with ``*`` the correlation with
+    the PSF ``P``; pixels with infinite variance carry no weight.  On pure
+    noise with a correct variance plane the map has unit variance.
+    """
+    from scipy.signal import fftconvolve
+
+    kernel = psf.kernel(size=min(psf.default_size(), 31))
+    flipped = kernel[::-1, ::-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(np.isfinite(variance) & (variance > 0), 1.0 / variance, 0.0)
+    num = fftconvolve(np.where(inv > 0, image, 0.0) * inv, flipped, mode="same")
+    den = fftconvolve(inv, flipped**2, mode="same")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(den > 1e-30, num / np.sqrt(np.clip(den, 1e-30, None)), 0.0)
+    return np.ascontiguousarray(snr, dtype=np.float64)
+
+
 def detect_sources(
     exposure: Exposure,
     *,
@@ -58,6 +78,10 @@ def detect_sources(
     set_mask: bool = True,
 ) -> Table:
     """Detect and measure sources above ``threshold`` sigma of the variance plane.
+
+    Detection thresholds the PSF-matched-filter S/N map (:func:`matched_filter_snr`,
+    with the exposure's PSF or a 3-pixel Gaussian when it has none); positions
+    and aperture fluxes are measured on the background-subtracted image.
 
     Returns
     -------
@@ -79,26 +103,38 @@ def detect_sources(
     if subtract_bkg:
         back, _ = estimate_background(exposure)
         img = img - np.where(bad, 0.0, back)
-    kernel = None
-    if exposure.psf is not None:
-        kernel = exposure.psf.kernel(size=min(exposure.psf.default_size(), 15))
+    psf = exposure.psf if exposure.psf is not None else GaussianPsf.from_fwhm(3.0)
+    snr = matched_filter_snr(img, var, psf)
     sep.set_extract_pixstack(max(300000, img.size))
     sep.set_sub_object_limit(4096)
+    # The S/N map already is the PSF-matched filter, so it is thresholded with
+    # unit noise and no further filtering.
     objs, segmap = sep.extract(
-        img,
+        snr,
         threshold,
-        var=var,
+        err=np.ones_like(snr),
         mask=bad,
         minarea=min_area,
-        filter_kernel=kernel,
+        filter_kernel=None,
         deblend_cont=0.005 if deblend else 1.0,
         segmentation_map=True,
     )
-    radius = 2.0 * exposure.psf.fwhm if exposure.psf is not None else 6.0
-    flux, ferr, fflag = sep.sum_circle(img, objs["x"], objs["y"], radius, var=var, mask=bad)
+    # Barycentres of thresholded pixels of the smoothed map are noisy for faint
+    # sources; windowed centroids on the image itself (SExtractor's XWIN) are not.
+    sig = np.full(len(objs), psf.fwhm / 2.3548)
+    xwin, ywin, wflag = sep.winpos(img, objs["x"], objs["y"], sig, mask=bad)
+    moved = (
+        (wflag != 0)
+        | ~np.isfinite(xwin)
+        | (np.hypot(xwin - objs["x"], ywin - objs["y"]) > psf.fwhm)
+    )
+    x = np.where(moved, objs["x"], xwin).astype(np.float64)
+    y = np.where(moved, objs["y"], ywin).astype(np.float64)
+    radius = 2.0 * psf.fwhm if exposure.psf is not None else 6.0
+    flux, ferr, fflag = sep.sum_circle(img, x, y, radius, var=var, mask=bad)
     table = Table()
-    table["x"] = np.asarray(objs["x"], dtype=np.float64)
-    table["y"] = np.asarray(objs["y"], dtype=np.float64)
+    table["x"] = x
+    table["y"] = y
     table["flux"] = flux
     table["flux_err"] = ferr
     table["peak"] = objs["peak"]

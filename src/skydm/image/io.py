@@ -55,9 +55,9 @@ def open_fits(path: str | Path) -> fits.HDUList:
 def first_image_hdu(hdul: fits.HDUList, path: object) -> int:
     """Index of the first HDU holding a 2-d image, or a :class:`BadFileError`."""
     for i, h in enumerate(hdul):
-        if isinstance(h, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU):
-            if h.data is not None and np.ndim(h.data) == 2:
-                return i
+        is_image = isinstance(h, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU)
+        if is_image and h.data is not None and np.ndim(h.data) == 2:
+            return i
     raise BadFileError(path, "holds no 2-d image in any HDU; give a FITS image")
 
 

@@ -108,7 +108,7 @@ class GaussianPsf(Psf):
         return cls(fwhm / GAUSS_FWHM)
 
     @property
-    def fwhm(self) -> float:  # noqa: D102
+    def fwhm(self) -> float:
         return self.sigma * GAUSS_FWHM
 
     def _render(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ class DoubleGaussianPsf(Psf):
         self.sigma1, self.sigma2, self.frac = float(sigma1), float(sigma2), float(frac)
 
     @property
-    def fwhm(self) -> float:  # noqa: D102
+    def fwhm(self) -> float:
         # The half-maximum radius of the sum, found by bisection on the profile.
         def prof(r: float) -> float:
             a = (1 - self.frac) / self.sigma1**2 * math.exp(-0.5 * r**2 / self.sigma1**2)
@@ -145,7 +145,7 @@ class DoubleGaussianPsf(Psf):
             lo, hi = (mid, hi) if prof(mid) > half else (lo, mid)
         return 2 * lo
 
-    def default_size(self) -> int:  # noqa: D102
+    def default_size(self) -> int:
         return int(2 * math.ceil(4 * self.sigma2) + 1) | 1
 
     def _render(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -172,10 +172,10 @@ class MoffatPsf(Psf):
         self.alpha = self._fwhm / (2 * math.sqrt(2 ** (1 / self.beta) - 1))
 
     @property
-    def fwhm(self) -> float:  # noqa: D102
+    def fwhm(self) -> float:
         return self._fwhm
 
-    def default_size(self) -> int:  # noqa: D102
+    def default_size(self) -> int:
         return int(2 * math.ceil(3.5 * self._fwhm) + 1) | 1
 
     def _render(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -203,10 +203,10 @@ class PixelPsf(Psf):
         self._fwhm = _measure_fwhm(self.image)
 
     @property
-    def fwhm(self) -> float:  # noqa: D102
+    def fwhm(self) -> float:
         return self._fwhm
 
-    def default_size(self) -> int:  # noqa: D102
+    def default_size(self) -> int:
         return int(self.image.shape[0])
 
     def kernel(self, size: int | None = None, dx: float = 0.0, dy: float = 0.0) -> np.ndarray:

@@ -7,6 +7,24 @@ from dataclasses import asdict, dataclass, fields
 
 from astropy.io import fits
 
+# FITS keywords of the Exposure primary header (8 characters at most).
+_KEYS = {
+    "instrument": "INSTRUME",
+    "detector": "DETNUM",
+    "visit": "VISIT",
+    "band": "BAND",
+    "mjd": "MJD-OBS",
+    "exptime": "EXPTIME",
+    "airmass": "AIRMASS",
+    "seeing": "SEEING",
+    "gain": "GAIN",
+    "read_noise": "RDNOISE",
+    "saturation": "SATURATE",
+    "sky": "SKYLEVEL",
+    "ra": "RA",
+    "dec": "DEC",
+}
+
 
 @dataclass
 class VisitInfo:
@@ -45,37 +63,19 @@ class VisitInfo:
     ra: float = math.nan
     dec: float = math.nan
 
-    # FITS keywords of the Exposure primary header (8 characters at most).
-    _KEYS = {
-        "instrument": "INSTRUME",
-        "detector": "DETNUM",
-        "visit": "VISIT",
-        "band": "BAND",
-        "mjd": "MJD-OBS",
-        "exptime": "EXPTIME",
-        "airmass": "AIRMASS",
-        "seeing": "SEEING",
-        "gain": "GAIN",
-        "read_noise": "RDNOISE",
-        "saturation": "SATURATE",
-        "sky": "SKYLEVEL",
-        "ra": "RA",
-        "dec": "DEC",
-    }
-
     def to_header(self, header: fits.Header) -> None:
         """Write every field into ``header``; NaN values are left out."""
         for name, value in asdict(self).items():
             if isinstance(value, float) and math.isnan(value):
                 continue
-            header[self._KEYS[name]] = value
+            header[_KEYS[name]] = value
 
     @classmethod
     def from_header(cls, header: fits.Header) -> VisitInfo:
         """Read the fields written by :meth:`to_header`; others keep defaults."""
         values: dict[str, object] = {}
         for f in fields(cls):
-            key = cls._KEYS[f.name]
+            key = _KEYS[f.name]
             if key not in header:
                 continue
             raw = header[key]
