@@ -17,8 +17,9 @@ class Progress:
     the CLI creates one that prints, tests pass ``None`` or a quiet one.
     """
 
-    def __init__(self, desc: str, total: int | None = None, *, quiet: bool = False,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, desc: str, total: int | None = None, *, quiet: bool = False, interval: float = 0.5
+    ) -> None:
         self.desc, self.total, self.quiet, self.interval = desc, total, quiet, interval
         self.done = 0
         self._start = time.monotonic()
@@ -35,12 +36,17 @@ class Progress:
         of = f"/{self.total}" if self.total is not None else ""
         tail = f" {note}" if note else ""
         end = "\n" if finished or not sys.stderr.isatty() else "\r"
-        print(f"{self.desc}: {self.done}{of} ({now - self._start:.1f} s){tail}", end=end,
-              file=sys.stderr, flush=True)
+        print(
+            f"{self.desc}: {self.done}{of} ({now - self._start:.1f} s){tail}",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, *,
-             quiet: bool = False) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, *, quiet: bool = False
+) -> Iterator[T]:
     """Iterate over ``items`` while reporting progress."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
