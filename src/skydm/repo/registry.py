@@ -1,0 +1,279 @@
+"""The dataset registry: which datasets exist and where their files are.
+
+:class:`Registry` is the abstract interface; :class:`SqlRegistry` implements
+it with SQLAlchemy Core on any database SQLAlchemy speaks to.  It is tested
+on an SQLite file (the default, no set-up) and on PostgreSQL (when one machine
+is not enough, or many writers share a repository) by one contract suite.
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from skydm.errors import ConflictError
+from skydm.repo.dataid import DataId, DatasetRef, check_dataset_type
+
+# An empty string stands for "no sky cell" in the table: SQL treats NULLs as
+# distinct in unique constraints, which would let a visit dataset be
+# registered twice.
+_NO_SKYCELL = ""
+
+metadata = sa.MetaData()
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dataset_type", sa.String(64), nullable=False),
+    sa.Column("instrument", sa.String(64), nullable=False),
+    sa.Column("detector", sa.Integer, nullable=False),
+    sa.Column("visit", sa.BigInteger, nullable=False),
+    sa.Column("band", sa.String(64), nullable=False),
+    sa.Column("skycell", sa.String(64), nullable=False, server_default=_NO_SKYCELL),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.UniqueConstraint(
+        "dataset_type", "instrument", "detector", "visit", "band", "skycell", name="uq_data_id"
+    ),
+    sa.Index("ix_datasets_type_visit", "dataset_type", "instrument", "visit"),
+    sa.Index("ix_datasets_path", "path"),
+)
+
+
+class Registry(abc.ABC):
+    """Where datasets are recorded.  Paths are stored relative to the repository root."""
+
+    @abc.abstractmethod
+    def insert(self, ref: DatasetRef) -> DatasetRef:
+        """Register a new dataset.
+
+        Raises
+        ------
+        ConflictError
+            When a dataset of that type and data ID is already registered.
+        """
+
+    @abc.abstractmethod
+    def replace(self, ref: DatasetRef) -> DatasetRef | None:
+        """Register ``ref``, replacing any dataset of the same type and data ID.
+
+        Returns the replaced reference, or ``None`` if there was none.  The
+        read of the old row and the write of the new one are one transaction.
+        """
+
+    @abc.abstractmethod
+    def find(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
+        """The dataset of that type and data ID, or ``None``."""
+
+    @abc.abstractmethod
+    def query(
+        self,
+        *,
+        dataset_type: str | None = None,
+        instrument: str | None = None,
+        band: str | None = None,
+        visit: int | None = None,
+        detector: int | None = None,
+        skycell: str | None = None,
+    ) -> list[DatasetRef]:
+        """Datasets matching every given constraint, ordered by type and data ID."""
+
+    @abc.abstractmethod
+    def remove(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
+        """Unregister a dataset; returns what was removed, or ``None``."""
+
+    @abc.abstractmethod
+    def paths(self) -> set[str]:
+        """Every registered path (relative, POSIX form)."""
+
+    def close(self) -> None:  # noqa: B027 (optional hook: nothing to release by default)
+        """Release connections."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlRegistry(Registry):
+    """A :class:`Registry` in any SQLAlchemy database (SQLite file or PostgreSQL).
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:////path/registry.sqlite3`` or
+        ``postgresql+psycopg://user@host/db``.  The table is created if it
+        does not exist.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"future": True}
+        if url.startswith("sqlite"):
+            # Several processes (ingest beside a service) may share the file:
+            # wait for a lock rather than fail at once.
+            kwargs["connect_args"] = {"timeout": 60}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def __repr__(self) -> str:
+        return f"SqlRegistry({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    # -- helpers -----------------------------------------------------------
+    @staticmethod
+    def _where(dataset_type: str, data_id: DataId) -> sa.ColumnElement[bool]:
+        c = datasets.c
+        return sa.and_(
+            c.dataset_type == dataset_type,
+            c.instrument == data_id.instrument,
+            c.detector == data_id.detector,
+            c.visit == data_id.visit,
+            c.band == data_id.band,
+            c.skycell == (data_id.skycell if data_id.skycell is not None else _NO_SKYCELL),
+        )
+
+    @staticmethod
+    def _row_values(ref: DatasetRef) -> dict[str, Any]:
+        check_dataset_type(ref.dataset_type)
+        d = ref.data_id
+        return {
+            "dataset_type": ref.dataset_type,
+            "instrument": d.instrument,
+            "detector": d.detector,
+            "visit": d.visit,
+            "band": d.band,
+            "skycell": d.skycell if d.skycell is not None else _NO_SKYCELL,
+            "path": Path(ref.path).as_posix(),
+            "checksum": ref.checksum,
+            "size": int(ref.size),
+            "created": ref.created or _utcnow(),
+            "meta": dict(ref.meta),
+        }
+
+    @staticmethod
+    def _to_ref(row: sa.Row[Any]) -> DatasetRef:
+        created = row.created
+        if created is not None and created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)  # SQLite drops the zone; we store UTC
+        return DatasetRef(
+            dataset_type=row.dataset_type,
+            data_id=DataId(
+                instrument=row.instrument,
+                detector=row.detector,
+                visit=row.visit,
+                band=row.band,
+                skycell=row.skycell or None,
+            ),
+            path=Path(row.path),
+            checksum=row.checksum,
+            size=int(row.size),
+            created=created,
+            meta=dict(row.meta or {}),
+        )
+
+    # -- interface -----------------------------------------------------------
+    def insert(self, ref: DatasetRef) -> DatasetRef:
+        values = self._row_values(ref)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(datasets.insert().values(**values))
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"a {ref.dataset_type!r} dataset with data ID {ref.data_id} is already "
+                "registered; pass replace=True (--replace) to replace it"
+            ) from exc
+        return self._with(ref, values)
+
+    def replace(self, ref: DatasetRef) -> DatasetRef | None:
+        values = self._row_values(ref)
+        where = self._where(ref.dataset_type, ref.data_id)
+        with self.engine.begin() as conn:
+            # SELECT ... FOR UPDATE serialises concurrent replacements on
+            # PostgreSQL; SQLite holds a database lock for the transaction.
+            old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
+            if old is None:
+                conn.execute(datasets.insert().values(**values))
+            else:
+                conn.execute(datasets.update().where(datasets.c.id == old.id).values(**values))
+        return self._to_ref(old) if old is not None else None
+
+    @staticmethod
+    def _with(ref: DatasetRef, values: dict[str, Any]) -> DatasetRef:
+        return DatasetRef(
+            ref.dataset_type,
+            ref.data_id,
+            ref.path,
+            ref.checksum,
+            ref.size,
+            values["created"],
+            ref.meta,
+        )
+
+    def find(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(datasets).where(self._where(dataset_type, data_id))
+            ).first()
+        return self._to_ref(row) if row is not None else None
+
+    def query(
+        self,
+        *,
+        dataset_type: str | None = None,
+        instrument: str | None = None,
+        band: str | None = None,
+        visit: int | None = None,
+        detector: int | None = None,
+        skycell: str | None = None,
+    ) -> list[DatasetRef]:
+        c = datasets.c
+        stmt = sa.select(datasets)
+        for column, value in (
+            (c.dataset_type, dataset_type),
+            (c.instrument, instrument),
+            (c.band, band),
+            (c.visit, visit),
+            (c.detector, detector),
+            (c.skycell, skycell),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        stmt = stmt.order_by(c.dataset_type, c.instrument, c.band, c.skycell, c.visit, c.detector)
+        with self.engine.connect() as conn:
+            return [self._to_ref(row) for row in conn.execute(stmt)]
+
+    def remove(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
+        where = self._where(dataset_type, data_id)
+        with self.engine.begin() as conn:
+            old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
+            if old is not None:
+                conn.execute(datasets.delete().where(datasets.c.id == old.id))
+        return self._to_ref(old) if old is not None else None
+
+    def paths(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {row.path for row in conn.execute(sa.select(datasets.c.path))}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers (verify, a service) run beside one writer (ingest);
+    # synchronous=FULL makes a committed registration survive a power cut.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
