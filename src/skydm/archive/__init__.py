@@ -1,1 +1,45 @@
-"""skydm.archive."""
+"""The raw archive: ingest raw FITS losslessly compressed, with header translation.
+
+>>> from skydm.repo import Repository
+>>> from skydm.archive import ingest_files, restore
+>>> repo = Repository.open("skydm-repo")                          # doctest: +SKIP
+>>> report = ingest_files(repo, ["raw1.fits", "raw2.fits"])       # doctest: +SKIP
+>>> report.ok, report.ratio                                       # doctest: +SKIP
+>>> hdul = restore(repo, report.results[0].data_id)               # doctest: +SKIP
+
+See ``docs/archive.md``.
+"""
+
+from skydm.archive.container import check_lossless, codec_for, encode, restore_bytes
+from skydm.archive.ingest import FileResult, IngestReport, ingest_file, ingest_files
+from skydm.archive.instruments import (
+    INSTRUMENTS,
+    Generic,
+    InstrumentDefinition,
+    SkySim,
+    Translation,
+    get_instrument,
+    instrument_for,
+)
+from skydm.archive.restore import restore, restore_raw_bytes, restore_to
+
+__all__ = [
+    "INSTRUMENTS",
+    "FileResult",
+    "Generic",
+    "IngestReport",
+    "InstrumentDefinition",
+    "SkySim",
+    "Translation",
+    "check_lossless",
+    "codec_for",
+    "encode",
+    "get_instrument",
+    "ingest_file",
+    "ingest_files",
+    "instrument_for",
+    "restore",
+    "restore_bytes",
+    "restore_raw_bytes",
+    "restore_to",
+]
