@@ -1,0 +1,253 @@
+"""Getting a science/template pair ready to difference.
+
+Each input is copied into ``float32`` planes, its noise model is settled
+(header gain, an override, or the documented empirical fallback), saturated
+pixels are masked, its PSF is found (given or measured) and the template is
+resampled onto the science image's pixel grid when the two differ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from skydm.errors import BadValueError, UserError
+from skydm.image import Exposure, Mask, estimate_background, measure_psf
+from skydm.image.mask import UNUSABLE
+from skydm.image.psf import Psf
+
+
+def _name(exp: Exposure, role: str) -> str:
+    return exp.source or f"the {role} image"
+
+
+def prepare(
+    exp: Exposure,
+    role: str,
+    *,
+    gain: float | None = None,
+    read_noise: float | None = None,
+    sky: float | None = None,
+    notes: list[str],
+) -> Exposure:
+    """A ``float32`` copy of ``exp`` with a trustworthy variance plane and SAT mask.
+
+    Parameters
+    ----------
+    exp : Exposure
+        The input (not modified).
+    role : str
+        ``"science"`` or ``"template"``, for messages.
+    gain, read_noise, sky : float, optional
+        Overrides of the header values (e-/ADU, electrons, ADU already
+        subtracted).  Giving any of them rebuilds the variance from the CCD
+        equation.
+    notes : list of str
+        Fallbacks taken are appended here.
+
+    Raises
+    ------
+    UserError
+        When every pixel is non-finite or masked.
+    """
+    out = exp.copy()
+    out.image = np.asarray(out.image, dtype=np.float32)
+    out.variance = np.asarray(out.var, dtype=np.float32)
+    name = _name(exp, role)
+    for label, value in (("gain", gain), ("read_noise", read_noise), ("sky", sky)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise BadValueError(label, value, "a finite non-negative number")
+    if gain is not None:
+        if gain <= 0:
+            raise BadValueError("gain", gain, "a positive number of electrons per ADU")
+        out.info.gain = float(gain)
+    if read_noise is not None:
+        out.info.read_noise = float(read_noise)
+    if sky is not None:
+        out.info.sky = float(sky)
+    finite = np.isfinite(out.image)
+    if not finite.any() or ((out.msk & np.uint32(UNUSABLE)) != 0).all():
+        raise UserError(f"{name}: every pixel is NaN or masked; nothing to difference")
+    override = gain is not None or read_noise is not None or sky is not None
+    if override and out.info.gain > 0:
+        out.variance = _ccd_variance(out)
+        notes.append(f"{role}: variance from the CCD equation with gain {out.info.gain:g}")
+    elif not (out.info.gain > 0) and np.ptp(out.var[np.isfinite(out.var)]) == 0:
+        # A flat plane means the reader had no gain and guessed: replace it by
+        # the documented empirical model (see docs/diffim.md, "Noise").
+        out.variance = empirical_variance(out)
+        notes.append(
+            f"{role}: no gain in {name}; variance estimated from the image's own noise "
+            "(give --gain for the CCD equation)"
+        )
+    out.variance = np.where(finite, out.var, np.inf).astype(np.float32)
+    _mask_saturation(out)
+    return out
+
+
+def _ccd_variance(exp: Exposure) -> np.ndarray:
+    rn = exp.info.read_noise if math.isfinite(exp.info.read_noise) else 0.0
+    signal = np.clip(np.nan_to_num(exp.image) + exp.info.sky, 0.0, None)
+    return (signal / exp.info.gain + (rn / exp.info.gain) ** 2).astype(np.float32)
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """Standard deviation of the core of ``values`` (3-sigma clipped, 3 passes)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return math.nan
+    med = float(np.median(v))
+    sig = 1.4826 * float(np.median(np.abs(v - med)))
+    for _ in range(3):
+        core = v[np.abs(v - med) < 3 * sig]
+        if core.size < 10:
+            break
+        med = float(np.mean(core))
+        # 0.9733: std of a unit Gaussian truncated at +-3 sigma.
+        sig = float(np.std(core)) / 0.9733
+    return sig
+
+
+def empirical_variance(exp: Exposure) -> np.ndarray:
+    """Variance when the gain is unknown: sky noise measured, source noise inferred.
+
+    The sky variance is the clipped variance of the background-subtracted
+    pixels.  When the image still carries its sky (background well above its
+    noise) an effective gain ``background / sky variance`` gives the Poisson
+    term of the sources; on a sky-subtracted image the sources get none.
+    """
+    back, _ = estimate_background(exp)
+    resid = exp.image - back
+    good = np.isfinite(resid) & ((exp.msk & np.uint32(UNUSABLE)) == 0)
+    sigma = robust_sigma(resid[good])
+    if not (sigma > 0):
+        raise UserError(f"{_name(exp, 'input')}: cannot measure the image noise (flat image?)")
+    var = np.full(exp.shape, sigma**2, dtype=np.float32)
+    level = float(np.median(back[good]))
+    if level > 10 * sigma:
+        g_eff = level / sigma**2
+        var += np.clip(np.nan_to_num(resid), 0.0, None).astype(np.float32) / np.float32(g_eff)
+    return var
+
+
+def saturation_level(exp: Exposure) -> float:
+    """Saturation in the image's own units (after any sky subtraction), NaN if unknown.
+
+    Without a SATURATE card, three or more pixels sitting exactly at the
+    image maximum (a clipped plateau) mark that maximum as saturation.
+    """
+    if math.isfinite(exp.info.saturation):
+        return exp.info.saturation - exp.info.sky
+    img = exp.image[np.isfinite(exp.image)]
+    top = float(img.max())
+    if np.count_nonzero(img == top) >= 3 and top > float(np.median(img)) + 50 * float(
+        np.sqrt(np.median(exp.var))
+    ):
+        return top
+    return math.nan
+
+
+def _mask_saturation(exp: Exposure) -> None:
+    level = saturation_level(exp)
+    if not math.isfinite(level):
+        return
+    with np.errstate(invalid="ignore"):
+        sat = exp.image >= level
+    if sat.any():
+        # Pixels next to a saturated one are nonlinear too: grow by one pixel.
+        sat = ndimage.binary_dilation(sat, iterations=1)
+        exp.msk[sat] |= np.uint32(Mask.SAT)
+
+
+def psf_for(exp: Exposure, role: str) -> Psf:
+    """The exposure's PSF, measured from its stars when it has none."""
+    if exp.psf is not None:
+        return exp.psf
+    last: UserError | None = None
+    for min_snr, size in ((50.0, 25), (20.0, 25), (15.0, 19)):
+        try:
+            return measure_psf(exp, min_snr=min_snr, size=size)
+        except UserError as exc:
+            last = exc
+    raise UserError(
+        f"{_name(exp, role)}: no PSF given and none could be measured ({last}); "
+        "attach a PSF model to the exposure"
+    )
+
+
+def same_grid(science: Exposure, template: Exposure, tol: float = 0.02) -> bool:
+    """Whether the two images share a pixel grid (to ``tol`` pixels)."""
+    if science.shape != template.shape:
+        return False
+    if science.wcs is None or template.wcs is None:
+        return True
+    ny, nx = science.shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 5), np.linspace(0, ny - 1, 5))
+    world = science.wcs.pixel_to_world_values(gx.ravel(), gy.ravel())
+    tx, ty = template.wcs.world_to_pixel_values(*world)
+    return bool(np.max(np.hypot(tx - gx.ravel(), ty - gy.ravel())) < tol)
+
+
+def align(science: Exposure, template: Exposure, notes: list[str]) -> Exposure:
+    """``template`` on the science pixel grid, resampled with its variance and mask.
+
+    Image and variance are interpolated bilinearly; the mask is taken from
+    the nearest template pixel; science pixels that no template pixel covers
+    are NO_DATA.  The template PSF is carried over unchanged (resampling near
+    the identity changes it negligibly).
+
+    Raises
+    ------
+    UserError
+        When the grids differ and either image has no WCS.
+    """
+    if same_grid(science, template):
+        if science.shape == template.shape and (science.wcs is None or template.wcs is None):
+            notes.append("no WCS on one image: assumed to share the science pixel grid")
+        return template
+    if science.wcs is None or template.wcs is None:
+        missing = _name(science, "science") if science.wcs is None else _name(template, "template")
+        raise UserError(
+            f"science {science.shape} and template {template.shape} are on different pixel "
+            f"grids and {missing} has no WCS to align them; give images on the same grid "
+            "or add a WCS"
+        )
+    from skydm.errors import require_extra
+
+    rp = require_extra("reproject", "diffim")
+    shape = science.shape
+    wcs_out = science.wcs
+    img, foot = rp.reproject_interp(
+        (template.image.astype(np.float64), template.wcs), wcs_out, shape_out=shape, order=1
+    )
+    var, _ = rp.reproject_interp(
+        (template.var.astype(np.float64), template.wcs), wcs_out, shape_out=shape, order=1
+    )
+    msk, _ = rp.reproject_interp(
+        (template.msk.astype(np.float64), template.wcs),
+        wcs_out,
+        shape_out=shape,
+        order="nearest-neighbor",
+    )
+    mask = np.nan_to_num(msk, nan=0.0).astype(np.uint32)
+    nodata = (foot < 0.99) | ~np.isfinite(img)
+    mask[nodata] |= np.uint32(Mask.NO_DATA)
+    if nodata.all():
+        raise UserError(
+            f"{_name(template, 'template')} does not overlap {_name(science, 'science')}"
+        )
+    notes.append("template resampled onto the science WCS (bilinear)")
+    out = Exposure(
+        image=np.where(nodata, np.nan, img).astype(np.float32),
+        variance=np.where(nodata, np.inf, var).astype(np.float32),
+        mask=mask,
+        wcs=science.wcs,
+        psf=template.psf,
+        zero_point=template.zero_point,
+        info=template.info,
+        meta=template.meta,
+        source=template.source,
+    )
+    return out

@@ -1,0 +1,159 @@
+"""Stars for the kernel fit and for ZOGY's flux ratio and astrometric noise.
+
+Candidates are found with sep on the image that gets convolved (bright,
+compact, isolated, unsaturated, away from masked pixels in either image) and
+spread over the field by taking the brightest in each cell of a coarse grid,
+so that the spatial terms of the kernel are constrained everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from scipy.spatial import cKDTree
+
+from skydm.diffim._prepare import robust_sigma
+from skydm.image import Exposure
+from skydm.image.mask import UNUSABLE, Mask
+
+
+@dataclass
+class Stars:
+    """Positions and sep measurements of kernel/ratio stars."""
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    snr: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def find_stars(
+    source: Exposure,
+    target: Exposure,
+    *,
+    half: int,
+    isolation: float,
+    max_stars: int,
+    min_snr: float = 20.0,
+    grid: int = 5,
+) -> Stars:
+    """Isolated unsaturated sources usable as stamps of half-size ``half``.
+
+    No other detection may lie within ``isolation`` pixels, and no unusable
+    pixel (in either image) within the stamp.
+    """
+    img = np.ascontiguousarray(np.nan_to_num(source.image), dtype=np.float32)
+    bad = (
+        ~np.isfinite(source.image)
+        | ((source.msk & np.uint32(UNUSABLE)) != 0)
+        | ((target.msk & np.uint32(UNUSABLE | Mask.EDGE)) != 0)
+        | ~np.isfinite(target.image)
+    )
+    bkg = sep.Background(img, mask=bad, bw=128, bh=128, fw=3, fh=3)
+    data = img - bkg.back()
+    rms = float(bkg.globalrms)
+    sep.set_extract_pixstack(max(300000, img.size // 4))
+    objs = sep.extract(
+        data, 10.0, err=rms, mask=bad, minarea=5, filter_kernel=None, deblend_cont=1.0
+    )
+    if len(objs) == 0:
+        return Stars(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
+    x, y = np.asarray(objs["x"], float), np.asarray(objs["y"], float)
+    flux = np.asarray(objs["flux"], float)
+    npix = np.asarray(objs["npix"], float)
+    snr = flux / np.sqrt(rms**2 * npix + np.clip(flux, 0, None) / max(_gain(source), 1e-3))
+    ny, nx = source.shape
+    ok = (objs["flag"] == 0) & (snr >= min_snr)
+    ok &= (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
+    # Isolation: no other detection within the stamp.
+    tree = cKDTree(np.column_stack([x, y]))
+    counts = np.array([len(n) for n in tree.query_ball_point(np.column_stack([x, y]), isolation)])
+    ok &= counts == 1
+    # Nothing unusable anywhere in the stamp, in either image.
+    for k in np.flatnonzero(ok):
+        ix, iy = round(x[k]), round(y[k])
+        if bad[iy - half : iy + half + 1, ix - half : ix + half + 1].any():
+            ok[k] = False
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return Stars(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
+    # Round-robin over grid cells, brightest first, for even spatial coverage.
+    cell = (
+        np.minimum(x[idx] * grid // nx, grid - 1) * grid + np.minimum(y[idx] * grid // ny, grid - 1)
+    ).astype(int)
+    order = np.argsort(-flux[idx])
+    rank = np.zeros(idx.size, dtype=int)
+    seen: dict[int, int] = {}
+    for o in order:
+        rank[o] = seen.get(cell[o], 0)
+        seen[cell[o]] = rank[o] + 1
+    chosen = idx[np.lexsort((-flux[idx], rank))][:max_stars]
+    return Stars(x[chosen], y[chosen], flux[chosen], snr[chosen])
+
+
+def _gain(exp: Exposure) -> float:
+    return exp.info.gain if exp.info.gain > 0 else math.inf
+
+
+def flux_ratio(
+    sci_flux: np.ndarray, sci_err: np.ndarray, tmp_flux: np.ndarray, tmp_err: np.ndarray
+) -> float:
+    """Science/template photometric ratio from PSF fluxes of the same stars.
+
+    A weighted ratio with 3-sigma clipping, so that variable stars and
+    transients among the stars do not pull it.
+    """
+    good = np.isfinite(sci_flux) & np.isfinite(tmp_flux) & (tmp_flux > 0) & (sci_flux > 0)
+    if good.sum() < 3:
+        return math.nan
+    r = sci_flux[good] / tmp_flux[good]
+    err = r * np.hypot(sci_err[good] / sci_flux[good], tmp_err[good] / tmp_flux[good])
+    keep = np.ones(r.size, dtype=bool)
+    est = float(np.median(r))
+    for _ in range(5):
+        w = 1.0 / err[keep] ** 2
+        est = float(np.sum(w * r[keep]) / np.sum(w))
+        scatter = max(robust_sigma(r[keep] - est), 1e-6)
+        new = np.abs(r - est) < 3 * np.hypot(err, scatter)
+        if new.sum() < 3 or np.array_equal(new, keep):
+            break
+        keep = new
+    return est
+
+
+def astrometric_sigma(
+    science: np.ndarray,
+    template: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    snr: np.ndarray,
+    fwhm: float,
+) -> tuple[float, float]:
+    """Registration noise (sigma_x, sigma_y) in pixels from star centroid differences.
+
+    Windowed centroids are measured in both (background-subtracted) images;
+    the robust scatter of their differences, less the scatter expected from
+    photon noise alone, is the astrometric noise of ZOGY's S_corr.
+    """
+    if len(x) < 5:
+        return 0.0, 0.0
+    sig = fwhm / 2.3548
+    xs, ys, fs = sep.winpos(np.ascontiguousarray(science, np.float64), x, y, sig)
+    xt, yt, ft = sep.winpos(np.ascontiguousarray(template, np.float64), x, y, sig)
+    good = (fs == 0) & (ft == 0) & np.isfinite(xs) & np.isfinite(xt)
+    good &= (np.hypot(xs - x, ys - y) < fwhm) & (np.hypot(xt - x, yt - y) < fwhm)
+    if good.sum() < 5:
+        return 0.0, 0.0
+    # Photon-noise centroid error per image ~ sigma_psf / snr; two images.
+    expected = 2 * float(np.median((sig / np.clip(snr[good], 1, None)) ** 2))
+    out = []
+    for d in (xs[good] - xt[good], ys[good] - yt[good]):
+        s = robust_sigma(d - np.median(d))
+        out.append(math.sqrt(max(s**2 - expected, 0.0)))
+    return out[0], out[1]
