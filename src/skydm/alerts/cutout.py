@@ -1,0 +1,97 @@
+"""Postage-stamp cutouts for alert packets, as FITS bytes.
+
+A 10,000-source visit needs 30,000 cutouts; astropy's FITS writer costs about
+a millisecond each, which alone would take half the visit's time budget.  A
+cutout is one simple image HDU, so it is written directly here: the header
+cards of the exposure's WCS are formatted once per exposure by astropy and
+only the reference pixel changes from stamp to stamp.  The result is standard
+FITS (read back by astropy in the tests) with a celestial WCS for the stamp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from astropy.io import fits
+
+from skydm.image import Exposure
+
+_BLOCK = 2880
+
+
+def _card(key: str, value: object, comment: str = "") -> str:
+    return str(fits.Card(key, value, comment))
+
+
+class CutoutMaker:
+    """Cut FITS stamps out of one exposure.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The science, template or difference image.
+    size : int
+        Stamp side in pixels (odd sizes centre the source on a pixel).
+    """
+
+    def __init__(self, exposure: Exposure, size: int = 30) -> None:
+        if size < 3:
+            raise ValueError(f"cutout size={size} is too small; use at least 3 pixels")
+        self.exposure = exposure
+        self.size = int(size)
+        ny, nx = exposure.shape
+        # Pad once so that every stamp is a plain slice, even at the edges.
+        pad = self.size
+        self._padded = np.full((ny + 2 * pad, nx + 2 * pad), np.nan, dtype=">f4")
+        self._padded[pad : pad + ny, pad : pad + nx] = exposure.image
+        self._pad = pad
+        head = [
+            _card("SIMPLE", True, "conforms to FITS standard"),
+            _card("BITPIX", -32, "32-bit IEEE float"),
+            _card("NAXIS", 2),
+            _card("NAXIS1", self.size),
+            _card("NAXIS2", self.size),
+        ]
+        info = exposure.info
+        for key, value in (("VISIT", info.visit), ("DETNUM", info.detector), ("BAND", info.band)):
+            head.append(_card(key, value))
+        if math.isfinite(info.mjd):
+            head.append(_card("MJD-OBS", info.mjd))
+        self._head = "".join(head)
+        self._wcs_cards = ""
+        self._crpix = (0.0, 0.0)
+        if exposure.wcs is not None:
+            header = exposure.wcs.to_header()
+            self._crpix = (float(header["CRPIX1"]), float(header["CRPIX2"]))
+            self._wcs_cards = "".join(
+                str(c) for c in header.cards if c.keyword not in ("CRPIX1", "CRPIX2")
+            )
+        data_len = self.size * self.size * 4
+        self._data_pad = b"\0" * ((-data_len) % _BLOCK)
+
+    def corner(self, x: float, y: float) -> tuple[int, int]:
+        """0-based (x0, y0) of the stamp's first pixel for a source at (x, y)."""
+        half = self.size // 2
+        return round(x) - half, round(y) - half
+
+    def cutout(self, x: float, y: float) -> bytes:
+        """The FITS bytes of the stamp centred on 0-based pixel (``x``, ``y``)."""
+        x0, y0 = self.corner(x, y)
+        ny, nx = self.exposure.shape
+        # Stamps wholly off the image are clipped to the padding (all NaN).
+        x0c = min(max(x0, -self._pad), nx)
+        y0c = min(max(y0, -self._pad), ny)
+        p = self._pad
+        stamp = self._padded[y0c + p : y0c + p + self.size, x0c + p : x0c + p + self.size]
+        cards = [self._head]
+        if self._wcs_cards:
+            cards.append(_card("CRPIX1", self._crpix[0] - x0c))
+            cards.append(_card("CRPIX2", self._crpix[1] - y0c))
+            cards.append(self._wcs_cards)
+        cards.append(_card("LTV1", -x0c, "stamp origin in the parent image (IRAF)"))
+        cards.append(_card("LTV2", -y0c))
+        cards.append("END".ljust(80))
+        header = "".join(cards).encode("ascii")
+        header += b" " * ((-len(header)) % _BLOCK)
+        return header + stamp.tobytes() + self._data_pad

@@ -1,0 +1,248 @@
+"""Alert transport: a small interface, its Kafka implementation, and the outbox drain.
+
+:class:`AlertTransport` is all the outbox needs from a broker: make sure the
+topics exist, send a batch and say which messages the broker acknowledged.
+:class:`KafkaTransport` implements it with confluent-kafka: idempotent
+producer, ``acks=all``, one delivery report checked per message, keys are
+``diaObjectId`` (so an object's alerts stay in order on one partition), and
+any client setting (SASL, TLS, ...) passes straight through, so production
+runs on an Apache Kafka cluster unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from skydm.alerts.outbox import Delivery, OutMessage, Outbox
+from skydm.errors import BadValueError, SkydmError, require_extra
+from skydm.progress import Progress
+
+
+class BrokerUnavailableError(SkydmError):
+    """The broker could not be reached or did not acknowledge in time."""
+
+
+class AlertTransport(abc.ABC):
+    """Where alert messages go."""
+
+    @abc.abstractmethod
+    def ensure_topics(self, topics: Sequence[str]) -> list[str]:
+        """Create missing topics; returns those that were created."""
+
+    @abc.abstractmethod
+    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:
+        """Send a batch; returns the positive delivery reports, in arrival order.
+
+        Messages without a report within ``timeout`` seconds count as not
+        delivered; they stay pending in the outbox.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def parse_kafka_config(items: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` (command-line pass-through) as a dict.
+
+    Raises
+    ------
+    BadValueError
+        When an item has no ``=``.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BadValueError(
+                "--kafka-config", item, "KEY=VALUE, e.g. sasl.mechanism=SCRAM-SHA-512"
+            )
+        out[key.strip()] = value
+    return out
+
+
+@dataclass
+class KafkaTransport(AlertTransport):
+    """Kafka producer side.
+
+    Parameters
+    ----------
+    bootstrap : str
+        ``host:port[,host:port...]``.
+    partitions : int
+        Partitions of topics this transport creates.
+    config : mapping
+        Extra librdkafka settings, passed through unchanged (``security.protocol``,
+        ``sasl.mechanism``, ``sasl.username``, ``compression.type`` ...).
+    """
+
+    bootstrap: str
+    partitions: int = 8
+    replication: int = 1
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._ck = require_extra("confluent_kafka", "alerts")
+        self._producer: Any = None
+        if self.partitions < 1:
+            raise BadValueError("partitions", self.partitions, "at least 1")
+
+    def _client_config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, **self.config}
+
+    def _make_producer(self) -> Any:
+        conf = {
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "message.max.bytes": 10_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+            "message.timeout.ms": 30_000,
+            **self._client_config(),
+            # Not overridable: the nothing-lost guarantee rests on them.
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+        return self._ck.Producer(conf)
+
+    def ensure_topics(self, topics: Sequence[str]) -> list[str]:  # noqa: D102
+        admin = self._ck.admin.AdminClient(self._client_config())
+        try:
+            existing = set(admin.list_topics(timeout=10).topics)
+        except self._ck.KafkaException as exc:
+            raise BrokerUnavailableError(f"Kafka at {self.bootstrap}: {exc}") from exc
+        missing = [t for t in topics if t not in existing]
+        if not missing:
+            return []
+        new = [self._ck.admin.NewTopic(t, self.partitions, self.replication) for t in missing]
+        created = []
+        for topic, fut in admin.create_topics(new, operation_timeout=10).items():
+            try:
+                fut.result(15)
+                created.append(topic)
+            except self._ck.KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if getattr(err, "code", lambda: None)() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise BrokerUnavailableError(f"cannot create topic {topic}: {exc}") from exc
+        return created
+
+    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:  # noqa: D102
+        if self._producer is None:
+            self._producer = self._make_producer()
+        producer = self._producer
+        delivered: list[Delivery] = []
+        failed = 0
+
+        def report(seq: int, topic: str) -> Any:
+            def cb(err: Any, msg: Any) -> None:
+                nonlocal failed
+                if err is None:
+                    delivered.append(Delivery(seq, topic, msg.partition(), msg.offset()))
+                else:
+                    failed += 1
+
+            return cb
+
+        deadline = time.monotonic() + timeout
+        for m in messages:
+            while True:
+                try:
+                    producer.produce(m.topic, m.value, m.key, on_delivery=report(m.seq, m.topic))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                    if time.monotonic() > deadline:
+                        break
+            producer.poll(0)
+        left = producer.flush(max(deadline - time.monotonic(), 0.1))
+        if left or failed:
+            # An idempotent producer cannot carry on past a broker that lost
+            # its state (sequence numbers it no longer knows); start afresh,
+            # purging what is still queued: those messages remain pending in
+            # the outbox and are sent again.
+            producer.purge(in_queue=True, in_flight=True)
+            producer.flush(0.5)
+            self._producer = None
+        return delivered
+
+    def close(self) -> None:  # noqa: D102
+        if self._producer is not None:
+            self._producer.flush(5)
+            self._producer = None
+
+
+@dataclass
+class StreamResult:
+    """What one drain of the outbox did."""
+
+    delivered: int = 0
+    pending: int = 0
+    requeued: int = 0
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def stream_outbox(
+    outbox: Outbox,
+    transport: AlertTransport,
+    *,
+    batch: int = 2000,
+    send_timeout: float = 30.0,
+    retry_for: float = 0.0,
+    progress: Progress | None = None,
+) -> StreamResult:
+    """Send every pending outbox message; keep what the broker does not acknowledge.
+
+    Parameters
+    ----------
+    batch : int
+        Messages per send (each batch is flushed and its reports recorded).
+    send_timeout : float
+        Seconds to wait for a batch's delivery reports.
+    retry_for : float
+        Keep retrying (with back-off) for this many seconds while the broker
+        is down; 0 gives up at the first batch that made no progress.
+    """
+    result = StreamResult()
+    deadline = time.monotonic() + retry_for
+    backoff = 0.5
+    topics_ok = False
+    while True:
+        try:
+            if not topics_ok:
+                transport.ensure_topics(outbox.topics())
+                topics_ok = True
+            after = 0
+            progress_made = False
+            while True:
+                msgs = outbox.pending(batch, after=after)
+                if not msgs:
+                    break
+                result.attempts += 1
+                reports = transport.send(msgs, timeout=send_timeout)
+                result.requeued += outbox.mark_delivered(reports)
+                result.delivered += len(reports)
+                if progress is not None:
+                    progress.advance(len(reports))
+                if len(reports) < len(msgs):
+                    got = {d.seq for d in reports}
+                    outbox.mark_failed([m.seq for m in msgs if m.seq not in got])
+                    raise BrokerUnavailableError(
+                        f"{len(msgs) - len(reports)} of {len(msgs)} messages not acknowledged"
+                    )
+                progress_made = progress_made or bool(reports)
+                after = msgs[-1].seq
+            if outbox.counts()["pending"] == 0:
+                break
+            # Messages re-queued behind the cursor (a lost partition log): go round again.
+        except BrokerUnavailableError as exc:
+            result.errors.append(str(exc))
+            topics_ok = False
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+    result.pending = outbox.counts()["pending"]
+    return result
