@@ -1,1 +1,1 @@
-"""skydm.services."""
+"""skydm web services (FastAPI): ``create_app`` mounts TAP at ``/tap``."""

@@ -1,0 +1,100 @@
+"""Settings of the TAP service: one typed object, defaults that run with no set-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TapConfig:
+    """Settings of one TAP service.
+
+    Attributes
+    ----------
+    repo_dir : Path
+        The skydm repository; the catalog is read from ``<repo>/catalog`` and
+        job state lives in ``<repo>/tap/``.
+    engine_url : str or None
+        Catalog engine URL (``None``: DuckDB over the repository's catalog files;
+        a PostgreSQL URL selects that engine).
+    workers : int
+        Number of async jobs executed at once, each in its own process.
+    default_maxrec : int
+        Rows returned when the client gives no ``MAXREC``.
+    max_maxrec : int or None
+        Hard limit on ``MAXREC``; ``None`` means no hard limit (async results
+        are streamed to files and back without a size cap).
+    max_query_bytes : int
+        Longest ``QUERY`` accepted; longer ones are refused before parsing.
+    max_nesting : int
+        Deepest parenthesis nesting accepted in ``QUERY``, checked before parsing
+        so that a hostile query cannot exhaust the parser's stack.
+    default_execution_duration, max_execution_duration : int
+        Seconds an async job may run (``EXECUTIONDURATION``); 0 never allowed.
+    default_retention, max_retention : int
+        Seconds from creation until a job is destroyed (``DESTRUCTION``).
+    max_wait : int
+        Longest blocking ``WAIT`` on a job, in seconds.
+    sweep_interval : float
+        Seconds between sweeps for jobs past their destruction time.
+    engine_opener : str
+        ``module:function`` that opens the catalog engine, called as
+        ``opener(catalog_dir, engine_url)``.
+    """
+
+    repo_dir: Path
+    engine_url: str | None = None
+    workers: int = 2
+    default_maxrec: int = 100_000
+    max_maxrec: int | None = None
+    max_query_bytes: int = 100_000
+    max_nesting: int = 64
+    default_execution_duration: int = 600
+    max_execution_duration: int = 3600 * 4
+    default_retention: int = 7 * 86400
+    max_retention: int = 30 * 86400
+    max_wait: int = 60
+    sweep_interval: float = 5.0
+    engine_opener: str = "skydm.catalog:open_engine"
+
+    @property
+    def catalog_dir(self) -> Path:
+        """Directory of the catalog tables (``<repo>/catalog``)."""
+        return self.repo_dir / "catalog"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Directory of the durable job store (``<repo>/tap/jobs``)."""
+        return self.repo_dir / "tap" / "jobs"
+
+    @property
+    def results_dir(self) -> Path:
+        """Directory of async job results (``<repo>/tap/results``)."""
+        return self.repo_dir / "tap" / "results"
+
+    @classmethod
+    def from_env(cls, repo_dir: Path | str, **overrides: object) -> TapConfig:
+        """Settings for ``repo_dir`` with ``SKYDM_TAP_*`` environment overrides.
+
+        Integer settings may be set as ``SKYDM_TAP_<NAME>`` (for example
+        ``SKYDM_TAP_DEFAULT_MAXREC``); explicit ``overrides`` win over both.
+        """
+        values: dict[str, object] = {}
+        for name in (
+            "workers",
+            "default_maxrec",
+            "max_query_bytes",
+            "max_nesting",
+            "default_execution_duration",
+            "max_execution_duration",
+            "default_retention",
+            "max_retention",
+            "max_wait",
+        ):
+            raw = os.environ.get(f"SKYDM_TAP_{name.upper()}")
+            if raw is not None:
+                values[name] = int(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(repo_dir=Path(repo_dir), **values)  # type: ignore[arg-type]
