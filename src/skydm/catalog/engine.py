@@ -1,0 +1,240 @@
+"""The catalog engine interface every backend implements, and what it returns.
+
+A :class:`CatalogEngine` runs ADQL against the catalog.  It translates the
+query with :func:`skydm.catalog.adql.compile_query` for its own SQL dialect,
+runs it, and streams the result as Arrow record batches with the VOTable
+metadata of each column.  The DuckDB and PostgreSQL engines pass one contract
+test suite (``tests/catalog/test_engine_contract.py``).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from skydm.catalog.adql import OutputColumn, Translation, compile_query
+from skydm.catalog.adql.functions import Dialect
+from skydm.catalog.tapschema import TapSchema
+from skydm.errors import SkydmError
+
+BATCH_ROWS = 65536
+
+
+class QueryCancelledError(SkydmError):
+    """The query was cancelled (its ``cancel`` event was set) before it finished."""
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    """VOTable metadata of one result column."""
+
+    name: str
+    datatype: str
+    arraysize: str | None = None
+    unit: str = ""
+    ucd: str = ""
+    description: str = ""
+    xtype: str | None = None
+
+
+@dataclass
+class QueryResult:
+    """A complete query result.
+
+    Attributes
+    ----------
+    table : pyarrow.Table
+        The rows (at most maxrec).
+    overflow : bool
+        True when more rows existed than maxrec.
+    columns : list of ColumnInfo
+        Metadata of each column, for VOTable output.
+    """
+
+    table: pa.Table
+    overflow: bool
+    columns: list[ColumnInfo]
+
+
+def votable_type(t: pa.DataType) -> tuple[str, str | None, str | None]:
+    """(datatype, arraysize, xtype) of the VOTable field for an Arrow type."""
+    if pa.types.is_boolean(t):
+        return "boolean", None, None
+    if pa.types.is_uint8(t):
+        return "unsignedByte", None, None
+    if pa.types.is_int8(t) or pa.types.is_int16(t):
+        return "short", None, None
+    if pa.types.is_int32(t) or pa.types.is_uint16(t):
+        return "int", None, None
+    if pa.types.is_integer(t):
+        return "long", None, None
+    if pa.types.is_float32(t) or pa.types.is_float16(t):
+        return "float", None, None
+    if pa.types.is_floating(t):
+        return "double", None, None
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "char", "*", "timestamp"
+    return "char", "*", None
+
+
+def normalise_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type both engines return for a value of SQL type ``t``.
+
+    Exact decimals (DuckDB HUGEINT sums, PostgreSQL NUMERIC) become int64 when
+    they have no fraction digits and float64 otherwise; unsigned 64-bit
+    integers become int64 (VOTable has no unsigned long).
+    """
+    if pa.types.is_decimal(t):
+        return pa.int64() if t.scale == 0 else pa.float64()
+    if pa.types.is_uint64(t) or pa.types.is_uint32(t):
+        return pa.int64()
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    if pa.types.is_null(t):
+        return pa.string()
+    return t
+
+
+def normalise_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` cast to the normalised ``schema``."""
+    if batch.schema.equals(schema):
+        return batch
+    arrays = [batch.column(i).cast(schema.field(i).type) for i in range(batch.num_columns)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def column_infos(outputs: list[OutputColumn], schema: pa.Schema) -> list[ColumnInfo]:
+    """VOTable metadata of result columns: from TAP_SCHEMA where known, else from the type."""
+    infos = []
+    for out, f in zip(outputs, schema, strict=True):
+        datatype, arraysize, xtype = votable_type(f.type)
+        c = out.column
+        if c is not None:
+            infos.append(ColumnInfo(out.name, datatype, arraysize, c.unit, c.ucd, c.description,
+                                    c.xtype))
+        else:
+            infos.append(ColumnInfo(out.name, datatype, arraysize, xtype=xtype))
+    return infos
+
+
+class CatalogEngine(abc.ABC):
+    """Runs ADQL queries on a catalog.
+
+    Subclasses implement :meth:`tap_schema`, :meth:`_run` and :meth:`close`;
+    :meth:`execute` and :meth:`iter_batches` are shared, so that maxrec and
+    overflow mean the same on every engine.
+    """
+
+    name: str
+    dialect: Dialect
+
+    @abc.abstractmethod
+    def tap_schema(self) -> TapSchema:
+        """The queryable tables (catalog tables and TAP_SCHEMA)."""
+
+    @abc.abstractmethod
+    def _run(self, translation: Translation,
+             cancel: threading.Event | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run translated SQL: the result's Arrow schema and its batches."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the engine's connections."""
+
+    def _partition_orders(self) -> dict[str, int]:
+        return {}
+
+    def translate(self, adql: str, *, maxrec: int | None = None) -> Translation:
+        """Validate and translate ``adql`` for this engine (raises AdqlError)."""
+        return compile_query(adql, dialect=self.dialect, schema=self.tap_schema(),
+                             maxrec=maxrec, partition_orders=self._partition_orders())
+
+    def iter_batches(
+        self, adql: str, *, maxrec: int | None = None, cancel: threading.Event | None = None
+    ) -> tuple[list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
+        """Run a query and stream its result.
+
+        Parameters
+        ----------
+        adql : str
+            The ADQL query.
+        maxrec : int, optional
+            Most rows to return.
+        cancel : threading.Event, optional
+            Setting it interrupts the query; the iterator then raises
+            :class:`QueryCancelledError`.
+
+        Returns
+        -------
+        columns : list of ColumnInfo
+            Metadata of the result columns.
+        batches : iterator of pyarrow.RecordBatch
+            The rows, at most ``maxrec`` in all.
+        overflow : callable
+            After the batches are exhausted, whether more rows existed than maxrec.
+
+        Raises
+        ------
+        AdqlError
+            When the query is not valid ADQL on this catalog (before anything runs).
+        """
+        _, columns, batches, overflow = self._stream(adql, maxrec, cancel)
+        return columns, batches, overflow
+
+    def _stream(
+        self, adql: str, maxrec: int | None, cancel: threading.Event | None
+    ) -> tuple[pa.Schema, list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
+        translation = self.translate(adql, maxrec=maxrec)
+        raw_schema, raw = self._run(translation, cancel)
+        schema = pa.schema([pa.field(out.name, normalise_type(f.type))
+                            for out, f in zip(translation.columns, raw_schema, strict=True)])
+        columns = column_infos(translation.columns, schema)
+        state = {"overflow": False}
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            seen = 0
+            for batch in raw:
+                batch = normalise_batch(batch.rename_columns(schema.names), schema)
+                if maxrec is not None and seen + batch.num_rows > maxrec:
+                    state["overflow"] = True
+                    batch = batch.slice(0, maxrec - seen)
+                seen += batch.num_rows
+                if batch.num_rows:
+                    yield batch
+                if state["overflow"]:
+                    break
+
+        return schema, columns, batches(), lambda: state["overflow"]
+
+    def execute(self, adql: str, *, maxrec: int | None = None,
+                cancel: threading.Event | None = None) -> QueryResult:
+        """Run a query and return its whole result (see :meth:`iter_batches`)."""
+        schema, columns, batches, overflow = self._stream(adql, maxrec, cancel)
+        table = pa.Table.from_batches(list(batches), schema=schema)
+        return QueryResult(table, overflow(), columns)
+
+    def __enter__(self) -> CatalogEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def watch_cancel(cancel: threading.Event | None, interrupt: Callable[[], None],
+                 done: threading.Event) -> None:
+    """Call ``interrupt`` if ``cancel`` is set before ``done`` (in a daemon thread)."""
+    if cancel is None:
+        return
+
+    def watcher() -> None:
+        while not done.is_set():
+            if cancel.wait(0.05):
+                if not done.is_set():
+                    interrupt()
+                return
+
+    threading.Thread(target=watcher, daemon=True, name="skydm-query-cancel").start()

@@ -1,0 +1,1 @@
+"""Catalog engines: DuckDB over Parquet (default) and PostgreSQL with q3c."""

@@ -1,0 +1,157 @@
+"""The embedded engine: DuckDB over the catalog's Parquet files.
+
+Each catalog table is a view over its Hive-partitioned Parquet files
+(``_npix=<p>/part-0.parquet``), so a query sees a table reloaded by
+``skydm catalog load`` at once.  Cone and polygon searches use ``_healpix``
+ranges, which DuckDB answers from Parquet row-group statistics (the files are
+sorted by ``_healpix``), and ``_npix`` partition filters, which skip files.
+
+The connection is locked down after the views are made: external access is
+off except to the catalog directory, extensions cannot be installed or
+loaded, and the configuration is locked, so that even a translation bug could
+not read other files or change settings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+
+from skydm.catalog.adql import Translation
+from skydm.catalog.engine import BATCH_ROWS, CatalogEngine, QueryCancelledError, watch_cancel
+from skydm.catalog.schema import CATALOG_SCHEMA, TAP_SCHEMA_NAME
+from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
+from skydm.catalog.tapschema import TapSchema
+from skydm.errors import SkydmError, require_extra
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class DuckDBEngine(CatalogEngine):
+    """DuckDB over the Parquet tables of ``catalog_dir``.
+
+    Parameters
+    ----------
+    catalog_dir : Path or str
+        The catalog directory (it may be empty or not exist yet).
+    threads : int, optional
+        DuckDB worker threads (default: DuckDB's, one per core).
+    """
+
+    name = "duckdb"
+    dialect = "duckdb"
+
+    def __init__(self, catalog_dir: Path | str, *, threads: int | None = None) -> None:
+        duckdb = require_extra("duckdb", "catalog")
+        self.catalog_dir = Path(catalog_dir).resolve()
+        self._lock = threading.Lock()
+        self._con = duckdb.connect(":memory:")
+        self._con.execute("SET GLOBAL integer_division = true")  # ADQL/SQL: INTEGER / INTEGER is exact
+        self._con.execute("SET GLOBAL autoinstall_known_extensions = false")
+        self._con.execute("SET GLOBAL autoload_known_extensions = false")
+        self._con.execute("SET GLOBAL parquet_metadata_cache = true")
+        if threads is not None:
+            self._con.execute(f"SET GLOBAL threads = {int(threads)}")
+        self._con.execute(f"CREATE SCHEMA {_quote(CATALOG_SCHEMA)}")
+        self._con.execute(f"CREATE SCHEMA {_quote(TAP_SCHEMA_NAME)}")
+        root = str(self.catalog_dir).rstrip("/") + "/"
+        self._con.execute(f"SET GLOBAL allowed_directories = [{_literal(root)}]")
+        self._con.execute("SET GLOBAL enable_external_access = false")
+        self._con.execute("SET GLOBAL lock_configuration = true")
+        self._tables: list[TableInfo] = []
+        self._schema = TapSchema([])
+        self._stamp: tuple[object, ...] | None = None
+        self.refresh()
+
+    # --- metadata --------------------------------------------------------------------
+
+    def _current_stamp(self) -> tuple[object, ...]:
+        try:
+            return (os.stat(self.catalog_dir).st_mtime_ns,)
+        except FileNotFoundError:
+            return (None,)
+
+    def refresh(self) -> None:
+        """Re-read the catalog's tables if any were loaded, replaced or dropped."""
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            tables = list_tables(self.catalog_dir)
+            old = {t.name for t in self._tables}
+            for name in old - {t.name for t in tables}:
+                self._con.execute(f"DROP VIEW IF EXISTS {_quote(CATALOG_SCHEMA)}.{_quote(name)}")
+            for t in tables:
+                pattern = str(t.path / f"{PARTITION_COL}=*" / "*.parquet")
+                self._con.execute(
+                    f"CREATE OR REPLACE VIEW {_quote(CATALOG_SCHEMA)}.{_quote(t.name)} AS "
+                    f"SELECT * FROM read_parquet({_literal(pattern)}, hive_partitioning = true, "
+                    f"hive_types = {{'{PARTITION_COL}': BIGINT}})")
+            schema = TapSchema([t.definition for t in tables])
+            for name, arrow in schema.tap_tables().items():
+                self._con.register("_skydm_tap_rows", arrow)
+                self._con.execute(
+                    f"CREATE OR REPLACE TABLE {_quote(TAP_SCHEMA_NAME)}.{_quote(name)} AS "
+                    "SELECT * FROM _skydm_tap_rows")
+                self._con.unregister("_skydm_tap_rows")
+            self._tables, self._schema, self._stamp = tables, schema, stamp
+
+    def tap_schema(self) -> TapSchema:
+        self.refresh()
+        return self._schema
+
+    def _partition_orders(self) -> dict[str, int]:
+        return {t.name: t.partition_order for t in self._tables}
+
+    # --- queries ---------------------------------------------------------------------
+
+    def _run(self, translation: Translation,
+             cancel: threading.Event | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        import duckdb
+
+        cursor = self._con.cursor()
+        done = threading.Event()
+        watch_cancel(cancel, cursor.interrupt, done)
+        try:
+            reader = cursor.sql(translation.sql).to_arrow_reader(BATCH_ROWS)
+        except duckdb.InterruptException:
+            done.set()
+            cursor.close()
+            raise QueryCancelledError("the query was cancelled") from None
+        except duckdb.Error as exc:
+            done.set()
+            cursor.close()
+            raise SkydmError(f"DuckDB could not run the query: {exc}") from exc
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        return
+                    yield batch
+            except (duckdb.InterruptException, pa.ArrowInvalid) as exc:
+                if cancel is not None and cancel.is_set():
+                    raise QueryCancelledError("the query was cancelled") from None
+                raise SkydmError(f"DuckDB failed while reading the result: {exc}") from exc
+            finally:
+                done.set()
+                cursor.close()
+
+        return reader.schema, batches()
+
+    def close(self) -> None:
+        self._con.close()

@@ -1,0 +1,137 @@
+"""HEALPix (nested) indexing of positions and cone coverage as index ranges.
+
+Every stored row carries ``_healpix``: its nested pixel at order 29 (the
+finest a 64-bit integer holds, as in HATS/LSDB).  Because nested pixels of a
+coarser order k are contiguous ranges at order 29 (pixel p at order k covers
+``[p << 2(29-k), (p+1) << 2(29-k))``), a cone is turned into a short list of
+``_healpix`` ranges by computing its coverage at an order matched to its
+radius and merging neighbouring pixels.  Files are sorted by ``_healpix`` so
+the ranges select a few Parquet row groups; an exact distance test then
+removes the rows of the covering pixels that lie outside the cone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+ORDER = 29
+_SHIFT_BITS = 2
+
+
+def lonlat_to_index(ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, order: int = ORDER) -> np.ndarray:
+    """Nested HEALPix index at ``order`` of positions in degrees (NaN positions give -1)."""
+    import astropy.units as u
+    from astropy_healpix import core
+
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    dec = np.asarray(dec_deg, dtype=np.float64)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec)) | (np.abs(dec) > 90)
+    ra = np.where(bad, 0.0, np.mod(ra, 360.0))
+    dec = np.where(bad, 0.0, dec)
+    idx = core.lonlat_to_healpix(ra * u.deg, dec * u.deg, 2**order, order="nested")
+    idx = np.asarray(idx, dtype=np.int64)
+    idx[bad] = -1
+    return idx
+
+
+def coarsen(index: np.ndarray, order: int) -> np.ndarray:
+    """Order-29 indexes reduced to ``order`` (negative indexes stay -1)."""
+    out = np.right_shift(index, _SHIFT_BITS * (ORDER - order))
+    out[index < 0] = -1
+    return out
+
+
+def _order_for_radius(radius_deg: float) -> int:
+    # Pixels about half the radius across keep the coverage to a few tens of
+    # pixels while wasting little area outside the cone.
+    resolution0 = 58.6  # degrees, the size of an order-0 pixel
+    if radius_deg <= 0:
+        return 20
+    order = math.ceil(math.log2(resolution0 / (radius_deg / 2)))
+    return max(0, min(order, 20))
+
+
+def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[int, int]]:
+    """Inclusive order-29 index ranges covering a cone (a superset of it).
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : float
+        Centre in degrees (ICRS).
+    radius_deg : float
+        Radius in degrees.
+
+    Returns
+    -------
+    list of (int, int)
+        Sorted, disjoint inclusive ranges ``(lo, hi)`` of ``_healpix`` values.
+    """
+    import astropy.units as u
+    from astropy_healpix import core
+
+    if radius_deg >= 180:
+        return [(0, 12 * 4**ORDER - 1)]
+    order = _order_for_radius(radius_deg)
+    nside = 2**order
+    # Pad by half a pixel so that pixels which only graze the cone are never
+    # lost to rounding in the coverage computation; the exact test follows.
+    pad = float(core.nside_to_pixel_resolution(nside).to_value(u.deg)) * 0.5
+    pixels = core.healpix_cone_search(
+        (ra_deg % 360.0) * u.deg, dec_deg * u.deg, min(radius_deg + pad, 180.0) * u.deg,
+        nside, order="nested",
+    )
+    return pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order)
+
+
+def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
+    """Merge nested pixels at ``order`` into inclusive order-29 ranges."""
+    if pixels.size == 0:
+        return []
+    pixels = np.unique(pixels)
+    breaks = np.nonzero(np.diff(pixels) != 1)[0]
+    starts = np.concatenate([pixels[:1], pixels[breaks + 1]])
+    ends = np.concatenate([pixels[breaks], pixels[-1:]])
+    shift = _SHIFT_BITS * (ORDER - order)
+    return [(int(s) << shift, ((int(e) + 1) << shift) - 1) for s, e in zip(starts, ends, strict=True)]
+
+
+def ranges_partitions(ranges: list[tuple[int, int]], order: int) -> list[int]:
+    """The pixels at the (coarse) partition ``order`` that the ranges touch."""
+    shift = _SHIFT_BITS * (ORDER - order)
+    out: set[int] = set()
+    for lo, hi in ranges:
+        out.update(range(lo >> shift, (hi >> shift) + 1))
+    return sorted(out)
+
+
+def unit_vector(ra_deg: float, dec_deg: float) -> np.ndarray:
+    """Unit vector of a position in degrees."""
+    ra, dec = math.radians(ra_deg), math.radians(dec_deg)
+    return np.array([math.cos(dec) * math.cos(ra), math.cos(dec) * math.sin(ra), math.sin(dec)])
+
+
+def vector_to_lonlat(v: np.ndarray) -> tuple[float, float]:
+    """Position in degrees of a (not necessarily unit) vector."""
+    x, y, z = (float(a) for a in v)
+    return math.degrees(math.atan2(y, x)) % 360.0, math.degrees(math.atan2(z, math.hypot(x, y)))
+
+
+def bounding_cone(vertices: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """A cone (ra, dec, radius in degrees) containing a spherical polygon.
+
+    The centre is the normalised mean of the vertex vectors and the radius the
+    largest vertex distance: a cap smaller than a hemisphere is convex, so the
+    great-circle edges between vertices inside it stay inside it.
+    """
+    vecs = np.array([unit_vector(r, d) for r, d in vertices])
+    centre = vecs.sum(axis=0)
+    norm = float(np.linalg.norm(centre))
+    if norm < 1e-9:
+        return 0.0, 0.0, 180.0
+    centre /= norm
+    radius = max(math.degrees(math.acos(min(1.0, float(np.dot(centre, v))))) for v in vecs)
+    ra, dec = vector_to_lonlat(centre)
+    return ra, dec, min(radius * (1 + 1e-9) + 1e-9, 180.0)
