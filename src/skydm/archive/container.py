@@ -26,7 +26,8 @@ import hashlib
 import io
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ _STRUCTURAL = {
 _CODECS = ("RICE_1", "GZIP_1", "GZIP_2", "PLIO_1", "HCOMPRESS_1")
 
 
-@dataclass(frozen=True)
+@dataclass
 class SourceInfo:
     """What :func:`encode` learnt about the source file."""
 
@@ -60,7 +61,15 @@ class SourceInfo:
     n_hdus: int
     n_images: int
     bitpix: tuple[int, ...]  # of the image HDUs
-    pixel_sha256: str  # of every image HDU's pixel bytes, in order
+    pixel_views: list[memoryview] = field(repr=False, default_factory=list)
+
+    @cached_property
+    def pixel_sha256(self) -> str:
+        """SHA-256 of every image HDU's stored pixel bytes, in order (computed on demand)."""
+        digest = hashlib.sha256()
+        for chunk in self.pixel_views:
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _is_structural(keyword: str) -> bool:
@@ -168,13 +177,21 @@ def _layout(hdul: fits.HDUList, size: int, name: str) -> list[tuple[int, int, in
     return spans
 
 
-def _image_array(hdu: fits.hdu.base._BaseHDU) -> np.ndarray | None:
+_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+def _image_array(hdu: fits.hdu.base._BaseHDU, data: memoryview, offset: int) -> np.ndarray | None:
+    """The HDU's stored pixel values as a zero-copy view of the file's bytes, or ``None``."""
     if isinstance(hdu, fits.GroupsHDU) or not isinstance(hdu, fits.PrimaryHDU | fits.ImageHDU):
         return None
-    data = hdu.data
-    if data is None or data.size == 0:
+    h = hdu.header
+    naxis = int(h.get("NAXIS", 0))
+    shape = tuple(int(h.get(f"NAXIS{k}", 0)) for k in range(naxis, 0, -1))
+    if naxis == 0 or min(shape) <= 0:
         return None
-    return np.asarray(data)
+    dtype = np.dtype(_BITPIX_DTYPE[int(h["BITPIX"])])
+    count = int(np.prod(shape))
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
 def encode(
@@ -212,6 +229,7 @@ def encode(
             raise BadFileError(path, f"cannot be read ({exc.strerror})") from exc
     name = str(path)
     hdul = _parse(data, name)
+    view = memoryview(data)  # slices of a memoryview do not copy
     spans = _layout(hdul, len(data), name)
     tail = data[spans[-1][2] :] if spans else data
     if tail.strip(b"\0"):
@@ -225,19 +243,18 @@ def encode(
     images: list[fits.CompImageHDU] = []
     merged = fits.Header()
     bitpix: list[int] = []
-    pixel_digest = hashlib.sha256()
+    pixel_views: list[memoryview] = []
     primary_has_image = False
     for i, (hdu, (h0, d0, d1)) in enumerate(zip(hdul, spans, strict=True)):
-        headers.append(zlib.compress(data[h0:d0], 6))
-        array = _image_array(hdu)
+        headers.append(zlib.compress(view[h0:d0], 6))
+        array = _image_array(hdu, view, d0)
         if array is None:
             kinds.append(KIND_INLINE)
             ext_index.append(-1)
-            inline.append(zlib.compress(data[d0:d1], 6))
+            inline.append(zlib.compress(view[d0:d1], 6))
             nbytes.append(d1 - d0)
             continue
-        raw = data[d0 : d0 + array.nbytes]
-        pixel_digest.update(raw)
+        pixel_views.append(view[d0 : d0 + array.nbytes])
         bp = int(hdu.header["BITPIX"])
         bitpix.append(bp)
         if not images:
@@ -259,7 +276,7 @@ def encode(
         images.append(comp)
         kinds.append(KIND_IMAGE)
         ext_index.append(len(images))
-        inline.append(zlib.compress(data[d0 + array.nbytes : d1], 6))  # block padding
+        inline.append(zlib.compress(view[d0 + array.nbytes : d1], 6))  # block padding
         nbytes.append(array.nbytes)
     if not images:
         raise BadFileError(name, "holds no image in any HDU; only FITS images can be ingested")
@@ -305,9 +322,31 @@ def encode(
         n_hdus=len(hdul),
         n_images=len(images),
         bitpix=tuple(bitpix),
-        pixel_sha256=pixel_digest.hexdigest(),
+        pixel_views=pixel_views,
     )
     return container, info
+
+
+def _rebuild(container: bytes, name: object) -> tuple[fits.HDUList, bytes]:
+    """Concatenate headers, decompressed pixels and inline bytes in source order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hdul = fits.open(io.BytesIO(container), memmap=False, do_not_scale_image_data=True)
+        if not hdul[0].header.get("SKYDMRAW") or MAP_EXTNAME not in hdul:
+            raise BadFileError(name, "is not a skydm raw container (no SKYDMRAW card/SKYDMMAP)")
+        table = hdul[MAP_EXTNAME].data
+        out = io.BytesIO()
+        for row in table:
+            out.write(zlib.decompress(bytes(row["HEADER"])))
+            if row["KIND"] == KIND_IMAGE:
+                pixels = np.asarray(hdul[int(row["EXT"])].data)
+                big = pixels.astype(pixels.dtype.newbyteorder(">"), copy=False)
+                raw = big.tobytes()
+                if len(raw) != int(row["NBYTES"]):
+                    raise DataCorruptionError(name, f"{row['NBYTES']} pixel bytes", str(len(raw)))
+                out.write(raw)
+            out.write(zlib.decompress(bytes(row["INLINE"])))
+    return hdul, out.getvalue()
 
 
 def restore_bytes(container: bytes | Path, *, name: object = None) -> bytes:
@@ -331,24 +370,14 @@ def restore_bytes(container: bytes | Path, *, name: object = None) -> bytes:
         name = name or container
         container = container.read_bytes()
     name = name or "<container>"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hdul = fits.open(io.BytesIO(container), memmap=False, do_not_scale_image_data=True)
-        if not hdul[0].header.get("SKYDMRAW") or MAP_EXTNAME not in hdul:
-            raise BadFileError(name, "is not a skydm raw container (no SKYDMRAW card/SKYDMMAP)")
-        table = hdul[MAP_EXTNAME].data
-        out = io.BytesIO()
-        for row in table:
-            out.write(zlib.decompress(bytes(row["HEADER"])))
-            if row["KIND"] == KIND_IMAGE:
-                pixels = np.asarray(hdul[int(row["EXT"])].data)
-                big = pixels.astype(pixels.dtype.newbyteorder(">"), copy=False)
-                raw = big.tobytes()
-                if len(raw) != int(row["NBYTES"]):
-                    raise DataCorruptionError(name, f"{row['NBYTES']} pixel bytes", str(len(raw)))
-                out.write(raw)
-            out.write(zlib.decompress(bytes(row["INLINE"])))
-    result = out.getvalue()
+    try:
+        hdul, result = _rebuild(container, name)
+    except (BadFileError, DataCorruptionError):
+        raise
+    except Exception as exc:  # zlib, cfitsio or FITS-structure errors: damage
+        raise DataCorruptionError(
+            name, "a decodable container", f"{type(exc).__name__}: {exc}"
+        ) from exc
     expected = str(hdul[0].header["ORIGSHA"])
     actual = hashlib.sha256(result).hexdigest()
     if actual != expected:

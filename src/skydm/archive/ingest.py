@@ -142,7 +142,9 @@ def ingest_file(
             raise BadFileError(path, "is a directory; give the FITS files in it")
         container, info = encode(path, codec=codec)
         definition = instrument_for(info.header, instrument)
-        translation = definition.translate(info.header, pixel_sha256=info.pixel_sha256, path=path)
+        translation = definition.translate(
+            info.header, pixel_sha256=lambda: info.pixel_sha256, path=path
+        )
         data_id = translation.data_id
         existing = repo.find(RAW, data_id)
         status: Status = "ingested"
@@ -168,7 +170,6 @@ def ingest_file(
             "source_name": info.name,
             "source_sha256": info.sha256,
             "source_size": info.size,
-            "pixel_sha256": info.pixel_sha256,
             "bitpix": list(info.bitpix),
             "n_hdus": info.n_hdus,
             "instrument_definition": definition.name,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -120,15 +121,18 @@ class InstrumentDefinition(abc.ABC):
         """Whether ``header`` is from this instrument."""
 
     @abc.abstractmethod
-    def translate(self, header: fits.Header, *, pixel_sha256: str, path: object) -> Translation:
+    def translate(
+        self, header: fits.Header, *, pixel_sha256: Callable[[], str], path: object
+    ) -> Translation:
         """The data ID and metadata of a raw.
 
         Parameters
         ----------
         header : astropy.io.fits.Header
             Primary header merged with the first image HDU's header.
-        pixel_sha256 : str
-            Hex SHA-256 of the raw's pixel bytes.
+        pixel_sha256 : callable
+            Returns the hex SHA-256 of the raw's pixel bytes (computed only
+            if a definition asks for it).
         path : object
             The file, for error messages.
 
@@ -160,7 +164,7 @@ class SkySim(InstrumentDefinition):
         return str(header.get("INSTRUME", "")).strip().upper() == "SKYSIM"
 
     def translate(
-        self, header: fits.Header, *, pixel_sha256: str, path: object
+        self, header: fits.Header, *, pixel_sha256: Callable[[], str], path: object
     ) -> Translation:
         if "VISIT" not in header:
             raise BadFileError(
@@ -193,7 +197,7 @@ class Generic(InstrumentDefinition):
         return True
 
     def translate(
-        self, header: fits.Header, *, pixel_sha256: str, path: object
+        self, header: fits.Header, *, pixel_sha256: Callable[[], str], path: object
     ) -> Translation:
         mjd = observation_mjd(header)
         if math.isnan(mjd):
@@ -206,7 +210,7 @@ class Generic(InstrumentDefinition):
         if visit is None:
             day = Time(mjd, format="mjd", scale="utc").datetime
             day_obs = day.year * 10000 + day.month * 100 + day.day
-            visit = day_obs * 10**10 + int(pixel_sha256, 16) % 10**10
+            visit = day_obs * 10**10 + int(pixel_sha256(), 16) % 10**10
         detector = _positive_int(header, self.DETECTOR_CARDS) or 0
         band = _band(header, self.BAND_CARDS) or "unknown"
         data_id = DataId(self.name, detector=detector, visit=visit, band=band)
