@@ -20,6 +20,7 @@ from skydm.catalog.engine import (
     CatalogEngine,
     ColumnInfo,
     QueryCancelledError,
+    QueryFailedError,
     QueryResult,
 )
 from skydm.catalog.schema import STANDARD_TABLES, ColumnDef, TableDef
@@ -34,6 +35,7 @@ __all__ = [
     "ColumnDef",
     "ColumnInfo",
     "QueryCancelledError",
+    "QueryFailedError",
     "QueryResult",
     "TableDef",
     "TableInfo",

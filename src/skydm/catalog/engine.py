@@ -19,13 +19,17 @@ import pyarrow as pa
 from skydm.catalog.adql import OutputColumn, Translation, compile_query
 from skydm.catalog.adql.functions import Dialect
 from skydm.catalog.tapschema import TapSchema
-from skydm.errors import SkydmError
+from skydm.errors import SkydmError, UserError
 
 BATCH_ROWS = 65536
 
 
 class QueryCancelledError(SkydmError):
     """The query was cancelled (its ``cancel`` event was set) before it finished."""
+
+
+class QueryFailedError(UserError):
+    """The engine refused a query that passed translation (a type mismatch, say)."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,12 @@ def votable_type(t: pa.DataType) -> tuple[str, str | None, str | None]:
 def normalise_type(t: pa.DataType) -> pa.DataType:
     """The Arrow type both engines return for a value of SQL type ``t``.
 
-    Exact decimals (DuckDB HUGEINT sums, PostgreSQL NUMERIC) become int64 when
-    they have no fraction digits and float64 otherwise; unsigned 64-bit
-    integers become int64 (VOTable has no unsigned long).
+    Exact decimals (DuckDB HUGEINT sums and DECIMAL literals, PostgreSQL
+    NUMERIC) become float64, as PostgreSQL's NUMERIC is read as float; unsigned
+    64-bit integers become int64 (VOTable has no unsigned long).
     """
     if pa.types.is_decimal(t):
-        return pa.int64() if t.scale == 0 else pa.float64()
+        return pa.float64()
     if pa.types.is_uint64(t) or pa.types.is_uint32(t):
         return pa.int64()
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):

@@ -240,6 +240,8 @@ def load_table(catalog_dir: Path | str, name: str, source: object, *,
         raise ConflictError(f"{target}: table {name} already exists; use mode='replace' "
                             "(--replace) or mode='append' (--append)")
     data, meta = read_any(source)
+    if not isinstance(source, str | Path):
+        source = f"<{type(source).__name__} for table {name}>"
     data = data.drop_columns([c for c in data.column_names
                               if c.lower().startswith(HEALPIX_COL)])
     _check_names(data.column_names, source)

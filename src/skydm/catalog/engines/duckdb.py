@@ -22,7 +22,13 @@ from pathlib import Path
 import pyarrow as pa
 
 from skydm.catalog.adql import Translation
-from skydm.catalog.engine import BATCH_ROWS, CatalogEngine, QueryCancelledError, watch_cancel
+from skydm.catalog.engine import (
+    BATCH_ROWS,
+    CatalogEngine,
+    QueryCancelledError,
+    QueryFailedError,
+    watch_cancel,
+)
 from skydm.catalog.schema import CATALOG_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
 from skydm.catalog.tapschema import TapSchema
@@ -133,7 +139,7 @@ class DuckDBEngine(CatalogEngine):
         except duckdb.Error as exc:
             done.set()
             cursor.close()
-            raise SkydmError(f"DuckDB could not run the query: {exc}") from exc
+            raise QueryFailedError(f"DuckDB could not run the query: {exc}") from exc
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
