@@ -122,6 +122,10 @@ def test_not_found_and_open_errors(tmp_path: Path) -> None:
         repo.remove("calexp", DID)
     with pytest.raises(UserError, match="no skydm repository"):
         Repository.open(tmp_path / "empty", create=False)
+    repo.close()
+    # An SQLite repository is never silently switched to another registry.
+    with pytest.raises(UserError, match="SQLite file registry.sqlite3"):
+        Repository.open(tmp_path / "r", registry_url="postgresql+psycopg://h/db")
 
 
 def test_remove(tmp_path: Path) -> None:

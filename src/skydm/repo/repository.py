@@ -86,12 +86,13 @@ class Repository:
                     config_path, f"is not a readable repository config: {exc}"
                 ) from exc
             recorded = config.get("registry_url")
-            if registry_url is not None and recorded is not None and registry_url != recorded:
+            if registry_url is not None and registry_url != recorded:
+                where = repr(recorded) if recorded else f"the SQLite file {SQLITE_NAME} in it"
                 raise UserError(
-                    f"{root}: the repository's registry is {recorded!r}, not {registry_url!r}; "
-                    "open it without registry_url"
+                    f"{root}: the repository's registry is {where}, not {registry_url!r}; "
+                    "open it without registry_url (unset SKYDM_REGISTRY_URL)"
                 )
-            url = recorded or registry_url
+            url = recorded
         elif not create:
             raise UserError(
                 f"{root}: no skydm repository here ({CONFIG_NAME} is missing); "
