@@ -86,6 +86,7 @@ class KafkaTransport(AlertTransport):
 
     def __post_init__(self) -> None:
         self._ck = require_extra("confluent_kafka", "alerts")
+        self._admin = require_extra("confluent_kafka.admin", "alerts")
         self._producer: Any = None
         if self.partitions < 1:
             raise BadValueError("partitions", self.partitions, "at least 1")
@@ -108,7 +109,7 @@ class KafkaTransport(AlertTransport):
         return self._ck.Producer(conf)
 
     def ensure_topics(self, topics: Sequence[str]) -> list[str]:  # noqa: D102
-        admin = self._ck.admin.AdminClient(self._client_config())
+        admin = self._admin.AdminClient(self._client_config())
         try:
             existing = set(admin.list_topics(timeout=10).topics)
         except self._ck.KafkaException as exc:
@@ -116,7 +117,7 @@ class KafkaTransport(AlertTransport):
         missing = [t for t in topics if t not in existing]
         if not missing:
             return []
-        new = [self._ck.admin.NewTopic(t, self.partitions, self.replication) for t in missing]
+        new = [self._admin.NewTopic(t, self.partitions, self.replication) for t in missing]
         created = []
         for topic, fut in admin.create_topics(new, operation_timeout=10).items():
             try:
