@@ -1,0 +1,251 @@
+"""A stack of warps on one sky cell, read in row chunks.
+
+Warps are given as :class:`~skydm.image.Exposure` objects or as skydm
+Exposure files; files are memory-mapped so that a stack of twenty
+4096x4096 warps (1.3 GB per plane) is read one band of rows at a time and
+memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from skydm.errors import BadFileError, BadValueError, UserError
+from skydm.image import Exposure, Mask, VisitInfo, read_exposure
+from skydm.image.exposure import wcs_from_header
+from skydm.image.mask import mask_from_header, mask_to_header
+from skydm.image.psf import Psf, psf_from_hdu
+
+#: Warp mask bits whose pixels never enter a coadd.
+REJECT = Mask.BAD | Mask.SAT | Mask.CR | Mask.NO_DATA | Mask.SUSPECT | Mask.CLIPPED
+
+
+@dataclass
+class _Member:
+    name: str
+    exposure: Exposure | None
+    hdul: fits.HDUList | None
+    remap_mask: bool
+    psf: Psf | None
+    zero_point: float
+    info: VisitInfo
+
+
+def _same_grid(a: WCS, b: WCS, shape: tuple[int, int]) -> bool:
+    """Whether two WCSs put the corners and centre of ``shape`` at the same sky positions."""
+    ny, nx = shape
+    xs = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2])
+    ys = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2])
+    ra, dec = a.pixel_to_world_values(xs, ys)
+    x2, y2 = b.world_to_pixel_values(ra, dec)
+    return bool(np.all(np.hypot(np.asarray(x2) - xs, np.asarray(y2) - ys) < 0.01))
+
+
+class WarpStack:
+    """Warps of one sky cell, all on the same pixel grid.
+
+    Parameters
+    ----------
+    warps : sequence of Exposure or path
+        At least one warp; files must be skydm Exposure files (or any FITS
+        image with a WCS, read whole into memory).
+    weights : sequence of float, optional
+        One weight per warp; by default the inverse median variance.
+
+    Raises
+    ------
+    UserError
+        When there is no warp, or the warps are not on one pixel grid, or
+        their zero points differ.
+    """
+
+    def __init__(
+        self, warps: Sequence[Exposure | str | Path], *, weights: Sequence[float] | None = None
+    ) -> None:
+        if len(warps) == 0:
+            raise UserError("a coadd needs at least one warp; none was given")
+        self.members: list[_Member] = []
+        shape: tuple[int, int] | None = None
+        wcs: WCS | None = None
+        for item in warps:
+            member, m_shape, m_wcs = self._open(item)
+            if m_wcs is None:
+                raise BadFileError(member.name, "has no WCS; warps must be on a sky cell's grid")
+            if shape is None:
+                shape, wcs = m_shape, m_wcs
+            elif m_shape != shape or not _same_grid(wcs, m_wcs, shape):  # type: ignore[arg-type]
+                raise BadFileError(
+                    member.name,
+                    f"is not on the same pixel grid as {self.members[0].name} "
+                    f"(shape {m_shape} vs {shape}); warp every visit onto one sky cell",
+                )
+            self.members.append(member)
+        assert shape is not None and wcs is not None
+        self.shape: tuple[int, int] = shape
+        self.wcs: WCS = wcs
+        zps = [m.zero_point for m in self.members if math.isfinite(m.zero_point)]
+        if zps and (max(zps) - min(zps) > 1e-4 or len(zps) != len(self.members)):
+            raise UserError(
+                f"the warps have different zero points ({min(zps):.4f} to {max(zps):.4f}, "
+                f"{len(self.members) - len(zps)} uncalibrated); warp them with a common "
+                "zero_point so that their fluxes can be averaged"
+            )
+        self.zero_point = zps[0] if zps else math.nan
+        self._weights: np.ndarray | None = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (len(self.members),) or not np.all(np.isfinite(w) & (w > 0)):
+                raise BadValueError(
+                    "weights", weights, f"{len(self.members)} positive finite numbers, one per warp"
+                )
+            self._weights = w
+
+    @staticmethod
+    def _open(item: Exposure | str | Path) -> tuple[_Member, tuple[int, int], WCS | None]:
+        if isinstance(item, Exposure):
+            name = item.source or f"warp of visit {item.info.visit}"
+            member = _Member(name, item, None, False, item.psf, item.zero_point, item.info)
+            return member, item.shape, item.wcs
+        path = Path(item)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+            except (OSError, ValueError) as exc:
+                raise BadFileError(path, f"is not a readable FITS file: {exc}") from exc
+        if not hdul[0].header.get("SKYDMEXP"):
+            hdul.close()
+            exp = read_exposure(path)
+            member = _Member(str(path), exp, None, False, exp.psf, exp.zero_point, exp.info)
+            return member, exp.shape, exp.wcs
+        try:
+            img_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
+            _ = hdul["VARIANCE"]
+        except KeyError as exc:
+            raise BadFileError(path, f"is a skydm Exposure missing an extension: {exc}") from exc
+        shape = (int(img_hdu.header["NAXIS2"]), int(img_hdu.header["NAXIS1"]))
+        ours = fits.Header()
+        mask_to_header(ours)
+        remap = any(mask_hdu.header.get(k) != v for k, v in ours.items())
+        psf = psf_from_hdu(hdul["PSF"]) if "PSF" in hdul else None
+        h0 = hdul[0].header
+        member = _Member(
+            str(path),
+            None,
+            hdul,
+            remap,
+            psf,
+            float(h0.get("ZP", math.nan)),
+            VisitInfo.from_header(h0),
+        )
+        return member, shape, wcs_from_header(img_hdu.header)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def names(self) -> list[str]:
+        """Names (file paths or sources) of the warps."""
+        return [m.name for m in self.members]
+
+    def read(self, k: int, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``y0:y1`` of warp ``k`` as (image float32, variance float32, mask uint32)."""
+        m = self.members[k]
+        if m.exposure is not None:
+            e = m.exposure
+            return (
+                np.asarray(e.image[y0:y1], dtype=np.float32),
+                np.asarray(e.var[y0:y1], dtype=np.float32),
+                np.asarray(e.msk[y0:y1], dtype=np.uint32),
+            )
+        assert m.hdul is not None
+        img = np.asarray(m.hdul["IMAGE"].data[y0:y1], dtype=np.float32)
+        var = np.asarray(m.hdul["VARIANCE"].data[y0:y1], dtype=np.float32)
+        raw_mask = np.asarray(m.hdul["MASK"].data[y0:y1])
+        if m.remap_mask:
+            mask = mask_from_header(m.hdul["MASK"].header, raw_mask)
+        else:
+            mask = raw_mask.astype(np.uint32)
+        return img, var, mask
+
+    def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``y0:y1`` of every warp: image and variance with bad pixels zeroed, and a
+        boolean array that is True where a pixel may enter the coadd.
+
+        Shapes are ``(n_warps, y1 - y0, columns)``.
+        """
+        n, w = len(self), self.shape[1]
+        img = np.empty((n, y1 - y0, w), dtype=np.float32)
+        var = np.empty((n, y1 - y0, w), dtype=np.float32)
+        good = np.empty((n, y1 - y0, w), dtype=bool)
+        for k in range(n):
+            i, v, m = self.read(k, y0, y1)
+            ok = ((m & np.uint32(REJECT)) == 0) & np.isfinite(i) & np.isfinite(v) & (v > 0)
+            img[k] = np.where(ok, i, 0.0)
+            var[k] = np.where(ok, v, 0.0)
+            good[k] = ok
+        return img, var, good
+
+    def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, int]]:
+        """(y0, y1) of consecutive row bands covering the grid."""
+        ny = self.shape[0]
+        for y0 in range(0, ny, rows_per_chunk):
+            yield y0, min(y0 + rows_per_chunk, ny)
+
+    def default_chunk_rows(self, budget_pixels: int = 12_000_000) -> int:
+        """Rows per chunk so that one plane of the whole stack holds ``budget_pixels``."""
+        return max(16, budget_pixels // max(len(self) * self.shape[1], 1))
+
+    @property
+    def weights(self) -> np.ndarray:
+        """One weight per warp: the inverse of its median usable variance.
+
+        A scalar per warp (not per pixel) keeps star fluxes unbiased: per-pixel
+        inverse variance would down-weight each epoch where a star is bright.
+        """
+        if self._weights is None:
+            ny = self.shape[0]
+            step = max(1, ny // 64)
+            out = np.zeros(len(self))
+            for k in range(len(self)):
+                samples = []
+                for y in range(0, ny, step):
+                    _, v, m = self.read(k, y, y + 1)
+                    ok = ((m & np.uint32(REJECT)) == 0) & np.isfinite(v) & (v > 0)
+                    samples.append(v[ok])
+                vals = np.concatenate(samples)
+                if vals.size == 0:
+                    raise UserError(
+                        f"{self.members[k].name} has no usable pixel on this grid; "
+                        "leave it out of the coadd"
+                    )
+                out[k] = 1.0 / float(np.median(vals))
+            self._weights = out
+        return self._weights
+
+    def close(self) -> None:
+        """Close any memory-mapped files."""
+        for m in self.members:
+            if m.hdul is not None:
+                m.hdul.close()
+
+    def __enter__(self) -> WarpStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_rows(rows: int) -> int:
+    """Validate a rows-per-chunk parameter."""
+    if rows < 8:
+        raise BadValueError("chunk_rows", rows, "at least 8 rows per chunk")
+    return rows
