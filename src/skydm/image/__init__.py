@@ -9,7 +9,12 @@ from skydm.image.detect import (
     subtract_background,
 )
 from skydm.image.exposure import Exposure, wcs_from_header
-from skydm.image.io import open_fits, read_exposure, visit_info_from_header
+from skydm.image.io import (
+    exposure_from_hdulist,
+    open_fits,
+    read_exposure,
+    visit_info_from_header,
+)
 from skydm.image.mask import UNUSABLE, Mask, mask_names
 from skydm.image.psf import DoubleGaussianPsf, GaussianPsf, MoffatPsf, PixelPsf, Psf
 from skydm.image.visit import VisitInfo
@@ -26,6 +31,7 @@ __all__ = [
     "VisitInfo",
     "detect_sources",
     "estimate_background",
+    "exposure_from_hdulist",
     "mask_names",
     "measure_psf",
     "open_fits",

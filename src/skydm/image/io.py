@@ -129,22 +129,30 @@ def read_exposure(path: str | Path, *, hdu: int | str | None = None) -> Exposure
         When the file is missing, not FITS, truncated, or holds no image.
     """
     path = Path(path)
-    hdul = open_fits(path)
+    with open_fits(path) as hdul:
+        return exposure_from_hdulist(hdul, source=path, hdu=hdu)
+
+
+def exposure_from_hdulist(
+    hdul: fits.HDUList, *, source: str | Path | None = None, hdu: int | str | None = None
+) -> Exposure:
+    """An Exposure from an open ``HDUList`` (see :func:`read_exposure`).
+
+    ``source`` names where the data came from, for error messages.
+    """
+    where = source if source is not None else "<in-memory FITS>"
     # Non-standard cards (ESO-LOG, ...) are expected in raw data: keep quiet about them.
-    with hdul, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if hdul[0].header.get("SKYDMEXP"):
-            return _read_skydm(hdul, path)
-        if hdu is None:
-            index: int | str = first_image_hdu(hdul, path)
-        else:
-            index = hdu
+            return _read_skydm(hdul, Path(str(where)))
+        index: int | str = first_image_hdu(hdul, where) if hdu is None else hdu
         try:
             h = hdul[index]
         except (KeyError, IndexError) as exc:
-            raise BadFileError(path, f"has no HDU {index!r}") from exc
+            raise BadFileError(where, f"has no HDU {index!r}") from exc
         if h.data is None or np.ndim(h.data) != 2:
-            raise BadFileError(path, f"HDU {index!r} holds no 2-d image")
+            raise BadFileError(where, f"HDU {index!r} holds no 2-d image")
         header = hdul[0].header.copy() if index != 0 else fits.Header()
         header.extend(h.header, update=True)
         info = visit_info_from_header(header)
@@ -155,7 +163,7 @@ def read_exposure(path: str | Path, *, hdu: int | str | None = None) -> Exposure
             zero_point=_card(header, ("ZP", "MAGZERO", "MAGZPT")),
             info=info,
             meta=_clean_meta(header),
-            source=str(path),
+            source=str(where),
         )
 
 
