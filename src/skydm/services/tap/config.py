@@ -35,6 +35,8 @@ class TapConfig:
         Seconds an async job may run (``EXECUTIONDURATION``); 0 never allowed.
     default_retention, max_retention : int
         Seconds from creation until a job is destroyed (``DESTRUCTION``).
+    max_sync_duration : int
+        Seconds after which a sync query is interrupted (use async jobs for more).
     max_wait : int
         Longest blocking ``WAIT`` on a job, in seconds.
     sweep_interval : float
@@ -55,7 +57,8 @@ class TapConfig:
     max_execution_duration: int = 3600 * 4
     default_retention: int = 7 * 86400
     max_retention: int = 30 * 86400
-    max_wait: int = 60
+    max_sync_duration: int = 600
+    max_wait: int = 25
     sweep_interval: float = 5.0
     engine_opener: str = "skydm.catalog:open_engine"
 
@@ -78,7 +81,7 @@ class TapConfig:
     def from_env(cls, repo_dir: Path | str, **overrides: object) -> TapConfig:
         """Settings for ``repo_dir`` with ``SKYDM_TAP_*`` environment overrides.
 
-        Integer settings may be set as ``SKYDM_TAP_<NAME>`` (for example
+        Numeric settings may be set as ``SKYDM_TAP_<NAME>`` (for example
         ``SKYDM_TAP_DEFAULT_MAXREC``); explicit ``overrides`` win over both.
         """
         values: dict[str, object] = {}
@@ -92,9 +95,13 @@ class TapConfig:
             "default_retention",
             "max_retention",
             "max_wait",
+            "max_sync_duration",
         ):
             raw = os.environ.get(f"SKYDM_TAP_{name.upper()}")
             if raw is not None:
                 values[name] = int(raw)
+        raw = os.environ.get("SKYDM_TAP_SWEEP_INTERVAL")
+        if raw is not None:
+            values["sweep_interval"] = float(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(repo_dir=Path(repo_dir), **values)  # type: ignore[arg-type]

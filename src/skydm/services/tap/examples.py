@@ -78,7 +78,7 @@ def examples_document(tableset: TableSet) -> bytes:
         '<?xml version="1.0" encoding="UTF-8"?>\n',
         '<html xmlns="http://www.w3.org/1999/xhtml">\n'
         "<head><title>skydm TAP examples</title></head>\n"
-        '<body vocab="ivo://ivoa.net/std/DALI-examples">\n<h1>Example queries</h1>\n',
+        '<body vocab="ivo://ivoa.net/std/DALI-examples#">\n<h1>Example queries</h1>\n',
     ]
     for ident, name, description, query in examples_for(tableset):
         parts.append(

@@ -8,6 +8,7 @@ here and results into responses; nothing below knows about FastAPI.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -93,9 +94,23 @@ class TapService:
         """Validate query parameters against this service's limits."""
         return parse_query_request(params, self.config, require_query=require_query)
 
-    def start_query(self, request: QueryRequest) -> ResultStream:
-        """Start a sync query; the stream's first batch is already fetched."""
-        columns, batches, overflow = self.engine.iter_batches(request.query, maxrec=request.maxrec)
+    def start_query(
+        self, request: QueryRequest, *, cancel: threading.Event | None = None
+    ) -> ResultStream:
+        """Start a sync query; the stream's first batch is already fetched.
+
+        ``cancel`` (set when the client goes away) interrupts the query; it is
+        also set after ``max_sync_duration`` seconds, so that a runaway sync
+        query cannot hold the service's resources (long queries belong in
+        async jobs).
+        """
+        cancel = cancel or threading.Event()
+        timer = threading.Timer(self.config.max_sync_duration, cancel.set)
+        timer.daemon = True
+        timer.start()
+        columns, batches, overflow = self.engine.iter_batches(
+            request.query, maxrec=request.maxrec, cancel=cancel
+        )
         return ResultStream(request.output, columns, batches, overflow, query=request.query)
 
     # --- async jobs ---------------------------------------------------------------------------

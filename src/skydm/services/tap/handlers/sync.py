@@ -19,7 +19,7 @@ _QUEUE_DEPTH = 8  # encoded chunks buffered between the query thread and the res
 
 
 async def _run_in_thread(
-    start: Callable[[], ResultStream],
+    start: Callable[[threading.Event], ResultStream],
 ) -> tuple[ResultStream, AsyncIterator[bytes]]:
     """Start a query in a thread of its own and stream its chunks to the event loop.
 
@@ -30,7 +30,7 @@ async def _run_in_thread(
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=_QUEUE_DEPTH)
-    gone = threading.Event()
+    gone = threading.Event()  # the client went away: interrupts the query
 
     def put(item: tuple[str, Any]) -> bool:
         future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
@@ -45,7 +45,7 @@ async def _run_in_thread(
 
     def work() -> None:
         try:
-            stream = start()
+            stream = start(gone)
         except BaseException as exc:
             put(("error", exc))
             return
@@ -87,5 +87,5 @@ async def sync_query(request: Request) -> Response:
     """TAP sync endpoint: ``LANG``, ``QUERY``, ``MAXREC``, ``RESPONSEFORMAT``."""
     tap = service(request)
     query = tap.parse(await params_of(request))
-    stream, body = await _run_in_thread(lambda: tap.start_query(query))
+    stream, body = await _run_in_thread(lambda gone: tap.start_query(query, cancel=gone))
     return StreamingResponse(body, media_type=stream.output.mime)

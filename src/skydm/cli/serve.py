@@ -1,0 +1,82 @@
+"""``skydm serve``: run the web services (the TAP service at ``/tap``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from skydm.errors import BadValueError
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the web services (IVOA TAP at /tap)",
+        description=(
+            "Serve the repository's catalog over IVOA TAP 1.1 (sync and async ADQL queries, "
+            "VOSI tables/capabilities/availability, DALI examples) at http://HOST:PORT/tap. "
+            "Async jobs run in worker processes; their state and results live in REPO/tap/."
+        ),
+    )
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help="catalog engine URL, e.g. postgresql+psycopg://... "
+        "(default: DuckDB over REPO/catalog, or $SKYDM_CATALOG_ENGINE)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="async jobs executed at once, each in its own process (2)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level (info)",
+    )
+    parser.set_defaults(func=_serve)
+
+
+def engine_url(value: str | None) -> str | None:
+    """The engine URL from ``--engine`` or the settings (``None`` means DuckDB)."""
+    from skydm.config import Settings
+
+    url = value if value is not None else Settings.from_env().catalog_engine
+    return None if url in (None, "", "duckdb") else url
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from skydm.config import Settings
+    from skydm.errors import require_extra
+
+    require_extra("uvicorn", "serve")
+    import uvicorn
+
+    from skydm.services.app import create_app
+
+    if not 0 < args.port < 65536:
+        raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
+    if args.workers is not None and args.workers < 1:
+        raise BadValueError("--workers", args.workers, "give at least 1")
+    repo = args.repo if args.repo is not None else Settings.from_env().repo
+    app = create_app(repo, engine_url=engine_url(args.engine), workers=args.workers)
+    print(
+        f"skydm serve: TAP service at http://{args.host}:{args.port}/tap (repository {repo})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
