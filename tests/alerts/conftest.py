@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 
-
 def require_tool(name: str, found: bool, how: str) -> None:
     """Skip when a tool is missing, or fail under ``SKYDM_REQUIRE_ALL=1`` (as in CI)."""
     if found:

@@ -30,7 +30,13 @@ def _produce(tmp: Path, visits: range, n: int = 40, **kw: object) -> tuple[Outbo
         sci, tmpl, diff, table = field.visit(v)
         results.append(
             produce_visit_alerts(
-                table, diff, apdb=apdb, archive_dir=tmp / "archive", science=sci, template=tmpl, **kw
+                table,
+                diff,
+                apdb=apdb,
+                archive_dir=tmp / "archive",
+                science=sci,
+                template=tmpl,
+                **kw,
             )
         )
     return Outbox(tmp / "archive" / "outbox.sqlite3"), results
@@ -114,11 +120,11 @@ def test_replay_from_a_time_and_from_an_offset(tmp_path: Path, broker) -> None:
     box, second = _produce(tmp_path, range(2, 3))
     assert stream_outbox(box, transport).pending == 0
     late = AlertConsumer(broker.bootstrap, "replay", [TOPIC], config=FAST, from_time=cut)
-    got = late.consume_until(10_000, timeout=30, idle=4)
+    got = late.consume_until(10_000, timeout=30, idle=2)
     late.close()
     assert {a.dia_source_id for a in got} == _ids(second)
     everything = AlertConsumer(broker.bootstrap, "replay-all", [TOPIC], config=FAST, from_offset=0)
-    got = everything.consume_until(10_000, timeout=30, idle=4)
+    got = everything.consume_until(10_000, timeout=30, idle=2)
     everything.close()
     assert {a.dia_source_id for a in got} == _ids(first) | _ids(second)
 
@@ -132,7 +138,7 @@ def test_filtered_topic_gets_only_what_the_predicate_accepts(tmp_path: Path, bro
     )
     assert stream_outbox(box, KafkaTransport(broker.bootstrap, partitions=2)).pending == 0
     c = AlertConsumer(broker.bootstrap, "filt", ["skydm-brightening"], config=FAST)
-    got = c.consume_until(10_000, timeout=30, idle=4)
+    got = c.consume_until(10_000, timeout=30, idle=2)
     c.close()
     from skydm.alerts.archive import read_archive
 
@@ -183,3 +189,67 @@ def test_produce_streams_when_a_broker_is_given(tmp_path: Path, broker) -> None:
     got = c.consume_until(results[0].n_alerts, timeout=30)
     c.close()
     assert {a.dia_source_id for a in got} == _ids(results)
+
+
+def test_cli_produce_stream_consume(tmp_path: Path, broker, capsys: pytest.CaptureFixture) -> None:
+    from skydm.cli.main import main
+
+    field = SyntheticField(seed=9, n_variables=15)
+    sci, tmpl, diff, table = field.visit(1)
+    for name, exp in (("sci", sci), ("tmpl", tmpl), ("diff", diff)):
+        exp.write(tmp_path / f"{name}.fits")
+    table.write(tmp_path / "sources.ecsv")
+    arch = tmp_path / "arch"
+    common = ["--archive-dir", str(arch)]
+    rc = main(
+        [
+            "alerts",
+            "produce",
+            "--diff",
+            str(tmp_path / "diff.fits"),
+            "--sources",
+            str(tmp_path / "sources.ecsv"),
+            "--science",
+            str(tmp_path / "sci.fits"),
+            "--template",
+            str(tmp_path / "tmpl.fits"),
+            *common,
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert f"{len(table)} alerts" in out
+    rc = main(
+        [
+            "alerts",
+            "stream",
+            *common,
+            "--bootstrap",
+            broker.bootstrap,
+            "--kafka-config",
+            "linger.ms=2",
+        ]
+    )
+    assert rc == 0 and f"{len(table)} delivered, 0 pending" in capsys.readouterr().out
+    rc = main(
+        [
+            "alerts",
+            "consume",
+            "--bootstrap",
+            broker.bootstrap,
+            "--group",
+            "cli",
+            "--kafka-config",
+            "session.timeout.ms=6000",
+            "--idle",
+            "3",
+            "--out",
+            str(tmp_path / "got"),
+        ]
+    )
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "diaSourceId=" in ln]
+    assert len(lines) == len(table) == len(list((tmp_path / "got").glob("*.json")))
+    rc = main(["alerts", "stream", *common, "--bootstrap", "x", "--kafka-config", "bad"])
+    assert rc == 1
+    assert "KEY=VALUE" in capsys.readouterr().err

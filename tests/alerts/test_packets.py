@@ -190,7 +190,12 @@ def test_missing_field_and_nan_coordinates_name_the_source(tmp_path: Path) -> No
 def test_required_field_check_uses_the_schema() -> None:
     schema = load_schema("11.1")
     with pytest.raises(AlertValidationError, match=r"DIA source 42: field 'midpointMjdTai'"):
-        build_record("diaSource", {"diaSourceId": 42, "visit": 1, "detector": 0, "ra": 1.0, "dec": 2.0}, schema, ident=42)
+        build_record(
+            "diaSource",
+            {"diaSourceId": 42, "visit": 1, "detector": 0, "ra": 1.0, "dec": 2.0},
+            schema,
+            ident=42,
+        )
 
 
 def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
@@ -218,5 +223,8 @@ def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
 def test_archive_header_schema_is_complete(survey: dict) -> None:
     with open(survey["results"][0].archive, "rb") as fh:
         reader = fastavro.reader(fh)
-        assert reader.writer_schema["name"] == f"lsst.v{load_schema().major}_{load_schema().minor}.alert"
+        assert (
+            reader.writer_schema["name"]
+            == f"lsst.v{load_schema().major}_{load_schema().minor}.alert"
+        )
         assert reader.codec == "null"

@@ -57,7 +57,9 @@ def test_each_variable_is_one_object(run: dict) -> None:
     # Every object sits on one true variable, within a milliarcsecond.
     objs = list(apdb.get_objects(_all_object_ids(apdb)).values())
     for o in objs:
-        sep = np.hypot((field.ra - o["ra"]) * math.cos(math.radians(o["dec"])), field.dec - o["dec"])
+        sep = np.hypot(
+            (field.ra - o["ra"]) * math.cos(math.radians(o["dec"])), field.dec - o["dec"]
+        )
         assert sep.min() * 3600 < 1e-3
 
 
@@ -133,7 +135,9 @@ def test_association_is_one_to_one_and_nearest_first() -> None:
     assert m.object_ids == [2, 1, None]
     assert m.distances_arcsec[1] == pytest.approx(0.05, rel=1e-3)
     # Across RA = 0.
-    m = associate(np.array([359.99999]), np.array([0.0]), [{"diaObjectId": 9, "ra": 0.00001, "dec": 0.0}])
+    m = associate(
+        np.array([359.99999]), np.array([0.0]), [{"diaObjectId": 9, "ra": 0.00001, "dec": 0.0}]
+    )
     assert m.object_ids == [9]
 
 

@@ -234,10 +234,12 @@ class AlertConsumer:
         start = last = time.monotonic()
         while len(got) < n and time.monotonic() - start < timeout:
             batch = self.poll(min(1000, n - len(got)), 0.5)
-            if batch:
+            if batch or not self.assignment:
+                # Idle time counts only once the group has given us partitions.
                 got.extend(batch)
                 last = time.monotonic()
-                self.commit()
+                if batch:
+                    self.commit()
             elif idle is not None and time.monotonic() - last > idle:
                 break
         return got

@@ -1,0 +1,246 @@
+"""``skydm alerts``: produce alert packets for a visit, stream them to Kafka, consume them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+_KAFKA_HELP = "librdkafka setting passed through (repeatable), e.g. sasl.mechanism=SCRAM-SHA-512"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``alerts`` command group."""
+    p = subparsers.add_parser(
+        "alerts",
+        help="produce, stream and consume LSST alert packets",
+        description=(
+            "Alert production and distribution: associate a visit's DIA sources in the APDB, "
+            "build LSST alert packets (official schema from lsst-alert-packet), archive them "
+            "per visit, and stream them to Kafka through a durable outbox."
+        ),
+    )
+    sub = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
+
+    pr = sub.add_parser(
+        "produce",
+        help="build the alert packets of one visit (archive + outbox; stream if a broker is set)",
+        description=(
+            "Associate DIA sources with DIA objects, run forced photometry, and write the "
+            "visit's alert packets to an Avro archive and the outbox. With --bootstrap (or "
+            "SKYDM_KAFKA_BOOTSTRAP) the outbox is streamed to Kafka afterwards."
+        ),
+    )
+    pr.add_argument("--diff", type=Path, required=True, help="difference image (FITS)")
+    pr.add_argument("--sources", type=Path, required=True, help="DIA source table (.ecsv, .fits)")
+    pr.add_argument("--science", type=Path, help="science image, for cutouts and scienceFlux")
+    pr.add_argument("--template", type=Path, help="template image, for cutouts")
+    pr.add_argument(
+        "--apdb",
+        help="APDB: SQLite file or SQLAlchemy URL (SKYDM_APDB_URL; <archive-dir>/apdb.sqlite3)",
+    )
+    pr.add_argument("--archive-dir", type=Path, required=True, help="where archives and outbox go")
+    pr.add_argument("--schema", help="LSST schema version MAJOR.MINOR (latest packaged)")
+    pr.add_argument("--cutout-size", type=int, default=30, help="cutout side in pixels (30)")
+    pr.add_argument("--radius", type=float, default=1.0, help="association radius, arcsec (1)")
+    pr.add_argument("--visit", type=int, help="visit id (default: from the difference header)")
+    pr.add_argument("--detector", type=int, help="detector id (default: from the header)")
+    _kafka_args(pr)
+    pr.set_defaults(func=_produce)
+
+    st = sub.add_parser(
+        "stream",
+        help="send every pending alert of the outbox to Kafka",
+        description=(
+            "Drain the outbox: send pending messages with an idempotent acks=all producer; "
+            "only acknowledged messages are marked delivered. --redeliver queues delivered "
+            "messages again (for a broker that lost data)."
+        ),
+    )
+    st.add_argument("--archive-dir", type=Path, required=True, help="holds outbox.sqlite3")
+    st.add_argument("--retry-for", type=float, default=60.0, help="seconds to retry a down broker")
+    st.add_argument("--redeliver", action="store_true", help="queue delivered messages again")
+    st.add_argument("--visit", type=int, help="with --redeliver: only this visit")
+    _kafka_args(st)
+    st.set_defaults(func=_stream)
+
+    co = sub.add_parser(
+        "consume",
+        help="join a consumer group and read alerts",
+        description=(
+            "Read alert topics as a member of a consumer group, committing offsets; print one "
+            "line per alert, or write decoded packets as JSON with --out. Duplicates are "
+            "dropped by diaSourceId."
+        ),
+    )
+    co.add_argument("--group", required=True, help="consumer group id")
+    co.add_argument("--topic", action="append", help="topic (repeatable; lsst-alerts-v<latest>)")
+    when = co.add_mutually_exclusive_group()
+    when.add_argument("--from-time", help="replay from this ISO 8601 time")
+    when.add_argument("--from-offset", type=int, help="replay every partition from this offset")
+    co.add_argument("--max", type=int, default=0, help="stop after N alerts (0: run until idle)")
+    co.add_argument("--idle", type=float, default=10.0, help="stop after this many idle seconds")
+    co.add_argument("--out", type=Path, help="directory for decoded packets (<diaSourceId>.json)")
+    co.add_argument("--dedup-db", type=Path, help="SQLite file that keeps seen diaSourceIds")
+    co.add_argument("--bootstrap", help="Kafka bootstrap servers (SKYDM_KAFKA_BOOTSTRAP)")
+    co.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
+    co.set_defaults(func=_consume)
+
+
+def _kafka_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (SKYDM_KAFKA_BOOTSTRAP)")
+    p.add_argument("--topic", help="main topic (lsst-alerts-v<major>)")
+    p.add_argument("--partitions", type=int, default=8, help="partitions of new topics (8)")
+    p.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
+
+
+def _bootstrap(args: argparse.Namespace) -> str | None:
+    return args.bootstrap or os.environ.get("SKYDM_KAFKA_BOOTSTRAP") or None
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from astropy.table import Table
+
+    from skydm.alerts.produce import produce_visit_alerts
+    from skydm.alerts.transport import parse_kafka_config
+    from skydm.ap.apdb import Apdb
+    from skydm.errors import BadFileError
+    from skydm.image import read_exposure
+    from skydm.progress import Progress
+
+    kafka_config = parse_kafka_config(args.kafka_config)
+    diff = read_exposure(args.diff)
+    if args.visit is not None:
+        diff.info.visit = args.visit
+    if args.detector is not None:
+        diff.info.detector = args.detector
+    try:
+        table = Table.read(args.sources)
+    except (OSError, ValueError) as exc:
+        raise BadFileError(args.sources, f"cannot read the DIA source table ({exc})") from exc
+    science = read_exposure(args.science) if args.science else None
+    template = read_exposure(args.template) if args.template else None
+    url = args.apdb or os.environ.get("SKYDM_APDB_URL") or args.archive_dir / "apdb.sqlite3"
+    apdb = Apdb(url)
+    try:
+        result = produce_visit_alerts(
+            table,
+            diff,
+            apdb=apdb,
+            archive_dir=args.archive_dir,
+            science=science,
+            template=template,
+            schema_version=args.schema,
+            cutout_size=args.cutout_size,
+            radius_arcsec=args.radius,
+            topic=args.topic,
+            bootstrap=_bootstrap(args),
+            kafka_config=kafka_config,
+            partitions=args.partitions,
+            progress=Progress("alerts: packets", len(table)),
+        )
+    finally:
+        apdb.close()
+    for err in result.rejected:
+        print(f"skydm alerts produce: rejected: {err}", file=sys.stderr)
+    print(
+        f"visit {result.visit} detector {result.detector}: {result.n_alerts} alerts "
+        f"(schema {result.schema_version}), {result.n_new_objects} new DIA objects, "
+        f"{result.n_forced} forced sources, {len(result.rejected)} rejected; "
+        f"archive {result.archive}"
+    )
+    if result.stream is not None:
+        s = result.stream
+        print(f"streamed: {s.delivered} delivered, {s.pending} pending")
+        return 0 if s.pending == 0 else 3
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from skydm.alerts.outbox import Outbox
+    from skydm.alerts.transport import KafkaTransport, parse_kafka_config, stream_outbox
+    from skydm.errors import BadFileError, BadValueError
+    from skydm.progress import Progress
+
+    bootstrap = _bootstrap(args)
+    if not bootstrap:
+        raise BadValueError("--bootstrap", None, "a Kafka host:port (or SKYDM_KAFKA_BOOTSTRAP)")
+    path = args.archive_dir / "outbox.sqlite3"
+    if not path.exists():
+        raise BadFileError(path, "no outbox here; run `skydm alerts produce` first")
+    box = Outbox(path)
+    try:
+        if args.redeliver:
+            n = box.requeue(visit=args.visit, topic=args.topic)
+            print(f"queued {n} delivered messages again", file=sys.stderr)
+        pending = box.counts()["pending"]
+        transport = KafkaTransport(
+            bootstrap, partitions=args.partitions, config=parse_kafka_config(args.kafka_config)
+        )
+        try:
+            result = stream_outbox(
+                box, transport, retry_for=args.retry_for, progress=Progress("alerts: sent", pending)
+            )
+        finally:
+            transport.close()
+    finally:
+        box.close()
+    for err in result.errors[-3:]:
+        print(f"skydm alerts stream: {err}", file=sys.stderr)
+    print(f"{result.delivered} delivered, {result.pending} pending")
+    return 0 if result.pending == 0 else 3
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from skydm.alerts.consumer import AlertConsumer, DedupStore
+    from skydm.alerts.schema import load_schema
+    from skydm.alerts.transport import parse_kafka_config
+    from skydm.errors import BadValueError
+
+    bootstrap = _bootstrap(args)
+    if not bootstrap:
+        raise BadValueError("--bootstrap", None, "a Kafka host:port (or SKYDM_KAFKA_BOOTSTRAP)")
+    topics = args.topic or [load_schema().default_topic]
+    consumer = AlertConsumer(
+        bootstrap,
+        args.group,
+        topics,
+        config=parse_kafka_config(args.kafka_config),
+        from_time=args.from_time,
+        from_offset=args.from_offset,
+        dedup=DedupStore(args.dedup_db) if args.dedup_db else None,
+    )
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    limit = args.max if args.max > 0 else 10**12
+    try:
+        batch = consumer.consume_until(limit, timeout=1e9, idle=args.idle)
+        for alert in batch:
+            packet = alert.decode()
+            src = packet["diaSource"]
+            print(
+                f"{alert.topic}[{alert.partition}]@{alert.offset} diaSourceId={alert.dia_source_id} "
+                f"diaObjectId={alert.dia_object_id} ra={src['ra']:.6f} dec={src['dec']:.6f} "
+                f"psfFlux={src.get('psfFlux')} nPrv={len(packet.get('prvDiaSources') or [])}"
+            )
+            if args.out:
+                _write_json(args.out / f"{alert.dia_source_id}.json", packet)
+            n += 1
+    finally:
+        consumer.close()
+    print(f"{n} alerts ({consumer.duplicates} duplicates dropped)", file=sys.stderr)
+    return 0
+
+
+def _write_json(path: Path, packet: dict) -> None:
+    from skydm.repo.atomic import atomic_write_bytes
+
+    def default(o: object) -> object:
+        if isinstance(o, bytes):
+            return {"fits_bytes": len(o)}
+        return str(o)
+
+    atomic_write_bytes(path, json.dumps(packet, default=default, indent=1).encode())
