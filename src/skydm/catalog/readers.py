@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -80,28 +79,28 @@ def _parquet_meta(schema: pa.Schema) -> ColumnMeta:
         keep = {k: md[k] for k in ("unit", "ucd", "description") if k in md}
         if keep:
             out[f.name] = keep
-    astropy_md = (schema.metadata or {}).get(b"table_meta_yaml")
-    if astropy_md:
-        _merge_astropy_yaml(astropy_md.decode(), out)
+    astropy_yaml = (schema.metadata or {}).get(b"table_meta_yaml")
+    if astropy_yaml:
+        _merge_astropy_header(astropy_yaml.decode(), out)
     return out
 
 
-def _merge_astropy_yaml(text: str, out: ColumnMeta) -> None:
-    try:
-        import yaml
+def _merge_astropy_header(text: str, out: ColumnMeta) -> None:
+    # Parquet written by astropy keeps units, descriptions and meta in this YAML header.
+    from astropy.table.meta import get_header_from_yaml
 
-        doc: Any = yaml.safe_load(text.replace("!astropy.table.SerializedColumn", ""))
-    except Exception:
-        return  # metadata is a nicety: a table without it still loads
-    for col in (doc or {}).get("datatype", []) or []:
-        if isinstance(col, dict) and "name" in col:
-            entry = out.setdefault(str(col["name"]), {})
-            for key in ("unit", "description"):
-                if col.get(key):
-                    entry[key] = str(col[key])
-            ucd = (col.get("meta") or {}).get("ucd")
-            if ucd:
-                entry["ucd"] = str(ucd)
+    try:
+        header = get_header_from_yaml(text.splitlines())
+    except Exception:  # the header is a nicety: the table still loads without it
+        return
+    for col in header.get("datatype", []):
+        entry = out.setdefault(str(col["name"]), {})
+        for key in ("unit", "description"):
+            if col.get(key):
+                entry[key] = str(col[key])
+        ucd = dict(col.get("meta") or {}).get("ucd")
+        if ucd:
+            entry["ucd"] = str(ucd)
 
 
 def _from_astropy(table: Any, source: object) -> tuple[pa.Table, ColumnMeta]:
@@ -115,6 +114,8 @@ def _from_astropy(table: Any, source: object) -> tuple[pa.Table, ColumnMeta]:
                                "a catalog column must hold one value per row")
         values = np.asarray(col)
         mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)), dtype=bool)
+        if values.dtype.byteorder not in ("=", "|"):
+            values = values.astype(values.dtype.newbyteorder("="))  # FITS is big-endian
         if values.dtype.kind == "S":
             values = np.char.decode(values, "utf-8")
         if values.dtype.kind == "U":
@@ -135,14 +136,3 @@ def _from_astropy(table: Any, source: object) -> tuple[pa.Table, ColumnMeta]:
         if entry:
             meta[str(name)] = entry
     return pa.table(arrays, names=names), meta
-
-
-def field_metadata(unit: str, ucd: str, description: str) -> dict[bytes, bytes]:
-    """Parquet field metadata carrying a column's unit, UCD and description."""
-    md = {"unit": unit, "ucd": ucd, "description": description}
-    return {k.encode(): v.encode() for k, v in md.items() if v}
-
-
-def dumps(meta: ColumnMeta) -> str:
-    """JSON of column metadata (for logging)."""
-    return json.dumps(meta, sort_keys=True)

@@ -100,10 +100,11 @@ class DuckDBEngine(CatalogEngine):
             for name in old - {t.name for t in tables}:
                 self._con.execute(f"DROP VIEW IF EXISTS {_quote(CATALOG_SCHEMA)}.{_quote(name)}")
             for t in tables:
-                pattern = str(t.path / f"{PARTITION_COL}=*" / "*.parquet")
+                # An explicit file list spares every query a directory listing (a glob).
+                files = ", ".join(_literal(str(f)) for f in t.files)
                 self._con.execute(
                     f"CREATE OR REPLACE VIEW {_quote(CATALOG_SCHEMA)}.{_quote(t.name)} AS "
-                    f"SELECT * FROM read_parquet({_literal(pattern)}, hive_partitioning = true, "
+                    f"SELECT * FROM read_parquet([{files}], hive_partitioning = true, "
                     f"hive_types = {{'{PARTITION_COL}': BIGINT}})")
             schema = TapSchema([t.definition for t in tables])
             for name, arrow in schema.tap_tables().items():

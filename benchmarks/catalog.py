@@ -1,0 +1,183 @@
+"""Catalog engines: cone-search latency and full-scan time on a 10-million-row table.
+
+Builds a seeded all-sky table (``ra``, ``dec`` and five magnitudes) with
+numpy, loads it with :func:`skydm.catalog.load_table` (HEALPix-partitioned
+Parquet), and prints one JSON line:
+
+* ``rows`` — table size;
+* ``load_s`` — writing the table (HEALPix indexing, sorting, Parquet);
+* ``cone_p50_ms``, ``cone_p99_ms`` — 1 arcmin ADQL cone searches through the
+  DuckDB engine (translation included), random centres, one at a time;
+* ``full_scan_s`` — a full-table aggregate (count and five magnitude means), median of 3;
+* ``pg_*`` — the same through PostgreSQL with q3c when PostgreSQL 15 is
+  installed (a throwaway server is started), plus ``pg_load_s``;
+* the service figures (``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``)
+  come from :func:`service_figures`, which the TAP service owns.
+
+Run: ``.venv/bin/python benchmarks/catalog.py [--rows 10000000] [--cones 300] [--no-pg]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from skydm.catalog import CatalogEngine, load_table, open_engine
+
+TABLE = "bench"
+CONE_RADIUS_DEG = 1 / 60
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SCAN = ("SELECT COUNT(*) AS n, AVG(u) AS u, AVG(g) AS g, AVG(r) AS r, AVG(i) AS i, AVG(z) AS z "
+        f"FROM {TABLE}")
+
+
+def make_table(rows: int, seed: int = 42) -> pa.Table:
+    """A seeded all-sky table: ra, dec (uniform on the sphere) and five magnitudes."""
+    rng = np.random.default_rng(seed)
+    cols: dict[str, np.ndarray] = {
+        "id": np.arange(rows, dtype=np.int64),
+        "ra": rng.uniform(0.0, 360.0, rows),
+        "dec": np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, rows))),
+    }
+    for band in "ugriz":
+        cols[band] = rng.normal(22.0, 1.5, rows).astype(np.float32)
+    return pa.table(cols)
+
+
+def cone_queries(n: int, seed: int = 1) -> list[str]:
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    return [f"SELECT id, ra, dec, g FROM {TABLE} WHERE CONTAINS(POINT('ICRS', ra, dec), "
+            f"CIRCLE('ICRS', {float(a)!r}, {float(d)!r}, {CONE_RADIUS_DEG!r})) = 1"
+            for a, d in zip(ra, dec, strict=True)]
+
+
+def time_cones(engine: CatalogEngine, queries: list[str]) -> tuple[float, float]:
+    for q in queries[:10]:  # warm caches (file metadata, connections)
+        engine.execute(q)
+    times = []
+    for q in queries:
+        start = time.perf_counter()
+        engine.execute(q)
+        times.append(time.perf_counter() - start)
+    ms = np.array(times) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def time_scan(engine: CatalogEngine, rows: int) -> float:
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = engine.execute(SCAN)
+        times.append(time.perf_counter() - start)
+        assert result.table.column("n")[0].as_py() == rows
+    return float(np.median(times))
+
+
+def engine_figures(catalog_dir: Path, rows: int, n_cones: int) -> dict[str, float]:
+    """Cone and scan figures of the DuckDB engine."""
+    with open_engine(catalog_dir) as engine:
+        p50, p99 = time_cones(engine, cone_queries(n_cones))
+        return {"cone_p50_ms": round(p50, 2), "cone_p99_ms": round(p99, 2),
+                "full_scan_s": round(time_scan(engine, rows), 3)}
+
+
+@contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A PostgreSQL 15 server in a temporary directory; yields its URL."""
+    base = Path(tempfile.mkdtemp(prefix="skydm-bench-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(base, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A",
+                    "trust"], check=True, capture_output=True)
+    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -k {base} -c fsync=off "
+            "-c shared_buffers=1GB -c max_wal_size=4GB -c work_mem=64MB")
+    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l",
+                    str(base / "log"), "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                        "postgres", "bench"], check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench"
+    finally:
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "stop"], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pg_figures(catalog_dir: Path, rows: int, n_cones: int) -> dict[str, float]:
+    """Cone and scan figures of the PostgreSQL engine ({} without PostgreSQL)."""
+    if not (PG_BIN / "initdb").exists():
+        return {}
+    with throwaway_postgres() as url:
+        start = time.perf_counter()
+        engine = open_engine(catalog_dir, url)
+        load = time.perf_counter() - start
+        try:
+            p50, p99 = time_cones(engine, cone_queries(n_cones))
+            scan = time_scan(engine, rows)
+        finally:
+            engine.close()
+    return {"pg_load_s": round(load, 1), "pg_cone_p50_ms": round(p50, 2),
+            "pg_cone_p99_ms": round(p99, 2), "pg_full_scan_s": round(scan, 3)}
+
+
+def service_figures(catalog_dir: Path) -> dict[str, float]:
+    """Figures through the TAP service: ``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``.
+
+    Owned by the TAP service (``skydm.services``): it starts the service on
+    ``catalog_dir`` and measures 50 concurrent cone searches while a full scan
+    runs, async job submission and abort.  Returns {} until it is filled in.
+    """
+    return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--cones", type=int, default=300)
+    parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the catalog here and keep it (default: a temporary dir)")
+    args = parser.parse_args(argv)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="skydm-bench-catalog-"))
+    catalog_dir = work / "catalog"
+    try:
+        table = make_table(args.rows)
+        start = time.perf_counter()
+        load_table(catalog_dir, TABLE, table, mode="replace")
+        figures: dict[str, float] = {"rows": args.rows,
+                                     "load_s": round(time.perf_counter() - start, 2)}
+        del table
+        figures.update(engine_figures(catalog_dir, args.rows, args.cones))
+        if not args.no_pg:
+            figures.update(pg_figures(catalog_dir, args.rows, args.cones))
+        figures.update(service_figures(catalog_dir))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
