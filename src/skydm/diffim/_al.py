@@ -174,6 +174,7 @@ def run(
         diff = tgt_image - model
         f_s, f_t = None, kernel
     del model, tgt_image
+    diff -= _common.residual_background(diff, science.msk | template.msk)
     s2 = _common.typical_variance(science.var, science.msk)
     t2 = _common.typical_variance(template.var, template.msk)
     if decorrelate:

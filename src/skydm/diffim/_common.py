@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import sep
 from scipy import ndimage
 
 from skydm.image.mask import UNUSABLE, Mask
@@ -83,3 +84,23 @@ def psf_fwhm(psf: Psf) -> float:
     r0, r1, p0, p1 = rad[i - 1], rad[i], prof[i - 1], prof[i]
     rhalf = r0 + (p0 - hm) * (r1 - r0) / (p0 - p1)
     return float(2 * rhalf) if math.isfinite(rhalf) else float(psf.fwhm)
+
+
+def residual_background(diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Smooth background left in a difference image, measured on all its sky pixels.
+
+    A kernel fit's background polynomial is constrained only on the stamps,
+    around stars, where it trades off against the kernel's wings, and sky
+    estimates of crowded images are biased differently at different seeing;
+    the sky between the stars is what photometry of new sources sits on.
+    Pixels more than 2.5 sigma from a first estimate (sources, residuals),
+    grown by 4 pixels, are left out of the second.
+    """
+    data = np.ascontiguousarray(np.nan_to_num(diff), dtype=np.float32)
+    bad = ~np.isfinite(diff) | ((mask & np.uint32(UNUSABLE)) != 0)
+    box = int(np.clip(min(diff.shape) // 2, 64, 256))
+    bkg = sep.Background(data, mask=bad, bw=box, bh=box, fw=3, fh=3)
+    outlier = np.abs(data - bkg.back()) > 2.5 * bkg.globalrms
+    outlier = ndimage.maximum_filter(outlier.view(np.uint8), size=9).view(bool)
+    bkg = sep.Background(data, mask=bad | outlier, bw=box, bh=box, fw=3, fh=3)
+    return np.asarray(bkg.back(), dtype=np.float32)

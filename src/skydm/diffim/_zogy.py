@@ -133,6 +133,12 @@ def run(
             v_score += np.float32(sx**2) * gx**2 + np.float32(sy**2) * gy**2
             del gy, gx
     del s_n, s_r
+    # A constant c in N appears as c in D (science scale) and as
+    # beta c / (s2 + r2 beta^2) in S: remove the difference's residual sky from both.
+    back = _common.residual_background(d_img, science.msk | template.msk)
+    d_img -= back
+    score -= np.float32(beta / (s2 + r2 * beta**2)) * back
+    del back
     score /= np.sqrt(np.maximum(v_score, np.float32(1e-30)))
     del v_score
     a = float(np.mean(np.abs(beta / f_d * pr_s / den_s) ** 2))

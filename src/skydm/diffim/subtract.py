@@ -169,7 +169,7 @@ def subtract(
     meta["DIFFCONV"] = (convolved, "image(s) convolved")
     meta["DIFFRAT"] = (ratio, "science/template flux ratio")
     if template.source:
-        meta["TEMPLATE"] = (str(template.source)[-68:], "template file")
+        meta["TEMPLATE"] = str(template.source)[-60:]
     diff = Exposure(
         image=image,
         variance=variance,
