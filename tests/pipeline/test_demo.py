@@ -1,0 +1,31 @@
+"""``skydm demo`` runs every stage and leaves a consistent repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from skydm.cli.main import main
+from skydm.repo import Repository
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo_dir = tmp_path / "repo"
+    args = ["demo", "--repo", str(repo_dir), "--size", "256", "--visits", "6"]
+    assert main([*args, "--template-visits", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "visits simulated and ingested : 6" in out
+    assert "skydm serve --repo" in out
+    with Repository.open(repo_dir) as repo:
+        assert len(repo.query(dataset_type="raw")) == 6
+        assert len(repo.query(dataset_type="calexp")) == 6
+        assert len(repo.query(dataset_type="template")) == 1
+        assert len(repo.query(dataset_type="diff")) == 3
+        assert repo.verify() == []
+    archives = sorted((repo_dir / "alerts").glob("*.avro"))
+    assert len(archives) == 3
+    assert (repo_dir / "catalog" / "DiaSource").is_dir()
+    # A second run over the same repository finds the raws already archived.
+    assert main([*args, "--template-visits", "3", "--quiet"]) == 0
