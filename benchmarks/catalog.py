@@ -40,8 +40,10 @@ from skydm.catalog import CatalogEngine, load_table, open_engine
 TABLE = "bench"
 CONE_RADIUS_DEG = 1 / 60
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-SCAN = ("SELECT COUNT(*) AS n, AVG(u) AS u, AVG(g) AS g, AVG(r) AS r, AVG(i) AS i, AVG(z) AS z "
-        f"FROM {TABLE}")
+SCAN = (
+    "SELECT COUNT(*) AS n, AVG(u) AS u, AVG(g) AS g, AVG(r) AS r, AVG(i) AS i, AVG(z) AS z "
+    f"FROM {TABLE}"
+)
 
 
 def make_table(rows: int, seed: int = 42) -> pa.Table:
@@ -61,9 +63,11 @@ def cone_queries(n: int, seed: int = 1) -> list[str]:
     rng = np.random.default_rng(seed)
     ra = rng.uniform(0, 360, n)
     dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
-    return [f"SELECT id, ra, dec, g FROM {TABLE} WHERE CONTAINS(POINT('ICRS', ra, dec), "
-            f"CIRCLE('ICRS', {float(a)!r}, {float(d)!r}, {CONE_RADIUS_DEG!r})) = 1"
-            for a, d in zip(ra, dec, strict=True)]
+    return [
+        f"SELECT id, ra, dec, g FROM {TABLE} WHERE CONTAINS(POINT('ICRS', ra, dec), "
+        f"CIRCLE('ICRS', {float(a)!r}, {float(d)!r}, {CONE_RADIUS_DEG!r})) = 1"
+        for a, d in zip(ra, dec, strict=True)
+    ]
 
 
 def time_cones(engine: CatalogEngine, queries: list[str]) -> tuple[float, float]:
@@ -92,8 +96,11 @@ def engine_figures(catalog_dir: Path, rows: int, n_cones: int) -> dict[str, floa
     """Cone and scan figures of the DuckDB engine."""
     with open_engine(catalog_dir) as engine:
         p50, p99 = time_cones(engine, cone_queries(n_cones))
-        return {"cone_p50_ms": round(p50, 2), "cone_p99_ms": round(p99, 2),
-                "full_scan_s": round(time_scan(engine, rows), 3)}
+        return {
+            "cone_p50_ms": round(p50, 2),
+            "cone_p99_ms": round(p99, 2),
+            "full_scan_s": round(time_scan(engine, rows), 3),
+        }
 
 
 @contextmanager
@@ -108,19 +115,53 @@ def throwaway_postgres() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = base / "data"
-    subprocess.run([*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A",
-                    "trust"], check=True, capture_output=True)
-    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -k {base} -c fsync=off "
-            "-c shared_buffers=1GB -c max_wal_size=4GB -c work_mem=64MB")
-    subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l",
-                    str(base / "log"), "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -k {base} -c fsync=off "
+        "-c shared_buffers=1GB -c max_wal_size=4GB -c work_mem=64MB"
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(base / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
-        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
-                        "postgres", "bench"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(PG_BIN / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "bench",
+            ],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench"
     finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "stop"], check=False, capture_output=True)
+        subprocess.run(
+            [*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -137,8 +178,12 @@ def pg_figures(catalog_dir: Path, rows: int, n_cones: int) -> dict[str, float]:
             scan = time_scan(engine, rows)
         finally:
             engine.close()
-    return {"pg_load_s": round(load, 1), "pg_cone_p50_ms": round(p50, 2),
-            "pg_cone_p99_ms": round(p99, 2), "pg_full_scan_s": round(scan, 3)}
+    return {
+        "pg_load_s": round(load, 1),
+        "pg_cone_p50_ms": round(p50, 2),
+        "pg_cone_p99_ms": round(p99, 2),
+        "pg_full_scan_s": round(scan, 3),
+    }
 
 
 def service_figures(catalog_dir: Path) -> dict[str, float]:
@@ -156,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--cones", type=int, default=300)
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="build the catalog here and keep it (default: a temporary dir)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="build the catalog here and keep it (default: a temporary dir)",
+    )
     args = parser.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="skydm-bench-catalog-"))
     catalog_dir = work / "catalog"
@@ -165,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         table = make_table(args.rows)
         start = time.perf_counter()
         load_table(catalog_dir, TABLE, table, mode="replace")
-        figures: dict[str, float] = {"rows": args.rows,
-                                     "load_s": round(time.perf_counter() - start, 2)}
+        figures: dict[str, float] = {
+            "rows": args.rows,
+            "load_s": round(time.perf_counter() - start, 2),
+        }
         del table
         figures.update(engine_figures(catalog_dir, args.rows, args.cones))
         if not args.no_pg:

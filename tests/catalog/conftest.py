@@ -18,34 +18,39 @@ def make_objects(n: int = N_OBJECTS, seed: int = 7) -> pa.Table:
     """Objects: uniform on the sky, plus patches at both poles and straddling RA = 0."""
     rng = np.random.default_rng(seed)
     k = n // 4
-    ra = np.concatenate([
-        rng.uniform(0, 360, n - 3 * k),
-        rng.uniform(0, 360, 2 * k),                   # polar caps
-        np.mod(rng.normal(0, 0.05, k), 360.0),        # across RA = 0/360
-    ])
-    dec = np.concatenate([
-        np.degrees(np.arcsin(rng.uniform(-1, 1, n - 3 * k))),
-        90 - np.abs(rng.normal(0, 0.05, k)),
-        -90 + np.abs(rng.normal(0, 0.05, k)),
-        rng.normal(10, 0.05, k),
-    ])
+    ra = np.concatenate(
+        [
+            rng.uniform(0, 360, n - 3 * k),
+            rng.uniform(0, 360, 2 * k),  # polar caps
+            np.mod(rng.normal(0, 0.05, k), 360.0),  # across RA = 0/360
+        ]
+    )
+    dec = np.concatenate(
+        [
+            np.degrees(np.arcsin(rng.uniform(-1, 1, n - 3 * k))),
+            90 - np.abs(rng.normal(0, 0.05, k)),
+            -90 + np.abs(rng.normal(0, 0.05, k)),
+            rng.normal(10, 0.05, k),
+        ]
+    )
     mags = {f"{b}_psfMag": rng.normal(22, 1, n).astype(np.float32) for b in "ugriz"}
-    return pa.table({"objectId": np.arange(1, n + 1, dtype=np.int64), "ra": ra, "dec": dec,
-                     **mags})
+    return pa.table({"objectId": np.arange(1, n + 1, dtype=np.int64), "ra": ra, "dec": dec, **mags})
 
 
 def make_forced(objects: pa.Table, seed: int = 8) -> pa.Table:
     rng = np.random.default_rng(seed)
     ids = rng.choice(objects.column("objectId").to_numpy()[:2000], 6000)
-    return pa.table({
-        "ra": objects.column("ra").to_numpy()[ids - 1],
-        "dec": objects.column("dec").to_numpy()[ids - 1],
-        "forcedSourceId": np.arange(len(ids), dtype=np.int64),
-        "objectId": ids,
-        "band": rng.choice(np.array(["g", "r", "i"]), len(ids)),
-        "psfFlux": rng.normal(1000, 50, len(ids)),
-        "midpointMjdTai": 60000 + rng.uniform(0, 100, len(ids)),
-    })
+    return pa.table(
+        {
+            "ra": objects.column("ra").to_numpy()[ids - 1],
+            "dec": objects.column("dec").to_numpy()[ids - 1],
+            "forcedSourceId": np.arange(len(ids), dtype=np.int64),
+            "objectId": ids,
+            "band": rng.choice(np.array(["g", "r", "i"]), len(ids)),
+            "psfFlux": rng.normal(1000, 50, len(ids)),
+            "midpointMjdTai": 60000 + rng.uniform(0, 100, len(ids)),
+        }
+    )
 
 
 @pytest.fixture(scope="session")

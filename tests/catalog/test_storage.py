@@ -20,12 +20,14 @@ from skydm.errors import BadFileError, BadValueError, ConflictError
 
 def _stars(n: int = 500, seed: int = 3) -> Table:
     rng = np.random.default_rng(seed)
-    t = Table({
-        "RAJ2000": rng.uniform(0, 360, n) * u.deg,
-        "DEJ2000": np.degrees(np.arcsin(rng.uniform(-1, 1, n))) * u.deg,
-        "Vmag": rng.normal(15, 2, n) * u.mag,
-        "name": [f"star{i}" for i in range(n)],
-    })
+    t = Table(
+        {
+            "RAJ2000": rng.uniform(0, 360, n) * u.deg,
+            "DEJ2000": np.degrees(np.arcsin(rng.uniform(-1, 1, n))) * u.deg,
+            "Vmag": rng.normal(15, 2, n) * u.mag,
+            "name": [f"star{i}" for i in range(n)],
+        }
+    )
     t["Vmag"].description = "Johnson V magnitude"
     t["Vmag"].meta["ucd"] = "phot.mag;em.opt.V"
     return t
@@ -71,14 +73,20 @@ def test_layout_is_partitioned_and_sorted(tmp_path: Path) -> None:
     # the stored index is the order-29 pixel of each row's position
     back = pq.read_table(info.files, columns=["k", HEALPIX_COL]).to_pydict()
     order = np.argsort(back["k"])
-    np.testing.assert_array_equal(np.array(back[HEALPIX_COL])[order],
-                                  healpix.lonlat_to_index(ra, dec))
+    np.testing.assert_array_equal(
+        np.array(back[HEALPIX_COL])[order], healpix.lonlat_to_index(ra, dec)
+    )
 
 
 def test_cone_ranges_cover_every_point_inside() -> None:
     rng = np.random.default_rng(5)
-    for ra0, dec0, r in [(0.0, 89.9, 0.3), (359.9, 0.0, 0.2), (123.0, -89.99, 0.05),
-                         (40.0, 30.0, 1 / 60), (10.0, 10.0, 20.0)]:
+    for ra0, dec0, r in [
+        (0.0, 89.9, 0.3),
+        (359.9, 0.0, 0.2),
+        (123.0, -89.99, 0.05),
+        (40.0, 30.0, 1 / 60),
+        (10.0, 10.0, 20.0),
+    ]:
         # points uniformly inside the cap
         n = 20_000
         cosr = math.cos(math.radians(r))
@@ -102,18 +110,29 @@ def test_cone_ranges_cover_every_point_inside() -> None:
 
 
 def test_standard_table_is_conformed(tmp_path: Path) -> None:
-    data = pa.table({"DIASOURCEID": [1, 2], "diaObjectId": [7, 7], "RA": [1.0, 2.0],
-                     "Dec": [3.0, 4.0], "psfFlux": [10.5, 11.5], "extra_col": ["a", "b"]})
+    data = pa.table(
+        {
+            "DIASOURCEID": [1, 2],
+            "diaObjectId": [7, 7],
+            "RA": [1.0, 2.0],
+            "Dec": [3.0, 4.0],
+            "psfFlux": [10.5, 11.5],
+            "extra_col": ["a", "b"],
+        }
+    )
     info = load_table(tmp_path, "diasource", data)
     d = info.definition
     assert d.name == "DiaSource" and d.column("psfFlux").unit == "nJy"
     names = [c.name for c in d.columns]
     assert names[:2] == ["diaSourceId", "diaObjectId"] and names[-1] == "extra_col"
     with open_engine(tmp_path) as engine:
-        rows = engine.execute("SELECT diaSourceId, snr, extra_col FROM DiaSource "
-                              "ORDER BY diaSourceId").table.to_pylist()
-    assert rows == [{"diaSourceId": 1, "snr": None, "extra_col": "a"},
-                    {"diaSourceId": 2, "snr": None, "extra_col": "b"}]
+        rows = engine.execute(
+            "SELECT diaSourceId, snr, extra_col FROM DiaSource ORDER BY diaSourceId"
+        ).table.to_pylist()
+    assert rows == [
+        {"diaSourceId": 1, "snr": None, "extra_col": "a"},
+        {"diaSourceId": 2, "snr": None, "extra_col": "b"},
+    ]
     with pytest.raises(BadFileError, match="diaSourceId"):
         load_table(tmp_path, "DiaSource", pa.table({"ra": [1.0], "dec": [2.0]}), mode="replace")
 
@@ -125,11 +144,9 @@ def test_create_replace_append_and_open_engine_sees_changes(tmp_path: Path) -> N
         assert engine.execute("SELECT SUM(v) AS s FROM t").table.to_pylist() == [{"s": 3}]
         with pytest.raises(ConflictError, match="already exists"):
             load_table(tmp_path, "t", t1)
-        load_table(tmp_path, "t", pa.table({"ra": [3.0], "dec": [1.0], "v": [10]}),
-                   mode="append")
+        load_table(tmp_path, "t", pa.table({"ra": [3.0], "dec": [1.0], "v": [10]}), mode="append")
         assert engine.execute("SELECT SUM(v) AS s FROM t").table.to_pylist() == [{"s": 13}]
-        load_table(tmp_path, "t", pa.table({"ra": [5.0], "dec": [5.0], "v": [100]}),
-                   mode="replace")
+        load_table(tmp_path, "t", pa.table({"ra": [5.0], "dec": [5.0], "v": [100]}), mode="replace")
         assert engine.execute("SELECT SUM(v) AS s FROM t").table.to_pylist() == [{"s": 100}]
         load_table(tmp_path, "u", pa.table({"x": [1, 2, 3]}))  # no positions
         assert engine.execute("SELECT COUNT(*) AS n FROM u").table.to_pylist() == [{"n": 3}]
@@ -157,8 +174,22 @@ def test_cli_load_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["catalog", "load", "--repo", str(tmp_path), "-q", str(path)]) == 0
     assert main(["catalog", "load", "--repo", str(tmp_path), "-q", str(path)]) == 1
     assert "already exists" in capsys.readouterr().err
-    assert main(["catalog", "load", "--repo", str(tmp_path), "-q", "--append",
-                 "--table", "stars", str(path)]) == 0
+    assert (
+        main(
+            [
+                "catalog",
+                "load",
+                "--repo",
+                str(tmp_path),
+                "-q",
+                "--append",
+                "--table",
+                "stars",
+                str(path),
+            ]
+        )
+        == 0
+    )
     assert main(["catalog", "list", "--repo", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "stars" in out and "100 rows" in out

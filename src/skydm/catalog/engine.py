@@ -118,8 +118,9 @@ def column_infos(outputs: list[OutputColumn], schema: pa.Schema) -> list[ColumnI
         datatype, arraysize, xtype = votable_type(f.type)
         c = out.column
         if c is not None:
-            infos.append(ColumnInfo(out.name, datatype, arraysize, c.unit, c.ucd, c.description,
-                                    c.xtype))
+            infos.append(
+                ColumnInfo(out.name, datatype, arraysize, c.unit, c.ucd, c.description, c.xtype)
+            )
         else:
             infos.append(ColumnInfo(out.name, datatype, arraysize, xtype=xtype))
     return infos
@@ -141,8 +142,9 @@ class CatalogEngine(abc.ABC):
         """The queryable tables (catalog tables and TAP_SCHEMA)."""
 
     @abc.abstractmethod
-    def _run(self, translation: Translation,
-             cancel: threading.Event | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def _run(
+        self, translation: Translation, cancel: threading.Event | None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """Run translated SQL: the result's Arrow schema and its batches."""
 
     @abc.abstractmethod
@@ -154,8 +156,13 @@ class CatalogEngine(abc.ABC):
 
     def translate(self, adql: str, *, maxrec: int | None = None) -> Translation:
         """Validate and translate ``adql`` for this engine (raises AdqlError)."""
-        return compile_query(adql, dialect=self.dialect, schema=self.tap_schema(),
-                             maxrec=maxrec, partition_orders=self._partition_orders())
+        return compile_query(
+            adql,
+            dialect=self.dialect,
+            schema=self.tap_schema(),
+            maxrec=maxrec,
+            partition_orders=self._partition_orders(),
+        )
 
     def iter_batches(
         self, adql: str, *, maxrec: int | None = None, cancel: threading.Event | None = None
@@ -194,8 +201,12 @@ class CatalogEngine(abc.ABC):
     ) -> tuple[pa.Schema, list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
         translation = self.translate(adql, maxrec=maxrec)
         raw_schema, raw = self._run(translation, cancel)
-        schema = pa.schema([pa.field(out.name, normalise_type(f.type))
-                            for out, f in zip(translation.columns, raw_schema, strict=True)])
+        schema = pa.schema(
+            [
+                pa.field(out.name, normalise_type(f.type))
+                for out, f in zip(translation.columns, raw_schema, strict=True)
+            ]
+        )
         columns = column_infos(translation.columns, schema)
         state = {"overflow": False}
 
@@ -214,8 +225,9 @@ class CatalogEngine(abc.ABC):
 
         return schema, columns, batches(), lambda: state["overflow"]
 
-    def execute(self, adql: str, *, maxrec: int | None = None,
-                cancel: threading.Event | None = None) -> QueryResult:
+    def execute(
+        self, adql: str, *, maxrec: int | None = None, cancel: threading.Event | None = None
+    ) -> QueryResult:
         """Run a query and return its whole result (see :meth:`iter_batches`)."""
         schema, columns, batches, overflow = self._stream(adql, maxrec, cancel)
         table = pa.Table.from_batches(list(batches), schema=schema)
@@ -228,8 +240,9 @@ class CatalogEngine(abc.ABC):
         self.close()
 
 
-def watch_cancel(cancel: threading.Event | None, interrupt: Callable[[], None],
-                 done: threading.Event) -> None:
+def watch_cancel(
+    cancel: threading.Event | None, interrupt: Callable[[], None], done: threading.Event
+) -> None:
     """Call ``interrupt`` if ``cancel`` is set before ``done`` (in a daemon thread)."""
     if cancel is None:
         return

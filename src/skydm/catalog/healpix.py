@@ -21,7 +21,9 @@ ORDER = 29
 _SHIFT_BITS = 2
 
 
-def lonlat_to_index(ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, order: int = ORDER) -> np.ndarray:
+def lonlat_to_index(
+    ra_deg: npt.ArrayLike, dec_deg: npt.ArrayLike, order: int = ORDER
+) -> np.ndarray:
     """Nested HEALPix index at ``order`` of positions in degrees (NaN positions give -1)."""
     import astropy.units as u
     from astropy_healpix import core
@@ -80,8 +82,11 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[
     # lost to rounding in the coverage computation; the exact test follows.
     pad = float(core.nside_to_pixel_resolution(nside).to_value(u.deg)) * 0.5
     pixels = core.healpix_cone_search(
-        (ra_deg % 360.0) * u.deg, dec_deg * u.deg, min(radius_deg + pad, 180.0) * u.deg,
-        nside, order="nested",
+        (ra_deg % 360.0) * u.deg,
+        dec_deg * u.deg,
+        min(radius_deg + pad, 180.0) * u.deg,
+        nside,
+        order="nested",
     )
     return pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order)
 
@@ -95,7 +100,9 @@ def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
     starts = np.concatenate([pixels[:1], pixels[breaks + 1]])
     ends = np.concatenate([pixels[breaks], pixels[-1:]])
     shift = _SHIFT_BITS * (ORDER - order)
-    return [(int(s) << shift, ((int(e) + 1) << shift) - 1) for s, e in zip(starts, ends, strict=True)]
+    return [
+        (int(s) << shift, ((int(e) + 1) << shift) - 1) for s, e in zip(starts, ends, strict=True)
+    ]
 
 
 def ranges_partitions(ranges: list[tuple[int, int]], order: int) -> list[int]:

@@ -57,8 +57,9 @@ def read_any(source: object) -> tuple[pa.Table, ColumnMeta]:
         raise
     except Exception as exc:  # each reader raises its own exception types
         raise BadFileError(path, f"cannot be read as a table: {exc}") from exc
-    raise BadFileError(path, "has an unknown extension; give a .parquet, .csv, .fits, .ecsv "
-                       "or .vot file")
+    raise BadFileError(
+        path, "has an unknown extension; give a .parquet, .csv, .fits, .ecsv or .vot file"
+    )
 
 
 def _first_table_hdu(path: Path) -> int:
@@ -110,8 +111,11 @@ def _from_astropy(table: Any, source: object) -> tuple[pa.Table, ColumnMeta]:
     for name in table.colnames:
         col = table[name]
         if col.ndim > 1:
-            raise BadFileError(source, f"column {name!r} holds arrays of shape {col.shape[1:]}; "
-                               "a catalog column must hold one value per row")
+            raise BadFileError(
+                source,
+                f"column {name!r} holds arrays of shape {col.shape[1:]}; "
+                "a catalog column must hold one value per row",
+            )
         values = np.asarray(col)
         mask = np.asarray(getattr(col, "mask", np.zeros(len(col), bool)), dtype=bool)
         if values.dtype.byteorder not in ("=", "|"):

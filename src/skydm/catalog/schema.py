@@ -178,10 +178,24 @@ def _id(name: str, what: str, *, main: bool = False, indexed: bool = True) -> Co
 
 def _pos(kind: str) -> tuple[ColumnDef, ...]:
     return (
-        ColumnDef("ra", "double", "deg", "pos.eq.ra;meta.main", f"Right ascension of the {kind} (ICRS)",
-                  principal=True, indexed=True),
-        ColumnDef("dec", "double", "deg", "pos.eq.dec;meta.main", f"Declination of the {kind} (ICRS)",
-                  principal=True, indexed=True),
+        ColumnDef(
+            "ra",
+            "double",
+            "deg",
+            "pos.eq.ra;meta.main",
+            f"Right ascension of the {kind} (ICRS)",
+            principal=True,
+            indexed=True,
+        ),
+        ColumnDef(
+            "dec",
+            "double",
+            "deg",
+            "pos.eq.dec;meta.main",
+            f"Declination of the {kind} (ICRS)",
+            principal=True,
+            indexed=True,
+        ),
         ColumnDef("raErr", "float", "deg", "stat.error;pos.eq.ra", "Uncertainty of ra"),
         ColumnDef("decErr", "float", "deg", "stat.error;pos.eq.dec", "Uncertainty of dec"),
     )
@@ -189,17 +203,42 @@ def _pos(kind: str) -> tuple[ColumnDef, ...]:
 
 def _flux(prefix: str, what: str, *, principal: bool = False) -> tuple[ColumnDef, ...]:
     return (
-        ColumnDef(f"{prefix}psfFlux", "double", "nJy", "phot.flux.density",
-                  f"PSF flux{what}", principal=principal),
-        ColumnDef(f"{prefix}psfFluxErr", "double", "nJy", "stat.error;phot.flux.density",
-                  f"Uncertainty of the PSF flux{what}", principal=principal),
+        ColumnDef(
+            f"{prefix}psfFlux",
+            "double",
+            "nJy",
+            "phot.flux.density",
+            f"PSF flux{what}",
+            principal=principal,
+        ),
+        ColumnDef(
+            f"{prefix}psfFluxErr",
+            "double",
+            "nJy",
+            "stat.error;phot.flux.density",
+            f"Uncertainty of the PSF flux{what}",
+            principal=principal,
+        ),
     )
 
 
-_TIME = ColumnDef("midpointMjdTai", "double", "d", "time.epoch",
-                  "Midpoint of the exposure (MJD, TAI)", principal=True)
-_BAND = ColumnDef("band", "char", "", "meta.id;instr.filter", "Filter band (ugrizy)",
-                  arraysize="*", principal=True)
+_TIME = ColumnDef(
+    "midpointMjdTai",
+    "double",
+    "d",
+    "time.epoch",
+    "Midpoint of the exposure (MJD, TAI)",
+    principal=True,
+)
+_BAND = ColumnDef(
+    "band",
+    "char",
+    "",
+    "meta.id;instr.filter",
+    "Filter band (ugrizy)",
+    arraysize="*",
+    principal=True,
+)
 _VISIT = ColumnDef("visit", "long", "", "meta.id;obs", "Visit identifier")
 _DETECTOR = ColumnDef("detector", "int", "", "meta.id;instr.det", "Detector identifier")
 
@@ -208,10 +247,25 @@ def _object_bands() -> tuple[ColumnDef, ...]:
     cols: list[ColumnDef] = []
     for b in BANDS:
         cols += _flux(f"{b}_", f" in band {b}", principal=False)
-        cols.append(ColumnDef(f"{b}_psfMag", "float", "mag", "phot.mag",
-                              f"PSF AB magnitude in band {b}", principal=True))
-        cols.append(ColumnDef(f"{b}_psfMagErr", "float", "mag", "stat.error;phot.mag",
-                              f"Uncertainty of the PSF magnitude in band {b}"))
+        cols.append(
+            ColumnDef(
+                f"{b}_psfMag",
+                "float",
+                "mag",
+                "phot.mag",
+                f"PSF AB magnitude in band {b}",
+                principal=True,
+            )
+        )
+        cols.append(
+            ColumnDef(
+                f"{b}_psfMagErr",
+                "float",
+                "mag",
+                "stat.error;phot.mag",
+                f"Uncertainty of the PSF magnitude in band {b}",
+            )
+        )
     return tuple(cols)
 
 
@@ -219,14 +273,30 @@ def _diaobject_bands() -> tuple[ColumnDef, ...]:
     cols: list[ColumnDef] = []
     for b in BANDS:
         cols += [
-            ColumnDef(f"{b}_psfFluxMean", "double", "nJy", "phot.flux.density;stat.mean",
-                      f"Weighted mean PSF flux of the DIA sources in band {b}"),
-            ColumnDef(f"{b}_psfFluxMeanErr", "double", "nJy", "stat.error;phot.flux.density",
-                      f"Uncertainty of {b}_psfFluxMean"),
-            ColumnDef(f"{b}_psfFluxSigma", "double", "nJy", "stat.stdev;phot.flux.density",
-                      f"Standard deviation of the PSF fluxes in band {b}"),
-            ColumnDef(f"{b}_psfFluxNdata", "int", "", "meta.number",
-                      f"Number of PSF fluxes in band {b}"),
+            ColumnDef(
+                f"{b}_psfFluxMean",
+                "double",
+                "nJy",
+                "phot.flux.density;stat.mean",
+                f"Weighted mean PSF flux of the DIA sources in band {b}",
+            ),
+            ColumnDef(
+                f"{b}_psfFluxMeanErr",
+                "double",
+                "nJy",
+                "stat.error;phot.flux.density",
+                f"Uncertainty of {b}_psfFluxMean",
+            ),
+            ColumnDef(
+                f"{b}_psfFluxSigma",
+                "double",
+                "nJy",
+                "stat.stdev;phot.flux.density",
+                f"Standard deviation of the PSF fluxes in band {b}",
+            ),
+            ColumnDef(
+                f"{b}_psfFluxNdata", "int", "", "meta.number", f"Number of PSF fluxes in band {b}"
+            ),
         ]
     return tuple(cols)
 
@@ -240,8 +310,13 @@ STANDARD_TABLES: dict[str, TableDef] = {
             (
                 _id("objectId", "Unique identifier of the object", main=True),
                 *_pos("object"),
-                ColumnDef("refExtendedness", "float", "", "src.class.starGalaxy",
-                          "Extendedness in the reference band (0 point-like, 1 extended)"),
+                ColumnDef(
+                    "refExtendedness",
+                    "float",
+                    "",
+                    "src.class.starGalaxy",
+                    "Extendedness in the reference band (0 point-like, 1 extended)",
+                ),
                 *_object_bands(),
             ),
             key="objectId",
@@ -251,11 +326,20 @@ STANDARD_TABLES: dict[str, TableDef] = {
             "Sources detected and measured on single-visit images",
             (
                 _id("sourceId", "Unique identifier of the source", main=True),
-                _VISIT, _DETECTOR, _BAND, *_pos("source"), _TIME,
+                _VISIT,
+                _DETECTOR,
+                _BAND,
+                *_pos("source"),
+                _TIME,
                 *_flux("", "", principal=True),
                 ColumnDef("apFlux", "double", "nJy", "phot.flux.density", "Aperture flux"),
-                ColumnDef("apFluxErr", "double", "nJy", "stat.error;phot.flux.density",
-                          "Uncertainty of the aperture flux"),
+                ColumnDef(
+                    "apFluxErr",
+                    "double",
+                    "nJy",
+                    "stat.error;phot.flux.density",
+                    "Uncertainty of the aperture flux",
+                ),
                 ColumnDef("x", "double", "pix", "pos.cartesian.x;instr.det", "Column position"),
                 ColumnDef("y", "double", "pix", "pos.cartesian.y;instr.det", "Row position"),
             ),
@@ -267,13 +351,23 @@ STANDARD_TABLES: dict[str, TableDef] = {
             (
                 _id("forcedSourceId", "Unique identifier of the forced measurement", main=True),
                 _id("objectId", "Object measured (Object.objectId)"),
-                _VISIT, _DETECTOR, _BAND, *_pos("object")[:2], _TIME,
+                _VISIT,
+                _DETECTOR,
+                _BAND,
+                *_pos("object")[:2],
+                _TIME,
                 *_flux("", " on the calibrated visit image", principal=True),
                 *_flux("Diff", " on the difference image", principal=True),
             ),
             key="forcedSourceId",
-            foreign_keys=(ForeignKey(("objectId",), "Object", ("objectId",),
-                                     "The object a forced measurement belongs to"),),
+            foreign_keys=(
+                ForeignKey(
+                    ("objectId",),
+                    "Object",
+                    ("objectId",),
+                    "The object a forced measurement belongs to",
+                ),
+            ),
         ),
         TableDef(
             "DiaObject",
@@ -281,12 +375,28 @@ STANDARD_TABLES: dict[str, TableDef] = {
             (
                 _id("diaObjectId", "Unique identifier of the DIA object", main=True),
                 *_pos("DIA object"),
-                ColumnDef("nDiaSources", "int", "", "meta.number",
-                          "Number of DIA sources associated", principal=True),
-                ColumnDef("firstDiaSourceMjdTai", "double", "d", "time.start",
-                          "Time of the first DIA source (MJD, TAI)"),
-                ColumnDef("lastDiaSourceMjdTai", "double", "d", "time.end",
-                          "Time of the latest DIA source (MJD, TAI)"),
+                ColumnDef(
+                    "nDiaSources",
+                    "int",
+                    "",
+                    "meta.number",
+                    "Number of DIA sources associated",
+                    principal=True,
+                ),
+                ColumnDef(
+                    "firstDiaSourceMjdTai",
+                    "double",
+                    "d",
+                    "time.start",
+                    "Time of the first DIA source (MJD, TAI)",
+                ),
+                ColumnDef(
+                    "lastDiaSourceMjdTai",
+                    "double",
+                    "d",
+                    "time.end",
+                    "Time of the latest DIA source (MJD, TAI)",
+                ),
                 *_diaobject_bands(),
             ),
             key="diaObjectId",
@@ -297,21 +407,47 @@ STANDARD_TABLES: dict[str, TableDef] = {
             (
                 _id("diaSourceId", "Unique identifier of the DIA source", main=True),
                 _id("diaObjectId", "DIA object it is associated with (DiaObject.diaObjectId)"),
-                _VISIT, _DETECTOR, _BAND, *_pos("DIA source"), _TIME,
+                _VISIT,
+                _DETECTOR,
+                _BAND,
+                *_pos("DIA source"),
+                _TIME,
                 *_flux("", " on the difference image", principal=True),
-                ColumnDef("scienceFlux", "double", "nJy", "phot.flux.density",
-                          "PSF flux on the calibrated visit image"),
-                ColumnDef("scienceFluxErr", "double", "nJy", "stat.error;phot.flux.density",
-                          "Uncertainty of scienceFlux"),
-                ColumnDef("snr", "float", "", "stat.snr", "Signal-to-noise ratio of the detection",
-                          principal=True),
+                ColumnDef(
+                    "scienceFlux",
+                    "double",
+                    "nJy",
+                    "phot.flux.density",
+                    "PSF flux on the calibrated visit image",
+                ),
+                ColumnDef(
+                    "scienceFluxErr",
+                    "double",
+                    "nJy",
+                    "stat.error;phot.flux.density",
+                    "Uncertainty of scienceFlux",
+                ),
+                ColumnDef(
+                    "snr",
+                    "float",
+                    "",
+                    "stat.snr",
+                    "Signal-to-noise ratio of the detection",
+                    principal=True,
+                ),
                 ColumnDef("x", "double", "pix", "pos.cartesian.x;instr.det", "Column position"),
                 ColumnDef("y", "double", "pix", "pos.cartesian.y;instr.det", "Row position"),
                 ColumnDef("isDipole", "boolean", "", "meta.code", "Fitted as a dipole"),
             ),
             key="diaSourceId",
-            foreign_keys=(ForeignKey(("diaObjectId",), "DiaObject", ("diaObjectId",),
-                                     "The DIA object a DIA source belongs to"),),
+            foreign_keys=(
+                ForeignKey(
+                    ("diaObjectId",),
+                    "DiaObject",
+                    ("diaObjectId",),
+                    "The DIA object a DIA source belongs to",
+                ),
+            ),
         ),
     )
 }

@@ -86,11 +86,19 @@ def read_table_info(table_dir: Path) -> TableInfo:
     meta_path = Path(table_dir) / META_FILE
     try:
         meta = json.loads(meta_path.read_text())
-        return TableInfo(TableDef.from_json(meta["table"]), Path(table_dir), int(meta["rows"]),
-                         int(meta["partition_order"]), str(meta["version"]))
+        return TableInfo(
+            TableDef.from_json(meta["table"]),
+            Path(table_dir),
+            int(meta["rows"]),
+            int(meta["partition_order"]),
+            str(meta["version"]),
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BadFileError(meta_path, f"is not a readable catalog table description ({exc}); "
-                           "reload the table with `skydm catalog load`") from exc
+        raise BadFileError(
+            meta_path,
+            f"is not a readable catalog table description ({exc}); "
+            "reload the table with `skydm catalog load`",
+        ) from exc
 
 
 def list_tables(catalog_dir: Path | str) -> list[TableInfo]:
@@ -98,8 +106,11 @@ def list_tables(catalog_dir: Path | str) -> list[TableInfo]:
     root = Path(catalog_dir)
     if not root.is_dir():
         return []
-    return [read_table_info(p) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).exists()]
+    return [
+        read_table_info(p)
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).exists()
+    ]
 
 
 # --- building a table definition from data -------------------------------------------
@@ -123,13 +134,15 @@ def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
     raise TypeError(str(t))
 
 
-def _find(names: list[str], wanted: str | None, candidates: tuple[str, ...],
-          what: str, source: object) -> str | None:
+def _find(
+    names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: object
+) -> str | None:
     lower = {n.lower(): n for n in names}
     if wanted is not None:
         if wanted.lower() not in lower:
-            raise BadValueError(f"--{what}-col", wanted,
-                                f"a column of {source}: {', '.join(names)}")
+            raise BadValueError(
+                f"--{what}-col", wanted, f"a column of {source}: {', '.join(names)}"
+            )
         return lower[wanted.lower()]
     for cand in candidates:
         if cand in lower:
@@ -137,29 +150,54 @@ def _find(names: list[str], wanted: str | None, candidates: tuple[str, ...],
     return None
 
 
-def _user_definition(name: str, data: pa.Table, meta: dict[str, dict[str, str]],
-                     ra_col: str | None, dec_col: str | None, description: str,
-                     source: object) -> TableDef:
+def _user_definition(
+    name: str,
+    data: pa.Table,
+    meta: dict[str, dict[str, str]],
+    ra_col: str | None,
+    dec_col: str | None,
+    description: str,
+    source: object,
+) -> TableDef:
     cols = []
     for f in data.schema:
         try:
             datatype, arraysize = _votable_type(f.type)
         except TypeError:
-            raise BadFileError(source, f"column {f.name!r} has type {f.type}, which a catalog "
-                               "cannot hold; convert it to a number, boolean or string") from None
+            raise BadFileError(
+                source,
+                f"column {f.name!r} has type {f.type}, which a catalog "
+                "cannot hold; convert it to a number, boolean or string",
+            ) from None
         m = meta.get(f.name, {})
         is_pos = f.name in (ra_col, dec_col)
-        ucd = m.get("ucd") or (("pos.eq.ra" if f.name == ra_col else "pos.eq.dec")
-                               if is_pos else "")
-        cols.append(ColumnDef(f.name, datatype, m.get("unit") or ("deg" if is_pos else ""),
-                              ucd, m.get("description", ""), arraysize=arraysize,
-                              principal=True, indexed=is_pos))
-    return TableDef(name, description or f"Table loaded from {Path(str(source)).name}",
-                    tuple(cols), ra_col=ra_col, dec_col=dec_col)
+        ucd = m.get("ucd") or (
+            ("pos.eq.ra" if f.name == ra_col else "pos.eq.dec") if is_pos else ""
+        )
+        cols.append(
+            ColumnDef(
+                f.name,
+                datatype,
+                m.get("unit") or ("deg" if is_pos else ""),
+                ucd,
+                m.get("description", ""),
+                arraysize=arraysize,
+                principal=True,
+                indexed=is_pos,
+            )
+        )
+    return TableDef(
+        name,
+        description or f"Table loaded from {Path(str(source)).name}",
+        tuple(cols),
+        ra_col=ra_col,
+        dec_col=dec_col,
+    )
 
 
-def _conform_standard(std: TableDef, data: pa.Table, meta: dict[str, dict[str, str]],
-                      source: object) -> tuple[TableDef, pa.Table]:
+def _conform_standard(
+    std: TableDef, data: pa.Table, meta: dict[str, dict[str, str]], source: object
+) -> tuple[TableDef, pa.Table]:
     by_lower = {n.lower(): n for n in data.column_names}
     arrays: list[pa.Array | pa.ChunkedArray] = []
     for col in std.columns:
@@ -170,16 +208,30 @@ def _conform_standard(std: TableDef, data: pa.Table, meta: dict[str, dict[str, s
         try:
             arrays.append(data.column(src).cast(col.arrow_type()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise BadFileError(source, f"column {src!r} ({data.schema.field(src).type}) cannot "
-                               f"be stored as {std.name}.{col.name} ({col.datatype}): {exc}") from exc
+            raise BadFileError(
+                source,
+                f"column {src!r} ({data.schema.field(src).type}) cannot "
+                f"be stored as {std.name}.{col.name} ({col.datatype}): {exc}",
+            ) from exc
     for needed in (std.key, std.ra_col, std.dec_col):
         if needed is not None and needed.lower() not in {n.lower() for n in data.column_names}:
-            raise BadFileError(source, f"has no column {needed!r}, which table {std.name} needs; "
-                               f"its columns are {', '.join(data.column_names)}")
-    extra = _user_definition(std.name, data.select(list(by_lower.values())), meta, None, None,
-                             "", source)
-    definition = TableDef(std.name, std.description, std.columns + extra.columns, std.ra_col,
-                          std.dec_col, std.key, std.foreign_keys)
+            raise BadFileError(
+                source,
+                f"has no column {needed!r}, which table {std.name} needs; "
+                f"its columns are {', '.join(data.column_names)}",
+            )
+    extra = _user_definition(
+        std.name, data.select(list(by_lower.values())), meta, None, None, "", source
+    )
+    definition = TableDef(
+        std.name,
+        std.description,
+        std.columns + extra.columns,
+        std.ra_col,
+        std.dec_col,
+        std.key,
+        std.foreign_keys,
+    )
     names = [c.name for c in std.columns] + list(by_lower.values())
     arrays += [data.column(n) for n in by_lower.values()]
     return definition, pa.table(arrays, names=names)
@@ -188,10 +240,17 @@ def _conform_standard(std: TableDef, data: pa.Table, meta: dict[str, dict[str, s
 # --- writing -------------------------------------------------------------------------
 
 
-def load_table(catalog_dir: Path | str, name: str, source: object, *,
-               ra_col: str | None = None, dec_col: str | None = None,
-               mode: Literal["create", "replace", "append"] = "create",
-               description: str = "", progress: Progress | None = None) -> TableInfo:
+def load_table(
+    catalog_dir: Path | str,
+    name: str,
+    source: object,
+    *,
+    ra_col: str | None = None,
+    dec_col: str | None = None,
+    mode: Literal["create", "replace", "append"] = "create",
+    description: str = "",
+    progress: Progress | None = None,
+) -> TableInfo:
     """Load a table (file or in-memory) into the catalog.
 
     Parameters
@@ -226,24 +285,25 @@ def load_table(catalog_dir: Path | str, name: str, source: object, *,
     """
     if mode not in ("create", "replace", "append"):
         raise BadValueError("mode", mode, "one of create, replace, append")
-    std = STANDARD_TABLES.get(next((k for k in STANDARD_TABLES if k.lower() == name.lower()),
-                                   ""))
+    std = STANDARD_TABLES.get(next((k for k in STANDARD_TABLES if k.lower() == name.lower()), ""))
     if std is not None:
         name = std.name
     elif not _NAME_RE.match(name):
-        raise BadValueError("table name", name, "a letter followed by letters, digits or _ "
-                            "(at most 64 characters)")
+        raise BadValueError(
+            "table name", name, "a letter followed by letters, digits or _ (at most 64 characters)"
+        )
     root = Path(catalog_dir)
     target = root / name
     existing = read_table_info(target) if (target / META_FILE).exists() else None
     if existing is not None and mode == "create":
-        raise ConflictError(f"{target}: table {name} already exists; use mode='replace' "
-                            "(--replace) or mode='append' (--append)")
+        raise ConflictError(
+            f"{target}: table {name} already exists; use mode='replace' "
+            "(--replace) or mode='append' (--append)"
+        )
     data, meta = read_any(source)
     if not isinstance(source, str | Path):
         source = f"<{type(source).__name__} for table {name}>"
-    data = data.drop_columns([c for c in data.column_names
-                              if c.lower().startswith(HEALPIX_COL)])
+    data = data.drop_columns([c for c in data.column_names if c.lower().startswith(HEALPIX_COL)])
     _check_names(data.column_names, source)
     if std is not None:
         definition, data = _conform_standard(std, data, meta, source)
@@ -266,20 +326,26 @@ def _check_names(names: list[str], source: object) -> None:
         if not n or '"' in n or any(ord(ch) < 32 for ch in n) or n.lower() == PARTITION_COL:
             raise BadFileError(source, f"column name {n!r} cannot be used; rename the column")
         if n.lower() in seen:
-            raise BadFileError(source, f"columns {seen[n.lower()]!r} and {n!r} differ only in "
-                               "case, which ADQL cannot tell apart; rename one")
+            raise BadFileError(
+                source,
+                f"columns {seen[n.lower()]!r} and {n!r} differ only in "
+                "case, which ADQL cannot tell apart; rename one",
+            )
         seen[n.lower()] = n
 
 
-def _append(existing: TableInfo, definition: TableDef, data: pa.Table,
-            source: object) -> pa.Table:
+def _append(existing: TableInfo, definition: TableDef, data: pa.Table, source: object) -> pa.Table:
     old_cols = [c.name for c in existing.definition.columns]
     if [c.name for c in definition.columns] != old_cols:
-        raise BadFileError(source, f"has columns {data.column_names}, but table "
-                           f"{existing.name} has {old_cols}; load it with --replace instead")
+        raise BadFileError(
+            source,
+            f"has columns {data.column_names}, but table "
+            f"{existing.name} has {old_cols}; load it with --replace instead",
+        )
     old = pq.read_table(existing.files, columns=old_cols) if existing.files else None
-    new = data.cast(pa.schema([pa.field(c.name, c.arrow_type())
-                               for c in existing.definition.columns]))
+    new = data.cast(
+        pa.schema([pa.field(c.name, c.arrow_type()) for c in existing.definition.columns])
+    )
     return new if old is None else pa.concat_tables([old, new])
 
 
@@ -291,12 +357,14 @@ def _partition_order(index: np.ndarray) -> int:
     return 7
 
 
-def _write(root: Path, definition: TableDef, data: pa.Table,
-           progress: Progress | None) -> TableInfo:
+def _write(
+    root: Path, definition: TableDef, data: pa.Table, progress: Progress | None
+) -> TableInfo:
     if definition.ra_col is not None and definition.dec_col is not None:
         index = healpix.lonlat_to_index(
             data.column(definition.ra_col).to_numpy(zero_copy_only=False).astype(np.float64),
-            data.column(definition.dec_col).to_numpy(zero_copy_only=False).astype(np.float64))
+            data.column(definition.dec_col).to_numpy(zero_copy_only=False).astype(np.float64),
+        )
     else:
         index = np.full(data.num_rows, -1, dtype=np.int64)
     order = np.argsort(index, kind="stable")
@@ -316,8 +384,12 @@ def _write(root: Path, definition: TableDef, data: pa.Table,
         for s, e in zip(starts, ends, strict=True):
             part_dir = tmp / f"{PARTITION_COL}={int(parts[s])}"
             part_dir.mkdir()
-            pq.write_table(data.slice(int(s), int(e - s)), part_dir / "part-0.parquet",
-                           row_group_size=ROW_GROUP_SIZE, compression="snappy")
+            pq.write_table(
+                data.slice(int(s), int(e - s)),
+                part_dir / "part-0.parquet",
+                row_group_size=ROW_GROUP_SIZE,
+                compression="snappy",
+            )
             if progress is not None:
                 progress.advance(note=f"{definition.name} partition {int(parts[s])}")
         if data.num_rows == 0:
@@ -325,9 +397,13 @@ def _write(root: Path, definition: TableDef, data: pa.Table,
             part_dir.mkdir()
             pq.write_table(data, part_dir / "part-0.parquet")
         version = uuid.uuid4().hex
-        meta: dict[str, Any] = {"table": definition.to_json(), "rows": data.num_rows,
-                                "partition_order": part_order, "healpix_order": healpix.ORDER,
-                                "version": version}
+        meta: dict[str, Any] = {
+            "table": definition.to_json(),
+            "rows": data.num_rows,
+            "partition_order": part_order,
+            "healpix_order": healpix.ORDER,
+            "version": version,
+        }
         atomic_write_bytes(tmp / META_FILE, json.dumps(meta, indent=1).encode())
         _swap_into_place(tmp, root / definition.name)
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,29 +30,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
     )
     load.add_argument("files", nargs="+", type=Path, metavar="FILE", help="table files")
-    load.add_argument("--repo", type=Path, default=None,
-                      help="repository directory (default: $SKYDM_REPO or ./skydm-repo)")
-    load.add_argument("--table", default=None, metavar="NAME",
-                      help="table name (default: the first file's name without extension)")
-    load.add_argument("--ra-col", default=None, metavar="COL",
-                      help="right ascension column in degrees (default: guessed: ra, RAJ2000...)")
-    load.add_argument("--dec-col", default=None, metavar="COL",
-                      help="declination column in degrees (default: guessed: dec, DEJ2000...)")
+    load.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
+    )
+    load.add_argument(
+        "--table",
+        default=None,
+        metavar="NAME",
+        help="table name (default: the first file's name without extension)",
+    )
+    load.add_argument(
+        "--ra-col",
+        default=None,
+        metavar="COL",
+        help="right ascension column in degrees (default: guessed: ra, RAJ2000...)",
+    )
+    load.add_argument(
+        "--dec-col",
+        default=None,
+        metavar="COL",
+        help="declination column in degrees (default: guessed: dec, DEJ2000...)",
+    )
     load.add_argument("--description", default="", help="table description for TAP_SCHEMA")
     mode = load.add_mutually_exclusive_group()
     mode.add_argument("--replace", action="store_true", help="replace an existing table")
     mode.add_argument("--append", action="store_true", help="add rows to an existing table")
     load.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     load.set_defaults(func=run_load)
-    listing = sub.add_parser("list", help="list the catalog's tables and row counts",
-                             description="List the catalog's tables, row counts and columns.")
-    listing.add_argument("--repo", type=Path, default=None,
-                         help="repository directory (default: $SKYDM_REPO or ./skydm-repo)")
+    listing = sub.add_parser(
+        "list",
+        help="list the catalog's tables and row counts",
+        description="List the catalog's tables, row counts and columns.",
+    )
+    listing.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
+    )
     listing.set_defaults(func=run_list)
     drop = sub.add_parser("drop", help="remove a table", description="Remove a table.")
     drop.add_argument("table", help="table name")
-    drop.add_argument("--repo", type=Path, default=None,
-                      help="repository directory (default: $SKYDM_REPO or ./skydm-repo)")
+    drop.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
+    )
     drop.set_defaults(func=run_drop)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -78,12 +106,24 @@ def run_load(args: argparse.Namespace) -> int:
     root = catalog_dir(args.repo)
     table = args.table or _table_name(args.files[0])
     for i, path in enumerate(args.files):
-        mode = "append" if args.append or i > 0 else "replace" if args.replace else "create"
+        mode: Literal["create", "replace", "append"] = (
+            "append" if args.append or i > 0 else "replace" if args.replace else "create"
+        )
         bar = Progress(f"loading {path.name} into {table}", quiet=args.quiet)
-        info = load_table(root, table, path, ra_col=args.ra_col, dec_col=args.dec_col,
-                          mode=mode, description=args.description, progress=bar)
-        print(f"{info.name}: {info.rows} rows after loading {path} ({len(info.files)} "
-              f"HEALPix partitions at order {info.partition_order})")
+        info = load_table(
+            root,
+            table,
+            path,
+            ra_col=args.ra_col,
+            dec_col=args.dec_col,
+            mode=mode,
+            description=args.description,
+            progress=bar,
+        )
+        print(
+            f"{info.name}: {info.rows} rows after loading {path} ({len(info.files)} "
+            f"HEALPix partitions at order {info.partition_order})"
+        )
     return 0
 
 
@@ -99,8 +139,10 @@ def run_list(args: argparse.Namespace) -> int:
     width = max(len(t.name) for t in tables)
     for t in tables:
         pos = f"{t.definition.ra_col}/{t.definition.dec_col}" if t.definition.ra_col else "-"
-        print(f"{t.name:<{width}}  {t.rows:>12} rows  {len(t.definition.columns):>4} columns  "
-              f"position {pos}")
+        print(
+            f"{t.name:<{width}}  {t.rows:>12} rows  {len(t.definition.columns):>4} columns  "
+            f"position {pos}"
+        )
     return 0
 
 

@@ -20,17 +20,64 @@ from skydm.catalog.adql.errors import AdqlError, error_at
 from skydm.catalog.adql.functions import Dialect
 from skydm.catalog.adql.parse import parse
 from skydm.catalog.schema import ColumnDef
-from skydm.catalog.tapschema import TapSchema, TableRef
+from skydm.catalog.tapschema import TableRef, TapSchema
 
-_ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
-    exp.Select, exp.Union, exp.Except, exp.Intersect, exp.Subquery, exp.From, exp.Join,
-    exp.Table, exp.TableAlias, exp.Where, exp.Group, exp.Having, exp.Order, exp.Ordered,
-    exp.Limit, exp.Offset, exp.Distinct, exp.Column, exp.Identifier, exp.Star, exp.Alias,
-    exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ,
-    exp.LT, exp.LTE, exp.GT, exp.GTE, exp.Is, exp.Between, exp.In, exp.Like, exp.ILike,
-    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.DPipe, exp.Exists, exp.DataType,
-    exp.DataTypeParam, exp.Tuple, exp.Func,
+_ALLOWED_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Select,
+    exp.Union,
+    exp.Except,
+    exp.Intersect,
+    exp.Subquery,
+    exp.From,
+    exp.Join,
+    exp.Table,
+    exp.TableAlias,
+    exp.Where,
+    exp.Group,
+    exp.Having,
+    exp.Order,
+    exp.Ordered,
+    exp.Limit,
+    exp.Offset,
+    exp.Distinct,
+    exp.Column,
+    exp.Identifier,
+    exp.Star,
+    exp.Alias,
+    exp.Literal,
+    exp.Null,
+    exp.Boolean,
+    exp.Paren,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.EQ,
+    exp.NEQ,
+    exp.LT,
+    exp.LTE,
+    exp.GT,
+    exp.GTE,
+    exp.Is,
+    exp.Between,
+    exp.In,
+    exp.Like,
+    exp.ILike,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+    exp.Neg,
+    exp.DPipe,
+    exp.Exists,
+    exp.DataType,
+    exp.DataTypeParam,
+    exp.Tuple,
+    exp.Func,
 )
+
+
+_MADE = "skydm_resolved"
 
 
 @dataclass(frozen=True)
@@ -82,7 +129,7 @@ def _same(typed: str, quoted: bool, name: str) -> bool:
     return typed == name if quoted else typed.lower() == name.lower()
 
 
-def _ident(node: exp.Expression, key: str) -> tuple[str, bool] | None:
+def _ident(node: exp.Expr, key: str) -> tuple[str, bool] | None:
     value = node.args.get(key)
     if value is None:
         return None
@@ -91,21 +138,27 @@ def _ident(node: exp.Expression, key: str) -> tuple[str, bool] | None:
     return str(value.this), bool(value.quoted)
 
 
-def _check_nodes(tree: exp.Expression) -> None:
+def _check_nodes(tree: exp.Expr) -> None:
     for node in tree.walk():
         if isinstance(node, exp.With | exp.CTE):
-            raise error_at(node, "WITH (common table expressions) is not supported; use a "
-                           "subquery in FROM instead")
+            raise error_at(
+                node,
+                "WITH (common table expressions) is not supported; use a subquery in FROM instead",
+            )
         if not isinstance(node, _ALLOWED_NODES):
             kind = type(node).__name__.upper()
-            raise error_at(node, f"{kind} is not allowed: only SELECT queries on the tables of "
-                           "TAP_SCHEMA, with ADQL functions, can be run")
+            raise error_at(
+                node,
+                f"{kind} is not allowed: only SELECT queries on the tables of "
+                "TAP_SCHEMA, with ADQL functions, can be run",
+            )
         functions.check_allowed(node)
 
 
 class _Compiler:
-    def __init__(self, dialect: Dialect, schema: TapSchema,
-                 partition_orders: dict[str, int]) -> None:
+    def __init__(
+        self, dialect: Dialect, schema: TapSchema, partition_orders: dict[str, int]
+    ) -> None:
         self.dialect = dialect
         self.schema = schema
         self.partition_orders = partition_orders
@@ -115,7 +168,7 @@ class _Compiler:
         self.token = f"__SKYDM_{uuid.uuid4().hex.upper()}_"
         self.raw: list[str] = []
 
-    def _raw(self, sql: str) -> exp.Expression:
+    def _raw(self, sql: str) -> exp.Expr:
         self.raw.append(sql)
         return exp.Anonymous(this=f"{self.token}{len(self.raw) - 1}", expressions=[])
 
@@ -127,15 +180,18 @@ class _Compiler:
 
     # --- queries ---------------------------------------------------------------------
 
-    def query(self, node: exp.Expression, outer: list[_Scope]) -> list[OutputColumn]:
+    def query(self, node: exp.Expr, outer: list[_Scope]) -> list[OutputColumn]:
         if isinstance(node, exp.Subquery):
             return self.query(node.this, outer)
         if isinstance(node, exp.Union | exp.Except | exp.Intersect):
             left = self.query(node.this, outer)
             right = self.query(node.expression, outer)
             if len(left) != len(right):
-                raise error_at(node, f"the two sides of {type(node).__name__.upper()} have "
-                               f"{len(left)} and {len(right)} columns; they must match")
+                raise error_at(
+                    node,
+                    f"the two sides of {type(node).__name__.upper()} have "
+                    f"{len(left)} and {len(right)} columns; they must match",
+                )
             self._order_by(node, _Scope(), outer, left)
             self._limits(node)
             return left
@@ -155,14 +211,17 @@ class _Compiler:
             self._join_condition(join, scope, scopes)
         items = self._expand_stars(node.expressions, scope)
         out: list[OutputColumn] = []
-        new_items: list[exp.Expression] = []
+        new_items: list[exp.Expr] = []
         taken: set[str] = set()
         for i, item in enumerate(items, start=1):
             name = _output_name(item, i)
             body = item.this if isinstance(item, exp.Alias) else item
             if geometry_value(body):
-                raise error_at(body, "geometry values cannot be returned; select the "
-                               "coordinates (e.g. ra, dec) instead")
+                raise error_at(
+                    body,
+                    "geometry values cannot be returned; select the "
+                    "coordinates (e.g. ra, dec) instead",
+                )
             body = self.expr(body, scopes)
             unique = name
             k = 2
@@ -179,25 +238,30 @@ class _Compiler:
                 clause.set("this", self.expr(clause.this, scopes))
         group = node.args.get("group")
         if group is not None:
-            group.set("expressions", [self._by_item(e, scopes, out, prefer_alias=False)
-                                      for e in group.expressions])
+            group.set(
+                "expressions",
+                [self._by_item(e, scopes, out, prefer_alias=False) for e in group.expressions],
+            )
         self._order_by(node, scope, outer, out)
         self._limits(node)
         return out
 
-    def _limits(self, node: exp.Expression) -> None:
+    def _limits(self, node: exp.Expr) -> None:
         for key in ("limit", "offset"):
             clause = node.args.get(key)
             if clause is None:
                 continue
             value = clause.args.get("expression")
-            if not (isinstance(value, exp.Literal) and not value.is_string
-                    and str(value.this).isdigit()):
-                raise error_at(clause, f"{'TOP' if key == 'limit' else 'OFFSET'} needs a "
-                               "non-negative integer")
+            if not (
+                isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit()
+            ):
+                raise error_at(
+                    clause, f"{'TOP' if key == 'limit' else 'OFFSET'} needs a non-negative integer"
+                )
 
-    def _order_by(self, node: exp.Expression, scope: _Scope, outer: list[_Scope],
-                  out: list[OutputColumn]) -> None:
+    def _order_by(
+        self, node: exp.Expr, scope: _Scope, outer: list[_Scope], out: list[OutputColumn]
+    ) -> None:
         order = node.args.get("order")
         if order is None:
             return
@@ -205,22 +269,32 @@ class _Compiler:
         for ordered in order.expressions:
             ordered.set("this", self._by_item(ordered.this, scopes, out, prefer_alias=True))
 
-    def _by_item(self, item: exp.Expression, scopes: list[_Scope], out: list[OutputColumn],
-                 *, prefer_alias: bool) -> exp.Expression:
+    def _by_item(
+        self,
+        item: exp.Expr,
+        scopes: list[_Scope],
+        out: list[OutputColumn],
+        *,
+        prefer_alias: bool,
+    ) -> exp.Expr:
         if isinstance(item, exp.Literal) and not item.is_string:
             if not str(item.this).isdigit() or not 1 <= int(item.this) <= len(out):
-                raise error_at(item, f"column position {item.this} is not between 1 and "
-                               f"{len(out)}")
+                raise error_at(item, f"column position {item.this} is not between 1 and {len(out)}")
             return item
         if isinstance(item, exp.Column) and item.args.get("table") is None:
             typed, quoted = _ident(item, "this") or ("", False)
             alias = next((c.name for c in out if _same(typed, quoted, c.name)), None)
             in_source = scopes and self._find_column(item, scopes, required=False) is not None
             if alias is not None and (prefer_alias or not in_source):
-                return exp.Column(this=exp.Identifier(this=alias, quoted=True))
+                made = exp.Column(this=exp.Identifier(this=alias, quoted=True))
+                made.meta[_MADE] = True
+                return made
         if not scopes:
-            raise error_at(item, "ORDER BY of a UNION/EXCEPT/INTERSECT must name a result "
-                           f"column: {', '.join(c.name for c in out)}")
+            raise error_at(
+                item,
+                "ORDER BY of a UNION/EXCEPT/INTERSECT must name a result "
+                f"column: {', '.join(c.name for c in out)}",
+            )
         return self.expr(item, scopes)
 
     # --- FROM ------------------------------------------------------------------------
@@ -229,7 +303,7 @@ class _Compiler:
         self.n_alias += 1
         return f"t{self.n_alias}"
 
-    def _source(self, node: exp.Expression, scope: _Scope, outer: list[_Scope]) -> exp.Expression:
+    def _source(self, node: exp.Expr, scope: _Scope, outer: list[_Scope]) -> exp.Expr:
         alias_info = None
         alias_node = node.args.get("alias")
         if isinstance(alias_node, exp.TableAlias):
@@ -244,20 +318,34 @@ class _Compiler:
                 raise error_at(node, "table names have at most two parts: schema.table")
             name, quoted = _ident(node, "this") or ("", False)
             schema_part = _ident(node, "db")
-            ref = self.schema.resolve(name, schema_part[0] if schema_part else None,
-                                      quoted=quoted,
-                                      schema_quoted=bool(schema_part and schema_part[1]))
+            ref = self.schema.resolve(
+                name,
+                schema_part[0] if schema_part else None,
+                quoted=quoted,
+                schema_quoted=bool(schema_part and schema_part[1]),
+            )
             if ref is None:
                 known = ", ".join(r.tap_name for r in self.schema)
-                raise error_at(node, f"table {node.sql(dialect='tsql')} is not in TAP_SCHEMA; "
-                               f"tables are: {known}")
+                raise error_at(
+                    node,
+                    f"table {node.sql(dialect='tsql')} is not in TAP_SCHEMA; tables are: {known}",
+                )
             match_name, exact = alias_info or (ref.table.name, False)
-            scope.sources.append(_Source(
-                match_name, exact, None if alias_info else ref.schema, sql_alias,
-                [OutputColumn(c.name, c) for c in ref.table.columns], ref))
-            return exp.Table(this=exp.Identifier(this=ref.table.name, quoted=True),
-                             db=exp.Identifier(this=ref.schema, quoted=True),
-                             alias=exp.TableAlias(this=exp.Identifier(this=sql_alias)))
+            scope.sources.append(
+                _Source(
+                    match_name,
+                    exact,
+                    None if alias_info else ref.schema,
+                    sql_alias,
+                    [OutputColumn(c.name, c) for c in ref.table.columns],
+                    ref,
+                )
+            )
+            return exp.Table(
+                this=exp.Identifier(this=ref.table.name, quoted=True),
+                db=exp.Identifier(this=ref.schema, quoted=True),
+                alias=exp.TableAlias(this=exp.Identifier(this=sql_alias)),
+            )
         if isinstance(node, exp.Subquery):
             if alias_info is None:
                 raise error_at(node, "a subquery in FROM needs a name: (SELECT ...) AS name")
@@ -276,7 +364,7 @@ class _Compiler:
         using = join.args.get("using")
         if using:
             right = scope.sources[-1]
-            conds: list[exp.Expression] = []
+            conds: list[exp.Expr] = []
             for ident in using:
                 col = exp.Column(this=ident.copy())
                 r = self._resolve_in(col, [right])
@@ -285,7 +373,7 @@ class _Compiler:
                 assert r is not None and lft is not None
                 conds.append(exp.EQ(this=lft, expression=r))
             join.set("using", None)
-            cond: exp.Expression = conds[0]
+            cond: exp.Expr = conds[0]
             for c in conds[1:]:
                 cond = exp.And(this=cond, expression=c)
             join.set("on", cond)
@@ -294,8 +382,8 @@ class _Compiler:
         if on is not None:
             join.set("on", self.expr(on, scopes))
 
-    def _expand_stars(self, items: list[exp.Expression], scope: _Scope) -> list[exp.Expression]:
-        out: list[exp.Expression] = []
+    def _expand_stars(self, items: list[exp.Expr], scope: _Scope) -> list[exp.Expr]:
+        out: list[exp.Expr] = []
         for item in items:
             if isinstance(item, exp.Star):
                 if not scope.sources:
@@ -312,8 +400,10 @@ class _Compiler:
                 continue
             for s in sources:
                 for c in s.columns:
-                    col = exp.Column(this=exp.Identifier(this=c.name, quoted=True),
-                                     table=exp.Identifier(this=s.name, quoted=True))
+                    col = exp.Column(
+                        this=exp.Identifier(this=c.name, quoted=True),
+                        table=exp.Identifier(this=s.name, quoted=True),
+                    )
                     col.meta["skydm_source"] = s
                     out.append(col)
         return out
@@ -331,8 +421,7 @@ class _Compiler:
                 continue
             if table is not None and not _same(table[0], table[1] or s.exact, s.name):
                 continue
-            if schema_part is not None and (s.schema is None
-                                            or not _same(*schema_part, s.schema)):
+            if schema_part is not None and (s.schema is None or not _same(*schema_part, s.schema)):
                 continue
             found += [(s, c) for c in s.columns if _same(typed, quoted, c.name)]
         if not found:
@@ -341,9 +430,11 @@ class _Compiler:
             tables = ", ".join(s.name for s, _ in found)
             raise error_at(col, f"column {typed} is ambiguous (it is in {tables}); qualify it")
         s, c = found[0]
-        out = exp.Column(this=exp.Identifier(this=c.name, quoted=True),
-                         table=exp.Identifier(this=s.alias))
+        out = exp.Column(
+            this=exp.Identifier(this=c.name, quoted=True), table=exp.Identifier(this=s.alias)
+        )
         out.meta["skydm_def"] = c.column
+        out.meta[_MADE] = True
         order = self.partition_orders.get(s.ref.table.name) if s.ref is not None else None
         if s.ref is not None and c.column is not None and order is not None:
             t = s.ref.table
@@ -353,8 +444,9 @@ class _Compiler:
                 out.meta[geometry.POS_META] = ("dec", s.alias, order)
         return out
 
-    def _find_column(self, col: exp.Column, scopes: list[_Scope], *,
-                     required: bool) -> exp.Column | None:
+    def _find_column(
+        self, col: exp.Column, scopes: list[_Scope], *, required: bool
+    ) -> exp.Column | None:
         for scope in scopes:
             found = self._resolve_in(col, scope.sources)
             if found is not None:
@@ -366,7 +458,7 @@ class _Compiler:
         hint = f"; columns here are: {', '.join(names)}" if names else ""
         raise error_at(col, f"column {typed} does not exist in the tables of the query{hint}")
 
-    def expr(self, node: exp.Expression, scopes: list[_Scope]) -> exp.Expression:
+    def expr(self, node: exp.Expr, scopes: list[_Scope]) -> exp.Expr:
         if isinstance(node, exp.Column):
             if isinstance(node.this, exp.Star):
                 raise error_at(node, "table.* is allowed only in the SELECT list")
@@ -386,22 +478,29 @@ class _Compiler:
             return node
         if name in ("CONTAINS", "INTERSECTS"):
             cond = self._raw(geometry.predicate(node, self.dialect))
-            return exp.Case(ifs=[exp.If(this=cond, true=exp.Literal.number(1))],
-                            default=exp.Literal.number(0))
+            return exp.Case(
+                ifs=[exp.If(this=cond, true=exp.Literal.number(1))], default=exp.Literal.number(0)
+            )
         if name in functions.GEOMETRY_FUNCTIONS:
             return self._geometry_value(node, name)
         return functions.rewrite_scalar(node, self.dialect)
 
-    def _children(self, node: exp.Expression, scopes: list[_Scope]) -> None:
+    def _children(self, node: exp.Expr, scopes: list[_Scope]) -> None:
         for key, value in list(node.args.items()):
-            if isinstance(value, exp.Expression) and not isinstance(value, exp.Identifier):
+            if isinstance(value, exp.Expr) and not isinstance(value, exp.Identifier):
                 node.set(key, self.expr(value, scopes))
             elif isinstance(value, list):
-                node.set(key, [self.expr(v, scopes)
-                               if isinstance(v, exp.Expression)
-                               and not isinstance(v, exp.Identifier) else v for v in value])
+                node.set(
+                    key,
+                    [
+                        self.expr(v, scopes)
+                        if isinstance(v, exp.Expr) and not isinstance(v, exp.Identifier)
+                        else v
+                        for v in value
+                    ],
+                )
 
-    def _geometry_value(self, node: exp.Expression, name: str) -> exp.Expression:
+    def _geometry_value(self, node: exp.Expr, name: str) -> exp.Expr:
         if name == "DISTANCE":
             args = list(node.expressions)
             if len(args) == 4:
@@ -425,12 +524,13 @@ class _Compiler:
             return node  # consumed by the enclosing CONTAINS/INTERSECTS/DISTANCE
         raise error_at(node, f"{name} is not supported by this service")
 
-    def _geometry_comparison(self, node: exp.Expression,
-                             scopes: list[_Scope]) -> exp.Expression | None:
+    def _geometry_comparison(self, node: exp.Expr, scopes: list[_Scope]) -> exp.Expr | None:
         a, b = node.this, node.expression
         if functions.adql_name(b) in ("CONTAINS", "INTERSECTS"):
             a, b = b, a
-        if functions.adql_name(a) in ("CONTAINS", "INTERSECTS") and isinstance(node, exp.EQ | exp.NEQ):
+        if functions.adql_name(a) in ("CONTAINS", "INTERSECTS") and isinstance(
+            node, exp.EQ | exp.NEQ
+        ):
             v = geometry.const(b)
             if v not in (0.0, 1.0):
                 return None
@@ -441,13 +541,12 @@ class _Compiler:
         return None
 
 
-def geometry_value(node: exp.Expression) -> bool:
+def geometry_value(node: exp.Expr) -> bool:
     """Whether ``node`` is a geometry (which cannot be a result column)."""
-    return functions.adql_name(node) in ("POINT", "CIRCLE", "BOX", "POLYGON", "CENTROID",
-                                         "REGION")
+    return functions.adql_name(node) in ("POINT", "CIRCLE", "BOX", "POLYGON", "CENTROID", "REGION")
 
 
-def _output_name(item: exp.Expression, index: int) -> str:
+def _output_name(item: exp.Expr, index: int) -> str:
     if isinstance(item, exp.Alias):
         return str(item.alias)
     if isinstance(item, exp.Column):
@@ -456,9 +555,14 @@ def _output_name(item: exp.Expression, index: int) -> str:
     return name.lower() if name else f"col{index}"
 
 
-def compile_query(adql: str, *, dialect: Dialect, schema: TapSchema,
-                  maxrec: int | None = None,
-                  partition_orders: dict[str, int] | None = None) -> Translation:
+def compile_query(
+    adql: str,
+    *,
+    dialect: Dialect,
+    schema: TapSchema,
+    maxrec: int | None = None,
+    partition_orders: dict[str, int] | None = None,
+) -> Translation:
     """Validate and translate an ADQL query.
 
     Parameters
@@ -487,12 +591,14 @@ def compile_query(adql: str, *, dialect: Dialect, schema: TapSchema,
         raise AdqlError(f"maxrec={maxrec} is negative; give 0 or more")
     try:
         tree = parse(adql)
-        if not isinstance(tree, exp.Select | exp.Union | exp.Except | exp.Intersect
-                          | exp.Subquery):
+        if not isinstance(tree, exp.Select | exp.Union | exp.Except | exp.Intersect | exp.Subquery):
             raise error_at(tree, "only SELECT queries are allowed")
         _check_nodes(tree)
         compiler = _Compiler(dialect, schema, partition_orders or {})
         columns = compiler.query(tree, [])
+        for col in tree.find_all(exp.Column):
+            if not col.meta.get(_MADE):  # every column must have been resolved above
+                raise error_at(col, "internal error: a column escaped validation; please report")
         limit = _apply_maxrec(tree, maxrec)
         sql = compiler.splice(tree.sql(dialect=dialect))
     except RecursionError:
@@ -500,7 +606,7 @@ def compile_query(adql: str, *, dialect: Dialect, schema: TapSchema,
     return Translation(sql, columns, limit, maxrec)
 
 
-def _apply_maxrec(tree: exp.Expression, maxrec: int | None) -> int | None:
+def _apply_maxrec(tree: exp.Expr, maxrec: int | None) -> int | None:
     clause = tree.args.get("limit")
     top = int(clause.expression.this) if isinstance(clause, exp.Limit) else None
     if maxrec is None:

@@ -20,8 +20,9 @@ class AdqlError(UserError):
         The offending part of the query, as written.
     """
 
-    def __init__(self, message: str, *, position: tuple[int, int] | None = None,
-                 snippet: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, position: tuple[int, int] | None = None, snippet: str | None = None
+    ) -> None:
         self.message = message
         self.position = position
         self.snippet = snippet
@@ -34,10 +35,10 @@ class AdqlError(UserError):
         super().__init__(f"ADQL error{where}: {message}")
 
 
-def node_position(node: exp.Expression) -> tuple[int, int] | None:
+def node_position(node: exp.Expr) -> tuple[int, int] | None:
     """The (line, column) sqlglot recorded for ``node`` or its first token."""
     for n in node.walk():
-        meta = n.meta if isinstance(n, exp.Expression) else {}
+        meta = n.meta if isinstance(n, exp.Expr) else {}
         if "line" in meta and "col" in meta:
             line, col = int(meta["line"]), int(meta["col"])
             # sqlglot reports the column of a token's last character; point at its start
@@ -47,7 +48,7 @@ def node_position(node: exp.Expression) -> tuple[int, int] | None:
     return None
 
 
-def error_at(node: exp.Expression, message: str) -> AdqlError:
+def error_at(node: exp.Expr, message: str) -> AdqlError:
     """An :class:`AdqlError` pointing at ``node``."""
     try:
         snippet = node.sql(dialect="tsql")

@@ -26,20 +26,19 @@ from skydm.catalog.adql.functions import Dialect, adql_name
 #: ``meta`` key set by the compiler on a resolved table position column:
 #: ("ra" | "dec", SQL alias of its table, partition order).
 POS_META = "skydm_pos"
-_COORDSYS = {"", "ICRS", "ICRS GEOCENTER", "ICRS BARYCENTER", "ICRS TOPOCENTER",
-             "UNKNOWNFRAME"}
+_COORDSYS = {"", "ICRS", "ICRS GEOCENTER", "ICRS BARYCENTER", "ICRS TOPOCENTER", "UNKNOWNFRAME"}
 
 
 @dataclass
 class Point:
-    ra: exp.Expression
-    dec: exp.Expression
+    ra: exp.Expr
+    dec: exp.Expr
 
 
 @dataclass
 class Circle:
     centre: Point
-    radius: exp.Expression
+    radius: exp.Expr
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Polygon:
 Shape = Point | Circle | Polygon
 
 
-def const(node: exp.Expression) -> float | None:
+def const(node: exp.Expr) -> float | None:
     """The value of a constant numeric expression, or None if it is not constant."""
     if isinstance(node, exp.Literal) and not node.is_string:
         return float(node.this)
@@ -73,7 +72,7 @@ def const(node: exp.Expression) -> float | None:
     return None
 
 
-def _sql(node: exp.Expression, dialect: Dialect) -> str:
+def _sql(node: exp.Expr, dialect: Dialect) -> str:
     return f"({node.sql(dialect=dialect)})"
 
 
@@ -81,24 +80,27 @@ def _num(v: float) -> str:
     return repr(float(v))
 
 
-def _args_without_coordsys(node: exp.Expression) -> list[exp.Expression]:
+def _args_without_coordsys(node: exp.Expr) -> list[exp.Expr]:
     args = list(node.expressions)
     if args and isinstance(args[0], exp.Literal) and args[0].is_string:
         if str(args[0].this).strip().upper() not in _COORDSYS:
-            raise error_at(args[0], f"coordinate system {args[0].this!r} is not supported; "
-                           "positions are ICRS (give 'ICRS' or leave it out)")
+            raise error_at(
+                args[0],
+                f"coordinate system {args[0].this!r} is not supported; "
+                "positions are ICRS (give 'ICRS' or leave it out)",
+            )
         args = args[1:]
     return args
 
 
-def shape(node: exp.Expression) -> Shape:
+def shape(node: exp.Expr) -> Shape:
     """The shape a POINT/CIRCLE/BOX/POLYGON call (arguments already rewritten) describes."""
     name = adql_name(node)
     if not isinstance(node, exp.Anonymous) or name not in ("POINT", "CIRCLE", "BOX", "POLYGON"):
         raise error_at(node, "expected a geometry: POINT, CIRCLE, BOX or POLYGON")
     args = _args_without_coordsys(node)
     points: list[Point] = []
-    numbers: list[exp.Expression] = []
+    numbers: list[exp.Expr] = []
     for a in args:
         if adql_name(a) == "POINT":
             p = shape(a)
@@ -127,8 +129,10 @@ def shape(node: exp.Expression) -> Shape:
             raise error_at(node, "BOX takes BOX(ra, dec, width, height)")
         return Polygon(_box_vertices(*nums))
     if len(nums) < 6 or len(nums) % 2:
-        raise error_at(node, "POLYGON takes at least three vertices: POLYGON(ra1, dec1, ra2, dec2, "
-                       "ra3, dec3, ...)")
+        raise error_at(
+            node,
+            "POLYGON takes at least three vertices: POLYGON(ra1, dec1, ra2, dec2, ra3, dec3, ...)",
+        )
     return Polygon([(nums[i], nums[i + 1]) for i in range(0, len(nums), 2)])
 
 
@@ -137,8 +141,9 @@ def _box_vertices(ra: float, dec: float, width: float, height: float) -> list[tu
     # centre along the east and north directions: the corners of a rectangle in
     # the gnomonic projection at the centre.
     if not (0 < width < 180 and 0 < height < 180):
-        raise AdqlError(f"BOX width and height must be between 0 and 180 degrees, "
-                        f"not {width} and {height}")
+        raise AdqlError(
+            f"BOX width and height must be between 0 and 180 degrees, not {width} and {height}"
+        )
     c, e, n = _frame(ra, dec)
     tx, ty = math.tan(math.radians(width / 2)), math.tan(math.radians(height / 2))
     out = []
@@ -179,8 +184,7 @@ def point_in_circle(p: Point, c: Circle, dialect: Dialect) -> str:
     pra, pdec = _sql(p.ra, dialect), _sql(p.dec, dialect)
     if dialect == "postgres":
         if ra0 is not None and dec0 is not None and r is not None:
-            return (f"q3c_radial_query({pra}, {pdec}, {_num(ra0)}, {_num(dec0)}, "
-                    f"{_num(r)})")
+            return f"q3c_radial_query({pra}, {pdec}, {_num(ra0)}, {_num(dec0)}, {_num(r)})"
         cra, cdec, cr = (_sql(x, dialect) for x in (c.centre.ra, c.centre.dec, c.radius))
         return f"q3c_join({cra}, {cdec}, {pra}, {pdec}, {cr})"
     if ra0 is not None and dec0 is not None and r is not None:
@@ -188,14 +192,18 @@ def point_in_circle(p: Point, c: Circle, dialect: Dialect) -> str:
             return f"({pra} IS NOT NULL AND {pdec} IS NOT NULL)"
         limit = math.sin(math.radians(r) / 2) ** 2
         cos0 = math.cos(math.radians(dec0))
-        test = (f"POWER(SIN(RADIANS({pdec} - {_num(dec0)}) / 2), 2) + COS(RADIANS({pdec})) * "
-                f"{_num(cos0)} * POWER(SIN(RADIANS({pra} - {_num(ra0)}) / 2), 2) <= {_num(limit)}")
+        test = (
+            f"POWER(SIN(RADIANS({pdec} - {_num(dec0)}) / 2), 2) + COS(RADIANS({pdec})) * "
+            f"{_num(cos0)} * POWER(SIN(RADIANS({pra} - {_num(ra0)}) / 2), 2) <= {_num(limit)}"
+        )
         ranges = healpix.cone_ranges(ra0, dec0, r) if _pos_source(p) else []
         return f"({_range_sql(p, ranges)}{test})"
     cra, cdec, cr = (_sql(x, dialect) for x in (c.centre.ra, c.centre.dec, c.radius))
-    test = (f"POWER(SIN(RADIANS({pdec} - {cdec}) / 2), 2) + COS(RADIANS({pdec})) * "
-            f"COS(RADIANS({cdec})) * POWER(SIN(RADIANS({pra} - {cra}) / 2), 2) "
-            f"<= POWER(SIN(RADIANS(LEAST({cr}, 180.0)) / 2), 2)")
+    test = (
+        f"POWER(SIN(RADIANS({pdec} - {cdec}) / 2), 2) + COS(RADIANS({pdec})) * "
+        f"COS(RADIANS({cdec})) * POWER(SIN(RADIANS({pra} - {cra}) / 2), 2) "
+        f"<= POWER(SIN(RADIANS(LEAST({cr}, 180.0)) / 2), 2)"
+    )
     return f"({test})"
 
 
@@ -207,8 +215,10 @@ def point_in_polygon(p: Point, poly: Polygon, dialect: Dialect) -> str:
         return f"q3c_poly_query({pra}, {pdec}, ARRAY[{flat}])"
     ra0, dec0, radius = healpix.bounding_cone(poly.vertices)
     if radius >= 90:
-        raise AdqlError("polygons must fit within a hemisphere (all vertices within 90 degrees "
-                        "of their mean position)")
+        raise AdqlError(
+            "polygons must fit within a hemisphere (all vertices within 90 degrees "
+            "of their mean position)"
+        )
     c, e, n = _frame(ra0, dec0)
     xs, ys = [], []
     for ra, dec in poly.vertices:
@@ -219,8 +229,9 @@ def point_in_polygon(p: Point, poly: Polygon, dialect: Dialect) -> str:
     ca, sa = f"COS(RADIANS({pra}))", f"SIN(RADIANS({pra}))"
 
     def dot(vec: Any) -> str:
-        return (f"({cd} * {ca} * {_num(vec[0])} + {cd} * {sa} * {_num(vec[1])} + "
-                f"{sd} * {_num(vec[2])})")
+        return (
+            f"({cd} * {ca} * {_num(vec[0])} + {cd} * {sa} * {_num(vec[1])} + {sd} * {_num(vec[2])})"
+        )
 
     z, x, y = dot(c), f"({dot(e)} / {dot(c)})", f"({dot(n)} / {dot(c)})"
     crossings = []
@@ -232,7 +243,8 @@ def point_in_polygon(p: Point, poly: Polygon, dialect: Dialect) -> str:
         slope = (xs[j] - xs[i]) / (ys[j] - ys[i])
         crossings.append(
             f"CASE WHEN (({y} > {_num(ys[i])}) <> ({y} > {_num(ys[j])})) AND "
-            f"({x} < {_num(slope)} * ({y} - {_num(ys[i])}) + {_num(xs[i])}) THEN 1 ELSE 0 END")
+            f"({x} < {_num(slope)} * ({y} - {_num(ys[i])}) + {_num(xs[i])}) THEN 1 ELSE 0 END"
+        )
     inside = f"(({' + '.join(crossings) or '0'}) % 2 = 1)"
     ranges = healpix.cone_ranges(ra0, dec0, radius) if _pos_source(p) else []
     return f"({_range_sql(p, ranges)}{z} > 0 AND {inside})"
@@ -243,12 +255,14 @@ def distance(p: Point, q: Point, dialect: Dialect) -> str:
     r1, d1, r2, d2 = (_sql(x, dialect) for x in (p.ra, p.dec, q.ra, q.dec))
     if dialect == "postgres":
         return f"q3c_dist({r1}, {d1}, {r2}, {d2})"
-    hav = (f"POWER(SIN(RADIANS({d2} - {d1}) / 2), 2) + COS(RADIANS({d1})) * COS(RADIANS({d2}))"
-           f" * POWER(SIN(RADIANS({r2} - {r1}) / 2), 2)")
+    hav = (
+        f"POWER(SIN(RADIANS({d2} - {d1}) / 2), 2) + COS(RADIANS({d1})) * COS(RADIANS({d2}))"
+        f" * POWER(SIN(RADIANS({r2} - {r1}) / 2), 2)"
+    )
     return f"DEGREES(2 * ASIN(LEAST(1.0, SQRT({hav}))))"
 
 
-def predicate(node: exp.Expression, dialect: Dialect) -> str:
+def predicate(node: exp.Expr, dialect: Dialect) -> str:
     """SQL condition for CONTAINS(a, b) or INTERSECTS(a, b) (arguments already rewritten)."""
     name = adql_name(node)
     if isinstance(node, exp.Contains):
@@ -265,12 +279,14 @@ def predicate(node: exp.Expression, dialect: Dialect) -> str:
             return point_in_circle(sa, sb, dialect)
         if isinstance(sb, Polygon):
             return point_in_polygon(sa, sb, dialect)
-        raise error_at(node, f"{name}(POINT, POINT) is not meaningful; compare DISTANCE "
-                       "with a radius instead")
+        raise error_at(
+            node, f"{name}(POINT, POINT) is not meaningful; compare DISTANCE with a radius instead"
+        )
     if isinstance(sa, Circle) and isinstance(sb, Circle):
         d = distance(sa.centre, sb.centre, dialect)
         ra, rb = _sql(sa.radius, dialect), _sql(sb.radius, dialect)
         op = f"<= {rb} - {ra}" if name == "CONTAINS" else f"<= {ra} + {rb}"
         return f"({d} {op})"
-    raise error_at(node, f"{name} is supported for a POINT in a CIRCLE, BOX or POLYGON and "
-                   "between two CIRCLEs")
+    raise error_at(
+        node, f"{name} is supported for a POINT in a CIRCLE, BOX or POLYGON and between two CIRCLEs"
+    )

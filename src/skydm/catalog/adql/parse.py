@@ -36,8 +36,10 @@ def check_limits(adql: str) -> None:
     """
     size = len(adql.encode("utf-8", errors="replace"))
     if size > MAX_QUERY_BYTES:
-        raise AdqlError(f"the query is {size} bytes long; the limit is {MAX_QUERY_BYTES} bytes. "
-                        "Upload long lists of positions as a table instead")
+        raise AdqlError(
+            f"the query is {size} bytes long; the limit is {MAX_QUERY_BYTES} bytes. "
+            "Upload long lists of positions as a table instead"
+        )
     if not adql.strip():
         raise AdqlError("the query is empty; give a SELECT statement")
     depth = 0
@@ -52,14 +54,16 @@ def check_limits(adql: str) -> None:
         elif ch == "(":
             depth += 1
             if depth > MAX_DEPTH:
-                raise AdqlError(f"parentheses are nested more than {MAX_DEPTH} deep; "
-                                "simplify the query", position=_line_col(adql, i),
-                                snippet=adql[max(0, i - 20):i + 1])
+                raise AdqlError(
+                    f"parentheses are nested more than {MAX_DEPTH} deep; simplify the query",
+                    position=_line_col(adql, i),
+                    snippet=adql[max(0, i - 20) : i + 1],
+                )
         elif ch == ")":
             depth -= 1
 
 
-def parse(adql: str) -> exp.Expression:
+def parse(adql: str) -> exp.Expr:
     """Parse one ADQL statement.
 
     Raises
@@ -87,6 +91,9 @@ def parse(adql: str) -> exp.Expression:
     if len(real) > 1:
         from skydm.catalog.adql.errors import error_at
 
-        raise error_at(real[1], "only one statement is allowed, and only SELECT: remove the "
-                       "';' and everything after it")
+        raise error_at(
+            real[1],
+            "only one statement is allowed, and only SELECT: remove the "
+            "';' and everything after it",
+        )
     return real[0]

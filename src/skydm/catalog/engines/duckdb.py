@@ -62,7 +62,9 @@ class DuckDBEngine(CatalogEngine):
         self.catalog_dir = Path(catalog_dir).resolve()
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
-        self._con.execute("SET GLOBAL integer_division = true")  # ADQL/SQL: INTEGER / INTEGER is exact
+        self._con.execute(
+            "SET GLOBAL integer_division = true"
+        )  # ADQL/SQL: INTEGER / INTEGER is exact
         self._con.execute("SET GLOBAL autoinstall_known_extensions = false")
         self._con.execute("SET GLOBAL autoload_known_extensions = false")
         self._con.execute("SET GLOBAL parquet_metadata_cache = true")
@@ -105,13 +107,15 @@ class DuckDBEngine(CatalogEngine):
                 self._con.execute(
                     f"CREATE OR REPLACE VIEW {_quote(CATALOG_SCHEMA)}.{_quote(t.name)} AS "
                     f"SELECT * FROM read_parquet([{files}], hive_partitioning = true, "
-                    f"hive_types = {{'{PARTITION_COL}': BIGINT}})")
+                    f"hive_types = {{'{PARTITION_COL}': BIGINT}})"
+                )
             schema = TapSchema([t.definition for t in tables])
             for name, arrow in schema.tap_tables().items():
                 self._con.register("_skydm_tap_rows", arrow)
                 self._con.execute(
                     f"CREATE OR REPLACE TABLE {_quote(TAP_SCHEMA_NAME)}.{_quote(name)} AS "
-                    "SELECT * FROM _skydm_tap_rows")
+                    "SELECT * FROM _skydm_tap_rows"
+                )
                 self._con.unregister("_skydm_tap_rows")
             self._tables, self._schema, self._stamp = tables, schema, stamp
 
@@ -124,8 +128,9 @@ class DuckDBEngine(CatalogEngine):
 
     # --- queries ---------------------------------------------------------------------
 
-    def _run(self, translation: Translation,
-             cancel: threading.Event | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def _run(
+        self, translation: Translation, cancel: threading.Event | None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import duckdb
 
         cursor = self._con.cursor()

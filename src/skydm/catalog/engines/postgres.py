@@ -36,14 +36,33 @@ from skydm.catalog.storage import TableInfo, list_tables
 from skydm.catalog.tapschema import TAP_SCHEMA_TABLES, TapSchema
 from skydm.errors import BadValueError, SkydmError, require_extra
 
-_PG_TYPES = {"boolean": "boolean", "unsignedByte": "smallint", "short": "smallint",
-             "int": "integer", "long": "bigint", "float": "real", "double": "double precision",
-             "char": "text", "unicodeChar": "text"}
+_PG_TYPES = {
+    "boolean": "boolean",
+    "unsignedByte": "smallint",
+    "short": "smallint",
+    "int": "integer",
+    "long": "bigint",
+    "float": "real",
+    "double": "double precision",
+    "char": "text",
+    "unicodeChar": "text",
+}
 # PostgreSQL type OID -> Arrow type of the result column.
-_OID_ARROW = {16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 700: pa.float32(),
-              701: pa.float64(), 1700: pa.float64(), 25: pa.string(), 1042: pa.string(),
-              1043: pa.string(), 19: pa.string(), 1114: pa.timestamp("us"),
-              1184: pa.timestamp("us", tz="UTC")}
+_OID_ARROW = {
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1700: pa.float64(),
+    25: pa.string(),
+    1042: pa.string(),
+    1043: pa.string(),
+    19: pa.string(),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"),
+}
 _SYNC_LOCK_KEY = 0x5C7D_0CA7
 _HELPERS = f"""
 CREATE OR REPLACE FUNCTION {PG_HELPER_SCHEMA}.mod(a double precision, b double precision)
@@ -66,10 +85,14 @@ def _q(name: str) -> str:
 
 def conninfo(url: str) -> str:
     """A libpq connection string from a SQLAlchemy-style ``postgresql+psycopg://`` URL."""
-    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgresql://",
-                   "postgres://"):
+    for prefix in (
+        "postgresql+psycopg://",
+        "postgresql+psycopg2://",
+        "postgresql://",
+        "postgres://",
+    ):
         if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
+            return "postgresql://" + url[len(prefix) :]
     raise BadValueError("url", url, "a postgresql:// or postgresql+psycopg:// URL")
 
 
@@ -107,8 +130,10 @@ class PostgresEngine(CatalogEngine):
         try:
             conn = self._psycopg.connect(self._conninfo)
         except self._psycopg.Error as exc:
-            raise SkydmError(f"cannot connect to PostgreSQL at {self._conninfo}: {exc}; check "
-                             "that the server runs and the URL is right") from exc
+            raise SkydmError(
+                f"cannot connect to PostgreSQL at {self._conninfo}: {exc}; check "
+                "that the server runs and the URL is right"
+            ) from exc
         from psycopg.types.numeric import FloatLoader
 
         conn.adapters.register_loader("numeric", FloatLoader)
@@ -122,19 +147,22 @@ class PostgresEngine(CatalogEngine):
             try:
                 cur.execute("CREATE EXTENSION IF NOT EXISTS q3c")
             except self._psycopg.Error as exc:
-                raise SkydmError(f"PostgreSQL cannot create extension q3c ({exc}); install the "
-                                 "Debian package postgresql-15-q3c on the server") from exc
-            for schema in (CATALOG_SCHEMA, TAP_SCHEMA_NAME, PG_HELPER_SCHEMA):
-                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema)}")
+                raise SkydmError(
+                    f"PostgreSQL cannot create extension q3c ({exc}); install the "
+                    "Debian package postgresql-15-q3c on the server"
+                ) from exc
+            for schema_name in (CATALOG_SCHEMA, TAP_SCHEMA_NAME, PG_HELPER_SCHEMA):
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema_name)}")
             cur.execute(_HELPERS)
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {PG_HELPER_SCHEMA}.synced "
-                        "(table_name text PRIMARY KEY, version text NOT NULL)")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {PG_HELPER_SCHEMA}.synced "
+                "(table_name text PRIMARY KEY, version text NOT NULL)"
+            )
             cur.execute(f"SELECT table_name, version FROM {PG_HELPER_SCHEMA}.synced")
             synced = dict(cur.fetchall())
             for name in set(synced) - {t.name for t in tables}:
                 cur.execute(f"DROP TABLE IF EXISTS {_q(CATALOG_SCHEMA)}.{_q(name)}")
-                cur.execute(f"DELETE FROM {PG_HELPER_SCHEMA}.synced WHERE table_name = %s",
-                            (name,))
+                cur.execute(f"DELETE FROM {PG_HELPER_SCHEMA}.synced WHERE table_name = %s", (name,))
             for t in tables:
                 if synced.get(t.name) != t.version:
                     self._load(cur, t)
@@ -162,8 +190,11 @@ class PostgresEngine(CatalogEngine):
         if t.key is not None:
             cur.execute(f"CREATE INDEX ON {target} ({_q(t.key)})")
         cur.execute(f"ANALYZE {target}")
-        cur.execute(f"INSERT INTO {PG_HELPER_SCHEMA}.synced VALUES (%s, %s) ON CONFLICT "
-                    "(table_name) DO UPDATE SET version = EXCLUDED.version", (t.name, info.version))
+        cur.execute(
+            f"INSERT INTO {PG_HELPER_SCHEMA}.synced VALUES (%s, %s) ON CONFLICT "
+            "(table_name) DO UPDATE SET version = EXCLUDED.version",
+            (t.name, info.version),
+        )
 
     def _write_tap_schema(self, cur: Any, schema: TapSchema) -> None:
         rows = schema.tap_tables()
@@ -175,8 +206,10 @@ class PostgresEngine(CatalogEngine):
             data = rows[tdef.name].to_pylist()
             if data:
                 marks = ", ".join(["%s"] * len(tdef.columns))
-                cur.executemany(f"INSERT INTO {target} VALUES ({marks})",
-                                [tuple(r[c.name] for c in tdef.columns) for r in data])
+                cur.executemany(
+                    f"INSERT INTO {target} VALUES ({marks})",
+                    [tuple(r[c.name] for c in tdef.columns) for r in data],
+                )
 
     def tap_schema(self) -> TapSchema:
         return self._schema
@@ -199,8 +232,9 @@ class PostgresEngine(CatalogEngine):
         else:
             self._pool.put(conn)
 
-    def _run(self, translation: Translation,
-             cancel: threading.Event | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    def _run(
+        self, translation: Translation, cancel: threading.Event | None
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         psycopg = self._psycopg
         conn = self._get()
         with self._id_lock:
@@ -221,11 +255,13 @@ class PostgresEngine(CatalogEngine):
             self._put(conn)
 
         def fail(exc: Exception) -> Exception:
-            if isinstance(exc, psycopg.errors.QueryCanceled) or (cancel is not None
-                                                                 and cancel.is_set()):
+            if isinstance(exc, psycopg.errors.QueryCanceled) or (
+                cancel is not None and cancel.is_set()
+            ):
                 return QueryCancelledError("the query was cancelled")
-            return QueryFailedError(f"PostgreSQL could not run the query: "
-                                    f"{str(exc).splitlines()[0]}")
+            return QueryFailedError(
+                f"PostgreSQL could not run the query: {str(exc).splitlines()[0]}"
+            )
 
         try:
             cur.execute(translation.sql)
@@ -234,8 +270,9 @@ class PostgresEngine(CatalogEngine):
         except psycopg.Error as exc:
             release()
             raise fail(exc) from exc
-        schema = pa.schema([pa.field(d.name, _OID_ARROW.get(d.type_code, pa.string()))
-                            for d in desc])
+        schema = pa.schema(
+            [pa.field(d.name, _OID_ARROW.get(d.type_code, pa.string())) for d in desc]
+        )
 
         def batches() -> Iterator[pa.RecordBatch]:
             rows = first
@@ -273,4 +310,3 @@ def _to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:
 
 def _text(value: object) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
-
