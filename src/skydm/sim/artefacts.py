@@ -30,6 +30,8 @@ class ArtefactLayer:
     ----------
     signal : numpy.ndarray
         Sum of every class's (truncated) signal, ADU, ``float32``.
+    threshold : numpy.ndarray
+        Per-pixel footprint threshold, ADU (0.1 sigma of the clean image).
     footprints : dict of str to numpy.ndarray
         Boolean footprint of each class in :data:`FOOTPRINT_CLASSES`.
     rows : list of dict
@@ -37,14 +39,15 @@ class ArtefactLayer:
     """
 
     signal: np.ndarray
+    threshold: np.ndarray
     footprints: dict[str, np.ndarray] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, cls: str, layer: np.ndarray, sigma: np.ndarray) -> None:
+    def add(self, cls: str, layer: np.ndarray) -> None:
         """Truncate ``layer`` at the footprint threshold and add it as class ``cls``."""
-        keep = layer > FOOTPRINT_SIGMA * sigma
+        keep = layer > self.threshold
         self.footprints[cls] |= keep
-        self.signal += np.where(keep, layer, 0.0).astype(np.float32)
+        np.add(self.signal, layer, out=self.signal, where=keep, casting="same_kind")
 
 
 def _border_points(
@@ -96,7 +99,6 @@ def satellite_trails(
     parity: int,
     sky_sigma: float,
     psf_sigma: float,
-    sigma: np.ndarray,
     id0: int,
 ) -> None:
     """Satellite trails crossing the whole image, alternately bright and faint."""
@@ -113,7 +115,7 @@ def satellite_trails(
         tmp = np.zeros(shape, dtype=np.float32)
         add_line(tmp, x0, y0, x1, y1, fpp, width)
         flux = float(tmp.sum())
-        layer.add(cls, tmp, sigma)
+        layer.add(cls, tmp)
         layer.rows.append(
             _row(
                 "trail",
@@ -137,7 +139,6 @@ def cosmic_rays(
     *,
     rate: float,
     gain: float,
-    sigma: np.ndarray,
     id0: int,
 ) -> None:
     """Cosmic-ray hits: sharp spots and straight tracks, not blurred by the PSF.
@@ -190,7 +191,7 @@ def cosmic_rays(
             )
         )
     if n:
-        layer.add("cosmic_rays", tmp, sigma)
+        layer.add("cosmic_rays", tmp)
 
 
 def ghosts(
@@ -200,7 +201,6 @@ def ghosts(
     rate: float,
     sky_sigma: float,
     bright_xy: tuple[float, float] | None,
-    sigma: np.ndarray,
     id0: int,
 ) -> None:
     """Faint out-of-focus reflections: donuts (or blobs) mirrored from a bright star
@@ -231,7 +231,7 @@ def ghosts(
             val = amp * np.exp(-0.5 * (r / (0.5 * r_out)) ** 2)
         tmp = np.zeros(shape, dtype=np.float32)
         tmp[ys, xs] = val
-        layer.add("ghosts", tmp, sigma)
+        layer.add("ghosts", tmp)
         layer.rows.append(
             _row("ghost", id0 + len(layer.rows), "ghosts", gx, gy, float(val.sum()), size=r_out)
         )
@@ -241,7 +241,6 @@ def movers(
     layer: ArtefactLayer,
     renderer: PointRenderer,
     tracks: list[dict[str, Any]],
-    sigma: np.ndarray,
 ) -> None:
     """Moving objects: fast ones trailed over the exposure, slow ones point-like.
 
@@ -273,13 +272,15 @@ def movers(
                 )
             )
         if mine:
-            layer.add(cls, tmp, sigma)
+            layer.add(cls, tmp)
 
 
-def new_layer(shape: tuple[int, int]) -> ArtefactLayer:
-    """An empty artefact layer with all-False footprints for every class."""
+def new_layer(sigma: np.ndarray) -> ArtefactLayer:
+    """An empty artefact layer for an image of per-pixel noise ``sigma`` (ADU)."""
+    shape = sigma.shape
     return ArtefactLayer(
         signal=np.zeros(shape, dtype=np.float32),
+        threshold=(FOOTPRINT_SIGMA * sigma).astype(np.float32),
         footprints={cls: np.zeros(shape, dtype=bool) for cls in FOOTPRINT_CLASSES},
     )
 

@@ -33,6 +33,9 @@ from skydm.sim.render import PointRenderer, add_stamp, galaxy_stamp
 if TYPE_CHECKING:
     from skydm.sim.survey import SimVisit
 
+#: Rows per block when drawing the noise.
+_NOISE_ROWS = 256
+
 #: Columns of a visit's truth table, in order.
 TRUTH_COLUMNS = (
     "visit",
@@ -153,18 +156,16 @@ def render_visit(v: SimVisit) -> VisitPixels:
             }
         )
     model += v.sky
-    var_clean = (np.clip(model, 0.0, None) / gain + (rn / gain) ** 2).astype(np.float32)
-    sigma = np.sqrt(var_clean)
+    np.clip(model, 0.0, None, out=model)
+    var_clean = (model / gain + (rn / gain) ** 2).astype(np.float32)
 
     # -- artefacts -----------------------------------------------------------
     arng = stream(cfg, STREAM_ARTEFACTS, v.field, v.slot)
-    layer = art.new_layer(shape)
+    layer = art.new_layer(np.sqrt(var_clean))
     id0 = v.visit * 10_000
     psf_sigma = v.psf.fwhm / 2.3548
     if "cosmic_rays" in cfg.artefacts:
-        art.cosmic_rays(
-            layer, arng, rate=cfg.cosmic_ray_rate, gain=gain, sigma=sigma, id0=id0 + len(layer.rows)
-        )
+        art.cosmic_rays(layer, arng, rate=cfg.cosmic_ray_rate, gain=gain, id0=id0)
     if "satellite_trails" in cfg.artefacts:
         art.satellite_trails(
             layer,
@@ -173,7 +174,6 @@ def render_visit(v: SimVisit) -> VisitPixels:
             parity=v.slot,
             sky_sigma=sky_sigma,
             psf_sigma=psf_sigma,
-            sigma=sigma,
             id0=id0 + len(layer.rows),
         )
     if "ghosts" in cfg.artefacts:
@@ -188,19 +188,21 @@ def render_visit(v: SimVisit) -> VisitPixels:
             rate=cfg.ghost_rate,
             sky_sigma=sky_sigma,
             bright_xy=bright,
-            sigma=sigma,
             id0=id0 + len(layer.rows),
         )
     if "asteroids" in cfg.artefacts:
-        art.movers(layer, renderer, _mover_tracks(v, mags, flux), sigma)
-    del sigma
+        art.movers(layer, renderer, _mover_tracks(v, mags, flux))
 
     # -- noise, digitisation, saturation, bad columns -----------------------
     nrng = stream(cfg, STREAM_NOISE, v.field, v.slot)
-    electrons = nrng.poisson(np.clip(model, 0.0, None) * gain).astype(np.float32)
-    electrons += nrng.normal(0.0, rn, shape).astype(np.float32) if rn > 0 else 0.0
-    clean = electrons / np.float32(gain)
-    del electrons
+    clean = np.empty(shape, dtype=np.float32)
+    # In blocks of rows, so that the integer and float64 temporaries stay small.
+    for r0 in range(0, ny, _NOISE_ROWS):
+        block = model[r0 : r0 + _NOISE_ROWS]
+        electrons = nrng.poisson(block * gain).astype(np.float32)
+        if rn > 0:
+            electrons += np.float32(rn) * nrng.standard_normal(block.shape, dtype=np.float32)
+        clean[r0 : r0 + _NOISE_ROWS] = electrons / np.float32(gain)
     raw = clean.copy()
     hit = layer.signal > 0
     raw[hit] += (nrng.poisson(layer.signal[hit].astype(np.float64) * gain) / gain).astype(
