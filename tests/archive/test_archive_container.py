@@ -38,6 +38,8 @@ def _raw_arrays(data: bytes) -> list[np.ndarray]:
         hdul = fits.open(io.BytesIO(data), do_not_scale_image_data=True)
         out = []
         for h in hdul:
+            if h.name in ("SKYDMMAP", "SKYDMBLB"):
+                continue  # the container's byte map, not pixels
             if isinstance(h, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU) and (
                 h.data is not None
             ):

@@ -12,9 +12,10 @@ A raw FITS file is stored as one FITS file that any FITS reader (astropy,
   (``RICE_1``, the default, as ``fpack`` does), floats and 64-bit integers
   with byte-shuffled gzip (``GZIP_2``) and no quantization, which keeps every
   bit, NaN payloads and -0.0 included;
-* a binary table ``SKYDMMAP`` with, for every source HDU in order, its
-  header block exactly as it was (zlib-compressed), and the bytes that are
-  not image pixels (table data, block padding) also zlib-compressed.
+* an index ``SKYDMMAP`` (one row per source HDU, in order) into a byte
+  blob ``SKYDMBLB`` holding each source header block exactly as it was and
+  every byte that is not image pixels (table data, block padding), all
+  zlib-compressed.
 
 So :func:`restore_bytes` rebuilds the source file byte for byte, and
 :func:`encode` proves it on every file before it is archived.
@@ -37,6 +38,8 @@ from skydm.errors import BadFileError, DataCorruptionError
 
 FORMAT_VERSION = 1
 MAP_EXTNAME = "SKYDMMAP"
+BLOB_EXTNAME = "SKYDMBLB"
+MAP_COLUMNS = ("KIND", "EXT", "NBYTES", "HDR_OFF", "HDR_LEN", "INL_OFF", "INL_LEN")
 KIND_INLINE, KIND_IMAGE, KIND_TAIL = 0, 1, 2
 _BLOCK = 2880
 # Rice codes 32-pixel blocks, each with its own parameter, so larger tiles cost
@@ -92,12 +95,10 @@ def _clean_cards(header: fits.Header, *, keep_scaling: bool) -> fits.Header:
     return out
 
 
-def _merge_headers(primary: fits.Header, image: fits.Header | None) -> fits.Header:
-    """Primary cards overridden by an image extension's, as translators see them."""
+def _merge_headers(primary: fits.Header, image: fits.Header) -> fits.Header:
+    """Primary cards overridden by an (already cleaned) image extension's, for translators."""
     merged = _clean_cards(primary, keep_scaling=False)
-    if image is None:
-        return merged
-    for card in _clean_cards(image, keep_scaling=False).cards:
+    for card in image.cards:
         if card.keyword in ("COMMENT", "HISTORY") or card.keyword not in merged:
             merged.append(card, end=True)
             continue
@@ -257,12 +258,13 @@ def encode(
         pixel_views.append(view[d0 : d0 + array.nbytes])
         bp = int(hdu.header["BITPIX"])
         bitpix.append(bp)
+        clean = _clean_cards(hdu.header, keep_scaling=False)
         if not images:
-            merged = _merge_headers(hdul[0].header, hdu.header if i > 0 else None)
+            merged = clean.copy() if i == 0 else _merge_headers(hdul[0].header, clean)
         primary_has_image |= i == 0
         comp = fits.CompImageHDU(
             data=array,
-            header=_clean_cards(hdu.header, keep_scaling=False),
+            header=clean,
             compression_type=codec_for(bp, codec),
             tile_shape=_tile_shape(array.shape),
             quantize_level=0.0,  # no quantization: lossless for floats
@@ -298,22 +300,8 @@ def encode(
     ph["ORIGSHA"] = (sha, "SHA-256 of the source file")
     ph["ORIGNHDU"] = (len(hdul), "number of HDUs in the source file")
 
-    def vla(blobs: list[bytes]) -> np.ndarray:
-        out = np.empty(len(blobs), dtype=object)
-        out[:] = [np.frombuffer(b, dtype=np.uint8) for b in blobs]
-        return out
-
-    table = fits.BinTableHDU.from_columns(
-        [
-            fits.Column(name="KIND", format="I", array=np.array(kinds, dtype=np.int16)),
-            fits.Column(name="EXT", format="J", array=np.array(ext_index, dtype=np.int32)),
-            fits.Column(name="NBYTES", format="K", array=np.array(nbytes, dtype=np.int64)),
-            fits.Column(name="HEADER", format="PB()", array=vla(headers)),
-            fits.Column(name="INLINE", format="PB()", array=vla(inline)),
-        ],
-        name=MAP_EXTNAME,
-    )
-    container = fits.HDUList([primary, *images, table])
+    index, blob = _byte_map(kinds, ext_index, nbytes, headers, inline)
+    container = fits.HDUList([primary, *images, index, blob])
     info = SourceInfo(
         name=path.name,
         size=len(data),
@@ -334,19 +322,48 @@ def _rebuild(container: bytes, name: object) -> tuple[fits.HDUList, bytes]:
         hdul = fits.open(io.BytesIO(container), memmap=False, do_not_scale_image_data=True)
         if not hdul[0].header.get("SKYDMRAW") or MAP_EXTNAME not in hdul:
             raise BadFileError(name, "is not a skydm raw container (no SKYDMRAW card/SKYDMMAP)")
-        table = hdul[MAP_EXTNAME].data
+        if BLOB_EXTNAME not in hdul:
+            raise DataCorruptionError(name, f"a {BLOB_EXTNAME} extension", "none")
+        rows = np.asarray(hdul[MAP_EXTNAME].data, dtype=np.int64)
+        blob = np.asarray(hdul[BLOB_EXTNAME].data, dtype=np.uint8).tobytes()
         out = io.BytesIO()
-        for row in table:
-            out.write(zlib.decompress(bytes(row["HEADER"])))
-            if row["KIND"] == KIND_IMAGE:
-                pixels = np.asarray(hdul[int(row["EXT"])].data)
+        for kind, ext, nbytes, h0, hn, i0, i_n in rows.reshape(-1, len(MAP_COLUMNS)):
+            out.write(zlib.decompress(blob[h0 : h0 + hn]))
+            if kind == KIND_IMAGE:
+                pixels = np.asarray(hdul[int(ext)].data)
                 big = pixels.astype(pixels.dtype.newbyteorder(">"), copy=False)
-                raw = big.tobytes()
-                if len(raw) != int(row["NBYTES"]):
-                    raise DataCorruptionError(name, f"{row['NBYTES']} pixel bytes", str(len(raw)))
-                out.write(raw)
-            out.write(zlib.decompress(bytes(row["INLINE"])))
+                if big.nbytes != nbytes:
+                    raise DataCorruptionError(name, f"{nbytes} pixel bytes", str(big.nbytes))
+                out.write(big.tobytes())
+            out.write(zlib.decompress(blob[i0 : i0 + i_n]))
     return hdul, out.getvalue()
+
+
+def _byte_map(
+    kinds: list[int],
+    ext_index: list[int],
+    nbytes: list[int],
+    headers: list[bytes],
+    inline: list[bytes],
+) -> tuple[fits.ImageHDU, fits.ImageHDU]:
+    """The index (one int64 row per source HDU) and the blob of compressed bytes.
+
+    Plain image HDUs rather than a table with variable-length columns: astropy
+    writes those several times faster, which matters for small raws.
+    """
+    rows, chunks, offset = [], [], 0
+    for kind, ext, n, header, extra in zip(kinds, ext_index, nbytes, headers, inline, strict=True):
+        rows.append([kind, ext, n, offset, len(header), offset + len(header), len(extra)])
+        chunks += [header, extra]
+        offset += len(header) + len(extra)
+    index = fits.ImageHDU(np.array(rows, dtype=np.int64), name=MAP_EXTNAME)
+    for i, col in enumerate(MAP_COLUMNS, start=1):
+        index.header[f"COL{i}"] = (col, f"meaning of column {i} of each row")
+    index.header["COMMENT"] = "One row per source HDU (last row: bytes after the last HDU)."
+    index.header["COMMENT"] = "KIND 0: data inline; 1: pixels in extension EXT; 2: tail."
+    index.header["COMMENT"] = "HDR/INL: zlib streams in SKYDMBLB (header; data or padding)."
+    blob = fits.ImageHDU(np.frombuffer(b"".join(chunks), dtype=np.uint8), name=BLOB_EXTNAME)
+    return index, blob
 
 
 def restore_bytes(container: bytes | Path, *, name: object = None) -> bytes:
