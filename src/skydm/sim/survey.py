@@ -270,7 +270,8 @@ def simulate_survey(config: SurveyConfig) -> Survey:
     catalogs = []
     for f, centre in enumerate(centres):
         mjds = [float(night_mjd[j // 2] + (j % 2) * PAIR_GAP + f * 0.004) for j in range(n_slots)]
-        anchors = np.array([mjds[k % n_slots] for k in range(cfg.n_movers)])
+        # Movers are placed in the field at visits spread over the survey.
+        anchors = np.array([mjds[(k * n_slots) // cfg.n_movers] for k in range(cfg.n_movers)])
         cat_rng = stream(cfg, STREAM_CATALOG, f)
         catalogs.append(make_catalog(cfg, f, centre, cat_rng, anchors, (mjds[0], mjds[-1])))
         for j in range(n_slots):
