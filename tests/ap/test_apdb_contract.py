@@ -146,3 +146,20 @@ def test_ids_are_deterministic_and_checked() -> None:
     assert make_id(2**30, 1023, 2**20 - 1) < 2**63
     with pytest.raises(BadValueError, match="detector"):
         make_id(1, 5000, 0)
+
+
+def test_vectorised_psf_fluxes_agree_with_psf_photometry() -> None:
+    from skydm.ap.forced import psf_fluxes
+    from skydm.image import psf_photometry
+
+    field = SyntheticField(seed=21, n_variables=40)
+    _, _, diff, _ = field.visit(3)
+    xs = np.concatenate([field.x, [1.0, 250.0]])  # two off the edge
+    ys = np.concatenate([field.y, [1.0, 5.0]])
+    f1, e1 = psf_fluxes(diff, xs, ys)
+    f2, e2 = psf_photometry(diff, xs, ys)
+    np.testing.assert_array_equal(np.isnan(f1), np.isnan(f2))
+    ok = np.isfinite(f2)
+    # Within a small fraction of the error: the tabulated sub-pixel phases.
+    assert np.all(np.abs(f1[ok] - f2[ok]) < 0.05 * e2[ok] + 1e-3 * np.abs(f2[ok]))
+    np.testing.assert_allclose(e1[ok], e2[ok], rtol=1e-3)

@@ -13,6 +13,7 @@ checks every required field, naming the DIA source and the field at fault.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,7 +103,10 @@ def _coerce(spec: FieldSpec, value: Any, ident: object) -> Any:
             return None
         if base == "float":
             # Round to float32 now so that the record equals its own round trip.
-            return float(np.float32(v))
+            try:
+                return float(_FLOAT32.unpack(_FLOAT32.pack(v))[0])
+            except OverflowError:
+                return None
         if base == "timestamp-micros":
             return mjd_to_datetime(v)
         return v
@@ -129,6 +133,17 @@ def _is_missing(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def _plan(schema: AlertSchema, kind: str) -> list[tuple[FieldSpec, str | None]]:
+    key = (schema.version, kind)
+    if key not in _PLANS:
+        _PLANS[key] = [(spec, _RENAMED.get(spec.name)) for spec in schema.records[kind]]
+    return _PLANS[key]
+
+
+_PLANS: dict[tuple[str, str], list[tuple[FieldSpec, str | None]]] = {}
+_FLOAT32 = struct.Struct("<f")
+
+
 def build_record(
     kind: str, values: Mapping[str, Any], schema: AlertSchema, *, ident: object = None
 ) -> dict[str, Any]:
@@ -152,16 +167,27 @@ def build_record(
         for instance).
     """
     out: dict[str, Any] = {}
-    for spec in schema.records[kind]:
+    get = values.get
+    for spec, alias in _plan(schema, kind):
         name = spec.name
-        value = values.get(name)
-        if value is None and name in _RENAMED:
-            value = values.get(_RENAMED[name])
+        value = get(name)
+        if value is None and alias is not None:
+            value = get(alias)
+        base = spec.base
+        # The common cases inline: this runs for every field of every packet.
+        if value is not None and base == "float" and type(value) is float:
+            if value - value == 0.0:  # finite
+                try:
+                    out[name] = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+                    continue
+                except OverflowError:
+                    pass
+            value = None
         if _is_missing(value):
             if spec.nullable:
                 out[name] = None
                 continue
-            if name in _COMPUTED and (name not in ("ccdVisitId",) or "visit" in values):
+            if name in _COMPUTED and (name != "ccdVisitId" or "visit" in values):
                 value = _COMPUTED[name](values)
             else:
                 raise AlertValidationError(ident, name, "is required by the schema but missing")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from skydm.ap.association import make_id
-from skydm.image import Exposure, psf_photometry
+from skydm.image import UNUSABLE, Exposure
 
 
 def visit_region(
@@ -59,6 +59,57 @@ def on_image(exposure: Exposure, ra: np.ndarray, dec: np.ndarray) -> tuple[np.nd
     return x, y, inside
 
 
+#: Sub-pixel phases at which PSF kernels are tabulated (a ninth of a pixel):
+#: the flux error of using the nearest phase is far below the photon noise.
+_PHASES = 9
+
+
+def psf_fluxes(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSF-weighted fluxes and errors at many fixed positions, vectorised.
+
+    The estimator is that of :func:`skydm.image.psf_photometry`
+    (``sum(P I / V) / sum(P^2 / V)``, masked pixels weighted 0), with the PSF
+    tabulated at ``_PHASES`` x ``_PHASES`` sub-pixel shifts instead of being
+    rendered for each position, so that a visit's 10,000 objects take a
+    fraction of a second rather than tens of seconds.  Positions whose PSF
+    stamp leaves the image get NaN.
+    """
+    psf = exposure.require_psf("forced photometry")
+    size = min(psf.default_size(), 31)
+    half = size // 2
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    flux = np.full(x.size, np.nan)
+    err = np.full(x.size, np.nan)
+    ny, nx = exposure.shape
+    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    ok = (ix - half >= 0) & (iy - half >= 0) & (ix + half < nx) & (iy + half < ny)
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return flux, err
+    steps = (np.arange(_PHASES) - (_PHASES - 1) / 2) / _PHASES
+    kernels = np.array([[psf.kernel(size, dx, dy) for dx in steps] for dy in steps])
+    off = np.arange(-half, half + 1)
+    unusable = np.uint32(UNUSABLE)
+    for start in range(0, idx.size, 4096):
+        sel = idx[start : start + 4096]
+        rows = iy[sel, None, None] + off[None, :, None]
+        cols = ix[sel, None, None] + off[None, None, :]
+        data = exposure.image[rows, cols].astype(np.float64)
+        var = exposure.var[rows, cols].astype(np.float64)
+        good = np.isfinite(data) & np.isfinite(var) & (var > 0)
+        good &= (exposure.msk[rows, cols] & unusable) == 0
+        px = np.clip(np.rint((x[sel] - ix[sel]) * _PHASES) + (_PHASES - 1) // 2, 0, _PHASES - 1)
+        py = np.clip(np.rint((y[sel] - iy[sel]) * _PHASES) + (_PHASES - 1) // 2, 0, _PHASES - 1)
+        p = kernels[py.astype(int), px.astype(int)]
+        w = np.where(good, p / np.where(good, var, 1.0), 0.0)
+        denom = np.sum(w * p, axis=(1, 2))
+        num = np.sum(w * np.where(good, data, 0.0), axis=(1, 2))
+        fine = denom > 0
+        flux[sel[fine]] = num[fine] / denom[fine]
+        err[sel[fine]] = np.sqrt(1.0 / denom[fine])
+    return flux, err
+
+
 def forced_photometry(
     objects: Sequence[dict[str, Any]],
     difference: Exposure,
@@ -96,9 +147,9 @@ def forced_photometry(
     idx = np.flatnonzero(inside)
     if idx.size == 0:
         return []
-    flux, err = psf_photometry(difference, x[idx], y[idx])
+    flux, err = psf_fluxes(difference, x[idx], y[idx])
     if science is not None and science.psf is not None:
-        sflux, serr = psf_photometry(science, x[idx], y[idx])
+        sflux, serr = psf_fluxes(science, x[idx], y[idx])
     else:
         sflux = serr = np.full(idx.size, np.nan)
     out: list[dict[str, Any]] = []
