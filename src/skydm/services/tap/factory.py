@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skydm.errors import SkydmError
 from skydm.services.tap.config import TapConfig
@@ -44,5 +45,10 @@ def install_tap(app: FastAPI, tap: TapService, *, prefix: str = PREFIX) -> None:
         log.exception("unexpected error answering %s", request.url)
         return error_response(exc, 500)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(RuntimeError(exc.detail), exc.status_code)
+
     app.add_exception_handler(SkydmError, skydm_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, fault)

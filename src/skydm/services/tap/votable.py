@@ -299,6 +299,10 @@ def _binary2_parts(arr: pa.Array, spec: FieldSpec) -> list[Part]:
             strings = arr
         else:
             strings = _as_strings(arr)
+            # VOTable 1.4 ``char`` is ASCII and readers (astropy) decode it so;
+            # other characters survive only in TABLEDATA, CSV and Parquet.
+            if not pc.all(pc.string_is_ascii(strings)).as_py():
+                strings = pc.replace_substring_regex(strings, "[^\\x00-\\x7f]", "?")
         lengths, data = _variable_bytes(strings)
         width = spec.fixed_size
         if width is None:

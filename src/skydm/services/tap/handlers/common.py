@@ -38,7 +38,7 @@ async def params_of(request: Request) -> dict[str, list[str]]:
             raise TapParameterError(
                 "request body", f"{length} bytes", f"at most {MAX_BODY_BYTES} bytes are accepted"
             )
-        form = await request.form()
+        form = await request.form(max_part_size=MAX_BODY_BYTES)
         items.extend((k, v) for k, v in form.multi_items() if isinstance(v, str))
     return collect_params(items)
 
