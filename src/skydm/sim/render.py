@@ -76,6 +76,16 @@ class PointRenderer:
         r_ee = float(rr[order][np.searchsorted(ee, 0.998)])
         self.r_min = int(min(self.r_max, max(self.r_min, math.ceil(r_ee))))
 
+    def _profile(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The PSF's unnormalised profile; a fast path for the usual Moffat index."""
+        psf = self.psf
+        if isinstance(psf, MoffatPsf) and psf.beta == 3.5:
+            # u**-3.5 by multiplications and one square root: several times
+            # faster than a general power, and the same numbers.
+            u = 1.0 + (x * x + y * y) / psf.alpha**2
+            return np.asarray(1.0 / (u * u * u * np.sqrt(u)))
+        return np.asarray(psf._render(x, y))
+
     def radius(self, flux: np.ndarray) -> np.ndarray:
         """Stamp half-width for each flux: where the profile drops below the floor."""
         flux = np.abs(np.asarray(flux, dtype=float))
@@ -94,7 +104,7 @@ class PointRenderer:
             yy = g[None, :, None] - dy[:, None, None] + oy
             for ox in self._offsets:
                 xx = g[None, None, :] - dx[:, None, None] + ox
-                acc += self.psf._render(xx, yy)
+                acc += self._profile(xx, yy)
         # Unit sum per stamp: the image then holds exactly the catalog flux
         # (the < 0.2% beyond the stamp is put back into its core).
         acc /= acc.sum(axis=(1, 2))[:, None, None]
