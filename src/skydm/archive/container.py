@@ -3,7 +3,8 @@
 A raw FITS file is stored as one FITS file that any FITS reader (astropy,
 ``funpack``, ds9) opens:
 
-* a primary HDU with ``SKYDMRAW = T``, the source's name, size and SHA-256,
+* a primary HDU with ``SKYDMRAW = T``, the source's name, size and SHA-256
+  (``ORIGSHA``),
   and (when the source's primary HDU has no image) the source's primary
   header cards;
 * one tile-compressed image HDU per source image HDU, holding the pixel
@@ -12,10 +13,10 @@ A raw FITS file is stored as one FITS file that any FITS reader (astropy,
   (``RICE_1``, the default, as ``fpack`` does), floats and 64-bit integers
   with byte-shuffled gzip (``GZIP_2``) and no quantization, which keeps every
   bit, NaN payloads and -0.0 included;
-* an index ``SKYDMMAP`` (one row per source HDU, in order) into a byte
-  blob ``SKYDMBLB`` holding each source header block exactly as it was and
-  every byte that is not image pixels (table data, block padding), all
-  zlib-compressed.
+* as the primary HDU's data, a byte blob holding each source header block
+  exactly as it was and every byte that is not image pixels (table data,
+  block padding), all zlib-compressed; the primary's ``MAP1..MAPn`` cards
+  index it, one row per source HDU in order (``MAPCOLS`` names the columns).
 
 So :func:`restore_bytes` rebuilds the source file byte for byte, and
 :func:`encode` proves it on every file before it is archived.
@@ -37,8 +38,6 @@ from astropy.io import fits
 from skydm.errors import BadFileError, DataCorruptionError
 
 FORMAT_VERSION = 1
-MAP_EXTNAME = "SKYDMMAP"
-BLOB_EXTNAME = "SKYDMBLB"
 MAP_COLUMNS = ("KIND", "EXT", "NBYTES", "HDR_OFF", "HDR_LEN", "INL_OFF", "INL_LEN")
 KIND_INLINE, KIND_IMAGE, KIND_TAIL = 0, 1, 2
 _BLOCK = 2880
@@ -289,7 +288,10 @@ def encode(
     nbytes.append(len(tail))
 
     sha = hashlib.sha256(data).hexdigest()
-    primary = fits.PrimaryHDU()
+    rows, blob = _byte_map(kinds, ext_index, nbytes, headers, inline)
+    # The blob is the primary's data (1-d bytes, which image readers skip) and
+    # its index is in primary cards: no extra HDUs, so no extra 2880-byte blocks.
+    primary = fits.PrimaryHDU(np.frombuffer(blob, dtype=np.uint8))
     if not primary_has_image:
         primary.header.extend(_clean_cards(hdul[0].header, keep_scaling=False))
     ph = primary.header
@@ -300,8 +302,11 @@ def encode(
     ph["ORIGSHA"] = (sha, "SHA-256 of the source file")
     ph["ORIGNHDU"] = (len(hdul), "number of HDUs in the source file")
 
-    index, blob = _byte_map(kinds, ext_index, nbytes, headers, inline)
-    container = fits.HDUList([primary, *images, index, blob])
+    ph["MAPCOLS"] = (" ".join(MAP_COLUMNS), "columns of the MAPn cards")
+    ph["NMAP"] = (len(rows), "source HDUs + 1 (tail): MAP1..MAPn")
+    for i, row in enumerate(rows, start=1):
+        ph[f"MAP{i}"] = " ".join(str(v) for v in row)
+    container = fits.HDUList([primary, *images])
     info = SourceInfo(
         name=path.name,
         size=len(data),
@@ -320,12 +325,14 @@ def _rebuild(container: bytes, name: object) -> tuple[fits.HDUList, bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hdul = fits.open(io.BytesIO(container), memmap=False, do_not_scale_image_data=True)
-        if not hdul[0].header.get("SKYDMRAW") or MAP_EXTNAME not in hdul:
-            raise BadFileError(name, "is not a skydm raw container (no SKYDMRAW card/SKYDMMAP)")
-        if BLOB_EXTNAME not in hdul:
-            raise DataCorruptionError(name, f"a {BLOB_EXTNAME} extension", "none")
-        rows = np.asarray(hdul[MAP_EXTNAME].data, dtype=np.int64)
-        blob = np.asarray(hdul[BLOB_EXTNAME].data, dtype=np.uint8).tobytes()
+        ph = hdul[0].header
+        if not ph.get("SKYDMRAW") or "NMAP" not in ph:
+            raise BadFileError(name, "is not a skydm raw container (no SKYDMRAW/NMAP cards)")
+        rows = np.array(
+            [[int(v) for v in str(ph[f"MAP{i}"]).split()] for i in range(1, int(ph["NMAP"]) + 1)],
+            dtype=np.int64,
+        )
+        blob = np.asarray(hdul[0].data, dtype=np.uint8).tobytes()
         out = io.BytesIO()
         for kind, ext, nbytes, h0, hn, i0, i_n in rows.reshape(-1, len(MAP_COLUMNS)):
             out.write(zlib.decompress(blob[h0 : h0 + hn]))
@@ -345,25 +352,14 @@ def _byte_map(
     nbytes: list[int],
     headers: list[bytes],
     inline: list[bytes],
-) -> tuple[fits.ImageHDU, fits.ImageHDU]:
-    """The index (one int64 row per source HDU) and the blob of compressed bytes.
-
-    Plain image HDUs rather than a table with variable-length columns: astropy
-    writes those several times faster, which matters for small raws.
-    """
+) -> tuple[list[list[int]], bytes]:
+    """One index row per source HDU (see :data:`MAP_COLUMNS`) and the byte blob."""
     rows, chunks, offset = [], [], 0
     for kind, ext, n, header, extra in zip(kinds, ext_index, nbytes, headers, inline, strict=True):
         rows.append([kind, ext, n, offset, len(header), offset + len(header), len(extra)])
         chunks += [header, extra]
         offset += len(header) + len(extra)
-    index = fits.ImageHDU(np.array(rows, dtype=np.int64), name=MAP_EXTNAME)
-    for i, col in enumerate(MAP_COLUMNS, start=1):
-        index.header[f"COL{i}"] = (col, f"meaning of column {i} of each row")
-    index.header["COMMENT"] = "One row per source HDU (last row: bytes after the last HDU)."
-    index.header["COMMENT"] = "KIND 0: data inline; 1: pixels in extension EXT; 2: tail."
-    index.header["COMMENT"] = "HDR/INL: zlib streams in SKYDMBLB (header; data or padding)."
-    blob = fits.ImageHDU(np.frombuffer(b"".join(chunks), dtype=np.uint8), name=BLOB_EXTNAME)
-    return index, blob
+    return rows, b"".join(chunks)
 
 
 def restore_bytes(container: bytes | Path, *, name: object = None) -> bytes:
