@@ -62,6 +62,7 @@ class CompareWarpConfig:
     grow_fwhm: float = 1.0
     target_extra: float = 1.0
     variable_chi2: float = 2.0
+    streak_length: float = 40.0
     cr_threshold: float = 5.0
     cr_sharpness: float = 1.5
 
@@ -365,14 +366,36 @@ def _disk(radius: float) -> np.ndarray:
     return (x * x + y * y) <= radius * radius + 1e-9
 
 
-def _footprints(code: np.ndarray) -> np.ndarray:
-    """Hysteresis footprints of one epoch and sign: regions of ``code >= 1`` holding a 2."""
+def _footprints(code: np.ndarray, streak_length: float) -> np.ndarray:
+    """Outlier footprints of one epoch and sign.
+
+    Regions of ``code >= 1`` that hold a seed (``code >= 2``), plus seedless
+    regions that are long and thin (:func:`_is_streak`): a faint trail is
+    never 5 sigma anywhere but runs above the lower threshold for hundreds
+    of pixels, which noise does not.
+    """
     lab, nlab = ndimage.label(code >= 1)
     if nlab == 0:
         return np.zeros(code.shape, dtype=bool)
+    keep = np.zeros(nlab + 1, dtype=bool)
     seeded = np.unique(lab[code >= 2])
-    seeded = seeded[seeded > 0]
-    return np.isin(lab, seeded) if seeded.size else np.zeros(code.shape, dtype=bool)
+    keep[seeded] = True
+    if streak_length > 0:
+        sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
+        for label in np.flatnonzero((sizes >= streak_length) & ~keep):
+            if label > 0 and _is_streak(*np.nonzero(lab == label), streak_length):
+                keep[label] = True
+    keep[0] = False
+    return keep[lab]
+
+
+def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
+    """Whether pixels (ys, xs) form a straight strip at least ``min_length`` long
+    and 8 times longer than wide (from their second moments)."""
+    cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
+    evals = np.linalg.eigvalsh(cov)
+    length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
+    return length >= min_length and length >= 8 * max(width, 1.0)
 
 
 def _clip_maps(
@@ -399,7 +422,7 @@ def _clip_maps(
     for sign in (1, -1):
         fps = np.zeros(codes.shape, dtype=bool)
         for k in range(n):
-            fps[k] = _footprints(codes[k] * sign)
+            fps[k] = _footprints(codes[k] * sign, cfg.streak_length if sign > 0 else 0.0)
         count = fps.sum(axis=0, dtype=np.uint8)
         for k in range(n):
             lab, nlab = ndimage.label(fps[k])
@@ -423,6 +446,8 @@ def _clip_maps(
             if chosen.size == 0:
                 continue
             sel_map = np.isin(lab, chosen)
+            if sign > 0 and cfg.streak_length > 0:
+                sel_map |= _extend_streaks(lab, chosen, cover > 0, cfg.streak_length)
             if structure is None:
                 clip[k] |= sel_map
                 continue
@@ -433,6 +458,39 @@ def _clip_maps(
                 xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
                 clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
     return clip
+
+
+def _extend_streaks(
+    lab: np.ndarray, chosen: np.ndarray, data: np.ndarray, min_length: float
+) -> np.ndarray:
+    """Straight strips through every long, thin footprint, across the whole grid.
+
+    Satellite trails cross a whole image, but where a faint one dips into
+    the noise its footprint breaks into segments and the gaps would leak.
+    A footprint at least ``min_length`` binned pixels long and 8 times
+    longer than wide is taken to be a segment of a straight trail, and the
+    strip along its axis (as wide as the footprint) is clipped wherever the
+    epoch has data, as Rubin's streak masking does.
+    """
+    out = np.zeros(lab.shape, dtype=bool)
+    big = chosen[np.asarray(ndimage.sum(np.ones_like(lab), lab, chosen)) >= min_length]
+    if big.size == 0:
+        return out
+    yy, xx = np.indices(lab.shape, dtype=np.float32)
+    for label in big:
+        ys, xs = np.nonzero(lab == label)
+        cy, cx = ys.mean(), xs.mean()
+        cov = np.cov(np.vstack([xs - cx, ys - cy]))
+        evals, evecs = np.linalg.eigh(cov)
+        length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
+        if length < min_length or length < 8 * max(width, 1.0):
+            continue
+        ux, uy = evecs[0, 1], evecs[1, 1]
+        perp = np.abs(-(xs - cx) * uy + (ys - cy) * ux)
+        half = float(np.max(perp)) + 1.0
+        dist = np.abs(-(xx - cx) * uy + (yy - cy) * ux)
+        out |= (dist <= half) & data
+    return out
 
 
 def _variable(
