@@ -189,11 +189,148 @@ def pg_figures(catalog_dir: Path, rows: int, n_cones: int) -> dict[str, float]:
 def service_figures(catalog_dir: Path) -> dict[str, float]:
     """Figures through the TAP service: ``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``.
 
-    Owned by the TAP service (``skydm.services``): it starts the service on
-    ``catalog_dir`` and measures 50 concurrent cone searches while a full scan
-    runs, async job submission and abort.  Returns {} until it is filled in.
+    Owned by the TAP service (``skydm.services``).  Starts ``skydm serve`` on
+    the repository holding ``catalog_dir`` and measures, over HTTP:
+
+    * ``cone_p99_loaded_ms`` — 99th percentile latency of 1 arcmin sync cone
+      searches sent 50 at a time (4 rounds), while async full scans run back
+      to back in a worker process;
+    * ``submit_ms`` — median time to create an async job (POST /async);
+    * ``abort_s`` — time from POST PHASE=ABORT on a running cross join until
+      the job is ABORTED and its worker process is gone.
     """
-    return {}
+    import asyncio
+
+    import httpx
+
+    from skydm.services.tap.uws.store import JobStore
+
+    repo = catalog_dir.parent
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/tap"
+    log = open(repo / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "skydm",
+            "serve",
+            "--repo",
+            str(repo),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = httpx.Client(base_url=url, timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if client.get("/availability").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"skydm serve did not start; see {repo / 'serve.log'}")
+            time.sleep(0.2)
+
+        def submit(query: str, run: bool) -> str:
+            data = {"LANG": "ADQL", "QUERY": query}
+            if run:
+                data["PHASE"] = "RUN"
+            return client.post("/async", data=data).headers["location"].rsplit("/", 1)[-1]
+
+        def phase(job_id: str) -> str:
+            return client.get(f"/async/{job_id}/phase").text
+
+        submit_times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            job_id = submit(SCAN, run=False)
+            submit_times.append(time.perf_counter() - start)
+            client.delete(f"/async/{job_id}")
+
+        async def cones_under_load() -> list[float]:
+            queries = cone_queries(200, seed=7)
+            latencies: list[float] = []
+            async with httpx.AsyncClient(base_url=url, timeout=120) as aclient:
+                for q in queries[:20]:  # warm up
+                    await aclient.post("/sync", data={"LANG": "ADQL", "QUERY": q})
+
+                async def one(q: str) -> None:
+                    start = time.perf_counter()
+                    r = await aclient.post("/sync", data={"LANG": "ADQL", "QUERY": q})
+                    assert r.status_code == 200, r.text
+                    latencies.append(time.perf_counter() - start)
+
+                for i in range(0, 200, 50):
+                    await asyncio.gather(*(one(q) for q in queries[i : i + 50]))
+            return latencies
+
+        scans: list[str] = []
+        scan_stop = False
+
+        def keep_scanning() -> None:
+            while not scan_stop:
+                job_id = submit(SCAN, run=True)
+                scans.append(job_id)
+                while phase(job_id) in ("PENDING", "QUEUED", "EXECUTING") and not scan_stop:
+                    client.get(f"/async/{job_id}", params={"WAIT": "1"})
+
+        import threading
+
+        scanner = threading.Thread(target=keep_scanning, daemon=True)
+        scanner.start()
+        while not scans or phase(scans[0]) != "EXECUTING":
+            time.sleep(0.01)
+        latencies = asyncio.run(cones_under_load())
+        scan_stop = True
+        scanner.join()
+        for job_id in scans:
+            client.delete(f"/async/{job_id}")
+
+        store = JobStore(repo / "tap" / "jobs" / "jobs.sqlite")
+        long_query = (
+            f"SELECT COUNT(*) AS n FROM {TABLE} AS a, {TABLE} AS b WHERE a.u + b.g > a.r + b.i"
+        )
+        job_id = submit(long_query, run=True)
+        while phase(job_id) != "EXECUTING" or store.get(job_id).worker_pid is None:
+            time.sleep(0.01)
+        time.sleep(0.5)  # let the query get going in the engine
+        pid = store.get(job_id).worker_pid
+        assert pid is not None
+        start = time.perf_counter()
+        client.post(f"/async/{job_id}/phase", data={"PHASE": "ABORT"})
+        while True:
+            try:
+                os.kill(pid, 0)
+                gone = False
+            except ProcessLookupError:
+                gone = True
+            if gone and phase(job_id) == "ABORTED":
+                break
+            time.sleep(0.001)
+        abort_s = time.perf_counter() - start
+        client.delete(f"/async/{job_id}")
+        return {
+            "cone_p99_loaded_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+            "cone_p50_loaded_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+            "submit_ms": round(float(np.median(submit_times)) * 1000, 2),
+            "abort_s": round(abort_s, 3),
+        }
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
