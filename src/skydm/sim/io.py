@@ -139,7 +139,7 @@ def write_survey(
     _write_table(out / "truth.ecsv", survey.truth)
     paths = []
     for v in survey.visits:
-        rendered = v._pixels is not None
+        rendered = v.rendered
         paths.append(write_visit(v, out, clean=clean))
         if not rendered:
             v.release()

@@ -10,6 +10,7 @@ other visits were rendered, or in which order.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -136,6 +137,11 @@ class SimVisit:
             self._pixels = render_visit(self)
         return self._pixels
 
+    @property
+    def rendered(self) -> bool:
+        """Whether the pixels are rendered and held in memory."""
+        return self._pixels is not None
+
     def release(self) -> None:
         """Forget the rendered pixels (they are rendered again, identically, on use)."""
         self._pixels = None
@@ -192,7 +198,7 @@ class Survey:
     catalogs: list[Table]
     visits: list[SimVisit]
 
-    @property
+    @functools.cached_property
     def truth(self) -> Table:
         """The catalog of every object of every field (reference magnitudes,
         shapes, light curves and tracks)."""
