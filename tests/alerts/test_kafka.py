@@ -180,7 +180,7 @@ def test_broker_killed_mid_visit_and_restarted_loses_nothing(tmp_path: Path, bro
 
 
 def test_produce_streams_when_a_broker_is_given(tmp_path: Path, broker) -> None:
-    box, results = _produce(
+    _, results = _produce(
         tmp_path, range(1, 2), bootstrap=broker.bootstrap, kafka_config={"linger.ms": 1}
     )
     assert results[0].stream is not None and results[0].stream.pending == 0

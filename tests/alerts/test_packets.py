@@ -170,7 +170,7 @@ def test_every_packaged_schema_version(version: str, survey: dict) -> None:
 
 def test_missing_field_and_nan_coordinates_name_the_source(tmp_path: Path) -> None:
     field = SyntheticField(seed=11, n_variables=12)
-    sci, tmpl, diff, table = field.visit(1)
+    sci, _, diff, table = field.visit(1)
     sources = dia_sources_from_table(table, diff.info)
     n = len(sources)
     bad_nan, bad_missing = sources[2]["diaSourceId"], sources[5]["diaSourceId"]
@@ -200,7 +200,7 @@ def test_required_field_check_uses_the_schema() -> None:
 
 def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
     field: SyntheticField = survey["field"]
-    sci, _, diff, _ = field.visit(2)
+    _, _, diff, _ = field.visit(2)
     maker = CutoutMaker(diff, 31)
     x, y = float(field.x[0]), float(field.y[0])
     data = maker.cutout(x, y)

@@ -36,7 +36,7 @@ def run(apdb: Apdb, tmp_path: Path) -> dict:
     field = SyntheticField(seed=3, n_variables=30)
     results, tables = [], []
     for v in range(1, N_VISITS + 1):
-        sci, tmpl, diff, table = field.visit(v)
+        sci, _, diff, table = field.visit(v)
         tables.append(table)
         results.append(
             produce_visit_alerts(table, diff, apdb=apdb, archive_dir=tmp_path / "a", science=sci)
@@ -111,7 +111,7 @@ def test_forced_photometry_recovers_the_true_flux_change(run: dict) -> None:
 
 def test_a_visit_cannot_be_stored_twice(run: dict, tmp_path: Path) -> None:
     field: SyntheticField = run["field"]
-    sci, _, diff, table = field.visit(2)
+    _, _, diff, table = field.visit(2)
     with pytest.raises(ConflictError, match="visit 2 detector 0 is already in the APDB"):
         produce_visit_alerts(table, diff, apdb=run["apdb"], archive_dir=tmp_path / "b")
 

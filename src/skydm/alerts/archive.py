@@ -95,7 +95,7 @@ def read_archive(path: Path) -> Iterator[dict[str, Any]]:
     """
     fastavro = require_extra("fastavro", "alerts")
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise BadFileError(path, f"cannot open the alert archive: {exc.strerror}") from exc
     with fh:

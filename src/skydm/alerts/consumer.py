@@ -229,7 +229,7 @@ class AlertConsumer:
     def consume_until(
         self, n: int, *, timeout: float = 60.0, idle: float | None = None
     ) -> list[ReceivedAlert]:
-        """Poll until ``n`` new alerts arrived, ``timeout`` passed, or nothing came for ``idle`` s."""
+        """Poll until ``n`` new alerts came, ``timeout`` passed, or none came for ``idle`` s."""
         got: list[ReceivedAlert] = []
         start = last = time.monotonic()
         while len(got) < n and time.monotonic() - start < timeout:

@@ -116,7 +116,8 @@ class Outbox:
         """
         with self._db:
             cur = self._db.execute(
-                "INSERT INTO archive (path, visit, detector, schema_id, created) VALUES (?,?,?,?,?) "
+                "INSERT INTO archive (path, visit, detector, schema_id, created) "
+                "VALUES (?,?,?,?,?) "
                 "ON CONFLICT(path) DO UPDATE SET schema_id=excluded.schema_id RETURNING id",
                 (str(Path(archive).resolve()), visit, detector, schema_id, time.time()),
             )
@@ -157,7 +158,7 @@ class Outbox:
                 path, header = self._archive(aid)
                 if aid not in handles:
                     try:
-                        handles[aid] = open(path, "rb")
+                        handles[aid] = open(path, "rb")  # noqa: SIM115
                     except OSError as exc:
                         raise BadFileError(
                             path, f"alert archive of pending messages is missing: {exc.strerror}"

@@ -212,7 +212,8 @@ def check_source_values(values: Mapping[str, Any]) -> None:
         v = values.get(name)
         if _is_missing(v):
             raise AlertValidationError(ident, name, "is missing or NaN")
-        if not (math.isfinite(float(v)) and lo <= float(v) <= hi):
+        f = float(v)  # type: ignore[arg-type]
+        if not (math.isfinite(f) and lo <= f <= hi):
             raise AlertValidationError(ident, name, f"= {v!r} is outside [{lo}, {hi}]")
 
 

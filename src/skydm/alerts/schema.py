@@ -126,7 +126,7 @@ def latest_version() -> str:
     return f"{major}.{minor}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lsst_schema(major: int, minor: int) -> Any:
     packet = require_extra("lsst.alert.packet", "alerts")
     path = os.path.join(packet.get_schema_path(major, minor), f"lsst.v{major}_{minor}.alert.avsc")
@@ -143,10 +143,7 @@ def _field_spec(field: dict[str, Any]) -> FieldSpec:
         if len(branches) != 1:
             raise ValueError(f"unsupported union {t!r} in field {field['name']}")
         t = branches[0]
-    if isinstance(t, dict):
-        base = t.get("logicalType") or t["type"]
-    else:
-        base = t
+    base = (t.get("logicalType") or t["type"]) if isinstance(t, dict) else t
     return FieldSpec(field["name"], str(base), nullable, null_first)
 
 
@@ -155,7 +152,7 @@ def _standalone(definition: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in definition.items() if not k.startswith("__")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_schema(version: str | None = None) -> AlertSchema:
     """Load one packaged LSST alert schema version.
 

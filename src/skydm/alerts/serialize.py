@@ -125,7 +125,7 @@ class PacketEncoder:
         prefix = f"lsst.v{self.schema.major}_{self.schema.minor}."
         if isinstance(t, str) and t in ("long", "int"):
             return name, "long", 0
-        if isinstance(t, dict) and t.get("type") == "record" or t == prefix + "diaSource":
+        if (isinstance(t, dict) and t.get("type") == "record") or t == prefix + "diaSource":
             return name, "record", 0
         if isinstance(t, list) and len(t) == 2 and "null" in t:
             branch = t[1] if t[0] == "null" else t[0]
@@ -168,7 +168,7 @@ class PacketEncoder:
         for name, how, index in self._plan:
             value = packet.get(name)
             if how == "long":
-                append(zigzag_varint(int(value)))
+                append(zigzag_varint(int(value)))  # type: ignore[arg-type]
             elif how == "record":
                 append(self._piece("diaSource", value))
             elif value is None:
@@ -218,7 +218,7 @@ def parse_wire(message: bytes) -> tuple[int, bytes]:
         raise BadValueError(
             "message", message[:8], "a Confluent wire-format message (magic byte 0 + schema id)"
         )
-    magic, schema_id = _HEADER.unpack_from(message)
+    _magic, schema_id = _HEADER.unpack_from(message)
     return int(schema_id), bytes(message[WIRE_HEADER_SIZE:])
 
 

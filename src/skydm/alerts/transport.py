@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from skydm.alerts.outbox import Delivery, OutMessage, Outbox
+from skydm.alerts.outbox import Delivery, Outbox, OutMessage
 from skydm.errors import BadValueError, SkydmError, require_extra
 from skydm.progress import Progress
 
@@ -108,7 +108,7 @@ class KafkaTransport(AlertTransport):
         }
         return self._ck.Producer(conf)
 
-    def ensure_topics(self, topics: Sequence[str]) -> list[str]:  # noqa: D102
+    def ensure_topics(self, topics: Sequence[str]) -> list[str]:
         admin = self._admin.AdminClient(self._client_config())
         try:
             existing = set(admin.list_topics(timeout=10).topics)
@@ -129,7 +129,7 @@ class KafkaTransport(AlertTransport):
                     raise BrokerUnavailableError(f"cannot create topic {topic}: {exc}") from exc
         return created
 
-    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:  # noqa: D102
+    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:
         if self._producer is None:
             self._producer = self._make_producer()
         producer = self._producer
@@ -168,7 +168,7 @@ class KafkaTransport(AlertTransport):
             self._producer = None
         return delivered
 
-    def close(self) -> None:  # noqa: D102
+    def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(5)
             self._producer = None

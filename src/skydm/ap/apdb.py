@@ -105,8 +105,8 @@ FORCED_SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _object_columns() -> list[sa.Column]:
-    cols = [
+def _object_columns() -> list[sa.Column[Any]]:
+    cols: list[sa.Column[Any]] = [
         sa.Column("diaObjectId", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("ra", sa.Float(53), nullable=False),
         sa.Column("dec", sa.Float(53), nullable=False),

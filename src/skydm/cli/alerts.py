@@ -222,7 +222,8 @@ def _consume(args: argparse.Namespace) -> int:
             packet = alert.decode()
             src = packet["diaSource"]
             print(
-                f"{alert.topic}[{alert.partition}]@{alert.offset} diaSourceId={alert.dia_source_id} "
+                f"{alert.topic}[{alert.partition}]@{alert.offset} "
+                f"diaSourceId={alert.dia_source_id} "
                 f"diaObjectId={alert.dia_object_id} ra={src['ra']:.6f} dec={src['dec']:.6f} "
                 f"psfFlux={src.get('psfFlux')} nPrv={len(packet.get('prvDiaSources') or [])}"
             )
