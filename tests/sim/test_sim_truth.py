@@ -263,3 +263,28 @@ def test_saturated_pixels_in_truth_are_flagged(small_survey: Survey) -> None:
         ix, iy = round(float(r["x"])), round(float(r["y"]))
         if 0 <= ix < v.raw.shape[1] and 0 <= iy < v.raw.shape[0]:
             assert v.raw.msk[iy, ix] & np.uint32(Mask.SAT)
+
+
+@pytest.mark.parametrize("n", [1.0, 2.0])
+def test_galaxy_profiles_have_their_half_light_radius_and_orientation(n: float) -> None:
+    from skydm.sim.render import galaxy_stamp
+
+    delta = np.ones((1, 1))  # no PSF: the bare Sérsic profile
+    r_eff = 6.0
+    img = galaxy_stamp(delta, 0.0, 0.0, r_eff, n, 1.0, 0.0)
+    assert img.sum() == pytest.approx(1.0)
+    h = img.shape[0] // 2
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    inside = img[np.hypot(xx, yy) < r_eff].sum()
+    # Half the light within r_eff (the pixel grid and the cut at 5 r_eff
+    # move it by a few per cent).
+    assert inside == pytest.approx(0.5, abs=0.04)
+    # An elongated galaxy along +x with axis ratio 0.5: second moments in the
+    # ratio q**2, and its centre where it was put.
+    psf = make_psf("gaussian", 3.0).kernel()
+    ell = galaxy_stamp(psf, 0.3, -0.2, r_eff, n, 0.5, 0.0)
+    h = ell.shape[0] // 2
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    cx, cy = (ell * xx).sum(), (ell * yy).sum()
+    assert cx == pytest.approx(0.3, abs=0.02) and cy == pytest.approx(-0.2, abs=0.02)
+    assert (ell * (yy - cy) ** 2).sum() < 0.5 * (ell * (xx - cx) ** 2).sum()
