@@ -169,3 +169,6 @@ def test_bad_configuration_is_refused_with_the_parameter_named() -> None:
         SurveyConfig(bands=("q",))
     with pytest.raises(BadValueError, match="seeing_range"):
         SurveyConfig(seeing_range=(1.5, 0.6))
+    # Names may also come as one comma-separated string.
+    assert SurveyConfig(artefacts="none", n_movers=0).artefacts == ()
+    assert SurveyConfig(bands="g,r").bands == ("g", "r")

@@ -32,6 +32,13 @@ PSF_KINDS = ("moffat", "double_gaussian", "gaussian")
 RAW_DTYPES = ("uint16", "int32", "float32")
 
 
+def _names(value: object) -> tuple[str, ...]:
+    """A tuple of names from a sequence or a comma-separated string."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(str(v) for v in value)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class SurveyConfig:
     """Everything that defines a simulated survey; the same config and seed give
@@ -77,7 +84,8 @@ class SurveyConfig:
     bad_columns : int
         Number of bad columns of the detector (the same in every visit).
     artefacts : tuple of str
-        Artefact classes to inject, any of :data:`ARTEFACT_KINDS`.
+        Artefact classes to inject, any of :data:`ARTEFACT_KINDS` (a
+        comma-separated string, ``"all"`` or ``"none"`` also do).
     n_transients, n_variables, n_movers : int
         Supernova-like transients, periodic variables and moving objects per
         field (movers need ``"asteroids"`` in ``artefacts``).
@@ -146,8 +154,11 @@ class SurveyConfig:
     def __post_init__(self) -> None:
         # Normalise sequences so that lists given by callers compare and hash alike.
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "bands", tuple(str(b) for b in self.bands))
-        object.__setattr__(self, "artefacts", tuple(str(a) for a in self.artefacts))
+        object.__setattr__(self, "bands", _names(self.bands))
+        artefacts = self.artefacts
+        if isinstance(artefacts, str) and artefacts in ("all", "none"):
+            artefacts = ARTEFACT_KINDS if artefacts == "all" else ()
+        object.__setattr__(self, "artefacts", _names(artefacts))
         self._validate()
 
     def _validate(self) -> None:
