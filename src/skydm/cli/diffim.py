@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Subtract TEMPLATE from SCIENCE with PSF matching (Alard-Lupton with decorrelation, "
             "or ZOGY), resampling the template onto the science WCS when the grids differ, and "
             "detect positive and negative DIA sources. Gain, read noise and sky come from the "
-            "headers (GAIN, RDNOISE, SKYLEVEL/SKYDIP) unless given here; without a gain the "
+            "headers (GAIN, RDNOISE, SKYSUB/SKYDIP) unless given here; without a gain the "
             "variance is estimated from each image's noise."
         ),
     )

@@ -25,7 +25,7 @@ _CARDS: dict[str, tuple[str, ...]] = {
     "exptime": ("EXPTIME", "EXPOSURE", "ITIME"),
     "airmass": ("AIRMASS", "SECZ"),
     "seeing": ("SEEING", "FWHM"),
-    "sky": ("SKYLEVEL", "SKYDIP"),
+    "sky": ("SKYSUB", "SKYDIP"),
 }
 
 
@@ -80,7 +80,7 @@ def visit_info_from_header(header: fits.Header) -> VisitInfo:
     """Best-effort :class:`VisitInfo` from a raw header of any common convention."""
     info = VisitInfo.from_header(header)
     for name, cards in _CARDS.items():
-        if name == "sky" and "SKYLEVEL" not in header and "SKYDIP" not in header:
+        if name == "sky" and "SKYSUB" not in header and "SKYDIP" not in header:
             continue
         value = _card(header, cards)
         if math.isfinite(value) and (name != "gain" or value > 0):

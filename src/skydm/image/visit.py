@@ -20,7 +20,7 @@ _KEYS = {
     "gain": "GAIN",
     "read_noise": "RDNOISE",
     "saturation": "SATURATE",
-    "sky": "SKYLEVEL",
+    "sky": "SKYSUB",
     "ra": "RA",
     "dec": "DEC",
 }
@@ -43,7 +43,10 @@ class VisitInfo:
     gain, read_noise, saturation :
         Electrons per ADU, read noise in electrons, saturation level in ADU.
     sky : float
-        Sky level in ADU that was subtracted from the image (0 if none).
+        Sky level in ADU that was subtracted from the image upstream (0 if
+        none), kept so that the variance still counts its Poisson noise.
+        Written as ``SKYSUB``; read from ``SKYSUB`` or ``SKYDIP`` (DECam).
+        A raw's ``SKYLEVEL`` card (sky still in the pixels) is not this.
     ra, dec : float
         Pointing centre in degrees.
     """
