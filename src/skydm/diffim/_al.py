@@ -13,7 +13,7 @@ from skydm.diffim._stars import find_stars
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure
 from skydm.image.mask import Mask
-from skydm.image.psf import Psf
+from skydm.image.psf import PixelPsf, Psf
 
 CONVOLVE_MODES = ("auto", "template", "science", "preconvolve")
 
@@ -88,18 +88,28 @@ def _sigmas(sig_match: float) -> tuple[float, float, float]:
     return (max(0.4, s / 2), s, 2 * s)
 
 
-def run(
+@dataclass
+class KernelFit:
+    """A fitted matching kernel with the images it maps between."""
+
+    side: str
+    solution: core.KernelSolution
+    src_image: np.ndarray
+    tgt_image: np.ndarray
+    half: int
+
+
+def fit_kernel(
     science: Exposure,
     template: Exposure,
     psf_s: Psf,
     psf_t: Psf,
     *,
     convolve: str,
-    decorrelate: bool,
     config: AlConfig,
     notes: list[str],
-) -> AlOutput:
-    """PSF-match, subtract and (optionally) decorrelate; the result is in science counts."""
+) -> KernelFit:
+    """Choose the side to convolve and fit the spatially varying matching kernel."""
     fwhm_s, fwhm_t = _common.psf_fwhm(psf_s), _common.psf_fwhm(psf_t)
     side = choose_side(convolve, fwhm_s, fwhm_t)
     if side == "template" and fwhm_t > 1.1 * fwhm_s:
@@ -130,18 +140,26 @@ def run(
         basis = core.alard_lupton_basis(sigmas, config.degrees, half)
     ridge = 1e-3 if config.basis == "delta" else 1e-9
     src_image = _common.filled(source.image)
-    stars = find_stars(
-        source,
-        target,
-        half=half_fit + half,
-        isolation=half_fit,
-        max_stars=config.max_stamps,
-        min_snr=config.min_snr,
-    )
+    # Neighbours inside a stamp do no harm (the model convolves the whole
+    # cutout), so isolation only guards against blends; faint stars are
+    # admitted when bright ones are too few to constrain the fit.
+    min_snr = config.min_snr
+    while True:
+        stars = find_stars(
+            source,
+            target,
+            half=half_fit + half,
+            isolation=max(3.0, tgt_fwhm),
+            max_stars=config.max_stamps,
+            min_snr=min_snr,
+        )
+        if len(stars) >= 12 or min_snr <= 8.0:
+            break
+        min_snr = max(min_snr / 2, 8.0)
     if len(stars) < 3:
         raise UserError(
             f"{source.source or 'the ' + side + ' image'}: found {len(stars)} isolated "
-            f"unsaturated stars with S/N >= {config.min_snr:g} to fit the matching kernel; "
+            f"unsaturated stars with S/N >= {min_snr:g} to fit the matching kernel; "
             "at least 3 are needed (lower AlConfig.min_snr, or use method='zogy')"
         )
     stamp_var = (tgt_var + source.var).astype(np.float32)
@@ -160,6 +178,26 @@ def run(
         background_order=config.background_order,
         ridge=ridge,
     )
+    return KernelFit(side, solution, src_image, tgt_image, half)
+
+
+def run(
+    science: Exposure,
+    template: Exposure,
+    psf_s: Psf,
+    psf_t: Psf,
+    *,
+    convolve: str,
+    decorrelate: bool,
+    config: AlConfig,
+    notes: list[str],
+) -> AlOutput:
+    """PSF-match, subtract and (optionally) decorrelate; the result is in science counts."""
+    fit = fit_kernel(science, template, psf_s, psf_t, convolve=convolve, config=config, notes=notes)
+    side, solution, half = fit.side, fit.solution, fit.half
+    src_image, tgt_image = fit.src_image, fit.tgt_image
+    psf_s_img = psf_s.kernel()
+    basis = solution.basis
     model = core.convolve_spatial(src_image, solution)
     model += solution.background_map()
     del src_image
@@ -197,3 +235,39 @@ def run(
     if side == "science":
         ratio = 1.0 / ratio
     return AlOutput(diff, variance, mask, noise.psf, solution, side, ratio)
+
+
+def kernel_psfs(
+    science: Exposure,
+    template: Exposure,
+    psf_s: Psf,
+    psf_t: Psf,
+    *,
+    config: AlConfig,
+    notes: list[str],
+) -> tuple[Psf, Psf]:
+    """(science PSF, template PSF) made consistent through the matching kernel.
+
+    ZOGY's residuals on stars come from errors in the *relative* PSF.  Two
+    PSFs measured separately from a handful of stars each disagree by more
+    than the kernel fitted on every stamp does, so the broader PSF is taken
+    as the sharper one convolved with the (unit-sum) kernel at the centre.
+    Falls back on the measured PSFs when there are too few stars for a kernel.
+    """
+    from scipy.signal import fftconvolve
+
+    try:
+        fit = fit_kernel(
+            science, template, psf_s, psf_t, convolve="auto", config=config, notes=notes
+        )
+    except UserError as exc:
+        notes.append(f"ZOGY uses the separately measured PSFs ({exc})")
+        return psf_s, psf_t
+    kernel = fit.solution.centre_kernel() / fit.solution.kernel_sum
+    if fit.side == "template":
+        psf_s = PixelPsf(np.clip(fftconvolve(psf_t.kernel(), kernel, mode="full"), 0, None))
+        notes.append("ZOGY science PSF = template PSF convolved with the matching kernel")
+    else:
+        psf_t = PixelPsf(np.clip(fftconvolve(psf_s.kernel(), kernel, mode="full"), 0, None))
+        notes.append("ZOGY template PSF = science PSF convolved with the matching kernel")
+    return psf_s, psf_t

@@ -215,7 +215,7 @@ class KernelSolution:
         """The differential background over the whole image."""
         ny, nx = self.shape
         u, v = unit_coords(np.arange(nx, dtype=float), np.arange(ny, dtype=float), self.shape)
-        out = np.zeros(self.shape, dtype=dtype)
+        out: np.ndarray = np.zeros(self.shape, dtype=dtype)
         for c, (a, b) in zip(self.background, poly_exponents(self.background_order), strict=True):
             out += (c * np.outer(v**b, u**a)).astype(dtype)
         return out

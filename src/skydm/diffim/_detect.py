@@ -98,9 +98,17 @@ def detect(
         idx = np.arange(1, n + 1)
         peaks = ndimage.maximum_position(sign * z, labels, idx)
         npix = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-        for (py, px), npx in zip(peaks, npix, strict=True):
+        # Noise can split one source's footprint in two: of peaks of one sign
+        # closer than a FWHM, keep the strongest.
+        order = np.argsort([-sign * z[p] for p in peaks])
+        kept: list[tuple[int, int]] = []
+        for k in order:
+            py, px = peaks[k]
+            if any(math.hypot(py - qy, px - qx) < fwhm for qy, qx in kept):
+                continue
+            kept.append((int(py), int(px)))
             x, y = _subpixel(sign * z, int(py), int(px))
-            rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npx)})
+            rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npix[k])})
     table = _measure(difference, rows, z, z_mf, fwhm, threshold)
     if set_mask:
         mask[footprints > 0] |= np.uint32(Mask.DETECTED)

@@ -43,7 +43,7 @@ def kernel_rfft2(
     ky, kx = kernel.shape
     if ky > shape[0] or kx > shape[1]:
         raise ValueError(f"kernel {kernel.shape} larger than image {shape}")
-    pad = np.zeros(shape, dtype=dtype)
+    pad: np.ndarray = np.zeros(shape, dtype=dtype)
     pad[:ky, :kx] = kernel
     pad = np.roll(pad, (-(ky // 2), -(kx // 2)), axis=(0, 1))
     return rfft2(pad)

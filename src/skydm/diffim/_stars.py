@@ -59,9 +59,8 @@ def find_stars(
     data = img - bkg.back()
     rms = float(bkg.globalrms)
     sep.set_extract_pixstack(max(300000, img.size // 4))
-    objs = sep.extract(
-        data, 10.0, err=rms, mask=bad, minarea=5, filter_kernel=None, deblend_cont=1.0
-    )
+    # Deblended, so that stars in crowded fields are not merged into blobs.
+    objs = sep.extract(data, 5.0, err=rms, mask=bad, minarea=5, deblend_cont=0.005)
     if len(objs) == 0:
         return Stars(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     x, y = np.asarray(objs["x"], float), np.asarray(objs["y"], float)
@@ -69,7 +68,8 @@ def find_stars(
     npix = np.asarray(objs["npix"], float)
     snr = flux / np.sqrt(rms**2 * npix + np.clip(flux, 0, None) / max(_gain(source), 1e-3))
     ny, nx = source.shape
-    ok = (objs["flag"] == 0) & (snr >= min_snr)
+    # Merged (flag 1) is fine: the stamp model convolves everything in the cutout.
+    ok = ((objs["flag"] & ~1) == 0) & (snr >= min_snr)
     ok &= (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)
     # Isolation: no other detection within the stamp.
     tree = cKDTree(np.column_stack([x, y]))

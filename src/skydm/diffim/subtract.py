@@ -139,9 +139,11 @@ def subtract(
         template, "template", gain=tn.gain, read_noise=tn.read_noise, sky=tn.sky, notes=notes
     )
     bar.advance(note="inputs prepared")
-    tmp = _prepare.align(sci, tmp, notes)
     psf_s = _prepare.psf_for(sci, "science")
+    # Measured on the template's own grid, before resampling (which changes
+    # the PSF negligibly near the identity, and may cut stars off).
     psf_t = _prepare.psf_for(tmp, "template")
+    tmp = _prepare.align(sci, tmp, notes)
     bar.advance(note="aligned, PSFs")
     kernel = None
     sigma = None
@@ -160,6 +162,10 @@ def subtract(
         image, variance, mask, psf = out.image, out.variance, out.mask, out.psf
         ratio, kernel, convolved = out.flux_ratio, out.solution, out.convolved
     else:
+        if science.psf is None or template.psf is None:
+            psf_s, psf_t = _al.kernel_psfs(
+                sci, tmp, psf_s, psf_t, config=al or AlConfig(), notes=notes
+            )
         zo = _zogy.run(sci, tmp, psf_s, psf_t, notes=notes)
         image, variance, mask, psf = zo.image, zo.variance, zo.mask, zo.psf
         ratio, sigma, score, convolved = zo.flux_ratio, zo.astrometric_sigma, zo.score, "both"

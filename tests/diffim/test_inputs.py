@@ -1,0 +1,131 @@
+"""Bad input gives a clear error or a documented fallback; alignment onto the science WCS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diffim_helpers import DECAM, ESO, read
+
+from skydm.diffim import NoiseModel, detect_dia_sources, subtract
+from skydm.diffim._prepare import align, prepare
+from skydm.errors import BadValueError, UserError
+from skydm.image import Exposure, GaussianPsf, Mask, VisitInfo
+
+TRANSIENT = (130.0, 128.0)
+
+
+def _noise_pair(rng: np.random.Generator, **kw: object) -> tuple[Exposure, Exposure]:
+    info = VisitInfo(gain=2.0, read_noise=5.0)
+    imgs = [rng.normal(0, 10, (128, 128)).astype(np.float32) for _ in range(2)]
+    return tuple(Exposure(i, info=info, **kw) for i in imgs)  # type: ignore[return-value]
+
+
+def test_shapes_differ_without_wcs(data_dir: Path) -> None:
+    science = read(data_dir / ESO.format(4))
+    template = read(data_dir / ESO.format(5))
+    template = Exposure(template.image[:600, :900], info=template.info, source=template.source)
+    with pytest.raises(UserError, match="different pixel grids.*no WCS"):
+        subtract(science, template)
+
+
+@pytest.mark.parametrize("method", ["al", "zogy"])
+def test_no_stars(method: str) -> None:
+    science, template = _noise_pair(np.random.default_rng(1))
+    with pytest.raises(UserError, match="PSF|stars"):
+        subtract(science, template, method=method)
+    # With PSF models attached, AL still needs stars for its kernel ...
+    science.psf, template.psf = GaussianPsf(2.0), GaussianPsf(1.5)
+    if method == "al":
+        with pytest.raises(UserError, match="stars"):
+            subtract(science, template, method=method)
+    else:
+        with pytest.raises(UserError, match="flux ratio"):
+            subtract(science, template, method=method)
+        # ... and ZOGY falls back on the zero points when both have one.
+        science.zero_point, template.zero_point = 27.0, 27.5
+        result = subtract(science, template, method=method)
+        assert result.flux_ratio == pytest.approx(10 ** (-0.2))
+        assert any("zero points" in note for note in result.notes)
+        table = detect_dia_sources(result)
+        assert np.count_nonzero(~table["flagged"]) <= 2
+
+
+def test_all_nan_image_is_an_error(data_dir: Path) -> None:
+    science = read(data_dir / DECAM.format("04a"))
+    template = read(data_dir / DECAM.format("18a"))
+    template.image = np.full(template.shape, np.nan, dtype=np.float32)
+    with pytest.raises(UserError, match="every pixel is NaN"):
+        subtract(science, template)
+
+
+@pytest.mark.parametrize("method", ["al", "zogy"])
+def test_nan_region_is_masked_not_garbage(data_dir: Path, method: str) -> None:
+    science = read(data_dir / DECAM.format("04a"))
+    template = read(data_dir / DECAM.format("18a"))
+    template.image = template.image.copy()
+    template.image[150:220, 20:90] = np.nan
+    result = subtract(science, template, method=method)
+    diff = result.difference
+    region = (slice(150, 220), slice(20, 90))
+    assert np.all(diff.msk[region] & Mask.NO_DATA)
+    assert np.all(np.isnan(diff.image[region]))
+    table = detect_dia_sources(result)
+    inside = (table["x"] > 10) & (table["x"] < 100) & (table["y"] > 140) & (table["y"] < 230)
+    assert not np.any(inside & ~table["flagged"])
+    hit = table[np.hypot(table["x"] - TRANSIENT[0], table["y"] - TRANSIENT[1]) < 4]
+    assert len(hit) == 1 and hit["snr"][0] >= 10
+    # Outside the hole the difference is as clean as ever.
+    quiet = (diff.msk == 0) & np.isfinite(diff.image)
+    assert np.all(np.isfinite(diff.var[quiet]))
+
+
+def test_missing_gain_fallback_and_override(data_dir: Path) -> None:
+    science = read(data_dir / ESO.format(4))
+    notes: list[str] = []
+    fallback = prepare(science, "science", notes=notes)
+    assert any("no gain" in n and "--gain" in n for n in notes)
+    assert np.ptp(fallback.var) > 0  # sky noise plus the sources' own noise
+    notes = []
+    ccd = prepare(science, "science", gain=2.0, read_noise=10.0, notes=notes)
+    assert any("CCD equation" in n for n in notes)
+    expected = (np.clip(science.image, 0, None) / 2.0 + 25.0).astype(np.float32)
+    assert np.allclose(ccd.var, expected, rtol=1e-5)
+    with pytest.raises(BadValueError, match="gain"):
+        subtract(science, science, science_noise=NoiseModel(gain=-1.0))
+
+
+def test_bad_parameters(data_dir: Path) -> None:
+    science = read(data_dir / DECAM.format("04a"))
+    with pytest.raises(BadValueError, match="method"):
+        subtract(science, science, method="hotpants")
+    with pytest.raises(BadValueError, match="convolve"):
+        subtract(science, science, convolve="both")
+    with pytest.raises(BadValueError, match="threshold"):
+        detect_dia_sources(science.copy(), threshold=-1)
+
+
+def test_template_resampled_onto_science_wcs(data_dir: Path) -> None:
+    science = read(data_dir / DECAM.format("04a"))
+    template = read(data_dir / DECAM.format("18a"))
+    template.mask = template.msk.copy()
+    template.msk[100, 60] |= np.uint32(Mask.BAD)
+    # A 221-pixel cutout centred off the science centre: different shape and grid.
+    cut = template.cutout(140.0, 125.0, 221)
+    cut.source = "template cutout"
+    notes: list[str] = []
+    aligned = align(prepare(science, "science", notes=notes), prepare(cut, "t", notes=notes), notes)
+    assert aligned.shape == science.shape
+    assert any("resampled" in n for n in notes)
+    # The cutout starts at (30, 15): integer shifts resample exactly.
+    inside = (slice(25, 225), slice(40, 240))
+    assert np.allclose(aligned.image[inside], template.image[inside], atol=1e-2)
+    assert np.allclose(aligned.var[inside], template.var[inside], rtol=1e-4)
+    assert aligned.msk[100, 60] & Mask.BAD
+    assert np.all(aligned.msk[:, :30] & Mask.NO_DATA)
+    result = subtract(science, cut)
+    table = detect_dia_sources(result)
+    hit = table[np.hypot(table["x"] - TRANSIENT[0], table["y"] - TRANSIENT[1]) < 4]
+    assert len(hit) == 1 and hit["snr"][0] >= 10 and not hit["flagged"][0]
+    assert np.count_nonzero(~table["flagged"]) <= 6
