@@ -193,11 +193,17 @@ def test_tap_schema_queries(engine: CatalogEngine) -> None:
     keys = engine.execute(
         "SELECT k.from_table, k.target_table, c.from_column FROM "
         "TAP_SCHEMA.keys AS k JOIN TAP_SCHEMA.key_columns AS c "
-        "ON k.key_id = c.key_id"
+        "ON k.key_id = c.key_id WHERE k.from_table = 'ForcedSource'"
     )
     assert keys.table.to_pylist() == [
         {"from_table": "ForcedSource", "target_table": "Object", "from_column": "objectId"}
     ]
+    size = engine.execute(
+        "SELECT column_name FROM TAP_SCHEMA.columns WHERE "
+        "table_name = 'TAP_SCHEMA.columns' AND column_index = 9"
+    )
+    assert size.table.to_pylist() == [{"column_name": '"size"'}]  # reserved: delimited
+    assert engine.execute('SELECT TOP 1 "size" FROM TAP_SCHEMA.columns').table.num_rows == 1
     # what execute() serves agrees with the TapSchema object (what /tables shows)
     assert names == {r.tap_name for r in engine.tap_schema()}
 

@@ -15,6 +15,40 @@ import pyarrow as pa
 
 from skydm.catalog.schema import CATALOG_SCHEMA, TAP_SCHEMA_NAME, ColumnDef, TableDef
 
+# ADQL 2.0 reserved words (section 2.1.2: ADQL keywords and the SQL-92 reserved words);
+# a column so named is listed delimited ("size") in TAP_SCHEMA.columns.
+_RESERVED_WORDS = """
+ABS ACOS AREA ASIN ATAN ATAN2 BOX CEILING CENTROID CIRCLE CONTAINS COORD1 COORD2 COORDSYS COS COT
+DEGREES DISTANCE EXP FLOOR INTERSECTS LOG LOG10 MOD PI POINT POLYGON POWER RADIANS REGION RAND
+ROUND SIN SQRT TAN TOP TRUNCATE ABSOLUTE ACTION ADD ALL ALLOCATE ALTER AND ANY ARE AS ASC
+ASSERTION AT AUTHORIZATION AVG BEGIN BETWEEN BIT BIT_LENGTH BOTH BY CASCADE CASCADED CASE CAST
+CATALOG CHAR CHARACTER CHAR_LENGTH CHARACTER_LENGTH CHECK CLOSE COALESCE COLLATE COLLATION COLUMN
+COMMIT CONNECT CONNECTION CONSTRAINT CONSTRAINTS CONTINUE CONVERT CORRESPONDING COUNT CREATE CROSS
+CURRENT CURRENT_DATE CURRENT_TIME CURRENT_TIMESTAMP CURRENT_USER CURSOR DATE DAY DEALLOCATE
+DECIMAL DECLARE DEFAULT DEFERRABLE DEFERRED DELETE DESC DESCRIBE DESCRIPTOR DIAGNOSTICS DISCONNECT
+DISTINCT DOMAIN DOUBLE DROP ELSE END END-EXEC ESCAPE EXCEPT EXCEPTION EXEC EXECUTE EXISTS EXTERNAL
+EXTRACT FALSE FETCH FIRST FLOAT FOR FOREIGN FOUND FROM FULL GET GLOBAL GO GOTO GRANT GROUP HAVING
+HOUR IDENTITY IMMEDIATE IN INDICATOR INITIALLY INNER INPUT INSENSITIVE INSERT INT INTEGER INTERSECT
+INTERVAL INTO IS ISOLATION JOIN KEY LANGUAGE LAST LEADING LEFT LEVEL LIKE LOCAL LOWER MATCH MAX MIN
+MINUTE MODULE MONTH NAMES NATIONAL NATURAL NCHAR NEXT NO NOT NULL NULLIF NUMERIC OCTET_LENGTH OF ON
+ONLY OPEN OPTION OR ORDER OUTER OUTPUT OVERLAPS PAD PARTIAL POSITION PRECISION PREPARE PRESERVE
+PRIMARY PRIOR PRIVILEGES PROCEDURE PUBLIC READ REAL REFERENCES RELATIVE RESTRICT REVOKE RIGHT
+ROLLBACK ROWS SCHEMA SCROLL SECOND SECTION SELECT SESSION SESSION_USER SET SIZE SMALLINT SOME SPACE
+SQL SQLCODE SQLERROR SQLSTATE SUBSTRING SUM SYSTEM_USER TABLE TEMPORARY THEN TIME TIMESTAMP
+TIMEZONE_HOUR TIMEZONE_MINUTE TO TRAILING TRANSACTION TRANSLATE TRANSLATION TRIM TRUE UNION UNIQUE
+UNKNOWN UPDATE UPPER USAGE USER USING VALUE VALUES VARCHAR VARYING VIEW WHEN WHENEVER WHERE WITH
+WORK WRITE YEAR ZONE
+"""
+_RESERVED = frozenset(_RESERVED_WORDS.split())
+
+
+def adql_column_name(name: str) -> str:
+    """``name`` as ADQL must write it: delimited if reserved or not a regular identifier."""
+    regular = name[:1].isalpha() and all(ch.isalnum() or ch == "_" for ch in name)
+    if regular and name.upper() not in _RESERVED:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
 
 def _c(
     name: str,
@@ -101,6 +135,17 @@ TAP_SCHEMA_TABLES: tuple[TableDef, ...] = tuple(
         ),
     )
 )
+
+
+_TS = TAP_SCHEMA_NAME
+# The foreign keys between the TAP_SCHEMA tables themselves (TAP 1.1 section 4).
+_TAP_SCHEMA_KEYS = {
+    "tap_schema_tables_schema": (f"{_TS}.tables", "schema_name", f"{_TS}.schemas", "schema_name"),
+    "tap_schema_columns_table": (f"{_TS}.columns", "table_name", f"{_TS}.tables", "table_name"),
+    "tap_schema_keys_from": (f"{_TS}.keys", "from_table", f"{_TS}.tables", "table_name"),
+    "tap_schema_keys_target": (f"{_TS}.keys", "target_table", f"{_TS}.tables", "table_name"),
+    "tap_schema_key_columns_key": (f"{_TS}.key_columns", "key_id", f"{_TS}.keys", "key_id"),
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +243,7 @@ class TapSchema:
                 add(
                     "columns",
                     table_name=ref.tap_name,
-                    column_name=c.name,
+                    column_name=adql_column_name(c.name),
                     ucd=c.ucd or None,
                     unit=c.unit or None,
                     description=c.description,
@@ -211,6 +256,15 @@ class TapSchema:
                     std=int(c.std),
                     column_index=c_index,
                 )
+        for key_id, (frm, fcol, tgt, tcol) in _TAP_SCHEMA_KEYS.items():
+            add(
+                "keys",
+                key_id=key_id,
+                from_table=frm,
+                target_table=tgt,
+                description="TAP_SCHEMA structure (TAP 1.1 section 4)",
+            )
+            add("key_columns", key_id=key_id, from_column=fcol, target_column=tcol)
         present = {r.table.name for r in self.refs if r.schema == CATALOG_SCHEMA}
         for t in self.catalog_tables:
             for fk in t.foreign_keys:
