@@ -75,15 +75,20 @@ class SimWarps:
     visits: list[Any] = field(default_factory=list)
 
 
-def warp_mask(mask: np.ndarray, exposure: Exposure, cell: SkyCell) -> np.ndarray:
-    """A boolean mask of an exposure, warped onto ``cell``: True on every cell
+def warp_masks(masks: dict[str, np.ndarray], exposure: Exposure, cell: SkyCell) -> dict[str, np.ndarray]:
+    """Boolean masks of an exposure, warped onto ``cell``: True on every cell
     pixel whose bilinear interpolation touches a True input pixel."""
     reproject = require_extra("reproject", "coadd")
     wcs = exposure.require_wcs("warping a footprint")
+    names = [k for k, m in masks.items() if m.any()]
+    if not names:
+        return {}
+    planes = np.stack([masks[k].astype(np.float32) for k in names])
     out, _ = reproject.reproject_interp(
-        (mask.astype(np.float64), wcs), cell.wcs, shape_out=cell.shape, order="bilinear"
+        (planes, wcs), cell.wcs, shape_out=cell.shape, order="bilinear", roundtrip_coords=False
     )
-    return np.nan_to_num(np.asarray(out)) > 0
+    warped = np.nan_to_num(np.asarray(out)) > 0
+    return {k: warped[i] for i, k in enumerate(names)}
 
 
 def warps_from_survey(
@@ -108,9 +113,9 @@ def warps_from_survey(
             exp = src.copy()
             exp.image = (exp.image - np.float32(exp.info.sky)).astype(np.float32)
             out.append(warp_exposure(exp, cell, zero_point=zp))
-        for cls, m in v.artefacts.items():
-            if cls in foot and m.any():
-                foot[cls] |= warp_mask(m, v.raw, cell)
+        wanted = {c: m for c, m in v.artefacts.items() if c in foot}
+        for cls, m in warp_masks(wanted, v.raw, cell).items():
+            foot[cls] |= m
         v.release()
     weights = WarpStack(clean).weights
     truth = survey.truth

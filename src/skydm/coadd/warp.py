@@ -132,19 +132,22 @@ def warp_exposure(
     image = np.where(bad_in, 0.0, exposure.image).astype(np.float64)
     var = np.where(bad_in, 0.0, exposure.var).astype(np.float64)
 
-    def resample(plane: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray]:
+    def resample(planes: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray]:
+        # Planes stacked on a leading axis share one coordinate transformation;
+        # TAN to TAN needs no round-trip check.
         if method == "adaptive" and order != "nearest-neighbor":
             out, foot = reproject.reproject_adaptive(
-                (plane, wcs), sub_wcs, shape_out=sub_shape, conserve_flux=False
+                (planes, wcs), sub_wcs, shape_out=sub_shape, conserve_flux=False
             )
         else:
             out, foot = reproject.reproject_interp(
-                (plane, wcs), sub_wcs, shape_out=sub_shape, order=order
+                (planes, wcs), sub_wcs, shape_out=sub_shape, order=order, roundtrip_coords=False
             )
         return np.asarray(out), np.asarray(foot)
 
-    img_w, foot = resample(image, method if method != "adaptive" else "bilinear")
-    var_w, _ = resample(var, method if method != "adaptive" else "bilinear")
+    both, foot = resample(np.stack([image, var]), "bilinear" if method == "adaptive" else method)
+    img_w, var_w = both[0], both[1]
+    foot = foot[0] if foot.ndim == 3 else foot
     mask_src = exposure.msk.astype(np.uint32)
     # Non-finite pixels that no bit explains yet are flagged NO_DATA.
     unexplained = bad_in & ((mask_src & np.uint32(WARP_REJECT)) == 0)
