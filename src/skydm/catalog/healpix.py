@@ -80,7 +80,7 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[
     nside = 2**order
     # Pad by half a pixel so that pixels which only graze the cone are never
     # lost to rounding in the coverage computation; the exact test follows.
-    pad = float(core.nside_to_pixel_resolution(nside).to_value(u.deg)) * 0.5
+    pad = math.degrees(math.sqrt(math.pi / 3) / nside) * 0.5  # half the pixel size
     pixels = core.healpix_cone_search(
         (ra_deg % 360.0) * u.deg,
         dec_deg * u.deg,
