@@ -86,6 +86,50 @@ def psf_fwhm(psf: Psf) -> float:
     return float(2 * rhalf) if math.isfinite(rhalf) else float(psf.fwhm)
 
 
+def smooth_background(
+    image: np.ndarray, mask: np.ndarray, *, clip_sources: bool, bin_factor: int = 4
+) -> np.ndarray:
+    """Smooth background of ``image`` (sep meshes), estimated on a binned copy.
+
+    A background is smooth by construction, so it is measured on ``bin_factor``
+    x ``bin_factor`` block means (16 times fewer pixels) and interpolated back.
+    With ``clip_sources``, pixels more than 2.5 sigma from a first estimate,
+    grown by two binned pixels, are left out of a second.
+    """
+    ny, nx = image.shape
+    f = bin_factor if min(ny, nx) >= 64 * bin_factor else 1
+    bad = ~np.isfinite(image) | ((mask & np.uint32(UNUSABLE)) != 0)
+    data = np.where(bad, 0.0, image).astype(np.float32)
+    cy, cx = (ny // f) * f, (nx // f) * f
+    good = (~bad[:cy, :cx]).reshape(cy // f, f, cx // f, f).sum(axis=(1, 3))
+    sums = data[:cy, :cx].reshape(cy // f, f, cx // f, f).sum(axis=(1, 3))
+    binned = np.ascontiguousarray(np.where(good > 0, sums / np.maximum(good, 1), 0.0), np.float32)
+    bbad = np.ascontiguousarray(good < (f * f) // 2)
+    box = int(np.clip(min(binned.shape) // 2, 16, 256 // f))
+    bkg = sep.Background(binned, mask=bbad, bw=box, bh=box, fw=3, fh=3)
+    if clip_sources:
+        out = np.abs(binned - bkg.back()) > 2.5 * bkg.globalrms
+        out = ndimage.maximum_filter(out.view(np.uint8), size=5).view(bool)
+        bkg = sep.Background(binned, mask=bbad | out, bw=box, bh=box, fw=3, fh=3)
+    back = np.asarray(bkg.back(), dtype=np.float32)
+    if f == 1:
+        return back
+    # Bilinear interpolation of block centres onto every pixel.
+    yc = (np.arange(ny) - (f - 1) / 2) / f
+    xc = (np.arange(nx) - (f - 1) / 2) / f
+    ry = np.clip(yc, 0, back.shape[0] - 1)
+    iy0 = np.floor(ry).astype(int)
+    iy1 = np.minimum(iy0 + 1, back.shape[0] - 1)
+    wy = (ry - iy0).astype(np.float32)[:, None]
+    rx = np.clip(xc, 0, back.shape[1] - 1)
+    ix0 = np.floor(rx).astype(int)
+    ix1 = np.minimum(ix0 + 1, back.shape[1] - 1)
+    wx = (rx - ix0).astype(np.float32)[None, :]
+    top = back[iy0][:, ix0] * (1 - wx) + back[iy0][:, ix1] * wx
+    bottom = back[iy1][:, ix0] * (1 - wx) + back[iy1][:, ix1] * wx
+    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+
+
 def residual_background(diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Smooth background left in a difference image, measured on all its sky pixels.
 
@@ -93,14 +137,6 @@ def residual_background(diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
     around stars, where it trades off against the kernel's wings, and sky
     estimates of crowded images are biased differently at different seeing;
     the sky between the stars is what photometry of new sources sits on.
-    Pixels more than 2.5 sigma from a first estimate (sources, residuals),
-    grown by 4 pixels, are left out of the second.
+    Sources and residuals are clipped (see :func:`smooth_background`).
     """
-    data = np.ascontiguousarray(np.nan_to_num(diff), dtype=np.float32)
-    bad = ~np.isfinite(diff) | ((mask & np.uint32(UNUSABLE)) != 0)
-    box = int(np.clip(min(diff.shape) // 2, 64, 256))
-    bkg = sep.Background(data, mask=bad, bw=box, bh=box, fw=3, fh=3)
-    outlier = np.abs(data - bkg.back()) > 2.5 * bkg.globalrms
-    outlier = ndimage.maximum_filter(outlier.view(np.uint8), size=9).view(bool)
-    bkg = sep.Background(data, mask=bad | outlier, bw=box, bh=box, fw=3, fh=3)
-    return np.asarray(bkg.back(), dtype=np.float32)
+    return smooth_background(diff, mask, clip_sources=True)

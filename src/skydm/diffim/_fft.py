@@ -44,8 +44,16 @@ def kernel_rfft2(
     if ky > shape[0] or kx > shape[1]:
         raise ValueError(f"kernel {kernel.shape} larger than image {shape}")
     pad: np.ndarray = np.zeros(shape, dtype=dtype)
-    pad[:ky, :kx] = kernel
-    pad = np.roll(pad, (-(ky // 2), -(kx // 2)), axis=(0, 1))
+    # Wrap the kernel's centre to (0, 0) quadrant by quadrant (np.roll of a
+    # full frame would copy it twice).
+    hy, hx = ky // 2, kx // 2
+    pad[: ky - hy, : kx - hx] = kernel[hy:, hx:]
+    if hy:
+        pad[-hy:, : kx - hx] = kernel[:hy, hx:]
+    if hx:
+        pad[: ky - hy, -hx:] = kernel[hy:, :hx]
+    if hy and hx:
+        pad[-hy:, -hx:] = kernel[:hy, :hx]
     return rfft2(pad)
 
 

@@ -55,19 +55,42 @@ def find_stars(
         | ((target.msk & np.uint32(UNUSABLE | Mask.EDGE)) != 0)
         | ~np.isfinite(target.image)
     )
-    bkg = sep.Background(img, mask=bad, bw=128, bh=128, fw=3, fh=3)
-    data = img - bkg.back()
-    rms = float(bkg.globalrms)
+    ny, nx = source.shape
     sep.set_extract_pixstack(max(300000, img.size // 4))
-    # Deblended, so that stars in crowded fields are not merged into blobs.
-    objs = sep.extract(data, 5.0, err=rms, mask=bad, minarea=5, deblend_cont=0.005)
-    if len(objs) == 0:
+    # On large frames, search a window in each cell of the grid only: ~100
+    # stamps need a fraction of the image, and extraction is the slow part.
+    win = 384
+    parts = []
+    if ny * nx <= (3 * win) ** 2:
+        windows = [(0, ny, 0, nx)]
+    else:
+        windows = []
+        for gy in range(grid):
+            for gx in range(grid):
+                cy, cx = (gy + 0.5) * ny / grid, (gx + 0.5) * nx / grid
+                y0, x0 = max(int(cy - win / 2), 0), max(int(cx - win / 2), 0)
+                windows.append((y0, min(y0 + win, ny), x0, min(x0 + win, nx)))
+    for y0, y1, x0, x1 in windows:
+        sub = np.ascontiguousarray(img[y0:y1, x0:x1])
+        subbad = np.ascontiguousarray(bad[y0:y1, x0:x1])
+        box = min(128, (y1 - y0) // 2, (x1 - x0) // 2)
+        bkg = sep.Background(sub, mask=subbad, bw=box, bh=box, fw=3, fh=3)
+        rms = float(bkg.globalrms)
+        # Deblended, so that stars in crowded fields are not merged into blobs.
+        objs = sep.extract(
+            sub - bkg.back(), 5.0, err=rms, mask=subbad, minarea=5, deblend_cont=0.005
+        )
+        parts.append((objs, x0, y0, rms))
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
         return Stars(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
-    x, y = np.asarray(objs["x"], float), np.asarray(objs["y"], float)
+    objs = np.concatenate([p[0] for p in parts])
+    x = np.concatenate([p[0]["x"] + p[1] for p in parts]).astype(float)
+    y = np.concatenate([p[0]["y"] + p[2] for p in parts]).astype(float)
+    rms_each = np.concatenate([np.full(len(p[0]), p[3]) for p in parts])
     flux = np.asarray(objs["flux"], float)
     npix = np.asarray(objs["npix"], float)
-    snr = flux / np.sqrt(rms**2 * npix + np.clip(flux, 0, None) / max(_gain(source), 1e-3))
-    ny, nx = source.shape
+    snr = flux / np.sqrt(rms_each**2 * npix + np.clip(flux, 0, None) / max(_gain(source), 1e-3))
     # Merged (flag 1) is fine: the stamp model convolves everything in the cutout.
     ok = ((objs["flag"] & ~1) == 0) & (snr >= min_snr)
     ok &= (x > half + 1) & (x < nx - half - 2) & (y > half + 1) & (y < ny - half - 2)

@@ -23,7 +23,7 @@ import numpy as np
 from skydm.diffim import _common, _fft
 from skydm.diffim._stars import astrometric_sigma, find_stars, flux_ratio
 from skydm.errors import UserError
-from skydm.image import Exposure, estimate_background, psf_photometry
+from skydm.image import Exposure, psf_photometry
 from skydm.image.mask import Mask
 from skydm.image.psf import PixelPsf, Psf
 
@@ -43,8 +43,8 @@ class ZogyOutput:
 
 
 def _bg_subtracted(exp: Exposure) -> np.ndarray:
-    back, _ = estimate_background(exp)
-    out = np.asarray(exp.image, dtype=np.float32) - back.astype(np.float32)
+    back = _common.smooth_background(exp.image, exp.msk, clip_sources=False)
+    out = np.asarray(exp.image, dtype=np.float32) - back
     out[~np.isfinite(out)] = 0.0
     return out
 
@@ -125,8 +125,11 @@ def run(
     )
     var_n = _common.filled(np.where(np.isfinite(science.var), science.var, np.nan), s2)
     var_r = _common.filled(np.where(np.isfinite(template.var), template.var, np.nan), r2)
-    v_score = _fft.convolve(var_n, (kn**2).astype(np.float32))
-    v_score += _fft.convolve(var_r, (kr**2).astype(np.float32))
+    # Both variance terms in one inverse transform.
+    v_spec = _fft.rfft2(var_n) * _fft.kernel_rfft2((kn**2).astype(np.float32), shape)
+    v_spec += _fft.rfft2(var_r) * _fft.kernel_rfft2((kr**2).astype(np.float32), shape)
+    v_score = _fft.irfft2(v_spec, shape).astype(np.float32, copy=False)
+    del v_spec
     if sx > 0 or sy > 0:
         for s_img in (s_n, s_r):
             gy, gx = np.gradient(s_img)
