@@ -39,13 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"skydm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"skydm.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"skydm.cli.{name}":
-                raise
-            continue  # command group not built yet
-        module.register(sub)
+        importlib.import_module(f"skydm.cli.{name}").register(sub)
     return parser
 
 
