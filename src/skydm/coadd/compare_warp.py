@@ -164,9 +164,9 @@ def compare_warp(
     weights = stack.weights
     sigmas, target_fwhm = matching_sigmas(stack, cfg.target_extra)
     bsig = sigmas / b
-    halo = int(math.ceil(4 * float(bsig.max(initial=0.0)) + 2)) * b
+    halo = math.ceil(4 * float(bsig.max(initial=0.0)) + 2) * b
     hb, wb = -(-ny // b), -(-nx // b)
-    fw = max(3, int(round(target_fwhm / b)) | 1)
+    fw = max(3, round(target_fwhm / b) | 1)
     codes = np.zeros((n, hb, wb), dtype=np.int8)
     # Difference and model (in units of the difference's noise) at outlier
     # pixels only, for the variable-source test: (epoch, flat index, d, m).
@@ -225,7 +225,7 @@ def compare_warp(
             okc = ok[k, core] & (w_o > 0)
             safe = np.maximum(w_o, 1e-30)
             others = (s_all - wk[k] * matched[k])[core] / safe
-            v_o = (v_all - wk[k] ** 2 * mvar[k])[core] / (safe * safe)
+            v_o = np.where(okc, (v_all - wk[k] ** 2 * mvar[k])[core], 0.0) / (safe * safe)
             noise = np.sqrt(mvar[k, core] + np.maximum(v_o, 0) + (cfg.systematic * peak) ** 2)
             diff = matched[k, core] - others
             sig = np.where(okc, diff / np.maximum(noise, 1e-12), 0.0)
@@ -361,7 +361,7 @@ def _sharp(
 
 
 def _disk(radius: float) -> np.ndarray:
-    r = int(math.ceil(radius))
+    r = math.ceil(radius)
     y, x = np.mgrid[-r : r + 1, -r : r + 1]
     return (x * x + y * y) <= radius * radius + 1e-9
 
@@ -383,7 +383,8 @@ def _footprints(code: np.ndarray, streak_length: float) -> np.ndarray:
     if streak_length > 0:
         sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
         for label in np.flatnonzero((sizes >= streak_length) & ~keep):
-            if label > 0 and _is_streak(*np.nonzero(lab == label), streak_length):
+            ys, xs = np.nonzero(lab == label)
+            if label > 0 and _is_streak(ys, xs, streak_length):
                 keep[label] = True
     keep[0] = False
     return keep[lab]
@@ -418,7 +419,7 @@ def _clip_maps(
     n = codes.shape[0]
     clip = np.zeros(codes.shape, dtype=bool)
     structure = _disk(grow) if grow >= 0.5 else None
-    r = int(math.ceil(grow)) if structure is not None else 0
+    r = math.ceil(grow) if structure is not None else 0
     for sign in (1, -1):
         fps = np.zeros(codes.shape, dtype=bool)
         for k in range(n):

@@ -32,7 +32,7 @@ from astropy.table import Table
 from skydm.coadd.skygrid import SkyCell
 from skydm.coadd.warp import warp_exposure
 from skydm.errors import UserError, require_extra
-from skydm.image import Exposure, Mask, detect_sources, psf_photometry
+from skydm.image import Exposure, Mask, psf_photometry
 
 if TYPE_CHECKING:
     from skydm.sim import Survey
@@ -75,7 +75,9 @@ class SimWarps:
     visits: list[Any] = field(default_factory=list)
 
 
-def warp_masks(masks: dict[str, np.ndarray], exposure: Exposure, cell: SkyCell) -> dict[str, np.ndarray]:
+def warp_masks(
+    masks: dict[str, np.ndarray], exposure: Exposure, cell: SkyCell
+) -> dict[str, np.ndarray]:
     """Boolean masks of an exposure, warped onto ``cell``: True on every cell
     pixel whose bilinear interpolation touches a True input pixel."""
     reproject = require_extra("reproject", "coadd")
@@ -106,7 +108,8 @@ def warps_from_survey(
     if not visits:
         raise UserError("the survey has no visits")
     zp = zero_point if zero_point is not None else float(np.median([v.zero_point for v in visits]))
-    art, clean = [], []
+    art: list[Exposure] = []
+    clean: list[Exposure] = []
     foot = {c: np.zeros(cell.shape, dtype=bool) for c in FOOTPRINT_CLASSES}
     for v in visits:
         for src, out in ((v.raw, art), (v.clean, clean)):
@@ -174,7 +177,7 @@ def _source_free(coadd: Exposure, truth: Table, radius: float) -> np.ndarray:
     marks = np.zeros(coadd.shape, dtype=bool)
     ny, nx = coadd.shape
     for x, y in zip(np.asarray(truth["x"]), np.asarray(truth["y"]), strict=True):
-        ix, iy = int(round(x)), int(round(y))
+        ix, iy = round(x), round(y)
         if 0 <= ix < nx and 0 <= iy < ny:
             marks[iy, ix] = True
     dist = ndimage.distance_transform_edt(~marks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,11 +211,11 @@ class SkyGrid:
 
     def cell_containing(self, ra: float, dec: float) -> SkyCell:
         """The cell whose inner (margin-free) area contains ``(ra, dec)``."""
-        j = int(math.floor((dec - self._dec_base) / self.cell_size))
+        j = math.floor((dec - self._dec_base) / self.cell_size)
         j = min(max(j, 0), self.n_rings - 1)
         n = self.n_cells(j)
         step = 360.0 / n
-        i = int(math.floor(((ra - self.ra0) % 360.0) / step + 0.5)) % n
+        i = math.floor(((ra - self.ra0) % 360.0) / step + 0.5) % n
         return self.cell(i, j)
 
     def cells_overlapping(self, wcs: WCS, shape: tuple[int, int]) -> list[SkyCell]:
@@ -231,13 +232,14 @@ class SkyGrid:
         # A cell's grid reaches out by half a side plus the margin (in degrees).
         reach = self.cell_size / 2 + self.margin * self.pixel_scale / 3600.0
         dlo, dhi = float(np.min(dec)) - reach, float(np.max(dec)) + reach
-        j_lo = max(int(math.floor((dlo - self._dec_base) / self.cell_size)), 0)
-        j_hi = min(int(math.floor((dhi - self._dec_base) / self.cell_size)), self.n_rings - 1)
+        j_lo = max(math.floor((dlo - self._dec_base) / self.cell_size), 0)
+        j_hi = min(math.floor((dhi - self._dec_base) / self.cell_size), self.n_rings - 1)
         found: list[SkyCell] = []
         for j in range(j_lo, j_hi + 1):
             n = self.n_cells(j)
             step = 360.0 / n
             ring_dec = self._ring_dec(j)
+            candidates: Iterable[int]
             if abs(ring_dec) > 89.0 or n <= 4:
                 candidates = range(n)
             else:
@@ -248,9 +250,7 @@ class SkyGrid:
                 )
                 k0 = ((float(cra) - self.ra0) % 360.0) / step
                 half = (dra + pad) / step
-                candidates = (
-                    k % n for k in range(int(math.floor(k0 - half)), int(math.ceil(k0 + half)) + 1)
-                )
+                candidates = (k % n for k in range(math.floor(k0 - half), math.ceil(k0 + half) + 1))
             for i in sorted(set(candidates)):
                 cell = self.cell(i, j)
                 if cell.overlap_bbox(wcs, shape) is not None:

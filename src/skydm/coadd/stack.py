@@ -68,7 +68,10 @@ class WarpStack:
     """
 
     def __init__(
-        self, warps: Sequence[Exposure | str | Path], *, weights: Sequence[float] | None = None
+        self,
+        warps: Sequence[Exposure | str | Path],
+        *,
+        weights: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         if len(warps) == 0:
             raise UserError("a coadd needs at least one warp; none was given")
@@ -118,7 +121,9 @@ class WarpStack:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+                hdul = fits.open(
+                    path, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True
+                )
             except (OSError, ValueError) as exc:
                 raise BadFileError(path, f"is not a readable FITS file: {exc}") from exc
         if not hdul[0].header.get("SKYDMEXP"):
@@ -167,9 +172,17 @@ class WarpStack:
                 np.asarray(e.msk[y0:y1], dtype=np.uint32),
             )
         assert m.hdul is not None
-        img = np.asarray(m.hdul["IMAGE"].data[y0:y1], dtype=np.float32)
-        var = np.asarray(m.hdul["VARIANCE"].data[y0:y1], dtype=np.float32)
-        raw_mask = np.asarray(m.hdul["MASK"].data[y0:y1])
+        img = _unscaled(m.hdul["IMAGE"], y0, y1)
+        var = _unscaled(m.hdul["VARIANCE"], y0, y1)
+        mask_hdu = m.hdul["MASK"]
+        raw_mask = np.asarray(mask_hdu.data[y0:y1])
+        # Memory maps are read unscaled: FITS stores uint32 as int32 with
+        # BZERO = 2**31, which flipping the top bit undoes exactly.
+        bzero = mask_hdu.header.get("BZERO", 0)
+        if raw_mask.dtype.kind == "i" and raw_mask.itemsize == 4 and bzero == 2**31:
+            raw_mask = raw_mask.astype(np.int32).view(np.uint32) ^ np.uint32(0x80000000)
+        elif bzero or mask_hdu.header.get("BSCALE", 1) != 1:
+            raw_mask = raw_mask * mask_hdu.header.get("BSCALE", 1) + bzero
         if m.remap_mask:
             mask = mask_from_header(m.hdul["MASK"].header, raw_mask)
         else:
@@ -242,6 +255,15 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unscaled(hdu: fits.ImageHDU, y0: int, y1: int) -> np.ndarray:
+    """Rows of a float plane opened without scaling, with BSCALE/BZERO applied."""
+    data = np.asarray(hdu.data[y0:y1], dtype=np.float32)
+    bscale, bzero = hdu.header.get("BSCALE", 1.0), hdu.header.get("BZERO", 0.0)
+    if bscale != 1 or bzero != 0:
+        data = data * np.float32(bscale) + np.float32(bzero)
+    return data
 
 
 def check_rows(rows: int) -> int:

@@ -82,7 +82,7 @@ def run_swarp(
     combine: str = "CLIPPED",
     nthreads: int = 1,
     workdir: str | Path | None = None,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> tuple[Exposure, float]:
     """Coadd warps with SWarp.
 

@@ -9,6 +9,8 @@ mask is resampled by nearest neighbour after OR-ing every bit over each
 input pixel's 3x3 neighbourhood, so that a bit lands on every output pixel
 whose interpolation kernel touched a flagged input pixel.  Pixels outside
 the input's footprint get ``NO_DATA``, image 0 and infinite variance.
+Pixel values are multiplied by the ratio of output to input pixel area, so
+that fluxes are conserved when the scales differ.
 
 The warp carries the input's PSF.  When the input and cell pixel scales are
 equal (within 1%) the PSF in cell pixels is the input PSF; otherwise
@@ -180,7 +182,10 @@ def warp_exposure(
             )
         scale = 10.0 ** (0.4 * (zero_point - exposure.zero_point))
         zp = zero_point
-    if scale != 1.0:
+    # Interpolation keeps counts per input pixel; conserve flux instead by the
+    # ratio of pixel areas (1 when the scales match, as on a survey's grid).
+    scale *= (cell.pixel_scale / pixel_scale_of(wcs)) ** 2
+    if abs(scale - 1.0) > 1e-12:
         full_img *= np.float32(scale)
         full_var *= np.float32(scale * scale)
 

@@ -1,0 +1,136 @@
+"""Benchmark: CompareWarp against SWarp's CLIPPED combine on 20 warps of 4096x4096.
+
+Prints one JSON line: ``compare_warp_s`` (assembly of the 20 warps, read
+from disk by memory map), ``peak_mb`` (peak memory allocated by the
+assembly, traced with tracemalloc; memory-mapped warps are not counted), ``swarp_s`` and
+``swarp_threads_s`` (the SWarp process alone, one thread and all cores),
+``leakage`` / ``leakage_max`` for CompareWarp and ``swarp_leakage`` /
+``swarp_leakage_max`` for SWarp (worst artefact class; see
+:mod:`skydm.coadd.scoring`).
+
+Fair comparison: both combine the same pre-resampled warps.  The
+simulator is run without dithers so that every visit is already on the
+cell's pixel grid (a warp is the visit minus its sky, scaled to a common
+zero point); SWarp gets the same pixels with ``RESAMPLE N``, weight maps
+holding skydm's per-warp weights and the visits' effective gains (without
+which its clipping does nothing).  Writing SWarp's input files is not timed.
+
+Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--workdir DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+
+def _warps(args: argparse.Namespace, work: Path) -> tuple[list[Path], list[Path], dict, np.ndarray]:
+    from skydm.coadd.skygrid import SkyCell
+    from skydm.coadd.stack import WarpStack
+    from skydm.sim import SurveyConfig, simulate_survey
+
+    cfg = SurveyConfig(
+        seed=args.seed,
+        shape=(args.size, args.size),
+        n_visits=args.epochs,
+        dither=0.0,
+        raw_dtype="float32",
+        n_stars=int(300 * (args.size / 512) ** 2 / 4),
+        n_galaxies=int(100 * (args.size / 512) ** 2 / 4),
+        trail_rate=1.0,
+        ghost_rate=0.5,
+        n_variables=4,
+    )
+    survey = simulate_survey(cfg)
+    ra, dec = survey.fields[0]
+    cell = SkyCell.centred(ra, dec, cfg.shape, cfg.pixel_scale, id="bench")
+    zp = float(np.median([v.zero_point for v in survey.visits]))
+    art, clean = [], []
+    foot: dict[str, np.ndarray] = {}
+    for k, v in enumerate(survey.visits):
+        for src, out, tag in ((v.raw, art, "art"), (v.clean, clean, "clean")):
+            exp = src.copy()
+            scale = np.float32(10 ** (0.4 * (zp - exp.zero_point)))
+            exp.image = (exp.image - np.float32(exp.info.sky)) * scale
+            exp.variance = exp.var * scale * scale
+            exp.zero_point = zp
+            exp.wcs = cell.wcs
+            exp.meta["FLXSCALE"] = float(scale)
+            path = work / f"{tag}{k:03d}.fits"
+            exp.write(path)
+            out.append(path)
+        for cls, m in v.artefacts.items():
+            foot[cls] = foot[cls] | m if cls in foot else m.copy()
+        v.release()
+        print(f"simulated visit {k + 1}/{len(survey.visits)}", file=sys.stderr, flush=True)
+    with WarpStack(clean) as st:
+        weights = st.weights
+    return art, clean, foot, weights
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+
+    from skydm.coadd.assemble import assemble_coadd
+    from skydm.coadd.scoring import leakage
+    from skydm.coadd.stack import WarpStack
+    from skydm.coadd.swarp import run_swarp
+
+    with tempfile.TemporaryDirectory(prefix="skydm-bench-coadd-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        art, clean, foot, weights = _warps(args, work)
+
+        start = time.perf_counter()
+        cw_art = assemble_coadd(WarpStack(art, weights=weights), "compare")
+        compare_s = time.perf_counter() - start
+        # Peak memory of the assembly, traced on the (identical) clean run so
+        # that tracing does not slow the timed one.
+        tracemalloc.start()
+        cw_clean = assemble_coadd(WarpStack(clean, weights=weights), "compare")
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        ref_art = assemble_coadd(WarpStack(art, weights=weights), "mean")
+        ref_clean = assemble_coadd(WarpStack(clean, weights=weights), "mean")
+
+        sw_art, swarp_s = run_swarp(art, weights=weights, nthreads=1, workdir=work / "sw1")
+        _, swarp_threads_s = run_swarp(art, weights=weights, nthreads=0, workdir=work / "sw0")
+        sw_clean, _ = run_swarp(clean, weights=weights, nthreads=0, workdir=work / "sw2")
+
+        valid = np.ones(ref_art.shape, dtype=bool)
+        leak = leakage(cw_art.image, cw_clean.image, ref_art.image, ref_clean.image, foot)
+        sw_leak = leakage(
+            sw_art.image, sw_clean.image, ref_art.image, ref_clean.image, foot, valid=valid
+        )
+    out = {
+        "size": args.size,
+        "epochs": args.epochs,
+        "compare_warp_s": round(compare_s, 2),
+        "peak_mb": round(peak_mb, 1),
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "swarp_s": round(swarp_s, 2),
+        "swarp_threads_s": round(swarp_threads_s, 2),
+        "leakage_max": round(max(leak.values()), 4) if leak else math.nan,
+        "swarp_leakage_max": round(max(sw_leak.values()), 4) if sw_leak else math.nan,
+        "leakage": {k: round(v, 4) for k, v in leak.items()},
+        "swarp_leakage": {k: round(v, 4) for k, v in sw_leak.items()},
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

