@@ -17,6 +17,7 @@ from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, Mask, estimate_background, measure_psf
 from skydm.image.mask import UNUSABLE
 from skydm.image.psf import Psf
+from skydm.image.visit import VisitInfo
 
 
 def _name(exp: Exposure, role: str) -> str:
@@ -52,9 +53,19 @@ def prepare(
     UserError
         When every pixel is non-finite or masked.
     """
-    out = exp.copy()
-    out.image = np.asarray(out.image, dtype=np.float32)
-    out.variance = np.asarray(out.var, dtype=np.float32)
+    # A shallow copy: the image is never written to (shared when it is
+    # already float32), the mask and variance get new arrays below.
+    out = Exposure(
+        image=np.asarray(exp.image, dtype=np.float32),
+        variance=np.asarray(exp.var, dtype=np.float32),
+        mask=exp.msk.copy(),
+        wcs=exp.wcs,
+        psf=exp.psf,
+        zero_point=exp.zero_point,
+        info=VisitInfo(**{k: getattr(exp.info, k) for k in exp.info.__dataclass_fields__}),
+        meta=exp.meta,
+        source=exp.source,
+    )
     name = _name(exp, role)
     for label, value in (("gain", gain), ("read_noise", read_noise), ("sky", sky)):
         if value is not None and not (math.isfinite(value) and value >= 0):
