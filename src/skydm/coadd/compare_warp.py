@@ -225,7 +225,12 @@ def compare_warp(
             okc = ok[k, core] & (w_o > 0)
             safe = np.maximum(w_o, 1e-30)
             others = (s_all - wk[k] * matched[k])[core] / safe
-            v_o = np.where(okc, (v_all - wk[k] ** 2 * mvar[k])[core], 0.0) / (safe * safe)
+            v_o = np.divide(
+                (v_all - wk[k] ** 2 * mvar[k])[core],
+                safe * safe,
+                out=np.zeros(okc.shape, dtype=np.float32),
+                where=okc,
+            )
             noise = np.sqrt(mvar[k, core] + np.maximum(v_o, 0) + (cfg.systematic * peak) ** 2)
             diff = matched[k, core] - others
             sig = np.where(okc, diff / np.maximum(noise, 1e-12), 0.0)
