@@ -24,6 +24,17 @@ def _card(key: str, value: object, comment: str = "") -> str:
     return str(fits.Card(key, value, comment))
 
 
+def _number_card(key: str, value: float) -> str:
+    """A FITS card for a number, formatted here (astropy's Card costs ~50 us)."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        text = str(int(value))
+    else:
+        text = f"{value:.16G}"
+        if "." not in text and "E" not in text:
+            text += ".0"
+    return f"{key:<8}= {text:>20}".ljust(80)
+
+
 class CutoutMaker:
     """Cut FITS stamps out of one exposure.
 
@@ -86,11 +97,11 @@ class CutoutMaker:
         stamp = self._padded[y0c + p : y0c + p + self.size, x0c + p : x0c + p + self.size]
         cards = [self._head]
         if self._wcs_cards:
-            cards.append(_card("CRPIX1", self._crpix[0] - x0c))
-            cards.append(_card("CRPIX2", self._crpix[1] - y0c))
+            cards.append(_number_card("CRPIX1", self._crpix[0] - x0c))
+            cards.append(_number_card("CRPIX2", self._crpix[1] - y0c))
             cards.append(self._wcs_cards)
-        cards.append(_card("LTV1", -x0c, "stamp origin in the parent image (IRAF)"))
-        cards.append(_card("LTV2", -y0c))
+        cards.append(_number_card("LTV1", -x0c))
+        cards.append(_number_card("LTV2", -y0c))
         cards.append("END".ljust(80))
         header = "".join(cards).encode("ascii")
         header += b" " * ((-len(header)) % _BLOCK)

@@ -27,7 +27,7 @@ from skydm.alerts.packet import (
     check_source_values,
 )
 from skydm.alerts.schema import AlertSchema, load_schema
-from skydm.alerts.serialize import Encoded, PacketEncoder
+from skydm.alerts.serialize import PacketEncoder
 from skydm.alerts.transport import KafkaTransport, StreamResult, stream_outbox
 from skydm.ap.apdb import Apdb
 from skydm.ap.association import add_forced, add_source, associate, new_object, object_summary
@@ -75,11 +75,12 @@ def _history_pieces(
     schema: AlertSchema,
     encoder: PacketEncoder,
     full: Mapping[int, dict[str, Any]],
-) -> list[Encoded]:
-    out = []
+) -> list[bytes]:
+    schema_id = schema.schema_id
+    out: list[bytes] = []
     for rid, _mjd, sid, blob in rows:
-        if sid == schema.schema_id and blob is not None:
-            out.append(Encoded(blob))
+        if sid == schema_id and blob is not None:
+            out.append(blob)
         else:
             out.append(encoder.encode_record(kind, build_record(kind, full[rid], schema)))
     return out
@@ -163,16 +164,18 @@ def produce_visit_alerts(
 
     # 1. Checks, per source: one bad source must not stop the visit.
     good: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     for src in srcs:
         try:
             check_source_values(src)
-            build_record(
+            rec = build_record(
                 "diaSource", {**src, "diaObjectId": 0}, schema, ident=src.get("diaSourceId")
             )
         except AlertValidationError as exc:
             result.rejected.append(exc)
             continue
         good.append(src)
+        records.append(rec)
     clock.lap("check")
 
     # 2. Association.
@@ -238,10 +241,12 @@ def produce_visit_alerts(
     packets: list[bytes] = []
     routes: list[list[str]] = []
     summaries: dict[int, dict[str, Any]] = {}
-    for src in good:
+    for src, rec in zip(good, records, strict=True):
         oid = int(src["diaObjectId"])
         ident = src["diaSourceId"]
-        rec = build_record("diaSource", src, schema, ident=ident)
+        # The record checked above, now with its object.
+        if "diaObjectId" in rec:
+            rec["diaObjectId"] = oid
         enc = encoder.encode_record("diaSource", rec)
         src["avroSchemaId"], src["avro"] = schema.schema_id, bytes(enc)
         if oid not in summaries:

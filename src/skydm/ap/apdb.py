@@ -236,14 +236,20 @@ class Apdb:
             int(i): [] for i in object_ids
         }
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(object_ids)):
+            # Millions of rows per visit: read them with the driver's own
+            # cursor (ids and times are numbers, so literal SQL is safe).
+            cursor = conn.connection.cursor()
+            for chunk in _chunks([int(i) for i in object_ids], 2000):
                 q = sa.select(c.diaObjectId, key, c.midpointMjdTai, c.avroSchemaId, c.avro).where(
                     c.diaObjectId.in_(chunk),
-                    c.midpointMjdTai >= since,
-                    c.midpointMjdTai < before,
+                    c.midpointMjdTai >= float(since),
+                    c.midpointMjdTai < float(before),
                 )
-                for oid, rid, mjd, sid, blob in conn.execute(q):
-                    out[int(oid)].append((int(rid), float(mjd), sid, blob))
+                sql = str(q.compile(self.engine, compile_kwargs={"literal_binds": True}))
+                cursor.execute(sql)
+                for oid, rid, mjd, sid, blob in cursor.fetchall():
+                    out[oid].append((rid, mjd, sid, bytes(blob) if blob is not None else None))
+            cursor.close()
         for rows in out.values():
             rows.sort(key=lambda r: r[1])
         return out
