@@ -101,3 +101,13 @@ def test_detection_on_real_ntt_image(data_dir: Path) -> None:
     # image; at 5 sigma of the noise a few dozen remain.
     assert 10 < len(table) < 200
     assert np.all((table["x"] >= 0) & (table["x"] < 256))
+
+
+@pytest.mark.parametrize("fwhm", [2.3, 3.1, 4.45, 6.0])
+def test_pixel_psf_fwhm_is_not_quantised(fwhm: float) -> None:
+    from skydm.image import PixelPsf
+
+    psf = PixelPsf(GaussianPsf.from_fwhm(fwhm).kernel(size=31))
+    # Pixel integration broadens a Gaussian by 1/12 pixel^2 in variance.
+    sigma = math.sqrt((fwhm / 2.3548) ** 2 + 1 / 12)
+    assert abs(psf.fwhm - 2.3548 * sigma) < 0.05 * fwhm
