@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from skydm.catalog.adql import OutputColumn, Translation, compile_query
+from skydm.catalog.adql.cache import TranslationCache
 from skydm.catalog.adql.functions import Dialect
-from skydm.catalog.tapschema import TapSchema
+from skydm.catalog.tapschema import UPLOAD_SCHEMA, TableRef, TapSchema
+from skydm.catalog.uploads import UploadedTable
 from skydm.errors import SkydmError, UserError
 
 BATCH_ROWS = 65536
@@ -143,20 +145,54 @@ class CatalogEngine(abc.ABC):
 
     @abc.abstractmethod
     def _run(
-        self, translation: Translation, cancel: threading.Event | None
+        self,
+        translation: Translation,
+        cancel: threading.Event | None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-        """Run translated SQL: the result's Arrow schema and its batches."""
+        """Run translated SQL (with ``uploads`` visible): the result's schema and batches."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Release the engine's connections."""
 
+    _translations: TranslationCache | None = None
+
     def _partition_orders(self) -> dict[str, int]:
         return {}
 
-    def translate(self, adql: str, *, maxrec: int | None = None) -> Translation:
-        """Validate and translate ``adql`` for this engine (raises AdqlError)."""
-        return compile_query(
+    def _upload_name(self, name: str) -> tuple[str | None, str]:
+        """Engine (schema, table) under which upload ``name`` is visible to its query."""
+        return None, f"tap_upload_{name}"
+
+    def translate(
+        self,
+        adql: str,
+        *,
+        maxrec: int | None = None,
+        uploads: Mapping[str, UploadedTable] | None = None,
+    ) -> Translation:
+        """Validate and translate ``adql`` for this engine (raises AdqlError).
+
+        ``uploads`` (name -> table) are queryable as ``TAP_UPLOAD.<name>``.
+        Queries without uploads go through a cache of query shapes
+        (:mod:`skydm.catalog.adql.cache`).
+        """
+        if uploads:
+            refs = [
+                TableRef(UPLOAD_SCHEMA, u.definition, self._upload_name(name))
+                for name, u in uploads.items()
+            ]
+            return compile_query(
+                adql,
+                dialect=self.dialect,
+                schema=self.tap_schema().with_uploads(refs),
+                maxrec=maxrec,
+                partition_orders=self._partition_orders(),
+            )
+        if self._translations is None:
+            self._translations = TranslationCache()
+        return self._translations.compile(
             adql,
             dialect=self.dialect,
             schema=self.tap_schema(),
@@ -165,7 +201,12 @@ class CatalogEngine(abc.ABC):
         )
 
     def iter_batches(
-        self, adql: str, *, maxrec: int | None = None, cancel: threading.Event | None = None
+        self,
+        adql: str,
+        *,
+        maxrec: int | None = None,
+        cancel: threading.Event | None = None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> tuple[list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
         """Run a query and stream its result.
 
@@ -178,6 +219,9 @@ class CatalogEngine(abc.ABC):
         cancel : threading.Event, optional
             Setting it interrupts the query; the iterator then raises
             :class:`QueryCancelledError`.
+        uploads : mapping of str to UploadedTable, optional
+            Tables the query may read as ``TAP_UPLOAD.<name>``, visible to this
+            query only (see :func:`skydm.catalog.uploads.read_upload`).
 
         Returns
         -------
@@ -193,14 +237,18 @@ class CatalogEngine(abc.ABC):
         AdqlError
             When the query is not valid ADQL on this catalog (before anything runs).
         """
-        _, columns, batches, overflow = self._stream(adql, maxrec, cancel)
+        _, columns, batches, overflow = self._stream(adql, maxrec, cancel, uploads)
         return columns, batches, overflow
 
     def _stream(
-        self, adql: str, maxrec: int | None, cancel: threading.Event | None
+        self,
+        adql: str,
+        maxrec: int | None,
+        cancel: threading.Event | None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> tuple[pa.Schema, list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
-        translation = self.translate(adql, maxrec=maxrec)
-        raw_schema, raw = self._run(translation, cancel)
+        translation = self.translate(adql, maxrec=maxrec, uploads=uploads)
+        raw_schema, raw = self._run(translation, cancel, uploads or None)
         schema = pa.schema(
             [
                 pa.field(out.name, normalise_type(f.type))
@@ -226,10 +274,15 @@ class CatalogEngine(abc.ABC):
         return schema, columns, batches(), lambda: state["overflow"]
 
     def execute(
-        self, adql: str, *, maxrec: int | None = None, cancel: threading.Event | None = None
+        self,
+        adql: str,
+        *,
+        maxrec: int | None = None,
+        cancel: threading.Event | None = None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> QueryResult:
         """Run a query and return its whole result (see :meth:`iter_batches`)."""
-        schema, columns, batches, overflow = self._stream(adql, maxrec, cancel)
+        schema, columns, batches, overflow = self._stream(adql, maxrec, cancel, uploads)
         table = pa.Table.from_batches(list(batches), schema=schema)
         return QueryResult(table, overflow(), columns)
 

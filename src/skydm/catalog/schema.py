@@ -22,6 +22,8 @@ BANDS = ("u", "g", "r", "i", "z", "y")
 #: The schema every loaded table lives in (queries may name it or leave it out).
 CATALOG_SCHEMA = "skydm"
 TAP_SCHEMA_NAME = "TAP_SCHEMA"
+#: The schema of IVOA standard tables the service publishes (ObsLocTAP's ``ivoa.obsplan``).
+OBSLOC_SCHEMA = "ivoa"
 
 # VOTable datatype -> Arrow type for the standard definitions.
 _VOTABLE_TO_ARROW: dict[str, pa.DataType] = {
@@ -111,6 +113,10 @@ class TableDef:
         The primary key column, if any.
     foreign_keys : tuple of ForeignKey
         Foreign keys to other tables.
+    schema : str
+        The schema the table is queried in: the catalog schema (where table
+        names need no qualifier), or another such as ``ivoa`` for standard
+        tables (``ivoa.obsplan``) or ``TAP_UPLOAD`` for uploaded tables.
     """
 
     name: str
@@ -120,6 +126,12 @@ class TableDef:
     dec_col: str | None = "dec"
     key: str | None = None
     foreign_keys: tuple[ForeignKey, ...] = field(default=())
+    schema: str = CATALOG_SCHEMA
+
+    @property
+    def qualified(self) -> str:
+        """``schema.name``, or ``name`` alone in the catalog schema (also its directory name)."""
+        return self.name if self.schema == CATALOG_SCHEMA else f"{self.schema}.{self.name}"
 
     def column(self, name: str) -> ColumnDef:
         """The column called ``name`` (exact case)."""
@@ -130,7 +142,7 @@ class TableDef:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (stored in each table's ``_table.json``)."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "columns": [c.to_json() for c in self.columns],
@@ -139,6 +151,9 @@ class TableDef:
             "key": self.key,
             "foreign_keys": [dataclasses.asdict(fk) for fk in self.foreign_keys],
         }
+        if self.schema != CATALOG_SCHEMA:
+            out["schema"] = self.schema
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TableDef:
@@ -160,6 +175,7 @@ class TableDef:
             dec_col=data.get("dec_col"),
             key=data.get("key"),
             foreign_keys=fks,
+            schema=data.get("schema", CATALOG_SCHEMA),
         )
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from skydm.catalog import healpix
 from skydm.catalog.readers import read_any
-from skydm.catalog.schema import STANDARD_TABLES, ColumnDef, TableDef
+from skydm.catalog.schema import STANDARD_TABLES, ColumnDef, TableDef, arrow_schema
 from skydm.errors import BadFileError, BadValueError, ConflictError
 from skydm.progress import Progress
 from skydm.repo.atomic import atomic_write_bytes, fsync_dir
@@ -376,7 +376,7 @@ def _write(
     starts = np.concatenate([[0], bounds]) if data.num_rows else np.array([], dtype=np.int64)
     ends = np.concatenate([bounds, [data.num_rows]]) if data.num_rows else starts
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{definition.name}-{uuid.uuid4().hex}"
+    tmp = root / f".tmp-{definition.qualified}-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         if progress is not None and progress.total is None:
@@ -405,11 +405,29 @@ def _write(
             "version": version,
         }
         atomic_write_bytes(tmp / META_FILE, json.dumps(meta, indent=1).encode())
-        _swap_into_place(tmp, root / definition.name)
+        _swap_into_place(tmp, root / definition.qualified)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return read_table_info(root / definition.name)
+    return read_table_info(root / definition.qualified)
+
+
+def store_table(catalog_dir: Path | str, definition: TableDef, data: pa.Table) -> TableInfo:
+    """Write ``data`` as the table ``definition`` describes (replacing it), as is.
+
+    For tables the library itself defines and fills (``ivoa.obsplan``): the
+    columns of ``data`` must be those of ``definition``, in order, with their
+    Arrow types.
+
+    Raises
+    ------
+    BadValueError
+        When the columns differ from the definition.
+    """
+    expected = [c.name for c in definition.columns]
+    if data.column_names != expected:
+        raise BadValueError("table columns", data.column_names, f"the columns {expected}")
+    return _write(Path(catalog_dir), definition, data.cast(arrow_schema(definition)), None)
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

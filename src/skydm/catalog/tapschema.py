@@ -148,19 +148,34 @@ _TAP_SCHEMA_KEYS = {
 }
 
 
+#: Schema of tables uploaded with a query (TAP 1.1 section 3.5).
+UPLOAD_SCHEMA = "TAP_UPLOAD"
+_SCHEMA_DESCRIPTIONS = {
+    TAP_SCHEMA_NAME: "Metadata of the tables in this service (TAP 1.1)",
+    CATALOG_SCHEMA: "Survey catalogs served by skydm",
+    "ivoa": "IVOA standard tables (ObsLocTAP: observations of this repository)",
+}
+
+
 @dataclass(frozen=True)
 class TableRef:
-    """A resolved table: its schema, its definition and the name TAP_SCHEMA gives it."""
+    """A resolved table: its schema, its definition and the name TAP_SCHEMA gives it.
+
+    ``physical`` is the (schema or None, name) the engine SQL uses when it
+    differs from (schema, table name): uploaded tables live under engine names
+    of their own for the length of one query.
+    """
 
     schema: str
     table: TableDef
+    physical: tuple[str | None, str] | None = None
 
     @property
     def tap_name(self) -> str:
         """The ``table_name`` in ``TAP_SCHEMA.tables``."""
-        if self.schema == TAP_SCHEMA_NAME:
-            return f"{TAP_SCHEMA_NAME}.{self.table.name}"
-        return self.table.name
+        if self.schema == CATALOG_SCHEMA:
+            return self.table.name
+        return f"{self.schema}.{self.table.name}"
 
 
 class TapSchema:
@@ -173,8 +188,16 @@ class TapSchema:
     """
 
     def __init__(self, tables: Iterable[TableDef]) -> None:
-        self.refs: list[TableRef] = [TableRef(CATALOG_SCHEMA, t) for t in tables]
+        self.refs: list[TableRef] = [TableRef(t.schema, t) for t in tables]
         self.refs += [TableRef(TAP_SCHEMA_NAME, t) for t in TAP_SCHEMA_TABLES]
+        self._listed = list(self.refs)  # what TAP_SCHEMA describes (never uploads)
+
+    def with_uploads(self, uploads: Iterable[TableRef]) -> TapSchema:
+        """This schema plus tables uploaded for one query (not listed in TAP_SCHEMA)."""
+        out = TapSchema([])
+        out.refs = [*self.refs, *uploads]
+        out._listed = self._listed
+        return out
 
     def __iter__(self) -> Iterator[TableRef]:
         return iter(self.refs)
@@ -182,7 +205,7 @@ class TapSchema:
     @property
     def catalog_tables(self) -> list[TableDef]:
         """The loaded catalog tables (not TAP_SCHEMA)."""
-        return [r.table for r in self.refs if r.schema == CATALOG_SCHEMA]
+        return [r.table for r in self._listed if r.schema != TAP_SCHEMA_NAME]
 
     def resolve(
         self,
@@ -215,10 +238,9 @@ class TapSchema:
 
     def tap_tables(self) -> dict[str, pa.Table]:
         """The rows of the five TAP_SCHEMA tables, keyed by table name."""
-        schemas = [
-            (TAP_SCHEMA_NAME, "Metadata of the tables in this service (TAP 1.1)", 1),
-            (CATALOG_SCHEMA, "Survey catalogs served by skydm", 0),
-        ]
+        names = [CATALOG_SCHEMA, TAP_SCHEMA_NAME]
+        names += sorted({r.schema for r in self._listed} - set(names))
+        schemas = [(n, _SCHEMA_DESCRIPTIONS.get(n, ""), i) for i, n in enumerate(names)]
         out: dict[str, dict[str, list[object]]] = {
             t.name: {c.name: [] for c in t.columns} for t in TAP_SCHEMA_TABLES
         }
@@ -229,7 +251,7 @@ class TapSchema:
 
         for name, desc, index in schemas:
             add("schemas", schema_name=name, description=desc, schema_index=index)
-        for t_index, ref in enumerate(self.refs):
+        for t_index, ref in enumerate(self._listed):
             t = ref.table
             add(
                 "tables",
@@ -265,7 +287,7 @@ class TapSchema:
                 description="TAP_SCHEMA structure (TAP 1.1 section 4)",
             )
             add("key_columns", key_id=key_id, from_column=fcol, target_column=tcol)
-        present = {r.table.name for r in self.refs if r.schema == CATALOG_SCHEMA}
+        present = {r.table.name for r in self._listed if r.schema == CATALOG_SCHEMA}
         for t in self.catalog_tables:
             for fk in t.foreign_keys:
                 if fk.target not in present:

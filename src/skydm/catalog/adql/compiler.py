@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlglot import exp
 
@@ -167,16 +168,23 @@ class _Compiler:
         # cost milliseconds); the placeholder carries a random token no query can guess.
         self.token = f"__SKYDM_{uuid.uuid4().hex.upper()}_"
         self.raw: list[str] = []
+        # For each raw piece, the geometry call it came from (None: fixed text).
+        self.pieces: list[tuple[exp.Expr, GeometryKind] | None] = []
 
     def _raw(self, sql: str) -> exp.Expr:
         self.raw.append(sql)
+        self.pieces.append(None)
         return exp.Anonymous(this=f"{self.token}{len(self.raw) - 1}", expressions=[])
+
+    def _geometry_sql(self, node: exp.Expr, kind: GeometryKind) -> exp.Expr:
+        """SQL of a geometry call, kept re-computable for the translation cache."""
+        placeholder = self._raw(geometry_sql(node, kind, self.dialect))
+        self.pieces[-1] = (node, kind)
+        return placeholder
 
     def splice(self, sql: str) -> str:
         """Replace the geometry placeholders in generated SQL by their text."""
-        for i in reversed(range(len(self.raw))):
-            sql = sql.replace(f"{self.token}{i}()", f"({self.raw[i]})")
-        return sql
+        return splice(sql, self.token, self.raw)
 
     # --- queries ---------------------------------------------------------------------
 
@@ -341,9 +349,10 @@ class _Compiler:
                     ref,
                 )
             )
+            db, table_name = ref.physical or (ref.schema, ref.table.name)
             return exp.Table(
-                this=exp.Identifier(this=ref.table.name, quoted=True),
-                db=exp.Identifier(this=ref.schema, quoted=True),
+                this=exp.Identifier(this=table_name, quoted=True),
+                db=exp.Identifier(this=db, quoted=True) if db is not None else None,
                 alias=exp.TableAlias(this=exp.Identifier(this=sql_alias)),
             )
         if isinstance(node, exp.Subquery):
@@ -435,7 +444,7 @@ class _Compiler:
         )
         out.meta["skydm_def"] = c.column
         out.meta[_MADE] = True
-        order = self.partition_orders.get(s.ref.table.name) if s.ref is not None else None
+        order = self.partition_orders.get(s.ref.tap_name) if s.ref is not None else None
         if s.ref is not None and c.column is not None and order is not None:
             t = s.ref.table
             if c.name == t.ra_col:
@@ -477,7 +486,7 @@ class _Compiler:
         if name is None:
             return node
         if name in ("CONTAINS", "INTERSECTS"):
-            cond = self._raw(geometry.predicate(node, self.dialect))
+            cond = self._geometry_sql(node, "predicate")
             return exp.Case(
                 ifs=[exp.If(this=cond, true=exp.Literal.number(1))], default=exp.Literal.number(0)
             )
@@ -502,17 +511,7 @@ class _Compiler:
 
     def _geometry_value(self, node: exp.Expr, name: str) -> exp.Expr:
         if name == "DISTANCE":
-            args = list(node.expressions)
-            if len(args) == 4:
-                p, q = geometry.Point(args[0], args[1]), geometry.Point(args[2], args[3])
-            elif len(args) == 2:
-                sp, sq = geometry.shape(args[0]), geometry.shape(args[1])
-                if not (isinstance(sp, geometry.Point) and isinstance(sq, geometry.Point)):
-                    raise error_at(node, "DISTANCE takes two POINTs")
-                p, q = sp, sq
-            else:
-                raise error_at(node, "DISTANCE takes two POINTs (or ra1, dec1, ra2, dec2)")
-            return self._raw(geometry.distance(p, q, self.dialect))
+            return self._geometry_sql(node, "distance")
         if name in ("COORD1", "COORD2"):
             s = geometry.shape(node.expressions[0]) if len(node.expressions) == 1 else None
             if not isinstance(s, geometry.Point):
@@ -535,10 +534,37 @@ class _Compiler:
             if v not in (0.0, 1.0):
                 return None
             self._children(a, scopes)
-            cond = self._raw(geometry.predicate(a, self.dialect))
+            cond = self._geometry_sql(a, "predicate")
             truth = (v == 1.0) == isinstance(node, exp.EQ)
             return cond if truth else exp.Not(this=cond)
         return None
+
+
+GeometryKind = Literal["predicate", "distance"]
+
+
+def geometry_sql(node: exp.Expr, kind: GeometryKind, dialect: Dialect) -> str:
+    """Engine SQL of a CONTAINS/INTERSECTS (``predicate``) or DISTANCE call."""
+    if kind == "predicate":
+        return geometry.predicate(node, dialect)
+    args = list(node.expressions)
+    if len(args) == 4:
+        p, q = geometry.Point(args[0], args[1]), geometry.Point(args[2], args[3])
+    elif len(args) == 2:
+        sp, sq = geometry.shape(args[0]), geometry.shape(args[1])
+        if not (isinstance(sp, geometry.Point) and isinstance(sq, geometry.Point)):
+            raise error_at(node, "DISTANCE takes two POINTs")
+        p, q = sp, sq
+    else:
+        raise error_at(node, "DISTANCE takes two POINTs (or ra1, dec1, ra2, dec2)")
+    return geometry.distance(p, q, dialect)
+
+
+def splice(sql: str, token: str, raw: list[str]) -> str:
+    """Replace the geometry placeholders ``<token><i>()`` in generated SQL by ``raw[i]``."""
+    for i in reversed(range(len(raw))):
+        sql = sql.replace(f"{token}{i}()", f"({raw[i]})")
+    return sql
 
 
 def geometry_value(node: exp.Expr) -> bool:
@@ -585,6 +611,46 @@ def compile_query(
     AdqlError
         With the position and text of the offending part of the query.
     """
+    return compile_template(
+        adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=partition_orders
+    ).translation
+
+
+@dataclass
+class Template:
+    """A compiled query before its geometry SQL is spliced in (for the translation cache).
+
+    Attributes
+    ----------
+    translation : Translation
+        The finished translation of the query compiled.
+    sql : str
+        Generated SQL with ``<token><i>()`` placeholders for geometry.
+    token : str
+        The placeholder prefix.
+    raw : list of str
+        The SQL of each placeholder.
+    pieces : list
+        For each placeholder, the geometry call ``(node, kind)`` it was made
+        from, or None when its text is fixed.
+    """
+
+    translation: Translation
+    sql: str
+    token: str
+    raw: list[str]
+    pieces: list[tuple[exp.Expr, GeometryKind] | None]
+
+
+def compile_template(
+    adql: str,
+    *,
+    dialect: Dialect,
+    schema: TapSchema,
+    maxrec: int | None = None,
+    partition_orders: dict[str, int] | None = None,
+) -> Template:
+    """:func:`compile_query`, also returning what the translation cache re-uses."""
     if dialect not in ("duckdb", "postgres"):
         raise AdqlError(f"unknown SQL dialect {dialect!r}; use duckdb or postgres")
     if maxrec is not None and maxrec < 0:
@@ -600,10 +666,17 @@ def compile_query(
             if not col.meta.get(_MADE):  # every column must have been resolved above
                 raise error_at(col, "internal error: a column escaped validation; please report")
         limit = _apply_maxrec(tree, maxrec)
-        sql = compiler.splice(tree.sql(dialect=dialect))
+        generated = tree.sql(dialect=dialect)
+        sql = compiler.splice(generated)
     except RecursionError:
         raise AdqlError("the query is too deeply nested to translate; simplify it") from None
-    return Translation(sql, columns, limit, maxrec)
+    return Template(
+        Translation(sql, columns, limit, maxrec),
+        generated,
+        compiler.token,
+        compiler.raw,
+        compiler.pieces,
+    )
 
 
 def _apply_maxrec(tree: exp.Expr, maxrec: int | None) -> int | None:

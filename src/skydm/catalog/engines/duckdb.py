@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,9 +29,10 @@ from skydm.catalog.engine import (
     QueryFailedError,
     watch_cancel,
 )
-from skydm.catalog.schema import CATALOG_SCHEMA, TAP_SCHEMA_NAME
+from skydm.catalog.schema import CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
 from skydm.catalog.tapschema import TapSchema
+from skydm.catalog.uploads import UploadedTable
 from skydm.errors import SkydmError, require_extra
 
 
@@ -51,7 +52,8 @@ class DuckDBEngine(CatalogEngine):
     catalog_dir : Path or str
         The catalog directory (it may be empty or not exist yet).
     threads : int, optional
-        DuckDB worker threads (default: DuckDB's, one per core).
+        DuckDB worker threads (default: ``SKYDM_CATALOG_THREADS`` if set, else
+        DuckDB's, one per core).
     """
 
     name = "duckdb"
@@ -68,10 +70,13 @@ class DuckDBEngine(CatalogEngine):
         self._con.execute("SET GLOBAL autoinstall_known_extensions = false")
         self._con.execute("SET GLOBAL autoload_known_extensions = false")
         self._con.execute("SET GLOBAL parquet_metadata_cache = true")
-        if threads is not None:
+        if threads is None and os.environ.get("SKYDM_CATALOG_THREADS", "").strip().isdigit():
+            threads = int(os.environ["SKYDM_CATALOG_THREADS"])
+        if threads:
             self._con.execute(f"SET GLOBAL threads = {int(threads)}")
         self._con.execute(f"CREATE SCHEMA {_quote(CATALOG_SCHEMA)}")
         self._con.execute(f"CREATE SCHEMA {_quote(TAP_SCHEMA_NAME)}")
+        self._con.execute(f"CREATE SCHEMA {_quote(OBSLOC_SCHEMA)}")
         root = str(self.catalog_dir).rstrip("/") + "/"
         self._con.execute(f"SET GLOBAL allowed_directories = [{_literal(root)}]")
         self._con.execute("SET GLOBAL enable_external_access = false")
@@ -97,15 +102,20 @@ class DuckDBEngine(CatalogEngine):
         with self._lock:
             if stamp == self._stamp:
                 return
-            tables = list_tables(self.catalog_dir)
-            old = {t.name for t in self._tables}
-            for name in old - {t.name for t in tables}:
-                self._con.execute(f"DROP VIEW IF EXISTS {_quote(CATALOG_SCHEMA)}.{_quote(name)}")
+            tables = [
+                t
+                for t in list_tables(self.catalog_dir)
+                if t.definition.schema in (CATALOG_SCHEMA, OBSLOC_SCHEMA)
+            ]
+            new = {(t.definition.schema, t.name) for t in tables}
+            for schema_name, name in {(t.definition.schema, t.name) for t in self._tables} - new:
+                self._con.execute(f"DROP VIEW IF EXISTS {_quote(schema_name)}.{_quote(name)}")
             for t in tables:
                 # An explicit file list spares every query a directory listing (a glob).
                 files = ", ".join(_literal(str(f)) for f in t.files)
+                view = f"{_quote(t.definition.schema)}.{_quote(t.name)}"
                 self._con.execute(
-                    f"CREATE OR REPLACE VIEW {_quote(CATALOG_SCHEMA)}.{_quote(t.name)} AS "
+                    f"CREATE OR REPLACE VIEW {view} AS "
                     f"SELECT * FROM read_parquet([{files}], hive_partitioning = true, "
                     f"hive_types = {{'{PARTITION_COL}': BIGINT}})"
                 )
@@ -124,16 +134,22 @@ class DuckDBEngine(CatalogEngine):
         return self._schema
 
     def _partition_orders(self) -> dict[str, int]:
-        return {t.name: t.partition_order for t in self._tables}
+        return {t.definition.qualified: t.partition_order for t in self._tables}
 
     # --- queries ---------------------------------------------------------------------
 
     def _run(
-        self, translation: Translation, cancel: threading.Event | None
+        self,
+        translation: Translation,
+        cancel: threading.Event | None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import duckdb
 
         cursor = self._con.cursor()
+        for name, upload in (uploads or {}).items():
+            # Registered on this query's own cursor: no other query can see it.
+            cursor.register(self._upload_name(name)[1], upload.data)
         done = threading.Event()
         watch_cancel(cancel, cursor.interrupt, done)
         try:

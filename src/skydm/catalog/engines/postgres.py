@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ from skydm.catalog.engine import (
     QueryFailedError,
     watch_cancel,
 )
-from skydm.catalog.schema import CATALOG_SCHEMA, TAP_SCHEMA_NAME
+from skydm.catalog.schema import CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import TableInfo, list_tables
 from skydm.catalog.tapschema import TAP_SCHEMA_TABLES, TapSchema
+from skydm.catalog.uploads import UploadedTable
 from skydm.errors import BadValueError, SkydmError, require_extra
 
 _PG_TYPES = {
@@ -141,7 +142,11 @@ class PostgresEngine(CatalogEngine):
 
     def sync(self) -> None:
         """Load tables that changed in the catalog, drop removed ones, rewrite TAP_SCHEMA."""
-        tables = list_tables(self.catalog_dir)
+        tables = [
+            t
+            for t in list_tables(self.catalog_dir)
+            if t.definition.schema in (CATALOG_SCHEMA, OBSLOC_SCHEMA)
+        ]
         with self._connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SYNC_LOCK_KEY,))
             try:
@@ -151,7 +156,7 @@ class PostgresEngine(CatalogEngine):
                     f"PostgreSQL cannot create extension q3c ({exc}); install the "
                     "Debian package postgresql-15-q3c on the server"
                 ) from exc
-            for schema_name in (CATALOG_SCHEMA, TAP_SCHEMA_NAME, PG_HELPER_SCHEMA):
+            for schema_name in (CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME, PG_HELPER_SCHEMA):
                 cur.execute(f"CREATE SCHEMA IF NOT EXISTS {_q(schema_name)}")
             cur.execute(_HELPERS)
             cur.execute(
@@ -160,11 +165,14 @@ class PostgresEngine(CatalogEngine):
             )
             cur.execute(f"SELECT table_name, version FROM {PG_HELPER_SCHEMA}.synced")
             synced = dict(cur.fetchall())
-            for name in set(synced) - {t.name for t in tables}:
-                cur.execute(f"DROP TABLE IF EXISTS {_q(CATALOG_SCHEMA)}.{_q(name)}")
+            # Tables are recorded by qualified name: "Object", "ivoa.obsplan".
+            for name in set(synced) - {t.definition.qualified for t in tables}:
+                schema_name, _, table_name = name.rpartition(".")
+                target = f"{_q(schema_name or CATALOG_SCHEMA)}.{_q(table_name)}"
+                cur.execute(f"DROP TABLE IF EXISTS {target}")
                 cur.execute(f"DELETE FROM {PG_HELPER_SCHEMA}.synced WHERE table_name = %s", (name,))
             for t in tables:
-                if synced.get(t.name) != t.version:
+                if synced.get(t.definition.qualified) != t.version:
                     self._load(cur, t)
             schema = TapSchema([t.definition for t in tables])
             self._write_tap_schema(cur, schema)
@@ -172,19 +180,17 @@ class PostgresEngine(CatalogEngine):
 
     def _load(self, cur: Any, info: TableInfo) -> None:
         t = info.definition
-        target = f"{_q(CATALOG_SCHEMA)}.{_q(t.name)}"
+        target = f"{_q(t.schema)}.{_q(t.name)}"
         cols = ", ".join(f"{_q(c.name)} {_PG_TYPES[c.datatype]}" for c in t.columns)
         cur.execute(f"DROP TABLE IF EXISTS {target}")
         cur.execute(f"CREATE TABLE {target} ({cols})")
         names = [c.name for c in t.columns]
-        col_list = ", ".join(_q(n) for n in names)
-        options = pacsv.WriteOptions(include_header=False)
-        with cur.copy(f"COPY {target} ({col_list}) FROM STDIN (FORMAT csv)") as copy:
-            for path in info.files:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=200_000, columns=names):
-                    buf = io.BytesIO()
-                    pacsv.write_csv(pa.Table.from_batches([batch]), buf, options)
-                    copy.write(buf.getvalue())
+        batches = (
+            pa.Table.from_batches([batch])
+            for path in info.files
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=200_000, columns=names)
+        )
+        _copy_in(cur, target, names, batches)
         if t.ra_col is not None and t.dec_col is not None:
             cur.execute(f"CREATE INDEX ON {target} (q3c_ang2ipix({_q(t.ra_col)}, {_q(t.dec_col)}))")
         if t.key is not None:
@@ -193,7 +199,7 @@ class PostgresEngine(CatalogEngine):
         cur.execute(
             f"INSERT INTO {PG_HELPER_SCHEMA}.synced VALUES (%s, %s) ON CONFLICT "
             "(table_name) DO UPDATE SET version = EXCLUDED.version",
-            (t.name, info.version),
+            (t.qualified, info.version),
         )
 
     def _write_tap_schema(self, cur: Any, schema: TapSchema) -> None:
@@ -232,11 +238,46 @@ class PostgresEngine(CatalogEngine):
         else:
             self._pool.put(conn)
 
+    def _upload_name(self, name: str) -> tuple[str | None, str]:
+        return "pg_temp", f"tap_upload_{name}"
+
+    def _create_uploads(self, conn: Any, uploads: Mapping[str, UploadedTable]) -> None:
+        # Temporary tables belong to this session alone; the query itself then
+        # runs read-only as usual, and DISCARD TEMP removes them afterwards.
+        conn.read_only = False
+        with conn.transaction(), conn.cursor() as cur:
+            for name, upload in uploads.items():
+                target = f"pg_temp.{_q(self._upload_name(name)[1])}"
+                cols = ", ".join(
+                    f"{_q(c.name)} {_PG_TYPES[c.datatype]}" for c in upload.definition.columns
+                )
+                cur.execute(f"CREATE TEMP TABLE {target} ({cols})")
+                _copy_in(cur, target, upload.data.column_names, [upload.data])
+                cur.execute(f"ANALYZE {target}")
+        conn.read_only = True
+
+    def _drop_uploads(self, conn: Any) -> None:
+        conn.read_only = False
+        conn.execute("DISCARD TEMP")
+        conn.commit()
+        conn.read_only = True
+
     def _run(
-        self, translation: Translation, cancel: threading.Event | None
+        self,
+        translation: Translation,
+        cancel: threading.Event | None,
+        uploads: Mapping[str, UploadedTable] | None = None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         psycopg = self._psycopg
         conn = self._get()
+        if uploads:
+            try:
+                self._create_uploads(conn, uploads)
+            except psycopg.Error as exc:
+                conn.close()
+                raise QueryFailedError(
+                    f"PostgreSQL could not store the uploaded tables: {str(exc).splitlines()[0]}"
+                ) from exc
         with self._id_lock:
             self._cursor_id += 1
             name = f"skydm_q{self._cursor_id}"
@@ -250,6 +291,8 @@ class PostgresEngine(CatalogEngine):
             try:
                 cur.close()
                 conn.rollback()
+                if uploads:
+                    self._drop_uploads(conn)
             except psycopg.Error:
                 conn.close()
             self._put(conn)
@@ -296,6 +339,17 @@ class PostgresEngine(CatalogEngine):
                 self._pool.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _copy_in(cur: Any, target: str, names: list[str], tables: Iterable[pa.Table]) -> None:
+    """COPY Arrow tables into ``target`` as CSV (Arrow writes floats that round-trip)."""
+    col_list = ", ".join(_q(n) for n in names)
+    options = pacsv.WriteOptions(include_header=False)
+    with cur.copy(f"COPY {target} ({col_list}) FROM STDIN (FORMAT csv)") as copy:
+        for table in tables:
+            buf = io.BytesIO()
+            pacsv.write_csv(table, buf, options)
+            copy.write(buf.getvalue())
 
 
 def _to_batch(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.RecordBatch:

@@ -1,0 +1,203 @@
+"""Tables uploaded with a query (TAP 1.1 ``UPLOAD``): read, checked and described.
+
+An upload is a VOTable sent with the query; it becomes the table
+``TAP_UPLOAD.<name>``, which that query alone can read (the engines register
+it under a private name for the query's connection).  Uploads are checked at
+the boundary: the name must be an ADQL regular identifier, the document at
+most ``max_bytes`` long and a readable VOTable with at most ``max_rows`` rows
+of scalar columns.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from skydm.catalog.schema import ColumnDef, TableDef
+from skydm.errors import BadValueError, UserError
+
+#: Default limits of one uploaded table.
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+MAX_UPLOAD_ROWS = 1_000_000
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+class UploadError(UserError):
+    """An uploaded table cannot be used (bad name, too large, not a VOTable...)."""
+
+
+@dataclass(frozen=True)
+class UploadedTable:
+    """One uploaded table: its definition (schema ``TAP_UPLOAD``) and its rows."""
+
+    definition: TableDef
+    data: pa.Table
+
+
+def check_upload_name(name: str) -> str:
+    """``name`` if it can name an uploaded table (an ADQL regular identifier).
+
+    Raises
+    ------
+    UploadError
+    """
+    if not _NAME.match(name):
+        raise UploadError(
+            f"UPLOAD table name {name!r} is not usable: give a letter followed by "
+            "letters, digits or _ (at most 64 characters)"
+        )
+    return name
+
+
+def _datatype(t: pa.DataType) -> tuple[str, str | None]:
+    if pa.types.is_boolean(t):
+        return "boolean", None
+    if pa.types.is_int8(t) or pa.types.is_uint8(t) or pa.types.is_int16(t):
+        return "short", None
+    if pa.types.is_uint16(t) or pa.types.is_int32(t):
+        return "int", None
+    if pa.types.is_integer(t):
+        return "long", None
+    if pa.types.is_float16(t) or pa.types.is_float32(t):
+        return "float", None
+    if pa.types.is_floating(t):
+        return "double", None
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        return "char", "*"
+    raise TypeError(str(t))
+
+
+def _arrow_for(datatype: str) -> pa.DataType:
+    return {
+        "boolean": pa.bool_(),
+        "short": pa.int16(),
+        "int": pa.int32(),
+        "long": pa.int64(),
+        "float": pa.float32(),
+        "double": pa.float64(),
+        "char": pa.string(),
+    }[datatype]
+
+
+def read_upload(
+    name: str,
+    content: bytes,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    max_rows: int = MAX_UPLOAD_ROWS,
+) -> UploadedTable:
+    """Read an uploaded VOTable as the table ``TAP_UPLOAD.<name>``.
+
+    Parameters
+    ----------
+    name : str
+        The table name given in ``UPLOAD=name,URI``.
+    content : bytes
+        The VOTable document.
+    max_bytes, max_rows : int
+        Limits on the document and on its rows.
+
+    Returns
+    -------
+    UploadedTable
+        Column names as the VOTable's FIELD names, types from its datatypes,
+        units, UCDs and descriptions kept.
+
+    Raises
+    ------
+    UploadError
+        For a bad name, a document over the limits, one that is not a
+        VOTable, or array-valued columns.
+    """
+    from astropy.io.votable import parse
+
+    from skydm.catalog.readers import _from_astropy
+
+    check_upload_name(name)
+    if len(content) > max_bytes:
+        raise UploadError(
+            f"uploaded table {name} is {len(content)} bytes; the limit is {max_bytes} bytes"
+        )
+    try:
+        votable = parse(io.BytesIO(content), verify="ignore")
+        table = votable.get_first_table().to_table(use_names_over_ids=True)
+    except Exception as exc:  # astropy raises many kinds for malformed documents
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UploadError(
+            f"uploaded table {name} is not a readable VOTable ({first}); send a VOTable document"
+        ) from None
+    if len(table) > max_rows:
+        raise UploadError(
+            f"uploaded table {name} has {len(table)} rows; the limit is {max_rows} rows"
+        )
+    try:
+        data, meta = _from_astropy(table, f"uploaded table {name}")
+    except UserError as exc:
+        raise UploadError(str(exc)) from None
+    seen: set[str] = set()
+    columns = []
+    arrays = []
+    for field, array in zip(data.schema, data.columns, strict=True):
+        if not field.name or '"' in field.name or field.name.lower() in seen:
+            raise UploadError(
+                f"uploaded table {name}: column name {field.name!r} is empty, has a double "
+                "quote or repeats another (ignoring case); rename it"
+            )
+        seen.add(field.name.lower())
+        try:
+            datatype, arraysize = _datatype(field.type)
+        except TypeError:
+            raise UploadError(
+                f"uploaded table {name}: column {field.name!r} has type {field.type}, "
+                "which cannot be queried; send numbers, booleans or strings"
+            ) from None
+        m = meta.get(field.name, {})
+        columns.append(
+            ColumnDef(
+                field.name,
+                datatype,
+                m.get("unit", ""),
+                m.get("ucd", ""),
+                m.get("description", ""),
+                arraysize=arraysize,
+                principal=True,
+            )
+        )
+        arrays.append(array.cast(_arrow_for(datatype)))
+    if not columns:
+        raise UploadError(f"uploaded table {name} has no columns")
+    definition = TableDef(
+        name,
+        "Table uploaded with the query",
+        tuple(columns),
+        ra_col=None,
+        dec_col=None,
+        schema="TAP_UPLOAD",
+    )
+    return UploadedTable(definition, pa.table(arrays, names=[c.name for c in columns]))
+
+
+def parse_upload_param(values: list[str]) -> list[tuple[str, str]]:
+    """(name, URI) pairs of ``UPLOAD`` values (``name,URI``, several joined by ``;``).
+
+    Raises
+    ------
+    BadValueError
+        For a value that is not ``name,URI``, or one name given twice.
+    """
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        for item in value.split(";"):
+            if not item.strip():
+                continue
+            name, sep, uri = item.partition(",")
+            if not sep or not name.strip() or not uri.strip():
+                raise BadValueError("UPLOAD", item, "name,URI (e.g. UPLOAD=mylist,param:file1)")
+            pairs.append((check_upload_name(name.strip()), uri.strip()))
+    names = [n.lower() for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise BadValueError("UPLOAD", values, "each table name once")
+    return pairs
