@@ -109,9 +109,37 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
 
+def ingest_sim_raws(repo: Path, work: Path) -> list[Path]:
+    """Ingest four small simulated raws (two visits in g and r) into ``repo``."""
+    from skydm.archive import ingest_files
+    from skydm.repo import Repository
+    from skydm.sim import SurveyConfig, simulate_survey, write_survey
+
+    cfg = SurveyConfig(
+        seed=3,
+        shape=(128, 128),
+        n_visits=2,
+        bands=("g", "r"),
+        n_stars=20,
+        n_galaxies=5,
+        artefacts=(),
+        n_transients=0,
+        n_variables=0,
+        n_movers=0,
+        ra=10.0,
+        dec=20.0,
+    )
+    paths = write_survey(simulate_survey(cfg), work, clean=False)
+    with Repository.open(repo) as r:
+        report = ingest_files(r, paths)
+    assert report.ok, report
+    return paths
+
+
 @pytest.fixture(scope="session")
 def catalog_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pa.Table]:
     repo = tmp_path_factory.mktemp("taprepo")
+    ingest_sim_raws(repo, tmp_path_factory.mktemp("simraws"))
     return repo, make_catalog(repo)
 
 

@@ -189,6 +189,7 @@ class CatalogEngine(abc.ABC):
                 schema=self.tap_schema().with_uploads(refs),
                 maxrec=maxrec,
                 partition_orders=self._partition_orders(),
+                upload_data={name: u.data for name, u in uploads.items()},
             )
         if self._translations is None:
             self._translations = TranslationCache()

@@ -91,6 +91,44 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[
     return pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order)
 
 
+def cones_ranges(
+    ra_deg: np.ndarray, dec_deg: np.ndarray, radius_deg: np.ndarray, *, max_ranges: int
+) -> list[tuple[int, int]]:
+    """Inclusive order-29 ranges covering the union of many cones, at most ``max_ranges``.
+
+    The coverage is computed at the order suited to the largest radius and
+    coarsened (a superset still) until it fits in ``max_ranges`` ranges.
+    """
+    import astropy.units as u
+    from astropy_healpix import core
+
+    if float(np.max(radius_deg)) >= 180:
+        return [(0, 12 * 4**ORDER - 1)]
+    order = _order_for_radius(float(np.max(radius_deg)))
+    nside = 2**order
+    pad = math.degrees(math.sqrt(math.pi / 3) / nside) * 0.5
+    pixels = [
+        np.asarray(
+            core.healpix_cone_search(
+                (float(a) % 360.0) * u.deg,
+                float(d) * u.deg,
+                min(float(r) + pad, 180.0) * u.deg,
+                nside,
+                order="nested",
+            ),
+            dtype=np.int64,
+        )
+        for a, d, r in zip(ra_deg, dec_deg, radius_deg, strict=True)
+    ]
+    merged = np.unique(np.concatenate(pixels))
+    ranges = pixels_to_ranges(merged, order)
+    while len(ranges) > max_ranges and order > 0:
+        order -= 1
+        merged = np.unique(merged >> _SHIFT_BITS)
+        ranges = pixels_to_ranges(merged, order)
+    return ranges
+
+
 def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
     """Merge nested pixels at ``order`` into inclusive order-29 ranges."""
     if pixels.size == 0:

@@ -57,6 +57,8 @@ class ColumnDef:
         TAP_SCHEMA flags: shown by default, indexed, defined by a standard.
     xtype : str or None
         VOTable xtype (``timestamp``...), if any.
+    utype : str or None
+        Data-model utype (standard tables such as ObsLocTAP's define them).
     """
 
     name: str
@@ -69,6 +71,7 @@ class ColumnDef:
     indexed: bool = False
     std: bool = False
     xtype: str | None = None
+    utype: str | None = None
 
     def arrow_type(self) -> pa.DataType:
         """The Arrow type a stored column of this definition has."""
@@ -117,6 +120,8 @@ class TableDef:
         The schema the table is queried in: the catalog schema (where table
         names need no qualifier), or another such as ``ivoa`` for standard
         tables (``ivoa.obsplan``) or ``TAP_UPLOAD`` for uploaded tables.
+    utype : str or None
+        Data-model utype of the table (TAP_SCHEMA.tables.utype).
     """
 
     name: str
@@ -127,6 +132,7 @@ class TableDef:
     key: str | None = None
     foreign_keys: tuple[ForeignKey, ...] = field(default=())
     schema: str = CATALOG_SCHEMA
+    utype: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -153,6 +159,8 @@ class TableDef:
         }
         if self.schema != CATALOG_SCHEMA:
             out["schema"] = self.schema
+        if self.utype is not None:
+            out["utype"] = self.utype
         return out
 
     @classmethod
@@ -176,6 +184,7 @@ class TableDef:
             key=data.get("key"),
             foreign_keys=fks,
             schema=data.get("schema", CATALOG_SCHEMA),
+            utype=data.get("utype"),
         )
 
 

@@ -258,6 +258,7 @@ class TapSchema:
                 schema_name=ref.schema,
                 table_name=ref.tap_name,
                 table_type="table",
+                utype=t.utype,
                 description=t.description,
                 table_index=t_index,
             )
@@ -266,6 +267,7 @@ class TapSchema:
                     "columns",
                     table_name=ref.tap_name,
                     column_name=adql_column_name(c.name),
+                    utype=c.utype,
                     ucd=c.ucd or None,
                     unit=c.unit or None,
                     description=c.description,

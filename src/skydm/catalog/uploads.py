@@ -123,7 +123,9 @@ def read_upload(
         )
     try:
         votable = parse(io.BytesIO(content), verify="ignore")
-        table = votable.get_first_table().to_table(use_names_over_ids=True)
+        first = votable.get_first_table()
+        xtypes = {(f.name or f.ID): f.xtype for f in first.fields}
+        table = first.to_table(use_names_over_ids=True)
     except Exception as exc:  # astropy raises many kinds for malformed documents
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UploadError(
@@ -164,6 +166,7 @@ def read_upload(
                 m.get("description", ""),
                 arraysize=arraysize,
                 principal=True,
+                xtype=xtypes.get(field.name) or None,
             )
         )
         arrays.append(array.cast(_arrow_for(datatype)))
@@ -201,3 +204,79 @@ def parse_upload_param(values: list[str]) -> list[tuple[str, str]]:
     if len(set(names)) != len(names):
         raise BadValueError("UPLOAD", values, "each table name once")
     return pairs
+
+
+def fetch_upload(
+    url: str,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    timeout: float = 30.0,
+    allow_private: bool = False,
+) -> bytes:
+    """Fetch an upload given as an http(s) URL, refusing to reach private addresses.
+
+    A service that fetches URLs for its clients can be made to request
+    addresses only it can reach (SSRF).  The host is therefore resolved first,
+    every address it resolves to must be public (not loopback, private,
+    link-local, multicast or reserved) unless ``allow_private``, and the
+    request goes to the address checked (the ``Host`` header and TLS name
+    stay those of the URL), so a second DNS answer cannot redirect it.
+    Redirects are not followed.
+
+    Raises
+    ------
+    UploadError
+        For another scheme, a private address, a failed request, a status
+        other than 200, or more than ``max_bytes`` bytes.
+    """
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UploadError(f"upload URL {url!r}: give an http:// or https:// URL, or upload inline")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UploadError(f"upload URL {url!r}: cannot resolve {parts.hostname} ({exc})") from None
+    addresses = sorted({str(info[4][0]) for info in infos})
+    for address in addresses:
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if not allow_private and not ip.is_global:
+            raise UploadError(
+                f"upload URL {url!r}: {parts.hostname} is a non-public address ({address}); "
+                "this service fetches uploads from public hosts only: upload the table inline"
+            )
+    target = addresses[0]
+    host = f"[{target}]" if ":" in target else target
+    direct = parts._replace(netloc=f"{host}:{port}").geturl()
+    headers = {"Host": parts.netloc.rpartition("@")[2]}
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    try:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            request = client.build_request("GET", direct, headers=headers, extensions=extensions)
+            response = client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    raise UploadError(
+                        f"upload URL {url!r} answered HTTP {response.status_code}; "
+                        "give a URL that returns the VOTable itself (redirects are not followed)"
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UploadError(
+                            f"upload URL {url!r} returned more than {max_bytes} bytes, the limit"
+                        )
+                    chunks.append(chunk)
+            finally:
+                response.close()
+    except httpx.HTTPError as exc:
+        raise UploadError(f"upload URL {url!r} could not be fetched: {exc}") from None
+    return b"".join(chunks)

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pyarrow as pa
 from sqlglot import exp
 
 from skydm.catalog.adql import functions, geometry
@@ -21,7 +22,7 @@ from skydm.catalog.adql.errors import AdqlError, error_at
 from skydm.catalog.adql.functions import Dialect
 from skydm.catalog.adql.parse import parse
 from skydm.catalog.schema import ColumnDef
-from skydm.catalog.tapschema import TableRef, TapSchema
+from skydm.catalog.tapschema import UPLOAD_SCHEMA, TableRef, TapSchema
 
 _ALLOWED_NODES: tuple[type[exp.Expr], ...] = (
     exp.Select,
@@ -163,6 +164,7 @@ class _Compiler:
         self.dialect = dialect
         self.schema = schema
         self.partition_orders = partition_orders
+        self.upload_data: dict[str, pa.Table] = {}
         self.n_alias = 0
         # Geometry SQL is spliced in as text after generation (re-parsing it would
         # cost milliseconds); the placeholder carries a random token no query can guess.
@@ -444,6 +446,10 @@ class _Compiler:
         )
         out.meta["skydm_def"] = c.column
         out.meta[_MADE] = True
+        if s.ref is not None and s.ref.schema == UPLOAD_SCHEMA:
+            data = self.upload_data.get(s.ref.table.name)
+            if data is not None:
+                out.meta[geometry.UPLOAD_META] = (data, c.name)
         order = self.partition_orders.get(s.ref.tap_name) if s.ref is not None else None
         if s.ref is not None and c.column is not None and order is not None:
             t = s.ref.table
@@ -588,6 +594,7 @@ def compile_query(
     schema: TapSchema,
     maxrec: int | None = None,
     partition_orders: dict[str, int] | None = None,
+    upload_data: dict[str, pa.Table] | None = None,
 ) -> Translation:
     """Validate and translate an ADQL query.
 
@@ -605,6 +612,9 @@ def compile_query(
         For tables stored with ``_healpix`` and ``_npix`` columns (DuckDB): table
         name -> HEALPix order of ``_npix``.  Point-in-shape tests on these tables
         get index ranges.
+    upload_data : dict, optional
+        Rows of the uploaded tables (name -> Arrow table): a cross-match of an
+        upload against such a table gets the ranges covering all its cones.
 
     Raises
     ------
@@ -612,7 +622,12 @@ def compile_query(
         With the position and text of the offending part of the query.
     """
     return compile_template(
-        adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=partition_orders
+        adql,
+        dialect=dialect,
+        schema=schema,
+        maxrec=maxrec,
+        partition_orders=partition_orders,
+        upload_data=upload_data,
     ).translation
 
 
@@ -649,6 +664,7 @@ def compile_template(
     schema: TapSchema,
     maxrec: int | None = None,
     partition_orders: dict[str, int] | None = None,
+    upload_data: dict[str, pa.Table] | None = None,
 ) -> Template:
     """:func:`compile_query`, also returning what the translation cache re-uses."""
     if dialect not in ("duckdb", "postgres"):
@@ -661,6 +677,7 @@ def compile_template(
             raise error_at(tree, "only SELECT queries are allowed")
         _check_nodes(tree)
         compiler = _Compiler(dialect, schema, partition_orders or {})
+        compiler.upload_data = upload_data or {}
         columns = compiler.query(tree, [])
         for col in tree.find_all(exp.Column):
             if not col.meta.get(_MADE):  # every column must have been resolved above

@@ -26,6 +26,11 @@ from skydm.catalog.adql.functions import Dialect, adql_name
 #: ``meta`` key set by the compiler on a resolved table position column:
 #: ("ra" | "dec", SQL alias of its table, partition order).
 POS_META = "skydm_pos"
+#: ``meta`` key set on a column of an uploaded table: (its Arrow table, column name).
+UPLOAD_META = "skydm_upload"
+#: Largest uploaded list whose cones become catalog-side index ranges, and most ranges.
+MAX_XMATCH_ROWS = 20_000
+MAX_XMATCH_RANGES = 2_000
 _COORDSYS = {"", "ICRS", "ICRS GEOCENTER", "ICRS BARYCENTER", "ICRS TOPOCENTER", "UNKNOWNFRAME"}
 
 
@@ -204,7 +209,40 @@ def point_in_circle(p: Point, c: Circle, dialect: Dialect) -> str:
         f"COS(RADIANS({cdec})) * POWER(SIN(RADIANS({pra} - {cra}) / 2), 2) "
         f"<= POWER(SIN(RADIANS(LEAST({cr}, 180.0)) / 2), 2)"
     )
-    return f"({test})"
+    ranges = _uploaded_cones_ranges(c) if _pos_source(p) else []
+    return f"({_range_sql(p, ranges)}{test})"
+
+
+def _uploaded_cones_ranges(c: Circle) -> list[tuple[int, int]]:
+    """``_healpix`` ranges covering every circle of an uploaded table (cross-match).
+
+    When the circle's centre (and radius, unless constant) are columns of one
+    uploaded table, the cones are known before the query runs: the union of
+    their coverages is a constant filter on the catalog side, which the
+    Parquet scan answers from row-group statistics, so that a cross-match of
+    a short list reads only the catalog near its positions.  Long lists
+    (whose coverage would need too many ranges) get none.
+    """
+    ra, dec = c.centre.ra.meta.get(UPLOAD_META), c.centre.dec.meta.get(UPLOAD_META)
+    radius = const(c.radius)
+    r_meta = c.radius.meta.get(UPLOAD_META) if radius is None else None
+    if ra is None or dec is None or ra[0] is not dec[0] or (radius is None and r_meta is None):
+        return []
+    data = ra[0]
+    if data.num_rows == 0 or data.num_rows > MAX_XMATCH_ROWS:
+        return []
+    ras = np.asarray(data.column(ra[1]).to_numpy(zero_copy_only=False), dtype=float)
+    decs = np.asarray(data.column(dec[1]).to_numpy(zero_copy_only=False), dtype=float)
+    if r_meta is not None:
+        if r_meta[0] is not data:
+            return []
+        radii = np.asarray(data.column(r_meta[1]).to_numpy(zero_copy_only=False), dtype=float)
+    else:
+        radii = np.full(len(ras), float(radius))  # type: ignore[arg-type]
+    ok = np.isfinite(ras) & np.isfinite(decs) & np.isfinite(radii) & (radii >= 0)
+    if not ok.any():
+        return []
+    return healpix.cones_ranges(ras[ok], decs[ok], radii[ok], max_ranges=MAX_XMATCH_RANGES)
 
 
 def point_in_polygon(p: Point, poly: Polygon, dialect: Dialect) -> str:

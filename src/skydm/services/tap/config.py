@@ -44,6 +44,20 @@ class TapConfig:
     engine_opener : str
         ``module:function`` that opens the catalog engine, called as
         ``opener(catalog_dir, engine_url)``.
+    max_upload_bytes, max_upload_rows : int
+        Largest table accepted in ``UPLOAD`` (VOTable bytes, rows).
+    job_nice : int
+        Niceness added to async job processes, so that a long scan yields the
+        CPU to sync queries and the web process.
+    job_threads : int or None
+        Engine threads of an async job (``SKYDM_CATALOG_THREADS`` in its
+        process); None: the engine's default.
+    upload_private_urls : bool
+        Allow ``UPLOAD`` URLs of loopback/private hosts (off: a client could
+        otherwise make the service fetch internal addresses).
+    sync_visits : bool
+        Publish the repository's raws as ``ivoa.obsplan`` (ObsLocTAP) when
+        the service starts.
     """
 
     repo_dir: Path
@@ -61,6 +75,12 @@ class TapConfig:
     max_wait: int = 25
     sweep_interval: float = 5.0
     engine_opener: str = "skydm.catalog:open_engine"
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_upload_rows: int = 1_000_000
+    job_nice: int = 10
+    job_threads: int | None = None
+    upload_private_urls: bool = False
+    sync_visits: bool = True
 
     @property
     def catalog_dir(self) -> Path:
@@ -76,6 +96,11 @@ class TapConfig:
     def results_dir(self) -> Path:
         """Directory of async job results (``<repo>/tap/results``)."""
         return self.repo_dir / "tap" / "results"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Directory of tables uploaded with async jobs (``<repo>/tap/uploads``)."""
+        return self.repo_dir / "tap" / "uploads"
 
     @classmethod
     def from_env(cls, repo_dir: Path | str, **overrides: object) -> TapConfig:
@@ -96,10 +121,17 @@ class TapConfig:
             "max_retention",
             "max_wait",
             "max_sync_duration",
+            "max_upload_bytes",
+            "max_upload_rows",
+            "job_nice",
+            "job_threads",
         ):
             raw = os.environ.get(f"SKYDM_TAP_{name.upper()}")
             if raw is not None:
                 values[name] = int(raw)
+        raw = os.environ.get("SKYDM_TAP_UPLOAD_PRIVATE_URLS")
+        if raw is not None:
+            values["upload_private_urls"] = raw.strip().lower() in ("1", "true", "yes")
         raw = os.environ.get("SKYDM_TAP_SWEEP_INTERVAL")
         if raw is not None:
             values["sweep_interval"] = float(raw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from skydm.errors import UserError
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.errors import QueryTooDeepError, QueryTooLargeError, TapParameterError
 from skydm.services.tap.formats import OutputFormat, find_format
@@ -68,6 +69,7 @@ class QueryRequest:
     maxrec: int
     output: OutputFormat
     run_id: str | None = None
+    uploads: tuple[tuple[str, str], ...] = ()
 
     def as_parameters(self) -> dict[str, str]:
         """The request as UWS job parameters (lower-case names)."""
@@ -79,6 +81,8 @@ class QueryRequest:
         }
         if self.run_id is not None:
             out["runid"] = self.run_id
+        if self.uploads:
+            out["upload"] = ";".join(f"{name},{uri}" for name, uri in self.uploads)
         return out
 
 
@@ -176,4 +180,31 @@ def parse_query_request(
         maxrec=parse_maxrec(single(params, "MAXREC"), config),
         output=parse_format(params),
         run_id=single(params, "RUNID"),
+        uploads=tuple(parse_uploads(params.get("UPLOAD", []))),
     )
+
+
+def parse_uploads(values: list[str]) -> list[tuple[str, str]]:
+    """(name, URI) pairs of ``UPLOAD``: inline (``param:NAME``) or http(s) URLs.
+
+    Raises
+    ------
+    TapParameterError
+        For a malformed value, a repeated name or another kind of URI.
+    """
+    from skydm.catalog.uploads import parse_upload_param
+
+    try:
+        pairs = parse_upload_param(values)
+    except UserError as exc:
+        raise TapParameterError("UPLOAD", values, str(exc)) from None
+    for name, uri in pairs:
+        inline = uri.startswith("param:") and uri[len("param:") :].strip()
+        if not inline and not uri.lower().startswith(("http://", "https://")):
+            raise TapParameterError(
+                "UPLOAD",
+                f"{name},{uri}",
+                f"UPLOAD={name},param:PARTNAME with the VOTable sent as multipart file part "
+                "PARTNAME, or an http(s) URL of a public host",
+            )
+    return pairs

@@ -7,15 +7,20 @@ here and results into responses; nothing below knows about FastAPI.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from skydm.catalog.obsloc import sync_visits
+from skydm.catalog.uploads import UploadedTable, fetch_upload, read_upload
 from skydm.errors import UserError
+from skydm.repo.atomic import atomic_write_bytes
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.errors import JobPhaseError, ResultNotFoundError, TapParameterError
 from skydm.services.tap.formats import ResultStream, find_format
@@ -23,8 +28,10 @@ from skydm.services.tap.params import Params, QueryRequest, parse_query_request
 from skydm.services.tap.uws.models import UWS_PHASES, Job, Phase
 from skydm.services.tap.uws.runner import JobRunner
 from skydm.services.tap.uws.store import JobStore
-from skydm.services.tap.uws.worker import load_opener
+from skydm.services.tap.uws.worker import load_opener, upload_file_name
 from skydm.services.tap.vosi import DEFAULT_FEATURES, TableSet, read_tableset
+
+log = logging.getLogger(__name__)
 
 
 def parse_time(name: str, value: str) -> float:
@@ -58,7 +65,16 @@ class TapService:
     # --- life cycle ---------------------------------------------------------------------------
 
     def open(self, *, run_jobs: bool = True) -> None:
-        """Open the catalog engine and (with ``run_jobs``) start the job runner."""
+        """Open the catalog engine and (with ``run_jobs``) start the job runner.
+
+        With ``config.sync_visits``, the repository's raws are first published
+        as ``ivoa.obsplan`` (ObsLocTAP); a repository without a registry has none.
+        """
+        if self.config.sync_visits:
+            try:
+                sync_visits(self.config.repo_dir)
+            except Exception:  # the catalog is still worth serving without it
+                log.exception("could not publish the repository's visits as ivoa.obsplan")
         opener = load_opener(self.config.engine_opener)
         self._engine = opener(self.config.catalog_dir, self.config.engine_url)
         if run_jobs:
@@ -94,29 +110,87 @@ class TapService:
         """Validate query parameters against this service's limits."""
         return parse_query_request(params, self.config, require_query=require_query)
 
+    def read_uploads(
+        self, request: QueryRequest, files: Mapping[str, bytes] | None
+    ) -> dict[str, UploadedTable]:
+        """The tables of ``UPLOAD=name,param:PART``, read from the request's file parts.
+
+        Raises
+        ------
+        TapParameterError
+            When a named part is missing.
+        UploadError
+            When a part is not a usable VOTable or exceeds the limits.
+        """
+        tables: dict[str, UploadedTable] = {}
+        for name, uri in request.uploads:
+            if not uri.startswith("param:"):
+                fetched = fetch_upload(
+                    uri,
+                    max_bytes=self.config.max_upload_bytes,
+                    allow_private=self.config.upload_private_urls,
+                )
+                tables[name] = read_upload(
+                    name,
+                    fetched,
+                    max_bytes=self.config.max_upload_bytes,
+                    max_rows=self.config.max_upload_rows,
+                )
+                continue
+            part = uri[len("param:") :]
+            content = (files or {}).get(part)
+            if content is None:
+                raise TapParameterError(
+                    "UPLOAD",
+                    f"{name},{uri}",
+                    f"a multipart file part named {part!r} holding the VOTable",
+                )
+            tables[name] = read_upload(
+                name,
+                content,
+                max_bytes=self.config.max_upload_bytes,
+                max_rows=self.config.max_upload_rows,
+            )
+        return tables
+
     def start_query(
-        self, request: QueryRequest, *, cancel: threading.Event | None = None
+        self,
+        request: QueryRequest,
+        *,
+        cancel: threading.Event | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> ResultStream:
         """Start a sync query; the stream's first batch is already fetched.
 
         ``cancel`` (set when the client goes away) interrupts the query; it is
         also set after ``max_sync_duration`` seconds, so that a runaway sync
         query cannot hold the service's resources (long queries belong in
-        async jobs).
+        async jobs).  ``files`` are the request's file parts, for ``UPLOAD``.
         """
+        uploads = self.read_uploads(request, files)
         cancel = cancel or threading.Event()
         timer = threading.Timer(self.config.max_sync_duration, cancel.set)
         timer.daemon = True
         timer.start()
         columns, batches, overflow = self.engine.iter_batches(
-            request.query, maxrec=request.maxrec, cancel=cancel
+            request.query, maxrec=request.maxrec, cancel=cancel, uploads=uploads or None
         )
         return ResultStream(request.output, columns, batches, overflow, query=request.query)
 
     # --- async jobs ---------------------------------------------------------------------------
 
-    def create_job(self, params: Params, *, owner: str | None = None) -> Job:
-        """Create a PENDING job from request parameters (and run it when ``PHASE=RUN``)."""
+    def create_job(
+        self,
+        params: Params,
+        *,
+        files: Mapping[str, bytes] | None = None,
+        owner: str | None = None,
+    ) -> Job:
+        """Create a PENDING job from request parameters (and run it when ``PHASE=RUN``).
+
+        Uploaded tables (``UPLOAD`` with the request's ``files``) are checked
+        and kept with the job in ``<repo>/tap/uploads/<job>/``.
+        """
         now = time.time()
         job = Job(
             job_id=secrets.token_hex(8),
@@ -131,6 +205,16 @@ class TapService:
             request = self.parse(params, require_query=False)
             job.parameters = {k: v for k, v in request.as_parameters().items() if v != ""}
             job.run_id = request.run_id
+            inline = [(n, u) for n, u in request.uploads if u.startswith("param:")]
+            if inline:
+                # Inline tables are checked now and kept with the job; URLs are
+                # fetched by the job's process when it runs.
+                self.read_uploads(replace(request, uploads=tuple(inline)), files)
+                folder = self.config.uploads_dir / job.job_id
+                folder.mkdir(parents=True, exist_ok=True)
+                for _, uri in inline:
+                    part = uri[len("param:") :]
+                    atomic_write_bytes(folder / upload_file_name(part), (files or {})[part])
         except UserError as exc:
             # UWS: a job is created whatever its parameters; a bad one ends in
             # ERROR when run, with the reason in its error summary.
@@ -139,7 +223,8 @@ class TapService:
             job.parameters = {
                 k.lower(): (v[-1] if len(v[-1]) <= limit else v[-1][:limit] + "...")
                 for k, v in params.items()
-                if k in ("LANG", "QUERY", "MAXREC", "RESPONSEFORMAT", "FORMAT", "RUNID") and v
+                if k in ("LANG", "QUERY", "MAXREC", "RESPONSEFORMAT", "FORMAT", "RUNID", "UPLOAD")
+                and v
             }
         if (value := _single(params, "EXECUTIONDURATION")) is not None:
             job.execution_duration = self._duration(value)

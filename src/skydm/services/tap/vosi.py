@@ -93,6 +93,10 @@ def capabilities(base_url: str, config: TapConfig, features: Iterable[tuple[str,
         attr = f" ivo-id={quoteattr(ivo_id)}" if ivo_id else ""
         aliases = "".join(f"<alias>{escape(a)}</alias>" for a in (fmt.key,))
         out.append(f"<outputFormat{attr}><mime>{escape(fmt.mime)}</mime>{aliases}</outputFormat>\n")
+    # URLs are fetched from public hosts only (see skydm.catalog.uploads.fetch_upload).
+    out.extend(
+        f'<uploadMethod ivo-id="{TR}#upload-{kind}"/>\n' for kind in ("inline", "http", "https")
+    )
     out.append(
         f"<retentionPeriod><default>{config.default_retention}</default>"
         f"<hard>{config.max_retention}</hard></retentionPeriod>\n"
@@ -102,7 +106,12 @@ def capabilities(base_url: str, config: TapConfig, features: Iterable[tuple[str,
     )
     if config.max_maxrec is not None:
         out.append(f'<hard unit="row">{config.max_maxrec}</hard>')
-    out.append("</outputLimit>\n</capability>\n")
+    out.append(
+        "</outputLimit>\n"
+        f'<uploadLimit><default unit="byte">{config.max_upload_bytes}</default>'
+        f'<hard unit="byte">{config.max_upload_bytes}</hard></uploadLimit>\n'
+        "</capability>\n"
+    )
     for std, path in (
         ("ivo://ivoa.net/std/VOSI#capabilities", "capabilities"),
         ("ivo://ivoa.net/std/VOSI#availability", "availability"),

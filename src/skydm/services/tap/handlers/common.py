@@ -31,7 +31,20 @@ async def params_of(request: Request) -> dict[str, list[str]]:
     Names are upper-cased (DALI: parameter names are case-insensitive).  The
     body size is checked before it is read, so a huge upload costs nothing.
     """
+    params, _ = await inputs_of(request, with_files=False)
+    return params
+
+
+async def inputs_of(
+    request: Request, *, with_files: bool = True
+) -> tuple[dict[str, list[str]], dict[str, bytes]]:
+    """Request parameters (see :func:`params_of`) and the file parts of a multipart body.
+
+    Files are keyed by their part name as sent (``UPLOAD=t,param:NAME`` refers
+    to part ``NAME``); each is read up to the service's upload limit.
+    """
     items = list(request.query_params.multi_items())
+    files: dict[str, bytes] = {}
     if request.method == "POST":
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -39,8 +52,18 @@ async def params_of(request: Request) -> dict[str, list[str]]:
                 "request body", f"{length} bytes", f"at most {MAX_BODY_BYTES} bytes are accepted"
             )
         form = await request.form(max_part_size=MAX_BODY_BYTES)
-        items.extend((k, v) for k, v in form.multi_items() if isinstance(v, str))
-    return collect_params(items)
+        limit = service(request).config.max_upload_bytes
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                items.append((key, value))
+            elif with_files:
+                content = await value.read(limit + 1)
+                if len(content) > limit:
+                    raise TapParameterError(
+                        f"uploaded part {key}", "too large", f"at most {limit} bytes per table"
+                    )
+                files[key] = content
+    return collect_params(items), files
 
 
 def error_response(exc: BaseException, status: int | None = None) -> Response:

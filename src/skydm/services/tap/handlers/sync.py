@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from skydm.services.tap.formats import ResultStream
-from skydm.services.tap.handlers.common import params_of, service
+from skydm.services.tap.handlers.common import inputs_of, service
 
 router = APIRouter()
 
@@ -86,6 +86,9 @@ async def _run_in_thread(
 async def sync_query(request: Request) -> Response:
     """TAP sync endpoint: ``LANG``, ``QUERY``, ``MAXREC``, ``RESPONSEFORMAT``."""
     tap = service(request)
-    query = tap.parse(await params_of(request))
-    stream, body = await _run_in_thread(lambda gone: tap.start_query(query, cancel=gone))
+    params, files = await inputs_of(request)
+    query = tap.parse(params)
+    stream, body = await _run_in_thread(
+        lambda gone: tap.start_query(query, cancel=gone, files=files)
+    )
     return StreamingResponse(body, media_type=stream.output.mime)

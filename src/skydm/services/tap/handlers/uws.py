@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse,
 from skydm.services.tap.errors import TapParameterError
 from skydm.services.tap.handlers.common import (
     VOTABLE_MIME,
+    inputs_of,
     params_of,
     service,
     tap_url,
@@ -44,7 +45,8 @@ async def list_jobs(request: Request) -> Response:
 @router.post("", summary="Create an async job")
 async def create_job(request: Request) -> Response:
     """Create a job from TAP parameters; ``PHASE=RUN`` also starts it."""
-    job = service(request).create_job(await params_of(request))
+    params, files = await inputs_of(request)
+    job = service(request).create_job(params, files=files)
     return _see_other(_job_url(request, job.job_id))
 
 

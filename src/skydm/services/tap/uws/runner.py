@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -155,6 +156,7 @@ class JobRunner:
         if not keep_result:
             for path in results.glob(f"{job_id}.*"):
                 path.unlink(missing_ok=True)
+            shutil.rmtree(self.config.uploads_dir / job_id, ignore_errors=True)
 
     def _monitor(self) -> None:
         while not self._stop.is_set():
@@ -239,6 +241,13 @@ class JobRunner:
                     cfg.engine_url,
                     os.getpid(),
                     cfg.engine_opener,
+                    cfg.job_nice,
+                    cfg.job_threads,
+                    {
+                        "max_bytes": cfg.max_upload_bytes,
+                        "max_rows": cfg.max_upload_rows,
+                        "allow_private": cfg.upload_private_urls,
+                    },
                 ),
                 name=f"uws-job-{job_id}",
                 daemon=True,

@@ -10,6 +10,7 @@ and the worker removes its file.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import threading
@@ -57,6 +58,35 @@ def load_opener(dotted: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
+def upload_file_name(part: str) -> str:
+    """File name under which an async job keeps the upload sent as part ``part``."""
+    safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in part)
+    return f"{safe}-{hashlib.sha256(part.encode()).hexdigest()[:8]}.vot"
+
+
+def job_uploads(uploads_dir: Path, job: Any, limits: dict[str, Any]) -> dict[str, Any]:
+    """The tables a job's ``upload`` parameter names.
+
+    Inline tables are read from where the job's creation kept them; URLs are
+    fetched now, under ``limits`` (``max_bytes``, ``max_rows``, ``allow_private``).
+    """
+    from skydm.catalog.uploads import fetch_upload, parse_upload_param, read_upload
+
+    tables = {}
+    for name, uri in parse_upload_param([job.parameters.get("upload", "")]):
+        if uri.startswith("param:"):
+            path = uploads_dir / job.job_id / upload_file_name(uri[len("param:") :])
+            content = path.read_bytes()
+        else:
+            content = fetch_upload(
+                uri, max_bytes=limits["max_bytes"], allow_private=limits["allow_private"]
+            )
+        tables[name] = read_upload(
+            name, content, max_bytes=limits["max_bytes"], max_rows=limits["max_rows"]
+        )
+    return tables
+
+
 def part_path(results_dir: Path, job_id: str, extension: str) -> Path:
     """Where a job's result is written while the query runs."""
     return results_dir / f".{job_id}.{extension}.part"
@@ -70,9 +100,21 @@ def run_job(
     engine_url: str | None,
     parent_pid: int,
     opener: str = "skydm.catalog:open_engine",
+    nice: int = 0,
+    threads: int | None = None,
+    upload_limits: dict[str, Any] | None = None,
 ) -> None:
-    """Execute job ``job_id`` (already EXECUTING in the store) and record its outcome."""
+    """Execute job ``job_id`` (already EXECUTING in the store) and record its outcome.
+
+    ``nice`` is added to the process's niceness, so that long jobs yield the
+    CPU to the web process and its sync queries; ``threads`` caps the
+    engine's threads (``SKYDM_CATALOG_THREADS``).
+    """
     _watch_parent(parent_pid)
+    if nice:
+        os.nice(nice)
+    if threads:
+        os.environ["SKYDM_CATALOG_THREADS"] = str(threads)
     store = JobStore(Path(db_path))
     job = store.get(job_id)
     if job.phase != Phase.EXECUTING:
@@ -88,7 +130,17 @@ def run_job(
         engine = load_opener(opener)(catalog_dir, engine_url)
         try:
             maxrec = int(job.parameters.get("maxrec", "0"))
-            columns, batches, overflow = engine.iter_batches(job.query, maxrec=maxrec)
+            uploads = None
+            if "upload" in job.parameters:
+                limits = upload_limits or {
+                    "max_bytes": 16 * 2**20,
+                    "max_rows": 10**6,
+                    "allow_private": False,
+                }
+                uploads = job_uploads(results.parent / "uploads", job, limits)
+            columns, batches, overflow = engine.iter_batches(
+                job.query, maxrec=maxrec, uploads=uploads
+            )
             stream = ResultStream(output, columns, batches, overflow, query=job.query)
             with open(part, "wb") as f:
                 for chunk in stream.chunks():
