@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import require_executable
+from skydm_testing import require_executable
 from skydm.coadd import SkyCell, WarpStack, assemble_coadd
 from skydm.coadd.scoring import FOOTPRINT_CLASSES, SimWarps, score, warps_from_survey
 from skydm.image import Exposure
