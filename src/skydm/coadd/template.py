@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,7 @@ def build_template(
     input_type: str = "calexp",
     output_type: str = "template",
     instrument: str | None = None,
+    visits: Sequence[int] | None = None,
     replace: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Exposure, DatasetRef]:
@@ -73,6 +75,8 @@ def build_template(
         Dataset types read and written.
     instrument : str, optional
         Only visits of this instrument.
+    visits : sequence of int, optional
+        Only these visits (e.g. the epochs reserved for templates).
     replace : bool
         Replace an existing template of the same data ID.
     progress : Progress, optional
@@ -94,6 +98,9 @@ def build_template(
     grid = grid or default_grid()
     cell = skycell if isinstance(skycell, SkyCell) else grid.cell_by_id(skycell)
     refs = repo.query(dataset_type=input_type, band=band, instrument=instrument)
+    if visits is not None:
+        wanted = set(visits)
+        refs = [r for r in refs if r.data_id.visit in wanted]
     if not refs:
         raise UserError(
             f"the repository holds no {input_type} in band {band!r}; process some visits first"
