@@ -19,7 +19,10 @@ TRANSIENT = (130.0, 128.0)
 def _noise_pair(rng: np.random.Generator, **kw: object) -> tuple[Exposure, Exposure]:
     info = VisitInfo(gain=2.0, read_noise=5.0)
     imgs = [rng.normal(0, 10, (128, 128)).astype(np.float32) for _ in range(2)]
-    return tuple(Exposure(i, info=info, **kw) for i in imgs)  # type: ignore[return-value]
+    # The true variance (100), not the CCD equation's 6.25 for a sky-free
+    # image: a 12-fold underestimate would put S_corr at 2.5 sigma rms.
+    var = np.full((128, 128), 100.0, dtype=np.float32)
+    return tuple(Exposure(i, var, info=info, **kw) for i in imgs)  # type: ignore[return-value]
 
 
 def test_shapes_differ_without_wcs(data_dir: Path) -> None:
@@ -50,6 +53,7 @@ def test_no_stars(method: str) -> None:
         assert any("zero points" in note for note in result.notes)
         table = detect_dia_sources(result)
         assert np.count_nonzero(~table["flagged"]) <= 2
+        assert 0.85 <= table.meta["score_rms"] <= 1.15
 
 
 def test_all_nan_image_is_an_error(data_dir: Path) -> None:

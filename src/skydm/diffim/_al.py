@@ -195,33 +195,39 @@ def run(
     """PSF-match, subtract and (optionally) decorrelate; the result is in science counts."""
     fit = fit_kernel(science, template, psf_s, psf_t, convolve=convolve, config=config, notes=notes)
     side, solution, half = fit.side, fit.solution, fit.half
-    src_image, tgt_image = fit.src_image, fit.tgt_image
+    tgt_image = fit.tgt_image
+    # diff holds the model first, then becomes the difference in place.
+    diff = core.convolve_spatial(fit.src_image, solution)
+    del fit  # the source copy is no longer needed
+    solution.add_background(diff)
     psf_s_img = psf_s.kernel()
-    basis = solution.basis
-    model = core.convolve_spatial(src_image, solution)
-    model += solution.background_map()
-    del src_image
     kernel = solution.centre_kernel()
     if side == "science":
-        diff = model - tgt_image
+        diff -= tgt_image
         f_s, f_t = kernel, None
     elif side == "preconvolve":
-        diff = tgt_image - model
+        np.subtract(tgt_image, diff, out=diff)
         f_s, f_t = psf_s_img, kernel
     else:
-        diff = tgt_image - model
+        np.subtract(tgt_image, diff, out=diff)
         f_s, f_t = None, kernel
-    del model, tgt_image
-    diff -= _common.residual_background(diff, science.msk | template.msk)
+    del tgt_image
+    _common.residual_background(diff, science.msk | template.msk).subtract_from(diff)
     s2 = _common.typical_variance(science.var, science.msk)
     t2 = _common.typical_variance(template.var, template.msk)
-    if decorrelate:
-        diff = _decorr.decorrelate_image(diff, f_s, f_t, s2, t2)
     noise = _decorr.transfer(f_s, f_t, psf_s_img, s2, t2, decorrelate=decorrelate)
-    if noise.scale != 1.0:
+    if decorrelate:
+        # Whitening and the rescaling to science counts in one spectral pass.
+        spec = _fft.rfft2(diff)
+        del diff
+        spec *= _decorr.decorrelation_filter(f_s, f_t, s2, t2, science.shape, scale=noise.scale)
+        diff = _fft.irfft2(spec, science.shape)
+        del spec
+    elif noise.scale != 1.0:
         diff /= np.float32(noise.scale)
-    variance = (noise.a * science.var + noise.b * template.var).astype(np.float32)
-    ks = basis.size
+    variance = science.var * np.float32(noise.a)
+    variance += template.var * np.float32(noise.b)
+    ks = solution.basis.size
     grow_other = ks if (decorrelate or side == "preconvolve") else 1
     if side == "science":
         mask = _common.grow_mask(science.msk, ks) | _common.grow_mask(template.msk, grow_other)
@@ -229,8 +235,9 @@ def run(
         mask = _common.grow_mask(template.msk, ks) | _common.grow_mask(science.msk, grow_other)
     _common.mark_edge(mask, half * (2 if decorrelate else 1))
     nodata = (mask & np.uint32(Mask.NO_DATA)) != 0
-    diff[nodata] = np.nan
-    variance[nodata] = np.inf
+    if nodata.any():
+        diff[nodata] = np.nan
+        variance[nodata] = np.inf
     ratio = solution.kernel_sum
     if side == "science":
         ratio = 1.0 / ratio

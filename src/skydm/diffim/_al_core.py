@@ -211,14 +211,30 @@ class KernelSolution:
         """The kernel at the image centre (the constant term)."""
         return self.term_kernels()[0]
 
-    def background_map(self, dtype: type = np.float32) -> np.ndarray:
-        """The differential background over the whole image."""
+    def _background_rows(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The background as ``sum_b outer(col_b, row_b)`` (rank <= order + 1)."""
         ny, nx = self.shape
         u, v = unit_coords(np.arange(nx, dtype=float), np.arange(ny, dtype=float), self.shape)
-        out: np.ndarray = np.zeros(self.shape, dtype=dtype)
+        rows: dict[int, np.ndarray] = {}
         for c, (a, b) in zip(self.background, poly_exponents(self.background_order), strict=True):
-            out += (c * np.outer(v**b, u**a)).astype(dtype)
-        return out
+            rows[b] = rows.get(b, np.zeros(nx)) + c * u**a
+        return [((v**b).astype(np.float32), r.astype(np.float32)) for b, r in rows.items()]
+
+    def add_background(self, image: np.ndarray, chunk: int = 256) -> None:
+        """Add the differential background to ``image`` in place, a band of rows at a time."""
+        parts = self._background_rows()
+        for r0 in range(0, image.shape[0], chunk):
+            sl = slice(r0, min(r0 + chunk, image.shape[0]))
+            band = np.zeros((sl.stop - r0, image.shape[1]), dtype=np.float32)
+            for col, row in parts:
+                band += col[sl, None] * row[None, :]
+            image[sl] += band
+
+    def background_map(self, dtype: type = np.float32) -> np.ndarray:
+        """The differential background over the whole image."""
+        out: np.ndarray = np.zeros(self.shape, dtype=np.float32)
+        self.add_background(out)
+        return out.astype(dtype, copy=False)
 
 
 def _columns(nb: int, nk: int, nbg: int) -> tuple[np.ndarray, np.ndarray]:
@@ -335,19 +351,27 @@ def convolve_spatial(image: np.ndarray, solution: KernelSolution) -> np.ndarray:
     """``image`` convolved with the spatially varying kernel (``float32``).
 
     One forward FFT of the image and one inverse per spatial term, each
-    weighted by its polynomial map (separable, so never built in full).
+    weighted in place by its polynomial map (separable, so never built in
+    full); the kernel spectra come from small separable DFTs.
     """
     shape = image.shape
     spec = _fft.rfft2(image.astype(np.float32, copy=False))
     ny, nx = shape
     u, v = unit_coords(np.arange(nx, dtype=float), np.arange(ny, dtype=float), shape)
-    out = np.zeros(shape, dtype=np.float32)
+    out: np.ndarray | None = None
     kernels = solution.term_kernels()
+    buf = np.empty_like(spec)
     for kern, (a, b) in zip(kernels, poly_exponents(solution.kernel_order), strict=True):
-        part = _fft.irfft2(spec * _fft.kernel_rfft2(kern, shape), shape)
-        if a == 0 and b == 0:
-            out += part
+        np.multiply(spec, _fft.kernel_rfft2(kern, shape), out=buf)
+        part = _fft.irfft2(buf, shape)
+        if b:
+            part *= (v**b).astype(np.float32)[:, None]
+        if a:
+            part *= (u**a).astype(np.float32)[None, :]
+        if out is None:
+            out = part
         else:
-            out += part * (v**b).astype(np.float32)[:, None] * (u**a).astype(np.float32)[None, :]
+            out += part
         del part
+    assert out is not None
     return out

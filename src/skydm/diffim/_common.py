@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import sep
@@ -17,18 +19,53 @@ CARRIED = np.uint32(
 )
 
 
+def dilate_sparse(
+    plane: np.ndarray, reach: int, dilate: Callable[[np.ndarray], np.ndarray], tile: int = 128
+) -> np.ndarray:
+    """``dilate(plane)`` for a sparse boolean ``plane``, computed tile by tile.
+
+    ``dilate`` must not reach further than ``reach`` pixels.  Only tiles with
+    a set pixel within ``reach`` are filtered (with a margin of ``reach``), so
+    a few masked stars cost a few tiles instead of full-frame passes.
+    """
+    ny, nx = plane.shape
+    if reach >= tile or ny * nx <= 4 * tile * tile:
+        return np.asarray(dilate(plane), dtype=bool)
+    out = np.zeros_like(plane, dtype=bool)
+    # Dilation distributes over union: each occupied tile, dilated inside a
+    # window ``reach`` wider, contributes its part, ORed into the output.
+    for r0 in range(0, ny, tile):
+        band = plane[r0 : r0 + tile]
+        if not band.any():
+            continue
+        cols = np.add.reduceat(band.any(axis=0), np.arange(0, nx, tile)) > 0
+        for c0 in (int(c) * tile for c in np.flatnonzero(cols)):
+            y0, x0 = max(r0 - reach, 0), max(c0 - reach, 0)
+            y1, x1 = min(r0 + tile + reach, ny), min(c0 + tile + reach, nx)
+            window = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+            # Only this tile's pixels, so that truncated neighbours add nothing false.
+            ty0, tx0 = r0 - y0, c0 - x0
+            window[ty0 : ty0 + tile, tx0 : tx0 + tile] = plane[r0 : r0 + tile, c0 : c0 + tile]
+            out[y0:y1, x0:x1] |= np.asarray(dilate(window), dtype=bool)
+    return out
+
+
 def grow_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Carried bits of ``mask``, each grown by a ``size`` x ``size`` box."""
     mask = mask & CARRIED
-    if size <= 1:
+    present = int(np.bitwise_or.reduce(mask, axis=None))
+    if size <= 1 or present == 0:
         return mask
     out = np.zeros_like(mask)
-    present = int(np.bitwise_or.reduce(mask, axis=None))
     for bit in Mask:
         if present & int(bit):
-            plane = ((mask & np.uint32(bit)) != 0).view(np.uint8)
-            grown = ndimage.maximum_filter(plane, size=size, mode="constant")
-            out[grown.view(bool)] |= np.uint32(bit)
+            plane = (mask & np.uint32(bit)) != 0
+            grown = dilate_sparse(
+                plane,
+                size // 2 + 1,
+                lambda p: ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant"),
+            )
+            out[grown] |= np.uint32(bit)
     return out
 
 
@@ -44,19 +81,32 @@ def mark_edge(mask: np.ndarray, width: int) -> None:
 
 
 def filled(image: np.ndarray, value: float | None = None) -> np.ndarray:
-    """``float32`` copy of ``image`` with non-finite pixels replaced (by the median)."""
-    out = np.asarray(image, dtype=np.float32).copy()
+    """``float32`` ``image`` with non-finite pixels replaced (by the median).
+
+    The input itself is returned when there is nothing to replace: callers
+    treat the result as read-only.
+    """
+    out = np.asarray(image, dtype=np.float32)
     bad = ~np.isfinite(out)
     if bad.any():
+        out = out.copy()
         fill = float(np.median(out[~bad])) if value is None else value
         out[bad] = fill
     return out
 
 
 def typical_variance(variance: np.ndarray, mask: np.ndarray) -> float:
-    """Median variance over usable pixels: the sky-noise level the filters assume."""
-    good = np.isfinite(variance) & ((mask & np.uint32(UNUSABLE)) == 0) & (variance > 0)
-    return float(np.median(variance[good]))
+    """Median variance over usable pixels: the sky-noise level the filters assume.
+
+    Taken on every third pixel in each direction: a median of a million
+    samples is as good as one of sixteen million, at a tenth of the cost.
+    """
+    v, m = variance[::3, ::3], mask[::3, ::3]
+    good = np.isfinite(v) & ((m & np.uint32(UNUSABLE)) == 0) & (v > 0)
+    if np.count_nonzero(good) < 1000:
+        good = np.isfinite(variance) & ((mask & np.uint32(UNUSABLE)) == 0) & (variance > 0)
+        v = variance
+    return float(np.median(v[good]))
 
 
 def psf_fwhm(psf: Psf) -> float:
@@ -86,23 +136,98 @@ def psf_fwhm(psf: Psf) -> float:
     return float(2 * rhalf) if math.isfinite(rhalf) else float(psf.fwhm)
 
 
+@dataclass
+class SmoothMap:
+    """A smooth image known on a coarse grid of block centres (bilinear in between).
+
+    Attributes
+    ----------
+    grid : numpy.ndarray
+        Values at the centres of ``factor`` x ``factor`` blocks.
+    factor : int
+        Block size in pixels (1: ``grid`` is the full-resolution map).
+    shape : tuple of int
+        Shape of the full-resolution image.
+    """
+
+    grid: np.ndarray
+    factor: int
+    shape: tuple[int, int]
+
+    def _weights(self, n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f = self.factor
+        r = np.clip((np.arange(n) - (f - 1) / 2) / f, 0, m - 1)
+        i0 = np.floor(r).astype(np.intp)
+        return i0, np.minimum(i0 + 1, m - 1), (r - i0).astype(np.float32)
+
+    def _rows(self) -> np.ndarray:
+        """The grid interpolated along x: ``(grid rows, full width)``."""
+        if self.factor == 1:
+            return self.grid
+        ix0, ix1, wx = self._weights(self.shape[1], self.grid.shape[1])
+        # np.take keeps C order (fancy indexing of axis 1 gives a transposed
+        # layout, and row gathers from it are twenty times slower).
+        rows = np.take(self.grid, ix0, axis=1)
+        rows *= 1 - wx
+        other = np.take(self.grid, ix1, axis=1)
+        other *= wx
+        rows += other
+        return rows
+
+    def subtract_from(self, image: np.ndarray, scale: float = 1.0, chunk: int = 256) -> None:
+        """``image -= scale * map`` in place, a band of rows at a time (no full-frame map)."""
+        rows = self._rows()
+        if self.factor == 1:
+            image -= np.float32(scale) * rows
+            return
+        iy0, iy1, wy = self._weights(self.shape[0], self.grid.shape[0])
+        for r0 in range(0, self.shape[0], chunk):
+            sl = slice(r0, min(r0 + chunk, self.shape[0]))
+            w = wy[sl, None]
+            band = rows[iy0[sl]] * (1 - w)
+            band += rows[iy1[sl]] * w
+            if scale != 1.0:
+                band *= np.float32(scale)
+            image[sl] -= band
+
+    def full(self) -> np.ndarray:
+        """The map at full resolution (``float32``)."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        self.subtract_from(out, -1.0)
+        return out
+
+
+def _block_sums(a: np.ndarray, f: int, dtype: type) -> np.ndarray:
+    """Sums over ``f`` x ``f`` blocks by strided additions (much faster than a 4-d reduce)."""
+    s: np.ndarray = a[:, 0::f].astype(dtype)
+    for i in range(1, f):
+        s += a[:, i::f]
+    out = s[0::f].copy()
+    for i in range(1, f):
+        out += s[i::f]
+    return out
+
+
 def smooth_background(
     image: np.ndarray, mask: np.ndarray, *, clip_sources: bool, bin_factor: int = 4
-) -> np.ndarray:
+) -> SmoothMap:
     """Smooth background of ``image`` (sep meshes), estimated on a binned copy.
 
     A background is smooth by construction, so it is measured on ``bin_factor``
-    x ``bin_factor`` block means (16 times fewer pixels) and interpolated back.
-    With ``clip_sources``, pixels more than 2.5 sigma from a first estimate,
-    grown by two binned pixels, are left out of a second.
+    x ``bin_factor`` block means (16 times fewer pixels) and interpolated back
+    bilinearly from the block centres.  With ``clip_sources``, pixels more than
+    2.5 sigma from a first estimate, grown by two binned pixels, are left out
+    of a second.
     """
     ny, nx = image.shape
     f = bin_factor if min(ny, nx) >= 64 * bin_factor else 1
-    bad = ~np.isfinite(image) | ((mask & np.uint32(UNUSABLE)) != 0)
-    data = np.where(bad, 0.0, image).astype(np.float32)
+    bad = (mask & np.uint32(UNUSABLE)) != 0
+    bad |= ~np.isfinite(image)
+    data = np.where(bad, np.float32(0.0), image)
     cy, cx = (ny // f) * f, (nx // f) * f
-    good = (~bad[:cy, :cx]).reshape(cy // f, f, cx // f, f).sum(axis=(1, 3))
-    sums = data[:cy, :cx].reshape(cy // f, f, cx // f, f).sum(axis=(1, 3))
+    good = _block_sums((~bad[:cy, :cx]).view(np.uint8), f, np.uint8 if f < 16 else np.int32)
+    sums = _block_sums(data[:cy, :cx], f, np.float32)
+    del data, bad
     binned = np.ascontiguousarray(np.where(good > 0, sums / np.maximum(good, 1), 0.0), np.float32)
     bbad = np.ascontiguousarray(good < (f * f) // 2)
     box = int(np.clip(min(binned.shape) // 2, 16, 256 // f))
@@ -111,26 +236,10 @@ def smooth_background(
         out = np.abs(binned - bkg.back()) > 2.5 * bkg.globalrms
         out = ndimage.maximum_filter(out.view(np.uint8), size=5).view(bool)
         bkg = sep.Background(binned, mask=bbad | out, bw=box, bh=box, fw=3, fh=3)
-    back = np.asarray(bkg.back(), dtype=np.float32)
-    if f == 1:
-        return back
-    # Bilinear interpolation of block centres onto every pixel.
-    yc = (np.arange(ny) - (f - 1) / 2) / f
-    xc = (np.arange(nx) - (f - 1) / 2) / f
-    ry = np.clip(yc, 0, back.shape[0] - 1)
-    iy0 = np.floor(ry).astype(int)
-    iy1 = np.minimum(iy0 + 1, back.shape[0] - 1)
-    wy = (ry - iy0).astype(np.float32)[:, None]
-    rx = np.clip(xc, 0, back.shape[1] - 1)
-    ix0 = np.floor(rx).astype(int)
-    ix1 = np.minimum(ix0 + 1, back.shape[1] - 1)
-    wx = (rx - ix0).astype(np.float32)[None, :]
-    top = back[iy0][:, ix0] * (1 - wx) + back[iy0][:, ix1] * wx
-    bottom = back[iy1][:, ix0] * (1 - wx) + back[iy1][:, ix1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    return SmoothMap(np.asarray(bkg.back(), dtype=np.float32), f, (ny, nx))
 
 
-def residual_background(diff: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def residual_background(diff: np.ndarray, mask: np.ndarray) -> SmoothMap:
     """Smooth background left in a difference image, measured on all its sky pixels.
 
     A kernel fit's background polynomial is constrained only on the stamps,

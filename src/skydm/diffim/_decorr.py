@@ -89,35 +89,66 @@ def transfer(
     return NoiseTransfer(a=a, b=b, psf=PixelPsf(psf_img), scale=fs0)
 
 
+def _power(kernel: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray | float, float]:
+    """``|F(k)|^2`` on the half spectrum of ``shape`` (``float32``) and ``F(0)``."""
+    if kernel is None:
+        return 1.0, 1.0
+    hat = _fft.kernel_rfft2(kernel, shape)
+    f0 = float(np.real(hat[0, 0]))
+    power = np.abs(hat)
+    del hat
+    power *= power
+    return power, f0
+
+
+def decorrelation_filter(
+    f_s: np.ndarray | None,
+    f_t: np.ndarray | None,
+    s2: float,
+    t2: float,
+    shape: tuple[int, int],
+    *,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """The afterburner ``phi / scale`` on the half spectrum of ``shape`` (``float32``).
+
+    Multiplying a difference's rfft by this whitens its noise and divides it
+    by ``scale`` in the same pass.
+    """
+    fs2, fs0 = _power(f_s, shape)
+    ft2, ft0 = _power(f_t, shape)
+    target = s2 * fs0**2 + t2 * ft0**2
+    # denom = s2 |F_S|^2 + t2 |F_T|^2, then phi^2 = target / denom, all in place.
+    if isinstance(fs2, np.ndarray):
+        denom = fs2
+        denom *= np.float32(s2)
+        denom += np.float32(t2) * ft2
+    elif isinstance(ft2, np.ndarray):
+        denom = ft2
+        denom *= np.float32(t2)
+        denom += np.float32(s2) * fs2
+    else:
+        denom = np.full((shape[0], shape[1] // 2 + 1), s2 * fs2 + t2 * ft2, dtype=np.float32)
+    del fs2, ft2
+    np.maximum(denom, np.float32(1e-30), out=denom)
+    np.divide(np.float32(target), denom, out=denom)
+    np.minimum(denom, np.float32(PHI2_MAX), out=denom)
+    np.sqrt(denom, out=denom)
+    if scale != 1.0:
+        denom /= np.float32(scale)
+    return denom
+
+
 def decorrelate_image(
     diff: np.ndarray,
     f_s: np.ndarray | None,
     f_t: np.ndarray | None,
     s2: float,
     t2: float,
+    *,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """Apply the afterburner ``phi`` to ``diff`` over the full frame (``float32``)."""
-    shape = diff.shape
+    """Apply the afterburner ``phi`` (and divide by ``scale``) over the full frame (``float32``)."""
     spec = _fft.rfft2(diff.astype(np.float32, copy=False))
-    if f_s is None:
-        fs2: np.ndarray | float = 1.0
-        fs0 = 1.0
-    else:
-        fs_hat = _fft.kernel_rfft2(f_s, shape)
-        fs0 = float(np.real(fs_hat[0, 0]))
-        fs2 = (fs_hat.real**2 + fs_hat.imag**2).astype(np.float32)
-        del fs_hat
-    if f_t is None:
-        ft2: np.ndarray | float = 1.0
-        ft0 = 1.0
-    else:
-        ft_hat = _fft.kernel_rfft2(f_t, shape)
-        ft0 = float(np.real(ft_hat[0, 0]))
-        ft2 = (ft_hat.real**2 + ft_hat.imag**2).astype(np.float32)
-        del ft_hat
-    target = s2 * fs0**2 + t2 * ft0**2
-    phi = np.sqrt(_phi2(np.asarray(fs2), np.asarray(ft2), s2, t2, target)).astype(np.float32)
-    del fs2, ft2
-    spec *= phi
-    del phi
-    return _fft.irfft2(spec, shape).astype(np.float32, copy=False)
+    spec *= decorrelation_filter(f_s, f_t, s2, t2, diff.shape, scale=scale)
+    return _fft.irfft2(spec, diff.shape)

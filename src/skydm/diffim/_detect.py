@@ -35,20 +35,61 @@ FLAG_COLUMNS = ("flag_dipole", "flag_edge", "flag_sat", "flag_cr", "flag_bad")
 
 
 def matched_filter(
-    image: np.ndarray, variance: np.ndarray, psf: Psf
-) -> tuple[np.ndarray, np.ndarray]:
-    """Significance ``Z`` and PSF-flux error maps of the inverse-variance matched filter."""
-    good = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
-    w = np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0).astype(np.float32)
-    kern = psf.kernel()[::-1, ::-1].astype(np.float32)
-    num = _fft.convolve(np.where(good, image, 0.0).astype(np.float32) * w, kern)
-    den = _fft.convolve(w, kern**2)
+    image: np.ndarray, variance: np.ndarray, psf: Psf, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Significance ``Z`` of the inverse-variance matched filter (0 on invalid pixels).
+
+    ``valid`` (optional) restricts the pixels used further than finite image
+    and positive finite variance.
+    """
+    good = np.isfinite(variance)
+    good &= variance > 0
+    good &= np.isfinite(image)
+    if valid is not None:
+        good &= valid
+    w = np.zeros(image.shape, dtype=np.float32)
+    np.divide(np.float32(1.0), variance, out=w, where=good)
+    kern = psf.kernel()[::-1, ::-1]
+    shape = image.shape
+    # The denominator first, so that w can be reused for the numerator.
+    spec = _fft.rfft2(w)
+    spec *= _fft.kernel_rfft2(kern**2, shape)
+    den = _fft.irfft2(spec, shape)
+    np.multiply(w, image, out=w, where=good)
+    spec = _fft.rfft2(w)
     del w
-    den = np.maximum(den, np.float32(1e-30))
-    score = num / np.sqrt(den)
-    score[~good] = 0.0
-    err = 1.0 / np.sqrt(den)
-    return score.astype(np.float32), err.astype(np.float32)
+    spec *= _fft.kernel_rfft2(kern, shape)
+    score = _fft.irfft2(spec, shape)
+    del spec
+    np.maximum(den, np.float32(1e-30), out=den)
+    np.sqrt(den, out=den)
+    score /= den
+    del den
+    np.logical_not(good, out=good)
+    score[good] = 0.0
+    return score
+
+
+def _local_matched_filter(diff: Exposure, psf: Psf, iy: int, ix: int) -> tuple[float, float]:
+    """(flux, error) of the matched filter at one pixel, from the pixels the PSF covers.
+
+    For sources where the PSF stamp does not fit inside the image (forced
+    photometry gives NaN there): the stamp is truncated at the border.
+    """
+    kern = psf.kernel()
+    h = kern.shape[0] // 2
+    ny, nx = diff.shape
+    y0, y1, x0, x1 = max(iy - h, 0), min(iy + h + 1, ny), max(ix - h, 0), min(ix + h + 1, nx)
+    p = kern[y0 - iy + h : y1 - iy + h, x0 - ix + h : x1 - ix + h]
+    data = diff.image[y0:y1, x0:x1].astype(float)
+    var = diff.var[y0:y1, x0:x1].astype(float)
+    good = np.isfinite(data) & np.isfinite(var) & (var > 0)
+    w = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
+    den = float(np.sum(w * p * p))
+    if not den > 0:
+        return math.nan, math.nan
+    num = float(np.sum(np.where(good, data, 0.0) * w * p))
+    return num / den, 1.0 / math.sqrt(den)
 
 
 def _subpixel(z: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
@@ -81,21 +122,23 @@ def detect(
         raise BadValueError("threshold", threshold, "a positive number of sigma")
     psf = difference.require_psf("DIA source detection")
     image, var, mask = difference.image, difference.var, difference.msk
-    valid = np.isfinite(image) & np.isfinite(var) & ((mask & np.uint32(Mask.NO_DATA)) == 0)
+    valid = (mask & np.uint32(Mask.NO_DATA)) == 0
+    valid &= np.isfinite(image)
+    valid &= np.isfinite(var)
     if not valid.any():
         raise UserError(f"{difference.source or 'difference'}: no valid pixels to detect on")
-    z_mf: np.ndarray | None
     if score is None:
-        z = matched_filter(np.where(valid, image, np.nan), var, psf)[0]
-        z_mf = z
+        z = matched_filter(image, var, psf, valid)
+    elif valid.all():
+        z = score  # read only below
     else:
-        z_mf = None  # computed later only if some source needs it
-        z = np.where(valid, score, 0.0).astype(np.float32)
+        z = np.where(valid, score, np.float32(0.0)).astype(np.float32, copy=False)
     fwhm = psf.fwhm
     rows: list[dict[str, object]] = []
     footprints = np.zeros(image.shape, dtype=np.int8)
     for sign in (1, -1):
-        above = (sign * z >= threshold) & valid
+        above = z >= threshold if sign > 0 else z <= -threshold
+        above &= valid
         labels, n = ndimage.label(above)
         if n == 0:
             continue
@@ -120,14 +163,15 @@ def detect(
             kept.append((int(py), int(px)))
             x, y = _subpixel(sign * z, int(py), int(px))
             rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npix[k])})
-    table = _measure(difference, rows, z, z_mf, fwhm, threshold)
+    table = _measure(difference, rows, z, fwhm, threshold)
     if set_mask:
         mask[footprints > 0] |= np.uint32(Mask.DETECTED)
         mask[footprints < 0] |= np.uint32(Mask.DETECTED_NEGATIVE)
-    quiet = valid & (footprints == 0) & (mask == 0)
     table.meta["threshold"] = float(threshold)
     # A diagnostic only (never used to rescale): a sparse sample is plenty.
-    sample = z[quiet][::7]
+    every = np.s_[::2, ::3]
+    quiet = valid[every] & (footprints[every] == 0) & (mask[every] == 0)
+    sample = z[every][quiet]
     table.meta["score_rms"] = robust_sigma(sample) if sample.size > 100 else math.nan
     return table
 
@@ -136,7 +180,6 @@ def _measure(
     diff: Exposure,
     rows: list[dict[str, object]],
     z: np.ndarray,
-    z_mf: np.ndarray | None,
     fwhm: float,
     threshold: float,
 ) -> Table:
@@ -155,11 +198,8 @@ def _measure(
     # Near the edge the PSF stamp does not fit: fall back on the matched filter.
     psf = diff.require_psf("DIA measurement")
     kern = psf.kernel()
-    if n and not np.all(np.isfinite(flux)):
-        z_mf, err_map = matched_filter(diff.image, diff.var, psf)
-        miss = ~np.isfinite(flux)
-        err[miss] = err_map[iy[miss], ix[miss]]
-        flux[miss] = z_mf[iy[miss], ix[miss]] * err[miss]
+    for j in np.flatnonzero(~np.isfinite(flux)):
+        flux[j], err[j] = _local_matched_filter(diff, psf, int(iy[j]), int(ix[j]))
     score = z[iy, ix] if n else np.zeros(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(err > 0, flux / err, 0.0)
@@ -205,7 +245,8 @@ def _measure(
             flags["flag_cr"][k] = True
     for name in FLAG_COLUMNS:
         table[name] = flags[name]
-    table["flagged"] = np.any([flags[name] for name in FLAG_COLUMNS], axis=0) if n else []
+    # np.any of an empty list would give a float column: keep it boolean.
+    table["flagged"] = np.logical_or.reduce([flags[name] for name in FLAG_COLUMNS])
     table["mask_bits"] = bits
     if diff.wcs is not None:
         ra, dec = diff.wcs.pixel_to_world_values(x, y) if n else (np.zeros(0), np.zeros(0))

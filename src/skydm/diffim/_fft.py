@@ -8,6 +8,7 @@ Real FFTs run in single precision when the input is ``float32``.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -32,35 +33,37 @@ def irfft2(spectrum: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return sfft.irfft2(spectrum, s=shape, workers=workers())
 
 
-def kernel_rfft2(
-    kernel: np.ndarray, shape: tuple[int, int], dtype: type = np.float32
-) -> np.ndarray:
+@functools.lru_cache(maxsize=32)
+def _phases(n: int, offsets: tuple[int, int], half_spectrum: bool) -> np.ndarray:
+    """``exp(-2 pi i k d / n)`` for frequencies ``k`` (rows) and offsets ``d`` (columns)."""
+    k = np.arange(n // 2 + 1 if half_spectrum else n, dtype=np.float64)
+    d = np.arange(offsets[0], offsets[1], dtype=np.float64)
+    return np.exp(np.outer(k, d) * (-2j * np.pi / n)).astype(np.complex64)
+
+
+def kernel_rfft2(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The rfft of ``kernel`` (odd-sized, centred) wrapped around pixel (0, 0) of ``shape``.
 
     Multiplying an image's spectrum by this convolves the image with the
-    kernel without shifting it.
+    kernel without shifting it.  Computed as a separable DFT of the small
+    kernel (two matrix products, ``complex64``) rather than an FFT of a
+    zero-padded full frame, which costs several times more.
     """
     ky, kx = kernel.shape
-    if ky > shape[0] or kx > shape[1]:
+    ny, nx = shape
+    if ky > ny or kx > nx:
         raise ValueError(f"kernel {kernel.shape} larger than image {shape}")
-    pad: np.ndarray = np.zeros(shape, dtype=dtype)
-    # Wrap the kernel's centre to (0, 0) quadrant by quadrant (np.roll of a
-    # full frame would copy it twice).
     hy, hx = ky // 2, kx // 2
-    pad[: ky - hy, : kx - hx] = kernel[hy:, hx:]
-    if hy:
-        pad[-hy:, : kx - hx] = kernel[:hy, hx:]
-    if hx:
-        pad[: ky - hy, -hx:] = kernel[hy:, :hx]
-    if hy and hx:
-        pad[-hy:, -hx:] = kernel[:hy, :hx]
-    return rfft2(pad)
+    ex = _phases(nx, (-hx, kx - hx), True)  # (nx//2+1, kx)
+    ey = _phases(ny, (-hy, ky - hy), False)  # (ny, ky)
+    inner = np.asarray(kernel, dtype=np.complex64) @ ex.T  # (ky, nx//2+1)
+    return ey @ inner
 
 
 def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Circular convolution of ``image`` with a small centred ``kernel`` (same dtype)."""
     spec = rfft2(image)
-    spec *= kernel_rfft2(kernel, image.shape, image.dtype.type)
+    spec *= kernel_rfft2(kernel, image.shape)
     return irfft2(spec, image.shape).astype(image.dtype, copy=False)
 
 

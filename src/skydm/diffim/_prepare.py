@@ -13,6 +13,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from skydm.diffim._common import dilate_sparse
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, Mask, estimate_background, measure_psf
 from skydm.image.mask import UNUSABLE
@@ -53,12 +54,16 @@ def prepare(
     UserError
         When every pixel is non-finite or masked.
     """
-    # A shallow copy: the image is never written to (shared when it is
-    # already float32), the mask and variance get new arrays below.
+    # A shallow copy: no plane is ever written to in place, so planes that
+    # need no change are shared with the input (new arrays replace them).
+    image = np.asarray(exp.image, dtype=np.float32)
+    finite = np.isfinite(image)
+    all_finite = bool(finite.all())
     out = Exposure(
-        image=np.asarray(exp.image, dtype=np.float32),
+        image=image,
         variance=np.asarray(exp.var, dtype=np.float32),
-        mask=exp.msk.copy(),
+        # Exposure() flags non-finite pixels in the mask in place: a copy then.
+        mask=exp.msk if all_finite else exp.msk.copy(),
         wcs=exp.wcs,
         psf=exp.psf,
         zero_point=exp.zero_point,
@@ -78,8 +83,7 @@ def prepare(
         out.info.read_noise = float(read_noise)
     if sky is not None:
         out.info.sky = float(sky)
-    finite = np.isfinite(out.image)
-    if not finite.any() or ((out.msk & np.uint32(UNUSABLE)) != 0).all():
+    if not finite.any() or _all_unusable(out.msk):
         raise UserError(f"{name}: every pixel is NaN or masked; nothing to difference")
     override = gain is not None or read_noise is not None or sky is not None
     if override and out.info.gain > 0:
@@ -93,9 +97,18 @@ def prepare(
             f"{role}: no gain in {name}; variance estimated from the image's own noise "
             "(give --gain for the CCD equation)"
         )
-    out.variance = np.where(finite, out.var, np.inf).astype(np.float32)
+    if not all_finite:
+        out.variance = np.where(finite, out.var, np.inf).astype(np.float32)
     _mask_saturation(out)
     return out
+
+
+def _all_unusable(mask: np.ndarray) -> bool:
+    unusable = np.uint32(UNUSABLE)
+    # A sparse sample settles the usual case (some usable pixel) cheaply.
+    if ((mask[::7, ::7] & unusable) == 0).any():
+        return False
+    return bool(((mask & unusable) != 0).all())
 
 
 def _ccd_variance(exp: Exposure) -> np.ndarray:
@@ -168,8 +181,12 @@ def _mask_saturation(exp: Exposure) -> None:
         sat = exp.image >= level
     if sat.any():
         # Pixels next to a saturated one are nonlinear too: grow by one pixel.
-        sat = ndimage.binary_dilation(sat, iterations=1)
-        exp.msk[sat] |= np.uint32(Mask.SAT)
+        sat = dilate_sparse(sat, 1, lambda p: ndimage.binary_dilation(p, iterations=1))
+        bit = np.uint32(Mask.SAT)
+        if not np.all(exp.msk[sat] & bit):
+            # A new plane: the input's mask may be shared (see prepare).
+            exp.mask = exp.msk.copy()
+            exp.mask[sat] |= bit
 
 
 def psf_for(exp: Exposure, role: str) -> Psf:

@@ -48,15 +48,7 @@ def find_stars(
     No other detection may lie within ``isolation`` pixels, and no unusable
     pixel (in either image) within the stamp.
     """
-    img = np.ascontiguousarray(np.nan_to_num(source.image), dtype=np.float32)
-    bad = (
-        ~np.isfinite(source.image)
-        | ((source.msk & np.uint32(UNUSABLE)) != 0)
-        | ((target.msk & np.uint32(UNUSABLE | Mask.EDGE)) != 0)
-        | ~np.isfinite(target.image)
-    )
     ny, nx = source.shape
-    sep.set_extract_pixstack(max(300000, img.size // 4))
     # On large frames, search a window in each cell of the grid only: ~100
     # stamps need a fraction of the image, and extraction is the slow part.
     win = 384
@@ -71,11 +63,15 @@ def find_stars(
                 y0, x0 = max(int(cy - win / 2), 0), max(int(cx - win / 2), 0)
                 windows.append((y0, min(y0 + win, ny), x0, min(x0 + win, nx)))
     for y0, y1, x0, x1 in windows:
-        sub = np.ascontiguousarray(img[y0:y1, x0:x1])
-        subbad = np.ascontiguousarray(bad[y0:y1, x0:x1])
+        sl = (slice(y0, y1), slice(x0, x1))
+        sub = np.ascontiguousarray(np.nan_to_num(source.image[sl]), dtype=np.float32)
+        subbad = np.ascontiguousarray(_unusable(source, target, sl))
         box = min(128, (y1 - y0) // 2, (x1 - x0) // 2)
         bkg = sep.Background(sub, mask=subbad, bw=box, bh=box, fw=3, fh=3)
         rms = float(bkg.globalrms)
+        # sep allocates its pixel stack on every call: size it to the window,
+        # not the frame (a frame-sized stack costs 0.1 s per call).
+        sep.set_extract_pixstack(max(300000, sub.size))
         # Deblended, so that stars in crowded fields are not merged into blobs.
         objs = sep.extract(
             sub - bkg.back(), 5.0, err=rms, mask=subbad, minarea=5, deblend_cont=0.005
@@ -101,7 +97,9 @@ def find_stars(
     # Nothing unusable anywhere in the stamp, in either image.
     for k in np.flatnonzero(ok):
         ix, iy = round(x[k]), round(y[k])
-        if bad[iy - half : iy + half + 1, ix - half : ix + half + 1].any():
+        if _unusable(
+            source, target, np.s_[iy - half : iy + half + 1, ix - half : ix + half + 1]
+        ).any():
             ok[k] = False
     idx = np.flatnonzero(ok)
     if idx.size == 0:
@@ -118,6 +116,15 @@ def find_stars(
         seen[cell[o]] = rank[o] + 1
     chosen = idx[np.lexsort((-flux[idx], rank))][:max_stars]
     return Stars(x[chosen], y[chosen], flux[chosen], snr[chosen])
+
+
+def _unusable(source: Exposure, target: Exposure, sl: tuple[slice, slice]) -> np.ndarray:
+    """Pixels of ``sl`` unusable in either image (computed per window, not per frame)."""
+    bad = (source.msk[sl] & np.uint32(UNUSABLE)) != 0
+    bad |= (target.msk[sl] & np.uint32(UNUSABLE | Mask.EDGE)) != 0
+    bad |= ~np.isfinite(source.image[sl])
+    bad |= ~np.isfinite(target.image[sl])
+    return bad
 
 
 def _gain(exp: Exposure) -> float:

@@ -44,9 +44,29 @@ class ZogyOutput:
 
 def _bg_subtracted(exp: Exposure) -> np.ndarray:
     back = _common.smooth_background(exp.image, exp.msk, clip_sources=False)
-    out = np.asarray(exp.image, dtype=np.float32) - back
-    out[~np.isfinite(out)] = 0.0
+    out = np.array(exp.image, dtype=np.float32)
+    back.subtract_from(out)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = 0.0
     return out
+
+
+def _add_gradient_variance(v: np.ndarray, img: np.ndarray, sx2: float, sy2: float) -> None:
+    """``v += sx2 (d img/dx)^2 + sy2 (d img/dy)^2`` (as ``np.gradient``, without its copies)."""
+    g = np.empty_like(img)
+    for axis, s2 in ((1, sx2), (0, sy2)):
+        if s2 <= 0 or img.shape[axis] < 2:
+            continue
+        a = np.moveaxis(img, axis, 0)
+        d = np.moveaxis(g, axis, 0)
+        np.subtract(a[2:], a[:-2], out=d[1:-1])
+        d[1:-1] *= np.float32(0.5)
+        np.subtract(a[1], a[0], out=d[0])
+        np.subtract(a[-1], a[-2], out=d[-1])
+        g *= g
+        g *= np.float32(s2)
+        v += g
 
 
 def _fit_ratio(
@@ -97,22 +117,58 @@ def run(
     ker_n = psf_s.kernel().astype(np.float32)
     ker_r = psf_t.kernel().astype(np.float32)
     size = max(ker_n.shape[0], ker_r.shape[0])
-    pn, pr = _fft.kernel_rfft2(ker_n, shape), _fft.kernel_rfft2(ker_r, shape)
-    pn2 = (pn.real**2 + pn.imag**2).astype(np.float32)
-    pr2 = (pr.real**2 + pr.imag**2).astype(np.float32)
-    den2 = np.maximum(s2 * pr2 + r2 * beta**2 * pn2, np.float32(1e-30))
     n_hat = _fft.rfft2(n_img)
+    del n_img
     r_hat = _fft.rfft2(r_img)
-    del n_img, r_img
+    del r_img
+    pn, pr = _fft.kernel_rfft2(ker_n, shape), _fft.kernel_rfft2(ker_r, shape)
+    # Filters in place on float32 half spectra (each full-frame complex
+    # temporary costs 64 MB at 4096^2).
+    pn2 = np.abs(pn)
+    pn2 *= pn2
+    pr2 = np.abs(pr)
+    pr2 *= pr2
+    den2 = pr2 * np.float32(s2)
+    den2 += np.float32(r2 * beta**2) * pn2
+    np.maximum(den2, np.float32(1e-30), out=den2)
     f_d = beta / math.sqrt(s2 + r2 * beta**2)
-    scale = np.float32(beta / f_d)
-    d_img = _fft.irfft2((pr * n_hat - np.float32(beta) * pn * r_hat) / np.sqrt(den2), shape)
-    d_img = (d_img * scale).astype(np.float32)
-    s_n = _fft.irfft2(np.float32(beta) * pr2 * np.conj(pn) * n_hat / den2, shape)
-    del n_hat
-    s_r = _fft.irfft2(np.float32(beta**2) * pn2 * np.conj(pr) * r_hat / den2, shape)
-    del r_hat, pn, pr, pn2, pr2, den2
-    score = (s_n - s_r).astype(np.float32)
+    # D^ = (P_r^ N^ - beta P_n^ R^) / sqrt(den2), times beta / F_D (science counts).
+    inv = np.sqrt(den2)
+    np.divide(np.float32(beta / f_d), inv, out=inv)
+    buf = pr * n_hat
+    tmp = pn * r_hat
+    tmp *= np.float32(beta)
+    buf -= tmp
+    buf *= inv
+    del inv
+    d_img = _fft.irfft2(buf, shape)
+    # S_N^ = beta |P_r^|^2 conj(P_n^) N^ / den2, S_R^ = beta^2 |P_n^|^2 conj(P_r^) R^ / den2.
+    pr2 /= den2
+    pn2 /= den2
+    del den2
+    np.conjugate(pn, out=buf)
+    buf *= pr2
+    buf *= n_hat
+    buf *= np.float32(beta)
+    del n_hat, pr2
+    np.conjugate(pr, out=tmp)
+    tmp *= pn2
+    tmp *= r_hat
+    tmp *= np.float32(beta**2)
+    del r_hat, pn2, pn, pr
+    s_n: np.ndarray | None = None
+    s_r: np.ndarray | None = None
+    if sx > 0 or sy > 0:
+        # The astrometric term needs the gradients of S_N and S_R separately.
+        s_n = _fft.irfft2(buf, shape)
+        s_r = _fft.irfft2(tmp, shape)
+        del buf, tmp
+        score = s_n - s_r
+    else:
+        buf -= tmp
+        del tmp
+        score = _fft.irfft2(buf, shape)
+        del buf
     # Small-grid versions of the filters: variance kernels, P_D and noise weights.
     m = 4 * size + 1
     pn_s, pr_s = _fft.small_spectrum(ker_n, m), _fft.small_spectrum(ker_r, m)
@@ -123,37 +179,44 @@ def run(
     kr = _fft.centred_from_spectrum(
         beta**2 * np.abs(pn_s) ** 2 * np.conj(pr_s) / den_s**2, 2 * size + 1
     )
-    var_n = _common.filled(np.where(np.isfinite(science.var), science.var, np.nan), s2)
-    var_r = _common.filled(np.where(np.isfinite(template.var), template.var, np.nan), r2)
+    # Read-only below (filled returns the input plane when it is all finite).
+    var_n = _common.filled(science.var, s2)
+    var_r = _common.filled(template.var, r2)
     # Both variance terms in one inverse transform.
-    v_spec = _fft.rfft2(var_n) * _fft.kernel_rfft2((kn**2).astype(np.float32), shape)
-    v_spec += _fft.rfft2(var_r) * _fft.kernel_rfft2((kr**2).astype(np.float32), shape)
-    v_score = _fft.irfft2(v_spec, shape).astype(np.float32, copy=False)
+    v_spec = _fft.rfft2(var_n)
+    v_spec *= _fft.kernel_rfft2(kn**2, shape)
+    tmp = _fft.rfft2(var_r)
+    tmp *= _fft.kernel_rfft2(kr**2, shape)
+    v_spec += tmp
+    del tmp
+    v_score = _fft.irfft2(v_spec, shape)
     del v_spec
-    if sx > 0 or sy > 0:
-        for s_img in (s_n, s_r):
-            gy, gx = np.gradient(s_img)
-            v_score += np.float32(sx**2) * gx**2 + np.float32(sy**2) * gy**2
-            del gy, gx
+    if s_n is not None and s_r is not None:
+        _add_gradient_variance(v_score, s_n, sx**2, sy**2)
+        _add_gradient_variance(v_score, s_r, sx**2, sy**2)
     del s_n, s_r
     # A constant c in N appears as c in D (science scale) and as
     # beta c / (s2 + r2 beta^2) in S: remove the difference's residual sky from both.
     back = _common.residual_background(d_img, science.msk | template.msk)
-    d_img -= back
-    score -= np.float32(beta / (s2 + r2 * beta**2)) * back
+    back.subtract_from(d_img)
+    back.subtract_from(score, beta / (s2 + r2 * beta**2))
     del back
-    score /= np.sqrt(np.maximum(v_score, np.float32(1e-30)))
+    np.maximum(v_score, np.float32(1e-30), out=v_score)
+    np.sqrt(v_score, out=v_score)
+    score /= v_score
     del v_score
     a = float(np.mean(np.abs(beta / f_d * pr_s / den_s) ** 2))
     b = float(np.mean(np.abs(beta / f_d * beta * pn_s / den_s) ** 2))
-    variance = (a * var_n + b * var_r).astype(np.float32)
+    variance = var_n * np.float32(a)
+    variance += var_r * np.float32(b)
     psf_d = PixelPsf(
         _fft.centred_from_spectrum(beta * pr_s * pn_s / (f_d * den_s), min(2 * size + 1, m))
     )
     mask = _common.grow_mask(science.msk, size) | _common.grow_mask(template.msk, size)
     _common.mark_edge(mask, size // 2)
     nodata = (mask & np.uint32(Mask.NO_DATA)) != 0
-    d_img[nodata] = np.nan
-    variance[nodata] = np.inf
-    score[nodata] = 0.0
+    if nodata.any():
+        d_img[nodata] = np.nan
+        variance[nodata] = np.inf
+        score[nodata] = 0.0
     return ZogyOutput(d_img, variance, mask, psf_d, score, beta, (sx, sy), n_stars)

@@ -63,6 +63,11 @@ class DiffimResult:
         The AL kernel solution.
     astrometric_sigma : tuple of float or None
         ZOGY's fitted registration noise (x, y) in pixels.
+    template : Exposure
+        The template as used, on the science image's pixel grid (resampled
+        when the grids differ; before PSF matching), with the science's WCS:
+        cutouts of science, template and difference at the same pixel
+        position show the same piece of sky.
     science_psf, template_psf : Psf
         The input PSFs used (given, or measured from the images).
     notes : list of str
@@ -76,6 +81,7 @@ class DiffimResult:
     flux_ratio: float
     science_psf: Psf
     template_psf: Psf
+    template: Exposure
     kernel: KernelSolution | None = None
     astrometric_sigma: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
@@ -196,9 +202,27 @@ def subtract(
         flux_ratio=float(ratio),
         science_psf=psf_s,
         template_psf=psf_t,
+        template=_on_science_grid(tmp, sci),
         kernel=kernel,
         astrometric_sigma=sigma,
         notes=notes,
+    )
+
+
+def _on_science_grid(template: Exposure, science: Exposure) -> Exposure:
+    """The aligned template labelled with the science's WCS (its planes shared)."""
+    if template.wcs is science.wcs:
+        return template
+    return Exposure(
+        image=template.image,
+        variance=template.var,
+        mask=template.msk,
+        wcs=science.wcs,
+        psf=template.psf,
+        zero_point=template.zero_point,
+        info=template.info,
+        meta=template.meta,
+        source=template.source,
     )
 
 
