@@ -194,7 +194,9 @@ def _raw_exposure(repo: Repository, data_id: DataId) -> Exposure:
 def _template(
     repo: Repository, calexps: list[tuple[DataId, Exposure]], *, quiet: bool
 ) -> tuple[Exposure, str]:
-    from skydm.coadd import SkyCell, assemble_coadd, warp_exposure
+    """CompareWarp template of the template epochs on a sky cell centred on the field."""
+    from skydm.coadd import SkyCell
+    from skydm.coadd.template import build_template
 
     first = calexps[0][1]
     wcs = first.require_wcs("the template coadd")
@@ -202,15 +204,13 @@ def _template(
     ra, dec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
     scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
     cell = SkyCell.centred(float(ra), float(dec), (ny, nx), scale, id="demo")
-    bar = Progress("warp", len(calexps), quiet=quiet)
-    warps = []
-    for _, exp in calexps:
-        warps.append(warp_exposure(exp, cell, zero_point=first.zero_point))
-        bar.advance()
-    coadd = assemble_coadd(warps, "compare", progress=Progress("coadd", ny, quiet=quiet))
-    band = first.info.band
-    data_id = DataId(first.info.instrument, first.info.detector, 0, band, skycell=cell.id)
-    repo.put_exposure(coadd, "template", data_id, replace=True)
+    coadd, _ = build_template(
+        repo,
+        cell,
+        first.info.band,
+        visits=[data_id.visit for data_id, _ in calexps],
+        progress=Progress("template", len(calexps), quiet=quiet),
+    )
     return coadd, cell.id
 
 
