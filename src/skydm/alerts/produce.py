@@ -32,6 +32,7 @@ from skydm.alerts.transport import KafkaTransport, StreamResult, stream_outbox
 from skydm.ap.apdb import Apdb
 from skydm.ap.association import add_forced, add_source, associate, new_object, object_summary
 from skydm.ap.forced import forced_photometry, visit_region
+from skydm.ap.history import FORCED, SOURCE, EncodedArray, HistoryRecord, window
 from skydm.ap.sources import dia_sources_from_table, now_mjd
 from skydm.errors import ConflictError
 from skydm.image import Exposure
@@ -69,21 +70,24 @@ class _Clock:
         self.t = now
 
 
-def _history_pieces(
+def _history_array(
     kind: str,
-    rows: Sequence[tuple[int, float, int | None, bytes | None]],
+    found: EncodedArray | list[HistoryRecord],
     schema: AlertSchema,
     encoder: PacketEncoder,
     full: Mapping[int, dict[str, Any]],
-) -> list[bytes]:
+) -> EncodedArray:
+    """A history window as array bytes, re-encoding records stored in another schema."""
+    if isinstance(found, EncodedArray):
+        return found
     schema_id = schema.schema_id
-    out: list[bytes] = []
-    for rid, _mjd, sid, blob in rows:
-        if sid == schema_id and blob is not None:
-            out.append(blob)
-        else:
-            out.append(encoder.encode_record(kind, build_record(kind, full[rid], schema)))
-    return out
+    pieces = [
+        blob
+        if sid == schema_id
+        else encoder.encode_record(kind, build_record(kind, full[rid], schema))
+        for rid, _mjd, sid, blob in found
+    ]
+    return EncodedArray(len(pieces), b"".join(pieces))
 
 
 def produce_visit_alerts(
@@ -215,19 +219,42 @@ def produce_visit_alerts(
     result.n_forced = len(forced)
     clock.lap("forced")
 
-    # 4. History of the objects that have a source in this visit.
+    # 4. History of the objects that have a source in this visit: a few
+    # chunks per object, sliced to the window without decoding records.
     mjd = float(info.mjd)
     since = mjd - history_days
-    src_hist = apdb.source_history(touched, since=since, before=mjd)
-    fs_hist = apdb.forced_history(touched, since=since, before=mjd)
-    stale_src = [
-        r[0] for rows in src_hist.values() for r in rows if r[2] != schema.schema_id or r[3] is None
-    ]
-    stale_fs = [
-        r[0] for rows in fs_hist.values() for r in rows if r[2] != schema.schema_id or r[3] is None
-    ]
-    full_src = apdb.rows_by_id("DiaSource", stale_src) if stale_src else {}
-    full_fs = apdb.rows_by_id("DiaForcedSource", stale_fs) if stale_fs else {}
+    touched_set = set(touched)
+    forced_only = sorted({int(f["diaObjectId"]) for f in forced} - touched_set)
+    chunks, tails = apdb.read_history(touched, since=since, tails_of=forced_only)
+    windows = {
+        (oid, kind): window(
+            chunks.get((oid, kind), ()), since=since, before=mjd, schema_id=schema.schema_id
+        )
+        for oid in touched_set
+        for kind in (SOURCE, FORCED)
+    }
+    stale = {
+        kind: [
+            r[0]
+            for (_, k), w in windows.items()
+            if k == kind and isinstance(w, list)
+            for r in w
+            if r[2] != schema.schema_id
+        ]
+        for kind in (SOURCE, FORCED)
+    }
+    full_src = apdb.rows_by_id("DiaSource", stale[SOURCE]) if stale[SOURCE] else {}
+    full_fs = apdb.rows_by_id("DiaForcedSource", stale[FORCED]) if stale[FORCED] else {}
+    history = {
+        key: _history_array(
+            "diaSource" if key[1] == SOURCE else "diaForcedSource",
+            w,
+            schema,
+            encoder,
+            full_src if key[1] == SOURCE else full_fs,
+        )
+        for key, w in windows.items()
+    }
     clock.lap("history")
 
     # 5. Packets.
@@ -254,8 +281,7 @@ def produce_visit_alerts(
                 "diaObject", object_summary(objects[oid]), schema, ident=ident
             )
         obj_rec = summaries[oid]
-        prv = _history_pieces("diaSource", src_hist.get(oid, []), schema, encoder, full_src)
-        prv_fs = _history_pieces("diaForcedSource", fs_hist.get(oid, []), schema, encoder, full_fs)
+        prv, prv_fs = history[(oid, SOURCE)], history[(oid, FORCED)]
         x, y = float(src["x"]), float(src["y"])
         cutouts = {name: m.cutout(x, y) for name, m in makers.items()}
         packet = alert_record(
@@ -307,6 +333,7 @@ def produce_visit_alerts(
                 forced=forced,
                 new_objects=[objects[i] for i in new_ids],
                 updated_objects=[objects[i] for i in changed if i not in new_set],
+                tails=tails,
             )
         except Exception:
             box.drop_archive(path)

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skydm.alerts.schema import AlertSchema, FieldSpec, load_schema
+from skydm.ap.history import EncodedArray
 from skydm.errors import BadValueError, require_extra
 
 _HEADER = struct.Struct(">bI")
@@ -160,7 +161,8 @@ class PacketEncoder:
         ``packet`` is a dict as made by :func:`skydm.alerts.packet.alert_record`;
         any record in it (the diaSource, the diaObject, items of the previous
         source arrays) may be given as :class:`Encoded` bytes instead of a
-        dict (an array's items are either all bytes or all dicts).
+        dict (an array's items are either all bytes or all dicts), and an
+        array may be given as one :class:`~skydm.ap.history.EncodedArray`.
         Fields that are not records (ssSource, mpc_orbits...) must be ``None``.
         """
         parts: list[bytes] = []
@@ -176,7 +178,12 @@ class PacketEncoder:
             elif how == "array":
                 append(zigzag_varint(index))
                 kind = "diaForcedSource" if "Forced" in name else "diaSource"
-                if value:
+                if isinstance(value, EncodedArray):
+                    # A stored history window: already the items' bytes.
+                    if value.count:
+                        append(zigzag_varint(value.count))
+                        append(value.data)
+                elif value:
                     append(zigzag_varint(len(value)))
                     if isinstance(value[0], bytes):
                         # Stored encodings: the common case, one join.

@@ -18,16 +18,28 @@ Two things make the database fit a prompt-processing loop:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from skydm.ap.history import (
+    FORCED,
+    SOURCE,
+    HistoryChunk,
+    HistoryRecord,
+    appended,
+    window,
+)
 from skydm.errors import BadValueError, ConflictError
 
 BANDS = ("u", "g", "r", "i", "z", "y")
+
+#: A history window start after every record: read only the last chunks.
+_NEVER = 1e300
 
 #: Per-band running sums of an object's DIA-source and forced-source fluxes.
 _BAND_SUMS = (
@@ -134,8 +146,6 @@ def _build_metadata() -> sa.MetaData:
         "DiaSource",
         md,
         *src,
-        sa.Column("avroSchemaId", sa.Integer),
-        sa.Column("avro", sa.LargeBinary),
         sa.Index("ix_diasource_object", "diaObjectId", "midpointMjdTai"),
         sa.Index("ix_diasource_visit", "visit", "detector"),
     )
@@ -147,9 +157,24 @@ def _build_metadata() -> sa.MetaData:
         "DiaForcedSource",
         md,
         *forced,
-        sa.Column("avroSchemaId", sa.Integer),
-        sa.Column("avro", sa.LargeBinary),
         sa.Index("ix_forced_object", "diaObjectId", "midpointMjdTai"),
+    )
+    # Blob columns last: SQLite then reads the small columns of a row
+    # without following its overflow pages.
+    sa.Table(
+        "DiaHistory",
+        md,
+        sa.Column("diaObjectId", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("kind", sa.SmallInteger, primary_key=True, autoincrement=False),
+        sa.Column("chunk", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("avroSchemaId", sa.Integer, nullable=False),
+        sa.Column("nRecords", sa.Integer, nullable=False),
+        sa.Column("firstMjdTai", sa.Float(53), nullable=False),
+        sa.Column("lastMjdTai", sa.Float(53), nullable=False),
+        sa.Column("ids", sa.LargeBinary, nullable=False),
+        sa.Column("mjds", sa.LargeBinary, nullable=False),
+        sa.Column("ends", sa.LargeBinary, nullable=False),
+        sa.Column("avro", sa.LargeBinary, nullable=False),
     )
     sa.Table(
         "ApdbVisit",
@@ -227,48 +252,131 @@ class Apdb:
                 out.update({int(r.diaObjectId): dict(r._mapping) for r in conn.execute(q)})
         return out
 
-    def _history(
-        self, table: sa.Table, object_ids: Sequence[int], since: float, before: float
-    ) -> dict[int, list[tuple[int, float, int | None, bytes | None]]]:
-        c = table.c
-        key = c.diaSourceId if table is self.sources else c.diaForcedSourceId
-        out: dict[int, list[tuple[int, float, int | None, bytes | None]]] = {
-            int(i): [] for i in object_ids
-        }
-        with self.engine.connect() as conn:
-            # Millions of rows per visit: read them with the driver's own
-            # cursor (ids and times are numbers, so literal SQL is safe).
-            cursor = conn.connection.cursor()
-            for chunk in _chunks([int(i) for i in object_ids], 2000):
-                q = sa.select(c.diaObjectId, key, c.midpointMjdTai, c.avroSchemaId, c.avro).where(
-                    c.diaObjectId.in_(chunk),
-                    c.midpointMjdTai >= float(since),
-                    c.midpointMjdTai < float(before),
-                )
-                sql = str(q.compile(self.engine, compile_kwargs={"literal_binds": True}))
-                cursor.execute(sql)
-                for oid, rid, mjd, sid, blob in cursor.fetchall():
-                    out[oid].append((rid, mjd, sid, bytes(blob) if blob is not None else None))
-            cursor.close()
-        for rows in out.values():
-            rows.sort(key=lambda r: r[1])
+    # -- history ---------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        """``?`` placeholders in the driver's own style (psycopg: ``%s``)."""
+        return sql if self.engine.dialect.name == "sqlite" else sql.replace("?", "%s")
+
+    def read_history(
+        self,
+        object_ids: Sequence[int],
+        *,
+        since: float,
+        tails_of: Sequence[int] = (),
+        conn: sa.Connection | None = None,
+    ) -> tuple[dict[tuple[int, int], list[HistoryChunk]], dict[tuple[int, int], HistoryChunk]]:
+        """History chunks of objects, and the last chunk of each object and kind.
+
+        Parameters
+        ----------
+        object_ids : sequence of int
+            Objects whose history (both kinds) is wanted: every chunk holding
+            a record at or after ``since``.
+        since : float
+            Start of the history window (MJD).
+        tails_of : sequence of int
+            Further objects of which only the last forced-source chunk is
+            wanted (to append this visit's forced source to).
+
+        Returns
+        -------
+        chunks : dict
+            ``(diaObjectId, kind) -> chunks`` in the window.
+        tails : dict
+            ``(diaObjectId, kind) -> last chunk``, for every key that has one.
+        """
+        cols = (
+            '"diaObjectId", kind, chunk, "avroSchemaId", ids, mjds, ends, avro '
+            'FROM "DiaHistory" h WHERE '
+        )
+        last = (
+            'chunk = (SELECT max(chunk) FROM "DiaHistory" g '
+            'WHERE g."diaObjectId" = h."diaObjectId" AND g.kind = h.kind)'
+        )
+        chunks: dict[tuple[int, int], list[HistoryChunk]] = {}
+        tails: dict[tuple[int, int], HistoryChunk] = {}
+        in_window = f'"lastMjdTai" >= {float(since)!r}'
+        queries = [
+            (f'SELECT {cols}"diaObjectId" IN ({{}}) AND ({in_window} OR {last})', object_ids, True),
+            (
+                f'SELECT {cols}kind = {FORCED} AND "diaObjectId" IN ({{}}) AND {last}',
+                tails_of,
+                False,
+            ),
+        ]
+        with _maybe_connect(self.engine, conn) as c:
+            # Many rows per visit: the driver's own cursor (ids are integers,
+            # so literal SQL is safe).
+            cursor = c.connection.cursor()
+            try:
+                for sql, ids, wanted in queries:
+                    for part in _chunks([int(i) for i in ids], 2000):
+                        cursor.execute(sql.format(",".join(map(str, part))))
+                        for row in cursor.fetchall():
+                            ch = HistoryChunk.from_row(*row)
+                            key = (ch.object_id, ch.kind)
+                            if wanted:
+                                chunks.setdefault(key, []).append(ch)
+                            if key not in tails or tails[key].chunk < ch.chunk:
+                                tails[key] = ch
+            finally:
+                cursor.close()
+        for key, found in chunks.items():
+            # The last chunk is read even when it is older than the window.
+            chunks[key] = [ch for ch in found if ch.n and ch.mjds.max() >= since]
+        return chunks, tails
+
+    def _records(
+        self, kind: int, object_ids: Sequence[int], since: float, before: float
+    ) -> dict[int, list[HistoryRecord]]:
+        chunks, _ = self.read_history(object_ids, since=since)
+        out: dict[int, list[HistoryRecord]] = {int(i): [] for i in object_ids}
+        for (oid, k), found in chunks.items():
+            if k == kind:
+                # schema id -1 forces the record-by-record answer.
+                records = window(found, since=since, before=before, schema_id=-1)
+                assert isinstance(records, list)
+                out[oid] = records
         return out
 
     def source_history(
         self, object_ids: Sequence[int], *, since: float, before: float
-    ) -> dict[int, list[tuple[int, float, int | None, bytes | None]]]:
+    ) -> dict[int, list[HistoryRecord]]:
         """Per object, its DIA sources with ``since <= midpointMjdTai < before``, oldest first.
 
         Each is ``(diaSourceId, midpointMjdTai, avroSchemaId, avro)``: the
         stored encoding, so that packets need not re-encode history.
         """
-        return self._history(self.sources, object_ids, since, before)
+        return self._records(SOURCE, object_ids, since, before)
 
     def forced_history(
         self, object_ids: Sequence[int], *, since: float, before: float
-    ) -> dict[int, list[tuple[int, float, int | None, bytes | None]]]:
+    ) -> dict[int, list[HistoryRecord]]:
         """Like :meth:`source_history`, for forced sources."""
-        return self._history(self.forced, object_ids, since, before)
+        return self._records(FORCED, object_ids, since, before)
+
+    def write_history(self, conn: sa.Connection, chunks: Iterable[HistoryChunk]) -> None:
+        """Insert new chunks and rewrite changed ones (inside the caller's transaction)."""
+        new = [c.row() for c in chunks if c.dirty and not c.stored]
+        changed = [c.row() for c in chunks if c.dirty and c.stored]
+        if new:
+            conn.exec_driver_sql(
+                self._sql(
+                    'INSERT INTO "DiaHistory" ("diaObjectId", kind, chunk, "avroSchemaId", '
+                    '"nRecords", "firstMjdTai", "lastMjdTai", ids, mjds, ends, avro) '
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                ),
+                new,
+            )
+        if changed:
+            conn.exec_driver_sql(
+                self._sql(
+                    'UPDATE "DiaHistory" SET "avroSchemaId"=?, "nRecords"=?, "firstMjdTai"=?, '
+                    '"lastMjdTai"=?, ids=?, mjds=?, ends=?, avro=? '
+                    'WHERE "diaObjectId"=? AND kind=? AND chunk=?'
+                ),
+                [(*r[3:], *r[:3]) for r in changed],
+            )
 
     def rows_by_id(self, table: str, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Full rows of ``DiaSource`` or ``DiaForcedSource`` by id (without the encoding)."""
@@ -312,8 +420,23 @@ class Apdb:
         forced: Sequence[dict[str, Any]],
         new_objects: Sequence[dict[str, Any]],
         updated_objects: Sequence[dict[str, Any]],
+        tails: dict[tuple[int, int], HistoryChunk] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """Store one visit's results in one transaction.
+
+        Sources and forced sources carry their Avro encoding (``avro``, with
+        ``avroSchemaId``); it is appended to their object's history chunks.
+
+        Parameters
+        ----------
+        tails : dict, optional
+            ``(diaObjectId, kind) -> last history chunk`` as returned by
+            :meth:`read_history` (they are not modified); read here when not
+            given.
+        before_commit : callable, optional
+            Called once everything is written, just before the commit; an
+            exception from it rolls the visit back.
 
         Raises
         ------
@@ -321,48 +444,80 @@ class Apdb:
             When the visit/detector was already stored (re-running a visit
             would duplicate its sources).
         """
-        src_cols = {n for n, _ in DIA_SOURCE_COLUMNS} | {"avro", "avroSchemaId"}
-        fs_cols = {n for n, _ in FORCED_SOURCE_COLUMNS} | {"avro", "avroSchemaId"}
+        src_cols = [n for n, _ in DIA_SOURCE_COLUMNS]
+        fs_cols = [n for n, _ in FORCED_SOURCE_COLUMNS]
+        obj_cols = [c.name for c in self.objects.c]
         with self.engine.begin() as conn:
             try:
-                conn.execute(
-                    self.visits.insert(),
-                    [
-                        dict(
-                            visit=visit,
-                            detector=detector,
-                            band=band,
-                            midpointMjdTai=mjd,
-                            nDiaSources=len(sources),
-                            nForcedSources=len(forced),
-                        )
-                    ],
+                conn.exec_driver_sql(
+                    self._sql(
+                        'INSERT INTO "ApdbVisit" (visit, detector, band, "midpointMjdTai", '
+                        '"nDiaSources", "nForcedSources") VALUES (?,?,?,?,?,?)'
+                    ),
+                    (visit, detector, band, mjd, len(sources), len(forced)),
                 )
             except sa.exc.IntegrityError as exc:
                 raise ConflictError(
                     f"visit {visit} detector {detector} is already in the APDB at {self.url}; "
                     "alerts for it were produced before"
                 ) from exc
+            if tails is None:
+                # Every object of this visit's sources and forced sources.
+                ids = {int(r["diaObjectId"]) for r in (*sources, *forced)}
+                _, tails = self.read_history([], since=_NEVER, tails_of=sorted(ids), conn=conn)
+                src_ids = sorted({int(s["diaObjectId"]) for s in sources})
+                _, more = self.read_history(src_ids, since=_NEVER, conn=conn)
+                tails.update(more)
+            q = ", ".join(f'"{c}"' for c in obj_cols)
+            marks = ",".join("?" * len(obj_cols))
             if new_objects:
-                conn.execute(self.objects.insert(), [_clean(o) for o in new_objects])
+                conn.exec_driver_sql(
+                    self._sql(f'INSERT INTO "DiaObject" ({q}) VALUES ({marks})'),
+                    [tuple(_nan_none(o.get(c)) for c in obj_cols) for o in new_objects],
+                )
             if updated_objects:
-                c = self.objects.c
-                stmt = (
-                    self.objects.update()
-                    .where(c.diaObjectId == sa.bindparam("_id"))
-                    .values({k: sa.bindparam(k) for k in updated_objects[0] if k != "diaObjectId"})
+                sets = ", ".join(f'"{c}"=?' for c in obj_cols[1:])
+                conn.exec_driver_sql(
+                    self._sql(f'UPDATE "DiaObject" SET {sets} WHERE "diaObjectId"=?'),
+                    [
+                        (*(_nan_none(o.get(c)) for c in obj_cols[1:]), o["diaObjectId"])
+                        for o in updated_objects
+                    ],
                 )
-                conn.execute(
-                    stmt, [{**_clean(o), "_id": o["diaObjectId"]} for o in updated_objects]
-                )
-            for rows, table, cols in (
-                (sources, self.sources, src_cols),
-                (forced, self.forced, fs_cols),
+            for rows, name, cols in (
+                (sources, "DiaSource", src_cols),
+                (forced, "DiaForcedSource", fs_cols),
             ):
-                for chunk in _chunks(list(rows), 5000):
-                    conn.execute(
-                        table.insert(), [{k: _nan_none(r.get(k)) for k in cols} for r in chunk]
+                if rows:
+                    q = ", ".join(f'"{c}"' for c in cols)
+                    conn.exec_driver_sql(
+                        self._sql(
+                            f'INSERT INTO "{name}" ({q}) VALUES ({",".join("?" * len(cols))})'
+                        ),
+                        [tuple(_nan_none(r.get(c)) for c in cols) for r in rows],
                     )
+            touched: dict[tuple[int, int, int], HistoryChunk] = {}
+            for rows, kind, key in (
+                (sources, SOURCE, "diaSourceId"),
+                (forced, FORCED, "diaForcedSourceId"),
+            ):
+                for r in rows:
+                    oid = int(r["diaObjectId"])
+                    last = tails.get((oid, kind))
+                    chunk = appended(
+                        last,
+                        oid,
+                        kind,
+                        int(r["avroSchemaId"]),
+                        int(r[key]),
+                        float(r["midpointMjdTai"]),
+                        r["avro"],
+                    )
+                    tails[(oid, kind)] = chunk
+                    touched[(oid, kind, chunk.chunk)] = chunk
+            self.write_history(conn, touched.values())
+            if before_commit is not None:
+                before_commit()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -377,8 +532,13 @@ def _nan_none(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _nan_none(v) for k, v in row.items()}
+@contextlib.contextmanager
+def _maybe_connect(engine: sa.Engine, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+    if conn is not None:
+        yield conn
+        return
+    with engine.connect() as own:
+        yield own
 
 
 def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
