@@ -119,15 +119,15 @@ def fit_kernel(
     if side == "science":
         source, target, src_sig, tgt_sig = science, template, sig_s, sig_t
         tgt_image = _common.filled(template.image)
-        tgt_var = template.var
+        tgt_var = (template.var, 1.0)
     else:
         source, target, src_sig, tgt_sig = template, science, sig_t, sig_s
         tgt_image = _common.filled(science.image)
-        tgt_var = science.var
+        tgt_var = (science.var, 1.0)
         if side == "preconvolve":
             # Matching onto S * P_S, which is always broader than the template.
             tgt_image = _fft.convolve(tgt_image, psf_s_img.astype(np.float32))
-            tgt_var = science.var * np.float32(np.sum(psf_s_img**2))
+            tgt_var = (science.var, float(np.sum(psf_s_img**2)))
             tgt_sig = math.sqrt(2) * sig_s
     sig_match = math.sqrt(max(tgt_sig**2 - src_sig**2, 0.0))
     sigmas = _sigmas(sig_match)
@@ -162,9 +162,10 @@ def fit_kernel(
             f"unsaturated stars with S/N >= {min_snr:g} to fit the matching kernel; "
             "at least 3 are needed (lower AlConfig.min_snr, or use method='zogy')"
         )
-    stamp_var = (tgt_var + source.var).astype(np.float32)
     positions = np.column_stack([np.round(stars.x), np.round(stars.y)]).astype(int)
-    stamps = core.build_stamps(src_image, tgt_image, stamp_var, positions, basis, half_fit)
+    stamps = core.build_stamps(
+        src_image, tgt_image, [tgt_var, (source.var, 1.0)], positions, basis, half_fit
+    )
     order = config.kernel_order
     while order > 0 and len(stamps.x) < 4 * len(core.poly_exponents(order)):
         order -= 1
@@ -221,7 +222,7 @@ def run(
         spec = _fft.rfft2(diff)
         del diff
         spec *= _decorr.decorrelation_filter(f_s, f_t, s2, t2, science.shape, scale=noise.scale)
-        diff = _fft.irfft2(spec, science.shape)
+        diff = _fft.irfft2(spec, science.shape, overwrite=True)
         del spec
     elif noise.scale != 1.0:
         diff /= np.float32(noise.scale)

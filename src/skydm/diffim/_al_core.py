@@ -19,6 +19,7 @@ FFT per spatial term.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,15 +110,16 @@ class StampSystem:
 def build_stamps(
     source: np.ndarray,
     target: np.ndarray,
-    variance: np.ndarray,
+    variances: Sequence[tuple[np.ndarray, float]],
     positions: np.ndarray,
     basis: Basis,
     half_fit: int,
 ) -> StampSystem:
     """Convolve a source cutout around each position with every basis kernel.
 
-    ``variance`` is the per-pixel variance of ``target - model`` used as the
-    weight; positions are integer pixel centres far enough from the edges.
+    The per-pixel variance of ``target - model``, used as the weight, is
+    ``sum(factor * plane)`` over ``variances`` (evaluated on the stamps only);
+    positions are integer pixel centres far enough from the edges.
     """
     hk = basis.size // 2
     side = 2 * half_fit + 1
@@ -132,9 +134,15 @@ def build_stamps(
             iy - half_fit - hk : iy + half_fit + hk + 1, ix - half_fit - hk : ix + half_fit + hk + 1
         ]
         tsl = (slice(iy - half_fit, iy + half_fit + 1), slice(ix - half_fit, ix + half_fit + 1))
+        if cut.shape != (length, length):
+            continue
         t = target[tsl].astype(np.float64).ravel()
-        w = 1.0 / variance[tsl].astype(np.float64).ravel()
-        if cut.shape != (length, length) or not (np.all(np.isfinite(t)) and np.all(w > 0)):
+        var = np.zeros(side * side)
+        for plane, factor in variances:
+            var += factor * plane[tsl].astype(np.float64).ravel()
+        with np.errstate(divide="ignore"):
+            w = 1.0 / var
+        if not (np.all(np.isfinite(t)) and np.all(w > 0)):
             continue
         conv = np.fft.irfft2(
             np.fft.rfft2(cut.astype(np.float64))[None] * spec_basis, s=(length, length)
@@ -363,7 +371,7 @@ def convolve_spatial(image: np.ndarray, solution: KernelSolution) -> np.ndarray:
     buf = np.empty_like(spec)
     for kern, (a, b) in zip(kernels, poly_exponents(solution.kernel_order), strict=True):
         np.multiply(spec, _fft.kernel_rfft2(kern, shape), out=buf)
-        part = _fft.irfft2(buf, shape)
+        part = _fft.irfft2(buf, shape, overwrite=True)
         if b:
             part *= (v**b).astype(np.float32)[:, None]
         if a:

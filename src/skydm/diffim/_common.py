@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,21 +19,18 @@ CARRIED = np.uint32(
 )
 
 
-def dilate_sparse(
-    plane: np.ndarray, reach: int, dilate: Callable[[np.ndarray], np.ndarray], tile: int = 128
-) -> np.ndarray:
-    """``dilate(plane)`` for a sparse boolean ``plane``, computed tile by tile.
+Dilation = Callable[[np.ndarray], np.ndarray]
 
-    ``dilate`` must not reach further than ``reach`` pixels.  Only tiles with
-    a set pixel within ``reach`` are filtered (with a margin of ``reach``), so
-    a few masked stars cost a few tiles instead of full-frame passes.
+
+def _dilated_tiles(
+    plane: np.ndarray, reach: int, dilate: Dilation, tile: int
+) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """(window, dilated window) for every tile of ``plane`` with a set pixel.
+
+    Dilation distributes over union: each occupied tile, dilated alone inside
+    a window ``reach`` wider, contributes its part of the whole.
     """
     ny, nx = plane.shape
-    if reach >= tile or ny * nx <= 4 * tile * tile:
-        return np.asarray(dilate(plane), dtype=bool)
-    out = np.zeros_like(plane, dtype=bool)
-    # Dilation distributes over union: each occupied tile, dilated inside a
-    # window ``reach`` wider, contributes its part, ORed into the output.
     for r0 in range(0, ny, tile):
         band = plane[r0 : r0 + tile]
         if not band.any():
@@ -43,29 +40,51 @@ def dilate_sparse(
             y0, x0 = max(r0 - reach, 0), max(c0 - reach, 0)
             y1, x1 = min(r0 + tile + reach, ny), min(c0 + tile + reach, nx)
             window = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-            # Only this tile's pixels, so that truncated neighbours add nothing false.
             ty0, tx0 = r0 - y0, c0 - x0
             window[ty0 : ty0 + tile, tx0 : tx0 + tile] = plane[r0 : r0 + tile, c0 : c0 + tile]
-            out[y0:y1, x0:x1] |= np.asarray(dilate(window), dtype=bool)
+            yield (slice(y0, y1), slice(x0, x1)), np.asarray(dilate(window), dtype=bool)
+
+
+def dilate_sparse(plane: np.ndarray, reach: int, dilate: Dilation, tile: int = 128) -> np.ndarray:
+    """``dilate(plane)`` for a sparse boolean ``plane``, computed tile by tile.
+
+    ``dilate`` must not reach further than ``reach`` pixels.  Only tiles with
+    a set pixel are filtered (with a margin of ``reach``), so a few masked
+    stars cost a few tiles instead of full-frame passes.
+    """
+    if reach >= tile or plane.size <= 4 * tile * tile:
+        return np.asarray(dilate(plane), dtype=bool)
+    out = np.zeros_like(plane, dtype=bool)
+    for window, grown in _dilated_tiles(plane, reach, dilate, tile):
+        out[window] |= grown
     return out
 
 
-def grow_mask(mask: np.ndarray, size: int) -> np.ndarray:
+def grow_mask(mask: np.ndarray, size: int, tile: int = 128) -> np.ndarray:
     """Carried bits of ``mask``, each grown by a ``size`` x ``size`` box."""
-    mask = mask & CARRIED
-    present = int(np.bitwise_or.reduce(mask, axis=None))
+    present = int(np.bitwise_or.reduce(mask, axis=None)) & int(CARRIED)
     if size <= 1 or present == 0:
-        return mask
+        return mask & CARRIED
+    reach = size // 2 + 1
+
+    def box(p: np.ndarray) -> np.ndarray:
+        return ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant")
+
     out = np.zeros_like(mask)
+    bits = np.empty_like(mask)
+    plane = np.empty(mask.shape, dtype=bool)
     for bit in Mask:
-        if present & int(bit):
-            plane = (mask & np.uint32(bit)) != 0
-            grown = dilate_sparse(
-                plane,
-                size // 2 + 1,
-                lambda p: ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant"),
-            )
-            out[grown] |= np.uint32(bit)
+        if not present & int(bit):
+            continue
+        value = np.uint32(bit)
+        np.bitwise_and(mask, value, out=bits)
+        np.not_equal(bits, 0, out=plane)
+        if reach >= tile or mask.size <= 4 * tile * tile:
+            out[box(plane).view(bool)] |= value
+            continue
+        # OR the grown windows straight into the output: no full-frame plane.
+        for window, grown in _dilated_tiles(plane, reach, box, tile):
+            out[window] |= grown.view(np.uint8).astype(np.uint32) * value
     return out
 
 

@@ -151,4 +151,4 @@ def decorrelate_image(
     """Apply the afterburner ``phi`` (and divide by ``scale``) over the full frame (``float32``)."""
     spec = _fft.rfft2(diff.astype(np.float32, copy=False))
     spec *= decorrelation_filter(f_s, f_t, s2, t2, diff.shape, scale=scale)
-    return _fft.irfft2(spec, diff.shape)
+    return _fft.irfft2(spec, diff.shape, overwrite=True)

@@ -54,12 +54,12 @@ def matched_filter(
     # The denominator first, so that w can be reused for the numerator.
     spec = _fft.rfft2(w)
     spec *= _fft.kernel_rfft2(kern**2, shape)
-    den = _fft.irfft2(spec, shape)
+    den = _fft.irfft2(spec, shape, overwrite=True)
     np.multiply(w, image, out=w, where=good)
     spec = _fft.rfft2(w)
     del w
     spec *= _fft.kernel_rfft2(kern, shape)
-    score = _fft.irfft2(spec, shape)
+    score = _fft.irfft2(spec, shape, overwrite=True)
     del spec
     np.maximum(den, np.float32(1e-30), out=den)
     np.sqrt(den, out=den)
@@ -147,11 +147,13 @@ def detect(
         # Per-footprint argmax within its bounding box (ndimage.maximum_position
         # sorts the whole image, far slower on large frames).
         peaks = []
-        for lab, box in zip(idx, ndimage.find_objects(labels), strict=True):
-            sub = np.where(labels[box] == lab, sign * z[box], -np.inf)
+        npix = np.zeros(n, dtype=np.int64)
+        for k, (lab, box) in enumerate(zip(idx, ndimage.find_objects(labels), strict=True)):
+            inside = labels[box] == lab
+            npix[k] = np.count_nonzero(inside)
+            sub = np.where(inside, sign * z[box], -np.inf)
             py, px = np.unravel_index(int(np.argmax(sub)), sub.shape)
             peaks.append((int(py) + box[0].start, int(px) + box[1].start))
-        npix = np.bincount(labels.ravel(), minlength=n + 1)[1:]
         # Noise can split one source's footprint in two: of peaks of one sign
         # closer than a FWHM, keep the strongest.
         order = np.argsort([-sign * z[p] for p in peaks])
@@ -161,7 +163,8 @@ def detect(
             if any(math.hypot(py - qy, px - qx) < fwhm for qy, qx in kept):
                 continue
             kept.append((int(py), int(px)))
-            x, y = _subpixel(sign * z, int(py), int(px))
+            # The parabola's vertex does not depend on the sign of z.
+            x, y = _subpixel(z, int(py), int(px))
             rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npix[k])})
     table = _measure(difference, rows, z, fwhm, threshold)
     if set_mask:

@@ -174,8 +174,9 @@ def astrometric_sigma(
     if len(x) < 5:
         return 0.0, 0.0
     sig = fwhm / 2.3548
-    xs, ys, fs = sep.winpos(np.ascontiguousarray(science, np.float64), x, y, sig)
-    xt, yt, ft = sep.winpos(np.ascontiguousarray(template, np.float64), x, y, sig)
+    # sep reads float32 directly: no double-precision full-frame copies.
+    xs, ys, fs = sep.winpos(np.ascontiguousarray(science), x, y, sig)
+    xt, yt, ft = sep.winpos(np.ascontiguousarray(template), x, y, sig)
     good = (fs == 0) & (ft == 0) & np.isfinite(xs) & np.isfinite(xt)
     good &= (np.hypot(xs - x, ys - y) < fwhm) & (np.hypot(xt - x, yt - y) < fwhm)
     if good.sum() < 5:

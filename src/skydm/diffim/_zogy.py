@@ -141,7 +141,7 @@ def run(
     buf -= tmp
     buf *= inv
     del inv
-    d_img = _fft.irfft2(buf, shape)
+    d_img = _fft.irfft2(buf, shape, overwrite=True)
     # S_N^ = beta |P_r^|^2 conj(P_n^) N^ / den2, S_R^ = beta^2 |P_n^|^2 conj(P_r^) R^ / den2.
     pr2 /= den2
     pn2 /= den2
@@ -160,14 +160,14 @@ def run(
     s_r: np.ndarray | None = None
     if sx > 0 or sy > 0:
         # The astrometric term needs the gradients of S_N and S_R separately.
-        s_n = _fft.irfft2(buf, shape)
-        s_r = _fft.irfft2(tmp, shape)
+        s_n = _fft.irfft2(buf, shape, overwrite=True)
+        s_r = _fft.irfft2(tmp, shape, overwrite=True)
         del buf, tmp
         score = s_n - s_r
     else:
         buf -= tmp
         del tmp
-        score = _fft.irfft2(buf, shape)
+        score = _fft.irfft2(buf, shape, overwrite=True)
         del buf
     # Small-grid versions of the filters: variance kernels, P_D and noise weights.
     m = 4 * size + 1
@@ -189,7 +189,7 @@ def run(
     tmp *= _fft.kernel_rfft2(kr**2, shape)
     v_spec += tmp
     del tmp
-    v_score = _fft.irfft2(v_spec, shape)
+    v_score = _fft.irfft2(v_spec, shape, overwrite=True)
     del v_spec
     if s_n is not None and s_r is not None:
         _add_gradient_variance(v_score, s_n, sx**2, sy**2)
