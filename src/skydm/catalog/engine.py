@@ -10,7 +10,9 @@ test suite (``tests/catalog/test_engine_contract.py``).
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -294,18 +296,76 @@ class CatalogEngine(abc.ABC):
         self.close()
 
 
+class _Watcher:
+    """One daemon thread that watches every running query's cancel event.
+
+    A thread per query (polling its event) costs a thread start per query and
+    dozens of wake-ups every 50 ms under load; one shared thread does the same
+    for all of them.  Entries are (cancel, interrupt, done, deadline): at the
+    deadline the cancel event is set; when it is set before ``done``,
+    ``interrupt`` is called once.
+    """
+
+    PERIOD = 0.05
+
+    def __init__(self) -> None:
+        self._entries: list[
+            tuple[threading.Event, Callable[[], None] | None, threading.Event, float | None]
+        ] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(
+        self,
+        cancel: threading.Event,
+        interrupt: Callable[[], None] | None,
+        done: threading.Event,
+        deadline: float | None = None,
+    ) -> None:
+        with self._lock:
+            self._entries.append((cancel, interrupt, done, deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="skydm-query-cancel"
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.PERIOD)
+            now = time.monotonic()
+            fire = []
+            with self._lock:
+                keep = []
+                for entry in self._entries:
+                    cancel, interrupt, done, deadline = entry
+                    if done.is_set():
+                        continue
+                    if deadline is not None and now >= deadline:
+                        cancel.set()
+                    if cancel.is_set():
+                        if interrupt is not None:
+                            fire.append(interrupt)
+                        if interrupt is not None or deadline is not None:
+                            continue
+                    keep.append(entry)
+                self._entries = keep
+            for interrupt in fire:
+                with contextlib.suppress(Exception):  # the query may have just finished
+                    interrupt()
+
+
+_WATCHER = _Watcher()
+
+
 def watch_cancel(
     cancel: threading.Event | None, interrupt: Callable[[], None], done: threading.Event
 ) -> None:
-    """Call ``interrupt`` if ``cancel`` is set before ``done`` (in a daemon thread)."""
-    if cancel is None:
-        return
+    """Call ``interrupt`` if ``cancel`` is set before ``done`` (checked every 50 ms)."""
+    if cancel is not None:
+        _WATCHER.add(cancel, interrupt, done)
 
-    def watcher() -> None:
-        while not done.is_set():
-            if cancel.wait(0.05):
-                if not done.is_set():
-                    interrupt()
-                return
 
-    threading.Thread(target=watcher, daemon=True, name="skydm-query-cancel").start()
+def cancel_after(cancel: threading.Event, seconds: float, done: threading.Event) -> None:
+    """Set ``cancel`` after ``seconds`` unless ``done`` is set first."""
+    _WATCHER.add(cancel, None, done, time.monotonic() + seconds)

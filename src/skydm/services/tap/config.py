@@ -46,6 +46,8 @@ class TapConfig:
         ``opener(catalog_dir, engine_url)``.
     max_upload_bytes, max_upload_rows : int
         Largest table accepted in ``UPLOAD`` (VOTable bytes, rows).
+    sync_concurrency : int
+        Sync queries computing at once (the others wait their turn).
     job_nice : int
         Niceness added to async job processes, so that a long scan yields the
         CPU to sync queries and the web process.
@@ -77,6 +79,7 @@ class TapConfig:
     engine_opener: str = "skydm.catalog:open_engine"
     max_upload_bytes: int = 16 * 1024 * 1024
     max_upload_rows: int = 1_000_000
+    sync_concurrency: int = 4
     job_nice: int = 10
     job_threads: int | None = None
     upload_private_urls: bool = False
@@ -124,6 +127,7 @@ class TapConfig:
             "max_upload_bytes",
             "max_upload_rows",
             "job_nice",
+            "sync_concurrency",
             "job_threads",
         ):
             raw = os.environ.get(f"SKYDM_TAP_{name.upper()}")

@@ -11,12 +11,13 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from skydm.catalog.engine import cancel_after
 from skydm.catalog.obsloc import sync_visits
 from skydm.catalog.uploads import UploadedTable, fetch_upload, read_upload
 from skydm.errors import UserError
@@ -169,13 +170,23 @@ class TapService:
         """
         uploads = self.read_uploads(request, files)
         cancel = cancel or threading.Event()
-        timer = threading.Timer(self.config.max_sync_duration, cancel.set)
-        timer.daemon = True
-        timer.start()
-        columns, batches, overflow = self.engine.iter_batches(
-            request.query, maxrec=request.maxrec, cancel=cancel, uploads=uploads or None
-        )
-        return ResultStream(request.output, columns, batches, overflow, query=request.query)
+        done = threading.Event()
+        cancel_after(cancel, self.config.max_sync_duration, done)
+        try:
+            columns, batches, overflow = self.engine.iter_batches(
+                request.query, maxrec=request.maxrec, cancel=cancel, uploads=uploads or None
+            )
+        except BaseException:
+            done.set()
+            raise
+
+        def watched() -> Iterator[Any]:
+            try:
+                yield from batches
+            finally:
+                done.set()  # also when the stream is dropped unfinished (generator close)
+
+        return ResultStream(request.output, columns, watched(), overflow, query=request.query)
 
     # --- async jobs ---------------------------------------------------------------------------
 
