@@ -9,7 +9,7 @@ import pytest
 from diffim_helpers import DECAM, ESO, read
 
 from skydm.diffim import NoiseModel, detect_dia_sources, subtract
-from skydm.diffim._prepare import align, prepare
+from skydm.diffim._prepare import align, prepare, same_grid
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, GaussianPsf, Mask, VisitInfo
 
@@ -133,3 +133,33 @@ def test_template_resampled_onto_science_wcs(data_dir: Path) -> None:
     hit = table[np.hypot(table["x"] - TRANSIENT[0], table["y"] - TRANSIENT[1]) < 4]
     assert len(hit) == 1 and hit["snr"][0] >= 10 and not hit["flagged"][0]
     assert np.count_nonzero(~table["flagged"]) <= 6
+
+
+@pytest.mark.parametrize("method", ["al", "zogy"])
+def test_result_template_on_science_grid(data_dir: Path, method: str) -> None:
+    """``result.template`` lines up pixel for pixel with science and difference."""
+    science = read(data_dir / DECAM.format("04a"))
+    template = read(data_dir / DECAM.format("18a"))
+    cut = template.cutout(140.0, 125.0, 221)  # another shape and grid: resampled
+    result = subtract(science, cut, method=method)
+    used = result.template
+    assert used.shape == science.shape == result.difference.shape
+    assert used.wcs is not None and science.wcs is not None
+    ys, xs = np.mgrid[0:256:50, 0:256:50]
+    assert np.allclose(
+        used.wcs.pixel_to_world_values(xs, ys), science.wcs.pixel_to_world_values(xs, ys)
+    )
+    # The full template shares the science grid (within 0.02 pixel): its
+    # brightest star in the overlap peaks at the same pixel, with the same value.
+    assert same_grid(science, template)
+    inside = (slice(25, 225), slice(40, 240))
+    ref = np.where(template.msk[inside] == 0, template.image[inside], -np.inf)
+    py, px = np.unravel_index(int(np.argmax(ref)), ref.shape)
+    iy, ix = py + inside[0].start, px + inside[1].start
+    stamp = used.image[iy - 2 : iy + 3, ix - 2 : ix + 3]
+    assert np.unravel_index(int(np.argmax(stamp)), stamp.shape) == (2, 2)
+    assert used.image[iy, ix] == pytest.approx(float(template.image[iy, ix]), rel=1e-4)
+    assert np.all(used.msk[:, :30] & Mask.NO_DATA)
+    # Before PSF matching: the template carries its own (sharper) PSF.
+    assert used.psf is result.template_psf
+    assert result.template_psf.fwhm < result.science_psf.fwhm

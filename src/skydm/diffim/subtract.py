@@ -65,9 +65,9 @@ class DiffimResult:
         ZOGY's fitted registration noise (x, y) in pixels.
     template : Exposure
         The template as used, on the science image's pixel grid (resampled
-        when the grids differ; before PSF matching), with the science's WCS:
-        cutouts of science, template and difference at the same pixel
-        position show the same piece of sky.
+        when the grids differ; before PSF matching), with the science's WCS
+        and ``template_psf``: cutouts of science, template and difference at
+        the same pixel position show the same piece of sky.
     science_psf, template_psf : Psf
         The input PSFs used (given, or measured from the images).
     notes : list of str
@@ -202,23 +202,21 @@ def subtract(
         flux_ratio=float(ratio),
         science_psf=psf_s,
         template_psf=psf_t,
-        template=_on_science_grid(tmp, sci),
+        template=_on_science_grid(tmp, sci, psf_t),
         kernel=kernel,
         astrometric_sigma=sigma,
         notes=notes,
     )
 
 
-def _on_science_grid(template: Exposure, science: Exposure) -> Exposure:
-    """The aligned template labelled with the science's WCS (its planes shared)."""
-    if template.wcs is science.wcs:
-        return template
+def _on_science_grid(template: Exposure, science: Exposure, psf: Psf) -> Exposure:
+    """The aligned template with the science's WCS and the PSF used (planes shared)."""
     return Exposure(
         image=template.image,
         variance=template.var,
         mask=template.msk,
         wcs=science.wcs,
-        psf=template.psf,
+        psf=psf,
         zero_point=template.zero_point,
         info=template.info,
         meta=template.meta,
