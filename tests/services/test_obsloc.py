@@ -56,3 +56,15 @@ def test_obsplan_through_the_service(service: Service) -> None:
     assert sorted(set(result["em_min"].tolist())) == [400e-9, 552e-9]
     field = result.resultstable.get_field_by_id_or_name("obs_id")
     assert field.ucd == "meta.id"
+
+
+def test_cli_sync_visits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from skydm.cli.main import main
+
+    repo = tmp_path / "repo"
+    ingest_sim_raws(repo, tmp_path / "raw")
+    assert main(["catalog", "sync-visits", "--repo", str(repo)]) == 0
+    assert "ivoa.obsplan: 4 observations" in capsys.readouterr().out
+    assert main(["catalog", "list", "--repo", str(repo)]) == 0
+    assert "ivoa.obsplan" in capsys.readouterr().out
+    assert main(["catalog", "sync-visits", "--repo", str(tmp_path / "nothing")]) != 0

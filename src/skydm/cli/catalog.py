@@ -8,7 +8,7 @@ from typing import Literal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``catalog`` command group (load, list, drop)."""
+    """Add the ``catalog`` command group (load, list, drop, sync-visits)."""
     p = subparsers.add_parser(
         "catalog",
         help="load tables into the catalog (HEALPix-partitioned Parquet) and list them",
@@ -81,6 +81,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
     )
     drop.set_defaults(func=run_drop)
+    visits = sub.add_parser(
+        "sync-visits",
+        help="publish the repository's raws as the ObsLocTAP table ivoa.obsplan",
+        description=(
+            "Write one row per archived raw (times, band, footprint) into the IVOA ObsLocTAP "
+            "table ivoa.obsplan, if the raws changed. `skydm serve` does this on start-up."
+        ),
+    )
+    visits.add_argument(
+        "--repo",
+        type=Path,
+        default=None,
+        help="repository directory (default: $SKYDM_REPO or ./skydm-repo)",
+    )
+    visits.set_defaults(func=run_sync_visits)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -136,12 +151,12 @@ def run_list(args: argparse.Namespace) -> int:
     if not tables:
         print(f"no tables in {root}; load some with `skydm catalog load`")
         return 0
-    width = max(len(t.name) for t in tables)
+    width = max(len(t.definition.qualified) for t in tables)
     for t in tables:
         pos = f"{t.definition.ra_col}/{t.definition.dec_col}" if t.definition.ra_col else "-"
         print(
-            f"{t.name:<{width}}  {t.rows:>12} rows  {len(t.definition.columns):>4} columns  "
-            f"position {pos}"
+            f"{t.definition.qualified:<{width}}  {t.rows:>12} rows  "
+            f"{len(t.definition.columns):>4} columns  position {pos}"
         )
     return 0
 
@@ -152,4 +167,18 @@ def run_drop(args: argparse.Namespace) -> int:
 
     drop_table(catalog_dir(args.repo), args.table)
     print(f"dropped {args.table}")
+    return 0
+
+
+def run_sync_visits(args: argparse.Namespace) -> int:
+    """Handle ``skydm catalog sync-visits``."""
+    from skydm.catalog.obsloc import sync_visits
+    from skydm.config import Settings
+    from skydm.errors import UserError
+
+    repo = args.repo if args.repo is not None else Settings.from_env().repo
+    info = sync_visits(repo)
+    if info is None:
+        raise UserError(f"{repo} is not a skydm repository (no registry); give --repo")
+    print(f"ivoa.obsplan: {info.rows} observations from the raws of {repo}")
     return 0
