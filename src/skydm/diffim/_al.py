@@ -213,7 +213,7 @@ def run(
         np.subtract(tgt_image, diff, out=diff)
         f_s, f_t = None, kernel
     del tgt_image
-    _common.residual_background(diff, science.msk | template.msk).subtract_from(diff)
+    _common.residual_background(diff, [science.msk, template.msk]).subtract_from(diff)
     s2 = _common.typical_variance(science.var, science.msk)
     t2 = _common.typical_variance(template.var, template.msk)
     noise = _decorr.transfer(f_s, f_t, psf_s_img, s2, t2, decorrelate=decorrelate)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,11 +193,11 @@ class SmoothMap:
         rows += other
         return rows
 
-    def subtract_from(self, image: np.ndarray, scale: float = 1.0, chunk: int = 256) -> None:
-        """``image -= scale * map`` in place, a band of rows at a time (no full-frame map)."""
+    def _bands(self, chunk: int) -> Iterator[tuple[slice, np.ndarray]]:
+        """(rows, the map on those rows) for bands of ``chunk`` rows."""
         rows = self._rows()
         if self.factor == 1:
-            image -= np.float32(scale) * rows
+            yield slice(0, self.shape[0]), rows
             return
         iy0, iy1, wy = self._weights(self.shape[0], self.grid.shape[0])
         for r0 in range(0, self.shape[0], chunk):
@@ -205,9 +205,24 @@ class SmoothMap:
             w = wy[sl, None]
             band = rows[iy0[sl]] * (1 - w)
             band += rows[iy1[sl]] * w
+            yield sl, band
+
+    def subtract_from(self, image: np.ndarray, scale: float = 1.0, chunk: int = 256) -> None:
+        """``image -= scale * map`` in place, a band of rows at a time (no full-frame map)."""
+        for sl, band in self._bands(chunk):
             if scale != 1.0:
-                band *= np.float32(scale)
+                band = band * np.float32(scale)
             image[sl] -= band
+
+    def subtracted(self, image: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """``image - map`` as a new ``float32`` array, non-finite pixels set to 0."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for sl, band in self._bands(chunk):
+            np.subtract(image[sl], band, out=out[sl])
+            bad = ~np.isfinite(out[sl])
+            if bad.any():
+                out[sl][bad] = 0.0
+        return out
 
     def full(self) -> np.ndarray:
         """The map at full resolution (``float32``)."""
@@ -228,27 +243,40 @@ def _block_sums(a: np.ndarray, f: int, dtype: type) -> np.ndarray:
 
 
 def smooth_background(
-    image: np.ndarray, mask: np.ndarray, *, clip_sources: bool, bin_factor: int = 4
+    image: np.ndarray,
+    masks: Sequence[np.ndarray],
+    *,
+    clip_sources: bool,
+    bin_factor: int = 4,
 ) -> SmoothMap:
     """Smooth background of ``image`` (sep meshes), estimated on a binned copy.
 
     A background is smooth by construction, so it is measured on ``bin_factor``
     x ``bin_factor`` block means (16 times fewer pixels) and interpolated back
-    bilinearly from the block centres.  With ``clip_sources``, pixels more than
-    2.5 sigma from a first estimate, grown by two binned pixels, are left out
-    of a second.
+    bilinearly from the block centres.  Pixels unusable in any of ``masks`` or
+    non-finite are left out.  With ``clip_sources``, pixels more than 2.5 sigma
+    from a first estimate, grown by two binned pixels, are left out of a second.
     """
     ny, nx = image.shape
     f = bin_factor if min(ny, nx) >= 64 * bin_factor else 1
-    bad = (mask & np.uint32(UNUSABLE)) != 0
-    bad |= ~np.isfinite(image)
-    data = np.where(bad, np.float32(0.0), image)
     cy, cx = (ny // f) * f, (nx // f) * f
-    good = _block_sums((~bad[:cy, :cx]).view(np.uint8), f, np.uint8 if f < 16 else np.int32)
-    sums = _block_sums(data[:cy, :cx], f, np.float32)
-    del data, bad
-    binned = np.ascontiguousarray(np.where(good > 0, sums / np.maximum(good, 1), 0.0), np.float32)
-    bbad = np.ascontiguousarray(good < (f * f) // 2)
+    binned = np.zeros((cy // f, cx // f), dtype=np.float32)
+    bbad = np.zeros(binned.shape, dtype=bool)
+    unusable = np.uint32(UNUSABLE)
+    # Bands of rows: no full-frame temporaries (each costs 64 MB at 4096^2).
+    step = f * max(1, 256 // f)
+    for r0 in range(0, cy, step):
+        rows = slice(r0, min(r0 + step, cy))
+        img = image[rows, :cx]
+        bad = ~np.isfinite(img)
+        for m in masks:
+            bad |= (m[rows, :cx] & unusable) != 0
+        data = np.where(bad, np.float32(0.0), img).astype(np.float32, copy=False)
+        good = _block_sums((~bad).view(np.uint8), f, np.uint8 if f < 16 else np.int32)
+        sums = _block_sums(data, f, np.float32)
+        brows = slice(r0 // f, rows.stop // f)
+        np.divide(sums, np.maximum(good, 1), out=binned[brows])
+        bbad[brows] = good < (f * f) // 2
     box = int(np.clip(min(binned.shape) // 2, 16, 256 // f))
     bkg = sep.Background(binned, mask=bbad, bw=box, bh=box, fw=3, fh=3)
     if clip_sources:
@@ -258,13 +286,14 @@ def smooth_background(
     return SmoothMap(np.asarray(bkg.back(), dtype=np.float32), f, (ny, nx))
 
 
-def residual_background(diff: np.ndarray, mask: np.ndarray) -> SmoothMap:
+def residual_background(diff: np.ndarray, masks: Sequence[np.ndarray]) -> SmoothMap:
     """Smooth background left in a difference image, measured on all its sky pixels.
 
     A kernel fit's background polynomial is constrained only on the stamps,
     around stars, where it trades off against the kernel's wings, and sky
     estimates of crowded images are biased differently at different seeing;
     the sky between the stars is what photometry of new sources sits on.
-    Sources and residuals are clipped (see :func:`smooth_background`).
+    Sources and residuals are clipped (see :func:`smooth_background`); pixels
+    unusable in any of ``masks`` are left out.
     """
-    return smooth_background(diff, mask, clip_sources=True)
+    return smooth_background(diff, masks, clip_sources=True)

@@ -43,13 +43,8 @@ class ZogyOutput:
 
 
 def _bg_subtracted(exp: Exposure) -> np.ndarray:
-    back = _common.smooth_background(exp.image, exp.msk, clip_sources=False)
-    out = np.array(exp.image, dtype=np.float32)
-    back.subtract_from(out)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        out[bad] = 0.0
-    return out
+    back = _common.smooth_background(exp.image, [exp.msk], clip_sources=False)
+    return back.subtracted(exp.image)
 
 
 def _add_gradient_variance(v: np.ndarray, img: np.ndarray, sx2: float, sy2: float) -> None:
@@ -197,7 +192,7 @@ def run(
     del s_n, s_r
     # A constant c in N appears as c in D (science scale) and as
     # beta c / (s2 + r2 beta^2) in S: remove the difference's residual sky from both.
-    back = _common.residual_background(d_img, science.msk | template.msk)
+    back = _common.residual_background(d_img, [science.msk, template.msk])
     back.subtract_from(d_img)
     back.subtract_from(score, beta / (s2 + r2 * beta**2))
     del back
