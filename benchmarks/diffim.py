@@ -125,7 +125,6 @@ def _hotpants(folder: Path, exe: str) -> dict[str, float]:
         "hotpants_cpu_s": round(
             after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3
         ),
-        # Largest child so far: the workers are smaller, so this is HOTPANTS.
         "hotpants_peak_mb": round(after.ru_maxrss / 1024, 1),
     }
 
@@ -159,6 +158,11 @@ def main() -> int:
         science.write(folder / "science.fits")
         template.write(folder / "template.fits")
         del science, template
+        exe = shutil.which("hotpants")
+        if exe:
+            # First, while it is this process's only child: the children's
+            # peak RSS is then HOTPANTS's own.
+            out.update(_hotpants(folder, exe))
         for method in ("al", "zogy"):
             proc = subprocess.run(
                 [sys.executable, __file__, "--worker", method, str(folder)],
@@ -174,9 +178,6 @@ def main() -> int:
             out[f"{method}_inputs_mb"] = round(res["inputs_mb"], 1)
             out[f"{method}_detections"] = res["n"]
             out[f"{method}_unflagged"] = res["unflagged"]
-        exe = shutil.which("hotpants")
-        if exe:
-            out.update(_hotpants(folder, exe))
     print(json.dumps(out))
     return 0
 
