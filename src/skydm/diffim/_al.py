@@ -231,9 +231,9 @@ def run(
     ks = solution.basis.size
     grow_other = ks if (decorrelate or side == "preconvolve") else 1
     if side == "science":
-        mask = _common.grow_mask(science.msk, ks) | _common.grow_mask(template.msk, grow_other)
+        mask = _common.grow_masks([(science.msk, ks), (template.msk, grow_other)])
     else:
-        mask = _common.grow_mask(template.msk, ks) | _common.grow_mask(science.msk, grow_other)
+        mask = _common.grow_masks([(template.msk, ks), (science.msk, grow_other)])
     _common.mark_edge(mask, half * (2 if decorrelate else 1))
     nodata = (mask & np.uint32(Mask.NO_DATA)) != 0
     if nodata.any():

@@ -60,31 +60,60 @@ def dilate_sparse(plane: np.ndarray, reach: int, dilate: Dilation, tile: int = 1
     return out
 
 
-def grow_mask(mask: np.ndarray, size: int, tile: int = 128) -> np.ndarray:
+def grow_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Carried bits of ``mask``, each grown by a ``size`` x ``size`` box."""
+    return grow_masks([(mask, size)])
+
+
+def grow_masks(masks: Sequence[tuple[np.ndarray, int]], tile: int = 128) -> np.ndarray:
+    """OR of the carried bits of each ``(mask, size)``, grown by ``size`` x ``size`` boxes.
+
+    Works band by band and tile by tile: only tiles holding a bit are
+    filtered, and the one full-frame array made is the output.
+    """
+    shape = masks[0][0].shape
+    out = np.zeros(shape, dtype=np.uint32)
+    ny, nx = shape
+    for mask, size in masks:
+        reach = size // 2 + 1
+        if size <= 1 or reach >= tile:
+            if size <= 1:
+                out |= mask & CARRIED
+            else:
+                out |= _grow_plane_by_plane(mask, size)
+            continue
+
+        def box(p: np.ndarray, size: int = size) -> np.ndarray:
+            return ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant")
+
+        for r0 in range(0, ny, tile):
+            band = mask[r0 : r0 + tile]
+            present = int(np.bitwise_or.reduce(band, axis=None)) & int(CARRIED)
+            for bit in Mask:
+                if not present & int(bit):
+                    continue
+                value = np.uint32(bit)
+                plane = (band & value) != 0
+                cols = np.add.reduceat(plane.any(axis=0), np.arange(0, nx, tile)) > 0
+                for c0 in (int(c) * tile for c in np.flatnonzero(cols)):
+                    y0, x0 = max(r0 - reach, 0), max(c0 - reach, 0)
+                    y1, x1 = min(r0 + tile + reach, ny), min(c0 + tile + reach, nx)
+                    window = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+                    ty0, tx0 = r0 - y0, c0 - x0
+                    window[ty0 : ty0 + plane.shape[0], tx0 : tx0 + tile] = plane[:, c0 : c0 + tile]
+                    # Dilation distributes over union: this tile's share of the whole.
+                    out[y0:y1, x0:x1] |= box(window).astype(np.uint32) * value
+    return out
+
+
+def _grow_plane_by_plane(mask: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros_like(mask, dtype=np.uint32)
     present = int(np.bitwise_or.reduce(mask, axis=None)) & int(CARRIED)
-    if size <= 1 or present == 0:
-        return mask & CARRIED
-    reach = size // 2 + 1
-
-    def box(p: np.ndarray) -> np.ndarray:
-        return ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant")
-
-    out = np.zeros_like(mask)
-    bits = np.empty_like(mask)
-    plane = np.empty(mask.shape, dtype=bool)
     for bit in Mask:
-        if not present & int(bit):
-            continue
-        value = np.uint32(bit)
-        np.bitwise_and(mask, value, out=bits)
-        np.not_equal(bits, 0, out=plane)
-        if reach >= tile or mask.size <= 4 * tile * tile:
-            out[box(plane).view(bool)] |= value
-            continue
-        # OR the grown windows straight into the output: no full-frame plane.
-        for window, grown in _dilated_tiles(plane, reach, box, tile):
-            out[window] |= grown.view(np.uint8).astype(np.uint32) * value
+        if present & int(bit):
+            plane = ((mask & np.uint32(bit)) != 0).view(np.uint8)
+            grown = ndimage.maximum_filter(plane, size=size, mode="constant")
+            out[grown.view(bool)] |= np.uint32(bit)
     return out
 
 

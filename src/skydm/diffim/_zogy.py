@@ -207,7 +207,7 @@ def run(
     psf_d = PixelPsf(
         _fft.centred_from_spectrum(beta * pr_s * pn_s / (f_d * den_s), min(2 * size + 1, m))
     )
-    mask = _common.grow_mask(science.msk, size) | _common.grow_mask(template.msk, size)
+    mask = _common.grow_masks([(science.msk, size), (template.msk, size)])
     _common.mark_edge(mask, size // 2)
     nodata = (mask & np.uint32(Mask.NO_DATA)) != 0
     if nodata.any():
