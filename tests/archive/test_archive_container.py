@@ -12,9 +12,9 @@ import pytest
 from archive_rawfiles import RawMaker, raw_factory, raw_pixels, sim_header
 from astropy.io import fits
 
-from skydm_testing import require_executable
 from skydm.archive import codec_for, encode, restore_bytes
 from skydm.errors import DataCorruptionError
+from skydm_testing import require_executable
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skydm_testing import require_executable
 from skydm.coadd import SkyCell, WarpStack, assemble_coadd
 from skydm.coadd.scoring import FOOTPRINT_CLASSES, SimWarps, score, warps_from_survey
 from skydm.image import Exposure
+from skydm_testing import require_executable
 
 # (epochs, image side, seed): the cell is the image less twice the largest dither.
 CASES = {8: (8, 320, 1), 20: (20, 320, 2)}
@@ -29,8 +29,8 @@ def _simulate(epochs: int, side: int, seed: int) -> SimWarps:
         shape=(side, side),
         n_visits=epochs,
         raw_dtype="float32",  # integer raws would round raw and clean differently
-        trail_rate=1.0,
         ghost_rate=0.5,
+        n_variables=6,  # so that some are clear of every artefact
     )
     survey = simulate_survey(cfg)
     ra, dec = survey.fields[0]
