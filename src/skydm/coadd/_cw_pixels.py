@@ -1,0 +1,258 @@
+"""Pixel-level numerics of CompareWarp: binning, PSF matching, cosmic rays and the
+PSF-preserving replacement of clipped pixels.
+
+Everything here works on ``(n_epochs, rows, columns)`` float32 bands of a
+:class:`~skydm.coadd.stack.WarpStack`, vectorised over pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage, optimize
+
+from skydm.image.psf import GAUSS_FWHM, Psf
+
+
+def bin_planes(
+    img: np.ndarray, var: np.ndarray, good: np.ndarray, b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin ``(n, h, w)`` planes by ``b`` x ``b``: mean image, its variance, good fraction."""
+    if b == 1:
+        return img, var, good.astype(np.float32)
+    n, h, w = img.shape
+    hp, wp = -(-h // b) * b, -(-w // b) * b
+    if (hp, wp) != (h, w):
+        pad = ((0, 0), (0, hp - h), (0, wp - w))
+        img, var, good = np.pad(img, pad), np.pad(var, pad), np.pad(good, pad)
+    shape = (n, hp // b, b, wp // b, b)
+    # Bad pixels are zero in ``img`` and ``var`` (WarpStack.rows), so plain sums do.
+    cnt = good.reshape(shape).sum(axis=(2, 4), dtype=np.float32)
+    s = img.reshape(shape).sum(axis=(2, 4), dtype=np.float32)
+    sv = var.reshape(shape).sum(axis=(2, 4), dtype=np.float32)
+    safe = np.maximum(cnt, np.float32(1.0))
+    return s / safe, sv / (safe * safe), cnt * np.float32(1.0 / (b * b))
+
+
+def matching_sigmas(psfs: list[Psf | None], extra: float) -> tuple[np.ndarray, float]:
+    """Gaussian sigmas (pixels) that bring each warp's PSF to the common target PSF.
+
+    The target is the broadest input PSF convolved with a Gaussian of sigma
+    ``extra`` pixels; each warp's sigma minimises the squared difference
+    between its PSF convolved with the Gaussian and the target.  Warps
+    without a PSF are taken to have the target PSF already (sigma 0).
+
+    Returns
+    -------
+    sigmas : numpy.ndarray
+        One sigma per warp.
+    fwhm : float
+        The target PSF's FWHM in pixels (approximate).
+    """
+    known = [p for p in psfs if p is not None]
+    if not known:
+        return np.zeros(len(psfs)), 2.0 + GAUSS_FWHM * extra
+    widest = max(known, key=lambda p: p.fwhm)
+    size = max(int(4 * widest.fwhm + 8 * extra) | 1, max(p.default_size() for p in known) | 1)
+    target = (
+        ndimage.gaussian_filter(widest.kernel(size), extra) if extra > 0 else widest.kernel(size)
+    )
+    fwhm = math.sqrt(widest.fwhm**2 + (GAUSS_FWHM * extra) ** 2)
+    sigmas = np.zeros(len(psfs))
+    for k, p in enumerate(psfs):
+        if p is None:
+            continue
+        kern = p.kernel(size)
+
+        def cost(s: float, kern: np.ndarray = kern) -> float:
+            out = ndimage.gaussian_filter(kern, s) if s > 1e-3 else kern
+            return float(np.sum((out - target) ** 2))
+
+        res = optimize.minimize_scalar(cost, bounds=(0.0, fwhm), method="bounded")
+        sigmas[k] = float(res.x)
+    return sigmas, fwhm
+
+
+def laplacian(x: np.ndarray) -> np.ndarray:
+    """Discrete Laplacian ``4 x - (sum of the 4 neighbours)`` over the last two axes."""
+    lap = 4 * x
+    lap[..., 1:, :] -= x[..., :-1, :]
+    lap[..., :-1, :] -= x[..., 1:, :]
+    lap[..., :, 1:] -= x[..., :, :-1]
+    lap[..., :, :-1] -= x[..., :, 1:]
+    return lap
+
+
+def sharpness_bound(psf: Psf | None) -> float:
+    """Largest ratio of Laplacian to value that a source blurred by ``psf`` can reach.
+
+    A static source is the PSF convolved with something non-negative, so its
+    Laplacian over its value is at most the PSF's own, which peaks at the
+    core; the ratio is taken over sub-pixel centrings and pixels above 5% of
+    the peak.  Without a PSF the value for a 2-pixel FWHM Gaussian is used.
+    """
+    if psf is None:
+        from skydm.image import GaussianPsf
+
+        psf = GaussianPsf.from_fwhm(2.0)
+    best = 0.0
+    for dx, dy in ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.25, 0.25)):
+        k = psf.kernel(max(psf.default_size(), 7) | 1, dx, dy)
+        lap = laplacian(k)[1:-1, 1:-1]
+        core = k[1:-1, 1:-1]
+        sel = core > 0.05 * core.max()
+        best = max(best, float(np.max(lap[sel] / core[sel])))
+    return best
+
+
+def cosmic_rays(
+    img: np.ndarray,
+    var: np.ndarray,
+    good: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    threshold: float,
+    margin: float,
+    sharp: float,
+    scales: np.ndarray,
+) -> np.ndarray:
+    """Pixels sharper than the epoch's PSF allows: cosmic rays (and hot pixels).
+
+    A pixel is a hit when ``lap(x) - margin * L_k * max(x, 0)`` exceeds
+    ``threshold`` times the Laplacian's noise, with ``L_k`` the sharpness
+    bound of epoch ``k``'s PSF (:func:`sharpness_bound`).  Any static source
+    (star or galaxy) stays below ``L_k`` times its value at every pixel, so
+    a hit on top of a star is found as well as on the sky: only the hit's
+    own excess sharpness has to beat the noise.
+
+    Parameters
+    ----------
+    img, var, good : numpy.ndarray
+        ``(n, rows, columns)`` band (bad pixels zeroed).
+    bounds : numpy.ndarray
+        ``L_k`` per epoch.
+    threshold, margin : float
+        Significance and the safety factor on ``L_k``.
+    sharp : float
+        Laplacian over value above which a lone pixel is sharper than any
+        PSF (an unblurred hit reaches 2 to 4).
+    scales : numpy.ndarray
+        Per epoch, the Laplacian's noise over ``sqrt(20 var)`` (warping
+        correlates neighbouring pixels), from :func:`laplacian_scale`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean hits, ``(n, rows, columns)``, not grown.
+    """
+    lap = laplacian(img)
+    # Masked neighbours would fake sharpness: require all five usable.
+    full = good.copy()
+    full[:, 1:] &= good[:, :-1]
+    full[:, :-1] &= good[:, 1:]
+    full[:, :, 1:] &= good[:, :, :-1]
+    full[:, :, :-1] &= good[:, :, 1:]
+    noise = np.sqrt(np.float32(20.0) * var)
+    noise *= (np.float32(threshold) * scales.astype(np.float32))[:, None, None]
+    pos = np.maximum(img, 0)
+    # On the sky a hit need only be significant and sharper than any PSF
+    # (``sharp`` times its value); on a source, its excess over the source's
+    # largest possible Laplacian must be significant.
+    on_sky = (lap > noise) & (lap > np.float32(sharp) * pos)
+    lim = (np.float32(margin) * bounds.astype(np.float32))[:, None, None] * pos
+    lap -= lim
+    return full & (on_sky | (lap > noise))
+
+
+def laplacian_scale(img: np.ndarray, var: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Per epoch, the robust rms of ``lap(x) / sqrt(20 var)`` on a sample of pixels."""
+    n = img.shape[0]
+    out = np.ones(n)
+    lap = laplacian(img)
+    for k in range(n):
+        ok = good[k, 1:-1, 1:-1]
+        vals = (lap[k, 1:-1, 1:-1][ok] / np.sqrt(20 * var[k, 1:-1, 1:-1][ok]))[::7]
+        if vals.size >= 100:
+            s = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
+            out[k] = s if 0.05 < s < 20 else 1.0
+    return out
+
+
+def grow_hits(hits: np.ndarray, width: int) -> np.ndarray:
+    """Flat indices (within a ``rows x width`` plane) of hits grown to their 3x3 squares."""
+    ys, xs = np.nonzero(hits)
+    if ys.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = hits.shape[0]
+    dy, dx = np.mgrid[-1:2, -1:2]
+    yy = (ys[:, None] + dy.ravel()[None]).ravel()
+    xx = (xs[:, None] + dx.ravel()[None]).ravel()
+    ok = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < width)
+    return np.unique(yy[ok].astype(np.int64) * width + xx[ok])
+
+
+def imputation_coefficients(
+    kept: np.ndarray, clipped: np.ndarray, weights: np.ndarray, widths2: np.ndarray
+) -> np.ndarray:
+    """Per-pixel coefficients of every epoch in the coadd, clipped pixels replaced.
+
+    Dropping an epoch's pixels where it was clipped would change the coadd's
+    PSF there (the epoch's seeing no longer contributes), which biases the
+    flux of any star under a clipped artefact.  Instead each clipped pixel of
+    epoch ``k`` is replaced by a mixture of the two unclipped epochs at that
+    pixel whose PSFs bracket ``k``'s most closely, ``a x_s + (1 - a) x_b``,
+    with ``a`` chosen so that the mixture's PSF has ``k``'s second moment
+    (``widths2`` holds each PSF's squared width).  Where only sharper or only
+    broader epochs are left the nearest one is used; where none is left the
+    pixel is dropped.  The coadd is then ``sum_j c_j x_j / sum_j c_j`` with
+    the coefficients returned here (``c_j = w_j`` where nothing was clipped).
+
+    Parameters
+    ----------
+    kept : numpy.ndarray
+        ``(n, rows, columns)`` bool, usable and not clipped.
+    clipped : numpy.ndarray
+        ``(n, rows, columns)`` bool, usable but clipped.
+    weights, widths2 : numpy.ndarray
+        Per epoch, the scalar weight and the PSF's squared width.
+    """
+    n = kept.shape[0]
+    coef = np.where(kept, weights[:, None, None].astype(np.float32), np.float32(0))
+    for k in range(n):
+        ys, xs = np.nonzero(clipped[k])
+        if ys.size == 0:
+            continue
+        others = [j for j in range(n) if j != k]
+        sharper = sorted((j for j in others if widths2[j] <= widths2[k]), key=lambda j: -widths2[j])
+        broader = sorted((j for j in others if widths2[j] > widths2[k]), key=lambda j: widths2[j])
+        js = _first_available(kept, sharper, ys, xs)
+        jb = _first_available(kept, broader, ys, xs)
+        has_s, has_b = js >= 0, jb >= 0
+        both = has_s & has_b
+        a = np.ones(ys.size, dtype=np.float32)  # share of the sharper epoch
+        if both.any():
+            ws, wb, wk = widths2[js[both]], widths2[jb[both]], widths2[k]
+            a[both] = np.clip((wb - wk) / np.maximum(wb - ws, 1e-12), 0.0, 1.0)
+        a[~has_s] = 0.0
+        wk_ = np.float32(weights[k])
+        sel = has_s & (a > 0)
+        coef[js[sel], ys[sel], xs[sel]] += wk_ * a[sel]
+        sel = has_b & (a < 1)
+        coef[jb[sel], ys[sel], xs[sel]] += wk_ * (1 - a[sel])
+    return coef
+
+
+def _first_available(
+    kept: np.ndarray, order: list[int], ys: np.ndarray, xs: np.ndarray
+) -> np.ndarray:
+    """For each pixel (ys, xs), the first epoch of ``order`` kept there (-1 if none)."""
+    out = np.full(ys.size, -1, dtype=np.int64)
+    for j in order:
+        todo = out < 0
+        if not todo.any():
+            break
+        idx = np.flatnonzero(todo)
+        ok = kept[j, ys[idx], xs[idx]]
+        out[idx[ok]] = j
+    return out

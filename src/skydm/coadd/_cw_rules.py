@@ -1,0 +1,190 @@
+"""Outlier footprints and DMTN-080's temporal rule: which footprints of which
+epochs CompareWarp clips (on the binned grid).
+
+See :mod:`skydm.coadd.compare_warp` for the whole algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    from skydm.coadd.compare_warp import CompareWarpConfig
+
+#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2, model S/N).
+Sparse = list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = math.ceil(radius)
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return (x * x + y * y) <= radius * radius + 1e-9
+
+
+def _footprints(code: np.ndarray, streak_length: float) -> np.ndarray:
+    """Outlier footprints of one epoch and sign.
+
+    Regions of ``code >= 1`` that hold a seed (``code >= 2``), plus seedless
+    regions that are long and thin (:func:`_is_streak`): a faint trail is
+    never 5 sigma anywhere but runs above the lower threshold for hundreds
+    of pixels, which noise does not.
+    """
+    lab, nlab = ndimage.label(code >= 1)
+    if nlab == 0:
+        return np.zeros(code.shape, dtype=bool)
+    keep = np.zeros(nlab + 1, dtype=bool)
+    seeded = np.unique(lab[code >= 2])
+    keep[seeded] = True
+    if streak_length > 0:
+        sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
+        for label in np.flatnonzero((sizes >= streak_length) & ~keep):
+            ys, xs = np.nonzero(lab == label)
+            if label > 0 and _is_streak(ys, xs, streak_length):
+                keep[label] = True
+    keep[0] = False
+    return keep[lab]
+
+
+def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
+    """Whether pixels (ys, xs) form a straight strip at least ``min_length`` long
+    and 8 times longer than wide (from their second moments)."""
+    cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
+    evals = np.linalg.eigvalsh(cov)
+    length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
+    return length >= min_length and length >= 8 * max(width, 1.0)
+
+
+def clip_maps(
+    codes: np.ndarray,
+    cover: np.ndarray,
+    sparse: Sparse,
+    cfg: CompareWarpConfig,
+    *,
+    grow: float,
+) -> np.ndarray:
+    """Per-epoch boolean maps of the pixels to clip (binned grid).
+
+    Positive and negative outliers are counted separately.  Artefacts add
+    light, so a positive footprint may be clipped even where only two epochs
+    overlap (at least one outlier epoch is allowed from two epochs on); a
+    negative one needs the full rule.  A footprint whose difference is
+    a multiple of the model there (see :func:`_variable`) is a variable
+    source, and is kept whatever its number of epochs.
+    """
+    n = codes.shape[0]
+    clip = np.zeros(codes.shape, dtype=bool)
+    structure = _disk(grow) if grow >= 0.5 else None
+    r = math.ceil(grow) if structure is not None else 0
+    for sign in (1, -1):
+        fps = np.zeros(codes.shape, dtype=bool)
+        for k in range(n):
+            fps[k] = _footprints(codes[k] * sign, cfg.streak_length if sign > 0 else 0.0)
+        count = fps.sum(axis=0, dtype=np.uint8)
+        for k in range(n):
+            lab, nlab = ndimage.label(fps[k])
+            if nlab == 0:
+                continue
+            index = np.arange(1, nlab + 1)
+            mean_cover = np.asarray(ndimage.mean(cover, lab, index))
+            limit = cfg.epoch_threshold(mean_cover)
+            if sign > 0:
+                limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
+            # Fraction of each footprint's pixels that are outliers in few
+            # enough epochs (footprints differ only through their coverage).
+            frac = np.zeros(nlab)
+            for lo in np.unique(limit):
+                sel = limit == lo
+                ok_pix = (count >= 1) & (count <= lo)
+                frac[sel] = np.asarray(ndimage.mean(ok_pix, lab, index[sel]))
+            candidate = frac > cfg.spatial_threshold
+            candidate &= ~_variable(lab, nlab, k, sparse, cfg)
+            chosen = index[candidate]
+            if chosen.size == 0:
+                continue
+            sel_map = np.isin(lab, chosen)
+            if sign > 0 and cfg.streak_length > 0:
+                sel_map |= _extend_streaks(lab, chosen, cover > 0, cfg.streak_length)
+            if structure is None:
+                clip[k] |= sel_map
+                continue
+            for obj in ndimage.find_objects(np.where(sel_map, lab, 0)):
+                if obj is None:
+                    continue
+                ys = slice(max(obj[0].start - r, 0), obj[0].stop + r)
+                xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
+                clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
+    return clip
+
+
+def _extend_streaks(
+    lab: np.ndarray, chosen: np.ndarray, data: np.ndarray, min_length: float
+) -> np.ndarray:
+    """Straight strips through every long, thin footprint, across the whole grid.
+
+    Satellite trails cross a whole image, but where a faint one dips into
+    the noise its footprint breaks into segments and the gaps would leak.
+    A footprint at least ``min_length`` binned pixels long and 8 times
+    longer than wide is taken to be a segment of a straight trail, and the
+    strip along its axis (as wide as the footprint) is clipped wherever the
+    epoch has data, as Rubin's streak masking does.
+    """
+    out = np.zeros(lab.shape, dtype=bool)
+    big = chosen[np.asarray(ndimage.sum(np.ones_like(lab), lab, chosen)) >= min_length]
+    if big.size == 0:
+        return out
+    yy, xx = np.indices(lab.shape, dtype=np.float32)
+    for label in big:
+        ys, xs = np.nonzero(lab == label)
+        cy, cx = ys.mean(), xs.mean()
+        cov = np.cov(np.vstack([xs - cx, ys - cy]))
+        evals, evecs = np.linalg.eigh(cov)
+        length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
+        if length < min_length or length < 8 * max(width, 1.0):
+            continue
+        ux, uy = evecs[0, 1], evecs[1, 1]
+        perp = np.abs(-(xs - cx) * uy + (ys - cy) * ux)
+        half = float(np.max(perp)) + 1.0
+        dist = np.abs(-(xx - cx) * uy + (yy - cy) * ux)
+        out |= (dist <= half) & data
+    return out
+
+
+def _variable(
+    lab: np.ndarray,
+    nlab: int,
+    k: int,
+    sparse: Sparse,
+    cfg: CompareWarpConfig,
+) -> np.ndarray:
+    """Which footprints of epoch ``k`` look like a flux change of a static source.
+
+    At each footprint's most significant pixel, the difference over a
+    PSF-sized window must be fit by a multiple of the model (reduced
+    chi-square at most ``cfg.variable_chi2``) where the model is a
+    significant source (window S/N at least ``cfg.threshold``).
+    """
+    out = np.zeros(nlab, dtype=bool)
+    if cfg.variable_chi2 <= 0:
+        return out
+    parts = [p for p in sparse if p[0] == k]
+    if not parts:
+        return out
+    idx = np.concatenate([p[1] for p in parts])
+    dabs = np.concatenate([p[2] for p in parts])
+    chi2 = np.concatenate([p[3] for p in parts])
+    msig = np.concatenate([p[4] for p in parts])
+    which = lab.ravel()[idx]
+    inside = which > 0
+    which, dabs, chi2, msig = which[inside], dabs[inside], chi2[inside], msig[inside]
+    # The most significant pixel of each footprint: sort by label, then |d|.
+    order = np.lexsort((-dabs, which))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = which[order][1:] != which[order][:-1]
+    top = order[first]
+    good = (chi2[top] <= cfg.variable_chi2) & (msig[top] >= cfg.threshold)
+    out[which[top] - 1] = good
+    return out
