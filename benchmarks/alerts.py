@@ -15,6 +15,7 @@ Run: ``.venv/bin/python benchmarks/alerts.py [--quick]``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fastavro
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
@@ -32,10 +34,11 @@ from astropy.wcs import WCS
 from skydm.alerts.packet import alert_record, build_record
 from skydm.alerts.produce import produce_visit_alerts
 from skydm.alerts.schema import load_schema
-from skydm.alerts.serialize import PacketEncoder, zigzag_varint
+from skydm.alerts.serialize import PacketEncoder
 from skydm.alerts.transport import KafkaTransport
 from skydm.ap.apdb import Apdb
-from skydm.ap.association import make_id
+from skydm.ap.association import make_id, unit_vectors
+from skydm.ap.history import CHUNK_RECORDS, FORCED, SOURCE, HistoryChunk
 from skydm.image import Exposure, GaussianPsf, VisitInfo
 
 N_HISTORY = 100
@@ -86,25 +89,118 @@ def _positions(n: int, shape: tuple[int, int], seed: int) -> tuple[np.ndarray, n
     return gx.ravel()[:n], gy.ravel()[:n]
 
 
+# ---------------------------------------------------------------------------
+# Realistic history: every field a real DIA source fills, with plausible values.
+
+#: Fields that stay null in real DIA sources of a non-moving, non-withdrawn object.
+_NULL = {"ssObjectId", "parentDiaSourceId", "timeWithdrawnMjdTai"}
+
+
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Avro zig-zag varints of int64 values: (N, 10) bytes and which of them are used."""
+    v = values.astype(np.int64)
+    z = ((v << 1) ^ (v >> 63)).astype(np.uint64)
+    k = np.arange(10, dtype=np.uint64)
+    groups = (z[:, None] >> (np.uint64(7) * k[None, :])) & np.uint64(0x7F)
+    nbytes = 1 + sum(
+        (z >= (np.uint64(1) << np.uint64(7 * j))).astype(np.int64) for j in range(1, 10)
+    )
+    used = np.arange(10)[None, :] < nbytes[:, None]
+    more = np.arange(10)[None, :] < (nbytes[:, None] - 1)
+    return (groups | (more.astype(np.uint64) << np.uint64(7))).astype(np.uint8), used
+
+
+def _float_values(name: str, n: int, rng: np.random.Generator, base: dict) -> np.ndarray:
+    """Plausible measurements by field name (what matters: real-valued, not constant)."""
+    lo = name.lower()
+    if name in base:
+        return np.asarray(base[name], np.float64)
+    if lo.endswith("err") or "sigma" in lo:
+        return np.abs(rng.normal(20.0, 2.0, n)) * (1e-5 if "ra" in lo or "dec" in lo else 1.0)
+    if "cov" in lo:
+        return rng.normal(0.0, 1e-11, n)
+    if "flux" in lo:
+        return rng.normal(800.0, 60.0, n)
+    if lo in ("ixx", "iyy", "ixxpsf", "iyypsf"):
+        return rng.normal(2.9, 0.2, n)
+    if lo.startswith("ixy"):
+        return rng.normal(0.0, 0.1, n)
+    if "angle" in lo:
+        return rng.uniform(-90.0, 90.0, n)
+    if "length" in lo:
+        return rng.gamma(2.0, 0.5, n)
+    if "chi2" in lo:
+        return rng.chisquare(280, n)
+    if "lnl" in lo:
+        return -rng.chisquare(280, n) / 2
+    if lo in ("extendedness", "reliability"):
+        return rng.uniform(0.0, 1.0, n)
+    if lo == "exposuretime":
+        return np.full(n, 30.0)
+    return rng.normal(100.0, 10.0, n)
+
+
+def encode_records(
+    specs: tuple, values: dict[str, np.ndarray], n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Avro encodings of ``n`` flat records, vectorised: (flat bytes, end offsets).
+
+    Integer fields come from ``values``; floats from ``values`` or
+    :func:`_float_values`; booleans are mostly false; strings from ``values``.
+    """
+    blocks, masks = [], []
+    for f in specs:
+        if f.nullable:
+            branch = 1 if f.null_first else 0
+            if f.name in _NULL:
+                blocks.append(np.full((n, 1), 2 * (1 - branch), np.uint8))
+                masks.append(np.ones((n, 1), bool))
+                continue
+            blocks.append(np.full((n, 1), 2 * branch, np.uint8))
+            masks.append(np.ones((n, 1), bool))
+        if f.base in ("long", "int"):
+            v = np.broadcast_to(np.asarray(values.get(f.name, 0), np.int64), (n,))
+            b, m = _varints(v)
+        elif f.base in ("float", "double"):
+            v = np.broadcast_to(_float_values(f.name, n, rng, values), (n,))
+            dt = "<f4" if f.base == "float" else "<f8"
+            b = np.ascontiguousarray(v.astype(dt)).view(np.uint8).reshape(n, -1)
+            m = np.ones(b.shape, bool)
+        elif f.base == "boolean":
+            b = (rng.random((n, 1)) < 0.03).astype(np.uint8)
+            m = np.ones((n, 1), bool)
+        elif f.base == "string":
+            data = str(values.get(f.name, "r")).encode()
+            b = np.tile(np.frombuffer(bytes([2 * len(data)]) + data, np.uint8), (n, 1))
+            m = np.ones(b.shape, bool)
+        else:
+            raise ValueError(f"benchmark records: no generator for {f.name} ({f.base})")
+        blocks.append(b)
+        masks.append(m)
+    block, mask = np.hstack(blocks), np.hstack(masks)
+    return block[mask], np.cumsum(mask.sum(axis=1))
+
+
 def _populate(apdb: Apdb, n: int, shape: tuple[int, int], first_visit: int) -> None:
-    """DIA objects with N_HISTORY earlier sources and forced sources each, written in bulk."""
+    """DIA objects with N_HISTORY earlier sources and forced sources each, written in bulk.
+
+    Every field a real DIA source fills has a plausible value (fluxes,
+    errors, positions, shapes, dipole and trail fits, flags), so that the
+    stored history is as large as Rubin's; the records are encoded with
+    numpy (a million of them) and checked against skydm's encoder.
+    """
     schema = load_schema()
     enc = PacketEncoder(schema)
+    rng = np.random.default_rng(5)
     x, y = _positions(n, shape, 0)
     ra, dec = _wcs(shape).pixel_to_world_values(x, y)
+    oids = np.array([make_id(first_visit, 0, i) for i in range(n)], np.int64)
     objs = []
     for i in range(n):
-        oid = make_id(first_visit, 0, i)
-        v = np.array(
-            [
-                np.cos(np.radians(dec[i])) * np.cos(np.radians(ra[i])),
-                np.cos(np.radians(dec[i])) * np.sin(np.radians(ra[i])),
-                np.sin(np.radians(dec[i])),
-            ]
-        )
+        v = unit_vectors(np.array([ra[i]]), np.array([dec[i]]))[0]
         objs.append(
             {
-                "diaObjectId": oid,
+                "diaObjectId": int(oids[i]),
                 "ra": float(ra[i]),
                 "dec": float(dec[i]),
                 "sumX": v[0] * N_HISTORY,
@@ -130,117 +226,94 @@ def _populate(apdb: Apdb, n: int, shape: tuple[int, int], first_visit: int) -> N
         conn.execute(apdb.objects.insert(), objs)
     raw = apdb.engine.raw_connection()
     cur = raw.cursor()
-    for h in range(N_HISTORY):
-        visit = first_visit + h
-        mjd = MJD0 + visit
-        proto = dict(
-            diaSourceId=0,
-            visit=visit,
-            detector=0,
-            diaObjectId=1,
-            midpointMjdTai=mjd,
-            ra=float(ra[0]),
-            dec=float(dec[0]),
-            x=100.5,
-            y=200.5,
-            xErr=0.05,
-            yErr=0.05,
-            apFlux=812.3,
-            apFluxErr=20.1,
-            snr=40.2,
-            psfFlux=800.1,
-            psfFluxErr=19.9,
-            scienceFlux=5200.0,
-            scienceFluxErr=70.0,
-            band="r",
-            isNegative=False,
-            timeProcessedMjdTai=mjd + 0.01,
-            pixelFlags=False,
-            bboxSize=17,
-            psfNdata=289,
-        )
-        full = enc.encode_record("diaSource", build_record("diaSource", proto, schema))
-        head = (
-            zigzag_varint(0) + zigzag_varint(visit) + zigzag_varint(0) + b"\x02" + zigzag_varint(1)
-        )
-        tail = full[len(head) :]
-        fproto = dict(
-            diaForcedSourceId=0,
-            diaObjectId=1,
-            ra=float(ra[0]),
-            dec=float(dec[0]),
-            visit=visit,
-            detector=0,
-            midpointMjdTai=mjd,
-            psfFlux=12.0,
-            psfFluxErr=20.0,
-            scienceFlux=5000.0,
-            scienceFluxErr=70.0,
-            band="r",
-            timeProcessedMjdTai=mjd,
-        )
-        ffull = enc.encode_record(
-            "diaForcedSource", build_record("diaForcedSource", fproto, schema)
-        )
-        ftail = ffull[len(zigzag_varint(0) + zigzag_varint(1)) :]
-        srows, frows = [], []
-        for i, o in enumerate(objs):
-            sid = make_id(visit, 0, i)
-            oid = o["diaObjectId"]
-            blob = (
-                zigzag_varint(sid)
-                + zigzag_varint(visit)
-                + zigzag_varint(0)
-                + b"\x02"
-                + zigzag_varint(oid)
-                + tail
+    visits = first_visit + np.arange(N_HISTORY)
+    for lo in range(0, n, 2000):
+        idx = np.arange(lo, min(lo + 2000, n))
+        m = len(idx) * N_HISTORY
+        obj = np.repeat(idx, N_HISTORY)  # object-major: each object's records together
+        visit = np.tile(visits, len(idx))
+        ids = ((visit * 1024) << 20) | obj
+        mjd = MJD0 + visit.astype(np.float64)
+        jitter = rng.normal(0, 0.05 / 3600, (2, m))
+        base = {
+            "diaSourceId": ids,
+            "diaForcedSourceId": ids,
+            "visit": visit,
+            "detector": 0,
+            "diaObjectId": oids[obj],
+            "midpointMjdTai": mjd,
+            "timeProcessedMjdTai": mjd + 0.01,
+            "ra": ra[obj] + jitter[0],
+            "dec": dec[obj] + jitter[1],
+            "trailRa": ra[obj] + jitter[0],
+            "trailDec": dec[obj] + jitter[1],
+            "x": x[obj] + rng.normal(0, 0.2, m),
+            "y": y[obj] + rng.normal(0, 0.2, m),
+            "psfNdata": 289,
+            "trailNdata": 289,
+            "dipoleNdata": 578,
+            "bboxSize": 17,
+            "trailAlgorithm": 1,
+            "band": "r",
+            "reliabilityVersion": "v0.3",
+        }
+        srows, frows, chunks = [], [], []
+        for kind, name in ((SOURCE, "diaSource"), (FORCED, "diaForcedSource")):
+            flat, ends = encode_records(schema.records[name], base, m, rng)
+            data = flat.tobytes()
+            # Check one record against skydm's encoder (and so against fastavro).
+            first = fastavro.schemaless_reader(
+                io.BytesIO(data[: ends[0]]), schema.record_schemas[name], None
             )
-            srows.append(
-                (
-                    sid,
-                    oid,
-                    visit,
-                    0,
-                    "r",
-                    mjd,
-                    o["ra"],
-                    o["dec"],
-                    800.1,
-                    19.9,
-                    schema.schema_id,
-                    blob,
-                )
+            assert enc.encode_record(name, first) == data[: ends[0]]
+            for j, i in enumerate(idx):
+                r0 = j * N_HISTORY
+                for c0 in range(0, N_HISTORY, CHUNK_RECORDS):
+                    a, b = r0 + c0, r0 + min(c0 + CHUNK_RECORDS, N_HISTORY)
+                    start = int(ends[a - 1]) if a else 0
+                    chunk = HistoryChunk(
+                        int(oids[i]),
+                        kind,
+                        c0 // CHUNK_RECORDS,
+                        schema.schema_id,
+                        ids[a:b].tolist(),
+                        mjd[a:b].tolist(),
+                        (ends[a:b] - start).tolist(),
+                        data[start : int(ends[b - 1])],
+                    )
+                    chunks.append(chunk.row())
+        rows = list(
+            zip(
+                ids.tolist(),
+                oids[obj].tolist(),
+                visit.tolist(),
+                [0] * m,
+                ["r"] * m,
+                mjd.tolist(),
+                base["ra"].tolist(),
+                base["dec"].tolist(),
+                rng.normal(800.0, 60.0, m).tolist(),
+                np.abs(rng.normal(20.0, 2.0, m)).tolist(),
+                strict=True,
             )
-            fblob = zigzag_varint(sid) + zigzag_varint(oid) + ftail
-            frows.append(
-                (
-                    sid,
-                    oid,
-                    visit,
-                    0,
-                    "r",
-                    mjd,
-                    o["ra"],
-                    o["dec"],
-                    12.0,
-                    20.0,
-                    mjd,
-                    schema.schema_id,
-                    fblob,
-                )
-            )
+        )
+        srows.extend(rows)
+        frows.extend((*r, r[5] + 0.01) for r in rows)
         cur.executemany(
             'INSERT INTO "DiaSource" ("diaSourceId","diaObjectId",visit,detector,band,'
-            '"midpointMjdTai",ra,dec,"psfFlux","psfFluxErr","avroSchemaId",avro) '
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            '"midpointMjdTai",ra,dec,"psfFlux","psfFluxErr") VALUES (?,?,?,?,?,?,?,?,?,?)',
             srows,
         )
         cur.executemany(
-            'INSERT INTO "DiaForcedSource" ("diaForcedSourceId","diaObjectId",visit,detector,band,'
-            '"midpointMjdTai",ra,dec,"psfFlux","psfFluxErr","timeProcessedMjdTai","avroSchemaId",'
-            "avro) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            'INSERT INTO "DiaForcedSource" ("diaForcedSourceId","diaObjectId",visit,detector,'
+            'band,"midpointMjdTai",ra,dec,"psfFlux","psfFluxErr","timeProcessedMjdTai") '
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             frows,
+        )
+        cur.executemany(
+            'INSERT INTO "DiaHistory" ("diaObjectId", kind, chunk, "avroSchemaId", "nRecords", '
+            '"firstMjdTai", "lastMjdTai", ids, mjds, ends, avro) VALUES (?,?,?,?,?,?,?,?,?,?,?)',
+            chunks,
         )
     raw.commit()
     raw.close()
@@ -257,6 +330,45 @@ def _dia_table(n: int, shape: tuple[int, int]) -> Table:
     for c in ("flagged", "flag_dipole", "flag_edge", "flag_sat", "flag_cr", "flag_bad"):
         t[c] = np.zeros(n, bool)
     return t
+
+
+def _realistic_history(schema, rng: np.random.Generator) -> tuple[list[bytes], list[bytes]]:
+    """N_HISTORY encoded previous DIA sources and forced sources, every field filled."""
+    ids = 5_000_000_000 + np.arange(N_HISTORY)
+    mjd = MJD0 - N_HISTORY + np.arange(N_HISTORY, dtype=np.float64)
+    base = {
+        "diaSourceId": ids,
+        "diaForcedSourceId": ids,
+        "visit": np.arange(N_HISTORY) + 900,
+        "detector": 0,
+        "diaObjectId": 7,
+        "midpointMjdTai": mjd,
+        "timeProcessedMjdTai": mjd + 0.01,
+        "ra": 45.0 + rng.normal(0, 1e-5, N_HISTORY),
+        "dec": -30.0 + rng.normal(0, 1e-5, N_HISTORY),
+        "trailRa": np.full(N_HISTORY, 45.0),
+        "trailDec": np.full(N_HISTORY, -30.0),
+        "x": rng.normal(100.5, 0.2, N_HISTORY),
+        "y": rng.normal(100.5, 0.2, N_HISTORY),
+        "psfNdata": 289,
+        "trailNdata": 289,
+        "dipoleNdata": 578,
+        "bboxSize": 17,
+        "trailAlgorithm": 1,
+        "band": "r",
+        "reliabilityVersion": "v0.3",
+    }
+    out = []
+    for name in ("diaSource", "diaForcedSource"):
+        flat, ends = encode_records(schema.records[name], base, N_HISTORY, rng)
+        data = flat.tobytes()
+        starts = np.concatenate([[0], ends[:-1]])
+        out.append([data[a:b] for a, b in zip(starts, ends, strict=True)])
+    return out[0], out[1]
+
+
+def _decode(schema, kind: str, data: bytes) -> dict:
+    return fastavro.schemaless_reader(io.BytesIO(data), schema.record_schemas[kind], None)
 
 
 def bench_serialize(n: int) -> dict[str, float]:
@@ -287,32 +399,7 @@ def bench_serialize(n: int) -> dict[str, float]:
         timeProcessedMjdTai=MJD0,
         isNegative=False,
     )
-    prv = [
-        enc.encode_record("diaSource", build_record("diaSource", {**src, "diaSourceId": i}, schema))
-        for i in range(N_HISTORY)
-    ]
-    fs = dict(
-        diaForcedSourceId=1,
-        diaObjectId=7,
-        ra=45.0,
-        dec=-30.0,
-        visit=4,
-        detector=0,
-        midpointMjdTai=MJD0,
-        psfFlux=1.0,
-        psfFluxErr=2.0,
-        scienceFlux=3.0,
-        scienceFluxErr=1.0,
-        band="r",
-        timeProcessedMjdTai=MJD0,
-    )
-    prv_fs = [
-        enc.encode_record(
-            "diaForcedSource",
-            build_record("diaForcedSource", {**fs, "diaForcedSourceId": i}, schema),
-        )
-        for i in range(N_HISTORY)
-    ]
+    prv, prv_fs = _realistic_history(schema, rng)
     from skydm.ap.association import add_source, new_object, object_summary
 
     obj = new_object(src)
@@ -350,13 +437,8 @@ def bench_serialize(n: int) -> dict[str, float]:
     dt2 = time.perf_counter() - t2
     full = {
         **packet,
-        "prvDiaSources": [
-            build_record("diaSource", {**src, "diaSourceId": i}, schema) for i in range(N_HISTORY)
-        ],
-        "prvDiaForcedSources": [
-            build_record("diaForcedSource", {**fs, "diaForcedSourceId": i}, schema)
-            for i in range(N_HISTORY)
-        ],
+        "prvDiaSources": [_decode(schema, "diaSource", r) for r in prv],
+        "prvDiaForcedSources": [_decode(schema, "diaForcedSource", r) for r in prv_fs],
     }
     lsst = schema.lsst_schema()
     m = max(n // 20, 20)
@@ -368,7 +450,7 @@ def bench_serialize(n: int) -> dict[str, float]:
         "serialize_per_s": n / dt,
         "build_and_serialize_per_s": n / dt2,
         "lsst_serialize_per_s": m / dt1,
-        "packet_bytes": size,
+        "packet_kb": size / 1000,
     }
 
 
@@ -398,6 +480,11 @@ class Tansu:
         )
         time.sleep(0.5)
         self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the broker process so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -430,6 +517,7 @@ def bench_visit(
         sci, tmpl, diff = (_exposure(shape, visit, rng) for _ in range(3))
         table = _dia_table(n, shape)
         t0 = time.time()
+        cpu0 = time.process_time()
         res = produce_visit_alerts(
             table,
             diff,
@@ -440,6 +528,7 @@ def bench_visit(
             bootstrap=broker.bootstrap,
         )
         produced = time.time()
+        cpu = time.process_time() - cpu0
         ends = []
         for c in consumers:
             assert c.stdout is not None
@@ -451,6 +540,8 @@ def bench_visit(
             "total_s": max(ends) - t0,
             "produce_and_send_s": produced - t0,
             "setup_s": setup,
+            "producer_cpu_s": cpu,
+            "broker_cpu_s": broker.cpu_seconds(),
             **{f"step_{k}_s": round(v, 2) for k, v in res.timings.items()},
         }
     finally:

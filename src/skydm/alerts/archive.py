@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,106 @@ def archive_name(visit: int, detector: int) -> str:
     return f"alerts-visit{visit:010d}-det{detector:03d}.avro"
 
 
+class _Abort(Exception):
+    """Tells the writer thread to drop the file."""
+
+
+class ArchiveWriter:
+    """Write one archive file block by block, in a background thread.
+
+    Packets are handed over in blocks as they are made; the byte range each
+    will have in the file is known at once (the layout depends only on the
+    lengths), while the writing itself overlaps with making the next block.
+    The file appears under its name, complete and fsynced, only at
+    :meth:`finish`.
+
+    Parameters
+    ----------
+    path : Path
+        The file to write (atomically: a reader never sees half a file).
+    schema : AlertSchema
+        The schema the packets were encoded with; embedded in the header.
+    skip : int
+        Leading bytes of each packet not to write (the Confluent wire header,
+        when the packets are wire-format messages).
+    """
+
+    def __init__(self, path: Path, schema: AlertSchema, *, skip: int = 0) -> None:
+        self.path = Path(path)
+        self._skip = skip
+        self._sync = os.urandom(16)
+        header = bytearray(_MAGIC)
+        meta = {b"avro.schema": schema_json(schema), b"avro.codec": b"null"}
+        header += zigzag_varint(len(meta))
+        for key, value in meta.items():
+            header += zigzag_varint(len(key)) + key + zigzag_varint(len(value)) + value
+        header += b"\0" + self._sync
+        self._pos = len(header)
+        self._error: BaseException | None = None
+        # Bounded: the maker of packets waits rather than piling up memory.
+        self._queue: queue.Queue[tuple[bytes, Sequence[bytes]] | type[_Abort] | None] = queue.Queue(
+            maxsize=8
+        )
+        self._thread = threading.Thread(target=self._run, args=(bytes(header),), daemon=True)
+        self._thread.start()
+
+    def add(self, packets: Sequence[bytes]) -> list[tuple[int, int]]:
+        """Queue one block of packets; returns each record's (offset, length) in the file."""
+        spans: list[tuple[int, int]] = []
+        for start in range(0, len(packets), _BLOCK_RECORDS):
+            block = packets[start : start + _BLOCK_RECORDS]
+            size = sum(len(p) for p in block) - self._skip * len(block)
+            head = zigzag_varint(len(block)) + zigzag_varint(size)
+            pos = self._pos + len(head)
+            for p in block:
+                spans.append((pos, len(p) - self._skip))
+                pos += len(p) - self._skip
+            self._pos = pos + len(self._sync)
+            self._queue.put((head, block))
+        return spans
+
+    def finish(self) -> None:
+        """Write what is queued, fsync and give the file its name.
+
+        Raises
+        ------
+        BadFileError
+            When the file could not be written.
+        """
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise BadFileError(self.path, f"cannot write the alert archive: {self._error}")
+
+    def abort(self) -> None:
+        """Drop the file (nothing replaces an existing one)."""
+        self._queue.put(_Abort)
+        self._thread.join()
+
+    def _run(self, header: bytes) -> None:
+        try:
+            with atomic_open(self.path) as fh:
+                fh.write(header)
+                while (item := self._queue.get()) is not None:
+                    if item is _Abort:
+                        raise _Abort
+                    assert isinstance(item, tuple)
+                    head, block = item
+                    fh.write(head)
+                    for p in block:
+                        fh.write(memoryview(p)[self._skip :])
+                    fh.write(self._sync)
+        except _Abort:
+            return
+        except BaseException as exc:  # reported by finish()
+            self._error = exc
+            # Keep taking blocks so that add() never waits on a dead writer.
+            while self._queue.get() not in (None, _Abort):
+                pass
+
+
 def write_archive(
-    path: Path, schema: AlertSchema, packets: Sequence[bytes]
+    path: Path, schema: AlertSchema, packets: Sequence[bytes], *, skip: int = 0
 ) -> list[tuple[int, int]]:
     """Write schemaless packets as an Avro container file; returns (offset, length) each.
 
@@ -57,31 +157,15 @@ def write_archive(
     schema : AlertSchema
         The schema the packets were encoded with; embedded in the header.
     packets : sequence of bytes
-        Schemaless Avro packets (no wire header).
+        Schemaless Avro packets, or wire-format messages with ``skip`` = 5.
     """
-    sync = os.urandom(16)
-    header = bytearray(_MAGIC)
-    meta = {b"avro.schema": schema_json(schema), b"avro.codec": b"null"}
-    header += zigzag_varint(len(meta))
-    for key, value in meta.items():
-        header += zigzag_varint(len(key)) + key + zigzag_varint(len(value)) + value
-    header += b"\0" + sync
-    spans: list[tuple[int, int]] = []
-    with atomic_open(Path(path)) as fh:
-        fh.write(header)
-        pos = len(header)
-        for start in range(0, len(packets), _BLOCK_RECORDS):
-            block = packets[start : start + _BLOCK_RECORDS]
-            size = sum(len(p) for p in block)
-            head = zigzag_varint(len(block)) + zigzag_varint(size)
-            fh.write(head)
-            pos += len(head)
-            for p in block:
-                spans.append((pos, len(p)))
-                pos += len(p)
-            fh.write(b"".join(block))
-            fh.write(sync)
-            pos += len(sync)
+    writer = ArchiveWriter(path, schema, skip=skip)
+    try:
+        spans = writer.add(packets)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.finish()
     return spans
 
 

@@ -8,8 +8,10 @@ visit's Avro archive -> the outbox -> Kafka, when a broker is configured.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from skydm.alerts.archive import archive_name, write_archive
+from skydm.alerts.archive import ArchiveWriter, archive_name
 from skydm.alerts.cutout import CutoutMaker
 from skydm.alerts.outbox import Outbox
 from skydm.alerts.packet import (
@@ -27,7 +29,7 @@ from skydm.alerts.packet import (
     check_source_values,
 )
 from skydm.alerts.schema import AlertSchema, load_schema
-from skydm.alerts.serialize import PacketEncoder
+from skydm.alerts.serialize import WIRE_HEADER_SIZE, PacketEncoder
 from skydm.alerts.transport import KafkaTransport, StreamResult, stream_outbox
 from skydm.ap.apdb import Apdb
 from skydm.ap.association import add_forced, add_source, associate, new_object, object_summary
@@ -87,7 +89,7 @@ def _history_array(
         else encoder.encode_record(kind, build_record(kind, full[rid], schema))
         for rid, _mjd, sid, blob in found
     ]
-    return EncodedArray(len(pieces), b"".join(pieces))
+    return EncodedArray(len(pieces), tuple(pieces))
 
 
 def produce_visit_alerts(
@@ -219,7 +221,17 @@ def produce_visit_alerts(
     result.n_forced = len(forced)
     clock.lap("forced")
 
-    # 4. History of the objects that have a source in this visit: a few
+    # 4. The new sources' encodings: in the packets, and appended by the APDB
+    # to their objects' history.
+    encoded: list[bytes] = []
+    for src, rec in zip(good, records, strict=True):
+        if "diaObjectId" in rec:
+            rec["diaObjectId"] = int(src["diaObjectId"])
+        enc = encoder.encode_record("diaSource", rec)
+        encoded.append(enc)
+        src["avroSchemaId"], src["avro"] = schema.schema_id, bytes(enc)
+
+    # 5. History of the objects that have a source in this visit: a few
     # chunks per object, sliced to the window without decoding records.
     mjd = float(info.mjd)
     since = mjd - history_days
@@ -233,16 +245,10 @@ def produce_visit_alerts(
         for oid in touched_set
         for kind in (SOURCE, FORCED)
     }
-    stale = {
-        kind: [
-            r[0]
-            for (_, k), w in windows.items()
-            if k == kind and isinstance(w, list)
-            for r in w
-            if r[2] != schema.schema_id
-        ]
-        for kind in (SOURCE, FORCED)
-    }
+    stale: dict[int, list[int]] = {SOURCE: [], FORCED: []}
+    for (_, kind), w in windows.items():
+        if isinstance(w, list):
+            stale[kind].extend(r[0] for r in w if r[2] != schema.schema_id)
     full_src = apdb.rows_by_id("DiaSource", stale[SOURCE]) if stale[SOURCE] else {}
     full_fs = apdb.rows_by_id("DiaForcedSource", stale[FORCED]) if stale[FORCED] else {}
     history = {
@@ -257,64 +263,61 @@ def produce_visit_alerts(
     }
     clock.lap("history")
 
-    # 5. Packets.
-    makers = {
-        name: CutoutMaker(exp, cutout_size)
-        for name, exp in (("difference", difference), ("science", science), ("template", template))
-        if exp is not None
-    }
-    filters = dict(filtered_topics or {})
-    main_topic = topic or schema.default_topic
-    packets: list[bytes] = []
-    routes: list[list[str]] = []
-    summaries: dict[int, dict[str, Any]] = {}
-    for src, rec in zip(good, records, strict=True):
-        oid = int(src["diaObjectId"])
-        ident = src["diaSourceId"]
-        # The record checked above, now with its object.
-        if "diaObjectId" in rec:
-            rec["diaObjectId"] = oid
-        enc = encoder.encode_record("diaSource", rec)
-        src["avroSchemaId"], src["avro"] = schema.schema_id, bytes(enc)
-        if oid not in summaries:
-            summaries[oid] = build_record(
-                "diaObject", object_summary(objects[oid]), schema, ident=ident
-            )
-        obj_rec = summaries[oid]
-        prv, prv_fs = history[(oid, SOURCE)], history[(oid, FORCED)]
-        x, y = float(src["x"]), float(src["y"])
-        cutouts = {name: m.cutout(x, y) for name, m in makers.items()}
-        packet = alert_record(
-            schema,
-            dia_source=enc,  # type: ignore[arg-type]
-            prv_dia_sources=prv,  # type: ignore[arg-type]
-            prv_forced_sources=prv_fs,  # type: ignore[arg-type]
-            dia_object=obj_rec,
-            cutouts=cutouts,
-            dia_source_id=int(ident),
-        )
-        packets.append(encoder.encode(packet))
-        view = {"diaSourceId": ident, "diaSource": rec, "diaObject": obj_rec}
-        routes.append([main_topic, *(t for t, pred in filters.items() if pred(view))])
-        if progress is not None:
-            progress.advance()
-    result.n_alerts = len(packets)
-    clock.lap("packets")
-
-    # 6. Archive, outbox, APDB: the outbox is filled before the APDB commits,
-    # and emptied again if the commit fails, so that a visit is either
+    # 6. The APDB transaction runs in a thread while the packets are made
+    # and archived (the archive writer has its own thread); it commits only
+    # once the archive is complete and the outbox holds its messages, and
+    # the outbox rows are removed if the commit fails: a visit is either
     # stored and queued or neither.
     archive_dir = Path(archive_dir)
     archive_dir.mkdir(parents=True, exist_ok=True)
     path = archive_dir / archive_name(visit, detector)
-    spans = write_archive(path, schema, packets)
-    result.archive = path
-    clock.lap("archive")
     own_outbox = outbox is None
     box = outbox or Outbox(archive_dir / "outbox.sqlite3")
     new_set = set(new_ids)
     changed = set(touched) | {int(f["diaObjectId"]) for f in forced}
+    queued = threading.Event()
+    abandon = threading.Event()
+
+    def commit_gate() -> None:
+        queued.wait()
+        if abandon.is_set():
+            raise _Abandoned("the visit's alerts were not queued")
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apdb")
+    stored = pool.submit(
+        apdb.store_visit,
+        visit=visit,
+        detector=detector,
+        band=info.band,
+        mjd=mjd if math.isfinite(mjd) else 0.0,
+        sources=good,
+        forced=forced,
+        new_objects=[objects[i] for i in new_ids],
+        updated_objects=[objects[i] for i in changed if i not in new_set],
+        tails=tails,
+        before_commit=commit_gate,
+    )
+    writer = ArchiveWriter(path, schema, skip=WIRE_HEADER_SIZE)
     try:
+        messages, spans, routes = _make_packets(
+            good,
+            encoded,
+            records,
+            objects,
+            history,
+            makers_for(difference, science, template, cutout_size),
+            schema,
+            encoder,
+            writer,
+            main_topic=topic or schema.default_topic,
+            filters=dict(filtered_topics or {}),
+            progress=progress,
+        )
+        result.n_alerts = len(messages)
+        clock.lap("packets")
+        writer.finish()
+        result.archive = path
+        clock.lap("archive")
         entries = [
             (t, int(src["diaSourceId"]), int(src["diaObjectId"]), pos, length)
             for src, (pos, length), ts in zip(good, spans, routes, strict=True)
@@ -323,23 +326,27 @@ def produce_visit_alerts(
         result.queued = box.add_archive(
             path, visit=visit, detector=detector, schema_id=schema.schema_id, entries=entries
         )
+        clock.lap("outbox")
+    except BaseException:
+        writer.abort()
+        abandon.set()
+        queued.set()
+        pool.shutdown(wait=True)
+        if own_outbox:
+            box.close()
+        raise
+    queued.set()
+    try:
         try:
-            apdb.store_visit(
-                visit=visit,
-                detector=detector,
-                band=info.band,
-                mjd=mjd if math.isfinite(mjd) else 0.0,
-                sources=good,
-                forced=forced,
-                new_objects=[objects[i] for i in new_ids],
-                updated_objects=[objects[i] for i in changed if i not in new_set],
-                tails=tails,
-            )
-        except Exception:
+            stored.result()
+        except BaseException:
             box.drop_archive(path)
             raise
+        finally:
+            pool.shutdown(wait=True)
         clock.lap("store")
         if bootstrap:
+            box.keep_in_memory(path, {pos: m for (pos, _), m in zip(spans, messages, strict=True)})
             transport = KafkaTransport(
                 bootstrap, partitions=partitions, config=dict(kafka_config or {})
             )
@@ -347,8 +354,84 @@ def produce_visit_alerts(
                 result.stream = stream_outbox(box, transport)
             finally:
                 transport.close()
+                box.forget_memory(path)
             clock.lap("stream")
     finally:
         if own_outbox:
             box.close()
     return result
+
+
+class _Abandoned(Exception):
+    """The APDB transaction of a visit whose alerts could not be queued."""
+
+
+def makers_for(
+    difference: Exposure, science: Exposure | None, template: Exposure | None, size: int
+) -> dict[str, CutoutMaker]:
+    """Cutout makers for the images that are given."""
+    return {
+        name: CutoutMaker(exp, size)
+        for name, exp in (("difference", difference), ("science", science), ("template", template))
+        if exp is not None
+    }
+
+
+def _make_packets(
+    good: Sequence[dict[str, Any]],
+    encoded: Sequence[bytes],
+    records: Sequence[dict[str, Any]],
+    objects: Mapping[int, dict[str, Any]],
+    history: Mapping[tuple[int, int], EncodedArray],
+    makers: Mapping[str, CutoutMaker],
+    schema: AlertSchema,
+    encoder: PacketEncoder,
+    writer: ArchiveWriter,
+    *,
+    main_topic: str,
+    filters: Mapping[str, Predicate],
+    progress: Progress | None,
+    block: int = 500,
+) -> tuple[list[bytes], list[tuple[int, int]], list[list[str]]]:
+    """Wire-format packets, handed to the archive writer block by block.
+
+    Returns the messages, their byte ranges in the archive and their topics.
+    """
+    messages: list[bytes] = []
+    spans: list[tuple[int, int]] = []
+    routes: list[list[str]] = []
+    summaries: dict[int, dict[str, Any]] = {}
+    pending: list[bytes] = []
+    for src, enc, rec in zip(good, encoded, records, strict=True):
+        oid = int(src["diaObjectId"])
+        ident = src["diaSourceId"]
+        if oid not in summaries:
+            summaries[oid] = build_record(
+                "diaObject", object_summary(objects[oid]), schema, ident=ident
+            )
+        obj_rec = summaries[oid]
+        x, y = float(src["x"]), float(src["y"])
+        packet = alert_record(
+            schema,
+            dia_source=enc,  # type: ignore[arg-type]
+            prv_dia_sources=history[(oid, SOURCE)],  # type: ignore[arg-type]
+            prv_forced_sources=history[(oid, FORCED)],  # type: ignore[arg-type]
+            dia_object=obj_rec,
+            cutouts={name: m.cutout(x, y) for name, m in makers.items()},
+            dia_source_id=int(ident),
+        )
+        pending.append(encoder.encode(packet, wire=True))
+        if filters:
+            view = {"diaSourceId": ident, "diaSource": rec, "diaObject": obj_rec}
+            routes.append([main_topic, *(t for t, pred in filters.items() if pred(view))])
+        else:
+            routes.append([main_topic])
+        if len(pending) == block:
+            spans.extend(writer.add(pending))
+            messages.extend(pending)
+            pending = []
+        if progress is not None:
+            progress.advance()
+    spans.extend(writer.add(pending))
+    messages.extend(pending)
+    return messages, spans, routes

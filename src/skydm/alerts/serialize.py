@@ -155,7 +155,7 @@ class PacketEncoder:
     def _piece(self, kind: str, value: Any) -> bytes:
         return value if isinstance(value, Encoded) else self.encode_record(kind, value)
 
-    def encode(self, packet: Mapping[str, Any]) -> bytes:
+    def encode(self, packet: Mapping[str, Any], *, wire: bool = False) -> bytes:
         """Schemaless Avro bytes of one packet.
 
         ``packet`` is a dict as made by :func:`skydm.alerts.packet.alert_record`;
@@ -164,8 +164,10 @@ class PacketEncoder:
         dict (an array's items are either all bytes or all dicts), and an
         array may be given as one :class:`~skydm.ap.history.EncodedArray`.
         Fields that are not records (ssSource, mpc_orbits...) must be ``None``.
+        With ``wire``, the result starts with the Confluent wire header (one
+        copy of the packet's bytes either way).
         """
-        parts: list[bytes] = []
+        parts: list[bytes] = [self.header] if wire else []
         append = parts.append
         for name, how, index in self._plan:
             value = packet.get(name)
@@ -182,7 +184,7 @@ class PacketEncoder:
                     # A stored history window: already the items' bytes.
                     if value.count:
                         append(zigzag_varint(value.count))
-                        append(value.data)
+                        parts.extend(value.pieces)
                 elif value:
                     append(zigzag_varint(len(value)))
                     if isinstance(value[0], bytes):
@@ -205,7 +207,7 @@ class PacketEncoder:
 
     def to_wire(self, packet: Mapping[str, Any]) -> bytes:
         """The Confluent wire-format message of one packet."""
-        return self.header + self.encode(packet)
+        return self.encode(packet, wire=True)
 
 
 def wire_header(schema_id: int) -> bytes:

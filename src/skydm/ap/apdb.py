@@ -323,7 +323,7 @@ class Apdb:
                 cursor.close()
         for key, found in chunks.items():
             # The last chunk is read even when it is older than the window.
-            chunks[key] = [ch for ch in found if ch.n and ch.mjds.max() >= since]
+            chunks[key] = [ch for ch in found if ch.n and ch.mjds[-1] >= since]
         return chunks, tails
 
     def _records(
@@ -522,6 +522,9 @@ class Apdb:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # Large pages: a history chunk (~10 KB) then spans one or two pages
+    # instead of a chain of overflow pages (takes effect on a new file only).
+    cur.execute("PRAGMA page_size=16384")
     # WAL lets readers (a consumer of the APDB, a report) run while a visit writes.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")

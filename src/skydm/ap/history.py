@@ -18,11 +18,15 @@ such records from the full ``DiaSource``/``DiaForcedSource`` rows.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
+import math
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any
 
 #: Records per chunk: reads of a 100-record history take 4 rows, and an
 #: append rewrites on average 16 records (~8 KB for full DIA sources).
@@ -30,6 +34,22 @@ CHUNK_RECORDS = 32
 
 #: Kinds of history (the ``kind`` column).
 SOURCE, FORCED = 0, 1
+
+
+def _unpack(code: str, data: bytes) -> array[Any]:
+    """Little-endian array bytes (as stored) as an array."""
+    arr = array(code)
+    arr.frombytes(data)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr
+
+
+def _pack(code: str, values: Sequence[Any]) -> bytes:
+    arr = array(code, values)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr.tobytes()
 
 
 @dataclass
@@ -43,12 +63,13 @@ class HistoryChunk:
         number (0, 1, ... in order of writing).
     schema_id : int
         Schema id (``major*100+minor``) of every record in ``avro``.
-    ids : numpy.ndarray
-        int64 record ids (``diaSourceId`` / ``diaForcedSourceId``).
-    mjds : numpy.ndarray
-        float64 ``midpointMjdTai`` of each record.
-    ends : numpy.ndarray
-        uint32 end offset of each record in ``avro``.
+    ids : array of int
+        Record ids (``diaSourceId`` / ``diaForcedSourceId``), int64.
+    mjds : array of float
+        ``midpointMjdTai`` of each record, float64, in increasing order
+        (records are kept sorted by time within a chunk).
+    ends : array of int
+        End offset of each record in ``avro``, uint32.
     avro : bytes
         The concatenated schemaless Avro encodings.
     """
@@ -57,9 +78,9 @@ class HistoryChunk:
     kind: int
     chunk: int
     schema_id: int
-    ids: np.ndarray
-    mjds: np.ndarray
-    ends: np.ndarray
+    ids: array[int]
+    mjds: array[float]
+    ends: array[int]
     avro: bytes
     dirty: bool = field(default=False, compare=False)
     stored: bool = field(default=True, compare=False)
@@ -77,9 +98,9 @@ class HistoryChunk:
             kind,
             chunk,
             schema_id,
-            np.empty(0, np.int64),
-            np.empty(0, np.float64),
-            np.empty(0, np.uint32),
+            array("q"),
+            array("d"),
+            array("I"),
             b"",
             dirty=True,
             stored=False,
@@ -103,9 +124,9 @@ class HistoryChunk:
             int(kind),
             int(chunk),
             int(schema_id),
-            np.frombuffer(ids, "<i8"),
-            np.frombuffer(mjds, "<f8"),
-            np.frombuffer(ends, "<u4"),
+            _unpack("q", ids),
+            _unpack("d", mjds),
+            _unpack("I", ends),
             bytes(avro),
         )
 
@@ -117,28 +138,54 @@ class HistoryChunk:
             self.chunk,
             self.schema_id,
             self.n,
-            float(self.mjds.min()) if self.n else 0.0,
-            float(self.mjds.max()) if self.n else 0.0,
-            self.ids.astype("<i8").tobytes(),
-            self.mjds.astype("<f8").tobytes(),
-            self.ends.astype("<u4").tobytes(),
+            self.mjds[0] if self.n else 0.0,
+            self.mjds[-1] if self.n else 0.0,
+            _pack("q", self.ids),
+            _pack("d", self.mjds),
+            _pack("I", self.ends),
             self.avro,
         )
 
     def extend(self, ids: Sequence[int], mjds: Sequence[float], blobs: Sequence[bytes]) -> None:
-        """Append records (in place); the caller keeps the count within the limit."""
-        start = int(self.ends[-1]) if self.n else 0
-        lengths = np.fromiter((len(b) for b in blobs), np.int64, len(blobs))
-        self.ids = np.concatenate([self.ids, np.asarray(ids, np.int64)])
-        self.mjds = np.concatenate([self.mjds, np.asarray(mjds, np.float64)])
-        self.ends = np.concatenate([self.ends, (start + np.cumsum(lengths)).astype(np.uint32)])
-        self.avro = self.avro + b"".join(blobs)
+        """Append records, keeping them in time order; the caller keeps the count in bounds.
+
+        New arrays and bytes are made (the old ones may be read elsewhere).
+        """
+        new_mjds = [float(m) for m in mjds]
+        if all(a <= b for a, b in itertools.pairwise([*self.mjds[-1:], *new_mjds])):
+            # In time order (the usual case): append.
+            ends = array("I", self.ends)
+            end = ends[-1] if self.n else 0
+            for b in blobs:
+                end += len(b)
+                ends.append(end)
+            self.mjds = self.mjds + array("d", new_mjds)
+            self.ids = self.ids + array("q", (int(i) for i in ids))
+            self.ends = ends
+            self.avro = self.avro + b"".join(blobs)
+            self.dirty = True
+            return
+        old = [self.record(i) for i in range(self.n)]
+        items = [
+            *zip(self.mjds, self.ids, old, strict=True),
+            *zip(new_mjds, ids, blobs, strict=True),
+        ]
+        items.sort(key=lambda r: r[0])  # a visit processed out of time order
+        ends = array("I")
+        end = 0
+        for item in items:
+            end += len(item[2])
+            ends.append(end)
+        self.mjds = array("d", (float(r[0]) for r in items))
+        self.ids = array("q", (int(r[1]) for r in items))
+        self.ends = ends
+        self.avro = b"".join(r[2] for r in items)
         self.dirty = True
 
     def record(self, i: int) -> bytes:
         """The encoding of record ``i``."""
-        start = int(self.ends[i - 1]) if i else 0
-        return self.avro[start : int(self.ends[i])]
+        start = self.ends[i - 1] if i else 0
+        return self.avro[start : self.ends[i]]
 
 
 def appended(
@@ -166,10 +213,14 @@ def appended(
 
 @dataclass(frozen=True)
 class EncodedArray:
-    """Items of an Avro array already encoded and concatenated, with their count."""
+    """Items of an Avro array already encoded, with their count.
+
+    ``pieces`` concatenated are the items' bytes; they are kept apart so that
+    the packet is assembled with a single copy.
+    """
 
     count: int
-    data: bytes
+    pieces: tuple[bytes, ...]
 
 
 #: One history record when the fast path does not apply:
@@ -185,40 +236,34 @@ def window(
     When every such record is in ``schema_id`` and the chunks are in time
     order (the usual case: visits processed in order), the answer is the
     ready-made array body, sliced out of the chunks without copying records
-    one by one.  Otherwise it is the list of records, sorted by time, for
-    the caller to re-encode those of another schema.
+    one by one.  Otherwise (chunks overlapping in time, another schema) it
+    is the list of records, sorted by time, for the caller to re-encode
+    those of another schema.
     """
-    ordered = sorted(chunks, key=lambda c: c.chunk)
+    ordered = list(chunks)
+    if any(a.chunk > b.chunk for a, b in itertools.pairwise(ordered)):
+        ordered.sort(key=lambda c: c.chunk)
     pieces: list[bytes] = []
     count = 0
-    fast = True
-    last_mjd = -np.inf
+    last_mjd = -math.inf
     for c in ordered:
-        if not c.n:
-            continue
         m = c.mjds
-        sel = (m >= since) & (m < before)
-        if not sel.any():
+        lo, hi = bisect.bisect_left(m, since), bisect.bisect_left(m, before)
+        if lo == hi:
             continue
-        idx = np.flatnonzero(sel)
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        contiguous = hi - lo == len(idx)
-        if c.schema_id != schema_id or not contiguous or m[lo] < last_mjd:
-            fast = False
+        if c.schema_id != schema_id or m[lo] < last_mjd:
             break
-        if hi - lo > 1 and bool(np.any(np.diff(m[lo:hi]) < 0)):
-            fast = False
-            break
-        start = int(c.ends[lo - 1]) if lo else 0
-        end = int(c.ends[hi - 1])
+        start = c.ends[lo - 1] if lo else 0
+        end = c.ends[hi - 1]
         pieces.append(c.avro if start == 0 and end == len(c.avro) else c.avro[start:end])
         count += hi - lo
-        last_mjd = float(m[hi - 1])
-    if fast:
-        return EncodedArray(count, b"".join(pieces))
+        last_mjd = m[hi - 1]
+    else:
+        return EncodedArray(count, tuple(pieces))
     records: list[HistoryRecord] = []
     for c in ordered:
-        for i in np.flatnonzero((c.mjds >= since) & (c.mjds < before)):
-            records.append((int(c.ids[i]), float(c.mjds[i]), c.schema_id, c.record(int(i))))
+        for i, mjd in enumerate(c.mjds):
+            if since <= mjd < before:
+                records.append((c.ids[i], mjd, c.schema_id, c.record(i)))
     records.sort(key=lambda r: r[1])
     return records
