@@ -49,11 +49,11 @@ def matched_filter(
         good &= valid
     w = np.zeros(image.shape, dtype=np.float32)
     np.divide(np.float32(1.0), variance, out=w, where=good)
-    kern = psf.kernel()[::-1, ::-1]
+    kern = _fft.trimmed(psf.kernel()[::-1, ::-1])
     shape = image.shape
     # The denominator first, so that w can be reused for the numerator.
     spec = _fft.rfft2(w)
-    spec *= _fft.kernel_rfft2(kern**2, shape)
+    spec *= _fft.kernel_rfft2(_fft.trimmed(kern**2), shape)
     den = _fft.irfft2(spec, shape, overwrite=True)
     np.multiply(w, image, out=w, where=good)
     spec = _fft.rfft2(w)

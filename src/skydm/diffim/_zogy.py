@@ -179,9 +179,9 @@ def run(
     var_r = _common.filled(template.var, r2)
     # Both variance terms in one inverse transform.
     v_spec = _fft.rfft2(var_n)
-    v_spec *= _fft.kernel_rfft2(kn**2, shape)
+    v_spec *= _fft.kernel_rfft2(_fft.trimmed(kn**2), shape)
     tmp = _fft.rfft2(var_r)
-    tmp *= _fft.kernel_rfft2(kr**2, shape)
+    tmp *= _fft.kernel_rfft2(_fft.trimmed(kr**2), shape)
     v_spec += tmp
     del tmp
     v_score = _fft.irfft2(v_spec, shape, overwrite=True)
