@@ -172,7 +172,7 @@ def detect(
         mask[footprints < 0] |= np.uint32(Mask.DETECTED_NEGATIVE)
     table.meta["threshold"] = float(threshold)
     # A diagnostic only (never used to rescale): a sparse sample is plenty.
-    every = np.s_[::2, ::3]
+    every = np.s_[::3, ::4]
     quiet = valid[every] & (footprints[every] == 0) & (mask[every] == 0)
     sample = z[every][quiet]
     table.meta["score_rms"] = robust_sigma(sample) if sample.size > 100 else math.nan

@@ -117,8 +117,8 @@ def run(
     r_hat = _fft.rfft2(r_img)
     del r_img
     pn, pr = _fft.kernel_rfft2(ker_n, shape), _fft.kernel_rfft2(ker_r, shape)
-    # Filters in place on float32 half spectra (each full-frame complex
-    # temporary costs 64 MB at 4096^2).
+    # Filters in place on float32 half spectra, scalars folded into the real
+    # (half-size) arrays: every pass over a complex spectrum is 64 MB at 4096^2.
     pn2 = np.abs(pn)
     pn2 *= pn2
     pr2 = np.abs(pr)
@@ -127,30 +127,33 @@ def run(
     den2 += np.float32(r2 * beta**2) * pn2
     np.maximum(den2, np.float32(1e-30), out=den2)
     f_d = beta / math.sqrt(s2 + r2 * beta**2)
-    # D^ = (P_r^ N^ - beta P_n^ R^) / sqrt(den2), times beta / F_D (science counts).
-    inv = np.sqrt(den2)
-    np.divide(np.float32(beta / f_d), inv, out=inv)
+    # The S filters: w_n = |P_r^|^2 / den2 (its beta rides on P_n^ below) and
+    # w_r = beta^2 |P_n^|^2 / den2.
+    pr2 /= den2
+    pn2 *= np.float32(beta**2)
+    pn2 /= den2
+    w_n, w_r = pr2, pn2
+    # den2 becomes (beta / F_D) / sqrt(den2): D on the science's scale.
+    np.sqrt(den2, out=den2)
+    np.divide(np.float32(beta / f_d), den2, out=den2)
+    # D^ = (P_r^ N^ - beta P_n^ R^) / sqrt(den2)
+    pn *= np.float32(beta)
     buf = pr * n_hat
     tmp = pn * r_hat
-    tmp *= np.float32(beta)
     buf -= tmp
-    buf *= inv
-    del inv
-    d_img = _fft.irfft2(buf, shape, overwrite=True)
-    # S_N^ = beta |P_r^|^2 conj(P_n^) N^ / den2, S_R^ = beta^2 |P_n^|^2 conj(P_r^) R^ / den2.
-    pr2 /= den2
-    pn2 /= den2
+    buf *= den2
     del den2
-    np.conjugate(pn, out=buf)
-    buf *= pr2
-    buf *= n_hat
-    buf *= np.float32(beta)
-    del n_hat, pr2
-    np.conjugate(pr, out=tmp)
-    tmp *= pn2
-    tmp *= r_hat
-    tmp *= np.float32(beta**2)
-    del r_hat, pn2, pn, pr
+    d_img = _fft.irfft2(buf, shape, overwrite=True)
+    # S_N^ = w_n conj(beta P_n^) N^, S_R^ = w_r conj(P_r^) R^.
+    np.conjugate(pn, out=tmp)
+    tmp *= w_n
+    tmp *= n_hat
+    del n_hat, w_n, pn
+    np.conjugate(pr, out=buf)
+    buf *= w_r
+    buf *= r_hat
+    del r_hat, w_r, pr
+    buf, tmp = tmp, buf  # buf: S_N^, tmp: S_R^
     s_n: np.ndarray | None = None
     s_r: np.ndarray | None = None
     if sx > 0 or sy > 0:
