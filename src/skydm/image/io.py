@@ -156,6 +156,8 @@ def exposure_from_hdulist(
         header = hdul[0].header.copy() if index != 0 else fits.Header()
         header.extend(h.header, update=True)
         info = visit_info_from_header(header)
+        # Native byte order: FITS is big-endian, and numerical code downstream
+        # (FFTs, sep) would otherwise copy every plane.
         image = np.array(h.data, dtype=np.float64 if h.data.dtype.itemsize > 4 else np.float32)
         return Exposure(
             image=image,
@@ -185,11 +187,17 @@ def _clean_meta(header: fits.Header) -> fits.Header:
     return out
 
 
+def _native(data: np.ndarray) -> np.ndarray:
+    """A native-byte-order copy of a FITS array (FITS stores big-endian)."""
+    array = np.asarray(data)
+    return array.astype(array.dtype.newbyteorder("="), copy=True)
+
+
 def _read_skydm(hdul: fits.HDUList, path: Path) -> Exposure:
     try:
-        image = np.array(hdul["IMAGE"].data)
-        variance = np.array(hdul["VARIANCE"].data)
-        mask = mask_from_header(hdul["MASK"].header, np.array(hdul["MASK"].data))
+        image = _native(hdul["IMAGE"].data)
+        variance = _native(hdul["VARIANCE"].data)
+        mask = mask_from_header(hdul["MASK"].header, _native(hdul["MASK"].data))
         psf = psf_from_hdu(hdul["PSF"]) if "PSF" in hdul else None
     except KeyError as exc:
         raise BadFileError(path, f"is a skydm Exposure missing an extension: {exc}") from exc

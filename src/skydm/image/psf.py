@@ -62,16 +62,15 @@ class Psf(abc.ABC):
         """
         size = _check_size(size or self.default_size())
         # Integrate over each pixel with a 5x5 sub-grid so that narrow PSFs are
-        # not aliased (matters at seeing of ~2 pixels).
+        # not aliased (matters at seeing of ~2 pixels); all sub-samples are
+        # evaluated in one vectorised call and summed per pixel.
         sub = 5
         offsets = (np.arange(sub) + 0.5) / sub - 0.5
-        img = np.zeros((size, size))
-        for oy in offsets:
-            for ox in offsets:
-                x, y = _grid(size, dx - ox, dy - oy)
-                img += self._render(x, y)
-        total = img.sum()
-        return img / total
+        x, y = _grid(size, dx, dy)
+        xs = x[:, :, None, None] + offsets[None, None, None, :]
+        ys = y[:, :, None, None] + offsets[None, None, :, None]
+        img = self._render(xs, ys).sum(axis=(2, 3))
+        return img / img.sum()
 
     @property
     def effective_area(self) -> float:

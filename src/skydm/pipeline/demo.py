@@ -240,7 +240,7 @@ def _difference_and_alert(
                 apdb=apdb,
                 archive_dir=repo.root / "alerts",
                 science=science,
-                template=getattr(result, "aligned_template", None),
+                template=result.template,
                 bootstrap=bootstrap,
             )
             report.diff_visits += 1
