@@ -1,21 +1,23 @@
 """Benchmark: CompareWarp against SWarp's CLIPPED combine on 20 warps of 4096x4096.
 
-Prints one JSON line: ``compare_warp_s`` (assembly of the 20 warps, read
-from disk by memory map), ``peak_mb`` (peak memory allocated by the
-assembly, traced with tracemalloc; memory-mapped warps are not counted), ``swarp_s`` and
-``swarp_threads_s`` (the SWarp process alone, one thread and all cores),
-``leakage`` / ``leakage_max`` for CompareWarp and ``swarp_leakage`` /
-``swarp_leakage_max`` for SWarp (worst artefact class; see
-:mod:`skydm.coadd.scoring`).
+Prints one JSON line: ``warp_s`` (warping every visit onto the cell, art and
+clean), ``compare_warp_s`` (CompareWarp assembly of the 20 artefact warps,
+read from disk by memory map), ``peak_mb`` (peak memory allocated by that
+assembly, traced with tracemalloc on the identical clean run; memory-mapped
+warps are not counted), ``swarp_s`` and ``swarp_threads_s`` (SWarp's
+combine of the same warps with ``RESAMPLE N``, the SWarp process alone,
+one thread and its default of all cores), ``leakage`` / ``leakage_max``
+for CompareWarp and ``swarp_leakage`` / ``swarp_leakage_max`` for SWarp
+(worst artefact class; :mod:`skydm.coadd.scoring`'s harness), and the
+process's peak RSS.
 
-Fair comparison: both combine the same pre-resampled warps.  The
-simulator is run without dithers so that every visit is already on the
-cell's pixel grid (a warp is the visit minus its sky, scaled to a common
-zero point); SWarp gets the same pixels with ``RESAMPLE N``, weight maps
-holding skydm's per-warp weights and the visits' effective gains (without
-which its clipping does nothing).  Writing SWarp's input files is not timed.
+The visits are dithered (``--dither`` pixels, default size/32), so the
+simulator's ghosts, fixed to the optics, move on the sky between visits as
+real ghosts do; each visit is simulated, warped onto a cell that every
+visit covers, written to disk and released before the next, so memory
+stays bounded whatever the size.
 
-Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--workdir DIR]``
+Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX] [--workdir DIR]``
 """
 
 from __future__ import annotations
@@ -33,16 +35,21 @@ from pathlib import Path
 import numpy as np
 
 
-def _warps(args: argparse.Namespace, work: Path) -> tuple[list[Path], list[Path], dict, np.ndarray]:
+def _warps(
+    args: argparse.Namespace, work: Path
+) -> tuple[list[Path], list[Path], dict, np.ndarray, float]:
+    from skydm.coadd.scoring import warp_masks
     from skydm.coadd.skygrid import SkyCell
     from skydm.coadd.stack import WarpStack
+    from skydm.coadd.warp import warp_exposure
     from skydm.sim import SurveyConfig, simulate_survey
 
+    dither = args.dither if args.dither is not None else args.size / 32
     cfg = SurveyConfig(
         seed=args.seed,
         shape=(args.size, args.size),
         n_visits=args.epochs,
-        dither=0.0,
+        dither=dither,
         raw_dtype="float32",
         n_stars=int(300 * (args.size / 512) ** 2 / 4),
         n_galaxies=int(100 * (args.size / 512) ** 2 / 4),
@@ -52,29 +59,33 @@ def _warps(args: argparse.Namespace, work: Path) -> tuple[list[Path], list[Path]
     )
     survey = simulate_survey(cfg)
     ra, dec = survey.fields[0]
-    cell = SkyCell.centred(ra, dec, cfg.shape, cfg.pixel_scale, id="bench")
+    side = args.size - 2 * math.ceil(dither) - 8
+    cell = SkyCell.centred(ra, dec, (side, side), cfg.pixel_scale, id="bench")
     zp = float(np.median([v.zero_point for v in survey.visits]))
     art, clean = [], []
     foot: dict[str, np.ndarray] = {}
+    warp_s = 0.0
     for k, v in enumerate(survey.visits):
         for src, out, tag in ((v.raw, art, "art"), (v.clean, clean, "clean")):
             exp = src.copy()
-            scale = np.float32(10 ** (0.4 * (zp - exp.zero_point)))
-            exp.image = (exp.image - np.float32(exp.info.sky)) * scale
-            exp.variance = exp.var * scale * scale
-            exp.zero_point = zp
-            exp.wcs = cell.wcs
-            exp.meta["FLXSCALE"] = float(scale)
+            exp.image = (exp.image - np.float32(exp.info.sky)).astype(np.float32)
+            start = time.perf_counter()
+            warp = warp_exposure(exp, cell, zero_point=zp)
+            warp_s += time.perf_counter() - start
+            del exp
             path = work / f"{tag}{k:03d}.fits"
-            exp.write(path)
+            warp.write(path)
             out.append(path)
-        for cls, m in v.artefacts.items():
-            foot[cls] = foot[cls] | m if cls in foot else m.copy()
+            del warp
+        for cls, m in warp_masks(v.artefacts, v.raw, cell).items():
+            foot[cls] = foot[cls] | m if cls in foot else m
         v.release()
-        print(f"simulated visit {k + 1}/{len(survey.visits)}", file=sys.stderr, flush=True)
+        print(
+            f"simulated and warped visit {k + 1}/{len(survey.visits)}", file=sys.stderr, flush=True
+        )
     with WarpStack(clean) as st:
         weights = st.weights
-    return art, clean, foot, weights
+    return art, clean, foot, weights, warp_s
 
 
 def main() -> int:
@@ -82,6 +93,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dither", type=float)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
 
@@ -92,7 +104,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="skydm-bench-coadd-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        art, clean, foot, weights = _warps(args, work)
+        art, clean, foot, weights, warp_s = _warps(args, work)
 
         start = time.perf_counter()
         cw_art = assemble_coadd(WarpStack(art, weights=weights), "compare")
@@ -110,14 +122,20 @@ def main() -> int:
         _, swarp_threads_s = run_swarp(art, weights=weights, nthreads=0, workdir=work / "sw0")
         sw_clean, _ = run_swarp(clean, weights=weights, nthreads=0, workdir=work / "sw2")
 
-        valid = np.ones(ref_art.shape, dtype=bool)
-        leak = leakage(cw_art.image, cw_clean.image, ref_art.image, ref_clean.image, foot)
+        from skydm.image import Mask
+
+        nodata = np.uint32(Mask.NO_DATA)
+        valid = ((ref_art.msk | ref_clean.msk) & nodata) == 0
+        leak = leakage(
+            cw_art.image, cw_clean.image, ref_art.image, ref_clean.image, foot, valid=valid
+        )
         sw_leak = leakage(
             sw_art.image, sw_clean.image, ref_art.image, ref_clean.image, foot, valid=valid
         )
     out = {
         "size": args.size,
         "epochs": args.epochs,
+        "warp_s": round(warp_s, 2),
         "compare_warp_s": round(compare_s, 2),
         "peak_mb": round(peak_mb, 1),
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
