@@ -297,6 +297,12 @@ def produce_visit_alerts(
         tails=tails,
         before_commit=commit_gate,
     )
+    transport = None
+    if bootstrap:
+        transport = KafkaTransport(
+            bootstrap, partitions=partitions, config=dict(kafka_config or {})
+        )
+        transport.prepare()
     writer = ArchiveWriter(path, schema, skip=WIRE_HEADER_SIZE)
     try:
         messages, spans, routes = _make_packets(
@@ -332,6 +338,8 @@ def produce_visit_alerts(
         abandon.set()
         queued.set()
         pool.shutdown(wait=True)
+        if transport is not None:
+            transport.close()
         if own_outbox:
             box.close()
         raise
@@ -345,18 +353,16 @@ def produce_visit_alerts(
         finally:
             pool.shutdown(wait=True)
         clock.lap("store")
-        if bootstrap:
+        if transport is not None:
             box.keep_in_memory(path, {pos: m for (pos, _), m in zip(spans, messages, strict=True)})
-            transport = KafkaTransport(
-                bootstrap, partitions=partitions, config=dict(kafka_config or {})
-            )
             try:
                 result.stream = stream_outbox(box, transport)
             finally:
-                transport.close()
                 box.forget_memory(path)
             clock.lap("stream")
     finally:
+        if transport is not None:
+            transport.close()
         if own_outbox:
             box.close()
     return result

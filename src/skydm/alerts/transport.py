@@ -111,6 +111,12 @@ class KafkaTransport(AlertTransport):
         }
         return self._ck.Producer(conf)
 
+    def prepare(self) -> None:
+        """Start the producer now, so that its connections and producer id are
+        set up in the background while the caller makes the messages."""
+        if self._producer is None:
+            self._producer = self._make_producer()
+
     def ensure_topics(self, topics: Sequence[str]) -> list[str]:
         admin = self._admin.AdminClient(self._client_config())
         try:
@@ -192,7 +198,7 @@ def stream_outbox(
     outbox: Outbox,
     transport: AlertTransport,
     *,
-    batch: int = 2000,
+    batch: int = 5000,
     send_timeout: float = 30.0,
     retry_for: float = 0.0,
     progress: Progress | None = None,
