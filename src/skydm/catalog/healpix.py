@@ -12,6 +12,7 @@ removes the rows of the covering pixels that lie outside the cone.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -47,17 +48,22 @@ def coarsen(index: np.ndarray, order: int) -> np.ndarray:
 
 
 def _order_for_radius(radius_deg: float) -> int:
-    # Pixels about half the radius across keep the coverage to a few tens of
-    # pixels while wasting little area outside the cone.
+    # Pixels about the radius across: a cone touches about a dozen of them, and
+    # the coverage search (whose cost grows with nside) stays in the tens of
+    # microseconds for an arcminute cone (165 us with pixels of half the radius).
     resolution0 = 58.6  # degrees, the size of an order-0 pixel
     if radius_deg <= 0:
         return 20
-    order = math.ceil(math.log2(resolution0 / (radius_deg / 2)))
+    order = math.ceil(math.log2(resolution0 / radius_deg))
     return max(0, min(order, 20))
 
 
 def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[int, int]]:
     """Inclusive order-29 index ranges covering a cone (a superset of it).
+
+    The last cones asked for are remembered: a query's ranges are needed twice
+    (in its SQL, and by the engine's direct cone reader), and services see the
+    same cones again.
 
     Parameters
     ----------
@@ -71,25 +77,27 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[
     list of (int, int)
         Sorted, disjoint inclusive ranges ``(lo, hi)`` of ``_healpix`` values.
     """
-    import astropy.units as u
-    from astropy_healpix import core
+    return list(_cone_ranges(float(ra_deg), float(dec_deg), float(radius_deg)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> tuple[tuple[int, int], ...]:
+    # The C search itself: the public wrapper spends more time on Quantity
+    # conversions than the search takes for a small cone.
+    from astropy_healpix import _core
 
     if radius_deg >= 180:
-        return [(0, 12 * 4**ORDER - 1)]
+        return ((0, 12 * 4**ORDER - 1),)
     order = _order_for_radius(radius_deg)
     nside = 2**order
     # Pad by half a pixel so that pixels which only graze the cone are never
     # lost to rounding in the coverage computation; the exact test follows.
     pad = math.degrees(math.sqrt(math.pi / 3) / nside) * 0.5  # half the pixel size
-    pixels = core.healpix_cone_search(
-        (ra_deg % 360.0) * u.deg,
-        dec_deg * u.deg,
-        min(radius_deg + pad, 180.0) * u.deg,
-        nside,
-        order="nested",
+    pixels = _core.healpix_cone_search(
+        ra_deg % 360.0, dec_deg, min(radius_deg + pad, 180.0), nside, "nested"
     )
     ranges = pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order)
-    return coalesce(ranges, max(order - COALESCE_LEVELS, 0))
+    return tuple(coalesce(ranges, max(order - COALESCE_LEVELS, 0)))
 
 
 #: Ranges closer than a pixel this many orders coarser than the coverage are merged.

@@ -357,6 +357,28 @@ def _partition_order(index: np.ndarray) -> int:
     return 7
 
 
+def _encoding(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet encoding options: what pays for itself, column by column.
+
+    Dictionaries only for text and bytes: a row group of numbers (16384
+    values, nearly all distinct) gets a dictionary as large as the values
+    plus the indexes, slower to decode.  Snappy except for floating-point
+    columns, whose random low mantissa bits it cannot shrink (0.01% on
+    positions and magnitudes) while it doubles their decoding time, which is
+    most of what a cone search costs (0.6 -> 0.3 ms for one row group).
+    """
+    text = [
+        f.name
+        for f in schema
+        if pa.types.is_string(f.type)
+        or pa.types.is_large_string(f.type)
+        or pa.types.is_binary(f.type)
+        or pa.types.is_large_binary(f.type)
+    ]
+    codecs = {f.name: "none" if pa.types.is_floating(f.type) else "snappy" for f in schema}
+    return {"use_dictionary": text, "compression": codecs}
+
+
 def _write(
     root: Path, definition: TableDef, data: pa.Table, progress: Progress | None
 ) -> TableInfo:
@@ -388,7 +410,7 @@ def _write(
                 data.slice(int(s), int(e - s)),
                 part_dir / "part-0.parquet",
                 row_group_size=ROW_GROUP_SIZE,
-                compression="snappy",
+                **_encoding(data.schema),
             )
             if progress is not None:
                 progress.advance(note=f"{definition.name} partition {int(parts[s])}")

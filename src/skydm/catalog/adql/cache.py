@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlglot import exp
 
@@ -36,8 +36,10 @@ from skydm.catalog.adql.compiler import (
     geometry_sql,
     splice,
 )
+from skydm.catalog.adql.conescan import circle_of
 from skydm.catalog.adql.errors import AdqlError
 from skydm.catalog.adql.functions import Dialect
+from skydm.catalog.adql.geometry import POS_META
 from skydm.catalog.tapschema import TapSchema
 
 _TOKEN = re.compile(
@@ -109,6 +111,7 @@ class _Entry:
     raw: list[str]
     pieces: list[_Piece | None]
     translation: Translation
+    cone_piece: int | None = None
 
 
 def _clone(node: exp.Expr) -> exp.Expr:
@@ -143,6 +146,15 @@ def _clone(node: exp.Expr) -> exp.Expr:
     return root
 
 
+def _alias_of(node: exp.Expr) -> str:
+    """The table alias of the first table position column inside ``node``."""
+    for col in node.find_all(exp.Column):
+        pos = col.meta.get(POS_META)
+        if pos:
+            return str(pos[1])
+    return ""
+
+
 def _numeric_literals(node: exp.Expr) -> list[exp.Literal]:
     return [n for n in node.walk() if isinstance(n, exp.Literal) and not n.is_string]
 
@@ -167,7 +179,15 @@ def _entry(schema: TapSchema, template: Template, numbers: list[tuple[int, str]]
         pieces.append(_Piece(_clone(node), kind, slots))
     if sorted(used) != list(range(len(numbers))):
         return None  # a lifted number went elsewhere in the SQL
-    return _Entry(schema, template.sql, template.token, template.raw, pieces, template.translation)
+    return _Entry(
+        schema,
+        template.sql,
+        template.token,
+        template.raw,
+        pieces,
+        template.translation,
+        template.cone_piece,
+    )
 
 
 class TranslationCache:
@@ -225,6 +245,8 @@ class TranslationCache:
     @staticmethod
     def _reuse(entry: _Entry, values: list[str], dialect: Dialect) -> Translation:
         raw = list(entry.raw)
+        old = entry.translation
+        cone = None
         for i, piece in enumerate(entry.pieces):
             if piece is None:
                 continue
@@ -232,5 +254,9 @@ class TranslationCache:
             for lit, k in zip(_numeric_literals(node), piece.slots, strict=True):
                 lit.set("this", values[k])
             raw[i] = geometry_sql(node, piece.kind, dialect)
-        old = entry.translation
-        return Translation(splice(entry.sql, entry.token, raw), old.columns, old.limit, old.maxrec)
+            if i == entry.cone_piece and old.cone is not None:
+                circle = circle_of(node, _alias_of(node))
+                if circle is not None:
+                    cone = replace(old.cone, ra=circle[2], dec=circle[3], radius=circle[4])
+        sql = splice(entry.sql, entry.token, raw)
+        return Translation(sql, old.columns, old.limit, old.maxrec, cone)

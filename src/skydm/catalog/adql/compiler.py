@@ -18,6 +18,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from skydm.catalog.adql import functions, geometry
+from skydm.catalog.adql.conescan import ConeScan, find_cone
 from skydm.catalog.adql.errors import AdqlError, error_at
 from skydm.catalog.adql.functions import Dialect
 from skydm.catalog.adql.parse import parse
@@ -104,12 +105,17 @@ class Translation:
         The row limit applied (TOP, or maxrec + 1 to detect overflow).
     maxrec : int or None
         The maxrec asked for; more rows than this means overflow.
+    cone : ConeScan or None
+        When the query is a plain cone search on one stored table, its
+        description (an engine may read the files directly instead of running
+        ``sql``; see :mod:`skydm.catalog.adql.conescan`).
     """
 
     sql: str
     columns: list[OutputColumn]
     limit: int | None
     maxrec: int | None
+    cone: ConeScan | None = None
 
 
 @dataclass
@@ -648,6 +654,8 @@ class Template:
     pieces : list
         For each placeholder, the geometry call ``(node, kind)`` it was made
         from, or None when its text is fixed.
+    cone_piece : int or None
+        The placeholder whose circle is ``translation.cone``'s.
     """
 
     translation: Translation
@@ -655,6 +663,7 @@ class Template:
     token: str
     raw: list[str]
     pieces: list[tuple[exp.Expr, GeometryKind] | None]
+    cone_piece: int | None = None
 
 
 def compile_template(
@@ -682,17 +691,19 @@ def compile_template(
         for col in tree.find_all(exp.Column):
             if not col.meta.get(_MADE):  # every column must have been resolved above
                 raise error_at(col, "internal error: a column escaped validation; please report")
+        cone = find_cone(tree, compiler.token, list(compiler.pieces))
         limit = _apply_maxrec(tree, maxrec)
         generated = tree.sql(dialect=dialect)
         sql = compiler.splice(generated)
     except RecursionError:
         raise AdqlError("the query is too deeply nested to translate; simplify it") from None
     return Template(
-        Translation(sql, columns, limit, maxrec),
+        Translation(sql, columns, limit, maxrec, cone[1] if cone else None),
         generated,
         compiler.token,
         compiler.raw,
         compiler.pieces,
+        cone[0] if cone else None,
     )
 
 

@@ -78,7 +78,15 @@ def const(node: exp.Expr) -> float | None:
 
 
 def _sql(node: exp.Expr, dialect: Dialect) -> str:
-    return f"({node.sql(dialect=dialect)})"
+    if not isinstance(node, exp.Column):
+        return f"({node.sql(dialect=dialect)})"
+    # A column's SQL never changes; the translation cache re-uses the node (its
+    # meta is copied), and sqlglot's generator copies the node on every call.
+    key = f"skydm_sql_{dialect}"
+    text = node.meta.get(key)
+    if text is None:
+        text = node.meta[key] = f"({node.sql(dialect=dialect)})"
+    return str(text)
 
 
 def _num(v: float) -> str:

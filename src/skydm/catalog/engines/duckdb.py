@@ -30,6 +30,7 @@ from skydm.catalog.engine import (
     QueryFailedError,
     watch_cancel,
 )
+from skydm.catalog.engines.conereader import ConeReader
 from skydm.catalog.schema import CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
 from skydm.catalog.tapschema import TapSchema
@@ -60,13 +61,27 @@ class DuckDBEngine(CatalogEngine):
     threads : int, optional
         DuckDB worker threads (default: ``SKYDM_CATALOG_THREADS`` if set, else
         DuckDB's, one per core).
+    direct_cones : bool
+        Answer plain cone searches by reading the Parquet row groups directly
+        (:mod:`skydm.catalog.engines.conereader`) instead of through DuckDB;
+        ``SKYDM_CATALOG_DIRECT_CONES=0`` turns it off by default.
     """
 
     name = "duckdb"
     dialect = "duckdb"
 
-    def __init__(self, catalog_dir: Path | str, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        catalog_dir: Path | str,
+        *,
+        threads: int | None = None,
+        direct_cones: bool | None = None,
+    ) -> None:
         duckdb = require_extra("duckdb", "catalog")
+        if direct_cones is None:
+            direct_cones = os.environ.get("SKYDM_CATALOG_DIRECT_CONES", "1").strip() != "0"
+        self.direct_cones = direct_cones
+        self._cones = ConeReader([], {})
         self.catalog_dir = Path(catalog_dir).resolve()
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
@@ -114,11 +129,15 @@ class DuckDBEngine(CatalogEngine):
                 if t.definition.schema in (CATALOG_SCHEMA, OBSLOC_SCHEMA)
             ]
             new = {(t.definition.schema, t.name) for t in tables}
+            view_files: dict[tuple[str, str], list[Path]] = {}
             for schema_name, name in {(t.definition.schema, t.name) for t in self._tables} - new:
                 self._con.execute(f"DROP VIEW IF EXISTS {_quote(schema_name)}.{_quote(name)}")
             for t in tables:
                 # An explicit file list spares every query a directory listing (a glob).
-                files = ", ".join(_literal(str(f)) for f in t.files)
+                view_files[(t.definition.schema, t.name)] = t.files
+                files = ", ".join(
+                    _literal(str(f)) for f in view_files[(t.definition.schema, t.name)]
+                )
                 view = f"{_quote(t.definition.schema)}.{_quote(t.name)}"
                 self._con.execute(
                     f"CREATE OR REPLACE VIEW {view} AS "
@@ -133,6 +152,7 @@ class DuckDBEngine(CatalogEngine):
                     "SELECT * FROM _skydm_tap_rows"
                 )
                 self._con.unregister("_skydm_tap_rows")
+            self._cones = ConeReader(tables, view_files)
             self._tables, self._schema, self._stamp = tables, schema, stamp
 
     def tap_schema(self) -> TapSchema:
@@ -152,6 +172,12 @@ class DuckDBEngine(CatalogEngine):
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         import duckdb
 
+        if translation.cone is not None and self.direct_cones and not uploads:
+            if cancel is not None and cancel.is_set():
+                raise QueryCancelledError("the query was cancelled")
+            table = self._cones.read(translation.cone, translation.limit)
+            if table is not None:
+                return table.schema, iter(table.to_batches(max_chunksize=BATCH_ROWS))
         cursor = self._con.cursor()
         for name, upload in (uploads or {}).items():
             # Registered on this query's own cursor: no other query can see it.
