@@ -36,12 +36,13 @@ CHUNK_RECORDS = 32
 SOURCE, FORCED = 0, 1
 
 
-def _unpack(code: str, data: bytes) -> array[Any]:
-    """Little-endian array bytes (as stored) as an array."""
+def _unpack(code: str, data: bytes) -> Sequence[Any]:
+    """Little-endian array bytes (as stored) as a sequence of numbers."""
+    if sys.byteorder == "little":
+        return memoryview(data).cast(code)  # type: ignore[call-overload]  # no copy
     arr = array(code)
     arr.frombytes(data)
-    if sys.byteorder == "big":
-        arr.byteswap()
+    arr.byteswap()
     return arr
 
 
@@ -78,9 +79,9 @@ class HistoryChunk:
     kind: int
     chunk: int
     schema_id: int
-    ids: array[int]
-    mjds: array[float]
-    ends: array[int]
+    ids: Sequence[int]
+    mjds: Sequence[float]
+    ends: Sequence[int]
     avro: bytes
     dirty: bool = field(default=False, compare=False)
     stored: bool = field(default=True, compare=False)
@@ -120,14 +121,14 @@ class HistoryChunk:
     ) -> HistoryChunk:
         """A chunk from its database row (blob columns as stored)."""
         return cls(
-            int(object_id),
-            int(kind),
-            int(chunk),
-            int(schema_id),
+            object_id,
+            kind,
+            chunk,
+            schema_id,
             _unpack("q", ids),
             _unpack("d", mjds),
             _unpack("I", ends),
-            bytes(avro),
+            avro if type(avro) is bytes else bytes(avro),
         )
 
     def row(self) -> tuple[object, ...]:
@@ -159,8 +160,8 @@ class HistoryChunk:
             for b in blobs:
                 end += len(b)
                 ends.append(end)
-            self.mjds = self.mjds + array("d", new_mjds)
-            self.ids = self.ids + array("q", (int(i) for i in ids))
+            self.mjds = array("d", [*self.mjds, *new_mjds])
+            self.ids = array("q", [*self.ids, *(int(i) for i in ids)])
             self.ends = ends
             self.avro = self.avro + b"".join(blobs)
             self.dirty = True
