@@ -268,13 +268,14 @@ def _populate(apdb: Apdb, n: int, shape: tuple[int, int], first_visit: int) -> N
             assert enc.encode_record(name, first) == data[: ends[0]]
             for j, i in enumerate(idx):
                 r0 = j * N_HISTORY
-                for c0 in range(0, N_HISTORY, CHUNK_RECORDS):
-                    a, b = r0 + c0, r0 + min(c0 + CHUNK_RECORDS, N_HISTORY)
+                size = CHUNK_RECORDS[kind]
+                for c0 in range(0, N_HISTORY, size):
+                    a, b = r0 + c0, r0 + min(c0 + size, N_HISTORY)
                     start = int(ends[a - 1]) if a else 0
                     chunk = HistoryChunk(
                         int(oids[i]),
                         kind,
-                        c0 // CHUNK_RECORDS,
+                        c0 // size,
                         schema.schema_id,
                         ids[a:b].tolist(),
                         mjd[a:b].tolist(),

@@ -26,6 +26,7 @@ from skydm.ap.history import (
 from skydm.ap.synthetic import SyntheticField
 
 SCHEMA = load_schema()
+K = CHUNK_RECORDS[FORCED]
 ENC = PacketEncoder(SCHEMA)
 
 
@@ -69,15 +70,14 @@ def _history(mjds: list[float]) -> tuple[dict[int, HistoryChunk], list[HistoryCh
 
 
 def test_window_slices_exactly_the_records_in_the_time_range() -> None:
-    mjds = [60000.0 + d for d in range(100)]
-    _, chunks = _history(mjds)
-    assert len(chunks) == -(-100 // CHUNK_RECORDS)
-    assert all(c.n <= CHUNK_RECORDS for c in chunks)
-    got = window(chunks, since=60010.5, before=60090.0, schema_id=SCHEMA.schema_id)
+    n = 3 * K + 4
+    _, chunks = _history([60000.0 + d for d in range(n)])
+    assert [c.n for c in chunks] == [K, K, K, 4]
+    got = window(chunks, since=60010.5, before=60000.0 + n - 2, schema_id=SCHEMA.schema_id)
     assert isinstance(got, EncodedArray)
     items = _decode_items(got)
-    assert [r["diaForcedSourceId"] for r in items] == list(range(11, 90))
-    assert [r["psfFlux"] for r in items] == [float(i) for i in range(11, 90)]
+    assert [r["diaForcedSourceId"] for r in items] == list(range(11, n - 2))
+    assert [r["psfFlux"] for r in items] == [float(i) for i in range(11, n - 2)]
     # Whole chunks are passed on without a copy.
     assert any(p is c.avro for p in got.pieces for c in chunks)
     empty = window(chunks, since=70000.0, before=70001.0, schema_id=SCHEMA.schema_id)
@@ -85,7 +85,7 @@ def test_window_slices_exactly_the_records_in_the_time_range() -> None:
 
 
 def test_a_late_visit_keeps_its_chunk_in_time_order() -> None:
-    mjds = [60000.0 + d for d in range(40)] + [60005.5]  # the last one processed late
+    mjds = [60000.0 + d for d in range(K + 8)] + [60005.5]  # the last one processed late
     _, chunks = _history(mjds)
     last = chunks[-1]
     assert list(last.mjds) == sorted(last.mjds)
@@ -93,8 +93,8 @@ def test_a_late_visit_keeps_its_chunk_in_time_order() -> None:
     # Chunk 1 now starts before chunk 0 ends: records come back one by one, sorted.
     assert isinstance(got, list)
     assert [r[1] for r in got] == sorted(mjds)
-    assert [r[0] for r in got][:7] == [0, 1, 2, 3, 4, 5, 40]
-    assert got[6][3] == _record(40, 60005.5)
+    assert [r[0] for r in got][:7] == [0, 1, 2, 3, 4, 5, K + 8]
+    assert got[6][3] == _record(K + 8, 60005.5)
 
 
 def test_records_of_another_schema_are_returned_for_re_encoding() -> None:
@@ -112,13 +112,13 @@ def test_records_of_another_schema_are_returned_for_re_encoding() -> None:
 
 def test_chunks_round_trip_through_the_database(tmp_path: Path) -> None:
     apdb = Apdb(tmp_path / "apdb.sqlite3")
-    _, chunks = _history([60000.0 + d for d in range(70)])
+    _, chunks = _history([60000.0 + d for d in range(2 * K + 6)])
     with apdb.engine.begin() as conn:
         apdb.write_history(conn, chunks)
-    found, tails = apdb.read_history([7], since=60040.0)
+    found, tails = apdb.read_history([7], since=60000.0 + K + 8)
     # The window needs chunks 1 and 2; chunk 0 ends before it.
     assert sorted(c.chunk for c in found[(7, FORCED)]) == [1, 2]
-    assert tails[(7, FORCED)].chunk == 2 and tails[(7, FORCED)].n == 70 - 2 * CHUNK_RECORDS
+    assert tails[(7, FORCED)].chunk == 2 and tails[(7, FORCED)].n == 6
     assert (7, SOURCE) not in found
     for c in found[(7, FORCED)]:
         assert c == chunks[c.chunk]
@@ -159,7 +159,7 @@ def test_history_written_in_an_older_schema_is_re_encoded(tmp_path: Path) -> Non
     apdb.close()
 
 
-@pytest.mark.parametrize("n", [0, 1, CHUNK_RECORDS, CHUNK_RECORDS + 1])
+@pytest.mark.parametrize("n", [0, 1, K, K + 1])
 def test_appended_never_changes_the_chunk_it_was_given(n: int) -> None:
     _, chunks = _history([60000.0 + d for d in range(n)])
     last = chunks[-1] if chunks else None
@@ -167,5 +167,6 @@ def test_appended_never_changes_the_chunk_it_was_given(n: int) -> None:
     new = appended(last, 7, FORCED, SCHEMA.schema_id, 1000, 70000.0, _record(1000, 70000.0))
     if last is not None:
         assert (list(last.ids), bytes(last.avro)) == before
-    assert new.ids[-1] == 1000 and new.n <= CHUNK_RECORDS
-    assert new.stored is (last is not None and n < CHUNK_RECORDS and last.stored)
+    assert new.ids[-1] == 1000 and new.n <= K
+    # A full chunk is followed by a new one.
+    assert new.chunk == (0 if last is None else last.chunk + (last.n == K))

@@ -198,7 +198,7 @@ def stream_outbox(
     outbox: Outbox,
     transport: AlertTransport,
     *,
-    batch: int = 5000,
+    batch: int = 10_000,
     send_timeout: float = 30.0,
     retry_for: float = 0.0,
     progress: Progress | None = None,

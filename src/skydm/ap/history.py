@@ -28,12 +28,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Records per chunk: reads of a 100-record history take 4 rows, and an
-#: append rewrites on average 16 records (~8 KB for full DIA sources).
-CHUNK_RECORDS = 32
-
 #: Kinds of history (the ``kind`` column).
 SOURCE, FORCED = 0, 1
+
+#: Records per chunk, by kind: a 100-record DIA source history is read as 4
+#: rows and an append rewrites on average 16 records (~6 KB of full DIA
+#: sources); forced sources are ~60 bytes, so they take one row.
+CHUNK_RECORDS = {SOURCE: 32, FORCED: 128}
 
 
 def _unpack(code: str, data: bytes) -> Sequence[Any]:
@@ -55,7 +56,7 @@ def _pack(code: str, values: Sequence[Any]) -> bytes:
 
 @dataclass
 class HistoryChunk:
-    """Up to :data:`CHUNK_RECORDS` encoded records of one object and kind.
+    """Up to ``CHUNK_RECORDS[kind]`` encoded records of one object and kind.
 
     Attributes
     ----------
@@ -204,7 +205,7 @@ def appended(
     thread): the answer is a copy of it with the record added, or a new
     chunk when ``last`` is full or of another schema.
     """
-    if last is not None and last.n < CHUNK_RECORDS and last.schema_id == schema_id:
+    if last is not None and last.n < CHUNK_RECORDS[kind] and last.schema_id == schema_id:
         chunk = dataclasses.replace(last)
     else:
         chunk = HistoryChunk.new(object_id, kind, 0 if last is None else last.chunk + 1, schema_id)
