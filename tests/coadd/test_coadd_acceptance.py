@@ -64,8 +64,8 @@ def test_every_artefact_class_is_present(scored: tuple[int, SimWarps, dict]) -> 
 KNOWN = (
     "not met in every realisation (docs/coadd.md, 'Status'): across fields the worst class "
     "ranged 0.016-0.28 over seeds 1-4 (ghosts overlapping on the sky in many visits, faint "
-    "ghosts that overlap in several epochs on a small dithered field, faint trails below the "
-    "matched filter, and the noise of the replaced pixels themselves)"
+    "cosmic-ray tracks, faint trails below the matched filter, slow asteroids, and the "
+    "noise of the replaced pixels themselves)"
 )
 
 
