@@ -109,7 +109,7 @@ def coalesce(ranges: list[tuple[int, int]], order: int) -> list[tuple[int, int]]
 
     A cone's coverage is a dozen short ranges a few pixels apart; each is a
     term DuckDB evaluates on every row of the row groups it reads, which costs
-    more than the few extra rows their hull lets through (a 16384-row group
+    more than the few extra rows their hull lets through (a 4096-row group
     spans far more than these gaps, so no more row groups are read).
     """
     if not ranges:

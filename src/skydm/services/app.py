@@ -11,10 +11,34 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from skydm import __version__
 from skydm.services.tap.config import TapConfig
-from skydm.services.tap.factory import create_tap_service, install_tap
+from skydm.services.tap.factory import PREFIX, create_tap_service, install_tap
+from skydm.services.tap.handlers.sync import lean_sync, wants_lean
+from skydm.services.tap.service import TapService
+
+
+class SkydmApp(FastAPI):
+    """The FastAPI application, with TAP ``/sync`` requests answered before its routing.
+
+    A sync query (a cone search, typically) costs a few milliseconds of CPU
+    at most; FastAPI's middleware, routing, dependency and form handling
+    cost as much again, so requests without file parts go straight to
+    :func:`~skydm.services.tap.handlers.sync.lean_sync`.  Everything else
+    (multipart uploads included) takes the FastAPI routes.
+    """
+
+    tap_service: TapService | None = None
+    _sync_path = f"{PREFIX}/sync"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tap = self.tap_service
+        if tap is not None and wants_lean(scope, self._sync_path):
+            await lean_sync(tap, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -23,7 +47,7 @@ def create_app(
     engine_url: str | None = None,
     workers: int | None = None,
     tap_config: TapConfig | None = None,
-) -> FastAPI:
+) -> SkydmApp:
     """Build the web application for a repository.
 
     Parameters
@@ -41,8 +65,8 @@ def create_app(
 
     Returns
     -------
-    FastAPI
-        The application; the TAP engine and job runner start with its lifespan.
+    SkydmApp
+        The (FastAPI) application; the TAP engine and job runner start with its lifespan.
     """
     config = tap_config or TapConfig.from_env(repo_dir, engine_url=engine_url, workers=workers)
     tap = create_tap_service(config)
@@ -55,11 +79,12 @@ def create_app(
         finally:
             tap.close()
 
-    app = FastAPI(
+    app = SkydmApp(
         title="skydm services",
         version=__version__,
         description="IVOA TAP over the skydm catalog.",
         lifespan=lifespan,
     )
     install_tap(app, tap)
+    app.tap_service = tap
     return app

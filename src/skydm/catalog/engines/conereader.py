@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,9 @@ from skydm.catalog.storage import TableInfo
 
 #: Cones needing more row groups than this are left to DuckDB (parallel scan).
 MAX_ROW_GROUPS = 8
+#: Idle open readers kept per file, and files with idle readers kept.
+MAX_IDLE_PER_FILE = 4
+MAX_OPEN_FILES = 256
 HEALPIX_COL = "_healpix"
 
 
@@ -101,6 +105,35 @@ class ConeReader:
         self._files = files
         self._indexes: dict[str, _FileIndex | None] = {}
         self._lock = threading.Lock()
+        # Open readers, idle, by file (most recently used last): opening one
+        # costs as much as decoding a column.  A reader serves one thread at a time.
+        self._idle: OrderedDict[str, list[pq.ParquetFile]] = OrderedDict()
+
+    def _checkout(self, index: _FileIndex) -> pq.ParquetFile:
+        with self._lock:
+            idle = self._idle.get(index.path)
+            if idle:
+                return idle.pop()
+        return pq.ParquetFile(index.path, metadata=index.metadata)
+
+    def _checkin(self, index: _FileIndex, reader: pq.ParquetFile) -> None:
+        surplus: list[pq.ParquetFile] = []
+        with self._lock:
+            idle = self._idle.setdefault(index.path, [])
+            self._idle.move_to_end(index.path)
+            (idle if len(idle) < MAX_IDLE_PER_FILE else surplus).append(reader)
+            while len(self._idle) > MAX_OPEN_FILES:
+                surplus += self._idle.popitem(last=False)[1]
+        for r in surplus:
+            r.close()
+
+    def close(self) -> None:
+        """Close the open readers."""
+        with self._lock:
+            for readers in self._idle.values():
+                for r in readers:
+                    r.close()
+            self._idle.clear()
 
     def _file_index(self, path: Path) -> _FileIndex | None:
         key = str(path)
@@ -152,9 +185,11 @@ class ConeReader:
         for index, chosen in plan:
             if limit is not None and rows >= limit:
                 break
-            data = pq.ParquetFile(index.path, metadata=index.metadata).read_row_groups(
-                chosen, columns=wanted, use_threads=False
-            )
+            reader = self._checkout(index)
+            try:
+                data = reader.read_row_groups(chosen, columns=wanted, use_threads=False)
+            finally:
+                self._checkin(index, reader)
             selected = self._select(data, scan, lo, hi)
             if selected.num_rows:
                 pieces.append(selected)

@@ -152,6 +152,7 @@ class DuckDBEngine(CatalogEngine):
                     "SELECT * FROM _skydm_tap_rows"
                 )
                 self._con.unregister("_skydm_tap_rows")
+            self._cones.close()
             self._cones = ConeReader(tables, view_files)
             self._tables, self._schema, self._stamp = tables, schema, stamp
 
@@ -219,4 +220,5 @@ class DuckDBEngine(CatalogEngine):
         return reader.schema, batches()
 
     def close(self) -> None:
+        self._cones.close()
         self._con.close()

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +61,7 @@ class TapService:
     def __init__(self, config: TapConfig) -> None:
         self.config = config
         self._engine: Any = None
+        self._pool: ThreadPoolExecutor | None = None
         self.store = JobStore(config.jobs_dir / "jobs.sqlite")
         self.runner = JobRunner(self.store, config)
 
@@ -82,8 +84,11 @@ class TapService:
             self.runner.start()
 
     def close(self) -> None:
-        """Stop the runner and close the engine."""
+        """Stop the runner, the sync query threads and close the engine."""
         self.runner.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -94,6 +99,15 @@ class TapService:
         if self._engine is None:
             raise RuntimeError("TapService.open() has not been called")
         return self._engine
+
+    @property
+    def sync_pool(self) -> ThreadPoolExecutor:
+        """The threads sync queries run on: ``config.sync_concurrency`` of them."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.config.sync_concurrency, thread_name_prefix="tap-sync"
+            )
+        return self._pool
 
     # --- metadata -----------------------------------------------------------------------------
 
