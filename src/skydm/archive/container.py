@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from skydm.archive._rice import rice_image_hdu
 from skydm.errors import BadFileError, DataCorruptionError
 
 FORMAT_VERSION = 1
@@ -194,9 +195,39 @@ def _image_array(hdu: fits.hdu.base._BaseHDU, data: memoryview, offset: int) -> 
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+def _image_hdu(
+    raw: memoryview, array: np.ndarray, bitpix: int, cards: fits.Header, codec: str
+) -> list[bytes | memoryview]:
+    """One tile-compressed image HDU (header and data) as FITS bytes, in chunks."""
+    chosen = codec_for(bitpix, codec)
+    tiles = _tile_shape(array.shape)
+    if chosen == "RICE_1" and bitpix in (8, 16, 32):
+        return rice_image_hdu(raw, bitpix=bitpix, shape=array.shape, tile_shape=tiles, cards=cards)
+    plain = cards.copy()
+    for key in ("BSCALE", "BZERO", "BLANK"):
+        plain.remove(key, ignore_missing=True)  # else astropy would scale the raw values
+    comp = fits.CompImageHDU(
+        data=array,
+        header=plain,
+        compression_type=chosen,
+        tile_shape=tiles,
+        quantize_level=0.0,  # no quantization: lossless for floats
+        uint=False,
+    )
+    for key in ("BSCALE", "BZERO", "BLANK"):
+        if key in cards:
+            comp.header[key] = cards[key]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits.HDUList([fits.PrimaryHDU(), comp]).writeto(buf, output_verify="silentfix")
+    # An empty primary header is one block; what follows is the image HDU alone.
+    return [buf.getvalue()[_BLOCK:]]
+
+
 def encode(
     path: str | Path, *, codec: str = "RICE_1", data: bytes | None = None
-) -> tuple[fits.HDUList, SourceInfo]:
+) -> tuple[bytes, SourceInfo]:
     """Build the compressed container of a raw FITS file.
 
     Parameters
@@ -211,8 +242,8 @@ def encode(
 
     Returns
     -------
-    (HDUList, SourceInfo)
-        The container, ready to write, and facts about the source.
+    (bytes, SourceInfo)
+        The container file's content, and facts about the source.
 
     Raises
     ------
@@ -240,7 +271,7 @@ def encode(
         )
 
     kinds, ext_index, headers, inline, nbytes = [], [], [], [], []
-    images: list[fits.CompImageHDU] = []
+    images: list[list[bytes | memoryview]] = []  # each image HDU's FITS bytes, in chunks
     merged = fits.Header()
     bitpix: list[int] = []
     pixel_views: list[memoryview] = []
@@ -261,20 +292,12 @@ def encode(
         if not images:
             merged = clean.copy() if i == 0 else _merge_headers(hdul[0].header, clean)
         primary_has_image |= i == 0
-        comp = fits.CompImageHDU(
-            data=array,
-            header=clean,
-            compression_type=codec_for(bp, codec),
-            tile_shape=_tile_shape(array.shape),
-            quantize_level=0.0,  # no quantization: lossless for floats
-            uint=False,
-        )
-        # The raw integers are compressed as they are; these cards tell any
-        # reader how to scale them, exactly as in the source.
         for key in ("BSCALE", "BZERO", "BLANK"):
+            # The raw integers are compressed as they are; these cards tell any
+            # reader how to scale them, exactly as in the source.
             if key in hdu.header:
-                comp.header[key] = hdu.header[key]
-        images.append(comp)
+                clean[key] = hdu.header[key]
+        images.append(_image_hdu(view[d0 : d0 + array.nbytes], array, bp, clean, codec))
         kinds.append(KIND_IMAGE)
         ext_index.append(len(images))
         inline.append(zlib.compress(view[d0 + array.nbytes : d1], 6))  # block padding
@@ -306,7 +329,11 @@ def encode(
     ph["NMAP"] = (len(rows), "source HDUs + 1 (tail): MAP1..MAPn")
     for i, row in enumerate(rows, start=1):
         ph[f"MAP{i}"] = " ".join(str(v) for v in row)
-    container = fits.HDUList([primary, *images])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # source cards are copied as they are
+        head = io.BytesIO()
+        fits.HDUList([primary]).writeto(head, output_verify="silentfix")
+    container = b"".join([head.getbuffer(), *(chunk for hdu in images for chunk in hdu)])
     info = SourceInfo(
         name=path.name,
         size=len(data),

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from skydm.archive.container import check_lossless, encode
 from skydm.archive.instruments import instrument_for
@@ -176,8 +176,12 @@ def ingest_file(
             "codec": codec,
             **translation.metadata,
         }
-        ref = repo.put_hdulist(
-            container,
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(container)
+
+        ref = repo.put_file(
+            write,
             RAW,
             data_id,
             replace=existing is not None,
