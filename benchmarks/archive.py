@@ -128,11 +128,6 @@ def ingest(paths: list[Path], work: Path) -> tuple[int, float]:
     return report.source_bytes, report.seconds
 
 
-def best(fn, repeat: int):  # type: ignore[no-untyped-def]
-    """The run with the least time (last element) out of ``repeat``."""
-    return min((fn() for _ in range(repeat)), key=lambda r: r[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-sim", type=int, default=2, help="simulated 4096^2 raws")
@@ -156,9 +151,14 @@ def main() -> None:
         figures: dict[str, dict[str, float]] = {}
         totals = np.zeros(7)
         for name, paths in sets.items():
-            s, d, t = best(lambda p=paths: archive_codec(p, work), args.repeat)
-            fs, fd, ft = best(lambda p=paths: fpack(p, work), args.repeat)
-            ib, it = best(lambda p=paths: ingest(p, work), args.repeat)
+            # Interleaved, so a change in the machine's load hits both alike.
+            runs = [
+                (archive_codec(paths, work), fpack(paths, work), ingest(paths, work))
+                for _ in range(args.repeat)
+            ]
+            s, d, t = min((r[0] for r in runs), key=lambda x: x[-1])
+            fs, fd, ft = min((r[1] for r in runs), key=lambda x: x[-1])
+            ib, it = min((r[2] for r in runs), key=lambda x: x[-1])
             figures[name] = {
                 "files": len(paths),
                 "mb": round(s / 1e6, 2),
