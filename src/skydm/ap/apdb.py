@@ -19,7 +19,6 @@ Two things make the database fit a prompt-processing loop:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -473,16 +472,13 @@ class Apdb:
             if new_objects:
                 conn.exec_driver_sql(
                     self._sql(f'INSERT INTO "DiaObject" ({q}) VALUES ({marks})'),
-                    [tuple(_nan_none(o.get(c)) for c in obj_cols) for o in new_objects],
+                    [_values(o, obj_cols) for o in new_objects],
                 )
             if updated_objects:
                 sets = ", ".join(f'"{c}"=?' for c in obj_cols[1:])
                 conn.exec_driver_sql(
                     self._sql(f'UPDATE "DiaObject" SET {sets} WHERE "diaObjectId"=?'),
-                    [
-                        (*(_nan_none(o.get(c)) for c in obj_cols[1:]), o["diaObjectId"])
-                        for o in updated_objects
-                    ],
+                    [(*_values(o, obj_cols[1:]), o["diaObjectId"]) for o in updated_objects],
                 )
             for rows, name, cols in (
                 (sources, "DiaSource", src_cols),
@@ -494,7 +490,7 @@ class Apdb:
                         self._sql(
                             f'INSERT INTO "{name}" ({q}) VALUES ({",".join("?" * len(cols))})'
                         ),
-                        [tuple(_nan_none(r.get(c)) for c in cols) for r in rows],
+                        [_values(r, cols) for r in rows],
                     )
             touched: dict[tuple[int, int, int], HistoryChunk] = {}
             for rows, kind, key in (
@@ -531,8 +527,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _nan_none(v: Any) -> Any:
-    return None if isinstance(v, float) and math.isnan(v) else v
+def _values(row: dict[str, Any], cols: Sequence[str]) -> tuple[Any, ...]:
+    """A row's values in column order, NaN as NULL (``v != v`` only for NaN):
+    a million values per visit, so no function call per value."""
+    return tuple([None if v != v else v for v in map(row.get, cols)])
 
 
 @contextlib.contextmanager
