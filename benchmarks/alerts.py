@@ -1,13 +1,18 @@
 """Alert production and distribution benchmark; prints one JSON line.
 
 * ``serialize_per_s``: realistic packets (three 30x30 cutouts, 100 previous
-  DIA sources and 100 forced sources whose encodings are already stored)
-  encoded per second on one core; ``lsst_serialize_per_s`` is
-  lsst-alert-packet's own ``Schema.serialize`` on the same packets.
+  DIA sources and 100 forced sources with every field a real DIA source
+  fills, whose encodings are already stored; ``packet_kb``) encoded per
+  second on one core; ``lsst_serialize_per_s`` is lsst-alert-packet's own
+  ``Schema.serialize`` on the same packets.
 * ``visit_10k_s``: from a visit's 10,000 DIA sources (APDB with 100 earlier
   visits of history per object) to every alert received by one consumer
   group, through a local tansu broker; ``visit_10k_5groups_s`` with five
-  groups; ``visit_40k_s`` a 40,000-source visit, one group.
+  groups; ``visit_40k_s`` a 40,000-source visit, one group.  Each visit
+  also reports the wall time of each step (``step_*_s``), the calling
+  thread's CPU time per step (``step_cpu_*_s``) and the CPU time of the
+  producer process, the broker and the consumers: on a shared machine the
+  wall times are upper bounds.
 
 Run: ``.venv/bin/python benchmarks/alerts.py [--quick]``.
 """
@@ -18,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -503,6 +509,7 @@ def bench_visit(
         t = time.perf_counter()
         _populate(apdb, n, shape, first_visit)
         setup = time.perf_counter() - t
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         consumers = [
             subprocess.Popen(
                 [sys.executable, "-c", CONSUMER, broker.bootstrap, f"g{g}", topic, str(n)],
@@ -536,6 +543,10 @@ def bench_visit(
             line = c.stdout.readline().split()
             ends.append(float(line[1]))
             c.wait()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        consumers_cpu = (children.ru_utime + children.ru_stime) - (
+            children0.ru_utime + children0.ru_stime
+        )
         assert res.n_alerts == n and res.stream is not None and res.stream.pending == 0
         return {
             "total_s": max(ends) - t0,
@@ -543,7 +554,9 @@ def bench_visit(
             "setup_s": setup,
             "producer_cpu_s": cpu,
             "broker_cpu_s": broker.cpu_seconds(),
+            "consumers_cpu_s": consumers_cpu,
             **{f"step_{k}_s": round(v, 2) for k, v in res.timings.items()},
+            **{f"step_cpu_{k}_s": round(v, 2) for k, v in res.cpu_timings.items()},
         }
     finally:
         broker.stop()
@@ -563,6 +576,8 @@ def main() -> None:
         out.update({f"visit_10k_{k}": v for k, v in v10.items() if k != "total_s"})
         v5 = bench_visit(work, 10_000 // scale, 5, 2000, (4096, 4096))
         out["visit_10k_5groups_s"] = v5["total_s"]
+        for k in ("broker_cpu_s", "consumers_cpu_s", "producer_cpu_s"):
+            out[f"visit_10k_5groups_{k}"] = v5[k]
         v40 = bench_visit(work, 40_000 // scale, 1, 3000, (8192, 8192))
         out["visit_40k_s"] = v40["total_s"]
         out.update({f"visit_40k_{k}": v for k, v in v40.items() if k != "total_s"})
