@@ -101,11 +101,28 @@ def clip_maps(
                 ok_pix = (count >= 1) & (count <= lo)
                 frac[sel] = np.asarray(ndimage.mean(ok_pix, lab, index[sel]))
             candidate = frac > cfg.spatial_threshold
-            candidate &= ~_variable(lab, nlab, k, sparse, cfg)
+            variable = _variable(lab, nlab, k, sparse, cfg)
+            candidate &= ~variable
             chosen = index[candidate]
+            sel_map = np.isin(lab, chosen)
+            # A transient artefact whose footprint merges with a region that
+            # is an outlier in many epochs (a bright trail across a bright
+            # star's PSF-mismatch halo or another epoch's ghost) fails the
+            # fraction rule as a whole; its own part, the seeded pieces that
+            # are outliers in few epochs, is still clipped.
+            rest = index[~candidate & ~variable]
+            if rest.size:
+                piece = (
+                    np.isin(lab, rest) & (count >= 1) & (count <= np.concatenate([[0], limit])[lab])
+                )
+                plab, np_ = ndimage.label(piece)
+                if np_:
+                    seeded = np.unique(plab[(codes[k] * sign >= 2) & piece])
+                    sel_map |= np.isin(plab, seeded[seeded > 0])
+            chosen = np.unique(lab[sel_map])
+            chosen = chosen[chosen > 0]
             if chosen.size == 0:
                 continue
-            sel_map = np.isin(lab, chosen)
             if sign > 0 and cfg.streak_length > 0:
                 sel_map |= _extend_streaks(lab, chosen, cover > 0, cfg.streak_length)
             if structure is None:
