@@ -23,11 +23,14 @@ from skydm.coadd.scoring import (
 from skydm.image import Exposure
 from skydm_testing import require_executable
 
-# (epochs, image side, seed): the cell is the image less twice the largest dither.
-CASES = {8: (8, 320, 1), 20: (20, 320, 2)}
+# (epochs, image side, seed, dither in pixels): the cell is the image less twice the
+# largest dither.  The 20-epoch field is dithered as a survey is (an eighth of the
+# image side, larger than the ghosts, which therefore move on the sky by more than
+# their size); the 8-epoch field keeps small dithers (20 px), where ghosts overlap.
+CASES = {8: (8, 320, 1, 20.0), 20: (20, 384, 2, 48.0)}
 
 
-def _simulate(epochs: int, side: int, seed: int) -> SimWarps:
+def _simulate(epochs: int, side: int, seed: int, dither: float) -> SimWarps:
     from skydm.sim import SurveyConfig, simulate_survey
 
     cfg = SurveyConfig(
@@ -38,6 +41,7 @@ def _simulate(epochs: int, side: int, seed: int) -> SimWarps:
         trail_rate=1.0,
         ghost_rate=0.5,
         n_variables=6,  # so that some are clear of every artefact
+        dither=dither,
     )
     survey = simulate_survey(cfg)
     ra, dec = survey.fields[0]

@@ -213,3 +213,21 @@ def test_compare_warp_removes_a_trail_and_cosmic_ray_but_keeps_a_variable_star()
     assert (cw_art.msk[100, 100] & Mask.CLIPPED) and not (cw_clean.msk[30, 90] & Mask.CLIPPED)
     box = (slice(20, 41), slice(80, 101))
     assert abs(cw_clean.image[box].sum() / mean_clean.image[box].sum() - 1) < 0.005
+
+
+def test_transient_merged_with_a_many_epoch_region_is_still_clipped() -> None:
+    """A one-epoch strip (a trail) touching a blob that is an outlier in every
+    epoch (a PSF-mismatch halo) fails the fraction rule as one footprint; the
+    strip, outlier in one epoch only and seeded, is clipped; the blob is not."""
+    from skydm.coadd._cw_rules import clip_maps
+    from skydm.coadd.compare_warp import CompareWarpConfig
+
+    n, shape = 10, (60, 60)
+    codes = np.zeros((n, *shape), dtype=np.int8)
+    codes[:, 10:40, 10:40] = 2  # outlier in every epoch: static, never clipped
+    codes[3, 25:27, 40:55] = 2  # epoch 3 only, merged with the blob
+    cover = np.full(shape, n, dtype=np.uint8)
+    clip = clip_maps(codes, cover, [], CompareWarpConfig(streak_length=0), grow=0)
+    assert clip[3, 25:27, 40:55].all()
+    assert not clip[:, 10:40, 10:40].any()
+    assert not np.delete(clip, 3, axis=0).any()
