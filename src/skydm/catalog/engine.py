@@ -252,6 +252,16 @@ class CatalogEngine(abc.ABC):
     ) -> tuple[pa.Schema, list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
         translation = self.translate(adql, maxrec=maxrec, uploads=uploads)
         raw_schema, raw = self._run(translation, cancel, uploads or None)
+        return self._shape(translation, raw_schema, raw, maxrec)
+
+    def _shape(
+        self,
+        translation: Translation,
+        raw_schema: pa.Schema,
+        raw: Iterator[pa.RecordBatch],
+        maxrec: int | None,
+    ) -> tuple[pa.Schema, list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]]:
+        """The result of ``translation`` with the output names, normalised types and maxrec."""
         schema = pa.schema(
             [
                 pa.field(out.name, normalise_type(f.type))

@@ -58,7 +58,9 @@ def _order_for_radius(radius_deg: float) -> int:
     return max(0, min(order, 20))
 
 
-def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[int, int]]:
+def cone_ranges(
+    ra_deg: float, dec_deg: float, radius_deg: float, *, merged: bool = True
+) -> list[tuple[int, int]]:
     """Inclusive order-29 index ranges covering a cone (a superset of it).
 
     The last cones asked for are remembered: a query's ranges are needed twice
@@ -71,23 +73,38 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> list[tuple[
         Centre in degrees (ICRS).
     radius_deg : float
         Radius in degrees.
+    merged : bool
+        Merge ranges that are close (see :func:`coalesce`; for SQL, where each
+        range is a term evaluated on every row read); False gives the exact
+        coverage, a smaller superset of the cone.
 
     Returns
     -------
     list of (int, int)
         Sorted, disjoint inclusive ranges ``(lo, hi)`` of ``_healpix`` values.
     """
-    return list(_cone_ranges(float(ra_deg), float(dec_deg), float(radius_deg)))
+    order, ranges = _cone_cover(float(ra_deg), float(dec_deg), float(radius_deg))
+    if not merged:
+        return list(ranges)
+    return list(_merged(order, ranges))
 
 
 @functools.lru_cache(maxsize=1024)
-def _cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> tuple[tuple[int, int], ...]:
+def _merged(order: int, ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    return tuple(coalesce(list(ranges), max(order - COALESCE_LEVELS, 0)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cone_cover(
+    ra_deg: float, dec_deg: float, radius_deg: float
+) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """(order, ranges) of the pixels covering a cone at the order matched to its radius."""
     # The C search itself: the public wrapper spends more time on Quantity
     # conversions than the search takes for a small cone.
     from astropy_healpix import _core
 
     if radius_deg >= 180:
-        return ((0, 12 * 4**ORDER - 1),)
+        return 0, ((0, 12 * 4**ORDER - 1),)
     order = _order_for_radius(radius_deg)
     nside = 2**order
     # Pad by half a pixel so that pixels which only graze the cone are never
@@ -96,8 +113,7 @@ def _cone_ranges(ra_deg: float, dec_deg: float, radius_deg: float) -> tuple[tupl
     pixels = _core.healpix_cone_search(
         ra_deg % 360.0, dec_deg, min(radius_deg + pad, 180.0), nside, "nested"
     )
-    ranges = pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order)
-    return tuple(coalesce(ranges, max(order - COALESCE_LEVELS, 0)))
+    return order, tuple(pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order))
 
 
 #: Ranges closer than a pixel this many orders coarser than the coverage are merged.

@@ -6,6 +6,7 @@ services are meant to be installed beside it in :func:`create_app`.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -74,6 +75,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tap.open()
+        # Everything loaded so far (astropy, sqlglot, pyarrow...) lives as long
+        # as the process: out of the collector's way, so that the collections
+        # that requests trigger stay short.
+        gc.freeze()
         try:
             yield
         finally:

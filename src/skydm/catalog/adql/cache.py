@@ -36,10 +36,9 @@ from skydm.catalog.adql.compiler import (
     geometry_sql,
     splice,
 )
-from skydm.catalog.adql.conescan import circle_of
 from skydm.catalog.adql.errors import AdqlError
-from skydm.catalog.adql.functions import Dialect
-from skydm.catalog.adql.geometry import POS_META
+from skydm.catalog.adql.functions import Dialect, adql_name
+from skydm.catalog.adql.geometry import Circle, shape
 from skydm.catalog.tapschema import TapSchema
 
 _TOKEN = re.compile(
@@ -112,6 +111,8 @@ class _Entry:
     pieces: list[_Piece | None]
     translation: Translation
     cone_piece: int | None = None
+    # (slot, sign) of the cone's ra, dec and radius among the lifted numbers.
+    cone_slots: tuple[tuple[int, float], ...] | None = None
 
 
 def _clone(node: exp.Expr) -> exp.Expr:
@@ -146,15 +147,6 @@ def _clone(node: exp.Expr) -> exp.Expr:
     return root
 
 
-def _alias_of(node: exp.Expr) -> str:
-    """The table alias of the first table position column inside ``node``."""
-    for col in node.find_all(exp.Column):
-        pos = col.meta.get(POS_META)
-        if pos:
-            return str(pos[1])
-    return ""
-
-
 def _numeric_literals(node: exp.Expr) -> list[exp.Literal]:
     return [n for n in node.walk() if isinstance(n, exp.Literal) and not n.is_string]
 
@@ -179,6 +171,12 @@ def _entry(schema: TapSchema, template: Template, numbers: list[tuple[int, str]]
         pieces.append(_Piece(_clone(node), kind, slots))
     if sorted(used) != list(range(len(numbers))):
         return None  # a lifted number went elsewhere in the SQL
+    cone_piece = template.cone_piece
+    cone_slots = None
+    if cone_piece is not None and template.translation.cone is not None:
+        kept = pieces[cone_piece]
+        assert kept is not None
+        cone_slots = _circle_slots(kept)
     return _Entry(
         schema,
         template.sql,
@@ -186,8 +184,35 @@ def _entry(schema: TapSchema, template: Template, numbers: list[tuple[int, str]]
         template.raw,
         pieces,
         template.translation,
-        template.cone_piece,
+        cone_piece,
+        cone_slots,
     )
+
+
+def _circle_slots(piece: _Piece) -> tuple[tuple[int, float], ...] | None:
+    """(slot, sign) of the circle's ra, dec and radius, when each is a plain number.
+
+    Then a later query of the shape gets its cone from its lifted numbers
+    directly, without copying and walking the geometry call.
+    """
+    node = piece.node
+    args = [node.this, node.expression] if isinstance(node, exp.Contains) else node.expressions
+    circles = [a for a in args if adql_name(a) == "CIRCLE"]
+    if len(circles) != 1:
+        return None
+    circle = shape(circles[0])
+    if not isinstance(circle, Circle):
+        return None
+    where = {id(lit): k for k, lit in enumerate(_numeric_literals(node))}
+    out = []
+    for value in (circle.centre.ra, circle.centre.dec, circle.radius):
+        sign = 1.0
+        if isinstance(value, exp.Neg):
+            value, sign = value.this, -1.0
+        if not isinstance(value, exp.Literal) or id(value) not in where:
+            return None
+        out.append((piece.slots[where[id(value)]], sign))
+    return tuple(out)
 
 
 class TranslationCache:
@@ -244,19 +269,24 @@ class TranslationCache:
 
     @staticmethod
     def _reuse(entry: _Entry, values: list[str], dialect: Dialect) -> Translation:
-        raw = list(entry.raw)
         old = entry.translation
-        cone = None
-        for i, piece in enumerate(entry.pieces):
-            if piece is None:
-                continue
-            node = _clone(piece.node)
-            for lit, k in zip(_numeric_literals(node), piece.slots, strict=True):
-                lit.set("this", values[k])
-            raw[i] = geometry_sql(node, piece.kind, dialect)
-            if i == entry.cone_piece and old.cone is not None:
-                circle = circle_of(node, _alias_of(node))
-                if circle is not None:
-                    cone = replace(old.cone, ra=circle[2], dec=circle[3], radius=circle[4])
-        sql = splice(entry.sql, entry.token, raw)
-        return Translation(sql, old.columns, old.limit, old.maxrec, cone)
+
+        def make_sql() -> str:
+            raw = list(entry.raw)
+            for i, piece in enumerate(entry.pieces):
+                if piece is None:
+                    continue
+                node = _clone(piece.node)
+                for lit, k in zip(_numeric_literals(node), piece.slots, strict=True):
+                    lit.set("this", values[k])
+                raw[i] = geometry_sql(node, piece.kind, dialect)
+            return splice(entry.sql, entry.token, raw)
+
+        if entry.cone_slots is not None and old.cone is not None:
+            ra, dec, radius = (sign * float(values[k]) for k, sign in entry.cone_slots)
+            if 0 < radius < 180:
+                # The SQL is made only if the engine needs it: no geometry call of
+                # this shape can fail on other numbers (see conescan.circle_of).
+                cone = replace(old.cone, ra=ra, dec=dec, radius=radius)
+                return Translation(make_sql, old.columns, old.limit, old.maxrec, cone)
+        return Translation(make_sql(), old.columns, old.limit, old.maxrec)

@@ -11,6 +11,7 @@ engine except literals, which sqlglot re-quotes.  Geometry is rewritten by
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,14 +92,15 @@ class OutputColumn:
     column: ColumnDef | None = None
 
 
-@dataclass
 class Translation:
     """A compiled query.
 
     Attributes
     ----------
     sql : str
-        The engine SQL.
+        The engine SQL (made on first use when given as a function: the
+        translation cache defers it, since a cone search answered from
+        :attr:`cone` never needs it).
     columns : list of OutputColumn
         The result columns, in order.
     limit : int or None
@@ -111,11 +113,34 @@ class Translation:
         ``sql``; see :mod:`skydm.catalog.adql.conescan`).
     """
 
-    sql: str
-    columns: list[OutputColumn]
-    limit: int | None
-    maxrec: int | None
-    cone: ConeScan | None = None
+    __slots__ = ("_sql", "columns", "cone", "limit", "maxrec")
+
+    def __init__(
+        self,
+        sql: str | Callable[[], str],
+        columns: list[OutputColumn],
+        limit: int | None,
+        maxrec: int | None,
+        cone: ConeScan | None = None,
+    ) -> None:
+        self._sql = sql
+        self.columns = columns
+        self.limit = limit
+        self.maxrec = maxrec
+        self.cone = cone
+
+    @property
+    def sql(self) -> str:
+        """The engine SQL."""
+        if not isinstance(self._sql, str):
+            self._sql = self._sql()
+        return self._sql
+
+    def __repr__(self) -> str:
+        return (
+            f"Translation(sql={self.sql!r}, columns={self.columns!r}, limit={self.limit!r}, "
+            f"maxrec={self.maxrec!r}, cone={self.cone!r})"
+        )
 
 
 @dataclass

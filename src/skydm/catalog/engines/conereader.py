@@ -103,7 +103,14 @@ class ConeReader:
     def __init__(self, tables: list[TableInfo], files: dict[tuple[str, str], list[Path]]) -> None:
         self._tables = {(t.definition.schema, t.name): t for t in tables}
         self._files = files
+        # (schema, table) -> partition -> (position in the view's file list, path)
+        self._partitions: dict[tuple[str, str], dict[int, list[tuple[int, Path]]]] = {}
+        for key, paths in files.items():
+            parts = self._partitions[key] = {}
+            for position, path in enumerate(paths):
+                parts.setdefault(_partition_of(path), []).append((position, path))
         self._indexes: dict[str, _FileIndex | None] = {}
+        self._layouts: dict[tuple[object, ...], object] = {}
         self._lock = threading.Lock()
         # Open readers, idle, by file (most recently used last): opening one
         # costs as much as decoding a column.  A reader serves one thread at a time.
@@ -145,31 +152,51 @@ class ConeReader:
             return index
         return found  # type: ignore[return-value]
 
+    def _layout(self, scan: ConeScan) -> tuple[TableInfo, _FileIndex, pa.Schema, list[str]] | None:
+        """(table, its first file, output schema, columns to read), or None: SQL must answer."""
+        key = (scan.schema, scan.table, scan.columns, scan.ra_col, scan.dec_col)
+        found = self._layouts.get(key, False)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        layout = None
+        info = self._tables.get((scan.schema, scan.table))
+        files = self._files.get((scan.schema, scan.table), [])
+        first = self._file_index(files[0]) if info is not None and files else None
+        wanted = list(dict.fromkeys([*scan.columns, scan.ra_col, scan.dec_col]))
+        if (
+            info is not None
+            and first is not None
+            and all(first.schema.get_field_index(c) >= 0 for c in [*wanted, HEALPIX_COL])
+        ):
+            schema = pa.schema([first.schema.field(c) for c in scan.columns])
+            if all(_plain(f.type) for f in schema):
+                layout = (info, first, schema, wanted)
+        with self._lock:
+            self._layouts[key] = layout
+        return layout
+
     def read(self, scan: ConeScan, limit: int | None) -> pa.Table | None:
         """The rows of the cone (at most ``limit``), or None when SQL must answer."""
-        info = self._tables.get((scan.schema, scan.table))
-        if info is None:
+        layout = self._layout(scan)
+        if layout is None:
             return None
-        ranges = np.array(healpix.cone_ranges(scan.ra, scan.dec, scan.radius), dtype=np.int64)
-        if ranges.size == 0:
+        info, first, schema, wanted = layout
+        # The exact coverage, not the merged ranges of the SQL: a smaller
+        # superset of the cone, so that fewer rows are candidates (often none).
+        cover = healpix.cone_ranges(scan.ra, scan.dec, scan.radius, merged=False)
+        if not cover:
             return None
+        ranges = np.array(cover, dtype=np.int64)
         lo, hi = ranges[:, 0], ranges[:, 1]
-        partitions = set(
-            healpix.ranges_partitions([tuple(r) for r in ranges], info.partition_order)
+        by_partition = self._partitions.get((scan.schema, scan.table), {})
+        paths = sorted(
+            found
+            for p in healpix.ranges_partitions(cover, info.partition_order)
+            for found in by_partition.get(p, [])
         )
-        wanted = list(dict.fromkeys([*scan.columns, scan.ra_col, scan.dec_col, HEALPIX_COL]))
-        files = self._files.get((scan.schema, scan.table), [])
-        first = self._file_index(files[0]) if files else None
-        if first is None or any(first.schema.get_field_index(c) < 0 for c in wanted):
-            return None
-        schema = pa.schema([first.schema.field(c) for c in scan.columns])
-        if not all(_plain(f.type) for f in schema):
-            return None
         plan: list[tuple[_FileIndex, list[int]]] = []
         groups = 0
-        for path in files:
-            if _partition_of(path) not in partitions:
-                continue
+        for _, path in paths:
             index = self._file_index(path)
             if index is None or not index.schema.equals(first.schema):
                 return None
@@ -185,13 +212,8 @@ class ConeReader:
         for index, chosen in plan:
             if limit is not None and rows >= limit:
                 break
-            reader = self._checkout(index)
-            try:
-                data = reader.read_row_groups(chosen, columns=wanted, use_threads=False)
-            finally:
-                self._checkin(index, reader)
-            selected = self._select(data, scan, lo, hi)
-            if selected.num_rows:
+            selected = self._read_file(index, chosen, scan, lo, hi, wanted)
+            if selected is not None and selected.num_rows:
                 pieces.append(selected)
                 rows += selected.num_rows
         table = pa.concat_tables(pieces) if pieces else first.schema.empty_table()
@@ -199,16 +221,49 @@ class ConeReader:
             table = table.slice(0, limit)
         return pa.table([table.column(c) for c in scan.columns], schema=schema)
 
+    def _read_file(
+        self,
+        index: _FileIndex,
+        chosen: list[int],
+        scan: ConeScan,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        wanted: list[str],
+    ) -> pa.Table | None:
+        """The cone's rows in row groups ``chosen`` of one file.
+
+        ``_healpix`` is read first: most small cones have no row in their
+        ranges (a 1-arcminute cone holds 0.2 rows of a 10-million-row sky),
+        and then the other columns are never decoded; otherwise only the row
+        groups holding candidates are.
+        """
+        reader = self._checkout(index)
+        try:
+            hp = reader.read_row_groups(chosen, columns=[HEALPIX_COL], use_threads=False)
+            hp_values = hp.column(0).to_numpy()
+            # Sorted by _healpix: each range is one slice of rows.
+            starts = np.searchsorted(hp_values, lo, side="left")
+            ends = np.searchsorted(hp_values, hi, side="right")
+            if not np.any(ends > starts):
+                return None
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
+            sizes = np.array([index.metadata.row_group(g).num_rows for g in chosen])
+            firsts = np.cumsum(sizes) - sizes
+            group_of = np.searchsorted(firsts, rows, side="right") - 1
+            needed = np.unique(group_of)
+            # Row positions within the concatenation of the needed groups only.
+            shift = firsts[needed] - (np.cumsum(sizes[needed]) - sizes[needed])
+            rows = rows - shift[np.searchsorted(needed, group_of)]
+            data = reader.read_row_groups(
+                [chosen[int(k)] for k in needed], columns=wanted, use_threads=False
+            )
+        finally:
+            self._checkin(index, reader)
+        return self._select(data, scan, rows)
+
     @staticmethod
-    def _select(data: pa.Table, scan: ConeScan, lo: np.ndarray, hi: np.ndarray) -> pa.Table:
-        """Rows of ``data`` in the ranges that pass the SQL's exact circle test."""
-        hp = data.column(HEALPIX_COL).to_numpy()
-        # Sorted by _healpix: each range is one slice of rows.
-        starts = np.searchsorted(hp, lo, side="left")
-        ends = np.searchsorted(hp, hi, side="right")
-        index = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-        if index.size == 0:
-            return data.slice(0, 0)
+    def _select(data: pa.Table, scan: ConeScan, index: np.ndarray) -> pa.Table:
+        """Rows ``index`` of ``data`` (those in the ranges) that pass the SQL's circle test."""
         ra = data.column(scan.ra_col).take(index).to_numpy(zero_copy_only=False)
         dec = data.column(scan.dec_col).take(index).to_numpy(zero_copy_only=False)
         ra = np.asarray(ra, dtype=np.float64)

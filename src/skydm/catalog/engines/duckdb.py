@@ -14,6 +14,7 @@ not read other files or change settings.
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import warnings
@@ -82,6 +83,9 @@ class DuckDBEngine(CatalogEngine):
             direct_cones = os.environ.get("SKYDM_CATALOG_DIRECT_CONES", "1").strip() != "0"
         self.direct_cones = direct_cones
         self._cones = ConeReader([], {})
+        # astropy_healpix imports astropy.coordinates (half a second): at open,
+        # not in the first cone search.
+        importlib.import_module("astropy_healpix")
         self.catalog_dir = Path(catalog_dir).resolve()
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")

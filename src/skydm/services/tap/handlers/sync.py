@@ -218,6 +218,7 @@ async def lean_sync(tap: TapService, scope: Scope, receive: Receive, send: Send)
     one :func:`sync_query` would send.
     """
     response: Response
+    body: bytes | AsyncIterator[bytes]
     try:
         items = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         if scope["method"] == "POST":
