@@ -65,6 +65,7 @@ def clip_maps(
     cfg: CompareWarpConfig,
     *,
     grow: float,
+    fwhm: float = 0.0,
 ) -> np.ndarray:
     """Per-epoch boolean maps of the pixels to clip (binned grid).
 
@@ -101,7 +102,7 @@ def clip_maps(
                 ok_pix = (count >= 1) & (count <= lo)
                 frac[sel] = np.asarray(ndimage.mean(ok_pix, lab, index[sel]))
             candidate = frac > cfg.spatial_threshold
-            variable = _variable(lab, nlab, k, sparse, cfg)
+            variable = _variable(lab, nlab, k, sparse, cfg, fwhm)
             candidate &= ~variable
             chosen = index[candidate]
             sel_map = np.isin(lab, chosen)
@@ -164,7 +165,9 @@ def _extend_streaks(
             continue
         ux, uy = evecs[0, 1], evecs[1, 1]
         perp = np.abs(-(xs - cx) * uy + (ys - cy) * ux)
-        half = float(np.max(perp)) + 1.0
+        # The footprint itself is clipped anyway; the strip only bridges its
+        # gaps, as wide as the trail, not as the stars merged with it.
+        half = float(np.percentile(perp, 90)) + 1.0
         dist = np.abs(-(xx - cx) * uy + (yy - cy) * ux)
         out |= (dist <= half) & data
     return out
@@ -176,6 +179,7 @@ def _variable(
     k: int,
     sparse: Sparse,
     cfg: CompareWarpConfig,
+    fwhm: float = 0.0,
 ) -> np.ndarray:
     """Which footprints of epoch ``k`` look like a flux change of a static source.
 
@@ -202,6 +206,20 @@ def _variable(
     first = np.ones(order.size, dtype=bool)
     first[1:] = which[order][1:] != which[order][:-1]
     top = order[first]
-    good = (chi2[top] <= cfg.variable_chi2) & (msig[top] >= cfg.threshold)
+    good = chi2[top] <= cfg.variable_chi2
+    if fwhm > 0 and cfg.variable_chi2_compact > 0:
+        # A compact footprint (PSF-sized) on a static source is the source's
+        # flux change seen through that epoch's PSF; PSF-matching residuals
+        # grow with the change, so its fit is allowed a larger chi-square.
+        # Trails and ghosts across a star are larger than a PSF.
+        # The footprint of a point source of peak significance p reaches
+        # about sqrt(2 ln(p / t)) / 2.355 FWHM out to the lower threshold t
+        # (Gaussian core); allowed with a margin for noise and PSF wings.
+        area = np.asarray(ndimage.sum(np.ones(lab.shape), lab, which[top]))
+        reach = np.sqrt(2 * np.log(np.maximum(dabs[top] / cfg.grow_threshold, 1.0)))
+        radius = fwhm * (cfg.variable_size + 0.6 * reach)
+        compact = area <= math.pi * radius**2
+        good |= compact & (chi2[top] <= cfg.variable_chi2_compact)
+    good &= msig[top] >= cfg.threshold
     out[which[top] - 1] = good
     return out

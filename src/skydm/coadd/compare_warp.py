@@ -71,6 +71,8 @@ class CompareWarpConfig:
     grow_fwhm: float = 1.0
     target_extra: float = 1.0
     variable_chi2: float = 2.0
+    variable_chi2_compact: float = 8.0
+    variable_size: float = 1.0
     streak_length: float = 40.0
     cr_threshold: float = 5.0
     cr_margin: float = 1.3
@@ -193,7 +195,9 @@ def compare_warp(
             bar.advance(1, "outlier detection")
 
     # Pass 2: footprints and the temporal rule.
-    clip = clip_maps(codes, cover, sparse, cfg, grow=cfg.grow_fwhm * target_fwhm / b)
+    clip = clip_maps(
+        codes, cover, sparse, cfg, grow=cfg.grow_fwhm * target_fwhm / b, fwhm=target_fwhm / b
+    )
     del codes
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
 
