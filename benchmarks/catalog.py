@@ -7,11 +7,13 @@ Parquet), and prints one JSON line:
 * ``rows`` — table size;
 * ``load_s`` — writing the table (HEALPix indexing, sorting, Parquet);
 * ``cone_p50_ms``, ``cone_p99_ms`` — 1 arcmin ADQL cone searches through the
-  DuckDB engine (translation included), random centres, one at a time;
+  DuckDB engine (translation included; answered by its direct cone reader),
+  random centres, one at a time;
 * ``full_scan_s`` — a full-table aggregate (count and five magnitude means), median of 3;
 * ``pg_*`` — the same through PostgreSQL with q3c when PostgreSQL 15 is
   installed (a throwaway server is started), plus ``pg_load_s``;
-* the service figures (``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``)
+* the service figures (``cone_p99_loaded_ms``, ``cone_p50_loaded_ms``,
+  ``cone_server_cpu_ms``, ``cone_client_cpu_ms``, ``submit_ms``, ``abort_s``)
   come from :func:`service_figures`, which the TAP service owns.
 
 Run: ``.venv/bin/python benchmarks/catalog.py [--rows 10000000] [--cones 300] [--no-pg]``.
