@@ -5,15 +5,17 @@ one Parquet row group, yet costs DuckDB ~3.5 ms of CPU: ~1.8 ms to plan the
 query and walk the statistics of every row group of the file it selects, the
 rest to decode the group.  The same answer read here costs ~0.5 ms:
 
-1. the cone's ``_healpix`` ranges (the very ranges its SQL would use) give the
-   ``_npix`` partitions, hence the files, in the view's file order;
+1. the cone's exact HEALPix coverage (the ranges of its SQL before they are
+   merged: a smaller superset of the cone) gives the ``_npix`` partitions,
+   hence the files, in the view's file order;
 2. each file's row-group ``_healpix`` minima and maxima are kept in numpy
    arrays (read once from the footer), so the row groups overlapping the
    ranges are found with a few vectorised comparisons;
-3. those row groups are read with pyarrow (footer already parsed), the rows in
-   the ranges located by binary search (files are sorted by ``_healpix``), and
-   the exact test applied with numpy: the haversine test of the SQL, with the
-   same constants.
+3. the ``_healpix`` column of those row groups is read (pyarrow, with readers
+   kept open) and binary-searched (files are sorted by ``_healpix``); only if
+   rows fall in the ranges are the other columns read, of the row groups
+   holding them, and the exact test applied with numpy: the haversine test of
+   the SQL, with the same constants and order of operations.
 
 Rows come out in the order DuckDB returns them (files in view order, rows in
 file order), so the result is the same table; only a position lying within
