@@ -114,6 +114,25 @@ def test_unregistered_files_are_not_damage(tmp_path: Path) -> None:
     assert all("registry" not in p.name for p in repo.unregistered())
 
 
+def test_files_beside_the_datastore_are_never_leftovers(tmp_path: Path) -> None:
+    # A repository directory also holds an APDB, alert archives, catalogs...:
+    # none of them may be listed as leftovers, or deleted by verify --clean.
+    repo = Repository.open(tmp_path)
+    repo.put_exposure(_exposure(), "calexp", DID)
+    foreign = [
+        tmp_path / "apdb.sqlite3",
+        tmp_path / "alerts" / "alerts-visit0000000006-det000.avro",
+        tmp_path / "catalog" / "DiaSource" / "part-0.parquet",
+        tmp_path / "calexp" / "notes.txt",
+    ]
+    for path in foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"not the datastore's")
+    assert repo.unregistered() == []
+    assert repo.clean_unregistered() == []
+    assert all(path.exists() for path in foreign)
+
+
 def test_not_found_and_open_errors(tmp_path: Path) -> None:
     repo = Repository.open(tmp_path / "r")
     with pytest.raises(DatasetNotFoundError, match="no 'calexp' dataset"):

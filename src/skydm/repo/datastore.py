@@ -198,14 +198,26 @@ class FileDatastore:
         # Empty directories left behind are harmless; leave them for speed.
 
     def files(self) -> Iterator[PurePosixPath]:
-        """Every file under the root except the reserved names (temporary files included)."""
+        """Every file the datastore wrote or was writing (temporary files included).
+
+        Only names of the datastore's own layout count (see :func:`relpath_for`:
+        a file under ``<type>/`` named ``<type>_...``, or a temporary
+        ``.<type>-...tmp`` of :meth:`stage`), so that other things kept beside the datastore in
+        the repository directory (an APDB, alert archives, catalogs, a
+        simulation) are never taken for leftovers, nor deleted by
+        ``verify --clean``.
+        """
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
             if here == self.root:
                 dirnames[:] = [d for d in dirnames if d not in self.reserved]
-                filenames = [f for f in filenames if f not in self.reserved]
+                continue
+            top = here.relative_to(self.root).parts[0]
             for name in filenames:
-                yield PurePosixPath((here / name).relative_to(self.root).as_posix())
+                ours = name.startswith(f"{top}_")
+                staged = name.startswith(f".{top}-") and name.endswith(_TMP_SUFFIX)
+                if ours or staged:
+                    yield PurePosixPath((here / name).relative_to(self.root).as_posix())
 
     def unregistered(self, registered: set[str]) -> list[PurePosixPath]:
         """Files no dataset refers to: leftovers of interrupted or replaced writes."""
