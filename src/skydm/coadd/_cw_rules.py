@@ -15,8 +15,9 @@ from scipy import ndimage
 if TYPE_CHECKING:
     from skydm.coadd.compare_warp import CompareWarpConfig
 
-#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2, model S/N).
-Sparse = list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2, model S/N,
+#: model over its local maximum).
+Sparse = list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -85,6 +86,7 @@ def clip_maps(
         for k in range(n):
             fps[k] = _footprints(codes[k] * sign, cfg.streak_length if sign > 0 else 0.0)
         count = fps.sum(axis=0, dtype=np.uint8)
+        same = _same_place(fps, sparse, fwhm)
         for k in range(n):
             lab, nlab = ndimage.label(fps[k])
             if nlab == 0:
@@ -102,6 +104,15 @@ def clip_maps(
                 ok_pix = (count >= 1) & (count <= lo)
                 frac[sel] = np.asarray(ndimage.mean(ok_pix, lab, index[sel]))
             candidate = frac > cfg.spatial_threshold
+            if same is not None:
+                # Outliers in few epochs *at the same place* (their peaks
+                # within a FWHM): a slow asteroid or ghost whose footprints
+                # overlap those of other visits at shifted positions is
+                # still transient; a static source's residuals are concentric.
+                tops = _top_pixels(lab, nlab, k, sparse)
+                has = tops >= 0
+                nsame = np.where(has, same.ravel()[np.maximum(tops, 0)], 255)
+                candidate |= has & (nsame <= limit)
             variable = _variable(lab, nlab, k, sparse, cfg, fwhm)
             candidate &= ~variable
             chosen = index[candidate]
@@ -136,6 +147,43 @@ def clip_maps(
                 xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
                 clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
     return clip
+
+
+def _top_pixels(lab: np.ndarray, nlab: int, k: int, sparse: Sparse) -> np.ndarray:
+    """Flat index of each footprint's most significant pixel (-1 if unknown)."""
+    out = np.full(nlab, -1, dtype=np.int64)
+    parts = [p for p in sparse if p[0] == k]
+    if not parts or nlab == 0:
+        return out
+    idx = np.concatenate([p[1] for p in parts])
+    dabs = np.concatenate([p[2] for p in parts])
+    which = lab.ravel()[idx]
+    inside = which > 0
+    idx, dabs, which = idx[inside], dabs[inside], which[inside]
+    order = np.lexsort((-dabs, which))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = which[order][1:] != which[order][:-1]
+    top = order[first]
+    out[which[top] - 1] = idx[top]
+    return out
+
+
+def _same_place(fps: np.ndarray, sparse: Sparse, fwhm: float) -> np.ndarray | None:
+    """Per pixel, the number of epochs with a footprint peak within ``fwhm`` of it."""
+    if fwhm <= 0 or not sparse:
+        return None
+    structure = _disk(fwhm)
+    out = np.zeros(fps.shape[1:], dtype=np.uint8)
+    for k in range(fps.shape[0]):
+        lab, nlab = ndimage.label(fps[k])
+        tops = _top_pixels(lab, nlab, k, sparse)
+        tops = tops[tops >= 0]
+        if tops.size == 0:
+            continue
+        peaks = np.zeros(out.shape, dtype=bool)
+        peaks.ravel()[tops] = True
+        out += ndimage.binary_dilation(peaks, structure=structure)
+    return out
 
 
 def _extend_streaks(
@@ -198,9 +246,11 @@ def _variable(
     dabs = np.concatenate([p[2] for p in parts])
     chi2 = np.concatenate([p[3] for p in parts])
     msig = np.concatenate([p[4] for p in parts])
+    peak = np.concatenate([p[5] for p in parts])
     which = lab.ravel()[idx]
     inside = which > 0
-    which, dabs, chi2, msig = which[inside], dabs[inside], chi2[inside], msig[inside]
+    which, dabs, chi2 = which[inside], dabs[inside], chi2[inside]
+    msig, peak = msig[inside], peak[inside]
     # The most significant pixel of each footprint: sort by label, then |d|.
     order = np.lexsort((-dabs, which))
     first = np.ones(order.size, dtype=bool)
@@ -221,5 +271,9 @@ def _variable(
         compact = area <= math.pi * radius**2
         good |= compact & (chi2[top] <= cfg.variable_chi2_compact)
     good &= msig[top] >= cfg.threshold
+    # A source's flux change peaks where the source does; an asteroid or a
+    # cosmic ray beside a star peaks off the star's centre (the model there
+    # is well below its local maximum).
+    good &= peak[top] >= cfg.variable_centred
     out[which[top] - 1] = good
     return out

@@ -73,6 +73,7 @@ class CompareWarpConfig:
     variable_chi2: float = 2.0
     variable_chi2_compact: float = 8.0
     variable_size: float = 1.0
+    variable_centred: float = 0.5
     streak_length: float = 40.0
     cr_threshold: float = 5.0
     cr_margin: float = 1.3
@@ -362,6 +363,7 @@ def _differences(
             sdm = ndimage.uniform_filter(sig * m_sn, win)
             smm = ndimage.uniform_filter(m_sn * m_sn, win)
             sdd = ndimage.uniform_filter(sig * sig, win)
+            mpk = ndimage.maximum_filter(m_sn, win).ravel()[flagged]
             npw = win * win
             fs, fm, fd = sdm.ravel()[flagged], smm.ravel()[flagged], sdd.ravel()[flagged]
             chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
@@ -372,6 +374,7 @@ def _differences(
                     np.abs(sig.ravel()[flagged]).astype(np.float32),
                     chi2.astype(np.float32),
                     np.sqrt(npw * fm).astype(np.float32),
+                    (m_sn.ravel()[flagged] / np.maximum(mpk, 1e-12)).astype(np.float32),
                 )
             )
 
