@@ -28,17 +28,17 @@ from dataclasses import dataclass, replace
 
 from sqlglot import exp
 
-from skydm.catalog.adql.compiler import (
-    GeometryKind,
-    Template,
-    Translation,
-    compile_template,
-    geometry_sql,
-    splice,
-)
+from skydm.catalog.adql.compiler import compile_template
 from skydm.catalog.adql.errors import AdqlError
 from skydm.catalog.adql.functions import Dialect, adql_name
 from skydm.catalog.adql.geometry import Circle, shape
+from skydm.catalog.adql.translation import (
+    GeometryKind,
+    Template,
+    Translation,
+    geometry_sql,
+    splice,
+)
 from skydm.catalog.tapschema import TapSchema
 
 _TOKEN = re.compile(
