@@ -260,3 +260,28 @@ def test_overlapping_transients_at_shifted_places_are_clipped() -> None:
     for k in range(3):
         assert clip[k][codes[k] > 0].all()
     assert not clip[3:].any()
+
+
+def test_line_search_finds_a_faint_trail_and_nothing_in_noise() -> None:
+    """A trail at 1 sigma per pixel, invisible to the footprints, is found along
+    its length (added in bands of rows); pure noise gives no line."""
+    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
+
+    rng = np.random.default_rng(5)
+    shape = (150, 160)
+    theta, rho = 0.6, 12.0
+    trail = line_strip(shape, theta, rho, 1.5)
+    for with_trail in (True, False):
+        sig = rng.normal(size=shape).astype(np.float32) + np.float32(with_trail) * trail
+        acc = LineAccumulator(shape, 4, 2.5)
+        for y0 in range(0, shape[0], 37):
+            acc.add(y0, sig[y0 : y0 + 37], np.ones_like(sig[y0 : y0 + 37], dtype=bool))
+        lines = find_lines(acc, 7.0, 40.0)
+        if not with_trail:
+            assert lines == []
+            continue
+        assert len(lines) >= 1
+        t, r = lines[0]
+        assert abs(t - theta) < 0.05 and abs(r - rho) <= 4.0
+        found = line_strip(shape, t, r, 4.0)
+        assert found[trail].mean() > 0.95

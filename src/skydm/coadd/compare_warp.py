@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
 from skydm.coadd._cw_pixels import (
     bin_planes,
     cosmic_rays,
@@ -78,6 +79,8 @@ class CompareWarpConfig:
     cr_threshold: float = 5.0
     cr_margin: float = 1.3
     cr_sharpness: float = 1.5
+    line_threshold: float = 7.0
+    line_block: int = 4
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -152,6 +155,11 @@ def compare_warp(
     sparse: Sparse = []
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
     cover = np.zeros((hb, wb), dtype=np.uint8)
+    lines = (
+        [LineAccumulator((hb, wb), cfg.line_block, cfg.grow_threshold) for _ in range(n)]
+        if cfg.line_threshold > 0
+        else None
+    )
     chunks = list(stack.chunks(rows))
     bar = progress
     if bar is not None:
@@ -191,7 +199,7 @@ def compare_warp(
         del bi, bv, bc
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         rb = slice(y0 // b, y0 // b + (core.stop - core.start))
-        _differences(matched, mvar, ok, weights, cfg, core, rb, fw, wb, codes, cover, sparse)
+        _differences(matched, mvar, ok, weights, cfg, core, rb, fw, wb, codes, cover, sparse, lines)
         if bar is not None:
             bar.advance(1, "outlier detection")
 
@@ -200,6 +208,15 @@ def compare_warp(
         codes, cover, sparse, cfg, grow=cfg.grow_fwhm * target_fwhm / b, fwhm=target_fwhm / b
     )
     del codes
+    n_lines = 0
+    if lines is not None:
+        # Faint trails below the footprint thresholds, found along their length.
+        half = cfg.line_block / 2 + 1.5 * target_fwhm / b
+        min_length = max(cfg.streak_length, 0.25 * max(hb, wb))
+        for k in range(n):
+            for theta, rho in find_lines(lines[k], cfg.line_threshold, min_length):
+                clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0)
+                n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
 
     # Pass 3: the original warps, clipped pixels replaced (PSF-preserving).
@@ -235,6 +252,7 @@ def compare_warp(
     exp.meta["CWTHRESH"] = (cfg.threshold, "CompareWarp outlier threshold, sigma")
     exp.meta["CWTFWHM"] = (target_fwhm, "CompareWarp target PSF FWHM, pixels")
     exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
+    exp.meta["CWNLINE"] = (n_lines, "faint trails found, all epochs")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
 
@@ -301,6 +319,7 @@ def _differences(
     codes: np.ndarray,
     cover: np.ndarray,
     sparse: Sparse,
+    lines: list[LineAccumulator] | None = None,
 ) -> None:
     """Leave-one-out differences of a band: outlier codes, coverage and the
     sparse data of the variable-source test (written into the arguments)."""
@@ -352,6 +371,8 @@ def _differences(
         code -= sig < -cfg.grow_threshold
         code -= sig < -cfg.threshold
         codes[k, rb] = code
+        if lines is not None:
+            lines[k].add(rb.start, sig, okc)
         cover[rb] += okc
         flagged = np.flatnonzero(code)
         if flagged.size:

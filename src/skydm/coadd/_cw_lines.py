@@ -1,0 +1,123 @@
+"""Faint satellite trails: a line search on each epoch's outlier significance.
+
+A faint trail is never significant in one pixel, so the hysteresis
+footprints of :mod:`skydm.coadd._cw_rules` miss it, yet its light lifts
+faint sources of the coadd over the detection threshold.  Summed along its
+length it is highly significant.  Each epoch's significance image (epoch
+minus the model of the other epochs, in noise units) is capped (so that
+compact outliers and residuals of bright stars cannot make a line), summed
+into coarse blocks and projected along every direction (a discrete Radon
+transform); a line whose projection exceeds ``threshold`` robust sigma is
+a trail, and a strip along it is clipped from that epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class LineAccumulator:
+    """Coarse sums of one epoch's capped significance, filled band by band.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The binned grid (rows, columns).
+    block : int
+        Binned pixels per coarse block side.
+    cap : float
+        Significance is clipped to ``[-cap, cap]`` before summing.
+    """
+
+    def __init__(self, shape: tuple[int, int], block: int, cap: float) -> None:
+        self.block = block
+        self.shape = shape
+        self.cap = np.float32(cap)
+        self.total = np.zeros((-(-shape[0] // block), -(-shape[1] // block)), dtype=np.float32)
+        self.count = np.zeros_like(self.total)
+
+    def add(self, row0: int, sig: np.ndarray, ok: np.ndarray) -> None:
+        """Add a band of rows starting at binned row ``row0``."""
+        c = self.block
+        h, w = sig.shape
+        z = np.where(ok, np.clip(sig, -self.cap, self.cap), 0.0).astype(np.float32)
+        pad = (-w) % c
+        if pad:
+            z = np.pad(z, ((0, 0), (0, pad)))
+            ok = np.pad(ok, ((0, 0), (0, pad)))
+        zc = z.reshape(h, -1, c).sum(axis=2)
+        nc = ok.reshape(h, -1, c).sum(axis=2, dtype=np.float32)
+        rows = (row0 + np.arange(h)) // c
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        self.total[rows[starts]] += np.add.reduceat(zc, starts, axis=0)
+        self.count[rows[starts]] += np.add.reduceat(nc, starts, axis=0)
+
+
+def find_lines(
+    acc: LineAccumulator, threshold: float, min_length: float
+) -> list[tuple[float, float]]:
+    """Lines ``(theta, rho)`` (binned pixels from the grid centre) above ``threshold``.
+
+    Each coarse block's sum is normalised by its pixel count to unit
+    variance under noise; projections along each direction are normalised
+    by the number of blocks they cross and then rescaled to unit robust rms
+    over all directions and offsets (the blocks' noise is correlated by the
+    PSF matching).  Only projections at least ``min_length`` binned pixels
+    long count.  Returns at most the strongest line per direction cluster.
+    """
+    c = acc.block
+    good = acc.count > 0.25 * c * c
+    if good.sum() < 16:
+        return []
+    z = np.where(good, acc.total / np.sqrt(np.maximum(acc.count, 1.0)), 0.0)
+    ny, nx = z.shape
+    yy, xx = np.indices(z.shape, dtype=np.float64)
+    # Block centres in binned pixels, relative to the binned grid's centre.
+    xb = np.asarray(xx * c + (c - 1) / 2.0 - (acc.shape[1] - 1) / 2.0)
+    yb = np.asarray(yy * c + (c - 1) / 2.0 - (acc.shape[0] - 1) / 2.0)
+    xb, yb, zs = xb[good], yb[good], z[good]
+    gs = np.ones(zs.size)
+    n_theta = max(16, int(math.pi * math.hypot(nx, ny) / 2))
+    thetas = np.linspace(0.0, math.pi, n_theta, endpoint=False)
+    nbins = math.ceil(math.hypot(nx, ny)) + 2
+    half = nbins // 2
+    proj = np.zeros((n_theta, nbins))
+    cnt = np.zeros((n_theta, nbins))
+    for i, t in enumerate(thetas):
+        rho = np.rint((xb * math.cos(t) + yb * math.sin(t)) / c).astype(np.int64) + half
+        proj[i] = np.bincount(rho, weights=zs, minlength=nbins)[:nbins]
+        cnt[i] = np.bincount(rho, weights=gs, minlength=nbins)[:nbins]
+    long = cnt * c >= min_length
+    if long.sum() < 50:
+        return []
+    snr = np.where(long, proj / np.sqrt(np.maximum(cnt, 1.0)), 0.0)
+    vals = snr[long]
+    med = float(np.median(vals))
+    mad = 1.4826 * float(np.median(np.abs(vals - med)))
+    if not mad > 0:
+        return []
+    snr = np.where(long, (snr - med) / mad, 0.0)
+    lines: list[tuple[float, float]] = []
+    # Strongest first; a trail also lifts neighbouring directions and
+    # offsets, which are suppressed around each accepted line.
+    work = snr.copy()
+    for _ in range(4):
+        ii, jj = np.unravel_index(int(np.argmax(work)), work.shape)
+        i, j = int(ii), int(jj)
+        if work[i, j] < threshold:
+            break
+        lines.append((float(thetas[i]), float((j - half) * c)))
+        di = max(2, n_theta // 45)
+        rows = np.arange(i - di, i + di + 1) % n_theta
+        work[rows, max(j - 3, 0) : j + 4] = 0.0
+    return lines
+
+
+def line_strip(shape: tuple[int, int], theta: float, rho: float, half_width: float) -> np.ndarray:
+    """Binned pixels within ``half_width`` of the line ``(theta, rho)``."""
+    ny, nx = shape
+    yy, xx = np.indices(shape, dtype=np.float32)
+    d = (xx - (nx - 1) / 2.0) * math.cos(theta) + (yy - (ny - 1) / 2.0) * math.sin(theta) - rho
+    return np.abs(d) <= half_width
