@@ -81,6 +81,7 @@ class CompareWarpConfig:
     cr_sharpness: float = 1.5
     line_threshold: float = 7.0
     line_block: int = 4
+    line_static: float = 30.0
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -155,6 +156,7 @@ def compare_warp(
     sparse: Sparse = []
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
     cover = np.zeros((hb, wb), dtype=np.uint8)
+    static = np.zeros((hb, wb), dtype=bool)
     lines = (
         [LineAccumulator((hb, wb), cfg.line_block, cfg.grow_threshold) for _ in range(n)]
         if cfg.line_threshold > 0
@@ -199,7 +201,9 @@ def compare_warp(
         del bi, bv, bc
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         rb = slice(y0 // b, y0 // b + (core.stop - core.start))
-        _differences(matched, mvar, ok, weights, cfg, core, rb, fw, wb, codes, cover, sparse, lines)
+        _differences(
+            matched, mvar, ok, weights, cfg, core, rb, fw, wb, codes, cover, sparse, lines, static
+        )
         if bar is not None:
             bar.advance(1, "outlier detection")
 
@@ -211,11 +215,15 @@ def compare_warp(
     n_lines = 0
     if lines is not None:
         # Faint trails below the footprint thresholds, found along their length.
-        half = cfg.line_block / 2 + 1.5 * target_fwhm / b
+        half = cfg.line_block / 2 + target_fwhm / b
         min_length = max(cfg.streak_length, 0.25 * max(hb, wb))
+        # Where a faint trail crosses a bright static source its light is a
+        # trifle next to the source's, and replacing the pixels there would
+        # move more flux (PSF-matched replacement is not exact) than it saves.
+        keep = ndimage.binary_dilation(static, structure=np.ones((fw, fw), dtype=bool))
         for k in range(n):
             for theta, rho in find_lines(lines[k], cfg.line_threshold, min_length):
-                clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0)
+                clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
                 n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
 
@@ -320,6 +328,7 @@ def _differences(
     cover: np.ndarray,
     sparse: Sparse,
     lines: list[LineAccumulator] | None = None,
+    static: np.ndarray | None = None,
 ) -> None:
     """Leave-one-out differences of a band: outlier codes, coverage and the
     sparse data of the variable-source test (written into the arguments)."""
@@ -340,6 +349,8 @@ def _differences(
     peak = ndimage.maximum_filter(np.abs(model), size=fw)[core]
     sys2 = (np.float32(cfg.systematic) * peak) ** 2
     s_all, w_all, v_all = s_all[core], w_all[core], v_all[core]
+    if static is not None:
+        static[rb] |= s_all > np.float32(cfg.line_static) * np.sqrt(np.maximum(v_all, 0))
     for k in range(n):
         wkc = wk[k, core]
         mk = matched[k, core]
