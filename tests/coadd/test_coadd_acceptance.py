@@ -66,10 +66,11 @@ def test_every_artefact_class_is_present(scored: tuple[int, SimWarps, dict]) -> 
 
 
 KNOWN = (
-    "not met in every realisation (docs/coadd.md, 'Status'): across fields the worst class "
-    "ranged 0.016-0.28 over seeds 1-4 (ghosts overlapping on the sky in many visits, faint "
-    "cosmic-ray tracks, faint trails below the matched filter, slow asteroids, and the "
-    "noise of the replaced pixels themselves)"
+    "not met in every realisation (docs/coadd.md, 'Status'): over seeds 1-5 of the "
+    "realistic-dither field it holds on 4 of 5 fields with 20 epochs and 1 of 5 with 8; "
+    "misses: a strong variable under a bright trail (its epoch's flux is lost, -0.43), a slow "
+    "asteroid over a real transient (0.54), faint cosmic-ray tracks (0.04) and the noise of "
+    "replaced pixels (-0.05)"
 )
 
 
@@ -98,12 +99,6 @@ def test_noise_and_star_fluxes_match_the_weighted_mean(scored: tuple[int, SimWar
     assert abs(result["star_bias"]) <= 0.02
 
 
-@pytest.mark.xfail(
-    reason="a variable bright in only the two visits of one night is an outlier in two "
-    "epochs, and the chi-square test that should keep it as a flux change misses some "
-    "(ratio down to 0.82 with 8 epochs); docs/coadd.md, 'Status'",
-    strict=False,
-)
 def test_variable_stars_keep_their_flux(scored: tuple[int, SimWarps, dict]) -> None:
     _, sim, result = scored
     truth = sim.truth[sim.truth["kind"] == "variable"]
@@ -116,13 +111,18 @@ def test_variable_stars_keep_their_flux(scored: tuple[int, SimWarps, dict]) -> N
         x, y = round(float(row["x"])), round(float(row["y"]))
         clear.append(not union[max(y - 8, 0) : y + 9, max(x - 8, 0) : x + 9].any())
     ratios = np.asarray(result["variable_ratio"])[np.asarray(clear)]
-    assert ratios.size >= 1
+    if ratios.size == 0:
+        # Nothing to judge: with 20 visits the trails cover almost every
+        # variable (over seeds 1-5 one 20-epoch field has two clear ones, at
+        # 1.007 and 0.984); docs/coadd.md, 'Status'.
+        pytest.xfail("no variable clear of every artefact in this field")
     assert np.all(np.abs(ratios - 1.0) <= 0.01), ratios
 
 
 @pytest.mark.xfail(
-    reason="known limitation: the noise of replaced pixels and faint-trail residuals lift "
-    "a few faint sources from S/N < 4 to >= 5 (docs/coadd.md, 'Status')",
+    reason="the noise of replaced pixels lifts a few faint sources from S/N 3.5-4 to >= 5: "
+    "0-3 on 8 of 10 realistic fields, 15 on one, 7 on the 8-epoch test field "
+    "(docs/coadd.md, 'Status')",
     strict=False,
 )
 def test_no_spurious_detections(scored: tuple[int, SimWarps, dict]) -> None:
