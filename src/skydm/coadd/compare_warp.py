@@ -19,7 +19,14 @@ The algorithm, in three passes over bands of rows:
    max_epochs + max_fraction_high * n))`` growing with the number ``n`` of
    epochs covering it (DMTN-080's rule; Rubin's defaults 0.4, 2, 0.03).
    Variable stars differ from the model in many epochs and are kept;
-   artefacts are in few and are clipped.  Clipped footprints are grown by
+   artefacts are in few and are clipped.  Footprints are also clipped when
+   few epochs have an outlier peak at the same place (transients of
+   different visits that overlap but are shifted), and the few-epoch pieces
+   of footprints merged with many-epoch regions are clipped; compact
+   PSF-shaped outliers peaking on a static source are variability and kept
+   (:mod:`skydm.coadd._cw_rules`).  Faint trails below the footprint
+   thresholds are found by a line search (``line_threshold`` sigma; 0 turns
+   it off; :mod:`skydm.coadd._cw_lines`).  Clipped footprints are grown by
    ``grow_fwhm`` target-PSF FWHMs to take the wings of bright artefacts.
 3. **Assembly.**  The original (not PSF-matched) warps are averaged with
    their scalar inverse-variance weights, leaving out clipped pixels; the
@@ -92,7 +99,9 @@ class CompareWarpConfig:
             )
         if not 0 <= self.spatial_threshold < 1:
             raise BadValueError("spatial_threshold", self.spatial_threshold, "a fraction in [0, 1)")
-        for name in ("systematic", "grow_fwhm", "target_extra", "max_epochs"):
+        if not (isinstance(self.line_block, int) and self.line_block >= 1):
+            raise BadValueError("line_block", self.line_block, "an integer >= 1 (binned pixels)")
+        for name in ("systematic", "grow_fwhm", "target_extra", "max_epochs", "line_threshold"):
             if not getattr(self, name) >= 0:
                 raise BadValueError(name, getattr(self, name), "a number >= 0")
 
