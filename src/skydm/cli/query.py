@@ -41,8 +41,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--format",
         choices=FORMATS,
-        default="votable",
-        help="output format (votable = VOTable BINARY2)",
+        default=None,
+        help=(
+            "output format (votable = VOTable BINARY2); default: csv on a terminal, "
+            "votable to a file or a pipe"
+        ),
     )
     parser.add_argument(
         "--maxrec", type=int, default=None, help="row limit (default: the service's default limit)"
@@ -65,6 +68,9 @@ def _query(args: argparse.Namespace) -> int:
     if args.maxrec is not None and args.maxrec < 0:
         raise BadValueError("--maxrec", args.maxrec, "give a non-negative row count")
     sink = args.out if args.out is not None else sys.stdout.buffer
+    if args.format is None:
+        # Base64 VOTable is unreadable on a terminal; files and pipes get VOTable.
+        args.format = "csv" if args.out is None and sys.stdout.isatty() else "votable"
     if args.url is not None:
         outcome = run_remote(
             args.url,
