@@ -33,18 +33,10 @@ from skydm.coadd.skygrid import SkyCell
 from skydm.coadd.warp import warp_exposure
 from skydm.errors import UserError, require_extra
 from skydm.image import Exposure, Mask, psf_photometry
+from skydm.sim.config import FOOTPRINT_CLASSES
 
 if TYPE_CHECKING:
     from skydm.sim import Survey
-
-FOOTPRINT_CLASSES = (
-    "cosmic_rays",
-    "satellite_trails_bright",
-    "satellite_trails_faint",
-    "asteroids_fast",
-    "asteroids_slow",
-    "ghosts",
-)
 
 
 @dataclass
