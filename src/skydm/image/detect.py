@@ -162,7 +162,9 @@ def measure_psf(
 
     Each star is shifted to a common centre with sub-pixel interpolation,
     normalised, and the stack is the per-pixel median, so that the occasional
-    galaxy or blend does not bias the result.
+    galaxy or blend does not bias the result.  When fewer than 5 stars pass
+    ``min_snr`` (small images), the cut is relaxed once, to ``min_snr / 2.5``
+    but not below 20.
 
     Raises
     ------
@@ -173,8 +175,26 @@ def measure_psf(
     if len(sources) == 0:
         raise UserError(f"{exposure.source or 'image'}: no sources to measure a PSF from")
     sat = exposure.info.saturation if math.isfinite(exposure.info.saturation) else np.inf
-    ok = (sources["flag"] == 0) & (sources["snr"] > min_snr) & (sources["peak"] < 0.8 * sat)
-    cand = sources[ok]
+    ok = (sources["flag"] == 0) & (sources["peak"] < 0.8 * sat)
+    # Small images may hold too few bright stars: the S/N cut is relaxed (to
+    # no less than 20, where a stack of >= 5 stars still has S/N > 40) before
+    # giving up.
+    for cut in (min_snr, min(min_snr, max(20.0, min_snr / 2.5))):
+        cand = _psf_candidates(sources, sources[ok & (sources["snr"] > cut)], size, exposure)
+        if len(cand) >= 5:
+            break
+    cand.sort("snr", reverse=True)
+    cand = cand[:max_stars]
+    if len(cand) < 5:
+        raise UserError(
+            f"{exposure.source or 'image'}: only {len(cand)} isolated unsaturated stars above "
+            f"S/N {cut:g}; a PSF needs at least 5 (give a model PSF instead)"
+        )
+    return _stack_stars(exposure, cand, size)
+
+
+def _psf_candidates(sources: Table, cand: Table, size: int, exposure: Exposure) -> Table:
+    """Isolated, compact candidates whose stamps fit in the image."""
     half = size // 2
     ny, nx = exposure.shape
     cand = cand[
@@ -196,15 +216,14 @@ def measure_psf(
         size_metric = np.sqrt(np.asarray(cand["a"]) * np.asarray(cand["b"]))
         med = np.median(size_metric)
         cand = cand[np.abs(size_metric - med) < 0.2 * med + 0.1]
-    cand.sort("snr", reverse=True)
-    cand = cand[:max_stars]
-    if len(cand) < 5:
-        raise UserError(
-            f"{exposure.source or 'image'}: only {len(cand)} isolated unsaturated stars above "
-            f"S/N {min_snr}; a PSF needs at least 5 (give a model PSF instead)"
-        )
+    return cand
+
+
+def _stack_stars(exposure: Exposure, cand: Table, size: int) -> PixelPsf:
+    """Median of the normalised, recentred star stamps."""
     from scipy import ndimage
 
+    half = size // 2
     back, _ = estimate_background(exposure)
     img = exposure.image - back
     stamps = []
