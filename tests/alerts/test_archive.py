@@ -110,3 +110,22 @@ def test_outbox_serves_the_same_bytes_from_memory_and_from_the_archive(tmp_path:
     with pytest.raises(BadFileError, match="wrong length"):
         box.pending(100)
     box.close()
+
+
+def test_block_writes_resume_after_short_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel may write only part of a writev (a full pipe, a signal); the
+    # rest must follow in order.  Each real writev here is cut to 7 bytes.
+    from skydm.alerts import archive
+
+    real = os.writev
+
+    def short(fd: int, bufs: list[memoryview]) -> int:
+        return real(fd, [bytes(b"".join(bytes(b) for b in bufs)[:7])])
+
+    monkeypatch.setattr(archive.os, "writev", short)
+    bufs = [b"head", memoryview(b"xxabcdefghij")[2:], b"", b"0123456789" * 5, b"SYNC"]
+    r, w = os.pipe()  # 4+10+0+50+4 bytes: well within a pipe's buffer
+    with os.fdopen(r, "rb") as reader:
+        with os.fdopen(w, "wb", buffering=0) as writer:
+            archive._write_all(writer.fileno(), list(bufs))
+        assert reader.read() == b"".join(bytes(b) for b in bufs)

@@ -127,15 +127,15 @@ class ArchiveWriter:
         try:
             with atomic_open(self.path) as fh:
                 fh.write(header)
+                fh.flush()
+                fd = fh.fileno()
                 while (item := self._queue.get()) is not None:
                     if item is _Abort:
                         raise _Abort
                     assert isinstance(item, tuple)
                     head, block = item
-                    fh.write(head)
-                    for p in block:
-                        fh.write(memoryview(p)[self._skip :])
-                    fh.write(self._sync)
+                    skip = self._skip
+                    _write_all(fd, [head, *(memoryview(p)[skip:] for p in block), self._sync])
         except _Abort:
             return
         except BaseException as exc:  # reported by finish()
@@ -143,6 +143,36 @@ class ArchiveWriter:
             # Keep taking blocks so that add() never waits on a dead writer.
             while self._queue.get() not in (None, _Abort):
                 pass
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024)
+
+
+def _write_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+    """Write ``buffers`` to ``fd`` in as few system calls as possible.
+
+    One ``writev`` per container block instead of one ``write`` per packet:
+    every ``write`` released and took back the GIL, and each time the writer
+    thread wanted it back the packet-making thread had to hand it over (the
+    convoy effect), which is what made the packets step's wall time about
+    twice its CPU time.  Short writes are resumed where they stopped.
+    """
+    if not hasattr(os, "writev"):  # not POSIX: plain writes
+        for buf in buffers:
+            view = memoryview(buf)
+            while view:
+                view = view[os.write(fd, view) :]
+        return
+    views = [memoryview(b) for b in buffers]
+    while views:
+        done = os.writev(fd, views[:_IOV_MAX])
+        i = 0
+        while i < len(views) and done >= len(views[i]):
+            done -= len(views[i])
+            i += 1
+        views = views[i:]
+        if done:
+            views[0] = views[0][done:]
 
 
 def write_archive(
