@@ -84,7 +84,13 @@ def test_large_results_stream_alike(service: Service) -> None:
     assert lean.status_code == full.status_code == 200
     assert "content-length" not in lean.headers  # streamed, not sent whole
     assert len(lean.content) > 1 << 20
-    assert lean.content == full.content
+    # TOP without ORDER BY on a parallel scan may pick other rows each time:
+    # the documents must agree around the rows, and hold as many of them.
+    lean_head, _, lean_rest = lean.content.partition(b"<TABLEDATA>")
+    full_head, _, full_rest = full.content.partition(b"<TABLEDATA>")
+    assert lean_head == full_head
+    assert lean_rest.partition(b"</TABLEDATA>")[2] == full_rest.partition(b"</TABLEDATA>")[2]
+    assert lean_rest.count(b"<TR>") == full_rest.count(b"<TR>") == 30000
     table = parse_single_table(io.BytesIO(lean.content))
     assert len(table.array) == 30000
 
