@@ -118,7 +118,8 @@ def list_tables(catalog_dir: Path | str) -> list[TableInfo]:
 # --- building a table definition from data -------------------------------------------
 
 
-def _votable_type(t: pa.DataType) -> tuple[str, str | None]:
+def votable_type(t: pa.DataType) -> tuple[str, str | None]:
+    """VOTable ``(datatype, arraysize)`` of an Arrow type; ``TypeError`` if none fits."""
     if pa.types.is_boolean(t):
         return "boolean", None
     if pa.types.is_int8(t) or pa.types.is_uint8(t) or pa.types.is_int16(t):
@@ -164,7 +165,7 @@ def _user_definition(
     cols = []
     for f in data.schema:
         try:
-            datatype, arraysize = _votable_type(f.type)
+            datatype, arraysize = votable_type(f.type)
         except TypeError:
             raise BadFileError(
                 source,

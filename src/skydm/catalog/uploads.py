@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from skydm.catalog.schema import ColumnDef, TableDef
+from skydm.catalog.storage import votable_type
 from skydm.errors import BadValueError, UserError
 
 #: Default limits of one uploaded table.
@@ -53,21 +54,11 @@ def check_upload_name(name: str) -> str:
 
 
 def _datatype(t: pa.DataType) -> tuple[str, str | None]:
-    if pa.types.is_boolean(t):
-        return "boolean", None
-    if pa.types.is_int8(t) or pa.types.is_uint8(t) or pa.types.is_int16(t):
-        return "short", None
-    if pa.types.is_uint16(t) or pa.types.is_int32(t):
-        return "int", None
-    if pa.types.is_integer(t):
-        return "long", None
-    if pa.types.is_float16(t) or pa.types.is_float32(t):
-        return "float", None
-    if pa.types.is_floating(t):
-        return "double", None
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+    # An uploaded column that is all null is typed as text; otherwise the
+    # catalog's own mapping applies.
+    if pa.types.is_null(t):
         return "char", "*"
-    raise TypeError(str(t))
+    return votable_type(t)
 
 
 def _arrow_for(datatype: str) -> pa.DataType:
