@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from skydm.coadd import SkyCell, SkyGrid, WarpStack, assemble_coadd, tan_wcs, warp_exposure
 from skydm.coadd.assemble import masked_median
@@ -276,12 +277,38 @@ def test_line_search_finds_a_faint_trail_and_nothing_in_noise() -> None:
         acc = LineAccumulator(shape, 4, 2.5)
         for y0 in range(0, shape[0], 37):
             acc.add(y0, sig[y0 : y0 + 37], np.ones_like(sig[y0 : y0 + 37], dtype=bool))
-        lines = find_lines(acc, 7.0, 40.0)
+        lines = find_lines(acc, 5.5, 40.0)
         if not with_trail:
             assert lines == []
             continue
         assert len(lines) >= 1
-        t, r = lines[0]
+        t, r, snr = lines[0]
+        assert snr >= 5.5
         assert abs(t - theta) < 0.05 and abs(r - rho) <= 4.0
         found = line_strip(shape, t, r, 4.0)
         assert found[trail].mean() > 0.95
+
+
+def test_line_search_leaves_out_what_is_already_clipped() -> None:
+    """Bright trails (already clipped) would take every slot of the strongest
+    lines with their near-copies; excluded, the faint trail is found."""
+    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
+
+    rng = np.random.default_rng(7)
+    shape = (150, 160)
+    faint = line_strip(shape, 2.2, -20.0, 1.5)
+    bright = line_strip(shape, 0.5, 30.0, 4.0) | line_strip(shape, 1.2, -40.0, 4.0)
+    sig = rng.normal(size=shape).astype(np.float32) + faint + 40 * bright
+    ok = np.ones(shape, dtype=bool)
+
+    def search(exclude: np.ndarray | None) -> list[tuple[float, float, float]]:
+        acc = LineAccumulator(shape, 4, 2.5)
+        acc.add(0, sig, ok)
+        return find_lines(acc, 5.5, 40.0, exclude=exclude)
+
+    def has_faint(lines: list[tuple[float, float, float]]) -> bool:
+        return any(abs(t - 2.2) < 0.05 and abs(r + 20.0) <= 4.0 for t, r, _ in lines)
+
+    assert not has_faint(search(None))
+    found = search(np.asarray(ndimage.binary_dilation(bright, iterations=3)))
+    assert has_faint(found) and len(found) == 1

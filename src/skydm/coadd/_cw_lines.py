@@ -56,9 +56,13 @@ class LineAccumulator:
 
 
 def find_lines(
-    acc: LineAccumulator, threshold: float, min_length: float
-) -> list[tuple[float, float]]:
-    """Lines ``(theta, rho)`` (binned pixels from the grid centre) above ``threshold``.
+    acc: LineAccumulator,
+    threshold: float,
+    min_length: float,
+    exclude: np.ndarray | None = None,
+) -> list[tuple[float, float, float]]:
+    """Lines ``(theta, rho, snr)`` (rho in binned pixels from the grid centre) above
+    ``threshold``.
 
     Each coarse block's sum is normalised by its pixel count to unit
     variance under noise; projections along each direction are normalised
@@ -66,9 +70,17 @@ def find_lines(
     over all directions and offsets (the blocks' noise is correlated by the
     PSF matching).  Only projections at least ``min_length`` binned pixels
     long count.  Returns at most the strongest line per direction cluster.
+
+    ``exclude`` (binned grid, optional) marks pixels already clipped from
+    the epoch (bright trails, asteroids, ghosts): blocks mostly covered by
+    it are left out, so that a bright trail's many near-copies (every
+    offset and direction that crosses it) neither take the place of a faint
+    trail among the strongest lines nor inflate the projections' rms.
     """
     c = acc.block
     good = acc.count > 0.25 * c * c
+    if exclude is not None:
+        good &= block_fraction(exclude, c) < 0.25
     if good.sum() < 16:
         return []
     z = np.where(good, acc.total / np.sqrt(np.maximum(acc.count, 1.0)), 0.0)
@@ -89,17 +101,20 @@ def find_lines(
         rho = np.rint((xb * math.cos(t) + yb * math.sin(t)) / c).astype(np.int64) + half
         proj[i] = np.bincount(rho, weights=zs, minlength=nbins)[:nbins]
         cnt[i] = np.bincount(rho, weights=gs, minlength=nbins)[:nbins]
-    long = cnt * c >= min_length
-    if long.sum() < 50:
+    # A trail runs between the offsets of block centres as often as on one,
+    # and its blocks then split between two neighbouring bins: pairs of
+    # bins are scored too, and each line takes the better of the two.
+    proj2 = proj[:, :-1] + proj[:, 1:]
+    cnt2 = cnt[:, :-1] + cnt[:, 1:]
+    snr = _normalised(proj, cnt, c, min_length)
+    snr2 = _normalised(proj2, cnt2, c, min_length)
+    if snr is None or snr2 is None:
         return []
-    snr = np.where(long, proj / np.sqrt(np.maximum(cnt, 1.0)), 0.0)
-    vals = snr[long]
-    med = float(np.median(vals))
-    mad = 1.4826 * float(np.median(np.abs(vals - med)))
-    if not mad > 0:
-        return []
-    snr = np.where(long, (snr - med) / mad, 0.0)
-    lines: list[tuple[float, float]] = []
+    shift = np.zeros(snr.shape)
+    pair = snr2 > snr[:, :-1]
+    shift[:, :-1][pair] = 0.5
+    snr[:, :-1] = np.maximum(snr[:, :-1], snr2)
+    lines: list[tuple[float, float, float]] = []
     # Strongest first; a trail also lifts neighbouring directions and
     # offsets, which are suppressed around each accepted line.
     work = snr.copy()
@@ -108,11 +123,28 @@ def find_lines(
         i, j = int(ii), int(jj)
         if work[i, j] < threshold:
             break
-        lines.append((float(thetas[i]), float((j - half) * c)))
+        rho_ij = (j + shift[i, j] - half) * c
+        lines.append((float(thetas[i]), float(rho_ij), float(work[i, j])))
         di = max(2, n_theta // 45)
         rows = np.arange(i - di, i + di + 1) % n_theta
         work[rows, max(j - 3, 0) : j + 4] = 0.0
     return lines
+
+
+def _normalised(
+    proj: np.ndarray, cnt: np.ndarray, block: int, min_length: float
+) -> np.ndarray | None:
+    """Projections in units of their robust rms over all long enough lines (0 elsewhere)."""
+    long = cnt * block >= min_length
+    if long.sum() < 50:
+        return None
+    snr = np.where(long, proj / np.sqrt(np.maximum(cnt, 1.0)), 0.0)
+    vals = snr[long]
+    med = float(np.median(vals))
+    mad = 1.4826 * float(np.median(np.abs(vals - med)))
+    if not mad > 0:
+        return None
+    return np.where(long, (snr - med) / mad, 0.0)
 
 
 def line_strip(shape: tuple[int, int], theta: float, rho: float, half_width: float) -> np.ndarray:
@@ -121,3 +153,11 @@ def line_strip(shape: tuple[int, int], theta: float, rho: float, half_width: flo
     yy, xx = np.indices(shape, dtype=np.float32)
     d = (xx - (nx - 1) / 2.0) * math.cos(theta) + (yy - (ny - 1) / 2.0) * math.sin(theta) - rho
     return np.abs(d) <= half_width
+
+
+def block_fraction(mask: np.ndarray, block: int) -> np.ndarray:
+    """Fraction of each ``block`` x ``block`` block of a boolean binned map that is True."""
+    h, w = mask.shape
+    m = np.pad(mask, ((0, (-h) % block), (0, (-w) % block)))
+    hb, wb = m.shape[0] // block, m.shape[1] // block
+    return m.reshape(hb, block, wb, block).mean(axis=(1, 3))

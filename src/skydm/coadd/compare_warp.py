@@ -86,9 +86,10 @@ class CompareWarpConfig:
     cr_threshold: float = 5.0
     cr_margin: float = 1.3
     cr_sharpness: float = 1.5
-    line_threshold: float = 7.0
+    line_threshold: float = 5.5
     line_block: int = 4
     line_static: float = 30.0
+    line_source: float = 10.0
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -231,7 +232,8 @@ def compare_warp(
         # move more flux (PSF-matched replacement is not exact) than it saves.
         keep = ndimage.binary_dilation(static, structure=np.ones((fw, fw), dtype=bool))
         for k in range(n):
-            for theta, rho in find_lines(lines[k], cfg.line_threshold, min_length):
+            found = find_lines(lines[k], cfg.line_threshold, min_length, exclude=clip[k])
+            for theta, rho, _ in found:
                 clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
                 n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
@@ -358,8 +360,15 @@ def _differences(
     peak = ndimage.maximum_filter(np.abs(model), size=fw)[core]
     sys2 = (np.float32(cfg.systematic) * peak) ** 2
     s_all, w_all, v_all = s_all[core], w_all[core], v_all[core]
+    model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
     if static is not None:
-        static[rb] |= s_all > np.float32(cfg.line_static) * np.sqrt(np.maximum(v_all, 0))
+        static[rb] |= model_sn > np.float32(cfg.line_static)
+    quiet = None
+    if lines is not None:
+        # PSF-matching residuals of static sources are the heavy tail of the
+        # line sums (a row of stars makes a line); the sums leave them out.
+        near = ndimage.maximum_filter(model_sn, size=fw) > np.float32(cfg.line_source)
+        quiet = ~near
     for k in range(n):
         wkc = wk[k, core]
         mk = matched[k, core]
@@ -392,7 +401,7 @@ def _differences(
         code -= sig < -cfg.threshold
         codes[k, rb] = code
         if lines is not None:
-            lines[k].add(rb.start, sig, okc)
+            lines[k].add(rb.start, sig, okc & quiet)
         cover[rb] += okc
         flagged = np.flatnonzero(code)
         if flagged.size:
