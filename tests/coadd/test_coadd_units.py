@@ -312,3 +312,31 @@ def test_line_search_leaves_out_what_is_already_clipped() -> None:
     assert not has_faint(search(None))
     found = search(np.asarray(ndimage.binary_dilation(bright, iterations=3)))
     assert has_faint(found) and len(found) == 1
+
+
+def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
+    """A slow asteroid merged with a brightening source's footprint (kept whole
+    as a flux change) is clipped around its own peak; the variable is not, and
+    a footprint without a second peak gives nothing."""
+    from skydm.coadd._cw_rules import _off_core
+    from skydm.coadd.compare_warp import CompareWarpConfig
+
+    cfg = CompareWarpConfig()
+    yy, xx = np.indices((40, 40))
+    var = 40 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / (2 * 2.0**2))
+    ast = 20 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / (2 * 1.5**2))
+    for with_asteroid in (True, False):
+        sig = (var + ast * with_asteroid).astype(np.float32)
+        lab = (sig > cfg.grow_threshold).astype(np.int32)
+        idx = np.flatnonzero(lab)
+        # The variable's pixels fit the model (chi2 1), the asteroid's do not.
+        chi2 = np.where(ast.ravel()[idx] > var.ravel()[idx], 50.0, 1.0).astype(np.float32)
+        ones = np.ones(idx.size, dtype=np.float32)
+        sparse = [(0, idx, sig.ravel()[idx], chi2, 20 * ones, ones)]
+        count = lab.astype(np.uint8)
+        out = _off_core(lab, np.array([1]), 0, sparse, count, np.array([2.0]), cfg, 2.5)
+        if not with_asteroid:
+            assert not out.any()
+            continue
+        assert out[20, 25] and not out[20, 15]
+        assert not out[:, :19].any()

@@ -131,6 +131,12 @@ def clip_maps(
                 if np_:
                     seeded = np.unique(plab[(codes[k] * sign >= 2) & piece])
                     sel_map |= np.isin(plab, seeded[seeded > 0])
+            if variable.any():
+                # A transient beside a variable (a slow asteroid passing a
+                # supernova) merges with its footprint; outside the
+                # variable's core, seeded parts that are outliers in few
+                # enough epochs are still clipped.
+                sel_map |= _off_core(lab, index[variable], k, sparse, count, limit, cfg, fwhm)
             chosen = np.unique(lab[sel_map])
             chosen = chosen[chosen > 0]
             if chosen.size == 0:
@@ -147,6 +153,72 @@ def clip_maps(
                 xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
                 clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
     return clip
+
+
+def _off_core(
+    lab: np.ndarray,
+    labels: np.ndarray,
+    k: int,
+    sparse: Sparse,
+    count: np.ndarray,
+    limit: np.ndarray,
+    cfg: CompareWarpConfig,
+    fwhm: float,
+) -> np.ndarray:
+    """Second peaks of variable footprints ``labels``: transients beside a variable.
+
+    A slow asteroid passing a supernova merges with its footprint, which is
+    then kept whole as a flux change.  Within such a footprint, a second
+    local maximum of the significance (at least ``cfg.threshold``, more than
+    a target FWHM from the footprint's peak, separated from it by a saddle
+    below half its height, outlier in few enough epochs) whose difference
+    is not a multiple of the model (the fit of :func:`_variable` fails) is a
+    transient of its own: the footprint's pixels nearer to it than to the
+    peak, within the reach of a point source of its significance, are clipped.
+    """
+    out = np.zeros(lab.shape, dtype=bool)
+    if fwhm <= 0:
+        return out
+    parts = [p for p in sparse if p[0] == k]
+    if not parts:
+        return out
+    idx = np.concatenate([p[1] for p in parts])
+    dense = np.zeros((4, lab.size), dtype=np.float32)
+    dense[0, idx] = np.concatenate([p[2] for p in parts])
+    dense[1, idx] = np.concatenate([p[3] for p in parts])
+    dense[2, idx] = np.concatenate([p[4] for p in parts])
+    sig, chi2, msig = (d.reshape(lab.shape) for d in dense[:3])
+    tops = _top_pixels(lab, int(lab.max()), k, sparse)
+    wb = lab.shape[1]
+    objs = ndimage.find_objects(lab)
+    for label in labels:
+        t, obj = tops[label - 1], objs[label - 1]
+        if t < 0 or obj is None:
+            continue
+        sub = lab[obj] == label
+        s_sub = np.where(sub, sig[obj], 0)
+        ty, tx = t // wb - obj[0].start, t % wb - obj[1].start
+        peaks = sub & (s_sub >= cfg.threshold) & (s_sub >= ndimage.maximum_filter(s_sub, 3))
+        yy, xx = np.indices(sub.shape)
+        d_top = np.hypot(yy - ty, xx - tx)
+        peaks &= d_top > fwhm
+        for py, px in zip(*np.nonzero(peaks), strict=True):
+            c = count[obj][py, px]
+            if not 1 <= c <= limit[label - 1]:
+                continue
+            fit_ok = chi2[obj][py, px] <= cfg.variable_chi2_compact
+            if fit_ok and msig[obj][py, px] >= cfg.threshold:
+                continue  # a flux change itself (a second star of the variable's blend)
+            m = max(int(d_top[py, px]), 2)
+            ly = np.rint(np.linspace(ty, py, m + 1)).astype(int)
+            lx = np.rint(np.linspace(tx, px, m + 1)).astype(int)
+            if s_sub[ly, lx].min() >= 0.5 * s_sub[py, px]:
+                continue  # no saddle: a wing of the variable's own footprint
+            reach = math.sqrt(2 * math.log(max(s_sub[py, px] / cfg.grow_threshold, 1.0)))
+            radius = fwhm * (cfg.variable_size + 0.6 * reach)
+            d_p = np.hypot(yy - py, xx - px)
+            out[obj] |= sub & (d_p < d_top) & (d_p <= radius)
+    return out
 
 
 def _top_pixels(lab: np.ndarray, nlab: int, k: int, sparse: Sparse) -> np.ndarray:
