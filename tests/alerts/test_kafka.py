@@ -185,8 +185,35 @@ def test_produce_streams_when_a_broker_is_given(tmp_path: Path, broker) -> None:
     )
     assert results[0].stream is not None and results[0].stream.pending == 0
     assert results[0].stream.delivered == results[0].n_alerts
+    # The packets went ahead, block by block, while the visit was being made:
+    # the outbox needed no send of its own, yet records every acknowledgement.
+    assert results[0].stream.attempts == 0
+    box = Outbox(tmp_path / "archive" / "outbox.sqlite3")
+    rows = box._db.execute("SELECT count(*) FROM message WHERE state=1 AND kafka_offset >= 0")
+    assert rows.fetchone()[0] == results[0].n_alerts
     c = AlertConsumer(broker.bootstrap, "p", [TOPIC], config=FAST)
     got = c.consume_until(results[0].n_alerts, timeout=30)
+    c.close()
+    assert {a.dia_source_id for a in got} == _ids(results)
+
+
+def test_produce_with_the_broker_down_keeps_the_visit_for_later(tmp_path: Path, broker) -> None:
+    from skydm.alerts.localbroker import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    box, results = _produce(
+        tmp_path, range(1, 2), bootstrap=dead, kafka_config={"message.timeout.ms": 2000}
+    )
+    res = results[0]
+    assert res.stream is not None and res.stream.errors and res.stream.delivered == 0
+    assert res.stream.pending == res.n_alerts > 0
+    assert time.monotonic() - t0 < 60
+    # The broker comes up: the outbox sends the whole visit.
+    up = stream_outbox(box, KafkaTransport(broker.bootstrap, partitions=4), retry_for=30)
+    assert up.pending == 0 and up.delivered == res.n_alerts
+    c = AlertConsumer(broker.bootstrap, "late", [TOPIC], config=FAST)
+    got = c.consume_until(res.n_alerts, timeout=30)
     c.close()
     assert {a.dia_source_id for a in got} == _ids(results)
 

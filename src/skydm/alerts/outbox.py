@@ -249,6 +249,36 @@ class Outbox:
             )
         return requeued
 
+    def mark_sent_ahead(self, archive: Path, reports: Sequence[tuple[str, int, int, int]]) -> int:
+        """Record reports of messages sent before their rows existed.
+
+        Parameters
+        ----------
+        archive : Path
+            The archive file the messages were queued from (:meth:`add_archive`).
+        reports : sequence of tuple
+            ``(topic, dia_source_id, partition, offset)`` in arrival order.
+
+        Returns
+        -------
+        int
+            Messages queued again because a partition's log restarted
+            (as :meth:`mark_delivered`).
+        """
+        if not reports:
+            return 0
+        seqs = {
+            (t, int(s)): int(q)
+            for q, t, s in self._db.execute(
+                "SELECT seq, topic, dia_source_id FROM message WHERE archive_id IN "
+                "(SELECT id FROM archive WHERE path=?)",
+                (str(Path(archive).resolve()),),
+            )
+        }
+        return self.mark_delivered(
+            [Delivery(seqs[(t, s)], t, p, o) for t, s, p, o in reports if (t, s) in seqs]
+        )
+
     def mark_failed(self, seqs: Sequence[int]) -> None:
         """Count a failed attempt for each message (they stay pending)."""
         with self._db:

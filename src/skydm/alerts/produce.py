@@ -23,7 +23,7 @@ from astropy.table import Table
 
 from skydm.alerts.archive import ArchiveWriter, archive_name
 from skydm.alerts.cutout import CutoutMaker
-from skydm.alerts.outbox import Outbox
+from skydm.alerts.outbox import Outbox, OutMessage
 from skydm.alerts.packet import (
     AlertValidationError,
     alert_record,
@@ -32,7 +32,12 @@ from skydm.alerts.packet import (
 )
 from skydm.alerts.schema import AlertSchema, load_schema
 from skydm.alerts.serialize import WIRE_HEADER_SIZE, PacketEncoder
-from skydm.alerts.transport import KafkaTransport, StreamResult, stream_outbox
+from skydm.alerts.transport import (
+    BrokerUnavailableError,
+    KafkaTransport,
+    StreamResult,
+    stream_outbox,
+)
 from skydm.ap.apdb import Apdb
 from skydm.ap.association import add_forced, add_source, associate, new_object, object_summary
 from skydm.ap.forced import forced_photometry, visit_region
@@ -288,7 +293,13 @@ def produce_visit_alerts(
     # made and archived (the archive writer has its own thread); it commits
     # only once the archive is complete and the outbox holds its messages,
     # and the outbox rows are removed if the commit fails: a visit is either
-    # stored and queued or neither.
+    # stored and queued or neither.  With a broker, each block of packets is
+    # also sent as soon as it is archived, so that the transfer overlaps with
+    # making the rest; its delivery reports are recorded in the outbox after
+    # the commit.  Should the commit fail, alerts already sent stay sent: the
+    # visit's retry makes the same diaSourceIds, which consumers drop as
+    # duplicates (Kafka transactions would avoid it, but tansu, the test
+    # broker, does not deliver transactional messages).
     archive_dir = Path(archive_dir)
     archive_dir.mkdir(parents=True, exist_ok=True)
     path = archive_dir / archive_name(visit, detector)
@@ -322,11 +333,21 @@ def produce_visit_alerts(
         before_commit=commit_gate,
     )
     transport = None
+    main_topic = topic or schema.default_topic
+    filters = dict(filtered_topics or {})
+    send_ahead = False
+    broker_down = ""
     if bootstrap:
         transport = KafkaTransport(
             bootstrap, partitions=partitions, config=dict(kafka_config or {})
         )
         transport.prepare()
+        try:
+            transport.ensure_topics([main_topic, *filters])
+            send_ahead = True
+        except BrokerUnavailableError as exc:
+            # The broker is down: everything waits in the outbox (step 6).
+            broker_down = str(exc)
     # The transaction's statements run before the packets are made, not
     # beside them: on two busy cores, a thread handing the GIL back and forth
     # per row (sqlite3 releases it for every step) slowed the packets more
@@ -347,9 +368,10 @@ def produce_visit_alerts(
             schema,
             encoder,
             writer,
-            main_topic=topic or schema.default_topic,
-            filters=dict(filtered_topics or {}),
+            main_topic=main_topic,
+            filters=filters,
             progress=progress,
+            ahead=transport.send_ahead if transport is not None and send_ahead else None,
         )
         result.n_alerts = len(messages)
         clock.lap("packets")
@@ -371,6 +393,7 @@ def produce_visit_alerts(
         queued.set()
         pool.shutdown(wait=True)
         if transport is not None:
+            transport.collect_ahead(1.0)
             transport.close()
         if own_outbox:
             box.close()
@@ -386,11 +409,26 @@ def produce_visit_alerts(
             pool.shutdown(wait=True)
         clock.lap("store")
         if transport is not None:
-            box.keep_in_memory(path, {pos: m for (pos, _), m in zip(spans, messages, strict=True)})
-            try:
-                result.stream = stream_outbox(box, transport)
-            finally:
-                box.forget_memory(path)
+            # 6. What went ahead and was acknowledged is marked delivered; the
+            # rest (none, unless the broker failed) is sent from the outbox.
+            ahead = transport.collect_ahead(30.0)
+            requeued = box.mark_sent_ahead(
+                path, [(a.topic, a.dia_source_id, a.partition, a.offset) for a in ahead]
+            )
+            if broker_down:
+                # Not asked again now (its timeout would only delay the
+                # caller): `skydm alerts stream` sends the visit later.
+                result.stream = StreamResult(pending=box.counts()["pending"], errors=[broker_down])
+            else:
+                box.keep_in_memory(
+                    path, {pos: m for (pos, _), m in zip(spans, messages, strict=True)}
+                )
+                try:
+                    result.stream = stream_outbox(box, transport)
+                finally:
+                    box.forget_memory(path)
+            result.stream.delivered += len(ahead)
+            result.stream.requeued += requeued
             clock.lap("stream")
     finally:
         if transport is not None:
@@ -460,9 +498,10 @@ def _make_packets(
     main_topic: str,
     filters: Mapping[str, Predicate],
     progress: Progress | None,
+    ahead: Callable[[Sequence[OutMessage]], None] | None = None,
     block: int = 500,
 ) -> tuple[list[bytes], list[tuple[int, int]], list[list[str]]]:
-    """Wire-format packets, handed to the archive writer block by block.
+    """Wire-format packets, handed to the archive writer (and to ``ahead``) block by block.
 
     Returns the messages, their byte ranges in the archive and their topics.
     """
@@ -496,11 +535,36 @@ def _make_packets(
         else:
             routes.append([main_topic])
         if len(pending) == block:
-            spans.extend(writer.add(pending))
+            done = len(messages)
+            spans.extend(_flush_block(pending, good[done:], routes[done:], writer, ahead))
             messages.extend(pending)
             pending = []
         if progress is not None:
             progress.advance()
-    spans.extend(writer.add(pending))
+    done = len(messages)
+    spans.extend(_flush_block(pending, good[done:], routes[done:], writer, ahead))
     messages.extend(pending)
     return messages, spans, routes
+
+
+def _flush_block(
+    block: list[bytes],
+    sources: Sequence[dict[str, Any]],
+    routes: Sequence[list[str]],
+    writer: ArchiveWriter,
+    ahead: Callable[[Sequence[OutMessage]], None] | None,
+) -> list[tuple[int, int]]:
+    """Archive one block of packets and, when sending ahead, hand it to the transport.
+
+    Returns the packets' byte ranges in the archive.
+    """
+    spans = writer.add(block)
+    if ahead is not None and block:
+        ahead(
+            [
+                OutMessage(0, topic, str(int(src["diaObjectId"])).encode(), msg, src["diaSourceId"])
+                for msg, src, ts in zip(block, sources, routes, strict=False)
+                for topic in ts
+            ]
+        )
+    return spans

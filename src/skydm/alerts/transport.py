@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,16 @@ class BrokerUnavailableError(SkydmError):
     """The broker could not be reached or did not acknowledge in time."""
 
 
+@dataclass(frozen=True)
+class SentAhead:
+    """A positive delivery report of a message sent ahead of its outbox row."""
+
+    topic: str
+    dia_source_id: int
+    partition: int
+    offset: int
+
+
 class AlertTransport(abc.ABC):
     """Where alert messages go."""
 
@@ -47,6 +57,25 @@ class AlertTransport(abc.ABC):
         Messages without a report within ``timeout`` seconds count as not
         delivered; they stay pending in the outbox.
         """
+
+    def send_ahead(self, messages: Sequence[OutMessage]) -> None:  # noqa: B027 - optional
+        """Start sending messages that have no outbox row yet, without waiting.
+
+        The producer of a visit calls this block by block while it is still
+        making the visit's packets, so that the transfer overlaps with that
+        work; the messages' ``seq`` is unused. The outbox remains the record:
+        what :meth:`collect_ahead` does not report delivered is sent again from
+        it. Transports that cannot do this ignore the call (the outbox sends
+        everything later).
+        """
+
+    def collect_ahead(self, timeout: float) -> list[SentAhead]:
+        """Wait up to ``timeout`` seconds for the reports of :meth:`send_ahead`.
+
+        Returns the positive reports, in arrival order; a message without one
+        is left to the outbox.
+        """
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -95,6 +124,8 @@ class KafkaTransport(AlertTransport):
         self._ck = require_extra("confluent_kafka", "alerts")
         self._admin = require_extra("confluent_kafka.admin", "alerts")
         self._producer: Any = None
+        self._ahead: list[SentAhead] = []
+        self._ahead_failed = 0
         if self.partitions < 1:
             raise BadValueError("partitions", self.partitions, "at least 1")
 
@@ -145,14 +176,51 @@ class KafkaTransport(AlertTransport):
                     raise BrokerUnavailableError(f"cannot create topic {topic}: {exc}") from exc
         return created
 
-    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:
+    def _produce_all(
+        self, messages: Sequence[OutMessage], report: Any, deadline: float | None
+    ) -> None:
+        """Hand messages to the client, waiting for queue room (until ``deadline``)."""
         if self._producer is None:
             self._producer = self._make_producer()
         producer = self._producer
+        for m in messages:
+            while True:
+                try:
+                    producer.produce(m.topic, m.value, m.key, on_delivery=report(m))
+                    break
+                except BufferError:
+                    # The client's queue is full: let deliveries drain it.
+                    producer.poll(0.05)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+            producer.poll(0)
+
+    def _settle(self, timeout: float, failed: Callable[[], int]) -> None:
+        """Wait for the delivery reports; after any failure start a fresh producer.
+
+        ``failed`` counts the negative reports, read after the flush (the
+        reports arrive during it).
+        """
+        producer = self._producer
+        if producer is None:
+            return
+        left = producer.flush(max(timeout, 0.1))
+        if left or failed():
+            # An idempotent producer cannot carry on past a broker that lost
+            # its state (sequence numbers it no longer knows); start afresh,
+            # purging what is still queued: those messages remain pending in
+            # the outbox and are sent again.
+            producer.purge(in_queue=True, in_flight=True)
+            producer.flush(0.5)
+            self._producer = None
+
+    def send(self, messages: Sequence[OutMessage], *, timeout: float) -> list[Delivery]:
         delivered: list[Delivery] = []
         failed = 0
 
-        def report(seq: int, topic: str) -> Any:
+        def report(m: OutMessage) -> Any:
+            seq, topic = m.seq, m.topic
+
             def cb(err: Any, msg: Any) -> None:
                 nonlocal failed
                 if err is None:
@@ -163,26 +231,32 @@ class KafkaTransport(AlertTransport):
             return cb
 
         deadline = time.monotonic() + timeout
-        for m in messages:
-            while True:
-                try:
-                    producer.produce(m.topic, m.value, m.key, on_delivery=report(m.seq, m.topic))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-                    if time.monotonic() > deadline:
-                        break
-            producer.poll(0)
-        left = producer.flush(max(deadline - time.monotonic(), 0.1))
-        if left or failed:
-            # An idempotent producer cannot carry on past a broker that lost
-            # its state (sequence numbers it no longer knows); start afresh,
-            # purging what is still queued: those messages remain pending in
-            # the outbox and are sent again.
-            producer.purge(in_queue=True, in_flight=True)
-            producer.flush(0.5)
-            self._producer = None
+        self._produce_all(messages, report, deadline)
+        self._settle(deadline - time.monotonic(), lambda: failed)
         return delivered
+
+    def send_ahead(self, messages: Sequence[OutMessage]) -> None:
+        ahead = self._ahead
+
+        def report(m: OutMessage) -> Any:
+            sid, topic = m.dia_source_id, m.topic
+
+            def cb(err: Any, msg: Any) -> None:
+                if err is None:
+                    ahead.append(SentAhead(topic, sid, msg.partition(), msg.offset()))
+                else:
+                    self._ahead_failed += 1
+
+            return cb
+
+        # No deadline: a full client queue is back-pressure on the packet
+        # maker, and message.timeout.ms bounds how long a message may wait.
+        self._produce_all(messages, report, None)
+
+    def collect_ahead(self, timeout: float) -> list[SentAhead]:
+        self._settle(timeout, lambda: self._ahead_failed)
+        out, self._ahead, self._ahead_failed = self._ahead, [], 0
+        return out
 
     def close(self) -> None:
         if self._producer is not None:
