@@ -218,6 +218,17 @@ def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
     with fits.open(io.BytesIO(maker.cutout(1.0, 1.0))) as hdul:
         edge = hdul[0].data
     assert edge.shape == (31, 31) and np.isnan(edge[0, 0]) and np.isfinite(edge[-1, -1])
+    # Every edge case equals a slice of the image padded with NaN (corners,
+    # sides, wholly off the image).
+    ny, nx = diff.shape
+    padded = np.full((ny + 62, nx + 62), np.nan, dtype=np.float32)
+    padded[31:-31, 31:-31] = diff.image
+    for px, py in [(0, 0), (nx - 1, ny - 1), (nx / 2, -10), (-5, ny / 2), (nx + 100, -100)]:
+        with fits.open(io.BytesIO(maker.cutout(px, py))) as hdul:
+            got = hdul[0].data
+        cx, cy = maker.corner(px, py)
+        cx, cy = min(max(cx, -31), nx), min(max(cy, -31), ny)
+        np.testing.assert_array_equal(got, padded[cy + 31 : cy + 62, cx + 31 : cx + 62])
 
 
 def test_archive_header_schema_is_complete(survey: dict) -> None:

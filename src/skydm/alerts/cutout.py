@@ -51,12 +51,11 @@ class CutoutMaker:
             raise ValueError(f"cutout size={size} is too small; use at least 3 pixels")
         self.exposure = exposure
         self.size = int(size)
-        ny, nx = exposure.shape
-        # Pad once so that every stamp is a plain slice, even at the edges.
-        pad = self.size
-        self._padded = np.full((ny + 2 * pad, nx + 2 * pad), np.nan, dtype=">f4")
-        self._padded[pad : pad + ny, pad : pad + nx] = exposure.image
-        self._pad = pad
+        # Stamps are sliced from the image as it is (no padded copy: that
+        # would cost a 4k x 4k image's worth of memory and time per maker);
+        # only stamps crossing the edge are assembled, NaN outside.
+        self._image = np.asarray(exposure.image)
+        self._pad = self.size
         head = [
             _card("SIMPLE", True, "conforms to FITS standard"),
             _card("BITPIX", -32, "32-bit IEEE float"),
@@ -93,8 +92,15 @@ class CutoutMaker:
         # Stamps wholly off the image are clipped to the padding (all NaN).
         x0c = min(max(x0, -self._pad), nx)
         y0c = min(max(y0, -self._pad), ny)
-        p = self._pad
-        stamp = self._padded[y0c + p : y0c + p + self.size, x0c + p : x0c + p + self.size]
+        n = self.size
+        if x0c >= 0 and x0c + n <= nx and y0c >= 0 and y0c + n <= ny:
+            stamp = self._image[y0c : y0c + n, x0c : x0c + n].astype(">f4")
+        else:
+            stamp = np.full((n, n), np.nan, dtype=">f4")
+            xa, xb = max(x0c, 0), min(x0c + n, nx)
+            ya, yb = max(y0c, 0), min(y0c + n, ny)
+            if xa < xb and ya < yb:
+                stamp[ya - y0c : yb - y0c, xa - x0c : xb - x0c] = self._image[ya:yb, xa:xb]
         cards = [self._head]
         if self._wcs_cards:
             cards.append(_number_card("CRPIX1", self._crpix[0] - x0c))
