@@ -251,7 +251,7 @@ def test_overlapping_transients_at_shifted_places_are_clipped() -> None:
         idx = np.flatnonzero(codes[k])
         dabs = (20 - dist.ravel()[idx]).astype(np.float32)
         zero = np.zeros(idx.size, dtype=np.float32)
-        sparse.append((k, idx, dabs, zero + 99, zero, zero))
+        sparse.append((k, idx, dabs, zero + 99, zero, zero, zero, zero, zero, zero - 1))
     cover = np.full(shape, n, dtype=np.uint8)
     cfg = CompareWarpConfig(streak_length=0)
     plain = clip_maps(codes, cover, sparse, cfg, grow=0)
@@ -332,7 +332,7 @@ def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
         # The variable's pixels fit the model (chi2 1), the asteroid's do not.
         chi2 = np.where(ast.ravel()[idx] > var.ravel()[idx], 50.0, 1.0).astype(np.float32)
         ones = np.ones(idx.size, dtype=np.float32)
-        sparse = [(0, idx, sig.ravel()[idx], chi2, 20 * ones, ones)]
+        sparse = [(0, idx, sig.ravel()[idx], chi2, 20 * ones, ones, ones, ones, ones, -ones)]
         count = lab.astype(np.uint8)
         out = _off_core(lab, np.array([1]), 0, sparse, count, np.array([2.0]), cfg, 2.5)
         if not with_asteroid:

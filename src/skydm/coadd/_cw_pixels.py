@@ -12,6 +12,7 @@ import math
 import numpy as np
 from scipy import ndimage, optimize
 
+from skydm.coadd._cw_restore import replacement_correction
 from skydm.image.psf import GAUSS_FWHM, Psf
 
 
@@ -193,8 +194,12 @@ def grow_hits(hits: np.ndarray, width: int) -> np.ndarray:
 
 
 def imputation_coefficients(
-    kept: np.ndarray, clipped: np.ndarray, weights: np.ndarray, widths2: np.ndarray
-) -> np.ndarray:
+    kept: np.ndarray,
+    clipped: np.ndarray,
+    weights: np.ndarray,
+    widths2: np.ndarray,
+    restore: list[tuple[int, np.ndarray, np.ndarray, float, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per-pixel coefficients of every epoch in the coadd, clipped pixels replaced.
 
     Dropping an epoch's pixels where it was clipped would change the coadd's
@@ -216,9 +221,26 @@ def imputation_coefficients(
         ``(n, rows, columns)`` bool, usable but clipped.
     weights, widths2 : numpy.ndarray
         Per epoch, the scalar weight and the PSF's squared width.
+    restore : list, optional
+        ``(k, mask, f, target, prof)`` from
+        :func:`skydm.coadd._cw_restore.restore_targets`: inside ``mask``
+        epoch ``k``'s replacement gets the variable source's PSF profile
+        ``prof`` times the difference between ``target`` (its flux in epoch
+        ``k``) and the replacing epochs' fluxes ``f``.
+
+    Returns
+    -------
+    coef : numpy.ndarray
+        ``(n, rows, columns)`` coefficients of the coadd's numerator.
+    norm : numpy.ndarray
+        ``(rows, columns)`` its denominator (the sum of the coefficients).
+    extra : numpy.ndarray or None
+        ``(rows, columns)`` flux added to the numerator by restorations
+        (the coadd is ``(sum c x + extra) / norm``), or None.
     """
     n = kept.shape[0]
     coef = np.where(kept, weights[:, None, None].astype(np.float32), np.float32(0))
+    extra: np.ndarray | None = None
     for k in range(n):
         ys, xs = np.nonzero(clipped[k])
         if ys.size == 0:
@@ -236,11 +258,21 @@ def imputation_coefficients(
             a[both] = np.clip((wb - wk) / np.maximum(wb - ws, 1e-12), 0.0, 1.0)
         a[~has_s] = 0.0
         wk_ = np.float32(weights[k])
+        for kk, mask, f, target, prof in restore or []:
+            if kk != k:
+                continue
+            inside = mask[ys, xs] & (has_s | has_b)
+            if not inside.any():
+                continue
+            add = replacement_correction(js[inside], jb[inside], a[inside], f, target)
+            if extra is None:
+                extra = np.zeros(kept.shape[1:], dtype=np.float32)
+            extra[ys[inside], xs[inside]] += wk_ * add * prof[ys[inside], xs[inside]]
         sel = has_s & (a > 0)
         coef[js[sel], ys[sel], xs[sel]] += wk_ * a[sel]
         sel = has_b & (a < 1)
         coef[jb[sel], ys[sel], xs[sel]] += wk_ * (1 - a[sel])
-    return coef
+    return coef, coef.sum(axis=0), extra
 
 
 def _first_available(

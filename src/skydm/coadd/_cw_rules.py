@@ -15,9 +15,24 @@ from scipy import ndimage
 if TYPE_CHECKING:
     from skydm.coadd.compare_warp import CompareWarpConfig
 
-#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2, model S/N,
-#: model over its local maximum).
-Sparse = list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2 of the local
+#: fit by a multiple of the model, window model S/N, model over its local maximum,
+#: the model's S/N at the pixel, the multiple and chi2 of the fit with a constant, and
+#: the epochs in the model there as bits, -1 for all).
+Sparse = list[
+    tuple[
+        int,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+        np.ndarray,
+    ]
+]
 
 
 def _disk(radius: float) -> np.ndarray:

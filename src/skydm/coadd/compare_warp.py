@@ -55,6 +55,7 @@ from skydm.coadd._cw_pixels import (
     matching_sigmas,
     sharpness_bound,
 )
+from skydm.coadd._cw_restore import find_restorations, restore_targets
 from skydm.coadd._cw_rules import Sparse, clip_maps
 from skydm.coadd.assemble import _coadd_exposure, clip_outliers
 from skydm.coadd.stack import WarpStack, check_rows
@@ -90,6 +91,7 @@ class CompareWarpConfig:
     line_block: int = 4
     line_static: float = 30.0
     line_source: float = 10.0
+    restore_variables: bool = True
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -237,6 +239,10 @@ def compare_warp(
                 clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
                 n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
+    # Variable sources under clipped pixels keep their clipped epoch's flux.
+    restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b)
+    times = [float(m.info.mjd) for m in stack.members]
+    del sparse
 
     # Pass 3: the original warps, clipped pixels replaced (PSF-preserving).
     image = np.zeros((ny, nx), dtype=np.float32)
@@ -258,8 +264,9 @@ def compare_warp(
             c[k].reshape(-1)[idx] = True
         clipped = good & c
         kept = good & ~c
-        coef = imputation_coefficients(kept, clipped, weights, widths2)
-        m, v, ws = _combine(img, var, coef)
+        targets = restore_targets(restore, y0, img, var, kept, clipped, weights, psfs, times=times)
+        coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, targets)
+        m, v, ws = _combine(img, var, coef, norm, extra)
         image[y0:y1], variance[y0:y1] = m, v
         band = mask[y0:y1]
         band[ws <= 0] |= np.uint32(Mask.NO_DATA)
@@ -272,6 +279,7 @@ def compare_warp(
     exp.meta["CWTFWHM"] = (target_fwhm, "CompareWarp target PSF FWHM, pixels")
     exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
     exp.meta["CWNLINE"] = (n_lines, "faint trails found, all epochs")
+    exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
 
@@ -351,6 +359,15 @@ def _differences(
     # an epoch's own noise neither shrinks its difference nor inflates it
     # where the clipping took it out of the model.
     wk = np.where(keep, weights[:, None, None].astype(np.float32), np.float32(0))
+    # Which epochs the model holds, per pixel (a bit per epoch; -1: all, when
+    # there are too many epochs for the bits): the reference of a flux change.
+    if n <= 62:
+        bits = np.zeros(keep.shape[1:], dtype=np.int64)
+        for j in range(n):
+            bits |= keep[j].astype(np.int64) << j
+        bits = bits[core]
+    else:
+        bits = np.full(keep.shape[1:], -1, dtype=np.int64)[core]
     s_all = np.einsum("kij,kij->ij", wk, matched)
     w_all = wk.sum(axis=0)
     v_all = np.einsum("kij,kij->ij", wk * wk, mvar)
@@ -417,6 +434,15 @@ def _differences(
             npw = win * win
             fs, fm, fd = sdm.ravel()[flagged], smm.ravel()[flagged], sdd.ravel()[flagged]
             chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
+            # The same fit with a constant (a ghost's or a trail's light under
+            # the source): the multiple that restores a clipped variable
+            # (skydm.coadd._cw_restore).
+            sd = ndimage.uniform_filter(sig, win).ravel()[flagged]
+            sm = ndimage.uniform_filter(m_sn, win).ravel()[flagged]
+            cov = fs - sd * sm
+            vm = np.maximum(fm - sm * sm, 1e-12)
+            alpha = cov / vm
+            chi2c = npw * (fd - sd * sd - cov * cov / vm) / (npw - 2)
             sparse.append(
                 (
                     k,
@@ -425,17 +451,27 @@ def _differences(
                     chi2.astype(np.float32),
                     np.sqrt(npw * fm).astype(np.float32),
                     (m_sn.ravel()[flagged] / np.maximum(mpk, 1e-12)).astype(np.float32),
+                    m_sn.ravel()[flagged].astype(np.float32),
+                    alpha.astype(np.float32),
+                    chi2c.astype(np.float32),
+                    bits.ravel()[flagged],
                 )
             )
 
 
 def _combine(
-    img: np.ndarray, var: np.ndarray, coef: np.ndarray
+    img: np.ndarray,
+    var: np.ndarray,
+    coef: np.ndarray,
+    csum: np.ndarray,
+    extra: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``sum c x / sum c`` and its variance; 0 and inf where no coefficient is left."""
-    csum = coef.sum(axis=0)
+    """``(sum c x + extra) / csum`` and its variance; 0 and inf where no coefficient is left."""
     safe = np.where(csum > 0, csum, np.float32(1.0))
-    mean = np.einsum("kij,kij->ij", coef, img) / safe
+    num = np.einsum("kij,kij->ij", coef, img)
+    if extra is not None:
+        num += extra
+    mean = num / safe
     v = np.einsum("kij,kij->ij", coef * coef, var) / (safe * safe)
     return (
         np.where(csum > 0, mean, 0.0).astype(np.float32),
