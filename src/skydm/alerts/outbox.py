@@ -87,7 +87,6 @@ class Outbox:
         except sqlite3.DatabaseError as exc:
             raise BadFileError(self.path, f"not a usable outbox database ({exc})") from exc
         self._files: dict[int, tuple[Path, bytes]] = {}
-        self._cached: dict[str, dict[int, bytes]] = {}
 
     def close(self) -> None:
         """Close the database."""
@@ -137,23 +136,6 @@ class Outbox:
             self._files.pop(archive_id, None)
             return self._db.total_changes - before
 
-    def keep_in_memory(self, archive: Path, messages: dict[int, bytes]) -> None:
-        """Serve messages of an archive from memory: ``{offset in the file: wire message}``.
-
-        The producer of a visit still holds its packets; sending them from
-        memory saves reading back what was just written.  Each value must be
-        the wire header followed by exactly the bytes at that offset of the
-        archive (as :class:`~skydm.alerts.archive.ArchiveWriter` wrote them).
-        """
-        self._cached[str(Path(archive).resolve())] = messages
-
-    def forget_memory(self, archive: Path | None = None) -> None:
-        """Stop serving an archive's (or every archive's) messages from memory."""
-        if archive is None:
-            self._cached.clear()
-        else:
-            self._cached.pop(str(Path(archive).resolve()), None)
-
     def _archive(self, archive_id: int) -> tuple[Path, bytes]:
         if archive_id not in self._files:
             path, schema_id = self._db.execute(
@@ -174,15 +156,6 @@ class Outbox:
         try:
             for seq, aid, topic, sid, oid, pos, length in rows:
                 path, header = self._archive(aid)
-                cached = self._cached.get(str(path))
-                if cached is not None and pos in cached:
-                    value = cached[pos]
-                    if len(value) != length + len(header):
-                        raise BadFileError(
-                            path, f"message in memory at byte {pos} has the wrong length"
-                        )
-                    out.append(OutMessage(seq, topic, str(oid).encode(), value, sid))
-                    continue
                 if aid not in handles:
                     try:
                         handles[aid] = open(path, "rb")  # noqa: SIM115
@@ -288,7 +261,6 @@ class Outbox:
 
     def drop_archive(self, archive: Path) -> None:
         """Forget the pending messages of an archive file (its visit was not stored)."""
-        self.forget_memory(archive)
         with self._db:
             self._db.execute(
                 "DELETE FROM message WHERE state=? AND archive_id IN "

@@ -251,10 +251,14 @@ def produce_visit_alerts(
     # the objects that have a source in this visit.
     mjd = float(info.mjd)
     since = mjd - history_days
-    forced, encoded = _forced_and_encodings(
-        objects, good, records, difference, science, processed, schema, encoder
-    )
-    chunks, tails = apdb.read_history(touched, since=since)
+    # The history (most of a packet's bytes) is read in a thread of its own
+    # while the photometry runs: the database driver releases the GIL.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="history") as reader:
+        history_read = reader.submit(apdb.read_history, touched, since=since)
+        forced, encoded = _forced_and_encodings(
+            objects, good, records, difference, science, processed, schema, encoder
+        )
+        chunks, tails = history_read.result()
     result.n_forced = len(forced)
     clock.lap("forced")
 
@@ -358,7 +362,7 @@ def produce_visit_alerts(
     try:
         if stored.done():
             stored.result()  # the transaction failed (a visit stored twice...): stop here
-        messages, spans, routes = _make_packets(
+        spans, routes = _make_packets(
             good,
             encoded,
             records,
@@ -373,7 +377,7 @@ def produce_visit_alerts(
             progress=progress,
             ahead=transport.send_ahead if transport is not None and send_ahead else None,
         )
-        result.n_alerts = len(messages)
+        result.n_alerts = len(spans)
         clock.lap("packets")
         writer.finish()
         result.archive = path
@@ -420,13 +424,7 @@ def produce_visit_alerts(
                 # caller): `skydm alerts stream` sends the visit later.
                 result.stream = StreamResult(pending=box.counts()["pending"], errors=[broker_down])
             else:
-                box.keep_in_memory(
-                    path, {pos: m for (pos, _), m in zip(spans, messages, strict=True)}
-                )
-                try:
-                    result.stream = stream_outbox(box, transport)
-                finally:
-                    box.forget_memory(path)
+                result.stream = stream_outbox(box, transport)
             result.stream.delivered += len(ahead)
             result.stream.requeued += requeued
             clock.lap("stream")
@@ -500,12 +498,14 @@ def _make_packets(
     progress: Progress | None,
     ahead: Callable[[Sequence[OutMessage]], None] | None = None,
     block: int = 500,
-) -> tuple[list[bytes], list[tuple[int, int]], list[list[str]]]:
+) -> tuple[list[tuple[int, int]], list[list[str]]]:
     """Wire-format packets, handed to the archive writer (and to ``ahead``) block by block.
 
-    Returns the messages, their byte ranges in the archive and their topics.
+    Returns the packets' byte ranges in the archive and their topics. The
+    packets themselves are not kept: holding a visit's worth (700 MB for
+    10,000) cost more in page faults than reading back the rare message that
+    a broker does not acknowledge.
     """
-    messages: list[bytes] = []
     spans: list[tuple[int, int]] = []
     routes: list[list[str]] = []
     summaries: dict[int, dict[str, Any]] = {}
@@ -535,16 +535,14 @@ def _make_packets(
         else:
             routes.append([main_topic])
         if len(pending) == block:
-            done = len(messages)
+            done = len(spans)
             spans.extend(_flush_block(pending, good[done:], routes[done:], writer, ahead))
-            messages.extend(pending)
             pending = []
         if progress is not None:
             progress.advance()
-    done = len(messages)
+    done = len(spans)
     spans.extend(_flush_block(pending, good[done:], routes[done:], writer, ahead))
-    messages.extend(pending)
-    return messages, spans, routes
+    return spans, routes
 
 
 def _flush_block(
