@@ -340,3 +340,46 @@ def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
             continue
         assert out[20, 25] and not out[20, 15]
         assert not out[:, :19].any()
+
+
+def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
+    """Epoch 0 of a variable star (bright that night) is clipped over the star;
+    the replacement holds the other epochs' fainter star unless restored to the
+    flux of the same night's other visit."""
+    from skydm.coadd._cw_pixels import imputation_coefficients
+    from skydm.coadd._cw_restore import Restore, restore_targets
+    from skydm.coadd.compare_warp import _combine
+
+    rng = np.random.default_rng(3)
+    n, shape, cy, cx = 6, (41, 41), 20.3, 19.8
+    sigmas = np.array([1.2, 1.4, 1.6, 1.3, 1.8, 1.5])
+    fluxes = np.array([9000.0, 9000.0, 3000.0, 3000.0, 5000.0, 5000.0])  # pairs of nights
+    times = [0.0, 0.02, 2.0, 2.02, 4.0, 4.02]
+    psfs = [GaussianPsf(float(s)) for s in sigmas]
+    img = np.empty((n, *shape), dtype=np.float32)
+    for j, p in enumerate(psfs):
+        k = p.kernel(41, cx - 20, cy - 20)
+        img[j] = fluxes[j] * k + rng.normal(0, 2.0, shape)
+    var = np.full(img.shape, 4.0, dtype=np.float32)
+    good = np.ones(img.shape, dtype=bool)
+    clipped = np.zeros(img.shape, dtype=bool)
+    clipped[0, 12:30, 10:30] = True  # a trail's clip over the star in epoch 0
+    kept = good & ~clipped
+    weights = np.ones(n)
+    widths2 = (sigmas * 2.3548) ** 2
+    truth = float(np.sum(fluxes * weights) / weights.sum())
+
+    def coadd_flux(restore: list) -> float:
+        coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, restore)
+        mean, _, _ = _combine(img, var, coef, norm, extra)
+        return float(mean.sum())
+
+    plain = coadd_flux([])
+    assert plain < truth * 0.85  # epoch 0's bright star was replaced by fainter ones
+    items = [Restore(0, cy, cx, alpha=0.0)]
+    targets = restore_targets(items, 0, img, var, kept, clipped, weights, psfs, times=times)
+    assert len(targets) == 1 and abs(targets[0][3] - 9000.0) < 150
+    assert abs(coadd_flux(targets) - truth) < 0.01 * truth
+    # A constant star is left alone: nothing to restore.
+    flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)
+    assert restore_targets(items, 0, flat, var, kept, clipped, weights, psfs, times=times) == []
