@@ -205,13 +205,11 @@ def imputation_coefficients(
     Dropping an epoch's pixels where it was clipped would change the coadd's
     PSF there (the epoch's seeing no longer contributes), which biases the
     flux of any star under a clipped artefact.  Instead each clipped pixel of
-    epoch ``k`` is replaced by a mixture of the two unclipped epochs at that
-    pixel whose PSFs bracket ``k``'s most closely, ``a x_s + (1 - a) x_b``,
-    with ``a`` chosen so that the mixture's PSF has ``k``'s second moment
-    (``widths2`` holds each PSF's squared width).  Where only sharper or only
-    broader epochs are left the nearest one is used; where none is left the
-    pixel is dropped.  The coadd is then ``sum_j c_j x_j / sum_j c_j`` with
-    the coefficients returned here (``c_j = w_j`` where nothing was clipped).
+    epoch ``k`` is replaced by a mixture of the unclipped epochs at that
+    pixel with ``k``'s PSF second moment and the least noise
+    (:func:`replacement_shares`; ``widths2`` holds each PSF's squared
+    width).  The coadd is then ``sum_j c_j x_j / sum_j c_j`` with the
+    coefficients returned here (``c_j = w_j`` where nothing was clipped).
 
     Parameters
     ----------
@@ -245,34 +243,81 @@ def imputation_coefficients(
         ys, xs = np.nonzero(clipped[k])
         if ys.size == 0:
             continue
-        others = [j for j in range(n) if j != k]
-        sharper = sorted((j for j in others if widths2[j] <= widths2[k]), key=lambda j: -widths2[j])
-        broader = sorted((j for j in others if widths2[j] > widths2[k]), key=lambda j: widths2[j])
-        js = _first_available(kept, sharper, ys, xs)
-        jb = _first_available(kept, broader, ys, xs)
-        has_s, has_b = js >= 0, jb >= 0
-        both = has_s & has_b
-        a = np.ones(ys.size, dtype=np.float32)  # share of the sharper epoch
-        if both.any():
-            ws, wb, wk = widths2[js[both]], widths2[jb[both]], widths2[k]
-            a[both] = np.clip((wb - wk) / np.maximum(wb - ws, 1e-12), 0.0, 1.0)
-        a[~has_s] = 0.0
+        share = replacement_shares(kept, ys, xs, k, weights, widths2)
         wk_ = np.float32(weights[k])
         for kk, mask, f, target, prof in restore or []:
             if kk != k:
                 continue
-            inside = mask[ys, xs] & (has_s | has_b)
+            inside = mask[ys, xs]
             if not inside.any():
                 continue
-            add = replacement_correction(js[inside], jb[inside], a[inside], f, target)
+            add = replacement_correction(share[:, inside], f, target)
             if extra is None:
                 extra = np.zeros(kept.shape[1:], dtype=np.float32)
             extra[ys[inside], xs[inside]] += wk_ * add * prof[ys[inside], xs[inside]]
-        sel = has_s & (a > 0)
-        coef[js[sel], ys[sel], xs[sel]] += wk_ * a[sel]
-        sel = has_b & (a < 1)
-        coef[jb[sel], ys[sel], xs[sel]] += wk_ * (1 - a[sel])
+        coef[:, ys, xs] += wk_ * share
     return coef, coef.sum(axis=0), extra
+
+
+def replacement_shares(
+    kept: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    k: int,
+    weights: np.ndarray,
+    widths2: np.ndarray,
+    per_side: int = 2,
+) -> np.ndarray:
+    """Per pixel (ys, xs), the mixture of kept epochs that replaces epoch ``k``.
+
+    ``(n, m)`` shares ``c_j`` of the ``per_side`` kept epochs nearest in PSF
+    width on either side of ``k`` (0: all kept epochs), summing to 1, with
+    the PSF second moment of epoch ``k`` (``sum c_j widths2_j = widths2_k``) and the least noise
+    (``sum c_j^2 / w_j`` smallest, with each epoch's noise variance taken as
+    ``1 / w_j``): ``c_j = w_j (l0 + l1 widths2_j)``, the two multipliers
+    solving the constraints.  Where epoch ``k``'s width lies outside those
+    of the kept epochs (only sharper or only broader ones left), or they all
+    have one width, the nearest kept epoch in width replaces it alone; a
+    pixel with no kept epoch gets no share (it is dropped).
+    """
+    kk = kept[:, ys, xs]
+    kk[k] = False
+    if per_side > 0:
+        # Only the epochs nearest in width on either side: a mixture of
+        # widely different PSFs matches the second moment but not the
+        # profile, and a star partly under the clip would change flux.
+        t0 = float(widths2[k])
+        below = [j for j in np.argsort(-widths2, kind="stable") if widths2[j] <= t0 and j != k]
+        above = [j for j in np.argsort(widths2, kind="stable") if widths2[j] > t0]
+        sel = np.zeros_like(kk)
+        for order in (below, above):
+            if order:
+                on = kk[order]
+                rank = np.cumsum(on, axis=0)
+                sel[order] = on & (rank <= per_side)
+        kk = sel
+    u = np.where(kk, weights[:, None], 0.0)
+    w2 = widths2[:, None]
+    s0 = u.sum(axis=0)
+    s1 = (u * w2).sum(axis=0)
+    s2 = (u * w2 * w2).sum(axis=0)
+    t = float(widths2[k])
+    det = s0 * s2 - s1 * s1
+    big = np.where(kk, w2, -np.inf).max(axis=0)
+    small = np.where(kk, w2, np.inf).min(axis=0)
+    ok = (s0 > 0) & (small <= t) & (t <= big) & (det > 1e-9 * np.maximum(s0 * s2, 1e-300))
+    safe = np.where(ok, det, 1.0)
+    l0 = (s2 - s1 * t) / safe
+    l1 = (s0 * t - s1) / safe
+    share = np.where(ok[None, :], u * (l0 + l1 * w2), 0.0)
+    # The nearest kept epoch in width, where the constraints cannot be met.
+    alone = ~ok & (s0 > 0)
+    if alone.any():
+        dist = np.where(kk[:, alone], np.abs(w2 - t), np.inf)
+        j = np.argmin(dist, axis=0)
+        col = np.flatnonzero(alone)
+        share[j, col] = 1.0
+    return share.astype(np.float32)
 
 
 def _first_available(

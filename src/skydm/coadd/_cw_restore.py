@@ -22,7 +22,7 @@ flux and the replacing epochs' own:
    the epochs taken within ``pair_days`` of it (visits come in pairs within
    a night; the light curve hardly moves in between), else ``(1 + a)``
    times the flux of the epochs the model held there.
-3. The correction ``(f_k - (c f_s + (1 - c) f_b)) PSF_k`` is added over the
+3. The correction ``(f_k - sum_j c_j f_j) PSF_k`` is added over the
    replaced pixels (:func:`replacement_correction`): a deterministic
    profile, so neither the replacing epochs' noise nor any light of theirs
    is amplified.
@@ -166,16 +166,22 @@ def restore_targets(
         wsum = w.sum(axis=0)
         mean = np.where(wsum > 0, (w * img[:, ys, xs]).sum(axis=0) / np.maximum(wsum, 1e-30), 0)
         cy, cx = _centroid(mean, iy - ys.start, ix - xs.start)
-        py, px = np.unravel_index(int(np.argmax(mean)), mean.shape)
-        if (py - cy) ** 2 + (px - cx) ** 2 > 4.0:
-            continue  # a brighter neighbour: its wings would enter every flux
+        yy, xx = np.indices(mean.shape)
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        # The fit uses the core (one FWHM): a neighbour's wings hardly reach it.
+        core = r2 <= big * big
+        top = int(np.argmax(np.where(core, mean, -np.inf)))
+        if r2.ravel()[top] > 2.25:
+            continue  # a brighter source within the core: its flux, not ours
         f = np.full(n, np.nan)
         ef = np.full(n, np.nan)
         for j in range(n):
             p = psfs[j]
             if p is None:
                 continue
-            f[j], ef[j] = _psf_flux(img[j, ys, xs], var[j, ys, xs], kept[j, ys, xs], p, cy, cx)
+            f[j], ef[j] = _psf_flux(
+                img[j, ys, xs], var[j, ys, xs], kept[j, ys, xs] & core, p, cy, cx
+            )
         others = [j for j in range(n) if j != it.k and np.isfinite(f[j])]
         if len(others) < max(3, n // 2):
             continue
@@ -204,9 +210,8 @@ def restore_targets(
             near = np.asarray(others)[dt <= min(pair_days, float(dt.min()) + 1e-9)]
             if near.size:
                 target = float(np.mean(f[near]))
-        yy, xx = np.indices((ys.stop - ys.start, xs.stop - xs.start))
         r = 2.0 * (fw[it.k] if math.isfinite(fw[it.k]) else big)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        disk = r2 <= r * r
         mask = np.zeros((rows, cols), dtype=bool)
         mask[ys, xs] = disk & clipped[it.k, ys, xs]
         psf_k = psfs[it.k]
@@ -269,14 +274,13 @@ def _psf_flux(
     return float(np.sum(pk * x)) / s2, err
 
 
-def replacement_correction(
-    js: np.ndarray, jb: np.ndarray, a: np.ndarray, f: np.ndarray, target: float
-) -> np.ndarray:
+def replacement_correction(share: np.ndarray, f: np.ndarray, target: float) -> np.ndarray:
     """Per replaced pixel, the flux to add (times the PSF there) so that the
-    mixture ``a x_js + (1 - a) x_jb`` (``-1``: no such epoch) holds the source
-    at ``target``; 0 where a flux is unknown."""
-    fs = np.where(js >= 0, f[np.maximum(js, 0)], 0.0)
-    fb = np.where(jb >= 0, f[np.maximum(jb, 0)], 0.0)
-    ok = np.isfinite(fs) & np.isfinite(fb)
-    mix = np.where(js >= 0, a * fs, 0.0) + np.where(jb >= 0, (1 - a) * fb, 0.0)
-    return np.where(ok, target - np.where(ok, mix, 0.0), 0.0).astype(np.float32)
+    mixture with ``share`` (``(n, m)``, from
+    :func:`skydm.coadd._cw_pixels.replacement_shares`) holds the source at
+    ``target``; 0 where a replacing epoch's flux is unknown."""
+    known = np.isfinite(f)
+    fin = np.where(known, f, 0.0)
+    mix = (share * fin[:, None]).sum(axis=0)
+    ok = ~((share != 0) & ~known[:, None]).any(axis=0)
+    return np.where(ok, target - mix, 0.0).astype(np.float32)
