@@ -17,7 +17,14 @@ real ghosts do; each visit is simulated, warped onto a cell that every
 visit covers, written to disk and released before the next, so memory
 stays bounded whatever the size.
 
-Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX] [--workdir DIR]``
+With ``--keep-warps DIR`` the warps, footprints and weights are kept in
+``DIR`` and reused by a later run with the same size, epochs, seed and
+dither (the simulation and warping of 4096x4096 visits take far longer than
+the assembly being measured); ``warp_s`` is then that of the run that made
+them.
+
+Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX] [--workdir DIR]
+[--keep-warps DIR]``
 """
 
 from __future__ import annotations
@@ -88,6 +95,33 @@ def _warps(
     return art, clean, foot, weights, warp_s
 
 
+def _kept_warps(
+    args: argparse.Namespace, where: Path
+) -> tuple[list[Path], list[Path], dict, np.ndarray, float]:
+    """The warps of an earlier run with the same parameters, or new ones kept in ``where``."""
+    key = {k: getattr(args, k) for k in ("size", "epochs", "seed", "dither")}
+    manifest = where / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text())["key"] == key:
+        info = json.loads(manifest.read_text())
+        with np.load(where / "footprints.npz") as f:
+            foot = {k: f[k] for k in f.files}
+        art = [where / n for n in info["art"]]
+        clean = [where / n for n in info["clean"]]
+        return art, clean, foot, np.asarray(info["weights"]), float(info["warp_s"])
+    where.mkdir(parents=True, exist_ok=True)
+    art, clean, foot, weights, warp_s = _warps(args, where)
+    np.savez_compressed(where / "footprints.npz", **foot)
+    info = {
+        "key": key,
+        "art": [p.name for p in art],
+        "clean": [p.name for p in clean],
+        "weights": [float(w) for w in weights],
+        "warp_s": warp_s,
+    }
+    manifest.write_text(json.dumps(info))
+    return art, clean, foot, weights, warp_s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -95,6 +129,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dither", type=float)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--keep-warps", type=Path, help="keep/reuse the warps in this folder")
     args = parser.parse_args()
 
     from skydm.coadd.assemble import assemble_coadd
@@ -104,7 +139,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="skydm-bench-coadd-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        art, clean, foot, weights, warp_s = _warps(args, work)
+        if args.keep_warps is not None:
+            art, clean, foot, weights, warp_s = _kept_warps(args, args.keep_warps)
+        else:
+            art, clean, foot, weights, warp_s = _warps(args, work)
 
         start = time.perf_counter()
         cw_art = assemble_coadd(WarpStack(art, weights=weights), "compare")
