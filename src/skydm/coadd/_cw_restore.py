@@ -60,7 +60,12 @@ class Restore:
 
 
 def find_restorations(
-    clip: np.ndarray, sparse: Sparse, cfg: CompareWarpConfig, b: int, fwhm: float
+    clip: np.ndarray,
+    sparse: Sparse,
+    cfg: CompareWarpConfig,
+    b: int,
+    fwhm: float,
+    peaks: np.ndarray | None = None,
 ) -> list[Restore]:
     """Static sources whose flux change in an epoch is measured where it is clipped.
 
@@ -69,50 +74,76 @@ def find_restorations(
     window at least ``cfg.threshold``), at the model's local maximum, where
     the fit with a constant is good (reduced chi-square at most
     ``cfg.variable_chi2_compact``).  One per source and epoch (the pixel
-    with the brightest model within ``fwhm`` binned pixels).
+    with the brightest model within ``fwhm`` binned pixels).  Every other
+    bright static source (``peaks``: the model's local maxima at S/N at
+    least ``cfg.restore_sn``) near epoch ``k``'s clipped pixels is a
+    candidate too, with no measured change (``alpha`` 0): the replacing
+    epochs may hold a variable at another brightness than epoch ``k``'s
+    even where ``k`` itself hardly differs from the model.
     """
     out: list[Restore] = []
     if cfg.restore_variables is False or cfg.variable_chi2_compact <= 0:
         return out
     wb = clip.shape[2]
+    c = (b - 1) / 2.0
     for k in range(clip.shape[0]):
-        parts = [p for p in sparse if p[0] == k]
-        if not parts:
-            continue
         if not clip[k].any():
             continue
         # The source need not be clipped at its peak: a bright variable's
         # halo is clipped alone where the rules keep its core.
         near = ndimage.binary_dilation(clip[k], structure=_disk(2 * fwhm))
-        idx = np.concatenate([p[1] for p in parts])
-        on = near.ravel()[idx]
-        if not on.any():
-            continue
-        msig, peak, msn, alpha, chi2c, bits = (
-            np.concatenate([p[i] for p in parts])[on] for i in (4, 5, 6, 7, 8, 9)
-        )
-        idx = idx[on]
-        ok = (
-            (msn >= cfg.threshold)
-            & (msig >= cfg.threshold)
-            & (peak >= 0.95)
-            & (chi2c <= cfg.variable_chi2_compact)
-            & np.isfinite(alpha)
-            & (alpha > -1.0)
-        )
-        if not ok.any():
-            continue
-        idx, msn, alpha, bits = idx[ok], msn[ok], alpha[ok], bits[ok]
-        order = np.argsort(-msn)
         taken: list[tuple[int, int]] = []
-        for i in order:
-            y, x = divmod(int(idx[i]), wb)
-            if any((y - ty) ** 2 + (x - tx) ** 2 <= fwhm * fwhm for ty, tx in taken):
-                continue
-            taken.append((y, x))
-            c = (b - 1) / 2.0
-            out.append(Restore(k, y * b + c, x * b + c, float(alpha[i]), int(bits[i])))
+        parts = [p for p in sparse if p[0] == k]
+        idx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        on = near.ravel()[idx]
+        if on.any():
+            _flagged_cores(k, idx, on, parts, cfg, wb, b, fwhm, taken, out)
+        if peaks is not None:
+            for i in np.flatnonzero((peaks & near).ravel()):
+                y, x = divmod(int(i), wb)
+                if any((y - ty) ** 2 + (x - tx) ** 2 <= fwhm * fwhm for ty, tx in taken):
+                    continue
+                taken.append((y, x))
+                out.append(Restore(k, y * b + c, x * b + c, 0.0, -1))
     return out
+
+
+def _flagged_cores(
+    k: int,
+    idx: np.ndarray,
+    on: np.ndarray,
+    parts: Sparse,
+    cfg: CompareWarpConfig,
+    wb: int,
+    b: int,
+    fwhm: float,
+    taken: list[tuple[int, int]],
+    out: list[Restore],
+) -> None:
+    """Sources where epoch ``k``'s change was measured (see :func:`find_restorations`)."""
+    msig, peak, msn, alpha, chi2c, bits = (
+        np.concatenate([p[i] for p in parts])[on] for i in (4, 5, 6, 7, 8, 9)
+    )
+    idx = idx[on]
+    ok = (
+        (msn >= cfg.threshold)
+        & (msig >= cfg.threshold)
+        & (peak >= 0.95)
+        & (chi2c <= cfg.variable_chi2_compact)
+        & np.isfinite(alpha)
+        & (alpha > -1.0)
+    )
+    if not ok.any():
+        return
+    idx, msn, alpha, bits = idx[ok], msn[ok], alpha[ok], bits[ok]
+    order = np.argsort(-msn)
+    c = (b - 1) / 2.0
+    for i in order:
+        y, x = divmod(int(idx[i]), wb)
+        if any((y - ty) ** 2 + (x - tx) ** 2 <= fwhm * fwhm for ty, tx in taken):
+            continue
+        taken.append((y, x))
+        out.append(Restore(k, y * b + c, x * b + c, float(alpha[i]), int(bits[i])))
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -155,6 +186,9 @@ def restore_targets(
     fw = [p.fwhm if p is not None else math.nan for p in psfs]
     big = max((f for f in fw if math.isfinite(f)), default=4.0)
     h = max(3, math.ceil(1.5 * big))
+    # Each source's photometry serves every epoch clipped over it.
+    cache: dict[tuple[int, int], tuple | None] = {}
+    kernels = _Kernels(psfs)
     for it in items:
         yc, xc = it.y - y0, it.x
         if not (0 <= yc < rows and 0 <= xc < cols):
@@ -162,26 +196,14 @@ def restore_targets(
         iy, ix = round(yc), round(xc)
         ys = slice(max(iy - h, 0), min(iy + h + 1, rows))
         xs = slice(max(ix - h, 0), min(ix + h + 1, cols))
-        w = np.where(kept[:, ys, xs], weights[:, None, None], 0.0)
-        wsum = w.sum(axis=0)
-        mean = np.where(wsum > 0, (w * img[:, ys, xs]).sum(axis=0) / np.maximum(wsum, 1e-30), 0)
-        cy, cx = _centroid(mean, iy - ys.start, ix - xs.start)
-        yy, xx = np.indices(mean.shape)
-        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        # The fit uses the core (one FWHM): a neighbour's wings hardly reach it.
-        core = r2 <= big * big
-        top = int(np.argmax(np.where(core, mean, -np.inf)))
-        if r2.ravel()[top] > 2.25:
-            continue  # a brighter source within the core: its flux, not ours
-        f = np.full(n, np.nan)
-        ef = np.full(n, np.nan)
-        for j in range(n):
-            p = psfs[j]
-            if p is None:
-                continue
-            f[j], ef[j] = _psf_flux(
-                img[j, ys, xs], var[j, ys, xs], kept[j, ys, xs] & core, p, cy, cx
+        if (iy, ix) not in cache:
+            cache[iy, ix] = _photometry(
+                img, var, kept, kept | clipped, weights, kernels, ys, xs, iy, ix, big
             )
+        meas = cache[iy, ix]
+        if meas is None:
+            continue
+        cy, cx, r2, mean, f, ef, g = meas
         others = [j for j in range(n) if j != it.k and np.isfinite(f[j])]
         if len(others) < max(3, n // 2):
             continue
@@ -206,65 +228,126 @@ def restore_targets(
             # ``pair_days`` of it (visits come in pairs within a night)
             # measure it better than the fit, which the artefact's own
             # light under the source biases.
-            dt = np.abs(np.asarray(times)[others] - times[it.k])
-            near = np.asarray(others)[dt <= min(pair_days, float(dt.min()) + 1e-9)]
-            if near.size:
-                target = float(np.mean(f[near]))
+            # A partner clipped there too is measured on all its pixels; an
+            # artefact only adds light, so of the partner's flux and epoch
+            # k's own (on all its pixels) the smaller is the less touched.
+            est = np.where(np.isfinite(f), f, g)
+            cand = [j for j in range(n) if j != it.k and np.isfinite(est[j])]
+            if cand:
+                dt = np.abs(np.asarray(times)[cand] - times[it.k])
+                near = np.asarray(cand)[dt <= min(pair_days, float(dt.min()) + 1e-9)]
+                if near.size:
+                    target = float(np.mean(est[near]))
+                    if np.isfinite(g[it.k]):
+                        target = min(target, float(g[it.k]))
         r = 2.0 * (fw[it.k] if math.isfinite(fw[it.k]) else big)
         disk = r2 <= r * r
         mask = np.zeros((rows, cols), dtype=bool)
         mask[ys, xs] = disk & clipped[it.k, ys, xs]
-        psf_k = psfs[it.k]
-        if not (mask.any() and target > 0 and psf_k is not None):
+        stamp_k = kernels.stamp(it.k, mean.shape, cy, cx)
+        if not (mask.any() and target > 0 and stamp_k is not None):
             continue
         prof = np.zeros((rows, cols), dtype=np.float32)
-        prof[ys, xs] = _psf_stamp(psf_k, mean.shape, cy, cx)
+        prof[ys, xs] = stamp_k
         out.append((it.k, mask, f, target, prof))
     return out
 
 
+def _photometry(
+    img: np.ndarray,
+    var: np.ndarray,
+    kept: np.ndarray,
+    usable: np.ndarray,
+    weights: np.ndarray,
+    kernels: _Kernels,
+    ys: slice,
+    xs: slice,
+    iy: int,
+    ix: int,
+    big: float,
+) -> tuple | None:
+    """Centre and every epoch's PSF flux of the source near (iy, ix) on the stamp
+    (ys, xs): ``(cy, cx, r2, mean, f, ef, g)``, or None beside a brighter source.
+    ``f`` uses the kept pixels, ``g`` every usable one (clipped ones too)."""
+    n = img.shape[0]
+    w = np.where(kept[:, ys, xs], weights[:, None, None], 0.0)
+    wsum = w.sum(axis=0)
+    mean = np.where(wsum > 0, (w * img[:, ys, xs]).sum(axis=0) / np.maximum(wsum, 1e-30), 0)
+    cy, cx = _centroid(mean, iy - ys.start, ix - xs.start)
+    yy, xx = np.indices(mean.shape)
+    r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    # The fit uses the core (one FWHM): a neighbour's wings hardly reach it.
+    core = r2 <= big * big
+    top = int(np.argmax(np.where(core, mean, -np.inf)))
+    if r2.ravel()[top] > 2.25:
+        return None  # a brighter source within the core: its flux, not ours
+    f = np.full(n, np.nan)
+    ef = np.full(n, np.nan)
+    g = np.full(n, np.nan)
+    for j in range(n):
+        p = kernels.stamp(j, mean.shape, cy, cx)
+        if p is None:
+            continue
+        x, v = img[j, ys, xs], var[j, ys, xs]
+        f[j], ef[j] = _psf_flux(x, v, kept[j, ys, xs] & core, p)
+        g[j], _ = _psf_flux(x, v, usable[j, ys, xs] & core, p)
+    return cy, cx, r2, mean, f, ef, g
+
+
 def _centroid(stamp: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
-    """Peak of ``stamp`` near (iy, ix), refined by its 3x3 first moment."""
+    """Peak of ``stamp`` near (iy, ix), refined to a sub-pixel position by a parabola
+    through the logarithms of the peak pixel and its neighbours (exact for a
+    Gaussian core; a first moment would pull it to the pixel's centre)."""
     ny, nx = stamp.shape
     ya, yb, xa, xb = max(iy - 2, 0), min(iy + 3, ny), max(ix - 2, 0), min(ix + 3, nx)
     win = stamp[ya:yb, xa:xb]
     qy, qx = np.unravel_index(int(np.argmax(win)), win.shape)
     py, px = int(qy) + ya, int(qx) + xa
-    sub = np.clip(stamp[max(py - 1, 0) : py + 2, max(px - 1, 0) : px + 2], 0, None)
-    if sub.sum() <= 0:
-        return float(py), float(px)
-    gy, gx = np.indices(sub.shape)
-    return (
-        float(max(py - 1, 0) + (gy * sub).sum() / sub.sum()),
-        float(max(px - 1, 0) + (gx * sub).sum() / sub.sum()),
-    )
+
+    def vertex(lo: float, mid: float, hi: float) -> float:
+        if min(lo, mid, hi) <= 0:
+            return 0.0
+        a, b, c = math.log(lo), math.log(mid), math.log(hi)
+        den = a - 2 * b + c
+        return float(np.clip(0.5 * (a - c) / den, -0.5, 0.5)) if den < 0 else 0.0
+
+    dy = vertex(stamp[py - 1, px], stamp[py, px], stamp[py + 1, px]) if 0 < py < ny - 1 else 0.0
+    dx = vertex(stamp[py, px - 1], stamp[py, px], stamp[py, px + 1]) if 0 < px < nx - 1 else 0.0
+    return py + dy, px + dx
 
 
-def _psf_stamp(psf: Psf, shape: tuple[int, ...], cy: float, cx: float) -> np.ndarray:
-    """``psf`` centred at (cy, cx) on a ``shape`` stamp (zero where it does not reach)."""
-    ny, nx = shape
-    size = max(psf.default_size(), 2 * max(ny, nx) + 1) | 1
-    half = size // 2
-    iy, ix = round(cy), round(cx)
-    k = psf.kernel(size, cx - ix, cy - iy)
-    return np.asarray(k[half - iy : half - iy + ny, half - ix : half - ix + nx], dtype=np.float32)
+class _Kernels:
+    """PSF kernels (whole flux, unit sum) per epoch and quarter-pixel centring, rendered once."""
+
+    def __init__(self, psfs: list[Psf | None]) -> None:
+        self.psfs = psfs
+        self.cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def stamp(self, j: int, shape: tuple[int, ...], cy: float, cx: float) -> np.ndarray | None:
+        """Epoch ``j``'s PSF centred at (cy, cx) on a ``shape`` stamp (0 beyond its reach)."""
+        psf = self.psfs[j]
+        if psf is None:
+            return None
+        iy, ix = round(cy), round(cx)
+        qy, qx = round(4 * (cy - iy)), round(4 * (cx - ix))
+        key = (j, qy, qx)
+        if key not in self.cache:
+            self.cache[key] = psf.kernel(psf.default_size(), qx / 4, qy / 4)
+        k = self.cache[key]
+        half = k.shape[0] // 2
+        ny, nx = shape
+        out = np.zeros(shape, dtype=np.float64)
+        y0, x0 = iy - half, ix - half  # stamp coordinates of the kernel's corner
+        ya, yb = max(y0, 0), min(y0 + k.shape[0], ny)
+        xa, xb = max(x0, 0), min(x0 + k.shape[1], nx)
+        if ya < yb and xa < xb:
+            out[ya:yb, xa:xb] = k[ya - y0 : yb - y0, xa - x0 : xb - x0]
+        return out
 
 
-def _psf_flux(
-    x: np.ndarray, v: np.ndarray, ok: np.ndarray, psf: Psf, cy: float, cx: float
-) -> tuple[float, float]:
-    """Least-squares PSF flux of ``x`` (variance ``v``, usable where ``ok``) at (cy, cx)
-    and its error; nan if the core is lost."""
-    size = max(psf.default_size(), 2 * max(x.shape) + 1) | 1
-    half = size // 2
-    iy, ix = round(cy), round(cx)
-    k = psf.kernel(size, cx - ix, cy - iy)
-    ny, nx = x.shape
-    ky = slice(half - iy, half - iy + ny)
-    kx = slice(half - ix, half - ix + nx)
-    p = k[ky, kx]
-    if p.shape != x.shape:
-        return math.nan, math.nan
+def _psf_flux(x: np.ndarray, v: np.ndarray, ok: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """Least-squares flux of ``x`` (variance ``v``, usable where ``ok``) with the
+    profile ``p`` (the PSF on the stamp) and its error; nan if the core is lost."""
     pk = np.where(ok, p, 0.0)
     # Half the PSF's weight must be measured, or the flux rests on wings.
     s2 = float(np.sum(pk * pk))

@@ -92,6 +92,7 @@ class CompareWarpConfig:
     line_static: float = 30.0
     line_source: float = 10.0
     restore_variables: bool = True
+    restore_sn: float = 20.0
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -169,6 +170,7 @@ def compare_warp(
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
     cover = np.zeros((hb, wb), dtype=np.uint8)
     static = np.zeros((hb, wb), dtype=bool)
+    peaks = np.zeros((hb, wb), dtype=bool)
     lines = (
         [LineAccumulator((hb, wb), cfg.line_block, cfg.grow_threshold) for _ in range(n)]
         if cfg.line_threshold > 0
@@ -214,7 +216,21 @@ def compare_warp(
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         rb = slice(y0 // b, y0 // b + (core.stop - core.start))
         _differences(
-            matched, mvar, ok, weights, cfg, core, rb, fw, wb, codes, cover, sparse, lines, static
+            matched,
+            mvar,
+            ok,
+            weights,
+            cfg,
+            core,
+            rb,
+            fw,
+            wb,
+            codes,
+            cover,
+            sparse,
+            lines,
+            static,
+            peaks,
         )
         if bar is not None:
             bar.advance(1, "outlier detection")
@@ -240,7 +256,7 @@ def compare_warp(
                 n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
     # Variable sources under clipped pixels keep their clipped epoch's flux.
-    restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b)
+    restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
     times = [float(m.info.mjd) for m in stack.members]
     del sparse
 
@@ -348,6 +364,7 @@ def _differences(
     sparse: Sparse,
     lines: list[LineAccumulator] | None = None,
     static: np.ndarray | None = None,
+    peaks: np.ndarray | None = None,
 ) -> None:
     """Leave-one-out differences of a band: outlier codes, coverage and the
     sparse data of the variable-source test (written into the arguments)."""
@@ -380,6 +397,10 @@ def _differences(
     model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
     if static is not None:
         static[rb] |= model_sn > np.float32(cfg.line_static)
+    if peaks is not None and cfg.restore_variables:
+        # Bright static sources (candidates for restoring a variable's flux).
+        top = ndimage.maximum_filter(model_sn, size=3)
+        peaks[rb] |= (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))
     quiet = None
     if lines is not None:
         # PSF-matching residuals of static sources are the heavy tail of the
