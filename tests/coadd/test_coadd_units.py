@@ -378,7 +378,7 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     assert plain < truth * 0.85  # epoch 0's bright star was replaced by fainter ones
     items = [Restore(0, cy, cx, alpha=0.0)]
     targets = restore_targets(items, 0, img, var, kept, clipped, weights, psfs, times=times)
-    assert len(targets) == 1 and abs(targets[0][3] - 9000.0) < 150
+    assert len(targets) == 1 and abs(targets[0].target - 9000.0) < 150
     assert abs(coadd_flux(targets) - truth) < 0.01 * truth
     # A constant star is left alone: nothing to restore.
     flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import ndimage, optimize
 
-from skydm.coadd._cw_restore import replacement_correction
+from skydm.coadd._cw_restore import Target, replacement_correction
 from skydm.image.psf import GAUSS_FWHM, Psf
 
 
@@ -198,7 +198,7 @@ def imputation_coefficients(
     clipped: np.ndarray,
     weights: np.ndarray,
     widths2: np.ndarray,
-    restore: list[tuple[int, np.ndarray, np.ndarray, float, np.ndarray]] | None = None,
+    restore: list[Target] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Per-pixel coefficients of every epoch in the coadd, clipped pixels replaced.
 
@@ -219,12 +219,11 @@ def imputation_coefficients(
         ``(n, rows, columns)`` bool, usable but clipped.
     weights, widths2 : numpy.ndarray
         Per epoch, the scalar weight and the PSF's squared width.
-    restore : list, optional
-        ``(k, mask, f, target, prof)`` from
-        :func:`skydm.coadd._cw_restore.restore_targets`: inside ``mask``
-        epoch ``k``'s replacement gets the variable source's PSF profile
-        ``prof`` times the difference between ``target`` (its flux in epoch
-        ``k``) and the replacing epochs' fluxes ``f``.
+    restore : list of Target, optional
+        From :func:`skydm.coadd._cw_restore.restore_targets`: on each
+        target's stamp, epoch ``k``'s replacement gets the variable source's
+        PSF profile times the difference between its flux in epoch ``k``
+        and the replacing epochs' fluxes.
 
     Returns
     -------
@@ -245,16 +244,23 @@ def imputation_coefficients(
             continue
         share = replacement_shares(kept, ys, xs, k, weights, widths2)
         wk_ = np.float32(weights[k])
-        for kk, mask, f, target, prof in restore or []:
-            if kk != k:
-                continue
-            inside = mask[ys, xs]
-            if not inside.any():
-                continue
-            add = replacement_correction(share[:, inside], f, target)
+        mine = [t for t in restore or [] if t.k == k]
+        if mine:
+            # Position of each replaced pixel in (ys, xs), by flat index.
+            cols = kept.shape[2]
+            where = np.full(kept.shape[1] * cols, -1, dtype=np.int64)
+            where[ys * cols + xs] = np.arange(ys.size)
             if extra is None:
                 extra = np.zeros(kept.shape[1:], dtype=np.float32)
-            extra[ys[inside], xs[inside]] += wk_ * add * prof[ys[inside], xs[inside]]
+            for t in mine:
+                my, mx = np.nonzero(t.mask)
+                py, px = my + t.y0, mx + t.x0
+                i = where[py * cols + px]
+                ok = i >= 0
+                if not ok.any():
+                    continue
+                add = replacement_correction(share[:, i[ok]], t.f, t.target)
+                extra[py[ok], px[ok]] += wk_ * add * t.prof[my[ok], mx[ok]]
         coef[:, ys, xs] += wk_ * share
     return coef, coef.sum(axis=0), extra
 

@@ -59,6 +59,21 @@ class Restore:
     model: int = -1  # epochs in the model there, as bits (-1: all)
 
 
+@dataclass(frozen=True)
+class Target:
+    """A restoration at assembly: on a stamp at (y0, x0) of the band, epoch ``k``'s
+    replaced pixels ``mask`` get ``prof`` (its PSF there, unit sum) times the
+    difference between ``target`` and the replacing epochs' fluxes ``f``."""
+
+    k: int
+    y0: int
+    x0: int
+    mask: np.ndarray
+    f: np.ndarray
+    target: float
+    prof: np.ndarray
+
+
 def find_restorations(
     clip: np.ndarray,
     sparse: Sparse,
@@ -166,8 +181,8 @@ def restore_targets(
     variable_floor: float = 0.03,
     times: list[float] | None = None,
     pair_days: float = 0.1,
-) -> list[tuple[int, np.ndarray, np.ndarray, float, np.ndarray]]:
-    """Per restoration in this band (rows ``y0`` on): ``(k, mask, f, target, prof)``.
+) -> list[Target]:
+    """Per restoration in this band (rows ``y0`` on), a :class:`Target`.
 
     Sources whose PSF fluxes in the other epochs are consistent with a
     constant (reduced chi-square at most ``variable_spread``, errors from the
@@ -181,7 +196,7 @@ def restore_targets(
     ``target`` the flux that epoch ``k``'s replacement should have, ``prof``
     epoch ``k``'s PSF at the source (unit sum).
     """
-    out: list[tuple[int, np.ndarray, np.ndarray, float, np.ndarray]] = []
+    out: list[Target] = []
     n, rows, cols = img.shape
     fw = [p.fwhm if p is not None else math.nan for p in psfs]
     big = max((f for f in fw if math.isfinite(f)), default=4.0)
@@ -242,14 +257,11 @@ def restore_targets(
                         target = min(target, float(g[it.k]))
         r = 2.0 * (fw[it.k] if math.isfinite(fw[it.k]) else big)
         disk = r2 <= r * r
-        mask = np.zeros((rows, cols), dtype=bool)
-        mask[ys, xs] = disk & clipped[it.k, ys, xs]
-        stamp_k = kernels.stamp(it.k, mean.shape, cy, cx)
-        if not (mask.any() and target > 0 and stamp_k is not None):
+        mask = disk & clipped[it.k, ys, xs]
+        prof = kernels.stamp(it.k, mean.shape, cy, cx)
+        if not (mask.any() and target > 0 and prof is not None):
             continue
-        prof = np.zeros((rows, cols), dtype=np.float32)
-        prof[ys, xs] = stamp_k
-        out.append((it.k, mask, f, target, prof))
+        out.append(Target(it.k, ys.start, xs.start, mask, f, target, prof.astype(np.float32)))
     return out
 
 
