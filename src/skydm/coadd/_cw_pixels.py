@@ -242,7 +242,7 @@ def imputation_coefficients(
         ys, xs = np.nonzero(clipped[k])
         if ys.size == 0:
             continue
-        share = replacement_shares(kept, ys, xs, k, weights, widths2)
+        cand, share = replacement_shares(kept, ys, xs, k, weights, widths2)
         wk_ = np.float32(weights[k])
         mine = [t for t in restore or [] if t.k == k]
         if mine:
@@ -259,9 +259,11 @@ def imputation_coefficients(
                 ok = i >= 0
                 if not ok.any():
                     continue
-                add = replacement_correction(share[:, i[ok]], t.f, t.target)
+                add = replacement_correction(cand[:, i[ok]], share[:, i[ok]], t.f, t.target)
                 extra[py[ok], px[ok]] += wk_ * add * t.prof[my[ok], mx[ok]]
-        coef[:, ys, xs] += wk_ * share
+        for r in range(cand.shape[0]):
+            sel = cand[r] >= 0
+            coef[cand[r, sel], ys[sel], xs[sel]] += wk_ * share[r, sel]
     return coef, coef.sum(axis=0), extra
 
 
@@ -273,69 +275,71 @@ def replacement_shares(
     weights: np.ndarray,
     widths2: np.ndarray,
     per_side: int = 2,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Per pixel (ys, xs), the mixture of kept epochs that replaces epoch ``k``.
 
-    ``(n, m)`` shares ``c_j`` of the ``per_side`` kept epochs nearest in PSF
-    width on either side of ``k`` (0: all kept epochs), summing to 1, with
-    the PSF second moment of epoch ``k`` (``sum c_j widths2_j = widths2_k``) and the least noise
-    (``sum c_j^2 / w_j`` smallest, with each epoch's noise variance taken as
+    The ``per_side`` kept epochs nearest in PSF width on either side of
+    ``k``'s (a mixture of widely different PSFs matches the second moment
+    but not the profile, and a star partly under the clip would change
+    flux) get shares ``c_j`` summing to 1, with the PSF second moment of
+    epoch ``k`` (``sum c_j widths2_j = widths2_k``) and the least noise
+    (``sum c_j^2 / w_j`` smallest, each epoch's noise variance taken as
     ``1 / w_j``): ``c_j = w_j (l0 + l1 widths2_j)``, the two multipliers
-    solving the constraints.  Where epoch ``k``'s width lies outside those
-    of the kept epochs (only sharper or only broader ones left), or they all
-    have one width, the nearest kept epoch in width replaces it alone; a
-    pixel with no kept epoch gets no share (it is dropped).
+    solving the constraints.  Where only sharper or only broader epochs are
+    kept, or they all have one width, the nearest one replaces ``k`` alone;
+    a pixel with no kept epoch gets no share (it is dropped).
+
+    Returns
+    -------
+    epochs : numpy.ndarray
+        ``(2 per_side, m)`` candidate epochs per pixel (-1: none).
+    shares : numpy.ndarray
+        ``(2 per_side, m)`` their shares.
     """
-    kk = kept[:, ys, xs]
-    kk[k] = False
-    if per_side > 0:
-        # Only the epochs nearest in width on either side: a mixture of
-        # widely different PSFs matches the second moment but not the
-        # profile, and a star partly under the clip would change flux.
-        t0 = float(widths2[k])
-        below = [j for j in np.argsort(-widths2, kind="stable") if widths2[j] <= t0 and j != k]
-        above = [j for j in np.argsort(widths2, kind="stable") if widths2[j] > t0]
-        sel = np.zeros_like(kk)
-        for order in (below, above):
-            if order:
-                on = kk[order]
-                rank = np.cumsum(on, axis=0)
-                sel[order] = on & (rank <= per_side)
-        kk = sel
-    u = np.where(kk, weights[:, None], 0.0)
-    w2 = widths2[:, None]
+    t = float(widths2[k])
+    others = [j for j in range(kept.shape[0]) if j != k]
+    below = sorted((j for j in others if widths2[j] <= t), key=lambda j: -widths2[j])
+    above = sorted((j for j in others if widths2[j] > t), key=lambda j: widths2[j])
+    cand = np.vstack(
+        [
+            _nearest_available(kept, below, ys, xs, per_side),
+            _nearest_available(kept, above, ys, xs, per_side),
+        ]
+    )
+    has = cand >= 0
+    u = np.where(has, weights[np.maximum(cand, 0)], 0.0)
+    w2 = widths2[np.maximum(cand, 0)]
     s0 = u.sum(axis=0)
     s1 = (u * w2).sum(axis=0)
     s2 = (u * w2 * w2).sum(axis=0)
-    t = float(widths2[k])
     det = s0 * s2 - s1 * s1
-    big = np.where(kk, w2, -np.inf).max(axis=0)
-    small = np.where(kk, w2, np.inf).min(axis=0)
-    ok = (s0 > 0) & (small <= t) & (t <= big) & (det > 1e-9 * np.maximum(s0 * s2, 1e-300))
+    both = has[0] & has[per_side]  # a kept epoch on either side
+    ok = both & (det > 1e-9 * np.maximum(s0 * s2, 1e-300))
     safe = np.where(ok, det, 1.0)
     l0 = (s2 - s1 * t) / safe
     l1 = (s0 * t - s1) / safe
     share = np.where(ok[None, :], u * (l0 + l1 * w2), 0.0)
-    # The nearest kept epoch in width, where the constraints cannot be met.
-    alone = ~ok & (s0 > 0)
+    # The nearest kept epoch alone, where the constraints cannot be met.
+    alone = ~ok & has.any(axis=0)
     if alone.any():
-        dist = np.where(kk[:, alone], np.abs(w2 - t), np.inf)
-        j = np.argmin(dist, axis=0)
-        col = np.flatnonzero(alone)
-        share[j, col] = 1.0
-    return share.astype(np.float32)
+        dist = np.where(has[:, alone], np.abs(w2[:, alone] - t), np.inf)
+        share[np.argmin(dist, axis=0), np.flatnonzero(alone)] = 1.0
+    return cand, share.astype(np.float32)
 
 
-def _first_available(
-    kept: np.ndarray, order: list[int], ys: np.ndarray, xs: np.ndarray
+def _nearest_available(
+    kept: np.ndarray, order: list[int], ys: np.ndarray, xs: np.ndarray, count: int
 ) -> np.ndarray:
-    """For each pixel (ys, xs), the first epoch of ``order`` kept there (-1 if none)."""
-    out = np.full(ys.size, -1, dtype=np.int64)
+    """For each pixel (ys, xs), the first ``count`` epochs of ``order`` kept there
+    (``(count, m)``, -1 where fewer)."""
+    out = np.full((count, ys.size), -1, dtype=np.int64)
+    found = np.zeros(ys.size, dtype=np.int64)
     for j in order:
-        todo = out < 0
-        if not todo.any():
+        todo = np.flatnonzero(found < count)
+        if todo.size == 0:
             break
-        idx = np.flatnonzero(todo)
-        ok = kept[j, ys[idx], xs[idx]]
-        out[idx[ok]] = j
+        ok = kept[j, ys[todo], xs[todo]]
+        hit = todo[ok]
+        out[found[hit], hit] = j
+        found[hit] += 1
     return out

@@ -106,7 +106,8 @@ def find_restorations(
             continue
         # The source need not be clipped at its peak: a bright variable's
         # halo is clipped alone where the rules keep its core.
-        near = ndimage.binary_dilation(clip[k], structure=_disk(2 * fwhm))
+        reach = 2 * math.ceil(2 * fwhm) + 1
+        near = ndimage.maximum_filter(clip[k].view(np.uint8), size=reach) > 0
         taken: list[tuple[int, int]] = []
         parts = [p for p in sparse if p[0] == k]
         idx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
@@ -181,6 +182,7 @@ def restore_targets(
     variable_floor: float = 0.03,
     times: list[float] | None = None,
     pair_days: float = 0.1,
+    kernels: Kernels | None = None,
 ) -> list[Target]:
     """Per restoration in this band (rows ``y0`` on), a :class:`Target`.
 
@@ -203,7 +205,7 @@ def restore_targets(
     h = max(3, math.ceil(1.5 * big))
     # Each source's photometry serves every epoch clipped over it.
     cache: dict[tuple[int, int], tuple | None] = {}
-    kernels = _Kernels(psfs)
+    kernels = kernels or Kernels(psfs, 2 * h + 5)
     for it in items:
         yc, xc = it.y - y0, it.x
         if not (0 <= yc < rows and 0 <= xc < cols):
@@ -271,7 +273,7 @@ def _photometry(
     kept: np.ndarray,
     usable: np.ndarray,
     weights: np.ndarray,
-    kernels: _Kernels,
+    kernels: Kernels,
     ys: slice,
     xs: slice,
     iy: int,
@@ -293,16 +295,14 @@ def _photometry(
     top = int(np.argmax(np.where(core, mean, -np.inf)))
     if r2.ravel()[top] > 2.25:
         return None  # a brighter source within the core: its flux, not ours
-    f = np.full(n, np.nan)
-    ef = np.full(n, np.nan)
-    g = np.full(n, np.nan)
+    prof = np.zeros((n, *mean.shape))
     for j in range(n):
         p = kernels.stamp(j, mean.shape, cy, cx)
-        if p is None:
-            continue
-        x, v = img[j, ys, xs], var[j, ys, xs]
-        f[j], ef[j] = _psf_flux(x, v, kept[j, ys, xs] & core, p)
-        g[j], _ = _psf_flux(x, v, usable[j, ys, xs] & core, p)
+        if p is not None:
+            prof[j] = p
+    x, v = img[:, ys, xs], var[:, ys, xs]
+    f, ef = _psf_flux(x, v, kept[:, ys, xs] & core, prof)
+    g, _ = _psf_flux(x, v, usable[:, ys, xs] & core, prof)
     return cy, cx, r2, mean, f, ef, g
 
 
@@ -328,12 +328,28 @@ def _centroid(stamp: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
     return py + dy, px + dx
 
 
-class _Kernels:
-    """PSF kernels (whole flux, unit sum) per epoch and quarter-pixel centring, rendered once."""
+class Kernels:
+    """PSF kernels per epoch and quarter-pixel centring, rendered once.
 
-    def __init__(self, psfs: list[Psf | None]) -> None:
+    Only ``size`` pixels (the photometry stamps' reach) are rendered; each is
+    scaled from unit sum to the flux fraction that its centred default-size
+    kernel puts in that window, so that all are in units of total flux.
+    """
+
+    def __init__(self, psfs: list[Psf | None], size: int | None = None) -> None:
         self.psfs = psfs
+        self.size = size
         self.cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self.frac: dict[int, tuple[int, float]] = {}
+
+    def _window(self, j: int, psf: Psf) -> tuple[int, float]:
+        if j not in self.frac:
+            full = psf.default_size()
+            size = min(full, self.size | 1) if self.size else full
+            k = psf.kernel(full)
+            c, h = full // 2, size // 2
+            self.frac[j] = (size, float(k[c - h : c + h + 1, c - h : c + h + 1].sum()))
+        return self.frac[j]
 
     def stamp(self, j: int, shape: tuple[int, ...], cy: float, cx: float) -> np.ndarray | None:
         """Epoch ``j``'s PSF centred at (cy, cx) on a ``shape`` stamp (0 beyond its reach)."""
@@ -344,7 +360,8 @@ class _Kernels:
         qy, qx = round(4 * (cy - iy)), round(4 * (cx - ix))
         key = (j, qy, qx)
         if key not in self.cache:
-            self.cache[key] = psf.kernel(psf.default_size(), qx / 4, qy / 4)
+            size, frac = self._window(j, psf)
+            self.cache[key] = psf.kernel(size, qx / 4, qy / 4) * frac
         k = self.cache[key]
         half = k.shape[0] // 2
         ny, nx = shape
@@ -357,25 +374,32 @@ class _Kernels:
         return out
 
 
-def _psf_flux(x: np.ndarray, v: np.ndarray, ok: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """Least-squares flux of ``x`` (variance ``v``, usable where ``ok``) with the
-    profile ``p`` (the PSF on the stamp) and its error; nan if the core is lost."""
+def _psf_flux(
+    x: np.ndarray, v: np.ndarray, ok: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per epoch, the least-squares flux of ``x`` (variance ``v``, usable where
+    ``ok``; ``(n, h, w)``) with the profile ``p`` (each epoch's PSF on the stamp)
+    and its error; nan where less than half the PSF's weight is usable (the
+    flux would rest on the wings) or the PSF is unknown."""
     pk = np.where(ok, p, 0.0)
-    # Half the PSF's weight must be measured, or the flux rests on wings.
-    s2 = float(np.sum(pk * pk))
-    if s2 < 0.5 * np.sum(p * p):
-        return math.nan, math.nan
-    err = math.sqrt(float(np.sum(pk * pk * np.where(ok, v, 0.0)))) / s2
-    return float(np.sum(pk * x)) / s2, err
+    s2 = (pk * pk).sum(axis=(1, 2))
+    full = (p * p).sum(axis=(1, 2))
+    good = (full > 0) & (s2 >= 0.5 * full)
+    safe = np.where(good, s2, 1.0)
+    flux = (pk * x).sum(axis=(1, 2)) / safe
+    err = np.sqrt((pk * pk * np.where(ok, v, 0.0)).sum(axis=(1, 2))) / safe
+    return np.where(good, flux, np.nan), np.where(good, err, np.nan)
 
 
-def replacement_correction(share: np.ndarray, f: np.ndarray, target: float) -> np.ndarray:
+def replacement_correction(
+    epochs: np.ndarray, share: np.ndarray, f: np.ndarray, target: float
+) -> np.ndarray:
     """Per replaced pixel, the flux to add (times the PSF there) so that the
-    mixture with ``share`` (``(n, m)``, from
+    mixture of ``epochs`` with ``share`` (``(r, m)``, from
     :func:`skydm.coadd._cw_pixels.replacement_shares`) holds the source at
     ``target``; 0 where a replacing epoch's flux is unknown."""
-    known = np.isfinite(f)
-    fin = np.where(known, f, 0.0)
-    mix = (share * fin[:, None]).sum(axis=0)
-    ok = ~((share != 0) & ~known[:, None]).any(axis=0)
+    fe = np.where(epochs >= 0, f[np.maximum(epochs, 0)], 0.0)
+    used = (epochs >= 0) & (share != 0)
+    ok = ~(used & ~np.isfinite(fe)).any(axis=0)
+    mix = np.where(used, share * np.where(np.isfinite(fe), fe, 0.0), 0.0).sum(axis=0)
     return np.where(ok, target - mix, 0.0).astype(np.float32)

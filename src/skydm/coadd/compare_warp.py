@@ -55,7 +55,7 @@ from skydm.coadd._cw_pixels import (
     matching_sigmas,
     sharpness_bound,
 )
-from skydm.coadd._cw_restore import find_restorations, restore_targets
+from skydm.coadd._cw_restore import Kernels, find_restorations, restore_targets
 from skydm.coadd._cw_rules import Sparse, clip_maps
 from skydm.coadd.assemble import _coadd_exposure, clip_outliers
 from skydm.coadd.stack import WarpStack, check_rows
@@ -258,6 +258,8 @@ def compare_warp(
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
     times = [float(m.info.mjd) for m in stack.members]
+    big = float(np.nanmax(fwhms)) if np.isfinite(fwhms).any() else 4.0
+    kernels = Kernels(psfs, 2 * max(3, math.ceil(1.5 * big)) + 5)
     del sparse
 
     # Pass 3: the original warps, clipped pixels replaced (PSF-preserving).
@@ -280,7 +282,9 @@ def compare_warp(
             c[k].reshape(-1)[idx] = True
         clipped = good & c
         kept = good & ~c
-        targets = restore_targets(restore, y0, img, var, kept, clipped, weights, psfs, times=times)
+        targets = restore_targets(
+            restore, y0, img, var, kept, clipped, weights, psfs, times=times, kernels=kernels
+        )
         coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, targets)
         m, v, ws = _combine(img, var, coef, norm, extra)
         image[y0:y1], variance[y0:y1] = m, v
