@@ -383,3 +383,30 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     # A constant star is left alone: nothing to restore.
     flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)
     assert restore_targets(items, 0, flat, var, kept, clipped, weights, psfs, times=times) == []
+
+
+def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:
+    """The Laplacian takes the missing neighbour beyond the edge as the one
+    opposite: a star cut by the edge stays within its PSF's sharpness, while
+    a hit on the edge is still found."""
+    from skydm.coadd._cw_pixels import cosmic_rays, laplacian_scale, sharpness_bound
+
+    rng = np.random.default_rng(11)
+    psf = GaussianPsf(1.5)
+    img = rng.normal(0.0, 10.0, (1, 40, 40)).astype(np.float32)
+    img[0, :8, 6:23] += 2e5 * psf.kernel(17)[8:16, :]  # a bright star centred on row 0
+    img[0, 0, 33] += 400.0  # a cosmic ray on the edge
+    var = np.full(img.shape, 100.0, dtype=np.float32)
+    good = np.ones(img.shape, dtype=bool)
+    hits = cosmic_rays(
+        img,
+        var,
+        good,
+        np.array([sharpness_bound(psf)]),
+        threshold=5.0,
+        margin=1.3,
+        sharp=1.5,
+        scales=laplacian_scale(img, var, good),
+    )
+    assert not hits[0, :10, 4:25].any()
+    assert hits[0, 0, 33]

@@ -76,12 +76,22 @@ def matching_sigmas(psfs: list[Psf | None], extra: float) -> tuple[np.ndarray, f
 
 
 def laplacian(x: np.ndarray) -> np.ndarray:
-    """Discrete Laplacian ``4 x - (sum of the 4 neighbours)`` over the last two axes."""
+    """Discrete Laplacian ``4 x - (sum of the 4 neighbours)`` over the last two axes.
+
+    At the edges the missing neighbour is the one opposite (reflection):
+    taken as 0 it would make every source on the edge look sharp.
+    """
     lap = 4 * x
     lap[..., 1:, :] -= x[..., :-1, :]
     lap[..., :-1, :] -= x[..., 1:, :]
     lap[..., :, 1:] -= x[..., :, :-1]
     lap[..., :, :-1] -= x[..., :, 1:]
+    if x.shape[-2] > 1:
+        lap[..., 0, :] -= x[..., 1, :]
+        lap[..., -1, :] -= x[..., -2, :]
+    if x.shape[-1] > 1:
+        lap[..., :, 0] -= x[..., :, 1]
+        lap[..., :, -1] -= x[..., :, -2]
     return lap
 
 
