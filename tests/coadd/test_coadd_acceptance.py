@@ -18,6 +18,7 @@ from skydm.coadd.scoring import (
     SimWarps,
     score,
     spurious_detections,
+    variable_flux_ratios,
     warps_from_survey,
 )
 from skydm.image import Exposure
@@ -67,10 +68,9 @@ def test_every_artefact_class_is_present(scored: tuple[int, SimWarps, dict]) -> 
 
 KNOWN = (
     "not met in every realisation (docs/coadd.md, 'Status'): over seeds 1-5 of the "
-    "realistic-dither field it holds on 4 of 5 fields with 20 epochs and 1 of 5 with 8; "
-    "misses: a strong variable under a bright trail (its epoch's flux is lost, -0.43), a slow "
-    "asteroid over a real transient (0.54), faint cosmic-ray tracks (0.04) and the noise of "
-    "replaced pixels (-0.05)"
+    "realistic-dither field it holds on 7 of 10 fields (both test fields too); misses: faint "
+    "cosmic-ray tracks (0.042 with 8 epochs, 0.027 with 20) and a faint ghost's halo (0.036, "
+    "8 epochs)"
 )
 
 
@@ -78,9 +78,10 @@ def test_leakage_is_well_below_the_plain_mean_for_every_class(
     scored: tuple[int, SimWarps, dict],
 ) -> None:
     n, _, result = scored
+    # Holds on every field of the seeds 1-5 sweep (docs/coadd.md, 'Status'):
+    # worst 0.042 (faint cosmic-ray tracks), lowest -0.0497.
     for cls, value in result["leakage"].items():
-        assert -0.1 < value <= 0.1, f"{n} epochs: {cls} leaks {value:.4f}"
-    assert result["leakage_max"] <= 0.05
+        assert -0.05 < value <= 0.05, f"{n} epochs: {cls} leaks {value:.4f}"
 
 
 @pytest.mark.xfail(reason=KNOWN, strict=False)
@@ -114,15 +115,28 @@ def test_variable_stars_keep_their_flux(scored: tuple[int, SimWarps, dict]) -> N
     if ratios.size == 0:
         # Nothing to judge: with 20 visits the trails cover almost every
         # variable (over seeds 1-5 one 20-epoch field has two clear ones, at
-        # 1.007 and 0.984); docs/coadd.md, 'Status'.
+        # 1.000 and 0.998); docs/coadd.md, 'Status'.
         pytest.xfail("no variable clear of every artefact in this field")
     assert np.all(np.abs(ratios - 1.0) <= 0.01), ratios
 
 
+def test_without_artefacts_every_variable_keeps_its_flux(
+    scored: tuple[int, SimWarps, dict],
+) -> None:
+    """CompareWarp of the artefact-free twins against their plain mean: nothing
+    to reject, so every variable, even one clipped as an outlier, keeps its
+    flux (59 of the 60 variables of the seeds 1-5 sweep within 1%, the other
+    at 1.018; docs/coadd.md, 'Status')."""
+    _, sim, result = scored
+    ratios = variable_flux_ratios(result["coadd_clean"], result["ref_clean"], sim.truth)
+    assert ratios.size == 6
+    assert np.all(np.abs(ratios - 1.0) <= 0.01), ratios
+
+
 @pytest.mark.xfail(
-    reason="the noise of replaced pixels lifts a few faint sources from S/N 3.5-4 to >= 5: "
-    "0-3 on 8 of 10 realistic fields, 15 on one, 7 on the 8-epoch test field "
-    "(docs/coadd.md, 'Status')",
+    reason="the noise of replaced pixels (or a faint trail's light) lifts a few sources from "
+    "S/N 3.9-4 to >= 5: 0 on 4 of 10 realistic fields and the 20-epoch test field, 1-3 on the "
+    "others, 2 on the 8-epoch test field (docs/coadd.md, 'Status')",
     strict=False,
 )
 def test_no_spurious_detections(scored: tuple[int, SimWarps, dict]) -> None:
