@@ -29,9 +29,14 @@ The algorithm, in three passes over bands of rows:
    it off; :mod:`skydm.coadd._cw_lines`).  Clipped footprints are grown by
    ``grow_fwhm`` target-PSF FWHMs to take the wings of bright artefacts.
 3. **Assembly.**  The original (not PSF-matched) warps are averaged with
-   their scalar inverse-variance weights, leaving out clipped pixels; the
-   coadd mask gets ``CLIPPED`` where a pixel was clipped from some epoch and
-   ``NO_DATA`` where no epoch is left.
+   their scalar inverse-variance weights; a clipped pixel of an epoch is
+   replaced by the least-noise mixture of the kept epochs nearest in PSF
+   width that has its PSF second moment
+   (:func:`skydm.coadd._cw_pixels.replacement_shares`), and where it lies on
+   a variable source the replacement is corrected to that epoch's own flux
+   of the source (``restore_variables``; :mod:`skydm.coadd._cw_restore`).
+   The coadd mask gets ``CLIPPED`` where a pixel was clipped from some
+   epoch and ``NO_DATA`` where no epoch is left.
 
 Memory holds one band of rows of the stack plus one byte per binned pixel
 per epoch.
