@@ -410,3 +410,18 @@ def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:
     )
     assert not hits[0, :10, 4:25].any()
     assert hits[0, 0, 33]
+
+
+def test_restoration_stamps_are_split_between_bands() -> None:
+    """A restoration measured in one band of rows is applied to every band its
+    stamp reaches, each row once."""
+    from skydm.coadd._cw_restore import Target, split_targets
+
+    mask = np.ones((10, 4), dtype=bool)
+    prof = np.arange(40, dtype=np.float32).reshape(10, 4)
+    t = Target(0, 95, 3, mask, np.ones(2), 1.0, prof)  # image rows 95-104
+    now, later = split_targets([t], 90, 100)
+    assert len(now) == 1 and now[0].y0 == 5 and now[0].mask.shape == (5, 4)
+    assert np.array_equal(now[0].prof, prof[:5]) and later == [t]
+    now, later = split_targets(later, 100, 110)
+    assert now[0].y0 == 0 and np.array_equal(now[0].prof, prof[5:]) and later == []

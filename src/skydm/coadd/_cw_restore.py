@@ -73,6 +73,26 @@ class Target:
     target: float
     prof: np.ndarray
 
+    def moved(self, dy: int) -> Target:
+        """The same target with its row origin moved by ``dy``."""
+        return Target(self.k, self.y0 + dy, self.x0, self.mask, self.f, self.target, self.prof)
+
+
+def split_targets(targets: list[Target], y0: int, y1: int) -> tuple[list[Target], list[Target]]:
+    """Targets (image rows) cut to the band ``[y0, y1)`` (band rows), and those
+    that reach rows at or after ``y1`` (image rows, for the next bands)."""
+    now: list[Target] = []
+    later: list[Target] = []
+    for t in targets:
+        top, bottom = t.y0, t.y0 + t.mask.shape[0]
+        r0, r1 = max(top, y0), min(bottom, y1)
+        if r0 < r1:
+            a, b = r0 - top, r1 - top
+            now.append(Target(t.k, r0 - y0, t.x0, t.mask[a:b], t.f, t.target, t.prof[a:b]))
+        if bottom > y1:
+            later.append(t)
+    return now, later
+
 
 def find_restorations(
     clip: np.ndarray,
@@ -200,12 +220,11 @@ def restore_targets(
     """
     out: list[Target] = []
     n, rows, cols = img.shape
+    kernels = kernels or Kernels(psfs)
     fw = [p.fwhm if p is not None else math.nan for p in psfs]
-    big = max((f for f in fw if math.isfinite(f)), default=4.0)
-    h = max(3, math.ceil(1.5 * big))
+    big, h = kernels.big, kernels.half
     # Each source's photometry serves every epoch clipped over it.
     cache: dict[tuple[int, int], tuple | None] = {}
-    kernels = kernels or Kernels(psfs, 2 * h + 5)
     for it in items:
         yc, xc = it.y - y0, it.x
         if not (0 <= yc < rows and 0 <= xc < cols):
@@ -336,16 +355,21 @@ class Kernels:
     kernel puts in that window, so that all are in units of total flux.
     """
 
-    def __init__(self, psfs: list[Psf | None], size: int | None = None) -> None:
+    def __init__(self, psfs: list[Psf | None]) -> None:
         self.psfs = psfs
-        self.size = size
+        fw = [p.fwhm for p in psfs if p is not None and math.isfinite(p.fwhm)]
+        #: The broadest FWHM; photometry uses the core within it.
+        self.big = max(fw, default=4.0)
+        #: Half-side of the photometry stamps.
+        self.half = max(3, math.ceil(1.5 * self.big))
+        self.size = 2 * self.half + 5
         self.cache: dict[tuple[int, int, int], np.ndarray] = {}
         self.frac: dict[int, tuple[int, float]] = {}
 
     def _window(self, j: int, psf: Psf) -> tuple[int, float]:
         if j not in self.frac:
             full = psf.default_size()
-            size = min(full, self.size | 1) if self.size else full
+            size = min(full, self.size | 1)
             k = psf.kernel(full)
             c, h = full // 2, size // 2
             self.frac[j] = (size, float(k[c - h : c + h + 1, c - h : c + h + 1].sum()))

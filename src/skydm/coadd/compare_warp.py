@@ -60,7 +60,13 @@ from skydm.coadd._cw_pixels import (
     matching_sigmas,
     sharpness_bound,
 )
-from skydm.coadd._cw_restore import Kernels, find_restorations, restore_targets
+from skydm.coadd._cw_restore import (
+    Kernels,
+    Target,
+    find_restorations,
+    restore_targets,
+    split_targets,
+)
 from skydm.coadd._cw_rules import Sparse, clip_maps
 from skydm.coadd.assemble import _coadd_exposure, clip_outliers
 from skydm.coadd.stack import WarpStack, check_rows
@@ -263,8 +269,7 @@ def compare_warp(
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
     times = [float(m.info.mjd) for m in stack.members]
-    big = float(np.nanmax(fwhms)) if np.isfinite(fwhms).any() else 4.0
-    kernels = Kernels(psfs, 2 * max(3, math.ceil(1.5 * big)) + 5)
+    kernels = Kernels(psfs)
     del sparse
 
     # Pass 3: the original warps, clipped pixels replaced (PSF-preserving).
@@ -272,24 +277,35 @@ def compare_warp(
     variance = np.full((ny, nx), np.inf, dtype=np.float32)
     mask = np.zeros((ny, nx), dtype=np.uint32)
     used = np.zeros(n)
+    # A restoration's stamp may reach past its band: each band is read with
+    # the stamps' height below it, restorations are measured in the band
+    # holding their stamp's top row, and their rows in the next band wait.
+    reach = 2 * kernels.half + 2 if restore else 0
+    pending: list[Target] = []
     for y0, y1 in chunks:
-        img, var, good = stack.rows(y0, y1)
-        c = clip[:, y0 // b : -(-y1 // b)]
+        ye = min(y1 + reach, ny)
+        img, var, good = stack.rows(y0, ye)
+        c = clip[:, y0 // b : -(-ye // b)]
         if b > 1:
             c = np.repeat(np.repeat(c, b, axis=1), b, axis=2)
             off = y0 % b
-            c = c[:, off : off + (y1 - y0), :nx]
+            c = c[:, off : off + (ye - y0), :nx]
         else:
             c = c.copy()
         for k in range(n):
             idx = cr_index[k]
-            idx = idx[(idx >= y0 * nx) & (idx < y1 * nx)] - y0 * nx
+            idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
             c[k].reshape(-1)[idx] = True
         clipped = good & c
         kept = good & ~c
-        targets = restore_targets(
-            restore, y0, img, var, kept, clipped, weights, psfs, times=times, kernels=kernels
+        mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
+        measured = restore_targets(
+            mine, y0, img, var, kept, clipped, weights, psfs, times=times, kernels=kernels
         )
+        targets, pending = split_targets(pending + [t.moved(y0) for t in measured], y0, y1)
+        rows_ = y1 - y0
+        img, var, good = img[:, :rows_], var[:, :rows_], good[:, :rows_]
+        clipped, kept = clipped[:, :rows_], kept[:, :rows_]
         coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, targets)
         m, v, ws = _combine(img, var, coef, norm, extra)
         image[y0:y1], variance[y0:y1] = m, v
