@@ -289,6 +289,33 @@ def test_line_search_finds_a_faint_trail_and_nothing_in_noise() -> None:
         assert found[trail].mean() > 0.95
 
 
+def test_line_search_in_tiles_finds_a_trail_across_a_large_grid_once() -> None:
+    """A large grid is searched tile by tile (the cost of one search grows as
+    the cube of its side); a faint trail crossing several tiles comes back as
+    one line through the whole grid, where the one-tile search finds it too,
+    and pure noise gives no line in any tile."""
+    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
+
+    rng = np.random.default_rng(11)
+    shape = (480, 520)  # 120 x 130 blocks of 4: 2 x 2 tiles of at most 64 blocks
+    theta, rho = 2.0, -35.0
+    trail = line_strip(shape, theta, rho, 1.5)
+    for with_trail in (True, False):
+        sig = rng.normal(size=shape).astype(np.float32) + np.float32(0.8 * with_trail) * trail
+        acc = LineAccumulator(shape, 4, 2.5)
+        acc.add(0, sig, np.ones(shape, dtype=bool))
+        tiled = find_lines(acc, 5.5, 40.0, tile=64)
+        if not with_trail:
+            assert tiled == []
+            continue
+        whole = find_lines(acc, 5.5, 40.0, tile=1000)
+        for lines in (tiled, whole):
+            assert len(lines) == 1, lines
+            t, r, _ = lines[0]
+            assert abs(t - theta) < 0.03 and abs(r - rho) <= 4.0
+            assert line_strip(shape, t, r, 4.0)[trail].mean() > 0.95
+
+
 def test_line_search_leaves_out_what_is_already_clipped() -> None:
     """Bright trails (already clipped) would take every slot of the strongest
     lines with their near-copies; excluded, the faint trail is found."""

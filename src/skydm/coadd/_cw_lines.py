@@ -55,11 +55,20 @@ class LineAccumulator:
         self.count[rows[starts]] += np.add.reduceat(nc, starts, axis=0)
 
 
+#: Largest search tile, in coarse blocks per side.  The Radon transform's
+#: cost grows as the cube of the side (directions x blocks), so a large
+#: cell is searched tile by tile (cost as the square of its side); a
+#: 1024-pixel cell (binned 2 x 2, blocks of 4) is one tile.
+TILE_BLOCKS = 128
+
+
 def find_lines(
     acc: LineAccumulator,
     threshold: float,
     min_length: float,
     exclude: np.ndarray | None = None,
+    *,
+    tile: int = TILE_BLOCKS,
 ) -> list[tuple[float, float, float]]:
     """Lines ``(theta, rho, snr)`` (rho in binned pixels from the grid centre) above
     ``threshold``.
@@ -76,24 +85,93 @@ def find_lines(
     it are left out, so that a bright trail's many near-copies (every
     offset and direction that crosses it) neither take the place of a faint
     trail among the strongest lines nor inflate the projections' rms.
+
+    Grids larger than ``tile`` blocks a side are searched in near-equal
+    tiles of at most that size, each on its own (``min_length`` capped at a
+    quarter of the tile); a line found in a tile is then judged along its
+    whole length through the grid (a satellite trail is straight across the
+    field) with the tile's normalisation, kept if still above
+    ``threshold``, and a trail found in several tiles is returned once.
     """
     c = acc.block
     good = acc.count > 0.25 * c * c
     if exclude is not None:
         good &= block_fraction(exclude, c) < 0.25
-    if good.sum() < 16:
-        return []
     z = np.where(good, acc.total / np.sqrt(np.maximum(acc.count, 1.0)), 0.0)
     ny, nx = z.shape
+    ty, tx = -(-ny // tile), -(-nx // tile)
+    grid = (acc.shape, math.ceil(math.hypot(nx, ny)) + 2)
+    if ty * tx == 1:
+        return _search(z, good, c, (0, 0), grid, threshold, min_length)[0]
+    # Candidates from each tile, then each judged along its whole length on
+    # the whole grid (a tile's strongest lines include near-copies of a
+    # trail that cross it at a small angle; along the whole grid they fade).
+    yy, xx = np.indices(z.shape, dtype=np.float64)
+    xb = np.asarray((xx + 0.5) * c - 0.5 - (acc.shape[1] - 1) / 2.0)[good]
+    yb = np.asarray((yy + 0.5) * c - 0.5 - (acc.shape[0] - 1) / 2.0)[good]
+    zs = z[good]
+    ys = np.linspace(0, ny, ty + 1).round().astype(int)
+    xs = np.linspace(0, nx, tx + 1).round().astype(int)
+    judged: list[tuple[float, float, float]] = []
+    for i in range(ty):
+        for j in range(tx):
+            sl = (slice(ys[i], ys[i + 1]), slice(xs[j], xs[j + 1]))
+            th, tw = ys[i + 1] - ys[i], xs[j + 1] - xs[j]
+            tile_min = min(min_length, 0.25 * max(th, tw) * c)
+            origin = (int(xs[j]), int(ys[i]))
+            found, (med, mad) = _search(z[sl], good[sl], c, origin, grid, threshold, tile_min)
+            for theta, rho, _ in found:
+                d = xb * math.cos(theta) + yb * math.sin(theta) - rho
+                best = -math.inf
+                for width in (0.5 * c, 1.0 * c):  # one offset bin, or a pair
+                    on = np.abs(d) < width
+                    if on.sum() * c >= tile_min:
+                        best = max(best, (zs[on].sum() / math.sqrt(on.sum()) - med) / mad)
+                if best >= threshold:
+                    judged.append((theta, rho, float(best)))
+    lines: list[tuple[float, float, float]] = []
+    for theta, rho, snr in sorted(judged, key=lambda line: -line[2]):
+        if not any(_same_line((theta, rho), (t, r), c) for t, r, _ in lines):
+            lines.append((theta, rho, snr))
+    return lines
+
+
+def _same_line(a: tuple[float, float], b: tuple[float, float], block: int) -> bool:
+    """Whether two ``(theta, rho)`` lines are one (within 4 degrees and 3 blocks)."""
+    dt = abs(a[0] - b[0])
+    rb = b[1]
+    if dt > math.pi / 2:  # the same line seen from the other end of the angle range
+        dt, rb = math.pi - dt, -rb
+    return dt < math.radians(4.0) and abs(a[1] - rb) < 3 * block
+
+
+def _search(
+    z: np.ndarray,
+    good: np.ndarray,
+    c: int,
+    origin: tuple[int, int],
+    grid: tuple[tuple[int, int], int],
+    threshold: float,
+    min_length: float,
+) -> tuple[list[tuple[float, float, float]], tuple[float, float]]:
+    """:func:`find_lines` on one tile whose first block is ``origin`` (x, y) of
+    the grid; ``grid`` is the binned grid's shape and the number of offset bins
+    that span it.  Offsets are measured from the grid's centre, so that one
+    tile covering the grid is the plain search.  Also returns the tile's
+    normalisation of projections, ``(median, rms)``."""
+    if good.sum() < 16:
+        return [], (0.0, 0.0)
+    ny, nx = z.shape
+    (gh, gw), nbins = grid
     yy, xx = np.indices(z.shape, dtype=np.float64)
     # Block centres in binned pixels, relative to the binned grid's centre.
-    xb = np.asarray(xx * c + (c - 1) / 2.0 - (acc.shape[1] - 1) / 2.0)
-    yb = np.asarray(yy * c + (c - 1) / 2.0 - (acc.shape[0] - 1) / 2.0)
+    xb = np.asarray((xx + origin[0]) * c + (c - 1) / 2.0 - (gw - 1) / 2.0)
+    yb = np.asarray((yy + origin[1]) * c + (c - 1) / 2.0 - (gh - 1) / 2.0)
     xb, yb, zs = xb[good], yb[good], z[good]
     gs = np.ones(zs.size)
+    # Directions finely enough sampled for the tile's own size.
     n_theta = max(16, int(math.pi * math.hypot(nx, ny) / 2))
     thetas = np.linspace(0.0, math.pi, n_theta, endpoint=False)
-    nbins = math.ceil(math.hypot(nx, ny)) + 2
     half = nbins // 2
     proj = np.zeros((n_theta, nbins))
     cnt = np.zeros((n_theta, nbins))
@@ -106,10 +184,11 @@ def find_lines(
     # bins are scored too, and each line takes the better of the two.
     proj2 = proj[:, :-1] + proj[:, 1:]
     cnt2 = cnt[:, :-1] + cnt[:, 1:]
-    snr = _normalised(proj, cnt, c, min_length)
-    snr2 = _normalised(proj2, cnt2, c, min_length)
-    if snr is None or snr2 is None:
-        return []
+    one = _normalised(proj, cnt, c, min_length)
+    two = _normalised(proj2, cnt2, c, min_length)
+    if one is None or two is None:
+        return [], (0.0, 0.0)
+    (snr, scale), (snr2, _) = one, two
     shift = np.zeros(snr.shape)
     pair = snr2 > snr[:, :-1]
     shift[:, :-1][pair] = 0.5
@@ -128,13 +207,14 @@ def find_lines(
         di = max(2, n_theta // 45)
         rows = np.arange(i - di, i + di + 1) % n_theta
         work[rows, max(j - 3, 0) : j + 4] = 0.0
-    return lines
+    return lines, scale
 
 
 def _normalised(
     proj: np.ndarray, cnt: np.ndarray, block: int, min_length: float
-) -> np.ndarray | None:
-    """Projections in units of their robust rms over all long enough lines (0 elsewhere)."""
+) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """Projections in units of their robust rms over all long enough lines (0
+    elsewhere), and that normalisation ``(median, rms)``."""
     long = cnt * block >= min_length
     if long.sum() < 50:
         return None
@@ -144,7 +224,7 @@ def _normalised(
     mad = 1.4826 * float(np.median(np.abs(vals - med)))
     if not mad > 0:
         return None
-    return np.where(long, (snr - med) / mad, 0.0)
+    return np.where(long, (snr - med) / mad, 0.0), (med, mad)
 
 
 def line_strip(shape: tuple[int, int], theta: float, rho: float, half_width: float) -> np.ndarray:
