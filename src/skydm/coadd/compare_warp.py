@@ -44,8 +44,13 @@ per epoch.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -133,6 +138,7 @@ def compare_warp(
     config: CompareWarpConfig | None = None,
     chunk_rows: int | None = None,
     progress: Progress | None = None,
+    threads: int = 2,
 ) -> Exposure:
     """Coadd ``stack`` with CompareWarp artefact rejection (see the module docs).
 
@@ -146,6 +152,9 @@ def compare_warp(
         Rows per band (default: about 12 million stack pixels per band).
     progress : Progress, optional
         Reports the two passes over the bands.
+    threads : int
+        Bands read and filtered at once in the outlier pass (the result does
+        not depend on it).
 
     Returns
     -------
@@ -193,9 +202,12 @@ def compare_warp(
         bar.total = 2 * len(chunks)
 
     # Pass 1: cosmic rays at full resolution, PSF-matched binned outlier maps.
-    for y0, y1 in chunks:
+    # The bands are read and filtered by two threads (numpy and scipy release
+    # the GIL); their maps are merged here, in band order.
+    def band_maps(y0: int, y1: int) -> _BandMaps:
         ya, yb = max(y0 - halo, 0), min(y1 + halo, ny)
         img, var, good = stack.rows(ya, yb)
+        own_hits: list[tuple[int, np.ndarray]] = []
         if cfg.cr_threshold > 0:
             scales = laplacian_scale(img, var, good)
             hits = cosmic_rays(
@@ -212,8 +224,7 @@ def compare_warp(
                 if hits[k].any():
                     flat = grow_hits(hits[k], nx)
                     yy = flat // nx
-                    own = flat[(yy >= y0 - ya) & (yy < y1 - ya)] + ya * nx
-                    crs[k].append(own)
+                    own_hits.append((k, flat[(yy >= y0 - ya) & (yy < y1 - ya)] + ya * nx))
                     # Hits (in the halo too) stay out of the model and the differences.
                     g = good[k].reshape(-1)
                     g[flat] = False
@@ -223,13 +234,18 @@ def compare_warp(
         bi, bv, bc = bin_planes(img, var, good, b)
         del img, var, good
         matched, mvar, ok = _match(bi, bv, bc, bsig)
-        del bi, bv, bc
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
-        rb = slice(y0 // b, y0 // b + (core.stop - core.start))
+        return _BandMaps(y0, own_hits, matched, mvar, ok, core)
+
+    for maps in _in_order(band_maps, chunks, threads=threads):
+        for k, own in maps.hits:
+            crs[k].append(own)
+        core = maps.core
+        rb = slice(maps.y0 // b, maps.y0 // b + (core.stop - core.start))
         _differences(
-            matched,
-            mvar,
-            ok,
+            maps.matched,
+            maps.mvar,
+            maps.ok,
             weights,
             cfg,
             core,
@@ -243,6 +259,7 @@ def compare_warp(
             static,
             peaks,
         )
+        del maps
         if bar is not None:
             bar.advance(1, "outlier detection")
 
@@ -323,6 +340,43 @@ def compare_warp(
     exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
+
+
+@dataclass
+class _BandMaps:
+    """What the outlier pass computes for one band before merging it."""
+
+    y0: int
+    hits: list[tuple[int, np.ndarray]]
+    matched: np.ndarray
+    mvar: np.ndarray
+    ok: np.ndarray
+    core: slice
+
+
+_T = TypeVar("_T")
+
+
+def _in_order(
+    func: Callable[[int, int], _T], chunks: Sequence[tuple[int, int]], *, threads: int
+) -> Iterator[_T]:
+    """``func(y0, y1)`` of every band, in order, computed ``threads`` at a time
+    (no more than ``threads`` results wait, so memory stays bounded)."""
+    if threads <= 1:
+        for y0, y1 in chunks:
+            yield func(y0, y1)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compare-warp") as pool:
+        waiting: deque[Future[_T]] = deque()
+        todo = iter(chunks)
+        for y0, y1 in itertools.islice(todo, threads):
+            waiting.append(pool.submit(func, y0, y1))
+        while waiting:
+            done = waiting.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                waiting.append(pool.submit(func, *nxt))
+            yield done
 
 
 def _match(

@@ -136,6 +136,10 @@ class WarpStack:
             _ = hdul["VARIANCE"]
         except KeyError as exc:
             raise BadFileError(path, f"is a skydm Exposure missing an extension: {exc}") from exc
+        # Map the planes now (no pixels are read): astropy's lazy ``data``
+        # must not be first touched by two band-reading threads at once.
+        for plane in ("IMAGE", "VARIANCE", "MASK"):
+            _ = hdul[plane].data
         shape = (int(img_hdu.header["NAXIS2"]), int(img_hdu.header["NAXIS1"]))
         ours = fits.Header()
         mask_to_header(ours)
