@@ -235,30 +235,26 @@ def compare_warp(
         del img, var, good
         matched, mvar, ok = _match(bi, bv, bc, bsig)
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
-        return _BandMaps(y0, own_hits, matched, mvar, ok, core)
+        diff = _differences(
+            matched,
+            mvar,
+            ok,
+            weights,
+            cfg,
+            core,
+            y0 // b,
+            fw,
+            wb,
+            lines=lines is not None,
+            static=True,
+            peaks=True,
+        )
+        return _BandMaps(own_hits, diff)
 
     for maps in _in_order(band_maps, chunks, threads=threads):
         for k, own in maps.hits:
             crs[k].append(own)
-        core = maps.core
-        rb = slice(maps.y0 // b, maps.y0 // b + (core.stop - core.start))
-        _differences(
-            maps.matched,
-            maps.mvar,
-            maps.ok,
-            weights,
-            cfg,
-            core,
-            rb,
-            fw,
-            wb,
-            codes,
-            cover,
-            sparse,
-            lines,
-            static,
-            peaks,
-        )
+        maps.diff.merge_into(codes, cover, sparse, lines, static, peaks)
         del maps
         if bar is not None:
             bar.advance(1, "outlier detection")
@@ -346,12 +342,8 @@ def compare_warp(
 class _BandMaps:
     """What the outlier pass computes for one band before merging it."""
 
-    y0: int
     hits: list[tuple[int, np.ndarray]]
-    matched: np.ndarray
-    mvar: np.ndarray
-    ok: np.ndarray
-    core: slice
+    diff: _BandDiff
 
 
 _T = TypeVar("_T")
@@ -428,6 +420,43 @@ def _border_mass(shape: tuple[int, ...], s: float) -> np.ndarray:
     return (out[0][:, None] * out[1][None, :]).astype(np.float32)
 
 
+@dataclass
+class _BandDiff:
+    """Leave-one-out differences of one band, to be merged (:meth:`merge_into`)."""
+
+    row0: int
+    codes: np.ndarray
+    okc: np.ndarray
+    sigs: np.ndarray | None
+    quiet: np.ndarray | None
+    static: np.ndarray | None
+    peaks: np.ndarray | None
+    sparse: Sparse
+
+    def merge_into(
+        self,
+        codes: np.ndarray,
+        cover: np.ndarray,
+        sparse: Sparse,
+        lines: list[LineAccumulator] | None,
+        static: np.ndarray | None,
+        peaks: np.ndarray | None,
+    ) -> None:
+        """Write the band into the cell-wide maps (in band order: the line
+        accumulators' blocks straddle bands)."""
+        rb = slice(self.row0, self.row0 + self.codes.shape[1])
+        codes[:, rb] = self.codes
+        cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
+        if lines is not None and self.sigs is not None and self.quiet is not None:
+            for k, acc in enumerate(lines):
+                acc.add(rb.start, self.sigs[k], self.okc[k] & self.quiet)
+        if static is not None and self.static is not None:
+            static[rb] |= self.static
+        if peaks is not None and self.peaks is not None:
+            peaks[rb] |= self.peaks
+        sparse.extend(self.sparse)
+
+
 def _differences(
     matched: np.ndarray,
     mvar: np.ndarray,
@@ -435,18 +464,17 @@ def _differences(
     weights: np.ndarray,
     cfg: CompareWarpConfig,
     core: slice,
-    rb: slice,
+    row0: int,
     fw: int,
     wb: int,
-    codes: np.ndarray,
-    cover: np.ndarray,
-    sparse: Sparse,
-    lines: list[LineAccumulator] | None = None,
-    static: np.ndarray | None = None,
-    peaks: np.ndarray | None = None,
-) -> None:
-    """Leave-one-out differences of a band: outlier codes, coverage and the
-    sparse data of the variable-source test (written into the arguments)."""
+    *,
+    lines: bool,
+    static: bool,
+    peaks: bool,
+) -> _BandDiff:
+    """Leave-one-out differences of a band (binned rows from ``row0``): outlier
+    codes, coverage, the significance for the line search, and the sparse
+    data of the variable-source test."""
     n = matched.shape[0]
     keep = clip_outliers(
         matched, mvar, ok, weights, nsigma=cfg.model_nsigma, ampfrac=cfg.systematic
@@ -474,18 +502,27 @@ def _differences(
     sys2 = (np.float32(cfg.systematic) * peak) ** 2
     s_all, w_all, v_all = s_all[core], w_all[core], v_all[core]
     model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
-    if static is not None:
-        static[rb] |= model_sn > np.float32(cfg.line_static)
-    if peaks is not None and cfg.restore_variables:
+    out = _BandDiff(
+        row0,
+        np.empty((n, *model_sn.shape), dtype=np.int8),
+        np.empty((n, *model_sn.shape), dtype=bool),
+        np.empty((n, *model_sn.shape), dtype=np.float32) if lines else None,
+        None,
+        model_sn > np.float32(cfg.line_static) if static else None,
+        None,
+        [],
+    )
+    if peaks and cfg.restore_variables:
         # Bright static sources (candidates for restoring a variable's flux).
         top = ndimage.maximum_filter(model_sn, size=3)
-        peaks[rb] |= (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))
+        out.peaks = (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))
     quiet = None
-    if lines is not None:
+    if lines:
         # PSF-matching residuals of static sources are the heavy tail of the
         # line sums (a row of stars makes a line); the sums leave them out.
         near = ndimage.maximum_filter(model_sn, size=fw) > np.float32(cfg.line_source)
         quiet = ~near
+        out.quiet = quiet
     for k in range(n):
         wkc = wk[k, core]
         mk = matched[k, core]
@@ -516,10 +553,10 @@ def _differences(
         code += sig > cfg.threshold
         code -= sig < -cfg.grow_threshold
         code -= sig < -cfg.threshold
-        codes[k, rb] = code
-        if lines is not None:
-            lines[k].add(rb.start, sig, okc & quiet)
-        cover[rb] += okc
+        out.codes[k] = code
+        out.okc[k] = okc
+        if out.sigs is not None:
+            out.sigs[k] = sig
         flagged = np.flatnonzero(code)
         if flagged.size:
             # Local fit of the difference by a multiple of the model over a
@@ -543,10 +580,10 @@ def _differences(
             vm = np.maximum(fm - sm * sm, 1e-12)
             alpha = cov / vm
             chi2c = npw * (fd - sd * sd - cov * cov / vm) / (npw - 2)
-            sparse.append(
+            out.sparse.append(
                 (
                     k,
-                    flagged + rb.start * wb,
+                    flagged + row0 * wb,
                     np.abs(sig.ravel()[flagged]).astype(np.float32),
                     chi2.astype(np.float32),
                     np.sqrt(npw * fm).astype(np.float32),
@@ -557,6 +594,7 @@ def _differences(
                     bits.ravel()[flagged],
                 )
             )
+    return out
 
 
 def _combine(
