@@ -153,8 +153,8 @@ def compare_warp(
     progress : Progress, optional
         Reports the two passes over the bands.
     threads : int
-        Bands read and filtered at once in the outlier pass (the result does
-        not depend on it).
+        Bands read and filtered at once in the outlier and the final pass
+        (the result does not depend on it).
 
     Returns
     -------
@@ -295,7 +295,9 @@ def compare_warp(
     # holding their stamp's top row, and their rows in the next band wait.
     reach = 2 * kernels.half + 2 if restore else 0
     pending: list[Target] = []
-    for y0, y1 in chunks:
+
+    def band_inputs(y0: int, y1: int) -> _BandInputs:
+        # Read, clip and measure the band's restorations (in the band threads).
         ye = min(y1 + reach, ny)
         img, var, good = stack.rows(y0, ye)
         c = clip[:, y0 // b : -(-ye // b)]
@@ -315,10 +317,19 @@ def compare_warp(
         measured = restore_targets(
             mine, y0, img, var, kept, clipped, weights, psfs, times=times, kernels=kernels
         )
-        targets, pending = split_targets(pending + [t.moved(y0) for t in measured], y0, y1)
         rows_ = y1 - y0
-        img, var, good = img[:, :rows_], var[:, :rows_], good[:, :rows_]
-        clipped, kept = clipped[:, :rows_], kept[:, :rows_]
+        return _BandInputs(
+            img[:, :rows_],
+            var[:, :rows_],
+            clipped[:, :rows_],
+            kept[:, :rows_],
+            [t.moved(y0) for t in measured],
+        )
+
+    for (y0, y1), bi_ in zip(chunks, _in_order(band_inputs, chunks, threads=threads), strict=True):
+        img, var, clipped, kept = bi_.img, bi_.var, bi_.clipped, bi_.kept
+        # Restorations reaching into the next band wait for it (in band order).
+        targets, pending = split_targets(pending + bi_.measured, y0, y1)
         coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, targets)
         m, v, ws = _combine(img, var, coef, norm, extra)
         image[y0:y1], variance[y0:y1] = m, v
@@ -336,6 +347,18 @@ def compare_warp(
     exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
+
+
+@dataclass
+class _BandInputs:
+    """One band of the final pass: the warps' rows, what is clipped and kept,
+    and the restorations measured in it."""
+
+    img: np.ndarray
+    var: np.ndarray
+    clipped: np.ndarray
+    kept: np.ndarray
+    measured: list[Target]
 
 
 @dataclass
