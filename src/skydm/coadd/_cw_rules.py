@@ -7,6 +7,7 @@ See :mod:`skydm.coadd.compare_warp` for the whole algorithm.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -98,14 +99,24 @@ def clip_maps(
     r = math.ceil(grow) if structure is not None else 0
     for sign in (1, -1):
         fps = np.zeros(codes.shape, dtype=bool)
-        for k in range(n):
-            fps[k] = _footprints(codes[k] * sign, cfg.streak_length if sign > 0 else 0.0)
+        length = cfg.streak_length if sign > 0 else 0.0
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="footprints") as pool:
+            found = pool.map(_footprints, [c * sign for c in codes], [length] * n)
+            for k, fp in enumerate(found):
+                fps[k] = fp
         count = fps.sum(axis=0, dtype=np.uint8)
         same = _same_place(fps, sparse, fwhm)
-        for k in range(n):
+
+        def clip_epoch(
+            k: int,
+            fps: np.ndarray = fps,
+            count: np.ndarray = count,
+            same: np.ndarray | None = same,
+            sign: int = sign,
+        ) -> None:
             lab, nlab = ndimage.label(fps[k])
             if nlab == 0:
-                continue
+                return
             index = np.arange(1, nlab + 1)
             mean_cover = np.asarray(ndimage.mean(cover, lab, index))
             limit = cfg.epoch_threshold(mean_cover)
@@ -155,18 +166,24 @@ def clip_maps(
             chosen = np.unique(lab[sel_map])
             chosen = chosen[chosen > 0]
             if chosen.size == 0:
-                continue
+                return
             if sign > 0 and cfg.streak_length > 0:
                 sel_map |= _extend_streaks(lab, chosen, cover > 0, cfg.streak_length)
             if structure is None:
                 clip[k] |= sel_map
-                continue
+                return
             for obj in ndimage.find_objects(np.where(sel_map, lab, 0)):
                 if obj is None:
                     continue
                 ys = slice(max(obj[0].start - r, 0), obj[0].stop + r)
                 xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
                 clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
+
+        # Epochs are independent given the counts: two threads (scipy's
+        # labelling and measurements release the GIL); each writes its own map.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clip-maps") as pool:
+            for done in [pool.submit(clip_epoch, k) for k in range(n)]:
+                done.result()
     return clip
 
 
@@ -261,15 +278,21 @@ def _same_place(fps: np.ndarray, sparse: Sparse, fwhm: float) -> np.ndarray | No
         return None
     structure = _disk(fwhm)
     out = np.zeros(fps.shape[1:], dtype=np.uint8)
-    for k in range(fps.shape[0]):
+
+    def near_peaks(k: int) -> np.ndarray | None:
         lab, nlab = ndimage.label(fps[k])
         tops = _top_pixels(lab, nlab, k, sparse)
         tops = tops[tops >= 0]
         if tops.size == 0:
-            continue
+            return None
         peaks = np.zeros(out.shape, dtype=bool)
         peaks.ravel()[tops] = True
-        out += ndimage.binary_dilation(peaks, structure=structure)
+        return np.asarray(ndimage.binary_dilation(peaks, structure=structure))
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="same-place") as pool:
+        for near in pool.map(near_peaks, range(fps.shape[0])):
+            if near is not None:
+                out += near
     return out
 
 
