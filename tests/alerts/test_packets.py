@@ -239,3 +239,29 @@ def test_archive_header_schema_is_complete(survey: dict) -> None:
             == f"lsst.v{load_schema().major}_{load_schema().minor}.alert"
         )
         assert reader.codec == "null"
+
+
+def test_alert_fluxes_are_in_nanojansky_from_the_zero_point(tmp_path: Path) -> None:
+    """The differencing table is in counts; the LSST schema's fluxes are nJy:
+    scaled by the difference image's zero point (AB 28 here).  An image
+    without a zero point is a clear error naming the ZP card."""
+    from skydm.errors import MissingMetadataError
+
+    field = SyntheticField(seed=3, n_variables=12)
+    sci, _, diff, table = field.visit(1)
+    per_count = 10 ** ((31.4 - 28.0) / 2.5)
+    res = produce_visit_alerts(
+        table, diff, apdb=Apdb(tmp_path / "a.sqlite3"), archive_dir=tmp_path / "a", science=sci
+    )
+    packets = {p["diaSource"]["diaSourceId"]: p for p in read_archive(res.archive)}
+    expected = dia_sources_from_table(table, diff.info)  # counts
+    assert len(packets) == len(expected) > 0
+    for src in expected:
+        got = packets[src["diaSourceId"]]["diaSource"]
+        assert got["psfFlux"] == pytest.approx(src["psfFlux"] * per_count, rel=1e-6)
+        assert got["psfFluxErr"] == pytest.approx(src["psfFluxErr"] * per_count, rel=1e-6)
+        assert got["snr"] == pytest.approx(src["snr"], rel=1e-6)  # a ratio: unscaled
+    # (Forced fluxes against the truth in nJy: tests/ap/test_apdb_contract.py.)
+    diff.zero_point = math.nan
+    with pytest.raises(MissingMetadataError, match="ZP card"):
+        produce_visit_alerts(table, diff, apdb=Apdb(tmp_path / "b.sqlite3"), archive_dir=tmp_path)

@@ -16,6 +16,9 @@ from skydm.ap.forced import visit_region
 from skydm.ap.synthetic import SyntheticField
 from skydm.errors import BadValueError, ConflictError
 
+#: nJy per count at the synthetic field's zero point (AB 28): 10 ** ((31.4 - 28) / 2.5).
+NJY_PER_COUNT = 10 ** (3.4 / 2.5)
+
 N_VISITS = 4
 
 
@@ -102,7 +105,8 @@ def test_forced_photometry_recovers_the_true_flux_change(run: dict) -> None:
         o = objs[oid]
         k = int(np.argmin(np.hypot(field.ra - o["ra"], field.dec - o["dec"])))
         for fs in apdb.rows_by_id("DiaForcedSource", [r[0] for r in rows]).values():
-            truth = field.fluxes(int(fs["visit"]))[k] - field.base_flux[k]
+            # The field's truth is in counts; alert fluxes are in nJy (ZP 28).
+            truth = (field.fluxes(int(fs["visit"]))[k] - field.base_flux[k]) * NJY_PER_COUNT
             pulls.append((fs["psfFlux"] - truth) / fs["psfFluxErr"])
     pulls_a = np.array(pulls)
     assert len(pulls_a) > 50

@@ -157,10 +157,13 @@ def produce_visit_alerts(
     ----------
     sources : Table or sequence of dict
         The DIA source table of ``skydm.diffim`` (converted with
-        :func:`skydm.ap.sources.dia_sources_from_table`) or DIA source dicts.
+        :func:`skydm.ap.sources.dia_sources_from_table`, its fluxes from
+        counts to nJy with the difference image's zero point) or DIA source
+        dicts (LSST field names, fluxes already in nJy).
     difference : Exposure
         The difference image; its ``info`` gives visit, detector, band, time,
-        its WCS the footprint, its PSF the forced photometry.
+        its WCS the footprint, its PSF the forced photometry, its zero point
+        the nJy scale of every flux.
     apdb : Apdb
         The alert production database.
     archive_dir : path
@@ -202,7 +205,13 @@ def produce_visit_alerts(
         )
     processed = now_mjd()
     if isinstance(sources, Table):
-        srcs = dia_sources_from_table(sources, info, time_processed=processed)
+        # The differencing table is in the image's counts; alerts are in nJy.
+        srcs = dia_sources_from_table(
+            sources,
+            info,
+            time_processed=processed,
+            flux_scale=difference.nanojansky_per_count("alert fluxes in nJy"),
+        )
     else:
         srcs = [dict(s) for s in sources]
     result.n_sources = len(srcs)

@@ -124,8 +124,8 @@ def forced_photometry(
     objects : sequence of dict
         DIA object rows (``diaObjectId``, ``ra``, ``dec``).
     difference : Exposure
-        The difference image, with its PSF and WCS; its ``info`` gives visit,
-        detector, band and time.
+        The difference image, with its PSF, WCS and zero point (fluxes are
+        in nJy); its ``info`` gives visit, detector, band and time.
     science : Exposure, optional
         The science image on the same pixel grid, for ``scienceFlux``.
     time_processed : float
@@ -147,9 +147,14 @@ def forced_photometry(
     idx = np.flatnonzero(inside)
     if idx.size == 0:
         return []
+    # LSST fluxes are in nJy: each image's counts are scaled by its zero point.
+    scale = difference.nanojansky_per_count("forced photometry in nJy")
     flux, err = psf_fluxes(difference, x[idx], y[idx])
+    flux, err = flux * scale, err * scale
     if science is not None and science.psf is not None:
         sflux, serr = psf_fluxes(science, x[idx], y[idx])
+        sscale = science.nanojansky_per_count("science-image forced photometry in nJy")
+        sflux, serr = sflux * sscale, serr * sscale
     else:
         sflux = serr = np.full(idx.size, np.nan)
     out: list[dict[str, Any]] = []

@@ -51,6 +51,9 @@ _COLUMNS = {
     "psf_ndata": "psfNdata",
 }
 
+#: diaSource fields in flux units (nJy in the LSST schema).
+FLUX_FIELDS = frozenset(f for f in _COLUMNS.values() if f.endswith("Flux") or f.endswith("FluxErr"))
+
 #: Columns a DIA table must have at all (a row may still hold NaN in them).
 REQUIRED_COLUMNS = ("x", "y", "ra", "dec")
 
@@ -80,6 +83,7 @@ def dia_sources_from_table(
     detector: int | None = None,
     time_processed: float | None = None,
     first_index: int = 0,
+    flux_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """DIA source dicts (LSST ``diaSource`` field names) from a DIA table.
 
@@ -95,6 +99,10 @@ def dia_sources_from_table(
         MJD of processing; now by default.
     first_index : int
         Index of the first row in the id packing (for tables split in parts).
+    flux_scale : float
+        nJy per unit of the table's fluxes (LSST fluxes are in nJy; a
+        differencing table is in the image's counts: give
+        ``difference.nanojansky_per_count(...)``).
 
     Returns
     -------
@@ -140,6 +148,8 @@ def dia_sources_from_table(
         )
         for col, field in present:
             src[field] = _value(columns[col][i])
+            if field in FLUX_FIELDS and src[field] is not None:
+                src[field] *= flux_scale
         snr = src.get("snr")
         flux = src.get("psfFlux")
         ref = flux if flux is not None else snr

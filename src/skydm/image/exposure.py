@@ -16,6 +16,9 @@ from skydm.image.mask import Mask, mask_to_header
 from skydm.image.psf import Psf
 from skydm.image.visit import VisitInfo
 
+#: AB magnitude of a flux of 1 nJy (the unit of LSST alert and catalog fluxes).
+NJY_AB_MAG = 31.4
+
 
 @dataclass
 class Exposure:
@@ -110,6 +113,25 @@ class Exposure:
                 "a PSF model", needed_by, self.source, "measure one with skydm.image.measure_psf"
             )
         return self.psf
+
+    def nanojansky_per_count(self, needed_by: str) -> float:
+        """Flux in nJy of one count of this image, from its AB zero point.
+
+        ``10 ** ((31.4 - zero_point) / 2.5)``: 31.4 is the AB magnitude of 1 nJy.
+
+        Raises
+        ------
+        MissingMetadataError
+            When the image has no zero point.
+        """
+        if not math.isfinite(self.zero_point):
+            raise MissingMetadataError(
+                "a photometric zero point (ZP card: AB magnitude of one count)",
+                needed_by,
+                self.source,
+                "calibrate the image (skydm's calexps carry one) or set the ZP card",
+            )
+        return float(10.0 ** ((NJY_AB_MAG - self.zero_point) / 2.5))
 
     def require_gain(self, needed_by: str) -> float:
         """The gain in e-/ADU, or an error saying that ``needed_by`` needs it."""
