@@ -210,7 +210,15 @@ def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
         wcs = WCS(hdul[0].header)
     assert img.shape == (31, 31)
     x0, y0 = maker.corner(x, y)
-    np.testing.assert_array_equal(img, diff.image[y0 : y0 + 31, x0 : x0 + 31])
+    # In nJy, like the alert's fluxes (the field's zero point is AB 28).
+    per_count = np.float32(10 ** ((31.4 - 28.0) / 2.5))
+    np.testing.assert_array_equal(img, diff.image[y0 : y0 + 31, x0 : x0 + 31] * per_count)
+    # Brokers read stamps with astropy's CCDData, which needs the unit.
+    from astropy.nddata import CCDData
+
+    ccd = CCDData.read(io.BytesIO(data), format="fits")
+    assert str(ccd.unit) == "nJy"
+    np.testing.assert_array_equal(ccd.data, img)
     ra, dec = wcs.pixel_to_world_values(x - x0, y - y0)
     assert ra == pytest.approx(field.ra[0], abs=1e-9)
     assert dec == pytest.approx(field.dec[0], abs=1e-9)
@@ -222,7 +230,7 @@ def test_cutouts_are_fits_with_the_right_wcs(survey: dict) -> None:
     # sides, wholly off the image).
     ny, nx = diff.shape
     padded = np.full((ny + 62, nx + 62), np.nan, dtype=np.float32)
-    padded[31:-31, 31:-31] = diff.image
+    padded[31:-31, 31:-31] = diff.image * per_count
     for px, py in [(0, 0), (nx - 1, ny - 1), (nx / 2, -10), (-5, ny / 2), (nx + 100, -100)]:
         with fits.open(io.BytesIO(maker.cutout(px, py))) as hdul:
             got = hdul[0].data

@@ -56,6 +56,10 @@ class CutoutMaker:
         # only stamps crossing the edge are assembled, NaN outside.
         self._image = np.asarray(exposure.image)
         self._pad = self.size
+        # Stamps in nJy, like the alert's fluxes (and Rubin's cutouts), when
+        # the image has a zero point; otherwise in its own units, no BUNIT.
+        zp = exposure.zero_point
+        self._scale = exposure.nanojansky_per_count("nJy cutouts") if math.isfinite(zp) else None
         head = [
             _card("SIMPLE", True, "conforms to FITS standard"),
             _card("BITPIX", -32, "32-bit IEEE float"),
@@ -68,6 +72,8 @@ class CutoutMaker:
             head.append(_card(key, value))
         if math.isfinite(info.mjd):
             head.append(_card("MJD-OBS", info.mjd))
+        if self._scale is not None:
+            head.append(_card("BUNIT", "nJy", "pixel values in nanojansky"))
         self._head = "".join(head)
         self._wcs_cards = ""
         self._crpix = (0.0, 0.0)
@@ -94,13 +100,17 @@ class CutoutMaker:
         y0c = min(max(y0, -self._pad), ny)
         n = self.size
         if x0c >= 0 and x0c + n <= nx and y0c >= 0 and y0c + n <= ny:
-            stamp = self._image[y0c : y0c + n, x0c : x0c + n].astype(">f4")
+            stamp = np.asarray(self._image[y0c : y0c + n, x0c : x0c + n], dtype=np.float32)
         else:
-            stamp = np.full((n, n), np.nan, dtype=">f4")
+            stamp = np.full((n, n), np.nan, dtype=np.float32)
             xa, xb = max(x0c, 0), min(x0c + n, nx)
             ya, yb = max(y0c, 0), min(y0c + n, ny)
             if xa < xb and ya < yb:
                 stamp[ya - y0c : yb - y0c, xa - x0c : xb - x0c] = self._image[ya:yb, xa:xb]
+        if self._scale is not None:
+            stamp = stamp * np.float32(self._scale)
+        # FITS data are big-endian.
+        stamp = stamp.astype(">f4")
         cards = [self._head]
         if self._wcs_cards:
             cards.append(_number_card("CRPIX1", self._crpix[0] - x0c))
