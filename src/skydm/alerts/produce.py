@@ -348,7 +348,6 @@ def produce_visit_alerts(
     transport = None
     main_topic = topic or schema.default_topic
     filters = dict(filtered_topics or {})
-    send_ahead = False
     broker_down = ""
     if bootstrap:
         transport = KafkaTransport(
@@ -357,7 +356,6 @@ def produce_visit_alerts(
         transport.prepare()
         try:
             transport.ensure_topics([main_topic, *filters])
-            send_ahead = True
         except BrokerUnavailableError as exc:
             # The broker is down: everything waits in the outbox (step 6).
             broker_down = str(exc)
@@ -384,7 +382,7 @@ def produce_visit_alerts(
             main_topic=main_topic,
             filters=filters,
             progress=progress,
-            ahead=transport.send_ahead if transport is not None and send_ahead else None,
+            ahead=transport.send_ahead if transport is not None and not broker_down else None,
         )
         result.n_alerts = len(spans)
         clock.lap("packets")

@@ -1,0 +1,251 @@
+"""CompareWarp's leave-one-out differences of one band of binned rows.
+
+The PSF-matched binned planes of every epoch (:func:`match_planes`), each
+epoch's significance against the model of the other epochs, its outlier
+codes, and the sparse data of the variable-source test
+(:func:`band_differences`).  Bands are computed independently (in the band
+threads of :func:`skydm.coadd.compare_warp.compare_warp`) and merged into
+the cell-wide maps in band order (:meth:`BandDiff.merge_into`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import ndimage
+
+from skydm.coadd._cw_lines import LineAccumulator
+from skydm.coadd._cw_rules import Sparse
+from skydm.coadd.assemble import clip_outliers
+
+if TYPE_CHECKING:
+    from skydm.coadd.compare_warp import CompareWarpConfig
+
+
+def match_planes(
+    bi: np.ndarray, bv: np.ndarray, bc: np.ndarray, bsig: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PSF-matched binned planes: image, variance and where they are usable.
+
+    Normalised convolution, so that missing pixels and the borders of the
+    data neither bias the matched image nor hide its larger noise.
+    """
+    n = bi.shape[0]
+    matched = np.empty_like(bi)
+    mvar = np.empty_like(bv)
+    ok = np.empty(bi.shape, dtype=bool)
+    for k in range(n):
+        s = float(bsig[k])
+        full = bool(bc[k].min() >= 1.0)
+        if s > 0.3:
+            src = bi[k] if full else bi[k] * bc[k]
+            num = ndimage.gaussian_filter(src, s, mode="constant", truncate=3.5)
+            vs = s / math.sqrt(2.0)
+            vsrc = bv[k] if full else bv[k] * bc[k] ** 2
+            vnum = ndimage.gaussian_filter(vsrc, vs, mode="constant", truncate=3.5)
+            vnum *= np.float32(1.0 / (4 * math.pi * s * s))
+            if full:
+                # Only the image borders lack data: the kernel's mass there
+                # is a product of two 1-d sums.
+                den = border_mass(bi.shape[1:], s)
+            else:
+                den = ndimage.gaussian_filter(bc[k], s, mode="constant", truncate=3.5)
+        else:
+            num, den, vnum = bi[k] * bc[k], bc[k], bv[k] * bc[k] ** 2
+        # Down to a tenth of a kernel's worth of data the normalised
+        # convolution is usable (its variance says how noisy).
+        ok[k] = (den > 0.1) & (bc[k] > 0)
+        safe = np.maximum(den, np.float32(1e-6))
+        matched[k] = np.where(ok[k], num / safe, 0.0)
+        mvar[k] = np.where(ok[k], vnum / (safe * safe), 0.0)
+    return matched, mvar, ok
+
+
+def border_mass(shape: tuple[int, ...], s: float) -> np.ndarray:
+    """Mass of a truncated Gaussian kernel inside a ``shape`` image, per pixel."""
+    out = []
+    for size in shape:
+        e = np.zeros(size, dtype=np.float32)
+        e[:] = 1.0
+        out.append(ndimage.gaussian_filter1d(e, s, mode="constant", truncate=3.5))
+    return (out[0][:, None] * out[1][None, :]).astype(np.float32)
+
+
+@dataclass
+class BandDiff:
+    """Leave-one-out differences of one band, to be merged (:meth:`merge_into`)."""
+
+    row0: int
+    codes: np.ndarray
+    okc: np.ndarray
+    sigs: np.ndarray | None
+    quiet: np.ndarray | None
+    static: np.ndarray | None
+    peaks: np.ndarray | None
+    sparse: Sparse
+
+    def merge_into(
+        self,
+        codes: np.ndarray,
+        cover: np.ndarray,
+        sparse: Sparse,
+        lines: list[LineAccumulator] | None,
+        static: np.ndarray | None,
+        peaks: np.ndarray | None,
+    ) -> None:
+        """Write the band into the cell-wide maps (in band order: the line
+        accumulators' blocks straddle bands)."""
+        rb = slice(self.row0, self.row0 + self.codes.shape[1])
+        codes[:, rb] = self.codes
+        cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
+        if lines is not None and self.sigs is not None and self.quiet is not None:
+            for k, acc in enumerate(lines):
+                acc.add(rb.start, self.sigs[k], self.okc[k] & self.quiet)
+        if static is not None and self.static is not None:
+            static[rb] |= self.static
+        if peaks is not None and self.peaks is not None:
+            peaks[rb] |= self.peaks
+        sparse.extend(self.sparse)
+
+
+def band_differences(
+    matched: np.ndarray,
+    mvar: np.ndarray,
+    ok: np.ndarray,
+    weights: np.ndarray,
+    cfg: CompareWarpConfig,
+    core: slice,
+    row0: int,
+    fw: int,
+    wb: int,
+    *,
+    lines: bool,
+    static: bool,
+    peaks: bool,
+) -> BandDiff:
+    """Leave-one-out differences of a band (binned rows from ``row0``): outlier
+    codes, coverage, the significance for the line search, and the sparse
+    data of the variable-source test."""
+    n = matched.shape[0]
+    keep = clip_outliers(
+        matched, mvar, ok, weights, nsigma=cfg.model_nsigma, ampfrac=cfg.systematic
+    )
+    # Each epoch is compared with the model made of the other epochs, so that
+    # an epoch's own noise neither shrinks its difference nor inflates it
+    # where the clipping took it out of the model.
+    wk = np.where(keep, weights[:, None, None].astype(np.float32), np.float32(0))
+    # Which epochs the model holds, per pixel (a bit per epoch; -1: all, when
+    # there are too many epochs for the bits): the reference of a flux change.
+    if n <= 62:
+        bits = np.zeros(keep.shape[1:], dtype=np.int64)
+        for j in range(n):
+            bits |= keep[j].astype(np.int64) << j
+        bits = bits[core]
+    else:
+        bits = np.full(keep.shape[1:], -1, dtype=np.int64)[core]
+    s_all = np.einsum("kij,kij->ij", wk, matched)
+    w_all = wk.sum(axis=0)
+    v_all = np.einsum("kij,kij->ij", wk * wk, mvar)
+    model = s_all / np.maximum(w_all, np.float32(1e-30))
+    # PSF mismatch leaves residuals that scale with the brightness of the
+    # nearby sky (cores and wings of stars): the local peak of the model.
+    peak = ndimage.maximum_filter(np.abs(model), size=fw)[core]
+    sys2 = (np.float32(cfg.systematic) * peak) ** 2
+    s_all, w_all, v_all = s_all[core], w_all[core], v_all[core]
+    model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
+    out = BandDiff(
+        row0,
+        np.empty((n, *model_sn.shape), dtype=np.int8),
+        np.empty((n, *model_sn.shape), dtype=bool),
+        np.empty((n, *model_sn.shape), dtype=np.float32) if lines else None,
+        None,
+        model_sn > np.float32(cfg.line_static) if static else None,
+        None,
+        [],
+    )
+    if peaks and cfg.restore_variables:
+        # Bright static sources (candidates for restoring a variable's flux).
+        top = ndimage.maximum_filter(model_sn, size=3)
+        out.peaks = (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))
+    quiet = None
+    if lines:
+        # PSF-matching residuals of static sources are the heavy tail of the
+        # line sums (a row of stars makes a line); the sums leave them out.
+        near = ndimage.maximum_filter(model_sn, size=fw) > np.float32(cfg.line_source)
+        quiet = ~near
+        out.quiet = quiet
+    for k in range(n):
+        wkc = wk[k, core]
+        mk = matched[k, core]
+        w_o = w_all - wkc
+        okc = ok[k, core] & (w_o > 0)
+        safe = np.maximum(w_o, np.float32(1e-30))
+        others = (s_all - wkc * mk) / safe
+        v_o = np.divide(
+            v_all - wkc * wkc * mvar[k, core],
+            safe * safe,
+            out=np.zeros(okc.shape, dtype=np.float32),
+            where=okc,
+        )
+        np.maximum(v_o, 0, out=v_o)
+        noise = np.sqrt(mvar[k, core] + v_o + sys2)
+        sig = np.where(okc, (mk - others) / np.maximum(noise, np.float32(1e-12)), 0.0)
+        sample = sig[::3, ::3][okc[::3, ::3]]
+        scale = 1.0
+        if sample.size > 100:
+            # The variance plane ignores the noise correlations of warping and
+            # the model's share of each epoch: rescale to unit robust rms.
+            scale = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+            if 0.2 < scale < 5:
+                sig /= np.float32(scale)
+            else:
+                scale = 1.0
+        code = (sig > cfg.grow_threshold).astype(np.int8)
+        code += sig > cfg.threshold
+        code -= sig < -cfg.grow_threshold
+        code -= sig < -cfg.threshold
+        out.codes[k] = code
+        out.okc[k] = okc
+        if out.sigs is not None:
+            out.sigs[k] = sig
+        flagged = np.flatnonzero(code)
+        if flagged.size:
+            # Local fit of the difference by a multiple of the model over a
+            # PSF-sized window: good where a static source changed flux.
+            m_sn = np.where(okc, others / np.maximum(noise, np.float32(1e-12)), 0.0)
+            m_sn /= np.float32(scale)
+            win = fw
+            sdm = ndimage.uniform_filter(sig * m_sn, win)
+            smm = ndimage.uniform_filter(m_sn * m_sn, win)
+            sdd = ndimage.uniform_filter(sig * sig, win)
+            mpk = ndimage.maximum_filter(m_sn, win).ravel()[flagged]
+            npw = win * win
+            fs, fm, fd = sdm.ravel()[flagged], smm.ravel()[flagged], sdd.ravel()[flagged]
+            chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
+            # The same fit with a constant (a ghost's or a trail's light under
+            # the source): the multiple that restores a clipped variable
+            # (skydm.coadd._cw_restore).
+            sd = ndimage.uniform_filter(sig, win).ravel()[flagged]
+            sm = ndimage.uniform_filter(m_sn, win).ravel()[flagged]
+            cov = fs - sd * sm
+            vm = np.maximum(fm - sm * sm, 1e-12)
+            alpha = cov / vm
+            chi2c = npw * (fd - sd * sd - cov * cov / vm) / (npw - 2)
+            out.sparse.append(
+                (
+                    k,
+                    flagged + row0 * wb,
+                    np.abs(sig.ravel()[flagged]).astype(np.float32),
+                    chi2.astype(np.float32),
+                    np.sqrt(npw * fm).astype(np.float32),
+                    (m_sn.ravel()[flagged] / np.maximum(mpk, 1e-12)).astype(np.float32),
+                    m_sn.ravel()[flagged].astype(np.float32),
+                    alpha.astype(np.float32),
+                    chi2c.astype(np.float32),
+                    bits.ravel()[flagged],
+                )
+            )
+    return out
