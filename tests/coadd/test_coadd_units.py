@@ -452,3 +452,37 @@ def test_restoration_stamps_are_split_between_bands() -> None:
     assert np.array_equal(now[0].prof, prof[:5]) and later == [t]
     now, later = split_targets(later, 100, 110)
     assert now[0].y0 == 0 and np.array_equal(now[0].prof, prof[5:]) and later == []
+
+
+def test_band_combination_equals_the_dense_replacement() -> None:
+    """combine_band (weighted mean, replacement only where something is
+    clipped) gives the coadd of the dense per-pixel coefficients, with a
+    restoration's stamp placed in the compact layout."""
+    from skydm.coadd._cw_pixels import combine_band, imputation_coefficients
+    from skydm.coadd._cw_restore import Target
+    from skydm.coadd.compare_warp import _combine
+
+    rng = np.random.default_rng(11)
+    n, shape = 7, (30, 40)
+    img = rng.normal(10, 3, (n, *shape)).astype(np.float32)
+    var = rng.uniform(4, 9, (n, *shape)).astype(np.float32)
+    good = rng.random((n, *shape)) > 0.05
+    good[:, :3, :5] = False  # no data at all in a corner
+    img[~good], var[~good] = 0, 0
+    clipped = good & (rng.random((n, *shape)) < 0.03)
+    clipped[2, 10:16, 20:27] = good[2, 10:16, 20:27]
+    weights = rng.uniform(0.5, 2, n)
+    widths2 = rng.uniform(3, 9, n)
+    prof = np.full((6, 7), 1 / 42, dtype=np.float32)
+    f = rng.uniform(900, 1100, n)
+    target = Target(2, 10, 20, clipped[2, 10:16, 20:27].copy(), f, 1500.0, prof)
+    kept = good & ~clipped
+    coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, [target])
+    assert extra is not None and np.count_nonzero(extra) > 0
+    mean, variance, _ = _combine(img, var, coef, norm, extra)
+    m, v, ws, used = combine_band(img, var, good, clipped, weights, widths2, [target])
+    np.testing.assert_allclose(m, mean, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(v, variance, rtol=1e-5)
+    np.testing.assert_allclose(ws, norm, rtol=1e-6)
+    np.testing.assert_allclose(used, coef.sum(axis=(1, 2)), rtol=1e-6)
+    assert np.all(m[:3, :5] == 0) and np.all(np.isinf(v[:3, :5]))

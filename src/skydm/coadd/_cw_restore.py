@@ -225,6 +225,7 @@ def restore_targets(
     big, h = kernels.big, kernels.half
     # Each source's photometry serves every epoch clipped over it.
     cache: dict[tuple[int, int], tuple | None] = {}
+    usable = kept | clipped if items else kept
     for it in items:
         yc, xc = it.y - y0, it.x
         if not (0 <= yc < rows and 0 <= xc < cols):
@@ -234,7 +235,7 @@ def restore_targets(
         xs = slice(max(ix - h, 0), min(ix + h + 1, cols))
         if (iy, ix) not in cache:
             cache[iy, ix] = _photometry(
-                img, var, kept, kept | clipped, weights, kernels, ys, xs, iy, ix, big
+                img, var, kept, usable, weights, kernels, ys, xs, iy, ix, big
             )
         meas = cache[iy, ix]
         if meas is None:

@@ -59,9 +59,10 @@ from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
 from skydm.coadd._cw_pixels import (
     bin_planes,
-    cosmic_rays,
-    grow_hits,
-    imputation_coefficients,
+    combine_band,
+    cosmic_ray_pixels,
+    grow_pixels,
+    laplacian,
     laplacian_scale,
     matching_sigmas,
     sharpness_bound,
@@ -210,8 +211,9 @@ def compare_warp(
         img, var, good = stack.rows(ya, yb)
         own_hits: list[tuple[int, np.ndarray]] = []
         if cfg.cr_threshold > 0:
-            scales = laplacian_scale(img, var, good)
-            hits = cosmic_rays(
+            lap = laplacian(img)
+            scales = laplacian_scale(img, var, good, lap)
+            hits = cosmic_ray_pixels(
                 img,
                 var,
                 good,
@@ -220,10 +222,13 @@ def compare_warp(
                 margin=cfg.cr_margin,
                 sharp=cfg.cr_sharpness,
                 scales=scales,
+                lap=lap,
             )
+            del lap
             for k in range(n):
-                if hits[k].any():
-                    flat = grow_hits(hits[k], nx)
+                if hits[k].size:
+                    ys, xs = np.divmod(hits[k], nx)
+                    flat = grow_pixels(ys, xs, yb - ya, nx)
                     yy = flat // nx
                     own_hits.append((k, flat[(yy >= y0 - ya) & (yy < y1 - ya)] + ya * nx))
                     # Hits (in the halo too) stay out of the model and the differences.
@@ -292,52 +297,59 @@ def compare_warp(
     mask = np.zeros((ny, nx), dtype=np.uint32)
     used = np.zeros(n)
     # A restoration's stamp may reach past its band: each band is read with
-    # the stamps' height below it, restorations are measured in the band
-    # holding their stamp's top row, and their rows in the next band wait.
+    # the stamps' height below it, and restorations are measured in the band
+    # holding their stamp's top row; a band also takes the restorations of
+    # the bands above it whose stamps reach into it, once they are measured.
     reach = 2 * kernels.half + 2 if restore else 0
-    pending: list[Target] = []
+    measured: list[Future[list[Target]]] = [Future() for _ in chunks]
+    index = {c: i for i, c in enumerate(chunks)}
 
-    def band_inputs(y0: int, y1: int) -> _BandInputs:
-        # Read, clip and measure the band's restorations (in the band threads).
+    def final_band(y0: int, y1: int) -> _BandOut:
+        # Everything of a band but writing it out, in the band threads.
+        i = index[y0, y1]
         ye = min(y1 + reach, ny)
-        img, var, good = stack.rows(y0, ye)
-        c = clip[:, y0 // b : -(-ye // b)]
-        if b > 1:
-            c = np.repeat(np.repeat(c, b, axis=1), b, axis=2)
-            off = y0 % b
-            c = c[:, off : off + (ye - y0), :nx]
-        else:
-            c = c.copy()
-        for k in range(n):
-            idx = cr_index[k]
-            idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
-            c[k].reshape(-1)[idx] = True
-        clipped = good & c
-        kept = good & ~c
-        mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
-        measured = restore_targets(
-            mine, y0, img, var, kept, clipped, weights, psfs, times=times, kernels=kernels
-        )
+        try:
+            img, var, good = stack.rows(y0, ye)
+            c = clip[:, y0 // b : -(-ye // b)]
+            if b > 1:
+                c = np.repeat(np.repeat(c, b, axis=1), b, axis=2)
+                off = y0 % b
+                c = c[:, off : off + (ye - y0), :nx]
+            else:
+                c = c.copy()
+            for k in range(n):
+                idx = cr_index[k]
+                idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
+                c[k].reshape(-1)[idx] = True
+            clipped = good & c
+            mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
+            found = restore_targets(
+                mine, y0, img, var, good & ~c, clipped, weights, psfs, times=times, kernels=kernels
+            )
+            measured[i].set_result([t.moved(y0) for t in found])
+        except BaseException as exc:
+            measured[i].set_exception(exc)
+            raise
+        # Bands are started in order, so those above are measured or measuring.
+        above: list[Target] = []
+        j = i - 1
+        while j >= 0 and chunks[j][1] + reach > y0:
+            above = measured[j].result() + above
+            j -= 1
+        targets, _ = split_targets(above + measured[i].result(), y0, y1)
         rows_ = y1 - y0
-        return _BandInputs(
-            img[:, :rows_],
-            var[:, :rows_],
-            clipped[:, :rows_],
-            kept[:, :rows_],
-            [t.moved(y0) for t in measured],
+        clipped = clipped[:, :rows_]
+        m, v, ws, share = combine_band(
+            img[:, :rows_], var[:, :rows_], good[:, :rows_], clipped, weights, widths2, targets
         )
+        return _BandOut(m, v, ws <= 0, clipped.any(axis=0), share)
 
-    for (y0, y1), bi_ in zip(chunks, _in_order(band_inputs, chunks, threads=threads), strict=True):
-        img, var, clipped, kept = bi_.img, bi_.var, bi_.clipped, bi_.kept
-        # Restorations reaching into the next band wait for it (in band order).
-        targets, pending = split_targets(pending + bi_.measured, y0, y1)
-        coef, norm, extra = imputation_coefficients(kept, clipped, weights, widths2, targets)
-        m, v, ws = _combine(img, var, coef, norm, extra)
-        image[y0:y1], variance[y0:y1] = m, v
+    for (y0, y1), out in zip(chunks, _in_order(final_band, chunks, threads=threads), strict=True):
+        image[y0:y1], variance[y0:y1] = out.image, out.variance
         band = mask[y0:y1]
-        band[ws <= 0] |= np.uint32(Mask.NO_DATA)
-        band[clipped.any(axis=0)] |= np.uint32(Mask.CLIPPED)
-        used += coef.sum(axis=(1, 2), dtype=np.float64)
+        band[out.no_data] |= np.uint32(Mask.NO_DATA)
+        band[out.clipped] |= np.uint32(Mask.CLIPPED)
+        used += out.used
         if bar is not None:
             bar.advance(1, "assembly")
     exp = _coadd_exposure(stack, image, variance, mask, used, "compare")
@@ -351,15 +363,15 @@ def compare_warp(
 
 
 @dataclass
-class _BandInputs:
-    """One band of the final pass: the warps' rows, what is clipped and kept,
-    and the restorations measured in it."""
+class _BandOut:
+    """One band of the coadd: image, variance, where no data or some epoch was
+    clipped, and each epoch's sum of coefficients."""
 
-    img: np.ndarray
-    var: np.ndarray
+    image: np.ndarray
+    variance: np.ndarray
+    no_data: np.ndarray
     clipped: np.ndarray
-    kept: np.ndarray
-    measured: list[Target]
+    used: np.ndarray
 
 
 @dataclass
