@@ -486,3 +486,28 @@ def test_band_combination_equals_the_dense_replacement() -> None:
     np.testing.assert_allclose(ws, norm, rtol=1e-6)
     np.testing.assert_allclose(used, coef.sum(axis=(1, 2)), rtol=1e-6)
     assert np.all(m[:3, :5] == 0) and np.all(np.isinf(v[:3, :5]))
+
+
+def test_sparse_footprint_helpers_match_ndimage() -> None:
+    """The rules label footprints from their pixels alone, grow them by rows of
+    the disk and draw streak strips from a band about the axis; each gives
+    what ndimage's whole-grid labelling and dilation, and a whole-grid
+    distance test, give."""
+    from skydm.coadd._cw_rules import _components, _dilate, _disk, _strip
+
+    rng = np.random.default_rng(21)
+    for _ in range(60):
+        rows, cols = (int(v) for v in rng.integers(1, 50, 2))
+        mask = rng.random((rows, cols)) < rng.uniform(0.02, 0.5)
+        lab, n = _components(np.flatnonzero(mask), cols)
+        ref, nref = ndimage.label(mask)
+        assert n == nref and np.array_equal(lab, ref.ravel()[np.flatnonzero(mask)])
+        disk = _disk(float(rng.choice([0.5, 1.5, 2.3, 3.92])))
+        assert np.array_equal(_dilate(mask, disk), ndimage.binary_dilation(mask, disk))
+        theta, half = rng.uniform(0, np.pi), float(rng.uniform(0.5, 6))
+        ux, uy, cx, cy = np.cos(theta), np.sin(theta), rng.uniform(0, cols), rng.uniform(0, rows)
+        yy, xx = np.indices((rows, cols), dtype=np.float32)
+        dist = np.abs(-(xx - cx) * uy + (yy - cy) * ux)
+        strip = np.zeros(rows * cols, dtype=bool)
+        strip[_strip((rows, cols), cx, cy, ux, uy, half)] = True
+        assert np.array_equal(strip, (dist <= half).ravel())

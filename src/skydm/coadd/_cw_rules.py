@@ -1,19 +1,27 @@
 """Outlier footprints and DMTN-080's temporal rule: which footprints of which
 epochs CompareWarp clips (on the binned grid).
 
-See :mod:`skydm.coadd.compare_warp` for the whole algorithm.
+See :mod:`skydm.coadd.compare_warp` for the whole algorithm.  Footprints
+cover a few per cent of the grid, so they are kept sparse (flat indices of
+their pixels, ascending, and labels); per-footprint sums are bincounts over
+them, and only the growth of the clipped ones touches a dense map.
 """
 
 from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from skydm.coadd.compare_warp import CompareWarpConfig
 
 #: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2 of the local
@@ -36,34 +44,128 @@ Sparse = list[
 ]
 
 
+class _Labels(NamedTuple):
+    """Labelled pixels of a grid: flat indices (ascending), their labels 1..n."""
+
+    pix: np.ndarray
+    lab: np.ndarray
+    n: int
+
+
+class _Outliers(NamedTuple):
+    """One epoch's outlier pixels from a :data:`Sparse` list, in its order."""
+
+    idx: np.ndarray
+    dabs: np.ndarray
+    chi2: np.ndarray
+    msig: np.ndarray
+    peak: np.ndarray
+
+
+class _Context(NamedTuple):
+    """The rule's settings, the outliers' sign, the grid's width, the flat maps
+    of epochs with data and with a footprint of that sign, and
+    :func:`_same_place`'s map (None without peaks)."""
+
+    cfg: CompareWarpConfig
+    sign: int
+    fwhm: float
+    structure: np.ndarray | None
+    width: int
+    cover: np.ndarray
+    nfp: np.ndarray
+    same: np.ndarray | None
+
+
+def _outliers(sparse: Sparse, k: int) -> _Outliers | None:
+    parts = [p for p in sparse if p[0] == k]
+    if not parts:
+        return None
+    return _Outliers(*(np.concatenate([p[i] for p in parts]) for i in range(1, 6)))
+
+
 def _disk(radius: float) -> np.ndarray:
     r = math.ceil(radius)
     y, x = np.mgrid[-r : r + 1, -r : r + 1]
     return (x * x + y * y) <= radius * radius + 1e-9
 
 
-def _footprints(code: np.ndarray, streak_length: float) -> np.ndarray:
+def _components(pix: np.ndarray, width: int) -> tuple[np.ndarray, int]:
+    """4-connected components of the pixels at ascending flat indices ``pix``.
+
+    Labels run 1..n in raster order of each component's first pixel, as
+    ``ndimage.label`` numbers them, at a cost that grows with the pixels
+    given rather than with the grid.
+    """
+    m = pix.size
+    if m == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    node = np.arange(m)
+    right = (pix[1:] == pix[:-1] + 1) & (pix[:-1] % width != width - 1)
+    below = np.searchsorted(pix, pix + width)
+    has = below < m
+    has[has] = pix[below[has]] == pix[has] + width
+    rows = np.concatenate([node[:-1][right], node[has]])
+    cols = np.concatenate([node[1:][right], below[has]])
+    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(m, m))
+    n, lab = connected_components(graph.tocsr(), directed=False)
+    return lab.astype(np.int64) + 1, int(n)
+
+
+def _label_at(labels: _Labels, idx: np.ndarray) -> np.ndarray:
+    """Label of each flat index ``idx`` (0 where unlabelled)."""
+    if labels.pix.size == 0:
+        return np.zeros(idx.size, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(labels.pix, idx), labels.pix.size - 1)
+    return np.where(labels.pix[pos] == idx, labels.lab[pos], 0)
+
+
+def _groups(
+    labels: _Labels, wanted: np.ndarray, width: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(label, rows, columns) of the pixels of each label in ``wanted`` (sorted),
+    pixels in raster order as ``np.nonzero(lab == label)`` gives them."""
+    if wanted.size == 0:
+        return
+    lut = np.zeros(labels.n + 1, dtype=bool)
+    lut[wanted] = True
+    mask = lut[labels.lab]
+    pix, lab = labels.pix[mask], labels.lab[mask]
+    order = np.argsort(lab, kind="stable")
+    pix, lab = pix[order], lab[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    ends = np.r_[starts[1:], lab.size]
+    for a, b in zip(starts, ends, strict=True):
+        ys, xs = np.divmod(pix[a:b], width)
+        yield int(lab[a]), ys, xs
+
+
+def _footprints(code: np.ndarray, sign: int, streak_length: float) -> _Labels:
     """Outlier footprints of one epoch and sign.
 
-    Regions of ``code >= 1`` that hold a seed (``code >= 2``), plus seedless
-    regions that are long and thin (:func:`_is_streak`): a faint trail is
-    never 5 sigma anywhere but runs above the lower threshold for hundreds
-    of pixels, which noise does not.
+    Regions of ``code * sign >= 1`` that hold a seed (``code * sign >= 2``),
+    plus seedless regions that are long and thin (:func:`_is_streak`): a faint
+    trail is never 5 sigma anywhere but runs above the lower threshold for
+    hundreds of pixels, which noise does not.
     """
-    lab, nlab = ndimage.label(code >= 1)
+    signed = code.ravel() * np.int8(sign)
+    pix = np.flatnonzero(signed >= 1)
+    lab, nlab = _components(pix, code.shape[1])
     if nlab == 0:
-        return np.zeros(code.shape, dtype=bool)
+        return _Labels(pix, lab, 0)
     keep = np.zeros(nlab + 1, dtype=bool)
-    seeded = np.unique(lab[code >= 2])
-    keep[seeded] = True
+    keep[lab[signed[pix] >= 2]] = True
     if streak_length > 0:
-        sizes = np.bincount(lab.ravel(), minlength=nlab + 1)
-        for label in np.flatnonzero((sizes >= streak_length) & ~keep):
-            ys, xs = np.nonzero(lab == label)
-            if label > 0 and _is_streak(ys, xs, streak_length):
+        sizes = np.bincount(lab, minlength=nlab + 1)
+        long = np.flatnonzero((sizes >= streak_length) & ~keep)
+        for label, ys, xs in _groups(_Labels(pix, lab, nlab), long[long > 0], code.shape[1]):
+            if _is_streak(ys, xs, streak_length):
                 keep[label] = True
     keep[0] = False
-    return keep[lab]
+    # Kept footprints renumbered 1.. in their order (that of labelling the kept map).
+    renumber = np.cumsum(keep)
+    sel = keep[lab]
+    return _Labels(pix[sel], renumber[lab[sel]], int(renumber[-1]))
 
 
 def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
@@ -73,6 +175,52 @@ def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
     evals = np.linalg.eigvalsh(cov)
     length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
     return length >= min_length and length >= 8 * max(width, 1.0)
+
+
+def _dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, structure)`` for a disk (each row of the
+    structure one centred run): a horizontal growth per run width, then one
+    shifted OR per row, instead of a test of every structure pixel everywhere."""
+    r = structure.shape[0] // 2
+    half = structure.sum(axis=1) // 2
+    grown = {0: mask}
+    h = mask.copy()
+    for w in range(1, int(half.max()) + 1):
+        h[:, w:] |= mask[:, :-w]
+        h[:, :-w] |= mask[:, w:]
+        grown[w] = h.copy()
+    out, rows = np.zeros_like(mask), mask.shape[0]
+    for i, w in enumerate(half):
+        dy = i - r
+        if not structure[i].any() or abs(dy) >= rows:
+            continue
+        if dy >= 0:
+            out[dy:] |= grown[int(w)][: rows - dy]
+        else:
+            out[:dy] |= grown[int(w)][-dy:]
+    return out
+
+
+def _same_place(tops: list[np.ndarray], shape: tuple[int, int], fwhm: float) -> np.ndarray | None:
+    """Per pixel, the number of epochs with a footprint peak within ``fwhm`` of it."""
+    if fwhm <= 0:
+        return None
+    offsets = np.nonzero(_disk(fwhm)) - np.array(math.ceil(fwhm))
+    out = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    slot = np.empty(out.size, dtype=np.int64)  # scratch: read only where just written
+    for t in tops:
+        t = t[t >= 0]
+        if t.size:
+            ys, xs = np.divmod(t, shape[1])
+            yy, xx = ys[:, None] + offsets[0], xs[:, None] + offsets[1]
+            ok = (yy >= 0) & (yy < shape[0]) & (xx >= 0) & (xx < shape[1])
+            hit = yy[ok] * shape[1] + xx[ok]
+            # Each epoch counts once per pixel, however many of its peaks are
+            # near: of repeated pixels, only the one whose slot write stuck.
+            order = np.arange(hit.size)
+            slot[hit] = order
+            out[hit[slot[hit] == order]] += 1
+    return out.reshape(shape)
 
 
 def clip_maps(
@@ -94,97 +242,166 @@ def clip_maps(
     source, and is kept whatever its number of epochs.
     """
     n = codes.shape[0]
+    shape = (int(codes.shape[1]), int(codes.shape[2]))
     clip = np.zeros(codes.shape, dtype=bool)
     structure = _disk(grow) if grow >= 0.5 else None
-    r = math.ceil(grow) if structure is not None else 0
+    outl = [_outliers(sparse, k) for k in range(n)]
     for sign in (1, -1):
-        fps = np.zeros(codes.shape, dtype=bool)
         length = cfg.streak_length if sign > 0 else 0.0
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="footprints") as pool:
-            found = pool.map(_footprints, [c * sign for c in codes], [length] * n)
-            for k, fp in enumerate(found):
-                fps[k] = fp
-        count = fps.sum(axis=0, dtype=np.uint8)
-        same = _same_place(fps, sparse, fwhm)
+            fps = list(pool.map(_footprints, codes, [sign] * n, [length] * n))
+        count = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+        for fp in fps:
+            count[fp.pix] += 1
+        peaks = [_peaks(fp, o) for fp, o in zip(fps, outl, strict=True)]
+        same = _same_place([p[0] for p in peaks], shape, fwhm) if sparse else None
 
-        def clip_epoch(
-            k: int,
-            fps: np.ndarray = fps,
-            count: np.ndarray = count,
-            same: np.ndarray | None = same,
-            sign: int = sign,
-        ) -> None:
-            lab, nlab = ndimage.label(fps[k])
-            if nlab == 0:
-                return
-            index = np.arange(1, nlab + 1)
-            mean_cover = np.asarray(ndimage.mean(cover, lab, index))
-            limit = cfg.epoch_threshold(mean_cover)
-            if sign > 0:
-                limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
-            # Fraction of each footprint's pixels that are outliers in few
-            # enough epochs (footprints differ only through their coverage).
-            frac = np.zeros(nlab)
-            for lo in np.unique(limit):
-                sel = limit == lo
-                ok_pix = (count >= 1) & (count <= lo)
-                frac[sel] = np.asarray(ndimage.mean(ok_pix, lab, index[sel]))
-            candidate = frac > cfg.spatial_threshold
-            if same is not None:
-                # Outliers in few epochs *at the same place* (their peaks
-                # within a FWHM): a slow asteroid or ghost whose footprints
-                # overlap those of other visits at shifted positions is
-                # still transient; a static source's residuals are concentric.
-                tops = _top_pixels(lab, nlab, k, sparse)
-                has = tops >= 0
-                nsame = np.where(has, same.ravel()[np.maximum(tops, 0)], 255)
-                candidate |= has & (nsame <= limit)
-            variable = _variable(lab, nlab, k, sparse, cfg, fwhm)
-            candidate &= ~variable
-            chosen = index[candidate]
-            sel_map = np.isin(lab, chosen)
-            # A transient artefact whose footprint merges with a region that
-            # is an outlier in many epochs (a bright trail across a bright
-            # star's PSF-mismatch halo or another epoch's ghost) fails the
-            # fraction rule as a whole; its own part, the seeded pieces that
-            # are outliers in few epochs, is still clipped.
-            rest = index[~candidate & ~variable]
-            if rest.size:
-                piece = (
-                    np.isin(lab, rest) & (count >= 1) & (count <= np.concatenate([[0], limit])[lab])
-                )
-                plab, np_ = ndimage.label(piece)
-                if np_:
-                    seeded = np.unique(plab[(codes[k] * sign >= 2) & piece])
-                    sel_map |= np.isin(plab, seeded[seeded > 0])
-            if variable.any():
-                # A transient beside a variable (a slow asteroid passing a
-                # supernova) merges with its footprint; outside the
-                # variable's core, seeded parts that are outliers in few
-                # enough epochs are still clipped.
-                sel_map |= _off_core(lab, index[variable], k, sparse, count, limit, cfg, fwhm)
-            chosen = np.unique(lab[sel_map])
-            chosen = chosen[chosen > 0]
-            if chosen.size == 0:
-                return
-            if sign > 0 and cfg.streak_length > 0:
-                sel_map |= _extend_streaks(lab, chosen, cover > 0, cfg.streak_length)
-            if structure is None:
-                clip[k] |= sel_map
-                return
-            for obj in ndimage.find_objects(np.where(sel_map, lab, 0)):
-                if obj is None:
-                    continue
-                ys = slice(max(obj[0].start - r, 0), obj[0].stop + r)
-                xs = slice(max(obj[1].start - r, 0), obj[1].stop + r)
-                clip[k, ys, xs] |= ndimage.binary_dilation(sel_map[ys, xs], structure=structure)
-
-        # Epochs are independent given the counts: two threads (scipy's
-        # labelling and measurements release the GIL); each writes its own map.
+        ctx = _Context(cfg, sign, fwhm, structure, shape[1], cover.ravel(), count, same)
+        # Epochs are independent given the counts: two threads (numpy releases
+        # the GIL in its array operations); each writes its own map.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clip-maps") as pool:
-            for done in [pool.submit(clip_epoch, k) for k in range(n)]:
-                done.result()
+            list(pool.map(partial(_clip_epoch, ctx=ctx), clip, fps, codes, peaks, outl))
     return clip
+
+
+def _peaks(fp: _Labels, outl: _Outliers | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each footprint's most significant pixel: its flat index per label (-1 if
+    unknown), and the labels that have one with its position in ``outl``."""
+    tops = np.full(fp.n, -1, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
+    if outl is None or fp.n == 0:
+        return tops, none, none
+    which = _label_at(fp, outl.idx)
+    inside = np.flatnonzero(which > 0)
+    w, d = which[inside], outl.dabs[inside]
+    # Sort by label, then by decreasing |d| (ties keep the sparse order).
+    order = np.lexsort((-d, w))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = w[order][1:] != w[order][:-1]
+    top = inside[order[first]]
+    tops[which[top] - 1] = outl.idx[top]
+    return tops, which[top], top
+
+
+def _clip_epoch(
+    out: np.ndarray,
+    fp: _Labels,
+    code: np.ndarray,
+    peaks: tuple[np.ndarray, np.ndarray, np.ndarray],
+    outl: _Outliers | None,
+    ctx: _Context,
+) -> None:
+    """Set in ``out`` (the epoch's 2-D map) the footprints ``fp`` of one epoch
+    (outlier codes ``code``) that the temporal rule clips, grown by
+    ``ctx.structure``."""
+    if fp.n == 0:
+        return
+    cfg, sign, _, structure, width, cover, count, same = ctx
+    tops, which_top, top = peaks
+    pix, lab, nlab = fp
+    sizes = np.bincount(lab, minlength=nlab + 1)
+    mean_cover = np.bincount(lab, weights=cover[pix], minlength=nlab + 1)[1:] / sizes[1:]
+    limit = cfg.epoch_threshold(mean_cover)
+    if sign > 0:
+        limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
+    # Fraction of each footprint's pixels that are outliers in few enough
+    # epochs (footprints differ only through their coverage).
+    cnt = count[pix]
+    frac = np.zeros(nlab)
+    for lo in np.unique(limit):
+        sel = limit == lo
+        ok = np.bincount(lab, weights=(cnt >= 1) & (cnt <= lo), minlength=nlab + 1)[1:]
+        frac[sel] = ok[sel] / sizes[1:][sel]
+    candidate = frac > cfg.spatial_threshold
+    if same is not None:
+        # Outliers in few epochs *at the same place* (their peaks within a
+        # FWHM): a slow asteroid or ghost whose footprints overlap those of
+        # other visits at shifted positions is still transient; a static
+        # source's residuals are concentric.
+        has = tops >= 0
+        nsame = np.where(has, same.ravel()[np.maximum(tops, 0)], 255)
+        candidate |= has & (nsame <= limit)
+    variable = _variable(sizes, which_top, top, outl, nlab, ctx)
+    candidate &= ~variable
+    chosen = np.r_[False, candidate][lab]  # per footprint pixel
+    # A transient artefact whose footprint merges with a region that is an
+    # outlier in many epochs (a bright trail across a bright star's
+    # PSF-mismatch halo or another epoch's ghost) fails the fraction rule as
+    # a whole; its own part, the seeded pieces that are outliers in few
+    # epochs, is still clipped.
+    rest = ~candidate & ~variable
+    if rest.any():
+        piece = np.flatnonzero(
+            np.r_[False, rest][lab] & (cnt >= 1) & (cnt <= np.r_[0.0, limit][lab])
+        )
+        plab, npiece = _components(pix[piece], width)
+        if npiece:
+            seeded = np.zeros(npiece + 1, dtype=bool)
+            seeded[plab[code.ravel()[pix[piece]] * np.int8(sign) >= 2]] = True
+            chosen[piece[seeded[plab]]] = True
+    if variable.any():
+        # A transient beside a variable (a slow asteroid passing a supernova)
+        # merges with its footprint; outside the variable's core, seeded parts
+        # that are outliers in few enough epochs are still clipped.
+        split = _off_core_pixels(fp, np.flatnonzero(variable) + 1, tops, outl, limit, ctx)
+        chosen[np.searchsorted(pix, split)] = True
+    if not chosen.any():
+        return
+    extra = np.zeros(0, dtype=np.int64)
+    if sign > 0 and cfg.streak_length > 0:
+        strip = _extend_streaks(fp, np.unique(lab[chosen]), sizes, ctx)
+        on = _label_at(fp, strip) > 0
+        chosen[np.searchsorted(pix, strip[on])] = True
+        extra = strip[~on]
+    flat = out.reshape(-1)
+    if structure is None:
+        flat[pix[chosen]] = True
+        flat[extra] = True
+        return
+    _grow(out, pix[chosen], lab[chosen], extra, structure)
+
+
+def _grow(
+    out: np.ndarray, fpix: np.ndarray, flab: np.ndarray, extra: np.ndarray, structure: np.ndarray
+) -> None:
+    """Set in ``out`` the clipped pixels grown by ``structure``.
+
+    Clipped footprint pixels ``fpix`` (labels ``flab``) are grown in full.
+    Pixels ``extra`` off the footprints (streak strips) are grown only within
+    the window of some clipped footprint (its box grown by the structure's
+    radius), and only where that window holds them: that is where the
+    footprints' growth, done box by box, reaches.
+    """
+    rows, cols = out.shape
+    r = structure.shape[0] // 2
+    ys, xs = np.divmod(fpix, cols)
+    y0, y1 = max(int(ys.min()) - r, 0), min(int(ys.max()) + r + 1, rows)
+    x0, x1 = max(int(xs.min()) - r, 0), min(int(xs.max()) + r + 1, cols)
+    box = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    box[ys - y0, xs - x0] = True
+    out[y0:y1, x0:x1] |= _dilate(box, structure)
+    if extra.size == 0:
+        return
+    order = np.argsort(flab, kind="stable")
+    sl = flab[order]
+    starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
+    bounds = [np.minimum.reduceat(ys[order], starts), np.maximum.reduceat(ys[order], starts)]
+    bounds += [np.minimum.reduceat(xs[order], starts), np.maximum.reduceat(xs[order], starts)]
+    mask = np.zeros(out.shape, dtype=bool)
+    mask.reshape(-1)[extra] = True
+    ty, tx = np.divmod(extra, cols)  # ascending rows
+    for ya, yb, xa, xb in zip(*bounds, strict=True):
+        wy0, wy1 = max(int(ya) - r, 0), min(int(yb) + r + 1, rows)
+        wx0, wx1 = max(int(xa) - r, 0), min(int(xb) + r + 1, cols)
+        a, b = np.searchsorted(ty, [wy0, wy1])
+        inside = np.flatnonzero((tx[a:b] >= wx0) & (tx[a:b] < wx1))
+        if inside.size == 0:
+            continue
+        # The window's strip pixels grow within it, up to r from their box.
+        iy, ix = ty[a:b][inside], tx[a:b][inside]
+        sy0, sy1 = max(int(iy[0]) - r, wy0), min(int(iy[-1]) + r + 1, wy1)
+        sx0, sx1 = max(int(ix.min()) - r, wx0), min(int(ix.max()) + r + 1, wx1)
+        out[sy0:sy1, sx0:sx1] |= _dilate(mask[sy0:sy1, sx0:sx1], structure)
 
 
 def _off_core(
@@ -197,6 +414,24 @@ def _off_core(
     cfg: CompareWarpConfig,
     fwhm: float,
 ) -> np.ndarray:
+    """:func:`_off_core_pixels` on a dense label map ``lab``, as a boolean map."""
+    out = np.zeros(lab.size, dtype=bool)
+    pix = np.flatnonzero(lab)
+    fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
+    outl = _outliers(sparse, k)
+    ctx = _Context(cfg, 1, fwhm, None, lab.shape[1], count.ravel(), count.ravel(), None)
+    out[_off_core_pixels(fp, labels, _peaks(fp, outl)[0], outl, limit, ctx)] = True
+    return out.reshape(lab.shape)
+
+
+def _off_core_pixels(
+    fp: _Labels,
+    labels: np.ndarray,
+    tops: np.ndarray,
+    outl: _Outliers | None,
+    limit: np.ndarray,
+    ctx: _Context,
+) -> np.ndarray:
     """Second peaks of variable footprints ``labels``: transients beside a variable.
 
     A slow asteroid passing a supernova merges with its footprint, which is
@@ -207,39 +442,42 @@ def _off_core(
     is not a multiple of the model (the fit of :func:`_variable` fails) is a
     transient of its own: the footprint's pixels nearer to it than to the
     peak, within the reach of a point source of its significance, are clipped.
+    Returns their flat indices.
     """
-    out = np.zeros(lab.shape, dtype=bool)
-    if fwhm <= 0:
-        return out
-    parts = [p for p in sparse if p[0] == k]
-    if not parts:
-        return out
-    idx = np.concatenate([p[1] for p in parts])
-    dense = np.zeros((4, lab.size), dtype=np.float32)
-    dense[0, idx] = np.concatenate([p[2] for p in parts])
-    dense[1, idx] = np.concatenate([p[3] for p in parts])
-    dense[2, idx] = np.concatenate([p[4] for p in parts])
-    sig, chi2, msig = (d.reshape(lab.shape) for d in dense[:3])
-    tops = _top_pixels(lab, int(lab.max()), k, sparse)
-    wb = lab.shape[1]
-    objs = ndimage.find_objects(lab)
-    for label in labels:
-        t, obj = tops[label - 1], objs[label - 1]
-        if t < 0 or obj is None:
+    cfg, fwhm, width, count = ctx.cfg, ctx.fwhm, ctx.width, ctx.nfp
+    none = np.zeros(0, dtype=np.int64)
+    if fwhm <= 0 or outl is None:
+        return none
+    # The outlier values at a footprint's pixels (0 elsewhere; the last of
+    # repeated pixels, as a dense map filled in order would hold).
+    order = np.argsort(outl.idx, kind="stable")
+    sidx = outl.idx[order]
+    hits = []
+    for label, ys, xs in _groups(fp, np.asarray(labels), width):
+        t = tops[label - 1]
+        if t < 0:
             continue
-        sub = lab[obj] == label
-        s_sub = np.where(sub, sig[obj], 0)
-        ty, tx = t // wb - obj[0].start, t % wb - obj[1].start
+        y0, x0 = int(ys.min()), int(xs.min())
+        shape = (int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1)
+        sub = np.zeros(shape, dtype=bool)
+        sub[ys - y0, xs - x0] = True
+        pos = np.searchsorted(sidx, ys * width + xs, side="right") - 1
+        found = np.flatnonzero((pos >= 0) & (sidx[np.maximum(pos, 0)] == ys * width + xs))
+        src = order[pos[found]]
+        vy, vx = ys[found] - y0, xs[found] - x0
+        s_sub, chi2, msig = (np.zeros(shape, dtype=np.float32) for _ in range(3))
+        s_sub[vy, vx], chi2[vy, vx], msig[vy, vx] = outl.dabs[src], outl.chi2[src], outl.msig[src]
+        ty, tx = t // width - y0, t % width - x0
         peaks = sub & (s_sub >= cfg.threshold) & (s_sub >= ndimage.maximum_filter(s_sub, 3))
-        yy, xx = np.indices(sub.shape)
+        yy, xx = np.indices(shape)
         d_top = np.hypot(yy - ty, xx - tx)
         peaks &= d_top > fwhm
         for py, px in zip(*np.nonzero(peaks), strict=True):
-            c = count[obj][py, px]
+            c = count[(py + y0) * width + px + x0]
             if not 1 <= c <= limit[label - 1]:
                 continue
-            fit_ok = chi2[obj][py, px] <= cfg.variable_chi2_compact
-            if fit_ok and msig[obj][py, px] >= cfg.threshold:
+            fit_ok = chi2[py, px] <= cfg.variable_chi2_compact
+            if fit_ok and msig[py, px] >= cfg.threshold:
                 continue  # a flux change itself (a second star of the variable's blend)
             m = max(int(d_top[py, px]), 2)
             ly = np.rint(np.linspace(ty, py, m + 1)).astype(int)
@@ -249,72 +487,29 @@ def _off_core(
             reach = math.sqrt(2 * math.log(max(s_sub[py, px] / cfg.grow_threshold, 1.0)))
             radius = fwhm * (cfg.variable_size + 0.6 * reach)
             d_p = np.hypot(yy - py, xx - px)
-            out[obj] |= sub & (d_p < d_top) & (d_p <= radius)
-    return out
-
-
-def _top_pixels(lab: np.ndarray, nlab: int, k: int, sparse: Sparse) -> np.ndarray:
-    """Flat index of each footprint's most significant pixel (-1 if unknown)."""
-    out = np.full(nlab, -1, dtype=np.int64)
-    parts = [p for p in sparse if p[0] == k]
-    if not parts or nlab == 0:
-        return out
-    idx = np.concatenate([p[1] for p in parts])
-    dabs = np.concatenate([p[2] for p in parts])
-    which = lab.ravel()[idx]
-    inside = which > 0
-    idx, dabs, which = idx[inside], dabs[inside], which[inside]
-    order = np.lexsort((-dabs, which))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = which[order][1:] != which[order][:-1]
-    top = order[first]
-    out[which[top] - 1] = idx[top]
-    return out
-
-
-def _same_place(fps: np.ndarray, sparse: Sparse, fwhm: float) -> np.ndarray | None:
-    """Per pixel, the number of epochs with a footprint peak within ``fwhm`` of it."""
-    if fwhm <= 0 or not sparse:
-        return None
-    structure = _disk(fwhm)
-    out = np.zeros(fps.shape[1:], dtype=np.uint8)
-
-    def near_peaks(k: int) -> np.ndarray | None:
-        lab, nlab = ndimage.label(fps[k])
-        tops = _top_pixels(lab, nlab, k, sparse)
-        tops = tops[tops >= 0]
-        if tops.size == 0:
-            return None
-        peaks = np.zeros(out.shape, dtype=bool)
-        peaks.ravel()[tops] = True
-        return np.asarray(ndimage.binary_dilation(peaks, structure=structure))
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="same-place") as pool:
-        for near in pool.map(near_peaks, range(fps.shape[0])):
-            if near is not None:
-                out += near
-    return out
+            hy, hx = np.nonzero(sub & (d_p < d_top) & (d_p <= radius))
+            hits.append((hy + y0) * width + hx + x0)
+    return np.unique(np.concatenate(hits)) if hits else none
 
 
 def _extend_streaks(
-    lab: np.ndarray, chosen: np.ndarray, data: np.ndarray, min_length: float
+    fp: _Labels, chosen: np.ndarray, sizes: np.ndarray, ctx: _Context
 ) -> np.ndarray:
     """Straight strips through every long, thin footprint, across the whole grid.
 
     Satellite trails cross a whole image, but where a faint one dips into
     the noise its footprint breaks into segments and the gaps would leak.
-    A footprint at least ``min_length`` binned pixels long and 8 times
-    longer than wide is taken to be a segment of a straight trail, and the
-    strip along its axis (as wide as the footprint) is clipped wherever the
-    epoch has data, as Rubin's streak masking does.
+    A footprint (of those ``chosen``) at least ``cfg.streak_length``
+    binned pixels long and 8 times longer than wide is taken to be a segment
+    of a straight trail, and the strip along its axis (as wide as the
+    footprint) is clipped wherever the epoch has data, as Rubin's streak
+    masking does.  Returns the strips' flat indices, ascending.
     """
-    out = np.zeros(lab.shape, dtype=bool)
-    big = chosen[np.asarray(ndimage.sum(np.ones_like(lab), lab, chosen)) >= min_length]
-    if big.size == 0:
-        return out
-    yy, xx = np.indices(lab.shape, dtype=np.float32)
-    for label in big:
-        ys, xs = np.nonzero(lab == label)
+    min_length, cover = ctx.cfg.streak_length, ctx.cover
+    shape = (cover.size // ctx.width, ctx.width)
+    big = chosen[sizes[chosen] >= min_length]
+    strips = []
+    for _, ys, xs in _groups(fp, big, shape[1]):
         cy, cx = ys.mean(), xs.mean()
         cov = np.cov(np.vstack([xs - cx, ys - cy]))
         evals, evecs = np.linalg.eigh(cov)
@@ -326,47 +521,61 @@ def _extend_streaks(
         # The footprint itself is clipped anyway; the strip only bridges its
         # gaps, as wide as the trail, not as the stars merged with it.
         half = float(np.percentile(perp, 90)) + 1.0
-        dist = np.abs(-(xx - cx) * uy + (yy - cy) * ux)
-        out |= (dist <= half) & data
-    return out
+        strips.append(_strip(shape, cx, cy, ux, uy, half))
+    mark = np.zeros(cover.size, dtype=bool)
+    mark[np.concatenate([np.zeros(0, dtype=np.int64), *strips])] = True
+    strip = np.flatnonzero(mark)
+    return strip[cover[strip] > 0]
+
+
+def _strip(
+    shape: tuple[int, int], cx: float, cy: float, ux: float, uy: float, half: float
+) -> np.ndarray:
+    """Flat indices of the pixels within ``half`` of the line through (cx, cy)
+    along (ux, uy): a band of candidates per row (or column) tested by the
+    arithmetic of a whole-grid test (float32 coordinates), for equal results."""
+    rows, cols = shape
+    if abs(uy) >= abs(ux):
+        along = np.arange(rows)
+        centre = cx + (along - cy) * (ux / uy)
+        m = math.ceil(half / abs(uy)) + 2
+    else:
+        along = np.arange(cols)
+        centre = cy + (along - cx) * (uy / ux)
+        m = math.ceil(half / abs(ux)) + 2
+    across = np.floor(centre).astype(np.int64)[:, None] + np.arange(-m, m + 1)
+    first = np.broadcast_to(along[:, None], across.shape)
+    yc, xc = (first, across) if abs(uy) >= abs(ux) else (across, first)
+    ok = (xc >= 0) & (xc < cols) & (yc >= 0) & (yc < rows)
+    yc, xc = yc[ok], xc[ok]
+    dist = np.abs(-(xc.astype(np.float32) - cx) * uy + (yc.astype(np.float32) - cy) * ux)
+    near = dist <= half
+    return yc[near] * cols + xc[near]
 
 
 def _variable(
-    lab: np.ndarray,
+    sizes: np.ndarray,
+    which_top: np.ndarray,
+    top: np.ndarray,
+    outl: _Outliers | None,
     nlab: int,
-    k: int,
-    sparse: Sparse,
-    cfg: CompareWarpConfig,
-    fwhm: float = 0.0,
+    ctx: _Context,
 ) -> np.ndarray:
-    """Which footprints of epoch ``k`` look like a flux change of a static source.
+    """Which footprints of an epoch look like a flux change of a static source.
 
-    At each footprint's most significant pixel, the difference over a
-    PSF-sized window must be fit by a multiple of the model (reduced
+    At each footprint's most significant pixel (``top``, its position in
+    ``outl``, for labels ``which_top``; :func:`_peaks`), the difference over
+    a PSF-sized window must be fit by a multiple of the model (reduced
     chi-square at most ``cfg.variable_chi2``) where the model is a
-    significant source (window S/N at least ``cfg.threshold``).
+    significant source (window S/N at least ``cfg.threshold``).  ``sizes``:
+    the footprints' pixel counts, by label.
     """
+    cfg, fwhm = ctx.cfg, ctx.fwhm
     out = np.zeros(nlab, dtype=bool)
-    if cfg.variable_chi2 <= 0:
+    if cfg.variable_chi2 <= 0 or outl is None:
         return out
-    parts = [p for p in sparse if p[0] == k]
-    if not parts:
-        return out
-    idx = np.concatenate([p[1] for p in parts])
-    dabs = np.concatenate([p[2] for p in parts])
-    chi2 = np.concatenate([p[3] for p in parts])
-    msig = np.concatenate([p[4] for p in parts])
-    peak = np.concatenate([p[5] for p in parts])
-    which = lab.ravel()[idx]
-    inside = which > 0
-    which, dabs, chi2 = which[inside], dabs[inside], chi2[inside]
-    msig, peak = msig[inside], peak[inside]
-    # The most significant pixel of each footprint: sort by label, then |d|.
-    order = np.lexsort((-dabs, which))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = which[order][1:] != which[order][:-1]
-    top = order[first]
-    good = chi2[top] <= cfg.variable_chi2
+    dabs, chi2, msig, peak = outl.dabs[top], outl.chi2[top], outl.msig[top], outl.peak[top]
+    good = chi2 <= cfg.variable_chi2
     if fwhm > 0 and cfg.variable_chi2_compact > 0:
         # A compact footprint (PSF-sized) on a static source is the source's
         # flux change seen through that epoch's PSF; PSF-matching residuals
@@ -375,15 +584,15 @@ def _variable(
         # The footprint of a point source of peak significance p reaches
         # about sqrt(2 ln(p / t)) / 2.355 FWHM out to the lower threshold t
         # (Gaussian core); allowed with a margin for noise and PSF wings.
-        area = np.asarray(ndimage.sum(np.ones(lab.shape), lab, which[top]))
-        reach = np.sqrt(2 * np.log(np.maximum(dabs[top] / cfg.grow_threshold, 1.0)))
+        area = sizes[which_top].astype(np.float64)
+        reach = np.sqrt(2 * np.log(np.maximum(dabs / cfg.grow_threshold, 1.0)))
         radius = fwhm * (cfg.variable_size + 0.6 * reach)
         compact = area <= math.pi * radius**2
-        good |= compact & (chi2[top] <= cfg.variable_chi2_compact)
-    good &= msig[top] >= cfg.threshold
+        good |= compact & (chi2 <= cfg.variable_chi2_compact)
+    good &= msig >= cfg.threshold
     # A source's flux change peaks where the source does; an asteroid or a
     # cosmic ray beside a star peaks off the star's centre (the model there
     # is well below its local maximum).
-    good &= peak[top] >= cfg.variable_centred
-    out[which[top] - 1] = good
+    good &= peak >= cfg.variable_centred
+    out[which_top - 1] = good
     return out
