@@ -215,21 +215,27 @@ def band_differences(
         if flagged.size:
             # Local fit of the difference by a multiple of the model over a
             # PSF-sized window: good where a static source changed flux.
-            m_sn = np.where(okc, others / np.maximum(noise, np.float32(1e-12)), 0.0)
-            m_sn /= np.float32(scale)
+            # The window sums are needed at the flagged pixels alone (a few
+            # per cent): gathered there, not filtered over the whole band.
             win = fw
-            sdm = ndimage.uniform_filter(sig * m_sn, win)
-            smm = ndimage.uniform_filter(m_sn * m_sn, win)
-            sdd = ndimage.uniform_filter(sig * sig, win)
-            mpk = ndimage.maximum_filter(m_sn, win).ravel()[flagged]
+            rows_at, cols_at = _window(flagged, sig.shape, win)
+            okw = okc[rows_at, cols_at]
+            s_w = np.where(okw, sig[rows_at, cols_at], np.float32(0))
+            noise_w = np.maximum(noise[rows_at, cols_at], np.float32(1e-12))
+            m_w = np.where(okw, others[rows_at, cols_at] / noise_w, np.float32(0))
+            m_w /= np.float32(scale)
             npw = win * win
-            fs, fm, fd = sdm.ravel()[flagged], smm.ravel()[flagged], sdd.ravel()[flagged]
+            fs = (s_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+            fm = (m_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+            fd = (s_w * s_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+            sd = s_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
+            sm = m_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
+            mpk = m_w.max(axis=0)
+            m_here = m_w[npw // 2]
             chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
             # The same fit with a constant (a ghost's or a trail's light under
             # the source): the multiple that restores a clipped variable
             # (skydm.coadd._cw_restore).
-            sd = ndimage.uniform_filter(sig, win).ravel()[flagged]
-            sm = ndimage.uniform_filter(m_sn, win).ravel()[flagged]
             cov = fs - sd * sm
             vm = np.maximum(fm - sm * sm, 1e-12)
             alpha = cov / vm
@@ -241,11 +247,34 @@ def band_differences(
                     np.abs(sig.ravel()[flagged]).astype(np.float32),
                     chi2.astype(np.float32),
                     np.sqrt(npw * fm).astype(np.float32),
-                    (m_sn.ravel()[flagged] / np.maximum(mpk, 1e-12)).astype(np.float32),
-                    m_sn.ravel()[flagged].astype(np.float32),
+                    (m_here / np.maximum(mpk, 1e-12)).astype(np.float32),
+                    m_here.astype(np.float32),
                     alpha.astype(np.float32),
                     chi2c.astype(np.float32),
                     bits.ravel()[flagged],
                 )
             )
     return out
+
+
+def _window(flat: np.ndarray, shape: tuple[int, ...], win: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns, ``(win * win, m)``, of the ``win`` x ``win`` window about each
+    flat index (the centre at ``win * win // 2``), reflected at the edges as
+    scipy.ndimage's ``reflect`` mode does (the edge pixel is repeated)."""
+    rows, cols = shape
+    y, x = np.divmod(flat, cols)
+    h = win // 2
+    d = np.arange(-h, win - h)
+    yy = _reflect(y[None, :] + d[:, None], rows)
+    xx = _reflect(x[None, :] + d[:, None], cols)
+    return (
+        np.repeat(yy, win, axis=0),
+        np.tile(xx, (win, 1)),
+    )
+
+
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Indices reflected into ``[0, n)`` about the edges, the edge pixel repeated."""
+    period = 2 * n
+    i = np.mod(i, period)
+    return np.where(i < n, i, period - 1 - i)

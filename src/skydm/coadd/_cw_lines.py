@@ -223,6 +223,14 @@ def _tile_plan(
     return _TilePlan(thetas, matrix, first, width, full, xb, yb, cos, sin)
 
 
+def release_line_plans() -> None:
+    """Free the cached projection plans (about 250 MB at 4096 x 4096) once a
+    coadd's epochs have all been searched."""
+    global _ONES
+    _tile_plan.cache_clear()
+    _ONES = np.ones(0)
+
+
 def _search(
     z: np.ndarray,
     good: np.ndarray,

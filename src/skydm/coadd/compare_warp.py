@@ -56,7 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
-from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
+from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
     bin_planes,
     combine_band,
@@ -279,9 +279,23 @@ def compare_warp(
         # trifle next to the source's, and replacing the pixels there would
         # move more flux (PSF-matched replacement is not exact) than it saves.
         keep = ndimage.binary_dilation(static, structure=np.ones((fw, fw), dtype=bool))
+        accs = lines
+
+        def search(k: int) -> list[tuple[float, float, float]]:
+            return find_lines(accs[k], cfg.line_threshold, min_length, exclude=clip[k])
+
+        # The first epoch alone builds the projection plans that all share;
+        # the others are searched on the band threads (the projections
+        # release the GIL).
+        found = [search(0)]
+        if threads > 1 and n > 1:
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lines") as pool:
+                found += list(pool.map(search, range(1, n)))
+        else:
+            found += [search(k) for k in range(1, n)]
+        release_line_plans()
         for k in range(n):
-            found = find_lines(lines[k], cfg.line_threshold, min_length, exclude=clip[k])
-            for theta, rho, _ in found:
+            for theta, rho, _ in found[k]:
                 clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
                 n_lines += 1
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
