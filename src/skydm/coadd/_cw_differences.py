@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from skydm.coadd._cw_lines import LineAccumulator
+from skydm.coadd._cw_lines import LineAccumulator, column_sums
 from skydm.coadd._cw_rules import Sparse
 from skydm.coadd.assemble import clip_outliers
 
@@ -81,8 +81,7 @@ class BandDiff:
     row0: int
     codes: np.ndarray
     okc: np.ndarray
-    sigs: np.ndarray | None
-    quiet: np.ndarray | None
+    line_sums: list[tuple[np.ndarray, np.ndarray]] | None
     static: np.ndarray | None
     peaks: np.ndarray | None
     sparse: Sparse
@@ -101,9 +100,9 @@ class BandDiff:
         rb = slice(self.row0, self.row0 + self.codes.shape[1])
         codes[:, rb] = self.codes
         cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
-        if lines is not None and self.sigs is not None and self.quiet is not None:
-            for k, acc in enumerate(lines):
-                acc.add(rb.start, self.sigs[k], self.okc[k] & self.quiet)
+        if lines is not None and self.line_sums is not None:
+            for acc, (zc, nc) in zip(lines, self.line_sums, strict=True):
+                acc.add_sums(rb.start, zc, nc)
         if static is not None and self.static is not None:
             static[rb] |= self.static
         if peaks is not None and self.peaks is not None:
@@ -160,8 +159,7 @@ def band_differences(
         row0,
         np.empty((n, *model_sn.shape), dtype=np.int8),
         np.empty((n, *model_sn.shape), dtype=bool),
-        np.empty((n, *model_sn.shape), dtype=np.float32) if lines else None,
-        None,
+        [] if lines else None,
         model_sn > np.float32(cfg.line_static) if static else None,
         None,
         [],
@@ -176,7 +174,6 @@ def band_differences(
         # line sums (a row of stars makes a line); the sums leave them out.
         near = ndimage.maximum_filter(model_sn, size=fw) > np.float32(cfg.line_source)
         quiet = ~near
-        out.quiet = quiet
     for k in range(n):
         wkc = wk[k, core]
         mk = matched[k, core]
@@ -209,8 +206,8 @@ def band_differences(
         code -= sig < -cfg.threshold
         out.codes[k] = code
         out.okc[k] = okc
-        if out.sigs is not None:
-            out.sigs[k] = sig
+        if out.line_sums is not None and quiet is not None:
+            out.line_sums.append(column_sums(sig, okc & quiet, cfg.line_block, cfg.grow_threshold))
         flagged = np.flatnonzero(code)
         if flagged.size:
             # Local fit of the difference by a multiple of the model over a
