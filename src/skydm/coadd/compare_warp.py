@@ -44,22 +44,18 @@ per epoch.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
 
+from skydm.coadd._cw_assemble import Clips, assemble_clipped, in_order
 from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
     bin_planes,
-    combine_band,
     cosmic_ray_pixels,
     grow_pixels,
     laplacian,
@@ -67,18 +63,11 @@ from skydm.coadd._cw_pixels import (
     matching_sigmas,
     sharpness_bound,
 )
-from skydm.coadd._cw_restore import (
-    Kernels,
-    Target,
-    find_restorations,
-    restore_targets,
-    split_targets,
-)
+from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import Sparse, clip_maps
-from skydm.coadd.assemble import _coadd_exposure
 from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
-from skydm.image import Exposure, Mask
+from skydm.image import Exposure
 from skydm.progress import Progress
 
 
@@ -111,6 +100,10 @@ class CompareWarpConfig:
     line_source: float = 10.0
     restore_variables: bool = True
     restore_sn: float = 20.0
+    halo_size: float = 4.0
+    halo_density: float = 0.03
+    halo_box: float = 0.25
+    halo_reach: float = 1.0
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -123,7 +116,18 @@ class CompareWarpConfig:
             raise BadValueError("spatial_threshold", self.spatial_threshold, "a fraction in [0, 1)")
         if not (isinstance(self.line_block, int) and self.line_block >= 1):
             raise BadValueError("line_block", self.line_block, "an integer >= 1 (binned pixels)")
-        for name in ("systematic", "grow_fwhm", "target_extra", "max_epochs", "line_threshold"):
+        if not 0 < self.halo_density < 1:
+            raise BadValueError("halo_density", self.halo_density, "a fraction in (0, 1)")
+        for name in (
+            "systematic",
+            "grow_fwhm",
+            "target_extra",
+            "max_epochs",
+            "line_threshold",
+            "halo_size",
+            "halo_box",
+            "halo_reach",
+        ):
             if not getattr(self, name) >= 0:
                 raise BadValueError(name, getattr(self, name), "a number >= 0")
 
@@ -166,6 +170,23 @@ def compare_warp(
         no footprint can be clipped (the epoch threshold is 0) and only
         cosmic rays are removed.
     """
+    clips = find_clips(
+        stack, config=config, chunk_rows=chunk_rows, progress=progress, threads=threads
+    )
+    return assemble_clipped(stack, clips, chunk_rows=chunk_rows, progress=progress, threads=threads)
+
+
+def find_clips(
+    stack: WarpStack,
+    *,
+    config: CompareWarpConfig | None = None,
+    chunk_rows: int | None = None,
+    progress: Progress | None = None,
+    threads: int = 2,
+) -> Clips:
+    """CompareWarp's first two passes: what to clip from each warp of ``stack``
+    (see :func:`compare_warp`, which assembles the coadd from them with
+    :func:`~skydm.coadd._cw_assemble.assemble_clipped`)."""
     cfg = config or CompareWarpConfig()
     b = cfg.bin
     n = len(stack)
@@ -176,13 +197,6 @@ def compare_warp(
     psfs = [m.psf for m in stack.members]
     sigmas, target_fwhm = matching_sigmas(psfs, cfg.target_extra)
     bounds = np.array([sharpness_bound(p) for p in psfs])
-    fwhms = np.array([p.fwhm if p is not None else math.nan for p in psfs])
-    widths2 = (
-        np.where(
-            np.isfinite(fwhms), fwhms, np.nanmedian(fwhms) if np.isfinite(fwhms).any() else 1.0
-        )
-        ** 2
-    )
     bsig = sigmas / b
     halo = max(math.ceil(4 * float(bsig.max(initial=0.0)) + 2) * b, 2)
     hb, wb = -(-ny // b), -(-nx // b)
@@ -257,7 +271,7 @@ def compare_warp(
         )
         return _BandMaps(own_hits, diff)
 
-    for maps in _in_order(band_maps, chunks, threads=threads):
+    for maps in in_order(band_maps, chunks, threads=threads):
         for k, own in maps.hits:
             crs[k].append(own)
         maps.diff.merge_into(codes, cover, sparse, lines, static, peaks)
@@ -301,91 +315,16 @@ def compare_warp(
     cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
-    times = [float(m.info.mjd) for m in stack.members]
-    kernels = Kernels(psfs)
     del sparse
-
-    # Pass 3: the original warps, clipped pixels replaced (PSF-preserving).
-    image = np.zeros((ny, nx), dtype=np.float32)
-    variance = np.full((ny, nx), np.inf, dtype=np.float32)
-    mask = np.zeros((ny, nx), dtype=np.uint32)
-    used = np.zeros(n)
-    # A restoration's stamp may reach past its band: each band is read with
-    # the stamps' height below it, and restorations are measured in the band
-    # holding their stamp's top row; a band also takes the restorations of
-    # the bands above it whose stamps reach into it, once they are measured.
-    reach = 2 * kernels.half + 2 if restore else 0
-    measured: list[Future[list[Target]]] = [Future() for _ in chunks]
-    index = {c: i for i, c in enumerate(chunks)}
-
-    def final_band(y0: int, y1: int) -> _BandOut:
-        # Everything of a band but writing it out, in the band threads.
-        i = index[y0, y1]
-        ye = min(y1 + reach, ny)
-        try:
-            img, var, good = stack.rows(y0, ye)
-            c = clip[:, y0 // b : -(-ye // b)]
-            if b > 1:
-                c = np.repeat(np.repeat(c, b, axis=1), b, axis=2)
-                off = y0 % b
-                c = c[:, off : off + (ye - y0), :nx]
-            else:
-                c = c.copy()
-            for k in range(n):
-                idx = cr_index[k]
-                idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
-                c[k].reshape(-1)[idx] = True
-            clipped = good & c
-            mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
-            found = restore_targets(
-                mine, y0, img, var, good & ~c, clipped, weights, psfs, times=times, kernels=kernels
-            )
-            measured[i].set_result([t.moved(y0) for t in found])
-        except BaseException as exc:
-            measured[i].set_exception(exc)
-            raise
-        # Bands are started in order, so those above are measured or measuring.
-        above: list[Target] = []
-        j = i - 1
-        while j >= 0 and chunks[j][1] + reach > y0:
-            above = measured[j].result() + above
-            j -= 1
-        targets, _ = split_targets(above + measured[i].result(), y0, y1)
-        rows_ = y1 - y0
-        clipped = clipped[:, :rows_]
-        m, v, ws, share = combine_band(
-            img[:, :rows_], var[:, :rows_], good[:, :rows_], clipped, weights, widths2, targets
-        )
-        return _BandOut(m, v, ws <= 0, clipped.any(axis=0), share)
-
-    for (y0, y1), out in zip(chunks, _in_order(final_band, chunks, threads=threads), strict=True):
-        image[y0:y1], variance[y0:y1] = out.image, out.variance
-        band = mask[y0:y1]
-        band[out.no_data] |= np.uint32(Mask.NO_DATA)
-        band[out.clipped] |= np.uint32(Mask.CLIPPED)
-        used += out.used
-        if bar is not None:
-            bar.advance(1, "assembly")
-    exp = _coadd_exposure(stack, image, variance, mask, used, "compare")
-    exp.meta["CWTHRESH"] = (cfg.threshold, "CompareWarp outlier threshold, sigma")
-    exp.meta["CWTFWHM"] = (target_fwhm, "CompareWarp target PSF FWHM, pixels")
-    exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
-    exp.meta["CWNLINE"] = (n_lines, "faint trails found, all epochs")
-    exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
-    exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
-    return exp
-
-
-@dataclass
-class _BandOut:
-    """One band of the coadd: image, variance, where no data or some epoch was
-    clipped, and each epoch's sum of coefficients."""
-
-    image: np.ndarray
-    variance: np.ndarray
-    no_data: np.ndarray
-    clipped: np.ndarray
-    used: np.ndarray
+    return Clips(
+        clip,
+        cr_index,
+        restore,
+        bin=b,
+        target_fwhm=target_fwhm,
+        threshold=cfg.threshold,
+        n_lines=n_lines,
+    )
 
 
 @dataclass
@@ -394,31 +333,6 @@ class _BandMaps:
 
     hits: list[tuple[int, np.ndarray]]
     diff: BandDiff
-
-
-_T = TypeVar("_T")
-
-
-def _in_order(
-    func: Callable[[int, int], _T], chunks: Sequence[tuple[int, int]], *, threads: int
-) -> Iterator[_T]:
-    """``func(y0, y1)`` of every band, in order, computed ``threads`` at a time
-    (no more than ``threads`` results wait, so memory stays bounded)."""
-    if threads <= 1:
-        for y0, y1 in chunks:
-            yield func(y0, y1)
-        return
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compare-warp") as pool:
-        waiting: deque[Future[_T]] = deque()
-        todo = iter(chunks)
-        for y0, y1 in itertools.islice(todo, threads):
-            waiting.append(pool.submit(func, y0, y1))
-        while waiting:
-            done = waiting.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                waiting.append(pool.submit(func, *nxt))
-            yield done
 
 
 def _combine(

@@ -1,0 +1,204 @@
+"""CompareWarp's last pass: the coadd of the original warps with what the first
+two passes chose to clip (:class:`Clips`) replaced.
+
+Kept apart from the search for outliers so that the same clips can assemble
+another stack on the same grid: the scoring harness assembles the
+artefact-free twins with the clips found on the artefacts, which measures
+how much of a leakage figure is only the noise of the replaced pixels
+(:func:`skydm.coadd.scoring.replacement_noise`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from skydm.coadd._cw_pixels import combine_band
+from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
+from skydm.coadd.assemble import _coadd_exposure
+from skydm.coadd.stack import WarpStack, check_rows
+from skydm.errors import BadValueError
+from skydm.image import Exposure, Mask
+from skydm.progress import Progress
+
+
+@dataclass
+class Clips:
+    """What CompareWarp clips from each warp of a stack.
+
+    Attributes
+    ----------
+    clip : numpy.ndarray
+        ``(n, rows, columns)`` bool on the grid binned ``bin`` x ``bin``.
+    cosmic_rays : list of numpy.ndarray
+        Per warp, flat indices of its cosmic-ray pixels (full resolution).
+    restore : list of Restore
+        Variable sources whose clipped epoch keeps its own flux.
+    """
+
+    clip: np.ndarray
+    cosmic_rays: list[np.ndarray]
+    restore: list[Restore]
+    bin: int
+    target_fwhm: float
+    threshold: float
+    n_lines: int
+
+
+def assemble_clipped(
+    stack: WarpStack,
+    clips: Clips,
+    *,
+    chunk_rows: int | None = None,
+    progress: Progress | None = None,
+    threads: int = 2,
+) -> Exposure:
+    """The coadd of ``stack`` with the pixels of ``clips`` replaced (PSF-preserving).
+
+    Each clipped pixel of an epoch is replaced by the least-noise mixture
+    of the kept epochs nearest in PSF width with its PSF second moment
+    (:func:`skydm.coadd._cw_pixels.combine_band`); on a variable source the
+    replacement is corrected to that epoch's own flux.
+
+    Raises
+    ------
+    BadValueError
+        When ``clips`` were found on a stack of another size or grid.
+    """
+    b = clips.bin
+    n = len(stack)
+    ny, nx = stack.shape
+    hb, wb = -(-ny // b), -(-nx // b)
+    if clips.clip.shape != (n, hb, wb) or len(clips.cosmic_rays) != n:
+        raise BadValueError(
+            "clips",
+            f"{clips.clip.shape} binned by {b}",
+            f"clips of {n} warps of {ny}x{nx} (found on a stack like this one)",
+        )
+    rows = check_rows(chunk_rows or stack.default_chunk_rows())
+    rows = max(b, rows - rows % b)
+    chunks = list(stack.chunks(rows))
+    weights = stack.weights
+    psfs = [m.psf for m in stack.members]
+    fwhms = np.array([p.fwhm if p is not None else math.nan for p in psfs])
+    fill = np.nanmedian(fwhms) if np.isfinite(fwhms).any() else 1.0
+    widths2 = np.where(np.isfinite(fwhms), fwhms, fill) ** 2
+    times = [float(m.info.mjd) for m in stack.members]
+    kernels = Kernels(psfs)
+    clip, cr_index, restore = clips.clip, clips.cosmic_rays, clips.restore
+    bar = progress
+    if bar is not None and not bar.total:
+        bar.total = len(chunks)
+
+    image = np.zeros((ny, nx), dtype=np.float32)
+    variance = np.full((ny, nx), np.inf, dtype=np.float32)
+    mask = np.zeros((ny, nx), dtype=np.uint32)
+    used = np.zeros(n)
+    # A restoration's stamp may reach past its band: each band is read with
+    # the stamps' height below it, and restorations are measured in the band
+    # holding their stamp's top row; a band also takes the restorations of
+    # the bands above it whose stamps reach into it, once they are measured.
+    reach = 2 * kernels.half + 2 if restore else 0
+    measured: list[Future[list[Target]]] = [Future() for _ in chunks]
+    index = {c: i for i, c in enumerate(chunks)}
+
+    def final_band(y0: int, y1: int) -> _BandOut:
+        # Everything of a band but writing it out, in the band threads.
+        i = index[y0, y1]
+        ye = min(y1 + reach, ny)
+        try:
+            img, var, good = stack.rows(y0, ye)
+            c = clip[:, y0 // b : -(-ye // b)]
+            if b > 1:
+                c = np.repeat(np.repeat(c, b, axis=1), b, axis=2)
+                off = y0 % b
+                c = c[:, off : off + (ye - y0), :nx]
+            else:
+                c = c.copy()
+            for k in range(n):
+                idx = cr_index[k]
+                idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
+                c[k].reshape(-1)[idx] = True
+            clipped = good & c
+            mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
+            found = restore_targets(
+                mine, y0, img, var, good & ~c, clipped, weights, psfs, times=times, kernels=kernels
+            )
+            measured[i].set_result([t.moved(y0) for t in found])
+        except BaseException as exc:
+            measured[i].set_exception(exc)
+            raise
+        # Bands are started in order, so those above are measured or measuring.
+        above: list[Target] = []
+        j = i - 1
+        while j >= 0 and chunks[j][1] + reach > y0:
+            above = measured[j].result() + above
+            j -= 1
+        targets, _ = split_targets(above + measured[i].result(), y0, y1)
+        rows_ = y1 - y0
+        clipped = clipped[:, :rows_]
+        m, v, ws, share = combine_band(
+            img[:, :rows_], var[:, :rows_], good[:, :rows_], clipped, weights, widths2, targets
+        )
+        return _BandOut(m, v, ws <= 0, clipped.any(axis=0), share)
+
+    for (y0, y1), out in zip(chunks, in_order(final_band, chunks, threads=threads), strict=True):
+        image[y0:y1], variance[y0:y1] = out.image, out.variance
+        band = mask[y0:y1]
+        band[out.no_data] |= np.uint32(Mask.NO_DATA)
+        band[out.clipped] |= np.uint32(Mask.CLIPPED)
+        used += out.used
+        if bar is not None:
+            bar.advance(1, "assembly")
+    exp = _coadd_exposure(stack, image, variance, mask, used, "compare")
+    exp.meta["CWTHRESH"] = (clips.threshold, "CompareWarp outlier threshold, sigma")
+    exp.meta["CWTFWHM"] = (clips.target_fwhm, "CompareWarp target PSF FWHM, pixels")
+    exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
+    exp.meta["CWNLINE"] = (clips.n_lines, "faint trails found, all epochs")
+    exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
+    exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
+    return exp
+
+
+@dataclass
+class _BandOut:
+    """One band of the coadd: image, variance, where no data or some epoch was
+    clipped, and each epoch's sum of coefficients."""
+
+    image: np.ndarray
+    variance: np.ndarray
+    no_data: np.ndarray
+    clipped: np.ndarray
+    used: np.ndarray
+
+
+_T = TypeVar("_T")
+
+
+def in_order(
+    func: Callable[[int, int], _T], chunks: Sequence[tuple[int, int]], *, threads: int
+) -> Iterator[_T]:
+    """``func(y0, y1)`` of every band, in order, computed ``threads`` at a time
+    (no more than ``threads`` results wait, so memory stays bounded)."""
+    if threads <= 1:
+        for y0, y1 in chunks:
+            yield func(y0, y1)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="compare-warp") as pool:
+        waiting: deque[Future[_T]] = deque()
+        todo = iter(chunks)
+        for y0, y1 in itertools.islice(todo, threads):
+            waiting.append(pool.submit(func, y0, y1))
+        while waiting:
+            done = waiting.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                waiting.append(pool.submit(func, *nxt))
+            yield done
