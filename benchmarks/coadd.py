@@ -8,7 +8,10 @@ warps are not counted), ``swarp_s`` and ``swarp_threads_s`` (SWarp's
 combine of the same warps with ``RESAMPLE N``, the SWarp process alone,
 one thread and its default of all cores), ``leakage`` / ``leakage_max``
 for CompareWarp and ``swarp_leakage`` / ``swarp_leakage_max`` for SWarp
-(worst artefact class; :mod:`skydm.coadd.scoring`'s harness), and the
+(worst artefact class; :mod:`skydm.coadd.scoring`'s harness), CompareWarp's
+leakage split into the artefacts' light (``leakage_light``,
+``leakage_light_max``) and the noise of the replaced pixels
+(``leakage_noise``; :func:`skydm.coadd.scoring.leakage_parts`), and the
 process's peak RSS.  The warps are read once before each timed combine, so
 that both find them in the page cache.
 
@@ -142,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from skydm.coadd.assemble import assemble_coadd
-    from skydm.coadd.scoring import leakage
+    from skydm.coadd.scoring import leakage, leakage_parts
     from skydm.coadd.stack import WarpStack
     from skydm.coadd.swarp import run_swarp
 
@@ -183,6 +186,16 @@ def main() -> int:
         sw_leak = leakage(
             sw_art.image, sw_clean.image, ref_art.image, ref_clean.image, foot, valid=valid
         )
+        light, noise = leakage_parts(
+            WarpStack(art, weights=weights),
+            WarpStack(clean, weights=weights),
+            cw_art,
+            cw_clean,
+            ref_art,
+            ref_clean,
+            foot,
+            valid=valid,
+        )
     out = {
         "size": args.size,
         "epochs": args.epochs,
@@ -195,6 +208,9 @@ def main() -> int:
         "leakage_max": round(max(leak.values()), 4) if leak else math.nan,
         "swarp_leakage_max": round(max(sw_leak.values()), 4) if sw_leak else math.nan,
         "leakage": {k: round(v, 4) for k, v in leak.items()},
+        "leakage_light_max": round(max(light.values()), 4) if light else math.nan,
+        "leakage_light": {k: round(v, 4) for k, v in light.items()},
+        "leakage_noise": {k: round(v, 4) for k, v in noise.items()},
         "swarp_leakage": {k: round(v, 4) for k, v in sw_leak.items()},
     }
     print(json.dumps(out))

@@ -21,7 +21,7 @@ from skydm.coadd.scoring import (
     variable_flux_ratios,
     warps_from_survey,
 )
-from skydm.image import Exposure
+from skydm.image import Exposure, Mask
 from skydm_testing import require_executable
 
 # (epochs, image side, seed, dither in pixels): the cell is the image less twice the
@@ -91,6 +91,32 @@ def test_leakage_of_every_class_is_at_most_two_percent(scored: tuple[int, SimWar
         assert value <= 0.02, f"{n} epochs: {cls} leaks {value:.4f}"
         # Negative leakage is over-subtraction; only the noise of clipped pixels may cause it.
         assert value > -0.05, f"{n} epochs: {cls} over-subtracted ({value:.4f})"
+
+
+def test_leakage_splits_exactly_into_light_and_replacement_noise(
+    scored: tuple[int, SimWarps, dict],
+) -> None:
+    """The clean twins assembled with the artefacts' clips split each class's
+    leakage into the artefacts' own light and the noise of replaced pixels
+    (the two add up to it), and the light left is within the 2% goal."""
+    from skydm.coadd.scoring import leakage_parts
+
+    n, sim, result = scored
+    valid = ((result["ref_art"].msk | result["ref_clean"].msk) & np.uint32(Mask.NO_DATA)) == 0
+    light, noise = leakage_parts(
+        WarpStack(sim.art, weights=sim.weights),
+        WarpStack(sim.clean, weights=sim.weights),
+        result["coadd_art"],
+        result["coadd_clean"],
+        result["ref_art"],
+        result["ref_clean"],
+        sim.footprints,
+        valid=valid,
+    )
+    assert set(light) == set(noise) == set(result["leakage"])
+    for cls, value in result["leakage"].items():
+        assert light[cls] + noise[cls] == pytest.approx(value, abs=1e-6)
+        assert light[cls] <= 0.02, f"{n} epochs: {cls} lets {light[cls]:.4f} of its light through"
 
 
 def test_noise_and_star_fluxes_match_the_weighted_mean(scored: tuple[int, SimWarps, dict]) -> None:

@@ -36,6 +36,8 @@ from skydm.image import Exposure, Mask, psf_photometry
 from skydm.sim.config import FOOTPRINT_CLASSES
 
 if TYPE_CHECKING:
+    from skydm.coadd.compare_warp import CompareWarpConfig
+    from skydm.coadd.stack import WarpStack
     from skydm.sim import Survey
 
 
@@ -174,6 +176,60 @@ def _source_free(coadd: Exposure, truth: Table, radius: float) -> np.ndarray:
             marks[iy, ix] = True
     dist = ndimage.distance_transform_edt(~marks)
     return (dist > radius) & ((coadd.msk & np.uint32(Mask.NO_DATA)) == 0)
+
+
+def leakage_parts(
+    art: WarpStack,
+    clean: WarpStack,
+    coadd_art: Exposure,
+    coadd_clean: Exposure,
+    ref_art: Exposure,
+    ref_clean: Exposure,
+    footprints: dict[str, np.ndarray],
+    *,
+    valid: np.ndarray | None = None,
+    config: CompareWarpConfig | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """CompareWarp's leakage split into the artefacts' own light and the noise of
+    the pixels it replaced.
+
+    Replacing an epoch's clipped pixels by other epochs' swaps that epoch's
+    noise for theirs, so the coadds with and without artefacts differ there
+    by noise even when every artefact photon is removed: for a class with a
+    single small footprint that noise alone can reach a few per cent.  The
+    artefact-free warps assembled with the clips found on the artefact warps
+    (``twin``) separate the two exactly: ``coadd_art - twin`` is the
+    artefacts' light that the kept pixels let through (the same coefficients
+    on both), and ``twin - coadd_clean`` is the replacement noise (and any
+    difference between the clips of the two runs).  The two parts add up to
+    :func:`leakage`.
+
+    Parameters
+    ----------
+    art, clean : WarpStack
+        The warps with and without artefacts, with the same weights.
+    coadd_art, coadd_clean : Exposure
+        Their CompareWarp coadds (with ``config``).
+    ref_art, ref_clean : Exposure
+        Their plain weighted means.
+    footprints, valid
+        As for :func:`leakage`.
+    config : CompareWarpConfig, optional
+        The configuration the coadds were made with.
+
+    Returns
+    -------
+    light, noise : dict of str to float
+        Per class, the two parts of the leakage.
+    """
+    from skydm.coadd._cw_assemble import assemble_clipped
+    from skydm.coadd.compare_warp import find_clips
+
+    twin = assemble_clipped(clean, find_clips(art, config=config)).image
+    refs = (ref_art.image, ref_clean.image)
+    light = leakage(coadd_art.image, twin, *refs, footprints, valid=valid)
+    noise = leakage(twin, coadd_clean.image, *refs, footprints, valid=valid)
+    return light, noise
 
 
 def noise_ratio(coadd: Exposure, reference: Exposure, truth: Table) -> float:
