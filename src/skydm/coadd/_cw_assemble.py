@@ -11,7 +11,6 @@ how much of a leakage figure is only the noise of the replaced pixels
 from __future__ import annotations
 
 import itertools
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from skydm.coadd._cw_pixels import combine_band
+from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd.assemble import _coadd_exposure
 from skydm.coadd.stack import WarpStack, check_rows
@@ -87,9 +86,7 @@ def assemble_clipped(
     chunks = list(stack.chunks(rows))
     weights = stack.weights
     psfs = [m.psf for m in stack.members]
-    fwhms = np.array([p.fwhm if p is not None else math.nan for p in psfs])
-    fill = np.nanmedian(fwhms) if np.isfinite(fwhms).any() else 1.0
-    widths2 = np.where(np.isfinite(fwhms), fwhms, fill) ** 2
+    widths2 = psf_widths2(psfs)
     times = [float(m.info.mjd) for m in stack.members]
     kernels = Kernels(psfs)
     clip, cr_index, restore = clips.clip, clips.cosmic_rays, clips.restore

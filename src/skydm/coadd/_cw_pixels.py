@@ -87,6 +87,13 @@ def matching_sigmas(psfs: list[Psf | None], extra: float) -> tuple[np.ndarray, f
     return sigmas, fwhm
 
 
+def psf_widths2(psfs: list[Psf | None]) -> np.ndarray:
+    """Per warp, its PSF's squared FWHM (the median of the others' where it has none)."""
+    fwhms = np.array([p.fwhm if p is not None else math.nan for p in psfs])
+    fill = np.nanmedian(fwhms) if np.isfinite(fwhms).any() else 1.0
+    return np.asarray(np.where(np.isfinite(fwhms), fwhms, fill) ** 2)
+
+
 def laplacian(x: np.ndarray) -> np.ndarray:
     """Discrete Laplacian ``4 x - (sum of the 4 neighbours)`` over the last two axes.
 
@@ -174,6 +181,8 @@ def cosmic_ray_pixels(
     sharp: float,
     scales: np.ndarray,
     lap: np.ndarray | None = None,
+    widths2: np.ndarray | None = None,
+    systematic: float = 0.3,
 ) -> list[np.ndarray]:
     """Pixels sharper than the epoch's PSF allows: cosmic rays (and hot pixels).
 
@@ -200,6 +209,14 @@ def cosmic_ray_pixels(
         correlates neighbouring pixels), from :func:`laplacian_scale`.
     lap : numpy.ndarray, optional
         ``laplacian(img)``, when the caller has it already.
+    widths2 : numpy.ndarray, optional
+        Per epoch, the PSF's squared width.  With it, a significant Laplacian
+        on a source that the PSF bound allows is also judged against the
+        source's own sharpness in the other epochs (:func:`_sharper_than_source`):
+        a cosmic ray on a bright galaxy, far below the bound, is found.
+    systematic : float
+        Fraction of the source's expected Laplacian allowed for PSF shape
+        differences between epochs, in that test.
 
     Returns
     -------
@@ -239,8 +256,76 @@ def cosmic_ray_pixels(
         # source's largest possible Laplacian must be significant.
         on_sky = (lc > noise) & (lc > np.float32(sharp) * pos)
         lim = np.float32(margin) * np.float32(bounds[k]) * pos
-        out.append(cand[on_sky | (lc - lim > noise)])
+        hit = on_sky | (lc - lim > noise)
+        if widths2 is not None and n >= 3:
+            rest = ~hit & (lc > noise) & (pos > 0)
+            if rest.any():
+                hit[rest] = _sharper_than_source(
+                    k, cand[rest], lc[rest], pos[rest], img, var, good, lap, scales, widths2,
+                    threshold=threshold, systematic=systematic,
+                )  # fmt: skip
+        out.append(cand[hit])
     return out
+
+
+def _sharper_than_source(
+    k: int,
+    flat: np.ndarray,
+    lk: np.ndarray,
+    xk: np.ndarray,
+    img: np.ndarray,
+    var: np.ndarray,
+    good: np.ndarray,
+    lap: np.ndarray,
+    scales: np.ndarray,
+    widths2: np.ndarray,
+    *,
+    threshold: float,
+    systematic: float,
+) -> np.ndarray:
+    """Whether epoch ``k``'s Laplacian ``lk`` at pixels ``flat`` (value ``xk``) is
+    sharper than the static source there allows, judged from the other epochs.
+
+    The source's Laplacian over its value in epoch ``k`` is bounded by that
+    of the nearest sharper epoch, and by that of the nearest broader epoch
+    scaled by the ratio of their squared PSF widths (exact for a point
+    source's Gaussian core, more than enough for anything extended); the
+    larger bound (and at least 0) is taken.  A hit exceeds it by
+    ``threshold`` times the noise of both Laplacians plus ``systematic`` of
+    the bound.
+    """
+    n = img.shape[0]
+    t = float(widths2[k])
+    others = [j for j in range(n) if j != k]
+    sharper = sorted((j for j in others if widths2[j] <= t), key=lambda j: -widths2[j])
+    broader = sorted((j for j in others if widths2[j] > t), key=lambda j: widths2[j])
+    flat_img, flat_lap = img.reshape(n, -1), lap.reshape(n, -1)
+    usable = (good.reshape(n, -1)[:, flat] & (flat_img[:, flat] > 0))[:, None, :]
+    cols = np.arange(flat.size)
+    rows0 = np.zeros(flat.size, dtype=np.int64)
+    bound = np.zeros(flat.size, dtype=np.float32)
+    bound_noise = np.zeros(flat.size, dtype=np.float32)
+    for order in (sharper, broader):
+        j = _nearest_available(usable, order, rows0, cols, 1)[0]
+        has = j >= 0
+        if not has.any():
+            continue
+        jj, pix = j[has], flat[has]
+        xj = flat_img[jj, pix]
+        # Scaled to epoch k's PSF width: only ever up (a sharper epoch's own
+        # ratio already bounds epoch k's).
+        scale = np.maximum(widths2[jj] / t, 1.0).astype(np.float32)
+        r = flat_lap[jj, pix] / xj * scale
+        sj = np.sqrt(np.float32(20.0) * var.reshape(n, -1)[jj, pix]) * scales[jj].astype(np.float32)
+        rn = sj / xj * scale
+        better = r > bound[has]
+        idx = np.flatnonzero(has)[better]
+        bound[idx] = r[better]
+        bound_noise[idx] = rn[better]
+    expected = bound * xk
+    sk = np.sqrt(np.float32(20.0) * var[k].reshape(-1)[flat]) * np.float32(scales[k])
+    noise = np.sqrt(sk * sk + (bound_noise * xk) ** 2)
+    return lk - expected > np.float32(threshold) * noise + np.float32(systematic) * expected
 
 
 def laplacian_scale(

@@ -61,6 +61,7 @@ from skydm.coadd._cw_pixels import (
     laplacian,
     laplacian_scale,
     matching_sigmas,
+    psf_widths2,
     sharpness_bound,
 )
 from skydm.coadd._cw_restore import find_restorations
@@ -197,6 +198,7 @@ def find_clips(
     psfs = [m.psf for m in stack.members]
     sigmas, target_fwhm = matching_sigmas(psfs, cfg.target_extra)
     bounds = np.array([sharpness_bound(p) for p in psfs])
+    widths2 = psf_widths2(psfs)
     bsig = sigmas / b
     halo = max(math.ceil(4 * float(bsig.max(initial=0.0)) + 2) * b, 2)
     hb, wb = -(-ny // b), -(-nx // b)
@@ -237,6 +239,7 @@ def find_clips(
                 sharp=cfg.cr_sharpness,
                 scales=scales,
                 lap=lap,
+                widths2=widths2,
             )
             del lap
             for k in range(n):
