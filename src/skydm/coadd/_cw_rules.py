@@ -357,8 +357,69 @@ def _clip_epoch(
     if structure is None:
         flat[pix[chosen]] = True
         flat[extra] = True
+    else:
+        _grow(out, pix[chosen], lab[chosen], extra, structure)
+    if sign > 0 and cfg.halo_size > 0 and ctx.fwhm > 0:
+        _halo(out, pix[chosen], lab[chosen], code, ctx)
+
+
+def _halo(
+    out: np.ndarray, fpix: np.ndarray, flab: np.ndarray, code: np.ndarray, ctx: _Context
+) -> None:
+    """Extend large, broad clipped footprints over their faint halo.
+
+    A diffuse artefact (a ghost: a soft donut, or a blob whose Gaussian
+    wings reach twice its half-light radius) is only above the footprint
+    threshold in its bright part; the rest of its light, a fraction of a
+    sigma per pixel over a large area, is below it pixel by pixel but not in
+    aggregate: there the epoch's pixels above the lower threshold are
+    denser than noise gives (a fraction ``p0`` of the normal tail beyond
+    it).  Around each clipped footprint whose minor-axis radius ``r`` (from
+    its second moments; trails are thin and are not extended) is at least
+    ``cfg.halo_size`` target FWHM, whose major axis is at most
+    ``cfg.halo_aspect`` times that and that fills at least
+    ``cfg.halo_fill`` of the ellipse of its second moments (radii
+    ``2 sqrt(eigenvalue)``), the density of those pixels is taken in a box
+    of side ``s = max(cfg.halo_box r, 3 FWHM)``; where it exceeds noise by
+    ``cfg.halo_sigma`` standard deviations (``p0 + k sqrt(p0) FWHM / s``:
+    the pixels are correlated over about a FWHM squared), connected to the
+    footprint and within ``cfg.halo_reach r`` of it, the epoch is clipped
+    too.
+    """
+    cfg, width = ctx.cfg, ctx.width
+    min_r = cfg.halo_size * ctx.fwhm
+    if fpix.size < math.pi * min_r * min_r:
         return
-    _grow(out, pix[chosen], lab[chosen], extra, structure)
+    rows = out.shape[0]
+    p0 = 0.5 * math.erfc(cfg.grow_threshold / math.sqrt(2))
+    sizes = np.bincount(flab)
+    big = np.flatnonzero(sizes >= math.pi * min_r * min_r)
+    for _, ys, xs in _groups(_Labels(fpix, flab, int(flab.max())), big, width):
+        cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
+        minor, major = 2 * np.sqrt(np.maximum(np.linalg.eigvalsh(cov), 0.0))
+        # A round blob (a ghost's disk or ring, or a part of one cut by the
+        # edge) that fills its ellipse: not a trail, nor the cross of a trail
+        # merged with a ghost, along which the density box would run.
+        if minor < min_r or major > cfg.halo_aspect * minor:
+            continue
+        if ys.size < cfg.halo_fill * math.pi * minor * major:
+            continue
+        reach = math.ceil(cfg.halo_reach * minor)
+        y0, y1 = max(int(ys.min()) - reach, 0), min(int(ys.max()) + reach + 1, rows)
+        x0, x1 = max(int(xs.min()) - reach, 0), min(int(xs.max()) + reach + 1, width)
+        box = max(round(cfg.halo_box * minor), round(3 * ctx.fwhm)) | 1
+        limit = p0 + cfg.halo_sigma * math.sqrt(p0) * ctx.fwhm / box
+        hit = (code[y0:y1, x0:x1] * np.int8(ctx.sign) >= 1).astype(np.float32)
+        dense = ndimage.uniform_filter(hit, box, mode="constant") > limit
+        dense &= ctx.cover.reshape(rows, width)[y0:y1, x0:x1] > 0
+        seed = np.zeros(dense.shape, dtype=bool)
+        seed[ys - y0, xs - x0] = True
+        # Within the reach of the footprint (a distance, not just its box).
+        dense &= ndimage.distance_transform_edt(~seed) <= cfg.halo_reach * minor
+        dense |= seed
+        lab, _ = ndimage.label(dense)
+        touch = np.unique(lab[seed])
+        out[y0:y1, x0:x1] |= np.isin(lab, touch[touch > 0])
 
 
 def _grow(

@@ -102,8 +102,10 @@ class CompareWarpConfig:
     restore_variables: bool = True
     restore_sn: float = 20.0
     halo_size: float = 4.0
-    halo_density: float = 0.03
+    halo_sigma: float = 3.0
     halo_box: float = 0.25
+    halo_fill: float = 0.4
+    halo_aspect: float = 2.5
     halo_reach: float = 1.0
 
     def __post_init__(self) -> None:
@@ -117,8 +119,6 @@ class CompareWarpConfig:
             raise BadValueError("spatial_threshold", self.spatial_threshold, "a fraction in [0, 1)")
         if not (isinstance(self.line_block, int) and self.line_block >= 1):
             raise BadValueError("line_block", self.line_block, "an integer >= 1 (binned pixels)")
-        if not 0 < self.halo_density < 1:
-            raise BadValueError("halo_density", self.halo_density, "a fraction in (0, 1)")
         for name in (
             "systematic",
             "grow_fwhm",
@@ -126,7 +126,10 @@ class CompareWarpConfig:
             "max_epochs",
             "line_threshold",
             "halo_size",
+            "halo_sigma",
             "halo_box",
+            "halo_fill",
+            "halo_aspect",
             "halo_reach",
         ):
             if not getattr(self, name) >= 0:
