@@ -8,6 +8,7 @@ Everything here works on ``(n_epochs, rows, columns)`` float32 bands of a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, optimize
@@ -137,35 +138,12 @@ def sharpness_bound(psf: Psf | None) -> float:
 
 
 def cosmic_rays(
-    img: np.ndarray,
-    var: np.ndarray,
-    good: np.ndarray,
-    bounds: np.ndarray,
-    *,
-    threshold: float,
-    margin: float,
-    sharp: float,
-    scales: np.ndarray,
-    lap: np.ndarray | None = None,
+    img: np.ndarray, var: np.ndarray, good: np.ndarray, bounds: np.ndarray, **options: Any
 ) -> np.ndarray:
-    """Pixels sharper than the epoch's PSF allows: cosmic rays (and hot pixels).
-
-    Boolean hits, ``(n, rows, columns)``, not grown; see
-    :func:`cosmic_ray_pixels` (which gives them as flat indices) for the test.
-    """
+    """:func:`cosmic_ray_pixels` (with the same ``options``) as boolean hits,
+    ``(n, rows, columns)``, not grown."""
     out = np.zeros(img.shape, dtype=bool)
-    found = cosmic_ray_pixels(
-        img,
-        var,
-        good,
-        bounds,
-        threshold=threshold,
-        margin=margin,
-        sharp=sharp,
-        scales=scales,
-        lap=lap,
-    )
-    for k, flat in enumerate(found):
+    for k, flat in enumerate(cosmic_ray_pixels(img, var, good, bounds, **options)):
         out[k].reshape(-1)[flat] = True
     return out
 
