@@ -66,14 +66,6 @@ def test_every_artefact_class_is_present(scored: tuple[int, SimWarps, dict]) -> 
     assert all(sim.footprints[c].sum() > 50 for c in FOOTPRINT_CLASSES)
 
 
-KNOWN = (
-    "not met in every realisation (docs/coadd.md, 'Status'): over seeds 1-5 of the "
-    "realistic-dither field it holds on 7 of 10 fields (both test fields too); misses: faint "
-    "cosmic-ray tracks (0.042 with 8 epochs, 0.027 with 20) and a faint ghost's halo (0.036, "
-    "8 epochs)"
-)
-
-
 def test_leakage_is_well_below_the_plain_mean_for_every_class(
     scored: tuple[int, SimWarps, dict],
 ) -> None:
@@ -84,8 +76,12 @@ def test_leakage_is_well_below_the_plain_mean_for_every_class(
         assert -0.05 < value <= 0.05, f"{n} epochs: {cls} leaks {value:.4f}"
 
 
-@pytest.mark.xfail(reason=KNOWN, strict=False)
 def test_leakage_of_every_class_is_at_most_two_percent(scored: tuple[int, SimWarps, dict]) -> None:
+    """The issue's goal on both test fields.  Not met on every realisation:
+    over seeds 1-5 of the realistic-dither field it holds on 8 of 10 (a
+    cosmic ray's light 0.029 with 8 epochs; a small ghost 0.036 with 8
+    epochs, of which 0.016 the noise of replaced pixels); docs/coadd.md,
+    'Status'."""
     n, _, result = scored
     for cls, value in result["leakage"].items():
         assert value <= 0.02, f"{n} epochs: {cls} leaks {value:.4f}"
@@ -159,14 +155,15 @@ def test_without_artefacts_every_variable_keeps_its_flux(
     assert np.all(np.abs(ratios - 1.0) <= 0.01), ratios
 
 
-@pytest.mark.xfail(
-    reason="the noise of replaced pixels (or a faint trail's light) lifts a few sources from "
-    "S/N 3.9-4 to >= 5: 0 on 4 of 10 realistic fields and the 20-epoch test field, 1-3 on the "
-    "others, 2 on the 8-epoch test field (docs/coadd.md, 'Status')",
-    strict=False,
-)
 def test_no_spurious_detections(scored: tuple[int, SimWarps, dict]) -> None:
     n, _, result = scored
+    if n == 8:
+        # The noise of replaced pixels where several epochs are clipped
+        # together lifts two faint sources of the 8-epoch field from S/N
+        # 3.9-4 to >= 5 (0-2 on the sweep's fields; docs/coadd.md, 'Status').
+        assert result["spurious"] <= 2, f"{n} epochs: {result['spurious']} spurious detections"
+        if result["spurious"]:
+            pytest.xfail(f"{result['spurious']} spurious detections with 8 epochs (known)")
     assert result["spurious"] == 0, f"{n} epochs: {result['spurious']} spurious detections"
 
 
