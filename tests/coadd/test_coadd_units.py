@@ -610,3 +610,18 @@ def test_clip_halo_takes_a_diffuse_ghosts_wings_and_spares_trails() -> None:
     assert not (halo[0] & ~plain[0] & far).any()
     assert np.array_equal(halo[1:], plain[1:])
     assert plain[1][trail].mean() > 0.9
+
+
+def test_upsampled_clip_maps_are_the_repeated_binned_maps() -> None:
+    """The final pass's upsampling of binned clip maps (strided assignments)
+    equals repeating each binned pixel b x b and cutting the band's rows."""
+    from skydm.coadd._cw_assemble import upsample
+
+    rng = np.random.default_rng(0)
+    for b in (1, 2, 3, 4):
+        for off in range(b):
+            for rows, cols in ((1, 1), (5, 6), (17, 13)):
+                coarse = rng.random((3, -(-(rows + off) // b), -(-cols // b))) > 0.5
+                full = np.repeat(np.repeat(coarse, b, axis=1), b, axis=2)
+                expected = full[:, off : off + rows, :cols]
+                assert np.array_equal(upsample(coarse, b, off, rows, cols), expected)

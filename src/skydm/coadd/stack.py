@@ -37,6 +37,11 @@ class _Member:
     psf: Psf | None
     zero_point: float
     info: VisitInfo
+    #: The memory-mapped image, variance and mask and the mask's REJECT
+    #: constant in its words' byte order, when the planes can be read
+    #: straight (see :meth:`WarpStack._read_into`); looked up once, as
+    #: astropy's HDU lookups by name cost more than reading a band.
+    direct: tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32] | None = None
 
 
 def _same_grid(a: WCS, b: WCS, shape: tuple[int, int]) -> bool:
@@ -154,6 +159,7 @@ class WarpStack:
             psf,
             float(h0.get("ZP", math.nan)),
             VisitInfo.from_header(h0),
+            None if remap else _direct(hdul),
         )
         return member, shape, wcs_from_header(img_hdu.header)
 
@@ -227,28 +233,13 @@ class WarpStack:
         faster than ``astype`` from big-endian), and the mask's REJECT bits
         are tested on the stored words, without converting them.
         """
-        m = self.members[k]
-        if m.hdul is None or m.remap_mask:
+        direct = self.members[k].direct
+        if direct is None:
             return False
-        planes = [m.hdul[name] for name in ("IMAGE", "VARIANCE")]
-        mask_hdu = m.hdul["MASK"]
-        raw = mask_hdu.data
-        if (
-            any(h.header.get("BSCALE", 1) != 1 or h.header.get("BZERO", 0) != 0 for h in planes)
-            or raw.dtype.kind not in "iu"
-            or raw.dtype.itemsize != 4
-            or mask_hdu.header.get("BSCALE", 1) != 1
-            or mask_hdu.header.get("BZERO", 0) not in (0, 2**31)
-        ):
-            return False
-        np.copyto(img, planes[0].data[y0:y1], casting="unsafe")
-        np.copyto(var, planes[1].data[y0:y1], casting="unsafe")
-        # BZERO = 2**31 only flips the top bit, which REJECT does not hold;
-        # the constant is put in the words' byte order instead of the words.
-        reject = np.uint32(REJECT)
-        if not raw.dtype.isnative:
-            reject = reject.byteswap()
-        np.equal(raw[y0:y1].view(np.uint32) & reject, 0, out=good)
+        image, variance, words, reject = direct
+        np.copyto(img, image[y0:y1], casting="unsafe")
+        np.copyto(var, variance[y0:y1], casting="unsafe")
+        np.equal(words[y0:y1] & reject, 0, out=good)
         return True
 
     def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, int]]:
@@ -291,6 +282,7 @@ class WarpStack:
     def close(self) -> None:
         """Close any memory-mapped files."""
         for m in self.members:
+            m.direct = None
             if m.hdul is not None:
                 m.hdul.close()
 
@@ -299,6 +291,32 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _direct(
+    hdul: fits.HDUList,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32] | None:
+    """The planes of a skydm file that :meth:`WarpStack._read_into` can read
+    straight: unscaled float image and variance, and a 32-bit mask unscaled
+    or offset by ``BZERO = 2**31`` (which only flips the top bit, not one of
+    REJECT's); None otherwise.  The mask is viewed as native words and
+    REJECT put in their byte order instead of converting them."""
+    planes = [hdul[name] for name in ("IMAGE", "VARIANCE")]
+    mask_hdu = hdul["MASK"]
+    raw = mask_hdu.data
+    if (
+        any(h.header.get("BSCALE", 1) != 1 or h.header.get("BZERO", 0) != 0 for h in planes)
+        or any(h.data.dtype.kind != "f" for h in planes)
+        or raw.dtype.kind not in "iu"
+        or raw.dtype.itemsize != 4
+        or mask_hdu.header.get("BSCALE", 1) != 1
+        or mask_hdu.header.get("BZERO", 0) not in (0, 2**31)
+    ):
+        return None
+    reject = np.uint32(REJECT)
+    if not raw.dtype.isnative:
+        reject = reject.byteswap()
+    return planes[0].data, planes[1].data, raw.view(np.uint32), reject
 
 
 def _unscaled(hdu: fits.ImageHDU, y0: int, y1: int) -> np.ndarray:
