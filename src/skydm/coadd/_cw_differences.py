@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from skydm.coadd._cw_footprints import Sparse
 from skydm.coadd._cw_lines import LineAccumulator, column_sums
-from skydm.coadd._cw_rules import Sparse
 from skydm.coadd.assemble import clip_outliers
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from scipy import ndimage
 from skydm.image.psf import Psf
 
 if TYPE_CHECKING:
-    from skydm.coadd._cw_rules import Sparse
+    from skydm.coadd._cw_footprints import Sparse
     from skydm.coadd.compare_warp import CompareWarpConfig
 
 

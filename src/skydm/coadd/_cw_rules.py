@@ -12,193 +12,27 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from skydm.coadd._cw_footprints import (
+    Sparse,
+    _components,
+    _Context,
+    _dilate,
+    _disk,
+    _footprints,
+    _groups,
+    _label_at,
+    _Labels,
+    _Outliers,
+    _outliers,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from skydm.coadd.compare_warp import CompareWarpConfig
-
-#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2 of the local
-#: fit by a multiple of the model, window model S/N, model over its local maximum,
-#: the model's S/N at the pixel, the multiple and chi2 of the fit with a constant, and
-#: the epochs in the model there as bits, -1 for all).
-Sparse = list[
-    tuple[
-        int,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-    ]
-]
-
-
-class _Labels(NamedTuple):
-    """Labelled pixels of a grid: flat indices (ascending), their labels 1..n."""
-
-    pix: np.ndarray
-    lab: np.ndarray
-    n: int
-
-
-class _Outliers(NamedTuple):
-    """One epoch's outlier pixels from a :data:`Sparse` list, in its order."""
-
-    idx: np.ndarray
-    dabs: np.ndarray
-    chi2: np.ndarray
-    msig: np.ndarray
-    peak: np.ndarray
-
-
-class _Context(NamedTuple):
-    """The rule's settings, the outliers' sign, the grid's width, the flat maps
-    of epochs with data and with a footprint of that sign, and
-    :func:`_same_place`'s map (None without peaks)."""
-
-    cfg: CompareWarpConfig
-    sign: int
-    fwhm: float
-    structure: np.ndarray | None
-    width: int
-    cover: np.ndarray
-    nfp: np.ndarray
-    same: np.ndarray | None
-
-
-def _outliers(sparse: Sparse, k: int) -> _Outliers | None:
-    parts = [p for p in sparse if p[0] == k]
-    if not parts:
-        return None
-    return _Outliers(*(np.concatenate([p[i] for p in parts]) for i in range(1, 6)))
-
-
-def _disk(radius: float) -> np.ndarray:
-    r = math.ceil(radius)
-    y, x = np.mgrid[-r : r + 1, -r : r + 1]
-    return (x * x + y * y) <= radius * radius + 1e-9
-
-
-def _components(pix: np.ndarray, width: int) -> tuple[np.ndarray, int]:
-    """4-connected components of the pixels at ascending flat indices ``pix``.
-
-    Labels run 1..n in raster order of each component's first pixel, as
-    ``ndimage.label`` numbers them, at a cost that grows with the pixels
-    given rather than with the grid.
-    """
-    m = pix.size
-    if m == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    node = np.arange(m)
-    right = (pix[1:] == pix[:-1] + 1) & (pix[:-1] % width != width - 1)
-    below = np.searchsorted(pix, pix + width)
-    has = below < m
-    has[has] = pix[below[has]] == pix[has] + width
-    rows = np.concatenate([node[:-1][right], node[has]])
-    cols = np.concatenate([node[1:][right], below[has]])
-    graph = coo_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(m, m))
-    n, lab = connected_components(graph.tocsr(), directed=False)
-    return lab.astype(np.int64) + 1, int(n)
-
-
-def _label_at(labels: _Labels, idx: np.ndarray) -> np.ndarray:
-    """Label of each flat index ``idx`` (0 where unlabelled)."""
-    if labels.pix.size == 0:
-        return np.zeros(idx.size, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(labels.pix, idx), labels.pix.size - 1)
-    return np.where(labels.pix[pos] == idx, labels.lab[pos], 0)
-
-
-def _groups(
-    labels: _Labels, wanted: np.ndarray, width: int
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(label, rows, columns) of the pixels of each label in ``wanted`` (sorted),
-    pixels in raster order as ``np.nonzero(lab == label)`` gives them."""
-    if wanted.size == 0:
-        return
-    lut = np.zeros(labels.n + 1, dtype=bool)
-    lut[wanted] = True
-    mask = lut[labels.lab]
-    pix, lab = labels.pix[mask], labels.lab[mask]
-    order = np.argsort(lab, kind="stable")
-    pix, lab = pix[order], lab[order]
-    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    ends = np.r_[starts[1:], lab.size]
-    for a, b in zip(starts, ends, strict=True):
-        ys, xs = np.divmod(pix[a:b], width)
-        yield int(lab[a]), ys, xs
-
-
-def _footprints(code: np.ndarray, sign: int, streak_length: float) -> _Labels:
-    """Outlier footprints of one epoch and sign.
-
-    Regions of ``code * sign >= 1`` that hold a seed (``code * sign >= 2``),
-    plus seedless regions that are long and thin (:func:`_is_streak`): a faint
-    trail is never 5 sigma anywhere but runs above the lower threshold for
-    hundreds of pixels, which noise does not.
-    """
-    signed = code.ravel() * np.int8(sign)
-    pix = np.flatnonzero(signed >= 1)
-    lab, nlab = _components(pix, code.shape[1])
-    if nlab == 0:
-        return _Labels(pix, lab, 0)
-    keep = np.zeros(nlab + 1, dtype=bool)
-    keep[lab[signed[pix] >= 2]] = True
-    if streak_length > 0:
-        sizes = np.bincount(lab, minlength=nlab + 1)
-        long = np.flatnonzero((sizes >= streak_length) & ~keep)
-        for label, ys, xs in _groups(_Labels(pix, lab, nlab), long[long > 0], code.shape[1]):
-            if _is_streak(ys, xs, streak_length):
-                keep[label] = True
-    keep[0] = False
-    # Kept footprints renumbered 1.. in their order (that of labelling the kept map).
-    renumber = np.cumsum(keep)
-    sel = keep[lab]
-    return _Labels(pix[sel], renumber[lab[sel]], int(renumber[-1]))
-
-
-def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
-    """Whether pixels (ys, xs) form a straight strip at least ``min_length`` long
-    and 8 times longer than wide (from their second moments)."""
-    cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
-    evals = np.linalg.eigvalsh(cov)
-    length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
-    return length >= min_length and length >= 8 * max(width, 1.0)
-
-
-def _dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, structure)`` for a disk (each row of the
-    structure one centred run): a horizontal growth per run width, then one
-    shifted OR per row, instead of a test of every structure pixel everywhere."""
-    r = structure.shape[0] // 2
-    half = structure.sum(axis=1) // 2
-    grown = {0: mask}
-    h = mask.copy()
-    for w in range(1, int(half.max()) + 1):
-        h[:, w:] |= mask[:, :-w]
-        h[:, :-w] |= mask[:, w:]
-        grown[w] = h.copy()
-    out, rows = np.zeros_like(mask), mask.shape[0]
-    for i, w in enumerate(half):
-        dy = i - r
-        if not structure[i].any() or abs(dy) >= rows:
-            continue
-        if dy >= 0:
-            out[dy:] |= grown[int(w)][: rows - dy]
-        else:
-            out[:dy] |= grown[int(w)][-dy:]
-    return out
 
 
 def _same_place(tops: list[np.ndarray], shape: tuple[int, int], fwhm: float) -> np.ndarray | None:

@@ -53,6 +53,7 @@ from scipy import ndimage
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, in_order
 from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
+from skydm.coadd._cw_footprints import Sparse
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
     bin_planes,
@@ -65,7 +66,7 @@ from skydm.coadd._cw_pixels import (
     sharpness_bound,
 )
 from skydm.coadd._cw_restore import find_restorations
-from skydm.coadd._cw_rules import Sparse, clip_maps
+from skydm.coadd._cw_rules import clip_maps
 from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
 from skydm.image import Exposure
