@@ -345,10 +345,22 @@ def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
     """A slow asteroid merged with a brightening source's footprint (kept whole
     as a flux change) is clipped around its own peak; the variable is not, and
     a footprint without a second peak gives nothing."""
-    from skydm.coadd._cw_rules import _off_core
+    from skydm.coadd._cw_footprints import _Context, _Labels, _outliers
+    from skydm.coadd._cw_rules import _off_core_pixels, _peaks
     from skydm.coadd.compare_warp import CompareWarpConfig
 
     cfg = CompareWarpConfig()
+
+    def _off_core(lab, labels, k, sparse, count, limit, cfg, fwhm):  # type: ignore[no-untyped-def]
+        # The rule on a dense label map, as a boolean map.
+        out = np.zeros(lab.size, dtype=bool)
+        pix = np.flatnonzero(lab)
+        fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
+        outl = _outliers(sparse, k)
+        ctx = _Context(cfg, 1, fwhm, None, lab.shape[1], count.ravel(), count.ravel(), None)
+        out[_off_core_pixels(fp, labels, _peaks(fp, outl)[0], outl, limit, ctx)] = True
+        return out.reshape(lab.shape)
+
     yy, xx = np.indices((40, 40))
     var = 40 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / (2 * 2.0**2))
     ast = 20 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / (2 * 1.5**2))
@@ -493,7 +505,8 @@ def test_sparse_footprint_helpers_match_ndimage() -> None:
     the disk and draw streak strips from a band about the axis; each gives
     what ndimage's whole-grid labelling and dilation, and a whole-grid
     distance test, give."""
-    from skydm.coadd._cw_rules import _components, _dilate, _disk, _strip
+    from skydm.coadd._cw_footprints import _components, _dilate, _disk
+    from skydm.coadd._cw_rules import _strip
 
     rng = np.random.default_rng(21)
     for _ in range(60):
@@ -625,3 +638,21 @@ def test_upsampled_clip_maps_are_the_repeated_binned_maps() -> None:
                 full = np.repeat(np.repeat(coarse, b, axis=1), b, axis=2)
                 expected = full[:, off : off + rows, :cols]
                 assert np.array_equal(upsample(coarse, b, off, rows, cols), expected)
+
+
+def test_line_search_median_is_numpys_bit_for_bit() -> None:
+    """The line search's bracketed median equals np.median exactly, on heavy
+    tails, ties, even and odd sizes, and falls back to it with a NaN."""
+    from skydm.coadd._cw_lines import _median
+
+    rng = np.random.default_rng(4)
+    for n in (10, 4095, 4096, 20001, 50000):
+        for vals in (
+            rng.normal(size=n),
+            rng.standard_cauchy(size=n),
+            rng.integers(0, 5, size=n).astype(np.float64),
+        ):
+            assert _median(vals) == float(np.median(vals))
+    vals = rng.normal(size=5000)
+    vals[7] = np.nan
+    assert np.isnan(_median(vals))

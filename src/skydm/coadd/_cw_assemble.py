@@ -81,9 +81,7 @@ def assemble_clipped(
             f"{clips.clip.shape} binned by {b}",
             f"clips of {n} warps of {ny}x{nx} (found on a stack like this one)",
         )
-    rows = check_rows(chunk_rows or stack.default_chunk_rows())
-    rows = max(b, rows - rows % b)
-    chunks = list(stack.chunks(rows))
+    chunks = band_chunks(stack, chunk_rows, b)
     weights = stack.weights
     psfs = [m.psf for m in stack.members]
     widths2 = psf_widths2(psfs)
@@ -156,6 +154,13 @@ def assemble_clipped(
     exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
+
+
+def band_chunks(stack: WarpStack, chunk_rows: int | None, b: int) -> list[tuple[int, int]]:
+    """The bands of rows CompareWarp's passes work on: ``chunk_rows`` (default:
+    :meth:`WarpStack.default_chunk_rows`) rounded down to whole binned rows."""
+    rows = check_rows(chunk_rows or stack.default_chunk_rows())
+    return list(stack.chunks(max(b, rows - rows % b)))
 
 
 def upsample(coarse: np.ndarray, b: int, off: int, rows: int, cols: int) -> np.ndarray:

@@ -92,8 +92,8 @@ class BandDiff:
         cover: np.ndarray,
         sparse: Sparse,
         lines: list[LineAccumulator] | None,
-        static: np.ndarray | None,
-        peaks: np.ndarray | None,
+        static: np.ndarray,
+        peaks: np.ndarray,
     ) -> None:
         """Write the band into the cell-wide maps (in band order: the line
         accumulators' blocks straddle bands)."""
@@ -103,9 +103,9 @@ class BandDiff:
         if lines is not None and self.line_sums is not None:
             for acc, (zc, nc) in zip(lines, self.line_sums, strict=True):
                 acc.add_sums(rb.start, zc, nc)
-        if static is not None and self.static is not None:
+        if self.static is not None:
             static[rb] |= self.static
-        if peaks is not None and self.peaks is not None:
+        if self.peaks is not None:
             peaks[rb] |= self.peaks
         sparse.extend(self.sparse)
 
@@ -122,12 +122,12 @@ def band_differences(
     wb: int,
     *,
     lines: bool,
-    static: bool,
-    peaks: bool,
 ) -> BandDiff:
     """Leave-one-out differences of a band (binned rows from ``row0``): outlier
-    codes, coverage, the significance for the line search, and the sparse
-    data of the variable-source test."""
+    codes, coverage, the line search's block sums and bright static sources
+    (with ``lines``), the model's peaks (candidates for restoring variables,
+    with ``cfg.restore_variables``), and the sparse data of the
+    variable-source test."""
     n = matched.shape[0]
     keep = clip_outliers(
         matched, mvar, ok, weights, nsigma=cfg.model_nsigma, ampfrac=cfg.systematic
@@ -160,11 +160,11 @@ def band_differences(
         np.empty((n, *model_sn.shape), dtype=np.int8),
         np.empty((n, *model_sn.shape), dtype=bool),
         [] if lines else None,
-        model_sn > np.float32(cfg.line_static) if static else None,
+        model_sn > np.float32(cfg.line_static) if lines else None,
         None,
         [],
     )
-    if peaks and cfg.restore_variables:
+    if cfg.restore_variables:
         # Bright static sources (candidates for restoring a variable's flux).
         top = ndimage.maximum_filter(model_sn, size=3)
         out.peaks = (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))

@@ -299,26 +299,6 @@ def _grow(
         out[sy0:sy1, sx0:sx1] |= _dilate(mask[sy0:sy1, sx0:sx1], structure)
 
 
-def _off_core(
-    lab: np.ndarray,
-    labels: np.ndarray,
-    k: int,
-    sparse: Sparse,
-    count: np.ndarray,
-    limit: np.ndarray,
-    cfg: CompareWarpConfig,
-    fwhm: float,
-) -> np.ndarray:
-    """:func:`_off_core_pixels` on a dense label map ``lab``, as a boolean map."""
-    out = np.zeros(lab.size, dtype=bool)
-    pix = np.flatnonzero(lab)
-    fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
-    outl = _outliers(sparse, k)
-    ctx = _Context(cfg, 1, fwhm, None, lab.shape[1], count.ravel(), count.ravel(), None)
-    out[_off_core_pixels(fp, labels, _peaks(fp, outl)[0], outl, limit, ctx)] = True
-    return out.reshape(lab.shape)
-
-
 def _off_core_pixels(
     fp: _Labels,
     labels: np.ndarray,

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from skydm.coadd._cw_assemble import Clips, assemble_clipped, in_order
+from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, in_order
 from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
 from skydm.coadd._cw_footprints import Sparse
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
@@ -67,7 +67,7 @@ from skydm.coadd._cw_pixels import (
 )
 from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import clip_maps
-from skydm.coadd.stack import WarpStack, check_rows
+from skydm.coadd.stack import WarpStack
 from skydm.errors import BadValueError
 from skydm.image import Exposure
 from skydm.progress import Progress
@@ -196,8 +196,6 @@ def find_clips(
     b = cfg.bin
     n = len(stack)
     ny, nx = stack.shape
-    rows = check_rows(chunk_rows or stack.default_chunk_rows())
-    rows = max(b, rows - rows % b)
     weights = stack.weights
     psfs = [m.psf for m in stack.members]
     sigmas, target_fwhm = matching_sigmas(psfs, cfg.target_extra)
@@ -218,7 +216,7 @@ def find_clips(
         if cfg.line_threshold > 0
         else None
     )
-    chunks = list(stack.chunks(rows))
+    chunks = band_chunks(stack, chunk_rows, b)
     bar = progress
     if bar is not None:
         bar.total = 2 * len(chunks)
@@ -273,8 +271,6 @@ def find_clips(
             fw,
             wb,
             lines=lines is not None,
-            static=True,
-            peaks=True,
         )
         return _BandMaps(own_hits, diff)
 
@@ -282,7 +278,6 @@ def find_clips(
         for k, own in maps.hits:
             crs[k].append(own)
         maps.diff.merge_into(codes, cover, sparse, lines, static, peaks)
-        del maps
         if bar is not None:
             bar.advance(1, "outlier detection")
 
