@@ -387,7 +387,6 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     flux of the same night's other visit."""
     from skydm.coadd._cw_pixels import imputation_coefficients
     from skydm.coadd._cw_restore import Restore, restore_targets
-    from skydm.coadd.compare_warp import _combine
 
     rng = np.random.default_rng(3)
     n, shape, cy, cx = 6, (41, 41), 20.3, 19.8
@@ -472,7 +471,6 @@ def test_band_combination_equals_the_dense_replacement() -> None:
     restoration's stamp placed in the compact layout."""
     from skydm.coadd._cw_pixels import combine_band, imputation_coefficients
     from skydm.coadd._cw_restore import Target
-    from skydm.coadd.compare_warp import _combine
 
     rng = np.random.default_rng(11)
     n, shape = 7, (30, 40)
@@ -656,3 +654,24 @@ def test_line_search_median_is_numpys_bit_for_bit() -> None:
     vals = rng.normal(size=5000)
     vals[7] = np.nan
     assert np.isnan(_median(vals))
+
+
+def _combine(
+    img: np.ndarray,
+    var: np.ndarray,
+    coef: np.ndarray,
+    csum: np.ndarray,
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dense reference: ``(sum c x + extra) / csum`` and its variance, 0 and
+    inf where no coefficient is left."""
+    safe = np.where(csum > 0, csum, np.float32(1.0))
+    num = np.einsum("kij,kij->ij", coef, img)
+    if extra is not None:
+        num += extra
+    v = np.einsum("kij,kij->ij", coef * coef, var) / (safe * safe)
+    return (
+        np.where(csum > 0, num / safe, 0.0).astype(np.float32),
+        np.where(csum > 0, v, np.inf).astype(np.float32),
+        csum,
+    )

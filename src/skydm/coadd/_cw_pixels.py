@@ -328,12 +328,6 @@ def laplacian_scale(
     return out
 
 
-def grow_hits(hits: np.ndarray, width: int) -> np.ndarray:
-    """Flat indices (within a ``rows x width`` plane) of hits grown to their 3x3 squares."""
-    ys, xs = np.nonzero(hits)
-    return grow_pixels(ys, xs, hits.shape[0], width)
-
-
 def grow_pixels(ys: np.ndarray, xs: np.ndarray, rows: int, width: int) -> np.ndarray:
     """Flat indices (within a ``rows x width`` plane) of pixels grown to their 3x3 squares."""
     if ys.size == 0:

@@ -335,24 +335,3 @@ class _BandMaps:
 
     hits: list[tuple[int, np.ndarray]]
     diff: BandDiff
-
-
-def _combine(
-    img: np.ndarray,
-    var: np.ndarray,
-    coef: np.ndarray,
-    csum: np.ndarray,
-    extra: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(sum c x + extra) / csum`` and its variance; 0 and inf where no coefficient is left."""
-    safe = np.where(csum > 0, csum, np.float32(1.0))
-    num = np.einsum("kij,kij->ij", coef, img)
-    if extra is not None:
-        num += extra
-    mean = num / safe
-    v = np.einsum("kij,kij->ij", coef * coef, var) / (safe * safe)
-    return (
-        np.where(csum > 0, mean, 0.0).astype(np.float32),
-        np.where(csum > 0, v, np.inf).astype(np.float32),
-        csum,
-    )
