@@ -117,8 +117,21 @@ def assemble_clipped(
                 c[k].reshape(-1)[idx] = True
             clipped = good & c
             mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
-            found = restore_targets(
-                mine, y0, img, var, good & ~c, clipped, weights, psfs, times=times, kernels=kernels
+            found = (
+                restore_targets(
+                    mine,
+                    y0,
+                    img,
+                    var,
+                    good & ~c,
+                    clipped,
+                    weights,
+                    psfs,
+                    times=times,
+                    kernels=kernels,
+                )
+                if mine
+                else []
             )
             measured[i].set_result([t.moved(y0) for t in found])
         except BaseException as exc:
