@@ -156,15 +156,15 @@ def test_without_artefacts_every_variable_keeps_its_flux(
 
 
 def test_no_spurious_detections(scored: tuple[int, SimWarps, dict]) -> None:
+    """No 5-sigma detection that neither artefact-free coadd (the method's
+    own, nor the plain mean of the clean warps) has."""
     n, _, result = scored
-    if n == 8:
-        # The noise of replaced pixels where several epochs are clipped
-        # together lifts two faint sources of the 8-epoch field from S/N
-        # 3.9-4 to >= 5 (0-2 on the sweep's fields; docs/coadd.md, 'Status').
-        assert result["spurious"] <= 2, f"{n} epochs: {result['spurious']} spurious detections"
-        if result["spurious"]:
-            pytest.xfail(f"{result['spurious']} spurious detections with 8 epochs (known)")
     assert result["spurious"] == 0, f"{n} epochs: {result['spurious']} spurious detections"
+    # Against the method's clean coadd alone, one region of the 8-epoch field
+    # counts: the saddle between two stars (S/N 5.6 in the plain mean, 5.6
+    # in the artefact coadd), which the clean coadd lowers to 3.7 by a false
+    # clip of one clean epoch (docs/coadd.md, 'Status').
+    assert result["spurious_vs_clean"] <= (1 if n == 8 else 0), result["spurious_vs_clean"]
 
 
 def test_fewer_spurious_detections_than_the_artefacts_make(

@@ -14,13 +14,14 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
 from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
+from skydm.coadd._cw_streaks import Streak
 from skydm.coadd.assemble import _coadd_exposure
 from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
@@ -40,6 +41,9 @@ class Clips:
         Per warp, flat indices of its cosmic-ray pixels (full resolution).
     restore : list of Restore
         Variable sources whose clipped epoch keeps its own flux.
+    streaks : list of Streak
+        Clipped footprints where the epoch is kept with a fitted line model
+        subtracted instead (:mod:`skydm.coadd._cw_streaks`).
     """
 
     clip: np.ndarray
@@ -49,6 +53,7 @@ class Clips:
     target_fwhm: float
     threshold: float
     n_lines: int
+    streaks: list[Streak] = field(default_factory=list)
 
 
 def assemble_clipped(
@@ -58,13 +63,18 @@ def assemble_clipped(
     chunk_rows: int | None = None,
     progress: Progress | None = None,
     threads: int = 2,
+    subtract_streaks: bool = True,
 ) -> Exposure:
     """The coadd of ``stack`` with the pixels of ``clips`` replaced (PSF-preserving).
 
     Each clipped pixel of an epoch is replaced by the least-noise mixture
     of the kept epochs nearest in PSF width with its PSF second moment
     (:func:`skydm.coadd._cw_pixels.combine_band`); on a variable source the
-    replacement is corrected to that epoch's own flux.
+    replacement is corrected to that epoch's own flux.  On the footprints
+    of ``clips.streaks`` the epoch is kept with the streak's model
+    subtracted (only kept, with ``subtract_streaks=False``: the scoring
+    harness assembles artefact-free warps so), and the coadd's pixels get
+    the STREAK bit.
 
     Raises
     ------
@@ -110,11 +120,16 @@ def assemble_clipped(
         ye = min(y1 + reach, ny)
         try:
             img, var, good = stack.rows(y0, ye)
-            c = upsample(clip[:, y0 // b : -(-ye // b)], b, y0 % b, ye - y0, nx)
-            for k in range(n):
-                idx = cr_index[k]
-                idx = idx[(idx >= y0 * nx) & (idx < ye * nx)] - y0 * nx
-                c[k].reshape(-1)[idx] = True
+            c = band_clip(clips, y0, ye, nx)
+            modelled = np.zeros((ye - y0, nx), dtype=bool)
+            for s in clips.streaks:
+                lo, hi = np.searchsorted(s.index, (y0 * nx, ye * nx))
+                if hi > lo:
+                    local = s.index[lo:hi] - y0 * nx
+                    c[s.k].reshape(-1)[local] = False
+                    modelled.reshape(-1)[local] = True
+                    if subtract_streaks:
+                        img[s.k].reshape(-1)[local] -= s.value[lo:hi]
             clipped = good & c
             mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
             found = (
@@ -149,13 +164,14 @@ def assemble_clipped(
         m, v, ws, share = combine_band(
             img[:, :rows_], var[:, :rows_], good[:, :rows_], clipped, weights, widths2, targets
         )
-        return _BandOut(m, v, ws <= 0, clipped.any(axis=0), share)
+        return _BandOut(m, v, ws <= 0, clipped.any(axis=0), modelled[:rows_], share)
 
     for (y0, y1), out in zip(chunks, in_order(final_band, chunks, threads=threads), strict=True):
         image[y0:y1], variance[y0:y1] = out.image, out.variance
         band = mask[y0:y1]
         band[out.no_data] |= np.uint32(Mask.NO_DATA)
         band[out.clipped] |= np.uint32(Mask.CLIPPED)
+        band[out.modelled] |= np.uint32(Mask.STREAK)
         used += out.used
         if bar is not None:
             bar.advance(1, "assembly")
@@ -165,6 +181,7 @@ def assemble_clipped(
     exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
     exp.meta["CWNLINE"] = (clips.n_lines, "faint trails found, all epochs")
     exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
+    exp.meta["CWNSTRK"] = (len(clips.streaks), "faint streaks subtracted as models")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
 
@@ -174,6 +191,17 @@ def band_chunks(stack: WarpStack, chunk_rows: int | None, b: int) -> list[tuple[
     :meth:`WarpStack.default_chunk_rows`) rounded down to whole binned rows."""
     rows = check_rows(chunk_rows or stack.default_chunk_rows())
     return list(stack.chunks(max(b, rows - rows % b)))
+
+
+def band_clip(clips: Clips, y0: int, ye: int, nx: int) -> np.ndarray:
+    """``(n, ye - y0, nx)`` full-resolution clip maps of rows ``y0:ye``, cosmic
+    rays included."""
+    b = clips.bin
+    c = upsample(clips.clip[:, y0 // b : -(-ye // b)], b, y0 % b, ye - y0, nx)
+    for k, idx in enumerate(clips.cosmic_rays):
+        lo, hi = np.searchsorted(idx, (y0 * nx, ye * nx))
+        c[k].reshape(-1)[idx[lo:hi] - y0 * nx] = True
+    return c
 
 
 def upsample(coarse: np.ndarray, b: int, off: int, rows: int, cols: int) -> np.ndarray:
@@ -196,12 +224,14 @@ def upsample(coarse: np.ndarray, b: int, off: int, rows: int, cols: int) -> np.n
 @dataclass
 class _BandOut:
     """One band of the coadd: image, variance, where no data or some epoch was
-    clipped, and each epoch's sum of coefficients."""
+    clipped or had a streak model subtracted, and each epoch's sum of
+    coefficients."""
 
     image: np.ndarray
     variance: np.ndarray
     no_data: np.ndarray
     clipped: np.ndarray
+    modelled: np.ndarray
     used: np.ndarray
 
 

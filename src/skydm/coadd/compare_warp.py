@@ -47,11 +47,12 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, in_order
+from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
 from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
 from skydm.coadd._cw_footprints import Sparse
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
@@ -67,6 +68,13 @@ from skydm.coadd._cw_pixels import (
 )
 from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import clip_maps
+from skydm.coadd._cw_streaks import (
+    Candidate,
+    Streak,
+    candidates,
+    fit_streak,
+    gather,
+)
 from skydm.coadd.stack import WarpStack
 from skydm.errors import BadValueError
 from skydm.image import Exposure
@@ -108,6 +116,9 @@ class CompareWarpConfig:
     halo_fill: float = 0.4
     halo_aspect: float = 2.5
     halo_reach: float = 1.0
+    streak_models: bool = True
+    streak_min_pixels: int = 6
+    streak_max_pixels: int = 20_000
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -314,11 +325,11 @@ def find_clips(
             for theta, rho, _ in found[k]:
                 clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
                 n_lines += 1
-    cr_index = [np.concatenate(c) if c else np.zeros(0, dtype=np.int64) for c in crs]
+    cr_index = [np.sort(np.concatenate(c)) if c else np.zeros(0, dtype=np.int64) for c in crs]
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
     del sparse
-    return Clips(
+    clips = Clips(
         clip,
         cr_index,
         restore,
@@ -327,6 +338,62 @@ def find_clips(
         threshold=cfg.threshold,
         n_lines=n_lines,
     )
+    if cfg.streak_models:
+        clips.streaks = model_streaks(stack, clips, cfg, chunks, threads=threads)
+    return clips
+
+
+def model_streaks(
+    stack: WarpStack,
+    clips: Clips,
+    cfg: CompareWarpConfig,
+    chunks: list[tuple[int, int]],
+    *,
+    threads: int = 2,
+) -> list[Streak]:
+    """Fit a line model to every clipped footprint (:mod:`skydm.coadd._cw_streaks`);
+    those that pass its tests are subtracted at assembly instead of replaced."""
+    ny, nx = stack.shape
+    cands = candidates(
+        clips.clip,
+        clips.bin,
+        (ny, nx),
+        min_pixels=cfg.streak_min_pixels,
+        max_pixels=cfg.streak_max_pixels,
+    )
+    if not cands:
+        return []
+    # Static sources under each epoch's clips (the restorations' positions).
+    spots = np.array([(r.k, r.y, r.x) for r in clips.restore], dtype=np.float64).reshape(-1, 3)
+    for c in cands:
+        lo, hi = c.index[0] // nx, c.index[-1] // nx
+        c.sources = spots[(spots[:, 0] == c.k) & (spots[:, 1] >= lo) & (spots[:, 1] <= hi), 1:]
+    weights, widths2 = stack.weights, psf_widths2([m.psf for m in stack.members])
+    starts = np.array([c.index[0] for c in cands])
+    ends = np.array([c.index[-1] for c in cands])
+
+    def band(y0: int, y1: int) -> None:
+        mine = [
+            c for c, a, e in zip(cands, starts, ends, strict=True) if a < y1 * nx and e >= y0 * nx
+        ]
+        if mine:
+            img, var, good = stack.rows(y0, y1)
+            clipped = good & band_clip(clips, y0, y1, nx)
+            gather(mine, y0, img, var, good, clipped, clips.cosmic_rays, weights, widths2)
+
+    for _ in in_order(band, chunks, threads=threads):
+        pass
+    psfs = [m.psf for m in stack.members]
+
+    caches: list[dict[int, Any]] = [{} for _ in psfs]
+
+    def fit(c: Candidate) -> Streak | None:
+        psf = psfs[c.k]
+        return None if psf is None else fit_streak(c, nx, psf, cache=caches[c.k])
+
+    # One thread: the fits are short Python-bound steps, which threads only slow.
+    fitted = [fit(c) for c in cands]
+    return [s for s in fitted if s is not None]
 
 
 @dataclass

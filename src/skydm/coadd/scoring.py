@@ -225,7 +225,7 @@ def leakage_parts(
     from skydm.coadd._cw_assemble import assemble_clipped
     from skydm.coadd.compare_warp import find_clips
 
-    twin = assemble_clipped(clean, find_clips(art, config=config)).image
+    twin = assemble_clipped(clean, find_clips(art, config=config), subtract_streaks=False).image
     refs = (ref_art.image, ref_clean.image)
     light = leakage(coadd_art.image, twin, *refs, footprints, valid=valid)
     noise = leakage(twin, coadd_clean.image, *refs, footprints, valid=valid)
@@ -296,23 +296,37 @@ def detection_map(coadd: Exposure) -> np.ndarray:
 
 
 def spurious_detections(
-    coadd_art: Exposure, coadd_clean: Exposure, *, threshold: float = 5.0, margin: float = 1.0
+    coadd_art: Exposure,
+    coadd_clean: Exposure,
+    *,
+    sky: Exposure | None = None,
+    threshold: float = 5.0,
+    margin: float = 1.0,
 ) -> int:
     """Number of ``threshold``-sigma detections in ``coadd_art`` that ``coadd_clean`` lacks.
 
-    A detection is a connected region of the matched-filter S/N map
-    (:func:`detection_map`) at or above ``threshold``; it is spurious where
-    the clean coadd's map stays below ``threshold - margin`` (the margin
-    keeps the clean coadd's own threshold-crossing sources, whose S/N moves a
-    little with the clipped noise, from counting).  Comparing pixels rather
-    than catalogs avoids counting every change of deblending between two
-    nearly equal images.
+    A detection is a connected region (8-connected, as detection footprints
+    are) of the matched-filter S/N map (:func:`detection_map`) at or above
+    ``threshold``; it is spurious where the clean coadd's map stays below
+    ``threshold - margin`` (the margin keeps the clean coadd's own
+    threshold-crossing sources, whose S/N moves a little with the clipped
+    noise, from counting).  Comparing pixels rather than catalogs avoids
+    counting every change of deblending between two nearly equal images.
+
+    ``sky``, the plain weighted mean of the artefact-free warps, tells real
+    sky from spurious: where its map reaches ``threshold - margin`` too, the
+    detection is of real sources, which the method's clean coadd may have
+    lowered by clipping a noisy epoch of the clean warps (a false clip the
+    artefact coadd happened not to make) rather than the artefacts raised.
     """
     from scipy import ndimage
 
     snr_a = detection_map(coadd_art)
     snr_c = detection_map(coadd_clean)
-    _, n = ndimage.label((snr_a >= threshold) & (snr_c < threshold - margin))
+    new = (snr_a >= threshold) & (snr_c < threshold - margin)
+    if sky is not None:
+        new &= detection_map(sky) < threshold - margin
+    _, n = ndimage.label(new, structure=np.ones((3, 3), dtype=bool))
     return int(n)
 
 
@@ -336,7 +350,9 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
     dict
         ``leakage`` (per class), ``leakage_max``, ``noise_ratio``,
         ``star_bias`` and ``n_stars``, ``variable_ratio`` (per variable),
-        ``spurious`` (detections in the artefact coadd not in the clean one),
+        ``spurious`` (detections in the artefact coadd in neither the clean
+        one nor the plain mean of the clean warps), ``spurious_vs_clean``
+        (those not in the clean coadd alone),
         and the four coadds (``coadd_art``, ``coadd_clean``, ``ref_art``, ``ref_clean``).
     """
     from skydm.coadd.assemble import assemble_coadd
@@ -358,7 +374,8 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
         "star_bias": bias,
         "n_stars": n_stars,
         "variable_ratio": variable_flux_ratios(ca, rc, sim.truth),
-        "spurious": spurious_detections(ca, cc),
+        "spurious": spurious_detections(ca, cc, sky=rc),
+        "spurious_vs_clean": spurious_detections(ca, cc),
         "coadd_art": ca,
         "coadd_clean": cc,
         "ref_art": ra,
