@@ -451,9 +451,7 @@ class _LineModel:
         """The design matrix at pixels (x, y): dense, or sparse with nodes (a
         pixel lies on two hat functions of each part only)."""
         prof = self.prof
-        ct, st = math.cos(p[0]), math.sin(p[0])
-        t = (x - self.xc) * ct + (y - self.yc) * st
-        dd = -(x - self.xc) * st + (y - self.yc) * ct - p[1]
+        t, dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
         # The PSF's line-spread function and a plain Gaussian across (a
         # diffuse trail without the PSF's wings), their fluxes fitted together.
         psf_part = np.interp(dd, prof.grid, _broadened(prof, p[2]), left=0.0, right=0.0)
@@ -501,6 +499,16 @@ class _LineModel:
         return np.asarray(a_mat @ coef), coef
 
 
+def _line_frame(
+    theta: float, offset: float, x: np.ndarray, y: np.ndarray, centre: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels' positions along and across the line at angle ``theta`` through
+    ``centre``, the latter from the line moved ``offset`` across."""
+    xc, yc = centre
+    ct, st = math.cos(theta), math.sin(theta)
+    return (x - xc) * ct + (y - yc) * st, -(x - xc) * st + (y - yc) * ct - offset
+
+
 def _point_residuals(
     p: np.ndarray,
     x: np.ndarray,
@@ -520,10 +528,7 @@ def _point_residuals(
     for a line crossing a whole cell; a Gaussian of the PSF's width stands
     for the PSF.
     """
-    xc, yc = centre
-    ct, st = math.cos(p[0]), math.sin(p[0])
-    t = (x - xc) * ct + (y - yc) * st
-    dd = -(x - xc) * st + (y - yc) * ct
+    t, dd = _line_frame(p[0], 0.0, x, y, centre)
     ti = np.floor(t - t.min()).astype(np.int64)
     di = np.floor(dd - dd.min()).astype(np.int64)
     shape = (int(ti.max()) + 1, int(di.max()) + 1)
@@ -574,10 +579,7 @@ def _bad_cells(
     the same total false-rejection rate as ``z_cells`` for a single cell);
     cells of fewer than 8 pixels are not judged.
     """
-    xc, yc = centre
-    ct, st = math.cos(p[0]), math.sin(p[0])
-    t = (x - xc) * ct + (y - yc) * st
-    dd = -(x - xc) * st + (y - yc) * ct - p[1]
+    t, dd = _line_frame(p[0], p[1], x, y, centre)
     core = 1.5 * math.hypot(prof.psf_sigma, float(p[2]))
     across = np.where(dd < -core, 0, np.where(dd > core, 2, 1))
     cell = np.floor((t - t.min()) / cell_length).astype(np.int64) * 3 + across
