@@ -93,3 +93,14 @@ def test_a_point_on_a_static_source_is_variability_not_a_mover() -> None:
     assert fit_streak(c, SIDE, PSF) is not None  # a slow mover alone
     c.sources = np.array([[48.0, 48.5]])
     assert fit_streak(c, SIDE, PSF) is None
+
+
+def test_streak_size_limits_are_checked() -> None:
+    import pytest
+
+    from skydm.coadd.compare_warp import CompareWarpConfig
+    from skydm.errors import BadValueError
+
+    with pytest.raises(BadValueError, match="streak_min_pixels"):
+        CompareWarpConfig(streak_min_pixels=50, streak_max_pixels=10)
+    assert not CompareWarpConfig(streak_models=False).streak_models

@@ -194,6 +194,10 @@ class _Profiles:
     psf_sigma: float
 
 
+ProfileCache = dict[int, _Profiles]
+"""A PSF's profiles by line angle (2-degree steps), shared by its fits."""
+
+
 def _profiles(psf: Psf, theta: float, half: float) -> _Profiles:
     """The PSF projected across (density) and along (cumulative) direction ``theta``.
 
@@ -252,7 +256,7 @@ def fit_streak(
     max_outliers: float = 0.5,
     fit_pixels: int = 3_000,
     max_nfev: int = 40,
-    cache: dict[int, _Profiles] | None = None,
+    cache: ProfileCache | None = None,
 ) -> Streak | None:
     """Fit a line model to a candidate's data; None when it fails the tests
     (see the module docs) and the footprint should stay replaced.
@@ -389,7 +393,7 @@ def fit_streak(
     if chi2 > 1 + 6 * math.sqrt(2 / dof):
         return None
     length = extent if long else 2 * float(p[5])
-    # The model's FWHM across: its two parts' widths weighted by their flux.
+    # The model's FWHM across: its parts' widths weighted by their flux.
     parts = np.clip(coef.reshape(2, -1).sum(axis=1), 0.0, None)
     w2 = np.array([prof.psf_sigma**2 + float(p[2]) ** 2, float(p[3]) ** 2])
     across = 2.355 * math.sqrt(float(parts @ w2) / max(float(parts.sum()), 1e-300))
@@ -448,8 +452,11 @@ class _LineModel:
     diffuse: bool = True
 
     def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
-        """The design matrix at pixels (x, y): dense, or sparse with nodes (a
-        pixel lies on two hat functions of each part only)."""
+        """The design matrix at pixels (x, y): dense, or sparse with many nodes
+        (a pixel lies on two hat functions of each part only).  The Gaussian
+        part (width ``p[3]``) is zero but for a ``diffuse`` line (a zero
+        column: the least-squares path, and so the fits, stay those of the
+        two-part model)."""
         prof = self.prof
         t, dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
         # The PSF's line-spread function and a plain Gaussian across (a
@@ -474,12 +481,13 @@ class _LineModel:
         pos = np.clip((t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
         j = np.minimum(pos.astype(np.int64), m - 2)
         u = pos - j
-        rows = np.repeat(np.arange(n), 4)
-        cols = np.column_stack([j, j + 1, m + j, m + j + 1]).reshape(-1)
-        vals = np.column_stack(
-            [cross[:, 0] * (1 - u), cross[:, 0] * u, cross[:, 1] * (1 - u), cross[:, 1] * u]
-        ).reshape(-1)
-        return sparse.csr_matrix((vals, (rows, cols)), shape=(n, 2 * m))
+        # Part q's hats are columns q m to q m + m - 1.
+        q = np.arange(cross.shape[1]) * m
+        cols = np.stack([q[None, :] + j[:, None], q[None, :] + j[:, None] + 1], axis=2)
+        vals = np.stack([cross * (1 - u)[:, None], cross * u[:, None]], axis=2)
+        rows = np.repeat(np.arange(n), vals[0].size)
+        shape = (n, cross.shape[1] * m)
+        return sparse.csr_matrix((vals.reshape(-1), (rows, cols.reshape(-1))), shape=shape)
 
     def solve(
         self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray

@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -70,6 +69,7 @@ from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import clip_maps
 from skydm.coadd._cw_streaks import (
     Candidate,
+    ProfileCache,
     Streak,
     candidates,
     fit_streak,
@@ -131,6 +131,12 @@ class CompareWarpConfig:
             raise BadValueError("spatial_threshold", self.spatial_threshold, "a fraction in [0, 1)")
         if not (isinstance(self.line_block, int) and self.line_block >= 1):
             raise BadValueError("line_block", self.line_block, "an integer >= 1 (binned pixels)")
+        if not 1 <= self.streak_min_pixels <= self.streak_max_pixels:
+            raise BadValueError(
+                "streak_min_pixels",
+                (self.streak_min_pixels, self.streak_max_pixels),
+                "1 <= streak_min_pixels <= streak_max_pixels (binned pixels)",
+            )
         for name in (
             "systematic",
             "grow_fwhm",
@@ -368,7 +374,8 @@ def model_streaks(
     for c in cands:
         lo, hi = c.index[0] // nx, c.index[-1] // nx
         c.sources = spots[(spots[:, 0] == c.k) & (spots[:, 1] >= lo) & (spots[:, 1] <= hi), 1:]
-    weights, widths2 = stack.weights, psf_widths2([m.psf for m in stack.members])
+    psfs = [m.psf for m in stack.members]
+    weights, widths2 = stack.weights, psf_widths2(psfs)
     starts = np.array([c.index[0] for c in cands])
     ends = np.array([c.index[-1] for c in cands])
 
@@ -383,9 +390,7 @@ def model_streaks(
 
     for _ in in_order(band, chunks, threads=threads):
         pass
-    psfs = [m.psf for m in stack.members]
-
-    caches: list[dict[int, Any]] = [{} for _ in psfs]
+    caches: list[ProfileCache] = [{} for _ in psfs]
 
     def fit(c: Candidate) -> Streak | None:
         psf = psfs[c.k]
