@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "query",
     "serve",
     "demo",
+    "run",
 ]
 
 

@@ -1,0 +1,303 @@
+"""Running a graph: a local process pool or Dask, with retries, isolation and a record.
+
+The same scheduler loop drives any :class:`concurrent.futures.Executor`: a
+:class:`~concurrent.futures.ProcessPoolExecutor` by default, or a Dask
+``distributed`` client's executor (a running scheduler, or a
+``LocalCluster`` of worker processes).  Workers open the repository
+themselves and read and write it directly; only unit descriptions and small
+results travel.  A failed unit is recorded with its reason and blocks only
+what depends on it; the run ends with every unit accounted for, and a JSON
+record of it under ``<repo>/pipeline/runs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import secrets
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from skydm.errors import BadValueError, SkydmError
+from skydm.pipeline.graph import Graph
+from skydm.pipeline.task import Task, WorkUnit
+from skydm.progress import Progress
+from skydm.repo import Repository
+from skydm.repo.atomic import atomic_write_bytes
+
+Status = Literal["ok", "failed", "blocked"]
+
+
+@dataclass
+class UnitResult:
+    """How one unit ended.
+
+    Attributes
+    ----------
+    unit : str
+        The unit's id.
+    task : str
+        Its task.
+    status : str
+        ``ok``, ``failed`` (its reason in ``reason``) or ``blocked`` (an
+        input's unit failed).
+    reason : str
+        Why it failed or was blocked.
+    attempts : int
+        Tries made (1 + retries used).
+    task_s : float
+        Seconds inside the task body (reading, computing, writing).
+    unit_s : float
+        Seconds in the worker for the whole unit (opening, provenance...).
+    """
+
+    unit: str
+    task: str
+    status: Status
+    reason: str = ""
+    attempts: int = 0
+    task_s: float = 0.0
+    unit_s: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """What a run did."""
+
+    run_id: str
+    pipeline: str
+    results: list[UnitResult] = field(default_factory=list)
+    skipped_done: int = 0
+    wall_s: float = 0.0
+    record: Path | None = None
+
+    @property
+    def failures(self) -> list[UnitResult]:
+        """Units that failed or were blocked."""
+        return [r for r in self.results if r.status != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every unit succeeded."""
+        return not self.failures
+
+
+def new_run_id(pipeline: str) -> str:
+    """A unique run id: pipeline, UTC time and a random suffix."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{pipeline}-{stamp}-{secrets.token_hex(3)}"
+
+
+# -- the worker side -------------------------------------------------------
+_REPOS: dict[str, Repository] = {}
+
+
+def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -> UnitResult:
+    """Run one unit in a worker: open the repository (once per process), run, record.
+
+    Never raises for a failure of the unit itself: it is returned with its
+    reason, so that one bad unit cannot stop the others.
+    """
+    from skydm.pipeline.io import UnitIO
+
+    start = time.perf_counter()
+    result = UnitResult(unit.id, unit.task, "failed")
+    for attempt in range(1, retries + 2):
+        result.attempts = attempt
+        try:
+            repo = _REPOS.get(root)
+            if repo is None:
+                repo = _REPOS[root] = Repository.open(root, create=False)
+            io = UnitIO(repo, unit, task.config, run_id)
+            t0 = time.perf_counter()
+            task.run(unit, io)
+            result.task_s = time.perf_counter() - t0
+            missing = set(unit.outputs) - {_key(r) for r in io.written}
+            if missing:
+                raise RuntimeError(f"the task wrote no {', '.join(sorted(map(str, missing)))}")
+            result.status, result.reason = "ok", ""
+            break
+        except SkydmError as exc:
+            result.reason = str(exc)
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            result.reason = (
+                f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
+            )
+    result.unit_s = time.perf_counter() - start
+    return result
+
+
+def _key(ref: object) -> object:
+    from skydm.pipeline.task import DatasetKey
+
+    return DatasetKey(ref.dataset_type, ref.data_id)  # type: ignore[attr-defined]
+
+
+# -- executors ---------------------------------------------------------------
+@contextmanager
+def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[Executor]:
+    """The executor for ``--dask`` / ``-j``.
+
+    Parameters
+    ----------
+    dask : str, optional
+        ``local:N`` for a Dask ``LocalCluster`` of N worker processes (one
+        thread each), or the address of a running scheduler
+        (``tcp://host:8786``).  ``None`` for a local process pool.
+    jobs : int, optional
+        Worker processes of the local pool (default: the CPU count).
+    """
+    if dask is None:
+        n = jobs if jobs is not None else (os.cpu_count() or 1)
+        if n < 1:
+            raise BadValueError("-j", n, "at least 1 worker process")
+        # Workers are started fresh (not forked) so that no registry
+        # connection or thread of this process is inherited.
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("forkserver"))
+        try:
+            yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+    from skydm.errors import require_extra
+
+    distributed = require_extra("distributed", "pipeline")
+    cluster = None
+    if dask.startswith("local:"):
+        try:
+            n = int(dask.removeprefix("local:"))
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise BadValueError("--dask", dask, "local:N with N >= 1 workers, or a scheduler address")
+        cluster = distributed.LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = distributed.Client(cluster)
+    else:
+        try:
+            client = distributed.Client(dask, timeout="20s")
+        except OSError as exc:
+            raise BadValueError(
+                "--dask", dask, f"the address of a running Dask scheduler ({exc})"
+            ) from exc
+    try:
+        yield client.get_executor(pure=False)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# -- the scheduler loop ------------------------------------------------------
+def execute(
+    graph: Graph,
+    units: list[WorkUnit],
+    repo: Repository,
+    executor: Executor,
+    *,
+    run_id: str,
+    retries: int = 0,
+    skipped_done: int = 0,
+    progress: Progress | None = None,
+    on_result: Callable[[UnitResult], None] | None = None,
+) -> RunReport:
+    """Run ``units`` (from :func:`skydm.pipeline.graph.plan`) on ``executor``.
+
+    A unit is submitted once every unit it reads from has succeeded (and,
+    for serial tasks, its predecessor has ended); a failure blocks its
+    dependents only.
+
+    Returns
+    -------
+    RunReport
+        Every unit's result; also written to ``<repo>/pipeline/runs/<run_id>.json``.
+    """
+    if retries < 0:
+        raise BadValueError("--retries", retries, "0 or more")
+    start = time.perf_counter()
+    tasks = {t.name: t for t in graph.pipeline.tasks}
+    wanted = {u.id: u for u in units}
+    deps = {uid: graph.deps[uid] & wanted.keys() for uid in wanted}
+    after = {uid: graph.after[uid] for uid in wanted if graph.after.get(uid) in wanted}
+    report = RunReport(run_id, graph.pipeline.name, skipped_done=skipped_done)
+    ended: dict[str, Status] = {}
+    running: dict[Future[UnitResult], str] = {}
+    root = str(repo.root)
+
+    def finish(result: UnitResult) -> None:
+        ended[result.unit] = result.status
+        report.results.append(result)
+        if on_result is not None:
+            on_result(result)
+        if progress is not None:
+            progress.advance(note=f"{result.unit} {result.status}")
+
+    def ready(uid: str) -> bool:
+        if any(ended.get(p) != "ok" for p in deps[uid]):
+            return False
+        return uid not in after or after[uid] in ended
+
+    order = [u.id for u in units]
+    waiting = list(order)
+    while waiting or running:
+        still = []
+        for uid in waiting:
+            if any(ended.get(p) in ("failed", "blocked") for p in deps[uid]):
+                bad = sorted(p for p in deps[uid] if ended.get(p) in ("failed", "blocked"))
+                finish(UnitResult(uid, wanted[uid].task, "blocked", f"input from {bad[0]} failed"))
+            elif ready(uid):
+                try:
+                    fut = executor.submit(run_unit, root, tasks[wanted[uid].task], wanted[uid],
+                                          run_id, retries)  # fmt: skip
+                except BrokenProcessPool:
+                    finish(UnitResult(uid, wanted[uid].task, "failed", "the worker pool died"))
+                    continue
+                running[fut] = uid
+            else:
+                still.append(uid)
+        progressed = len(still) < len(waiting)
+        waiting = still
+        if not running:
+            if not progressed:  # cannot happen in an acyclic graph; never spin
+                raise RuntimeError(f"{len(waiting)} units can never start: {waiting[:3]}")
+            continue  # blocked units were finished: look again
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            uid = running.pop(fut)
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                result = UnitResult(uid, wanted[uid].task, "failed", "its worker process died")
+            except Exception as exc:  # the executor itself failed (a lost Dask worker...)
+                result = UnitResult(uid, wanted[uid].task, "failed", f"{type(exc).__name__}: {exc}")
+            finish(result)
+    report.wall_s = time.perf_counter() - start
+    rank = {uid: i for i, uid in enumerate(order)}
+    report.results.sort(key=lambda r: rank[r.unit])
+    report.record = _write_record(repo, report)
+    return report
+
+
+def _write_record(repo: Repository, report: RunReport) -> Path:
+    path = repo.root / "pipeline" / "runs" / f"{report.run_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "run": report.run_id,
+        "pipeline": report.pipeline,
+        "wall_s": round(report.wall_s, 3),
+        "skipped_done": report.skipped_done,
+        "results": [asdict(r) for r in report.results],
+    }
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+    return path

@@ -1,0 +1,122 @@
+"""Per detector-visit tasks: ``calibrate`` (raw -> calexp) and ``warp`` (calexp -> warps)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from skydm.errors import BadValueError
+from skydm.pipeline.io import UnitIO
+from skydm.pipeline.regions import GridConfig
+from skydm.pipeline.task import (
+    Connection,
+    DatasetKey,
+    GraphContext,
+    Task,
+    TaskConfig,
+    WorkUnit,
+)
+
+VISIT_DIMS = ("instrument", "detector", "visit", "band")
+CELL_DIMS = ("instrument", "skycell", "band")
+WARP_DIMS = ("instrument", "detector", "visit", "band", "skycell")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig(TaskConfig):
+    """Config of ``calibrate``.
+
+    Attributes
+    ----------
+    psf_fallback : bool
+        With too few stars for a PSF, use a Moffat of the header's seeing.
+    """
+
+    psf_fallback: bool = True
+
+
+class CalibrateTask(Task):
+    """raw -> calexp, one unit per detector-visit (:func:`skydm.pipeline.calibrate_raw`)."""
+
+    name = "calibrate"
+    config_class = CalibrateConfig
+    dimensions = VISIT_DIMS
+    inputs = (Connection("raw", VISIT_DIMS),)
+    outputs = (Connection("calexp", VISIT_DIMS),)
+
+    def units(self, context: GraphContext) -> Iterator[WorkUnit]:
+        for data_id in context.ids("raw"):
+            yield self.unit(
+                data_id, [DatasetKey("raw", data_id)], [DatasetKey("calexp", data_id)]
+            )
+
+    def run(self, unit: WorkUnit, io: UnitIO) -> None:
+        from skydm.pipeline.calibrate import calibrate_raw
+
+        assert isinstance(self.config, CalibrateConfig)
+        calexp = calibrate_raw(io.exposure(unit.inputs[0]), psf_fallback=self.config.psf_fallback)
+        io.put_exposure(unit.outputs[0], calexp)
+
+
+@dataclass(frozen=True)
+class WarpConfig(GridConfig, TaskConfig):
+    """Config of ``warp``: the sky grid, the resampling and the common zero point.
+
+    Attributes
+    ----------
+    method : str
+        ``bilinear``, ``bicubic`` or ``adaptive`` (see :func:`skydm.coadd.warp_exposure`).
+    zero_point : float
+        Zero point every warp is scaled to (when the calexp has one).
+    """
+
+    method: str = "bilinear"
+    zero_point: float = 27.0
+
+    def validate(self) -> None:
+        self.grid()  # raises BadValueError naming the bad grid value
+        if self.method not in ("bilinear", "bicubic", "adaptive"):
+            raise BadValueError("warp.method", self.method, "bilinear, bicubic or adaptive")
+        if not math.isfinite(self.zero_point):
+            raise BadValueError("warp.zero_point", self.zero_point, "a finite magnitude")
+
+
+class WarpTask(Task):
+    """calexp -> one warp per sky cell it overlaps (:func:`skydm.coadd.warp_exposure`)."""
+
+    name = "warp"
+    config_class = WarpConfig
+    dimensions = VISIT_DIMS
+    inputs = (Connection("calexp", VISIT_DIMS),)
+    outputs = (Connection("warp", WARP_DIMS),)
+
+    def units(self, context: GraphContext) -> Iterator[WorkUnit]:
+        assert isinstance(self.config, WarpConfig)
+        for data_id in context.ids("calexp"):
+            raw = context.raw_ref(data_id)
+            if raw is None:
+                context.skip("warp: no raw to place the calexp on the sky")
+                continue
+            try:
+                cells = context.regions.cells(raw, self.config)
+            except Exception as exc:  # an unreadable raw fails in calibrate, named there
+                context.skip(f"warp: footprint of raw {data_id} unreadable ({exc})")
+                continue
+            outputs = [DatasetKey("warp", replace(data_id, skycell=c)) for c in cells]
+            if outputs:
+                yield self.unit(data_id, [DatasetKey("calexp", data_id)], outputs)
+
+    def run(self, unit: WorkUnit, io: UnitIO) -> None:
+        from skydm.coadd import warp_exposure
+
+        assert isinstance(self.config, WarpConfig)
+        calexp = io.exposure(unit.inputs[0])
+        grid = self.config.grid()
+        zp = self.config.zero_point if math.isfinite(calexp.zero_point) else None
+        for key in unit.outputs:
+            assert key.data_id.skycell is not None
+            cell = grid.cell_by_id(key.data_id.skycell)
+            io.put_exposure(key, warp_exposure(calexp, cell, method=self.config.method,
+                                               zero_point=zp))  # fmt: skip
+
