@@ -179,7 +179,9 @@ def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[
         except ValueError:
             n = 0
         if n < 1:
-            raise BadValueError("--dask", dask, "local:N with N >= 1 workers, or a scheduler address")
+            raise BadValueError(
+                "--dask", dask, "local:N with N >= 1 workers, or a scheduler address"
+            )
         cluster = distributed.LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
         )

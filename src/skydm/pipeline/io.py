@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
 from skydm import __version__
@@ -124,7 +126,10 @@ class UnitIO:
 
         def write(fh: BinaryIO) -> None:
             buf = io.BytesIO()
-            table.write(buf, format="fits")
+            with warnings.catch_warnings():
+                # Long metadata keys become HIERARCH cards, which is what we want.
+                warnings.simplefilter("ignore", VerifyWarning)
+                table.write(buf, format="fits")
             fh.write(buf.getvalue())
 
         return self.put_file(key, write)

@@ -103,7 +103,9 @@ def load_pipeline(spec: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
     tasks = []
     for task_name in sorted(task_configs, key=order.index):
         cls = TASKS[task_name]
-        config = cls.config_class.from_overrides(task_configs[task_name], where=f"{where}: {task_name}")
+        config = cls.config_class.from_overrides(
+            task_configs[task_name], where=f"{where}: {task_name}"
+        )
         tasks.append(cls(config))
     return Pipeline(name, tuple(tasks), description)
 
@@ -121,9 +123,7 @@ def _read_yaml(path: Path) -> tuple[str, str, dict[str, dict[str, Any]]]:
     configs: dict[str, dict[str, Any]] = {}
     for task_name, values in doc["tasks"].items():
         if task_name not in TASKS:
-            raise BadFileError(
-                path, f"unknown task {task_name!r}; tasks are {', '.join(TASKS)}"
-            )
+            raise BadFileError(path, f"unknown task {task_name!r}; tasks are {', '.join(TASKS)}")
         if values is not None and not isinstance(values, Mapping):
             raise BadFileError(path, f"task {task_name!r}: give its config as a mapping")
         configs[str(task_name)] = dict(values or {})

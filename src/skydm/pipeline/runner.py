@@ -1,4 +1,4 @@
-"""``run_pipeline``: load a pipeline, build its graph, plan and execute it (what ``skydm run`` calls)."""
+"""``run_pipeline``: load a pipeline, build and plan its graph, execute it (for ``skydm run``)."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:  # noqa: B027 (a config without rules is valid)
+    def validate(self) -> None:
         """Raise :class:`BadValueError` naming the field when a value is not allowed."""
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,7 +42,10 @@ class DiffimConfig(GridConfig, TaskConfig):
 
 
 class DiffimTask(Task):
-    """calexp - template (the coadd of the cell holding the detector's centre) -> diff + DIA sources."""
+    """calexp - template -> difference + DIA sources, per detector-visit.
+
+    The template is the coadd of the sky cell that holds the detector's centre.
+    """
 
     name = "diffim"
     config_class = DiffimConfig
@@ -166,7 +169,11 @@ class ApTask(Task):
             if apdb.has_visit(d.visit, d.detector):
                 n_sources = len(apdb.sources_of_visit(d.visit, d.detector))
                 archive = archive_dir / archive_name(d.visit, d.detector)
-                summary = {"n_sources": n_sources, "n_alerts": None, "resumed": True}
+                summary: dict[str, Any] = {
+                    "n_sources": n_sources,
+                    "n_alerts": None,
+                    "resumed": True,
+                }
             else:
                 sources = io.table(unit.inputs[2])
                 diff = io.exposure(unit.inputs[1])

@@ -47,9 +47,7 @@ class CalibrateTask(Task):
 
     def units(self, context: GraphContext) -> Iterator[WorkUnit]:
         for data_id in context.ids("raw"):
-            yield self.unit(
-                data_id, [DatasetKey("raw", data_id)], [DatasetKey("calexp", data_id)]
-            )
+            yield self.unit(data_id, [DatasetKey("raw", data_id)], [DatasetKey("calexp", data_id)])
 
     def run(self, unit: WorkUnit, io: UnitIO) -> None:
         from skydm.pipeline.calibrate import calibrate_raw
@@ -117,6 +115,5 @@ class WarpTask(Task):
         for key in unit.outputs:
             assert key.data_id.skycell is not None
             cell = grid.cell_by_id(key.data_id.skycell)
-            io.put_exposure(key, warp_exposure(calexp, cell, method=self.config.method,
-                                               zero_point=zp))  # fmt: skip
-
+            warp = warp_exposure(calexp, cell, method=self.config.method, zero_point=zp)
+            io.put_exposure(key, warp)
