@@ -33,7 +33,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cell-size", type=float, help="grid cell side, degrees (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_where_mode(p)
     p.set_defaults(func=run)
+
+
+def _add_where_mode(p: argparse.ArgumentParser) -> None:
+    from skydm.cli.run import add_run_options
+
+    group = p.add_argument_group(
+        "over a repository, as the pipeline does",
+        "with --repo and no --band: warp the calexps selected by --where onto the sky cells "
+        "they overlap and coadd each cell and band (the warp and coadd tasks of `skydm run drp`)",
+    )
+    add_run_options(group, repo=False, quiet=False)  # --repo serves the template mode too
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from skydm.cli.run import run_and_report
+
+    if args.method != "compare":
+        args.config = [f"coadd.method={args.method}", *args.config]
+    if args.pixel_scale is not None:
+        args.config = [f"pixel_scale={args.pixel_scale}", *args.config]
+    if args.cell_size is not None:
+        args.config = [f"cell_size_deg={args.cell_size}", *args.config]
+    return run_and_report(("warp", "coadd"), args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from skydm.errors import UserError
     from skydm.progress import Progress
 
+    if args.repo is not None and args.band is None and not args.warps:
+        return _run_tasks(args)
     if args.repo is not None:
         return _from_repo(args)
     if not args.warps:

@@ -38,9 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "variance is estimated from each image's noise."
         ),
     )
-    p.add_argument("science", type=Path, help="science image (FITS)")
-    p.add_argument("template", type=Path, help="template image (FITS)")
-    p.add_argument("--out", type=Path, required=True, help="difference Exposure to write (FITS)")
+    p.add_argument("science", type=Path, nargs="?", help="science image (FITS)")
+    p.add_argument("template", type=Path, nargs="?", help="template image (FITS)")
+    p.add_argument("--out", type=Path, help="difference Exposure to write (FITS)")
     p.add_argument("--sources", type=Path, help="DIA source table to write (.ecsv, .fits, ...)")
     p.add_argument("--method", choices=("al", "zogy"), default="al", help="method (al)")
     p.add_argument(
@@ -60,11 +60,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--template-read-noise", type=_nonneg, help="read noise of the template only")
     p.add_argument("--template-sky", type=_nonneg, help="subtracted sky of the template only")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_repo_mode(p)
     p.set_defaults(func=run)
+
+
+def _add_repo_mode(p: argparse.ArgumentParser) -> None:
+    from skydm.cli.run import add_run_options
+
+    group = p.add_argument_group(
+        "over a repository",
+        "with --repo (and no files): difference the calexps selected by --where against the "
+        "repository's coadds (the diffim task of `skydm run ap`)",
+    )
+    add_run_options(group, repo_required=False, quiet=False)
+
+
+def _run_repo(args: argparse.Namespace) -> int:
+    from skydm.cli.run import run_and_report
+    from skydm.errors import UserError
+
+    if args.science is not None or args.out is not None:
+        raise UserError("give either SCIENCE TEMPLATE --out DIFF.fits or --repo, not both")
+    args.config = [
+        f"diffim.method={args.method}",
+        f"diffim.threshold={args.threshold}",
+        *args.config,
+    ]
+    return run_and_report(("diffim",), args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``skydm diffim``."""
+    if args.repo is not None:
+        return _run_repo(args)
+    if args.science is None or args.template is None or args.out is None:
+        from skydm.errors import UserError
+
+        raise UserError("give SCIENCE TEMPLATE --out DIFF.fits, or --repo R [--where ...]")
     from skydm.diffim import NoiseModel, detect_dia_sources, subtract
     from skydm.errors import BadFileError
     from skydm.image import read_exposure

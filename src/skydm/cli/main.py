@@ -29,6 +29,8 @@ COMMAND_MODULES = [
     "demo",
     "run",
     "provenance",
+    "calibrate",
+    "warp",
 ]
 
 

@@ -8,9 +8,19 @@ from pathlib import Path
 from typing import Any
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``skydm run`` and the per-task wrappers."""
-    p.add_argument("--repo", type=Path, required=True, help="the repository")
+def add_run_options(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    repo: bool = True,
+    repo_required: bool = True,
+    quiet: bool = True,
+) -> None:
+    """Options shared by ``skydm run`` and the per-task wrappers (``--repo`` mode).
+
+    ``repo`` and ``quiet`` leave out options a command already has.
+    """
+    if repo:
+        p.add_argument("--repo", type=Path, required=repo_required, help="the repository")
     p.add_argument(
         "--where",
         default=None,
@@ -33,7 +43,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="run on a Dask scheduler at ADDRESS, or on a LocalCluster of N worker processes",
     )
     p.add_argument("-j", "--jobs", type=int, default=None, help="local worker processes (CPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def register(subparsers: Any) -> None:

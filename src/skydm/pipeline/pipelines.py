@@ -70,13 +70,14 @@ class Pipeline:
         return ", ".join(t.name for t in self.tasks)
 
 
-def load_pipeline(spec: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
+def load_pipeline(spec: str | Path | tuple[str, ...], overrides: Sequence[str] = ()) -> Pipeline:
     """A built-in pipeline by name, or a user pipeline from a YAML file.
 
     Parameters
     ----------
-    spec : str or Path
-        ``drp``, ``ap``, or the path of a pipeline YAML file.
+    spec : str, Path or tuple of str
+        ``drp``, ``ap``, the path of a pipeline YAML file, or task names
+        (what ``skydm calibrate --repo`` and the other wrappers run).
     overrides : sequence of str
         ``KEY=VALUE`` or ``TASK.KEY=VALUE`` config overrides (values in JSON
         or YAML syntax: ``0.05``, ``true``, ``bicubic``).
@@ -87,7 +88,10 @@ def load_pipeline(spec: str | Path, overrides: Sequence[str] = ()) -> Pipeline:
         For an unknown pipeline, task or config field, or a bad value.
     """
     text = str(spec)
-    if text in BUILTIN:
+    if isinstance(spec, tuple):
+        task_configs = {n: {} for n in spec}
+        name, description, where = "+".join(spec), "", f"tasks {', '.join(spec)}"
+    elif text in BUILTIN:
         description, names = BUILTIN[text]
         task_configs: dict[str, dict[str, Any]] = {n: {} for n in names}
         name, where = text, f"pipeline {text}"

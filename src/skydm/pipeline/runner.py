@@ -38,7 +38,7 @@ class RunOutcome:
 
 
 def run_pipeline(
-    pipeline: str | Path | Pipeline,
+    pipeline: str | Path | tuple[str, ...] | Pipeline,
     repo_dir: str | Path,
     *,
     where: str | None = None,
@@ -55,8 +55,8 @@ def run_pipeline(
 
     Parameters
     ----------
-    pipeline : str, Path or Pipeline
-        ``drp``, ``ap``, a pipeline YAML file, or a loaded pipeline.
+    pipeline : str, Path, tuple of str or Pipeline
+        ``drp``, ``ap``, a pipeline YAML file, task names, or a loaded pipeline.
     repo_dir : path
         The repository (it must exist).
     where : str, optional
