@@ -1,4 +1,4 @@
-"""``skydm warp --repo R``: calexps -> warps on the sky grid, a thin layer over the ``warp`` task."""
+"""``skydm warp --repo R``: calexps -> warps on the sky grid (the ``warp`` task)."""
 
 from __future__ import annotations
 
