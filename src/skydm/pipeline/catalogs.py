@@ -46,8 +46,8 @@ def load_apdb_tables(apdb_url: str | Path, catalog_dir: Path) -> dict[str, int]:
 
 
 def load_object_table(table: Table, catalog_dir: Path) -> int:
-    """Replace the catalog's Object table; returns the rows loaded."""
-    from skydm.catalog import load_table
+    """Replace the catalog's Object table (:func:`skydm.drp.load_objects`); returns its rows."""
+    from skydm.drp import load_objects
 
-    info = load_table(catalog_dir, "Object", table, mode="replace")
+    info = load_objects(catalog_dir, table, mode="replace")
     return int(info.rows)

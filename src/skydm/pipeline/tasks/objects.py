@@ -39,8 +39,9 @@ class MeasureConfig(TaskConfig):
 class MeasureTask(Task):
     """Detection on a sky cell's coadds (all bands) and multi-band forced photometry.
 
-    Wraps :func:`skydm.drp.objects.measure_objects`; the rows of a cell are
-    an ``object_table`` dataset (FITS).
+    Wraps :func:`skydm.drp.measure_objects`; the rows of a cell, with ids
+    unique across cells (:func:`skydm.drp.assign_object_ids`), are an
+    ``object_table`` dataset (FITS).
     """
 
     name = "measure"
@@ -63,11 +64,13 @@ class MeasureTask(Task):
             )
 
     def run(self, unit: WorkUnit, io: UnitIO) -> None:
-        from skydm.drp.objects import measure_objects
+        from skydm.drp import assign_object_ids, measure_objects
 
         coadds = {key.data_id.band: io.exposure(key) for key in unit.inputs}
         table = measure_objects(coadds)
-        table.meta = {}
+        assert unit.data_id.skycell is not None
+        assign_object_ids(table, unit.data_id.skycell)
+        table.meta = {k: v for k, v in table.meta.items() if isinstance(v, int | float | str)}
         io.put_table(unit.outputs[0], table)
 
 
@@ -121,9 +124,6 @@ class ObjectCatalogTask(Task):
             table["skycell"] = [key.data_id.skycell] * len(table)
             parts.append(table)
         table = vstack(parts, metadata_conflicts="silent") if parts else Table()
-        if len(table) and "objectId" in table.colnames:
-            # Object ids are per cell: make them unique across cells.
-            cell_index = np.repeat(np.arange(len(parts), dtype=np.int64), [len(p) for p in parts])
-            table["objectId"] = (cell_index << 40) + np.asarray(table["objectId"], dtype=np.int64)
+        table.meta = {}
         rows = load_object_table(table, io.repo.root / "catalog")
         io.put_json(unit.outputs[0], {"tables": {"Object": rows}})
