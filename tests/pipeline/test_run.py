@@ -1,0 +1,270 @@
+"""``skydm run drp`` then ``skydm run ap`` on simulated raws of 2 detectors, 2 bands, 10 visits.
+
+One repository goes through the whole story, in order, in a module fixture:
+a damaged raw fails only its own unit and what depends on it; after the raw
+is repaired the rerun plans exactly those units; then ``ap``.  Separate
+repositories are used for the Dask comparison and the ``kill -9`` test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from simfield import GRID, SimField, simulate_field
+
+from skydm.cli.main import main
+from skydm.repo import DataId, Repository
+
+pytestmark = pytest.mark.slow
+
+#: Object measurement comes from skydm.drp; without it the DRP stops at the coadds.
+HAVE_DRP = importlib.util.find_spec("skydm.drp") is not None
+COADD_ONLY = """\
+description: drp without Object measurement
+tasks:
+  calibrate: {}
+  warp: {}
+  coadd: {}
+"""
+CONFIG = [arg for item in GRID for arg in ("-c", item)]
+
+
+@dataclass
+class Story:
+    """What the module fixture did and saw."""
+
+    field: SimField
+    repo: Path
+    drp: list[str]
+    damaged: DataId | None = None
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str]:
+    rc = main(argv)
+    out = capsys.readouterr().out if capsys is not None else ""
+    return rc, out
+
+
+def _drp_spec(tmp: Path) -> str:
+    if HAVE_DRP:
+        return "drp"
+    path = tmp / "coadd-only.yaml"
+    path.write_text(COADD_ONLY)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> SimField:
+    return simulate_field(tmp_path_factory.mktemp("sim"), detectors=2, visits=5)
+
+
+@pytest.fixture(scope="module")
+def story(
+    sim: SimField, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Story]:  # fmt: skip
+    tmp = tmp_path_factory.mktemp("story")
+    repo_dir = tmp / "repo"
+    drp = [_drp_spec(tmp), "--repo", str(repo_dir), *CONFIG, "-j", "2", "--quiet"]
+    s = Story(sim, repo_dir, drp)
+    assert main(["ingest", "--repo", str(repo_dir), *map(str, sim.raws)]) == 0
+    # Damage one archived raw at rest (bytes flipped inside its pixels).
+    with Repository.open(repo_dir) as repo:
+        ref = repo.query(dataset_type="raw", visit=3, detector=1)[0]
+        s.damaged = ref.data_id
+        data = bytearray(ref.path.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+        ref.path.write_bytes(bytes(data))
+    yield s
+
+
+def test_run_drp_isolates_a_damaged_raw(
+    story: Story, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    capsys.readouterr()
+    rc, out = _run(["run", *story.drp], capsys)
+    assert rc == 1, out
+    failures = out.split("failures:", 1)[1].strip().splitlines()
+    # Only the damaged raw's calibration fails; its warp and its band's coadd
+    # (and what reads that) are blocked; everything else completes.
+    calib = [line for line in failures if line.strip().startswith("calibrate")]
+    assert len(calib) == 1 and "visit=3, detector=1" in calib[0] and "failed" in calib[0]
+    assert "checksum mismatch" in calib[0] and "re-ingest" in calib[0], calib[0]
+    blocked = sorted(line.split("{")[0].strip() for line in failures if "blocked" in line)
+    assert blocked == sorted(
+        ["warp", "coadd", *(["measure", "object_catalog"] if HAVE_DRP else [])]
+    )
+    assert len(failures) == 1 + len(blocked)
+    with Repository.open(story.repo) as repo:
+        assert len(repo.query(dataset_type="calexp")) == 19
+        assert [r.data_id.band for r in repo.query(dataset_type="coadd")] == ["r"]
+        assert repo.find("calexp", story.damaged) is None  # type: ignore[arg-type]
+
+
+def test_rerun_after_repair_does_only_that_unit_and_dependents(
+    story: Story, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    from skydm.pipeline import build_graph, load_pipeline, plan
+
+    raw = next(p for p in story.field.raws if p.name == "skysim_000003_01_g.fits")
+    assert main(["ingest", "--repo", str(story.repo), str(raw)]) == 0
+    pipeline = load_pipeline(story.drp[0], GRID)
+    with Repository.open(story.repo) as repo:
+        todo = plan(build_graph(pipeline, repo), repo)
+    d = story.damaged
+    assert d is not None
+    got = {u.id for u in todo}
+    assert f"calibrate{d}" in got and f"warp{d}" in got
+    coadds = [u for u in todo if u.task == "coadd"]
+    assert len(coadds) == 1 and coadds[0].data_id.band == d.band  # only its band's coadd
+    downstream = {"measure", "object_catalog"} if HAVE_DRP else set()
+    assert sorted(u.task for u in todo) == sorted(["calibrate", "warp", "coadd", *downstream])
+    capsys.readouterr()
+    rc, out = _run(["run", *story.drp], capsys)
+    assert rc == 0, out
+    assert f"{len(got)} units ok" in out
+
+
+def test_run_ap_and_tap_tables(story: Story, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    rc, out = _run(["run", "ap", *story.drp[1:]], capsys)
+    assert rc == 0, out
+    with Repository.open(story.repo) as repo:
+        for dataset_type, n in (
+            ("raw", 20), ("calexp", 20), ("warp", 20), ("coadd", 2), ("diff", 20),
+            ("dia_src", 20), ("alert_summary", 20), ("dia_catalog", 1),
+        ):  # fmt: skip
+            assert len(repo.query(dataset_type=dataset_type)) == n, dataset_type
+        assert repo.verify() == []
+    assert sorted((story.repo / "alerts").glob("*.avro"))
+    # The catalogs are served over TAP.
+    from fastapi.testclient import TestClient
+
+    from skydm.services.app import create_app
+
+    tables = ["DiaObject", "DiaSource", *(["Object"] if HAVE_DRP else [])]
+    with TestClient(create_app(story.repo)) as client:
+        for name in tables:
+            query = {"LANG": "ADQL", "FORMAT": "csv", "QUERY": f"SELECT COUNT(*) AS n FROM {name}"}
+            response = client.post("/tap/sync", data=query)
+            assert response.status_code == 200, response.text
+            assert int(response.text.split()[-1]) > 0, name
+    # A rerun finds everything done.
+    rc, out = _run(["run", "ap", *story.drp[1:]], capsys)
+    assert rc == 0 and "nothing to do" in out
+
+
+def test_provenance_back_to_the_raws(story: Story, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    target = "alert_summary:visit=7,detector=0"
+    rc, out = _run(["provenance", "--repo", str(story.repo), target, "--config"], capsys)
+    assert rc == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("alert_summary") and "task ap" in lines[0]
+    for kind in ("diff", "calexp", "coadd", "warp"):
+        assert any(line.lstrip().startswith(kind) for line in lines), kind
+    # The coadd's 10 raws (g: visits 1, 3, 5, 7, 9 of 2 detectors), its own among them.
+    assert sum("[ingested from skysim_" in line for line in lines) == 10
+    assert '"method": "compare"' in out  # the coadd's full config
+    rc, out = _run(["provenance", "--repo", str(story.repo), "calexp"], capsys)
+    assert rc == 1
+
+
+@pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
+def test_objects_match_truth(story: Story) -> None:
+    from scipy.spatial import cKDTree
+
+    from skydm.image.exposure import NJY_AB_MAG
+
+    table = _catalog_table(story.repo, "Object")
+    truth = story.field.truth
+    stars = truth[(truth["kind"] == "star")]
+    # Truth objects well inside the area both detectors cover in every visit.
+    ra0, dec0 = np.median(stars["ra"]), np.median(stars["dec"])
+    inside = (np.abs(stars["dec"] - dec0) < 20 / 3600) & (np.abs(stars["ra"] - ra0) < 40 / 3600)
+    stars = stars[inside]
+    cosd = np.cos(np.radians(dec0))
+    tree = cKDTree(np.column_stack([table["coord_ra"] * cosd, table["coord_dec"]]))
+    d, j = tree.query(np.column_stack([stars["ra"] * cosd, stars["dec"]]))
+    matched = d * 3600 < 0.5
+    for band in ("g", "r"):
+        flux = 10 ** ((NJY_AB_MAG - np.asarray(stars[f"mag_{band}"])) / 2.5)
+        err = np.nanmedian(np.asarray(table[f"{band}_psfFluxErr"]))
+        bright = flux / err >= 10
+        assert np.count_nonzero(bright) >= 20
+        completeness = np.count_nonzero(matched & bright) / np.count_nonzero(bright)
+        assert completeness >= 0.95, (band, completeness)
+        good = matched & bright & (stars[f"mag_{band}"] > 18)  # unsaturated
+        ratio = np.asarray(table[f"{band}_psfFlux"])[j[good]] / flux[good]
+        assert abs(np.median(ratio) - 1) <= 0.01, (band, np.median(ratio))
+
+
+def _catalog_table(repo: Path, name: str) -> Table:
+    from skydm.catalog import open_engine
+
+    with open_engine(repo / "catalog") as engine:
+        return Table(engine.execute(f"SELECT * FROM {name}").table.to_pydict())
+
+
+def test_dask_gives_identical_outputs(
+    story: Story, sim: SimField, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # fmt: skip
+    pytest.importorskip("distributed")
+    repo_dir = tmp_path / "dask"
+    assert main(["ingest", "--repo", str(repo_dir), *map(str, sim.raws)]) == 0
+    capsys.readouterr()
+    argv = [story.drp[0], "--repo", str(repo_dir), *CONFIG, "--dask", "local:2", "--quiet"]
+    rc, out = _run(["run", *argv], capsys)
+    assert rc == 0, out
+    with Repository.open(story.repo) as a, Repository.open(repo_dir) as b:
+        for dataset_type in ("calexp", "warp", "coadd"):
+            local = {r.data_id: r.checksum for r in a.query(dataset_type=dataset_type)}
+            dask = {r.data_id: r.checksum for r in b.query(dataset_type=dataset_type)}
+            assert local == dask, dataset_type  # every file's bytes identical
+        if HAVE_DRP:
+            ta, tb = _catalog_table(story.repo, "Object"), _catalog_table(repo_dir, "Object")
+            assert len(ta) == len(tb) > 0
+            for col in ta.colnames:
+                np.testing.assert_array_equal(np.asarray(ta[col]), np.asarray(tb[col]))
+
+
+def test_kill_9_then_rerun_completes(sim: SimField, tmp_path: Path) -> None:
+    repo_dir = tmp_path / "killed"
+    raws = [p for p in sim.raws if "_00_" in p.name]  # detector 0: 10 raws
+    assert main(["ingest", "--repo", str(repo_dir), *map(str, raws)]) == 0
+    argv = [sys.executable, "-m", "skydm", "run", "drp", "--repo", str(repo_dir), *CONFIG]
+    argv += ["-j", "2", "--quiet"]
+    if not HAVE_DRP:
+        spec = tmp_path / "coadd-only.yaml"
+        spec.write_text(COADD_ONLY)
+        argv[4] = str(spec)
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            with Repository.open(repo_dir) as repo:
+                if len(repo.query(dataset_type="calexp")) >= 4:
+                    break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, mid-write
+        proc.wait()
+    with Repository.open(repo_dir) as repo:
+        assert len(repo.query(dataset_type="calexp")) < 10, "the run finished before the kill"
+    assert main(["run", *argv[4:]]) == 0
+    with Repository.open(repo_dir) as repo:
+        assert len(repo.query(dataset_type="calexp")) == 10
+        assert len(repo.query(dataset_type="coadd")) == 2
+        assert repo.verify() == []  # nothing registered without its file
+    assert main(["verify", "--repo", str(repo_dir)]) == 0
+    assert main(["run", *argv[4:]]) == 0  # and a third run has nothing to do
