@@ -22,7 +22,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with Repository.open(repo_dir) as repo:
         assert len(repo.query(dataset_type="raw")) == 6
         assert len(repo.query(dataset_type="calexp")) == 6
-        assert len(repo.query(dataset_type="template")) == 1
+        assert len(repo.query(dataset_type="coadd")) == 1
         assert len(repo.query(dataset_type="diff")) == 3
         assert repo.verify() == []
     archives = sorted((repo_dir / "alerts").glob("*.avro"))

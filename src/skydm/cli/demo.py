@@ -14,10 +14,11 @@ def register(sub: Any) -> None:
         "demo",
         help="simulate a small survey and run it through every stage",
         description=(
-            "Simulate a small survey, ingest it losslessly, calibrate it, build a CompareWarp "
-            "template, difference the later visits against it, turn DIA sources into LSST "
-            "alert packets (streamed when a Kafka broker is configured) and load the catalogs, "
-            "all into one repository; then print what was made and what to run next."
+            "Simulate a small survey and ingest it losslessly; run the drp pipeline on the "
+            "template epochs (calibrate, warp, CompareWarp coadd, Object table) and the ap "
+            "pipeline on the later ones (difference imaging, DIA sources, LSST alert packets "
+            "streamed when a Kafka broker is configured, DiaObject/DiaSource tables), all into "
+            "one repository, as `skydm run` does; then print what was made and what to run next."
         ),
     )
     p.add_argument("--repo", type=Path, default=None, help="repository (default ./skydm-repo)")
@@ -30,6 +31,7 @@ def register(sub: Any) -> None:
         default=None,
         help="Kafka bootstrap servers to stream alerts to (default $SKYDM_KAFKA_BOOTSTRAP)",
     )
+    p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         bootstrap=bootstrap,
         quiet=args.quiet,
+        jobs=args.jobs,
     )
     mb = 1024 * 1024
     print(f"skydm demo: repository {r.repo.resolve()}")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print("next:")
     print(f"  skydm verify --repo {r.repo}")
+    print(f"  skydm provenance --repo {r.repo} coadd   # how the template was made")
     print(f"  skydm serve --repo {r.repo} --port 8080   # TAP at http://127.0.0.1:8080/tap")
     print(
         f'  skydm query --repo {r.repo} "SELECT TOP 10 * FROM DiaObject ORDER BY nDiaSources DESC"'

@@ -1,13 +1,17 @@
-"""The end-to-end demo: one small simulated survey through every stage.
+"""The end-to-end demo: one small simulated survey through the pipeline framework.
 
-simulate -> ingest (lossless) -> calibrate -> template coadd (CompareWarp)
--> difference imaging -> DIA sources -> association and alerts -> catalog.
-Every product lands in one repository, so that ``skydm verify``,
-``skydm serve`` and ``skydm query`` work on it afterwards.
+simulate -> ingest (lossless) -> ``run drp`` on the template epochs (calibrate,
+warp, CompareWarp coadd, Object table) -> ``run ap`` on the later epochs
+(calibrate, difference imaging, DIA sources, association and alerts,
+DiaObject/DiaSource tables).  Every product lands in one repository, so that
+``skydm verify``, ``skydm provenance``, ``skydm serve`` and ``skydm query``
+work on it afterwards.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,10 +21,12 @@ from typing import Any
 import numpy as np
 from astropy.table import Table, vstack
 
-from skydm.image import Exposure
-from skydm.pipeline.calibrate import calibrate_raw
+from skydm.errors import SkydmError
+from skydm.pipeline.graph import Graph
+from skydm.pipeline.pipelines import BUILTIN
+from skydm.pipeline.runner import RunOutcome, run_pipeline
 from skydm.progress import Progress
-from skydm.repo import DataId, Repository
+from skydm.repo import Repository
 
 
 @dataclass
@@ -65,13 +71,20 @@ def run_demo(
     size: int = 512,
     bootstrap: str | None = None,
     quiet: bool = False,
+    jobs: int | None = None,
 ) -> DemoReport:
-    """Simulate a small survey and run it through every stage into ``repo_dir``.
+    """Simulate a small survey and run the built-in pipelines on it in ``repo_dir``.
+
+    The raws are ingested, then ``skydm run drp`` on the first ``n_template``
+    visits makes calexps, warps, the coadd (the template) and the Object
+    table, and ``skydm run ap`` on the later visits makes differences, DIA
+    sources, alerts and the DiaObject/DiaSource tables.
 
     Parameters
     ----------
     repo_dir : path
-        The repository (created if needed; an existing demo is replaced).
+        The repository (created if needed; an existing demo is reused: its
+        raws are found archived and finished units are not redone).
     seed : int
         Seed of the simulated survey.
     n_visits : int
@@ -85,6 +98,13 @@ def run_demo(
         Kafka bootstrap servers; when given, alerts are streamed there.
     quiet : bool
         No progress output.
+    jobs : int, optional
+        Worker processes (default: the CPU count).
+
+    Raises
+    ------
+    SkydmError
+        When a unit of either pipeline fails (the message names it).
     """
     from skydm.archive import ingest_files
     from skydm.sim import SurveyConfig, simulate_survey, write_survey
@@ -111,33 +131,40 @@ def run_demo(
     report.visits = len(raws)
     t = _step(report, "simulate", t)
 
-    repo = Repository.open(root, create=True)
-    ingest = ingest_files(repo, raws, progress=Progress("ingest", len(raws), quiet=quiet))
-    for res in ingest.results:
-        if res.ref is not None:
-            report.raw_bytes += res.path.stat().st_size
-            report.stored_bytes += res.ref.size
+    with Repository.open(root, create=True) as repo:
+        ingest = ingest_files(repo, raws, progress=Progress("ingest", len(raws), quiet=quiet))
+        for res in ingest.results:
+            if res.ref is not None:
+                report.raw_bytes += res.path.stat().st_size
+                report.stored_bytes += res.ref.size
+        visits = sorted(res.data_id.visit for res in ingest.results if res.data_id is not None)
     t = _step(report, "ingest", t)
 
-    calexps: list[tuple[DataId, Exposure]] = []
-    bar = Progress("calibrate", len(ingest.results), quiet=quiet)
-    for res in ingest.results:
-        if res.data_id is None:
-            continue
-        calexp = calibrate_raw(_raw_exposure(repo, res.data_id))
-        repo.put_exposure(calexp, "calexp", res.data_id, replace=True)
-        calexps.append((res.data_id, calexp))
-        bar.advance()
-    calexps.sort(key=lambda item: item[1].info.mjd)
-    t = _step(report, "calibrate", t)
+    last_template = visits[n_template - 1]
+    grid = _grid(survey.fields[0], cfg)
+    drp = _checked(
+        run_pipeline(
+            _drp_tasks(), root, where=f"visit <= {last_template}", config=grid, quiet=quiet,
+            jobs=jobs,
+        )
+    )  # fmt: skip
+    report.template_visits, report.skycell = n_template, _only_cell(drp.graph)
+    t = _step(report, "drp", t)
 
-    template, cell_id = _template(repo, calexps[:n_template], quiet=quiet)
-    report.template_visits, report.skycell = n_template, cell_id
-    t = _step(report, "coadd", t)
+    ap_config = [*grid, *([f"ap.bootstrap={bootstrap}"] if bootstrap else [])]
+    _checked(
+        run_pipeline(
+            "ap", root, where=f"visit > {last_template}", config=ap_config, quiet=quiet, jobs=jobs
+        )
+    )
+    t = _step(report, "ap", t)
 
-    sources = _difference_and_alert(repo, calexps[n_template:], template, report, bootstrap, quiet)
-    t = _step(report, "diffim+alerts", t)
-
+    with Repository.open(root) as repo:
+        sources = _summarise(repo, report, last_template)
+        for name in ("dia_catalog", "object_catalog"):
+            for ref in repo.query(dataset_type=name):
+                doc = json.loads(repo.get_bytes(name, ref.data_id))
+                report.catalog_tables.update(doc["tables"])
     truth = survey.truth
     transients = truth[truth["kind"] == "transient"]
     report.transients_injected = len(transients)
@@ -147,11 +174,67 @@ def run_demo(
             d = _sep_arcsec(sources["ra"], sources["dec"], row["ra"], row["dec"])
             found += bool(np.any(d < 1.0))
         report.transients_found = found
-
-    _load_catalog(root, report)
-    _step(report, "catalog", t)
-    repo.close()
+    _step(report, "summary", t)
     return report
+
+
+def _drp_tasks() -> tuple[str, ...]:
+    """The drp tasks; Object measurement only where ``skydm.drp`` is installed."""
+    import importlib.util
+
+    tasks = BUILTIN["drp"][1]
+    if importlib.util.find_spec("skydm.drp") is None:
+        return tuple(t for t in tasks if t not in ("measure", "object_catalog"))
+    return tasks
+
+
+def _grid(centre: tuple[float, float], cfg: Any) -> list[str]:
+    """A sky grid with one cell holding the whole (dithered) field."""
+    side = (max(cfg.shape) + 2 * cfg.dither) * cfg.pixel_scale / 3600.0
+    return [
+        f"ra0={centre[0]}",
+        f"dec0={centre[1]}",
+        f"cell_size_deg={side:.6f}",
+        f"pixel_scale={cfg.pixel_scale}",
+        "margin=20",
+    ]
+
+
+def _checked(outcome: RunOutcome) -> RunOutcome:
+    report = outcome.report
+    if report is not None and report.failures:
+        first = report.failures[0]
+        raise SkydmError(
+            f"{len(report.failures)} units of {report.pipeline} failed, first {first.unit}: "
+            f"{first.reason} (record: {report.record})"
+        )
+    return outcome
+
+
+def _only_cell(graph: Graph) -> str:
+    cells = {u.data_id.skycell for u in graph.units if u.task == "coadd"}
+    return ",".join(sorted(c for c in cells if c is not None))
+
+
+def _summarise(repo: Repository, report: DemoReport, last_template: int) -> Table:
+    """Fill the report from the ap outputs; returns the unflagged DIA sources."""
+    tables = []
+    for ref in repo.query(dataset_type="alert_summary"):
+        if ref.data_id.visit <= last_template:
+            continue
+        doc = json.loads(repo.get_bytes("alert_summary", ref.data_id))
+        report.diff_visits += 1
+        report.dia_sources += int(doc.get("n_sources") or 0)
+        report.alerts += int(doc.get("n_alerts") or 0)
+        if doc.get("archive"):
+            report.alert_archives.append(repo.root / doc["archive"])
+        if doc.get("streamed") is not None:
+            report.streamed = (report.streamed or 0) + int(doc["streamed"])
+            report.stream_pending += int(doc.get("pending") or 0)
+        src = Table.read(io.BytesIO(repo.get_bytes("dia_src", ref.data_id)))
+        if len(src):
+            tables.append(src[~src["flagged"]])
+    return vstack(tables, metadata_conflicts="silent") if tables else Table()
 
 
 DEMO_MARKER = ".skydm-demo"
@@ -182,110 +265,6 @@ def _prepare_root(root: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-
-
-def _raw_exposure(repo: Repository, data_id: DataId) -> Exposure:
-    from skydm.archive import restore
-    from skydm.image import exposure_from_hdulist
-
-    with restore(repo, data_id) as hdul:
-        return exposure_from_hdulist(hdul, source=f"raw {data_id}")
-
-
-def _template(
-    repo: Repository, calexps: list[tuple[DataId, Exposure]], *, quiet: bool
-) -> tuple[Exposure, str]:
-    """CompareWarp template of the template epochs on a sky cell centred on the field."""
-    from skydm.coadd import SkyCell
-    from skydm.coadd.template import build_template
-
-    first = calexps[0][1]
-    wcs = first.require_wcs("the template coadd")
-    ny, nx = first.shape
-    ra, dec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
-    cell = SkyCell.centred(float(ra), float(dec), (ny, nx), scale, id="demo")
-    coadd, _ = build_template(
-        repo,
-        cell,
-        first.info.band,
-        visits=[data_id.visit for data_id, _ in calexps],
-        progress=Progress("template", len(calexps), quiet=quiet),
-    )
-    return coadd, cell.id
-
-
-def _difference_and_alert(
-    repo: Repository,
-    calexps: list[tuple[DataId, Exposure]],
-    template: Exposure,
-    report: DemoReport,
-    bootstrap: str | None,
-    quiet: bool,
-) -> Table:
-    from skydm.alerts.produce import produce_visit_alerts
-    from skydm.ap.apdb import Apdb
-    from skydm.diffim import detect_dia_sources, subtract
-
-    apdb = Apdb(repo.root / "apdb.sqlite3")
-    tables = []
-    bar = Progress("diffim+alerts", len(calexps), quiet=quiet)
-    try:
-        for data_id, science in calexps:
-            result = subtract(science, template, method="al")
-            sources = detect_dia_sources(result, threshold=5.0)
-            repo.put_exposure(result.difference, "diff", data_id, replace=True)
-            visit = produce_visit_alerts(
-                sources,
-                result.difference,
-                apdb=apdb,
-                archive_dir=repo.root / "alerts",
-                science=science,
-                template=result.template,
-                bootstrap=bootstrap,
-            )
-            report.diff_visits += 1
-            report.dia_sources += len(sources)
-            report.alerts += visit.n_alerts
-            if visit.archive is not None:
-                report.alert_archives.append(visit.archive)
-            if visit.stream is not None:
-                report.streamed = (report.streamed or 0) + visit.stream.delivered
-                report.stream_pending += visit.stream.pending
-            if len(sources):
-                tables.append(sources[~sources["flagged"]])
-            bar.advance(note=f"visit {data_id.visit}: {len(sources)} DIA sources")
-    finally:
-        apdb.close()
-    return vstack(tables, metadata_conflicts="silent") if tables else Table()
-
-
-def _load_catalog(root: Path, report: DemoReport) -> None:
-    import sqlalchemy as sa
-
-    from skydm.ap.apdb import Apdb
-    from skydm.catalog import load_table
-
-    apdb = Apdb(root / "apdb.sqlite3")
-    try:
-        for name, table in (("DiaObject", apdb.objects), ("DiaSource", apdb.sources)):
-            with apdb.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in conn.execute(sa.select(table))]
-            if not rows:
-                continue
-            # Columns no visit has filled yet (other bands' statistics) carry
-            # no type a catalog can hold, and the APDB's cached Avro encodings
-            # are internal: both are left out.
-            data: dict[str, Any] = {
-                k: [r[k] for r in rows]
-                for k in rows[0]
-                if any(r[k] is not None for r in rows)
-                and not any(isinstance(r[k], bytes) for r in rows)
-            }
-            info = load_table(root / "catalog", name, Table(data), mode="replace")
-            report.catalog_tables[name] = int(info.rows)
-    finally:
-        apdb.close()
 
 
 def _sep_arcsec(ra: Any, dec: Any, ra0: float, dec0: float) -> np.ndarray:

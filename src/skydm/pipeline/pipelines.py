@@ -88,12 +88,13 @@ def load_pipeline(spec: str | Path | tuple[str, ...], overrides: Sequence[str] =
         For an unknown pipeline, task or config field, or a bad value.
     """
     text = str(spec)
+    task_configs: dict[str, dict[str, Any]]
     if isinstance(spec, tuple):
         task_configs = {n: {} for n in spec}
         name, description, where = "+".join(spec), "", f"tasks {', '.join(spec)}"
     elif text in BUILTIN:
         description, names = BUILTIN[text]
-        task_configs: dict[str, dict[str, Any]] = {n: {} for n in names}
+        task_configs = {n: {} for n in names}
         name, where = text, f"pipeline {text}"
     elif text.endswith((".yaml", ".yml")) or Path(text).exists():
         name, description, task_configs = _read_yaml(Path(text))

@@ -188,8 +188,14 @@ class ApTask(Task):
                     bootstrap=self.config.bootstrap or None,
                 )
                 archive = done.archive or archive_dir / archive_name(d.visit, d.detector)
-                summary = {"n_sources": done.n_sources, "n_alerts": done.n_alerts,
-                           "n_new_objects": done.n_new_objects, "resumed": False}  # fmt: skip
+                summary = {
+                    "n_sources": done.n_sources,
+                    "n_alerts": done.n_alerts,
+                    "n_new_objects": done.n_new_objects,
+                    "resumed": False,
+                    "streamed": done.stream.delivered if done.stream is not None else None,
+                    "pending": done.stream.pending if done.stream is not None else 0,
+                }
         finally:
             apdb.close()
         summary["archive"] = str(archive.relative_to(io.repo.root)) if archive.exists() else None
