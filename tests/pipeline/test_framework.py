@@ -138,3 +138,21 @@ def test_failures_are_isolated_and_named(
     record = json.loads(next((tmp_path / "repo" / "pipeline" / "runs").glob("*.json")).read_text())
     failed = [r for r in record["results"] if r["status"] == "failed"]
     assert len(failed) == 2 and all(r["attempts"] == 2 for r in failed)  # --retries 1
+
+
+def test_overlapping_cells_agree_with_the_sky_grid() -> None:
+    # The graph's fast overlap test gives SkyGrid.cells_overlapping's answer
+    # (random grids, pointings, sizes, rotations, declinations up to 85).
+    from skydm.coadd.skygrid import SkyGrid
+    from skydm.pipeline.regions import overlapping_cells
+
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        grid = SkyGrid(
+            rng.uniform(0, 360), rng.uniform(-10, 10), float(rng.choice([0.02, 0.05, 0.1])),
+            0.2, margin=int(rng.integers(0, 60)),
+        )  # fmt: skip
+        n = int(rng.choice([64, 256, 512]))
+        wcs = make_wcs((n, n), rng.uniform(0, 360), rng.uniform(-85, 85), 0.25, rng.uniform(0, 90))
+        expected = [c.id for c in grid.cells_overlapping(wcs, (n, n))]
+        assert overlapping_cells(grid, wcs, (n, n)) == expected

@@ -1,0 +1,194 @@
+"""Benchmark of the pipeline framework; prints one JSON line.
+
+* ``drp_local_s``: ``skydm run drp`` (calibrate, warp, coadd, and Object
+  measurement where ``skydm.drp`` is installed) on a simulated survey, local
+  process pool of ``--workers`` processes;
+* ``drp_dask_s``: the same on a fresh repository, Dask ``LocalCluster`` of
+  ``--workers`` worker processes;
+* ``units``: work units of that run;
+* ``overhead_ms_per_unit``: framework time outside the task bodies (graph,
+  plan, registry, provenance, scheduling), per unit, from the local run:
+  ``(graph_s + wall_s - sum(task_s) / workers) / units``;
+* ``graph_100k_s``: building (and planning) the ``drp`` graph of ~100,000
+  units over a synthetic registry of that size, footprints cached (as on any
+  rerun); ``graph_100k_cold_s`` the first build, which computes every raw's
+  sky-cell overlaps.
+
+Usage: ``python benchmarks/pipeline.py [--size 2048 --detectors 4 --visits 10]``
+(``--visits`` per band; two bands).  The defaults are reduced to fit a small
+shared machine; the JSON says which size was run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+
+def simulate(out: Path, size: int, detectors: int, visits: int) -> list[Path]:
+    """Raws of ``detectors`` detectors side by side, 2 bands, ``visits`` per band."""
+    from skydm.sim import SurveyConfig, simulate_survey, write_survey
+
+    step = (size + 10) * 0.2 / 3600.0
+    raws: list[Path] = []
+    for k in range(detectors):
+        cfg = SurveyConfig(
+            seed=11,
+            shape=(size, size),
+            n_visits=visits,
+            bands=("g", "r"),
+            n_stars=int(300 * (size / 512) ** 2),
+            n_galaxies=int(100 * (size / 512) ** 2),
+            dither=10.0,
+            ra=150.0 + (k - (detectors - 1) / 2) * step / math.cos(math.radians(2.0)),
+            dec=2.0,
+            detector=k,
+        )
+        raws += write_survey(simulate_survey(cfg), out / f"det{k}", clean=False)
+    return raws
+
+
+def grid_config(size: int, detectors: int) -> list[str]:
+    """One sky cell holding the whole focal plane."""
+    side = (detectors * (size + 10) + 40) * 0.2 / 3600.0
+    return ["ra0=150.0", "dec0=2.0", f"cell_size_deg={side:.6f}", "margin=20"]
+
+
+def run_drp(raws: list[Path], repo: Path, config: list[str], **kwargs: object) -> dict[str, float]:
+    import importlib.util
+
+    from skydm.archive import ingest_files
+    from skydm.pipeline import BUILTIN, run_pipeline
+    from skydm.repo import Repository
+
+    with Repository.open(repo) as r:
+        assert ingest_files(r, raws).ok
+    tasks = BUILTIN["drp"][1]
+    if importlib.util.find_spec("skydm.drp") is None:
+        tasks = tuple(t for t in tasks if t not in ("measure", "object_catalog"))
+    t0 = time.perf_counter()
+    outcome = run_pipeline(tasks, repo, config=config, quiet=True, **kwargs)  # type: ignore[arg-type]
+    total = time.perf_counter() - t0
+    report = outcome.report
+    assert report is not None and report.ok, report and report.failures[:3]
+    return {
+        "total_s": total,
+        "wall_s": report.wall_s,
+        "graph_s": outcome.graph_s,
+        "task_s": sum(r.task_s for r in report.results),
+        "unit_s": sum(r.unit_s for r in report.results),
+        "units": len(report.results),
+    }
+
+
+def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
+    """Time the drp graph of ~n_units over a synthetic registry (fields x detectors x visits)."""
+    import sqlalchemy as sa
+
+    from skydm.pipeline import build_graph, load_pipeline, plan
+    from skydm.pipeline.regions import CACHE_NAME
+    from skydm.repo import Repository
+    from skydm.repo.registry import datasets
+
+    n_raws = n_units // 2  # a calibrate and a warp unit per raw (plus the coadds)
+    n_det, n_vis = 4, 25
+    n_fields = max(1, n_raws // (n_det * n_vis))
+    repo = Repository.open(root / "synthetic")
+    rows, footprints = [], {}
+    created = datetime.now(UTC)
+    for f in range(n_fields):
+        # Fields 0.1 degree apart along the equator: each raw overlaps a few cells.
+        ra0 = (f * 0.1) % 360.0
+        for det in range(n_det):
+            for v in range(n_vis):
+                checksum = f"{f:08d}{det:04d}{v:04d}".ljust(64, "0")
+                rows.append({
+                    "dataset_type": "raw", "instrument": "skysim", "detector": det,
+                    "visit": f * n_vis + v + 1, "band": "gr"[v % 2], "skycell": "",
+                    "path": f"raw/{checksum}.fits", "checksum": checksum, "size": 1,
+                    "created": created, "meta": {},
+                })  # fmt: skip
+                footprints[checksum] = {
+                    "wcs": _tan_header(ra0 + det * 0.015, 0.0, 512),
+                    "shape": [512, 512],
+                    "cells": {},
+                }
+    with repo.registry.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(sa.insert(datasets), rows)
+    path = repo.root / CACHE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(footprints))
+    pipe = load_pipeline("drp", ["cell_size_deg=0.05", "margin=50"])
+    out: dict[str, float] = {}
+    for label in ("cold", "warm", "warm2"):
+        t0 = time.perf_counter()
+        graph = build_graph(pipe, repo)
+        todo = plan(graph, repo)
+        out[label] = time.perf_counter() - t0
+        out["units"] = len(graph.units)
+        assert len(todo) == len(graph.units)
+    repo.close()
+    return out
+
+
+def _tan_header(ra: float, dec: float, n: int) -> str:
+    from skydm.coadd.skygrid import tan_wcs
+
+    return str(tan_wcs(ra, dec, (n, n), 0.2).to_header().tostring())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=512, help="detector side in pixels (512)")
+    p.add_argument("--detectors", type=int, default=4, help="detectors (4)")
+    p.add_argument("--visits", type=int, default=10, help="visits per band, 2 bands (10)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    p.add_argument("--graph-units", type=int, default=100_000, help="synthetic graph size")
+    p.add_argument("--skip-runs", action="store_true", help="only the synthetic graph")
+    args = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="skydm-bench-pipeline-"))
+    figures: dict[str, object] = {
+        "size": f"{args.detectors} detectors of {args.size}^2, {2 * args.visits} visits, 2 bands",
+        "workers": args.workers,
+    }
+    try:
+        if not args.skip_runs:
+            raws = simulate(tmp / "sim", args.size, args.detectors, args.visits)
+            config = grid_config(args.size, args.detectors)
+            local = run_drp(raws, tmp / "local", config, jobs=args.workers)
+            dask = run_drp(raws, tmp / "dask", config, dask=f"local:{args.workers}")
+            overhead = local["graph_s"] + local["wall_s"] - local["task_s"] / args.workers
+            figures.update(
+                drp_local_s=round(local["total_s"], 2),
+                drp_dask_s=round(dask["total_s"], 2),
+                units=int(local["units"]),
+                overhead_ms_per_unit=round(1000 * overhead / local["units"], 1),
+                worker_overhead_ms_per_unit=round(
+                    1000 * (local["unit_s"] - local["task_s"]) / local["units"], 1
+                ),
+                dask_vs_local=round(dask["total_s"] / local["total_s"], 3),
+            )
+        graph = synthetic_graph(tmp, args.graph_units)
+        figures.update(
+            graph_units=int(graph["units"]),
+            graph_100k_s=round(graph["warm"], 2),
+            graph_100k_cold_s=round(graph["cold"], 2),
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
