@@ -94,8 +94,9 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
     """Time the drp graph of ~n_units over a synthetic registry (fields x detectors x visits)."""
     import sqlalchemy as sa
 
+    from skydm.coadd.skygrid import tan_wcs
     from skydm.pipeline import build_graph, load_pipeline, plan
-    from skydm.pipeline.regions import CACHE_NAME
+    from skydm.pipeline.regions import CACHE_NAME, footprint
     from skydm.repo import Repository
     from skydm.repo.registry import datasets
 
@@ -109,6 +110,7 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
         # Fields 0.1 degree apart along the equator: each raw overlaps a few cells.
         ra0 = (f * 0.1) % 360.0
         for det in range(n_det):
+            shape = footprint(tan_wcs(ra0 + det * 0.015, 0.0, (512, 512), 0.2), (512, 512))
             for v in range(n_vis):
                 checksum = f"{f:08d}{det:04d}{v:04d}".ljust(64, "0")
                 rows.append({
@@ -117,11 +119,7 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
                     "path": f"raw/{checksum}.fits", "checksum": checksum, "size": 1,
                     "created": created, "meta": {},
                 })  # fmt: skip
-                footprints[checksum] = {
-                    "wcs": _tan_header(ra0 + det * 0.015, 0.0, 512),
-                    "shape": [512, 512],
-                    "cells": {},
-                }
+                footprints[checksum] = {**shape, "cells": {}}
     with repo.registry.engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(sa.insert(datasets), rows)
     path = repo.root / CACHE_NAME
@@ -138,12 +136,6 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
         assert len(todo) == len(graph.units)
     repo.close()
     return out
-
-
-def _tan_header(ra: float, dec: float, n: int) -> str:
-    from skydm.coadd.skygrid import tan_wcs
-
-    return str(tan_wcs(ra, dec, (n, n), 0.2).to_header().tostring())
 
 
 def main() -> int:

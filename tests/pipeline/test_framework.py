@@ -144,7 +144,7 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
     # The graph's fast overlap test gives SkyGrid.cells_overlapping's answer
     # (random grids, pointings, sizes, rotations, declinations up to 85).
     from skydm.coadd.skygrid import SkyGrid
-    from skydm.pipeline.regions import overlapping_cells
+    from skydm.pipeline.regions import footprint, overlapping_cells
 
     rng = np.random.default_rng(5)
     for _ in range(40):
@@ -155,4 +155,6 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
         n = int(rng.choice([64, 256, 512]))
         wcs = make_wcs((n, n), rng.uniform(0, 360), rng.uniform(-85, 85), 0.25, rng.uniform(0, 90))
         expected = [c.id for c in grid.cells_overlapping(wcs, (n, n))]
-        assert overlapping_cells(grid, wcs, (n, n)) == expected
+        entry = footprint(wcs, (n, n))
+        ra, dec = (np.asarray(v) for v in entry["border"])
+        assert overlapping_cells(grid, ra, dec, entry["centre"][0]) == expected

@@ -3,9 +3,10 @@
 The graph must know which sky cells a detector-visit overlaps before its
 calexp exists (a ``warp`` unit per overlap, a ``coadd`` unit per cell), so
 footprints come from the raws' WCS.  Reading a header per raw on every graph
-build would dominate large graphs, so each raw's WCS, shape and the cells it
-overlaps on a given grid are cached in ``<repo>/pipeline/footprints.json``,
-keyed by the raw's checksum (a replaced raw is looked at afresh).
+build would dominate large graphs, so each raw's border and centre on the
+sky, and the cells it overlaps on a given grid, are cached in
+``<repo>/pipeline/footprints.json``, keyed by the raw's checksum (a replaced
+raw is looked at afresh).
 """
 
 from __future__ import annotations
@@ -73,19 +74,16 @@ class RegionIndex:
     def _entry(self, ref: DatasetRef) -> dict[str, Any]:
         entry = self._entries.get(ref.checksum)
         if entry is None:
-            header, shape = _image_header(Path(ref.path))
-            entry = {"wcs": header, "shape": list(shape), "cells": {}}
+            entry = footprint(*_image_wcs(Path(ref.path)))
             self._entries[ref.checksum] = entry
             self._dirty = True
         return entry
 
-    def wcs(self, ref: DatasetRef) -> tuple[WCS, tuple[int, int]]:
-        """The WCS and (rows, columns) of a raw."""
-        entry = self._entry(ref)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(fits.Header.fromstring(entry["wcs"]))
-        return wcs, (int(entry["shape"][0]), int(entry["shape"][1]))
+    def _grid(self, grid: GridConfig) -> SkyGrid:
+        sky = self._grids.get(grid.key)
+        if sky is None:
+            sky = self._grids[grid.key] = grid.grid()
+        return sky
 
     def cells(self, ref: DatasetRef, grid: GridConfig) -> list[str]:
         """Ids of the cells of ``grid`` that the raw overlaps, sorted."""
@@ -93,9 +91,8 @@ class RegionIndex:
         cells = entry.setdefault("cells", {})
         found = cells.get(grid.key)
         if found is None:
-            sky = self._grids.get(grid.key) or self._grids.setdefault(grid.key, grid.grid())
-            wcs, shape = self.wcs(ref)
-            found = overlapping_cells(sky, wcs, shape)
+            ra, dec = (np.asarray(v, dtype=float) for v in entry["border"])
+            found = overlapping_cells(self._grid(grid), ra, dec, float(entry["centre"][0]))
             cells[grid.key] = found
             self._dirty = True
         return list(found)
@@ -106,10 +103,8 @@ class RegionIndex:
         key = f"centre:{grid.key}"
         found = entry.setdefault("cells", {}).get(key)
         if found is None:
-            sky = self._grids.get(grid.key) or self._grids.setdefault(grid.key, grid.grid())
-            wcs, (ny, nx) = self.wcs(ref)
-            ra, dec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-            found = sky.cell_containing(float(ra), float(dec)).id
+            ra, dec = entry["centre"]
+            found = self._grid(grid).cell_containing(float(ra), float(dec)).id
             entry["cells"][key] = found
             self._dirty = True
         return str(found)
@@ -121,77 +116,105 @@ class RegionIndex:
             atomic_write_bytes(self.path, json.dumps(self._entries).encode())
             self._dirty = False
 
-    def prime(self, checksum: str, wcs: WCS, shape: tuple[int, int]) -> None:
-        """Record a footprint without reading a file (synthetic registries, tests)."""
-        self._entries[checksum] = {
-            "wcs": wcs.to_header().tostring(),
-            "shape": [int(shape[0]), int(shape[1])],
-            "cells": {},
-        }
+    def prime(self, checksum: str, entry: dict[str, Any]) -> None:
+        """Record a :func:`footprint` without reading a file (synthetic registries)."""
+        self._entries[checksum] = entry
         self._dirty = True
 
 
-def overlapping_cells(grid: SkyGrid, wcs: WCS, shape: tuple[int, int]) -> list[str]:
-    """Ids of the cells of ``grid`` whose pixel grid an image overlaps, sorted.
-
-    The same answer as :meth:`SkyGrid.cells_overlapping` (the border of the
-    image, projected into each cell, must reach inside its pixel grid) in a
-    fraction of the time: graphs ask this of every raw, so the gnomonic
-    projection is done here in numpy rather than through a WCS per cell.
-    Candidates are the cells containing a lattice of points over the image
-    grown by half a cell and the margin (a cell's square pixel grid reaches
-    that far past its own part of the sky), spaced finer than a cell.
-    """
+def footprint(wcs: WCS, shape: tuple[int, int]) -> dict[str, Any]:
+    """A cache entry: the sky coordinates of an image's border and centre."""
     ny, nx = shape
     t = np.linspace(0.0, 1.0, 16)
     bx = np.concatenate([t * nx, np.full(16, nx), t * nx, np.zeros(16)]) - 0.5
     by = np.concatenate([np.zeros(16), t * ny, np.full(16, ny), t * ny]) - 0.5
-    ra, dec = (np.asarray(v, dtype=float) for v in wcs.pixel_to_world_values(bx, by))
-    # The lattice: the image's pixel box grown by the margin (in image pixels).
-    scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
-    grow = (grid.margin + 2) * grid.pixel_scale / scale + grid.cell_size * 3600.0 / scale * 1.5
-    step = max(grid.cell_size * 3600.0 / scale / 3.0, 1.0)
-    gx = np.linspace(-grow, nx + grow, max(2, int(np.ceil((nx + 2 * grow) / step)) + 1))
-    gy = np.linspace(-grow, ny + grow, max(2, int(np.ceil((ny + 2 * grow) / step)) + 1))
-    lx, ly = np.meshgrid(gx, gy)
-    lra, ldec = wcs.pixel_to_world_values(lx.ravel(), ly.ravel())
-    ids = {grid.cell_containing(float(a), float(d)).id for a, d in zip(lra, ldec, strict=True)}
-    found = []
-    for cell_id in ids:
-        cell = grid.cell_by_id(cell_id)
-        if _reaches(cell.ra, cell.dec, cell.pixel_scale, cell.shape, ra, dec):
-            found.append(cell_id)
-    return sorted(found)
+    ra, dec = wcs.pixel_to_world_values(bx, by)
+    cra, cdec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+    return {
+        "border": [np.asarray(ra).tolist(), np.asarray(dec).tolist()],
+        "centre": [float(cra), float(cdec)],
+        "cells": {},
+    }
+
+
+def overlapping_cells(grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float) -> list[str]:
+    """Ids of the cells of ``grid`` whose pixel grid an image overlaps, sorted.
+
+    Parameters
+    ----------
+    grid : SkyGrid
+    ra, dec : numpy.ndarray
+        Degrees: points along the image's border (its pixels' outer edge).
+    cra : float
+        Right ascension of the image's centre.
+
+    Returns the same answer as :meth:`SkyGrid.cells_overlapping` (the border,
+    projected into each cell, must reach inside its pixel grid) in a
+    fraction of the time, since graphs ask it of every raw: the gnomonic
+    projection is done here in numpy rather than through a WCS per cell.
+    Candidates are the cells of every ring the image, grown by a cell and a
+    half (a cell's square pixel grid reaches past its own part of the sky),
+    touches, over the right-ascension range it spans in that ring.
+    """
+    reach = 1.5 * grid.cell_size + grid.margin * grid.pixel_scale / 3600.0
+    dlo, dhi = float(dec.min()) - reach, float(dec.max()) + reach
+    if dhi >= 89.0 or dlo <= -89.0:  # rings around a pole: every cell of them
+        j_lo, j_hi = _ring(grid, cra, dlo), _ring(grid, cra, dhi)
+        pairs = [(i, j) for j in range(j_lo, j_hi + 1) for i in range(grid.n_cells(j))]
+    else:
+        dra = ((ra - cra + 180.0) % 360.0) - 180.0
+        pairs = []
+        for j in range(_ring(grid, cra, dlo), _ring(grid, cra, dhi) + 1):
+            n = grid.n_cells(j)
+            step = 360.0 / n
+            ring_dec = grid.cell(0, j).dec
+            widen = reach / max(np.cos(np.radians(min(abs(ring_dec) + reach, 89.0))), 1e-3)
+            k0 = (cra - grid.ra0) / step
+            lo = int(np.floor(k0 + (float(dra.min()) - widen) / step))
+            hi = int(np.ceil(k0 + (float(dra.max()) + widen) / step))
+            pairs += [(i, j) for i in sorted({k % n for k in range(lo, hi + 1)})]
+    if not pairs:
+        return []
+    cells = [grid.cell(i, j) for i, j in pairs]
+    centres = np.array([(c.ra, c.dec) for c in cells])
+    hit = _reaches(centres[:, 0], centres[:, 1], grid.pixel_scale, grid.cell_shape, ra, dec)
+    return sorted(c.id for c, h in zip(cells, hit, strict=True) if h)
+
+
+def _ring(grid: SkyGrid, ra: float, dec: float) -> int:
+    return int(grid.cell_containing(ra, float(np.clip(dec, -90.0, 90.0))).id.split("_")[1])
 
 
 def _reaches(
-    ra0: float, dec0: float, pixel_scale: float, shape: tuple[int, int], ra: np.ndarray,
-    dec: np.ndarray,
-) -> bool:  # fmt: skip
-    """Whether a border (ra, dec) projected on a cell's TAN grid overlaps its pixels.
+    ra0: np.ndarray, dec0: np.ndarray, pixel_scale: float, shape: tuple[int, int],
+    ra: np.ndarray, dec: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """For cells centred on (ra0, dec0): does a border (ra, dec) overlap their pixel grid?
 
     As :meth:`SkyCell.overlap_bbox`: every point must project (be on the
     cell's side of the sky) and the points' bounding box, grown by a pixel,
-    must meet the grid.
+    must meet the grid.  Cells along the first axis, border points along the
+    second.
     """
-    a, d = np.radians(ra - ra0), np.radians(dec)
-    d0 = np.radians(dec0)
+    a = np.radians(ra[None, :] - ra0[:, None])
+    d, d0 = np.radians(dec)[None, :], np.radians(dec0)[:, None]
     cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a)
-    if np.any(cosc <= 0.05):
-        return False
-    xi = np.degrees(np.cos(d) * np.sin(a) / cosc)
-    eta = np.degrees((np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a)) / cosc)
+    safe = np.where(cosc > 0.05, cosc, 1.0)
+    xi = np.degrees(np.cos(d) * np.sin(a) / safe)
+    eta = np.degrees((np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a)) / safe)
     s = pixel_scale / 3600.0
     ny, nx = shape
-    x = (nx - 1) / 2.0 - xi / s  # the cell's CD matrix is diag(-s, s), east left
+    x = (nx - 1) / 2.0 - xi / s  # the cells' CD matrix is diag(-s, s), east left
     y = (ny - 1) / 2.0 + eta / s
-    x0, x1 = max(np.floor(x.min() - 1), 0), min(np.ceil(x.max() + 1) + 1, nx)
-    y0, y1 = max(np.floor(y.min() - 1), 0), min(np.ceil(y.max() + 1) + 1, ny)
-    return bool(x1 > x0 and y1 > y0)
+    x0 = np.maximum(np.floor(x.min(axis=1) - 1), 0)
+    x1 = np.minimum(np.ceil(x.max(axis=1) + 1) + 1, nx)
+    y0 = np.maximum(np.floor(y.min(axis=1) - 1), 0)
+    y1 = np.minimum(np.ceil(y.max(axis=1) + 1) + 1, ny)
+    return np.all(cosc > 0.05, axis=1) & (x1 > x0) & (y1 > y0)
 
 
-def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
-    """The WCS cards and shape of the first 2-d image in a FITS file."""
+def _image_wcs(path: Path) -> tuple[WCS, tuple[int, int]]:
+    """The WCS and shape of the first 2-d image in a FITS file."""
     try:
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
@@ -204,8 +227,7 @@ def _image_header(path: Path) -> tuple[str, tuple[int, int]]:
                         wcs = WCS(header)
                     if not wcs.has_celestial:
                         break
-                    shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-                    return wcs.to_header().tostring(), shape
+                    return wcs, (int(header["NAXIS2"]), int(header["NAXIS1"]))
     except OSError as exc:
         raise BadFileError(path, f"cannot be read for its footprint: {exc}") from exc
     raise BadFileError(
