@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,13 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     archives = sorted((repo_dir / "alerts").glob("*.avro"))
     assert len(archives) == 3
     assert (repo_dir / "catalog" / "DiaSource").is_dir()
-    # A second run over the same repository finds the raws already archived.
+    if importlib.util.find_spec("skydm.drp") is not None:
+        assert (repo_dir / "catalog" / "Object").is_dir()
+        assert "Object (" in out
+    # A second run over the same repository finds the raws archived, the units done.
     assert main([*args, "--template-visits", "3", "--quiet"]) == 0
+    runs = sorted((repo_dir / "pipeline" / "runs").glob("*.json"))
+    assert len(runs) == 2  # drp and ap ran once each; the second demo had nothing to do
 
 
 @pytest.mark.slow

@@ -142,21 +142,26 @@ def run_demo(
 
     last_template = visits[n_template - 1]
     grid = _grid(survey.fields[0], cfg)
+    # Every template epoch goes into the coadd, even when there are only 2.
+    drp_config = [*grid, f"coadd.min_warps={min(n_template, 3)}"]
     drp = _checked(
         run_pipeline(
-            _drp_tasks(), root, where=f"visit <= {last_template}", config=grid, quiet=quiet,
-            jobs=jobs,
+            _drp_tasks(), root, where=f"visit <= {last_template}", config=drp_config,
+            quiet=quiet, jobs=jobs,
         )
     )  # fmt: skip
     report.template_visits, report.skycell = n_template, _only_cell(drp.graph)
     t = _step(report, "drp", t)
 
     ap_config = [*grid, *([f"ap.bootstrap={bootstrap}"] if bootstrap else [])]
-    _checked(
+    ap = _checked(
         run_pipeline(
             "ap", root, where=f"visit > {last_template}", config=ap_config, quiet=quiet, jobs=jobs
         )
     )
+    if not ap.graph.by_task()["diffim"]:
+        reasons = "; ".join(f"{n} x {why}" for why, n in sorted(ap.graph.skipped.items()))
+        raise SkydmError(f"{root}: no visit could be differenced: {reasons or 'no calexps'}")
     t = _step(report, "ap", t)
 
     with Repository.open(root) as repo:

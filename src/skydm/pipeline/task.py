@@ -190,7 +190,8 @@ class GraphContext:
 
     def raw_ref(self, data_id: DataId) -> DatasetRef | None:
         """The registered raw of a detector-visit (its footprint places the visit's products)."""
-        return self.refs.get("raw", {}).get(replace(data_id, skycell=None))
+        key = data_id if data_id.skycell is None else replace(data_id, skycell=None)
+        return self.refs.get("raw", {}).get(key)
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count ``n`` units left out for ``reason``."""
