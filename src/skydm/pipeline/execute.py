@@ -12,12 +12,14 @@ record of it under ``<repo>/pipeline/runs/``.
 
 from __future__ import annotations
 
+import heapq
 import json
 import multiprocessing
 import os
 import secrets
 import time
 import traceback
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -236,6 +238,21 @@ def execute(
     ended: dict[str, Status] = {}
     running: dict[Future[UnitResult], str] = {}
     root = str(repo.root)
+    order = [u.id for u in units]
+    rank = {uid: i for i, uid in enumerate(order)}
+    # Counts of what each unit still waits for, and who waits for whom, so
+    # that each completion costs only its own children (graphs of 100k units).
+    hard_left = {uid: len(deps[uid]) for uid in order}
+    soft_left = {uid: int(uid in after) for uid in order}
+    hard_children: dict[str, list[str]] = defaultdict(list)
+    soft_children: dict[str, list[str]] = defaultdict(list)
+    for uid in order:
+        for parent in deps[uid]:
+            hard_children[parent].append(uid)
+        if uid in after:
+            soft_children[after[uid]].append(uid)
+    ready = [rank[uid] for uid in order if not hard_left[uid] and not soft_left[uid]]
+    heapq.heapify(ready)  # submitted in graph order: serial tasks stay in data-ID order
 
     def finish(result: UnitResult) -> None:
         ended[result.unit] = result.status
@@ -244,36 +261,35 @@ def execute(
             on_result(result)
         if progress is not None:
             progress.advance(note=f"{result.unit} {result.status}")
+        for child in soft_children[result.unit]:
+            soft_left[child] -= 1
+            if not soft_left[child] and not hard_left[child] and child not in ended:
+                heapq.heappush(ready, rank[child])
+        for child in hard_children[result.unit]:
+            if child in ended:
+                continue
+            if result.status != "ok":
+                reason = f"input from {result.unit} failed"
+                finish(UnitResult(child, wanted[child].task, "blocked", reason))
+                continue
+            hard_left[child] -= 1
+            if not hard_left[child] and not soft_left[child]:
+                heapq.heappush(ready, rank[child])
 
-    def ready(uid: str) -> bool:
-        if any(ended.get(p) != "ok" for p in deps[uid]):
-            return False
-        return uid not in after or after[uid] in ended
-
-    order = [u.id for u in units]
-    waiting = list(order)
-    while waiting or running:
-        still = []
-        for uid in waiting:
-            if any(ended.get(p) in ("failed", "blocked") for p in deps[uid]):
-                bad = sorted(p for p in deps[uid] if ended.get(p) in ("failed", "blocked"))
-                finish(UnitResult(uid, wanted[uid].task, "blocked", f"input from {bad[0]} failed"))
-            elif ready(uid):
-                try:
-                    fut = executor.submit(run_unit, root, tasks[wanted[uid].task], wanted[uid],
-                                          run_id, retries)  # fmt: skip
-                except BrokenProcessPool:
-                    finish(UnitResult(uid, wanted[uid].task, "failed", "the worker pool died"))
-                    continue
-                running[fut] = uid
-            else:
-                still.append(uid)
-        progressed = len(still) < len(waiting)
-        waiting = still
+    while ready or running:
+        while ready:
+            uid = order[heapq.heappop(ready)]
+            if uid in ended:
+                continue
+            unit = wanted[uid]
+            try:
+                fut = executor.submit(run_unit, root, tasks[unit.task], unit, run_id, retries)
+            except BrokenProcessPool:
+                finish(UnitResult(uid, unit.task, "failed", "the worker pool died"))
+                continue
+            running[fut] = uid
         if not running:
-            if not progressed:  # cannot happen in an acyclic graph; never spin
-                raise RuntimeError(f"{len(waiting)} units can never start: {waiting[:3]}")
-            continue  # blocked units were finished: look again
+            continue
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
             uid = running.pop(fut)
@@ -284,8 +300,10 @@ def execute(
             except Exception as exc:  # the executor itself failed (a lost Dask worker...)
                 result = UnitResult(uid, wanted[uid].task, "failed", f"{type(exc).__name__}: {exc}")
             finish(result)
+    never = [uid for uid in order if uid not in ended]
+    if never:  # cannot happen in an acyclic graph
+        raise RuntimeError(f"{len(never)} units could never start, e.g. {never[0]}")
     report.wall_s = time.perf_counter() - start
-    rank = {uid: i for i, uid in enumerate(order)}
     report.results.sort(key=lambda r: rank[r.unit])
     report.record = _write_record(repo, report)
     return report
