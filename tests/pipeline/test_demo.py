@@ -36,6 +36,7 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([*args, "--template-visits", "3", "--quiet"]) == 0
     runs = sorted((repo_dir / "pipeline" / "runs").glob("*.json"))
     assert len(runs) == 2  # drp and ap ran once each; the second demo had nothing to do
+    assert (repo_dir / "catalog" / "DiaSource").is_dir()  # and kept the catalogs
 
 
 @pytest.mark.slow

@@ -246,14 +246,13 @@ DEMO_MARKER = ".skydm-demo"
 
 
 def _prepare_root(root: Path) -> None:
-    """Claim ``root`` for the demo, clearing a previous demo's derived products.
+    """Claim ``root`` for the demo.
 
     A directory that holds something other than an earlier demo is refused, so
-    that the demo never touches a real repository.  Archived raws are kept: a
-    second run finds them already present, as ingest promises.
+    that the demo never touches a real repository.  An earlier demo is kept
+    whole: its raws are found archived, and the pipelines redo only units
+    whose outputs are missing or stale (the APDB and catalogs go with them).
     """
-    import shutil
-
     from skydm.errors import ConflictError
 
     marker = root / DEMO_MARKER
@@ -264,12 +263,6 @@ def _prepare_root(root: Path) -> None:
         )
     root.mkdir(parents=True, exist_ok=True)
     marker.touch()
-    for name in ("apdb.sqlite3", "alerts", "catalog"):
-        path = root / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
 
 
 def _sep_arcsec(ra: Any, dec: Any, ra0: float, dec0: float) -> np.ndarray:
