@@ -122,14 +122,9 @@ def build_graph(
     """
     expr = _parse_where(where)
     refs = registry_refs(repo) if refs is None else refs
-    # Registry paths are relative; footprints are read from absolute ones.
-    absolute = {
-        t: {d: repo._absolute(r) for d, r in by_id.items()} if t == "raw" else by_id
-        for t, by_id in refs.items()
-    }
     regions = RegionIndex(repo.root)
     context = GraphContext(
-        available={t: set(by_id) for t, by_id in refs.items()}, refs=absolute, regions=regions
+        available={t: set(by_id) for t, by_id in refs.items()}, refs=refs, regions=regions
     )
     units: list[WorkUnit] = []
     producer: dict[DatasetKey, str] = {}

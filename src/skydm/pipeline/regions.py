@@ -61,7 +61,8 @@ class RegionIndex:
     """
 
     def __init__(self, root: Path) -> None:
-        self.path = Path(root) / CACHE_NAME
+        self.root = Path(root)
+        self.path = self.root / CACHE_NAME
         self._entries: dict[str, dict[str, Any]] = {}
         self._dirty = False
         if self.path.exists():
@@ -74,7 +75,8 @@ class RegionIndex:
     def _entry(self, ref: DatasetRef) -> dict[str, Any]:
         entry = self._entries.get(ref.checksum)
         if entry is None:
-            entry = footprint(*_image_wcs(Path(ref.path)))
+            # Registry paths are relative to the repository root.
+            entry = footprint(*_image_wcs(self.root / ref.path))
             self._entries[ref.checksum] = entry
             self._dirty = True
         return entry

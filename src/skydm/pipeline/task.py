@@ -172,7 +172,7 @@ class GraphContext:
         Dataset type -> data IDs that exist in the repository or that an
         earlier task of the pipeline will make.
     refs : dict
-        Dataset type -> data ID -> registered dataset, for those that exist.
+        Dataset type -> data ID -> registered dataset (paths relative to the root).
     regions : RegionIndex
         Sky footprints of visit images (for sky-cell overlaps).
     skipped : dict
