@@ -87,15 +87,18 @@ class RegionIndex:
             sky = self._grids[grid.key] = grid.grid()
         return sky
 
-    def cells(self, ref: DatasetRef, grid: GridConfig) -> list[str]:
-        """Ids of the cells of ``grid`` that the raw overlaps, sorted."""
+    def cells(self, ref: DatasetRef, grid: GridConfig, *, min_overlap: int = 0) -> list[str]:
+        """Ids of the cells of ``grid`` that the raw reaches ``min_overlap`` pixels into."""
         entry = self._entry(ref)
         cells = entry.setdefault("cells", {})
-        found = cells.get(grid.key)
+        key = f"{grid.key}:{min_overlap}"
+        found = cells.get(key)
         if found is None:
             ra, dec = (np.asarray(v, dtype=float) for v in entry["border"])
-            found = overlapping_cells(self._grid(grid), ra, dec, float(entry["centre"][0]))
-            cells[grid.key] = found
+            found = overlapping_cells(
+                self._grid(grid), ra, dec, float(entry["centre"][0]), min_overlap=min_overlap
+            )
+            cells[key] = found
             self._dirty = True
         return list(found)
 
@@ -139,7 +142,9 @@ def footprint(wcs: WCS, shape: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def overlapping_cells(grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float) -> list[str]:
+def overlapping_cells(
+    grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float, *, min_overlap: int = 0
+) -> list[str]:
     """Ids of the cells of ``grid`` whose pixel grid an image overlaps, sorted.
 
     Parameters
@@ -149,6 +154,10 @@ def overlapping_cells(grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float
         Degrees: points along the image's border (its pixels' outer edge).
     cra : float
         Right ascension of the image's centre.
+    min_overlap : int
+        Pixels the image's bounding box must reach into a cell (0: any
+        overlap, as the grid's own test; a warp needs a few pixels more than
+        the edge its resampling masks).
 
     Returns the same answer as :meth:`SkyGrid.cells_overlapping` (the border,
     projected into each cell, must reach inside its pixel grid) in a
@@ -179,7 +188,10 @@ def overlapping_cells(grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float
         return []
     cells = [grid.cell(i, j) for i, j in pairs]
     centres = np.array([(c.ra, c.dec) for c in cells])
-    hit = _reaches(centres[:, 0], centres[:, 1], grid.pixel_scale, grid.cell_shape, ra, dec)
+    grow = 1 if min_overlap <= 0 else -min_overlap
+    hit = _reaches(
+        centres[:, 0], centres[:, 1], grid.pixel_scale, grid.cell_shape, ra, dec, grow=grow
+    )
     return sorted(c.id for c, h in zip(cells, hit, strict=True) if h)
 
 
@@ -189,14 +201,14 @@ def _ring(grid: SkyGrid, ra: float, dec: float) -> int:
 
 def _reaches(
     ra0: np.ndarray, dec0: np.ndarray, pixel_scale: float, shape: tuple[int, int],
-    ra: np.ndarray, dec: np.ndarray,
+    ra: np.ndarray, dec: np.ndarray, *, grow: int = 1,
 ) -> np.ndarray:  # fmt: skip
     """For cells centred on (ra0, dec0): does a border (ra, dec) overlap their pixel grid?
 
     As :meth:`SkyCell.overlap_bbox`: every point must project (be on the
     cell's side of the sky) and the points' bounding box, grown by a pixel,
-    must meet the grid.  Cells along the first axis, border points along the
-    second.
+    must meet the grid (``grow`` < 0 shrinks the box instead).  Cells along
+    the first axis, border points along the second.
     """
     a = np.radians(ra[None, :] - ra0[:, None])
     d, d0 = np.radians(dec)[None, :], np.radians(dec0)[:, None]
@@ -208,10 +220,10 @@ def _reaches(
     ny, nx = shape
     x = (nx - 1) / 2.0 - xi / s  # the cells' CD matrix is diag(-s, s), east left
     y = (ny - 1) / 2.0 + eta / s
-    x0 = np.maximum(np.floor(x.min(axis=1) - 1), 0)
-    x1 = np.minimum(np.ceil(x.max(axis=1) + 1) + 1, nx)
-    y0 = np.maximum(np.floor(y.min(axis=1) - 1), 0)
-    y1 = np.minimum(np.ceil(y.max(axis=1) + 1) + 1, ny)
+    x0 = np.maximum(np.floor(x.min(axis=1) - grow), 0)
+    x1 = np.minimum(np.ceil(x.max(axis=1) + grow) + 1, nx)
+    y0 = np.maximum(np.floor(y.min(axis=1) - grow), 0)
+    y1 = np.minimum(np.ceil(y.max(axis=1) + grow) + 1, ny)
     return np.all(cosc > 0.05, axis=1) & (x1 > x0) & (y1 > y0)
 
 

@@ -67,10 +67,14 @@ class WarpConfig(GridConfig, TaskConfig):
         ``bilinear``, ``bicubic`` or ``adaptive`` (see :func:`skydm.coadd.warp_exposure`).
     zero_point : float
         Zero point every warp is scaled to (when the calexp has one).
+    min_overlap : int
+        Pixels a calexp must reach into a cell to be warped onto it (a
+        grazing overlap leaves no pixel unmasked by the resampling's edge).
     """
 
     method: str = "bilinear"
     zero_point: float = 27.0
+    min_overlap: int = 8
 
     def validate(self) -> None:
         self.grid()  # raises BadValueError naming the bad grid value
@@ -78,6 +82,8 @@ class WarpConfig(GridConfig, TaskConfig):
             raise BadValueError("warp.method", self.method, "bilinear, bicubic or adaptive")
         if not math.isfinite(self.zero_point):
             raise BadValueError("warp.zero_point", self.zero_point, "a finite magnitude")
+        if not 0 <= self.min_overlap <= 1000:
+            raise BadValueError("warp.min_overlap", self.min_overlap, "0 to 1000 pixels")
 
 
 class WarpTask(Task):
@@ -97,7 +103,7 @@ class WarpTask(Task):
                 context.skip("warp: no raw to place the calexp on the sky")
                 continue
             try:
-                cells = context.regions.cells(raw, self.config)
+                cells = context.regions.cells(raw, self.config, min_overlap=self.config.min_overlap)
             except Exception as exc:  # an unreadable raw fails in calibrate, named there
                 context.skip(f"warp: footprint of raw {data_id} unreadable ({exc})")
                 continue
