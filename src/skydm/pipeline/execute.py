@@ -80,6 +80,8 @@ class RunReport:
     results: list[UnitResult] = field(default_factory=list)
     skipped_done: int = 0
     wall_s: float = 0.0
+    #: Seconds the scheduler loop spent outside waiting for workers.
+    scheduler_s: float = 0.0
     record: Path | None = None
 
     @property
@@ -276,6 +278,7 @@ def execute(
             if not hard_left[child] and not soft_left[child]:
                 heapq.heappush(ready, rank[child])
 
+    waited = 0.0
     while ready or running:
         while ready:
             uid = order[heapq.heappop(ready)]
@@ -290,7 +293,9 @@ def execute(
             running[fut] = uid
         if not running:
             continue
+        paused = time.perf_counter()
         done, _ = wait(running, return_when=FIRST_COMPLETED)
+        waited += time.perf_counter() - paused
         for fut in done:
             uid = running.pop(fut)
             try:
@@ -304,6 +309,7 @@ def execute(
     if never:  # cannot happen in an acyclic graph
         raise RuntimeError(f"{len(never)} units could never start, e.g. {never[0]}")
     report.wall_s = time.perf_counter() - start
+    report.scheduler_s = report.wall_s - waited
     report.results.sort(key=lambda r: rank[r.unit])
     report.record = _write_record(repo, report)
     return report
@@ -316,6 +322,7 @@ def _write_record(repo: Repository, report: RunReport) -> Path:
         "run": report.run_id,
         "pipeline": report.pipeline,
         "wall_s": round(report.wall_s, 3),
+        "scheduler_s": round(report.scheduler_s, 3),
         "skipped_done": report.skipped_done,
         "results": [asdict(r) for r in report.results],
     }
