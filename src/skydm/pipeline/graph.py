@@ -176,6 +176,9 @@ def is_done(
     unit: WorkUnit, refs: dict[str, dict[DataId, DatasetRef]], repo: Repository, config_sha: str
 ) -> bool:
     """Whether every output of ``unit`` is registered, intact and made from its current inputs."""
+    outputs = [refs.get(key.dataset_type, {}).get(key.data_id) for key in unit.outputs]
+    if any(ref is None for ref in outputs):
+        return False  # the common case of a new graph, decided without formatting inputs
     inputs: dict[tuple[str, str], str] = {}
     for key in unit.inputs:
         ref = refs.get(key.dataset_type, {}).get(key.data_id)

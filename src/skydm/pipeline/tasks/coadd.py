@@ -49,11 +49,11 @@ class CoaddTask(Task):
 
     def units(self, context: GraphContext) -> Iterator[WorkUnit]:
         assert isinstance(self.config, CoaddConfig)
-        groups: dict[DataId, list[DataId]] = defaultdict(list)
+        groups: dict[tuple[str, str, str | None], list[DataId]] = defaultdict(list)
         for data_id in context.ids("warp"):
-            cell = DataId(data_id.instrument, band=data_id.band, skycell=data_id.skycell)
-            groups[cell].append(data_id)
-        for cell, warps in sorted(groups.items()):
+            groups[(data_id.instrument, data_id.band, data_id.skycell)].append(data_id)
+        for (instrument, band, skycell), warps in sorted(groups.items()):
+            cell = DataId(instrument, band=band, skycell=skycell)
             if len(warps) < self.config.min_warps:
                 context.skip(f"coadd: fewer than {self.config.min_warps} warps")
                 continue
