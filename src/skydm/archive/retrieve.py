@@ -113,7 +113,9 @@ def plan_retrieval(refs: Sequence[DatasetRef]) -> list[Retrieval]:
         if isinstance(mef, dict):
             groups[str(mef["sha256"])].append(ref)
         elif ref.dataset_type == RAW:
-            plan.append(Retrieval(str(ref.meta.get("source_name", _dataset_name(ref))), "raw", (ref,)))
+            plan.append(
+                Retrieval(str(ref.meta.get("source_name", _dataset_name(ref))), "raw", (ref,))
+            )
         else:
             plan.append(Retrieval(_dataset_name(ref), "dataset", (ref,)))
     for members in groups.values():

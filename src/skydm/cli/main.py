@@ -19,6 +19,9 @@ from skydm.errors import SkydmError
 COMMAND_MODULES = [
     "sim",
     "ingest",
+    "instrument",
+    "datasets",
+    "retrieve",
     "verify",
     "diffim",
     "coadd",
