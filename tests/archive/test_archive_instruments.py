@@ -27,11 +27,11 @@ def _digest(text: str = "pixels") -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def Generic() -> InstrumentDefinition:  # noqa: N802 (reads like the old class in the tests)
+def Generic() -> InstrumentDefinition:
     return builtin("generic")
 
 
-def SkySim() -> InstrumentDefinition:  # noqa: N802
+def SkySim() -> InstrumentDefinition:
     return builtin("skysim")
 
 

@@ -27,13 +27,15 @@ from skydm.archive.instruments import (
     get_instrument,
     instrument_for,
 )
-from skydm.archive.restore import restore, restore_raw_bytes, restore_to
+from skydm.archive.restore import read_raw, restore, restore_raw_bytes, restore_to
+from skydm.archive.retrieve import RetrieveReport, plan_retrieval, retrieve, select_datasets
 
 __all__ = [
     "Amplifier",
     "FileResult",
     "IngestReport",
     "InstrumentDefinition",
+    "RetrieveReport",
     "Section",
     "Translation",
     "builtin",
@@ -46,10 +48,14 @@ __all__ = [
     "instrument_for",
     "load_instrument",
     "parse_instrument",
+    "plan_retrieval",
+    "read_raw",
     "register_instrument",
     "repository_instruments",
     "restore",
     "restore_bytes",
     "restore_raw_bytes",
     "restore_to",
+    "retrieve",
+    "select_datasets",
 ]
