@@ -118,13 +118,16 @@ class IngestReport:
         return self.source_bytes / self.stored_bytes if self.stored_bytes else math.nan
 
     def summary(self) -> str:
-        """One line: how many files ingested, present, failed, and the ratio."""
+        """One line: how many files (and raws) ingested, present, failed, and the ratio."""
         counts: dict[str, int] = {}
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
         parts = [f"{n} {status}" for status, n in counts.items()]
         ratio = f", compression {self.ratio:.2f}x" if self.written else ""
-        return f"{len(self.results)} files: {', '.join(parts) or 'none'}{ratio}"
+        n_files = len({r.path for r in self.results})
+        # A multi-extension file gives one raw per detector: say so when it happened.
+        raws = f" ({len(self.results)} raws)" if n_files != len(self.results) else ""
+        return f"{n_files} files{raws}: {', '.join(parts) or 'none'}{ratio}"
 
 
 def _read(path: Path) -> bytes:

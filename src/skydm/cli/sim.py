@@ -131,12 +131,16 @@ def run(args: argparse.Namespace) -> int:
     )
     survey = simulate_survey(cfg)
     n_files = len(survey.visits) // cfg.n_detectors if args.mef else len(survey.visits)
-    bar = Progress("skydm sim: raw files", n_files)
+    bar = Progress("skydm sim: visits", n_files)
     paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar, mef=args.mef)
     out = Path(args.out)
-    layout = f", {cfg.n_detectors} detectors each" if args.mef else ""
+    what = (
+        f"multi-extension raw files of {cfg.n_detectors} detectors"
+        if args.mef
+        else ("raw exposures")
+    )
     print(
-        f"wrote {len(paths)} raw files{layout} ({cfg.shape[1]}x{cfg.shape[0]}, {cfg.raw_dtype}) "
+        f"wrote {len(paths)} {what} ({cfg.shape[1]}x{cfg.shape[0]}, {cfg.raw_dtype}) "
         f"of {cfg.n_fields} field(s) in {', '.join(cfg.bands)} to {out}"
     )
     if not args.no_clean:
