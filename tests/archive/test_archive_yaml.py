@@ -230,3 +230,35 @@ def test_decam_definition_gets_visit_from_expnum_when_present() -> None:
         "[2049:2098,1:4096]",
     )
     assert t.metadata["gain"] == 4.1  # amplifier B has no gain card: the mean of the known
+
+
+def test_instrument_register_list_and_conflicts(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    repo_dir = tmp_path / "repo"
+    Repository.open(repo_dir).close()
+    cam = tmp_path / "fakecam.yaml"
+    cam.write_text(FAKECAM)
+    assert main(["instrument", "check", str(cam)]) == 0
+    assert main(["instrument", "register", "--repo", str(repo_dir), str(cam)]) == 0
+    assert main(["instrument", "register", "--repo", str(repo_dir), str(cam)]) == 0  # same: fine
+    capsys.readouterr()
+    cam.write_text(FAKECAM.replace("pixel_scale: 0.4", "pixel_scale: 0.5"))
+    assert main(["instrument", "register", "--repo", str(repo_dir), str(cam)]) == 1
+    assert "--replace" in capsys.readouterr().err
+    assert main(["instrument", "register", "--repo", str(repo_dir), "--replace", str(cam)]) == 0
+    stored = repo_dir / "instruments" / "fakecam.yaml"
+    assert stored.read_text() == cam.read_text()
+    shadow = tmp_path / "generic.yaml"
+    shadow.write_text(FAKECAM.replace("name: fakecam", "name: generic"))
+    assert main(["instrument", "register", "--repo", str(repo_dir), str(shadow)]) == 1
+    assert "built-in" in capsys.readouterr().err
+    assert main(["instrument", "list", "--repo", str(repo_dir)]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["fakecam", "skysim", "generic"]
+    # The registered definition is also found by name.
+    raw = _fakecam_exposure(tmp_path / "f.fits", frame=5)
+    with fits.open(raw, mode="update") as hdul:
+        hdul[0].header["INSTRUME"] = "OTHER"  # no longer matched by its cards
+    argv = ["ingest", "--repo", str(repo_dir), "-q", "--instrument", "fakecam", str(raw)]
+    assert main(argv) == 0
+    with Repository.open(repo_dir, create=False) as repo:
+        assert {r.data_id.instrument for r in repo.query()} == {"fakecam"}
