@@ -90,3 +90,30 @@ def test_sqlite_write_transactions_take_the_lock_up_front(tmp_path: Path) -> Non
         assert not t.is_alive()
         other.close()
         assert len(repo.query()) == 2
+
+
+def test_parallel_ingest_commands_into_a_new_repository(tmp_path: Path) -> None:
+    import numpy as np
+    from astropy.io import fits
+
+    files = []
+    for k in range(6):
+        hdu = fits.PrimaryHDU(np.random.default_rng(k).integers(0, 5000, (64, 64), dtype=np.int32))
+        h = hdu.header
+        h["INSTRUME"], h["VISIT"], h["DETECTOR"], h["FILTER"] = "SKYSIM", k + 1, 0, "r"
+        h["MJD-OBS"] = 60000.0 + k
+        files.append(tmp_path / f"raw{k}.fits")
+        hdu.writeto(files[-1])
+    root = tmp_path / "repo"  # does not exist yet: every process may try to create it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "skydm.cli.main", "ingest", "-q", "--repo", str(root)]
+    procs = [
+        subprocess.Popen([*cmd, *map(str, files[i::3])], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    with Repository.open(root, create=False) as repo:
+        assert sorted(r.data_id.visit for r in repo.query(dataset_type="raw")) == [1, 2, 3, 4, 5, 6]
+        assert repo.verify() == [] and repo.unregistered() == []

@@ -149,10 +149,19 @@ class SqlRegistry(Registry):
         if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
-        self._retry(lambda: metadata.create_all(self.engine))
+        self._retry(self._create)
 
     def __repr__(self) -> str:
         return f"SqlRegistry({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def _create(self) -> None:
+        # Processes opening a new repository at once would both find no table
+        # and both create it; under the write lock only the first does.
+        if self.sqlite:
+            with self._write() as conn:
+                metadata.create_all(conn)
+        else:
+            metadata.create_all(self.engine)
 
     # -- transactions ------------------------------------------------------
     def _retry(self, work: Callable[[], T]) -> T:
