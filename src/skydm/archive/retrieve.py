@@ -193,13 +193,15 @@ def retrieve(
     Raises
     ------
     BadValueError
-        When nothing matches the selection.
+        When nothing matches the selection, or ``out_dir`` is a file.
     ConflictError
         When a target file exists and ``overwrite`` is false.
     DataCorruptionError
         When a stored file is damaged (nothing is written for it).
     """
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadValueError("--out", str(out), "a directory (this is a file); choose another --out")
     kind = dataset_type or RAW
     refs = select_datasets(repo, dataset_type=kind, where=where)
     if not refs:
