@@ -262,3 +262,32 @@ def test_instrument_register_list_and_conflicts(tmp_path: Path, capsys) -> None:
     assert main(argv) == 0
     with Repository.open(repo_dir, create=False) as repo:
         assert {r.data_id.instrument for r in repo.query()} == {"fakecam"}
+
+
+def test_camera_added_by_yaml_alone_calibrates(tmp_path: Path) -> None:
+    from skydm.image.psf import PixelPsf
+    from skydm.pipeline.calibrate import calibrate_raw
+
+    stamp = _decam_files()[0]
+    repo = Repository.open(tmp_path / "repo")
+    report = ingest_files(repo, [stamp], instrument=load_instrument(DECAM_YAML))
+    assert report.ok
+    header = fits.getheader(stamp)
+    calexp = calibrate_raw(read_raw(repo, report.results[0].data_id))
+    gain = (header["GAINA"] + header["GAINB"]) / 2
+    assert calexp.info.gain == pytest.approx(gain) and calexp.info.instrument == "decam"
+    assert isinstance(calexp.psf, PixelPsf)  # measured from the stamp's own stars
+    # The variance plane follows the CCD equation with the definition's gain
+    # (sky-limited: median variance ~ (image + sky) / gain).
+    sky_plus_image = np.nanmedian(calexp.image + calexp.info.sky)
+    assert np.nanmedian(calexp.variance) == pytest.approx(sky_plus_image / gain, rel=0.1)
+
+
+def test_ingest_command_with_instrument_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    stamps = _decam_files()[:2]
+    argv = ["ingest", "--repo", str(tmp_path / "repo"), "-q", "--instrument-file", str(DECAM_YAML)]
+    assert main([*argv, *map(str, stamps)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ingested:") == 2 and out.count("instrument=decam") == 2
+    assert main([*argv, "--instrument", "generic", str(stamps[0])]) == 1
+    assert "not both" in capsys.readouterr().err
