@@ -110,6 +110,11 @@ def _merge_headers(primary: fits.Header, image: fits.Header) -> fits.Header:
     return merged
 
 
+def translation_header(primary: fits.Header, image: fits.Header) -> fits.Header:
+    """What instrument definitions read: the primary's cards overridden by an image HDU's."""
+    return _merge_headers(primary, _clean_cards(image, keep_scaling=False))
+
+
 def _tile_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(shape) == 1:
         return (min(shape[0], _TILE_PIXELS),)

@@ -19,7 +19,7 @@ from typing import BinaryIO, Literal
 
 from astropy.io import fits
 
-from skydm.archive.container import _clean_cards, _merge_headers, check_lossless, encode
+from skydm.archive.container import check_lossless, encode, translation_header
 from skydm.archive.instrument_file import repository_instruments
 from skydm.archive.instruments import InstrumentDefinition, Translation, instrument_for
 from skydm.archive.mef import DetectorPart, MefSplit, split_mef
@@ -212,7 +212,7 @@ def _plan_parts(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ext = fits.open(io.BytesIO(part.data), memmap=False, do_not_scale_image_data=True)[1]
-            header = _merge_headers(primary, _clean_cards(ext.header, keep_scaling=False))
+            header = translation_header(primary, ext.header)
         definition = _definition(header, instrument, known)
         shape = (int(ext.header["NAXIS2"]), int(ext.header["NAXIS1"]))
         where = f"{path} [HDU {part.hdu}]"
