@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "sim",
     "ingest",
     "verify",
+    "cutout",
     "diffim",
     "coadd",
     "alerts",
