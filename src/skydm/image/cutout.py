@@ -156,7 +156,11 @@ def cutout_file(path: str | Path, region: Region, *, source: str | None = None) 
             ] = pixels
             pixels = full
         hdu = fits.ImageHDU(pixels, header=_plane_header(plane, box))
-        hdu.header["EXTNAME"] = plane.name if plane.name != "PRIMARY" else "IMAGE"
+        if plane.name.upper() in EXPOSURE_PLANES:
+            hdu.header["EXTNAME"] = plane.name.upper()
+        else:  # a raw's image: named as an Exposure's so that readers find it
+            hdu.header["EXTNAME"] = "IMAGE"
+            hdu.header["ORIGEXT"] = (plane.name[:68], "EXTNAME in the original file")
         hdus.append(hdu)
     primary = fits.Header()
     for card in tiled.primary_header.cards:
