@@ -72,7 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise BadValueError("--workers", args.workers, "give at least 1")
     repo = args.repo if args.repo is not None else Settings.from_env().repo
-    app = create_app(repo, engine_url=engine_url(args.engine), workers=args.workers)
+    app = create_app(
+        repo,
+        engine_url=engine_url(args.engine),
+        workers=args.workers,
+        public_url=f"http://{args.host}:{args.port}",
+    )
     print(
         f"skydm serve: TAP service at http://{args.host}:{args.port}/tap (repository {repo})",
         file=sys.stderr,

@@ -144,7 +144,7 @@ class ImageFootprint:
 
     def contains(self, ra: float, dec: float) -> bool:
         """True when (ra, dec) falls on the image."""
-        if _separation(self.ra, self.dec, ra, dec) > self.radius * 1.01:
+        if separation(self.ra, self.dec, ra, dec) > self.radius * 1.01:
             return False
         with np.errstate(invalid="ignore"):
             x, y = self.wcs.all_world2pix([[ra, dec]], 0)[0]
@@ -152,7 +152,7 @@ class ImageFootprint:
         return bool(-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5)
 
 
-def _separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+def separation(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     r1, d1, r2, d2 = (math.radians(v) for v in (ra1, dec1, ra2, dec2))
     h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
     return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
@@ -174,7 +174,7 @@ def footprint(ref: DatasetRef) -> ImageFootprint | None:
         return None
     if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
         return None
-    radius = max(_separation(ra[4], dec[4], a, d) for a, d in zip(ra[:4], dec[:4], strict=True))
+    radius = max(separation(ra[4], dec[4], a, d) for a, d in zip(ra[:4], dec[:4], strict=True))
     return ImageFootprint(
         id=dataset_id(ref.dataset_type, ref.data_id),
         ref=ref,
