@@ -147,7 +147,7 @@ def test_exposure_cutout_planes_wcs_and_valid_fits(tmp_path: Path) -> None:
     assert back.wcs is not None and back.shape == (b.y1 - b.y0, b.x1 - b.x0)
     x, y = back.wcs.all_world2pix([[ra, dec]], 0)[0]
     assert abs(x + b.x0 - 100.2) < 0.01 and abs(y + b.y0 - 140.7) < 0.01
-    assert c.primary["SKYDMEXP"] is True and c.primary["CUTX0"] == b.x0
+    assert c.primary_header["SKYDMEXP"] is True and c.primary_header["CUTX0"] == b.x0
 
 
 def test_only_needed_tiles_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

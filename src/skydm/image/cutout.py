@@ -20,6 +20,7 @@ import re
 import warnings
 import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,52 @@ _DROP = re.compile(
 )
 
 
+_BLOCK = 2880
+_STRUCTURAL_EXT = ("EXTNAME", "EXTVER", "LTV1", "LTV2")
+
+
+def _fixed(keyword: str, value: object, comment: str = "") -> str:
+    """One 80-character card with a fixed-format value (ints, logicals, short strings)."""
+    if isinstance(value, bool):
+        text = f"{'T' if value else 'F':>20}"
+    elif isinstance(value, int):
+        text = f"{value:>20}"
+    elif isinstance(value, str):
+        text = f"{chr(39) + value.replace(chr(39), chr(39) * 2).ljust(8) + chr(39):<20}"
+    else:
+        return _card(keyword, value, comment)
+    card = f"{keyword:<8}= {text}" + (f" / {comment}" if comment else "")
+    return card[:80].ljust(80)
+
+
+def _card(keyword: str, value: object, comment: str = "") -> str:
+    """A card by astropy's rules; a comment that does not fit is cut, silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        return fits.Card(keyword, value, comment).image
+
+
+@dataclass
+class CutPlane:
+    """One plane of a cutout: its name, pixels and header cards (80-character images).
+
+    The cards are the original plane's non-structural cards with the WCS
+    already shifted; :attr:`header` parses them for inspection.
+    """
+
+    name: str
+    data: np.ndarray
+    cards: list[str]
+
+    @property
+    def header(self) -> fits.Header:
+        """The plane's cards as an astropy Header."""
+        return fits.Header.fromstring("".join(self.cards))
+
+
 @dataclass
 class Cutout:
-    """One cutout: its FITS planes and where it came from.
+    """One cutout: its planes and where it came from.
 
     Attributes
     ----------
@@ -50,32 +94,92 @@ class Cutout:
         What was cut (a dataset ID, or the file name).
     box : PixelBox
         The rectangle of the original image.
-    primary : astropy.io.fits.Header
-        The original's primary header, plus the cutout's provenance cards.
-    planes : list of astropy.io.fits.ImageHDU
+    primary : list of str
+        Card images of the original's primary header plus the cutout's
+        provenance cards (``CUTSRC``, ``CUTX0``...).
+    planes : list of CutPlane
         ``IMAGE``, ``VARIANCE`` and ``MASK`` (only ``IMAGE`` for a raw).
     """
 
     source: str
     box: PixelBox
-    primary: fits.Header
-    planes: list[fits.ImageHDU]
+    primary: list[str]
+    planes: list[CutPlane]
 
-    def to_hdulist(self) -> fits.HDUList:
-        """The cutout as a FITS file: primary header, then the planes."""
-        return fits.HDUList([fits.PrimaryHDU(header=self.primary), *self.planes])
+    @property
+    def primary_header(self) -> fits.Header:
+        """The primary cards as an astropy Header."""
+        return fits.Header.fromstring("".join(self.primary))
 
     def to_bytes(self) -> bytes:
-        """The FITS file's content."""
-        return _fits_bytes(self.to_hdulist())
+        """The cutout as a FITS file: primary header, then the planes."""
+        chunks = [_hdu_bytes(None, self.primary)]
+        chunks += [_hdu_bytes(p.data, p.cards) for p in self.planes]
+        return b"".join(chunks)
+
+    def to_hdulist(self) -> fits.HDUList:
+        """The cutout as an astropy HDUList (read back from :meth:`to_bytes`)."""
+        return fits.open(io.BytesIO(self.to_bytes()), memmap=False, lazy_load_hdus=False)
 
 
-def _fits_bytes(hdul: fits.HDUList) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # non-standard cards of the input are kept as they are
-        hdul.writeto(buf, output_verify="silentfix")
-    return buf.getvalue()
+def _stored(data: np.ndarray) -> tuple[int, list[str], np.ndarray]:
+    """BITPIX, scaling cards and the big-endian array FITS stores for ``data``."""
+    kind, size = data.dtype.kind, data.dtype.itemsize
+    if kind == "f":
+        return -8 * size, [], data.astype(f">f{size}", copy=False)
+    if kind == "i" and size > 1:
+        return 8 * size, [], data.astype(f">i{size}", copy=False)
+    if kind == "u" and size == 1:
+        return 8, [], data
+    if kind == "u":
+        offset = 1 << (8 * size - 1)
+        signed = (data ^ np.array(offset, dtype=data.dtype)).view(f"i{size}")
+        cards = [_fixed("BZERO", offset), _fixed("BSCALE", 1)]
+        return 8 * size, cards, signed.astype(f">i{size}", copy=False)
+    if kind == "i":  # int8
+        cards = [_fixed("BZERO", -128), _fixed("BSCALE", 1)]
+        return 8, cards, (data.astype(np.int16) + 128).astype(np.uint8)
+    raise TypeError(f"no FITS type for {data.dtype}")
+
+
+def _hdu_bytes(data: np.ndarray | None, cards: list[str]) -> bytes:
+    """One HDU: the primary (``data`` None, no pixels) or an IMAGE extension."""
+    if data is None:
+        head = [_fixed("SIMPLE", True), _fixed("BITPIX", 8), _fixed("NAXIS", 0)]
+        head.append(_fixed("EXTEND", True))
+        body = b""
+    else:
+        bitpix, scaling, stored = _stored(np.ascontiguousarray(data))
+        head = [_fixed("XTENSION", "IMAGE"), _fixed("BITPIX", bitpix), _fixed("NAXIS", 2)]
+        head += [_fixed("NAXIS1", int(data.shape[1])), _fixed("NAXIS2", int(data.shape[0]))]
+        head += [_fixed("PCOUNT", 0), _fixed("GCOUNT", 1), *scaling]
+        body = stored.tobytes()
+    text = "".join([*head, *cards, "END".ljust(80)])
+    header = text.encode("ascii", "replace")
+    return header + b" " * (-len(header) % _BLOCK) + body + b"\0" * (-len(body) % _BLOCK)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """What every cutout of one file shares: card images and the WCS, made once."""
+
+    primary: list[str]
+    planes: list[tuple[ImagePlane, list[str]]]  # cards without CRPIX / EXTNAME
+    crpix: list[list[tuple[str, float, str]]]  # per plane: (keyword, value, comment)
+    wcs: object
+
+
+def _card_images(header: fits.Header, *, skip: tuple[str, ...] = ()) -> list[str]:
+    out = []
+    for card in header.cards:
+        if _DROP.match(card.keyword) or card.keyword in skip:
+            continue
+        try:
+            image = card.image
+        except Exception:  # an unprintable card of the input: dropped, not fatal
+            continue
+        out.append(image)
+    return out
 
 
 def cut_planes(tiled: TiledFile) -> list[ImagePlane]:
@@ -87,6 +191,7 @@ def cut_planes(tiled: TiledFile) -> list[ImagePlane]:
 
 
 def _pad_value(plane: ImagePlane, dtype: np.dtype) -> object:
+    """What fills a stamp's pixels beyond the image: NO_DATA, NaN, infinite variance, 0."""
     if plane.name.upper() == "MASK":
         return int(Mask.NO_DATA)
     if np.issubdtype(dtype, np.floating):
@@ -94,22 +199,25 @@ def _pad_value(plane: ImagePlane, dtype: np.dtype) -> object:
     return 0
 
 
-def _plane_header(plane: ImagePlane, box: PixelBox) -> fits.Header:
-    """The plane's header without structural cards, with its WCS shifted to the box."""
-    header = fits.Header()
-    for card in plane.header.cards:
-        if _DROP.match(card.keyword):
-            continue
-        match = _CRPIX.match(card.keyword)
-        if match is not None:
-            shift = box.x0 if match.group(1) == "1" else box.y0
-            header.append((card.keyword, float(card.value) - shift, card.comment), end=True)
-            continue
-        header.append(card, end=True)
-    if "CRPIX1" in header:
-        header["LTV1"] = (-box.x0, "original pixel = cutout pixel - LTV1")
-        header["LTV2"] = (-box.y0, "original pixel = cutout pixel - LTV2")
-    return header
+@lru_cache(maxsize=4096)
+def _template(tiled: TiledFile) -> _Template:
+    planes = cut_planes(tiled)
+    parts, crpix = [], []
+    for plane in planes:
+        shifted = [
+            (c.keyword, float(c.value), c.comment)
+            for c in plane.header.cards
+            if _CRPIX.match(c.keyword)
+        ]
+        skip = (*_STRUCTURAL_EXT, *(k for k, _, _ in shifted))
+        parts.append((plane, _card_images(plane.header, skip=skip)))
+        crpix.append(shifted)
+    primary = [
+        image
+        for image in _card_images(tiled.primary_header, skip=("MAPCOLS", "NMAP"))
+        if not (image[:3] == "MAP" and image[3:8].strip().isdigit())
+    ]
+    return _Template(primary, parts, crpix, wcs_from_header(planes[0].header))
 
 
 def cutout_file(path: str | Path, region: Region, *, source: str | None = None) -> Cutout:
@@ -138,47 +246,47 @@ def cutout_file(path: str | Path, region: Region, *, source: str | None = None) 
     """
     tiled = open_tiled(path)
     name = source or str(path)
-    planes = cut_planes(tiled)
-    first = planes[0]
-    wcs = wcs_from_header(first.header)
-    if wcs is None:
+    template = _template(tiled)
+    first = template.planes[0][0]
+    if template.wcs is None:
         raise BadFileError(name, "has no celestial WCS, so no region of the sky can be cut out")
-    box = pixel_box(region, wcs, first.shape, name=name)
+    box = pixel_box(region, template.wcs, first.shape, name=name)  # type: ignore[arg-type]
     rows, cols = box.inside
-    hdus = []
-    for plane in planes:
+    planes = []
+    for (plane, cards), crpix in zip(template.planes, template.crpix, strict=True):
         pixels = tiled.read(plane, rows, cols)
         if box.clipped:
-            full = np.full((box.y1 - box.y0, box.x1 - box.x0), 0, dtype=pixels.dtype)
+            full = np.empty((box.y1 - box.y0, box.x1 - box.x0), dtype=pixels.dtype)
             full[...] = _pad_value(plane, pixels.dtype)
-            full[
-                rows.start - box.y0 : rows.stop - box.y0, cols.start - box.x0 : cols.stop - box.x0
-            ] = pixels
+            dst = (
+                slice(rows.start - box.y0, rows.stop - box.y0),
+                slice(cols.start - box.x0, cols.stop - box.x0),
+            )
+            full[dst] = pixels
             pixels = full
-        hdu = fits.ImageHDU(pixels, header=_plane_header(plane, box))
-        if plane.name.upper() in EXPOSURE_PLANES:
-            hdu.header["EXTNAME"] = plane.name.upper()
-        else:  # a raw's image: named as an Exposure's so that readers find it
-            hdu.header["EXTNAME"] = "IMAGE"
-            hdu.header["ORIGEXT"] = (plane.name[:68], "EXTNAME in the original file")
-        hdus.append(hdu)
-    primary = fits.Header()
-    for card in tiled.primary_header.cards:
-        if (
-            not _DROP.match(card.keyword)
-            and card.keyword not in ("MAPCOLS", "NMAP")
-            and not (card.keyword.startswith("MAP") and card.keyword[3:].isdigit())
-        ):
-            primary.append(card, end=True)
-    primary["CUTSRC"] = (name[-68:], "what this cutout was cut from")
-    primary["CUTX0"] = (box.x0, "first column of the original (0-based)")
-    primary["CUTY0"] = (box.y0, "first row of the original (0-based)")
-    primary["CUTNX"] = (first.shape[1], "columns of the original")
-    primary["CUTNY"] = (first.shape[0], "rows of the original")
-    return Cutout(name, box, primary, hdus)
+        extname = plane.name.upper() if plane.name.upper() in EXPOSURE_PLANES else "IMAGE"
+        extra = [_fixed("EXTNAME", extname, "cutout plane")]
+        if extname != plane.name.upper():  # a raw's image: named as an Exposure's
+            extra.append(_fixed("ORIGEXT", plane.name[:60], "EXTNAME in the original file"))
+        for keyword, value, comment in crpix:
+            shift = box.x0 if keyword[5] == "1" else box.y0
+            extra.append(_card(keyword, value - shift, comment))
+        if crpix:
+            extra.append(_fixed("LTV1", -box.x0, "original pixel = cutout pixel - LTV1"))
+            extra.append(_fixed("LTV2", -box.y0, "original pixel = cutout pixel - LTV2"))
+        planes.append(CutPlane(extname, pixels, [*extra, *cards]))
+    primary = [
+        *template.primary,
+        _card("CUTSRC", name[-68:], "what this cutout was cut from"),
+        _fixed("CUTX0", box.x0, "first column of the original (0-based)"),
+        _fixed("CUTY0", box.y0, "first row of the original (0-based)"),
+        _fixed("CUTNX", first.shape[1], "columns of the original"),
+        _fixed("CUTNY", first.shape[0], "rows of the original"),
+    ]
+    return Cutout(name, box, primary, planes)
 
 
-def combine(cutouts: list[Cutout]) -> fits.HDUList:
+def combined_bytes(cutouts: list[Cutout]) -> bytes:
     """Several cutouts as one multi-extension FITS file.
 
     The primary header says how many (``NCUTOUT``); cutout k's planes follow
@@ -186,18 +294,23 @@ def combine(cutouts: list[Cutout]) -> fits.HDUList:
     own original's primary cards (visit, band, time...) so that an extension
     read alone still says what it is.
     """
-    primary = fits.PrimaryHDU()
-    primary.header["NCUTOUT"] = (len(cutouts), "number of cutouts in this file")
-    hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [primary]
+    chunks = [_hdu_bytes(None, [_fixed("NCUTOUT", len(cutouts), "number of cutouts")])]
     for k, c in enumerate(cutouts, start=1):
         for plane in c.planes:
-            header = plane.header.copy()
-            header["EXTVER"] = (k, "which cutout")
-            for card in c.primary.cards:
-                if card.keyword not in header and card.keyword not in ("", "COMMENT", "HISTORY"):
-                    header.append(card, end=True)
-            hdus.append(fits.ImageHDU(plane.data, header=header))
-    return fits.HDUList(hdus)
+            seen = {card[:8] for card in plane.cards}
+            inherited = [
+                card
+                for card in c.primary
+                if card[:8] not in seen and card[:8].strip() not in ("", "COMMENT", "HISTORY")
+            ]
+            cards = [*plane.cards, _fixed("EXTVER", k, "which cutout"), *inherited]
+            chunks.append(_hdu_bytes(plane.data, cards))
+    return b"".join(chunks)
+
+
+def combine(cutouts: list[Cutout]) -> fits.HDUList:
+    """:func:`combined_bytes` as an astropy HDUList."""
+    return fits.open(io.BytesIO(combined_bytes(cutouts)), memmap=False, lazy_load_hdus=False)
 
 
 def to_zip(cutouts: list[Cutout], names: list[str]) -> bytes:
@@ -207,8 +320,3 @@ def to_zip(cutouts: list[Cutout], names: list[str]) -> bytes:
         for c, name in zip(cutouts, names, strict=True):
             zf.writestr(name, c.to_bytes())
     return buf.getvalue()
-
-
-def combined_bytes(cutouts: list[Cutout]) -> bytes:
-    """:func:`combine` as FITS bytes."""
-    return _fits_bytes(combine(cutouts))
