@@ -52,10 +52,16 @@ def _fixed(keyword: str, value: object, comment: str = "") -> str:
     elif isinstance(value, int):
         text = f"{value:>20}"
     elif isinstance(value, str):
-        text = f"{chr(39) + value.replace(chr(39), chr(39) * 2).ljust(8) + chr(39):<20}"
+        quoted = value.replace("'", "''")[:66]
+        text = f"{chr(39) + quoted.ljust(8) + chr(39):<20}"
+    elif isinstance(value, float) and np.isfinite(value):
+        text = repr(value)
+        text = f"{text if len(text) <= 20 else f'{value:.13E}':>20}"
     else:
         return _card(keyword, value, comment)
-    card = f"{keyword:<8}= {text}" + (f" / {comment}" if comment else "")
+    card = f"{keyword:<8}= {text}"
+    if comment and len(card) + 3 < 80:
+        card += f" / {comment}"
     return card[:80].ljust(80)
 
 
@@ -270,14 +276,14 @@ def cutout_file(path: str | Path, region: Region, *, source: str | None = None) 
             extra.append(_fixed("ORIGEXT", plane.name[:60], "EXTNAME in the original file"))
         for keyword, value, comment in crpix:
             shift = box.x0 if keyword[5] == "1" else box.y0
-            extra.append(_card(keyword, value - shift, comment))
+            extra.append(_fixed(keyword, value - shift, comment))
         if crpix:
             extra.append(_fixed("LTV1", -box.x0, "original pixel = cutout pixel - LTV1"))
             extra.append(_fixed("LTV2", -box.y0, "original pixel = cutout pixel - LTV2"))
         planes.append(CutPlane(extname, pixels, [*extra, *cards]))
     primary = [
         *template.primary,
-        _card("CUTSRC", name[-68:], "what this cutout was cut from"),
+        _fixed("CUTSRC", name[-66:], "what this cutout was cut from"),
         _fixed("CUTX0", box.x0, "first column of the original (0-based)"),
         _fixed("CUTY0", box.y0, "first row of the original (0-based)"),
         _fixed("CUTNX", first.shape[1], "columns of the original"),
