@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,13 @@ class ImageIndex:
         self._by_id: dict[str, ImageFootprint] = {}
         self._lock = threading.Lock()
         self._root = repo.root.resolve()
+        self._refreshed = -math.inf
+
+    def current(self, max_age: float = 5.0) -> ImageIndex:
+        """This index, refreshed first if it is older than ``max_age`` seconds."""
+        if time.monotonic() - self._refreshed > max_age:
+            self.refresh()
+        return self
 
     def refresh(self) -> list[ImageFootprint]:
         """Re-read the registry; parse only files not seen before. Returns every footprint."""
@@ -226,6 +234,7 @@ class ImageIndex:
                 fresh[key] = fp
         with self._lock:
             self._by_id = fresh
+            self._refreshed = time.monotonic()
         return list(fresh.values())
 
     def _inside(self, path: Path) -> bool:

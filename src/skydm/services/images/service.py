@@ -153,8 +153,7 @@ class ImageService:
         dptypes = {d.lower() for d in params.all("DPTYPE")}
         instruments = set(params.all("INSTRUMENT"))
         rows = []
-        index = self._index()
-        index.refresh()
+        index = self._index().current(max_age=0.0)
         for fp in sorted(index.all(), key=lambda f: (f.mjd or 0.0, f.id)):
             row = obscore_row(fp, self.config.public_url)
             if regions and not any(_overlaps(fp, r) for r in regions):
@@ -330,7 +329,7 @@ class ImageService:
                 raise BadValueError("TYPE", t, f"one of {', '.join(IMAGE_TYPES)}")
         band = params.one("BAND")
         fmt = _response_format(params.one("RESPONSEFORMAT") or params.one("FORMAT"))
-        found = stamps(self._index(), ra, dec, size=size, types=types, band=band)
+        found = stamps(self._index().current(), ra, dec, size=size, types=types, band=band)
         if not found:
             raise NoOverlapError(f"POS: no {'/'.join(types)} image covers {ra:g} {dec:g}")
         if len(found) > self.config.max_cutouts:
