@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "ingest",
     "verify",
     "cutout",
+    "color",
     "diffim",
     "coadd",
     "alerts",
