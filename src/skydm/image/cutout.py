@@ -206,7 +206,8 @@ def _pad_value(plane: ImagePlane, dtype: np.dtype) -> object:
 
 
 @lru_cache(maxsize=4096)
-def _template(tiled: TiledFile) -> _Template:
+def prepare(tiled: TiledFile) -> _Template:
+    """What every cutout of ``tiled`` shares (cached): card images and the WCS."""
     planes = cut_planes(tiled)
     parts, crpix = [], []
     for plane in planes:
@@ -252,7 +253,7 @@ def cutout_file(path: str | Path, region: Region, *, source: str | None = None) 
     """
     tiled = open_tiled(path)
     name = source or str(path)
-    template = _template(tiled)
+    template = prepare(tiled)
     first = template.planes[0][0]
     if template.wcs is None:
         raise BadFileError(name, "has no celestial WCS, so no region of the sky can be cut out")

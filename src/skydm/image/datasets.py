@@ -25,8 +25,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from skydm.errors import BadFileError, BadValueError, UserError
-from skydm.image.cutout import Cutout, cut_planes, cutout_file
-from skydm.image.exposure import wcs_from_header
+from skydm.image.cutout import Cutout, cut_planes, cutout_file, prepare
 from skydm.image.regions import NoOverlapError, Region, Stamp
 from skydm.image.tiled import open_tiled
 from skydm.repo import Repository
@@ -163,8 +162,9 @@ def footprint(ref: DatasetRef) -> ImageFootprint | None:
     """The footprint of a stored image, or None when it has no usable WCS."""
     tiled = open_tiled(ref.path)
     plane = cut_planes(tiled)[0]
-    wcs = wcs_from_header(plane.header)
-    if wcs is None:
+    # Prepared now, so that the first cutout of this image costs no header work.
+    wcs = prepare(tiled).wcs
+    if not isinstance(wcs, WCS):
         return None
     ny, nx = plane.shape
     px = np.array([-0.5, nx - 0.5, nx - 0.5, -0.5, (nx - 1) / 2])
