@@ -9,6 +9,9 @@
   of one position, as one multi-extension FITS (median of 5);
 * ``stamps_10_users_s``: 10 clients at once, each asking for those 100
   epochs (at another position each); wall time until the last is answered;
+* ``http_floor_p50_ms``: the same server's VOSI availability (no work at
+  all), requested in turn with the cutouts: the part of a cutout's time
+  that is HTTP and the machine's load;
 * ``hips_tiles_per_s``, ``reproject_hips_tiles_per_s``: null (no HiPS yet).
 
 The server is one uvicorn process; on a shared machine the times are upper
@@ -113,7 +116,8 @@ def main() -> None:
             wcs = make_wcs(big, 150.0, 2.0)
             image_id = "ivo://skydm/calexp?bench/r/1/0"
             radius = 25 * PIXEL_DEG
-            times = []
+            times: list[float] = []
+            floor: list[float] = []
             with httpx.Client(timeout=300) as client:
                 for i in range(n_requests + 10):
                     x, y = rng.uniform(100, big - 100, 2)
@@ -125,6 +129,11 @@ def main() -> None:
                     assert r.status_code == 200, r.text
                     if i >= 10:  # the first requests warm the server's caches
                         times.append(elapsed)
+                    # The same server's cheapest answer, in turn with the cutouts: what
+                    # HTTP and a busy machine cost, whatever the cutout does.
+                    t = time.perf_counter()
+                    client.get(f"{base}/sia/availability")
+                    floor.append(time.perf_counter() - t)
                 runs = []
                 for k in range(6):
                     t = time.perf_counter()
@@ -154,6 +163,7 @@ def main() -> None:
     figures = {
         "cutout_p50_ms": round(float(np.median(times)) * 1e3, 2),
         "cutout_p99_ms": round(float(np.percentile(times, 99)) * 1e3, 2),
+        "http_floor_p50_ms": round(float(np.median(floor)) * 1e3, 2),
         "stamps_100_epochs_s": round(float(np.median(runs)), 3),
         "stamps_10_users_s": round(users_s, 3),
         "hips_tiles_per_s": None,

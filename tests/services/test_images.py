@@ -144,6 +144,9 @@ def test_datalink_coadd_lists_its_inputs_and_bad_ids_get_error_rows(images: Serv
         str(r.access_url) for r in links.bysemantics("#progenitor", include_narrower=False)
     ]
     assert len(progenitors) == 4 and all("datalink/links?ID=" in p for p in progenitors)
+    calexp = pyvo.dal.adhoc.DatalinkResults.from_result_url(f"{url}?ID={CALEXP}")
+    (raw,) = [str(r.access_url) for r in calexp.bysemantics("#progenitor", include_narrower=False)]
+    assert raw.endswith("ID=ivo%3A%2F%2Fskydm%2Fraw%3Fskysim%2Fg%2F1%2F0")
     bad = httpx.get(url, params=[("ID", CALEXP), ("ID", "ivo://skydm/calexp?skysim/g/99/0")])
     assert bad.status_code == 200
     assert b"NotFoundFault" in bad.content and b"#cutout" in bad.content

@@ -226,7 +226,7 @@ class ImageService:
                         "ID": fp.id,
                         "access_url": self.url(f"/datalink/links?ID={quote(input_id, safe='')}"),
                         "semantics": "#progenitor",
-                        "description": f"an input of this coadd: {input_id}",
+                        "description": f"made from {input_id}",
                         "content_type": "application/x-votable+xml;content=datalink",
                     }
                 )
@@ -239,9 +239,17 @@ class ImageService:
         return table_document(_DATALINK_COLUMNS, rows, extra_resources="".join(descriptors))
 
     def _inputs(self, fp: ImageFootprint) -> list[str]:
-        """IDs of a coadd's inputs: as recorded when it was made, else the calexps under it."""
+        """IDs an image was made from: a coadd's inputs, a calexp's raw, a difference's calexp.
+
+        A coadd's inputs are as recorded when it was made, else the calexps
+        of its band under it.
+        """
         if fp.ref.data_id.skycell is None:
-            return []
+            source = {"calexp": "raw", "diff": "calexp"}.get(fp.dataset_type)
+            if source is None:
+                return []
+            wanted = dataset_id(source, fp.ref.data_id)
+            return [wanted] if any(o.id == wanted for o in self._index().all()) else []
         recorded = fp.ref.meta.get("inputs")
         if isinstance(recorded, list):
             out = []
