@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "datasets",
     "retrieve",
     "verify",
+    "cutout",
+    "color",
     "diffim",
     "coadd",
     "alerts",
