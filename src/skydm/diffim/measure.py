@@ -1,0 +1,711 @@
+"""DIA source measurement: the LSST ``diaSource`` fields beyond detection.
+
+:func:`measure_dia_sources` takes the detected source table (from
+:func:`skydm.diffim.detect_dia_sources`) with the difference, science and
+template images and adds one column per measured ``diaSource`` field, named
+as in the LSST schema (fluxes in the difference image's counts, like the
+table's other fluxes; angles, lengths and moments in the schema's sky
+units).  What is measured and the rules that choose where the non-linear
+fits run are in ``docs/alerts.md``; in short:
+
+* every source: a 12-pixel aperture flux, a PSF fit's chi^2 and likelihood
+  with position errors from its Fisher matrix, forced PSF fluxes on the
+  science image and the template, adaptive second moments of the source
+  and of the PSF, extendedness, a local detection footprint (its bounding
+  box, and the mask bits under it for every ``pixelFlags_*``);
+* a dipole fit (two PSFs of opposite sign) where significant pixels of both
+  signs lie within ``dipole_max_separation`` FWHM of the peak;
+* a trailed-source fit (Vereš et al. 2012) where the adaptive moments are
+  elongated beyond the PSF's and the source is bright enough to tell.
+
+Everything is vectorised over sources except the two fits, which run on the
+few sources their rules select.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+from astropy.table import Table
+from scipy import ndimage, signal, special
+
+from skydm.diffim import _fits, _stamps
+from skydm.errors import BadValueError
+from skydm.image import Exposure
+from skydm.image.mask import Mask
+from skydm.image.psf import Psf
+
+#: pixelFlags_* names and the mask bits behind them ("Center" variants look
+#: at the 3x3 pixels around the centroid, the others at the footprint).
+PIXEL_FLAG_BITS: dict[str, int] = {
+    "bad": Mask.BAD,
+    "cr": Mask.CR,
+    "edge": Mask.EDGE,
+    "nodata": Mask.NO_DATA,
+    "interpolated": Mask.INTRP,
+    "saturated": Mask.SAT,
+    "suspect": Mask.SUSPECT,
+    "streak": Mask.STREAK,
+    "injected": Mask.INJECTED,
+}
+#: Flags with a "...Center" twin in the schema.
+_CENTRE_FLAGS = (
+    "cr",
+    "nodata",
+    "interpolated",
+    "saturated",
+    "suspect",
+    "streak",
+    "injected",
+)
+
+#: Columns in flux units (the difference image's counts in the table, nJy in alerts).
+FLUX_COLUMNS = (
+    "apFlux",
+    "apFluxErr",
+    "scienceFlux",
+    "scienceFluxErr",
+    "templateFlux",
+    "templateFluxErr",
+    "dipoleMeanFlux",
+    "dipoleMeanFluxErr",
+    "dipoleFluxDiff",
+    "dipoleFluxDiffErr",
+    "trailFlux",
+    "trailFluxErr",
+)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Tunables of DIA source measurement (validated on construction).
+
+    Attributes
+    ----------
+    aperture_radius : float
+        Aperture radius in pixels (the LSST schema's ``apFlux`` is 12).
+    psf_fit_radius : float
+        Radius (in FWHM) of the region over which ``psfChi2``, ``psfLnL``
+        and ``psfNdata`` are counted.
+    footprint_threshold : float or None
+        Significance (sigma) of the local footprint; the detection
+        threshold in the table's metadata when ``None``.
+    footprint_half_fwhm : float
+        Half side of the measurement stamp in FWHM (3 to 25 pixels).
+    dipole_min_sigma : float
+        A dipole fit is attempted when pixels of the opposite sign reach
+        this significance near the peak.
+    dipole_max_separation : float
+        Furthest (in FWHM) the opposite lobe may be from the peak.
+    dipole_lobe_snr : float
+        ``isDipole`` needs both fitted lobes at this S/N or more.
+    trail_min_snr : float
+        Smallest |S/N| at which the trail fit is attempted.
+    trail_min_elongation : float
+        The trail fit runs when the major-axis variance exceeds the PSF's by
+        this fraction and the minor one by as much.
+    trail_max_length : float
+        Longest trail fitted, pixels (bounds the stamp).
+    extendedness_margin : float
+        Fractional excess of the source's moment trace over the PSF's that
+        counts as extended.
+    extendedness_size_noise : float
+        Fractional noise of the trace at S/N 1 (it scales as 1/S/N).
+    """
+
+    aperture_radius: float = 12.0
+    psf_fit_radius: float = 2.0
+    footprint_threshold: float | None = None
+    footprint_half_fwhm: float = 3.0
+    dipole_min_sigma: float = 5.0
+    dipole_max_separation: float = 3.0
+    dipole_lobe_snr: float = 3.0
+    trail_min_snr: float = 5.0
+    trail_min_elongation: float = 0.3
+    trail_max_length: float = 60.0
+    extendedness_margin: float = 0.1
+    extendedness_size_noise: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name == "footprint_threshold":
+                continue
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise BadValueError(f"MeasureConfig.{f.name}", value, "a positive number")
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Per-source local sky geometry: the WCS Jacobian in degrees per pixel."""
+
+    jac: np.ndarray | None  # (n, 2, 2): rows (east, north), columns (x, y)
+
+    def sky_cov(self, cov: np.ndarray) -> np.ndarray:
+        """(n, 2, 2) covariance in degrees^2 (RA*cos(Dec), Dec) of a pixel covariance."""
+        assert self.jac is not None
+        return np.einsum("nij,njk,nlk->nil", self.jac, cov, self.jac)
+
+    def bearing(self, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
+        """Bearing (degrees east of north, in [0, 360)) of pixel vectors."""
+        assert self.jac is not None
+        east = self.jac[:, 0, 0] * vx + self.jac[:, 0, 1] * vy
+        north = self.jac[:, 1, 0] * vx + self.jac[:, 1, 1] * vy
+        return np.degrees(np.arctan2(east, north)) % 360.0
+
+    def arcsec(self, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
+        """Angular length (arcsec) of pixel vectors."""
+        assert self.jac is not None
+        east = self.jac[:, 0, 0] * vx + self.jac[:, 0, 1] * vy
+        north = self.jac[:, 1, 0] * vx + self.jac[:, 1, 1] * vy
+        return 3600.0 * np.hypot(east, north)
+
+
+def _geometry(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> _Geometry:
+    if exposure.wcs is None or x.size == 0:
+        return _Geometry(None)
+    w = exposure.wcs
+    ra0, dec0 = (np.asarray(a, float) for a in w.pixel_to_world_values(x, y))
+    ra1, dec1 = (np.asarray(a, float) for a in w.pixel_to_world_values(x + 1, y))
+    ra2, dec2 = (np.asarray(a, float) for a in w.pixel_to_world_values(x, y + 1))
+    cos = np.cos(np.radians(dec0))
+    jac = np.empty((x.size, 2, 2))
+    jac[:, 0, 0] = ((ra1 - ra0 + 180.0) % 360.0 - 180.0) * cos
+    jac[:, 1, 0] = dec1 - dec0
+    jac[:, 0, 1] = ((ra2 - ra0 + 180.0) % 360.0 - 180.0) * cos
+    jac[:, 1, 1] = dec2 - dec0
+    return _Geometry(jac)
+
+
+def _positions_on(
+    exposure: Exposure, reference: Exposure, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions on ``exposure`` of positions on ``reference`` (through the sky)."""
+    if exposure is reference or exposure.wcs is None or reference.wcs is None or x.size == 0:
+        return x, y
+    ra, dec = reference.wcs.pixel_to_world_values(x, y)
+    sx, sy = exposure.wcs.world_to_pixel_values(ra, dec)
+    return np.asarray(sx, float), np.asarray(sy, float)
+
+
+def _count_scale(exposure: Exposure, difference: Exposure, fallback: float) -> float:
+    """Difference-image counts per count of ``exposure`` (from the zero points)."""
+    if math.isfinite(exposure.zero_point) and math.isfinite(difference.zero_point):
+        return float(10 ** (0.4 * (difference.zero_point - exposure.zero_point)))
+    return fallback
+
+
+@dataclass(frozen=True)
+class ForcedPhotometry:
+    """Forced PSF fluxes at fixed positions, to the image edge.
+
+    Attributes
+    ----------
+    flux, err : numpy.ndarray
+        In the image's counts; NaN only where no usable pixel lies under
+        the PSF (``no_good_pixels``).
+    edge : numpy.ndarray
+        The PSF stamp is cut by the image edge (or EDGE / NO_DATA pixels):
+        the flux is fitted on the part that is there.
+    no_good_pixels : numpy.ndarray
+        Too little of the PSF (below ``min_coverage``) lies on usable pixels.
+    fit : _stamps.PsfFit
+        The full fit (chi^2, likelihood, position covariance).
+    """
+
+    flux: np.ndarray
+    err: np.ndarray
+    edge: np.ndarray
+    no_good_pixels: np.ndarray
+    fit: _stamps.PsfFit
+
+    @property
+    def failed(self) -> np.ndarray:
+        """The general failure flag: the fit is partial or impossible."""
+        return self.edge | self.no_good_pixels
+
+
+def forced_psf_photometry(
+    exposure: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    psf: Psf | None = None,
+    fit_radius_fwhm: float = 2.0,
+    min_coverage: float = 0.05,
+) -> ForcedPhotometry:
+    """PSF fluxes at many fixed positions, vectorised, measured up to the edge.
+
+    The estimator is ``sum(P D / V) / sum(P^2 / V)`` over usable pixels, with
+    the PSF tabulated at a ninth of a pixel.  Where the PSF stamp is cut by
+    the image edge or by masked pixels the same estimator stays unbiased
+    (the PSF is normalised over its full stamp), only noisier: the flux is
+    kept and flagged ``edge`` rather than dropped.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The image (with a PSF unless ``psf`` is given).
+    x, y : numpy.ndarray
+        0-based pixel positions.
+    psf : Psf, optional
+        Overrides ``exposure.psf``.
+    fit_radius_fwhm : float
+        Radius of the chi^2 region in FWHM.
+    min_coverage : float
+        Smallest fraction of the PSF on usable pixels for a flux.
+    """
+    psf = psf or exposure.require_psf("forced PSF photometry")
+    half = min(psf.default_size(), 31) // 2
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    stamps = _stamps.gather(exposure, x, y, half)
+    fit = _stamps.psf_fit(
+        stamps, _stamps.PsfTable(psf, half), fit_radius=fit_radius_fwhm * psf.fwhm
+    )
+    nogood = ~(fit.coverage >= min_coverage) | ~np.isfinite(fit.flux)
+    flux = np.where(nogood, np.nan, fit.flux)
+    err = np.where(nogood, np.nan, fit.err)
+    return ForcedPhotometry(flux, err, fit.edge | nogood, nogood, fit)
+
+
+def _local_significance(stamps: _stamps.Stamps, psf: Psf) -> tuple[np.ndarray, np.ndarray]:
+    """Matched-filter significance and flux maps on each stamp (0 where undefined)."""
+    size = min(psf.default_size(), 2 * stamps.half + 1)
+    kern = psf.kernel(size)[::-1, ::-1][None]
+    w = np.where(stamps.good, 1.0 / stamps.var, 0.0)
+    num = signal.fftconvolve(stamps.data * w, kern, mode="same", axes=(1, 2))
+    den = signal.fftconvolve(w, kern * kern, mode="same", axes=(1, 2))
+    ok = den > 1e-12 * np.max(den, initial=0.0)
+    z = np.where(ok, num / np.sqrt(np.where(ok, den, 1.0)), 0.0)
+    flux = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
+    return z, flux
+
+
+def measure_dia_sources(
+    sources: Table,
+    difference: Exposure,
+    *,
+    science: Exposure | None = None,
+    template: Exposure | None = None,
+    config: MeasureConfig | None = None,
+) -> Table:
+    """Add the measured LSST ``diaSource`` columns to a DIA source table.
+
+    Parameters
+    ----------
+    sources : astropy.table.Table
+        Detected sources: ``x``, ``y`` (0-based pixels on the difference),
+        and optionally ``snr``/``psf_flux`` (their sign), ``flag_dipole``.
+    difference : Exposure
+        The difference image with its PSF (and WCS for the sky units).
+    science : Exposure, optional
+        The science image, for ``scienceFlux`` and its mask bits.
+    template : Exposure, optional
+        The template (on any grid with a WCS, or on the difference's grid),
+        for ``templateFlux`` and ``pixelFlags_injected_template``.
+    config : MeasureConfig, optional
+        The tunables.
+
+    Returns
+    -------
+    astropy.table.Table
+        A copy of ``sources`` with the measured columns (LSST names) and
+        ``meta["measured"] = True``.
+    """
+    cfg = config or MeasureConfig()
+    psf = difference.require_psf("DIA source measurement")
+    out = sources.copy(copy_data=False)
+    n = len(out)
+    x = np.asarray(out["x"], float) if n else np.zeros(0)
+    y = np.asarray(out["y"], float) if n else np.zeros(0)
+    fwhm = float(psf.fwhm)
+    sigma_psf = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    geo = _geometry(difference, x, y)
+    cols: dict[str, np.ndarray] = {}
+
+    # PSF fit on the difference: chi^2, likelihood, position errors.
+    forced = forced_psf_photometry(difference, x, y, psf=psf, fit_radius_fwhm=cfg.psf_fit_radius)
+    fit = forced.fit
+    if "psf_flux" in out.colnames:
+        sign = np.where(np.asarray(out["psf_flux"], float) < 0, -1.0, 1.0)
+    else:
+        sign = np.where(np.nan_to_num(forced.flux) < 0, -1.0, 1.0)
+    cols["psfChi2"], cols["psfLnL"] = fit.chi2, fit.lnl
+    cols["psfNdata"] = fit.ndata.astype(np.int32)
+    cols["psfFlux_flag"] = forced.failed
+    cols["psfFlux_flag_edge"] = forced.edge
+    cols["psfFlux_flag_noGoodPixels"] = forced.no_good_pixels
+    snr = forced.flux / forced.err
+    if "snr" in out.colnames:
+        snr = np.where(np.isfinite(np.asarray(out["snr"], float)), out["snr"], snr)
+    x_err = np.sqrt(fit.pos_cov[:, 0, 0])
+    y_err = np.sqrt(fit.pos_cov[:, 1, 1])
+    cols["xErr"], cols["yErr"] = x_err, y_err
+    cols["centroid_flag"] = ~(np.isfinite(x_err) & np.isfinite(y_err)) | forced.edge
+    if geo.jac is not None:
+        sky = geo.sky_cov(fit.pos_cov)
+        cols["raErr"], cols["decErr"] = np.sqrt(sky[:, 0, 0]), np.sqrt(sky[:, 1, 1])
+        cols["ra_dec_Cov"] = sky[:, 0, 1]
+
+    # Aperture flux on the difference.
+    half_ap = math.ceil(cfg.aperture_radius) + 1
+    ap = _stamps.aperture(_stamps.gather(difference, x, y, half_ap), cfg.aperture_radius)
+    cols["apFlux"], cols["apFluxErr"] = ap.flux, ap.err
+    cols["apFlux_flag"] = ap.truncated | ap.masked
+    cols["apFlux_flag_apertureTruncated"] = ap.truncated
+
+    # Forced photometry on the science image and the template, both
+    # expressed in difference-image counts.
+    nan = np.full(n, np.nan)
+    cols["scienceFlux"] = cols["scienceFluxErr"] = nan
+    cols["templateFlux"] = cols["templateFluxErr"] = nan
+    if science is not None and science.psf is not None:
+        sx, sy = _positions_on(science, difference, x, y)
+        fs = forced_psf_photometry(science, sx, sy, fit_radius_fwhm=cfg.psf_fit_radius)
+        k = _count_scale(science, difference, 1.0)
+        cols["scienceFlux"], cols["scienceFluxErr"] = fs.flux * k, fs.err * k
+        cols["forced_PsfFlux_flag"] = fs.failed
+        cols["forced_PsfFlux_flag_edge"] = fs.edge
+        cols["forced_PsfFlux_flag_noGoodPixels"] = fs.no_good_pixels
+    if template is not None and template.psf is not None:
+        tx, ty = _positions_on(template, difference, x, y)
+        ft = forced_psf_photometry(template, tx, ty, fit_radius_fwhm=cfg.psf_fit_radius)
+        k = _count_scale(template, difference, float(out.meta.get("flux_ratio", math.nan)))
+        cols["templateFlux"], cols["templateFluxErr"] = ft.flux * k, ft.err * k
+
+    # Local footprint, moments, pixel flags.
+    half = int(min(25, max(5, math.ceil(cfg.footprint_half_fwhm * fwhm))))
+    st = _stamps.gather(difference, x, y, half)
+    z, fmap = _local_significance(st, psf)
+    thr = cfg.footprint_threshold or float(out.meta.get("threshold", 5.0))
+    foot, bbox, contained = _footprints(sign[:, None, None] * z >= thr, half)
+    cols["bboxSize"] = bbox
+    cols.update(_pixel_flags(difference, science, template, x, y, half, foot))
+    cols["pixelFlags_edge"] = cols["pixelFlags_edge"] | forced.edge
+    cols.update(_shapes(st, sign, foot, contained, psf, sigma_psf, snr, geo, cfg))
+
+    # Dipole and trail fits on the sources their rules select.
+    cols.update(_dipoles(out, st, z, fmap, sign, psf, fwhm, geo, cfg))
+    cols.update(_trails(difference, x, y, sign, snr, cols, sigma_psf, half, geo, cfg))
+    for name, values in cols.items():
+        out[name] = values
+    out.meta["measured"] = True
+    return out
+
+
+def _footprints(above: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The connected region above threshold holding each stamp's centre.
+
+    Returns the footprints (the 3x3 centre where the centre is not above
+    threshold), their bounding-box sides, and whether the centre was above.
+    """
+    n = above.shape[0]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True  # 8-connected within a stamp, never across stamps
+    labels, _ = ndimage.label(above, structure=structure)
+    centre = labels[:, half, half]
+    contained = centre > 0
+    foot = (labels == centre[:, None, None]) & contained[:, None, None]
+    foot[~contained, half - 1 : half + 2, half - 1 : half + 2] = True
+    rows = np.any(foot, axis=2)
+    cols = np.any(foot, axis=1)
+    idx = np.arange(2 * half + 1)
+
+    def extent(m: np.ndarray) -> np.ndarray:
+        lo = np.where(m, idx, 2 * half + 1).min(axis=1)
+        hi = np.where(m, idx, -1).max(axis=1)
+        return hi - lo + 1
+
+    bbox = np.maximum(extent(rows), extent(cols)).astype(np.int32) if n else np.zeros(0, np.int32)
+    return foot, bbox, contained
+
+
+def _pixel_flags(
+    difference: Exposure,
+    science: Exposure | None,
+    template: Exposure | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    half: int,
+    foot: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Every ``pixelFlags_*`` from the mask bits under each footprint and centre."""
+    n = x.size
+    bits = np.zeros(n, dtype=np.uint32)
+    centre = np.zeros(n, dtype=np.uint32)
+    c = slice(half - 1, half + 2)
+    for exp in (difference, science):
+        if exp is None:
+            continue
+        ex, ey = _positions_on(exp, difference, x, y)
+        m = _stamps.gather(exp, ex, ey, half).mask
+        # Off-image pixels read as NO_DATA: only bits on the image count here
+        # (being cut by the edge is pixelFlags_edge's business).
+        inside = _stamps.gather(exp, ex, ey, half).inside
+        m = np.where(inside, m, np.uint32(0))
+        bits |= np.bitwise_or.reduce(np.where(foot, m, np.uint32(0)), axis=(1, 2))
+        centre |= np.bitwise_or.reduce(m[:, c, c], axis=(1, 2))
+    out: dict[str, np.ndarray] = {"pixelFlags": np.zeros(n, dtype=bool)}
+    for name, bit in PIXEL_FLAG_BITS.items():
+        out[f"pixelFlags_{name}"] = (bits & np.uint32(bit)) != 0
+        if name in _CENTRE_FLAGS:
+            out[f"pixelFlags_{name}Center"] = (centre & np.uint32(bit)) != 0
+    out["pixelFlags_crCenter"] = (centre & np.uint32(Mask.CR)) != 0
+    ny, nx = difference.shape
+    off = ~((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))
+    out["pixelFlags_offimage"] = off
+    out["pixelFlags_edge"] = out["pixelFlags_edge"] | out["pixelFlags_nodata"] | off
+    inj = np.zeros(n, dtype=np.uint32)
+    inj_c = np.zeros(n, dtype=np.uint32)
+    if template is not None:
+        tx, ty = _positions_on(template, difference, x, y)
+        ts = _stamps.gather(template, tx, ty, half)
+        m = np.where(ts.inside, ts.mask, np.uint32(0))
+        inj = np.bitwise_or.reduce(np.where(foot, m, np.uint32(0)), axis=(1, 2))
+        inj_c = np.bitwise_or.reduce(m[:, c, c], axis=(1, 2))
+    out["pixelFlags_injected_template"] = (inj & np.uint32(Mask.INJECTED)) != 0
+    out["pixelFlags_injected_templateCenter"] = (inj_c & np.uint32(Mask.INJECTED)) != 0
+    return out
+
+
+def _shapes(
+    st: _stamps.Stamps,
+    sign: np.ndarray,
+    foot: np.ndarray,
+    contained: np.ndarray,
+    psf: Psf,
+    sigma_psf: float,
+    snr: np.ndarray,
+    geo: _Geometry,
+    cfg: MeasureConfig,
+) -> dict[str, np.ndarray]:
+    """Adaptive moments of the sources and the PSF, extendedness, shape flags."""
+    n = st.data.shape[0]
+    u, v = st.offsets()
+    mom = _stamps.adaptive_moments(sign[:, None, None] * st.data, st.good, u, v, sigma_psf**2)
+    size = 2 * st.half + 1
+    kern = psf.kernel(size)[None]
+    off = np.arange(-st.half, st.half + 1, dtype=float)
+    pu = np.broadcast_to(off[None, None, :], kern.shape)
+    pv = np.broadcast_to(off[None, :, None], kern.shape)
+    pmom = _stamps.adaptive_moments(kern, np.ones(kern.shape, bool), pu, pv, sigma_psf**2)
+    no_pixels = ~np.any(st.good & foot, axis=(1, 2))
+    out: dict[str, np.ndarray] = {
+        "shape_flag": ~mom.ok | no_pixels | ~contained,
+        "shape_flag_no_pixels": no_pixels,
+        "shape_flag_not_contained": ~contained,
+        # No deblending in difference imaging: no source is a parent.
+        "shape_flag_parent_source": np.zeros(n, dtype=bool),
+    }
+    ratio = mom.trace / float(pmom.trace[0])
+    noise = cfg.extendedness_size_noise * ratio / np.maximum(np.abs(snr), 1e-3)
+    ext = 0.5 * (1 + special.erf((ratio - 1 - cfg.extendedness_margin) / (math.sqrt(2) * noise)))
+    out["extendedness"] = np.where(mom.ok, ext, np.nan)
+    out["_mxx"], out["_myy"], out["_mxy"] = mom.xx, mom.yy, mom.xy
+    if geo.jac is not None:
+        m = np.empty((n, 2, 2))
+        m[:, 0, 0], m[:, 1, 1] = mom.xx, mom.yy
+        m[:, 0, 1] = m[:, 1, 0] = mom.xy
+        sky = geo.sky_cov(m) * 3600.0**2
+        out["ixx"], out["iyy"], out["ixy"] = sky[:, 0, 0], sky[:, 1, 1], sky[:, 0, 1]
+        p = np.zeros((n, 2, 2))
+        p[:, 0, 0], p[:, 1, 1] = pmom.xx[0], pmom.yy[0]
+        p[:, 0, 1] = p[:, 1, 0] = pmom.xy[0]
+        psky = geo.sky_cov(p) * 3600.0**2
+        out["ixxPSF"], out["iyyPSF"], out["ixyPSF"] = psky[:, 0, 0], psky[:, 1, 1], psky[:, 0, 1]
+    return out
+
+
+def _dipoles(
+    table: Table,
+    st: _stamps.Stamps,
+    z: np.ndarray,
+    fmap: np.ndarray,
+    sign: np.ndarray,
+    psf: Psf,
+    fwhm: float,
+    geo: _Geometry,
+    cfg: MeasureConfig,
+) -> dict[str, np.ndarray]:
+    """Dipole fits where both signs are significant near the peak."""
+    n = st.data.shape[0]
+    u, v = st.offsets()
+    rmax = cfg.dipole_max_separation * fwhm
+    near = (u * u + v * v) <= rmax * rmax
+    opposite = np.min(np.where(near, sign[:, None, None] * z, np.inf), axis=(1, 2))
+    attempt = opposite <= -cfg.dipole_min_sigma
+    out = {
+        "dipoleFitAttempted": attempt.copy(),
+        "isDipole": np.zeros(n, dtype=bool),
+        "dipoleNdata": np.zeros(n, dtype=np.int32),
+    }
+    for name in (
+        "dipoleMeanFlux",
+        "dipoleMeanFluxErr",
+        "dipoleFluxDiff",
+        "dipoleFluxDiffErr",
+        "dipoleLength",
+        "dipoleAngle",
+        "dipoleChi2",
+    ):
+        out[name] = np.full(n, np.nan)
+    if not attempt.any():
+        return out
+    shifted = _fits.ShiftedPsf(psf)
+    for k in np.flatnonzero(attempt):
+        g = st.good[k]
+        zk = np.where(near[k], z[k], 0.0)
+        ip = np.unravel_index(int(np.argmax(zk)), zk.shape)
+        ineg = np.unravel_index(int(np.argmin(zk)), zk.shape)
+        start = np.array(
+            [
+                max(float(fmap[k][ip]), 1e-6),
+                max(-float(fmap[k][ineg]), 1e-6),
+                float(u[k][ip]),
+                float(v[k][ip]),
+                float(u[k][ineg]),
+                float(v[k][ineg]),
+            ]
+        )
+        res = _fits.fit_dipole(
+            st.data[k],
+            np.sqrt(st.var[k]),
+            g,
+            (float(st.dx[k]), float(st.dy[k])),
+            shifted,
+            start,
+            max_offset=float(st.half - 1),
+        )
+        out["dipoleNdata"][k] = res.ndata
+        if not res.success:
+            continue
+        fp, fn, xp, yp, xn, yn = res.params
+        c = res.cov
+        out["dipoleMeanFlux"][k] = 0.5 * (fp + fn)
+        out["dipoleMeanFluxErr"][k] = 0.5 * math.sqrt(max(c[0, 0] + c[1, 1] + 2 * c[0, 1], 0))
+        out["dipoleFluxDiff"][k] = fp - fn
+        out["dipoleFluxDiffErr"][k] = math.sqrt(max(c[0, 0] + c[1, 1] - 2 * c[0, 1], 0))
+        out["dipoleChi2"][k] = res.chi2
+        sep_x, sep_y = np.array([xp - xn]), np.array([yp - yn])
+        if geo.jac is not None:
+            one = _Geometry(geo.jac[k : k + 1])
+            out["dipoleLength"][k] = float(one.arcsec(sep_x, sep_y)[0])
+            out["dipoleAngle"][k] = float(one.bearing(sep_x, sep_y)[0])
+        else:
+            out["dipoleLength"][k] = math.nan
+        snr_p = fp / math.sqrt(c[0, 0]) if c[0, 0] > 0 else 0.0
+        snr_n = fn / math.sqrt(c[1, 1]) if c[1, 1] > 0 else 0.0
+        sep = math.hypot(float(sep_x[0]), float(sep_y[0]))
+        out["isDipole"][k] = bool(
+            snr_p >= cfg.dipole_lobe_snr and snr_n >= cfg.dipole_lobe_snr and sep <= rmax
+        )
+    return out
+
+
+def _trails(
+    difference: Exposure,
+    x: np.ndarray,
+    y: np.ndarray,
+    sign: np.ndarray,
+    snr: np.ndarray,
+    cols: dict[str, np.ndarray],
+    sigma_psf: float,
+    half: int,
+    geo: _Geometry,
+    cfg: MeasureConfig,
+) -> dict[str, np.ndarray]:
+    """Trailed-source fits on elongated, bright-enough, non-dipole sources."""
+    n = x.size
+    mxx, myy, mxy = cols.pop("_mxx"), cols.pop("_myy"), cols.pop("_mxy")
+    mom = _stamps.Moments(mxx, myy, mxy, np.isfinite(mxx))
+    major, minor, theta0 = mom.axes()
+    s2 = sigma_psf**2
+    e = cfg.trail_min_elongation
+    attempt = (
+        mom.ok
+        & (np.abs(snr) >= cfg.trail_min_snr)
+        & (major >= (1 + e) * s2)
+        & (major - minor >= e * s2)
+        & ~cols["isDipole"]
+    )
+    out: dict[str, np.ndarray] = {
+        "trail_flag": np.zeros(n, dtype=bool),
+        "trail_flag_edge": np.zeros(n, dtype=bool),
+        "trailNdata": np.zeros(n, dtype=np.int32),
+    }
+    for name in (
+        "trailFlux",
+        "trailFluxErr",
+        "trailRa",
+        "trailRaErr",
+        "trailDec",
+        "trailDecErr",
+        "trailLength",
+        "trailLengthErr",
+        "trailAngle",
+        "trailAngleErr",
+        "trailChi2",
+    ):
+        out[name] = np.full(n, np.nan)
+    for k in np.flatnonzero(attempt):
+        l0 = math.sqrt(max(12.0 * (major[k] - s2), 1.0))
+        h = int(
+            min(
+                math.ceil(0.5 * cfg.trail_max_length + 3 * sigma_psf),
+                max(half, math.ceil(0.75 * l0 + 3 * sigma_psf + 2)),
+            )
+        )
+        st = _stamps.gather(difference, x[k : k + 1], y[k : k + 1], h)
+        g = st.good[0]
+        u, v = (a[0] for a in st.offsets())
+        data = st.data[0][g]
+        out["trail_flag_edge"][k] = bool(
+            np.any(~st.inside[0]) or np.any((st.mask[0] & _stamps.EDGE_BITS) != 0)
+        )
+        start = np.array(
+            [
+                float(cols["apFlux"][k]) if np.isfinite(cols["apFlux"][k]) else sign[k],
+                0.0,
+                0.0,
+                l0,
+                float(theta0[k]),
+            ]
+        )
+        res = _fits.fit_trail(
+            data,
+            np.sqrt(st.var[0][g]),
+            u[g],
+            v[g],
+            sigma_psf,
+            start,
+            max_length=cfg.trail_max_length,
+            max_offset=float(h - 1),
+        )
+        out["trailNdata"][k] = res.ndata
+        if not res.success:
+            out["trail_flag"][k] = True
+            continue
+        flux, x0, y0, length, theta = res.params
+        theta = theta % math.pi
+        err = np.sqrt(np.clip(np.diag(res.cov), 0, None))
+        out["trailFlux"][k], out["trailFluxErr"][k] = flux, err[0]
+        out["trailChi2"][k] = res.chi2
+        out["trailAngleErr"][k] = math.degrees(err[4])
+        if geo.jac is None or difference.wcs is None:
+            continue
+        one = _Geometry(geo.jac[k : k + 1])
+        cx, cy = np.array([x[k] + x0]), np.array([y[k] + y0])
+        ra, dec = difference.wcs.pixel_to_world_values(cx, cy)
+        out["trailRa"][k], out["trailDec"][k] = float(np.asarray(ra)[0]), float(np.asarray(dec)[0])
+        sky = one.sky_cov(res.cov[None, 1:3, 1:3])[0]
+        out["trailRaErr"][k] = math.sqrt(max(sky[0, 0], 0.0))
+        out["trailDecErr"][k] = math.sqrt(max(sky[1, 1], 0.0))
+        ux, uy = np.array([math.cos(theta)]), np.array([math.sin(theta)])
+        scale = float(one.arcsec(ux, uy)[0])
+        out["trailLength"][k] = length * scale
+        out["trailLengthErr"][k] = err[3] * scale
+        # A trail has no direction: its bearing is folded into [0, 180).
+        out["trailAngle"][k] = float(one.bearing(ux, uy)[0]) % 180.0
+    return out
