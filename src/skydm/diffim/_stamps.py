@@ -10,6 +10,7 @@ what lets forced photometry work up to the edge.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -95,6 +96,21 @@ def gather(exposure: Exposure, x: np.ndarray, y: np.ndarray, half: int) -> Stamp
     return Stamps(data, var, mask, inside, good, ix, iy, dx, dy)
 
 
+def gather_mask(exposure: Exposure, x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
+    """Mask stamps as :func:`gather` cuts them, 0 outside the image."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ny, nx = exposure.shape
+    finite = np.isfinite(x) & np.isfinite(y)
+    ix = np.where(finite, np.rint(np.where(finite, x, 0.0)), -(10**6)).astype(np.int64)
+    iy = np.where(finite, np.rint(np.where(finite, y, 0.0)), -(10**6)).astype(np.int64)
+    off = np.arange(-half, half + 1)
+    rows = iy[:, None, None] + off[None, :, None]
+    cols = ix[:, None, None] + off[None, None, :]
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    m = exposure.msk[np.clip(rows, 0, ny - 1), np.clip(cols, 0, nx - 1)]
+    return np.where(inside, m, np.uint32(0)).astype(np.uint32)
+
+
 class PsfTable:
     """A PSF tabulated at ``PHASES`` x ``PHASES`` sub-pixel shifts, with its gradients.
 
@@ -116,11 +132,13 @@ class PsfTable:
         # the position errors).  The kernels are zero-padded so the
         # derivative does not wrap around.
         pad = np.pad(self.kernels, ((0, 0), (0, 0), (half, half), (half, half)))
-        k = 2 * np.pi * np.fft.fftfreq(pad.shape[-1])
-        spec = np.fft.fft2(pad)
+        n = pad.shape[-1]
+        spec = np.fft.rfft2(pad)
+        kx = 2j * np.pi * np.fft.rfftfreq(n)
+        ky = 2j * np.pi * np.fft.fftfreq(n)
         cut = (Ellipsis, slice(half, half + size), slice(half, half + size))
-        self.grad_x = np.fft.ifft2(spec * (1j * k)[None, :]).real[cut]
-        self.grad_y = np.fft.ifft2(spec * (1j * k)[:, None]).real[cut]
+        self.grad_x = np.fft.irfft2(spec * kx[None, :], s=(n, n))[cut]
+        self.grad_y = np.fft.irfft2(spec * ky[:, None], s=(n, n))[cut]
 
     def _phase(self, d: np.ndarray) -> np.ndarray:
         p = np.rint(d * PHASES) + (PHASES - 1) // 2
@@ -130,6 +148,12 @@ class PsfTable:
         """The PSF and its x, y gradients at each stamp's sub-pixel phase, ``(n, s, s)``."""
         py, px = self._phase(stamps.dy), self._phase(stamps.dx)
         return self.kernels[py, px], self.grad_x[py, px], self.grad_y[py, px]
+
+
+@functools.lru_cache(maxsize=16)
+def psf_table(psf: Psf, half: int) -> PsfTable:
+    """A cached :class:`PsfTable` (PSF models are not changed once made)."""
+    return PsfTable(psf, half)
 
 
 @dataclass(frozen=True)
@@ -320,41 +344,46 @@ def adaptive_moments(
     done = np.zeros(n, dtype=bool)
     d = np.where(good, data, 0.0)
     limit = float(data.shape[1]) ** 2
+    # Only the stamps still iterating are computed: most converge in a few
+    # steps, and the few slow ones would otherwise cost as much as all.
+    active = np.arange(n)
     for _ in range(iterations):
-        det = wxx * wyy - wxy * wxy
-        ok &= det > 0
-        sdet = np.where(ok, det, 1.0)
-        ixx, iyy, ixy = wyy / sdet, wxx / sdet, -wxy / sdet
-        du = u - cx[:, None, None]
-        dv = v - cy[:, None, None]
+        if active.size == 0:
+            break
+        a = active
+        det = wxx[a] * wyy[a] - wxy[a] * wxy[a]
+        good_a = det > 0
+        sdet = np.where(good_a, det, 1.0)
+        ixx, iyy, ixy = wyy[a] / sdet, wxx[a] / sdet, -wxy[a] / sdet
+        du = u[a] - cx[a, None, None]
+        dv = v[a] - cy[a, None, None]
         q = ixx[:, None, None] * du * du + iyy[:, None, None] * dv * dv
         q += 2 * ixy[:, None, None] * du * dv
-        wd = np.exp(-0.5 * np.minimum(q, 50.0)) * d
+        wd = np.exp(-0.5 * np.minimum(q, 50.0)) * d[a]
         s0 = np.sum(wd, axis=(1, 2))
-        ok &= s0 > 0
-        s0 = np.where(ok, s0, 1.0)
+        good_a &= s0 > 0
+        s0 = np.where(good_a, s0, 1.0)
         mu = np.sum(wd * du, axis=(1, 2)) / s0
         mv = np.sum(wd * dv, axis=(1, 2)) / s0
         du -= mu[:, None, None]
         dv -= mv[:, None, None]
-        mxx = np.sum(wd * du * du, axis=(1, 2)) / s0
-        myy = np.sum(wd * dv * dv, axis=(1, 2)) / s0
-        mxy = np.sum(wd * du * dv, axis=(1, 2)) / s0
-        nxx, nyy, nxy = 2 * mxx, 2 * myy, 2 * mxy
-        ok &= (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
-        ok &= (nxx < limit) & (nyy < limit)
-        change = np.abs(nxx - wxx) + np.abs(nyy - wyy) + np.abs(nxy - wxy)
-        done = ok & (change <= tol * (wxx + wyy))
-        step = ok & ~done
-        wxx = np.where(step, nxx, wxx)
-        wyy = np.where(step, nyy, wyy)
-        wxy = np.where(step, nxy, wxy)
+        nxx = 2 * np.sum(wd * du * du, axis=(1, 2)) / s0
+        nyy = 2 * np.sum(wd * dv * dv, axis=(1, 2)) / s0
+        nxy = 2 * np.sum(wd * du * dv, axis=(1, 2)) / s0
+        good_a &= (nxx > 0) & (nyy > 0) & (nxx * nyy - nxy * nxy > 0)
+        good_a &= (nxx < limit) & (nyy < limit)
+        change = np.abs(nxx - wxx[a]) + np.abs(nyy - wyy[a]) + np.abs(nxy - wxy[a])
+        conv = good_a & (change <= tol * (wxx[a] + wyy[a]))
+        step = good_a & ~conv
+        ok[a[~good_a]] = False
+        done[a[conv]] = True
+        wxx[a[step]], wyy[a[step]], wxy[a[step]] = nxx[step], nyy[step], nxy[step]
         # Half steps for the centre: a full step can oscillate on noisy stamps.
-        cx = np.where(step, cx + 0.5 * mu, cx)
-        cy = np.where(step, cy + 0.5 * mv, cy)
-        if np.all(done | ~ok):
-            break
-    ok &= done | (np.isfinite(wxx) & np.isfinite(wyy))
+        cx[a[step]] += 0.5 * mu[step]
+        cy[a[step]] += 0.5 * mv[step]
+        active = a[step]
+    # Stamps still moving after the last iteration keep their last estimate.
+    ok &= np.isfinite(wxx) & np.isfinite(wyy)
     return Moments(
         np.where(ok, wxx, np.nan), np.where(ok, wyy, np.nan), np.where(ok, wxy, np.nan), ok
     )

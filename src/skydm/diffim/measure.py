@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from astropy.table import Table
-from scipy import ndimage, signal, special
+from scipy import ndimage, special
 
 from skydm.diffim import _fits, _stamps
 from skydm.errors import BadValueError
@@ -75,6 +75,30 @@ FLUX_COLUMNS = (
     "dipoleFluxDiffErr",
     "trailFlux",
     "trailFluxErr",
+)
+
+
+#: Every column :func:`measure_dia_sources` writes (LSST ``diaSource`` names).
+MEASURED_COLUMNS = frozenset(
+    """
+    psfChi2 psfLnL psfNdata psfFlux_flag psfFlux_flag_edge psfFlux_flag_noGoodPixels
+    xErr yErr centroid_flag raErr decErr ra_dec_Cov
+    apFlux apFluxErr apFlux_flag apFlux_flag_apertureTruncated
+    scienceFlux scienceFluxErr templateFlux templateFluxErr
+    forced_PsfFlux_flag forced_PsfFlux_flag_edge forced_PsfFlux_flag_noGoodPixels
+    bboxSize pixelFlags pixelFlags_bad pixelFlags_cr pixelFlags_crCenter
+    pixelFlags_edge pixelFlags_nodata pixelFlags_nodataCenter
+    pixelFlags_interpolated pixelFlags_interpolatedCenter
+    pixelFlags_saturated pixelFlags_saturatedCenter pixelFlags_suspect pixelFlags_suspectCenter
+    pixelFlags_streak pixelFlags_streakCenter pixelFlags_injected pixelFlags_injectedCenter
+    pixelFlags_offimage pixelFlags_injected_template pixelFlags_injected_templateCenter
+    shape_flag shape_flag_no_pixels shape_flag_not_contained shape_flag_parent_source
+    extendedness ixx iyy ixy ixxPSF iyyPSF ixyPSF
+    dipoleFitAttempted isDipole dipoleNdata dipoleMeanFlux dipoleMeanFluxErr
+    dipoleFluxDiff dipoleFluxDiffErr dipoleLength dipoleAngle dipoleChi2
+    trail_flag trail_flag_edge trailNdata trailFlux trailFluxErr trailRa trailRaErr
+    trailDec trailDecErr trailLength trailLengthErr trailAngle trailAngleErr trailChi2
+    """.split()
 )
 
 
@@ -262,7 +286,7 @@ def forced_psf_photometry(
     x, y = np.asarray(x, float), np.asarray(y, float)
     stamps = _stamps.gather(exposure, x, y, half)
     fit = _stamps.psf_fit(
-        stamps, _stamps.PsfTable(psf, half), fit_radius=fit_radius_fwhm * psf.fwhm
+        stamps, _stamps.psf_table(psf, half), fit_radius=fit_radius_fwhm * psf.fwhm
     )
     nogood = ~(fit.coverage >= min_coverage) | ~np.isfinite(fit.flux)
     flux = np.where(nogood, np.nan, fit.flux)
@@ -273,10 +297,20 @@ def forced_psf_photometry(
 def _local_significance(stamps: _stamps.Stamps, psf: Psf) -> tuple[np.ndarray, np.ndarray]:
     """Matched-filter significance and flux maps on each stamp (0 where undefined)."""
     size = min(psf.default_size(), 2 * stamps.half + 1)
-    kern = psf.kernel(size)[::-1, ::-1][None]
+    kern = psf.kernel(size)
     w = np.where(stamps.good, 1.0 / stamps.var, 0.0)
-    num = signal.fftconvolve(stamps.data * w, kern, mode="same", axes=(1, 2))
-    den = signal.fftconvolve(w, kern * kern, mode="same", axes=(1, 2))
+    # Circular correlation on a grid just large enough that nothing wraps
+    # into the stamp (stamp + half a kernel), by real FFTs.
+    side = 2 * stamps.half + 1
+    n = side + size // 2
+    h = size // 2
+    kpad = np.zeros((n, n))
+    kpad[:size, :size] = kern[::-1, ::-1]
+    kpad = np.roll(kpad, (-h, -h), axis=(0, 1))
+    kspec = np.fft.rfft2(kpad)
+    k2spec = np.fft.rfft2(kpad * kpad)
+    num = np.fft.irfft2(np.fft.rfft2(stamps.data * w, s=(n, n)) * kspec, s=(n, n))[:, :side, :side]
+    den = np.fft.irfft2(np.fft.rfft2(w, s=(n, n)) * k2spec, s=(n, n))[:, :side, :side]
     ok = den > 1e-12 * np.max(den, initial=0.0)
     z = np.where(ok, num / np.sqrt(np.where(ok, den, 1.0)), 0.0)
     flux = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
@@ -440,11 +474,9 @@ def _pixel_flags(
         if exp is None:
             continue
         ex, ey = _positions_on(exp, difference, x, y)
-        m = _stamps.gather(exp, ex, ey, half).mask
-        # Off-image pixels read as NO_DATA: only bits on the image count here
-        # (being cut by the edge is pixelFlags_edge's business).
-        inside = _stamps.gather(exp, ex, ey, half).inside
-        m = np.where(inside, m, np.uint32(0))
+        # Only bits on the image count here (being cut by the edge is
+        # pixelFlags_edge's business, set from the PSF fit).
+        m = _stamps.gather_mask(exp, ex, ey, half)
         bits |= np.bitwise_or.reduce(np.where(foot, m, np.uint32(0)), axis=(1, 2))
         centre |= np.bitwise_or.reduce(m[:, c, c], axis=(1, 2))
     out: dict[str, np.ndarray] = {"pixelFlags": np.zeros(n, dtype=bool)}
@@ -461,8 +493,7 @@ def _pixel_flags(
     inj_c = np.zeros(n, dtype=np.uint32)
     if template is not None:
         tx, ty = _positions_on(template, difference, x, y)
-        ts = _stamps.gather(template, tx, ty, half)
-        m = np.where(ts.inside, ts.mask, np.uint32(0))
+        m = _stamps.gather_mask(template, tx, ty, half)
         inj = np.bitwise_or.reduce(np.where(foot, m, np.uint32(0)), axis=(1, 2))
         inj_c = np.bitwise_or.reduce(m[:, c, c], axis=(1, 2))
     out["pixelFlags_injected_template"] = (inj & np.uint32(Mask.INJECTED)) != 0
