@@ -57,7 +57,9 @@ def _add_trail(exp: Exposure, x: float, y: float, flux: float, length: float, th
     """A trail as the sum of many PSF copies along a segment (not the fitted formula)."""
     steps = 400
     for t in (np.arange(steps) + 0.5) / steps - 0.5:
-        _add_psf(exp, x + t * length * math.cos(theta), y + t * length * math.sin(theta), flux / steps)
+        _add_psf(
+            exp, x + t * length * math.cos(theta), y + t * length * math.sin(theta), flux / steps
+        )
 
 
 def _table(xs: list[float], ys: list[float], flux: list[float]) -> Table:
@@ -102,7 +104,9 @@ def test_extended_source_has_high_extendedness() -> None:
     exp = _blank(2)
     big = GaussianPsf.from_fwhm(2.0 * FWHM)
     k = big.kernel(61)
-    exp.image[100 - 30 : 100 + 31, 120 - 30 : 120 + 31] += np.float32(20000.0) * k.astype(np.float32)
+    exp.image[100 - 30 : 100 + 31, 120 - 30 : 120 + 31] += np.float32(20000.0) * k.astype(
+        np.float32
+    )
     t = measure_dia_sources(_table([120.0], [100.0], [1.0]), exp)
     assert t["extendedness"][0] > 0.95
     assert t["ixx"][0] == pytest.approx(4 * t["ixxPSF"][0], rel=0.15)
@@ -149,7 +153,9 @@ def test_trail_fit_recovers_length_and_angle(seed: int) -> None:
         length = rng.uniform(8, 30)
         theta = rng.uniform(0, math.pi)
         # S/N of the whole trail about 20-40.
-        flux = rng.uniform(20, 40) * NOISE * math.sqrt(4 * math.pi * (FWHM / 2.3548) ** 2 + 2 * length)
+        flux = (
+            rng.uniform(20, 40) * NOISE * math.sqrt(4 * math.pi * (FWHM / 2.3548) ** 2 + 2 * length)
+        )
         _add_trail(exp, x, y, flux, length, theta)
         truth.append((length, theta, flux))
         xs.append(x)
@@ -179,7 +185,9 @@ def test_forced_photometry_to_the_edge() -> None:
         k = exp.psf.kernel(41, x - ix, y - iy)
         y0, y1, x0, x1 = iy - 20, iy + 21, ix - 20, ix + 21
         ya, yb, xa, xb = max(y0, 0), min(y1, 256), max(x0, 0), min(x1, 256)
-        img[ya:yb, xa:xb] += np.float32(flux) * k[ya - y0 : yb - y0, xa - x0 : xb - x0].astype(np.float32)
+        img[ya:yb, xa:xb] += np.float32(flux) * k[ya - y0 : yb - y0, xa - x0 : xb - x0].astype(
+            np.float32
+        )
     xs, ys = np.array([p[0] for p in pos]), np.array([p[1] for p in pos])
     fp = forced_psf_photometry(exp, xs, ys)
     assert np.all(np.isfinite(fp.flux))

@@ -169,9 +169,7 @@ def fit_dipole(
     res = _solve(fun, jac, start, int(d.size))
     p = res.params
     # Lobes that swapped sign or wandered off the stamp: no dipole here.
-    physical = bool(
-        res.success and p[0] > 0 and p[1] > 0 and np.all(np.abs(p[2:]) <= max_offset)
-    )
+    physical = bool(res.success and p[0] > 0 and p[1] > 0 and np.all(np.abs(p[2:]) <= max_offset))
     return FitResult(p, res.cov, res.chi2, res.ndata, physical)
 
 

@@ -80,25 +80,87 @@ FLUX_COLUMNS = (
 
 #: Every column :func:`measure_dia_sources` writes (LSST ``diaSource`` names).
 MEASURED_COLUMNS = frozenset(
-    """
-    psfChi2 psfLnL psfNdata psfFlux_flag psfFlux_flag_edge psfFlux_flag_noGoodPixels
-    xErr yErr centroid_flag raErr decErr ra_dec_Cov
-    apFlux apFluxErr apFlux_flag apFlux_flag_apertureTruncated
-    scienceFlux scienceFluxErr templateFlux templateFluxErr
-    forced_PsfFlux_flag forced_PsfFlux_flag_edge forced_PsfFlux_flag_noGoodPixels
-    bboxSize pixelFlags pixelFlags_bad pixelFlags_cr pixelFlags_crCenter
-    pixelFlags_edge pixelFlags_nodata pixelFlags_nodataCenter
-    pixelFlags_interpolated pixelFlags_interpolatedCenter
-    pixelFlags_saturated pixelFlags_saturatedCenter pixelFlags_suspect pixelFlags_suspectCenter
-    pixelFlags_streak pixelFlags_streakCenter pixelFlags_injected pixelFlags_injectedCenter
-    pixelFlags_offimage pixelFlags_injected_template pixelFlags_injected_templateCenter
-    shape_flag shape_flag_no_pixels shape_flag_not_contained shape_flag_parent_source
-    extendedness ixx iyy ixy ixxPSF iyyPSF ixyPSF
-    dipoleFitAttempted isDipole dipoleNdata dipoleMeanFlux dipoleMeanFluxErr
-    dipoleFluxDiff dipoleFluxDiffErr dipoleLength dipoleAngle dipoleChi2
-    trail_flag trail_flag_edge trailNdata trailFlux trailFluxErr trailRa trailRaErr
-    trailDec trailDecErr trailLength trailLengthErr trailAngle trailAngleErr trailChi2
-    """.split()
+    [
+        "psfChi2",
+        "psfLnL",
+        "psfNdata",
+        "psfFlux_flag",
+        "psfFlux_flag_edge",
+        "psfFlux_flag_noGoodPixels",
+        "xErr",
+        "yErr",
+        "centroid_flag",
+        "raErr",
+        "decErr",
+        "ra_dec_Cov",
+        "apFlux",
+        "apFluxErr",
+        "apFlux_flag",
+        "apFlux_flag_apertureTruncated",
+        "scienceFlux",
+        "scienceFluxErr",
+        "templateFlux",
+        "templateFluxErr",
+        "forced_PsfFlux_flag",
+        "forced_PsfFlux_flag_edge",
+        "forced_PsfFlux_flag_noGoodPixels",
+        "bboxSize",
+        "pixelFlags",
+        "pixelFlags_bad",
+        "pixelFlags_cr",
+        "pixelFlags_crCenter",
+        "pixelFlags_edge",
+        "pixelFlags_nodata",
+        "pixelFlags_nodataCenter",
+        "pixelFlags_interpolated",
+        "pixelFlags_interpolatedCenter",
+        "pixelFlags_saturated",
+        "pixelFlags_saturatedCenter",
+        "pixelFlags_suspect",
+        "pixelFlags_suspectCenter",
+        "pixelFlags_streak",
+        "pixelFlags_streakCenter",
+        "pixelFlags_injected",
+        "pixelFlags_injectedCenter",
+        "pixelFlags_offimage",
+        "pixelFlags_injected_template",
+        "pixelFlags_injected_templateCenter",
+        "shape_flag",
+        "shape_flag_no_pixels",
+        "shape_flag_not_contained",
+        "shape_flag_parent_source",
+        "extendedness",
+        "ixx",
+        "iyy",
+        "ixy",
+        "ixxPSF",
+        "iyyPSF",
+        "ixyPSF",
+        "dipoleFitAttempted",
+        "isDipole",
+        "dipoleNdata",
+        "dipoleMeanFlux",
+        "dipoleMeanFluxErr",
+        "dipoleFluxDiff",
+        "dipoleFluxDiffErr",
+        "dipoleLength",
+        "dipoleAngle",
+        "dipoleChi2",
+        "trail_flag",
+        "trail_flag_edge",
+        "trailNdata",
+        "trailFlux",
+        "trailFluxErr",
+        "trailRa",
+        "trailRaErr",
+        "trailDec",
+        "trailDecErr",
+        "trailLength",
+        "trailLengthErr",
+        "trailAngle",
+        "trailAngleErr",
+        "trailChi2",
+    ]
 )
 
 
