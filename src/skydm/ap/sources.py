@@ -65,6 +65,48 @@ FLUX_FIELDS = frozenset(
     | set(FLUX_COLUMNS)
 )
 
+#: diaSource fields that skydm leaves null, with the reason (listed in
+#: docs/alerts.md; a test checks that every other field the schema describes
+#: is filled wherever the data allow).
+NULL_FIELDS: dict[str, str] = {
+    "ssObjectId": "skydm has no solar-system pipeline: no DIA source is attributed to an ssObject",
+    "parentDiaSourceId": "DIA sources are not deblended, so none has a parent",
+    "timeWithdrawnMjdTai": "set only when a record is withdrawn, which skydm never does",
+    "trailAlgorithm": (
+        "the schema's codes (1 = SDSSShape, 2 = HSMShape) name moment algorithms; "
+        "skydm's trail fit is the Vereš et al. (2012) model, which has no code"
+    ),
+    "glint_trail": "skydm does not detect glint trails (chains of sources along a line)",
+    "reliability": "filled by the real/bogus classifier (issue 13 item 6) when it is run",
+    "reliabilityVersion": "filled by the real/bogus classifier together with reliability",
+}
+
+#: diaSource fields filled only where a fit ran and converged (their rules
+#: are in skydm.diffim.measure): dipole fields on sources with both signs,
+#: trail fields on elongated ones.
+DIPOLE_FIELDS = (
+    "dipoleMeanFlux",
+    "dipoleMeanFluxErr",
+    "dipoleFluxDiff",
+    "dipoleFluxDiffErr",
+    "dipoleLength",
+    "dipoleAngle",
+    "dipoleChi2",
+)
+TRAIL_FIELDS = (
+    "trailFlux",
+    "trailFluxErr",
+    "trailRa",
+    "trailRaErr",
+    "trailDec",
+    "trailDecErr",
+    "trailLength",
+    "trailLengthErr",
+    "trailAngle",
+    "trailAngleErr",
+    "trailChi2",
+)
+
 #: Columns a DIA table must have at all (a row may still hold NaN in them).
 REQUIRED_COLUMNS = ("x", "y", "ra", "dec")
 
