@@ -315,8 +315,8 @@ def adaptive_moments(
     v: np.ndarray,
     start: float,
     *,
-    iterations: int = 30,
-    tol: float = 1e-4,
+    iterations: int = 20,
+    tol: float = 1e-3,
 ) -> Moments:
     """Adaptive (HSM-style) second moments of a stack of stamps.
 

@@ -191,7 +191,9 @@ class MeasureConfig:
         Smallest |S/N| at which the trail fit is attempted.
     trail_min_elongation : float
         The trail fit runs when the major-axis variance exceeds the PSF's by
-        this fraction and the minor one by as much.
+        this fraction and the minor one by as much ...
+    trail_elongation_sigma : float
+        ... and by this many times the moments' noise (``extendedness_size_noise / |S/N|``).
     trail_max_length : float
         Longest trail fitted, pixels (bounds the stamp).
     extendedness_margin : float
@@ -210,6 +212,7 @@ class MeasureConfig:
     dipole_lobe_snr: float = 3.0
     trail_min_snr: float = 5.0
     trail_min_elongation: float = 0.3
+    trail_elongation_sigma: float = 3.0
     trail_max_length: float = 60.0
     extendedness_margin: float = 0.1
     extendedness_size_noise: float = 2.0
@@ -662,6 +665,10 @@ def _dipoles(
                 float(v[k][ineg]),
             ]
         )
+        # Only the pixels around the two lobes carry information on them.
+        mid_u, mid_v = 0.5 * (start[2] + start[4]), 0.5 * (start[3] + start[5])
+        reach = 0.5 * math.hypot(start[2] - start[4], start[3] - start[5]) + 2 * fwhm
+        g = g & ((u[k] - mid_u) ** 2 + (v[k] - mid_v) ** 2 <= reach * reach)
         res = _fits.fit_dipole(
             st.data[k],
             np.sqrt(st.var[k]),
@@ -715,7 +722,12 @@ def _trails(
     mom = _stamps.Moments(mxx, myy, mxy, np.isfinite(mxx))
     major, minor, theta0 = mom.axes()
     s2 = sigma_psf**2
-    e = cfg.trail_min_elongation
+    # The elongation must be significant too: the moments' fractional noise
+    # is about 2 / S/N, so a faint round source often looks 30% elongated.
+    e = np.maximum(
+        cfg.trail_min_elongation,
+        cfg.trail_elongation_sigma * cfg.extendedness_size_noise / np.maximum(np.abs(snr), 1e-3),
+    )
     attempt = (
         mom.ok
         & (np.abs(snr) >= cfg.trail_min_snr)
@@ -751,8 +763,14 @@ def _trails(
             )
         )
         st = _stamps.gather(difference, x[k : k + 1], y[k : k + 1], h)
-        g = st.good[0]
         u, v = (a[0] for a in st.offsets())
+        # Pixels within a capsule around the first guess of the line (the
+        # moments overestimate a trail's length by ~20%, so it holds the trail).
+        c, sn = math.cos(theta0[k]), math.sin(theta0[k])
+        along = np.abs(u * c + v * sn) - 0.6 * l0
+        across = np.abs(-u * sn + v * c)
+        dist = np.hypot(np.maximum(along, 0.0), across)
+        g = st.good[0] & (dist <= 4 * sigma_psf + 2)
         data = st.data[0][g]
         out["trail_flag_edge"][k] = bool(
             np.any(~st.inside[0]) or np.any((st.mask[0] & _stamps.EDGE_BITS) != 0)
