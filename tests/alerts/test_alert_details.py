@@ -1,4 +1,4 @@
-"""Alert details: cutout times, the producer's compression setting, the measured table in the CLI."""
+"""Alert details: cutout times, the producer compression setting, forced photometry at edges."""
 
 from __future__ import annotations
 
