@@ -107,4 +107,3 @@ def test_apflux_is_an_aperture_flux_not_the_psf_flux(measured: tuple[Table, Expo
     assert np.all(np.abs(ratio - 1) < 0.25)
     assert not np.allclose(table["apFlux"][ok], table["psf_flux"][ok], rtol=1e-6)
     assert np.all(np.isfinite(table["templateFlux"])) and math.isfinite(table["scienceFlux"][0])
-
