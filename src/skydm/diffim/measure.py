@@ -388,6 +388,8 @@ def measure_dia_sources(
     *,
     science: Exposure | None = None,
     template: Exposure | None = None,
+    science_psf: Psf | None = None,
+    template_psf: Psf | None = None,
     config: MeasureConfig | None = None,
 ) -> Table:
     """Add the measured LSST ``diaSource`` columns to a DIA source table.
@@ -404,6 +406,9 @@ def measure_dia_sources(
     template : Exposure, optional
         The template (on any grid with a WCS, or on the difference's grid),
         for ``templateFlux`` and ``pixelFlags_injected_template``.
+    science_psf, template_psf : Psf, optional
+        The images' PSFs where the Exposures carry none (a
+        :class:`~skydm.diffim.DiffimResult` has both, measured or given).
     config : MeasureConfig, optional
         The tunables.
 
@@ -460,17 +465,23 @@ def measure_dia_sources(
     nan = np.full(n, np.nan)
     cols["scienceFlux"] = cols["scienceFluxErr"] = nan
     cols["templateFlux"] = cols["templateFluxErr"] = nan
-    if science is not None and science.psf is not None:
+    science_psf = science_psf or (science.psf if science is not None else None)
+    template_psf = template_psf or (template.psf if template is not None else None)
+    if science is not None and science_psf is not None:
         sx, sy = _positions_on(science, difference, x, y)
-        fs = forced_psf_photometry(science, sx, sy, fit_radius_fwhm=cfg.psf_fit_radius)
+        fs = forced_psf_photometry(
+            science, sx, sy, psf=science_psf, fit_radius_fwhm=cfg.psf_fit_radius
+        )
         k = _count_scale(science, difference, 1.0)
         cols["scienceFlux"], cols["scienceFluxErr"] = fs.flux * k, fs.err * k
         cols["forced_PsfFlux_flag"] = fs.failed
         cols["forced_PsfFlux_flag_edge"] = fs.edge
         cols["forced_PsfFlux_flag_noGoodPixels"] = fs.no_good_pixels
-    if template is not None and template.psf is not None:
+    if template is not None and template_psf is not None:
         tx, ty = _positions_on(template, difference, x, y)
-        ft = forced_psf_photometry(template, tx, ty, fit_radius_fwhm=cfg.psf_fit_radius)
+        ft = forced_psf_photometry(
+            template, tx, ty, psf=template_psf, fit_radius_fwhm=cfg.psf_fit_radius
+        )
         k = _count_scale(template, difference, float(out.meta.get("flux_ratio", math.nan)))
         cols["templateFlux"], cols["templateFluxErr"] = ft.flux * k, ft.err * k
 

@@ -236,7 +236,12 @@ def _difference_and_alert(
             result = subtract(science, template, method="al")
             sources = detect_dia_sources(result, threshold=5.0)
             sources = measure_dia_sources(
-                sources, result.difference, science=science, template=result.template
+                sources,
+                result.difference,
+                science=science,
+                template=result.template,
+                science_psf=result.science_psf,
+                template_psf=result.template_psf,
             )
             repo.put_exposure(result.difference, "diff", data_id, replace=True)
             visit = produce_visit_alerts(
