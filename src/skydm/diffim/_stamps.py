@@ -64,6 +64,24 @@ class Stamps:
         """Half the stamp side (the side is ``2 * half + 1``)."""
         return int(self.data.shape[1] // 2)
 
+    def sub(self, half: int) -> Stamps:
+        """The central ``2 * half + 1`` pixels of each stamp (views, no copy)."""
+        c = self.half - half
+        if c < 0:
+            raise ValueError(f"sub-stamp half size {half} exceeds the stamps' {self.half}")
+        sl = (slice(None), slice(c, c + 2 * half + 1), slice(c, c + 2 * half + 1))
+        return Stamps(
+            self.data[sl],
+            self.var[sl],
+            self.mask[sl],
+            self.inside[sl],
+            self.good[sl],
+            self.ix,
+            self.iy,
+            self.dx,
+            self.dy,
+        )
+
     def offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixel offsets (u along x, v along y) from each source position, ``(n, s, s)``."""
         off = np.arange(-self.half, self.half + 1, dtype=np.float64)
@@ -188,12 +206,13 @@ class PsfFit:
     pos_cov: np.ndarray
 
 
-def psf_fit(stamps: Stamps, table: PsfTable, *, fit_radius: float) -> PsfFit:
+def psf_fit(stamps: Stamps, table: PsfTable, *, fit_radius: float, full: bool = True) -> PsfFit:
     """Fit a PSF's amplitude at each stamp's position (see :class:`PsfFit`).
 
     ``fit_radius`` (pixels) bounds the region over which chi^2, the
     likelihood and ``ndata`` are counted; the flux uses the whole stamp, the
-    PSF itself down-weighting the wings.
+    PSF itself down-weighting the wings.  With ``full=False`` only the flux,
+    its error, the coverage and the edge flag are computed (NaN elsewhere).
     """
     p, gx, gy = table.at(stamps)
     w = np.where(stamps.good, 1.0 / stamps.var, 0.0)
@@ -203,6 +222,19 @@ def psf_fit(stamps: Stamps, table: PsfTable, *, fit_radius: float) -> PsfFit:
     fine = den > 0
     flux = np.where(fine, num / np.where(fine, den, 1.0), np.nan)
     err = np.where(fine, 1.0 / np.sqrt(np.where(fine, den, 1.0)), np.nan)
+    total = np.sum(p, axis=(1, 2))
+    coverage = np.sum(np.where(stamps.good, p, 0.0), axis=(1, 2)) / total
+    # Where the PSF has weight (above a thousandth of its peak): any pixel off
+    # the image or in the EDGE / NO_DATA planes makes the fit an edge fit.
+    weighty = p > 1e-3 * p.max(axis=(1, 2), keepdims=True)
+    off = ~stamps.inside | ((stamps.mask & EDGE_BITS) != 0)
+    edge = np.any(weighty & off, axis=(1, 2))
+    n = p.shape[0]
+    if not full:
+        nan = np.full(n, np.nan)
+        return PsfFit(
+            flux, err, nan, nan, np.zeros(n, np.int64), coverage, edge, np.full((n, 2, 2), np.nan)
+        )
     u, v = stamps.offsets()
     region = stamps.good & (u * u + v * v <= fit_radius * fit_radius)
     f0 = np.where(fine, flux, 0.0)
@@ -214,13 +246,6 @@ def psf_fit(stamps: Stamps, table: PsfTable, *, fit_radius: float) -> PsfFit:
     ndata = np.count_nonzero(region, axis=(1, 2))
     chi2 = np.where(fine & (ndata > 0), chi2, np.nan)
     lnl = np.where(fine & (ndata > 0), lnl, np.nan)
-    total = np.sum(p, axis=(1, 2))
-    coverage = np.sum(np.where(stamps.good, p, 0.0), axis=(1, 2)) / total
-    # Where the PSF has weight (above a thousandth of its peak): any pixel off
-    # the image or in the EDGE / NO_DATA planes makes the fit an edge fit.
-    weighty = p > 1e-3 * p.max(axis=(1, 2), keepdims=True)
-    off = ~stamps.inside | ((stamps.mask & EDGE_BITS) != 0)
-    edge = np.any(weighty & off, axis=(1, 2))
     # Fisher matrix of (flux, x0, y0): the model is f P(u - x0, v - y0).
     a = -gx * f0[:, None, None]
     b = -gy * f0[:, None, None]

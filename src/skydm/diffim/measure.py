@@ -324,6 +324,8 @@ def forced_psf_photometry(
     psf: Psf | None = None,
     fit_radius_fwhm: float = 2.0,
     min_coverage: float = 0.05,
+    full: bool = False,
+    stamps: _stamps.Stamps | None = None,
 ) -> ForcedPhotometry:
     """PSF fluxes at many fixed positions, vectorised, measured up to the edge.
 
@@ -345,13 +347,22 @@ def forced_psf_photometry(
         Radius of the chi^2 region in FWHM.
     min_coverage : float
         Smallest fraction of the PSF on usable pixels for a flux.
+    full : bool
+        Also the fit's chi^2, likelihood and position covariance.
+    stamps : Stamps, optional
+        Stamps of ``exposure`` at these positions already cut (at least as
+        large as the PSF's), to reuse.
     """
     psf = psf or exposure.require_psf("forced PSF photometry")
     half = min(psf.default_size(), 31) // 2
     x, y = np.asarray(x, float), np.asarray(y, float)
-    stamps = _stamps.gather(exposure, x, y, half)
+    if stamps is None or stamps.half < half:
+        stamps = _stamps.gather(exposure, x, y, half)
     fit = _stamps.psf_fit(
-        stamps, _stamps.psf_table(psf, half), fit_radius=fit_radius_fwhm * psf.fwhm
+        stamps.sub(half),
+        _stamps.psf_table(psf, half),
+        fit_radius=fit_radius_fwhm * psf.fwhm,
+        full=full,
     )
     nogood = ~(fit.coverage >= min_coverage) | ~np.isfinite(fit.flux)
     flux = np.where(nogood, np.nan, fit.flux)
@@ -430,7 +441,14 @@ def measure_dia_sources(
     cols: dict[str, np.ndarray] = {}
 
     # PSF fit on the difference: chi^2, likelihood, position errors.
-    forced = forced_psf_photometry(difference, x, y, psf=psf, fit_radius_fwhm=cfg.psf_fit_radius)
+    # One set of stamps of the difference serves the PSF fit, the aperture
+    # and the footprint (cutting stamps is a good part of the cost).
+    half_ap = math.ceil(cfg.aperture_radius) + 1
+    half = int(min(25, max(5, math.ceil(cfg.footprint_half_fwhm * fwhm))))
+    big = _stamps.gather(difference, x, y, max(half_ap, half, min(psf.default_size(), 31) // 2))
+    forced = forced_psf_photometry(
+        difference, x, y, psf=psf, fit_radius_fwhm=cfg.psf_fit_radius, full=True, stamps=big
+    )
     fit = forced.fit
     if "psf_flux" in out.colnames:
         sign = np.where(np.asarray(out["psf_flux"], float) < 0, -1.0, 1.0)
@@ -454,8 +472,7 @@ def measure_dia_sources(
         cols["ra_dec_Cov"] = sky[:, 0, 1]
 
     # Aperture flux on the difference.
-    half_ap = math.ceil(cfg.aperture_radius) + 1
-    ap = _stamps.aperture(_stamps.gather(difference, x, y, half_ap), cfg.aperture_radius)
+    ap = _stamps.aperture(big.sub(half_ap), cfg.aperture_radius)
     cols["apFlux"], cols["apFluxErr"] = ap.flux, ap.err
     cols["apFlux_flag"] = ap.truncated | ap.masked
     cols["apFlux_flag_apertureTruncated"] = ap.truncated
@@ -486,8 +503,7 @@ def measure_dia_sources(
         cols["templateFlux"], cols["templateFluxErr"] = ft.flux * k, ft.err * k
 
     # Local footprint, moments, pixel flags.
-    half = int(min(25, max(5, math.ceil(cfg.footprint_half_fwhm * fwhm))))
-    st = _stamps.gather(difference, x, y, half)
+    st = big.sub(half)
     z, fmap = _local_significance(st, psf)
     thr = cfg.footprint_threshold or float(out.meta.get("threshold", 5.0))
     foot, bbox, contained = _footprints(sign[:, None, None] * z >= thr, half)
@@ -744,7 +760,7 @@ def _trails(
         & (np.abs(snr) >= cfg.trail_min_snr)
         & (major >= (1 + e) * s2)
         & (major - minor >= e * s2)
-        & ~cols["isDipole"]
+        & ~cols["dipoleFitAttempted"]  # both signs: a dipole, not a trail
     )
     out: dict[str, np.ndarray] = {
         "trail_flag": np.zeros(n, dtype=bool),
