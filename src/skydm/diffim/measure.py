@@ -25,17 +25,28 @@ few sources their rules select.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
 from scipy import ndimage, special
 
-from skydm.diffim import _fits, _stamps
-from skydm.errors import BadValueError
+from skydm.diffim import _measure_fits, _stamps
+from skydm.diffim._geometry import Geometry, sky_geometry
+from skydm.diffim._mconfig import MeasureConfig
 from skydm.image import Exposure
 from skydm.image.mask import Mask
 from skydm.image.psf import Psf
+
+__all__ = [
+    "FLUX_COLUMNS",
+    "MEASURED_COLUMNS",
+    "PIXEL_FLAG_BITS",
+    "ForcedPhotometry",
+    "MeasureConfig",
+    "forced_psf_photometry",
+    "measure_dia_sources",
+]
 
 #: pixelFlags_* names and the mask bits behind them ("Center" variants look
 #: at the 3x3 pixels around the centroid, the others at the footprint).
@@ -162,110 +173,6 @@ MEASURED_COLUMNS = frozenset(
         "trailChi2",
     ]
 )
-
-
-@dataclass(frozen=True)
-class MeasureConfig:
-    """Tunables of DIA source measurement (validated on construction).
-
-    Attributes
-    ----------
-    aperture_radius : float
-        Aperture radius in pixels (the LSST schema's ``apFlux`` is 12).
-    psf_fit_radius : float
-        Radius (in FWHM) of the region over which ``psfChi2``, ``psfLnL``
-        and ``psfNdata`` are counted.
-    footprint_threshold : float or None
-        Significance (sigma) of the local footprint; the detection
-        threshold in the table's metadata when ``None``.
-    footprint_half_fwhm : float
-        Half side of the measurement stamp in FWHM (3 to 25 pixels).
-    dipole_min_sigma : float
-        A dipole fit is attempted when pixels of the opposite sign reach
-        this significance near the peak.
-    dipole_max_separation : float
-        Furthest (in FWHM) the opposite lobe may be from the peak.
-    dipole_lobe_snr : float
-        ``isDipole`` needs both fitted lobes at this S/N or more.
-    trail_min_snr : float
-        Smallest |S/N| at which the trail fit is attempted.
-    trail_min_elongation : float
-        The trail fit runs when the major-axis variance exceeds the PSF's by
-        this fraction and the minor one by as much ...
-    trail_elongation_sigma : float
-        ... and by this many times the moments' noise (``extendedness_size_noise / |S/N|``).
-    trail_max_length : float
-        Longest trail fitted, pixels (bounds the stamp).
-    extendedness_margin : float
-        Fractional excess of the source's moment trace over the PSF's that
-        counts as extended.
-    extendedness_size_noise : float
-        Fractional noise of the trace at S/N 1 (it scales as 1/S/N).
-    """
-
-    aperture_radius: float = 12.0
-    psf_fit_radius: float = 2.0
-    footprint_threshold: float | None = None
-    footprint_half_fwhm: float = 3.0
-    dipole_min_sigma: float = 5.0
-    dipole_max_separation: float = 3.0
-    dipole_lobe_snr: float = 3.0
-    trail_min_snr: float = 5.0
-    trail_min_elongation: float = 0.3
-    trail_elongation_sigma: float = 3.0
-    trail_max_length: float = 60.0
-    extendedness_margin: float = 0.1
-    extendedness_size_noise: float = 2.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name == "footprint_threshold":
-                continue
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise BadValueError(f"MeasureConfig.{f.name}", value, "a positive number")
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """Per-source local sky geometry: the WCS Jacobian in degrees per pixel."""
-
-    jac: np.ndarray | None  # (n, 2, 2): rows (east, north), columns (x, y)
-
-    def sky_cov(self, cov: np.ndarray) -> np.ndarray:
-        """(n, 2, 2) covariance in degrees^2 (RA*cos(Dec), Dec) of a pixel covariance."""
-        assert self.jac is not None
-        return np.einsum("nij,njk,nlk->nil", self.jac, cov, self.jac)
-
-    def bearing(self, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
-        """Bearing (degrees east of north, in [0, 360)) of pixel vectors."""
-        assert self.jac is not None
-        east = self.jac[:, 0, 0] * vx + self.jac[:, 0, 1] * vy
-        north = self.jac[:, 1, 0] * vx + self.jac[:, 1, 1] * vy
-        return np.degrees(np.arctan2(east, north)) % 360.0
-
-    def arcsec(self, vx: np.ndarray, vy: np.ndarray) -> np.ndarray:
-        """Angular length (arcsec) of pixel vectors."""
-        assert self.jac is not None
-        east = self.jac[:, 0, 0] * vx + self.jac[:, 0, 1] * vy
-        north = self.jac[:, 1, 0] * vx + self.jac[:, 1, 1] * vy
-        return 3600.0 * np.hypot(east, north)
-
-
-def _geometry(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> _Geometry:
-    if exposure.wcs is None or x.size == 0:
-        return _Geometry(None)
-    w = exposure.wcs
-    ra0, dec0 = (np.asarray(a, float) for a in w.pixel_to_world_values(x, y))
-    ra1, dec1 = (np.asarray(a, float) for a in w.pixel_to_world_values(x + 1, y))
-    ra2, dec2 = (np.asarray(a, float) for a in w.pixel_to_world_values(x, y + 1))
-    cos = np.cos(np.radians(dec0))
-    jac = np.empty((x.size, 2, 2))
-    jac[:, 0, 0] = ((ra1 - ra0 + 180.0) % 360.0 - 180.0) * cos
-    jac[:, 1, 0] = dec1 - dec0
-    jac[:, 0, 1] = ((ra2 - ra0 + 180.0) % 360.0 - 180.0) * cos
-    jac[:, 1, 1] = dec2 - dec0
-    return _Geometry(jac)
 
 
 def _positions_on(
@@ -437,7 +344,7 @@ def measure_dia_sources(
     y = np.asarray(out["y"], float) if n else np.zeros(0)
     fwhm = float(psf.fwhm)
     sigma_psf = fwhm / (2 * math.sqrt(2 * math.log(2)))
-    geo = _geometry(difference, x, y)
+    geo = sky_geometry(difference, x, y)
     cols: dict[str, np.ndarray] = {}
 
     # PSF fit on the difference: chi^2, likelihood, position errors.
@@ -513,8 +420,8 @@ def measure_dia_sources(
     cols.update(_shapes(st, sign, foot, contained, psf, sigma_psf, snr, geo, cfg))
 
     # Dipole and trail fits on the sources their rules select.
-    cols.update(_dipoles(out, st, z, fmap, sign, psf, fwhm, geo, cfg))
-    cols.update(_trails(difference, x, y, sign, snr, cols, sigma_psf, half, geo, cfg))
+    cols.update(_measure_fits.dipoles(st, z, fmap, sign, psf, fwhm, geo, cfg))
+    cols.update(_measure_fits.trails(difference, x, y, sign, snr, cols, sigma_psf, half, geo, cfg))
     for name, values in cols.items():
         out[name] = values
     out.meta["measured"] = True
@@ -601,7 +508,7 @@ def _shapes(
     psf: Psf,
     sigma_psf: float,
     snr: np.ndarray,
-    geo: _Geometry,
+    geo: Geometry,
     cfg: MeasureConfig,
 ) -> dict[str, np.ndarray]:
     """Adaptive moments of the sources and the PSF, extendedness, shape flags."""
@@ -638,212 +545,4 @@ def _shapes(
         p[:, 0, 1] = p[:, 1, 0] = pmom.xy[0]
         psky = geo.sky_cov(p) * 3600.0**2
         out["ixxPSF"], out["iyyPSF"], out["ixyPSF"] = psky[:, 0, 0], psky[:, 1, 1], psky[:, 0, 1]
-    return out
-
-
-def _dipoles(
-    table: Table,
-    st: _stamps.Stamps,
-    z: np.ndarray,
-    fmap: np.ndarray,
-    sign: np.ndarray,
-    psf: Psf,
-    fwhm: float,
-    geo: _Geometry,
-    cfg: MeasureConfig,
-) -> dict[str, np.ndarray]:
-    """Dipole fits where both signs are significant near the peak."""
-    n = st.data.shape[0]
-    u, v = st.offsets()
-    rmax = cfg.dipole_max_separation * fwhm
-    near = (u * u + v * v) <= rmax * rmax
-    opposite = np.min(np.where(near, sign[:, None, None] * z, np.inf), axis=(1, 2))
-    attempt = opposite <= -cfg.dipole_min_sigma
-    out = {
-        "dipoleFitAttempted": attempt.copy(),
-        "isDipole": np.zeros(n, dtype=bool),
-        "dipoleNdata": np.zeros(n, dtype=np.int32),
-    }
-    for name in (
-        "dipoleMeanFlux",
-        "dipoleMeanFluxErr",
-        "dipoleFluxDiff",
-        "dipoleFluxDiffErr",
-        "dipoleLength",
-        "dipoleAngle",
-        "dipoleChi2",
-    ):
-        out[name] = np.full(n, np.nan)
-    if not attempt.any():
-        return out
-    shifted = _fits.ShiftedPsf(psf)
-    for k in np.flatnonzero(attempt):
-        g = st.good[k]
-        zk = np.where(near[k], z[k], 0.0)
-        ip = np.unravel_index(int(np.argmax(zk)), zk.shape)
-        ineg = np.unravel_index(int(np.argmin(zk)), zk.shape)
-        start = np.array(
-            [
-                max(float(fmap[k][ip]), 1e-6),
-                max(-float(fmap[k][ineg]), 1e-6),
-                float(u[k][ip]),
-                float(v[k][ip]),
-                float(u[k][ineg]),
-                float(v[k][ineg]),
-            ]
-        )
-        # Only the pixels around the two lobes carry information on them.
-        mid_u, mid_v = 0.5 * (start[2] + start[4]), 0.5 * (start[3] + start[5])
-        reach = 0.5 * math.hypot(start[2] - start[4], start[3] - start[5]) + 2 * fwhm
-        g = g & ((u[k] - mid_u) ** 2 + (v[k] - mid_v) ** 2 <= reach * reach)
-        res = _fits.fit_dipole(
-            st.data[k],
-            np.sqrt(st.var[k]),
-            g,
-            (float(st.dx[k]), float(st.dy[k])),
-            shifted,
-            start,
-            max_offset=float(st.half - 1),
-        )
-        out["dipoleNdata"][k] = res.ndata
-        if not res.success:
-            continue
-        fp, fn, xp, yp, xn, yn = res.params
-        c = res.cov
-        out["dipoleMeanFlux"][k] = 0.5 * (fp + fn)
-        out["dipoleMeanFluxErr"][k] = 0.5 * math.sqrt(max(c[0, 0] + c[1, 1] + 2 * c[0, 1], 0))
-        out["dipoleFluxDiff"][k] = fp - fn
-        out["dipoleFluxDiffErr"][k] = math.sqrt(max(c[0, 0] + c[1, 1] - 2 * c[0, 1], 0))
-        out["dipoleChi2"][k] = res.chi2
-        sep_x, sep_y = np.array([xp - xn]), np.array([yp - yn])
-        if geo.jac is not None:
-            one = _Geometry(geo.jac[k : k + 1])
-            out["dipoleLength"][k] = float(one.arcsec(sep_x, sep_y)[0])
-            out["dipoleAngle"][k] = float(one.bearing(sep_x, sep_y)[0])
-        else:
-            out["dipoleLength"][k] = math.nan
-        snr_p = fp / math.sqrt(c[0, 0]) if c[0, 0] > 0 else 0.0
-        snr_n = fn / math.sqrt(c[1, 1]) if c[1, 1] > 0 else 0.0
-        sep = math.hypot(float(sep_x[0]), float(sep_y[0]))
-        out["isDipole"][k] = bool(
-            snr_p >= cfg.dipole_lobe_snr and snr_n >= cfg.dipole_lobe_snr and sep <= rmax
-        )
-    return out
-
-
-def _trails(
-    difference: Exposure,
-    x: np.ndarray,
-    y: np.ndarray,
-    sign: np.ndarray,
-    snr: np.ndarray,
-    cols: dict[str, np.ndarray],
-    sigma_psf: float,
-    half: int,
-    geo: _Geometry,
-    cfg: MeasureConfig,
-) -> dict[str, np.ndarray]:
-    """Trailed-source fits on elongated, bright-enough, non-dipole sources."""
-    n = x.size
-    mxx, myy, mxy = cols.pop("_mxx"), cols.pop("_myy"), cols.pop("_mxy")
-    mom = _stamps.Moments(mxx, myy, mxy, np.isfinite(mxx))
-    major, minor, theta0 = mom.axes()
-    s2 = sigma_psf**2
-    # The elongation must be significant too: the moments' fractional noise
-    # is about 2 / S/N, so a faint round source often looks 30% elongated.
-    e = np.maximum(
-        cfg.trail_min_elongation,
-        cfg.trail_elongation_sigma * cfg.extendedness_size_noise / np.maximum(np.abs(snr), 1e-3),
-    )
-    attempt = (
-        mom.ok
-        & (np.abs(snr) >= cfg.trail_min_snr)
-        & (major >= (1 + e) * s2)
-        & (major - minor >= e * s2)
-        & ~cols["dipoleFitAttempted"]  # both signs: a dipole, not a trail
-    )
-    out: dict[str, np.ndarray] = {
-        "trail_flag": np.zeros(n, dtype=bool),
-        "trail_flag_edge": np.zeros(n, dtype=bool),
-        "trailNdata": np.zeros(n, dtype=np.int32),
-    }
-    for name in (
-        "trailFlux",
-        "trailFluxErr",
-        "trailRa",
-        "trailRaErr",
-        "trailDec",
-        "trailDecErr",
-        "trailLength",
-        "trailLengthErr",
-        "trailAngle",
-        "trailAngleErr",
-        "trailChi2",
-    ):
-        out[name] = np.full(n, np.nan)
-    for k in np.flatnonzero(attempt):
-        l0 = math.sqrt(max(12.0 * (major[k] - s2), 1.0))
-        h = int(
-            min(
-                math.ceil(0.5 * cfg.trail_max_length + 3 * sigma_psf),
-                max(half, math.ceil(0.75 * l0 + 3 * sigma_psf + 2)),
-            )
-        )
-        st = _stamps.gather(difference, x[k : k + 1], y[k : k + 1], h)
-        u, v = (a[0] for a in st.offsets())
-        # Pixels within a capsule around the first guess of the line (the
-        # moments overestimate a trail's length by ~20%, so it holds the trail).
-        c, sn = math.cos(theta0[k]), math.sin(theta0[k])
-        along = np.abs(u * c + v * sn) - 0.6 * l0
-        across = np.abs(-u * sn + v * c)
-        dist = np.hypot(np.maximum(along, 0.0), across)
-        g = st.good[0] & (dist <= 4 * sigma_psf + 2)
-        data = st.data[0][g]
-        out["trail_flag_edge"][k] = bool(
-            np.any(~st.inside[0]) or np.any((st.mask[0] & _stamps.EDGE_BITS) != 0)
-        )
-        start = np.array(
-            [
-                float(cols["apFlux"][k]) if np.isfinite(cols["apFlux"][k]) else sign[k],
-                0.0,
-                0.0,
-                l0,
-                float(theta0[k]),
-            ]
-        )
-        res = _fits.fit_trail(
-            data,
-            np.sqrt(st.var[0][g]),
-            u[g],
-            v[g],
-            sigma_psf,
-            start,
-            max_length=cfg.trail_max_length,
-            max_offset=float(h - 1),
-        )
-        out["trailNdata"][k] = res.ndata
-        if not res.success:
-            out["trail_flag"][k] = True
-            continue
-        flux, x0, y0, length, theta = res.params
-        theta = theta % math.pi
-        err = np.sqrt(np.clip(np.diag(res.cov), 0, None))
-        out["trailFlux"][k], out["trailFluxErr"][k] = flux, err[0]
-        out["trailChi2"][k] = res.chi2
-        out["trailAngleErr"][k] = math.degrees(err[4])
-        if geo.jac is None or difference.wcs is None:
-            continue
-        one = _Geometry(geo.jac[k : k + 1])
-        cx, cy = np.array([x[k] + x0]), np.array([y[k] + y0])
-        ra, dec = difference.wcs.pixel_to_world_values(cx, cy)
-        out["trailRa"][k], out["trailDec"][k] = float(np.asarray(ra)[0]), float(np.asarray(dec)[0])
-        sky = one.sky_cov(res.cov[None, 1:3, 1:3])[0]
-        out["trailRaErr"][k] = math.sqrt(max(sky[0, 0], 0.0))
-        out["trailDecErr"][k] = math.sqrt(max(sky[1, 1], 0.0))
-        ux, uy = np.array([math.cos(theta)]), np.array([math.sin(theta)])
-        scale = float(one.arcsec(ux, uy)[0])
-        out["trailLength"][k] = length * scale
-        out["trailLengthErr"][k] = err[3] * scale
-        # A trail has no direction: its bearing is folded into [0, 180).
-        out["trailAngle"][k] = float(one.bearing(ux, uy)[0]) % 180.0
     return out
