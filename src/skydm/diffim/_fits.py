@@ -10,7 +10,9 @@ the solution, the residuals being in units of each pixel's sigma.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 from scipy import optimize, special
@@ -19,6 +21,7 @@ from skydm.diffim._stamps import PHASES, psf_table
 from skydm.image.psf import Psf
 
 _SQRT2 = math.sqrt(2.0)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,22 @@ def _solve(fun: object, jac: object, p0: np.ndarray, ndata: int) -> FitResult:
         cov = np.full(jtj.shape, np.nan)
     ok = bool(res.status > 0 and np.all(np.isfinite(res.x)))
     return FitResult(res.x, cov, float(2 * res.cost), ndata, ok)
+
+
+class _Last(Generic[_T]):
+    """``func`` with its last result kept: the optimiser asks for the
+    residuals and the Jacobian at the same parameters, which share the work."""
+
+    def __init__(self, func: Callable[[np.ndarray], _T]) -> None:
+        self.func = func
+        self.key: bytes | None = None
+        self.value: _T | None = None
+
+    def __call__(self, p: np.ndarray) -> _T:
+        key = p.tobytes()
+        if key != self.key or self.value is None:
+            self.value, self.key = self.func(p), key
+        return self.value
 
 
 class ShiftedPsf:
@@ -148,10 +167,12 @@ def fit_dipole(
     d, s = data[good], sigma[good]
     dx, dy = centre
 
-    def parts(p: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    def _parts(p: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         pos = psf.render(dx + p[2], dy + p[3], h)
         neg = psf.render(dx + p[4], dy + p[5], h)
         return tuple(a[good] for a in pos), tuple(a[good] for a in neg)
+
+    parts = _Last(_parts)
 
     def fun(p: np.ndarray) -> np.ndarray:
         pos, neg = parts(p)
@@ -248,11 +269,13 @@ def fit_trail(
         Bounds on the length and on the centre's offset (pixels).
     """
 
+    model = _Last(lambda p: trail_model(p, u, v, sigma_psf))
+
     def fun(p: np.ndarray) -> np.ndarray:
-        return (trail_model(p, u, v, sigma_psf)[0] - data) / sigma
+        return (model(p)[0] - data) / sigma
 
     def jac(p: np.ndarray) -> np.ndarray:
-        return trail_model(p, u, v, sigma_psf)[1] / sigma[:, None]
+        return model(p)[1] / sigma[:, None]
 
     res = _solve(fun, jac, start, int(data.size))
     p = res.params.copy()
