@@ -155,9 +155,9 @@ def test_trail_fit_recovers_length_and_angle(seed: int) -> None:
         x, y = 60.0 + 70 * k + rng.uniform(-0.5, 0.5), 128.0 + rng.uniform(-0.5, 0.5)
         length = rng.uniform(8, 30)
         theta = rng.uniform(0, math.pi)
-        # S/N of the whole trail about 20-40.
+        # S/N of the whole trail 20-60 (asserted below on the fitted error).
         flux = (
-            rng.uniform(20, 40) * NOISE * math.sqrt(4 * math.pi * (FWHM / 2.3548) ** 2 + 2 * length)
+            rng.uniform(30, 60) * NOISE * math.sqrt(4 * math.pi * (FWHM / 2.3548) ** 2 + 2 * length)
         )
         _add_trail(exp, x, y, flux, length, theta)
         truth.append((length, theta, flux))
@@ -166,6 +166,7 @@ def test_trail_fit_recovers_length_and_angle(seed: int) -> None:
     t = measure_dia_sources(_table(xs, ys, [1.0] * 3), exp)
     for row, (length, theta, flux) in zip(t, truth, strict=True):
         assert row["trailNdata"] > 0 and not row["trail_flag"]
+        assert row["trailFlux"] / row["trailFluxErr"] >= 20
         assert row["trailLength"] == pytest.approx(length * PIXEL_SCALE, rel=0.1)
         ux, uy = math.cos(theta), math.sin(theta)
         east, north = exp.wcs.wcs.cd @ np.array([ux, uy])  # type: ignore[union-attr]
@@ -274,3 +275,22 @@ def test_results_do_not_depend_on_source_order_or_wcs() -> None:
     np.testing.assert_allclose(c["xErr"], a["xErr"])
     assert "raErr" not in c.colnames and "ixx" not in c.colnames
     assert np.all(np.isnan(c["dipoleLength"])) and np.isfinite(c["dipoleMeanFlux"][0])
+
+
+def test_science_and_template_forced_fluxes_on_their_own_grids() -> None:
+    diff = _blank(31)
+    science = _blank(32)
+    template = _blank(33, shape=(300, 300), rotation=20.0)
+    template.psf = GaussianPsf.from_fwhm(2.5)
+    template.zero_point = 27.0  # one template count is 10**0.4 difference counts
+    x, y = 100.3, 140.8
+    _add_psf(diff, x, y, 3000.0)
+    _add_psf(science, x, y, 9000.0)
+    assert template.wcs is not None and diff.wcs is not None
+    tx, ty = template.wcs.world_to_pixel_values(*diff.wcs.pixel_to_world_values(x, y))
+    _add_psf(template, float(tx), float(ty), 6000.0 / 10**0.4)
+    t = measure_dia_sources(_table([x], [y], [3000.0]), diff, science=science, template=template)
+    row = t[0]
+    assert abs(row["scienceFlux"] - 9000.0) < 4 * row["scienceFluxErr"]
+    assert abs(row["templateFlux"] - 6000.0) < 4 * row["templateFluxErr"]
+    assert not row["forced_PsfFlux_flag"]
