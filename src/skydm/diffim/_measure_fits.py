@@ -131,6 +131,10 @@ def trails(
     """
     n = x.size
     mxx, myy, mxy = cols.pop("_mxx"), cols.pop("_myy"), cols.pop("_mxy")
+    psf_vars = cols.pop("_psf_var")
+    psf_var = float(psf_vars[0]) if n else math.nan
+    if math.isfinite(psf_var) and psf_var > 0:
+        sigma_psf = math.sqrt(psf_var)
     mom = _stamps.Moments(mxx, myy, mxy, np.isfinite(mxx))
     major, minor, theta0 = mom.axes()
     s2 = sigma_psf**2

@@ -534,6 +534,9 @@ def _shapes(
     ext = 0.5 * (1 + special.erf((ratio - 1 - cfg.extendedness_margin) / (math.sqrt(2) * noise)))
     out["extendedness"] = np.where(mom.ok, ext, np.nan)
     out["_mxx"], out["_myy"], out["_mxy"] = mom.xx, mom.yy, mom.xy
+    # The PSF's Gaussian-equivalent variance as the pixels see it (the
+    # pixel's own 1/12 included): what the trail model convolves with.
+    out["_psf_var"] = np.full(n, 0.5 * float(pmom.trace[0]))
     if geo.jac is not None:
         m = np.empty((n, 2, 2))
         m[:, 0, 0], m[:, 1, 1] = mom.xx, mom.yy
