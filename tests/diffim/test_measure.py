@@ -299,3 +299,15 @@ def test_science_and_template_forced_fluxes_on_their_own_grids() -> None:
     assert abs(row["scienceFlux"] - 9000.0) < 4 * row["scienceFluxErr"]
     assert abs(row["templateFlux"] - 6000.0) < 4 * row["templateFluxErr"]
     assert not row["forced_PsfFlux_flag"]
+
+
+def test_empty_table_and_positions_off_the_image() -> None:
+    from skydm.diffim.measure import MEASURED_COLUMNS
+
+    exp = _blank(9)
+    empty = measure_dia_sources(_table([], [], []), exp, science=exp, template=exp)
+    assert len(empty) == 0 and set(empty.colnames) >= MEASURED_COLUMNS
+    t = measure_dia_sources(_table([-3.0, 300.0], [10.0, 10.0], [1.0, 1.0]), exp)
+    assert list(t["pixelFlags_offimage"]) == [True, True]
+    assert np.isfinite(t["apFlux"][0]) and t["apFlux_flag_apertureTruncated"][0]
+    assert np.isnan(t["apFlux"][1]) and t["psfFlux_flag_noGoodPixels"][1]

@@ -43,8 +43,10 @@ class Geometry:
 
 def sky_geometry(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> Geometry:
     """The WCS Jacobian at each position (``jac`` None without a WCS)."""
-    if exposure.wcs is None or x.size == 0:
+    if exposure.wcs is None:
         return Geometry(None)
+    if x.size == 0:
+        return Geometry(np.zeros((0, 2, 2)))
     w = exposure.wcs
     ra0, dec0 = (np.asarray(a, float) for a in w.pixel_to_world_values(x, y))
     ra1, dec1 = (np.asarray(a, float) for a in w.pixel_to_world_values(x + 1, y))

@@ -296,8 +296,10 @@ def aperture(stamps: Stamps, radius: float) -> Aperture:
     frac = np.clip(radius + 0.5 - np.hypot(u, v), 0.0, 1.0)
     inner = frac > 0
     w = np.where(stamps.good, frac, 0.0)
-    flux = np.sum(w * stamps.data, axis=(1, 2))
-    err = np.sqrt(np.sum(w * w * stamps.var, axis=(1, 2)))
+    # No usable pixel in the aperture at all (off the image): no flux.
+    some = np.any(w > 0, axis=(1, 2))
+    flux = np.where(some, np.sum(w * stamps.data, axis=(1, 2)), np.nan)
+    err = np.where(some, np.sqrt(np.sum(w * w * stamps.var, axis=(1, 2))), np.nan)
     truncated = np.any(inner & ~stamps.inside, axis=(1, 2))
     masked = np.any(inner & stamps.inside & ~stamps.good, axis=(1, 2))
     return Aperture(flux, err, truncated, masked)
