@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.table import Table
+from scipy import fft as sfft
 from scipy import ndimage, special
 
 from skydm.diffim import _measure_fits, _stamps
@@ -290,10 +291,10 @@ def _local_significance(stamps: _stamps.Stamps, psf: Psf) -> tuple[np.ndarray, n
     kpad = np.zeros((n, n))
     kpad[:size, :size] = kern[::-1, ::-1]
     kpad = np.roll(kpad, (-h, -h), axis=(0, 1))
-    kspec = np.fft.rfft2(kpad)
-    k2spec = np.fft.rfft2(kpad * kpad)
-    num = np.fft.irfft2(np.fft.rfft2(stamps.data * w, s=(n, n)) * kspec, s=(n, n))[:, :side, :side]
-    den = np.fft.irfft2(np.fft.rfft2(w, s=(n, n)) * k2spec, s=(n, n))[:, :side, :side]
+    kspec = sfft.rfft2(kpad)
+    k2spec = sfft.rfft2(kpad * kpad)
+    num = sfft.irfft2(sfft.rfft2(stamps.data * w, s=(n, n)) * kspec, s=(n, n))[:, :side, :side]
+    den = sfft.irfft2(sfft.rfft2(w, s=(n, n)) * k2spec, s=(n, n))[:, :side, :side]
     ok = den > 1e-12 * np.max(den, initial=0.0)
     z = np.where(ok, num / np.sqrt(np.where(ok, den, 1.0)), 0.0)
     flux = np.where(ok, num / np.where(ok, den, 1.0), 0.0)
