@@ -92,3 +92,31 @@ def test_forced_photometry_keeps_objects_whose_psf_the_edge_cuts() -> None:
     assert all(np.isfinite(o["psfFlux"]) and o["psfFluxErr"] > 0 for o in out)
     # A partial PSF is a noisier measurement, not a lost one.
     assert all(o["psfFluxErr"] > out[4]["psfFluxErr"] for o in out[:4])
+
+
+def test_cli_produce_measures_a_detection_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from skydm.alerts.archive import read_archive
+    from skydm.cli.main import main
+
+    sci, tmpl, diff, table = SyntheticField(seed=12, n_variables=10).visit(1)
+    for name, exp in (("sci", sci), ("tmpl", tmpl), ("diff", diff)):
+        exp.write(tmp_path / f"{name}.fits")
+    table.write(tmp_path / "sources.ecsv")
+    argv = ["alerts", "produce", "--diff", str(tmp_path / "diff.fits")]
+    argv += ["--sources", str(tmp_path / "sources.ecsv"), "--science", str(tmp_path / "sci.fits")]
+    argv += ["--template", str(tmp_path / "tmpl.fits"), "--archive-dir", str(tmp_path / "a")]
+    assert main(argv) == 0
+    assert f"{len(table)} alerts" in capsys.readouterr().out
+    (archive,) = (tmp_path / "a").glob("*.avro")
+    packets = list(read_archive(archive))
+    assert len(packets) == len(table)
+    for p in packets:
+        src = p["diaSource"]
+        assert src["apFlux"] is not None and src["apFlux"] != src["psfFlux"]
+        assert src["psfNdata"] > 0 and src["bboxSize"] > 0 and src["ixxPSF"] > 0
+        assert src["scienceFlux"] is not None and src["templateFlux"] is not None
+        assert src["raErr"] is not None and src["dipoleFitAttempted"] is not None
+        head = p["cutoutDifference"][:2880].decode("ascii")
+        assert head.count("MJD-OBS =") == 1
