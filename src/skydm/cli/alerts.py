@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--diff", type=Path, required=True, help="difference image (FITS)")
     pr.add_argument("--sources", type=Path, required=True, help="DIA source table (.ecsv, .fits)")
     pr.add_argument("--science", type=Path, help="science image, for cutouts and scienceFlux")
-    pr.add_argument("--template", type=Path, help="template image, for cutouts")
+    pr.add_argument("--template", type=Path, help="template image, for cutouts and templateFlux")
     pr.add_argument(
         "--apdb",
         help="APDB: SQLite file or SQLAlchemy URL (SKYDM_APDB_URL; <archive-dir>/apdb.sqlite3)",
@@ -106,6 +106,25 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="main topic (lsst-alerts-v<major>)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of new topics (8)")
     p.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
+    p.add_argument(
+        "--compression",
+        default=None,
+        metavar="CODEC",
+        help=(
+            "producer compression: lz4 (default), zstd, gzip, snappy or none; use gzip or none "
+            "for consumers whose Kafka client lacks lz4 (SKYDM_KAFKA_COMPRESSION)"
+        ),
+    )
+
+
+def _producer_config(args: argparse.Namespace) -> dict[str, str]:
+    """--kafka-config items plus the --compression codec (which they may override)."""
+    from skydm.alerts.transport import compression_config, parse_kafka_config
+
+    env = os.environ.get("SKYDM_KAFKA_COMPRESSION")
+    codec = args.compression or env or "lz4"
+    option = "--compression" if args.compression else "SKYDM_KAFKA_COMPRESSION"
+    return {**compression_config(codec, option=option), **parse_kafka_config(args.kafka_config)}
 
 
 def _bootstrap(args: argparse.Namespace) -> str | None:
@@ -116,13 +135,13 @@ def _produce(args: argparse.Namespace) -> int:
     from astropy.table import Table
 
     from skydm.alerts.produce import produce_visit_alerts
-    from skydm.alerts.transport import parse_kafka_config
     from skydm.ap.apdb import Apdb
+    from skydm.diffim.measure import measure_dia_sources
     from skydm.errors import BadFileError
     from skydm.image import read_exposure
     from skydm.progress import Progress
 
-    kafka_config = parse_kafka_config(args.kafka_config)
+    kafka_config = _producer_config(args)
     diff = read_exposure(args.diff)
     if args.visit is not None:
         diff.info.visit = args.visit
@@ -134,6 +153,10 @@ def _produce(args: argparse.Namespace) -> int:
         raise BadFileError(args.sources, f"cannot read the DIA source table ({exc})") from exc
     science = read_exposure(args.science) if args.science else None
     template = read_exposure(args.template) if args.template else None
+    if not table.meta.get("measured"):
+        # A detection table as `skydm diffim` writes it: measure the LSST
+        # diaSource fields (apFlux, shapes, dipole and trail fits...) now.
+        table = measure_dia_sources(table, diff, science=science, template=template)
     url = args.apdb or os.environ.get("SKYDM_APDB_URL") or args.archive_dir / "apdb.sqlite3"
     apdb = Apdb(url)
     try:
@@ -172,7 +195,7 @@ def _produce(args: argparse.Namespace) -> int:
 
 def _stream(args: argparse.Namespace) -> int:
     from skydm.alerts.outbox import Outbox
-    from skydm.alerts.transport import KafkaTransport, parse_kafka_config, stream_outbox
+    from skydm.alerts.transport import KafkaTransport, stream_outbox
     from skydm.errors import BadFileError, BadValueError
     from skydm.progress import Progress
 
@@ -189,7 +212,7 @@ def _stream(args: argparse.Namespace) -> int:
             print(f"queued {n} delivered messages again", file=sys.stderr)
         pending = box.counts()["pending"]
         transport = KafkaTransport(
-            bootstrap, partitions=args.partitions, config=parse_kafka_config(args.kafka_config)
+            bootstrap, partitions=args.partitions, config=_producer_config(args)
         )
         try:
             result = stream_outbox(
