@@ -70,6 +70,20 @@ def matched_filter(
     return score
 
 
+def noise_factor(difference: Exposure) -> float:
+    """The difference's ``DIFFNCF`` card: its PSF-matched filter's variance over white noise's.
+
+    1 for white noise (a decorrelated AL or a ZOGY difference); written by
+    :func:`skydm.diffim.subtract` from the inputs' measured covariances.
+    """
+    value = difference.meta.get("DIFFNCF", 1.0)
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return factor if math.isfinite(factor) and factor > 0 else 1.0
+
+
 def _local_matched_filter(diff: Exposure, psf: Psf, iy: int, ix: int) -> tuple[float, float]:
     """(flux, error) of the matched filter at one pixel, from the pixels the PSF covers.
 
@@ -127,8 +141,12 @@ def detect(
     valid &= np.isfinite(var)
     if not valid.any():
         raise UserError(f"{difference.source or 'difference'}: no valid pixels to detect on")
+    factor = noise_factor(difference)
     if score is None:
         z = matched_filter(image, var, psf, valid)
+        if factor != 1.0:
+            # Correlated noise: the white-noise filter's variance times DIFFNCF.
+            z /= np.float32(math.sqrt(factor))
     elif valid.all():
         z = score  # read only below
     else:
@@ -166,7 +184,7 @@ def detect(
             # The parabola's vertex does not depend on the sign of z.
             x, y = _subpixel(z, int(py), int(px))
             rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npix[k])})
-    table = _measure(difference, rows, z, fwhm, threshold)
+    table = _measure(difference, rows, z, fwhm, threshold, factor)
     if set_mask:
         mask[footprints > 0] |= np.uint32(Mask.DETECTED)
         mask[footprints < 0] |= np.uint32(Mask.DETECTED_NEGATIVE)
@@ -185,6 +203,7 @@ def _measure(
     z: np.ndarray,
     fwhm: float,
     threshold: float,
+    factor: float,
 ) -> Table:
     n = len(rows)
     x = np.array([r["x"] for r in rows], dtype=float)
@@ -203,6 +222,8 @@ def _measure(
     kern = psf.kernel()
     for j in np.flatnonzero(~np.isfinite(flux)):
         flux[j], err[j] = _local_matched_filter(diff, psf, int(iy[j]), int(ix[j]))
+    # A PSF fit's error under correlated noise grows like the matched filter's.
+    err = err * math.sqrt(factor)
     score = z[iy, ix] if n else np.zeros(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(err > 0, flux / err, 0.0)

@@ -61,7 +61,12 @@ def kernel_rfft2(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ky, kx = kernel.shape
     ny, nx = shape
     if ky > ny or kx > nx:
-        raise ValueError(f"kernel {kernel.shape} larger than image {shape}")
+        # Small images (cutouts): the kernel's outer wings wrap onto its
+        # core on a circular grid anyway; cut them to the largest odd size.
+        cy, cx = (min(ky, ny) - 1) // 2 * 2 + 1, (min(kx, nx) - 1) // 2 * 2 + 1
+        y0, x0 = (ky - cy) // 2, (kx - cx) // 2
+        kernel = kernel[y0 : y0 + cy, x0 : x0 + cx]
+        ky, kx = kernel.shape
     hy, hx = ky // 2, kx // 2
     ex = _phases(nx, (-hx, kx - hx), True)  # (nx//2+1, kx)
     ey = _phases(ny, (-hy, ky - hy), False)  # (ny, ky)
