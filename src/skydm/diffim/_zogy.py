@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import sep
 
 from skydm.diffim import _common, _fft
@@ -117,7 +116,7 @@ def _fit_ratio(
     stars = find_stars(
         template,
         science,
-        half=min(half, max(int(math.ceil(radius)) + 1, 3)),
+        half=min(half, max(math.ceil(radius) + 1, 3)),
         isolation=2 * fwhm,
         max_stars=config.max_stars,
         min_snr=config.min_snr,

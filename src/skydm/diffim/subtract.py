@@ -334,7 +334,7 @@ def _noise_warnings(
     template: Exposure,
     tolerance: float,
 ) -> list[str]:
-    """Inputs whose measured noise departs from their variance plane's by more than ``tolerance``."""
+    """Inputs whose measured noise departs from their variance plane's by over ``tolerance``."""
     out = []
     for role, cov, exp in (("science", cov_s, science), ("template", cov_t, template)):
         if cov.n_pixels == 0:
