@@ -85,7 +85,7 @@ class NoiseConfig:
 
     correlated: bool = True
     radius: int = 3
-    window: int = 768
+    window: int = 512
     warn_tolerance: float = 0.2
 
     def __post_init__(self) -> None:

@@ -93,7 +93,7 @@ class NoiseCovariance:
 
 
 def measure_covariance(
-    exp: Exposure, *, radius: int, window: int, source_sigma: float = 3.0
+    exp: Exposure, *, radius: int, window: int, source_sigma: float = 4.0
 ) -> NoiseCovariance:
     """Measure ``exp``'s noise autocovariance (see the module docstring).
 
@@ -107,8 +107,9 @@ def measure_covariance(
         Measured on the central ``window`` x ``window`` pixels at most (a
         million pixels estimate each lag to 0.1%).
     source_sigma : float
-        Pixels whose 3x3 mean departs more than this many sigma from the
-        background, grown by ``radius + 2``, count as sources and are left out.
+        Pixels whose 5x5 mean departs more than this many sigma from the
+        background (or that alone depart more than 6 sigma), grown by
+        ``radius + 2``, count as sources and are left out.
 
     Returns
     -------
@@ -128,15 +129,17 @@ def measure_covariance(
     resid = back.subtracted(img)
     x = np.zeros(resid.shape, dtype=np.float64)
     np.divide(resid, np.sqrt(np.where(good, var, 1.0)), out=x, where=good)
-    # Sources (and their wings) out: both signs, so the noise is not truncated
-    # on one side only.
-    smooth = ndimage.uniform_filter(x, 3, mode="constant")
+    # Sources (and their wings) out, both signs.  The cut must be one that
+    # pure noise almost never reaches: keeping only pixels whose
+    # neighbourhood is quiet would itself anticorrelate neighbours.
+    smooth = ndimage.uniform_filter(x, 5, mode="constant")
     s_sig = robust_sigma(smooth[good])
     p_sig = robust_sigma(x[good])
     if not (s_sig > 0 and p_sig > 0):
         return NoiseCovariance.white()
-    src = (np.abs(smooth) > source_sigma * s_sig) | (np.abs(x) > 5 * p_sig)
-    src = ndimage.binary_dilation(src, iterations=radius + 2)
+    src = (np.abs(smooth) > source_sigma * s_sig) | (np.abs(x) > 6 * p_sig)
+    grow = 2 * (radius + 2) + 1
+    src = ndimage.maximum_filter(src.view(np.uint8), size=grow).view(bool)
     good &= ~src
     n = int(np.count_nonzero(good))
     if n < 500:
