@@ -151,7 +151,7 @@ def _footprint_peaks(
         value = float(sub[cy, cx])
         separate = True
         for qy, qx in best:
-            n = int(math.ceil(math.hypot(cy - qy, cx - qx))) + 1
+            n = math.ceil(math.hypot(cy - qy, cx - qx)) + 1
             ly = np.rint(np.linspace(cy, qy, n)).astype(int)
             lx = np.rint(np.linspace(cx, qx, n)).astype(int)
             if float(np.min(sub[ly, lx])) > value - max(PEAK_DIP_SIGMA, PEAK_DIP_SHARE * value):

@@ -274,8 +274,12 @@ def psf_for(exp: Exposure, role: str) -> Psf:
         except UserError as exc:
             last = exc
     raise UserError(
-        f"{_name(exp, role)}: no PSF given and none could be measured ({last}); "
-        "attach a PSF model to the exposure"
+        f"{_name(exp, role)}: no PSF given and none could be measured ({last}); give "
+        + (
+            "--psf FILE or --fwhm PIXELS"
+            if role == "science"
+            else "--template-psf or --template-fwhm"
+        )
     )
 
 

@@ -141,11 +141,15 @@ class FluxRatio:
         The ratio and its error (NaN when it could not be fitted).
     n_stars : int
         Stars kept in the fit.
+    scatter : float
+        Robust scatter of the single stars' ratios (NaN with fewer than 3):
+        comparable to the ratio itself when the images do not share stars.
     """
 
     value: float
     error: float
     n_stars: int
+    scatter: float = math.nan
 
 
 def flux_ratio(
@@ -180,7 +184,8 @@ def flux_ratio(
         keep = new
     formal = float(1.0 / math.sqrt(np.sum(1.0 / err[keep] ** 2)))
     n = int(keep.sum())
-    return FluxRatio(est, max(formal, scatter / math.sqrt(n)), n)
+    spread = robust_sigma(r - float(np.median(r)))
+    return FluxRatio(est, max(formal, scatter / math.sqrt(n)), n, spread)
 
 
 def astrometric_sigma(

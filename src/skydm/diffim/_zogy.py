@@ -20,15 +20,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
+from scipy import ndimage
+from scipy.signal import fftconvolve
 
 from skydm.diffim import _common, _fft
 from skydm.diffim._config import ZogyConfig
 from skydm.diffim._noise import NoiseCovariance
+from skydm.diffim._prepare import robust_sigma
 from skydm.diffim._stars import FluxRatio, Stars, astrometric_sigma, find_stars, flux_ratio
 from skydm.errors import UserError
 from skydm.image import Exposure, psf_photometry
-from skydm.image.mask import Mask
-from skydm.image.psf import PixelPsf, Psf
+from skydm.image.mask import UNUSABLE, Mask
+from skydm.image.psf import GaussianPsf, PixelPsf, Psf
 
 
 @dataclass
@@ -90,6 +93,72 @@ def _psf_ratio(
     return flux_ratio(fs, es, fr, er)
 
 
+#: Fewest bright, unclipped pixels, and separate objects, for a pixel-based flux ratio.
+MIN_RATIO_PIXELS = 30
+MIN_RATIO_OBJECTS = 3
+
+
+def _pixel_ratio(
+    science: Exposure,
+    template: Exposure,
+    s_img: np.ndarray,
+    r_img: np.ndarray,
+    psf_s: Psf,
+    psf_t: Psf,
+) -> FluxRatio:
+    """The flux ratio as a clipped regression of ``P_r * N`` on ``P_n * R``.
+
+    Cross-convolved, both images have the same PSF, so their bright pixels
+    (stars, galaxies) are related by the ratio alone; pixels where they are
+    not (a transient, a variable, a cosmic ray) are clipped as outliers.
+    Only pixels at least 5 sigma bright in the template count, so that its
+    noise hardly dilutes the slope.
+    """
+    # Smoothed further by a Gaussian as wide as the broader PSF: a slightly
+    # wrong PSF (given, or Gaussian for a real profile) then shifts light
+    # within the smoothing scale only, as an aperture would tolerate.
+    wide = GaussianPsf.from_fwhm(max(psf_s.fwhm, psf_t.fwhm)).kernel()
+    ker_n = fftconvolve(psf_s.kernel(), wide).astype(np.float32)
+    ker_r = fftconvolve(psf_t.kernel(), wide).astype(np.float32)
+    a = _fft.convolve(s_img, ker_r)
+    b = _fft.convolve(r_img, ker_n)
+    h = max(ker_n.shape[0], ker_r.shape[0]) // 2
+    h = min(h, (min(a.shape) - 8) // 2)
+    usable = np.zeros(a.shape, dtype=bool)
+    usable[h:-h, h:-h] = True
+    for m in (science.msk, template.msk):
+        usable &= (m & np.uint32(UNUSABLE)) == 0
+    s2 = _common.typical_variance(science.var, science.msk) * float(np.sum(ker_r**2))
+    r2 = _common.typical_variance(template.var, template.msk) * float(np.sum(ker_n**2))
+    bright = usable & (b > 5 * math.sqrt(r2))
+    if np.count_nonzero(bright) < MIN_RATIO_PIXELS:
+        return FluxRatio(math.nan, math.nan, int(np.count_nonzero(bright)))
+    # One object (a host galaxy under a transient) cannot tell the ratio
+    # from the transient: several separate objects are needed.
+    labels, _ = ndimage.label(bright)
+    sizes = np.bincount(labels.ravel())[1:]
+    if np.count_nonzero(sizes >= 5) < MIN_RATIO_OBJECTS:
+        return FluxRatio(math.nan, math.nan, 0)
+    av, bv = a[bright].astype(float), b[bright].astype(float)
+    keep = np.ones(av.size, dtype=bool)
+    beta = float(np.sum(av * bv) / np.sum(bv * bv))
+    for _ in range(10):
+        resid = av - beta * bv
+        # Noise of the residual: both images' sky noise and the sources' own.
+        sigma = max(robust_sigma(resid[keep]), math.sqrt(s2 + beta**2 * r2))
+        new = np.abs(resid) < 4 * sigma
+        if new.sum() < MIN_RATIO_PIXELS:
+            return FluxRatio(math.nan, math.nan, int(new.sum()))
+        beta = float(np.sum(av[new] * bv[new]) / np.sum(bv[new] ** 2))
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    # Neighbouring pixels are correlated (a PSF's worth): count PSF areas.
+    n_eff = max(keep.sum() / max(math.pi * (psf_s.fwhm / 2) ** 2, 1.0), 1.0)
+    err = sigma / math.sqrt(float(np.sum(bv[keep] ** 2)) / keep.sum() * n_eff)
+    return FluxRatio(beta, err, int(keep.sum()))
+
+
 def _fit_ratio(
     science: Exposure,
     template: Exposure,
@@ -136,16 +205,14 @@ def _fit_ratio(
                     f"PSF-fit flux ratio {psf_fit.value:.4g} disagrees with the aperture "
                     f"ratio {fit.value:.4g}: the PSFs look wrong; the aperture ratio is used"
                 )
-        if not math.isfinite(fit.value) and len(stars) > 0:
-            good = np.isfinite(fs) & np.isfinite(fr) & (fr > 0)
-            if good.any() and not (
-                math.isfinite(science.zero_point) and math.isfinite(template.zero_point)
-            ):
-                # One or two stars on a small cutout: their median, said out loud.
-                r = fs[good] * corr / fr[good]
-                err = np.hypot(es[good] * corr, r * er[good]) / fr[good]
-                fit = FluxRatio(float(np.median(r)), float(np.median(err)), int(good.sum()))
-                notes.append(f"flux ratio from only {fit.n_stars} star(s)")
+    if not math.isfinite(fit.value):
+        # Fewer than three stars (a small cutout): every bright pixel instead.
+        fit = _pixel_ratio(science, template, s_img, r_img, psf_s, psf_t)
+        if math.isfinite(fit.value):
+            notes.append(
+                f"only {len(stars)} star(s) for the flux ratio: fitted on {fit.n_stars} bright "
+                "pixels of the cross-convolved images"
+            )
     if not math.isfinite(fit.value):
         zs, zr = science.zero_point, template.zero_point
         if math.isfinite(zs) and math.isfinite(zr):
@@ -154,8 +221,8 @@ def _fit_ratio(
         raise UserError(
             f"{template.source or 'the template'}: found {len(stars)} isolated unsaturated "
             f"stars with S/N >= {config.min_snr:g} to fit the science/template flux ratio "
-            "(need 1); give both zero points (--zp and --template-zp) or lower zogy.min_snr "
-            "in a --config file"
+            "(need 3, or bright pixels for a pixel fit); give both zero points (--zp and "
+            "--template-zp) or lower zogy.min_snr in a --config file"
         )
     sigma = (0.0, 0.0)
     if config.astrometric_noise:

@@ -220,7 +220,8 @@ def subtract(
         ksum, kerr = out.solution.kernel_sum, out.solution.kernel_sum_err
         if out.convolved == "science" and ksum != 0:
             kerr = kerr / ksum**2
-        fit = FluxRatio(out.flux_ratio, kerr, out.solution.n_stamps)
+        n_used = max(out.solution.n_stamps, 1)
+        fit = FluxRatio(out.flux_ratio, kerr, n_used, kerr * math.sqrt(n_used))
     else:
         if science.psf is None or template.psf is None:
             psf_s, psf_t = _al.kernel_psfs(sci, tmp, psf_s, psf_t, config=cfg.al, notes=notes)
@@ -313,6 +314,12 @@ def _check_ratio(fit: FluxRatio, science: Exposure, template: Exposure, cfg: Dif
         raise UserError(
             f"{pair}: the fitted flux ratio {beta:.3g} +- {err:.2g} is consistent with zero: "
             "the images do not share their stars (unrelated images?); check the pair"
+        )
+    if fit.n_stars >= 3 and math.isfinite(fit.scatter) and fit.scatter > 0.5 * beta:
+        raise UserError(
+            f"{pair}: the single stars' flux ratios scatter by {fit.scatter:.3g} around "
+            f"{beta:.3g}: the images do not share their stars (unrelated images?); check "
+            "the pair"
         )
     zs, zt = science.zero_point, template.zero_point
     if math.isfinite(zs) and math.isfinite(zt):
