@@ -92,8 +92,38 @@ class NoiseCovariance:
         return np.maximum(power, np.float32(POWER_FLOOR * self.ratio)).astype(np.float32)
 
 
+def _normalised(exp: Exposure, sl: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+    """(background-subtracted image / sqrt(variance), usable pixels) in window ``sl``."""
+    img, var, msk = exp.image[sl], exp.var[sl], exp.msk[sl]
+    good = np.isfinite(img) & np.isfinite(var) & (var > 0)
+    good &= (msk & np.uint32(UNUSABLE)) == 0
+    x = np.zeros(img.shape, dtype=np.float64)
+    if np.count_nonzero(good) < 500:
+        return x, good
+    back = _common.smooth_background(img, [msk], clip_sources=True)
+    resid = back.subtracted(img)
+    np.divide(resid, np.sqrt(np.where(good, var, 1.0)), out=x, where=good)
+    return x, good
+
+
+def _sources(x: np.ndarray, good: np.ndarray, nsigma: float) -> np.ndarray:
+    """Pixels whose 5x5 mean departs more than ``nsigma`` from zero, or alone 6 sigma."""
+    smooth = ndimage.uniform_filter(x, 5, mode="constant")
+    s_sig = robust_sigma(smooth[good])
+    p_sig = robust_sigma(x[good])
+    if not (s_sig > 0 and p_sig > 0):
+        return np.zeros(x.shape, dtype=bool)
+    return np.asarray((np.abs(smooth) > nsigma * s_sig) | (np.abs(x) > 6 * p_sig))
+
+
 def measure_covariance(
-    exp: Exposure, *, radius: int, window: int, source_sigma: float = 4.0
+    exp: Exposure,
+    *,
+    radius: int,
+    window: int,
+    source_sigma: float = 4.0,
+    other: Exposure | None = None,
+    other_sigma: float = 3.0,
 ) -> NoiseCovariance:
     """Measure ``exp``'s noise autocovariance (see the module docstring).
 
@@ -109,7 +139,14 @@ def measure_covariance(
     source_sigma : float
         Pixels whose 5x5 mean departs more than this many sigma from the
         background (or that alone depart more than 6 sigma), grown by
-        ``radius + 2``, count as sources and are left out.
+        ``radius + 2``, count as sources and are left out.  The cut must be
+        one that pure noise almost never reaches: keeping only pixels whose
+        neighbourhood is quiet would itself anticorrelate neighbours.
+    other : Exposure, optional
+        The other image of the pair, on the same grid: sources found in it
+        at ``other_sigma`` are left out too.  Its noise is independent of
+        ``exp``'s, so this deep cut biases nothing, and it removes the faint
+        static sources whose wings would pass for correlated noise.
 
     Returns
     -------
@@ -120,24 +157,14 @@ def measure_covariance(
     wy, wx = min(ny, window), min(nx, window)
     y0, x0 = (ny - wy) // 2, (nx - wx) // 2
     sl = np.s_[y0 : y0 + wy, x0 : x0 + wx]
-    img, var, msk = exp.image[sl], exp.var[sl], exp.msk[sl]
-    good = np.isfinite(img) & np.isfinite(var) & (var > 0)
-    good &= (msk & np.uint32(UNUSABLE)) == 0
+    x, good = _normalised(exp, sl)
     if np.count_nonzero(good) < 500:
         return NoiseCovariance.white()
-    back = _common.smooth_background(img, [msk], clip_sources=True)
-    resid = back.subtracted(img)
-    x = np.zeros(resid.shape, dtype=np.float64)
-    np.divide(resid, np.sqrt(np.where(good, var, 1.0)), out=x, where=good)
-    # Sources (and their wings) out, both signs.  The cut must be one that
-    # pure noise almost never reaches: keeping only pixels whose
-    # neighbourhood is quiet would itself anticorrelate neighbours.
-    smooth = ndimage.uniform_filter(x, 5, mode="constant")
-    s_sig = robust_sigma(smooth[good])
-    p_sig = robust_sigma(x[good])
-    if not (s_sig > 0 and p_sig > 0):
-        return NoiseCovariance.white()
-    src = (np.abs(smooth) > source_sigma * s_sig) | (np.abs(x) > 6 * p_sig)
+    src = _sources(x, good, source_sigma)
+    if other is not None and other.shape == exp.shape:
+        ox, ogood = _normalised(other, sl)
+        if np.count_nonzero(ogood) >= 500:
+            src |= _sources(ox, ogood, other_sigma)
     grow = 2 * (radius + 2) + 1
     src = ndimage.maximum_filter(src.view(np.uint8), size=grow).view(bool)
     good &= ~src

@@ -194,8 +194,9 @@ def subtract(
     # covariance its interpolation made.
     cov_s, cov_t = NoiseCovariance.white(), NoiseCovariance.white()
     if cfg.noise.correlated:
-        cov_s = _noise.measure_covariance(sci, radius=cfg.noise.radius, window=cfg.noise.window)
-        cov_t = _noise.measure_covariance(tmp, radius=cfg.noise.radius, window=cfg.noise.window)
+        radius, window = cfg.noise.radius, cfg.noise.window
+        cov_s = _noise.measure_covariance(sci, radius=radius, window=window, other=tmp)
+        cov_t = _noise.measure_covariance(tmp, radius=radius, window=window, other=sci)
     bar.advance(note="noise measured")
     kernel = None
     sigma = None
