@@ -106,14 +106,22 @@ def _normalised(exp: Exposure, sl: tuple[slice, slice]) -> tuple[np.ndarray, np.
     return x, good
 
 
-def _sources(x: np.ndarray, good: np.ndarray, nsigma: float) -> np.ndarray:
-    """Pixels whose 5x5 mean departs more than ``nsigma`` from zero, or alone 6 sigma."""
+def _levels(x: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|5x5 mean| and |pixel| of ``x`` in units of their own robust sigma."""
     smooth = ndimage.uniform_filter(x, 5, mode="constant")
     s_sig = robust_sigma(smooth[good])
     p_sig = robust_sigma(x[good])
     if not (s_sig > 0 and p_sig > 0):
-        return np.zeros(x.shape, dtype=bool)
-    return np.asarray((np.abs(smooth) > nsigma * s_sig) | (np.abs(x) > 6 * p_sig))
+        return np.zeros(x.shape), np.zeros(x.shape)
+    np.abs(smooth, out=smooth)
+    smooth /= s_sig
+    return smooth, np.abs(x) / p_sig
+
+
+def _sources(x: np.ndarray, good: np.ndarray, nsigma: float) -> np.ndarray:
+    """Pixels whose 5x5 mean departs more than ``nsigma`` from zero, or alone 6 sigma."""
+    mean, pixel = _levels(x, good)
+    return np.asarray((mean > nsigma) | (pixel > 6))
 
 
 def measure_covariance(
@@ -153,10 +161,7 @@ def measure_covariance(
     NoiseCovariance
         White when fewer than 500 source-free pixels remain.
     """
-    ny, nx = exp.shape
-    wy, wx = min(ny, window), min(nx, window)
-    y0, x0 = (ny - wy) // 2, (nx - wx) // 2
-    sl = np.s_[y0 : y0 + wy, x0 : x0 + wx]
+    sl = _window(exp.shape, window)
     x, good = _normalised(exp, sl)
     if np.count_nonzero(good) < 500:
         return NoiseCovariance.white()
@@ -165,6 +170,59 @@ def measure_covariance(
         ox, ogood = _normalised(other, sl)
         if np.count_nonzero(ogood) >= 500:
             src |= _sources(ox, ogood, other_sigma)
+    return _from_normalised(x, good, src, radius)
+
+
+def _window(shape: tuple[int, int], window: int) -> tuple[slice, slice]:
+    ny, nx = shape
+    wy, wx = min(ny, window), min(nx, window)
+    y0, x0 = (ny - wy) // 2, (nx - wx) // 2
+    return np.s_[y0 : y0 + wy, x0 : x0 + wx]
+
+
+def measure_pair(
+    science: Exposure,
+    template: Exposure,
+    *,
+    radius: int,
+    window: int,
+    source_sigma: float = 4.0,
+    other_sigma: float = 3.0,
+) -> tuple[NoiseCovariance, NoiseCovariance]:
+    """Both images' covariances, each with the other's sources left out.
+
+    The same as two :func:`measure_covariance` calls with ``other`` given,
+    with each image normalised and searched for sources once.
+    """
+    if science.shape != template.shape:
+        return (
+            measure_covariance(science, radius=radius, window=window),
+            measure_covariance(template, radius=radius, window=window),
+        )
+    sl = _window(science.shape, window)
+    xs, gs = _normalised(science, sl)
+    xt, gt = _normalised(template, sl)
+    masks: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for x, good in ((xs, gs), (xt, gt)):
+        if np.count_nonzero(good) < 500:
+            masks.append(None)
+            continue
+        mean, pixel = _levels(x, good)
+        # (own sources at a safe cut, sources at a deep cut for the other image)
+        masks.append(((mean > source_sigma) | (pixel > 6), (mean > other_sigma) | (pixel > 6)))
+    ms, mt = masks
+    cov_s = cov_t = NoiseCovariance.white()
+    if ms is not None:
+        cov_s = _from_normalised(xs, gs, ms[0] | (mt[1] if mt is not None else False), radius)
+    if mt is not None:
+        cov_t = _from_normalised(xt, gt, mt[0] | (ms[1] if ms is not None else False), radius)
+    return cov_s, cov_t
+
+
+def _from_normalised(
+    x: np.ndarray, good: np.ndarray, src: np.ndarray, radius: int
+) -> NoiseCovariance:
+    """The covariance of normalised residuals ``x`` on ``good`` pixels off sources ``src``."""
     grow = 2 * (radius + 2) + 1
     src = ndimage.maximum_filter(src.view(np.uint8), size=grow).view(bool)
     good &= ~src
@@ -181,7 +239,7 @@ def measure_covariance(
     local /= np.maximum(ndimage.uniform_filter(w, box, mode="constant"), 1e-3)
     x -= local
     x[~good] = 0.0
-    shape = (wy + radius + 1, wx + radius + 1)
+    shape = (x.shape[0] + radius + 1, x.shape[1] + radius + 1)
     fx = sfft.rfft2(x, s=shape)
     fw = sfft.rfft2(w, s=shape)
     acf = sfft.irfft2(fx * np.conj(fx), s=shape)

@@ -195,8 +195,7 @@ def subtract(
     cov_s, cov_t = NoiseCovariance.white(), NoiseCovariance.white()
     if cfg.noise.correlated:
         radius, window = cfg.noise.radius, cfg.noise.window
-        cov_s = _noise.measure_covariance(sci, radius=radius, window=window, other=tmp)
-        cov_t = _noise.measure_covariance(tmp, radius=radius, window=window, other=sci)
+        cov_s, cov_t = _noise.measure_pair(sci, tmp, radius=radius, window=window)
     bar.advance(note="noise measured")
     kernel = None
     sigma = None
