@@ -189,3 +189,25 @@ def test_noise_warning_when_variance_plane_is_wrong() -> None:
     assert result.template_noise.ratio == pytest.approx(2.0, rel=0.1)
     # The measured noise is what is used: thresholds stay in true sigma.
     assert 0.9 <= table.meta["score_rms"] <= 1.1
+
+
+@pytest.mark.parametrize("method", ["al", "zogy"])
+def test_large_scale_residuals_do_not_cluster_detections(method: str) -> None:
+    """A smooth residual (scale ~60 px, 0.5 sigma a pixel) in the science only."""
+    from skydm.diffim import DetectionConfig
+
+    science, template, _ = simulate_pair(61, shape=(512, 512), n_stars=400)
+    yy, xx = np.mgrid[0:512, 0:512]
+    sigma = float(np.sqrt(np.median(science.var)))
+    bumps = np.zeros((512, 512))
+    for cx, cy, sign in ((130, 140, 1), (380, 360, -1), (360, 120, 1)):
+        bumps += sign * 0.5 * sigma * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 60.0**2))
+    sci = science.copy()
+    sci.image = (science.image + bumps).astype(np.float32)
+    table = detect_dia_sources(subtract(sci, template, method=method))
+    assert np.count_nonzero(~table["flagged"]) <= 1
+    # The ablation: twice the mesh (the former default on this image size)
+    # follows the bumps too loosely, and their crests cross the threshold.
+    coarse = DiffimConfig(detection=DetectionConfig(background_box=128))
+    table_coarse = detect_dia_sources(subtract(sci, template, method=method, config=coarse))
+    assert np.count_nonzero(~table_coarse["flagged"]) >= 3

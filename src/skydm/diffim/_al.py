@@ -201,7 +201,7 @@ def run(
     notes: list[str],
     cov_s: NoiseCovariance | None = None,
     cov_t: NoiseCovariance | None = None,
-    background_box: int = 128,
+    background_box: int = 64,
 ) -> AlOutput:
     """PSF-match, subtract and (optionally) decorrelate; the result is in science counts.
 

@@ -109,7 +109,7 @@ class DetectionConfig:
     """
 
     threshold: float = 5.0
-    background_box: int = 128
+    background_box: int = 64
 
     def __post_init__(self) -> None:
         _check("detection.threshold", self.threshold, 0.5, 1e4, "a number of sigma")

@@ -47,7 +47,7 @@ class ZogyOutput:
     astrometric_sigma: tuple[float, float]
 
 
-def _bg_subtracted(exp: Exposure, box: int) -> np.ndarray:
+def _bg_subtracted(exp: Exposure, box: int | None) -> np.ndarray:
     back = _common.smooth_background(exp.image, [exp.msk], clip_sources=False, box=box)
     return back.subtracted(exp.image)
 
@@ -240,7 +240,7 @@ def run(
     config: ZogyConfig | None = None,
     cov_s: NoiseCovariance | None = None,
     cov_t: NoiseCovariance | None = None,
-    background_box: int = 128,
+    background_box: int = 64,
 ) -> ZogyOutput:
     """The ZOGY difference, its variance, mask and PSF, and S_corr.
 
@@ -252,8 +252,10 @@ def run(
     config = config or ZogyConfig()
     cn, cr = cov_s or NoiseCovariance.white(), cov_t or NoiseCovariance.white()
     shape = science.shape
-    n_img = _bg_subtracted(science, 2 * background_box)
-    r_img = _bg_subtracted(template, 2 * background_box)
+    # The inputs' own sky on the usual coarse mesh; the finer residual-
+    # background mesh (background_box) acts on the difference only.
+    n_img = _bg_subtracted(science, None)
+    r_img = _bg_subtracted(template, None)
     fit, (sx, sy) = _fit_ratio(science, template, n_img, r_img, psf_s, psf_t, config, notes)
     beta = fit.value
     if not beta > 0:
