@@ -321,3 +321,18 @@ def test_exposure_psf_option_is_used(sim_files: dict[str, Path]) -> None:
     assert psf.fwhm == pytest.approx(truth.fwhm, rel=0.02)
     img = read_psf(sim_files["psf_template"], "--template-psf")
     assert isinstance(img.kernel(), np.ndarray) and img.kernel().shape[0] % 2 == 1
+
+
+def test_saturation_option_masks_bright_pixels(sim_files: dict[str, Path], tmp_path: Path) -> None:
+    from skydm.image import Mask
+
+    science = read_exposure(sim_files["science_exp"])
+    level = float(np.percentile(science.image, 99.9))
+    out = tmp_path / "d.fits"
+    argv = ["diffim", str(sim_files["science"]), str(sim_files["template"]), "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    before = np.count_nonzero(read_exposure(out).msk & np.uint32(Mask.SAT))
+    assert main([*argv, "--saturation", f"{level:.1f}", "--quiet"]) == 0
+    sat = read_exposure(out).msk & np.uint32(Mask.SAT)
+    # At least the pixels above the level (grown by the kernel) are SAT now.
+    assert np.count_nonzero(sat) > before + np.count_nonzero(science.image >= level)
