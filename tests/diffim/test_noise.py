@@ -107,6 +107,15 @@ def test_resampled_pair_thresholds_in_true_sigma(
     assert 0.9 <= _quiet_rms(table.meta) <= 1.1
     assert "noise_warning" not in table.meta
     diff = result.difference
+    # The difference itself: unit variance per pixel, and (decorrelated AL,
+    # ZOGY's D) white: neighbours uncorrelated although both inputs are not.
+    z = diff.image / np.sqrt(diff.var)
+    quiet = (diff.msk == 0) & np.isfinite(z) & (np.abs(z) < 5)
+    assert 0.93 <= robust_sigma(z[quiet]) <= 1.07
+    zq = np.where(quiet, z - np.median(z[quiet]), 0.0)
+    both = quiet[:, 1:] & quiet[:, :-1]
+    lag1 = float(np.sum(zq[:, 1:] * zq[:, :-1] * both) / np.sum(zq[:, 1:] ** 2 * both))
+    assert abs(lag1) < 0.05
     ny, nx = diff.shape
     # Truth on usable pixels: inside the warped footprint, off masked pixels.
     ix, iy = np.round(truth["x"]).astype(int), np.round(truth["y"]).astype(int)
