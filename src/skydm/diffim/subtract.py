@@ -371,7 +371,7 @@ def _on_science_grid(template: Exposure, science: Exposure, psf: Psf) -> Exposur
 
 
 def detect_dia_sources(
-    result: DiffimResult | Exposure, *, threshold: float = 5.0, set_mask: bool = True
+    result: DiffimResult | Exposure, *, threshold: float | None = None, set_mask: bool = True
 ) -> Table:
     """Detect and measure DIA sources on a difference image.
 
@@ -381,8 +381,9 @@ def detect_dia_sources(
         A :func:`subtract` result (ZOGY's S_corr is then the significance
         image), or a difference Exposure with a PSF and a calibrated variance
         plane (the PSF-matched filter is then computed from them).
-    threshold : float
-        Detection threshold in sigma, applied to both signs.
+    threshold : float, optional
+        Detection threshold in sigma, applied to both signs; by default the
+        result's ``config.detection.threshold`` (5).
     set_mask : bool
         Set DETECTED / DETECTED_NEGATIVE on the difference's mask.
 
@@ -398,6 +399,8 @@ def detect_dia_sources(
         ``dec`` (degrees) when the difference has a WCS.
     """
     if isinstance(result, DiffimResult):
+        if threshold is None:
+            threshold = result.config.detection.threshold
         table = detect(
             result.difference, threshold=threshold, score=result.score, set_mask=set_mask
         )
@@ -410,6 +413,8 @@ def detect_dia_sources(
         warnings = list(result.warnings)
         tolerance = result.config.noise.warn_tolerance
     else:
+        if threshold is None:
+            threshold = DiffimConfig().detection.threshold
         table = detect(result, threshold=threshold, set_mask=set_mask)
         warnings, tolerance = [], DiffimConfig().noise.warn_tolerance
     rms = table.meta.get("score_rms", math.nan)
