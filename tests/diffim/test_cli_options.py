@@ -336,3 +336,17 @@ def test_saturation_option_masks_bright_pixels(sim_files: dict[str, Path], tmp_p
     sat = read_exposure(out).msk & np.uint32(Mask.SAT)
     # At least the pixels above the level (grown by the kernel) are SAT now.
     assert np.count_nonzero(sat) > before + np.count_nonzero(science.image >= level)
+
+
+def test_every_option_named_in_a_message_exists() -> None:
+    """Options named anywhere in diffim's messages are options of ``skydm diffim``."""
+    import skydm.cli.diffim
+    import skydm.diffim
+
+    roots = [Path(skydm.diffim.__file__).parent, Path(skydm.cli.diffim.__file__)]
+    files = [f for root in roots for f in (root.glob("*.py") if root.is_dir() else [root])]
+    named = set()
+    for f in files:
+        named |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", f.read_text()))
+    assert {"--psf", "--zp", "--config", "--sky"} <= named  # the scan sees them
+    assert named <= _options() | {"--help"}, named - _options()
