@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from skydm.diffim._al import AlConfig
-from skydm.errors import BadFileError, BadValueError
+from skydm.errors import BadFileError, BadValueError, require_extra
 
 
 def _check(name: str, value: float, low: float, high: float, what: str) -> None:
@@ -135,8 +135,7 @@ class DiffimConfig:
 
     def to_yaml(self) -> str:
         """The YAML form (``--show-config``)."""
-        import yaml
-
+        yaml = require_extra("yaml", "diffim")
         return str(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
@@ -196,8 +195,7 @@ class DiffimConfig:
         BadFileError
             The file cannot be read, is not YAML, or holds unknown fields.
         """
-        import yaml
-
+        yaml = require_extra("yaml", "diffim")
         try:
             text = Path(path).read_text()
         except OSError as exc:
