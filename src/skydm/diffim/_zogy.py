@@ -93,6 +93,9 @@ def _psf_ratio(
     return flux_ratio(fs, es, fr, er)
 
 
+#: Where a PSF counts as reaching a pixel, relative to its peak (mask growth).
+MASK_REACH = 1e-2
+
 #: Fewest bright, unclipped pixels, and separate objects, for a pixel-based flux ratio.
 MIN_RATIO_PIXELS = 30
 MIN_RATIO_OBJECTS = 3
@@ -377,7 +380,11 @@ def run(
     psf_d = PixelPsf(
         _fft.centred_from_spectrum(beta * pr_s * pn_s / (f_d * den_s), min(2 * size + 1, m))
     )
-    mask = _common.grow_masks([(science.msk, size), (template.msk, size)])
+    # A bad input pixel reaches D through the other image's PSF: grown by
+    # that PSF's core (to 1% of its peak), not by its whole stamp.
+    reach_n = _fft.trimmed(ker_r, MASK_REACH).shape[0]
+    reach_r = _fft.trimmed(ker_n, MASK_REACH).shape[0]
+    mask = _common.grow_masks([(science.msk, reach_n), (template.msk, reach_r)])
     _common.mark_edge(mask, size // 2)
     nodata = (mask & np.uint32(Mask.NO_DATA)) != 0
     if nodata.any():
