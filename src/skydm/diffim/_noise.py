@@ -142,8 +142,8 @@ def measure_covariance(
     radius : int
         Largest lag measured, pixels.
     window : int
-        Measured on the central ``window`` x ``window`` pixels at most (a
-        million pixels estimate each lag to 0.1%).
+        Measured on the central ``window`` x ``window`` pixels at most
+        (512^2 pixels estimate each lag to about 0.2% of the variance).
     source_sigma : float
         Pixels whose 5x5 mean departs more than this many sigma from the
         background (or that alone depart more than 6 sigma), grown by
