@@ -88,8 +88,9 @@ class NoiseCovariance:
         """``C(k)`` on the half spectrum of ``shape`` (``float32``), or 1.0 when white."""
         if self.is_white:
             return 1.0
-        power = np.real(_fft.kernel_rfft2(self.kernel.astype(np.float32), shape))
-        return np.maximum(power, np.float32(POWER_FLOOR * self.ratio)).astype(np.float32)
+        power = _fft.symmetric_kernel_rfft2(self.kernel, shape)
+        np.maximum(power, np.float32(POWER_FLOOR * self.ratio), out=power)
+        return power
 
 
 def _normalised(exp: Exposure, sl: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:

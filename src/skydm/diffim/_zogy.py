@@ -287,9 +287,13 @@ def run(
     cr0 = float(cr_h[0, 0]) if isinstance(cr_h, np.ndarray) else cr_h
     # The noise spectra s2 C_n(k), r2 C_r(k) where ZOGY has white s2, r2.
     den2 = pr2 * np.float32(s2)
-    den2 *= cn_h
-    den2 += np.float32(r2 * beta**2) * pn2 * cr_h
-    del cn_h, cr_h
+    if isinstance(cn_h, np.ndarray):
+        den2 *= cn_h
+    term = pn2 * np.float32(r2 * beta**2)
+    if isinstance(cr_h, np.ndarray):
+        term *= cr_h
+    den2 += term
+    del cn_h, cr_h, term
     np.maximum(den2, np.float32(1e-30), out=den2)
     sky_den = s2 * cn0 + r2 * beta**2 * cr0
     f_d = beta / math.sqrt(sky_den)
