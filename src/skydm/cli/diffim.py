@@ -248,6 +248,7 @@ def _either(own: float | None, shared: float | None) -> float | None:
 def run_files(args: argparse.Namespace) -> int:
     """``skydm diffim SCIENCE TEMPLATE --out DIFF.fits``: the file mode."""
     from skydm.diffim import DiffimConfig, NoiseModel, detect_dia_sources, subtract
+    from skydm.diffim.measure import measure_dia_sources
     from skydm.image import read_exposure
 
     _check_outputs(args)
@@ -280,6 +281,16 @@ def run_files(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"skydm diffim: note: {note}", file=sys.stderr)
     table = detect_dia_sources(result, threshold=threshold)
+    # The LSST diaSource measurements (aperture, forced science/template fluxes,
+    # moments, dipole and trail fits, pixel flags), as the pipelines make them.
+    table = measure_dia_sources(
+        table,
+        result.difference,
+        science=science,
+        template=result.template,
+        science_psf=result.science_psf,
+        template_psf=result.template_psf,
+    )
     if "noise_warning" in table.meta:
         print(f"skydm diffim: warning: {table.meta['noise_warning']}", file=sys.stderr)
     result.difference.write(args.out)
