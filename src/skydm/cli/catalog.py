@@ -100,10 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def catalog_dir(repo: Path | None) -> Path:
-    """``<repo>/catalog`` for ``--repo`` or the configured repository."""
-    from skydm.config import Settings
+    """``<repo>/catalog`` for ``--repo`` or the configured repository, which must exist."""
+    from skydm.cli._checks import existing_repository
 
-    return (repo if repo is not None else Settings.from_env().repo) / "catalog"
+    return existing_repository(repo) / "catalog"
 
 
 def _table_name(path: Path) -> str:
@@ -173,10 +173,10 @@ def run_drop(args: argparse.Namespace) -> int:
 def run_sync_visits(args: argparse.Namespace) -> int:
     """Handle ``skydm catalog sync-visits``."""
     from skydm.catalog.obsloc import sync_visits
-    from skydm.config import Settings
+    from skydm.cli._checks import existing_repository
     from skydm.errors import UserError
 
-    repo = args.repo if args.repo is not None else Settings.from_env().repo
+    repo = existing_repository(args.repo)
     info = sync_visits(repo)
     if info is None:
         raise UserError(f"{repo} is not a skydm repository (no registry); give --repo")

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     """Handle ``skydm ingest``."""
     from skydm.archive import FileResult, ingest_files
     from skydm.archive.instruments import get_instrument
+    from skydm.cli._checks import new_or_existing_repository
     from skydm.config import Settings
     from skydm.progress import Progress
     from skydm.repo import Repository
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.instrument is not None:
         get_instrument(args.instrument)  # a bad name is refused before any work
-    root = args.repo if args.repo is not None else settings.repo
+    root = new_or_existing_repository(args.repo)
     repo = Repository.open(root, create=True, registry_url=settings.registry_url)
 
     def show(res: FileResult) -> None:

@@ -57,16 +57,22 @@ def register(subparsers: Any) -> None:
         help="write the result to this file (default: standard output)",
     )
     parser.add_argument(
+        "--parents", action="store_true", help="create missing parent directories of --out"
+    )
+    parser.add_argument(
         "--engine", default=None, help="catalog engine URL for --repo (default: DuckDB)"
     )
     parser.set_defaults(func=_query)
 
 
 def _query(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import check_output, existing_repository
     from skydm.services.client import run_local, run_remote
 
     if args.maxrec is not None and args.maxrec < 0:
         raise BadValueError("--maxrec", args.maxrec, "give a non-negative row count")
+    if args.out is not None:
+        check_output(args.out, parents=args.parents)
     sink = args.out if args.out is not None else sys.stdout.buffer
     if args.format is None:
         # Base64 VOTable is unreadable on a terminal; files and pipes get VOTable.
@@ -82,9 +88,8 @@ def _query(args: argparse.Namespace) -> int:
         )
     else:
         from skydm.cli.serve import engine_url
-        from skydm.config import Settings
 
-        repo = args.repo if args.repo is not None else Settings.from_env().repo
+        repo = existing_repository(args.repo)
         outcome = run_local(
             repo,
             args.adql,

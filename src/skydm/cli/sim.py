@@ -6,6 +6,23 @@ import argparse
 from pathlib import Path
 
 ARTEFACT_CHOICES = ("cosmic_rays", "satellite_trails", "asteroids", "ghosts")
+# SurveyConfig field -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {
+    "seed": "seed",
+    "shape": "size",
+    "n_visits": "visits",
+    "n_fields": "fields",
+    "bands": "bands",
+    "n_stars": "stars",
+    "n_galaxies": "galaxies",
+    "artefacts": "artefacts",
+    "n_transients": "transients",
+    "n_variables": "variables",
+    "n_movers": "movers",
+    "seeing_range": "seeing",
+    "psf_kind": "psf",
+    "raw_dtype": "dtype",
+}
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -89,6 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate and write the survey, printing what was written."""
+    from skydm.cli._checks import check_output_dir
     from skydm.progress import Progress
     from skydm.sim import SurveyConfig, simulate_survey, write_survey
 
@@ -110,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         psf_kind=args.psf,
         raw_dtype=args.dtype,
     )
+    check_output_dir(args.out)
     survey = simulate_survey(cfg)
     bar = Progress("skydm sim: visits", len(survey.visits))
     paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar)
