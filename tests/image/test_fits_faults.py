@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.wcs import WCS
-from fuzzing import budget
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzzing import budget
 from skydm.archive.container import encode
 from skydm.coadd.stack import WarpStack
 from skydm.errors import BadFileError, SkydmError
@@ -200,7 +199,9 @@ def _mutate(data: bytes, mutation: tuple) -> bytes:  # type: ignore[type-arg]
 @budget(120)
 @given(source=st.sampled_from(sorted(_sources)), mutation=mutations)
 def test_fuzz_fits_readers_raise_only_skydm_errors(
-    source: Path, mutation: tuple, tmp_path_factory: pytest.TempPathFactory  # type: ignore[type-arg]
+    source: Path,
+    mutation: tuple,
+    tmp_path_factory: pytest.TempPathFactory,  # type: ignore[type-arg]
 ) -> None:
     data = _mutate(_sources[source], mutation)
     path = tmp_path_factory.mktemp("fuzz") / "case.fits"
