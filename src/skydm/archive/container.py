@@ -178,11 +178,37 @@ def _image_array(hdu: fits.hdu.base._BaseHDU, data: memoryview, offset: int) -> 
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+#: PLIO_1 codes run lengths of values from 0 to 2**24 - 1 (it was made for masks).
+PLIO_MAX = 2**24 - 1
+
+
+def _check_plio(array: np.ndarray, cards: fits.Header) -> None:
+    """Refuse PLIO_1 for stored values it cannot hold, before compressing anything."""
+    from skydm.errors import BadValueError
+
+    lo, hi = int(array.min()), int(array.max())
+    if lo >= 0 and hi <= PLIO_MAX:
+        return
+    scaled = (
+        f" (pixels stored with BZERO = {cards['BZERO']:g}, as unsigned integers are)"
+        if "BZERO" in cards
+        else ""
+    )
+    raise BadValueError(
+        "codec",
+        "PLIO_1",
+        f"PLIO_1 holds stored values from 0 to {PLIO_MAX} only, and this image stores "
+        f"values from {lo} to {hi}{scaled}; use RICE_1 (the default), as compact and lossless",
+    )
+
+
 def _image_hdu(
     raw: memoryview, array: np.ndarray, bitpix: int, cards: fits.Header, codec: str
 ) -> list[bytes | memoryview]:
     """One tile-compressed image HDU (header and data) as FITS bytes, in chunks."""
     chosen = codec_for(bitpix, codec)
+    if chosen == "PLIO_1":
+        _check_plio(array, cards)
     tiles = _tile_shape(array.shape)
     if chosen == "RICE_1" and bitpix in (8, 16, 32):
         return rice_image_hdu(raw, bitpix=bitpix, shape=array.shape, tile_shape=tiles, cards=cards)
