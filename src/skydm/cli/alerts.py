@@ -87,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     co.add_argument("--out", type=Path, help="directory for decoded packets (<diaSourceId>.json)")
     co.add_argument("--dedup-db", type=Path, help="SQLite file that keeps seen diaSourceIds")
     co.add_argument("--bootstrap", help="Kafka bootstrap servers (SKYDM_KAFKA_BOOTSTRAP)")
+    co.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker to answer before giving up (10)",
+    )
     co.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
     co.set_defaults(func=_consume)
 
@@ -214,11 +220,20 @@ def _consume(args: argparse.Namespace) -> int:
     from skydm.alerts.consumer import AlertConsumer, DedupStore
     from skydm.alerts.schema import load_schema
     from skydm.alerts.transport import parse_kafka_config
+    from skydm.cli._checks import check_output_dir
     from skydm.errors import BadValueError
 
     bootstrap = _bootstrap(args)
     if not bootstrap:
         raise BadValueError("--bootstrap", None, "a Kafka host:port (or SKYDM_KAFKA_BOOTSTRAP)")
+    if args.max < 0:
+        raise BadValueError("--max", args.max, "give a number of alerts >= 0 (0: until idle)")
+    if not args.idle > 0:
+        raise BadValueError("--idle", args.idle, "give a number of seconds > 0")
+    if not args.connect_timeout > 0:
+        raise BadValueError("--connect-timeout", args.connect_timeout, "give seconds > 0")
+    if args.out:
+        check_output_dir(args.out)
     topics = args.topic or [load_schema().default_topic]
     consumer = AlertConsumer(
         bootstrap,
@@ -228,6 +243,8 @@ def _consume(args: argparse.Namespace) -> int:
         from_time=args.from_time,
         from_offset=args.from_offset,
         dedup=DedupStore(args.dedup_db) if args.dedup_db else None,
+        connect_timeout=args.connect_timeout,
+        require_topics=True,
     )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -253,17 +270,40 @@ def _consume(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: leave the ``with`` block so that the broker is stopped."""
+
+
 def _broker(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from skydm.alerts.localbroker import LocalBroker
+    from skydm.errors import BadValueError, SkydmError
 
-    with LocalBroker(args.port) as broker:
-        print(f"tansu broker on {broker.bootstrap} (memory storage); Ctrl-C stops it")
-        print(f"  export SKYDM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
-        while broker.proc is not None and broker.proc.poll() is None:
-            time.sleep(0.5)
-    return 0
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    # `kill PID` must stop the broker child too and free its port, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with LocalBroker(args.port) as broker:
+            print(f"tansu broker on {broker.bootstrap} (memory storage); Ctrl-C stops it")
+            print(f"  export SKYDM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+            while (status := broker.exit_status()) is None:
+                time.sleep(0.2)
+            raise SkydmError(
+                f"the tansu broker on {broker.bootstrap} exited by itself (status {status}); "
+                "start it again with `skydm alerts broker`"
+            )
+    except _Terminated:
+        print("skydm alerts broker: stopped (SIGTERM)", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_json(path: Path, packet: dict) -> None:

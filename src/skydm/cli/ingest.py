@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 
+# Library parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {"instrument": "instrument", "codec": "codec"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``ingest`` command."""
     p = subparsers.add_parser(
