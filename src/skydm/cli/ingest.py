@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 # Library parameter -> the option that sets it, for error messages (cli/main.py).
 OPTIONS = {"instrument": "instrument", "codec": "codec"}
 
