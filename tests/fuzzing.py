@@ -18,14 +18,21 @@ from hypothesis import HealthCheck, seed, settings
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def budget(n: int) -> Callable[[F], F]:
-    """Hypothesis settings for a fuzz target of ``n`` cases (times ``SKYDM_FUZZ_SCALE``)."""
+def budget(n: int, *, function_fixtures: bool = False) -> Callable[[F], F]:
+    """Hypothesis settings for a fuzz target of ``n`` cases (times ``SKYDM_FUZZ_SCALE``).
+
+    ``function_fixtures``: the test uses function-scoped fixtures (capsys,
+    monkeypatch) that it resets itself at the start of every case.
+    """
+    checks = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    if function_fixtures:
+        checks.append(HealthCheck.function_scoped_fixture)
     scale = float(os.environ.get("SKYDM_FUZZ_SCALE", "1"))
     chosen = settings(
         max_examples=max(1, round(n * scale)),
         deadline=None,  # the machine is shared; time limits would make failures random
         derandomize="SKYDM_FUZZ_SEED" not in os.environ,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=checks,
         database=None,
     )
 
