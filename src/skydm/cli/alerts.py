@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--schema", help="LSST schema version MAJOR.MINOR (latest packaged)")
     pr.add_argument("--cutout-size", type=int, default=30, help="cutout side in pixels (30)")
     pr.add_argument("--radius", type=float, default=1.0, help="association radius, arcsec (1)")
+    pr.add_argument(
+        "--zp",
+        type=float,
+        help="photometric zero point of the difference image, AB mag of one count "
+        "(default: its ZP card)",
+    )
     pr.add_argument("--visit", type=int, help="visit id (default: from the difference header)")
     pr.add_argument("--detector", type=int, help="detector id (default: from the header)")
     _kafka_args(pr)
@@ -126,12 +133,26 @@ def _produce(args: argparse.Namespace) -> int:
     from skydm.alerts.produce import produce_visit_alerts
     from skydm.alerts.transport import parse_kafka_config
     from skydm.ap.apdb import Apdb
-    from skydm.errors import BadFileError
+    from skydm.errors import BadFileError, BadValueError, ConflictError
     from skydm.image import read_exposure
     from skydm.progress import Progress
 
     kafka_config = parse_kafka_config(args.kafka_config)
+    if args.cutout_size < 1:
+        raise BadValueError("--cutout-size", args.cutout_size, "give a side of at least 1 pixel")
+    if not args.radius > 0:
+        raise BadValueError("--radius", args.radius, "give an association radius > 0 arcsec")
+    if args.zp is not None and not math.isfinite(args.zp):
+        raise BadValueError("--zp", args.zp, "give a finite AB magnitude of one count")
     diff = read_exposure(args.diff)
+    if args.zp is not None:
+        diff.zero_point = args.zp
+    elif not math.isfinite(diff.zero_point):
+        raise BadFileError(
+            args.diff,
+            "has no photometric zero point (ZP card), which alert fluxes in nJy need; "
+            "pass --zp MAG (the AB magnitude of one count) or calibrate the image",
+        )
     if args.visit is not None:
         diff.info.visit = args.visit
     if args.detector is not None:
@@ -143,6 +164,8 @@ def _produce(args: argparse.Namespace) -> int:
     science = read_exposure(args.science) if args.science else None
     template = read_exposure(args.template) if args.template else None
     url = args.apdb or os.environ.get("SKYDM_APDB_URL") or args.archive_dir / "apdb.sqlite3"
+    # A produce that fails must not leave a new, half-filled APDB or archive directory.
+    new_files = _new_paths(url, args.archive_dir)
     apdb = Apdb(url)
     try:
         result = produce_visit_alerts(
@@ -161,8 +184,20 @@ def _produce(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             progress=Progress("alerts: packets", len(table), quiet=args.quiet),
         )
-    finally:
+    except ConflictError as exc:
         apdb.close()
+        _remove(new_files)
+        if args.visit is None:
+            raise ConflictError(
+                f"{exc}; if {args.diff} is another image, its header gives visit "
+                f"{diff.info.visit} detector {diff.info.detector}: pass --visit (and --detector)"
+            ) from exc
+        raise
+    except BaseException:
+        apdb.close()
+        _remove(new_files)
+        raise
+    apdb.close()
     for err in result.rejected:
         print(f"skydm alerts produce: rejected: {err}", file=sys.stderr)
     print(
@@ -176,6 +211,27 @@ def _produce(args: argparse.Namespace) -> int:
         print(f"streamed: {s.delivered} delivered, {s.pending} pending")
         return 0 if s.pending == 0 else 3
     return 0
+
+
+def _new_paths(apdb_url: str | Path, archive_dir: Path) -> list[Path]:
+    """The APDB file and archive directory a produce would create (those not there yet)."""
+    out = []
+    text = str(apdb_url)
+    if "://" not in text or text.startswith("sqlite:///"):
+        db = Path(text.removeprefix("sqlite:///"))
+        out += [db.with_name(db.name + s) for s in ("", "-wal", "-shm", "-journal")]
+    out.append(archive_dir)
+    return [p for p in out if not p.exists()]
+
+
+def _remove(paths: list[Path]) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _stream(args: argparse.Namespace) -> int:
