@@ -162,3 +162,41 @@ def test_a_broker_child_that_dies_is_reported_without_traceback() -> None:
     assert len(lines) == 1
     assert f"the tansu broker on 127.0.0.1:{port} exited by itself" in lines[0]
     assert "start it again with `skydm alerts broker`" in lines[0]
+
+
+def test_stream_detects_a_lost_log_at_start_up(
+    tmp_path: Path, broker: LocalBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skydm.alerts.outbox import Outbox
+    from skydm.alerts.produce import produce_visit_alerts
+    from skydm.ap.apdb import Apdb
+    from skydm.ap.synthetic import SyntheticField
+
+    field = SyntheticField(seed=4, n_variables=8)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    apdb = Apdb(arch / "apdb.sqlite3")
+    try:
+        for visit in (1, 2):
+            _, _, diff, table = field.visit(visit)
+            produce_visit_alerts(table, diff, apdb=apdb, archive_dir=arch)
+    finally:
+        apdb.close()
+    common = ["alerts", "stream", "-q", "--archive-dir", str(arch), "--partitions", "2"]
+    assert main([*common, "--bootstrap", broker.bootstrap]) == 0
+    total = int(capsys.readouterr().out.split()[0])
+    assert total > 0
+    broker.kill()
+    broker.start()  # same port, memory storage: every log is gone
+    assert main([*common, "--bootstrap", broker.bootstrap, "--retry-for", "30"]) == 0
+    captured = capsys.readouterr()
+    lost = [line for line in captured.err.splitlines() if "lost partition" in line]
+    assert lost, captured.err
+    assert all("messages are queued again" in line for line in lost)
+    assert sum(int(line.split("its ")[1].split()[0]) for line in lost) == total
+    assert captured.out.strip().endswith(f"{total} delivered, 0 pending")
+    box = Outbox(arch / "outbox.sqlite3")
+    try:
+        assert box.counts() == {"pending": 0, "delivered": total}
+    finally:
+        box.close()

@@ -236,7 +236,12 @@ def _remove(paths: list[Path]) -> None:
 
 def _stream(args: argparse.Namespace) -> int:
     from skydm.alerts.outbox import Outbox
-    from skydm.alerts.transport import KafkaTransport, parse_kafka_config, stream_outbox
+    from skydm.alerts.transport import (
+        KafkaTransport,
+        parse_kafka_config,
+        requeue_lost_logs,
+        stream_outbox,
+    )
     from skydm.errors import BadFileError, BadValueError
     from skydm.progress import Progress
 
@@ -251,6 +256,8 @@ def _stream(args: argparse.Namespace) -> int:
         if args.redeliver:
             n = box.requeue(visit=args.visit, topic=args.topic)
             print(f"queued {n} delivered messages again", file=sys.stderr)
+        for lost in requeue_lost_logs(box, bootstrap, config=parse_kafka_config(args.kafka_config)):
+            print(f"skydm alerts stream: {lost.line(bootstrap)}", file=sys.stderr)
         pending = box.counts()["pending"]
         transport = KafkaTransport(
             bootstrap, partitions=args.partitions, config=parse_kafka_config(args.kafka_config)
