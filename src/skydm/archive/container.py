@@ -65,6 +65,7 @@ class SourceInfo:
     n_hdus: int
     n_images: int
     bitpix: tuple[int, ...]  # of the image HDUs
+    shapes: tuple[tuple[int, ...], ...] = ()  # of the image HDUs (rows, columns)
     pixel_views: list[memoryview] = field(repr=False, default_factory=list)
 
     @cached_property
@@ -108,6 +109,11 @@ def _merge_headers(primary: fits.Header, image: fits.Header) -> fits.Header:
         except ValueError:
             continue  # an unparsable primary card keeps its place
     return merged
+
+
+def translation_header(primary: fits.Header, image: fits.Header) -> fits.Header:
+    """What instrument definitions read: the primary's cards overridden by an image HDU's."""
+    return _merge_headers(primary, _clean_cards(image, keep_scaling=False))
 
 
 def _tile_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -283,6 +289,7 @@ def encode(
     images: list[list[bytes | memoryview]] = []  # each image HDU's FITS bytes, in chunks
     merged = fits.Header()
     bitpix: list[int] = []
+    shapes: list[tuple[int, ...]] = []
     pixel_views: list[memoryview] = []
     primary_has_image = False
     for i, (hdu, (h0, d0, d1)) in enumerate(zip(hdul, spans, strict=True)):
@@ -297,6 +304,7 @@ def encode(
         pixel_views.append(view[d0 : d0 + array.nbytes])
         bp = int(hdu.header["BITPIX"])
         bitpix.append(bp)
+        shapes.append(tuple(array.shape))
         clean = _clean_cards(hdu.header, keep_scaling=False)
         if not images:
             merged = clean.copy() if i == 0 else _merge_headers(hdul[0].header, clean)
@@ -351,6 +359,7 @@ def encode(
         n_hdus=len(hdul),
         n_images=len(images),
         bitpix=tuple(bitpix),
+        shapes=tuple(shapes),
         pixel_views=pixel_views,
     )
     return container, info

@@ -20,6 +20,9 @@ from skydm.errors import BadValueError, SkydmError
 COMMAND_MODULES = [
     "sim",
     "ingest",
+    "instrument",
+    "datasets",
+    "retrieve",
     "verify",
     "diffim",
     "coadd",
