@@ -60,3 +60,15 @@ def test_bad_circle_is_an_error_not_zero_rows(
     bad = f"SELECT id FROM stars WHERE 1 = CONTAINS(POINT(ra, dec), {circle})"
     assert main(["query", "-q", "--repo", str(repo), bad]) == 1
     assert words in capsys.readouterr().err
+
+
+def test_load_over_an_existing_table_names_the_options(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "stars.csv"
+    src.write_text("ra,dec\n10,20\n")
+    assert main(["catalog", "load", "-q", "--repo", str(repo), str(src)]) == 0
+    assert main(["catalog", "load", "-q", "--repo", str(repo), str(src)]) == 1
+    err = capsys.readouterr().err
+    assert f"table stars already exists in {repo}" in err
+    assert "pass --replace to replace it or --append" in err and "mode=" not in err

@@ -116,6 +116,7 @@ def _table_name(path: Path) -> str:
 def run_load(args: argparse.Namespace) -> int:
     """Handle ``skydm catalog load``."""
     from skydm.catalog import load_table
+    from skydm.errors import ConflictError
     from skydm.progress import Progress
 
     root = catalog_dir(args.repo)
@@ -125,16 +126,22 @@ def run_load(args: argparse.Namespace) -> int:
             "append" if args.append or i > 0 else "replace" if args.replace else "create"
         )
         bar = Progress(f"loading {path.name} into {table}", quiet=args.quiet)
-        info = load_table(
-            root,
-            table,
-            path,
-            ra_col=args.ra_col,
-            dec_col=args.dec_col,
-            mode=mode,
-            description=args.description,
-            progress=bar,
-        )
+        try:
+            info = load_table(
+                root,
+                table,
+                path,
+                ra_col=args.ra_col,
+                dec_col=args.dec_col,
+                mode=mode,
+                description=args.description,
+                progress=bar,
+            )
+        except ConflictError as exc:
+            raise ConflictError(
+                f"table {table} already exists in {root.parent}; pass --replace to replace it "
+                "or --append to add the rows"
+            ) from exc
         print(
             f"{info.name}: {info.rows} rows after loading {path} ({len(info.files)} "
             f"HEALPix partitions at order {info.partition_order})"
