@@ -255,6 +255,9 @@ def test_cli_produce_stream_consume(tmp_path: Path, broker, capsys: pytest.Captu
             broker.bootstrap,
             "--kafka-config",
             "linger.ms=2",
+            # What a consumer without lz4 needs (the consumer below reads it).
+            "--compression",
+            "gzip",
         ]
     )
     assert rc == 0 and f"{len(table)} delivered, 0 pending" in capsys.readouterr().out

@@ -81,6 +81,26 @@ class AlertTransport(abc.ABC):
         """Release connections."""
 
 
+#: Producer compression codecs librdkafka offers.  lz4 is the default; a
+#: consumer whose Kafka client lacks lz4 (some minimal builds of kafka-python,
+#: or clients in environments without the lz4 library) needs the stream
+#: produced with ``gzip`` (every client has it) or ``none``.
+COMPRESSION_TYPES = ("lz4", "zstd", "gzip", "snappy", "none")
+
+
+def compression_config(name: str, *, option: str = "--compression") -> dict[str, str]:
+    """The producer setting for a compression codec, validated.
+
+    Raises
+    ------
+    BadValueError
+        Naming ``option`` when ``name`` is not one of :data:`COMPRESSION_TYPES`.
+    """
+    if name not in COMPRESSION_TYPES:
+        raise BadValueError(option, name, f"one of {', '.join(COMPRESSION_TYPES)}")
+    return {"compression.type": name}
+
+
 def parse_kafka_config(items: Sequence[str]) -> dict[str, str]:
     """``["KEY=VALUE", ...]`` (command-line pass-through) as a dict.
 

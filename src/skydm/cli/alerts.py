@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--diff", type=Path, required=True, help="difference image (FITS)")
     pr.add_argument("--sources", type=Path, required=True, help="DIA source table (.ecsv, .fits)")
     pr.add_argument("--science", type=Path, help="science image, for cutouts and scienceFlux")
-    pr.add_argument("--template", type=Path, help="template image, for cutouts")
+    pr.add_argument("--template", type=Path, help="template image, for cutouts and templateFlux")
     pr.add_argument(
         "--apdb",
         help="APDB: SQLite file or SQLAlchemy URL (SKYDM_APDB_URL; <archive-dir>/apdb.sqlite3)",
@@ -121,6 +121,25 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="main topic (lsst-alerts-v<major>)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of new topics (8)")
     p.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
+    p.add_argument(
+        "--compression",
+        default=None,
+        metavar="CODEC",
+        help=(
+            "producer compression: lz4 (default), zstd, gzip, snappy or none; use gzip or none "
+            "for consumers whose Kafka client lacks lz4 (SKYDM_KAFKA_COMPRESSION)"
+        ),
+    )
+
+
+def _producer_config(args: argparse.Namespace) -> dict[str, str]:
+    """--kafka-config items plus the --compression codec (which they may override)."""
+    from skydm.alerts.transport import compression_config, parse_kafka_config
+
+    env = os.environ.get("SKYDM_KAFKA_COMPRESSION")
+    codec = args.compression or env or "lz4"
+    option = "--compression" if args.compression else "SKYDM_KAFKA_COMPRESSION"
+    return {**compression_config(codec, option=option), **parse_kafka_config(args.kafka_config)}
 
 
 def _bootstrap(args: argparse.Namespace) -> str | None:
@@ -131,13 +150,13 @@ def _produce(args: argparse.Namespace) -> int:
     from astropy.table import Table
 
     from skydm.alerts.produce import produce_visit_alerts
-    from skydm.alerts.transport import parse_kafka_config
     from skydm.ap.apdb import Apdb
+    from skydm.diffim.measure import measure_dia_sources
     from skydm.errors import BadFileError, BadValueError, ConflictError
     from skydm.image import read_exposure
     from skydm.progress import Progress
 
-    kafka_config = parse_kafka_config(args.kafka_config)
+    kafka_config = _producer_config(args)
     if args.cutout_size < 1:
         raise BadValueError("--cutout-size", args.cutout_size, "give a side of at least 1 pixel")
     if not args.radius > 0:
@@ -163,6 +182,10 @@ def _produce(args: argparse.Namespace) -> int:
         raise BadFileError(args.sources, f"cannot read the DIA source table ({exc})") from exc
     science = read_exposure(args.science) if args.science else None
     template = read_exposure(args.template) if args.template else None
+    if not table.meta.get("measured"):
+        # A detection table as `skydm diffim` writes it: measure the LSST
+        # diaSource fields (apFlux, shapes, dipole and trail fits...) now.
+        table = measure_dia_sources(table, diff, science=science, template=template)
     url = args.apdb or os.environ.get("SKYDM_APDB_URL") or args.archive_dir / "apdb.sqlite3"
     # A produce that fails must not leave a new, half-filled APDB or archive directory.
     new_files = _new_paths(url, args.archive_dir)
@@ -260,7 +283,7 @@ def _stream(args: argparse.Namespace) -> int:
             print(f"skydm alerts stream: {lost.line(bootstrap)}", file=sys.stderr)
         pending = box.counts()["pending"]
         transport = KafkaTransport(
-            bootstrap, partitions=args.partitions, config=parse_kafka_config(args.kafka_config)
+            bootstrap, partitions=args.partitions, config=_producer_config(args)
         )
         try:
             result = stream_outbox(

@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "datasets",
     "retrieve",
     "verify",
+    "cutout",
+    "color",
     "diffim",
     "coadd",
     "alerts",

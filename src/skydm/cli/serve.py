@@ -14,11 +14,15 @@ def register(subparsers: Any) -> None:
     """Add the ``serve`` command."""
     parser = subparsers.add_parser(
         "serve",
-        help="run the web services (IVOA TAP at /tap)",
+        help="run the web services (IVOA TAP at /tap; SIA, DataLink, SODA for images)",
         description=(
             "Serve the repository's catalog over IVOA TAP 1.1 (sync and async ADQL queries, "
             "VOSI tables/capabilities/availability, DALI examples) at http://HOST:PORT/tap. "
-            "Async jobs run in worker processes; their state and results live in REPO/tap/."
+            "Async jobs run in worker processes; their state and results live in REPO/tap/. "
+            "The repository's images are served beside it: SIAv2 at /sia/query, DataLink at "
+            "/datalink/links, SODA cutouts at /soda/sync and /soda/async, every epoch of a "
+            "position at /images/stamps, and ivoa.ObsCore in TAP (set SKYDM_PUBLIC_URL when "
+            "clients reach the server by another URL)."
         ),
     )
     parser.add_argument(
@@ -96,7 +100,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadValueError("--workers", args.workers, "give at least 1")
     repo = existing_repository(args.repo)
     _check_port_free(args.host, args.port)
-    app = create_app(repo, engine_url=engine_url(args.engine), workers=args.workers)
+    app = create_app(
+        repo,
+        engine_url=engine_url(args.engine),
+        workers=args.workers,
+        public_url=f"http://{args.host}:{args.port}",
+    )
     print(
         f"skydm serve: TAP service at http://{args.host}:{args.port}/tap (repository {repo})",
         file=sys.stderr,

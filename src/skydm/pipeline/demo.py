@@ -226,6 +226,7 @@ def _difference_and_alert(
     from skydm.alerts.produce import produce_visit_alerts
     from skydm.ap.apdb import Apdb
     from skydm.diffim import detect_dia_sources, subtract
+    from skydm.diffim.measure import measure_dia_sources
 
     apdb = Apdb(repo.root / "apdb.sqlite3")
     tables = []
@@ -234,6 +235,14 @@ def _difference_and_alert(
         for data_id, science in calexps:
             result = subtract(science, template, method="al")
             sources = detect_dia_sources(result, threshold=5.0)
+            sources = measure_dia_sources(
+                sources,
+                result.difference,
+                science=science,
+                template=result.template,
+                science_psf=result.science_psf,
+                template_psf=result.template_psf,
+            )
             repo.put_exposure(result.difference, "diff", data_id, replace=True)
             visit = produce_visit_alerts(
                 sources,

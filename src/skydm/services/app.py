@@ -1,7 +1,7 @@
 """The skydm web application: one FastAPI app mounting each service.
 
-Only the TAP service exists so far (at ``/tap``); image and authentication
-services are meant to be installed beside it in :func:`create_app`.
+TAP at ``/tap``; the image services (SIA, DataLink, SODA, stamps) beside it
+(:mod:`skydm.services.images`); authentication is meant to join them here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from skydm import __version__
+from skydm.services.images.config import ImagesConfig
+from skydm.services.images.handlers import install_images
+from skydm.services.images.jobs import SodaJobs
+from skydm.services.images.service import ImageService
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.factory import PREFIX, create_tap_service, install_tap
 from skydm.services.tap.handlers.sync import lean_sync, wants_lean
@@ -48,6 +52,7 @@ def create_app(
     engine_url: str | None = None,
     workers: int | None = None,
     tap_config: TapConfig | None = None,
+    public_url: str | None = None,
 ) -> SkydmApp:
     """Build the web application for a repository.
 
@@ -63,6 +68,9 @@ def create_app(
         Async jobs executed at once (each in its own process).
     tap_config : TapConfig, optional
         Complete TAP settings; overrides the three arguments above.
+    public_url : str, optional
+        The root URL clients reach the services at (for the links of ObsCore,
+        SIA and DataLink); ``$SKYDM_PUBLIC_URL`` overrides it.
 
     Returns
     -------
@@ -71,9 +79,13 @@ def create_app(
     """
     config = tap_config or TapConfig.from_env(repo_dir, engine_url=engine_url, workers=workers)
     tap = create_tap_service(config)
+    images = ImageService(ImagesConfig.from_env(config.repo_dir, public_url=public_url))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        images.open()  # first: it publishes ivoa.ObsCore, which TAP then serves
+        if images.repo is not None:
+            app.state.soda_jobs = SodaJobs(images, Path(config.repo_dir) / "soda")
         tap.open()
         # Everything loaded so far (astropy, sqlglot, pyarrow...) lives as long
         # as the process: out of the collector's way, so that the collections
@@ -83,13 +95,17 @@ def create_app(
             yield
         finally:
             tap.close()
+            if getattr(app.state, "soda_jobs", None) is not None:
+                app.state.soda_jobs.close()
+            images.close()
 
     app = SkydmApp(
         title="skydm services",
         version=__version__,
-        description="IVOA TAP over the skydm catalog.",
+        description="IVOA TAP over the skydm catalog; SIA, DataLink and SODA over its images.",
         lifespan=lifespan,
     )
     install_tap(app, tap)
+    install_images(app, images)
     app.tap_service = tap
     return app
