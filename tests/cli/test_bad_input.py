@@ -54,6 +54,10 @@ def _dummy(action: argparse.Action, tmp: Path) -> list[str]:
 
 def _argv(words: tuple[str, ...], parser: argparse.ArgumentParser, repo: Path, tmp: Path) -> list:
     argv = [*words, "--repo", str(repo)]
+    for group in parser._mutually_exclusive_groups:
+        if group.required:  # one of them must be given: the first
+            action = group._group_actions[0]
+            argv += [action.option_strings[-1], *_dummy(action, tmp)]
     for action in parser._actions:
         if action.option_strings:
             if action.required and "--repo" not in action.option_strings:
