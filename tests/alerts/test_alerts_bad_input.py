@@ -200,3 +200,42 @@ def test_stream_detects_a_lost_log_at_start_up(
         assert box.counts() == {"pending": 0, "delivered": total}
     finally:
         box.close()
+
+
+def test_stream_progress_never_counts_past_its_total(tmp_path: Path, broker: LocalBroker) -> None:
+    """Messages re-queued mid-stream (a lost log found from the offsets) grow the total."""
+    from skydm.alerts.outbox import Outbox
+    from skydm.alerts.produce import produce_visit_alerts
+    from skydm.alerts.transport import KafkaTransport, stream_outbox
+    from skydm.ap.apdb import Apdb
+    from skydm.ap.synthetic import SyntheticField
+    from skydm.progress import Progress
+
+    field = SyntheticField(seed=6, n_variables=30)
+    apdb = Apdb(tmp_path / "apdb.sqlite3")
+    try:
+        _, _, diff, table = field.visit(1)
+        produce_visit_alerts(table, diff, apdb=apdb, archive_dir=tmp_path / "arch")
+        box = Outbox(tmp_path / "arch" / "outbox.sqlite3")
+        transport = KafkaTransport(broker.bootstrap, partitions=1)
+        try:
+            first = stream_outbox(box, transport, retry_for=30)
+            assert first.pending == 0
+            broker.kill()
+            broker.start()  # the log is gone; the outbox does not know yet
+            transport.close()
+            transport = KafkaTransport(broker.bootstrap, partitions=1)
+            _, _, diff, table = field.visit(2)
+            produce_visit_alerts(table, diff, apdb=apdb, archive_dir=tmp_path / "arch")
+            pending = box.counts()["pending"]
+            bar = Progress("alerts: sent", pending, quiet=True)
+            second = stream_outbox(box, transport, retry_for=30, progress=bar)
+        finally:
+            transport.close()
+            box.close()
+    finally:
+        apdb.close()
+    assert second.requeued == first.delivered > 0
+    assert second.pending == 0
+    assert bar.total == pending + second.requeued
+    assert bar.done <= bar.total
