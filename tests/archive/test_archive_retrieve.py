@@ -117,9 +117,9 @@ def test_datasets_lists_and_selects(tmp_path: Path, capsys) -> None:  # type: ig
     assert (out / "calexp_skysim_g_3_0.fits").read_bytes() == b"3g"
     capsys.readouterr()
     assert main(["retrieve", "--repo", str(repo_dir), "--where", "visit = 99",
-                 "--out", str(tmp_path / "none")]) == 1  # fmt: skip
+                 "--out", str(tmp_path / "none")]) == 2  # fmt: skip
     assert "no 'raw' dataset" in capsys.readouterr().err
     (tmp_path / "file").write_bytes(b"")
     assert main(["retrieve", "--repo", str(repo_dir), "--type", "calexp",
-                 "--out", str(tmp_path / "file")]) == 1  # fmt: skip
+                 "--out", str(tmp_path / "file")]) == 2  # fmt: skip
     assert "a directory" in capsys.readouterr().err

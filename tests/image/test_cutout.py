@@ -231,4 +231,4 @@ def test_cli_cutout_same_as_library(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "does not overlap" in err and len(err.strip().splitlines()) == 1
     argv[argv.index(fp.id)] = "ivo://skydm/raw?../../../etc/passwd"
     assert main([*argv, "--circle", "1", "2", "0.001"]) != 0
-    assert "--id=" in capsys.readouterr().err
+    assert "--id 'ivo://skydm/raw?../../../etc/passwd' is not allowed" in capsys.readouterr().err

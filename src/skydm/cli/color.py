@@ -35,18 +35,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm color``."""
+    from skydm.cli._checks import check_output, existing_repository
     from skydm.config import Settings
     from skydm.errors import BadValueError, UserError
     from skydm.image.color import FORMATS, color_from_planes, lupton_params, write_color
     from skydm.repo import Repository
 
+    root = existing_repository(args.repo)  # a mistyped --repo first: no repository there
     if args.out.suffix.lower() not in FORMATS:
         raise BadValueError("--out", str(args.out), "a file name ending .png, .jpg or .tif")
     bands = [b.strip() for b in args.bands.split(",") if b.strip()]
     if len(bands) != 3:
         raise BadValueError("--bands", args.bands, "three bands separated by commas, red first")
+    check_output(args.out)
     settings = Settings.from_env()
-    root = args.repo if args.repo is not None else settings.repo
     with Repository.open(root, create=False, registry_url=settings.registry_url) as repo:
         refs = {b: repo.query(dataset_type=args.type, band=b) for b in bands}
         cells = set.intersection(*({r.data_id.skycell for r in refs[b]} for b in bands))

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm cutout``."""
+    from skydm.cli._checks import check_output, existing_repository
     from skydm.config import Settings
     from skydm.image.datasets import cutout, parse_dataset_id
     from skydm.image.regions import Circle, Range, Region, parse_polygon
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from skydm.repo.atomic import atomic_write_bytes
 
     settings = Settings.from_env()
-    root = args.repo if args.repo is not None else settings.repo
+    root = existing_repository(args.repo)  # a mistyped --repo first: no repository there
+    check_output(args.out)
     dataset_type, data_id = parse_dataset_id(args.id, name="--id")
     region: Region
     if args.circle is not None:

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# Library parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {"instrument": "instrument", "codec": "codec"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``ingest`` command."""
@@ -61,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from skydm.archive import FileResult, InstrumentDefinition, ingest_files, load_instrument
     from skydm.archive.instrument_file import repository_instruments
     from skydm.archive.instruments import get_instrument
+    from skydm.cli._checks import new_or_existing_repository
     from skydm.config import Settings
-    from skydm.errors import UserError
+    from skydm.errors import UsageError
     from skydm.progress import Progress
     from skydm.repo import Repository
 
@@ -70,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     instrument: str | InstrumentDefinition | None = args.instrument
     if args.instrument_file is not None:
         if args.instrument is not None:
-            raise UserError("give --instrument or --instrument-file, not both")
+            raise UsageError("give --instrument or --instrument-file, not both")
         instrument = load_instrument(args.instrument_file)  # refused before any work
-    root = args.repo if args.repo is not None else settings.repo
+    root = new_or_existing_repository(args.repo)
     if isinstance(instrument, str):
         get_instrument(instrument, repository_instruments(root))  # a bad name: no work
     repo = Repository.open(root, create=True, registry_url=settings.registry_url)

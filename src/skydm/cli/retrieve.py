@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Library parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {"where": "where"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``retrieve`` command."""

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from skydm.errors import BadValueError
+from skydm.errors import BadValueError, UserError
 
 
 def register(subparsers: Any) -> None:
@@ -62,8 +62,31 @@ def engine_url(value: str | None) -> str | None:
     return None if url in (None, "", "duckdb") else url
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process holds before saying the service is there."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise BadValueError(
+            "--host", host, f"not an address of this machine ({exc.strerror})"
+        ) from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # uvicorn sets SO_REUSEADDR too: a port in TIME_WAIT is free for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise UserError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); another program holds "
+                "the port: choose another with --port"
+            ) from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from skydm.config import Settings
+    from skydm.cli._checks import existing_repository
     from skydm.errors import require_extra
 
     require_extra("uvicorn", "serve")
@@ -75,7 +98,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
     if args.workers is not None and args.workers < 1:
         raise BadValueError("--workers", args.workers, "give at least 1")
-    repo = args.repo if args.repo is not None else Settings.from_env().repo
+    repo = existing_repository(args.repo)
+    _check_port_free(args.host, args.port)
     app = create_app(
         repo,
         engine_url=engine_url(args.engine),

@@ -6,6 +6,25 @@ import argparse
 from pathlib import Path
 
 ARTEFACT_CHOICES = ("cosmic_rays", "satellite_trails", "asteroids", "ghosts")
+# SurveyConfig field -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {
+    "seed": "seed",
+    "shape": "size",
+    "n_visits": "visits",
+    "n_fields": "fields",
+    "bands": "bands",
+    "n_stars": "stars",
+    "n_galaxies": "galaxies",
+    "artefacts": "artefacts",
+    "n_transients": "transients",
+    "n_variables": "variables",
+    "n_movers": "movers",
+    "seeing_range": "seeing",
+    "psf_kind": "psf",
+    "raw_dtype": "dtype",
+    "n_detectors": "detectors",
+    "detector_gap": "detector_gap",
+}
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -101,11 +120,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write each visit's detectors as one multi-extension FITS file",
     )
     p.add_argument("--no-clean", action="store_true", help="do not write the clean twins")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate and write the survey, printing what was written."""
+    from skydm.cli._checks import check_output_dir
     from skydm.progress import Progress
     from skydm.sim import SurveyConfig, simulate_survey, write_survey
 
@@ -129,9 +150,10 @@ def run(args: argparse.Namespace) -> int:
         n_detectors=args.detectors,
         detector_gap=args.detector_gap,
     )
+    check_output_dir(args.out)
     survey = simulate_survey(cfg)
     n_files = len(survey.visits) // cfg.n_detectors if args.mef else len(survey.visits)
-    bar = Progress("skydm sim: visits", n_files)
+    bar = Progress("skydm sim: visits", n_files, quiet=args.quiet)
     paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar, mef=args.mef)
     out = Path(args.out)
     what = (

@@ -270,28 +270,14 @@ def _difference_and_alert(
 
 
 def _load_catalog(root: Path, report: DemoReport) -> None:
-    import sqlalchemy as sa
-
     from skydm.ap.apdb import Apdb
+    from skydm.ap.publish import catalog_tables
     from skydm.catalog import load_table
 
     apdb = Apdb(root / "apdb.sqlite3")
     try:
-        for name, table in (("DiaObject", apdb.objects), ("DiaSource", apdb.sources)):
-            with apdb.engine.connect() as conn:
-                rows = [dict(r._mapping) for r in conn.execute(sa.select(table))]
-            if not rows:
-                continue
-            # Columns no visit has filled yet (other bands' statistics) carry
-            # no type a catalog can hold, and the APDB's cached Avro encodings
-            # are internal: both are left out.
-            data: dict[str, Any] = {
-                k: [r[k] for r in rows]
-                for k in rows[0]
-                if any(r[k] is not None for r in rows)
-                and not any(isinstance(r[k], bytes) for r in rows)
-            }
-            info = load_table(root / "catalog", name, Table(data), mode="replace")
+        for name, table in catalog_tables(apdb).items():
+            info = load_table(root / "catalog", name, table, mode="replace")
             report.catalog_tables[name] = int(info.rows)
     finally:
         apdb.close()

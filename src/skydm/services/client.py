@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from skydm.errors import SkydmError, UserError
-from skydm.progress import Progress
+from skydm.progress import Progress, plural
 from skydm.repo.atomic import atomic_open
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.formats import ResultStream
@@ -104,6 +104,7 @@ def run_local(
                 for chunk in stream.chunks():
                     fh.write(chunk)
                     bar.advance(0, f"{stream.rows} rows")
+            bar.finish(plural(stream.rows, "row"))
             if stream.error is not None:
                 raise UserError(stream.error)
             return QueryOutcome(stream.rows, stream.overflow)
@@ -122,6 +123,8 @@ def run_local(
         except KeyboardInterrupt:
             service.set_phase(job.job_id, "ABORT")
             raise
+        finally:
+            bar.finish(job.phase.value)
         if job.error_message is not None or job.phase.value != "COMPLETED":
             raise UserError(f"job {job.job_id} ended {job.phase.value}: {job.error_message}")
         path, _mime = service.result_file(job.job_id)
@@ -206,6 +209,8 @@ def _remote_async(
     except KeyboardInterrupt:
         client.post(f"{job_url}/phase", data={"PHASE": "ABORT"})
         raise
+    finally:
+        bar.finish()
     if phase != "COMPLETED":
         message = doc.findtext(f"{_UWS}errorSummary/{_UWS}message") or ""
         raise UserError(f"{job_url}: job ended {phase}: {message}")
