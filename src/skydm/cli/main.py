@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "catalog",
     "query",
     "serve",
+    "token",
     "demo",
 ]
 

@@ -46,6 +46,18 @@ def register(subparsers: Any) -> None:
         help="async jobs executed at once, each in its own process (2)",
     )
     parser.add_argument(
+        "--auth",
+        choices=["none", "tokens"],
+        default="none",
+        help="authentication: none (loopback binds only) or tokens (made with "
+        "`skydm token create` on this repository; every route then needs one)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --auth none on a non-loopback --host (anyone who reaches it reads everything)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -62,6 +74,18 @@ def engine_url(value: str | None) -> str | None:
     return None if url in (None, "", "duckdb") else url
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(args: argparse.Namespace) -> int:
     from skydm.config import Settings
     from skydm.errors import require_extra
@@ -70,20 +94,30 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from skydm.services.app import create_app
+    from skydm.services.auth.config import AuthConfig
 
     if not 0 < args.port < 65536:
         raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
     if args.workers is not None and args.workers < 1:
         raise BadValueError("--workers", args.workers, "give at least 1")
+    if args.auth == "none" and not args.insecure and not is_loopback(args.host):
+        raise BadValueError(
+            "--host",
+            args.host,
+            "without authentication only a loopback address (127.0.0.1, ::1, localhost) "
+            "may be bound: add --auth tokens, or --insecure to serve everyone anyway",
+        )
     repo = args.repo if args.repo is not None else Settings.from_env().repo
     app = create_app(
         repo,
         engine_url=engine_url(args.engine),
         workers=args.workers,
         public_url=f"http://{args.host}:{args.port}",
+        auth=AuthConfig.from_env(args.auth),
     )
     print(
-        f"skydm serve: TAP service at http://{args.host}:{args.port}/tap (repository {repo})",
+        f"skydm serve: TAP service at http://{args.host}:{args.port}/tap "
+        f"(repository {repo}, auth {args.auth})",
         file=sys.stderr,
         flush=True,
     )
