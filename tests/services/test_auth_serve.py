@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -12,8 +13,10 @@ import httpx
 import pytest
 
 from skydm.cli.main import main
+from skydm.errors import UserError
 from skydm.repo import Repository
 from skydm.services.auth.tokens import TokenStore, split_token
+from skydm.services.client import run_remote
 
 from .conftest import free_port, make_catalog
 
@@ -96,6 +99,28 @@ def test_tokens_never_reach_the_logs(
                 assert httpx.get(f"{base}/tap/tables", headers=headers).status_code == status
                 basic = httpx.get(f"{base}/tap/tables", auth=("u", token))
                 assert basic.status_code == status
+            # The client library takes the token from $SKYDM_TOKEN.
+            out = tmp_path / "cone.csv"
+            with pytest.raises(UserError, match="authentication required"):
+                run_remote(
+                    f"{base}/tap", "SELECT TOP 3 objectId FROM Object", sink=out, output="csv"
+                )
+            os.environ["SKYDM_TOKEN"] = good
+            try:
+                run_remote(
+                    f"{base}/tap", "SELECT TOP 3 objectId FROM Object", sink=out, output="csv"
+                )
+                run_remote(
+                    f"{base}/tap",
+                    "SELECT TOP 3 objectId FROM Object",
+                    sink=out,
+                    output="csv",
+                    run_async=True,
+                    quiet=True,
+                )
+            finally:
+                del os.environ["SKYDM_TOKEN"]
+            assert len(out.read_text().splitlines()) == 4
             # A token in the query string is not accepted (it would be logged with the URL).
             assert httpx.get(f"{base}/tap/tables", params={"X": "1"}).status_code == 401
         finally:
