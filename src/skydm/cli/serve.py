@@ -47,10 +47,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--auth",
-        choices=["none", "tokens"],
+        choices=["none", "tokens", "oidc"],
         default="none",
-        help="authentication: none (loopback binds only) or tokens (made with "
-        "`skydm token create` on this repository; every route then needs one)",
+        help="authentication: none (loopback binds only), tokens (made with "
+        "`skydm token create` on this repository; every route then needs one), or oidc "
+        "(tokens, plus browser login at /login through the provider in SKYDM_OIDC_*)",
     )
     parser.add_argument(
         "--insecure",

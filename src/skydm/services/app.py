@@ -19,6 +19,8 @@ from skydm import __version__
 from skydm.services.auth.config import AuthConfig
 from skydm.services.auth.gate import AuthGate
 from skydm.services.auth.handlers import install_auth
+from skydm.services.auth.login import install_login
+from skydm.services.auth.oidc import OidcConfig, OidcLogin
 from skydm.services.auth.tokens import TokenStore
 from skydm.services.images.config import ImagesConfig
 from skydm.services.images.handlers import install_images
@@ -72,6 +74,7 @@ def create_app(
     tap_config: TapConfig | None = None,
     public_url: str | None = None,
     auth: AuthConfig | None = None,
+    oidc: OidcConfig | None = None,
 ) -> SkydmApp:
     """Build the web application for a repository.
 
@@ -93,7 +96,10 @@ def create_app(
     auth : AuthConfig, optional
         Authentication; none when omitted.  With ``mode="tokens"`` every
         route needs a token from the repository's token store
-        (``skydm token create``) with the scope its path needs.
+        (``skydm token create``) with the scope its path needs; ``oidc``
+        adds browser login (``/login``) through an OpenID Connect provider.
+    oidc : OidcConfig, optional
+        The provider, with ``mode="oidc"``; from ``SKYDM_OIDC_*`` when omitted.
 
     Returns
     -------
@@ -104,7 +110,10 @@ def create_app(
     tap = create_tap_service(config)
     images = ImageService(ImagesConfig.from_env(config.repo_dir, public_url=public_url))
     auth = auth or AuthConfig()
-    tokens = TokenStore.for_repo(config.repo_dir) if auth.mode == "tokens" else None
+    tokens = TokenStore.for_repo(config.repo_dir) if auth.mode != "none" else None
+    login = None
+    if tokens is not None and auth.mode == "oidc":
+        login = OidcLogin(oidc or OidcConfig.from_env(public_url or ""), tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,5 +147,7 @@ def create_app(
     app.state.auth_config = auth
     if tokens is not None:
         install_auth(app, tokens)
+        if login is not None:
+            install_login(app, login)
         app.auth_gate = AuthGate(tokens, auth)
     return app

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from skydm.errors import BadValueError
 
 #: ``skydm serve --auth`` choices that exist so far.
-AUTH_MODES = ("none", "tokens")
+AUTH_MODES = ("none", "tokens", "oidc")
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class AuthConfig:
     Attributes
     ----------
     mode : str
-        ``none`` (no checks; loopback only) or ``tokens``.
+        ``none`` (no checks; loopback only), ``tokens``, or ``oidc`` (tokens,
+        and browser login through an OpenID Connect provider).
     cache_seconds : float
         How long a verified token is trusted without a database look-up.
         Revocation takes effect within this time; it must stay under 1 s.

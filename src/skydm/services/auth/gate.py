@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skydm.services.auth.config import AuthConfig
+from skydm.services.auth.oidc import SESSION_COOKIE
 from skydm.services.auth.tokens import InvalidTokenError, TokenInfo, TokenStore
 
 #: Paths answered without a token: the VOSI resources IVOA clients read
@@ -31,6 +32,10 @@ PUBLIC_PATHS = frozenset(
         "/tap/capabilities",
         "/sia/availability",
         "/sia/capabilities",
+        # The browser login (with --auth oidc): how a token is obtained.
+        "/login",
+        "/login/callback",
+        "/logout",
     }
 )
 
@@ -64,13 +69,17 @@ def required_scope(path: str) -> str | None:
 
 
 def presented_token(scope: Scope) -> str | None:
-    """The token in the ``Authorization`` header: ``Bearer <token>``, or HTTP Basic.
+    """The token in the ``Authorization`` header (``Bearer <token>``, or HTTP Basic), else
+    in the browser's session cookie.
 
     Basic carries the token as the user name or the password (what pyvo and
     astropy users can set).  Tokens in query strings are not accepted: they
     would end up in access logs.
     """
+    cookie: str | None = None
     for name, value in scope.get("headers", ()):
+        if name == b"cookie":
+            cookie = session_cookie(value.decode("latin-1"))
         if name != b"authorization":
             continue
         kind, _, rest = value.decode("latin-1").strip().partition(" ")
@@ -84,6 +93,15 @@ def presented_token(scope: Scope) -> str | None:
                 return ""
             return user if user.startswith("gt-") else password
         return ""
+    return cookie
+
+
+def session_cookie(header: str) -> str | None:
+    """The session token in a ``Cookie`` header, if there is one."""
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == SESSION_COOKIE:
+            return value.strip('"')
     return None
 
 
