@@ -241,3 +241,32 @@ def test_rate_limit(repo: Path, tokens: dict[str, str]) -> None:
         assert 0 < int(refused.headers["retry-after"]) <= 30
         # Limits are per user.
         assert c.get("/tap/tables", headers=_bearer(tokens["alice"])).status_code == 200
+
+
+def test_soda_jobs_belong_to_their_user(client: TestClient, tokens: dict[str, str]) -> None:
+    alice, carol = _bearer(tokens["alice"]), _bearer(tokens["images"])
+    created = client.post(
+        "/soda/async",
+        data={"ID": "ivo://skydm/calexp?skysim/g/5/0", "CIRCLE": "10 20 1e-3"},
+        headers=alice,
+        follow_redirects=False,
+    )
+    assert created.status_code == 303, created.text
+    job = created.headers["location"].rsplit("/", 1)[-1]
+    assert job in client.get("/soda/async", headers=alice).text
+    assert job not in client.get("/soda/async", headers=carol).text
+    assert client.get(f"/soda/async/{job}/owner", headers=alice).text == "alice"
+    for method, path, data in (
+        ("GET", f"/soda/async/{job}", None),
+        ("GET", f"/soda/async/{job}/phase", None),
+        ("GET", f"/soda/async/{job}/owner", None),
+        ("GET", f"/soda/async/{job}/results/result", None),
+        ("POST", f"/soda/async/{job}/phase", {"PHASE": "RUN"}),
+        ("POST", f"/soda/async/{job}", {"ACTION": "DELETE"}),
+        ("DELETE", f"/soda/async/{job}", None),
+    ):
+        answer = client.request(method, path, data=data, headers=carol, follow_redirects=False)
+        assert answer.status_code == 404, (method, path, answer.status_code)
+    assert client.get(f"/soda/async/{job}/phase", headers=alice).text == "PENDING"
+    deleted = client.delete(f"/soda/async/{job}", headers=alice, follow_redirects=False)
+    assert deleted.status_code == 303
