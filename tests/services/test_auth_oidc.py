@@ -20,10 +20,19 @@ from skydm.services.app import create_app
 from skydm.services.auth.config import AuthConfig
 from skydm.services.auth.oidc import SESSION_COOKIE, OidcConfig, parse_group_scopes
 from skydm.services.auth.tokens import TokenStore
+from skydm_testing import require_tool
 
 from .conftest import make_catalog
 
-oidc_mock = pytest.importorskip("oidc_provider_mock")
+try:
+    import oidc_provider_mock as oidc_mock
+except ImportError:  # pragma: no cover - the test extra installs it
+    oidc_mock = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_provider() -> None:
+    require_tool("oidc-provider-mock", oidc_mock is not None, "pip install skydm[test]")
 
 
 @pytest.fixture(scope="module")
