@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,30 @@ def test_cli_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "nope").exists()
+
+
+def test_tokens_in_a_postgresql_registry(tmp_path: Path, postgres_url: Any) -> None:
+    """The same store in a repository whose registry is PostgreSQL."""
+    import sqlalchemy as sa
+
+    from skydm.services.auth.tokens import tokens_table
+
+    url = postgres_url("authtokens")
+    Repository.open(tmp_path / "pgrepo", registry_url=url).close()
+    store = TokenStore.for_repo(tmp_path / "pgrepo")
+    assert store.url == url
+    parent = store.create("alice", ["read:tap", "read:image"])
+    child = store.create("alice", ["read:image"], token_type="notebook", parent=parent.info)
+    assert store.verify(child.token).scopes == {"read:image"}
+    key, secret = split_token(parent.token)
+    with store.engine.begin() as conn:
+        row = conn.execute(sa.select(tokens_table).where(tokens_table.c.key == key)).one()
+        assert secret not in str(tuple(row))
+        conn.execute(tokens_table.insert().values({**row._asdict(), "key": "copiedkey"}))
+    with pytest.raises(InvalidTokenError):
+        store.verify(f"gt-copiedkey.{secret}")
+    assert [t.username for t in store.tokens("alice")] == ["alice"] * 3
+    assert set(store.revoke(key)) == {key, child.info.key}
+    with pytest.raises(InvalidTokenError):
+        store.verify(child.token)
+    store.close()
