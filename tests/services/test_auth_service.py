@@ -270,3 +270,23 @@ def test_soda_jobs_belong_to_their_user(client: TestClient, tokens: dict[str, st
     assert client.get(f"/soda/async/{job}/phase", headers=alice).text == "PENDING"
     deleted = client.delete(f"/soda/async/{job}", headers=alice, follow_redirects=False)
     assert deleted.status_code == 303
+
+
+def test_result_size_quota(repo: Path, tokens: dict[str, str]) -> None:
+    alice = _bearer(tokens["alice"])
+    run = {"LANG": "ADQL", "QUERY": CONE, "PHASE": "RUN"}
+    with TestClient(_app(repo, rate_limit=0, max_user_result_bytes=1)) as c:
+        first = c.post("/tap/async", data=run, headers=alice, follow_redirects=False)
+        job = first.headers["location"].rsplit("/", 1)[-1]
+        deadline = time.monotonic() + 60
+        while (phase := c.get(f"/tap/async/{job}/phase", headers=alice).text) != "COMPLETED":
+            assert phase in ("QUEUED", "EXECUTING") and time.monotonic() < deadline, phase
+            time.sleep(0.1)
+        refused = c.post("/tap/async", data=run, headers=alice, follow_redirects=False)
+        assert refused.status_code == 429 and "delete jobs" in refused.text
+        # Bob's results are his own account.
+        bob = c.post("/tap/async", data=run, headers=_bearer(tokens["bob"]), follow_redirects=False)
+        assert bob.status_code == 303
+        c.delete(f"/tap/async/{job}", headers=alice)
+        again = c.post("/tap/async", data=run, headers=alice, follow_redirects=False)
+        assert again.status_code == 303

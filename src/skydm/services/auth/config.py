@@ -29,6 +29,9 @@ class AuthConfig:
         Length of the rate-limit window in seconds.
     max_user_jobs : int
         Async TAP jobs a user may have QUEUED or EXECUTING at once.
+    max_user_result_bytes : int
+        Bytes of results a user's retained TAP jobs may hold; past it, no new
+        job runs until some are deleted (or reach their destruction time).
     """
 
     mode: str = "none"
@@ -36,6 +39,7 @@ class AuthConfig:
     rate_limit: int = 6000
     rate_window: float = 60.0
     max_user_jobs: int = 4
+    max_user_result_bytes: int = 10 * 2**30
 
     def __post_init__(self) -> None:
         if self.mode not in AUTH_MODES:
@@ -52,6 +56,10 @@ class AuthConfig:
             raise BadValueError("SKYDM_AUTH_RATE_WINDOW", self.rate_window, "a positive time")
         if self.max_user_jobs < 1:
             raise BadValueError("SKYDM_AUTH_MAX_USER_JOBS", self.max_user_jobs, "at least 1")
+        if self.max_user_result_bytes < 1:
+            raise BadValueError(
+                "SKYDM_AUTH_MAX_USER_RESULT_BYTES", self.max_user_result_bytes, "at least 1"
+            )
 
     @classmethod
     def from_env(cls, mode: str = "none") -> AuthConfig:
@@ -72,4 +80,7 @@ class AuthConfig:
             rate_limit=int(number("SKYDM_AUTH_RATE_LIMIT", cls.rate_limit, int)),
             rate_window=number("SKYDM_AUTH_RATE_WINDOW", cls.rate_window),
             max_user_jobs=int(number("SKYDM_AUTH_MAX_USER_JOBS", cls.max_user_jobs, int)),
+            max_user_result_bytes=int(
+                number("SKYDM_AUTH_MAX_USER_RESULT_BYTES", cls.max_user_result_bytes, int)
+            ),
         )

@@ -34,7 +34,9 @@ def jobs(request: Request) -> UserJobs:
     auth = getattr(request.app.state, "auth_config", None)
     if who is None:
         return UserJobs(service(request), None)
-    return UserJobs(service(request), who.username, auth.max_user_jobs if auth else None)
+    if auth is None:
+        return UserJobs(service(request), who.username)
+    return UserJobs(service(request), who.username, auth.max_user_jobs, auth.max_user_result_bytes)
 
 
 def _job_url(request: Request, job_id: str) -> str:

@@ -40,12 +40,22 @@ class UserJobs:
         Whose jobs; ``None`` without auth.
     max_active : int or None
         Jobs the user may have QUEUED or EXECUTING at once (``None``: no quota).
+    max_result_bytes : int or None
+        Bytes of results the user's retained jobs may hold before no new job
+        runs (``None``: no quota).
     """
 
-    def __init__(self, tap: TapService, user: str | None, max_active: int | None = None) -> None:
+    def __init__(
+        self,
+        tap: TapService,
+        user: str | None,
+        max_active: int | None = None,
+        max_result_bytes: int | None = None,
+    ) -> None:
         self.tap = tap
         self.user = user
         self.max_active = max_active
+        self.max_result_bytes = max_result_bytes
 
     @property
     def config(self) -> TapConfig:
@@ -60,14 +70,20 @@ class UserJobs:
 
     def _check_quota(self, params: Params) -> None:
         runs = [v for v in params.get("PHASE", []) if v.strip().upper() == "RUN"]
-        if self.user is None or self.max_active is None or not runs:
+        if self.user is None or not runs:
             return
-        active = [Phase.QUEUED.value, Phase.EXECUTING.value]
-        mine = len(self.tap.store.find(phases=active, owner=self.user))
-        if mine >= self.max_active:
+        jobs = self.tap.store.find(owner=self.user)
+        active = sum(1 for j in jobs if j.phase in (Phase.QUEUED, Phase.EXECUTING))
+        if self.max_active is not None and active >= self.max_active:
             raise JobQuotaError(
-                f"user {self.user} already has {mine} async jobs queued or executing "
+                f"user {self.user} already has {active} async jobs queued or executing "
                 f"(the quota is {self.max_active}): wait for one to finish or abort it"
+            )
+        held = sum(j.result_size or 0 for j in jobs)
+        if self.max_result_bytes is not None and held >= self.max_result_bytes:
+            raise JobQuotaError(
+                f"user {self.user}'s job results hold {held} bytes (the quota is "
+                f"{self.max_result_bytes}): delete jobs whose results you have fetched"
             )
 
     def create_job(self, params: Params, *, files: Mapping[str, bytes] | None = None) -> Job:
