@@ -162,6 +162,10 @@ def test_token_api(client: TestClient, tokens: dict[str, str]) -> None:
         "/auth/api/v1/tokens", json={"scopes": ["admin:token"]}, headers=_bearer(notebook)
     )
     assert wider.status_code == 400
+    session = client.post(
+        "/auth/api/v1/tokens", json={"scopes": ["read:tap"], "token_type": "session"}, headers=alice
+    )
+    assert session.status_code == 400 and "token_type" in session.text
     # Bob cannot revoke Alice's token: it does not exist for him.
     key = made.json()["key"]
     assert (

@@ -125,6 +125,12 @@ def test_cli_bad_input_is_one_line(
     assert len(err) == 1 and names in err[0]
 
 
+def test_cli_revoke_unknown_key(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "revoke", "--repo", str(repo), "nosuchkey"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuchkey" in err[0] and "skydm token list" in err[0]
+
+
 def test_cli_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["token", "create", "--repo", str(tmp_path / "nope"), "--admin"]
     assert main(argv) == 1

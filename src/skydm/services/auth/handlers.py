@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from skydm.errors import BadValueError, SkydmError
-from skydm.services.auth.tokens import TokenInfo, TokenStore
+from skydm.services.auth.tokens import DELEGATED_TYPES, TokenInfo, TokenStore
 
 PREFIX = "/auth/api/v1"
 
@@ -67,7 +67,10 @@ async def create_token(request: Request, body: TokenRequest) -> dict[str, Any]:
     admin = caller.has("admin:token")
     if username != caller.username and not admin:
         raise BadValueError("username", username, "only admin:token may create others' tokens")
-    parent = caller if body.token_type in ("notebook", "internal") else None
+    if body.token_type not in ("user", *DELEGATED_TYPES):
+        # Session tokens come from a login only.
+        raise BadValueError("token_type", body.token_type, "user, notebook or internal")
+    parent = caller if body.token_type in DELEGATED_TYPES else None
     if parent is None and not admin and not set(body.scopes) <= caller.scopes:
         extra = ", ".join(sorted(set(body.scopes) - caller.scopes))
         raise BadValueError("scopes", extra, "a token can only carry scopes yours has")
