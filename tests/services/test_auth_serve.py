@@ -130,3 +130,22 @@ def test_tokens_never_reach_the_logs(
     assert "GET /tap/tables" in text  # the access log was on
     for token in (good, wrong, revoked.token):
         assert split_token(token)[1] not in text
+
+
+def test_oidc_without_a_provider_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("SKYDM_OIDC_ISSUER", "SKYDM_OIDC_CLIENT_ID", "SKYDM_OIDC_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    Repository.open(tmp_path / "repo").close()
+    assert main(["serve", "--repo", str(tmp_path / "repo"), "--auth", "oidc"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SKYDM_OIDC_ISSUER" in err[0]
+    assert not (tmp_path / "repo" / "tap").exists()
+
+
+def test_tokens_need_a_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--repo", str(tmp_path / "none"), "--auth", "tokens"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none" in err[0]
+    assert not (tmp_path / "none").exists()

@@ -107,13 +107,16 @@ def create_app(
         The (FastAPI) application; the TAP engine and job runner start with its lifespan.
     """
     config = tap_config or TapConfig.from_env(repo_dir, engine_url=engine_url, workers=workers)
+    # Auth is set up first: a missing repository or provider is refused
+    # before the services create anything on disk.
+    auth = auth or AuthConfig()
+    oidc_config = None
+    if auth.mode == "oidc":
+        oidc_config = oidc or OidcConfig.from_env(public_url or "")
+    tokens = TokenStore.for_repo(config.repo_dir) if auth.mode != "none" else None
+    login = OidcLogin(oidc_config, tokens) if oidc_config and tokens else None
     tap = create_tap_service(config)
     images = ImageService(ImagesConfig.from_env(config.repo_dir, public_url=public_url))
-    auth = auth or AuthConfig()
-    tokens = TokenStore.for_repo(config.repo_dir) if auth.mode != "none" else None
-    login = None
-    if tokens is not None and auth.mode == "oidc":
-        login = OidcLogin(oidc or OidcConfig.from_env(public_url or ""), tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
