@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pyvo.dal import DALServiceError
 
 from skydm.cli.main import main
+from skydm.client import Client
 from skydm.errors import UserError
 from skydm.repo import Repository
 from skydm.services.auth.tokens import TokenStore, split_token
@@ -121,6 +123,15 @@ def test_tokens_never_reach_the_logs(
             finally:
                 del os.environ["SKYDM_TOKEN"]
             assert len(out.read_text().splitlines()) == 4
+            # The notebook client (pyvo) likewise.
+            os.environ["SKYDM_TOKEN"] = good
+            try:
+                rows = Client(base).tap.search("SELECT TOP 3 objectId FROM Object").to_table()
+            finally:
+                del os.environ["SKYDM_TOKEN"]
+            assert len(rows) == 3
+            with pytest.raises(DALServiceError):
+                Client(base, token="").tap.search("SELECT TOP 3 objectId FROM Object")
             # A token in the query string is not accepted (it would be logged with the URL).
             assert httpx.get(f"{base}/tap/tables", params={"X": "1"}).status_code == 401
         finally:
