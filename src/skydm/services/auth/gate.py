@@ -209,7 +209,7 @@ class AuthGate:
                 send,
                 401,
                 "authentication required: send 'Authorization: Bearer <token>' "
-                "(make one with `skydm token create`)",
+                "(make one with `skydm token create`; skydm's clients send $SKYDM_TOKEN)",
                 [(b"www-authenticate", b'Bearer realm="skydm"')],
             )
             return
