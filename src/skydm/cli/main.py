@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "catalog",
     "query",
     "serve",
+    "token",
     "demo",
 ]
 

@@ -46,6 +46,19 @@ def register(subparsers: Any) -> None:
         help="async jobs executed at once, each in its own process (2)",
     )
     parser.add_argument(
+        "--auth",
+        choices=["none", "tokens", "oidc"],
+        default="none",
+        help="authentication: none (loopback binds only), tokens (made with "
+        "`skydm token create` on this repository; every route then needs one), or oidc "
+        "(tokens, plus browser login at /login through the provider in SKYDM_OIDC_*)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow --auth none on a non-loopback --host (anyone who reaches it reads everything)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -85,6 +98,18 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _serve(args: argparse.Namespace) -> int:
     from skydm.cli._checks import existing_repository
     from skydm.errors import require_extra
@@ -93,11 +118,19 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from skydm.services.app import create_app
+    from skydm.services.auth.config import AuthConfig
 
     if not 0 < args.port < 65536:
         raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
     if args.workers is not None and args.workers < 1:
         raise BadValueError("--workers", args.workers, "give at least 1")
+    if args.auth == "none" and not args.insecure and not is_loopback(args.host):
+        raise BadValueError(
+            "--host",
+            args.host,
+            "without authentication only a loopback address (127.0.0.1, ::1, localhost) "
+            "may be bound: add --auth tokens, or --insecure to serve everyone anyway",
+        )
     repo = existing_repository(args.repo)
     _check_port_free(args.host, args.port)
     app = create_app(
@@ -105,9 +138,11 @@ def _serve(args: argparse.Namespace) -> int:
         engine_url=engine_url(args.engine),
         workers=args.workers,
         public_url=f"http://{args.host}:{args.port}",
+        auth=AuthConfig.from_env(args.auth),
     )
     print(
-        f"skydm serve: TAP service at http://{args.host}:{args.port}/tap (repository {repo})",
+        f"skydm serve: TAP service at http://{args.host}:{args.port}/tap "
+        f"(repository {repo}, auth {args.auth})",
         file=sys.stderr,
         flush=True,
     )

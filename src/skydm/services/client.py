@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import re
 import shutil
 import time
@@ -154,8 +155,12 @@ def run_remote(
     run_async: bool = False,
     timeout: float = 60.0,
     quiet: bool = False,
+    token: str | None = None,
 ) -> QueryOutcome:
     """Send ``adql`` to the TAP service at ``url`` and write the result to ``sink``.
+
+    ``token`` (default: ``$SKYDM_TOKEN``, which notebooks get) is sent as a
+    bearer token to services running with ``--auth tokens``.
 
     Raises
     ------
@@ -168,8 +173,10 @@ def run_remote(
 
     base = url.rstrip("/")
     data = {k: v[0] for k, v in _params(adql, output, maxrec).items()}
+    token = token if token is not None else os.environ.get("SKYDM_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=headers) as client:
             if not run_async:
                 return _remote_sync(client, base, data, sink)
             return _remote_async(client, base, data, sink, quiet=quiet)

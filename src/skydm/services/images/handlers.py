@@ -38,7 +38,7 @@ from skydm.services.images.votable import (
     error_document,
 )
 from skydm.services.tap.errors import JobNotFoundError
-from skydm.services.tap.uws.models import Phase, job_list_xml, job_xml
+from skydm.services.tap.uws.models import Job, Phase, job_list_xml, job_xml
 
 log = logging.getLogger(__name__)
 VOTABLE = "application/x-votable+xml"
@@ -162,6 +162,14 @@ def build_router(app: FastAPI) -> APIRouter:
         return Response(await run_in_threadpool(preview_png, path), media_type="image/png")
 
     # --- SODA async (UWS 1.1) ----------------------------------------------------------
+    def user(request: Request) -> str | None:
+        # With auth on, the gate put the caller here; jobs are theirs alone.
+        who = getattr(request.state, "auth", None)
+        return who.username if who is not None else None
+
+    def own(request: Request) -> Job:
+        return jobs().get(request.path_params["job_id"], user(request))
+
     def job_url(job_id: str) -> str:
         return str(service().url(f"/soda/async/{job_id}"))
 
@@ -169,13 +177,13 @@ def build_router(app: FastAPI) -> APIRouter:
         if request.method == "POST":
             params = await request_params(request)
             run = (params.one("PHASE") or "").upper() == "RUN"
-            job = await run_in_threadpool(jobs().create, params, run=run)
+            job = await run_in_threadpool(jobs().create, params, run=run, owner=user(request))
             return Response(status_code=303, headers={"Location": job_url(job.job_id)})
-        listed = jobs().store.find()
+        listed = jobs().store.find(owner=user(request))
         return Response(job_list_xml(listed, service().url("/soda/async")), media_type=_XML)
 
     async def async_job(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = own(request).job_id
         if request.method == "DELETE" or (
             request.method == "POST"
             and ((await request_params(request)).one("ACTION") or "").upper() == "DELETE"
@@ -185,11 +193,10 @@ def build_router(app: FastAPI) -> APIRouter:
         return Response(job_xml(jobs().store.get(job_id), job_url(job_id)), media_type=_XML)
 
     async def async_phase(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = own(request).job_id  # 404 for an unknown job, or another user's
         if request.method == "GET":
             return Response(jobs().store.get(job_id).phase.value, media_type="text/plain")
         phase = ((await request_params(request)).one("PHASE") or "").upper()
-        jobs().store.get(job_id)  # 404 for an unknown job
         if phase == "RUN":
             jobs().run(job_id)
         elif phase == "ABORT":
@@ -199,14 +206,14 @@ def build_router(app: FastAPI) -> APIRouter:
         return Response(status_code=303, headers={"Location": job_url(job_id)})
 
     async def async_results(request: Request) -> Response:
-        job = jobs().store.get(request.path_params["job_id"])
+        job = own(request)
         path = jobs().result_path(job)
         if path is None or not path.exists():
             raise JobNotFoundError(job.job_id)
         return FileResponse(path, media_type=job.result_mime or FITS_MIME, filename=path.name)
 
     async def async_field(request: Request) -> Response:
-        job = jobs().store.get(request.path_params["job_id"])
+        job = own(request)
         name = request.path_params["field"]
         value = {
             "error": job.error_message or "",

@@ -18,6 +18,7 @@ from skydm.errors import SkydmError
 from skydm.repo.atomic import atomic_write_bytes
 from skydm.services.images.params import Params
 from skydm.services.images.service import ImageService
+from skydm.services.tap.errors import JobNotFoundError
 from skydm.services.tap.uws.models import Job, Phase
 from skydm.services.tap.uws.store import JobStore
 
@@ -66,8 +67,11 @@ class SodaJobs:
         """Stop accepting work (running cutouts finish)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def create(self, params: Params, *, run: bool) -> Job:
-        """A new PENDING job for ``params`` (checked now, so bad input fails at once)."""
+    def create(self, params: Params, *, run: bool, owner: str | None = None) -> Job:
+        """A new PENDING job for ``params`` (checked now, so bad input fails at once).
+
+        ``owner`` is the authenticated user (with auth on), who alone sees it.
+        """
         self.service.soda_regions(params)  # a bad region is refused before a job exists
         now = time.time()
         stored = {k: v for k, v in encode_params(params).items() if k.partition("#")[0] != "PHASE"}
@@ -79,11 +83,26 @@ class SodaJobs:
             execution_duration=600,
             destruction=now + self.service.config.job_retention,
             run_id=params.one("RUNID"),
+            owner=owner,
         )
         self.store.create(job)
         if run:
             self.run(job.job_id)
         return self.store.get(job.job_id)
+
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job ``job_id``; with ``owner``, only if it is theirs.
+
+        Raises
+        ------
+        JobNotFoundError
+            When there is no such job, or it is another user's (404 alike, so
+            that its existence is not revealed).
+        """
+        job = self.store.get(job_id)
+        if owner is not None and job.owner != owner:
+            raise JobNotFoundError(job_id)
+        return job
 
     def run(self, job_id: str) -> None:
         """Queue a PENDING job."""
