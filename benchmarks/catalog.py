@@ -14,7 +14,10 @@ Parquet), and prints one JSON line:
   installed (a throwaway server is started), plus ``pg_load_s``;
 * the service figures (``cone_p99_loaded_ms``, ``cone_p50_loaded_ms``,
   ``cone_server_cpu_ms``, ``cone_client_cpu_ms``, ``submit_ms``, ``abort_s``)
-  come from :func:`service_figures`, which the TAP service owns.
+  come from :func:`service_figures`, which the TAP service owns;
+* ``cone_p99_loaded_ms_auth`` — ``cone_p99_loaded_ms`` measured again on a
+  service started with ``--auth tokens``, every request carrying a bearer
+  token (checked, scope and rate limit included).
 
 Run: ``.venv/bin/python benchmarks/catalog.py [--rows 10000000] [--cones 300] [--no-pg]``.
 """
@@ -204,8 +207,9 @@ class LeanConnection:
     was the bottleneck of the loaded figure, not the service.
     """
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
         self.host, self.port = host, port
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -216,7 +220,7 @@ class LeanConnection:
         assert self._reader is not None
         body = urlencode(form).encode()
         self._writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n{self._extra}"
             "Content-Type: application/x-www-form-urlencoded\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
@@ -240,7 +244,7 @@ class LeanConnection:
             self._writer.close()
 
 
-def service_figures(catalog_dir: Path) -> dict[str, float]:
+def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float]:
     """Figures through the TAP service: ``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``.
 
     Owned by the TAP service (``skydm.services``).  Starts ``skydm serve`` on
@@ -257,12 +261,24 @@ def service_figures(catalog_dir: Path) -> dict[str, float]:
     * ``submit_ms`` — median time to create an async job (POST /async);
     * ``abort_s`` — time from POST PHASE=ABORT on a running cross join until
       the job is ABORTED and its worker process is gone.
+
+    With ``auth``, the service runs with ``--auth tokens`` and only the
+    loaded cone figure is measured, as ``cone_p99_loaded_ms_auth``.
     """
     import httpx
 
     from skydm.services.tap.uws.store import JobStore
 
     repo = catalog_dir.parent
+    headers: dict[str, str] = {}
+    if auth:
+        from skydm.repo import Repository
+        from skydm.services.auth.tokens import TokenStore
+
+        Repository.open(repo).close()
+        store = TokenStore.for_repo(repo)
+        headers["Authorization"] = f"Bearer {store.create('bench', ['read:tap']).token}"
+        store.close()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -282,11 +298,13 @@ def service_figures(catalog_dir: Path) -> dict[str, float]:
             "2",
             "--log-level",
             "warning",
+            "--auth",
+            "tokens" if auth else "none",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    client = httpx.Client(base_url=url, timeout=120)
+    client = httpx.Client(base_url=url, timeout=120, headers=headers)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -310,7 +328,7 @@ def service_figures(catalog_dir: Path) -> dict[str, float]:
 
         cpu: dict[str, float] = {}
         submit_times = []
-        for _ in range(30):
+        for _ in range(0 if auth else 30):
             start = time.perf_counter()
             job_id = submit(SCAN, run=False)
             submit_times.append(time.perf_counter() - start)
@@ -319,7 +337,7 @@ def service_figures(catalog_dir: Path) -> dict[str, float]:
         async def cones_under_load() -> list[float]:
             queries = cone_queries(200, seed=7)
             latencies: list[float] = []
-            conns = [LeanConnection("127.0.0.1", port) for _ in range(50)]
+            conns = [LeanConnection("127.0.0.1", port, headers) for _ in range(50)]
             try:
                 for q in queries[:20]:  # warm up
                     await conns[0].post("/tap/sync", {"LANG": "ADQL", "QUERY": q})
@@ -363,6 +381,8 @@ def service_figures(catalog_dir: Path) -> dict[str, float]:
         scanner.join()
         for job_id in scans:
             client.delete(f"/async/{job_id}")
+        if auth:
+            return {"cone_p99_loaded_ms_auth": round(float(np.percentile(latencies, 99)) * 1000, 1)}
 
         store = JobStore(repo / "tap" / "jobs" / "jobs.sqlite")
         long_query = (
@@ -429,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_pg:
             figures.update(pg_figures(catalog_dir, args.rows, args.cones))
         figures.update(service_figures(catalog_dir))
+        figures.update(service_figures(catalog_dir, auth=True))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

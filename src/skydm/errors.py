@@ -13,11 +13,23 @@ from types import ModuleType
 
 
 class SkydmError(Exception):
-    """Root of every error raised on purpose by skydm."""
+    """Root of every error raised on purpose by skydm.
+
+    ``exit_status`` is what the ``skydm`` command exits with: 1 for a failure
+    at run time, 2 for a usage error (as argparse does for a bad option).
+    """
+
+    exit_status = 1
 
 
 class UserError(SkydmError):
     """An error caused by the caller's input: a file, a parameter or a query."""
+
+
+class UsageError(UserError):
+    """The command was called wrongly: an option's value, or a missing option."""
+
+    exit_status = 2
 
 
 class BadFileError(UserError):
@@ -37,13 +49,17 @@ class BadFileError(UserError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class BadValueError(UserError):
+class BadValueError(UsageError):
     """A parameter has a value that is not allowed.
+
+    Library code names its own parameter (``n_visits``); the command line
+    translates that into the option the user typed (``--visits``) with
+    :meth:`for_option`, so that the message speaks the user's language.
 
     Parameters
     ----------
     name : str
-        The parameter at fault.
+        The parameter at fault (or the option, ``--visits``).
     value : object
         The value given.
     allowed : str
@@ -53,7 +69,43 @@ class BadValueError(UserError):
     def __init__(self, name: str, value: object, allowed: str) -> None:
         self.name = name
         self.value = value
-        super().__init__(f"{name}={value!r} is not allowed: {allowed}")
+        self.allowed = allowed
+        if name.startswith("-") and value is None:
+            text = f"{name} is required: {allowed}"
+        elif name.startswith("-"):
+            text = f"{name} {value!r} is not allowed: {allowed}"
+        else:
+            text = f"{name}={value!r} is not allowed: {allowed}"
+        super().__init__(text)
+
+    def for_option(self, option: str, value: object) -> BadValueError:
+        """The same error, naming the command-line ``option`` and the ``value`` typed."""
+        return BadValueError(option, value, self.allowed)
+
+
+class NoRepositoryError(UsageError):
+    """``--repo`` (or ``$SKYDM_REPO``) names no skydm repository.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The path given.
+    why : str
+        What is there instead (``"it does not exist"``, ``"it is a file"``...).
+    is_file : bool
+        The path is an existing file (the advice is then not to create one there).
+    """
+
+    def __init__(self, path: object, why: str = "", *, is_file: bool = False) -> None:
+        self.path = str(path)
+        detail = f" ({why})" if why else ""
+        advice = (
+            "give --repo the repository's directory, or a new directory to create one in"
+            if is_file
+            else f"create one with `skydm ingest --repo {self.path} FILE...` "
+            "or give the right --repo"
+        )
+        super().__init__(f"no skydm repository at {self.path}{detail}; {advice}")
 
 
 class MissingMetadataError(UserError):

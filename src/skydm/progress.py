@@ -24,6 +24,7 @@ class Progress:
         self.done = 0
         self._start = time.monotonic()
         self._last = 0.0
+        self._finished = False
 
     def advance(self, n: int = 1, note: str = "") -> None:
         """Count ``n`` more items done, printing a line if it is time to."""
@@ -33,15 +34,34 @@ class Progress:
         if self.quiet or (now - self._last < self.interval and not finished):
             return
         self._last = now
-        of = f"/{self.total}" if self.total is not None else ""
+        self._print(now, note, final=finished)
+
+    def finish(self, note: str = "") -> None:
+        """Print the final state, ending the line.
+
+        On a terminal, intermediate lines end in a carriage return so that
+        the next one overwrites them; without this last line the first line
+        of the command's own output would be printed over the progress.
+        """
+        if not self.quiet and not self._finished:
+            self._print(time.monotonic(), note, final=True)
+
+    def _print(self, now: float, note: str, *, final: bool) -> None:
+        # Work counted only by a note (rows streamed, a job's phase) shows no count.
+        count = f"{self.done}/{self.total} " if self.total is not None else ""
+        count = count or (f"{self.done} " if self.done else "")
         tail = f" {note}" if note else ""
-        end = "\n" if finished or not sys.stderr.isatty() else "\r"
+        tty = sys.stderr.isatty()
+        end = "\n" if final or not tty else "\r"
+        # On a terminal, clear the rest of a longer line printed before.
+        clear = "\r\033[K" if tty else ""
         print(
-            f"{self.desc}: {self.done}{of} ({now - self._start:.1f} s){tail}",
+            f"{clear}{self.desc}: {count}({now - self._start:.1f} s){tail}",
             end=end,
             file=sys.stderr,
             flush=True,
         )
+        self._finished = final
 
 
 def progress(
@@ -54,3 +74,8 @@ def progress(
     for item in items:
         yield item
         bar.advance()
+
+
+def plural(n: int | None, word: str, words: str | None = None) -> str:
+    """``"1 row"``, ``"2 rows"`` (``words`` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"

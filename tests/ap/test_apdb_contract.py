@@ -158,11 +158,14 @@ def test_vectorised_psf_fluxes_agree_with_psf_photometry() -> None:
 
     field = SyntheticField(seed=21, n_variables=40)
     _, _, diff, _ = field.visit(3)
-    xs = np.concatenate([field.x, [1.0, 250.0]])  # two off the edge
+    xs = np.concatenate([field.x, [1.0, 250.0]])  # two whose PSF the edge cuts
     ys = np.concatenate([field.y, [1.0, 5.0]])
     f1, e1 = psf_fluxes(diff, xs, ys)
     f2, e2 = psf_photometry(diff, xs, ys)
-    np.testing.assert_array_equal(np.isnan(f1), np.isnan(f2))
+    # psf_photometry gives up at the edge; the forced photometry fits the
+    # part of the PSF that is there, with a larger error.
+    assert np.all(np.isnan(f2[-2:])) and np.all(np.isfinite(f1))
+    assert np.all(e1[-2:] > np.median(e1[:-2]))
     ok = np.isfinite(f2)
     # Within a small fraction of the error: the tabulated sub-pixel phases.
     assert np.all(np.abs(f1[ok] - f2[ok]) < 0.05 * e2[ok] + 1e-3 * np.abs(f2[ok]))

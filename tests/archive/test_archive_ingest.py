@@ -207,9 +207,9 @@ def test_cli_refuses_unknown_instrument_and_missing_repo(
     tmp_path: Path, make_raw: RawMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = make_raw("x.fits")
-    assert main(["ingest", "--repo", str(tmp_path / "r"), "--instrument", "hubble", str(path)]) == 1
-    assert "instrument='hubble'" in capsys.readouterr().err
-    assert main(["verify", "--repo", str(tmp_path / "nothing")]) == 1
+    assert main(["ingest", "--repo", str(tmp_path / "r"), "--instrument", "hubble", str(path)]) == 2
+    assert "--instrument 'hubble'" in capsys.readouterr().err
+    assert main(["verify", "--repo", str(tmp_path / "nothing")]) == 2
     assert "no skydm repository" in capsys.readouterr().err
     # --instrument generic overrides INSTRUME = SKYSIM.
     assert main(["ingest", "--repo", str(tmp_path / "r"), "-q", "--instrument", "generic",

@@ -16,6 +16,7 @@ from skydm.catalog import healpix, list_tables, load_table, open_engine
 from skydm.catalog.storage import HEALPIX_COL, PARTITION_COL
 from skydm.cli.main import main
 from skydm.errors import BadFileError, BadValueError, ConflictError
+from skydm.repo import Repository
 
 
 def _stars(n: int = 500, seed: int = 3) -> Table:
@@ -171,6 +172,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
 def test_cli_load_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "stars.ecsv"
     _stars(50).write(path)
+    Repository.open(tmp_path).close()  # only ingest, demo and sim create repositories
     assert main(["catalog", "load", "--repo", str(tmp_path), "-q", str(path)]) == 0
     assert main(["catalog", "load", "--repo", str(tmp_path), "-q", str(path)]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def test_coadd_of_warp_files(tmp_path, visits, capsys) -> None:  # type: ignore[
     assert coadd.shape == (100, 100) and coadd.meta["COADD"] == "mean"
     assert coadd.psf is not None and not (coadd.msk & Mask.NO_DATA).all()
     assert "coadd of 4 warps" in capsys.readouterr().out
-    assert main(["coadd", paths[0]]) == 1  # --out missing: one-line error
+    assert main(["coadd", paths[0]]) == 2  # --out missing: a usage error, one line
     assert "--out" in capsys.readouterr().err
     assert main(["coadd", str(tmp_path / "missing.fits"), "--out", str(out)]) == 1
 

@@ -34,6 +34,9 @@ def free_port() -> int:
 def make_catalog(repo: Path) -> pa.Table:
     """Load N_ROWS synthetic objects around (10, 20) deg into ``repo``; returns the truth."""
     from skydm.catalog import load_table
+    from skydm.repo import Repository
+
+    Repository.open(repo).close()  # `skydm serve` refuses a directory without a repository
 
     rng = np.random.default_rng(42)
     truth = pa.table(

@@ -122,5 +122,5 @@ def test_sim_command_refuses_bad_arguments(
         main(["sim", "--out", str(tmp_path), "--artefacts", "dragons"])
     assert exc.value.code == 2
     assert "dragons" in capsys.readouterr().err
-    assert main(["sim", "--out", str(tmp_path), "--size", "8"]) == 1
-    assert "shape" in capsys.readouterr().err
+    assert main(["sim", "--out", str(tmp_path), "--size", "8"]) == 2  # a usage error
+    assert "--size 8 is not allowed" in capsys.readouterr().err

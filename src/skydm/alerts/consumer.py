@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from skydm.alerts.serialize import WIRE_HEADER_SIZE, decode, parse_wire
-from skydm.alerts.transport import KAFKA_LOG
-from skydm.errors import BadValueError, require_extra
+from skydm.alerts.transport import KAFKA_LOG, BrokerUnavailableError
+from skydm.errors import BadValueError, UserError, require_extra
 
 
 def _read_long(buf: bytes, pos: int) -> int:
@@ -128,6 +128,19 @@ class AlertConsumer:
         Replay: start every partition at this offset.
     dedup : DedupStore, optional
         Where seen ``diaSourceId`` values are kept; in memory by default.
+    connect_timeout : float
+        Seconds to wait for the broker to answer at all; an unreachable
+        broker is reported after this long instead of being retried forever.
+    require_topics : bool
+        Refuse topics the broker does not have (the command line does; a
+        program may subscribe before a producer creates them).
+
+    Raises
+    ------
+    BrokerUnavailableError
+        When the broker does not answer within ``connect_timeout``.
+    UserError
+        With ``require_topics``, when a topic does not exist.
     """
 
     def __init__(
@@ -140,6 +153,8 @@ class AlertConsumer:
         from_time: datetime | float | str | None = None,
         from_offset: int | None = None,
         dedup: DedupStore | None = None,
+        connect_timeout: float = 10.0,
+        require_topics: bool = False,
     ) -> None:
         if from_time is not None and from_offset is not None:
             raise BadValueError("from_offset", from_offset, "either a time or an offset, not both")
@@ -158,7 +173,13 @@ class AlertConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
         }
+        self.bootstrap = bootstrap
         self._consumer = self._ck.Consumer(conf)
+        try:
+            self._check_broker(list(topics), connect_timeout, require_topics)
+        except BaseException:
+            self._consumer.close()
+            raise
         self._from_ms = _to_ms(from_time) if from_time is not None else None
         self._from_offset = from_offset
         self._replayed: set[tuple[str, int]] = set()
@@ -166,6 +187,27 @@ class AlertConsumer:
         self.duplicates = 0
         self.assignment: list[tuple[str, int]] = []
         self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _check_broker(self, topics: list[str], timeout: float, require_topics: bool) -> None:
+        """Ask the broker for its topics: it answers, and has the ones asked for."""
+        try:
+            meta = self._consumer.list_topics(timeout=timeout)
+        except self._ck.KafkaException as exc:
+            raise BrokerUnavailableError(
+                f"no answer from the Kafka broker at {self.bootstrap} within {timeout:g} s "
+                f"({exc.args[0].str() if exc.args else exc}); check --bootstrap (or "
+                "SKYDM_KAFKA_BOOTSTRAP) and that the broker is running"
+            ) from exc
+        if not require_topics:
+            return
+        have = {name for name in meta.topics if not name.startswith("__")}
+        missing = [t for t in topics if t not in have]
+        if missing:
+            there = ", ".join(sorted(have)) or "none yet"
+            raise UserError(
+                f"topic {missing[0]!r} does not exist on {self.bootstrap} (topics there: "
+                f"{there}); give an existing one with --topic, or produce alerts first"
+            )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         replay = [p for p in partitions if (p.topic, p.partition) not in self._replayed]
@@ -195,7 +237,14 @@ class AlertConsumer:
             if m.error():
                 if m.error().code() == self._ck.KafkaError._PARTITION_EOF:
                     continue
-                raise self._ck.KafkaException(m.error())
+                if m.error().code() == self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise UserError(
+                        f"topic {m.topic()!r} does not exist on {self.bootstrap}; "
+                        "give an existing one with --topic, or produce alerts first"
+                    )
+                raise BrokerUnavailableError(
+                    f"the Kafka broker at {self.bootstrap} reported: {m.error().str()}"
+                )
             self._consumer.store_offsets(message=m)
             ts = m.timestamp()[1]
             if self._from_ms is not None and ts < self._from_ms:

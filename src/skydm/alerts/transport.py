@@ -81,6 +81,26 @@ class AlertTransport(abc.ABC):
         """Release connections."""
 
 
+#: Producer compression codecs librdkafka offers.  lz4 is the default; a
+#: consumer whose Kafka client lacks lz4 (some minimal builds of kafka-python,
+#: or clients in environments without the lz4 library) needs the stream
+#: produced with ``gzip`` (every client has it) or ``none``.
+COMPRESSION_TYPES = ("lz4", "zstd", "gzip", "snappy", "none")
+
+
+def compression_config(name: str, *, option: str = "--compression") -> dict[str, str]:
+    """The producer setting for a compression codec, validated.
+
+    Raises
+    ------
+    BadValueError
+        Naming ``option`` when ``name`` is not one of :data:`COMPRESSION_TYPES`.
+    """
+    if name not in COMPRESSION_TYPES:
+        raise BadValueError(option, name, f"one of {', '.join(COMPRESSION_TYPES)}")
+    return {"compression.type": name}
+
+
 def parse_kafka_config(items: Sequence[str]) -> dict[str, str]:
     """``["KEY=VALUE", ...]`` (command-line pass-through) as a dict.
 
@@ -275,6 +295,78 @@ class StreamResult:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LostLog:
+    """A partition whose log the broker lost since messages were acknowledged on it."""
+
+    topic: str
+    partition: int
+    acknowledged: int  # highest offset acknowledged before
+    end: int  # the broker's log end offset now (-1: the topic is gone)
+    requeued: int  # messages queued again
+
+    def line(self, bootstrap: str) -> str:
+        """What happened and what was done, for the user."""
+        now = "the topic is gone" if self.end < 0 else f"its log now ends at offset {self.end}"
+        return (
+            f"the broker at {bootstrap} lost partition {self.partition} of {self.topic} "
+            f"(offset {self.acknowledged} was acknowledged; {now}): its {self.requeued} "
+            "messages are queued again; consumers drop duplicates by diaSourceId"
+        )
+
+
+def requeue_lost_logs(
+    outbox: Outbox, bootstrap: str, *, config: Mapping[str, Any] | None = None, timeout: float = 10
+) -> list[LostLog]:
+    """Find partitions whose log the broker lost, and queue their messages again.
+
+    A broker that lost data (an in-memory broker restarted, a topic deleted)
+    ends a partition's log below an offset it acknowledged before; the
+    outbox would otherwise only notice at the next send to that partition.
+
+    Raises
+    ------
+    BrokerUnavailableError
+        When the broker does not answer within ``timeout`` seconds.
+    """
+    logs = outbox.partition_logs()
+    if not logs:
+        return []
+    ck = require_extra("confluent_kafka", "alerts")
+    consumer = ck.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "logger": KAFKA_LOG,
+            "group.id": "skydm-outbox-check",
+            "enable.auto.commit": False,
+            **dict(config or {}),
+        }
+    )
+    lost = []
+    try:
+        try:
+            existing = consumer.list_topics(timeout=timeout).topics
+        except ck.KafkaException as exc:
+            raise BrokerUnavailableError(f"Kafka at {bootstrap}: {exc}") from exc
+        for (topic, partition), acked in sorted(logs.items()):
+            meta = existing.get(topic)
+            if meta is None or partition not in meta.partitions:
+                end = -1
+            else:
+                try:
+                    _, end = consumer.get_watermark_offsets(
+                        ck.TopicPartition(topic, partition), timeout=timeout
+                    )
+                except ck.KafkaException as exc:
+                    raise BrokerUnavailableError(f"Kafka at {bootstrap}: {exc}") from exc
+            if end <= acked:  # the next offset would reuse one acknowledged before
+                n = outbox.requeue_partition(topic, partition)
+                lost.append(LostLog(topic, partition, acked, int(end), n))
+    finally:
+        consumer.close()
+    return lost
+
+
 def stream_outbox(
     outbox: Outbox,
     transport: AlertTransport,
@@ -313,9 +405,12 @@ def stream_outbox(
                     break
                 result.attempts += 1
                 reports = transport.send(msgs, timeout=send_timeout)
-                result.requeued += outbox.mark_delivered(reports)
+                requeued = outbox.mark_delivered(reports)
+                result.requeued += requeued
                 result.delivered += len(reports)
                 if progress is not None:
+                    if progress.total is not None:
+                        progress.total += requeued  # sent again: the count stays within total
                     progress.advance(len(reports))
                 if len(reports) < len(msgs):
                     got = {d.seq for d in reports}

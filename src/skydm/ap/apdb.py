@@ -112,6 +112,11 @@ FORCED_SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("psfFluxErr", sa.Float),
     ("scienceFlux", sa.Float),
     ("scienceFluxErr", sa.Float),
+    # Not in the alert schema's diaForcedSource: the APDB keeps them so that
+    # a flux measured on a PSF cut by the image edge stays recognisable.
+    ("psfFlux_flag", sa.Boolean),
+    ("psfFlux_flag_edge", sa.Boolean),
+    ("forced_PsfFlux_flag", sa.Boolean),
     ("timeProcessedMjdTai", sa.Float(53)),
 )
 

@@ -3,7 +3,8 @@
 Forced photometry measures every known DIA object on the image, detected or
 not, with the PSF at the object's mean position: on the difference image
 (``psfFlux``, the flux change against the template) and, when given, on the
-science image (``scienceFlux``).
+science image (``scienceFlux``).  It works to the image edge: a PSF cut by
+the edge is fitted on its remaining pixels and flagged, never dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from skydm.ap.association import make_id
-from skydm.image import UNUSABLE, Exposure
+from skydm.diffim.measure import forced_psf_photometry
+from skydm.image import Exposure
 
 
 def visit_region(
@@ -55,59 +57,24 @@ def on_image(exposure: Exposure, ra: np.ndarray, dec: np.ndarray) -> tuple[np.nd
     x, y = wcs.world_to_pixel_values(np.asarray(ra, float), np.asarray(dec, float))
     x, y = np.asarray(x, float), np.asarray(y, float)
     ny, nx = exposure.shape
-    inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= nx - 1) & (y <= ny - 1)
+    # A position on any part of a pixel is on the image (pixel centres are
+    # integers, pixels extend half a pixel either side).
+    inside = np.isfinite(x) & np.isfinite(y)
+    inside &= (x >= -0.5) & (y >= -0.5) & (x < nx - 0.5) & (y < ny - 0.5)
     return x, y, inside
-
-
-#: Sub-pixel phases at which PSF kernels are tabulated (a ninth of a pixel):
-#: the flux error of using the nearest phase is far below the photon noise.
-_PHASES = 9
 
 
 def psf_fluxes(exposure: Exposure, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PSF-weighted fluxes and errors at many fixed positions, vectorised.
 
     The estimator is that of :func:`skydm.image.psf_photometry`
-    (``sum(P I / V) / sum(P^2 / V)``, masked pixels weighted 0), with the PSF
-    tabulated at ``_PHASES`` x ``_PHASES`` sub-pixel shifts instead of being
-    rendered for each position, so that a visit's 10,000 objects take a
-    fraction of a second rather than tens of seconds.  Positions whose PSF
-    stamp leaves the image get NaN.
+    (``sum(P I / V) / sum(P^2 / V)``, masked pixels weighted 0), computed by
+    :func:`skydm.diffim.measure.forced_psf_photometry`: positions whose PSF
+    stamp is cut by the image edge are measured on the part that is there;
+    only positions with no usable pixel under the PSF get NaN.
     """
-    psf = exposure.require_psf("forced photometry")
-    size = min(psf.default_size(), 31)
-    half = size // 2
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    flux = np.full(x.size, np.nan)
-    err = np.full(x.size, np.nan)
-    ny, nx = exposure.shape
-    ix, iy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
-    ok = (ix - half >= 0) & (iy - half >= 0) & (ix + half < nx) & (iy + half < ny)
-    idx = np.flatnonzero(ok)
-    if idx.size == 0:
-        return flux, err
-    steps = (np.arange(_PHASES) - (_PHASES - 1) / 2) / _PHASES
-    kernels = np.array([[psf.kernel(size, dx, dy) for dx in steps] for dy in steps])
-    off = np.arange(-half, half + 1)
-    unusable = np.uint32(UNUSABLE)
-    for start in range(0, idx.size, 4096):
-        sel = idx[start : start + 4096]
-        rows = iy[sel, None, None] + off[None, :, None]
-        cols = ix[sel, None, None] + off[None, None, :]
-        data = exposure.image[rows, cols].astype(np.float64)
-        var = exposure.var[rows, cols].astype(np.float64)
-        good = np.isfinite(data) & np.isfinite(var) & (var > 0)
-        good &= (exposure.msk[rows, cols] & unusable) == 0
-        px = np.clip(np.rint((x[sel] - ix[sel]) * _PHASES) + (_PHASES - 1) // 2, 0, _PHASES - 1)
-        py = np.clip(np.rint((y[sel] - iy[sel]) * _PHASES) + (_PHASES - 1) // 2, 0, _PHASES - 1)
-        p = kernels[py.astype(int), px.astype(int)]
-        w = np.where(good, p / np.where(good, var, 1.0), 0.0)
-        denom = np.sum(w * p, axis=(1, 2))
-        num = np.sum(w * np.where(good, data, 0.0), axis=(1, 2))
-        fine = denom > 0
-        flux[sel[fine]] = num[fine] / denom[fine]
-        err[sel[fine]] = np.sqrt(1.0 / denom[fine])
-    return flux, err
+    res = forced_psf_photometry(exposure, x, y)
+    return res.flux, res.err
 
 
 def forced_photometry(
@@ -134,9 +101,11 @@ def forced_photometry(
     Returns
     -------
     list of dict
-        One forced source per object whose position is on the image and whose
-        PSF footprint has usable pixels; ids are made from the visit,
-        detector and the object's position in ``objects``.
+        One forced source per object whose position is on the image, also
+        where the PSF is cut by the image edge or masked pixels: the flux is
+        then fitted on the pixels that are there and ``psfFlux_flag_edge``
+        is set (``psfFlux_flag_noGoodPixels`` with a null flux where no
+        usable pixel remains).  Ids are made from the visit and detector.
     """
     if not objects:
         return []
@@ -149,18 +118,19 @@ def forced_photometry(
         return []
     # LSST fluxes are in nJy: each image's counts are scaled by its zero point.
     scale = difference.nanojansky_per_count("forced photometry in nJy")
-    flux, err = psf_fluxes(difference, x[idx], y[idx])
-    flux, err = flux * scale, err * scale
+    diff = forced_psf_photometry(difference, x[idx], y[idx])
+    flux, err = diff.flux * scale, diff.err * scale
+    sedge = np.zeros(idx.size, dtype=bool)
     if science is not None and science.psf is not None:
-        sflux, serr = psf_fluxes(science, x[idx], y[idx])
+        sci = forced_psf_photometry(science, x[idx], y[idx])
         sscale = science.nanojansky_per_count("science-image forced photometry in nJy")
-        sflux, serr = sflux * sscale, serr * sscale
+        sflux, serr, sedge = sci.flux * sscale, sci.err * sscale, sci.failed
     else:
         sflux = serr = np.full(idx.size, np.nan)
     out: list[dict[str, Any]] = []
     for n, i in enumerate(idx):
-        if not np.isfinite(flux[n]):
-            continue  # no usable pixels under the PSF (edge or masked)
+        # Kept even where the PSF is cut by the edge (flagged) or has no
+        # usable pixel at all (null flux, flagged): never silently dropped.
         obj = objects[int(i)]
         out.append(
             {
@@ -174,8 +144,12 @@ def forced_photometry(
                 "dec": float(dec[i]),
                 "psfFlux": float(flux[n]),
                 "psfFluxErr": float(err[n]),
+                "psfFlux_flag": bool(diff.failed[n]),
+                "psfFlux_flag_edge": bool(diff.edge[n]),
+                "psfFlux_flag_noGoodPixels": bool(diff.no_good_pixels[n]),
                 "scienceFlux": float(sflux[n]),
                 "scienceFluxErr": float(serr[n]),
+                "forced_PsfFlux_flag": bool(sedge[n]),
                 "timeProcessedMjdTai": float(time_processed),
             }
         )

@@ -3,9 +3,13 @@
 ``skydm.diffim`` writes an astropy Table with ``x``, ``y`` (0-based pixels),
 ``ra``, ``dec``, ``snr`` (signed), ``flux``/``flux_err`` (aperture),
 ``psf_flux``/``psf_flux_err``, ``flagged`` and per-flag columns
-``flag_dipole``, ``flag_edge``, ``flag_sat``, ``flag_cr``, ``flag_bad``.
-:func:`dia_sources_from_table` turns each row into a dict keyed by LSST
-``diaSource`` field names, with a deterministic 64-bit ``diaSourceId``.
+``flag_dipole``, ``flag_edge``, ``flag_sat``, ``flag_cr``, ``flag_bad``;
+:func:`skydm.diffim.measure.measure_dia_sources` adds columns already named
+as LSST ``diaSource`` fields (``apFlux``, ``dipole*``, ``trail*``,
+``pixelFlags_*`` ...), which take precedence over the detection columns
+mapped to the same field.  :func:`dia_sources_from_table` turns each row into
+a dict keyed by LSST ``diaSource`` field names, with a deterministic 64-bit
+``diaSourceId``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from astropy.table import Table
 
 from skydm.ap.association import make_id
+from skydm.diffim.measure import FLUX_COLUMNS, MEASURED_COLUMNS
 from skydm.errors import BadValueError
 from skydm.image import VisitInfo
 
@@ -51,8 +56,56 @@ _COLUMNS = {
     "psf_ndata": "psfNdata",
 }
 
+#: Columns named as the diaSource field they fill, passed through unchanged.
+_PASSTHROUGH = MEASURED_COLUMNS | {"reliability", "reliabilityVersion"}
+
 #: diaSource fields in flux units (nJy in the LSST schema).
-FLUX_FIELDS = frozenset(f for f in _COLUMNS.values() if f.endswith("Flux") or f.endswith("FluxErr"))
+FLUX_FIELDS = frozenset(
+    {f for f in _COLUMNS.values() if f.endswith("Flux") or f.endswith("FluxErr")}
+    | set(FLUX_COLUMNS)
+)
+
+#: diaSource fields that skydm leaves null, with the reason (listed in
+#: docs/alerts.md; a test checks that every other field the schema describes
+#: is filled wherever the data allow).
+NULL_FIELDS: dict[str, str] = {
+    "ssObjectId": "skydm has no solar-system pipeline: no DIA source is attributed to an ssObject",
+    "parentDiaSourceId": "DIA sources are not deblended, so none has a parent",
+    "timeWithdrawnMjdTai": "set only when a record is withdrawn, which skydm never does",
+    "trailAlgorithm": (
+        "the schema's codes (1 = SDSSShape, 2 = HSMShape) name moment algorithms; "
+        "skydm's trail fit is the Vereš et al. (2012) model, which has no code"
+    ),
+    "glint_trail": "skydm does not detect glint trails (chains of sources along a line)",
+    "reliability": "filled by the real/bogus classifier (issue 13 item 6) when it is run",
+    "reliabilityVersion": "filled by the real/bogus classifier together with reliability",
+}
+
+#: diaSource fields filled only where a fit ran and converged (their rules
+#: are in skydm.diffim.measure): dipole fields on sources with both signs,
+#: trail fields on elongated ones.
+DIPOLE_FIELDS = (
+    "dipoleMeanFlux",
+    "dipoleMeanFluxErr",
+    "dipoleFluxDiff",
+    "dipoleFluxDiffErr",
+    "dipoleLength",
+    "dipoleAngle",
+    "dipoleChi2",
+)
+TRAIL_FIELDS = (
+    "trailFlux",
+    "trailFluxErr",
+    "trailRa",
+    "trailRaErr",
+    "trailDec",
+    "trailDecErr",
+    "trailLength",
+    "trailLengthErr",
+    "trailAngle",
+    "trailAngleErr",
+    "trailChi2",
+)
 
 #: Columns a DIA table must have at all (a row may still hold NaN in them).
 REQUIRED_COLUMNS = ("x", "y", "ra", "dec")
@@ -126,7 +179,9 @@ def dia_sources_from_table(
     det = int(visit_info.detector if detector is None else detector)
     visit = int(visit_info.visit)
     processed = now_mjd() if time_processed is None else float(time_processed)
-    present = [(c, f) for c, f in _COLUMNS.items() if c in table.colnames]
+    named = [c for c in table.colnames if c in _PASSTHROUGH]
+    present = [(c, f) for c, f in _COLUMNS.items() if c in table.colnames and f not in named]
+    present += [(c, c) for c in named]
     columns = {
         c: table[c].tolist() if not hasattr(table[c], "mask") else list(table[c])
         for c, _ in present

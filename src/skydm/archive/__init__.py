@@ -12,25 +12,33 @@ See ``docs/archive.md``.
 
 from skydm.archive.container import check_lossless, codec_for, encode, restore_bytes
 from skydm.archive.ingest import FileResult, IngestReport, ingest_file, ingest_files
+from skydm.archive.instrument_file import (
+    load_instrument,
+    parse_instrument,
+    register_instrument,
+    repository_instruments,
+)
 from skydm.archive.instruments import (
-    INSTRUMENTS,
-    Generic,
+    Amplifier,
     InstrumentDefinition,
-    SkySim,
+    Section,
     Translation,
+    builtin,
     get_instrument,
     instrument_for,
 )
-from skydm.archive.restore import restore, restore_raw_bytes, restore_to
+from skydm.archive.restore import read_raw, restore, restore_raw_bytes, restore_to
+from skydm.archive.retrieve import RetrieveReport, plan_retrieval, retrieve, select_datasets
 
 __all__ = [
-    "INSTRUMENTS",
+    "Amplifier",
     "FileResult",
-    "Generic",
     "IngestReport",
     "InstrumentDefinition",
-    "SkySim",
+    "RetrieveReport",
+    "Section",
     "Translation",
+    "builtin",
     "check_lossless",
     "codec_for",
     "encode",
@@ -38,8 +46,16 @@ __all__ = [
     "ingest_file",
     "ingest_files",
     "instrument_for",
+    "load_instrument",
+    "parse_instrument",
+    "plan_retrieval",
+    "read_raw",
+    "register_instrument",
+    "repository_instruments",
     "restore",
     "restore_bytes",
     "restore_raw_bytes",
     "restore_to",
+    "retrieve",
+    "select_datasets",
 ]

@@ -37,6 +37,7 @@ from astropy.io import fits
 
 from skydm.archive._rice import rice_image_hdu
 from skydm.errors import BadFileError, DataCorruptionError
+from skydm.image.fitsfile import NOT_FITS, fits_layout, unreadable
 
 FORMAT_VERSION = 1
 MAP_COLUMNS = ("KIND", "EXT", "NBYTES", "HDR_OFF", "HDR_LEN", "INL_OFF", "INL_LEN")
@@ -64,6 +65,7 @@ class SourceInfo:
     n_hdus: int
     n_images: int
     bitpix: tuple[int, ...]  # of the image HDUs
+    shapes: tuple[tuple[int, ...], ...] = ()  # of the image HDUs (rows, columns)
     pixel_views: list[memoryview] = field(repr=False, default_factory=list)
 
     @cached_property
@@ -109,6 +111,11 @@ def _merge_headers(primary: fits.Header, image: fits.Header) -> fits.Header:
     return merged
 
 
+def translation_header(primary: fits.Header, image: fits.Header) -> fits.Header:
+    """What instrument definitions read: the primary's cards overridden by an image HDU's."""
+    return _merge_headers(primary, _clean_cards(image, keep_scaling=False))
+
+
 def _tile_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(shape) == 1:
         return (min(shape[0], _TILE_PIXELS),)
@@ -138,7 +145,7 @@ def codec_for(bitpix: int, requested: str = "RICE_1") -> str:
 def _parse(data: bytes, name: str) -> fits.HDUList:
     """Open FITS bytes with every way of failing turned into a :class:`BadFileError`."""
     if not data.startswith(b"SIMPLE  ="):
-        raise BadFileError(name, "is not a FITS file (it does not start with SIMPLE =)")
+        raise BadFileError(name, NOT_FITS)
     try:
         with warnings.catch_warnings():
             # Non-standard cards are common in raws; truncation is found by _layout.
@@ -151,31 +158,13 @@ def _parse(data: bytes, name: str) -> fits.HDUList:
                 disable_image_compression=True,  # a .fz source is kept as its tables
                 ignore_missing_simple=False,
             )
-    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise BadFileError(name, f"is not a readable FITS file: {exc}") from exc
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError) as exc:
+        raise BadFileError(name, unreadable(exc)) from exc
     return hdul
 
 
-def _layout(hdul: fits.HDUList, size: int, name: str) -> list[tuple[int, int, int]]:
-    """``(header_start, data_start, data_end)`` of every HDU, checked to tile the file."""
-    spans = []
-    end = 0
-    for i in range(len(hdul)):
-        info = hdul.fileinfo(i)
-        if info is None:
-            raise BadFileError(name, f"HDU {i} has no place in the file; it is not valid FITS")
-        h0, d0, span = int(info["hdrLoc"]), int(info["datLoc"]), int(info["datSpan"])
-        if h0 != end:
-            raise BadFileError(name, f"HDU {i} starts at byte {h0}, not {end}; not valid FITS")
-        end = d0 + span
-        if end > size:
-            raise BadFileError(
-                name,
-                f"is truncated: HDU {i} needs {end} bytes but the file has {size}; "
-                "copy it again from its source",
-            )
-        spans.append((h0, d0, end))
-    return spans
+# One message per fault, shared with every other FITS reader.
+_layout = fits_layout
 
 
 _BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
@@ -195,11 +184,37 @@ def _image_array(hdu: fits.hdu.base._BaseHDU, data: memoryview, offset: int) -> 
     return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
+#: PLIO_1 codes run lengths of values from 0 to 2**24 - 1 (it was made for masks).
+PLIO_MAX = 2**24 - 1
+
+
+def _check_plio(array: np.ndarray, cards: fits.Header) -> None:
+    """Refuse PLIO_1 for stored values it cannot hold, before compressing anything."""
+    from skydm.errors import BadValueError
+
+    lo, hi = int(array.min()), int(array.max())
+    if lo >= 0 and hi <= PLIO_MAX:
+        return
+    scaled = (
+        f" (pixels stored with BZERO = {cards['BZERO']:g}, as unsigned integers are)"
+        if "BZERO" in cards
+        else ""
+    )
+    raise BadValueError(
+        "codec",
+        "PLIO_1",
+        f"PLIO_1 holds stored values from 0 to {PLIO_MAX} only, and this image stores "
+        f"values from {lo} to {hi}{scaled}; use RICE_1 (the default), as compact and lossless",
+    )
+
+
 def _image_hdu(
     raw: memoryview, array: np.ndarray, bitpix: int, cards: fits.Header, codec: str
 ) -> list[bytes | memoryview]:
     """One tile-compressed image HDU (header and data) as FITS bytes, in chunks."""
     chosen = codec_for(bitpix, codec)
+    if chosen == "PLIO_1":
+        _check_plio(array, cards)
     tiles = _tile_shape(array.shape)
     if chosen == "RICE_1" and bitpix in (8, 16, 32):
         return rice_image_hdu(raw, bitpix=bitpix, shape=array.shape, tile_shape=tiles, cards=cards)
@@ -274,6 +289,7 @@ def encode(
     images: list[list[bytes | memoryview]] = []  # each image HDU's FITS bytes, in chunks
     merged = fits.Header()
     bitpix: list[int] = []
+    shapes: list[tuple[int, ...]] = []
     pixel_views: list[memoryview] = []
     primary_has_image = False
     for i, (hdu, (h0, d0, d1)) in enumerate(zip(hdul, spans, strict=True)):
@@ -288,6 +304,7 @@ def encode(
         pixel_views.append(view[d0 : d0 + array.nbytes])
         bp = int(hdu.header["BITPIX"])
         bitpix.append(bp)
+        shapes.append(tuple(array.shape))
         clean = _clean_cards(hdu.header, keep_scaling=False)
         if not images:
             merged = clean.copy() if i == 0 else _merge_headers(hdul[0].header, clean)
@@ -342,6 +359,7 @@ def encode(
         n_hdus=len(hdul),
         n_images=len(images),
         bitpix=tuple(bitpix),
+        shapes=tuple(shapes),
         pixel_views=pixel_views,
     )
     return container, info

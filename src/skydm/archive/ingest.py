@@ -8,15 +8,21 @@ are independent: a bad one is reported with its reason and the others go on.
 
 from __future__ import annotations
 
+import io
 import math
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from skydm.archive.container import check_lossless, encode
-from skydm.archive.instruments import instrument_for
+from astropy.io import fits
+
+from skydm.archive.container import check_lossless, encode, translation_header
+from skydm.archive.instrument_file import repository_instruments
+from skydm.archive.instruments import InstrumentDefinition, Translation, instrument_for
+from skydm.archive.mef import DetectorPart, MefSplit, split_mef
 from skydm.errors import BadFileError, ConflictError, SkydmError
 from skydm.progress import Progress
 from skydm.repo import DataId, DatasetRef, Repository
@@ -48,6 +54,8 @@ class FileResult:
         Sizes of the source file and of the stored container (0 if none).
     seconds : float
         Time spent on this file.
+    hdu : int or None
+        For a detector of a multi-extension raw, its HDU in the file.
     """
 
     path: Path
@@ -58,6 +66,7 @@ class FileResult:
     source_bytes: int = 0
     stored_bytes: int = 0
     seconds: float = 0.0
+    hdu: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -65,10 +74,9 @@ class FileResult:
         return self.status != "error"
 
     def line(self) -> str:
-        """One line for humans, naming the file."""
-        if self.status == "error":
-            return f"error: {self.path}: {self.message}"
-        return f"{self.status}: {self.path}: {self.message}"
+        """One line for humans, naming the file (and the HDU of a detector)."""
+        where = f"{self.path} [HDU {self.hdu}]" if self.hdu is not None else str(self.path)
+        return f"{self.status}: {where}: {self.message}"
 
 
 @dataclass
@@ -77,6 +85,7 @@ class IngestReport:
 
     results: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    hdu: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,42 +118,151 @@ class IngestReport:
         return self.source_bytes / self.stored_bytes if self.stored_bytes else math.nan
 
     def summary(self) -> str:
-        """One line: how many files ingested, present, failed, and the ratio."""
+        """One line: how many files (and raws) ingested, present, failed, and the ratio."""
         counts: dict[str, int] = {}
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
         parts = [f"{n} {status}" for status, n in counts.items()]
         ratio = f", compression {self.ratio:.2f}x" if self.written else ""
-        return f"{len(self.results)} files: {', '.join(parts) or 'none'}{ratio}"
+        n_files = len({r.path for r in self.results})
+        # A multi-extension file gives one raw per detector: say so when it happened.
+        raws = f" ({len(self.results)} raws)" if n_files != len(self.results) else ""
+        return f"{n_files} files{raws}: {', '.join(parts) or 'none'}{ratio}"
+
+
+def _read(path: Path) -> bytes:
+    if path.is_dir():
+        raise BadFileError(path, "is a directory; give the FITS files in it")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise BadFileError(path, "no such file; check the path") from None
+    except OSError as exc:
+        raise BadFileError(path, f"cannot be read ({exc.strerror})") from exc
+
+
+def _definition(
+    header: fits.Header,
+    instrument: str | InstrumentDefinition | None,
+    known: Mapping[str, InstrumentDefinition],
+) -> InstrumentDefinition:
+    if isinstance(instrument, InstrumentDefinition):
+        return instrument
+    return instrument_for(header, instrument, known)
+
+
+def _error(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, BadFileError):
+        return exc.problem if exc.path == str(path) else str(exc)
+    if isinstance(exc, SkydmError | OSError):
+        return str(exc)
+    return f"failed unexpectedly ({type(exc).__name__}: {exc}); please report this"
 
 
 def ingest_file(
     repo: Repository,
     path: str | Path,
     *,
-    instrument: str | None = None,
+    instrument: str | InstrumentDefinition | None = None,
+    instruments: Mapping[str, InstrumentDefinition] | None = None,
     replace: bool = False,
     codec: str = "RICE_1",
-) -> FileResult:
-    """Ingest one raw file; errors are returned as a result, never raised.
+) -> list[FileResult]:
+    """Ingest one raw file; errors are returned as results, never raised.
 
-    See :func:`ingest_files` for the parameters.
+    A multi-extension raw (no pixels in the primary, two or more image
+    extensions) gives one result per detector (see :mod:`skydm.archive.mef`);
+    any other file one result.  See :func:`ingest_files` for the parameters.
     """
     path = Path(path)
     start = time.perf_counter()
+    known = dict(instruments or {})
+    try:
+        data = _read(path)
+        split = split_mef(data, str(path))
+        if split is None:
+            return [_ingest_one(repo, path, data, instrument, known, replace, codec, start)]
+        planned = _plan_parts(path, split, instrument, known)
+    except Exception as exc:  # one odd file must not stop the others
+        return [FileResult(path, "error", _error(path, exc), seconds=time.perf_counter() - start)]
+    results = []
+    for part, (definition, translation) in zip(split.parts, planned, strict=True):
+        t0 = time.perf_counter()
+        results.append(
+            _ingest_one(
+                repo, path, part.data, definition, known, replace, codec, t0,
+                mef=(split, part, translation),
+            )
+        )  # fmt: skip
+    return results
+
+
+def _plan_parts(
+    path: Path,
+    split: MefSplit,
+    instrument: str | InstrumentDefinition | None,
+    known: Mapping[str, InstrumentDefinition],
+) -> list[tuple[InstrumentDefinition, Translation]]:
+    """Translate every detector of a multi-extension raw before anything is written."""
+    hdul = fits.open(io.BytesIO(split.parts[0].data), memmap=False, do_not_scale_image_data=True)
+    primary = hdul[0].header
+    planned: list[tuple[InstrumentDefinition, Translation]] = []
+    seen: dict[DataId, int] = {}
+    for part in split.parts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ext = fits.open(io.BytesIO(part.data), memmap=False, do_not_scale_image_data=True)[1]
+            header = translation_header(primary, ext.header)
+        definition = _definition(header, instrument, known)
+        shape = (int(ext.header["NAXIS2"]), int(ext.header["NAXIS1"]))
+        where = f"{path} [HDU {part.hdu}]"
+        translation = definition.translate(
+            header, pixel_sha256=lambda: split.pixel_sha256, path=where, shape=shape
+        )
+        if translation.data_id in seen:
+            raise BadFileError(
+                path,
+                f"HDUs {seen[translation.data_id]} and {part.hdu} both translate to data ID "
+                f"{translation.data_id}; the {definition.name} instrument definition "
+                f"({definition.source}) must read the detector from a card that differs "
+                "between extensions (data_id.detector.cards, e.g. CCDNUM, DETECTOR or EXTVER)",
+            )
+        seen[translation.data_id] = part.hdu
+        planned.append((definition, translation))
+    return planned
+
+
+def _ingest_one(
+    repo: Repository,
+    path: Path,
+    data: bytes,
+    instrument: str | InstrumentDefinition | None,
+    known: Mapping[str, InstrumentDefinition],
+    replace: bool,
+    codec: str,
+    start: float,
+    *,
+    mef: tuple[MefSplit, DetectorPart, Translation] | None = None,
+) -> FileResult:
+    """Archive one raw (a whole file, or one detector file of a multi-extension raw)."""
+    hdu = mef[1].hdu if mef is not None else None
 
     def result(status: Status, message: str, **kw: object) -> FileResult:
-        return FileResult(path, status, message, seconds=time.perf_counter() - start, **kw)  # type: ignore[arg-type]
+        return FileResult(path, status, message, seconds=time.perf_counter() - start, hdu=hdu, **kw)  # type: ignore[arg-type]
 
     data_id: DataId | None = None
     try:
-        if path.is_dir():
-            raise BadFileError(path, "is a directory; give the FITS files in it")
-        container, info = encode(path, codec=codec)
-        definition = instrument_for(info.header, instrument)
-        translation = definition.translate(
-            info.header, pixel_sha256=lambda: info.pixel_sha256, path=path
-        )
+        container, info = encode(path, codec=codec, data=data)
+        definition = _definition(info.header, instrument, known)
+        if mef is not None:
+            translation = mef[2]
+        else:
+            translation = definition.translate(
+                info.header,
+                pixel_sha256=lambda: info.pixel_sha256,
+                path=path,
+                shape=info.shapes[0] if info.shapes else None,
+            )
         data_id = translation.data_id
         existing = repo.find(RAW, data_id)
         status: Status = "ingested"
@@ -173,9 +291,12 @@ def ingest_file(
             "bitpix": list(info.bitpix),
             "n_hdus": info.n_hdus,
             "instrument_definition": definition.name,
+            "instrument_source": definition.source,
             "codec": codec,
             **translation.metadata,
         }
+        if mef is not None:
+            meta["mef"] = mef[0].meta(mef[1])
 
         def write(fh: BinaryIO) -> None:
             fh.write(container)
@@ -196,24 +317,15 @@ def ingest_file(
             source_bytes=info.size,
             stored_bytes=ref.size,
         )
-    except BadFileError as exc:
-        message = exc.problem if exc.path == str(path) else str(exc)
-        return result("error", message, data_id=data_id)
-    except (SkydmError, OSError) as exc:
-        return result("error", str(exc), data_id=data_id)
     except Exception as exc:  # one odd file must not stop the others
-        return result(
-            "error",
-            f"failed unexpectedly ({type(exc).__name__}: {exc}); please report this",
-            data_id=data_id,
-        )
+        return result("error", _error(path, exc), data_id=data_id)
 
 
 def ingest_files(
     repo: Repository,
     paths: Iterable[str | Path],
     *,
-    instrument: str | None = None,
+    instrument: str | InstrumentDefinition | None = None,
     replace: bool = False,
     progress: Progress | None = None,
     codec: str = "RICE_1",
@@ -226,10 +338,14 @@ def ingest_files(
     repo : Repository
         Where to archive them.
     paths : iterable of str or pathlib.Path
-        Raw FITS files (any BITPIX, single- or multi-extension).
-    instrument : str, optional
-        Instrument definition to use for every file (``generic``,
-        ``skysim``); by default chosen from each header's ``INSTRUME``.
+        Raw FITS files (any BITPIX, single- or multi-extension; a
+        multi-extension raw becomes one raw per detector).
+    instrument : str or InstrumentDefinition, optional
+        Instrument definition to use for every file: a name (one registered
+        in the repository, or ``generic``, ``skysim``) or a definition loaded
+        with :func:`~skydm.archive.load_instrument`.  By default each header
+        is matched against the repository's definitions, then the built-in
+        ones, falling back to ``generic``.
     replace : bool
         Replace a different raw already archived with the same data ID
         (otherwise that file is an error).
@@ -244,15 +360,24 @@ def ingest_files(
     Returns
     -------
     IngestReport
-        One result per file; ``report.ok`` is false if any file failed.
+        One result per raw (per detector of a multi-extension file), in
+        input order; ``report.ok`` is false if any failed.
+
+    Raises
+    ------
+    BadFileError
+        When a definition registered in the repository is invalid.
     """
     start = time.perf_counter()
     report = IngestReport()
+    known = repository_instruments(repo.root)
     for path in paths:
-        res = ingest_file(repo, path, instrument=instrument, replace=replace, codec=codec)
-        report.results.append(res)
-        if on_result is not None:
-            on_result(res)
+        for res in ingest_file(
+            repo, path, instrument=instrument, instruments=known, replace=replace, codec=codec
+        ):
+            report.results.append(res)
+            if on_result is not None:
+                on_result(res)
         if progress is not None:
             progress.advance(note=Path(path).name)
     report.seconds = time.perf_counter() - start

@@ -317,10 +317,37 @@ def load_table(
         if (ra is None) != (dec is None):
             raise BadValueError("--ra-col/--dec-col", (ra, dec), "both position columns or none")
         definition = _user_definition(name, data, meta, ra, dec, description, source)
+    _check_positions(definition, data, source)
     if existing is not None and mode == "append":
         data = _append(existing, definition, data, source)
         definition = existing.definition
     return _write(root, definition, data, progress)
+
+
+def _check_positions(definition: TableDef, data: pa.Table, source: object) -> None:
+    """Refuse positions off the sky before anything is written.
+
+    A right ascension of 400 or a declination of 95 is a unit or column
+    mistake (hours, radians, another column) that would otherwise be
+    partitioned somewhere and never found by a cone search.
+    """
+    limits = (
+        (definition.ra_col, 0.0, 360.0, "--ra-col"),
+        (definition.dec_col, -90.0, 90.0, "--dec-col"),
+    )
+    for col, lo, hi, option in limits:
+        if col is None:
+            continue
+        values = data.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(np.isfinite(values) & ((values < lo) | (values > hi)))
+        if bad.size:
+            row = int(bad[0])
+            raise BadFileError(
+                source,
+                f"column {col!r} row {row + 1} is {values[row]:g}, outside {lo:g} to {hi:g} "
+                f"degrees ({bad.size} rows are); positions must be ICRS degrees: convert them, "
+                f"or name the right column with {option}",
+            )
 
 
 def _check_names(names: list[str], source: object) -> None:

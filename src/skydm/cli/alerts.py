@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--diff", type=Path, required=True, help="difference image (FITS)")
     pr.add_argument("--sources", type=Path, required=True, help="DIA source table (.ecsv, .fits)")
     pr.add_argument("--science", type=Path, help="science image, for cutouts and scienceFlux")
-    pr.add_argument("--template", type=Path, help="template image, for cutouts")
+    pr.add_argument("--template", type=Path, help="template image, for cutouts and templateFlux")
     pr.add_argument(
         "--apdb",
         help="APDB: SQLite file or SQLAlchemy URL (SKYDM_APDB_URL; <archive-dir>/apdb.sqlite3)",
@@ -45,9 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--schema", help="LSST schema version MAJOR.MINOR (latest packaged)")
     pr.add_argument("--cutout-size", type=int, default=30, help="cutout side in pixels (30)")
     pr.add_argument("--radius", type=float, default=1.0, help="association radius, arcsec (1)")
+    pr.add_argument(
+        "--zp",
+        type=float,
+        help="photometric zero point of the difference image, AB mag of one count "
+        "(default: its ZP card)",
+    )
     pr.add_argument("--visit", type=int, help="visit id (default: from the difference header)")
     pr.add_argument("--detector", type=int, help="detector id (default: from the header)")
     _kafka_args(pr)
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     pr.set_defaults(func=_produce)
 
     st = sub.add_parser(
@@ -64,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--redeliver", action="store_true", help="queue delivered messages again")
     st.add_argument("--visit", type=int, help="with --redeliver: only this visit")
     _kafka_args(st)
+    st.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     st.set_defaults(func=_stream)
 
     co = sub.add_parser(
@@ -85,6 +94,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     co.add_argument("--out", type=Path, help="directory for decoded packets (<diaSourceId>.json)")
     co.add_argument("--dedup-db", type=Path, help="SQLite file that keeps seen diaSourceIds")
     co.add_argument("--bootstrap", help="Kafka bootstrap servers (SKYDM_KAFKA_BOOTSTRAP)")
+    co.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker to answer before giving up (10)",
+    )
     co.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
     co.set_defaults(func=_consume)
 
@@ -106,6 +121,25 @@ def _kafka_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topic", help="main topic (lsst-alerts-v<major>)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of new topics (8)")
     p.add_argument("--kafka-config", action="append", default=[], help=_KAFKA_HELP)
+    p.add_argument(
+        "--compression",
+        default=None,
+        metavar="CODEC",
+        help=(
+            "producer compression: lz4 (default), zstd, gzip, snappy or none; use gzip or none "
+            "for consumers whose Kafka client lacks lz4 (SKYDM_KAFKA_COMPRESSION)"
+        ),
+    )
+
+
+def _producer_config(args: argparse.Namespace) -> dict[str, str]:
+    """--kafka-config items plus the --compression codec (which they may override)."""
+    from skydm.alerts.transport import compression_config, parse_kafka_config
+
+    env = os.environ.get("SKYDM_KAFKA_COMPRESSION")
+    codec = args.compression or env or "lz4"
+    option = "--compression" if args.compression else "SKYDM_KAFKA_COMPRESSION"
+    return {**compression_config(codec, option=option), **parse_kafka_config(args.kafka_config)}
 
 
 def _bootstrap(args: argparse.Namespace) -> str | None:
@@ -116,14 +150,28 @@ def _produce(args: argparse.Namespace) -> int:
     from astropy.table import Table
 
     from skydm.alerts.produce import produce_visit_alerts
-    from skydm.alerts.transport import parse_kafka_config
     from skydm.ap.apdb import Apdb
-    from skydm.errors import BadFileError
+    from skydm.diffim.measure import measure_dia_sources
+    from skydm.errors import BadFileError, BadValueError, ConflictError
     from skydm.image import read_exposure
     from skydm.progress import Progress
 
-    kafka_config = parse_kafka_config(args.kafka_config)
+    kafka_config = _producer_config(args)
+    if args.cutout_size < 1:
+        raise BadValueError("--cutout-size", args.cutout_size, "give a side of at least 1 pixel")
+    if not args.radius > 0:
+        raise BadValueError("--radius", args.radius, "give an association radius > 0 arcsec")
+    if args.zp is not None and not math.isfinite(args.zp):
+        raise BadValueError("--zp", args.zp, "give a finite AB magnitude of one count")
     diff = read_exposure(args.diff)
+    if args.zp is not None:
+        diff.zero_point = args.zp
+    elif not math.isfinite(diff.zero_point):
+        raise BadFileError(
+            args.diff,
+            "has no photometric zero point (ZP card), which alert fluxes in nJy need; "
+            "pass --zp MAG (the AB magnitude of one count) or calibrate the image",
+        )
     if args.visit is not None:
         diff.info.visit = args.visit
     if args.detector is not None:
@@ -134,7 +182,13 @@ def _produce(args: argparse.Namespace) -> int:
         raise BadFileError(args.sources, f"cannot read the DIA source table ({exc})") from exc
     science = read_exposure(args.science) if args.science else None
     template = read_exposure(args.template) if args.template else None
+    if not table.meta.get("measured"):
+        # A detection table as `skydm diffim` writes it: measure the LSST
+        # diaSource fields (apFlux, shapes, dipole and trail fits...) now.
+        table = measure_dia_sources(table, diff, science=science, template=template)
     url = args.apdb or os.environ.get("SKYDM_APDB_URL") or args.archive_dir / "apdb.sqlite3"
+    # A produce that fails must not leave a new, half-filled APDB or archive directory.
+    new_files = _new_paths(url, args.archive_dir)
     apdb = Apdb(url)
     try:
         result = produce_visit_alerts(
@@ -151,10 +205,22 @@ def _produce(args: argparse.Namespace) -> int:
             bootstrap=_bootstrap(args),
             kafka_config=kafka_config,
             partitions=args.partitions,
-            progress=Progress("alerts: packets", len(table)),
+            progress=Progress("alerts: packets", len(table), quiet=args.quiet),
         )
-    finally:
+    except ConflictError as exc:
         apdb.close()
+        _remove(new_files)
+        if args.visit is None:
+            raise ConflictError(
+                f"{exc}; if {args.diff} is another image, its header gives visit "
+                f"{diff.info.visit} detector {diff.info.detector}: pass --visit (and --detector)"
+            ) from exc
+        raise
+    except BaseException:
+        apdb.close()
+        _remove(new_files)
+        raise
+    apdb.close()
     for err in result.rejected:
         print(f"skydm alerts produce: rejected: {err}", file=sys.stderr)
     print(
@@ -170,9 +236,35 @@ def _produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_paths(apdb_url: str | Path, archive_dir: Path) -> list[Path]:
+    """The APDB file and archive directory a produce would create (those not there yet)."""
+    out = []
+    text = str(apdb_url)
+    if "://" not in text or text.startswith("sqlite:///"):
+        db = Path(text.removeprefix("sqlite:///"))
+        out += [db.with_name(db.name + s) for s in ("", "-wal", "-shm", "-journal")]
+    out.append(archive_dir)
+    return [p for p in out if not p.exists()]
+
+
+def _remove(paths: list[Path]) -> None:
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _stream(args: argparse.Namespace) -> int:
     from skydm.alerts.outbox import Outbox
-    from skydm.alerts.transport import KafkaTransport, parse_kafka_config, stream_outbox
+    from skydm.alerts.transport import (
+        KafkaTransport,
+        parse_kafka_config,
+        requeue_lost_logs,
+        stream_outbox,
+    )
     from skydm.errors import BadFileError, BadValueError
     from skydm.progress import Progress
 
@@ -187,13 +279,18 @@ def _stream(args: argparse.Namespace) -> int:
         if args.redeliver:
             n = box.requeue(visit=args.visit, topic=args.topic)
             print(f"queued {n} delivered messages again", file=sys.stderr)
+        for lost in requeue_lost_logs(box, bootstrap, config=parse_kafka_config(args.kafka_config)):
+            print(f"skydm alerts stream: {lost.line(bootstrap)}", file=sys.stderr)
         pending = box.counts()["pending"]
         transport = KafkaTransport(
-            bootstrap, partitions=args.partitions, config=parse_kafka_config(args.kafka_config)
+            bootstrap, partitions=args.partitions, config=_producer_config(args)
         )
         try:
             result = stream_outbox(
-                box, transport, retry_for=args.retry_for, progress=Progress("alerts: sent", pending)
+                box,
+                transport,
+                retry_for=args.retry_for,
+                progress=Progress("alerts: sent", pending, quiet=args.quiet),
             )
         finally:
             transport.close()
@@ -209,11 +306,20 @@ def _consume(args: argparse.Namespace) -> int:
     from skydm.alerts.consumer import AlertConsumer, DedupStore
     from skydm.alerts.schema import load_schema
     from skydm.alerts.transport import parse_kafka_config
+    from skydm.cli._checks import check_output_dir
     from skydm.errors import BadValueError
 
     bootstrap = _bootstrap(args)
     if not bootstrap:
         raise BadValueError("--bootstrap", None, "a Kafka host:port (or SKYDM_KAFKA_BOOTSTRAP)")
+    if args.max < 0:
+        raise BadValueError("--max", args.max, "give a number of alerts >= 0 (0: until idle)")
+    if not args.idle > 0:
+        raise BadValueError("--idle", args.idle, "give a number of seconds > 0")
+    if not args.connect_timeout > 0:
+        raise BadValueError("--connect-timeout", args.connect_timeout, "give seconds > 0")
+    if args.out:
+        check_output_dir(args.out)
     topics = args.topic or [load_schema().default_topic]
     consumer = AlertConsumer(
         bootstrap,
@@ -223,6 +329,8 @@ def _consume(args: argparse.Namespace) -> int:
         from_time=args.from_time,
         from_offset=args.from_offset,
         dedup=DedupStore(args.dedup_db) if args.dedup_db else None,
+        connect_timeout=args.connect_timeout,
+        require_topics=True,
     )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -248,17 +356,40 @@ def _consume(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: leave the ``with`` block so that the broker is stopped."""
+
+
 def _broker(args: argparse.Namespace) -> int:
+    import signal
     import time
 
     from skydm.alerts.localbroker import LocalBroker
+    from skydm.errors import BadValueError, SkydmError
 
-    with LocalBroker(args.port) as broker:
-        print(f"tansu broker on {broker.bootstrap} (memory storage); Ctrl-C stops it")
-        print(f"  export SKYDM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
-        while broker.proc is not None and broker.proc.poll() is None:
-            time.sleep(0.5)
-    return 0
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadValueError("--port", args.port, "give a port number from 1 to 65535")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    # `kill PID` must stop the broker child too and free its port, as Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with LocalBroker(args.port) as broker:
+            print(f"tansu broker on {broker.bootstrap} (memory storage); Ctrl-C stops it")
+            print(f"  export SKYDM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+            while (status := broker.exit_status()) is None:
+                time.sleep(0.2)
+            raise SkydmError(
+                f"the tansu broker on {broker.bootstrap} exited by itself (status {status}); "
+                "start it again with `skydm alerts broker`"
+            )
+    except _Terminated:
+        print("skydm alerts broker: stopped (SIGTERM)", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_json(path: Path, packet: dict) -> None:

@@ -100,10 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def catalog_dir(repo: Path | None) -> Path:
-    """``<repo>/catalog`` for ``--repo`` or the configured repository."""
-    from skydm.config import Settings
+    """``<repo>/catalog`` for ``--repo`` or the configured repository, which must exist."""
+    from skydm.cli._checks import existing_repository
 
-    return (repo if repo is not None else Settings.from_env().repo) / "catalog"
+    return existing_repository(repo) / "catalog"
 
 
 def _table_name(path: Path) -> str:
@@ -116,6 +116,7 @@ def _table_name(path: Path) -> str:
 def run_load(args: argparse.Namespace) -> int:
     """Handle ``skydm catalog load``."""
     from skydm.catalog import load_table
+    from skydm.errors import ConflictError
     from skydm.progress import Progress
 
     root = catalog_dir(args.repo)
@@ -125,16 +126,22 @@ def run_load(args: argparse.Namespace) -> int:
             "append" if args.append or i > 0 else "replace" if args.replace else "create"
         )
         bar = Progress(f"loading {path.name} into {table}", quiet=args.quiet)
-        info = load_table(
-            root,
-            table,
-            path,
-            ra_col=args.ra_col,
-            dec_col=args.dec_col,
-            mode=mode,
-            description=args.description,
-            progress=bar,
-        )
+        try:
+            info = load_table(
+                root,
+                table,
+                path,
+                ra_col=args.ra_col,
+                dec_col=args.dec_col,
+                mode=mode,
+                description=args.description,
+                progress=bar,
+            )
+        except ConflictError as exc:
+            raise ConflictError(
+                f"table {table} already exists in {root.parent}; pass --replace to replace it "
+                "or --append to add the rows"
+            ) from exc
         print(
             f"{info.name}: {info.rows} rows after loading {path} ({len(info.files)} "
             f"HEALPix partitions at order {info.partition_order})"
@@ -173,10 +180,10 @@ def run_drop(args: argparse.Namespace) -> int:
 def run_sync_visits(args: argparse.Namespace) -> int:
     """Handle ``skydm catalog sync-visits``."""
     from skydm.catalog.obsloc import sync_visits
-    from skydm.config import Settings
+    from skydm.cli._checks import existing_repository
     from skydm.errors import UserError
 
-    repo = args.repo if args.repo is not None else Settings.from_env().repo
+    repo = existing_repository(args.repo)
     info = sync_visits(repo)
     if info is None:
         raise UserError(f"{repo} is not a skydm repository (no registry); give --repo")

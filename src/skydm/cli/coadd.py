@@ -7,6 +7,14 @@ import sys
 from pathlib import Path
 
 METHODS = ("compare", "mean", "median", "clipped")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+# Library parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {
+    "pixel_scale": "pixel_scale",
+    "cell_size_deg": "cell_size",
+    "cell_size": "cell_size",
+    "skycell": "skycell",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pixel-scale", type=float, help="grid pixel scale, arcsec (default 0.2, with --repo)"
     )
     p.add_argument("--cell-size", type=float, help="grid cell side, degrees (default 0.1)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--parents", action="store_true", help="create missing parent directories of --out"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_where_mode(p)
     p.set_defaults(func=run)
 
@@ -62,7 +73,8 @@ def _run_tasks(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm coadd``."""
-    from skydm.errors import UserError
+    from skydm.cli._checks import check_output
+    from skydm.errors import UsageError
     from skydm.progress import Progress
 
     if args.repo is not None and args.band is None and not args.warps:
@@ -70,9 +82,12 @@ def run(args: argparse.Namespace) -> int:
     if args.repo is not None:
         return _from_repo(args)
     if not args.warps:
-        raise UserError("give warp files to coadd (skydm coadd WARP... --out COADD.fits) or --repo")
+        raise UsageError(
+            "give warp files to coadd (skydm coadd WARP... --out COADD.fits) or --repo"
+        )
     if args.out is None:
-        raise UserError("--out COADD.fits is required when coadding warp files")
+        raise UsageError("--out COADD.fits is required when coadding warp files")
+    check_output(args.out, parents=args.parents, suffixes=FITS_SUFFIXES)
     from skydm.coadd import assemble_coadd
 
     bar = Progress(f"coadd ({args.method})", quiet=args.quiet)
@@ -83,17 +98,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_repo(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import check_output, existing_repository
     from skydm.coadd.template import build_template, default_grid
-    from skydm.errors import UserError
+    from skydm.errors import UsageError, UserError
     from skydm.progress import Progress
     from skydm.repo import Repository
 
     if args.warps:
-        raise UserError("give either warp files or --repo, not both")
+        raise UsageError("give either warp files or --repo, not both")
+    root = existing_repository(args.repo)
     if not args.band:
-        raise UserError("--band is required with --repo")
+        raise UsageError("--band is required with --repo")
+    if args.out is not None:
+        check_output(args.out, parents=args.parents, suffixes=FITS_SUFFIXES)
     grid = default_grid(args.pixel_scale, args.cell_size)
-    with Repository.open(args.repo) as repo:
+    with Repository.open(root, create=False) as repo:
         skycell = args.skycell
         if skycell is None:
             refs = repo.query(dataset_type="calexp", band=args.band)
@@ -116,11 +135,12 @@ def _summary(coadd: object, path: Path, n: int) -> None:
     import numpy as np
 
     from skydm.image import Exposure, Mask
+    from skydm.progress import plural
 
     assert isinstance(coadd, Exposure)
     clipped = int(np.count_nonzero(coadd.msk & np.uint32(Mask.CLIPPED)))
     empty = int(np.count_nonzero(coadd.msk & np.uint32(Mask.NO_DATA)))
     print(
-        f"{path}: {coadd.shape[1]}x{coadd.shape[0]} coadd of {n} warps "
+        f"{path}: {coadd.shape[1]}x{coadd.shape[0]} coadd of {plural(n, 'warp')} "
         f"({coadd.meta.get('COADD')}), {clipped} pixels with clipped inputs, {empty} without data"
     )

@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+# run_demo parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {"n_visits": "visits", "n_template": "template_visits", "size": "size", "seed": "seed"}
+
 
 def register(sub: Any) -> None:
     """Add the ``demo`` command."""
@@ -32,17 +35,16 @@ def register(sub: Any) -> None:
         help="Kafka bootstrap servers to stream alerts to (default $SKYDM_KAFKA_BOOTSTRAP)",
     )
     p.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (CPUs)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its report."""
-    from skydm.config import Settings
+    from skydm.cli._checks import new_or_existing_repository
     from skydm.pipeline.demo import run_demo
 
-    settings = Settings.from_env()
-    repo = args.repo or settings.repo
+    repo = new_or_existing_repository(args.repo)
     bootstrap = args.kafka_bootstrap or os.environ.get("SKYDM_KAFKA_BOOTSTRAP")
     r = run_demo(
         repo,

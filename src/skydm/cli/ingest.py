@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+# Library parameter -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {"instrument": "instrument", "codec": "codec"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``ingest`` command."""
@@ -31,7 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--instrument",
         default=None,
         metavar="NAME",
-        help="instrument definition for every file (generic, skysim); default: from INSTRUME",
+        help="instrument definition for every file (generic, skysim, or one registered with "
+        "`skydm instrument register`); default: the first whose match cards fit the header",
+    )
+    p.add_argument(
+        "--instrument-file",
+        default=None,
+        metavar="CAMERA.yaml",
+        type=Path,
+        help="instrument definition (YAML, see docs/archive.md) for every file",
     )
     p.add_argument(
         "--replace",
@@ -50,16 +61,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm ingest``."""
-    from skydm.archive import FileResult, ingest_files
+    from skydm.archive import FileResult, InstrumentDefinition, ingest_files, load_instrument
+    from skydm.archive.instrument_file import repository_instruments
     from skydm.archive.instruments import get_instrument
+    from skydm.cli._checks import new_or_existing_repository
     from skydm.config import Settings
+    from skydm.errors import UsageError
     from skydm.progress import Progress
     from skydm.repo import Repository
 
     settings = Settings.from_env()
-    if args.instrument is not None:
-        get_instrument(args.instrument)  # a bad name is refused before any work
-    root = args.repo if args.repo is not None else settings.repo
+    instrument: str | InstrumentDefinition | None = args.instrument
+    if args.instrument_file is not None:
+        if args.instrument is not None:
+            raise UsageError("give --instrument or --instrument-file, not both")
+        instrument = load_instrument(args.instrument_file)  # refused before any work
+    root = new_or_existing_repository(args.repo)
+    if isinstance(instrument, str):
+        get_instrument(instrument, repository_instruments(root))  # a bad name: no work
     repo = Repository.open(root, create=True, registry_url=settings.registry_url)
 
     def show(res: FileResult) -> None:
@@ -70,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         report = ingest_files(
             repo,
             args.files,
-            instrument=args.instrument,
+            instrument=instrument,
             replace=args.replace,
             codec=args.codec,
             progress=Progress("ingest", len(args.files), quiet=args.quiet),

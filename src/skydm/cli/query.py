@@ -56,6 +56,10 @@ def register(subparsers: Any) -> None:
         default=None,
         help="write the result to this file (default: standard output)",
     )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--parents", action="store_true", help="create missing parent directories of --out"
+    )
     parser.add_argument(
         "--engine", default=None, help="catalog engine URL for --repo (default: DuckDB)"
     )
@@ -63,10 +67,14 @@ def register(subparsers: Any) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import check_output, existing_repository
+    from skydm.progress import plural
     from skydm.services.client import run_local, run_remote
 
     if args.maxrec is not None and args.maxrec < 0:
         raise BadValueError("--maxrec", args.maxrec, "give a non-negative row count")
+    if args.out is not None:
+        check_output(args.out, parents=args.parents)
     sink = args.out if args.out is not None else sys.stdout.buffer
     if args.format is None:
         # Base64 VOTable is unreadable on a terminal; files and pipes get VOTable.
@@ -79,12 +87,12 @@ def _query(args: argparse.Namespace) -> int:
             maxrec=args.maxrec,
             run_async=args.run_async,
             sink=sink,
+            quiet=args.quiet,
         )
     else:
         from skydm.cli.serve import engine_url
-        from skydm.config import Settings
 
-        repo = args.repo if args.repo is not None else Settings.from_env().repo
+        repo = existing_repository(args.repo)
         outcome = run_local(
             repo,
             args.adql,
@@ -93,9 +101,10 @@ def _query(args: argparse.Namespace) -> int:
             run_async=args.run_async,
             sink=sink,
             engine_url=engine_url(args.engine),
+            quiet=args.quiet,
         )
     note = " (truncated at MAXREC: more rows exist)" if outcome.overflow else ""
     where = f" to {args.out}" if args.out is not None else ""
-    rows = f"{outcome.rows} rows" if outcome.rows is not None else "result"
+    rows = plural(outcome.rows, "row") if outcome.rows is not None else "result"
     print(f"skydm query: {rows} written{where}{note}", file=sys.stderr)
     return 0

@@ -14,10 +14,12 @@ def add_run_options(
     repo: bool = True,
     repo_required: bool = True,
     quiet: bool = True,
+    config_flag: str = "--config",
 ) -> None:
     """Options shared by ``skydm run`` and the per-task wrappers (``--repo`` mode).
 
-    ``repo`` and ``quiet`` leave out options a command already has.
+    ``repo`` and ``quiet`` leave out options a command already has;
+    ``config_flag`` renames ``-c/--config`` where a command has its own.
     """
     if repo:
         p.add_argument("--repo", type=Path, required=repo_required, help="the repository")
@@ -26,11 +28,12 @@ def add_run_options(
         default=None,
         help="data-ID expression selecting units, e.g. \"band = 'r' AND visit >= 10\"",
     )
+    flags = ("-c", "--config") if config_flag == "--config" else (config_flag,)
     p.add_argument(
-        "-c",
-        "--config",
+        *flags,
         action="append",
         default=[],
+        dest=config_flag.lstrip("-").replace("-", "_"),
         metavar="KEY=VALUE",
         help="config override for every task with KEY, or TASK.KEY=VALUE (repeatable)",
     )

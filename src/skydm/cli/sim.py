@@ -6,6 +6,25 @@ import argparse
 from pathlib import Path
 
 ARTEFACT_CHOICES = ("cosmic_rays", "satellite_trails", "asteroids", "ghosts")
+# SurveyConfig field -> the option that sets it, for error messages (cli/main.py).
+OPTIONS = {
+    "seed": "seed",
+    "shape": "size",
+    "n_visits": "visits",
+    "n_fields": "fields",
+    "bands": "bands",
+    "n_stars": "stars",
+    "n_galaxies": "galaxies",
+    "artefacts": "artefacts",
+    "n_transients": "transients",
+    "n_variables": "variables",
+    "n_movers": "movers",
+    "seeing_range": "seeing",
+    "psf_kind": "psf",
+    "raw_dtype": "dtype",
+    "n_detectors": "detectors",
+    "detector_gap": "detector_gap",
+}
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -83,12 +102,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="uint16",
         help="pixel type of the raws (uint16)",
     )
+    p.add_argument(
+        "--detectors",
+        type=int,
+        default=1,
+        help="detectors of the focal plane, sharing each visit's pointing (1)",
+    )
+    p.add_argument(
+        "--detector-gap",
+        type=float,
+        default=30.0,
+        help="gap between neighbouring detectors, pixels (30)",
+    )
+    p.add_argument(
+        "--mef",
+        action="store_true",
+        help="write each visit's detectors as one multi-extension FITS file",
+    )
     p.add_argument("--no-clean", action="store_true", help="do not write the clean twins")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate and write the survey, printing what was written."""
+    from skydm.cli._checks import check_output_dir
     from skydm.progress import Progress
     from skydm.sim import SurveyConfig, simulate_survey, write_survey
 
@@ -109,18 +147,28 @@ def run(args: argparse.Namespace) -> int:
         seeing_range=args.seeing,
         psf_kind=args.psf,
         raw_dtype=args.dtype,
+        n_detectors=args.detectors,
+        detector_gap=args.detector_gap,
     )
+    check_output_dir(args.out)
     survey = simulate_survey(cfg)
-    bar = Progress("skydm sim: visits", len(survey.visits))
-    paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar)
+    n_files = len(survey.visits) // cfg.n_detectors if args.mef else len(survey.visits)
+    bar = Progress("skydm sim: visits", n_files, quiet=args.quiet)
+    paths = write_survey(survey, args.out, clean=not args.no_clean, progress=bar, mef=args.mef)
     out = Path(args.out)
+    what = (
+        f"multi-extension raw files of {cfg.n_detectors} detectors"
+        if args.mef
+        else ("raw exposures")
+    )
     print(
-        f"wrote {len(paths)} raw exposures ({cfg.shape[1]}x{cfg.shape[0]}, {cfg.raw_dtype}) "
+        f"wrote {len(paths)} {what} ({cfg.shape[1]}x{cfg.shape[0]}, {cfg.raw_dtype}) "
         f"of {cfg.n_fields} field(s) in {', '.join(cfg.bands)} to {out}"
     )
     if not args.no_clean:
         print(f"  artefact-free twins:  {out / 'clean'}")
     print(f"  truth catalog:        {out / 'truth.ecsv'} ({len(survey.truth)} objects)")
     print(f"  visits:               {out / 'visits.ecsv'}")
-    print(f"  per-visit truth:      {out / 'truth'}/visit_<visit>.ecsv, footprints_<visit>.fits")
+    per = "<visit>" if cfg.n_detectors == 1 else "<visit>_<detector>"
+    print(f"  per-visit truth:      {out / 'truth'}/visit_{per}.ecsv, footprints_{per}.fits")
     return 0

@@ -37,12 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm verify``."""
+    from skydm.cli._checks import existing_repository
     from skydm.config import Settings
     from skydm.progress import Progress
     from skydm.repo import DatasetRef, Repository
 
     settings = Settings.from_env()
-    root = args.repo if args.repo is not None else settings.repo
+    root = existing_repository(args.repo)
     with Repository.open(root, create=False, registry_url=settings.registry_url) as repo:
         refs = repo.query()
         bar = Progress("verify", len(refs), quiet=args.quiet)

@@ -9,7 +9,6 @@ memory stays bounded.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from astropy.wcs import WCS
 from skydm.errors import BadFileError, BadValueError, UserError
 from skydm.image import Exposure, Mask, VisitInfo, read_exposure
 from skydm.image.exposure import wcs_from_header
+from skydm.image.fitsfile import open_fits
 from skydm.image.mask import mask_from_header, mask_to_header
 from skydm.image.psf import Psf, psf_from_hdu
 
@@ -44,14 +44,34 @@ class _Member:
     direct: tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32] | None = None
 
 
-def _same_grid(a: WCS, b: WCS, shape: tuple[int, int]) -> bool:
-    """Whether two WCSs put the corners and centre of ``shape`` at the same sky positions."""
+def _grid_offset(a: WCS, b: WCS, shape: tuple[int, int]) -> float:
+    """How far apart (pixels) two WCSs put the corners and centre of ``shape``."""
     ny, nx = shape
     xs = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2])
     ys = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2])
     ra, dec = a.pixel_to_world_values(xs, ys)
     x2, y2 = b.world_to_pixel_values(ra, dec)
-    return bool(np.all(np.hypot(np.asarray(x2) - xs, np.asarray(y2) - ys) < 0.01))
+    offset = np.hypot(np.asarray(x2) - xs, np.asarray(y2) - ys)
+    return float(np.max(offset)) if np.all(np.isfinite(offset)) else math.inf
+
+
+def _same_grid(a: WCS, b: WCS, shape: tuple[int, int]) -> bool:
+    """Whether two WCSs put the corners and centre of ``shape`` at the same sky positions."""
+    return _grid_offset(a, b, shape) < 0.01
+
+
+def _grid_mismatch(first: str, shape: tuple[int, int], m_shape: tuple[int, int], off: float) -> str:
+    """Why a warp is not on the first warp's grid, in the user's terms."""
+    if m_shape != shape:
+        why = f"it is {m_shape[1]}x{m_shape[0]} pixels, {first} is {shape[1]}x{shape[0]}"
+    elif math.isfinite(off):
+        why = f"same size, but its WCS puts the same pixels up to {off:.2f} pixels apart on the sky"
+    else:
+        why = "same size, but its WCS maps the grid's pixels off the sky of the first"
+    return (
+        f"is not on the same pixel grid as {first} ({why}); warp every visit onto one sky "
+        "cell's grid (skydm coadd --repo does)"
+    )
 
 
 class WarpStack:
@@ -90,11 +110,9 @@ class WarpStack:
             if shape is None:
                 shape, wcs = m_shape, m_wcs
             elif m_shape != shape or not _same_grid(wcs, m_wcs, shape):  # type: ignore[arg-type]
-                raise BadFileError(
-                    member.name,
-                    f"is not on the same pixel grid as {self.members[0].name} "
-                    f"(shape {m_shape} vs {shape}); warp every visit onto one sky cell",
-                )
+                off = _grid_offset(wcs, m_wcs, shape) if m_shape == shape else math.inf  # type: ignore[arg-type]
+                first = self.members[0].name
+                raise BadFileError(member.name, _grid_mismatch(first, shape, m_shape, off))
             self.members.append(member)
         assert shape is not None and wcs is not None
         self.shape: tuple[int, int] = shape
@@ -123,14 +141,7 @@ class WarpStack:
             member = _Member(name, item, None, False, item.psf, item.zero_point, item.info)
             return member, item.shape, item.wcs
         path = Path(item)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                hdul = fits.open(
-                    path, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True
-                )
-            except (OSError, ValueError) as exc:
-                raise BadFileError(path, f"is not a readable FITS file: {exc}") from exc
+        hdul = open_fits(path, memmap=True, do_not_scale_image_data=True)
         if not hdul[0].header.get("SKYDMEXP"):
             hdul.close()
             exp = read_exposure(path)

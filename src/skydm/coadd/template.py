@@ -132,5 +132,9 @@ def build_template(
     first = exposures[0][0].data_id
     coadd.info.band = band
     data_id = DataId(instrument=first.instrument, band=band, skycell=cell.id)
-    stored = repo.put_exposure(coadd, output_type, data_id, replace=replace)
+    # The inputs are recorded so that image services can list a coadd's progenitors.
+    inputs = [{"dataset_type": input_type, **ref.data_id.as_dict()} for ref, _ in exposures]
+    stored = repo.put_exposure(
+        coadd, output_type, data_id, replace=replace, meta={"inputs": inputs}
+    )
     return coadd, stored

@@ -9,6 +9,7 @@ import numpy as np
 
 from skydm.diffim import _al_core as core
 from skydm.diffim import _common, _decorr, _fft
+from skydm.diffim._noise import NoiseCovariance
 from skydm.diffim._stars import find_stars
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure
@@ -59,6 +60,10 @@ class AlConfig:
             raise BadValueError("max_stamps", self.max_stamps, "at least 3")
         if self.kernel_half is not None and not 1 <= self.kernel_half <= 30:
             raise BadValueError("kernel_half", self.kernel_half, "1 to 30 pixels")
+        if not (math.isfinite(self.min_snr) and 3 <= self.min_snr <= 1e4):
+            raise BadValueError("min_snr", self.min_snr, "a star S/N from 3 to 10000")
+        if len(self.degrees) != 3 or not all(0 <= d <= 8 for d in self.degrees):
+            raise BadValueError("degrees", self.degrees, "three polynomial degrees from 0 to 8")
 
 
 @dataclass
@@ -72,6 +77,7 @@ class AlOutput:
     solution: core.KernelSolution
     convolved: str
     flux_ratio: float
+    filter_factor: float
 
 
 def choose_side(convolve: str, fwhm_s: float, fwhm_t: float) -> str:
@@ -160,7 +166,8 @@ def fit_kernel(
         raise UserError(
             f"{source.source or 'the ' + side + ' image'}: found {len(stars)} isolated "
             f"unsaturated stars with S/N >= {min_snr:g} to fit the matching kernel; "
-            "at least 3 are needed (lower AlConfig.min_snr, or use method='zogy')"
+            "at least 3 are needed (lower al.min_snr in a --config file, give the PSFs with "
+            "--psf/--template-psf and use --method zogy)"
         )
     positions = np.column_stack([np.round(stars.x), np.round(stars.y)]).astype(int)
     stamps = core.build_stamps(
@@ -192,8 +199,16 @@ def run(
     decorrelate: bool,
     config: AlConfig,
     notes: list[str],
+    cov_s: NoiseCovariance | None = None,
+    cov_t: NoiseCovariance | None = None,
+    background_box: int = 64,
 ) -> AlOutput:
-    """PSF-match, subtract and (optionally) decorrelate; the result is in science counts."""
+    """PSF-match, subtract and (optionally) decorrelate; the result is in science counts.
+
+    ``cov_s``/``cov_t`` are the inputs' measured noise covariances (see
+    :mod:`skydm.diffim._noise`); ``background_box`` the mesh of the
+    difference's residual background, pixels.
+    """
     fit = fit_kernel(science, template, psf_s, psf_t, convolve=convolve, config=config, notes=notes)
     side, solution, half = fit.side, fit.solution, fit.half
     tgt_image = fit.tgt_image
@@ -213,15 +228,21 @@ def run(
         np.subtract(tgt_image, diff, out=diff)
         f_s, f_t = None, kernel
     del tgt_image
-    _common.residual_background(diff, [science.msk, template.msk]).subtract_from(diff)
+    _common.residual_background(
+        diff, [science.msk, template.msk], box=background_box
+    ).subtract_from(diff)
     s2 = _common.typical_variance(science.var, science.msk)
     t2 = _common.typical_variance(template.var, template.msk)
-    noise = _decorr.transfer(f_s, f_t, psf_s_img, s2, t2, decorrelate=decorrelate)
+    noise = _decorr.transfer(
+        f_s, f_t, psf_s_img, s2, t2, decorrelate=decorrelate, cov_s=cov_s, cov_t=cov_t
+    )
     if decorrelate:
         # Whitening and the rescaling to science counts in one spectral pass.
         spec = _fft.rfft2(diff)
         del diff
-        spec *= _decorr.decorrelation_filter(f_s, f_t, s2, t2, science.shape, scale=noise.scale)
+        spec *= _decorr.decorrelation_filter(
+            f_s, f_t, s2, t2, science.shape, scale=noise.scale, cov_s=cov_s, cov_t=cov_t
+        )
         diff = _fft.irfft2(spec, science.shape, overwrite=True)
         del spec
     elif noise.scale != 1.0:
@@ -242,7 +263,7 @@ def run(
     ratio = solution.kernel_sum
     if side == "science":
         ratio = 1.0 / ratio
-    return AlOutput(diff, variance, mask, noise.psf, solution, side, ratio)
+    return AlOutput(diff, variance, mask, noise.psf, solution, side, ratio, noise.filter_factor)
 
 
 def kernel_psfs(

@@ -188,6 +188,10 @@ class KernelSolution:
         Stamps used in the final fit and stamps rejected as outliers.
     chi2 : float
         Mean reduced chi-square of the kept stamps.
+    used : numpy.ndarray
+        ``(n, 2)`` positions of the stamps kept.
+    kernel_sum_err : float
+        Error of the kernel sum from the scatter of the stamps' own sums.
     """
 
     basis: Basis
@@ -200,6 +204,7 @@ class KernelSolution:
     n_rejected: int = 0
     chi2: float = math.nan
     used: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    kernel_sum_err: float = math.nan
 
     @property
     def kernel_sum(self) -> float:
@@ -352,7 +357,17 @@ def fit_spatial(
         n_rejected=int(n - keep.sum()),
         chi2=float(np.mean(chi2[keep])) if keep.any() else math.nan,
         used=np.column_stack([stamps.x[keep], stamps.y[keep]]),
+        kernel_sum_err=_sum_error(ksum, keep),
     )
+
+
+def _sum_error(ksum: np.ndarray, keep: np.ndarray) -> float:
+    """Error of the mean kernel sum from the robust scatter of the kept stamps' sums."""
+    v = ksum[keep] if keep.sum() >= 2 else ksum
+    if v.size < 2:
+        return math.nan
+    sig = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+    return sig / math.sqrt(v.size)
 
 
 def convolve_spatial(image: np.ndarray, solution: KernelSolution) -> np.ndarray:

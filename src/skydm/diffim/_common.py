@@ -277,6 +277,7 @@ def smooth_background(
     *,
     clip_sources: bool,
     bin_factor: int = 4,
+    box: int | None = None,
 ) -> SmoothMap:
     """Smooth background of ``image`` (sep meshes), estimated on a binned copy.
 
@@ -285,6 +286,8 @@ def smooth_background(
     bilinearly from the block centres.  Pixels unusable in any of ``masks`` or
     non-finite are left out.  With ``clip_sources``, pixels more than 2.5 sigma
     from a first estimate, grown by two binned pixels, are left out of a second.
+    ``box`` is the mesh size in full-resolution pixels (default: half the
+    image, 64 to 256 pixels).
     """
     ny, nx = image.shape
     f = bin_factor if min(ny, nx) >= 64 * bin_factor else 1
@@ -306,7 +309,11 @@ def smooth_background(
         brows = slice(r0 // f, rows.stop // f)
         np.divide(sums, np.maximum(good, 1), out=binned[brows])
         bbad[brows] = good < (f * f) // 2
-    box = int(np.clip(min(binned.shape) // 2, 16, 256 // f))
+    if box is None:
+        mesh = int(np.clip(min(binned.shape) // 2, 16, 256 // f))
+    else:
+        mesh = int(np.clip(box // f, 4, max(min(binned.shape), 4)))
+    box = mesh
     bkg = sep.Background(binned, mask=bbad, bw=box, bh=box, fw=3, fh=3)
     if clip_sources:
         out = np.abs(binned - bkg.back()) > 2.5 * bkg.globalrms
@@ -315,7 +322,9 @@ def smooth_background(
     return SmoothMap(np.asarray(bkg.back(), dtype=np.float32), f, (ny, nx))
 
 
-def residual_background(diff: np.ndarray, masks: Sequence[np.ndarray]) -> SmoothMap:
+def residual_background(
+    diff: np.ndarray, masks: Sequence[np.ndarray], *, box: int | None = None
+) -> SmoothMap:
     """Smooth background left in a difference image, measured on all its sky pixels.
 
     A kernel fit's background polynomial is constrained only on the stamps,
@@ -323,6 +332,8 @@ def residual_background(diff: np.ndarray, masks: Sequence[np.ndarray]) -> Smooth
     estimates of crowded images are biased differently at different seeing;
     the sky between the stars is what photometry of new sources sits on.
     Sources and residuals are clipped (see :func:`smooth_background`); pixels
-    unusable in any of ``masks`` are left out.
+    unusable in any of ``masks`` are left out.  ``box``: the mesh in pixels;
+    a finer mesh follows large-scale residuals (of resampled or mosaicked
+    inputs) that would otherwise cluster same-sign detections.
     """
-    return smooth_background(diff, masks, clip_sources=True)
+    return smooth_background(diff, masks, clip_sources=True, box=box)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skydm.diffim import _fft
+from skydm.diffim._noise import NoiseCovariance
 from skydm.image.psf import PixelPsf
 
 _DELTA = np.ones((1, 1))
@@ -41,12 +42,17 @@ class NoiseTransfer:
         The difference's PSF on the science photometric scale.
     scale : float
         ``F_S(0)``: the difference is divided by this to be in science counts.
+    filter_factor : float
+        Variance of the PSF-matched filter on the difference over what white
+        noise of the same per-pixel variance gives (1 after an exact
+        decorrelation; larger for correlated noise).
     """
 
     a: float
     b: float
     psf: PixelPsf
     scale: float
+    filter_factor: float = 1.0
 
 
 #: Largest amplification of any frequency.  Where both filters have almost no
@@ -69,36 +75,56 @@ def transfer(
     t2: float,
     *,
     decorrelate: bool,
+    cov_s: NoiseCovariance | None = None,
+    cov_t: NoiseCovariance | None = None,
 ) -> NoiseTransfer:
-    """Variance weights and PSF of the difference, computed on a small grid."""
+    """Variance weights and PSF of the difference, computed on a small grid.
+
+    ``cov_s``/``cov_t`` are the inputs' noise covariances (white when
+    omitted): their spectra multiply ``|F_S|^2`` and ``|F_T|^2`` wherever
+    noise power is computed, so the afterburner whitens the noise actually
+    there and the variance weights include the measured per-pixel ratio.
+    """
+    cs, ct = cov_s or NoiseCovariance.white(), cov_t or NoiseCovariance.white()
     ks = _DELTA if f_s is None else f_s
     kt = _DELTA if f_t is None else f_t
-    size = max(ks.shape[0], kt.shape[0], psf_s.shape[0])
+    size = max(ks.shape[0], kt.shape[0], psf_s.shape[0], cs.kernel.shape[0], ct.kernel.shape[0])
     m = 4 * size + 1
     fs = _fft.small_spectrum(ks, m)
     ft = _fft.small_spectrum(kt, m)
     fs0 = float(np.real(fs[0, 0]))
-    fs2, ft2 = np.abs(fs) ** 2, np.abs(ft) ** 2
-    target = s2 * fs0**2 + t2 * float(np.real(ft[0, 0])) ** 2
+    fs2 = np.abs(fs) ** 2 * cs.power_small(m)
+    ft2 = np.abs(ft) ** 2 * ct.power_small(m)
+    target = s2 * float(fs2[0, 0]) + t2 * float(ft2[0, 0])
     phi2 = _phi2(fs2, ft2, s2, t2, target) if decorrelate else np.ones_like(fs2)
     a = float(np.mean(phi2 * fs2)) / fs0**2
     b = float(np.mean(phi2 * ft2)) / fs0**2
     spec = np.sqrt(phi2) * fs * _fft.small_spectrum(psf_s, m) / fs0
     out = min(m, psf_s.shape[0] + ks.shape[0] + (kt.shape[0] if decorrelate else 0)) | 1
     psf_img = _fft.centred_from_spectrum(spec, out)
-    return NoiseTransfer(a=a, b=b, psf=PixelPsf(psf_img), scale=fs0)
+    # The matched filter's variance under the difference's own noise power.
+    noise = phi2 * (s2 * fs2 + t2 * ft2)
+    p2 = np.abs(spec) ** 2
+    factor = float(np.mean(p2 * noise) / (np.mean(p2) * np.mean(noise)))
+    return NoiseTransfer(a=a, b=b, psf=PixelPsf(psf_img), scale=fs0, filter_factor=factor)
 
 
-def _power(kernel: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray | float, float]:
-    """``|F(k)|^2`` on the half spectrum of ``shape`` (``float32``) and ``F(0)``."""
+def _power(
+    kernel: np.ndarray | None, shape: tuple[int, int], cov: NoiseCovariance | None
+) -> tuple[np.ndarray | float, float]:
+    """``|F(k)|^2 C(k)`` on the half spectrum of ``shape`` (``float32``) and its value at 0."""
+    c = 1.0 if cov is None else cov.power_rfft(shape)
     if kernel is None:
-        return 1.0, 1.0
+        if isinstance(c, np.ndarray):
+            return c, float(c[0, 0])
+        return c, c
     hat = _fft.kernel_rfft2(kernel, shape)
-    f0 = float(np.real(hat[0, 0]))
     power = np.abs(hat)
     del hat
     power *= power
-    return power, f0
+    if isinstance(c, np.ndarray):
+        power *= c
+    return power, float(power[0, 0])
 
 
 def decorrelation_filter(
@@ -109,15 +135,18 @@ def decorrelation_filter(
     shape: tuple[int, int],
     *,
     scale: float = 1.0,
+    cov_s: NoiseCovariance | None = None,
+    cov_t: NoiseCovariance | None = None,
 ) -> np.ndarray:
     """The afterburner ``phi / scale`` on the half spectrum of ``shape`` (``float32``).
 
-    Multiplying a difference's rfft by this whitens its noise and divides it
-    by ``scale`` in the same pass.
+    Multiplying a difference's rfft by this whitens its noise (of the
+    inputs' covariances ``cov_s``/``cov_t``, white when omitted) and divides
+    it by ``scale`` in the same pass.
     """
-    fs2, fs0 = _power(f_s, shape)
-    ft2, ft0 = _power(f_t, shape)
-    target = s2 * fs0**2 + t2 * ft0**2
+    fs2, fs20 = _power(f_s, shape, cov_s)
+    ft2, ft20 = _power(f_t, shape, cov_t)
+    target = s2 * fs20 + t2 * ft20
     # denom = s2 |F_S|^2 + t2 |F_T|^2, then phi^2 = target / denom, all in place.
     if isinstance(fs2, np.ndarray):
         denom = fs2
@@ -147,8 +176,12 @@ def decorrelate_image(
     t2: float,
     *,
     scale: float = 1.0,
+    cov_s: NoiseCovariance | None = None,
+    cov_t: NoiseCovariance | None = None,
 ) -> np.ndarray:
     """Apply the afterburner ``phi`` (and divide by ``scale``) over the full frame (``float32``)."""
     spec = _fft.rfft2(diff.astype(np.float32, copy=False))
-    spec *= decorrelation_filter(f_s, f_t, s2, t2, diff.shape, scale=scale)
+    spec *= decorrelation_filter(
+        f_s, f_t, s2, t2, diff.shape, scale=scale, cov_s=cov_s, cov_t=cov_t
+    )
     return _fft.irfft2(spec, diff.shape, overwrite=True)

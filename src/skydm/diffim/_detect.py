@@ -70,6 +70,20 @@ def matched_filter(
     return score
 
 
+def noise_factor(difference: Exposure) -> float:
+    """The difference's ``DIFFNCF`` card: its PSF-matched filter's variance over white noise's.
+
+    1 for white noise (a decorrelated AL or a ZOGY difference); written by
+    :func:`skydm.diffim.subtract` from the inputs' measured covariances.
+    """
+    value = difference.meta.get("DIFFNCF", 1.0)
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return factor if math.isfinite(factor) and factor > 0 else 1.0
+
+
 def _local_matched_filter(diff: Exposure, psf: Psf, iy: int, ix: int) -> tuple[float, float]:
     """(flux, error) of the matched filter at one pixel, from the pixels the PSF covers.
 
@@ -110,6 +124,44 @@ def _subpixel(z: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+#: A secondary peak in a footprint counts as a source of its own when the
+#: significance dips between it and every stronger peak by this many sigma
+#: (or this share of its value, if more): noise bumps on a bright source's
+#: wings hardly dip at all.
+PEAK_DIP_SIGMA = 2.0
+PEAK_DIP_SHARE = 0.1
+
+
+def _footprint_peaks(
+    sub: np.ndarray, npix: int, threshold: float, fwhm: float
+) -> list[tuple[int, int]]:
+    """Peaks of one footprint (``sub``: signed significance, -inf outside it)."""
+    top = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    best = [(int(top[0]), int(top[1]))]
+    # A footprint smaller than two PSF cores holds one source.
+    if npix < 2 * math.pi * fwhm**2 / 2:
+        return best
+    local = (sub == ndimage.maximum_filter(sub, size=3)) & (sub >= threshold)
+    cand = np.argwhere(local)
+    cand = cand[np.argsort(-sub[local])]
+    for cy, cx in cand:
+        cy, cx = int(cy), int(cx)
+        if (cy, cx) == best[0] or any(math.hypot(cy - qy, cx - qx) < fwhm for qy, qx in best):
+            continue
+        value = float(sub[cy, cx])
+        separate = True
+        for qy, qx in best:
+            n = math.ceil(math.hypot(cy - qy, cx - qx)) + 1
+            ly = np.rint(np.linspace(cy, qy, n)).astype(int)
+            lx = np.rint(np.linspace(cx, qx, n)).astype(int)
+            if float(np.min(sub[ly, lx])) > value - max(PEAK_DIP_SIGMA, PEAK_DIP_SHARE * value):
+                separate = False
+                break
+        if separate:
+            best.append((cy, cx))
+    return best
+
+
 def detect(
     difference: Exposure,
     *,
@@ -127,8 +179,12 @@ def detect(
     valid &= np.isfinite(var)
     if not valid.any():
         raise UserError(f"{difference.source or 'difference'}: no valid pixels to detect on")
+    factor = noise_factor(difference)
     if score is None:
         z = matched_filter(image, var, psf, valid)
+        if factor != 1.0:
+            # Correlated noise: the white-noise filter's variance times DIFFNCF.
+            z /= np.float32(math.sqrt(factor))
     elif valid.all():
         z = score  # read only below
     else:
@@ -144,16 +200,19 @@ def detect(
             continue
         footprints[above] = sign
         idx = np.arange(1, n + 1)
-        # Per-footprint argmax within its bounding box (ndimage.maximum_position
-        # sorts the whole image, far slower on large frames).
-        peaks = []
-        npix = np.zeros(n, dtype=np.int64)
-        for k, (lab, box) in enumerate(zip(idx, ndimage.find_objects(labels), strict=True)):
+        # Peaks per footprint within its bounding box (ndimage.maximum_position
+        # sorts the whole image, far slower on large frames): the highest,
+        # and any other local maximum that stands apart from every stronger
+        # one (two transients whose footprints touch are two sources).
+        peaks: list[tuple[int, int]] = []
+        peak_npix: list[int] = []
+        for lab, box in zip(idx, ndimage.find_objects(labels), strict=True):
             inside = labels[box] == lab
-            npix[k] = np.count_nonzero(inside)
+            count = int(np.count_nonzero(inside))
             sub = np.where(inside, sign * z[box], -np.inf)
-            py, px = np.unravel_index(int(np.argmax(sub)), sub.shape)
-            peaks.append((int(py) + box[0].start, int(px) + box[1].start))
+            for py, px in _footprint_peaks(sub, count, threshold, fwhm):
+                peaks.append((py + box[0].start, px + box[1].start))
+                peak_npix.append(count)
         # Noise can split one source's footprint in two: of peaks of one sign
         # closer than a FWHM, keep the strongest.
         order = np.argsort([-sign * z[p] for p in peaks])
@@ -165,8 +224,8 @@ def detect(
             kept.append((int(py), int(px)))
             # The parabola's vertex does not depend on the sign of z.
             x, y = _subpixel(z, int(py), int(px))
-            rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": int(npix[k])})
-    table = _measure(difference, rows, z, fwhm, threshold)
+            rows.append({"x": x, "y": y, "iy": int(py), "ix": int(px), "npix": peak_npix[k]})
+    table = _measure(difference, rows, z, fwhm, threshold, factor)
     if set_mask:
         mask[footprints > 0] |= np.uint32(Mask.DETECTED)
         mask[footprints < 0] |= np.uint32(Mask.DETECTED_NEGATIVE)
@@ -185,6 +244,7 @@ def _measure(
     z: np.ndarray,
     fwhm: float,
     threshold: float,
+    factor: float,
 ) -> Table:
     n = len(rows)
     x = np.array([r["x"] for r in rows], dtype=float)
@@ -203,6 +263,8 @@ def _measure(
     kern = psf.kernel()
     for j in np.flatnonzero(~np.isfinite(flux)):
         flux[j], err[j] = _local_matched_filter(diff, psf, int(iy[j]), int(ix[j]))
+    # A PSF fit's error under correlated noise grows like the matched filter's.
+    err = err * math.sqrt(factor)
     score = z[iy, ix] if n else np.zeros(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(err > 0, flux / err, 0.0)

@@ -61,12 +61,45 @@ def kernel_rfft2(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ky, kx = kernel.shape
     ny, nx = shape
     if ky > ny or kx > nx:
-        raise ValueError(f"kernel {kernel.shape} larger than image {shape}")
+        # Small images (cutouts): the kernel's outer wings wrap onto its
+        # core on a circular grid anyway; cut them to the largest odd size.
+        cy, cx = (min(ky, ny) - 1) // 2 * 2 + 1, (min(kx, nx) - 1) // 2 * 2 + 1
+        y0, x0 = (ky - cy) // 2, (kx - cx) // 2
+        kernel = kernel[y0 : y0 + cy, x0 : x0 + cx]
+        ky, kx = kernel.shape
     hy, hx = ky // 2, kx // 2
     ex = _phases(nx, (-hx, kx - hx), True)  # (nx//2+1, kx)
     ey = _phases(ny, (-hy, ky - hy), False)  # (ny, ky)
     inner = np.asarray(kernel, dtype=np.complex64) @ ex.T  # (ky, nx//2+1)
     return ey @ inner
+
+
+@functools.lru_cache(maxsize=16)
+def _cos_sin(n: int, half: int, half_spectrum: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``cos``, ``sin`` of ``2 pi k d / n``: frequencies ``k`` (rows), lags ``d`` (columns)."""
+    k = np.arange(n // 2 + 1 if half_spectrum else n, dtype=np.float64)
+    d = np.arange(-half, half + 1, dtype=np.float64)
+    arg = np.outer(k, d) * (2 * np.pi / n)
+    return np.cos(arg).astype(np.float32), np.sin(arg).astype(np.float32)
+
+
+def symmetric_kernel_rfft2(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The (real) rfft of a point-symmetric centred ``kernel`` on ``shape``, ``float32``.
+
+    ``sum_u k(u) cos(ky uy + kx ux)`` as ``Cy K Cx^T - Sy K Sx^T``: real
+    matrix products making one ``float32`` frame, where :func:`kernel_rfft2`
+    makes a ``complex64`` one whose real part is then copied (a covariance
+    is point-symmetric, so its spectrum is real).
+    """
+    k = np.asarray(kernel, dtype=np.float32)
+    hy, hx = k.shape[0] // 2, k.shape[1] // 2
+    cy, sy = _cos_sin(shape[0], hy, False)
+    cx, sx = _cos_sin(shape[1], hx, True)
+    # One product with an inner dimension of twice the kernel's height: no
+    # full-frame temporary besides the result.
+    left = np.concatenate([cy, -sy], axis=1)
+    right = np.concatenate([k @ cx.T, k @ sx.T], axis=0)
+    return np.asarray(left @ right)
 
 
 def trimmed(kernel: np.ndarray, rel: float = 1e-7) -> np.ndarray:

@@ -32,6 +32,7 @@ def prepare(
     gain: float | None = None,
     read_noise: float | None = None,
     sky: float | None = None,
+    saturation: float | None = None,
     notes: list[str],
 ) -> Exposure:
     """A ``float32`` copy of ``exp`` with a trustworthy variance plane and SAT mask.
@@ -46,19 +47,32 @@ def prepare(
         Overrides of the header values (e-/ADU, electrons, ADU already
         subtracted).  Giving any of them rebuilds the variance from the CCD
         equation.
+    saturation : float, optional
+        Saturation level in the image's pixel values as stored (after any
+        sky subtraction); pixels at or above it are masked SAT.
     notes : list of str
         Fallbacks taken are appended here.
 
     Raises
     ------
     UserError
-        When every pixel is non-finite or masked.
+        When every pixel is non-finite or masked, when a gain is given
+        without the sky level of a sky-subtracted image, or when the
+        variance plane is not positive on usable pixels.
     """
     # A shallow copy: no plane is ever written to in place, so planes that
     # need no change are shared with the input (new arrays replace them).
     image = np.asarray(exp.image, dtype=np.float32)
     finite = np.isfinite(image)
+    # Sentinels (-3.4e38, 1e30 and the like) stand for "no data": made NaN,
+    # hence NO_DATA, so that no fill or filter ever sees them.
+    with np.errstate(invalid="ignore"):
+        finite &= np.abs(image) < np.float32(SENTINEL)
     all_finite = bool(finite.all())
+    if not all_finite:
+        n_bad = int(image.size - np.count_nonzero(finite))
+        image = np.where(finite, image, np.float32(np.nan))
+        notes.append(f"{role}: {n_bad} NaN or sentinel (|value| >= 1e30) pixels masked NO_DATA")
     out = Exposure(
         image=image,
         variance=np.asarray(exp.var, dtype=np.float32),
@@ -75,6 +89,12 @@ def prepare(
     for label, value in (("gain", gain), ("read_noise", read_noise), ("sky", sky)):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise BadValueError(label, value, "a finite non-negative number")
+    if saturation is not None:
+        if not math.isfinite(saturation):
+            raise BadValueError("saturation", saturation, "a finite pixel value")
+        out.info.saturation = float(saturation) + (
+            out.info.sky if math.isfinite(out.info.sky) else 0.0
+        )
     if gain is not None:
         if gain <= 0:
             raise BadValueError("gain", gain, "a positive number of electrons per ADU")
@@ -87,6 +107,8 @@ def prepare(
         raise UserError(f"{name}: every pixel is NaN or masked; nothing to difference")
     override = gain is not None or read_noise is not None or sky is not None
     if override and out.info.gain > 0:
+        if gain is not None and sky is None:
+            _check_sky(out, role, name)
         out.variance = _ccd_variance(out)
         notes.append(f"{role}: variance from the CCD equation with gain {out.info.gain:g}")
     elif not (out.info.gain > 0) and np.ptp(out.var[np.isfinite(out.var)]) == 0:
@@ -99,8 +121,60 @@ def prepare(
         )
     if not all_finite:
         out.variance = np.where(finite, out.var, np.inf).astype(np.float32)
+    _check_variance(out, name)
     _mask_saturation(out)
     return out
+
+
+#: Pixel values at or beyond this magnitude are sentinels for missing data.
+SENTINEL = 1e30
+
+
+def _check_sky(exp: Exposure, role: str, name: str) -> None:
+    """Refuse a gain without a sky level on a sky-subtracted image.
+
+    The CCD equation needs the counts the sky put on the detector; on a
+    sky-subtracted image without them it predicts a variance near zero
+    (and zero where the read noise is unknown), whatever the real noise.
+    """
+    sample = exp.image[::3, ::3]
+    usable = np.isfinite(sample) & ((exp.msk[::3, ::3] & np.uint32(UNUSABLE)) == 0)
+    values = sample[usable]
+    if values.size < 50:
+        return
+    sigma = robust_sigma(values)
+    level = float(np.median(values)) + (exp.info.sky if math.isfinite(exp.info.sky) else 0.0)
+    rn = exp.info.read_noise if math.isfinite(exp.info.read_noise) else 0.0
+    predicted = max(level, 0.0) / exp.info.gain + (rn / exp.info.gain) ** 2
+    if sigma > 0 and predicted < 0.25 * sigma**2:
+        option = "--sky" if role == "science" else "--template-sky"
+        raise UserError(
+            f"{name}: a gain of {exp.info.gain:g} e-/ADU was given without the sky level, "
+            f"but the image looks sky-subtracted (median {level:.4g} ADU, noise "
+            f"{sigma:.4g} ADU): the CCD equation would predict a variance of {predicted:.3g} "
+            f"instead of about {sigma**2:.3g}; give {option} LEVEL (the sky subtracted, in "
+            "ADU), or leave the gain out to use the measured noise"
+        )
+
+
+def _check_variance(exp: Exposure, name: str) -> None:
+    """Refuse a variance plane that is zero, negative or NaN on usable pixels."""
+    var = exp.var
+    with np.errstate(invalid="ignore"):
+        bad = ~(var > 0)
+    if not bad.any():
+        return
+    bad &= np.isfinite(exp.image)
+    bad &= (exp.msk & np.uint32(UNUSABLE)) == 0
+    n = int(np.count_nonzero(bad))
+    if n:
+        iy, ix = (int(v[0]) for v in np.nonzero(bad))
+        raise UserError(
+            f"{name}: the variance plane is zero, negative or NaN on {n} usable pixel(s) "
+            f"(first at x={ix}, y={iy}, value {float(var[iy, ix]):.3g}); fix the VARIANCE "
+            "plane or mask those pixels, or give --gain (with --sky for a sky-subtracted "
+            "image) to rebuild it from the CCD equation"
+        )
 
 
 def _all_unusable(mask: np.ndarray) -> bool:
@@ -200,8 +274,12 @@ def psf_for(exp: Exposure, role: str) -> Psf:
         except UserError as exc:
             last = exc
     raise UserError(
-        f"{_name(exp, role)}: no PSF given and none could be measured ({last}); "
-        "attach a PSF model to the exposure"
+        f"{_name(exp, role)}: no PSF given and none could be measured ({last}); give "
+        + (
+            "--psf FILE or --fwhm PIXELS"
+            if role == "science"
+            else "--template-psf or --template-fwhm"
+        )
     )
 
 

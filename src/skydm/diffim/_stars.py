@@ -131,30 +131,61 @@ def _gain(exp: Exposure) -> float:
     return exp.info.gain if exp.info.gain > 0 else math.inf
 
 
+@dataclass(frozen=True)
+class FluxRatio:
+    """A fitted science/template photometric ratio.
+
+    Attributes
+    ----------
+    value, error : float
+        The ratio and its error (NaN when it could not be fitted).
+    n_stars : int
+        Stars kept in the fit.
+    scatter : float
+        Robust scatter of the single stars' ratios (NaN with fewer than 3):
+        comparable to the ratio itself when the images do not share stars.
+    """
+
+    value: float
+    error: float
+    n_stars: int
+    scatter: float = math.nan
+
+
 def flux_ratio(
     sci_flux: np.ndarray, sci_err: np.ndarray, tmp_flux: np.ndarray, tmp_err: np.ndarray
-) -> float:
-    """Science/template photometric ratio from PSF fluxes of the same stars.
+) -> FluxRatio:
+    """Science/template photometric ratio from fluxes of the same stars.
 
     A weighted ratio with 3-sigma clipping, so that variable stars and
-    transients among the stars do not pull it.
+    transients among the stars do not pull it.  Stars need a positive
+    template flux only: a science flux consistent with zero is evidence
+    (unrelated images give a ratio consistent with zero, not a small
+    positive one).  The error is the larger of the formal one and the
+    clipped scatter over the square root of the stars kept.
     """
-    good = np.isfinite(sci_flux) & np.isfinite(tmp_flux) & (tmp_flux > 0) & (sci_flux > 0)
+    good = np.isfinite(sci_flux) & np.isfinite(tmp_flux) & (tmp_flux > 0)
+    good &= np.isfinite(sci_err) & np.isfinite(tmp_err) & (tmp_err > 0)
     if good.sum() < 3:
-        return math.nan
+        return FluxRatio(math.nan, math.nan, int(good.sum()))
     r = sci_flux[good] / tmp_flux[good]
-    err = r * np.hypot(sci_err[good] / sci_flux[good], tmp_err[good] / tmp_flux[good])
+    # Error of a ratio whose numerator may be near zero: not relative errors.
+    err = np.hypot(sci_err[good], np.abs(r) * tmp_err[good]) / tmp_flux[good]
     keep = np.ones(r.size, dtype=bool)
     est = float(np.median(r))
+    scatter = max(robust_sigma(r - est), 1e-6)
     for _ in range(5):
-        w = 1.0 / err[keep] ** 2
+        w = 1.0 / np.hypot(err[keep], scatter) ** 2
         est = float(np.sum(w * r[keep]) / np.sum(w))
         scatter = max(robust_sigma(r[keep] - est), 1e-6)
         new = np.abs(r - est) < 3 * np.hypot(err, scatter)
         if new.sum() < 3 or np.array_equal(new, keep):
             break
         keep = new
-    return est
+    formal = float(1.0 / math.sqrt(np.sum(1.0 / err[keep] ** 2)))
+    n = int(keep.sum())
+    spread = robust_sigma(r - float(np.median(r)))
+    return FluxRatio(est, max(formal, scatter / math.sqrt(n)), n, spread)
 
 
 def astrometric_sigma(

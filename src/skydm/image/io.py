@@ -12,6 +12,8 @@ from astropy.time import Time
 
 from skydm.errors import BadFileError
 from skydm.image.exposure import Exposure, wcs_from_header
+from skydm.image.fitsfile import open_fits as _open_checked
+from skydm.image.fitsfile import reading
 from skydm.image.mask import mask_from_header
 from skydm.image.psf import psf_from_hdu
 from skydm.image.visit import VisitInfo
@@ -30,26 +32,12 @@ _CARDS: dict[str, tuple[str, ...]] = {
 
 
 def open_fits(path: str | Path) -> fits.HDUList:
-    """Open a FITS file, turning every way it can fail into a :class:`BadFileError`."""
-    path = Path(path)
-    if not path.exists():
-        raise BadFileError(path, "no such file; check the path")
-    try:
-        with open(path, "rb") as fh:
-            start = fh.read(30)
-    except OSError as exc:
-        raise BadFileError(path, f"cannot be read ({exc.strerror})") from exc
-    if not start.startswith(b"SIMPLE  ="):
-        raise BadFileError(path, "is not a FITS file (it does not start with SIMPLE =)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-            for h in hdul:
-                _ = h.data  # force reading so truncation is found here, not later
-    except (OSError, ValueError, TypeError, IndexError) as exc:
-        raise BadFileError(path, f"is not a readable FITS file: {exc}") from exc
-    return hdul
+    """Open a FITS file, turning every way it can fail into a :class:`BadFileError`.
+
+    See :func:`skydm.image.fitsfile.open_fits`: one message per fault
+    (missing, not FITS, damaged header, truncated), whichever command reads.
+    """
+    return _open_checked(path, memmap=False)
 
 
 def first_image_hdu(hdul: fits.HDUList, path: object) -> int:
@@ -129,7 +117,7 @@ def read_exposure(path: str | Path, *, hdu: int | str | None = None) -> Exposure
         When the file is missing, not FITS, truncated, or holds no image.
     """
     path = Path(path)
-    with open_fits(path) as hdul:
+    with open_fits(path) as hdul, reading(path):
         return exposure_from_hdulist(hdul, source=path, hdu=hdu)
 
 

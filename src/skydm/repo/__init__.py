@@ -12,7 +12,7 @@ registry backends.
 from skydm.repo.dataid import DataId, DatasetNotFoundError, DatasetRef, Problem
 from skydm.repo.datastore import FileDatastore, relpath_for
 from skydm.repo.registry import Registry, SqlRegistry
-from skydm.repo.repository import Repository
+from skydm.repo.repository import Repository, require_repository
 
 __all__ = [
     "DataId",
@@ -24,4 +24,5 @@ __all__ = [
     "Repository",
     "SqlRegistry",
     "relpath_for",
+    "require_repository",
 ]

@@ -15,13 +15,45 @@ from astropy.io import fits
 from skydm.errors import ConflictError
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where the system allows)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way is to set it and put it back (not thread-safe,
+    # but the window is two system calls).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(mode: int | None = None) -> int:
+    """Permission bits of a new file: ``mode`` if given, else ``0o666`` less the umask.
+
+    ``mkstemp`` creates files readable by their owner only (0600); files
+    written through this module get the mode any other new file would get,
+    so that other users of a shared archive can read them.
+    """
+    return (0o666 & ~current_umask()) if mode is None else mode
+
+
 @contextlib.contextmanager
-def atomic_open(path: Path, *, overwrite: bool = True) -> Iterator[BinaryIO]:
+def atomic_open(
+    path: Path, *, overwrite: bool = True, mode: int | None = None
+) -> Iterator[BinaryIO]:
     """Open a temporary file that replaces ``path`` only when the block succeeds.
 
     The data are flushed and fsynced before the rename, and the directory is
     fsynced after it, so that a crash leaves either the old file or the new
-    one, never a partial one.
+    one, never a partial one.  The file gets the permission bits ``mode``,
+    by default those the umask gives a new file (see :func:`file_mode`).
+    Missing parent directories are created: the command line refuses a
+    missing parent of an output the user named before any work starts
+    (``skydm.cli._checks.check_output``).
     """
     path = Path(path)
     if not overwrite and path.exists():
@@ -29,6 +61,7 @@ def atomic_open(path: Path, *, overwrite: bool = True) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode(mode))
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -55,16 +88,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_open(path, overwrite=overwrite) as fh:
+def atomic_write_bytes(
+    path: Path, data: bytes, *, overwrite: bool = True, mode: int | None = None
+) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, overwrite=overwrite, mode=mode) as fh:
         fh.write(data)
     return path
 
 
-def atomic_write_hdulist(path: Path, hdul: fits.HDUList, *, overwrite: bool = True) -> Path:
-    """Write a FITS ``HDUList`` to ``path`` atomically."""
-    with atomic_open(path, overwrite=overwrite) as fh:
+def atomic_write_hdulist(
+    path: Path, hdul: fits.HDUList, *, overwrite: bool = True, mode: int | None = None
+) -> Path:
+    """Write a FITS ``HDUList`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, overwrite=overwrite, mode=mode) as fh:
         hdul.writeto(fh, output_verify="silentfix")
     return path
 

@@ -29,7 +29,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import BinaryIO
 
 from skydm.errors import DataCorruptionError
-from skydm.repo.atomic import fsync_dir, sha256_file
+from skydm.repo.atomic import file_mode, fsync_dir, sha256_file
 from skydm.repo.dataid import DataId, check_dataset_type
 
 _TMP_SUFFIX = ".tmp"
@@ -123,11 +123,22 @@ class FileDatastore:
     reserved : set of str
         Names at the top of ``root`` that belong to the repository itself
         (registry file, configuration) and are not dataset files.
+    file_mode : int, optional
+        Permission bits of stored files (the repository's ``file_mode``
+        setting, e.g. ``0o640`` for a group-readable archive); by default
+        what the umask gives a new file.
     """
 
-    def __init__(self, root: Path, *, reserved: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        reserved: frozenset[str] = frozenset(),
+        file_mode: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.reserved = reserved
+        self.file_mode = file_mode
 
     def stage(
         self, dataset_type: str, data_id: DataId, write: Callable[[BinaryIO], None]
@@ -143,6 +154,7 @@ class FileDatastore:
         fd, name = tempfile.mkstemp(prefix=f".{dataset_type}-", suffix=_TMP_SUFFIX, dir=folder)
         tmp = Path(name)
         try:
+            os.fchmod(fd, file_mode(self.file_mode))  # mkstemp's 0600 would hide it from others
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
                 _pause_point("write")

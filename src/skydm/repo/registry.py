@@ -9,14 +9,18 @@ is not enough, or many writers share a repository) by one contract suite.
 from __future__ import annotations
 
 import abc
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from skydm.errors import ConflictError
+from skydm.errors import ConflictError, SkydmError
 from skydm.repo.dataid import DataId, DatasetRef, check_dataset_type
 
 # An empty string stands for "no sky cell" in the table: SQL treats NULLs as
@@ -103,6 +107,23 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+T = TypeVar("T")
+
+#: How long one SQLite statement waits for another process's lock (ms).
+BUSY_TIMEOUT_MS = 30_000
+#: Attempts of a whole transaction that still found the database locked.
+LOCK_RETRIES = 8
+
+
+class RegistryBusyError(SkydmError):
+    """The registry stayed locked by other writers through every retry."""
+
+
+def _locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "database is locked" in text or "database is busy" in text or "locked" in text
+
+
 class SqlRegistry(Registry):
     """A :class:`Registry` in any SQLAlchemy database (SQLite file or PostgreSQL).
 
@@ -117,19 +138,62 @@ class SqlRegistry(Registry):
     def __init__(self, url: str) -> None:
         self.url = url
         kwargs: dict[str, Any] = {"future": True}
-        if url.startswith("sqlite"):
-            # Several processes (ingest beside a service) may share the file:
-            # wait for a lock rather than fail at once.
-            kwargs["connect_args"] = {"timeout": 60}
+        self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            # Several processes (ingests, pipeline workers, a service) share
+            # the file: each statement waits for another's lock.
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
         else:
             kwargs["pool_pre_ping"] = True
         self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
+        if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self._retry(self._create)
 
     def __repr__(self) -> str:
         return f"SqlRegistry({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def _create(self) -> None:
+        # Processes opening a new repository at once would both find no table
+        # and both create it; under the write lock only the first does.
+        if self.sqlite:
+            with self._write() as conn:
+                metadata.create_all(conn)
+        else:
+            metadata.create_all(self.engine)
+
+    # -- transactions ------------------------------------------------------
+    def _retry(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (one whole transaction), again if SQLite says the database is locked.
+
+        The busy timeout already waits inside SQLite; a lock can still be
+        reported at once when a read transaction must become a write one
+        that another process got first, so the whole transaction is retried
+        after a randomised, growing pause.
+        """
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return work()
+            except OperationalError as exc:
+                if not (self.sqlite and _locked(exc)) or attempt == LOCK_RETRIES - 1:
+                    if self.sqlite and _locked(exc):
+                        raise RegistryBusyError(
+                            f"{self.url}: the registry stayed locked by other processes "
+                            f"through {LOCK_RETRIES} tries; too many concurrent writers for "
+                            "SQLite: use fewer, or a PostgreSQL registry (registry_url)"
+                        ) from exc
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite: the write lock up front)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(skydm_write=True)
+            with conn.begin():
+                yield conn
 
     # -- helpers -----------------------------------------------------------
     @staticmethod
@@ -186,9 +250,13 @@ class SqlRegistry(Registry):
     # -- interface -----------------------------------------------------------
     def insert(self, ref: DatasetRef) -> DatasetRef:
         values = self._row_values(ref)
-        try:
-            with self.engine.begin() as conn:
+
+        def insert() -> None:
+            with self._write() as conn:
                 conn.execute(datasets.insert().values(**values))
+
+        try:
+            self._retry(insert)
         except IntegrityError as exc:
             raise ConflictError(
                 f"a {ref.dataset_type!r} dataset with data ID {ref.data_id} is already "
@@ -199,14 +267,19 @@ class SqlRegistry(Registry):
     def replace(self, ref: DatasetRef) -> DatasetRef | None:
         values = self._row_values(ref)
         where = self._where(ref.dataset_type, ref.data_id)
-        with self.engine.begin() as conn:
-            # SELECT ... FOR UPDATE serialises concurrent replacements on
-            # PostgreSQL; SQLite holds a database lock for the transaction.
-            old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
-            if old is None:
-                conn.execute(datasets.insert().values(**values))
-            else:
-                conn.execute(datasets.update().where(datasets.c.id == old.id).values(**values))
+
+        def replace() -> sa.Row[Any] | None:
+            with self._write() as conn:
+                # SELECT ... FOR UPDATE serialises concurrent replacements on
+                # PostgreSQL; on SQLite BEGIN IMMEDIATE holds the write lock.
+                old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
+                if old is None:
+                    conn.execute(datasets.insert().values(**values))
+                else:
+                    conn.execute(datasets.update().where(datasets.c.id == old.id).values(**values))
+                return old
+
+        old = self._retry(replace)
         return self._to_ref(old) if old is not None else None
 
     @staticmethod
@@ -222,10 +295,13 @@ class SqlRegistry(Registry):
         )
 
     def find(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(datasets).where(self._where(dataset_type, data_id))
-            ).first()
+        def find() -> sa.Row[Any] | None:
+            with self.engine.connect() as conn:
+                return conn.execute(
+                    sa.select(datasets).where(self._where(dataset_type, data_id))
+                ).first()
+
+        row = self._retry(find)
         return self._to_ref(row) if row is not None else None
 
     def query(
@@ -251,29 +327,53 @@ class SqlRegistry(Registry):
             if value is not None:
                 stmt = stmt.where(column == value)
         stmt = stmt.order_by(c.dataset_type, c.instrument, c.band, c.skycell, c.visit, c.detector)
-        with self.engine.connect() as conn:
-            return [self._to_ref(row) for row in conn.execute(stmt)]
+
+        def query() -> list[sa.Row[Any]]:
+            with self.engine.connect() as conn:
+                return list(conn.execute(stmt))
+
+        return [self._to_ref(row) for row in self._retry(query)]
 
     def remove(self, dataset_type: str, data_id: DataId) -> DatasetRef | None:
         where = self._where(dataset_type, data_id)
-        with self.engine.begin() as conn:
-            old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
-            if old is not None:
-                conn.execute(datasets.delete().where(datasets.c.id == old.id))
+
+        def remove() -> sa.Row[Any] | None:
+            with self._write() as conn:
+                old = conn.execute(sa.select(datasets).where(where).with_for_update()).first()
+                if old is not None:
+                    conn.execute(datasets.delete().where(datasets.c.id == old.id))
+                return old
+
+        old = self._retry(remove)
         return self._to_ref(old) if old is not None else None
 
     def paths(self) -> set[str]:
-        with self.engine.connect() as conn:
-            return {row.path for row in conn.execute(sa.select(datasets.c.path))}
+        def paths() -> set[str]:
+            with self.engine.connect() as conn:
+                return {row.path for row in conn.execute(sa.select(datasets.c.path))}
+
+        return self._retry(paths)
 
     def close(self) -> None:
         self.engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # pysqlite's own implicit BEGIN would defer the write lock to the first
+    # write, where a lost race fails at once instead of waiting: the "begin"
+    # hook below issues the BEGIN itself.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # WAL lets readers (verify, a service) run beside one writer (ingest);
     # synchronous=FULL makes a committed registration survive a power cut.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Write transactions take the write lock at BEGIN (waiting up to the busy
+    # timeout for other writers); reads take a WAL snapshot and never block.
+    immediate = conn.get_execution_options().get("skydm_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from astropy.io import fits
 
-from skydm.errors import BadFileError, ConflictError, DataCorruptionError, UserError
+from skydm.errors import (
+    BadFileError,
+    ConflictError,
+    DataCorruptionError,
+    NoRepositoryError,
+    UserError,
+)
 from skydm.repo.atomic import atomic_write_bytes
 from skydm.repo.dataid import (
     DataId,
@@ -26,6 +32,63 @@ from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
     from skydm.image.exposure import Exposure
+
+
+def require_repository(path: str | Path) -> Path:
+    """The resolved directory of the repository at ``path``, which must exist.
+
+    For commands that read a repository's parts without opening its
+    registry (the catalog, the TAP service): a mistyped ``--repo`` must not
+    quietly become an empty repository.
+
+    Raises
+    ------
+    NoRepositoryError
+        When ``path`` holds no skydm repository.
+    """
+    root = Path(path).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise NoRepositoryError(path, "it is a file, not a directory", is_file=True)
+    if not (root / CONFIG_NAME).is_file():
+        raise NoRepositoryError(path, _why_not_a_repository(root))
+    return root
+
+
+def _why_not_a_repository(root: Path) -> str:
+    if not root.exists():
+        return "it does not exist"
+    return f"{CONFIG_NAME} is missing"
+
+
+def _create_directory(root: Path, given: str | Path) -> None:
+    """Create a new repository's directory, or say why it cannot be."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".{CONFIG_NAME}.probe"
+        probe.touch()  # a read-only place fails here, not halfway through a write
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"cannot create a skydm repository at {given}: {exc.strerror or exc}; "
+            "give --repo a directory you can write to"
+        ) from exc
+
+
+def _recorded_mode(config: Mapping[str, Any], config_path: Path) -> int | None:
+    """The ``file_mode`` setting of a repository config, checked."""
+    text = config.get("file_mode")
+    if text is None:
+        return None
+    try:
+        mode = int(str(text), 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise BadFileError(
+            config_path, f'file_mode {text!r} is not octal permission bits like "0640"; fix it'
+        )
+    return mode
+
 
 CONFIG_NAME = "skydm-repo.json"
 SQLITE_NAME = "registry.sqlite3"
@@ -53,7 +116,12 @@ class Repository:
     # -- opening -------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path, *, create: bool = True, registry_url: str | None = None
+        cls,
+        path: str | Path,
+        *,
+        create: bool = True,
+        registry_url: str | None = None,
+        file_mode: int | None = None,
     ) -> Repository:
         """Open (or create) the repository in directory ``path``.
 
@@ -69,15 +137,25 @@ class Repository:
             SQLite file ``registry.sqlite3`` in ``path``.  A URL given at
             creation is recorded in ``skydm-repo.json`` so that later opens
             find it; giving a different one later is an error.
+        file_mode : int, optional
+            At creation: permission bits of every file stored (e.g. ``0o640``
+            so that the group can read a shared archive), recorded in
+            ``skydm-repo.json`` as ``"file_mode": "0640"``.  By default files
+            get what the umask of the writing process gives.
 
         Raises
         ------
+        NoRepositoryError
+            When there is no repository and ``create`` is false, or ``path``
+            is an existing file.
         UserError
-            When there is no repository and ``create`` is false, or the URL
-            conflicts with the recorded one.
+            When the URL conflicts with the recorded one, or the repository
+            cannot be created there.
         """
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
+        if root.exists() and not root.is_dir():
+            raise NoRepositoryError(path, "it is a file, not a directory", is_file=True)
         if config_path.exists():
             try:
                 config = json.loads(config_path.read_text())
@@ -94,17 +172,19 @@ class Repository:
                 )
             url = recorded
         elif not create:
-            raise UserError(
-                f"{root}: no skydm repository here ({CONFIG_NAME} is missing); "
-                "create one with `skydm ingest --repo DIR FILE...` or give the right --repo"
-            )
+            raise NoRepositoryError(path, _why_not_a_repository(root))
         else:
-            root.mkdir(parents=True, exist_ok=True)
             url = registry_url
             config = {"format": "skydm-repo", "version": 1, "registry_url": registry_url}
-            atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
+            if file_mode is not None:
+                config["file_mode"] = f"{file_mode:04o}"
+            _create_directory(root, path)
+            atomic_write_bytes(config_path, json.dumps(config, indent=1).encode(), mode=file_mode)
+        mode = _recorded_mode(config, config_path)
         sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
-        return cls(root, SqlRegistry(sql_url), FileDatastore(root, reserved=_RESERVED))
+        return cls(
+            root, SqlRegistry(sql_url), FileDatastore(root, reserved=_RESERVED, file_mode=mode)
+        )
 
     def close(self) -> None:
         """Release the registry's connections."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import re
 import shutil
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from skydm.errors import SkydmError, UserError
-from skydm.progress import Progress
+from skydm.progress import Progress, plural
 from skydm.repo.atomic import atomic_open
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.formats import ResultStream
@@ -104,6 +105,7 @@ def run_local(
                 for chunk in stream.chunks():
                     fh.write(chunk)
                     bar.advance(0, f"{stream.rows} rows")
+            bar.finish(plural(stream.rows, "row"))
             if stream.error is not None:
                 raise UserError(stream.error)
             return QueryOutcome(stream.rows, stream.overflow)
@@ -122,6 +124,8 @@ def run_local(
         except KeyboardInterrupt:
             service.set_phase(job.job_id, "ABORT")
             raise
+        finally:
+            bar.finish(job.phase.value)
         if job.error_message is not None or job.phase.value != "COMPLETED":
             raise UserError(f"job {job.job_id} ended {job.phase.value}: {job.error_message}")
         path, _mime = service.result_file(job.job_id)
@@ -151,8 +155,12 @@ def run_remote(
     run_async: bool = False,
     timeout: float = 60.0,
     quiet: bool = False,
+    token: str | None = None,
 ) -> QueryOutcome:
     """Send ``adql`` to the TAP service at ``url`` and write the result to ``sink``.
+
+    ``token`` (default: ``$SKYDM_TOKEN``, which notebooks get) is sent as a
+    bearer token to services running with ``--auth tokens``.
 
     Raises
     ------
@@ -165,8 +173,10 @@ def run_remote(
 
     base = url.rstrip("/")
     data = {k: v[0] for k, v in _params(adql, output, maxrec).items()}
+    token = token if token is not None else os.environ.get("SKYDM_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=headers) as client:
             if not run_async:
                 return _remote_sync(client, base, data, sink)
             return _remote_async(client, base, data, sink, quiet=quiet)
@@ -206,6 +216,8 @@ def _remote_async(
     except KeyboardInterrupt:
         client.post(f"{job_url}/phase", data={"PHASE": "ABORT"})
         raise
+    finally:
+        bar.finish()
     if phase != "COMPLETED":
         message = doc.findtext(f"{_UWS}errorSummary/{_UWS}message") or ""
         raise UserError(f"{job_url}: job ended {phase}: {message}")

@@ -54,8 +54,8 @@ def deproject(
 
 
 def field_centres(cfg: SurveyConfig) -> list[tuple[float, float]]:
-    """Centres of the fields: side by side in RA, one and a half images apart."""
-    ny, nx = cfg.shape
+    """Centres of the fields: side by side in RA, one and a half focal planes apart."""
+    ny, nx = cfg.focal_plane_shape
     step = (1.5 * max(nx, ny) + 2 * cfg.dither) * cfg.pixel_scale / 3600.0
     cosd = math.cos(math.radians(cfg.dec))
     return [((cfg.ra + i * step / cosd) % 360.0, cfg.dec) for i in range(cfg.n_fields)]
@@ -96,7 +96,7 @@ def variable_offset(
 # -- catalog ---------------------------------------------------------------
 def _box(cfg: SurveyConfig, pad: float) -> tuple[float, float]:
     """Half-sizes (xi, eta) in degrees of the region that any visit may see."""
-    ny, nx = cfg.shape
+    ny, nx = cfg.focal_plane_shape
     if cfg.rotation > 0:
         half = math.hypot(nx, ny) / 2
         hx = hy = half
@@ -108,8 +108,8 @@ def _box(cfg: SurveyConfig, pad: float) -> tuple[float, float]:
 
 def _inner(cfg: SurveyConfig) -> tuple[float, float]:
     """Half-sizes in degrees of the region every visit sees (well inside the edges)."""
-    ny, nx = cfg.shape
-    margin = cfg.dither + min(40.0, 0.1 * min(nx, ny))
+    ny, nx = cfg.focal_plane_shape
+    margin = cfg.dither + min(40.0, 0.1 * min(cfg.shape))
     scale = cfg.pixel_scale / 3600.0
     return max(nx / 2 - margin, 4.0) * scale, max(ny / 2 - margin, 4.0) * scale
 

@@ -103,7 +103,15 @@ class SurveyConfig:
     mjd_start : float
         MJD of the first night.
     instrument, detector : str, int
-        Data ID parts written into every exposure.
+        Data ID parts written into every exposure (``detector`` is the first
+        detector's number; the others follow it).
+    n_detectors : int
+        Detectors of the focal plane, 1 to 64, each of ``shape``, sharing
+        every visit's pointing; laid out in a grid of ``ceil(sqrt(n))``
+        columns, filled row by row from the bottom left (see
+        :meth:`detector_offsets`).
+    detector_gap : float
+        Gap between neighbouring detectors on the focal plane, pixels.
     first_visit : int
         Number of the first visit; visits are numbered in time order.
     star_mags, galaxy_mags, transient_mags, variable_mags, mover_mags : (float, float) or None
@@ -144,6 +152,8 @@ class SurveyConfig:
     mjd_start: float = 60310.0
     instrument: str = "skysim"
     detector: int = 0
+    n_detectors: int = 1
+    detector_gap: float = 30.0
     first_visit: int = 1
     star_mags: tuple[float, float] | None = None
     galaxy_mags: tuple[float, float] | None = None
@@ -205,6 +215,12 @@ class SurveyConfig:
             value = float(getattr(self, name))
             if not (value >= 0 and math.isfinite(value)):
                 raise BadValueError(name, value, "a finite number >= 0")
+        if not (1 <= int(self.n_detectors) <= 64) or isinstance(self.n_detectors, bool):
+            raise BadValueError("n_detectors", self.n_detectors, "an integer from 1 to 64")
+        if not (0 <= float(self.detector_gap) <= 10_000):
+            raise BadValueError("detector_gap", self.detector_gap, "0 to 10000 pixels")
+        if int(self.detector) < 0:
+            raise BadValueError("detector", self.detector, "an integer >= 0")
         if self.raw_dtype == "uint16" and self.saturation > 65535:
             raise BadValueError(
                 "saturation", self.saturation, "<= 65535 ADU for uint16 raws; use raw_dtype='int32'"
@@ -217,6 +233,31 @@ class SurveyConfig:
                 raise BadValueError(name, rng, "(bright, faint) magnitudes with bright <= faint")
 
     # -- derived quantities ------------------------------------------------
+    @property
+    def detector_grid(self) -> tuple[int, int]:
+        """Rows and columns of the detector grid."""
+        cols = math.ceil(math.sqrt(self.n_detectors))
+        return math.ceil(self.n_detectors / cols), cols
+
+    def detector_offsets(self) -> list[tuple[float, float]]:
+        """Each detector's centre relative to the pointing, pixels (x, y), in detector order."""
+        rows, cols = self.detector_grid
+        ny, nx = self.shape
+        step_x, step_y = nx + self.detector_gap, ny + self.detector_gap
+        return [
+            ((k % cols - (cols - 1) / 2) * step_x, (k // cols - (rows - 1) / 2) * step_y)
+            for k in range(self.n_detectors)
+        ]
+
+    @property
+    def focal_plane_shape(self) -> tuple[float, float]:
+        """Extent (rows, columns) of the whole focal plane in pixels, gaps included."""
+        rows, cols = self.detector_grid
+        ny, nx = self.shape
+        return rows * ny + (rows - 1) * self.detector_gap, cols * nx + (
+            cols - 1
+        ) * self.detector_gap
+
     @property
     def zp_exposure(self) -> float:
         """Zero point of an exposure at airmass 1 (magnitude of 1 ADU in ``exptime``)."""

@@ -5,9 +5,16 @@ Layout under the output directory::
     skysim_<visit>_<detector>_<band>.fits   raw exposures (single HDU)
     clean/<same names>                       the artefact-free twins
     truth.ecsv                               catalog of every object
-    visits.ecsv                              one row per visit (conditions, file)
+    visits.ecsv                              one row per visit and detector (conditions, file)
     truth/visit_<visit>.ecsv                 per-visit truth (x, y, flux of everything)
     truth/footprints_<visit>.fits            artefact footprints, one bit per class
+
+A focal plane of several detectors names its truth per detector
+(``truth/visit_<visit>_<detector>.ecsv``, ``truth/footprints_<visit>_<detector>.fits``),
+and with ``mef=True`` writes one multi-extension raw per visit,
+``skysim_<visit>_<band>.fits``: a primary HDU with the visit's cards and one
+image extension per detector (``EXTNAME = 'DET<nn>'``, ``DETECTOR``, its WCS),
+as DECam, HSC and LSST cameras do.
 """
 
 from __future__ import annotations
@@ -86,6 +93,48 @@ def _write_table(path: Path, table: Table) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def mef_name(v: SimVisit) -> str:
+    """File name of a visit's multi-extension raw (all detectors)."""
+    return f"skysim_{v.visit:06d}_{v.band}.fits"
+
+
+def _truth_stem(v: SimVisit) -> str:
+    if v.config.n_detectors == 1:
+        return f"{v.visit:06d}"
+    return f"{v.visit:06d}_{v.detector:02d}"
+
+
+def _primary_header(v: SimVisit, *, clean: bool = False) -> fits.Header:
+    """A multi-extension raw's primary cards: the visit's, without detector or WCS."""
+    h = fits.Header()
+    for card in raw_header(v, clean=clean).cards:
+        if card.keyword == "DETECTOR" or card.keyword in v.wcs.to_header():
+            continue
+        h.append(card)
+    h["NEXTEND"] = (v.config.n_detectors, "number of detector extensions")
+    return h
+
+
+def write_mef(visits: list[SimVisit], out_dir: Path, *, clean: bool = True) -> Path:
+    """Write the detectors of one visit as one multi-extension raw (and clean twin, truth)."""
+    first = visits[0]
+    dtype = first.config.raw_dtype
+    for twin, folder in ((False, out_dir), (True, out_dir / "clean")):
+        if twin and not clean:
+            continue
+        hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [
+            fits.PrimaryHDU(header=_primary_header(first, clean=twin))
+        ]
+        for v in visits:
+            image = v.clean.image if twin else v.raw.image
+            prim = _hdu(image, dtype, raw_header(v, clean=twin))
+            hdus.append(fits.ImageHDU(prim.data, header=prim.header, name=f"DET{v.detector:02d}"))
+        atomic_write_hdulist(folder / mef_name(first), fits.HDUList(hdus))
+    for v in visits:
+        _write_truth(v, out_dir)
+    return out_dir / mef_name(first)
+
+
 def write_visit(v: SimVisit, out_dir: Path, *, clean: bool = True) -> Path:
     """Write one visit's raw (and clean twin, truth and footprints); returns the raw path."""
     dtype = v.config.raw_dtype
@@ -95,8 +144,14 @@ def write_visit(v: SimVisit, out_dir: Path, *, clean: bool = True) -> Path:
     if clean:
         hdu = _hdu(v.clean.image, dtype, raw_header(v, clean=True))
         atomic_write_hdulist(out_dir / "clean" / name, fits.HDUList([hdu]))
+    _write_truth(v, out_dir)
+    return raw_path
+
+
+def _write_truth(v: SimVisit, out_dir: Path) -> None:
     truth_dir = out_dir / "truth"
-    _write_table(truth_dir / f"visit_{v.visit:06d}.ecsv", v.truth)
+    stem = _truth_stem(v)
+    _write_table(truth_dir / f"visit_{stem}.ecsv", v.truth)
     bits = np.zeros(v.config.shape, dtype=np.uint8)
     for i, cls in enumerate(FOOTPRINT_CLASSES):
         bits[v.artefacts[cls]] |= np.uint8(1 << i)
@@ -104,19 +159,25 @@ def write_visit(v: SimVisit, out_dir: Path, *, clean: bool = True) -> Path:
     for i, cls in enumerate(FOOTPRINT_CLASSES):
         fp.header[f"FPBIT{i}"] = (cls, "artefact class of this bit")
     fp.header["VISIT"] = v.visit
+    fp.header["DETECTOR"] = v.detector
     atomic_write_hdulist(
-        truth_dir / f"footprints_{v.visit:06d}.fits", fits.HDUList([fits.PrimaryHDU(), fp])
+        truth_dir / f"footprints_{stem}.fits", fits.HDUList([fits.PrimaryHDU(), fp])
     )
-    return raw_path
 
 
 def write_survey(
-    survey: Survey, out_dir: str | Path, clean: bool = True, *, progress: Progress | None = None
+    survey: Survey,
+    out_dir: str | Path,
+    clean: bool = True,
+    *,
+    progress: Progress | None = None,
+    mef: bool = False,
 ) -> list[Path]:
     """Write every visit as a camera raw, plus clean twins and truth tables.
 
     Visits not yet rendered are rendered, written and released one at a time,
-    so memory holds one visit whatever the survey's size.
+    so memory holds one visit (one focal plane with ``mef``) whatever the
+    survey's size.
 
     Parameters
     ----------
@@ -127,26 +188,40 @@ def write_survey(
     clean : bool
         Also write the artefact-free twins under ``clean/``.
     progress : Progress, optional
-        Advanced once per visit.
+        Advanced once per raw file.
+    mef : bool
+        Write each visit's detectors as one multi-extension file.
 
     Returns
     -------
     list of pathlib.Path
-        The raw files, in visit order.
+        The raw files, in visit order (detectors in order within a visit).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_table(out / "truth.ecsv", survey.truth)
-    paths = []
+    groups: list[list[SimVisit]] = []
     for v in survey.visits:
-        rendered = v.rendered
-        paths.append(write_visit(v, out, clean=clean))
-        if not rendered:
-            v.release()
+        if mef and groups and groups[-1][0].visit == v.visit:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    paths, files = [], []
+    for group in groups:
+        rendered = [v.rendered for v in group]
+        path = (
+            write_mef(group, out, clean=clean) if mef else write_visit(group[0], out, clean=clean)
+        )
+        paths.append(path)
+        files += [path.name] * len(group)
+        for v, was in zip(group, rendered, strict=True):
+            if not was:
+                v.release()
         if progress is not None:
+            v = group[0]
             progress.advance(note=f'visit {v.visit} {v.band} seeing {v.seeing:.2f}"')
     visits = survey.visit_table()
-    visits["file"] = [p.name for p in paths]
+    visits["file"] = files
     visits.meta["seed"] = survey.config.seed
     visits.meta["config"] = {
         k: (list(val) if isinstance(val, tuple) else val)

@@ -73,7 +73,7 @@ def bad_columns(v: SimVisit) -> list[tuple[int, bool]]:
     from skydm.sim.survey import STREAM_DETECTOR, stream
 
     cfg = v.config
-    rng = stream(cfg, STREAM_DETECTOR, cfg.detector)
+    rng = stream(cfg, STREAM_DETECTOR, v.detector)
     nx = cfg.shape[1]
     n = min(cfg.bad_columns, nx)
     cols = rng.choice(nx, size=n, replace=False) if n else np.array([], dtype=int)
@@ -95,6 +95,17 @@ def _sky_angle_to_pixel(v: SimVisit, pa_deg: np.ndarray) -> np.ndarray:
     px = cd_inv[0, 0] * east + cd_inv[0, 1] * north
     py = cd_inv[1, 0] * east + cd_inv[1, 1] * north
     return np.asarray(np.arctan2(py, px))
+
+
+def _exposure_key(v: SimVisit) -> tuple[int, ...]:
+    """Seed key of one detector's noise and artefacts in one visit.
+
+    A single-detector survey keeps the key it always had, so that its pixels
+    do not change; the detectors of a focal plane each get their own draws.
+    """
+    if v.config.n_detectors == 1:
+        return (v.field, v.slot)
+    return (v.field, v.slot, v.detector)
 
 
 def render_visit(v: SimVisit) -> VisitPixels:
@@ -160,7 +171,7 @@ def render_visit(v: SimVisit) -> VisitPixels:
     var_clean = (model / gain + (rn / gain) ** 2).astype(np.float32)
 
     # -- artefacts -----------------------------------------------------------
-    arng = stream(cfg, STREAM_ARTEFACTS, v.field, v.slot)
+    arng = stream(cfg, STREAM_ARTEFACTS, *_exposure_key(v))
     layer = art.new_layer(np.sqrt(var_clean))
     id0 = v.visit * 10_000
     psf_sigma = v.psf.fwhm / 2.3548
@@ -194,7 +205,7 @@ def render_visit(v: SimVisit) -> VisitPixels:
         art.movers(layer, renderer, _mover_tracks(v, mags, flux))
 
     # -- noise, digitisation, saturation, bad columns -----------------------
-    nrng = stream(cfg, STREAM_NOISE, v.field, v.slot)
+    nrng = stream(cfg, STREAM_NOISE, *_exposure_key(v))
     clean = np.empty(shape, dtype=np.float32)
     # In blocks of rows, so that the integer and float64 temporaries stay small.
     for r0 in range(0, ny, _NOISE_ROWS):

@@ -42,14 +42,26 @@ def stream(cfg: SurveyConfig, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key))
 
 
-def make_wcs(shape: tuple[int, int], ra: float, dec: float, scale: float, rotation: float) -> WCS:
-    """A TAN WCS centred on the image, north up and east left, rotated by
-    ``rotation`` degrees, ``scale`` arcsec per pixel."""
+def make_wcs(
+    shape: tuple[int, int],
+    ra: float,
+    dec: float,
+    scale: float,
+    rotation: float,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> WCS:
+    """A TAN WCS with its tangent point at (ra, dec), north up and east left,
+    rotated by ``rotation`` degrees, ``scale`` arcsec per pixel.
+
+    The tangent point is the image centre, or for a detector of a focal plane
+    the pointing: ``offset`` is the detector centre's place relative to it
+    (pixels x, y, in the detector's own pixel axes), so that every detector
+    of a visit shares one projection."""
     ny, nx = shape
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [ra, dec]
-    w.wcs.crpix = [(nx + 1) / 2.0, (ny + 1) / 2.0]
+    w.wcs.crpix = [(nx + 1) / 2.0 - offset[0], (ny + 1) / 2.0 - offset[1]]
     c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
     d = scale / 3600.0
     w.wcs.cd = np.array([[-d * c, d * s], [d * s, d * c]])
@@ -253,7 +265,10 @@ def simulate_survey(config: SurveyConfig) -> Survey:
 
     Each field is observed ``n_visits`` times in each band, two visits per
     night (30 minutes apart) on nights 1 to 3 days apart.  Seeing, sky,
-    airmass, dither and rotation are drawn per visit.
+    airmass, dither and rotation are drawn per visit.  With
+    ``n_detectors > 1`` every visit has one :class:`SimVisit` per detector,
+    sharing its pointing and conditions (``Survey.visits`` lists them visit
+    by visit, detectors in order).
 
     Parameters
     ----------
@@ -293,27 +308,28 @@ def simulate_survey(config: SurveyConfig) -> Survey:
         rot = rng.uniform(-cfg.rotation, cfg.rotation) if cfg.rotation > 0 else 0.0
         scale = cfg.pixel_scale / 3600.0
         ra, dec = deproject(np.array([dx * scale]), np.array([dy * scale]), *centres[f])
-        wcs = make_wcs(cfg.shape, float(ra[0]), float(dec[0]), cfg.pixel_scale, rot)
-        visits.append(
-            SimVisit(
-                config=cfg,
-                catalog=catalogs[f],
-                centre=centres[f],
-                visit=cfg.first_visit + rank,
-                detector=cfg.detector,
-                field=f,
-                band=band,
-                slot=j,
-                mjd=mjd,
-                exptime=cfg.exptime,
-                airmass=float(airmass),
-                seeing=float(seeing),
-                sky=float(sky),
-                dither=(float(dx), float(dy)),
-                rotation=float(rot),
-                wcs=wcs,
-                psf=make_psf(cfg.psf_kind, seeing / cfg.pixel_scale, cfg.psf_beta),
-                zero_point=cfg.zp_exposure - EXTINCTION[band] * (airmass - 1.0),
+        for k, offset in enumerate(cfg.detector_offsets()):
+            wcs = make_wcs(cfg.shape, float(ra[0]), float(dec[0]), cfg.pixel_scale, rot, offset)
+            visits.append(
+                SimVisit(
+                    config=cfg,
+                    catalog=catalogs[f],
+                    centre=centres[f],
+                    visit=cfg.first_visit + rank,
+                    detector=cfg.detector + k,
+                    field=f,
+                    band=band,
+                    slot=j,
+                    mjd=mjd,
+                    exptime=cfg.exptime,
+                    airmass=float(airmass),
+                    seeing=float(seeing),
+                    sky=float(sky),
+                    dither=(float(dx), float(dy)),
+                    rotation=float(rot),
+                    wcs=wcs,
+                    psf=make_psf(cfg.psf_kind, seeing / cfg.pixel_scale, cfg.psf_beta),
+                    zero_point=cfg.zp_exposure - EXTINCTION[band] * (airmass - 1.0),
+                )
             )
-        )
     return Survey(config=cfg, fields=centres, catalogs=catalogs, visits=visits)

@@ -127,9 +127,9 @@ def shape(node: exp.Expr) -> Shape:
         return Point(numbers[0], numbers[1])
     if name == "CIRCLE":
         if points and len(points) == 1 and len(numbers) == 1:
-            return Circle(points[0], numbers[0])
+            return _circle(node, points[0], numbers[0])
         if not points and len(numbers) == 3:
-            return Circle(Point(numbers[0], numbers[1]), numbers[2])
+            return _circle(node, Point(numbers[0], numbers[1]), numbers[2])
         raise error_at(node, "CIRCLE takes CIRCLE(ra, dec, radius) or CIRCLE(POINT(...), radius)")
     values = [const(n) for n in numbers]
     for p in points:
@@ -147,6 +147,19 @@ def shape(node: exp.Expr) -> Shape:
             "POLYGON takes at least three vertices: POLYGON(ra1, dec1, ra2, dec2, ra3, dec3, ...)",
         )
     return Polygon([(nums[i], nums[i + 1]) for i in range(0, len(nums), 2)])
+
+
+def _circle(node: exp.Expr, centre: Point, radius: exp.Expr) -> Circle:
+    """A CIRCLE, its constant radius and declination checked (a bad one would match nothing)."""
+    r, dec = const(radius), const(centre.dec)
+    if r is not None and not 0 <= float(r) <= 180:
+        raise error_at(node, f"CIRCLE radius must be between 0 and 180 degrees, not {float(r):g}")
+    if dec is not None and not -90 <= float(dec) <= 90:
+        raise error_at(
+            node,
+            f"CIRCLE centre declination must be between -90 and 90 degrees, not {float(dec):g}",
+        )
+    return Circle(centre, radius)
 
 
 def _box_vertices(ra: float, dec: float, width: float, height: float) -> list[tuple[float, float]]:

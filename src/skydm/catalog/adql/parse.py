@@ -13,6 +13,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from skydm.catalog.adql.errors import AdqlError
+from skydm.catalog.adql.syntax import explain
 
 #: Longest accepted query (bytes of UTF-8).
 MAX_QUERY_BYTES = 100_000
@@ -74,15 +75,8 @@ def parse(adql: str) -> exp.Expr:
     check_limits(adql)
     try:
         statements = sqlglot.parse(adql, read="tsql")
-    except ParseError as exc:
-        first = exc.errors[0] if exc.errors else {}
-        line, col = first.get("line"), first.get("col")
-        pos = (int(line), int(col)) if line is not None and col is not None else None
-        snippet = first.get("highlight") or None
-        desc = str(first.get("description") or exc).split("\n")[0]
-        raise AdqlError(f"syntax error: {desc}", position=pos, snippet=snippet) from None
-    except TokenError as exc:
-        raise AdqlError(f"syntax error: {exc}") from None
+    except (ParseError, TokenError) as exc:
+        raise explain(adql, exc) from None
     except RecursionError:
         raise AdqlError("the query is nested too deeply to parse; simplify it") from None
     real = [s for s in statements if s is not None]

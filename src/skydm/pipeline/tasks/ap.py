@@ -80,12 +80,21 @@ class DiffimTask(Task):
 
     def run(self, unit: WorkUnit, io: UnitIO) -> None:
         from skydm.diffim import detect_dia_sources, subtract
+        from skydm.diffim.measure import measure_dia_sources
 
         assert isinstance(self.config, DiffimConfig)
         science = io.exposure(unit.inputs[0])
         template = io.exposure(unit.inputs[1])
         result = subtract(science, template, method=self.config.method)
         sources = detect_dia_sources(result, threshold=self.config.threshold)
+        sources = measure_dia_sources(
+            sources,
+            result.difference,
+            science=science,
+            template=result.template,
+            science_psf=result.science_psf,
+            template_psf=result.template_psf,
+        )
         io.put_exposure(unit.outputs[0], result.difference)
         sources.meta = {k: v for k, v in sources.meta.items() if _fits_scalar(v)}
         io.put_table(unit.outputs[1], sources)

@@ -9,8 +9,11 @@ search and a count; for other catalog tables, the first rows.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 from xml.sax.saxutils import escape
 
+from skydm.errors import SkydmError
 from skydm.services.tap.vosi import TableInfo, TableSet
 
 
@@ -28,8 +31,37 @@ def _position_columns(table: TableInfo) -> tuple[str, str] | None:
     return (ra, dec) if ra and dec else None
 
 
-def examples_for(tableset: TableSet) -> list[tuple[str, str, str, str]]:
-    """The examples as (id, name, description, query)."""
+def sample_positions(engine: Any, tableset: TableSet) -> dict[str, tuple[float, float]]:
+    """A position held by each table with a sky position, for cone searches that find rows.
+
+    A fixed centre would find nothing on most catalogs; the first row's
+    position always finds at least that row.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for table in tableset.tables.values():
+        position = _position_columns(table)
+        if table.schema.lower() == "tap_schema" or position is None:
+            continue
+        ra, dec = position
+        try:
+            rows = engine.execute(f"SELECT TOP 1 {ra}, {dec} FROM {table.name}").table
+        except SkydmError:
+            continue  # an example without data is still an example of the syntax
+        if rows.num_rows:
+            a, d = rows.column(0)[0].as_py(), rows.column(1)[0].as_py()
+            if a is not None and d is not None:
+                out[table.name] = (round(float(a), 4), round(float(d), 4))
+    return out
+
+
+def examples_for(
+    tableset: TableSet, positions: Mapping[str, tuple[float, float]] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """The examples as (id, name, description, query).
+
+    ``positions`` gives each positional table's cone centre (see
+    :func:`sample_positions`); (10, 20) where it gives none.
+    """
     out = [
         (
             "tap-schema-tables",
@@ -52,13 +84,14 @@ def examples_for(tableset: TableSet) -> list[tuple[str, str, str, str]]:
         position = _position_columns(table)
         if position is not None:
             ra, dec = position
+            ra0, dec0 = (positions or {}).get(table.name, (10.0, 20.0))
             out.append(
                 (
                     f"cone-{slug}",
                     f"Cone search in {table.name}",
                     f"Rows of {table.name} within 1 arcminute of a sky position.",
                     f"SELECT * FROM {table.name} WHERE 1 = CONTAINS(POINT('ICRS', {ra}, {dec}), "
-                    "CIRCLE('ICRS', 10.0, 20.0, 0.0166667))",
+                    f"CIRCLE('ICRS', {ra0}, {dec0}, 0.0166667))",
                 )
             )
         out.append(
@@ -72,7 +105,9 @@ def examples_for(tableset: TableSet) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def examples_document(tableset: TableSet) -> bytes:
+def examples_document(
+    tableset: TableSet, positions: Mapping[str, tuple[float, float]] | None = None
+) -> bytes:
     """The DALI examples document as XHTML+RDFa (DALI 1.1 §2.3)."""
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>\n',
@@ -80,7 +115,7 @@ def examples_document(tableset: TableSet) -> bytes:
         "<head><title>skydm TAP examples</title></head>\n"
         '<body vocab="ivo://ivoa.net/std/DALI-examples#">\n<h1>Example queries</h1>\n',
     ]
-    for ident, name, description, query in examples_for(tableset):
+    for ident, name, description, query in examples_for(tableset, positions):
         parts.append(
             f'<div typeof="example" id="{ident}" resource="#{ident}">\n'
             f'<h2 property="name">{escape(name)}</h2>\n<p>{escape(description)}</p>\n'

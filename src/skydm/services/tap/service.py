@@ -265,8 +265,11 @@ class TapService:
         """The job ``job_id`` (raises ``JobNotFoundError``)."""
         return self.store.get(job_id)
 
-    def list_jobs(self, params: Params) -> list[Job]:
-        """Jobs filtered by the UWS 1.1 ``PHASE``, ``AFTER`` and ``LAST`` parameters."""
+    def list_jobs(self, params: Params, *, owner: str | None = None) -> list[Job]:
+        """Jobs filtered by the UWS 1.1 ``PHASE``, ``AFTER`` and ``LAST`` parameters.
+
+        With ``owner``, only that user's jobs.
+        """
         phases = [p.upper() for p in params.get("PHASE", [])]
         for phase in phases:
             if phase not in UWS_PHASES:
@@ -282,7 +285,7 @@ class TapService:
                 last = -1
             if last < 1:
                 raise TapParameterError("LAST", last_value, "give a positive integer")
-        return self.store.find(phases=phases or None, after=after, last=last)
+        return self.store.find(phases=phases or None, after=after, last=last, owner=owner)
 
     def set_phase(self, job_id: str, value: str) -> Job:
         """Apply ``PHASE=RUN`` or ``PHASE=ABORT`` to a job."""

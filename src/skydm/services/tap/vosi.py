@@ -55,6 +55,15 @@ _STANDARD_OUTPUT_IDS = {
 }
 
 
+def _data_models(config: TapConfig) -> list[str]:
+    """TAPRegExt ``dataModel`` elements: ObsCore 1.1 when ``ivoa.ObsCore`` is published."""
+    from skydm.catalog.obscore import OBSCORE, OBSCORE_DM
+
+    if (config.catalog_dir / OBSCORE.qualified).exists():
+        return [f'<dataModel ivo-id="{OBSCORE_DM}">ObsCore-1.1</dataModel>\n']
+    return []
+
+
 def capabilities(base_url: str, config: TapConfig, features: Iterable[tuple[str, str]]) -> bytes:
     """The VOSI capabilities document of the TAP service at ``base_url``.
 
@@ -78,6 +87,7 @@ def capabilities(base_url: str, config: TapConfig, features: Iterable[tuple[str,
         '<capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">\n',
         '<interface role="std" version="1.1" xsi:type="vs:ParamHTTP">'
         f'<accessURL use="base">{escape(base_url)}</accessURL></interface>\n',
+        *_data_models(config),
         "<language><name>ADQL</name>"
         '<version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>'
         '<version ivo-id="ivo://ivoa.net/std/ADQL#v2.1">2.1</version>'

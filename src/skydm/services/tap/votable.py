@@ -14,6 +14,7 @@ rare ``unicodeChar`` columns.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -201,12 +202,28 @@ def header(specs: Sequence[FieldSpec], *, query: str | None, encoding: str) -> b
     if query is not None:
         parts.append(f'<INFO name="QUERY" value={quoteattr(query)}/>\n')
     parts.append("<TABLE>\n")
+    if encoding == "TABLEDATA":
+        specs = [_tabledata_spec(spec) for spec in specs]
     parts.extend(spec.field_xml() + "\n" for spec in specs)
     if encoding == "BINARY2":
         parts.append('<DATA><BINARY2><STREAM encoding="base64">\n')
     else:
         parts.append("<DATA><TABLEDATA>\n")
     return "".join(parts).encode()
+
+
+def _tabledata_spec(spec: FieldSpec) -> FieldSpec:
+    """Text columns of a TABLEDATA document declared ``unicodeChar``.
+
+    VOTable ``char`` is ASCII; in TABLEDATA the cell text is the same either
+    way, so a free-text column is declared ``unicodeChar`` and a reader
+    decodes any character in it rightly (BINARY2 keeps ``char``: its bytes
+    differ, and ``?`` stands for characters beyond ASCII there).  Text with a
+    fixed format (``xtype`` timestamp, region) stays ``char``.
+    """
+    if spec.datatype != "char" or spec.xtype or spec.arraysize not in ("*", None):
+        return spec
+    return dataclasses.replace(spec, datatype="unicodeChar")
 
 
 def footer(*, encoding: str, overflow: bool, error: str | None = None) -> bytes:

@@ -19,12 +19,24 @@ from skydm.services.tap.handlers.common import (
 )
 from skydm.services.tap.params import single
 from skydm.services.tap.uws.models import UWS_NS, iso, job_list_xml, job_xml
+from skydm.services.tap.uws.owned import UserJobs
 from skydm.services.tap.votable import error_document
 
 router = APIRouter(prefix="/async")
 
 XML = "application/xml"
 _POLL = 0.05  # seconds between looks at a job during a blocking WAIT
+
+
+def jobs(request: Request) -> UserJobs:
+    """The jobs the caller may see: its own with auth on (``request.state.auth``), else all."""
+    who = getattr(request.state, "auth", None)
+    auth = getattr(request.app.state, "auth_config", None)
+    if who is None:
+        return UserJobs(service(request), None)
+    if auth is None:
+        return UserJobs(service(request), who.username)
+    return UserJobs(service(request), who.username, auth.max_user_jobs, auth.max_user_result_bytes)
 
 
 def _job_url(request: Request, job_id: str) -> str:
@@ -38,22 +50,22 @@ def _see_other(url: str) -> RedirectResponse:
 @router.get("", summary="List async jobs")
 async def list_jobs(request: Request) -> Response:
     """The job list, filtered by ``PHASE`` (repeatable), ``AFTER`` and ``LAST``."""
-    jobs = service(request).list_jobs(await params_of(request))
-    return Response(job_list_xml(jobs, f"{tap_url(request)}/async"), media_type=XML)
+    found = jobs(request).list_jobs(await params_of(request))
+    return Response(job_list_xml(found, f"{tap_url(request)}/async"), media_type=XML)
 
 
 @router.post("", summary="Create an async job")
 async def create_job(request: Request) -> Response:
     """Create a job from TAP parameters; ``PHASE=RUN`` also starts it."""
     params, files = await inputs_of(request)
-    job = service(request).create_job(params, files=files)
+    job = jobs(request).create_job(params, files=files)
     return _see_other(_job_url(request, job.job_id))
 
 
 @router.get("/{job_id}", summary="An async job")
 async def get_job(request: Request, job_id: str) -> Response:
     """The job document; ``WAIT=n`` blocks until the phase changes (UWS 1.1 §2.2.1.1)."""
-    tap = service(request)
+    tap = jobs(request)
     params = await params_of(request)
     job = tap.get_job(job_id)
     wait = single(params, "WAIT")
@@ -80,7 +92,7 @@ async def get_job(request: Request, job_id: str) -> Response:
 @router.post("/{job_id}", summary="Delete an async job (ACTION=DELETE)")
 async def post_job(request: Request, job_id: str) -> Response:
     """``ACTION=DELETE`` deletes the job; other parameters update it like their resources."""
-    tap = service(request)
+    tap = jobs(request)
     params = await params_of(request)
     action = single(params, "ACTION")
     if action is not None:
@@ -105,13 +117,13 @@ async def post_job(request: Request, job_id: str) -> Response:
 @router.delete("/{job_id}", summary="Delete an async job")
 async def delete_job(request: Request, job_id: str) -> Response:
     """Abort the job if it runs, then remove it and its result."""
-    service(request).delete_job(job_id)
+    jobs(request).delete_job(job_id)
     return _see_other(f"{tap_url(request)}/async")
 
 
 @router.get("/{job_id}/phase", summary="The job's phase")
 async def get_phase(request: Request, job_id: str) -> Response:
-    return PlainTextResponse(service(request).get_job(job_id).phase.value)
+    return PlainTextResponse(jobs(request).get_job(job_id).phase.value)
 
 
 @router.post("/{job_id}/phase", summary="Run or abort the job")
@@ -121,7 +133,7 @@ async def post_phase(request: Request, job_id: str) -> Response:
     value = single(params, "PHASE")
     if value is None:
         raise TapParameterError("PHASE", "", "give PHASE=RUN or PHASE=ABORT")
-    tap = service(request)
+    tap = jobs(request)
     if value.strip().upper() == "ABORT":
         # Terminating the worker waits on the process: keep the event loop free.
         await asyncio.to_thread(tap.set_phase, job_id, value)
@@ -132,7 +144,7 @@ async def post_phase(request: Request, job_id: str) -> Response:
 
 @router.get("/{job_id}/executionduration", summary="The job's execution duration")
 async def get_execution_duration(request: Request, job_id: str) -> Response:
-    return PlainTextResponse(str(service(request).get_job(job_id).execution_duration))
+    return PlainTextResponse(str(jobs(request).get_job(job_id).execution_duration))
 
 
 @router.post("/{job_id}/executionduration", summary="Change the job's execution duration")
@@ -140,13 +152,13 @@ async def post_execution_duration(request: Request, job_id: str) -> Response:
     value = single(await params_of(request), "EXECUTIONDURATION")
     if value is None:
         raise TapParameterError("EXECUTIONDURATION", "", "give a number of seconds")
-    service(request).set_execution_duration(job_id, value)
+    jobs(request).set_execution_duration(job_id, value)
     return _see_other(_job_url(request, job_id))
 
 
 @router.get("/{job_id}/destruction", summary="The job's destruction time")
 async def get_destruction(request: Request, job_id: str) -> Response:
-    return PlainTextResponse(iso(service(request).get_job(job_id).destruction) or "")
+    return PlainTextResponse(iso(jobs(request).get_job(job_id).destruction) or "")
 
 
 @router.post("/{job_id}/destruction", summary="Change the job's destruction time")
@@ -154,31 +166,31 @@ async def post_destruction(request: Request, job_id: str) -> Response:
     value = single(await params_of(request), "DESTRUCTION")
     if value is None:
         raise TapParameterError("DESTRUCTION", "", "give an ISO 8601 time")
-    service(request).set_destruction(job_id, value)
+    jobs(request).set_destruction(job_id, value)
     return _see_other(_job_url(request, job_id))
 
 
 @router.get("/{job_id}/error", summary="The job's error document")
 async def get_error(request: Request, job_id: str) -> Response:
     """A VOTable error document with the job's error message (empty if it has none)."""
-    job = service(request).get_job(job_id)
+    job = jobs(request).get_job(job_id)
     return Response(error_document(job.error_message or ""), media_type=VOTABLE_MIME)
 
 
 @router.get("/{job_id}/quote", summary="The job's quote")
 async def get_quote(request: Request, job_id: str) -> Response:
-    service(request).get_job(job_id)
+    jobs(request).get_job(job_id)
     return PlainTextResponse("")
 
 
 @router.get("/{job_id}/owner", summary="The job's owner")
 async def get_owner(request: Request, job_id: str) -> Response:
-    return PlainTextResponse(service(request).get_job(job_id).owner or "")
+    return PlainTextResponse(jobs(request).get_job(job_id).owner or "")
 
 
 @router.get("/{job_id}/parameters", summary="The job's parameters")
 async def get_parameters(request: Request, job_id: str) -> Response:
-    job = service(request).get_job(job_id)
+    job = jobs(request).get_job(job_id)
     body = "".join(
         f"<uws:parameter id={quoteattr(k)}>{escape(v)}</uws:parameter>"
         for k, v in job.parameters.items()
@@ -192,13 +204,13 @@ async def get_parameters(request: Request, job_id: str) -> Response:
 
 @router.post("/{job_id}/parameters", summary="Change the parameters of a PENDING job")
 async def post_parameters(request: Request, job_id: str) -> Response:
-    service(request).update_parameters(job_id, await params_of(request))
+    jobs(request).update_parameters(job_id, await params_of(request))
     return _see_other(_job_url(request, job_id))
 
 
 @router.get("/{job_id}/results", summary="The job's results")
 async def get_results(request: Request, job_id: str) -> Response:
-    job = service(request).get_job(job_id)
+    job = jobs(request).get_job(job_id)
     result = ""
     if job.result_file is not None and job.phase.value == "COMPLETED":
         href = quoteattr(_job_url(request, job_id) + "/results/result")
@@ -213,5 +225,5 @@ async def get_results(request: Request, job_id: str) -> Response:
 @router.get("/{job_id}/results/result", summary="The job's result file")
 async def get_result(request: Request, job_id: str) -> Response:
     """The result, streamed from its file (no size cap)."""
-    path, mime = service(request).result_file(job_id)
+    path, mime = jobs(request).result_file(job_id)
     return FileResponse(path, media_type=mime)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from skydm.services.tap import vosi
 from skydm.services.tap.errors import ResultNotFoundError, TapParameterError
-from skydm.services.tap.examples import examples_document
+from skydm.services.tap.examples import examples_document, sample_positions
 from skydm.services.tap.handlers.common import service, tap_url
 
 router = APIRouter()
@@ -79,5 +79,7 @@ async def table(request: Request, name: str) -> Response:
 
 @router.get("/examples", summary="DALI examples")
 async def examples(request: Request) -> Response:
-    tableset = await asyncio.to_thread(service(request).tableset)
-    return Response(examples_document(tableset), media_type="application/xhtml+xml")
+    tap = service(request)
+    tableset = await asyncio.to_thread(tap.tableset)
+    positions = await asyncio.to_thread(sample_positions, tap.engine, tableset)
+    return Response(examples_document(tableset, positions), media_type="application/xhtml+xml")

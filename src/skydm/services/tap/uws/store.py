@@ -132,8 +132,11 @@ class JobStore:
         phases: Iterable[str] | None = None,
         after: float | None = None,
         last: int | None = None,
+        owner: str | None = None,
     ) -> list[Job]:
         """Jobs filtered as the UWS 1.1 job list allows (``PHASE``, ``AFTER``, ``LAST``).
+
+        With ``owner``, only that user's jobs (before ``LAST`` is applied).
 
         Jobs come in creation order; with ``last``, the ``last`` most recent
         ones, most recent first (UWS 1.1 §2.2.2.1).
@@ -143,6 +146,9 @@ class JobStore:
         if phase_list:
             sql += f" AND phase IN ({', '.join('?' * len(phase_list))})"
             args.extend(phase_list)
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
         if after is not None:
             sql += " AND creation_time > ?"
             args.append(after)
