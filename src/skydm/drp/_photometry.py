@@ -1,0 +1,195 @@
+"""Forced PSF photometry of one band at fixed positions: objects whose PSF stamps
+overlap are fitted together (one linear least-squares fit of PSF amplitudes),
+with aperture fluxes of each object after its neighbours' models are removed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from skydm.drp._detect import BandPlanes
+
+
+@dataclass
+class BandPhotometry:
+    """One band's forced measurements, in the coadd's counts.
+
+    Attributes
+    ----------
+    flux, flux_err : numpy.ndarray
+        PSF flux (amplitude of the unit-sum PSF model) and its error from the
+        variance plane, marginalised over the neighbours fitted with it; NaN
+        where no usable pixel was left.
+    psf_fraction : numpy.ndarray
+        Fraction of the PSF's squared weight on usable pixels.
+    ap_flux, ap_flux_err : numpy.ndarray
+        Aperture flux of the object alone (neighbours' fitted models
+        removed, masked pixels replaced by the object's model), divided by
+        the PSF model's flux fraction in the same aperture: equal to the PSF
+        flux in expectation for a point source.
+    clipped_stamp : numpy.ndarray
+        True where the PSF stamp crosses the image border.
+    """
+
+    flux: np.ndarray
+    flux_err: np.ndarray
+    psf_fraction: np.ndarray
+    ap_flux: np.ndarray
+    ap_flux_err: np.ndarray
+    clipped_stamp: np.ndarray
+
+
+def stamp_groups(x: np.ndarray, y: np.ndarray, size: int, max_group: int) -> list[np.ndarray]:
+    """Indexes of objects fitted together: connected sets of overlapping stamps.
+
+    Sets larger than ``max_group`` are split into single objects.
+    """
+    n = x.size
+    if n == 0:
+        return []
+    tree = cKDTree(np.column_stack([x, y]))
+    pairs = tree.query_pairs(r=float(size), p=np.inf, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    groups: list[np.ndarray] = []
+    for g in np.split(order, bounds):
+        if g.size > max_group:
+            groups.extend(np.array([i]) for i in g)
+        else:
+            groups.append(g)
+    return groups
+
+
+def measure_band(
+    band: BandPlanes,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: list[np.ndarray],
+    *,
+    stamp: int,
+    aperture_radius: float,
+) -> BandPhotometry:
+    """PSF and aperture fluxes of every object in one band.
+
+    Parameters
+    ----------
+    band : BandPlanes
+        The band's background-subtracted planes and PSF.
+    x, y : numpy.ndarray
+        Positions (0-based pixels).
+    groups : list of numpy.ndarray
+        Objects fitted together (:func:`stamp_groups`).
+    stamp : int
+        Side of the PSF stamp (odd).
+    aperture_radius : float
+        Radius of the aperture flux, pixels (within the stamp).
+    """
+    n = x.size
+    out = BandPhotometry(
+        flux=np.full(n, np.nan),
+        flux_err=np.full(n, np.nan),
+        psf_fraction=np.zeros(n),
+        ap_flux=np.full(n, np.nan),
+        ap_flux_err=np.full(n, np.nan),
+        clipped_stamp=np.zeros(n, dtype=bool),
+    )
+    half = stamp // 2
+    ny, nx = band.image.shape
+    for g in groups:
+        _fit_group(band, x[g], y[g], g, half, (ny, nx), aperture_radius, out)
+    return out
+
+
+def _fit_group(
+    band: BandPlanes,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    index: np.ndarray,
+    half: int,
+    shape: tuple[int, int],
+    radius: float,
+    out: BandPhotometry,
+) -> None:
+    ny, nx = shape
+    ix, iy = np.rint(xs).astype(int), np.rint(ys).astype(int)
+    x0, x1 = max(int(ix.min()) - half, 0), min(int(ix.max()) + half + 1, nx)
+    y0, y1 = max(int(iy.min()) - half, 0), min(int(iy.max()) + half + 1, ny)
+    if x1 <= x0 or y1 <= y0:
+        return
+    h, w = y1 - y0, x1 - x0
+    m = xs.size
+    size = 2 * half + 1
+    models = np.zeros((m, h, w))
+    full_norm2 = np.zeros(m)
+    for k in range(m):
+        kern = band.psf.kernel(size=size, dx=float(xs[k] - ix[k]), dy=float(ys[k] - iy[k]))
+        full_norm2[k] = float(np.sum(kern * kern))
+        # The part of the stamp that falls on the image.
+        sy0, sx0 = iy[k] - half - y0, ix[k] - half - x0
+        ky0, kx0 = max(-sy0, 0), max(-sx0, 0)
+        ky1, kx1 = min(size, h - sy0), min(size, w - sx0)
+        models[k, sy0 + ky0 : sy0 + ky1, sx0 + kx0 : sx0 + kx1] = kern[ky0:ky1, kx0:kx1]
+        out.clipped_stamp[index[k]] = ky0 > 0 or kx0 > 0 or ky1 < size or kx1 < size
+    data = band.image[y0:y1, x0:x1].astype(np.float64)
+    var = band.variance[y0:y1, x0:x1].astype(np.float64)
+    good = ~band.bad[y0:y1, x0:x1] & np.isfinite(var) & (var > 0)
+    wgt = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
+    a = models.reshape(m, -1)
+    aw = a * wgt.reshape(1, -1)
+    normal = aw @ a.T
+    rhs = aw @ np.where(good, data, 0.0).reshape(-1)
+    psf_frac = np.einsum("kij,kij->k", models, models * good) / full_norm2
+    out.psf_fraction[index] = psf_frac
+    active = np.diag(normal) > 0
+    flux = np.zeros(m)
+    if active.any():
+        sub = normal[np.ix_(active, active)]
+        try:
+            cov = np.linalg.inv(sub)
+        except np.linalg.LinAlgError:
+            # Coincident positions: the pseudo-inverse splits the flux evenly.
+            cov = np.linalg.pinv(sub)
+        flux[active] = cov @ rhs[active]
+        err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        out.flux[index[active]] = flux[active]
+        out.flux_err[index[active]] = err
+    # Aperture flux of each object with its neighbours' models removed.
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    total_model = np.tensordot(flux, models, axes=1)
+    for k in np.flatnonzero(active):
+        own = flux[k] * models[k]
+        alone = np.where(good, data - (total_model - own), own)
+        ap = (xx - xs[k]) ** 2 + (yy - ys[k]) ** 2 <= radius * radius
+        frac = float(np.sum(models[k][ap]))
+        if frac <= 0:
+            continue
+        out.ap_flux[index[k]] = float(np.sum(alone[ap])) / frac
+        out.ap_flux_err[index[k]] = float(np.sqrt(np.sum(var[ap & good]))) / frac
+
+
+def big_aperture(
+    band: BandPlanes, x: np.ndarray, y: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flux in a circle of ``radius`` pixels; NaN where it holds an unusable pixel
+    or leaves the image."""
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    var = np.where(band.bad, 0.0, band.variance).astype(np.float64)
+    flux, err, flag = sep.sum_circle(
+        np.ascontiguousarray(band.image, dtype=np.float64),
+        x,
+        y,
+        radius,
+        var=np.ascontiguousarray(var),
+        mask=np.ascontiguousarray(band.bad),
+        subpix=5,
+    )
+    bad = (flag & (sep.APER_HASMASKED | sep.APER_TRUNC)) != 0
+    return np.where(bad, np.nan, flux), np.where(bad, np.nan, err)
