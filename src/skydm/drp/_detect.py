@@ -211,7 +211,7 @@ def _prominent_peaks(
         if xs:
             d2 = (np.asarray(xs) - x) ** 2 + (np.asarray(ys) - y) ** 2
             k = int(np.argmin(d2))
-            steps = int(math.ceil(math.sqrt(float(d2[k])))) + 1
+            steps = math.ceil(math.sqrt(float(d2[k]))) + 1
             t = np.linspace(0.0, 1.0, steps + 1)
             lx = np.rint(x + t * (xs[k] - x)).astype(np.int64)
             ly = np.rint(y + t * (ys[k] - y)).astype(np.int64)
@@ -231,7 +231,9 @@ def _prominent_peaks(
     return all_x, all_y
 
 
-def _watershed(linear: np.ndarray, parents: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def _watershed(
+    linear: np.ndarray, parents: np.ndarray, px: np.ndarray, py: np.ndarray
+) -> np.ndarray:
     """Children's footprints: each parent's pixels flooded from its peaks."""
     level = np.log(np.clip(linear, 0.1, None))
     lo, hi = float(level.min()), float(level.max())

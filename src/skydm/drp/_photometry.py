@@ -163,15 +163,15 @@ def _fit_group(
     # Aperture flux of each object with its neighbours' models removed.
     yy, xx = np.mgrid[y0:y1, x0:x1]
     total_model = np.tensordot(flux, models, axes=1)
-    for k in np.flatnonzero(active):
-        own = flux[k] * models[k]
+    for j in np.flatnonzero(active).tolist():
+        own = flux[j] * models[j]
         alone = np.where(good, data - (total_model - own), own)
-        ap = (xx - xs[k]) ** 2 + (yy - ys[k]) ** 2 <= radius * radius
-        frac = float(np.sum(models[k][ap]))
+        ap = (xx - xs[j]) ** 2 + (yy - ys[j]) ** 2 <= radius * radius
+        frac = float(np.sum(models[j][ap]))
         if frac <= 0:
             continue
-        out.ap_flux[index[k]] = float(np.sum(alone[ap])) / frac
-        out.ap_flux_err[index[k]] = float(np.sqrt(np.sum(var[ap & good]))) / frac
+        out.ap_flux[index[j]] = float(np.sum(alone[ap])) / frac
+        out.ap_flux_err[index[j]] = float(np.sqrt(np.sum(var[ap & good]))) / frac
 
 
 def big_aperture(
@@ -193,3 +193,96 @@ def big_aperture(
     )
     bad = (flag & (sep.APER_HASMASKED | sep.APER_TRUNC)) != 0
     return np.where(bad, np.nan, flux), np.where(bad, np.nan, err)
+
+
+def _group_box(
+    xs: np.ndarray, ys: np.ndarray, half: int, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    ny, nx = shape
+    ix, iy = np.rint(xs).astype(int), np.rint(ys).astype(int)
+    x0, x1 = max(int(ix.min()) - half, 0), min(int(ix.max()) + half + 1, nx)
+    y0, y1 = max(int(iy.min()) - half, 0), min(int(iy.max()) + half + 1, ny)
+    return x0, x1, y0, y1
+
+
+def _place(
+    kern: np.ndarray, xc: float, yc: float, box: tuple[int, int, int, int], out: np.ndarray
+) -> None:
+    """Add a stamp centred on pixel round(xc), round(yc) into ``out`` (the box's planes)."""
+    x0, x1, y0, y1 = box
+    size = kern.shape[0]
+    half = size // 2
+    sy0, sx0 = round(yc) - half - y0, round(xc) - half - x0
+    ky0, kx0 = max(-sy0, 0), max(-sx0, 0)
+    ky1, kx1 = min(size, (y1 - y0) - sy0), min(size, (x1 - x0) - sx0)
+    if ky1 > ky0 and kx1 > kx0:
+        out[sy0 + ky0 : sy0 + ky1, sx0 + kx0 : sx0 + kx1] += kern[ky0:ky1, kx0:kx1]
+
+
+def position_shifts(
+    band: BandPlanes,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: list[np.ndarray],
+    *,
+    stamp: int,
+    step: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Linearised PSF fit of position offsets in one band.
+
+    Each group is fitted with, per object, the PSF and its derivatives with
+    respect to the centre (central differences of ``step`` pixels): the
+    model ``f P(x - x0 - dx) ~ f P + (f dx) dP/dx0 + (f dy) dP/dy0`` is
+    linear in ``f``, ``f dx`` and ``f dy``.
+
+    Returns
+    -------
+    dx, dy : numpy.ndarray
+        Offsets to add to the positions (NaN where not measurable).
+    var_dx, var_dy : numpy.ndarray
+        Their variances from the variance plane.
+    """
+    n = x.size
+    dx_out, dy_out = np.full(n, np.nan), np.full(n, np.nan)
+    vx_out, vy_out = np.full(n, np.nan), np.full(n, np.nan)
+    half = stamp // 2
+    for g in groups:
+        xs, ys = x[g], y[g]
+        box = _group_box(xs, ys, half, band.image.shape)
+        x0, x1, y0, y1 = box
+        if x1 <= x0 or y1 <= y0:
+            continue
+        m = g.size
+        planes = np.zeros((3 * m, y1 - y0, x1 - x0))
+        for k in range(m):
+            fx, fy = float(xs[k] - round(xs[k])), float(ys[k] - round(ys[k]))
+            kern = band.psf.kernel(size=stamp, dx=fx, dy=fy)
+            ddx = band.psf.kernel(size=stamp, dx=fx + step, dy=fy) - band.psf.kernel(
+                size=stamp, dx=fx - step, dy=fy
+            )
+            ddy = band.psf.kernel(size=stamp, dx=fx, dy=fy + step) - band.psf.kernel(
+                size=stamp, dx=fx, dy=fy - step
+            )
+            _place(kern, xs[k], ys[k], box, planes[3 * k])
+            _place(ddx / (2 * step), xs[k], ys[k], box, planes[3 * k + 1])
+            _place(ddy / (2 * step), xs[k], ys[k], box, planes[3 * k + 2])
+        data = band.image[y0:y1, x0:x1]
+        var = band.variance[y0:y1, x0:x1]
+        good = ~band.bad[y0:y1, x0:x1] & np.isfinite(var) & (var > 0)
+        wgt = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0).reshape(-1)
+        a = planes.reshape(3 * m, -1)
+        normal = (a * wgt) @ a.T
+        rhs = (a * wgt) @ np.where(good, data, 0.0).reshape(-1)
+        try:
+            cov = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            continue
+        coef = cov @ rhs
+        f = coef[0::3]
+        ok = f > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dx_out[g] = np.where(ok, coef[1::3] / f, np.nan)
+            dy_out[g] = np.where(ok, coef[2::3] / f, np.nan)
+            vx_out[g] = np.where(ok, np.diag(cov)[1::3] / f**2, np.nan)
+            vy_out[g] = np.where(ok, np.diag(cov)[2::3] / f**2, np.nan)
+    return dx_out, dy_out, vx_out, vy_out

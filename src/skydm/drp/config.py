@@ -58,6 +58,12 @@ class ObjectConfig:
         Number of sub-thresholds of sep's deblender.
     deblend_cont : float
         Minimum flux fraction of a child for sep's deblender; 1 switches it off.
+    centroid_iterations : int
+        Rounds of the multi-band linearised PSF fit that refines the
+        detection-image centroids (0 keeps those).
+    centroid_max_shift : float
+        Largest move of that fit, pixels; an object that would move further
+        (a blend the fit cannot untangle) keeps its detection centroid.
     subtract_background : bool
         Re-estimate and subtract a smooth background from each coadd first.
     background_box : int
@@ -96,6 +102,8 @@ class ObjectConfig:
     peak_prominence: float = 3.0
     deblend_nthresh: int = 32
     deblend_cont: float = 0.005
+    centroid_iterations: int = 2
+    centroid_max_shift: float = 1.5
     subtract_background: bool = False
     background_box: int = 128
     psf_stamp: int = 41
@@ -120,6 +128,7 @@ class ObjectConfig:
             "apcorr_radius",
             "extended_nsigma",
             "peak_prominence",
+            "centroid_max_shift",
         ):
             positive(name)
         if self.detection_image not in DETECTION_IMAGES:
@@ -133,6 +142,7 @@ class ObjectConfig:
             ("deblend_nthresh", 1),
             ("max_group", 1),
             ("apcorr_min_stars", 1),
+            ("centroid_iterations", 0),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

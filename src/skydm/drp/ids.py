@@ -38,7 +38,9 @@ def skycell_index(skycell: str | int) -> int:
     if isinstance(skycell, int | np.integer):
         index = int(skycell)
         if not 0 <= index < 1 << (_CELL_BITS_I + _CELL_BITS_J):
-            raise BadValueError("skycell", skycell, f"an index in [0, 2**{_CELL_BITS_I + _CELL_BITS_J})")
+            raise BadValueError(
+                "skycell", skycell, f"an index in [0, 2**{_CELL_BITS_I + _CELL_BITS_J})"
+            )
         return index
     m = _CELL_ID.match(str(skycell))
     if not m:

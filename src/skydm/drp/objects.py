@@ -16,7 +16,13 @@ from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from skydm.drp._detect import BandPlanes, Detections, detect
-from skydm.drp._photometry import BandPhotometry, big_aperture, measure_band, stamp_groups
+from skydm.drp._photometry import (
+    BandPhotometry,
+    big_aperture,
+    measure_band,
+    position_shifts,
+    stamp_groups,
+)
 from skydm.drp.config import ObjectConfig, ObjectFlag
 from skydm.errors import BadValueError, UserError
 from skydm.image.detect import estimate_background
@@ -33,9 +39,7 @@ _FOOTPRINT_BITS = (
 )
 
 
-def measure_objects(
-    coadds: Mapping[str, Exposure], config: ObjectConfig | None = None
-) -> Table:
+def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None = None) -> Table:
     """Detect objects on one sky cell's coadds and measure them in every band.
 
     Parameters
@@ -75,6 +79,8 @@ def measure_objects(
     n = len(found)
     stamp = max(min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes)
     groups = stamp_groups(found.x, found.y, stamp, config.max_group)
+    x, y = _refine_positions(found, planes, groups, config)
+    found.x, found.y = x, y
     phot = [
         measure_band(
             p,
@@ -92,7 +98,9 @@ def measure_objects(
         flags[ph.psf_fraction < config.partial_psf_fraction] |= ObjectFlag.PARTIAL_PSF
         flags[~np.isfinite(ph.flux)] |= ObjectFlag.NO_FLUX
         flags[ph.clipped_stamp] |= ObjectFlag.EDGE
-    calib = [_calibrate_band(p, found, ph, flags, config) for p, ph in zip(planes, phot, strict=True)]
+    calib = [
+        _calibrate_band(p, found, ph, flags, config) for p, ph in zip(planes, phot, strict=True)
+    ]
     if any(c.n_stars == 0 for c in calib):
         flags |= ObjectFlag.NO_APCORR
     extended = _extendedness(phot, scales, [c.locus for c in calib], config)
@@ -175,6 +183,41 @@ def _prepare(
     return bands, planes, scales
 
 
+def _refine_positions(
+    found: Detections, planes: list[BandPlanes], groups: list[np.ndarray], config: ObjectConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids refined by a multi-band linearised PSF fit of the position.
+
+    Each band's offset (:func:`~skydm.drp._photometry.position_shifts`) is
+    combined with inverse-variance weights; ``centroid_iterations`` rounds.
+    An object whose offset is not measurable, or whose total move would
+    exceed ``centroid_max_shift`` pixels, keeps its detection-image centroid.
+    """
+    x0, y0 = found.x.copy(), found.y.copy()
+    x, y = x0.copy(), y0.copy()
+    for _ in range(config.centroid_iterations):
+        sx, sy, wx, wy = (np.zeros(x.size) for _ in range(4))
+        for p in planes:
+            stamp = min(p.psf.default_size(), config.psf_stamp) | 1
+            dx, dy, vx, vy = position_shifts(p, x, y, groups, stamp=stamp)
+            ok = np.isfinite(dx) & np.isfinite(dy) & (vx > 0) & (vy > 0)
+            with np.errstate(divide="ignore"):
+                sx += np.where(ok, dx / np.where(ok, vx, 1.0), 0.0)
+                sy += np.where(ok, dy / np.where(ok, vy, 1.0), 0.0)
+                wx += np.where(ok, 1.0 / np.where(ok, vx, 1.0), 0.0)
+                wy += np.where(ok, 1.0 / np.where(ok, vy, 1.0), 0.0)
+        has = (wx > 0) & (wy > 0)
+        step_x = np.where(has, sx / np.where(has, wx, 1.0), 0.0)
+        step_y = np.where(has, sy / np.where(has, wy, 1.0), 0.0)
+        # One linearised step is good to ~0.1 px; larger steps are damped to
+        # a pixel so that the next round stays in the linear regime.
+        x = x + np.clip(step_x, -1.0, 1.0)
+        y = y + np.clip(step_y, -1.0, 1.0)
+    moved = np.hypot(x - x0, y - y0) > config.centroid_max_shift
+    bad = moved | ~np.isfinite(x) | ~np.isfinite(y)
+    return np.where(bad, x0, x), np.where(bad, y0, y)
+
+
 def _same_grid(a: object, b: object, shape: tuple[int, int]) -> bool:
     """Whether two WCSs put the corners and centre of ``shape`` at the same place."""
     ny, nx = shape
@@ -192,16 +235,30 @@ def _aperture_px(plane: BandPlanes, config: ObjectConfig) -> float:
 
 
 def _footprint_flags(found: Detections, planes: list[BandPlanes]) -> np.ndarray:
-    """Flags from the mask bits found in each object's footprint, in any band."""
+    """Flags from the mask bits in each object's footprint or its PSF core, in any band.
+
+    The core (a disk of one PSF FWHM about the centroid) counts too: pixels
+    that are unusable in every band are no part of any footprint.
+    """
     flags = np.zeros(len(found), dtype=np.int64)
     seg = found.segmap
     inside = seg > 0
+    ny, nx = seg.shape
     for p in planes:
         mask = p.mask
-        for bits, flag in _FOOTPRINT_BITS:
-            hit = inside & ((mask & np.uint32(bits)) != 0)
+        bits = np.zeros(len(found), dtype=np.uint32)
+        for k, (xc, yc) in enumerate(zip(found.x, found.y, strict=True)):
+            r = max(p.psf.fwhm, 1.0)
+            x0, x1 = max(int(xc - r), 0), min(int(xc + r) + 2, nx)
+            y0, y1 = max(int(yc - r), 0), min(int(yc + r) + 2, ny)
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            disk = (xx - xc) ** 2 + (yy - yc) ** 2 <= r * r
+            bits[k] = np.bitwise_or.reduce(mask[y0:y1, x0:x1][disk], initial=np.uint32(0))
+        for bit, flag in _FOOTPRINT_BITS:
+            hit = inside & ((mask & np.uint32(bit)) != 0)
             if hit.any():
                 flags[np.unique(seg[hit]) - 1] |= int(flag)
+            flags[(bits & np.uint32(bit)) != 0] |= int(flag)
     return flags
 
 
@@ -212,8 +269,9 @@ def _extendedness(
 
     In each band the aperture flux is normalised by the PSF model's own
     fraction in that aperture and by the band's stellar locus, so a point
-    source has ``ap - psf = 0`` in expectation; the variance of the difference is ``var(ap) - var(psf)``
-    (the PSF flux being the optimal linear estimator).  The bands are summed
+    source has ``ap - psf = 0`` in expectation; the variance of the
+    difference is ``var(ap) - var(psf)`` (the PSF flux being the optimal
+    linear estimator).  The bands are summed
     in nJy; NaN where no band has both fluxes.
     """
     n = phot[0].flux.size if phot else 0
