@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csc_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -107,6 +107,61 @@ def measure_band(
     return out
 
 
+@dataclass
+class _Stamp:
+    """A PSF stamp placed in a group's box: its kernel and the overlapping slices."""
+
+    kernel: np.ndarray
+    box: tuple[slice, slice]
+    kern: tuple[slice, slice]
+    clipped: bool
+
+    def cut(self) -> np.ndarray:
+        return self.kernel[self.kern]
+
+
+def _stamp(
+    kernel: np.ndarray, xc: float, yc: float, origin: tuple[int, int], shape: tuple[int, int]
+) -> _Stamp:
+    """Place ``kernel`` centred on pixel (round(xc), round(yc)) in a box at ``origin`` (y0, x0)."""
+    size = kernel.shape[0]
+    half = size // 2
+    h, w = shape
+    sy0, sx0 = round(yc) - half - origin[0], round(xc) - half - origin[1]
+    ky0, kx0 = max(-sy0, 0), max(-sx0, 0)
+    ky1, kx1 = max(min(size, h - sy0), ky0), max(min(size, w - sx0), kx0)
+    return _Stamp(
+        kernel,
+        (slice(sy0 + ky0, sy0 + ky1), slice(sx0 + kx0, sx0 + kx1)),
+        (slice(ky0, ky1), slice(kx0, kx1)),
+        ky0 > 0 or kx0 > 0 or ky1 < size or kx1 < size,
+    )
+
+
+def _design(stamps: list[_Stamp], shape: tuple[int, int]) -> csc_matrix:
+    """Sparse design matrix: one column per stamp over the box's flattened pixels."""
+    h, w = shape
+    rows, cols, vals = [], [], []
+    for k, st in enumerate(stamps):
+        ys, xs = st.box
+        yy, xx = np.mgrid[ys, xs]
+        rows.append((yy * w + xx).ravel())
+        cols.append(np.full(yy.size, k))
+        vals.append(st.cut().ravel())
+    return coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(h * w, len(stamps)),
+    ).tocsc()
+
+
+def _normal_equations(
+    a: csc_matrix, data: np.ndarray, wgt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``A^T W A`` (dense, small) and ``A^T W d`` for the sparse design ``A``."""
+    aw = a.multiply(wgt.reshape(-1, 1)).tocsc()
+    return np.asarray((a.T @ aw).toarray()), np.asarray(aw.T @ data.reshape(-1))
+
+
 def _fit_group(
     band: BandPlanes,
     xs: np.ndarray,
@@ -117,36 +172,27 @@ def _fit_group(
     radius: float,
     out: BandPhotometry,
 ) -> None:
-    ny, nx = shape
-    ix, iy = np.rint(xs).astype(int), np.rint(ys).astype(int)
-    x0, x1 = max(int(ix.min()) - half, 0), min(int(ix.max()) + half + 1, nx)
-    y0, y1 = max(int(iy.min()) - half, 0), min(int(iy.max()) + half + 1, ny)
+    x0, x1, y0, y1 = _group_box(xs, ys, half, shape)
     if x1 <= x0 or y1 <= y0:
         return
     h, w = y1 - y0, x1 - x0
     m = xs.size
     size = 2 * half + 1
-    models = np.zeros((m, h, w))
-    full_norm2 = np.zeros(m)
+    stamps = []
     for k in range(m):
-        kern = band.psf.kernel(size=size, dx=float(xs[k] - ix[k]), dy=float(ys[k] - iy[k]))
-        full_norm2[k] = float(np.sum(kern * kern))
-        # The part of the stamp that falls on the image.
-        sy0, sx0 = iy[k] - half - y0, ix[k] - half - x0
-        ky0, kx0 = max(-sy0, 0), max(-sx0, 0)
-        ky1, kx1 = min(size, h - sy0), min(size, w - sx0)
-        models[k, sy0 + ky0 : sy0 + ky1, sx0 + kx0 : sx0 + kx1] = kern[ky0:ky1, kx0:kx1]
-        out.clipped_stamp[index[k]] = ky0 > 0 or kx0 > 0 or ky1 < size or kx1 < size
+        fx, fy = float(xs[k] - round(xs[k])), float(ys[k] - round(ys[k]))
+        st = _stamp(band.psf.kernel(size=size, dx=fx, dy=fy), xs[k], ys[k], (y0, x0), (h, w))
+        stamps.append(st)
+        out.clipped_stamp[index[k]] = st.clipped
     data = band.image[y0:y1, x0:x1].astype(np.float64)
     var = band.variance[y0:y1, x0:x1].astype(np.float64)
     good = ~band.bad[y0:y1, x0:x1] & np.isfinite(var) & (var > 0)
     wgt = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
-    a = models.reshape(m, -1)
-    aw = a * wgt.reshape(1, -1)
-    normal = aw @ a.T
-    rhs = aw @ np.where(good, data, 0.0).reshape(-1)
-    psf_frac = np.einsum("kij,kij->k", models, models * good) / full_norm2
-    out.psf_fraction[index] = psf_frac
+    a = _design(stamps, (h, w))
+    normal, rhs = _normal_equations(a, np.where(good, data, 0.0), wgt)
+    for k, st in enumerate(stamps):
+        full = float(np.sum(st.kernel**2))
+        out.psf_fraction[index[k]] = float(np.sum(st.cut() ** 2 * good[st.box])) / full
     active = np.diag(normal) > 0
     flux = np.zeros(m)
     if active.any():
@@ -160,18 +206,22 @@ def _fit_group(
         err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
         out.flux[index[active]] = flux[active]
         out.flux_err[index[active]] = err
-    # Aperture flux of each object with its neighbours' models removed.
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    total_model = np.tensordot(flux, models, axes=1)
+    # Aperture flux of each object with its neighbours' models removed, within
+    # its own stamp (the aperture is no larger).
+    total_model = np.asarray(a @ flux).reshape(h, w)
     for j in np.flatnonzero(active).tolist():
-        own = flux[j] * models[j]
-        alone = np.where(good, data - (total_model - own), own)
-        ap = (xx - xs[j]) ** 2 + (yy - ys[j]) ** 2 <= radius * radius
-        frac = float(np.sum(models[j][ap]))
+        st = stamps[j]
+        ys_, xs_ = st.box
+        own = flux[j] * st.cut()
+        g = good[st.box]
+        alone = np.where(g, data[st.box] - (total_model[st.box] - own), own)
+        yy, xx = np.mgrid[ys_, xs_]
+        ap = (xx + x0 - xs[j]) ** 2 + (yy + y0 - ys[j]) ** 2 <= radius * radius
+        frac = float(np.sum(st.cut()[ap]))
         if frac <= 0:
             continue
         out.ap_flux[index[j]] = float(np.sum(alone[ap])) / frac
-        out.ap_flux_err[index[j]] = float(np.sqrt(np.sum(var[ap & good]))) / frac
+        out.ap_flux_err[index[j]] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
 
 
 def big_aperture(
@@ -205,20 +255,6 @@ def _group_box(
     return x0, x1, y0, y1
 
 
-def _place(
-    kern: np.ndarray, xc: float, yc: float, box: tuple[int, int, int, int], out: np.ndarray
-) -> None:
-    """Add a stamp centred on pixel round(xc), round(yc) into ``out`` (the box's planes)."""
-    x0, x1, y0, y1 = box
-    size = kern.shape[0]
-    half = size // 2
-    sy0, sx0 = round(yc) - half - y0, round(xc) - half - x0
-    ky0, kx0 = max(-sy0, 0), max(-sx0, 0)
-    ky1, kx1 = min(size, (y1 - y0) - sy0), min(size, (x1 - x0) - sx0)
-    if ky1 > ky0 and kx1 > kx0:
-        out[sy0 + ky0 : sy0 + ky1, sx0 + kx0 : sx0 + kx1] += kern[ky0:ky1, kx0:kx1]
-
-
 def position_shifts(
     band: BandPlanes,
     x: np.ndarray,
@@ -248,12 +284,12 @@ def position_shifts(
     half = stamp // 2
     for g in groups:
         xs, ys = x[g], y[g]
-        box = _group_box(xs, ys, half, band.image.shape)
-        x0, x1, y0, y1 = box
+        x0, x1, y0, y1 = _group_box(xs, ys, half, band.image.shape)
         if x1 <= x0 or y1 <= y0:
             continue
+        h, w = y1 - y0, x1 - x0
         m = g.size
-        planes = np.zeros((3 * m, y1 - y0, x1 - x0))
+        stamps = []
         for k in range(m):
             fx, fy = float(xs[k] - round(xs[k])), float(ys[k] - round(ys[k]))
             kern = band.psf.kernel(size=stamp, dx=fx, dy=fy)
@@ -263,16 +299,15 @@ def position_shifts(
             ddy = band.psf.kernel(size=stamp, dx=fx, dy=fy + step) - band.psf.kernel(
                 size=stamp, dx=fx, dy=fy - step
             )
-            _place(kern, xs[k], ys[k], box, planes[3 * k])
-            _place(ddx / (2 * step), xs[k], ys[k], box, planes[3 * k + 1])
-            _place(ddy / (2 * step), xs[k], ys[k], box, planes[3 * k + 2])
+            for plane in (kern, ddx / (2 * step), ddy / (2 * step)):
+                stamps.append(_stamp(plane, xs[k], ys[k], (y0, x0), (h, w)))
         data = band.image[y0:y1, x0:x1]
         var = band.variance[y0:y1, x0:x1]
         good = ~band.bad[y0:y1, x0:x1] & np.isfinite(var) & (var > 0)
-        wgt = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0).reshape(-1)
-        a = planes.reshape(3 * m, -1)
-        normal = (a * wgt) @ a.T
-        rhs = (a * wgt) @ np.where(good, data, 0.0).reshape(-1)
+        wgt = np.where(good, 1.0 / np.where(good, var, 1.0), 0.0)
+        normal, rhs = _normal_equations(
+            _design(stamps, (h, w)), np.where(good, data, 0.0).astype(np.float64), wgt
+        )
         try:
             cov = np.linalg.inv(normal)
         except np.linalg.LinAlgError:
