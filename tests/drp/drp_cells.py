@@ -53,8 +53,8 @@ def build_cell(seed: int, *, side: int = 512, n_visits: int = 6) -> SimCell:
         n_transients=0,
         n_variables=0,
         n_movers=0,
-        n_stars=150,
-        n_galaxies=50,
+        n_stars=round(150 * (side / 512) ** 2),
+        n_galaxies=round(50 * (side / 512) ** 2),
         dither=20.0,
     )
     survey = simulate_survey(cfg)
