@@ -5,6 +5,7 @@ and bad input."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,7 +222,12 @@ def test_bad_input_is_refused_with_a_clear_message() -> None:
         measure_objects({"g": nopsf})
 
 
-def test_loaded_objects_are_queryable_in_adql(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "backend", ["duckdb", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_loaded_objects_are_queryable_in_adql(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     from skydm.catalog import open_engine
 
     rng = np.random.default_rng(9)
@@ -233,7 +239,10 @@ def test_loaded_objects_are_queryable_in_adql(tmp_path) -> None:  # type: ignore
         table = assign_object_ids(measure_objects(coadds), cell_id)
         load_objects(tmp_path, table)
         tables.append(table)
-    with open_engine(tmp_path) as engine:
+    url = None
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")("skydm_drp_objects")
+    with open_engine(tmp_path, url) as engine:
         res = engine.execute(
             "SELECT objectId, coord_ra, coord_dec, g_psfFlux, r_psfFluxErr, extendedness "
             "FROM Object WHERE CONTAINS(POINT('ICRS', ra, dec), "
