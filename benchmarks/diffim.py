@@ -129,10 +129,23 @@ def _hotpants(folder: Path, exe: str) -> dict[str, float]:
     }
 
 
+def reliability_auc(seeds: str = "300-301") -> float:
+    """ROC AUC of the shipped reliability model on demo-scale surveys of
+    ``seeds`` (none of them used in training), real against bogus DIA sources."""
+    from skydm.reliability import packaged_model
+    from skydm.reliability.sample import Sample, simulate_sample
+    from skydm.reliability.training import evaluate
+
+    lo, _, hi = seeds.partition("-")
+    sample = Sample.concatenate([simulate_sample(s) for s in range(int(lo), int(hi or lo) + 1)])
+    return round(evaluate(packaged_model(), sample).auc, 4)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--stars", type=int, default=4000)
+    parser.add_argument("--reliability-seeds", default="300-301", help="held-out survey seeds")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -178,6 +191,7 @@ def main() -> int:
             out[f"{method}_inputs_mb"] = round(res["inputs_mb"], 1)
             out[f"{method}_detections"] = res["n"]
             out[f"{method}_unflagged"] = res["unflagged"]
+    out["reliability_auc"] = reliability_auc(args.reliability_seeds)
     print(json.dumps(out))
     return 0
 

@@ -205,6 +205,8 @@ def produce_visit_alerts(
         )
     processed = now_mjd()
     if isinstance(sources, Table):
+        if "reliability" not in sources.colnames:
+            sources = _with_reliability(sources, difference, science, template)
         # The differencing table is in the image's counts; alerts are in nJy.
         srcs = dia_sources_from_table(
             sources,
@@ -476,6 +478,17 @@ def _forced_and_encodings(
 
 class _Abandoned(Exception):
     """The APDB transaction of a visit whose alerts could not be queued."""
+
+
+def _with_reliability(
+    sources: Table, difference: Exposure, science: Exposure | None, template: Exposure | None
+) -> Table:
+    """A copy of ``sources`` with the real/bogus score and the model's version."""
+    from skydm.reliability import score_sources
+
+    scored = sources.copy(copy_data=False)
+    score_sources(scored, difference, science=science, template=template)
+    return scored
 
 
 def makers_for(
