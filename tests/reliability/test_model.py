@@ -40,7 +40,8 @@ def test_exported_trees_score_as_scikit_learn() -> None:
         random_state=cfg.random_state,
     )
     used = train.used
-    clf.fit(train.features[used], train.real[used].astype(int))
+    y = train.real[used].astype(int)
+    clf.fit(train.features[used], y, sample_weight=np.where(y == 1, cfg.real_weight, 1.0))
     expected = clf.predict_proba(test.features)[:, 1]
     # Thresholds are stored to 7 significant digits: equal but for features
     # within that of a threshold, which random normals never are.
@@ -103,6 +104,11 @@ def test_packaged_model_is_small_and_records_its_held_out_figures() -> None:
     model = packaged_model()
     assert model.features == FEATURE_NAMES
     held = model.info["held_out"]
-    assert set(model.info["train_seeds"].split("-")).isdisjoint(held and [])
-    assert held["auc"] >= 0.95
-    assert held["kept_real"] >= 0.95 and held["purity"] >= 0.9
+    # Trained on seeds 100-111, measured on 200-205 (740 DIA sources): the
+    # figures the script recorded when it built the shipped model.
+    train = set(range(100, 112))
+    assert model.info["train_seeds"] == "100-111" and model.info["test_seeds"] == "200-205"
+    assert train.isdisjoint(range(200, 206))
+    assert held["n_real"] >= 100 and held["n_bogus"] >= 400
+    assert held["auc"] >= 0.99
+    assert held["kept_real"] >= 0.9 and held["purity"] >= 0.9
