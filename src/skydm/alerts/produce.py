@@ -159,7 +159,11 @@ def produce_visit_alerts(
         The DIA source table of ``skydm.diffim`` (converted with
         :func:`skydm.ap.sources.dia_sources_from_table`, its fluxes from
         counts to nJy with the difference image's zero point) or DIA source
-        dicts (LSST field names, fluxes already in nJy).
+        dicts (LSST field names, fluxes already in nJy).  A table without a
+        ``reliability`` column is scored first with the shipped real/bogus
+        model (:func:`skydm.reliability.score_sources`, from cutouts of
+        ``difference``, ``science`` and ``template``), which also fills
+        ``reliabilityVersion``.
     difference : Exposure
         The difference image; its ``info`` gives visit, detector, band, time,
         its WCS the footprint, its PSF the forced photometry, its zero point
