@@ -25,6 +25,7 @@ from skydm.repo.datastore import FileDatastore
 from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
+    from skydm.archive.recipes import RecipeSet
     from skydm.image.exposure import Exposure
 
 CONFIG_NAME = "skydm-repo.json"
@@ -45,10 +46,21 @@ class Repository:
     when it was written.
     """
 
-    def __init__(self, root: Path, registry: Registry, datastore: FileDatastore) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        datastore: FileDatastore,
+        *,
+        recipes: RecipeSet | None = None,
+    ) -> None:
+        # skydm.archive imports the repository, so its recipes are imported late.
+        from skydm.archive.recipes import DEFAULT_RECIPES
+
         self.root = Path(root)
         self.registry = registry
         self.datastore = datastore
+        self.recipes = recipes if recipes is not None else DEFAULT_RECIPES
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -76,6 +88,8 @@ class Repository:
             When there is no repository and ``create`` is false, or the URL
             conflicts with the recorded one.
         """
+        from skydm.archive.recipes import DEFAULT_RECIPES, RecipeSet
+
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
         if config_path.exists():
@@ -101,10 +115,31 @@ class Repository:
         else:
             root.mkdir(parents=True, exist_ok=True)
             url = registry_url
-            config = {"format": "skydm-repo", "version": 1, "registry_url": registry_url}
+            config = {
+                "format": "skydm-repo", "version": 1, "registry_url": registry_url,
+                "recipes": DEFAULT_RECIPES.to_json(),
+            }  # fmt: skip
             atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
+        # A repository made before write recipes existed gets the defaults.
+        recipes = (
+            RecipeSet.from_json(config["recipes"], where=f"{config_path}: recipes")
+            if "recipes" in config
+            else DEFAULT_RECIPES
+        )
         sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
-        return cls(root, SqlRegistry(sql_url), FileDatastore(root, reserved=_RESERVED))
+        datastore = FileDatastore(root, reserved=_RESERVED)
+        return cls(root, SqlRegistry(sql_url), datastore, recipes=recipes)
+
+    def set_recipes(self, recipes: RecipeSet) -> None:
+        """Record new write recipes in ``skydm-repo.json`` (later writes use them).
+
+        Files already stored keep the codec they were written with.
+        """
+        config_path = self.root / CONFIG_NAME
+        config = json.loads(config_path.read_text())
+        config["recipes"] = recipes.to_json()
+        atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
+        self.recipes = recipes
 
     def close(self) -> None:
         """Release the registry's connections."""
@@ -238,7 +273,11 @@ class Repository:
         """Store an Exposure (multi-extension FITS) as a dataset.
 
         The Exposure's visit metadata is updated from ``data_id`` in the
-        stored file so that reading it back gives a consistent data ID.
+        stored file so that reading it back gives a consistent data ID.  The
+        planes are compressed by the repository's write recipe for
+        ``dataset_type`` (:attr:`recipes`; ``lossy16`` for processed images
+        by default, see :mod:`skydm.archive.recipes`); types with no recipe
+        are written uncompressed.
         """
         hdul = exposure.to_hdulist()
         h = hdul[0].header
@@ -248,6 +287,11 @@ class Repository:
         h["BAND"] = data_id.band
         if data_id.skycell is not None:
             h["SKYCELL"] = (data_id.skycell, "sky cell of this coadd")
+        recipe = self.recipes.for_type(dataset_type)
+        if recipe is not None:
+            from skydm.archive.lossy import encode_exposure_hdulist
+
+            hdul, _ = encode_exposure_hdulist(hdul, recipe)
         return self.put_hdulist(hdul, dataset_type, data_id, replace=replace, meta=meta)
 
     def remove(self, dataset_type: str, data_id: DataId) -> DatasetRef:
