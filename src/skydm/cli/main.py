@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "query",
     "serve",
     "demo",
+    "archive",
 ]
 
 
