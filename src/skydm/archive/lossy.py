@@ -166,8 +166,8 @@ def compress_plane(
         header["SDMCODEC"] = ("lossless", "skydm write recipe (no noise to quantize at)")
         return [_lossless(data, header, name)], PlaneQuantization("lossless", 0.0, sigma, 0)
     header["SDMCODEC"] = (codec.name, "skydm write recipe of this plane")
-    header["SDMQUANT"] = (quantum, "quantization step (sigma/q)")
-    header["SDMSIGMA"] = (sigma, "noise (or median variance) the step derives from")
+    header["SDMQUANT"] = (quantum, "quantization step")
+    header["SDMSIGMA"] = (sigma, "sigma (or median variance) behind SDMQUANT")
     n_exact = int(exact.sum())
     hdus: list[fits.hdu.base._BaseHDU] = []
     if n_exact:
