@@ -139,7 +139,9 @@ def _recipe_scale(repo: Any, refs: list[Any], recipe: Any) -> float:
     from skydm.archive.lossy import encode_exposure_hdulist, hdulist_bytes
 
     ref = refs[0]
-    with fits.open(ref.path, disable_image_compression=True) as hdul:
+    with fits.open(
+        repo.get_path(ref.dataset_type, ref.data_id), disable_image_compression=True
+    ) as hdul:
         names = [h.name for h in hdul]
         codec = hdul["IMAGE"].header.get("SDMCODEC") if "IMAGE" in names else None
     if "IMAGE" not in names or codec == recipe.image.name:

@@ -335,7 +335,9 @@ def bin_sources(sources: Sequence[dict[str, np.ndarray]], edges: Sequence[float]
 def _stored_codec(repo: Any, ref: Any) -> str:
     from astropy.io import fits
 
-    with fits.open(ref.path, disable_image_compression=True) as hdul:
+    with fits.open(
+        repo.get_path(ref.dataset_type, ref.data_id), disable_image_compression=True
+    ) as hdul:
         for hdu in hdul:
             if hdu.name == "IMAGE":
                 return str(hdu.header.get("SDMCODEC", "none"))

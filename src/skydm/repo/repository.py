@@ -27,6 +27,7 @@ from skydm.repo.registry import Registry, SqlRegistry
 if TYPE_CHECKING:
     from skydm.archive.recipes import RecipeSet
     from skydm.image.exposure import Exposure
+    from skydm.repo.s3datastore import S3Datastore
 
 CONFIG_NAME = "skydm-repo.json"
 SQLITE_NAME = "registry.sqlite3"
@@ -50,7 +51,7 @@ class Repository:
         self,
         root: Path,
         registry: Registry,
-        datastore: FileDatastore,
+        datastore: FileDatastore | S3Datastore,
         *,
         recipes: RecipeSet | None = None,
     ) -> None:
@@ -65,7 +66,12 @@ class Repository:
     # -- opening -------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path, *, create: bool = True, registry_url: str | None = None
+        cls,
+        path: str | Path,
+        *,
+        create: bool = True,
+        registry_url: str | None = None,
+        datastore_url: str | None = None,
     ) -> Repository:
         """Open (or create) the repository in directory ``path``.
 
@@ -81,6 +87,12 @@ class Repository:
             SQLite file ``registry.sqlite3`` in ``path``.  A URL given at
             creation is recorded in ``skydm-repo.json`` so that later opens
             find it; giving a different one later is an error.
+        datastore_url : str, optional
+            ``s3://bucket/prefix``: keep the dataset files in that S3 bucket
+            (same layout and checksums; :mod:`skydm.repo.s3datastore`)
+            rather than under ``path``, which then holds the configuration,
+            the SQLite registry and a verified read cache.  Recorded at
+            creation like ``registry_url``.
 
         Raises
         ------
@@ -90,6 +102,10 @@ class Repository:
         """
         from skydm.archive.recipes import DEFAULT_RECIPES, RecipeSet
 
+        if datastore_url is not None:
+            from skydm.repo.s3datastore import parse_s3_url
+
+            parse_s3_url(datastore_url)  # a bad URL is refused before anything is created
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
         if config_path.exists():
@@ -107,6 +123,13 @@ class Repository:
                     "open it without registry_url (unset SKYDM_REGISTRY_URL)"
                 )
             url = recorded
+            stored_at = config.get("datastore_url")
+            if datastore_url is not None and datastore_url != stored_at:
+                raise UserError(
+                    f"{root}: the repository's files are in {stored_at or 'the directory'}, "
+                    f"not {datastore_url!r}; open it without datastore_url"
+                )
+            datastore_url = stored_at
         elif not create:
             raise UserError(
                 f"{root}: no skydm repository here ({CONFIG_NAME} is missing); "
@@ -117,7 +140,7 @@ class Repository:
             url = registry_url
             config = {
                 "format": "skydm-repo", "version": 1, "registry_url": registry_url,
-                "recipes": DEFAULT_RECIPES.to_json(),
+                "datastore_url": datastore_url, "recipes": DEFAULT_RECIPES.to_json(),
             }  # fmt: skip
             atomic_write_bytes(config_path, json.dumps(config, indent=1).encode())
         # A repository made before write recipes existed gets the defaults.
@@ -127,7 +150,13 @@ class Repository:
             else DEFAULT_RECIPES
         )
         sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
-        datastore = FileDatastore(root, reserved=_RESERVED)
+        datastore: FileDatastore | S3Datastore
+        if datastore_url is not None:
+            from skydm.repo.s3datastore import S3Datastore
+
+            datastore = S3Datastore(datastore_url, root)
+        else:
+            datastore = FileDatastore(root, reserved=_RESERVED)
         return cls(root, SqlRegistry(sql_url), datastore, recipes=recipes)
 
     def set_recipes(self, recipes: RecipeSet) -> None:
@@ -324,6 +353,13 @@ class Repository:
             raise DatasetNotFoundError(dataset_type, data_id, self.root)
         return ref
 
+    def _stored_ref(self, dataset_type: str, data_id: DataId) -> DatasetRef:
+        """The registry's own ref (path relative to the datastore root)."""
+        ref = self.registry.find(check_dataset_type(dataset_type), data_id)
+        if ref is None:
+            raise DatasetNotFoundError(dataset_type, data_id, self.root)
+        return ref
+
     def get_bytes(self, dataset_type: str, data_id: DataId) -> bytes:
         """The stored file's bytes, verified against the recorded checksum.
 
@@ -334,19 +370,18 @@ class Repository:
         DataCorruptionError
             When the file is damaged or missing.
         """
-        ref = self.get_ref(dataset_type, data_id)
+        ref = self._stored_ref(dataset_type, data_id)
         try:
             return self.datastore.read_verified(ref.path, ref.checksum)
         except FileNotFoundError:
-            raise DataCorruptionError(ref.path, ref.checksum, "no file (it is missing)") from None
+            raise DataCorruptionError(
+                self.datastore.abspath(ref.path), ref.checksum, "no file (it is missing)"
+            ) from None
 
     def get_path(self, dataset_type: str, data_id: DataId) -> Path:
         """Path of the stored file, after verifying its checksum."""
-        ref = self.get_ref(dataset_type, data_id)
-        problem = self.datastore.check(ref.path, ref.checksum, ref.size)
-        if problem is not None:
-            raise DataCorruptionError(ref.path, ref.checksum, problem)
-        return ref.path
+        ref = self._stored_ref(dataset_type, data_id)
+        return self.datastore.local_path(ref.path, ref.checksum, ref.size)
 
     def get_hdulist(self, dataset_type: str, data_id: DataId) -> fits.HDUList:
         """The stored FITS file, verified, read into memory."""
@@ -429,7 +464,7 @@ class Repository:
         Only safe when no other process is writing to the repository, since
         a concurrent write has an unregistered file for a moment.
         """
-        removed = self.unregistered()
-        for path in removed:
-            self.datastore.remove(PurePosixPath(path.relative_to(self.root).as_posix()))
-        return removed
+        relpaths = self.datastore.unregistered(self.registry.paths())
+        for relpath in relpaths:
+            self.datastore.remove(relpath)
+        return [self.datastore.abspath(p) for p in relpaths]
