@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "serve",
     "demo",
     "archive",
+    "transfer",
 ]
 
 

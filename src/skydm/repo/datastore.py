@@ -176,6 +176,12 @@ class FileDatastore:
             raise DataCorruptionError(path, checksum, actual)
         return data
 
+    def read_range(self, relpath: str | PurePath, offset: int, length: int) -> bytes:
+        """``length`` bytes of a stored file from ``offset`` (for transfers in parts)."""
+        with open(self.abspath(relpath), "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
     def local_path(self, relpath: str | PurePath, checksum: str, size: int) -> Path:
         """The stored file's path, after verifying it.
 

@@ -145,6 +145,13 @@ class S3Datastore:
             raise FileNotFoundError(f"{self.url}/{PurePath(relpath).as_posix()}") from None
         return bytes(response["Body"].read())
 
+    def read_range(self, relpath: str | PurePath, offset: int, length: int) -> bytes:
+        """``length`` bytes of an object from ``offset`` (an HTTP range request)."""
+        response = self.client.get_object(
+            Bucket=self.bucket, Key=self.key(relpath), Range=f"bytes={offset}-{offset + length - 1}"
+        )
+        return bytes(response["Body"].read())
+
     def read_verified(self, relpath: str | PurePath, checksum: str) -> bytes:
         """The object's bytes after checking them against ``checksum``.
 
