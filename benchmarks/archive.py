@@ -36,6 +36,12 @@ and ``--n-calexp`` simulated calexps of ``--calexp-size`` pixels a side):
   — byte-shuffled zstd level 1 of the image and variance planes by the field
   codec libraries, codec only (no FITS container, not readable by FITS tools).
 
+Transfer between sites (``skydm.archive.transfer``): the simulated raws are
+ingested into a repository and copied into a fresh one with 4 streams
+(``transfer_mb_per_s``: per-part and end-to-end SHA-256, fsync, registry),
+against ``loopback_mb_per_s``, the plain copy limit measured in the same run
+(the same stored files read and written with an fsync each, no checksum).
+
 Every figure is the best of ``--repeat`` runs on one core (numpy and the
 codecs are single-threaded; fpack is too).  Run:
 ``.venv/bin/python benchmarks/archive.py [--n-sim 2] [--repeat 3]``.
@@ -303,6 +309,43 @@ def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, float]:
+    """``transfer_mb_per_s`` and ``loopback_mb_per_s`` (see the module notes)."""
+    from skydm.archive import ingest_files
+    from skydm.archive.transfer import TransferConfig, transfer
+    from skydm.repo import Repository
+
+    source_root = work / "transfer-source"
+    shutil.rmtree(source_root, ignore_errors=True)
+    with Repository.open(source_root) as source:
+        if not ingest_files(source, paths).ok:
+            sys.exit("ingest of the transfer set failed")
+        stored = [r.path for r in source.query(dataset_type="raw")]
+        best_t = best_l = 0.0
+        for k in range(repeat):
+            dest_root = work / f"transfer-dest-{k}"
+            with Repository.open(dest_root) as dest:
+                report = transfer(source, dest, TransferConfig(streams=4))
+            if not report.ok:
+                sys.exit("transfer failed: " + report.summary())
+            best_t = max(best_t, report.mb_per_s)
+            shutil.rmtree(dest_root)
+            copy_dir = work / f"loopback-{k}"
+            copy_dir.mkdir()
+            start = time.perf_counter()
+            nbytes = 0
+            for path in stored:
+                data = path.read_bytes()
+                with open(copy_dir / path.name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                nbytes += len(data)
+            best_l = max(best_l, nbytes / 1e6 / (time.perf_counter() - start))
+            shutil.rmtree(copy_dir)
+    return {"transfer_mb_per_s": round(best_t, 1), "loopback_mb_per_s": round(best_l, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-sim", type=int, default=2, help="simulated 4096^2 raws")
@@ -348,6 +391,7 @@ def main() -> None:
             totals += [s, d, t, fs, fd, ft, it]
         s, d, t, fs, fd, ft, it = totals
         floats = float_figures(args, work)
+        floats.update(transfer_figures(sets["sim4k"], work, args.repeat))
         print(
             json.dumps(
                 {
