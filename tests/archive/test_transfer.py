@@ -112,3 +112,16 @@ def test_where_conflicts_and_bad_options(summit: Path, tmp_path: Path, capsys) -
     assert len(err) == 1 and "--streams" in err[0]
     assert main(["transfer", "--from", str(summit), "--to", str(summit)]) == 1
     assert "--to" in capsys.readouterr().err
+
+
+def test_end_to_end_check_refuses_a_file_that_is_not_what_the_source_recorded(
+    tmp_path: Path,
+) -> None:
+    from skydm.errors import DataCorruptionError
+    from skydm.repo import DataId
+
+    with Repository.open(tmp_path / "repo") as repo:
+        did = DataId("skysim", 0, 1, "r")
+        with pytest.raises(DataCorruptionError):
+            repo.put_file(lambda fh: fh.write(b"abc"), "raw", did, expect_checksum="0" * 64)
+        assert repo.query() == [] and repo.unregistered() == []

@@ -36,7 +36,6 @@ from typing import BinaryIO, Literal
 
 from skydm.errors import BadValueError, ConflictError, SkydmError
 from skydm.repo import DatasetRef, Repository
-from skydm.repo.atomic import sha256_file
 
 Status = Literal["sent", "present", "conflict", "failed"]
 
@@ -181,11 +180,6 @@ def _send(
             fh.write(arrived)
             result.parts += 1
 
-    def end_to_end(path: Path) -> None:
-        actual = sha256_file(path)
-        if actual != ref.checksum:
-            raise SkydmError(f"arrived with sha256 {actual}, the source recorded {ref.checksum}")
-
     meta = dict(ref.meta)
     for attempt in range(config.retries + 1):
         meta["transfer"] = {
@@ -194,7 +188,11 @@ def _send(
             "parts": -(-ref.size // config.part_bytes), "parts_resent": result.parts_resent,
         }  # fmt: skip
         try:
-            dest.put_file(write, ref.dataset_type, ref.data_id, meta=meta, check=end_to_end)
+            # End to end: the staged file's SHA-256 (computed from disk by the
+            # datastore) must be the one the source recorded.
+            dest.put_file(
+                write, ref.dataset_type, ref.data_id, meta=meta, expect_checksum=ref.checksum
+            )
             return result
         except ConflictError as exc:
             return FileTransfer(ref, "conflict", result.bytes_sent, message=str(exc))

@@ -193,6 +193,7 @@ class Repository:
         replace: bool = False,
         meta: Mapping[str, Any] | None = None,
         check: Callable[[Path], None] | None = None,
+        expect_checksum: str | None = None,
     ) -> DatasetRef:
         """Store a file written by ``write(fh)`` and register it.
 
@@ -211,6 +212,9 @@ class Repository:
         check : callable, optional
             Called with the temporary file's path before it is renamed into
             place; raising refuses the write (used to prove a codec lossless).
+        expect_checksum : str, optional
+            The SHA-256 the written file must have (end-to-end checks of
+            transfers); a different one refuses the write.
 
         Returns
         -------
@@ -222,11 +226,15 @@ class Repository:
         ------
         ConflictError
             When another dataset has that data ID and ``replace`` is false.
+        DataCorruptionError
+            When the file's SHA-256 is not ``expect_checksum``.
         """
         check_dataset_type(dataset_type)
         existing = self.registry.find(dataset_type, data_id)
         staged = self.datastore.stage(dataset_type, data_id, write)
         try:
+            if expect_checksum is not None and staged.checksum != expect_checksum:
+                raise DataCorruptionError(staged.tmp, expect_checksum, staged.checksum)
             if check is not None:
                 check(staged.tmp)
             if existing is not None and existing.checksum == staged.checksum:
