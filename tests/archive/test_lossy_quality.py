@@ -182,3 +182,22 @@ def test_budget_projects_from_stored_sizes_nights_and_recipes(tmp_path: Path, ca
     assert main(["archive", "budget", "--repo", str(root), "--budget", "12XB"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--budget" in err[0] and "12XB" in err[0]
+
+
+def test_quality_report_runs_on_the_demo_repository(tmp_path: Path, capsys) -> None:
+    """The demo stores lossy16 calexps, diffs and a template; the report says so."""
+    from skydm.pipeline.demo import run_demo
+
+    root = tmp_path / "demo"
+    run_demo(root, n_visits=3, n_template=2, size=256, quiet=True)
+    out = tmp_path / "report"
+    args = ["archive", "quality", "--repo", str(root), "--q", "16", "--out", str(out)]
+    assert main([*args, "--max-images", "1", "--quiet"]) == 0
+    report = json.loads((out / "quality.json").read_text())
+    (level,) = report["levels"]
+    kinds = {i["dataset_type"]: i["stored_codec"] for i in level["images"]}
+    assert kinds == {"calexp": "lossy16", "template": "lossy16", "diff": "lossy16"}
+    assert level["coadd"]["n_images"] == 1 and level["difference"]["n_images"] == 1
+    # Quantizing lossy16 data again at σ/16 adds about the same again, no more.
+    assert level["noise_growth"] < 2 * (math.sqrt(1 + 1 / (12 * 16**2)) - 1)
+    assert "quality.json" in capsys.readouterr().out
