@@ -33,6 +33,8 @@ def summit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _checksums(root: Path) -> dict[str, str]:
+    if not (root / "skydm-repo.json").exists():
+        return {}
     with Repository.open(root, create=False) as repo:
         return {str(r.data_id): r.checksum for r in repo.query(dataset_type="raw")}
 
@@ -125,3 +127,28 @@ def test_end_to_end_check_refuses_a_file_that_is_not_what_the_source_recorded(
         with pytest.raises(DataCorruptionError):
             repo.put_file(lambda fh: fh.write(b"abc"), "raw", did, expect_checksum="0" * 64)
         assert repo.query() == [] and repo.unregistered() == []
+
+
+def test_watch_copies_raws_as_they_land(summit: Path, tmp_path: Path) -> None:
+    from skydm.sim import SurveyConfig, simulate_survey, write_survey
+
+    source_root, dest_root = tmp_path / "summit", tmp_path / "base"
+    with Repository.open(source_root):
+        pass
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "skydm", "transfer", "--from", str(source_root), "--to",
+           str(dest_root), "--watch", "--interval", "0.3", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        cfg = SurveyConfig(seed=9, shape=(128, 128), n_visits=2, n_stars=40, n_galaxies=5)
+        paths = write_survey(simulate_survey(cfg), tmp_path / "raws", clean=False)
+        with Repository.open(source_root) as src:  # raws land at the summit while it watches
+            assert ingest_files(src, paths).ok
+        deadline = time.monotonic() + 60
+        while len(_checksums(dest_root)) < 2:
+            assert time.monotonic() < deadline, "--watch never copied the new raws"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    assert _checksums(dest_root) == _checksums(source_root)

@@ -117,6 +117,8 @@ def test_layout_checksums_and_verified_reads(backend: dict[str, Any]) -> None:
     assert store.read_verified(stored.relpath, stored.checksum) == content
     assert store.check(stored.relpath, stored.checksum, stored.size) is None
     assert store.local_path(stored.relpath, stored.checksum, stored.size).read_bytes() == content
+    assert store.read_range(stored.relpath, 10, 100) == content[10:110]  # transfers' parts
+    assert store.read_range(stored.relpath, 99_990, 100) == content[99_990:]
     assert list(store.files()) == [stored.relpath]
     assert store.unregistered({stored.relpath.as_posix()}) == []
     assert store.unregistered(set()) == [stored.relpath]
