@@ -138,7 +138,8 @@ class WarpStack:
     def _open(item: Exposure | str | Path) -> tuple[_Member, tuple[int, int], WCS | None]:
         if isinstance(item, Exposure):
             name = item.source or f"warp of visit {item.info.visit}"
-            member = _Member(name, item, None, False, item.psf, item.zero_point, item.info)
+            psf = _as_stored(item.psf)
+            member = _Member(name, item, None, False, psf, item.zero_point, item.info)
             return member, item.shape, item.wcs
         path = Path(item)
         hdul = open_fits(path, memmap=True, do_not_scale_image_data=True)
@@ -347,6 +348,22 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_stored(psf: Psf | None) -> Psf | None:
+    """``psf`` exactly as a warp file gives it back: a pixel PSF's image
+    rounded to float32 and its parameters through their header cards.
+
+    CompareWarp's decisions are thresholds on PSF-matched differences; a
+    float64 PSF in memory and its float32 copy on disk (relative change
+    about 4e-8) flipped a few of them and moved hundreds of coadd pixels by
+    2-4 sigma, so the coadd from files differed from the one from memory.
+    """
+    if psf is None:
+        return None
+    hdu = psf.to_hdu()
+    header = fits.Header.fromstring(hdu.header.tostring())
+    return psf_from_hdu(fits.ImageHDU(np.asarray(hdu.data), header=header))
 
 
 def _direct(
