@@ -18,6 +18,30 @@ one JSON line:
 * per-set figures under ``sets`` (``eso085``: the two real 16-bit frames;
   ``sim4k``: simulated 4096x4096 16-bit raws).
 
+Processed (float) images, written by the repository's write recipes
+(``skydm.archive.lossy``), are timed the same way against ``fpack -q 16`` on
+the same uncompressed calexp files (the two ESO085 frames calibrated to float,
+and ``--n-calexp`` simulated calexps of ``--calexp-size`` pixels a side):
+
+* ``lossy_ratio``, ``lossy_mb_per_s`` — the ``lossy16`` recipe (image and
+  variance quantized at σ/16, mask lossless, masked pixels exact);
+* ``fpack_q16_ratio``, ``fpack_q16_mb_per_s`` — ``fpack -q 16`` (its
+  defaults otherwise: Rice, SUBTRACTIVE_DITHER_1, row tiles, per-tile noise);
+* ``float_lossless_ratio``, ``float_lossless_mb_per_s`` — the ``lossless``
+  recipe (standard GZIP_2 tiles coded by libdeflate at level 1);
+  ``float_lossless_1thread_mb_per_s`` the same on one thread;
+  ``astropy_gzip2_mb_per_s`` astropy's own GZIP_2 (what the codec was
+  before); ``fpack_lossless_mb_per_s`` ``fpack -q 0`` (lossless gzip);
+* ``blosc2_zstd_ratio``/``_mb_per_s`` and ``imagecodecs_zstd_ratio``/``_mb_per_s``
+  — byte-shuffled zstd level 1 of the image and variance planes by the field
+  codec libraries, codec only (no FITS container, not readable by FITS tools).
+
+Transfer between sites (``skydm.archive.transfer``): the simulated raws are
+ingested into a repository and copied into a fresh one with 4 streams
+(``transfer_mb_per_s``: per-part and end-to-end SHA-256, fsync, registry),
+against ``loopback_mb_per_s``, the plain copy limit measured in the same run
+(the same stored files read and written with an fsync each, no checksum).
+
 Every figure is the best of ``--repeat`` runs on one core (numpy and the
 codecs are single-threaded; fpack is too).  Run:
 ``.venv/bin/python benchmarks/archive.py [--n-sim 2] [--repeat 3]``.
@@ -34,6 +58,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -128,11 +153,206 @@ def ingest(paths: list[Path], work: Path) -> tuple[int, float]:
     return report.source_bytes, report.seconds
 
 
+def simulated_calexps(n: int, size: int) -> list[Any]:
+    """Calexps of ``simulate_pair`` science images (held-out seeds)."""
+    from skydm.sim import simulate_pair
+
+    return [
+        simulate_pair(900 + k, shape=(size, size), n_stars=size * size // 1000)[0] for k in range(n)
+    ]
+
+
+def eso_calexps() -> list[Any]:
+    """The ESO085 frames calibrated to float, with the gain from their own sky noise."""
+    from skydm.archive.lossy import noise_sigma
+    from skydm.image.io import read_exposure
+    from skydm.pipeline.calibrate import calibrate_raw
+
+    out = []
+    for path in sorted((DATA / "eso085_null_pair").glob("*.fit")):
+        raw = read_exposure(path)
+        raw.info.gain = float(np.median(raw.image)) / noise_sigma(raw.image) ** 2
+        raw.info.read_noise = 0.0
+        out.append(calibrate_raw(raw))
+    return out
+
+
+def write_plain(exposures: list[Any], work: Path) -> list[Path]:
+    from skydm.archive.lossy import hdulist_bytes
+
+    paths = []
+    for k, exposure in enumerate(exposures):
+        path = work / f"calexp_{k}.fits"
+        path.write_bytes(hdulist_bytes(exposure.to_hdulist()))
+        paths.append(path)
+    return paths
+
+
+def recipe_codec(paths: list[Path], work: Path, recipe: str) -> tuple[int, int, float]:
+    """(source bytes, output bytes, seconds) of a write recipe, file to file like fpack."""
+    from skydm.archive.lossy import encode_exposure_hdulist, hdulist_bytes
+    from skydm.archive.recipes import WriteRecipe
+
+    chosen = WriteRecipe.named(recipe)
+    src = dst = 0
+    seconds = 0.0
+    for path in paths:
+        out = work / (path.name + f".{recipe}")
+        path.read_bytes()
+        start = time.perf_counter()
+        with fits.open(path, memmap=False) as hdul:
+            encoded, _ = encode_exposure_hdulist(hdul, chosen)
+            out.write_bytes(hdulist_bytes(encoded))
+        seconds += time.perf_counter() - start
+        src, dst = src + path.stat().st_size, dst + out.stat().st_size
+    return src, dst, seconds
+
+
+def astropy_gzip2(paths: list[Path], work: Path) -> tuple[int, int, float]:
+    """(source bytes, output bytes, seconds) of astropy's GZIP_2 on the float planes."""
+    src = dst = 0
+    seconds = 0.0
+    for path in paths:
+        out = work / (path.name + ".agz")
+        start = time.perf_counter()
+        with fits.open(path, memmap=False) as hdul:
+            hdus = [hdul[0]]
+            for hdu in hdul[1:]:
+                if hdu.name in ("IMAGE", "VARIANCE"):
+                    hdu = fits.CompImageHDU(
+                        hdu.data, hdu.header, compression_type="GZIP_2", quantize_level=0.0
+                    )
+                hdus.append(hdu)
+            fits.HDUList(hdus).writeto(out, overwrite=True)
+        seconds += time.perf_counter() - start
+        src, dst = src + path.stat().st_size, dst + out.stat().st_size
+    return src, dst, seconds
+
+
+def fpack_args(paths: list[Path], work: Path, args: list[str]) -> tuple[int, int, float]:
+    """(source bytes, .fz bytes, seconds) of ``fpack ARGS`` on each file."""
+    exe = shutil.which("fpack")
+    if exe is None:
+        sys.exit("fpack is not on PATH: install Debian package libcfitsio-bin")
+    src = dst = 0
+    seconds = 0.0
+    for path in paths:
+        out = work / (path.name + ".fz")
+        out.unlink(missing_ok=True)
+        path.read_bytes()
+        start = time.perf_counter()
+        subprocess.run([exe, *args, "-O", str(out), str(path)], check=True)
+        seconds += time.perf_counter() - start
+        src, dst = src + path.stat().st_size, dst + out.stat().st_size
+    return src, dst, seconds
+
+
+def field_codec(exposures: list[Any], library: str) -> tuple[int, int, float]:
+    """(bytes, compressed bytes, seconds) of byte-shuffled zstd-1 on image + variance."""
+    planes = [np.ascontiguousarray(p) for e in exposures for p in (e.image, e.var)]
+    src = dst = 0
+    seconds = 0.0
+    for plane in planes:
+        start = time.perf_counter()
+        if library == "blosc2":
+            import blosc2
+
+            cparams = {
+                "codec": blosc2.Codec.ZSTD, "clevel": 1, "typesize": plane.itemsize,
+                "nthreads": 1, "filters": [blosc2.Filter.SHUFFLE],
+            }  # fmt: skip
+            n = len(blosc2.compress2(plane.tobytes(), cparams=cparams))
+        else:
+            import imagecodecs
+
+            shuffled = np.ascontiguousarray(plane.view(np.uint8).reshape(-1, plane.itemsize).T)
+            n = len(imagecodecs.zstd_encode(shuffled.tobytes(), level=1))
+        seconds += time.perf_counter() - start
+        src, dst = src + plane.nbytes, dst + n
+    return src, dst, seconds
+
+
+def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The processed-image figures (see the module notes)."""
+    from skydm.archive import _gzip2
+
+    exposures = eso_calexps() + simulated_calexps(args.n_calexp, args.calexp_size)
+    paths = write_plain(exposures, work)
+    recipe_codec(paths[:1], work, "lossy16")  # imports and first-call costs, not timed
+
+    def best(run: Any) -> tuple[int, int, float]:
+        return min((run() for _ in range(args.repeat)), key=lambda r: r[-1])
+
+    def one_thread() -> tuple[int, int, float]:
+        _gzip2.THREADS = 1
+        try:
+            return recipe_codec(paths, work, "lossless")
+        finally:
+            _gzip2.THREADS = None
+
+    runs = {
+        "lossy": lambda: recipe_codec(paths, work, "lossy16"),
+        "fpack_q16": lambda: fpack_args(paths, work, ["-q", "16"]),
+        "float_lossless": lambda: recipe_codec(paths, work, "lossless"),
+        "float_lossless_1thread": one_thread,
+        "astropy_gzip2": lambda: astropy_gzip2(paths, work),
+        "fpack_lossless": lambda: fpack_args(paths, work, ["-g", "-q", "0"]),
+        "blosc2_zstd": lambda: field_codec(exposures, "blosc2"),
+        "imagecodecs_zstd": lambda: field_codec(exposures, "imagecodecs"),
+    }
+    out: dict[str, Any] = {"calexp_files": len(paths)}
+    for name, run in runs.items():
+        s, d, t = best(run)
+        if name != "float_lossless_1thread":
+            out[f"{name}_ratio"] = round(s / d, 3)
+        out[f"{name}_mb_per_s"] = round(s / 1e6 / t, 1)
+    return out
+
+
+def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, float]:
+    """``transfer_mb_per_s`` and ``loopback_mb_per_s`` (see the module notes)."""
+    from skydm.archive import ingest_files
+    from skydm.archive.transfer import TransferConfig, transfer
+    from skydm.repo import Repository
+
+    source_root = work / "transfer-source"
+    shutil.rmtree(source_root, ignore_errors=True)
+    with Repository.open(source_root) as source:
+        if not ingest_files(source, paths).ok:
+            sys.exit("ingest of the transfer set failed")
+        stored = [r.path for r in source.query(dataset_type="raw")]
+        best_t = best_l = 0.0
+        for k in range(repeat):
+            dest_root = work / f"transfer-dest-{k}"
+            with Repository.open(dest_root) as dest:
+                report = transfer(source, dest, TransferConfig(streams=4))
+            if not report.ok:
+                sys.exit("transfer failed: " + report.summary())
+            best_t = max(best_t, report.mb_per_s)
+            shutil.rmtree(dest_root)
+            copy_dir = work / f"loopback-{k}"
+            copy_dir.mkdir()
+            start = time.perf_counter()
+            nbytes = 0
+            for path in stored:
+                data = path.read_bytes()
+                with open(copy_dir / path.name, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                nbytes += len(data)
+            best_l = max(best_l, nbytes / 1e6 / (time.perf_counter() - start))
+            shutil.rmtree(copy_dir)
+    return {"transfer_mb_per_s": round(best_t, 1), "loopback_mb_per_s": round(best_l, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-sim", type=int, default=2, help="simulated 4096^2 raws")
     parser.add_argument("--size", type=int, default=4096, help="simulated raw side")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--n-calexp", type=int, default=2, help="simulated calexps")
+    parser.add_argument("--calexp-size", type=int, default=2048, help="simulated calexp side")
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -170,6 +390,8 @@ def main() -> None:
             }
             totals += [s, d, t, fs, fd, ft, it]
         s, d, t, fs, fd, ft, it = totals
+        floats = float_figures(args, work)
+        floats.update(transfer_figures(sets["sim4k"], work, args.repeat))
         print(
             json.dumps(
                 {
@@ -180,6 +402,7 @@ def main() -> None:
                     "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
                     "ingest_mb_per_s": round(s / 1e6 / it, 1),
                     "codec_warmup_s": round(warmup, 2),
+                    **floats,
                     "timing": "both read the source and write their output file; best of "
                     f"{args.repeat}, one core",
                     "sets": figures,

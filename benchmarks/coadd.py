@@ -8,10 +8,10 @@ warps are not counted), ``swarp_s`` and ``swarp_threads_s`` (SWarp's
 combine of the same warps with ``RESAMPLE N``, the SWarp process alone,
 one thread and its default of all cores), ``leakage`` / ``leakage_max``
 for CompareWarp and ``swarp_leakage`` / ``swarp_leakage_max`` for SWarp
-(worst artefact class; :mod:`skydm.coadd.scoring`'s harness), CompareWarp's
+(worst artefact class; :mod:`coadd_harness.scoring`'s harness), CompareWarp's
 leakage split into the artefacts' light (``leakage_light``,
 ``leakage_light_max``) and the noise of the replaced pixels
-(``leakage_noise``; :func:`skydm.coadd.scoring.leakage_parts`), and the
+(``leakage_noise``; :func:`coadd_harness.scoring.leakage_parts`), and the
 process's peak RSS.  The warps are read once before each timed combine, so
 that both find them in the page cache.
 
@@ -45,11 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
+# The scoring harness and the SWarp wrapper are testing code, kept with the
+# tests (tests/coadd_harness), not in the library package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 
 def _warps(
     args: argparse.Namespace, work: Path
 ) -> tuple[list[Path], list[Path], dict, np.ndarray, float]:
-    from skydm.coadd.scoring import warp_masks
+    from coadd_harness.scoring import warp_masks
     from skydm.coadd.skygrid import SkyCell
     from skydm.coadd.stack import WarpStack
     from skydm.coadd.warp import warp_exposure
@@ -144,10 +148,10 @@ def main() -> int:
     parser.add_argument("--keep-warps", type=Path, help="keep/reuse the warps in this folder")
     args = parser.parse_args()
 
+    from coadd_harness.scoring import leakage, leakage_parts
+    from coadd_harness.swarp import run_swarp
     from skydm.coadd.assemble import assemble_coadd
-    from skydm.coadd.scoring import leakage, leakage_parts
     from skydm.coadd.stack import WarpStack
-    from skydm.coadd.swarp import run_swarp
 
     with tempfile.TemporaryDirectory(prefix="skydm-bench-coadd-", dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -205,12 +205,25 @@ def _measure(n_sources: int, size: int = 2048, seed: int = 3) -> dict[str, float
     }
 
 
+def reliability_auc(seeds: str = "300-301") -> float:
+    """ROC AUC of the shipped reliability model on demo-scale surveys of
+    ``seeds`` (none of them used in training), real against bogus DIA sources."""
+    from skydm.reliability import packaged_model
+    from skydm.reliability.sample import Sample, simulate_sample
+    from skydm.reliability.training import evaluate
+
+    lo, _, hi = seeds.partition("-")
+    sample = Sample.concatenate([simulate_sample(s) for s in range(int(lo), int(hi or lo) + 1)])
+    return round(evaluate(packaged_model(), sample).auc, 4)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--stars", type=int, default=4000)
     parser.add_argument("--measure-sources", type=int, default=1000)
     parser.add_argument("--only-measure", action="store_true", help="only the measure_* figures")
+    parser.add_argument("--reliability-seeds", default="300-301", help="held-out survey seeds")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -260,6 +273,7 @@ def main() -> int:
             out[f"{method}_detections"] = res["n"]
             out[f"{method}_unflagged"] = res["unflagged"]
     out.update(_measure(args.measure_sources))
+    out["reliability_auc"] = reliability_auc(args.reliability_seeds)
     print(json.dumps(out))
     return 0
 

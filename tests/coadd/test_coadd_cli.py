@@ -60,3 +60,21 @@ def test_template_from_a_repository(tmp_path, visits, capsys) -> None:  # type: 
     assert (~(template.msk & Mask.NO_DATA).astype(bool)).sum() > 100 * 100
     assert main(["coadd", "--repo", str(tmp_path / "repo"), "--band", "g"]) == 1
     assert "no calexp in band 'g'" in capsys.readouterr().err
+
+
+def test_template_names_the_calexp_whose_warp_has_no_psf(tmp_path, visits, capsys) -> None:  # type: ignore[no-untyped-def]
+    from skydm.repo import DataId, Repository
+
+    _survey, exps = visits
+    with Repository.open(tmp_path / "repo", create=True) as repo:
+        for k, e in enumerate(exps):
+            e = e.copy()
+            if k == 2:
+                e.psf = None
+            repo.put_exposure(e, "calexp", DataId("skysim", 0, e.info.visit, "r"))
+    code = main(["coadd", "--repo", str(tmp_path / "repo"), "--band", "r", "--quiet"])
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "sky cell" not in line]
+    assert len(err) == 1, err
+    assert "the warp of calexp {instrument=skysim" in err[0] and "needs a PSF" in err[0]
+    assert f"visit={exps[2].info.visit}," in err[0] and "skydm-warps-" not in err[0]

@@ -103,4 +103,3 @@ def test_streak_size_limits_are_checked() -> None:
 
     with pytest.raises(BadValueError, match="streak_min_pixels"):
         CompareWarpConfig(streak_min_pixels=50, streak_max_pixels=10)
-    assert not CompareWarpConfig(streak_models=False).streak_models

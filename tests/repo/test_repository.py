@@ -34,6 +34,14 @@ def test_put_get_exposure_round_trip(tmp_path: Path) -> None:
                                                          ref.path.name)  # fmt: skip
     assert ref.path.name.startswith("calexp_skysim_r_12_1-")
     got = repo.get_exposure("calexp", DID)
+    # calexps are written with the lossy16 recipe by default: within half a quantum (σ/16).
+    assert np.abs(got.image - exp.image).max() <= 0.5 * 5.0 / 16 * 1.1
+    # ...and the variance within half of its quantum, median(variance)/16².
+    assert np.abs(got.var - exp.var).max() <= 0.5 * np.median(exp.var) / 16**2 * 1.01
+    assert np.array_equal(got.msk, exp.msk)
+    exact = repo.put_exposure(exp, "plainexp", DID)  # a type with no recipe: as it was
+    got = repo.get_exposure("plainexp", DID)
+    assert exact.path.name.startswith("plainexp_")
     assert np.array_equal(got.image, exp.image) and np.array_equal(got.var, exp.var)
     assert got.info.visit == 12 and got.info.band == "r" and got.info.detector == 1
     assert got.psf is not None and abs(got.psf.fwhm - exp.psf.fwhm) < 1e-6  # type: ignore[union-attr]

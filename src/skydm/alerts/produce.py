@@ -159,7 +159,11 @@ def produce_visit_alerts(
         The DIA source table of ``skydm.diffim`` (converted with
         :func:`skydm.ap.sources.dia_sources_from_table`, its fluxes from
         counts to nJy with the difference image's zero point) or DIA source
-        dicts (LSST field names, fluxes already in nJy).
+        dicts (LSST field names, fluxes already in nJy).  A table without a
+        ``reliability`` column is scored first with the shipped real/bogus
+        model (:func:`skydm.reliability.score_sources`, from cutouts of
+        ``difference``, ``science`` and ``template``), which also fills
+        ``reliabilityVersion``.
     difference : Exposure
         The difference image; its ``info`` gives visit, detector, band, time,
         its WCS the footprint, its PSF the forced photometry, its zero point
@@ -205,6 +209,8 @@ def produce_visit_alerts(
         )
     processed = now_mjd()
     if isinstance(sources, Table):
+        if "reliability" not in sources.colnames:
+            sources = _with_reliability(sources, difference, science, template)
         # The differencing table is in the image's counts; alerts are in nJy.
         srcs = dia_sources_from_table(
             sources,
@@ -476,6 +482,17 @@ def _forced_and_encodings(
 
 class _Abandoned(Exception):
     """The APDB transaction of a visit whose alerts could not be queued."""
+
+
+def _with_reliability(
+    sources: Table, difference: Exposure, science: Exposure | None, template: Exposure | None
+) -> Table:
+    """A copy of ``sources`` with the real/bogus score and the model's version."""
+    from skydm.reliability import score_sources
+
+    scored = sources.copy(copy_data=False)
+    score_sources(scored, difference, science=science, template=template)
+    return scored
 
 
 def makers_for(

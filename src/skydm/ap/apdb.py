@@ -96,6 +96,7 @@ DIA_SOURCE_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("pixelFlags_edge", sa.Boolean),
     ("pixelFlags_saturated", sa.Boolean),
     ("reliability", sa.Float),
+    ("reliabilityVersion", sa.String(32)),
     ("timeProcessedMjdTai", sa.Float(53)),
 )
 

@@ -46,6 +46,7 @@ _COLUMNS = {
     "template_flux": "templateFlux",
     "template_flux_err": "templateFluxErr",
     "reliability": "reliability",
+    "reliability_version": "reliabilityVersion",
     "flagged": "pixelFlags",
     "flag_dipole": "isDipole",
     "flag_edge": "pixelFlags_edge",

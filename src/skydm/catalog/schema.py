@@ -271,7 +271,16 @@ _DETECTOR = ColumnDef("detector", "int", "", "meta.id;instr.det", "Detector iden
 def _object_bands() -> tuple[ColumnDef, ...]:
     cols: list[ColumnDef] = []
     for b in BANDS:
-        cols += _flux(f"{b}_", f" in band {b}", principal=False)
+        cols += _flux(f"{b}_", f" in band {b} (forced, aperture-corrected)", principal=False)
+        cols.append(
+            ColumnDef(
+                f"{b}_psfFlux_flag",
+                "boolean",
+                "",
+                "meta.code",
+                f"PSF flux in band {b} unreliable (no flux, partial PSF, stamp off the cell)",
+            )
+        )
         cols.append(
             ColumnDef(
                 f"{b}_psfMag",
@@ -331,16 +340,76 @@ STANDARD_TABLES: dict[str, TableDef] = {
     for t in (
         TableDef(
             "Object",
-            "Astrophysical objects detected on the deep coadds, with per-band photometry",
+            "Astrophysical objects detected on the deep coadds of all bands together, "
+            "with forced PSF photometry in every band (skydm.drp)",
             (
-                _id("objectId", "Unique identifier of the object", main=True),
+                _id("objectId", "Unique identifier of the object (sky cell and number)", main=True),
+                # ra/dec are the catalog's partition columns (the catalog and TAP
+                # tests rely on them); coord_ra/coord_dec are Rubin's DP0.2 names
+                # of the same position, which skydm.drp writes.
                 *_pos("object"),
                 ColumnDef(
-                    "refExtendedness",
+                    "coord_ra",
+                    "double",
+                    "deg",
+                    "pos.eq.ra",
+                    "Right ascension of the object's centroid on the detection image (ICRS)",
+                    principal=True,
+                    indexed=True,
+                ),
+                ColumnDef(
+                    "coord_dec",
+                    "double",
+                    "deg",
+                    "pos.eq.dec",
+                    "Declination of the object's centroid on the detection image (ICRS)",
+                    principal=True,
+                    indexed=True,
+                ),
+                ColumnDef(
+                    "x",
+                    "double",
+                    "pix",
+                    "pos.cartesian.x",
+                    "Column of the centroid in its sky cell",
+                ),
+                ColumnDef(
+                    "y", "double", "pix", "pos.cartesian.y", "Row of the centroid in its sky cell"
+                ),
+                ColumnDef(
+                    "detect_snr",
+                    "float",
+                    "",
+                    "stat.snr",
+                    "Peak of the multi-band detection image in the footprint (sigma)",
+                    principal=True,
+                ),
+                ColumnDef(
+                    "footprintArea", "int", "pix", "phys.area", "Area of the deblended footprint"
+                ),
+                ColumnDef(
+                    "deblend_nPeaks",
+                    "int",
+                    "",
+                    "meta.number",
+                    "Number of objects deblended from the object's parent footprint",
+                ),
+                ColumnDef(
+                    "extendedness",
                     "float",
                     "",
                     "src.class.starGalaxy",
-                    "Extendedness in the reference band (0 point-like, 1 extended)",
+                    "1 when the aperture flux significantly exceeds the PSF flux "
+                    "(all bands together), 0 for point sources",
+                    principal=True,
+                ),
+                ColumnDef(
+                    "flags",
+                    "long",
+                    "",
+                    "meta.code",
+                    "ObjectFlag bits: 1 edge, 2 saturated, 4 bad, 8 clipped, 16 deblended, "
+                    "32 partial PSF, 64 no flux, 128 no aperture correction",
                 ),
                 *_object_bands(),
             ),

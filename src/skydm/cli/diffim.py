@@ -154,12 +154,11 @@ def _run_repo(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``skydm diffim``."""
-    from skydm.diffim import DiffimConfig
 
     if args.repo is not None:
         return _run_repo(args)
     if args.show_config:
-        config = DiffimConfig.from_yaml(args.config) if args.config else DiffimConfig()
+        config = _load_config(args.config)
         print(config.to_yaml(), end="")
         return 0
     return run_files(args)
@@ -278,14 +277,29 @@ def _either(own: float | None, shared: float | None) -> float | None:
     return own if own is not None else shared
 
 
+def _load_config(path: Path | None) -> DiffimConfig:
+    """The ``--config`` file's settings; any fault in it is a fault of that file (exit 1)."""
+    from skydm.diffim import DiffimConfig
+    from skydm.errors import BadFileError, UserError
+
+    if path is None:
+        return DiffimConfig()
+    try:
+        return DiffimConfig.from_yaml(path)
+    except BadFileError:
+        raise
+    except UserError as exc:
+        raise BadFileError(path, f"--config: {exc}") from exc
+
+
 def run_files(args: argparse.Namespace) -> int:
     """``skydm diffim SCIENCE TEMPLATE --out DIFF.fits``: the file mode."""
-    from skydm.diffim import DiffimConfig, NoiseModel, detect_dia_sources, subtract
+    from skydm.diffim import NoiseModel, detect_dia_sources, subtract
     from skydm.diffim.measure import measure_dia_sources
     from skydm.image import read_exposure
 
     _check_outputs(args)
-    config: DiffimConfig = DiffimConfig.from_yaml(args.config) if args.config else DiffimConfig()
+    config = _load_config(args.config)
     threshold = args.threshold if args.threshold is not None else config.detection.threshold
     science = read_exposure(args.science)
     template = read_exposure(args.template)

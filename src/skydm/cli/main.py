@@ -34,6 +34,8 @@ COMMAND_MODULES = [
     "serve",
     "token",
     "demo",
+    "archive",
+    "transfer",
     "run",
     "provenance",
     "calibrate",

@@ -5,7 +5,7 @@ Kept apart from the search for outliers so that the same clips can assemble
 another stack on the same grid: the scoring harness assembles the
 artefact-free twins with the clips found on the artefacts, which measures
 how much of a leakage figure is only the noise of the replaced pixels
-(:func:`skydm.coadd.scoring.replacement_noise`).
+(``replacement_noise`` in the testing harness, ``tests/coadd_harness/scoring.py``).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ from skydm.coadd._cw_streaks import (
     gather,
 )
 from skydm.coadd.stack import WarpStack
-from skydm.errors import BadValueError
+from skydm.errors import BadValueError, MissingMetadataError
 from skydm.image import Exposure
 from skydm.progress import Progress
 
@@ -119,6 +119,10 @@ class CompareWarpConfig:
     streak_models: bool = True
     streak_min_pixels: int = 6
     streak_max_pixels: int = 20_000
+    #: Largest fraction of a warp's usable pixels whose variance may be zero,
+    #: negative or NaN: those pixels are dropped, so more means a broken
+    #: variance plane that would silently remove the warp from the cell.
+    max_bad_variance: float = 0.01
 
     def __post_init__(self) -> None:
         if self.bin not in (1, 2, 3, 4):
@@ -137,6 +141,8 @@ class CompareWarpConfig:
                 (self.streak_min_pixels, self.streak_max_pixels),
                 "1 <= streak_min_pixels <= streak_max_pixels (binned pixels)",
             )
+        if not 0 <= self.max_bad_variance < 1:
+            raise BadValueError("max_bad_variance", self.max_bad_variance, "a fraction in [0, 1)")
         for name in (
             "systematic",
             "grow_fwhm",
@@ -198,6 +204,31 @@ def compare_warp(
     return assemble_clipped(stack, clips, chunk_rows=chunk_rows, progress=progress, threads=threads)
 
 
+def check_inputs(stack: WarpStack, config: CompareWarpConfig) -> None:
+    """Refuse warps CompareWarp cannot judge: without a PSF (the outlier maps
+    are PSF-matched, and a guessed PSF lets artefacts through), or with
+    non-positive variance on more than ``config.max_bad_variance`` of their
+    usable pixels (see :meth:`WarpStack.check_variance`).
+
+    Raises
+    ------
+    MissingMetadataError
+        Naming the first warp without a PSF.
+    BadFileError
+        Naming the first warp with too much bad variance.
+    """
+    for m in stack.members:
+        if m.psf is None:
+            raise MissingMetadataError(
+                "a PSF",
+                "CompareWarp",
+                m.name,
+                "write the warp with its calexp's PSF, or coadd with another method "
+                "(--method mean, median or clipped)",
+            )
+    stack.check_variance(config.max_bad_variance)
+
+
 def find_clips(
     stack: WarpStack,
     *,
@@ -213,6 +244,7 @@ def find_clips(
     b = cfg.bin
     n = len(stack)
     ny, nx = stack.shape
+    check_inputs(stack, cfg)
     weights = stack.weights
     psfs = [m.psf for m in stack.members]
     sigmas, target_fwhm = matching_sigmas(psfs, cfg.target_extra)

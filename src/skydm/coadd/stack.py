@@ -138,7 +138,8 @@ class WarpStack:
     def _open(item: Exposure | str | Path) -> tuple[_Member, tuple[int, int], WCS | None]:
         if isinstance(item, Exposure):
             name = item.source or f"warp of visit {item.info.visit}"
-            member = _Member(name, item, None, False, item.psf, item.zero_point, item.info)
+            psf = _as_stored(item.psf)
+            member = _Member(name, item, None, False, psf, item.zero_point, item.info)
             return member, item.shape, item.wcs
         path = Path(item)
         hdul = open_fits(path, memmap=True, do_not_scale_image_data=True)
@@ -253,6 +254,51 @@ class WarpStack:
         np.equal(words[y0:y1] & reject, 0, out=good)
         return True
 
+    def check_variance(self, max_fraction: float, *, rows_per_chunk: int = 256) -> None:
+        """Refuse a warp whose variance is not positive on too many of its usable pixels.
+
+        Such pixels are dropped from the coadd (``v > 0`` fails), so a warp
+        with a broken variance plane would otherwise be silently removed
+        from much of the cell.  Every pixel is checked (not a sample), band
+        by band, so memory stays bounded.
+
+        Parameters
+        ----------
+        max_fraction : float
+            Largest allowed fraction of a warp's usable pixels (no REJECT
+            mask bit, finite image) whose variance is zero, negative or NaN.
+        rows_per_chunk : int
+            Rows read at once.
+
+        Raises
+        ------
+        BadFileError
+            Naming the first warp over the limit, its fraction and what to do.
+        """
+        w = self.shape[1]
+        img = np.empty((rows_per_chunk, w), dtype=np.float32)
+        var = np.empty((rows_per_chunk, w), dtype=np.float32)
+        good = np.empty((rows_per_chunk, w), dtype=bool)
+        for k, member in enumerate(self.members):
+            usable = nonpositive = 0
+            for y0, y1 in self.chunks(rows_per_chunk):
+                i, v, g = img[: y1 - y0], var[: y1 - y0], good[: y1 - y0]
+                if not self._read_into(k, y0, y1, i, v, g):
+                    i, v, m = self.read(k, y0, y1)
+                    g = (m & np.uint32(REJECT)) == 0
+                g &= np.isfinite(i)
+                usable += int(np.count_nonzero(g))
+                # ``not v > 0`` is True for zero, negative and NaN variance.
+                nonpositive += int(np.count_nonzero(g & ~(v > 0)))
+            if usable and nonpositive > max_fraction * usable:
+                raise BadFileError(
+                    member.name,
+                    f"has zero, negative or NaN variance on {nonpositive / usable:.1%} of its "
+                    f"{usable} usable pixels (at most {max_fraction:.1%} are allowed, "
+                    "max_bad_variance); fix the warp's variance plane, or flag those pixels "
+                    "BAD or NO_DATA in its mask, before coadding it",
+                )
+
     def chunks(self, rows_per_chunk: int) -> Iterator[tuple[int, int]]:
         """(y0, y1) of consecutive row bands covering the grid."""
         ny = self.shape[0]
@@ -302,6 +348,22 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _as_stored(psf: Psf | None) -> Psf | None:
+    """``psf`` exactly as a warp file gives it back: a pixel PSF's image
+    rounded to float32 and its parameters through their header cards.
+
+    CompareWarp's decisions are thresholds on PSF-matched differences; a
+    float64 PSF in memory and its float32 copy on disk (relative change
+    about 4e-8) flipped a few of them and moved hundreds of coadd pixels by
+    2-4 sigma, so the coadd from files differed from the one from memory.
+    """
+    if psf is None:
+        return None
+    hdu = psf.to_hdu()
+    header = fits.Header.fromstring(hdu.header.tostring())
+    return psf_from_hdu(fits.ImageHDU(np.asarray(hdu.data), header=header))
 
 
 def _direct(

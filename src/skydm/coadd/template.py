@@ -128,7 +128,16 @@ def build_template(
             paths.append(path)
             if progress is not None:
                 progress.advance(1, f"warped visit {ref.data_id.visit}")
-        coadd = assemble_coadd(paths, method)
+        try:
+            coadd = assemble_coadd(paths, method)
+        except UserError as exc:
+            # The warps are temporary files: name the dataset a user can fix.
+            text = str(exc)
+            for path, (ref, _) in zip(paths, exposures, strict=True):
+                if str(path) in text:
+                    label = f"the warp of {input_type} {ref.data_id}"
+                    raise UserError(text.replace(str(path), label)) from exc
+            raise
     first = exposures[0][0].data_id
     coadd.info.band = band
     data_id = DataId(instrument=first.instrument, band=band, skycell=cell.id)

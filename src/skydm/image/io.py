@@ -181,11 +181,27 @@ def _native(data: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="), copy=True)
 
 
+def _restore_exact(hdul: fits.HDUList, extname: str, data: np.ndarray, mask: np.ndarray) -> None:
+    """Put back the pixels a lossy write recipe stored exactly (``<EXTNAME>_EXACT``).
+
+    They are the pixels whose mask (in the file's bit assignment) has one of
+    the ``EXACTBIT`` bits, in C order; see :mod:`skydm.archive.lossy`.
+    """
+    name = extname + "_EXACT"
+    if name in hdul:
+        ext = hdul[name]
+        exact = (mask & np.uint32(int(ext.header["EXACTBIT"]))) != 0
+        data[exact] = np.asarray(ext.data)
+
+
 def _read_skydm(hdul: fits.HDUList, path: Path) -> Exposure:
     try:
         image = _native(hdul["IMAGE"].data)
         variance = _native(hdul["VARIANCE"].data)
-        mask = mask_from_header(hdul["MASK"].header, _native(hdul["MASK"].data))
+        file_mask = _native(hdul["MASK"].data).astype(np.uint32, copy=False)
+        _restore_exact(hdul, "IMAGE", image, file_mask)
+        _restore_exact(hdul, "VARIANCE", variance, file_mask)
+        mask = mask_from_header(hdul["MASK"].header, file_mask)
         psf = psf_from_hdu(hdul["PSF"]) if "PSF" in hdul else None
     except KeyError as exc:
         raise BadFileError(path, f"is a skydm Exposure missing an extension: {exc}") from exc

@@ -188,6 +188,25 @@ class FileDatastore:
             raise DataCorruptionError(path, checksum, actual)
         return data
 
+    def read_range(self, relpath: str | PurePath, offset: int, length: int) -> bytes:
+        """``length`` bytes of a stored file from ``offset`` (for transfers in parts)."""
+        with open(self.abspath(relpath), "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def local_path(self, relpath: str | PurePath, checksum: str, size: int) -> Path:
+        """The stored file's path, after verifying it.
+
+        Raises
+        ------
+        DataCorruptionError
+            When the file is missing or damaged.
+        """
+        problem = self.check(relpath, checksum, size)
+        if problem is not None:
+            raise DataCorruptionError(self.abspath(relpath), checksum, problem)
+        return self.abspath(relpath)
+
     def check(self, relpath: str | PurePath, checksum: str, size: int) -> str | None:
         """``None`` if the file is intact, else ``"missing"`` or ``"damaged: ..."``."""
         path = self.abspath(relpath)

@@ -31,7 +31,9 @@ from skydm.repo.datastore import FileDatastore
 from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
+    from skydm.archive.recipes import RecipeSet
     from skydm.image.exposure import Exposure
+    from skydm.repo.s3datastore import S3Datastore
 
 
 def require_repository(path: str | Path) -> Path:
@@ -108,10 +110,21 @@ class Repository:
     when it was written.
     """
 
-    def __init__(self, root: Path, registry: Registry, datastore: FileDatastore) -> None:
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        datastore: FileDatastore | S3Datastore,
+        *,
+        recipes: RecipeSet | None = None,
+    ) -> None:
+        # skydm.archive imports the repository, so its recipes are imported late.
+        from skydm.archive.recipes import DEFAULT_RECIPES
+
         self.root = Path(root)
         self.registry = registry
         self.datastore = datastore
+        self.recipes = recipes if recipes is not None else DEFAULT_RECIPES
 
     # -- opening -------------------------------------------------------------
     @classmethod
@@ -122,6 +135,7 @@ class Repository:
         create: bool = True,
         registry_url: str | None = None,
         file_mode: int | None = None,
+        datastore_url: str | None = None,
     ) -> Repository:
         """Open (or create) the repository in directory ``path``.
 
@@ -142,6 +156,12 @@ class Repository:
             so that the group can read a shared archive), recorded in
             ``skydm-repo.json`` as ``"file_mode": "0640"``.  By default files
             get what the umask of the writing process gives.
+        datastore_url : str, optional
+            ``s3://bucket/prefix``: keep the dataset files in that S3 bucket
+            (same layout and checksums; :mod:`skydm.repo.s3datastore`)
+            rather than under ``path``, which then holds the configuration,
+            the SQLite registry and a verified read cache.  Recorded at
+            creation like ``registry_url``.
 
         Raises
         ------
@@ -152,6 +172,12 @@ class Repository:
             When the URL conflicts with the recorded one, or the repository
             cannot be created there.
         """
+        from skydm.archive.recipes import DEFAULT_RECIPES, RecipeSet
+
+        if datastore_url is not None:
+            from skydm.repo.s3datastore import parse_s3_url
+
+            parse_s3_url(datastore_url)  # a bad URL is refused before anything is created
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
         if root.exists() and not root.is_dir():
@@ -171,20 +197,53 @@ class Repository:
                     "open it without registry_url (unset SKYDM_REGISTRY_URL)"
                 )
             url = recorded
+            stored_at = config.get("datastore_url")
+            if datastore_url is not None and datastore_url != stored_at:
+                raise UserError(
+                    f"{root}: the repository's files are in {stored_at or 'the directory'}, "
+                    f"not {datastore_url!r}; open it without datastore_url"
+                )
+            datastore_url = stored_at
         elif not create:
             raise NoRepositoryError(path, _why_not_a_repository(root))
         else:
             url = registry_url
-            config = {"format": "skydm-repo", "version": 1, "registry_url": registry_url}
+            config = {
+                "format": "skydm-repo", "version": 1, "registry_url": registry_url,
+                "datastore_url": datastore_url, "recipes": DEFAULT_RECIPES.to_json(),
+            }  # fmt: skip
             if file_mode is not None:
                 config["file_mode"] = f"{file_mode:04o}"
             _create_directory(root, path)
             atomic_write_bytes(config_path, json.dumps(config, indent=1).encode(), mode=file_mode)
         mode = _recorded_mode(config, config_path)
-        sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
-        return cls(
-            root, SqlRegistry(sql_url), FileDatastore(root, reserved=_RESERVED, file_mode=mode)
+        # A repository made before write recipes existed gets the defaults.
+        recipes = (
+            RecipeSet.from_json(config["recipes"], where=f"{config_path}: recipes")
+            if "recipes" in config
+            else DEFAULT_RECIPES
         )
+        sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
+        datastore: FileDatastore | S3Datastore
+        if datastore_url is not None:
+            from skydm.repo.s3datastore import S3Datastore
+
+            datastore = S3Datastore(datastore_url, root)
+        else:
+            datastore = FileDatastore(root, reserved=_RESERVED, file_mode=mode)
+        return cls(root, SqlRegistry(sql_url), datastore, recipes=recipes)
+
+    def set_recipes(self, recipes: RecipeSet) -> None:
+        """Record new write recipes in ``skydm-repo.json`` (later writes use them).
+
+        Files already stored keep the codec they were written with.
+        """
+        config_path = self.root / CONFIG_NAME
+        config = json.loads(config_path.read_text())
+        config["recipes"] = recipes.to_json()
+        mode = _recorded_mode(config, config_path)
+        atomic_write_bytes(config_path, json.dumps(config, indent=1).encode(), mode=mode)
+        self.recipes = recipes
 
     def close(self) -> None:
         """Release the registry's connections."""
@@ -209,6 +268,7 @@ class Repository:
         replace: bool = False,
         meta: Mapping[str, Any] | None = None,
         check: Callable[[Path], None] | None = None,
+        expect_checksum: str | None = None,
     ) -> DatasetRef:
         """Store a file written by ``write(fh)`` and register it.
 
@@ -227,6 +287,9 @@ class Repository:
         check : callable, optional
             Called with the temporary file's path before it is renamed into
             place; raising refuses the write (used to prove a codec lossless).
+        expect_checksum : str, optional
+            The SHA-256 the written file must have (end-to-end checks of
+            transfers); a different one refuses the write.
 
         Returns
         -------
@@ -238,11 +301,15 @@ class Repository:
         ------
         ConflictError
             When another dataset has that data ID and ``replace`` is false.
+        DataCorruptionError
+            When the file's SHA-256 is not ``expect_checksum``.
         """
         check_dataset_type(dataset_type)
         existing = self.registry.find(dataset_type, data_id)
         staged = self.datastore.stage(dataset_type, data_id, write)
         try:
+            if expect_checksum is not None and staged.checksum != expect_checksum:
+                raise DataCorruptionError(staged.tmp, expect_checksum, staged.checksum)
             if check is not None:
                 check(staged.tmp)
             if existing is not None and existing.checksum == staged.checksum:
@@ -318,7 +385,11 @@ class Repository:
         """Store an Exposure (multi-extension FITS) as a dataset.
 
         The Exposure's visit metadata is updated from ``data_id`` in the
-        stored file so that reading it back gives a consistent data ID.
+        stored file so that reading it back gives a consistent data ID.  The
+        planes are compressed by the repository's write recipe for
+        ``dataset_type`` (:attr:`recipes`; ``lossy16`` for processed images
+        by default, see :mod:`skydm.archive.recipes`); types with no recipe
+        are written uncompressed.
         """
         hdul = exposure.to_hdulist()
         h = hdul[0].header
@@ -328,6 +399,11 @@ class Repository:
         h["BAND"] = data_id.band
         if data_id.skycell is not None:
             h["SKYCELL"] = (data_id.skycell, "sky cell of this coadd")
+        recipe = self.recipes.for_type(dataset_type)
+        if recipe is not None:
+            from skydm.archive.lossy import encode_exposure_hdulist
+
+            hdul, _ = encode_exposure_hdulist(hdul, recipe)
         return self.put_hdulist(hdul, dataset_type, data_id, replace=replace, meta=meta)
 
     def remove(self, dataset_type: str, data_id: DataId) -> DatasetRef:
@@ -360,6 +436,13 @@ class Repository:
             raise DatasetNotFoundError(dataset_type, data_id, self.root)
         return ref
 
+    def _stored_ref(self, dataset_type: str, data_id: DataId) -> DatasetRef:
+        """The registry's own ref (path relative to the datastore root)."""
+        ref = self.registry.find(check_dataset_type(dataset_type), data_id)
+        if ref is None:
+            raise DatasetNotFoundError(dataset_type, data_id, self.root)
+        return ref
+
     def get_bytes(self, dataset_type: str, data_id: DataId) -> bytes:
         """The stored file's bytes, verified against the recorded checksum.
 
@@ -370,19 +453,18 @@ class Repository:
         DataCorruptionError
             When the file is damaged or missing.
         """
-        ref = self.get_ref(dataset_type, data_id)
+        ref = self._stored_ref(dataset_type, data_id)
         try:
             return self.datastore.read_verified(ref.path, ref.checksum)
         except FileNotFoundError:
-            raise DataCorruptionError(ref.path, ref.checksum, "no file (it is missing)") from None
+            raise DataCorruptionError(
+                self.datastore.abspath(ref.path), ref.checksum, "no file (it is missing)"
+            ) from None
 
     def get_path(self, dataset_type: str, data_id: DataId) -> Path:
         """Path of the stored file, after verifying its checksum."""
-        ref = self.get_ref(dataset_type, data_id)
-        problem = self.datastore.check(ref.path, ref.checksum, ref.size)
-        if problem is not None:
-            raise DataCorruptionError(ref.path, ref.checksum, problem)
-        return ref.path
+        ref = self._stored_ref(dataset_type, data_id)
+        return self.datastore.local_path(ref.path, ref.checksum, ref.size)
 
     def get_hdulist(self, dataset_type: str, data_id: DataId) -> fits.HDUList:
         """The stored FITS file, verified, read into memory."""
@@ -465,7 +547,7 @@ class Repository:
         Only safe when no other process is writing to the repository, since
         a concurrent write has an unregistered file for a moment.
         """
-        removed = self.unregistered()
-        for path in removed:
-            self.datastore.remove(PurePosixPath(path.relative_to(self.root).as_posix()))
-        return removed
+        relpaths = self.datastore.unregistered(self.registry.paths())
+        for relpath in relpaths:
+            self.datastore.remove(relpath)
+        return [self.datastore.abspath(p) for p in relpaths]

@@ -1,0 +1,154 @@
+"""``skydm transfer``: checksummed, parallel, idempotent, resumable after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from skydm.archive import ingest_files
+from skydm.archive.transfer import TransferConfig, transfer
+from skydm.cli.main import main
+from skydm.repo import Repository
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+@pytest.fixture(scope="module")
+def summit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with 6 simulated raws (the source site)."""
+    from skydm.sim import SurveyConfig, simulate_survey, write_survey
+
+    tmp = tmp_path_factory.mktemp("summit")
+    cfg = SurveyConfig(seed=8, shape=(200, 200), n_visits=6, n_stars=80, n_galaxies=10)
+    paths = write_survey(simulate_survey(cfg), tmp / "raws", clean=False)
+    with Repository.open(tmp / "repo") as repo:
+        assert ingest_files(repo, paths).ok
+    return tmp / "repo"
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    if not (root / "skydm-repo.json").exists():
+        return {}
+    with Repository.open(root, create=False) as repo:
+        return {str(r.data_id): r.checksum for r in repo.query(dataset_type="raw")}
+
+
+def test_transfer_copies_everything_checksummed_and_is_idempotent(summit: Path, tmp_path: Path):
+    dest_root = tmp_path / "base"
+    with Repository.open(summit) as src, Repository.open(dest_root) as dest:
+        report = transfer(src, dest, TransferConfig(streams=3, part_bytes=16384))
+        assert report.ok and [r.status for r in report.results] == ["sent"] * 6
+        sizes = sum(r.size for r in src.query(dataset_type="raw"))
+        assert report.bytes_sent == sizes  # each byte once
+        assert all(r.parts > 1 for r in report.results)
+        ref = dest.query(dataset_type="raw")[0]
+        record = ref.meta["transfer"]
+        assert record["from"] == str(src.root) and record["source_sha256"] == ref.checksum
+        assert ref.meta["source_name"]  # ingest's metadata travels too
+        assert dest.verify() == [] and dest.unregistered() == []
+        again = transfer(src, dest, TransferConfig(streams=3, part_bytes=16384))
+        assert [r.status for r in again.results] == ["present"] * 6 and again.bytes_sent == 0
+    assert _checksums(dest_root) == _checksums(summit)
+
+
+def test_a_part_corrupted_in_transit_is_detected_and_resent(
+    summit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SKYDM_TEST_CORRUPT_PART", "5")
+    with Repository.open(summit) as src, Repository.open(tmp_path / "base") as dest:
+        report = transfer(src, dest, TransferConfig(streams=1, part_bytes=16384))
+        assert report.ok
+        assert sum(r.parts_resent for r in report.results) == 1
+        sizes = sum(r.size for r in src.query(dataset_type="raw"))
+        assert report.bytes_sent == sizes + 16384  # the damaged part went twice
+        resent = next(r for r in report.results if r.parts_resent)
+        got = dest.get_bytes("raw", resent.ref.data_id)
+        assert got == src.get_bytes("raw", resent.ref.data_id)
+    assert _checksums(tmp_path / "base") == _checksums(summit)
+
+
+def test_kill_9_then_rerun_sends_only_what_is_missing(summit: Path, tmp_path: Path, capsys):
+    dest_root = tmp_path / "archive"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SKYDM_TEST_PAUSE": "register:4"}
+    cmd = [sys.executable, "-m", "skydm", "transfer", "--from", str(summit), "--to",
+           str(dest_root), "--streams", "1", "--part-mb", "0.016", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if "skydm-test-pause register 4" in line:
+            break
+        assert time.monotonic() < deadline, "the transfer never reached the pause point"
+    os.kill(proc.pid, signal.SIGKILL)  # the 4th file is in place but not registered
+    proc.wait(timeout=30)
+    done = _checksums(dest_root)
+    assert len(done) == 3
+    with Repository.open(summit) as src:
+        missing = sum(r.size for r in src.query(dataset_type="raw") if str(r.data_id) not in done)
+    args = ["transfer", "--from", str(summit), "--to", str(dest_root), "--part-mb", "0.016"]
+    assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sent: raw") == 3
+    mb = float(out.rsplit("; ", 1)[1].split(" MB")[0])
+    assert mb == pytest.approx(missing / 1e6, abs=0.05)  # no completed file re-sent
+    assert _checksums(dest_root) == _checksums(summit)
+    with Repository.open(dest_root) as dest:
+        assert dest.verify() == [] and dest.unregistered() == []
+
+
+def test_where_conflicts_and_bad_options(summit: Path, tmp_path: Path, capsys) -> None:
+    dest_root = tmp_path / "base"
+    assert main(["transfer", "--from", str(summit), "--to", str(dest_root),
+                 "--where", "visit <= 2", "--quiet"]) == 0  # fmt: skip
+    assert len(_checksums(dest_root)) == 2
+    capsys.readouterr()
+    assert main(["transfer", "--from", str(summit), "--to", str(dest_root),
+                 "--streams", "0"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--streams" in err[0]
+    assert main(["transfer", "--from", str(summit), "--to", str(summit)]) == 1
+    assert "--to" in capsys.readouterr().err
+
+
+def test_end_to_end_check_refuses_a_file_that_is_not_what_the_source_recorded(
+    tmp_path: Path,
+) -> None:
+    from skydm.errors import DataCorruptionError
+    from skydm.repo import DataId
+
+    with Repository.open(tmp_path / "repo") as repo:
+        did = DataId("skysim", 0, 1, "r")
+        with pytest.raises(DataCorruptionError):
+            repo.put_file(lambda fh: fh.write(b"abc"), "raw", did, expect_checksum="0" * 64)
+        assert repo.query() == [] and repo.unregistered() == []
+
+
+def test_watch_copies_raws_as_they_land(summit: Path, tmp_path: Path) -> None:
+    from skydm.sim import SurveyConfig, simulate_survey, write_survey
+
+    source_root, dest_root = tmp_path / "summit", tmp_path / "base"
+    with Repository.open(source_root):
+        pass
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "skydm", "transfer", "--from", str(source_root), "--to",
+           str(dest_root), "--watch", "--interval", "0.3", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        cfg = SurveyConfig(seed=9, shape=(128, 128), n_visits=2, n_stars=40, n_galaxies=5)
+        paths = write_survey(simulate_survey(cfg), tmp_path / "raws", clean=False)
+        with Repository.open(source_root) as src:  # raws land at the summit while it watches
+            assert ingest_files(src, paths).ok
+        deadline = time.monotonic() + 60
+        while len(_checksums(dest_root)) < 2:
+            assert time.monotonic() < deadline, "--watch never copied the new raws"
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    assert _checksums(dest_root) == _checksums(source_root)
