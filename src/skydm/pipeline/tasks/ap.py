@@ -44,14 +44,20 @@ class DiffimConfig(GridConfig, TaskConfig):
 class DiffimTask(Task):
     """calexp - template -> difference + DIA sources, per detector-visit.
 
-    The template is the coadd of the sky cell that holds the detector's centre.
+    The template is the coadd of the sky cell that holds the detector's
+    centre; its resampling onto the calexp is kept (``diff_template``) for
+    the alerts' cutouts.
     """
 
     name = "diffim"
     config_class = DiffimConfig
     dimensions = VISIT_DIMS
     inputs = (Connection("calexp", VISIT_DIMS), Connection("coadd", CELL_DIMS))
-    outputs = (Connection("diff", VISIT_DIMS), Connection("dia_src", VISIT_DIMS))
+    outputs = (
+        Connection("diff", VISIT_DIMS),
+        Connection("dia_src", VISIT_DIMS),
+        Connection("diff_template", VISIT_DIMS),
+    )
 
     def units(self, context: GraphContext) -> Iterator[WorkUnit]:
         assert isinstance(self.config, DiffimConfig)
@@ -75,7 +81,11 @@ class DiffimTask(Task):
             yield self.unit(
                 data_id,
                 [DatasetKey("calexp", data_id), DatasetKey(self.config.template_type, template)],
-                [DatasetKey("diff", data_id), DatasetKey("dia_src", data_id)],
+                [
+                    DatasetKey("diff", data_id),
+                    DatasetKey("dia_src", data_id),
+                    DatasetKey("diff_template", data_id),
+                ],
             )
 
     def run(self, unit: WorkUnit, io: UnitIO) -> None:
@@ -96,6 +106,8 @@ class DiffimTask(Task):
             template_psf=result.template_psf,
         )
         io.put_exposure(unit.outputs[0], result.difference)
+        # The template on the science's grid: for the alerts' cutouts and scores.
+        io.put_exposure(unit.outputs[2], result.template)
         sources.meta = {k: v for k, v in sources.meta.items() if _fits_scalar(v)}
         io.put_table(unit.outputs[1], sources)
 
@@ -148,6 +160,7 @@ class ApTask(Task):
         Connection("calexp", VISIT_DIMS),
         Connection("diff", VISIT_DIMS),
         Connection("dia_src", VISIT_DIMS),
+        Connection("diff_template", VISIT_DIMS),
     )
     outputs = (Connection("alert_summary", VISIT_DIMS),)
 
@@ -158,7 +171,7 @@ class ApTask(Task):
                 continue
             yield self.unit(
                 data_id,
-                [DatasetKey(t, data_id) for t in ("calexp", "diff", "dia_src")],
+                [DatasetKey(t, data_id) for t in ("calexp", "diff", "dia_src", "diff_template")],
                 [DatasetKey("alert_summary", data_id)],
             )
 
@@ -193,6 +206,7 @@ class ApTask(Task):
                     apdb=apdb,
                     archive_dir=archive_dir,
                     science=science,
+                    template=io.exposure(unit.inputs[3]),
                     radius_arcsec=self.config.radius_arcsec,
                     bootstrap=self.config.bootstrap or None,
                 )
