@@ -95,9 +95,10 @@ def test_services_run_with_auth_and_the_deployment_has_what_it_names() -> None:
     hub_config = _named("ConfigMap", "skydm-hub-config")["data"]["jupyterhub_config.py"]
     assert "kubespawner.KubeSpawner" in hub_config
     compile(hub_config, "jupyterhub_config.py", "exec")
-    assert _named("Deployment", "skydm-hub")["spec"]["template"]["spec"][
-        "serviceAccountName"
-    ] == _named("ServiceAccount", "skydm-hub")["metadata"]["name"]
+    assert (
+        _named("Deployment", "skydm-hub")["spec"]["template"]["spec"]["serviceAccountName"]
+        == _named("ServiceAccount", "skydm-hub")["metadata"]["name"]
+    )
 
 
 def test_every_reference_resolves() -> None:
@@ -112,15 +113,10 @@ def test_every_reference_resolves() -> None:
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     for service in services.values():
         selector = service["spec"]["selector"]
-        matching = [
-            t for t in pods.values() if selector.items() <= t["metadata"]["labels"].items()
-        ]
+        matching = [t for t in pods.values() if selector.items() <= t["metadata"]["labels"].items()]
         assert matching, service["metadata"]["name"]
         ports = {
-            p["name"]
-            for t in matching
-            for c in t["spec"]["containers"]
-            for p in c.get("ports", [])
+            p["name"] for t in matching for c in t["spec"]["containers"] for p in c.get("ports", [])
         }
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports
