@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 #: Library parameter → option, so that errors name what the user typed.
@@ -14,6 +15,7 @@ OPTIONS = {
     "query": "query",
     "cutout_radius": "radius",
     "timeout": "timeout",
+    "port": "port",
 }
 
 
@@ -21,11 +23,36 @@ def register(subparsers: Any) -> None:
     """Add the ``platform`` command group."""
     parser = subparsers.add_parser(
         "platform",
-        help="check a running science platform deployment",
-        description="Operate a science platform deployment (docs/platform.md).",
+        help="start, stop and check the science platform",
+        description="Start the services with token auth on this machine (up, down), and "
+        "check any deployment with a synthetic user (check). See docs/platform.md.",
     )
-    sub = parser.add_subparsers(dest="platform_command", metavar="{check}")
+    sub = parser.add_subparsers(dest="platform_command", metavar="{up,down,check}")
     sub.required = True
+    repo_help = "repository directory (default: $SKYDM_REPO or ./skydm-repo)"
+    up = sub.add_parser(
+        "up",
+        help="start the services with token auth on 127.0.0.1; print the URL and an admin token",
+        description="Start `skydm serve --auth tokens` for the repository on 127.0.0.1 in the "
+        "background, wait until it answers, and print its URL, then an administrator's token "
+        "alone on the last line. `skydm platform down` stops it and revokes that token. "
+        "(JupyterHub is not started yet.)",
+    )
+    up.add_argument("--repo", type=Path, default=None, help=repo_help)
+    up.add_argument("--port", type=int, default=8000, help="port of the services (8000)")
+    up.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the services (60)"
+    )
+    up.set_defaults(func=_up)
+    down = sub.add_parser(
+        "down",
+        help="stop what `skydm platform up` started; revoke its admin token",
+        description="Stop the services `skydm platform up` started for the repository and "
+        "revoke the administrator's token it made.",
+    )
+    down.add_argument("--repo", type=Path, default=None, help=repo_help)
+    down.set_defaults(func=_down)
+
     check = sub.add_parser(
         "check",
         help="run a synthetic user against the services and time each step",
@@ -55,6 +82,26 @@ def register(subparsers: Any) -> None:
     )
     check.add_argument("--json", action="store_true", help="print one JSON line, not a table")
     check.set_defaults(func=_check)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import existing_repository
+    from skydm.platform.local import platform_up
+
+    platform = platform_up(existing_repository(args.repo), port=args.port, timeout=args.timeout)
+    print(f"skydm platform: services at {platform.url} (pid {platform.pid}, log {platform.log})")
+    print(f"export SKYDM_URL={platform.url}; `skydm platform down` stops them; admin token:")
+    print(platform.token)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import existing_repository
+    from skydm.platform.local import platform_down
+
+    platform = platform_down(existing_repository(args.repo))
+    print(f"skydm platform: stopped the services at {platform.url}; admin token revoked")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
