@@ -1,4 +1,4 @@
-"""``skydm platform check``: a synthetic user that exercises a running deployment."""
+"""``skydm platform up|down|check``: the services on this machine, and a synthetic user."""
 
 from __future__ import annotations
 
