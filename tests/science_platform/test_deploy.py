@@ -82,6 +82,12 @@ def test_services_run_with_auth_and_the_deployment_has_what_it_names() -> None:
     assert args[0] == "serve"
     assert args[args.index("--auth") + 1] in ("tokens", "oidc")
     assert args[args.index("--host") + 1] == "0.0.0.0"
+    # The container's command line is one the real `skydm serve` parser accepts.
+    from skydm.cli.main import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "serve" and parsed.port == 8000
+    assert pod["containers"][0]["ports"][0]["containerPort"] == parsed.port
     # The probes reach a path the auth gate leaves open.
     from skydm.services.auth.gate import PUBLIC_PATHS
 
