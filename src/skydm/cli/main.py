@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "query",
     "serve",
     "token",
+    "platform",
     "demo",
     "archive",
     "transfer",
