@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "verify",
     "cutout",
     "color",
+    "hips",
     "diffim",
     "coadd",
     "alerts",
