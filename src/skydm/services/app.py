@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from skydm import __version__
 from skydm.services.images.config import ImagesConfig
 from skydm.services.images.handlers import install_images
+from skydm.services.images.hips import install_hips
 from skydm.services.images.jobs import SodaJobs
 from skydm.services.images.service import ImageService
 from skydm.services.tap.config import TapConfig
@@ -107,5 +108,6 @@ def create_app(
     )
     install_tap(app, tap)
     install_images(app, images)
+    install_hips(app, Path(config.repo_dir) / "hips")
     app.tap_service = tap
     return app
