@@ -33,7 +33,7 @@ MEDIA = {
 
 def trees(root: Path) -> list[dict[str, str]]:
     """Every tree under ``root``: name, title, order, tile formats, initial position."""
-    out = []
+    out: list[dict[str, str]] = []
     if not root.is_dir():
         return out
     for props_path in sorted(root.glob("*/properties")):
