@@ -229,3 +229,17 @@ def test_bad_input_is_named(
     with pytest.raises(BadValueError):
         HipsSpec(name="r", title="t", width=500)
     assert not (tmp_path / "h").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_grey_tiles_are_the_lupton_stretch(seed: int) -> None:
+    from skydm.image.color import color_from_planes, lupton_params
+    from skydm.image.hips.tree import picture
+
+    tile = coadd_image(seed, 512)
+    tile[:3] = np.nan
+    params = lupton_params((tile[3:], tile[3:], tile[3:]))
+    want = color_from_planes((tile, tile, tile), params)
+    got, alpha = picture(tile, params)
+    assert np.abs(want[3:].astype(int) - got[3:]).max() <= 1  # table vs direct: rounding
+    assert (alpha[:3] == 0).all() and (alpha[3:] == 255).all()

@@ -139,7 +139,7 @@ def write_picture(path: Path, rgb: np.ndarray, alpha: np.ndarray | None, kind: s
         picture = image_mod.fromarray(top_first, mode="RGB")
     buf = io.BytesIO()
     if kind == "png":
-        picture.save(buf, format="PNG")
+        picture.save(buf, format="PNG", compress_level=1)  # speed over bytes
     else:
         picture.save(buf, format="JPEG", quality=90)
     path.parent.mkdir(parents=True, exist_ok=True)

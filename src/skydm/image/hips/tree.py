@@ -268,10 +268,30 @@ def _remove(root: Path, order: int, index: int) -> int:
 
 
 def picture(tile: np.ndarray, params: LuptonParams) -> tuple[np.ndarray, np.ndarray]:
-    """Grey asinh-stretched RGB of a FITS tile and its alpha (0 off the coverage)."""
-    rgb = color_from_planes((tile, tile, tile), params)
+    """Grey asinh-stretched RGB of a FITS tile and its alpha (0 off the coverage).
+
+    The stretch is :func:`~skydm.image.color.color_from_planes` of the tile
+    as all three bands, looked up in a table of it: with three equal bands
+    it maps each value to one grey level, so the table is exact to a
+    fraction of a level and costs nothing per pixel.
+    """
+    levels = _grey_table(params)
+    values = np.nan_to_num(tile.astype(np.float64), nan=params.minimum[0])
+    grey = np.interp(values, levels[0], levels[1]).round().astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
     alpha = np.where(np.isfinite(tile), 255, 0).astype(np.uint8)
     return rgb, alpha
+
+
+def _grey_table(params: LuptonParams) -> tuple[np.ndarray, np.ndarray]:
+    # Values spaced evenly in the stretched (asinh) scale, from black to past white.
+    u = np.linspace(0.0, 1.05 * params.q, 8192)
+    values = params.minimum[0] + params.stretch * np.sinh(u) / params.q
+    values = np.concatenate([[values[0] - params.stretch], values])
+    row = values.reshape(1, -1)
+    single = LuptonParams((params.minimum[0],) * 3, params.stretch, params.q)
+    grey = color_from_planes((row, row, row), single)[0, :, 0].astype(np.float64)
+    return values, grey
 
 
 def _write(root: Path, order: int, index: int, tile: np.ndarray, params: LuptonParams) -> None:
