@@ -163,7 +163,7 @@ def _color_tree(
     written = 0
     if not same and root.exists():
         shutil.rmtree(root)
-    for k in range(order, MIN_ORDER - 1, -1):
+    for k in range(order, -1, -1):
         if same:
             todo = set().union(*(reports[b].changed.get(k, set()) for b in trio if b in reports))
         else:

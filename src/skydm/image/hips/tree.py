@@ -209,9 +209,13 @@ def build_tree(
     present = set(by_tile)
     changed = redo
     report.changed[order] = set(redo)
-    for k in range(order - 1, MIN_ORDER - 1, -1):
+    order3: list[int] = []
+    # Down to order 0: Aladin asks for the lowest orders' tiles when zoomed out.
+    for k in range(order - 1, -1, -1):
         changed = {t // 4 for t in changed}
         present = {t // 4 for t in present}
+        if k == MIN_ORDER:
+            order3 = sorted(present)
         report.changed[k] = changed
         for t in sorted(changed):
             kids = {
@@ -225,7 +229,6 @@ def build_tree(
             else:
                 _write(root, k, t, tile, params)
                 report.lower_written += 1
-    order3 = sorted(present)
     _allsky(root, order3, width, params)
     _moc(root, sorted(by_tile), order)
     _properties(root, spec, order, [s for s, _ in sources], params)
@@ -371,7 +374,7 @@ def _properties(
         "hips_status": "public master clonableOnce",
         "hips_frame": "equatorial",
         "hips_order": str(order),
-        "hips_order_min": str(MIN_ORDER),
+        "hips_order_min": "0",
         "hips_tile_width": str(spec.width),
         "hips_tile_format": "fits png",
         "hips_pixel_bitpix": "-32",

@@ -103,6 +103,7 @@ def build_hips_router(root: Path) -> APIRouter:
 
     @router.get("/hips/{name}/{path:path}", summary="A file of a HiPS tree")
     def hips_file(name: str, path: str) -> Response:
+        path = path.lstrip("/")  # a base URL given with its slash: .../color//Norder3/...
         shown = f"{name}/{path}"[:200]
         if not _NAME.match(name) or ".." in name or not _FILE.match(path):
             return _not_found(shown)
