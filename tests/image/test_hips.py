@@ -243,3 +243,19 @@ def test_grey_tiles_are_the_lupton_stretch(seed: int) -> None:
     got, alpha = picture(tile, params)
     assert np.abs(want[3:].astype(int) - got[3:]).max() <= 1  # table vs direct: rounding
     assert (alpha[:3] == 0).all() and (alpha[3:] == 255).all()
+
+
+def test_colour_tree_redoes_only_what_a_band_changed(repo3: Path) -> None:
+    with Repository.open(repo3, create=False) as repo:
+        first = build_repository_hips(repo, repo3 / "hips")
+        idle = build_repository_hips(repo, repo3 / "hips")
+        put_coadd(repo, "g", "c2", 13, 150.3, 2.2)  # one band, elsewhere
+        second = build_repository_hips(repo, repo3 / "hips")
+    assert first.color_bands == ("i", "r", "g") and first.color_tiles > 0
+    assert idle.color_tiles == 0
+    changed = sum(len(v) for v in second.bands["g"].changed.values())
+    assert 0 < second.color_tiles <= changed
+    order = second.bands["g"].order
+    for index in second.bands["g"].rebuilt_tiles:  # the new coadd's tiles are in colour too
+        assert tile_path(repo3 / "hips" / "color", order, index, "png").exists()
+        assert tile_path(repo3 / "hips" / "color", order, index, "jpg").exists()
