@@ -259,3 +259,42 @@ def test_colour_tree_redoes_only_what_a_band_changed(repo3: Path) -> None:
     for index in second.bands["g"].rebuilt_tiles:  # the new coadd's tiles are in colour too
         assert tile_path(repo3 / "hips" / "color", order, index, "png").exists()
         assert tile_path(repo3 / "hips" / "color", order, index, "jpg").exists()
+
+
+@pytest.mark.parametrize("name", ["sfft_stack_2016-08-18.fits", "sfft_stack_2018-08-04.fits"])
+def test_real_stack_tiles_equal_reprojects_hips(tmp_path: Path, data_dir: Path, name: str) -> None:
+    """A real DECam stack (its own WCS and noise): the same tiles as reproject's HiPS.
+
+    Both interpolate in float32, so values differ by float32 rounding: relative
+    to the value, except where the interpolation crosses zero, hence the floor
+    at the image's typical level.
+    """
+    from reproject import reproject_interp
+    from reproject.hips import reproject_to_hips
+
+    with fits.open(data_dir / "decam_pair" / name) as hdul:
+        image = np.asarray(hdul[0].data, dtype=np.float32)
+        wcs = WCS(hdul[0].header)
+    level = float(np.median(np.abs(image[np.isfinite(image)])))
+    report = build_tree(
+        tmp_path / "ours", HipsSpec(name="x", title="real"), [(SourceImage("a", image, wcs), "c")]
+    )
+    reproject_to_hips(
+        (image, wcs),
+        coord_system_out="equatorial",
+        reproject_function=reproject_interp,
+        output_directory=str(tmp_path / "theirs"),
+        level=report.order,
+        order="bilinear",
+        progress_bar=lambda x: x,
+    )
+    theirs = tmp_path / "theirs"
+    expected = sorted(int(p.stem[4:]) for p in theirs.glob(f"Norder{report.order}/*/Npix*.fits"))
+    assert report.rebuilt_tiles == expected and expected
+    for index in expected:
+        want = fits.getdata(tile_path(theirs, report.order, index, "fits")).astype(np.float64)
+        got = fits.getdata(tile_path(tmp_path / "ours", report.order, index, "fits"))
+        assert np.array_equal(np.isfinite(got), np.isfinite(want))
+        both = np.isfinite(want)
+        scale = np.maximum(np.abs(want[both]), level)
+        assert np.max(np.abs(got[both] - want[both]) / scale) < 1e-5
