@@ -66,7 +66,7 @@ def test_tiles_equal_reprojects_hips(tmp_path: Path, seed: int) -> None:
     assert tile_pixel_deg(order, 512) <= PIXEL_DEG < tile_pixel_deg(order - 1, 512)
     ours = tmp_path / "ours"
     spec = HipsSpec(name="r", title="test")
-    report = build_tree(ours, spec, [(SourceImage("a", image, wcs), "x")])
+    report = build_tree(ours, spec, [(SourceImage("a", image, wcs), "x")], workers=seed)
     theirs = tmp_path / "theirs"
     reproject_to_hips(
         (image, wcs),
@@ -213,6 +213,8 @@ def test_removed_coadd_removes_its_tiles(tmp_path: Path) -> None:
 def test_bad_input_is_named(
     repo3: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    assert main(["hips", "--repo", str(repo3), "--workers", "0", "--quiet"]) != 0
+    assert "--workers" in capsys.readouterr().err
     assert main(["hips", "--repo", str(repo3), "--band", "z", "--quiet"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--band" in err[0] and "z" in err[0] and "g, i, r" in err[0]

@@ -25,17 +25,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--band", action="append", default=None, help="band to build (repeatable; default all)"
     )
     p.add_argument("--out", type=Path, default=None, help="directory of the trees (<repo>/hips)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="threads resampling tiles (CPU count, at most 8)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm hips``."""
+    import os
+
     from skydm.config import Settings
+    from skydm.errors import BadValueError
     from skydm.image.hips import build_repository_hips
     from skydm.progress import Progress
     from skydm.repo import Repository
 
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise BadValueError("--workers", args.workers, "a positive number of threads")
     settings = Settings.from_env()
     root = args.repo if args.repo is not None else settings.repo
     bands = None
@@ -44,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     with Repository.open(root, create=False, registry_url=settings.registry_url) as repo:
         out = args.out if args.out is not None else repo.root / "hips"
         result = build_repository_hips(
-            repo, out, bands=bands, progress=Progress("hips tiles", 0, quiet=args.quiet)
+            repo,
+            out,
+            bands=bands,
+            workers=workers,
+            progress=Progress("hips tiles", 0, quiet=args.quiet),
         )
     for band, report in result.bands.items():
         print(

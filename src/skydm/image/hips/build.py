@@ -82,6 +82,7 @@ def build_repository_hips(
     bands: list[str] | None = None,
     dataset_type: str = "coadd",
     width: int = 512,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> HipsResult:
     """Build or update the HiPS trees of ``repo``'s coadds under ``out``.
@@ -98,6 +99,8 @@ def build_repository_hips(
         The images tiled (``coadd``).
     width : int
         Tile width (512).
+    workers : int
+        Threads resampling tiles.
     progress : Progress, optional
         Counts tiles.
 
@@ -129,7 +132,9 @@ def build_repository_hips(
         spec = HipsSpec(
             name=band, title=f"skydm {dataset_type}s, band {band}", width=width, order=order
         )
-        result.bands[band] = build_tree(out / band, spec, sources[band], progress=progress)
+        result.bands[band] = build_tree(
+            out / band, spec, sources[band], workers=workers, progress=progress
+        )
     trio = color_bands(have)
     if trio and all((out / b / STATE).exists() for b in trio):
         result.color_bands = trio

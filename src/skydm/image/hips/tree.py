@@ -20,6 +20,7 @@ import math
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,9 +150,13 @@ def build_tree(
     spec: HipsSpec,
     sources: list[tuple[SourceImage, str]],
     *,
+    workers: int = 1,
     progress: Progress | None = None,
 ) -> BuildReport:
     """Build or update the tree at ``root`` from ``sources`` ((image, checksum) pairs).
+
+    ``workers`` threads resample the deepest order's tiles (each tile is
+    independent; the HEALPix, WCS and interpolation code release the GIL).
 
     Raises
     ------
@@ -197,15 +202,23 @@ def build_tree(
     report = BuildReport(path=root, order=order, rebuilt_tiles=sorted(redo))
     if progress is not None:
         progress.total = (progress.total or 0) + len(redo)
-    for t in sorted(redo):
+    if workers < 1:
+        raise BadValueError("--workers", workers, "a positive number of threads")
+
+    def one(t: int) -> int:
+        """1: written; -1: removed (no data now); 0: no data, nothing there."""
         tile = sample_tile(order, t, width, by_tile.get(t, []))
         if tile is None:
-            report.tiles_removed += _remove(root, order, t)
-        else:
-            _write(root, order, t, tile, params)
-            report.tiles_written += 1
-        if progress is not None:
-            progress.advance(1, f"order {order}")
+            return -_remove(root, order, t)
+        _write(root, order, t, tile, params)
+        return 1
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for outcome in pool.map(one, sorted(redo)):
+            report.tiles_written += outcome == 1
+            report.tiles_removed += outcome == -1
+            if progress is not None:
+                progress.advance(1, f"order {order}")
     present = set(by_tile)
     changed = redo
     report.changed[order] = set(redo)
