@@ -171,10 +171,20 @@ def test_incremental_rebuilds_only_touched_tiles(tmp_path: Path) -> None:
         put_coadd(repo, "r", "c1", 7, 150.0, 2.2)
         first = build_repository_hips(repo, root / "hips")
         before = tree_files(root / "hips" / "r")
+        reads: list[str | None] = []
+        real_get = repo.get_exposure
+
+        def counted(dataset_type: str, data_id: DataId) -> Exposure:
+            reads.append(data_id.skycell)
+            return real_get(dataset_type, data_id)
+
+        repo.get_exposure = counted  # type: ignore[method-assign]
         again = build_repository_hips(repo, root / "hips")
         assert again.bands["r"].tiles_written == 0 and tree_files(root / "hips" / "r") == before
+        assert reads == []  # nothing to redo: no coadd's pixels are read
         put_coadd(repo, "r", "c2", 8, 150.3, 2.2)  # a new coadd elsewhere
         second = build_repository_hips(repo, root / "hips")
+        assert reads == ["c2"]  # only the new coadd's pixels
     new = second.bands["r"]
     old_tiles = set(first.bands["r"].rebuilt_tiles)
     assert new.rebuilt_tiles and not old_tiles & set(new.rebuilt_tiles)

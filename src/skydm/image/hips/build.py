@@ -18,6 +18,7 @@ from skydm.image.hips.tree import STATE, BuildReport, HipsSpec, build_tree
 from skydm.progress import Progress
 from skydm.repo import Repository
 from skydm.repo.atomic import atomic_write_bytes
+from skydm.repo.dataid import DataId
 
 COLOR = "color"
 #: Preferred colour bands, red first; else the three reddest.
@@ -51,17 +52,22 @@ class HipsResult:
 
 
 def _sources(repo: Repository, band: str, dataset_type: str) -> list[tuple[SourceImage, str]]:
-    from skydm.image.datasets import dataset_id
+    """A band's images with their checksums; pixels read only for the tiles redone."""
+    from skydm.image.datasets import dataset_id, footprint
 
     out = []
     for ref in repo.query(dataset_type=dataset_type, band=band):
-        exposure = repo.get_exposure(dataset_type, ref.data_id)
-        if exposure.wcs is None:
+        fp = footprint(ref)  # the header only
+        if fp is None:
             continue  # no place on the sky: nothing to tile
-        image = np.asarray(exposure.image, dtype=np.float32)
-        out.append(
-            (SourceImage(dataset_id(dataset_type, ref.data_id), image, exposure.wcs), ref.checksum)
+
+        def load(data_id: DataId = ref.data_id) -> np.ndarray:
+            return np.asarray(repo.get_exposure(dataset_type, data_id).image, dtype=np.float32)
+
+        source = SourceImage(
+            dataset_id(dataset_type, ref.data_id), None, fp.wcs, shape=fp.shape, loader=load
         )
+        out.append((source, ref.checksum))
     return out
 
 

@@ -11,7 +11,7 @@ tile holds their mean.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +23,53 @@ from skydm.image.hips.geometry import child_slot, tile_lonlat
 from skydm.repo.atomic import atomic_write_bytes
 
 
-@dataclass(frozen=True)
 class SourceImage:
-    """One image resampled into tiles.
+    """One image resampled into tiles; its pixels read only when first needed.
 
-    Attributes
+    Parameters
     ----------
     id : str
         Its public ID.
-    image : numpy.ndarray
+    image : numpy.ndarray, optional
         Pixels (rows, columns); NaN where there is no data.
     wcs : astropy.wcs.WCS
         Its celestial WCS.
+    shape : tuple of int, optional
+        (rows, columns), with ``loader`` instead of ``image``.
+    loader : callable, optional
+        Returns the pixels when they are first needed, so that an incremental
+        build reads only the images of the tiles it redoes.
     """
 
-    id: str
-    image: np.ndarray
-    wcs: WCS
+    def __init__(
+        self,
+        id: str,
+        image: np.ndarray | None,
+        wcs: WCS,
+        *,
+        shape: tuple[int, int] | None = None,
+        loader: Callable[[], np.ndarray] | None = None,
+    ) -> None:
+        if image is None and (loader is None or shape is None):
+            raise ValueError("SourceImage needs the image, or its shape and a loader")
+        self.id = id
+        self.wcs = wcs
+        self._image = image
+        self._loader = loader
+        self.shape: tuple[int, int] = image.shape if image is not None else shape  # type: ignore[assignment]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the pixels have been read."""
+        return self._image is not None
+
+    @property
+    def image(self) -> np.ndarray:
+        """The pixels (read on first use)."""
+        if self._image is None:
+            assert self._loader is not None
+            self._image = np.asarray(self._loader(), dtype=np.float32)
+        return self._image
 
 
 def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -178,13 +178,17 @@ def build_tree(
             shutil.rmtree(sub)  # another order or width: nothing of the old tree is reusable
     current = {s.id: (s, checksum) for s, checksum in sources}
     touched: dict[str, list[int]] = {}
+    stats: dict[str, dict[str, float]] = {}
     redo: set[int] = set()
     for sid, (source, checksum) in current.items():
         prior = old.get(sid)
         if prior is not None and prior.get("checksum") == checksum:
             touched[sid] = [int(t) for t in prior["tiles"]]  # type: ignore[attr-defined]
+            saved = prior.get("stats")
+            stats[sid] = saved if isinstance(saved, dict) else _pixel_stats(source)
             continue
-        tiles = sorted(tiles_touched(source.wcs, source.image.shape, order, width))
+        stats[sid] = _pixel_stats(source)
+        tiles = sorted(tiles_touched(source.wcs, source.shape, order, width))
         touched[sid] = tiles
         redo.update(tiles)
         if prior is not None:
@@ -204,6 +208,10 @@ def build_tree(
         progress.total = (progress.total or 0) + len(redo)
     if workers < 1:
         raise BadValueError("--workers", workers, "a positive number of threads")
+
+    for t in redo:  # read here: loaders may use the repository, which is not shared
+        for source in by_tile.get(t, []):
+            _ = source.image
 
     def one(t: int) -> int:
         """1: written; -1: removed (no data now); 0: no data, nothing there."""
@@ -244,14 +252,15 @@ def build_tree(
                 report.lower_written += 1
     _allsky(root, order3, width, params)
     _moc(root, sorted(by_tile), order)
-    _properties(root, spec, order, [s for s, _ in sources], params)
+    _properties(root, spec, order, [s for s, _ in sources], list(stats.values()))
     report.tiles_total = len(by_tile)
     new_state = {
         "order": order,
         "width": width,
         "stretch": {"minimum": list(params.minimum), "stretch": params.stretch, "q": params.q},
         "sources": {
-            sid: {"checksum": current[sid][1], "tiles": tiles} for sid, tiles in touched.items()
+            sid: {"checksum": current[sid][1], "tiles": tiles, "stats": stats[sid]}
+            for sid, tiles in touched.items()
         },
     }
     atomic_write_bytes(root / STATE, json.dumps(new_state, indent=1).encode())
@@ -361,22 +370,40 @@ def _moc(root: Path, tiles: list[int], order: int) -> None:
         atomic_write_bytes(root / "Moc.fits", path.read_bytes())
 
 
+def _pixel_stats(source: SourceImage) -> dict[str, float]:
+    """A source's pixel range (0.5 and 99.5 percentiles, min, max), kept in the state."""
+    values = source.image[np.isfinite(source.image)]
+    values = values[:: max(1, values.size // 100_000)]
+    if values.size == 0:
+        return {"low": 0.0, "high": 1.0, "min": 0.0, "max": 1.0}
+    low, high = np.percentile(values, [0.5, 99.5])
+    return {
+        "low": float(low),
+        "high": float(high),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
 def _properties(
-    root: Path, spec: HipsSpec, order: int, sources: list[SourceImage], params: LuptonParams
+    root: Path,
+    spec: HipsSpec,
+    order: int,
+    sources: list[SourceImage],
+    stats: list[dict[str, float]],
 ) -> None:
     """``properties`` per HiPS 1.0: the mandatory keys and those Aladin uses."""
     ras, decs, size = [], [], 0.0
     for s in sources:
-        ny, nx = s.image.shape
+        ny, nx = s.shape
         ra, dec = s.wcs.celestial.all_pix2world([[(nx - 1) / 2, (ny - 1) / 2]], 0)[0]
         ras.append(math.radians(ra))
         decs.append(dec)
         size = max(size, max(nx, ny) * pixel_scale_deg(s.wcs))
     mean_ra = math.degrees(math.atan2(np.mean(np.sin(ras)), np.mean(np.cos(ras)))) % 360.0
     span = max(decs) - min(decs) + size
-    finite = [s.image[np.isfinite(s.image)] for s in sources]
-    values = np.concatenate([v[:: max(1, v.size // 100_000)] for v in finite if v.size])
-    low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
+    low, high = min(x["low"] for x in stats), max(x["high"] for x in stats)
+    lowest, highest = min(x["min"] for x in stats), max(x["max"] for x in stats)
     lines = {
         "creator_did": f"ivo://skydm/P/{spec.name}",
         "obs_title": spec.title,
@@ -392,8 +419,7 @@ def _properties(
         "hips_tile_format": "fits png",
         "hips_pixel_bitpix": "-32",
         "hips_pixel_cut": f"{low:.6g} {high:.6g}",
-        "hips_data_range": f"{float(np.min(values)) if values.size else 0:.6g} "
-        f"{float(np.max(values)) if values.size else 1:.6g}",
+        "hips_data_range": f"{lowest:.6g} {highest:.6g}",
         "hips_initial_ra": f"{mean_ra:.6f}",
         "hips_initial_dec": f"{float(np.mean(decs)):.6f}",
         "hips_initial_fov": f"{min(180.0, 1.2 * span):.6f}",
