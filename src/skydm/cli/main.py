@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "verify",
     "cutout",
     "color",
+    "hips",
     "diffim",
     "coadd",
     "alerts",
