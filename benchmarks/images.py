@@ -12,7 +12,12 @@
 * ``http_floor_p50_ms``: the same server's VOSI availability (no work at
   all), requested in turn with the cutouts: the part of a cutout's time
   that is HTTP and the machine's load;
-* ``hips_tiles_per_s``, ``reproject_hips_tiles_per_s``: null (no HiPS yet).
+* ``hips_tiles_per_s``, ``reproject_hips_tiles_per_s``: deepest-order
+  512 x 512 tiles per second of a whole HiPS build (every order, properties;
+  skydm's also PNG tiles, Allsky and Moc) of one coadd (2048^2 at 0.2"),
+  by ``skydm.image.hips.build_tree`` and by ``reproject.hips.reproject_to_hips``
+  (bilinear, the same interpolation), one thread each, in the same run
+  (``--hips-only`` runs just these).
 
 The server is one uvicorn process; on a shared machine the times are upper
 bounds.  Run: ``.venv/bin/python benchmarks/images.py [--quick]``.
@@ -91,10 +96,56 @@ def start_server(repo: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("skydm serve did not start")
 
 
+def hips_figures(n: int) -> dict[str, float | int]:
+    """Tiles per second of skydm's HiPS build and of reproject's, on one ``n`` x ``n`` coadd."""
+    from reproject import reproject_interp
+    from reproject.hips import reproject_to_hips
+
+    from skydm.image.hips import HipsSpec, build_tree
+    from skydm.image.hips.tiles import SourceImage
+
+    rng = np.random.default_rng(7)
+    image = rng.normal(100, 5, (n, n)).astype(np.float32)
+    wcs = make_wcs(n, 150.0, 2.0)
+    with tempfile.TemporaryDirectory(prefix="skydm-bench-hips-") as tmp:
+        t = time.perf_counter()
+        report = build_tree(
+            Path(tmp) / "ours",
+            HipsSpec(name="r", title="bench"),
+            [(SourceImage("a", image, wcs), "x")],
+        )
+        ours_s = time.perf_counter() - t
+        t = time.perf_counter()
+        reproject_to_hips(
+            (image, wcs),
+            coord_system_out="equatorial",
+            reproject_function=reproject_interp,
+            output_directory=str(Path(tmp) / "theirs"),
+            level=report.order,
+            order="bilinear",
+            progress_bar=lambda x: x,
+        )
+        theirs_s = time.perf_counter() - t
+        theirs_n = len(list((Path(tmp) / "theirs").glob(f"Norder{report.order}/*/Npix*.fits")))
+    return {
+        "hips_tiles_per_s": round(report.tiles_written / ours_s, 2),
+        "reproject_hips_tiles_per_s": round(theirs_n / theirs_s, 2),
+        "hips_tiles": report.tiles_written,
+        "hips_order": report.order,
+        "hips_s": round(ours_s, 2),
+        "reproject_hips_s": round(theirs_s, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1024^2 image, 20 epochs")
+    parser.add_argument("--hips-only", action="store_true", help="only the HiPS figures")
     args = parser.parse_args()
+    hips = hips_figures(1024 if args.quick else 2048)
+    if args.hips_only:
+        print(json.dumps(hips))
+        return
     big, epochs, epoch_size = (1024, 20, 256) if args.quick else (4096, 100, 512)
     n_requests = 100 if args.quick else 300
     with tempfile.TemporaryDirectory(prefix="skydm-bench-images-") as tmp:
@@ -166,8 +217,7 @@ def main() -> None:
         "http_floor_p50_ms": round(float(np.median(floor)) * 1e3, 2),
         "stamps_100_epochs_s": round(float(np.median(runs)), 3),
         "stamps_10_users_s": round(users_s, 3),
-        "hips_tiles_per_s": None,
-        "reproject_hips_tiles_per_s": None,
+        **hips,
         "image_size": big,
         "epochs": epochs,
         "epoch_size": epoch_size,

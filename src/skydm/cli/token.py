@@ -65,16 +65,20 @@ def register(subparsers: Any) -> None:
 
 
 def _store(repo: Path | None) -> Any:
-    from skydm.config import Settings
+    from skydm.cli._checks import existing_repository
     from skydm.services.auth.tokens import TokenStore
 
-    return TokenStore.for_repo(repo if repo is not None else Settings.from_env().repo)
+    # Tokens live in an existing repository's registry: a mistyped --repo must
+    # not become a new, empty repository holding an admin token.
+    return TokenStore.for_repo(existing_repository(repo))
 
 
 def _create(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import existing_repository
     from skydm.errors import BadValueError
     from skydm.services.auth.tokens import ADMIN_USER, SCOPES
 
+    existing_repository(args.repo)  # the repository first, as every --repo command does
     if args.admin:
         user, scopes = args.user or ADMIN_USER, list(SCOPES)
     else:

@@ -24,8 +24,10 @@ from skydm.services.auth.oidc import OidcConfig, OidcLogin
 from skydm.services.auth.tokens import TokenStore
 from skydm.services.images.config import ImagesConfig
 from skydm.services.images.handlers import install_images
+from skydm.services.images.hips import install_hips
 from skydm.services.images.jobs import SodaJobs
 from skydm.services.images.service import ImageService
+from skydm.services.portal import install_portal
 from skydm.services.tap.config import TapConfig
 from skydm.services.tap.factory import PREFIX, create_tap_service, install_tap
 from skydm.services.tap.handlers.sync import lean_sync, wants_lean
@@ -146,6 +148,8 @@ def create_app(
     )
     install_tap(app, tap)
     install_images(app, images)
+    install_hips(app, Path(config.repo_dir) / "hips")
+    install_portal(app)
     app.tap_service = tap
     app.state.auth_config = auth
     if tokens is not None:
