@@ -131,10 +131,10 @@ def test_quality_refuses_bad_levels_and_empty_repositories(tmp_path: Path, capsy
     assert main(["archive", "quality", "--repo", str(root), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no calexp" in err[0]
-    assert main(["archive", "quality", "--repo", str(root), "--q", "4,x"]) == 1
+    assert main(["archive", "quality", "--repo", str(root), "--q", "4,x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--q" in err[0] and "4,x" in err[0]
-    assert main(["archive", "quality", "--repo", str(root), "--q", "0"]) == 1
+    assert main(["archive", "quality", "--repo", str(root), "--q", "0"]) == 2
     assert "lossy0" in capsys.readouterr().err
 
 
@@ -179,7 +179,7 @@ def test_budget_projects_from_stored_sizes_nights_and_recipes(tmp_path: Path, ca
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "1000 visits a night" in text and "calexp" in text and "total" in text
-    assert main(["archive", "budget", "--repo", str(root), "--budget", "12XB"]) == 1
+    assert main(["archive", "budget", "--repo", str(root), "--budget", "12XB"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--budget" in err[0] and "12XB" in err[0]
 

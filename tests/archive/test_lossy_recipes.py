@@ -111,7 +111,7 @@ def test_zeros_nans_and_masked_pixels_are_kept_exactly() -> None:
     image, mask = exposure.image, exposure.msk
     image[10, :] = 0.0
     image[20, 5:50] = np.nan  # the Exposure flags these NO_DATA
-    mask[30, 7:40] |= np.uint32(Mask.CR)
+    mask[30, 7:40] |= np.uint32(Mask.BAD)
     image[30, 7:40] = 1e5 + np.arange(33, dtype=np.float32) * 0.123
     mask[40, 3] |= np.uint32(Mask.SAT)
     image[40, 3] = 123456.789
@@ -119,7 +119,7 @@ def test_zeros_nans_and_masked_pixels_are_kept_exactly() -> None:
     decoded, *_ = roundtrip(exposure, LOSSY16)
     assert np.all(decoded.image[10, :] == 0.0)
     assert np.all(np.isnan(decoded.image[20, 5:50]))
-    exact = (exposure.msk & np.uint32(Mask.CR | Mask.SAT | Mask.NO_DATA)) != 0
+    exact = (exposure.msk & np.uint32(Mask.BAD | Mask.SAT | Mask.NO_DATA)) != 0
     np.testing.assert_array_equal(decoded.image[exact], exposure.image[exact])
     np.testing.assert_array_equal(decoded.var[exact], exposure.var[exact])
     np.testing.assert_array_equal(decoded.msk, exposure.msk)  # masks are lossless

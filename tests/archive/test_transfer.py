@@ -109,10 +109,10 @@ def test_where_conflicts_and_bad_options(summit: Path, tmp_path: Path, capsys) -
     assert len(_checksums(dest_root)) == 2
     capsys.readouterr()
     assert main(["transfer", "--from", str(summit), "--to", str(dest_root),
-                 "--streams", "0"]) == 1  # fmt: skip
+                 "--streams", "0"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--streams" in err[0]
-    assert main(["transfer", "--from", str(summit), "--to", str(summit)]) == 1
+    assert main(["transfer", "--from", str(summit), "--to", str(summit)]) == 2
     assert "--to" in capsys.readouterr().err
 
 

@@ -38,6 +38,11 @@ PLANES = ("image", "variance", "mask")
 LOSSY_DEFAULT_TYPES = ("calexp", "warp", "diff", "coadd", "template")
 #: Dataset types that must stay lossless whatever the configuration says.
 LOSSLESS_ONLY_TYPES = ("raw",)
+#: Mask bits whose pixels a lossy recipe stores exactly: the unusable ones, except
+#: cosmic rays, which calibration has already replaced by interpolated values
+#: (INTRP): keeping those estimates exactly would cost ratio (a long exposure has
+#: thousands of hits) and preserve nothing measured.
+EXACT_MASK_BITS = int(UNUSABLE & ~Mask.CR)
 _LOSSY = re.compile(r"lossy(\d{1,4})")
 _Q_RANGE = (1, 1024)
 
@@ -96,7 +101,7 @@ class WriteRecipe:
 
     image: PlaneCodec = LOSSLESS
     variance: PlaneCodec = LOSSLESS
-    exact_mask_bits: int = int(UNUSABLE)
+    exact_mask_bits: int = EXACT_MASK_BITS
 
     @property
     def lossy(self) -> bool:
@@ -104,7 +109,7 @@ class WriteRecipe:
         return self.image.lossy or self.variance.lossy
 
     @classmethod
-    def named(cls, name: str, *, exact_mask_bits: int = int(UNUSABLE)) -> WriteRecipe:
+    def named(cls, name: str, *, exact_mask_bits: int = EXACT_MASK_BITS) -> WriteRecipe:
         """The recipe with codec ``name`` on image and variance (mask lossless)."""
         codec = PlaneCodec.parse(name, where="recipe")
         return cls(codec, codec, exact_mask_bits)
