@@ -27,7 +27,7 @@ from .conftest import free_port, make_catalog
 def test_non_loopback_without_auth_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str
 ) -> None:
-    assert main(["serve", "--repo", str(tmp_path), "--host", host]) == 1
+    assert main(["serve", "--repo", str(tmp_path), "--host", host]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "--host" in err[0] and host in err[0] and "--insecure" in err[0]
@@ -149,14 +149,14 @@ def test_oidc_without_a_provider_is_one_line(
     for name in ("SKYDM_OIDC_ISSUER", "SKYDM_OIDC_CLIENT_ID", "SKYDM_OIDC_CLIENT_SECRET"):
         monkeypatch.delenv(name, raising=False)
     Repository.open(tmp_path / "repo").close()
-    assert main(["serve", "--repo", str(tmp_path / "repo"), "--auth", "oidc"]) == 1
+    assert main(["serve", "--repo", str(tmp_path / "repo"), "--auth", "oidc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SKYDM_OIDC_ISSUER" in err[0]
     assert not (tmp_path / "repo" / "tap").exists()
 
 
 def test_tokens_need_a_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["serve", "--repo", str(tmp_path / "none"), "--auth", "tokens"]) == 1
+    assert main(["serve", "--repo", str(tmp_path / "none"), "--auth", "tokens"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none" in err[0]
     assert not (tmp_path / "none").exists()

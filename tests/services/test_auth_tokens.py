@@ -120,20 +120,20 @@ def test_cli_create_list_revoke(repo: Path, capsys: pytest.CaptureFixture[str]) 
 def test_cli_bad_input_is_one_line(
     repo: Path, capsys: pytest.CaptureFixture[str], args: list[str], names: str
 ) -> None:
-    assert main(["token", "create", "--repo", str(repo), *args]) == 1
+    assert main(["token", "create", "--repo", str(repo), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and names in err[0]
 
 
 def test_cli_revoke_unknown_key(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["token", "revoke", "--repo", str(repo), "nosuchkey"]) == 1
+    assert main(["token", "revoke", "--repo", str(repo), "nosuchkey"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nosuchkey" in err[0] and "skydm token list" in err[0]
 
 
 def test_cli_missing_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["token", "create", "--repo", str(tmp_path / "nope"), "--admin"]
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0]
     assert not (tmp_path / "nope").exists()

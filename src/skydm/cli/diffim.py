@@ -135,13 +135,15 @@ def _add_repo_mode(p: argparse.ArgumentParser) -> None:
 
 
 def _run_repo(args: argparse.Namespace) -> int:
+    from skydm.cli._checks import existing_repository
     from skydm.cli.run import run_and_report
-    from skydm.errors import UserError
+    from skydm.errors import UsageError
 
+    existing_repository(args.repo)  # the repository first, as every --repo command does
     if args.science is not None or args.out is not None:
-        raise UserError("give either SCIENCE TEMPLATE --out DIFF.fits or --repo, not both")
+        raise UsageError("give either SCIENCE TEMPLATE --out DIFF.fits or --repo, not both")
     if args.config is not None:
-        raise UserError(
+        raise UsageError(
             f"--config {args.config}: a settings file is for the file mode; over a repository "
             "give --task-config diffim.KEY=VALUE"
         )

@@ -71,6 +71,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``skydm run``."""
+    from skydm.cli._checks import existing_repository
+
+    existing_repository(args.repo)  # the repository first, as every --repo command does
     return run_and_report(args.pipeline, args)
 
 

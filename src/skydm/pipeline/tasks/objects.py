@@ -121,7 +121,9 @@ class ObjectCatalogTask(Task):
                     for ra, dec in zip(table["coord_ra"], table["coord_dec"], strict=True)
                 ]
                 table = table[np.asarray(home) == key.data_id.skycell]
-            table["skycell"] = [key.data_id.skycell] * len(table)
+            # A typed column even when empty: a cell with no objects would
+            # otherwise give a float column that cannot be stacked with strings.
+            table["skycell"] = np.array([key.data_id.skycell] * len(table), dtype=str)
             parts.append(table)
         table = vstack(parts, metadata_conflicts="silent") if parts else Table()
         table.meta = {}

@@ -47,6 +47,8 @@ RULES: tuple[tuple[str, str | None], ...] = (
     ("/soda/", "read:image"),
     ("/images/", "read:image"),
     ("/hips/", "read:image"),
+    # The portal shows the HiPS and cutouts: it is an image service too.
+    ("/portal/", "read:image"),
     ("/auth/api/v1/admin/", "admin:token"),
     ("/auth/api/v1/", None),
     ("/docs", None),
@@ -62,6 +64,9 @@ STATE_KEY = "auth"
 
 def required_scope(path: str) -> str | None:
     """The scope ``path`` needs (``None``: any valid token)."""
+    if path == "/":
+        # The portal's page; a prefix rule for "/" would match every path.
+        return "read:image"
     for prefix, scope in RULES:
         if path.startswith(prefix) or path == prefix.rstrip("/"):
             return scope
