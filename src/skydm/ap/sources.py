@@ -22,6 +22,7 @@ import numpy as np
 from astropy.table import Table
 
 from skydm.ap.association import make_id
+from skydm.diffim import _measure_fits
 from skydm.diffim.measure import FLUX_COLUMNS, MEASURED_COLUMNS
 from skydm.errors import BadValueError
 from skydm.image import VisitInfo
@@ -84,29 +85,9 @@ NULL_FIELDS: dict[str, str] = {
 
 #: diaSource fields filled only where a fit ran and converged (their rules
 #: are in skydm.diffim.measure): dipole fields on sources with both signs,
-#: trail fields on elongated ones.
-DIPOLE_FIELDS = (
-    "dipoleMeanFlux",
-    "dipoleMeanFluxErr",
-    "dipoleFluxDiff",
-    "dipoleFluxDiffErr",
-    "dipoleLength",
-    "dipoleAngle",
-    "dipoleChi2",
-)
-TRAIL_FIELDS = (
-    "trailFlux",
-    "trailFluxErr",
-    "trailRa",
-    "trailRaErr",
-    "trailDec",
-    "trailDecErr",
-    "trailLength",
-    "trailLengthErr",
-    "trailAngle",
-    "trailAngleErr",
-    "trailChi2",
-)
+#: trail fields on elongated ones.  One list, kept with the fits.
+DIPOLE_FIELDS = _measure_fits.DIPOLE_FIELDS
+TRAIL_FIELDS = _measure_fits.TRAIL_FIELDS
 
 #: Columns a DIA table must have at all (a row may still hold NaN in them).
 REQUIRED_COLUMNS = ("x", "y", "ra", "dec")

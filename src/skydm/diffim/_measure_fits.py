@@ -18,6 +18,31 @@ from skydm.diffim._mconfig import MeasureConfig
 from skydm.image import Exposure
 from skydm.image.psf import Psf
 
+#: The diaSource fields a dipole fit fills (NaN where none ran or converged).
+DIPOLE_FIELDS = (
+    "dipoleMeanFlux",
+    "dipoleMeanFluxErr",
+    "dipoleFluxDiff",
+    "dipoleFluxDiffErr",
+    "dipoleLength",
+    "dipoleAngle",
+    "dipoleChi2",
+)
+#: The diaSource fields a trail fit fills (NaN where none ran or converged).
+TRAIL_FIELDS = (
+    "trailFlux",
+    "trailFluxErr",
+    "trailRa",
+    "trailRaErr",
+    "trailDec",
+    "trailDecErr",
+    "trailLength",
+    "trailLengthErr",
+    "trailAngle",
+    "trailAngleErr",
+    "trailChi2",
+)
+
 
 def dipoles(
     st: _stamps.Stamps,
@@ -156,19 +181,7 @@ def trails(
         "trail_flag_edge": np.zeros(n, dtype=bool),
         "trailNdata": np.zeros(n, dtype=np.int32),
     }
-    for name in (
-        "trailFlux",
-        "trailFluxErr",
-        "trailRa",
-        "trailRaErr",
-        "trailDec",
-        "trailDecErr",
-        "trailLength",
-        "trailLengthErr",
-        "trailAngle",
-        "trailAngleErr",
-        "trailChi2",
-    ):
+    for name in TRAIL_FIELDS:
         out[name] = np.full(n, np.nan)
     for k in np.flatnonzero(attempt):
         l0 = math.sqrt(max(12.0 * (major[k] - s2), 1.0))
