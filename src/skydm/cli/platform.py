@@ -32,16 +32,32 @@ def register(subparsers: Any) -> None:
     repo_help = "repository directory (default: $SKYDM_REPO or ./skydm-repo)"
     up = sub.add_parser(
         "up",
-        help="start the services with token auth on 127.0.0.1; print the URL and an admin token",
-        description="Start `skydm serve --auth tokens` for the repository on 127.0.0.1 in the "
-        "background, wait until it answers, and print its URL, then an administrator's token "
-        "alone on the last line. `skydm platform down` stops it and revokes that token. "
-        "(JupyterHub is not started yet.)",
+        help="start the services with auth, and JupyterHub, on 127.0.0.1; print the URL and "
+        "an admin token",
+        description="Start `skydm serve --auth tokens` (or oidc) for the repository on 127.0.0.1 "
+        "in the background, and JupyterHub with configurable-http-proxy in front of it (one URL: "
+        "the services' paths go to the services, /hub and /user to the notebooks), wait until "
+        "they answer, and print the URL, then an administrator's token alone on the last line "
+        "(it logs in to the hub too). `skydm platform down` stops them and revokes that token. "
+        "Notebooks need the `platform` extra and configurable-http-proxy (npm).",
     )
     up.add_argument("--repo", type=Path, default=None, help=repo_help)
-    up.add_argument("--port", type=int, default=8000, help="port of the services (8000)")
+    up.add_argument("--port", type=int, default=8000, help="port of the platform's URL (8000)")
     up.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for the services (60)"
+        "--timeout", type=float, default=60.0, help="seconds to wait for each part (60)"
+    )
+    up.add_argument(
+        "--auth",
+        choices=["tokens", "oidc"],
+        default="tokens",
+        help="how users log in: tokens (the hub asks for one) or oidc (browsers go to the "
+        "provider in SKYDM_OIDC_*; see docs/platform.md) (tokens)",
+    )
+    up.add_argument(
+        "--no-notebooks",
+        dest="notebooks",
+        action="store_false",
+        help="start the services only, without JupyterHub",
     )
     up.set_defaults(func=_up)
     down = sub.add_parser(
@@ -88,8 +104,19 @@ def _up(args: argparse.Namespace) -> int:
     from skydm.cli._checks import existing_repository
     from skydm.platform.local import platform_up
 
-    platform = platform_up(existing_repository(args.repo), port=args.port, timeout=args.timeout)
+    platform = platform_up(
+        existing_repository(args.repo),
+        port=args.port,
+        timeout=args.timeout,
+        notebooks=args.notebooks,
+        auth=args.auth,
+    )
     print(f"skydm platform: services at {platform.url} (pid {platform.pid}, log {platform.log})")
+    if platform.hub_pid is not None:
+        print(
+            f"skydm platform: notebooks at {platform.url}/hub/ "
+            f"(JupyterHub pid {platform.hub_pid}, log {platform.hub_log})"
+        )
     print(f"export SKYDM_URL={platform.url}; `skydm platform down` stops them; admin token:")
     print(platform.token)
     return 0
@@ -100,7 +127,8 @@ def _down(args: argparse.Namespace) -> int:
     from skydm.platform.local import platform_down
 
     platform = platform_down(existing_repository(args.repo))
-    print(f"skydm platform: stopped the services at {platform.url}; admin token revoked")
+    hub = " and the notebooks" if platform.hub_pid is not None else ""
+    print(f"skydm platform: stopped the services{hub} at {platform.url}; admin token revoked")
     return 0
 
 
