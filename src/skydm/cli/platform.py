@@ -15,6 +15,7 @@ OPTIONS = {
     "query": "query",
     "cutout_radius": "radius",
     "timeout": "timeout",
+    "notebook_timeout": "notebook-timeout",
     "port": "port",
 }
 
@@ -75,7 +76,8 @@ def register(subparsers: Any) -> None:
         description=(
             "A synthetic user (Mobu in miniature): it presents the token (auth: "
             "/auth/api/v1/token-info), runs a TAP query (/tap/sync), finds an image through "
-            "SIA (/sia/query) and cuts it out through SODA (/soda/sync). Prints a table of "
+            "SIA (/sia/query) and cuts it out through SODA (/soda/sync); with --notebook it also "
+            "runs a cell in the user's JupyterLab through the hub. Prints a table of "
             "steps with their times (or one JSON line with --json), one line on standard "
             "error per failed step, and exits 1 if any step failed. The token needs "
             "read:tap and read:image."
@@ -95,6 +97,19 @@ def register(subparsers: Any) -> None:
     )
     check.add_argument(
         "--timeout", type=float, default=30.0, help="seconds each request may take (30)"
+    )
+    check.add_argument(
+        "--notebook",
+        action="store_true",
+        help="also run a notebook cell: start the user's JupyterLab through the hub's API, "
+        "run a TAP query in a kernel with the delegated token, stop it (the token needs "
+        "exec:notebook)",
+    )
+    check.add_argument(
+        "--notebook-timeout",
+        type=float,
+        default=180.0,
+        help="seconds the notebook server, the kernel and the cell may each take (180)",
     )
     check.add_argument("--json", action="store_true", help="print one JSON line, not a table")
     check.set_defaults(func=_check)
@@ -150,6 +165,8 @@ def _check(args: argparse.Namespace) -> int:
         query=args.query if args.query is not None else DEFAULT_QUERY,
         cutout_radius=args.radius,
         timeout=args.timeout,
+        notebook=args.notebook,
+        notebook_timeout=args.notebook_timeout,
     )
     report = run_check(config)
     print(report.to_json() if args.json else report.table())

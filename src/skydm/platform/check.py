@@ -21,8 +21,8 @@ from skydm.errors import BadValueError, require_extra
 #: The ADQL query of the ``tap`` step: small, and answerable by every deployment.
 DEFAULT_QUERY = "SELECT TOP 5 obs_publisher_did, s_ra, s_dec FROM ivoa.ObsCore"
 
-#: The steps in the order they run.
-STEPS = ("auth", "tap", "sia", "soda")
+#: The steps in the order they run (``notebook`` only with ``CheckConfig.notebook``).
+STEPS = ("auth", "tap", "sia", "soda", "notebook")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class CheckConfig:
         Radius of the SODA cutout, degrees (0 < r ≤ 0.1).
     timeout : float
         Seconds each request may take (> 0).
+    notebook : bool
+        Also run a notebook cell in the user's JupyterLab through the hub
+        (:mod:`skydm.platform.notebook`); the token needs ``exec:notebook``.
+    notebook_timeout : float
+        Seconds the notebook server's start, the kernel's and the cell may
+        each take (> 0).
     """
 
     url: str
@@ -49,6 +55,8 @@ class CheckConfig:
     query: str = DEFAULT_QUERY
     cutout_radius: float = 0.002
     timeout: float = 30.0
+    notebook: bool = False
+    notebook_timeout: float = 180.0
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -66,6 +74,8 @@ class CheckConfig:
             raise BadValueError("cutout_radius", self.cutout_radius, "degrees, > 0 and ≤ 0.1")
         if not self.timeout > 0:
             raise BadValueError("timeout", self.timeout, "seconds, > 0")
+        if not self.notebook_timeout > 0:
+            raise BadValueError("notebook_timeout", self.notebook_timeout, "seconds, > 0")
 
     @property
     def root(self) -> str:
@@ -80,7 +90,7 @@ class StepResult:
     Attributes
     ----------
     name : str
-        ``auth``, ``tap``, ``sia`` or ``soda``.
+        ``auth``, ``tap``, ``sia``, ``soda`` or ``notebook``.
     ok : bool
         Whether it succeeded.
     ms : float or None
@@ -263,6 +273,25 @@ class _Monitor:
         ny, nx = shapes[0]
         return f"{nx}x{ny} px, {len(response.content)} bytes"
 
+    def notebook(self) -> str:
+        from skydm.platform.notebook import NotebookFailed, run_cell
+
+        try:
+            result = run_cell(
+                self.client,
+                self.config.root,
+                self.config.token,
+                self.config.query,
+                timeout=self.config.notebook_timeout,
+            )
+        except NotebookFailed as exc:
+            raise StepFailed(str(exc)) from exc
+        if result.token_type != "notebook":
+            raise StepFailed(
+                f"the notebook has a {result.token_type} token, not a delegated notebook token"
+            )
+        return result.detail()
+
 
 def run_check(config: CheckConfig, *, client: Any = None) -> CheckReport:
     """Run every step as a synthetic user and time it.
@@ -277,7 +306,8 @@ def run_check(config: CheckConfig, *, client: Any = None) -> CheckReport:
     Returns
     -------
     CheckReport
-        A result for every step in :data:`STEPS`, failed ones included.
+        A result for every step in :data:`STEPS` (``notebook`` when asked
+        for), failed ones included.
     """
     httpx = require_extra("httpx", "serve")
     # Readied before the clock starts: a step's time is the deployment's, not
@@ -296,10 +326,13 @@ def run_check(config: CheckConfig, *, client: Any = None) -> CheckReport:
         "tap": monitor.tap,
         "sia": monitor.sia,
         "soda": monitor.soda,
+        "notebook": monitor.notebook,
     }
     report = CheckReport(config.root)
     try:
         for name in STEPS:
+            if name == "notebook" and not config.notebook:
+                continue
             if name == "soda" and monitor.image is None:
                 skipped = StepResult(name, False, None, "skipped: the sia step found no image")
                 report.steps.append(skipped)
