@@ -145,3 +145,37 @@ def test_every_reference_resolves() -> None:
             backend = path["backend"]["service"]
             service = services[backend["name"]]
             assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_hub_config_loads_with_skydm_login_and_kubespawner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster hub's config runs, and names skydm's authenticator with its settings."""
+    pytest.importorskip("jupyterhub", reason="pip install skydm[platform]")
+    from traitlets.config import Config
+
+    from skydm.platform.hub import SkydmAuthenticator
+
+    text = _named("ConfigMap", "skydm-hub-config")["data"]["jupyterhub_config.py"]
+    monkeypatch.setenv("POD_NAMESPACE", "skydm")
+    monkeypatch.setenv("SKYDM_NOTEBOOK_IMAGE", "skydm:latest")
+    config = Config()
+    exec(compile(text, "jupyterhub_config.py", "exec"), {"get_config": lambda: config})
+    assert config.JupyterHub.authenticator_class == "skydm.platform.hub.SkydmAuthenticator"
+    assert config.JupyterHub.spawner_class == "kubespawner.KubeSpawner"
+    authenticator = SkydmAuthenticator(config=config)
+    # The hub reaches the services' Service in-cluster; browsers log in at the Ingress's /login.
+    services = _named("Service", "skydm-services")
+    assert authenticator.services_url == f"http://{services['metadata']['name']}.skydm.svc"
+    assert authenticator.browser_login_url == "/login"
+    assert set(authenticator.notebook_scopes) <= {"read:tap", "read:image"}
+    # The hub's pod gets the auth-state key from the Secret it reads.
+    hub = _named("Deployment", "skydm-hub")["spec"]["template"]["spec"]["containers"][0]
+    secret = _named("Secret", "skydm-secrets")
+    assert {"secretRef": {"name": "skydm-secrets"}} in hub["envFrom"]
+    assert "JUPYTERHUB_CRYPT_KEY" in secret["stringData"]
+    # The Ingress sends the login to the services and /hub, /user to the hub.
+    paths = {
+        p["path"]: p["backend"]["service"]["name"]
+        for r in _named("Ingress", "skydm")["spec"]["rules"]
+        for p in r["http"]["paths"]
+    }
+    assert paths["/hub"] == paths["/user"] == "skydm-hub" and paths["/"] == "skydm-services"

@@ -28,7 +28,9 @@ def test_up_check_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     ingest_sim_raws(repo, tmp_path / "raws")
     make_catalog(repo)
     port = free_port()
-    assert main(["platform", "up", "--repo", str(repo), "--port", str(port)]) == 0
+    # The services alone (tests/science_platform/test_notebooks.py starts the hub too).
+    argv = ["platform", "up", "--repo", str(repo), "--port", str(port), "--no-notebooks"]
+    assert main(argv) == 0
     state = json.loads((repo / "platform" / "state.json").read_text())
     pid = state["pid"]
     try:
@@ -51,7 +53,8 @@ def test_up_check_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
             "soda",
         ]
         # A second `up` for the same repository is refused in one line.
-        assert main(["platform", "up", "--repo", str(repo), "--port", str(free_port())]) == 1
+        again = ["platform", "up", "--repo", str(repo), "--port", str(free_port())]
+        assert main([*again, "--no-notebooks"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "already runs at" in err[0] and url in err[0]
     finally:
@@ -116,3 +119,19 @@ def test_up_and_down_need_a_repository(tmp_path: Path, capsys: pytest.CaptureFix
         assert main(["platform", command, "--repo", str(tmp_path / "none")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no skydm repository" in err[0]
+
+
+def test_up_without_the_proxy_is_one_line_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    make_catalog(repo)
+    monkeypatch.setenv("SKYDM_CHP", str(tmp_path / "no-such-proxy"))
+    assert main(["platform", "up", "--repo", str(repo), "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SKYDM_CHP" in err[0] and "no-such-proxy" in err[0], err
+    store = TokenStore.for_repo(repo)
+    try:
+        assert store.tokens("admin") == []
+    finally:
+        store.close()
