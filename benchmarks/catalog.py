@@ -17,9 +17,20 @@ Parquet), and prints one JSON line:
   come from :func:`service_figures`, which the TAP service owns;
 * ``cone_p99_loaded_ms_auth`` — ``cone_p99_loaded_ms`` measured again on a
   service started with ``--auth tokens``, every request carrying a bearer
-  token (checked, scope and rate limit included).
+  token (checked, scope and rate limit included). The machine is shared, so
+  the loaded cone figure is measured in ``--auth-rounds`` interleaved pairs
+  (no auth, auth; then auth, no auth; ...) and the key is the median of the
+  auth rounds; ``cone_p99_loaded_ms_noauth_interleaved`` is the median of
+  the no-auth rounds of the same pairs (the peer), with the ``p50`` of both,
+  ``auth_overhead_p99_pct`` between them, and every round in
+  ``cone_p99_loaded_ms_rounds`` (``[noauth, auth]`` per pair);
+* ``auth_gate_us`` — what the token check costs a request, measured alone:
+  median time of the auth gate (header, token cache, scope, rate limit) on
+  one request in-process; ``token_verify_db_us`` — a token checked against
+  the registry database (a cache miss: once per token every 0.5 s).
 
-Run: ``.venv/bin/python benchmarks/catalog.py [--rows 10000000] [--cones 300] [--no-pg]``.
+Run: ``.venv/bin/python benchmarks/catalog.py [--rows 10000000] [--cones 300] [--no-pg]
+[--auth-rounds 3]``.
 """
 
 from __future__ import annotations
@@ -244,7 +255,9 @@ class LeanConnection:
             self._writer.close()
 
 
-def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float]:
+def service_figures(
+    catalog_dir: Path, *, auth: bool = False, cones_only: bool = False
+) -> dict[str, float]:
     """Figures through the TAP service: ``cone_p99_loaded_ms``, ``submit_ms``, ``abort_s``.
 
     Owned by the TAP service (``skydm.services``).  Starts ``skydm serve`` on
@@ -263,7 +276,9 @@ def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float
       the job is ABORTED and its worker process is gone.
 
     With ``auth``, the service runs with ``--auth tokens`` and only the
-    loaded cone figure is measured, as ``cone_p99_loaded_ms_auth``.
+    loaded cone figure is measured, as ``cone_p99_loaded_ms_auth``. With
+    ``cones_only``, only the loaded cone figures are measured, returned as
+    ``p99_ms`` and ``p50_ms`` (with or without auth).
     """
     import httpx
 
@@ -328,7 +343,7 @@ def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float
 
         cpu: dict[str, float] = {}
         submit_times = []
-        for _ in range(0 if auth else 30):
+        for _ in range(0 if auth or cones_only else 30):
             start = time.perf_counter()
             job_id = submit(SCAN, run=False)
             submit_times.append(time.perf_counter() - start)
@@ -381,6 +396,11 @@ def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float
         scanner.join()
         for job_id in scans:
             client.delete(f"/async/{job_id}")
+        if cones_only:
+            return {
+                "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+                "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+            }
         if auth:
             return {"cone_p99_loaded_ms_auth": round(float(np.percentile(latencies, 99)) * 1000, 1)}
 
@@ -422,11 +442,90 @@ def service_figures(catalog_dir: Path, *, auth: bool = False) -> dict[str, float
         log.close()
 
 
+def auth_figures(catalog_dir: Path, rounds: int) -> dict[str, object]:
+    """The loaded cone figure with and without auth, interleaved ``rounds`` times (ABBA)."""
+    p99: dict[bool, list[float]] = {False: [], True: []}
+    p50: dict[bool, list[float]] = {False: [], True: []}
+    pairs = []
+    for i in range(rounds):
+        # Alternate which goes first, so that a drift in the machine's load cancels.
+        order = (False, True) if i % 2 == 0 else (True, False)
+        pair: dict[bool, float] = {}
+        for auth in order:
+            found = service_figures(catalog_dir, auth=auth, cones_only=True)
+            p99[auth].append(found["p99_ms"])
+            p50[auth].append(found["p50_ms"])
+            pair[auth] = found["p99_ms"]
+        pairs.append([pair[False], pair[True]])
+    med = {k: float(np.median(v)) for k, v in p99.items()}
+    return {
+        "cone_p99_loaded_ms_auth": round(med[True], 1),
+        "cone_p99_loaded_ms_noauth_interleaved": round(med[False], 1),
+        "cone_p50_loaded_ms_auth": round(float(np.median(p50[True])), 1),
+        "cone_p50_loaded_ms_noauth_interleaved": round(float(np.median(p50[False])), 1),
+        "auth_overhead_p99_pct": round((med[True] / med[False] - 1) * 100, 1),
+        "cone_p99_loaded_ms_rounds": pairs,
+        "auth_rounds": rounds,
+    }
+
+
+def gate_figures(repo: Path, n: int = 20_000) -> dict[str, float]:
+    """The auth gate's own cost per request, and a token check in the database, in µs."""
+    from skydm.repo import Repository
+    from skydm.services.auth.config import AuthConfig
+    from skydm.services.auth.gate import AuthGate
+    from skydm.services.auth.tokens import TokenStore
+
+    Repository.open(repo).close()
+    store = TokenStore.for_repo(repo)
+    try:
+        token = store.create("bench-gate", ["read:tap"]).token
+        gate = AuthGate(store, AuthConfig(mode="tokens"))
+        scope = {
+            "type": "http",
+            "path": "/tap/sync",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+        }
+        passed = 0
+
+        async def app(scope: object, receive: object, send: object) -> None:
+            nonlocal passed
+            passed += 1
+
+        async def run() -> list[float]:
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                await gate(dict(scope), None, None, app)  # type: ignore[arg-type]
+                times.append(time.perf_counter() - start)
+            return times
+
+        gate_times = asyncio.run(run())
+        assert passed == n
+        verify_times = []
+        for _ in range(500):
+            start = time.perf_counter()
+            store.verify(token)
+            verify_times.append(time.perf_counter() - start)
+    finally:
+        store.close()
+    return {
+        "auth_gate_us": round(float(np.median(gate_times)) * 1e6, 2),
+        "token_verify_db_us": round(float(np.median(verify_times)) * 1e6, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--cones", type=int, default=300)
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    parser.add_argument(
+        "--auth-rounds",
+        type=int,
+        default=3,
+        help="interleaved pairs of loaded cone runs without and with auth (3)",
+    )
     parser.add_argument(
         "--keep",
         type=Path,
@@ -440,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         table = make_table(args.rows)
         start = time.perf_counter()
         load_table(catalog_dir, TABLE, table, mode="replace")
-        figures: dict[str, float] = {
+        figures: dict[str, object] = {
             "rows": args.rows,
             "load_s": round(time.perf_counter() - start, 2),
         }
@@ -449,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_pg:
             figures.update(pg_figures(catalog_dir, args.rows, args.cones))
         figures.update(service_figures(catalog_dir))
-        figures.update(service_figures(catalog_dir, auth=True))
+        figures.update(auth_figures(catalog_dir, max(1, args.auth_rounds)))
+        figures.update(gate_figures(catalog_dir.parent))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,10 @@ def test_rendered_config_loads_in_jupyterhub(tmp_path: Path) -> None:
         browser_login=True,
     )
     config = Config()
-    exec(compile(render_config(settings), "jupyterhub_config.py", "exec"), {"get_config": lambda: config})
+    exec(
+        compile(render_config(settings), "jupyterhub_config.py", "exec"),
+        {"get_config": lambda: config},
+    )
     assert config.JupyterHub.bind_url == "http://127.0.0.1:18000/"
     assert config.Proxy.extra_routes["/tap/"] == "http://127.0.0.1:18001"
     authenticator = SkydmAuthenticator(config=config)
@@ -48,4 +51,6 @@ def test_rendered_config_loads_in_jupyterhub(tmp_path: Path) -> None:
     # Scopes decide, not JupyterHub's allow lists.
     assert authenticator.check_allowed("x", {"auth_state": {"scopes": ["exec:notebook"]}})
     assert not authenticator.check_allowed("x", {"auth_state": {"scopes": ["read:tap"]}})
-    assert SkydmLocalSpawner(config=config).home_dir_template == str(tmp_path / "home" / "{username}")
+    assert SkydmLocalSpawner(config=config).home_dir_template == str(
+        tmp_path / "home" / "{username}"
+    )

@@ -139,7 +139,10 @@ def test_hub_trusts_only_skydm_tokens_with_the_notebook_scope(platform: Platform
     exchange = f"{platform.url}/hub/skydm/token"
     assert httpx.post(exchange, timeout=30).status_code == 401
     bad = "gt-AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
-    assert httpx.post(exchange, headers={"Authorization": f"Bearer {bad}"}, timeout=30).status_code == 403
+    assert (
+        httpx.post(exchange, headers={"Authorization": f"Bearer {bad}"}, timeout=30).status_code
+        == 403
+    )
     answer = httpx.post(exchange, headers={"Authorization": f"Bearer {no_notebook}"}, timeout=30)
     assert answer.status_code == 403
     # The login page: a valid login without exec:notebook is told so (no redirect loop) ...
@@ -201,7 +204,9 @@ class Browser(WebDriver):
     """The shared WebDriver client, with scripts."""
 
     def script(self, js: str, *args: Any) -> Any:
-        return self._call("POST", f"{self.session}/execute/sync", {"script": js, "args": list(args)})
+        return self._call(
+            "POST", f"{self.session}/execute/sync", {"script": js, "args": list(args)}
+        )
 
     def script_async(self, js: str, *args: Any, timeout: float = 180) -> Any:
         self._call("POST", f"{self.session}/timeouts", {"script": int(timeout * 1000)})

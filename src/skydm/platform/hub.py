@@ -269,7 +269,8 @@ class SkydmLocalSpawner(SimpleLocalProcessSpawner):  # type: ignore[misc]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not self.default_url:
+        default_url: str = getattr(self, "default_url", "")
+        if not default_url:
             self.default_url = "/lab"
 
     def get_args(self) -> list[str]:

@@ -117,8 +117,7 @@ def render_config(settings: LocalHubSettings) -> str:
         "c.JupyterHub.spawner_class = 'skydm.platform.hub.SkydmLocalSpawner'",
         "c.JupyterHub.cleanup_servers = True",
         f"c.ConfigurableHTTPProxy.command = [{settings.proxy!r}]",
-        f"c.ConfigurableHTTPProxy.api_url = "
-        f"{f'http://127.0.0.1:{settings.proxy_api_port}'!r}",
+        f"c.ConfigurableHTTPProxy.api_url = {f'http://127.0.0.1:{settings.proxy_api_port}'!r}",
         f"c.Proxy.extra_routes = {routes!r}",
         f"c.SkydmAuthenticator.services_url = {target!r}",
         f"c.SkydmAuthenticator.browser_login_url = {'/login' if settings.browser_login else ''!r}",
