@@ -282,15 +282,16 @@ def service_figures(
     """
     import httpx
 
+    from skydm.repo import Repository
     from skydm.services.tap.uws.store import JobStore
 
     repo = catalog_dir.parent
+    # `skydm serve` refuses a directory that is not a repository.
+    Repository.open(repo).close()
     headers: dict[str, str] = {}
     if auth:
-        from skydm.repo import Repository
         from skydm.services.auth.tokens import TokenStore
 
-        Repository.open(repo).close()
         store = TokenStore.for_repo(repo)
         headers["Authorization"] = f"Bearer {store.create('bench', ['read:tap']).token}"
         store.close()
