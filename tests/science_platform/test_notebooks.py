@@ -257,3 +257,46 @@ def test_browser_login_opens_jupyterlab_and_a_cell_queries_tap(platform: Platfor
         assert set(found["scopes"]) == {"read:tap", "read:image"}
     finally:
         browser.quit()
+
+
+def test_laptop_hub_logs_in_with_a_pasted_token_and_down_stops_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``skydm platform up`` without an identity provider: the hub's form takes a token."""
+    import os
+    import re
+
+    from skydm.cli.main import main
+
+    repo = tmp_path / "repo"
+    make_catalog(repo)
+    port = free_port()
+    argv = ["platform", "up", "--repo", str(repo), "--port", str(port), "--timeout", "240"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    token, url = out[-1], f"http://127.0.0.1:{port}"
+    state = json.loads((repo / "platform" / "state.json").read_text())
+    try:
+        assert f"notebooks at {url}/hub/" in out[1]
+        client = httpx.Client(base_url=url, timeout=60)
+        form = client.get("/hub/login?next=%2Fhub%2Fhome")
+        assert form.status_code == 200 and 'name="token"' in form.text
+        found = re.search(r'name="_xsrf" value="([^"]+)"', form.text)
+        assert found is not None
+        xsrf = found.group(1)
+        refused = client.post("/hub/login", data={"token": "gt-AAAA.BBBB", "_xsrf": xsrf})
+        assert refused.status_code == 403 and "does not accept" in refused.text
+        # No XSRF token: refused before the token is even looked at.
+        assert client.post("/hub/login", data={"token": token}).status_code == 403
+        answer = client.post("/hub/login?next=%2Fhub%2Fhome", data={"token": token, "_xsrf": xsrf})
+        assert answer.status_code == 302 and answer.headers["location"] == "/hub/home"
+        home = client.get("/hub/home")
+        assert home.status_code == 200 and "admin" in home.text
+    finally:
+        assert main(["platform", "down", "--repo", str(repo)]) == 0
+    assert "stopped the services and the notebooks" in capsys.readouterr().out
+    for pid in (state["pid"], state["hub_pid"]):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/hub/api/", timeout=5)
