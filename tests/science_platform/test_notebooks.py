@@ -259,6 +259,17 @@ def test_browser_login_opens_jupyterlab_and_a_cell_queries_tap(platform: Platfor
         browser.quit()
 
 
+def test_no_token_is_written_to_the_logs(platform: Platform) -> None:
+    """After the check and the browser flow: the hub's and the services' logs hold no token."""
+    import re
+
+    logs = [platform.repo / "platform" / name for name in ("hub.log", "serve.log")]
+    text = "".join(path.read_text(errors="replace") for path in logs)
+    assert "Spawning" in text or "User logged in" in text  # the logs are the ones written
+    assert platform.token not in text
+    assert not re.search(r"gt-[\w-]{8,}\.[\w-]{8,}", text)
+
+
 def test_laptop_hub_logs_in_with_a_pasted_token_and_down_stops_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
