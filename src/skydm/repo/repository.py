@@ -27,13 +27,13 @@ from skydm.repo.dataid import (
     Problem,
     check_dataset_type,
 )
-from skydm.repo.datastore import FileDatastore
+from skydm.repo.datastore import FileDatastore, StagedFile
 from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
     from skydm.archive.recipes import RecipeSet
     from skydm.image.exposure import Exposure
-    from skydm.repo.s3datastore import S3Datastore
+    from skydm.repo.s3datastore import S3Datastore, S3StagedFile
 
 
 def require_repository(path: str | Path) -> Path:
@@ -226,7 +226,7 @@ class Repository:
         sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
         datastore: FileDatastore | S3Datastore
         if datastore_url is not None:
-            from skydm.repo.s3datastore import S3Datastore
+            from skydm.repo.s3datastore import S3Datastore, S3StagedFile
 
             datastore = S3Datastore(datastore_url, root)
         else:
@@ -307,6 +307,50 @@ class Repository:
         check_dataset_type(dataset_type)
         existing = self.registry.find(dataset_type, data_id)
         staged = self.datastore.stage(dataset_type, data_id, write)
+        return self._register_staged(
+            staged, dataset_type, data_id, existing, replace=replace, meta=meta, check=check,
+            expect_checksum=expect_checksum,
+        )  # fmt: skip
+
+    def put_local_file(
+        self,
+        path: Path,
+        dataset_type: str,
+        data_id: DataId,
+        *,
+        checksum: str,
+        meta: Mapping[str, Any] | None = None,
+    ) -> DatasetRef:
+        """Store a complete, fsynced file already written under the repository directory.
+
+        The file is moved (not copied) into the datastore's staging place and
+        then committed and registered as :meth:`put_file` does; ``checksum``
+        is its SHA-256, computed by the caller from the bytes it wrote (the
+        transfer's end-to-end check), so it is not read again.
+
+        Raises
+        ------
+        ConflictError
+            When a different dataset has that data ID.
+        """
+        check_dataset_type(dataset_type)
+        existing = self.registry.find(dataset_type, data_id)
+        staged = self.datastore.adopt(dataset_type, data_id, Path(path), checksum)
+        return self._register_staged(staged, dataset_type, data_id, existing, meta=meta)
+
+    def _register_staged(
+        self,
+        staged: StagedFile | S3StagedFile,
+        dataset_type: str,
+        data_id: DataId,
+        existing: DatasetRef | None,
+        *,
+        replace: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        check: Callable[[Path], None] | None = None,
+        expect_checksum: str | None = None,
+    ) -> DatasetRef:
+        """Commit a staged file and register it (``put_file``'s second half)."""
         try:
             if expect_checksum is not None and staged.checksum != expect_checksum:
                 raise DataCorruptionError(staged.tmp, expect_checksum, staged.checksum)

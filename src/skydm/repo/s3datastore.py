@@ -134,6 +134,17 @@ class S3Datastore:
             raise
         return S3StagedFile(self, tmp, dataset_type, data_id, checksum)
 
+    def adopt(
+        self, dataset_type: str, data_id: DataId, path: Path, checksum: str
+    ) -> S3StagedFile:
+        """Stage a complete local file (moved into the staging folder) with its known SHA-256."""
+        check_dataset_type(dataset_type)
+        folder = self.root / STAGING
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{dataset_type}-{path.name}.tmp"
+        os.replace(path, tmp)
+        return S3StagedFile(self, tmp, dataset_type, data_id, checksum)
+
     def abspath(self, relpath: str | PurePath) -> Path:
         """Where :meth:`local_path` keeps the verified copy of a stored file."""
         return self.root / CACHE / PurePath(relpath)
