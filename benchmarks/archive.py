@@ -309,27 +309,32 @@ def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, float]:
+def transfer_source(work: Path, n_files: int, mb: float) -> Path:
+    """A repository of ``n_files`` raws of ``mb`` MB each (incompressible, like archived raws)."""
+    from skydm.repo import DataId, Repository
+
+    root = work / "transfer-source"
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(18)
+    size = int(mb * 1e6)
+    with Repository.open(root) as source:
+        for k in range(n_files):
+            blob = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            source.put_file(lambda fh, b=blob: fh.write(b), "raw", DataId("skysim", 1, k + 1, "r"))
+    return root
+
+
+def transfer_figures(args: argparse.Namespace, work: Path) -> dict[str, float]:
     """``transfer_mb_per_s`` and ``loopback_mb_per_s`` (see the module notes)."""
-    from skydm.archive import ingest_files
     from skydm.archive.transfer import TransferConfig, transfer
     from skydm.repo import Repository
 
-    source_root = work / "transfer-source"
-    shutil.rmtree(source_root, ignore_errors=True)
+    source_root = transfer_source(work, args.transfer_files, args.transfer_mb)
     with Repository.open(source_root) as source:
-        if not ingest_files(source, paths).ok:
-            sys.exit("ingest of the transfer set failed")
         stored = [r.path for r in source.query(dataset_type="raw")]
         best_t = best_l = 0.0
-        for k in range(repeat):
-            dest_root = work / f"transfer-dest-{k}"
-            with Repository.open(dest_root) as dest:
-                report = transfer(source, dest, TransferConfig(streams=4))
-            if not report.ok:
-                sys.exit("transfer failed: " + report.summary())
-            best_t = max(best_t, report.mb_per_s)
-            shutil.rmtree(dest_root)
+        for k in range(args.repeat):
+            # Interleaved, so a change in the machine's load hits both alike.
             copy_dir = work / f"loopback-{k}"
             copy_dir.mkdir()
             start = time.perf_counter()
@@ -343,7 +348,20 @@ def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, fl
                 nbytes += len(data)
             best_l = max(best_l, nbytes / 1e6 / (time.perf_counter() - start))
             shutil.rmtree(copy_dir)
-    return {"transfer_mb_per_s": round(best_t, 1), "loopback_mb_per_s": round(best_l, 1)}
+            dest_root = work / f"transfer-dest-{k}"
+            with Repository.open(dest_root) as dest:
+                report = transfer(source, dest, TransferConfig(streams=args.streams))
+            if not report.ok:
+                sys.exit("transfer failed: " + report.summary())
+            best_t = max(best_t, report.mb_per_s)
+            shutil.rmtree(dest_root)
+    return {
+        "transfer_mb_per_s": round(best_t, 1),
+        "loopback_mb_per_s": round(best_l, 1),
+        "transfer_files": args.transfer_files,
+        "transfer_file_mb": args.transfer_mb,
+        "transfer_streams": args.streams,
+    }
 
 
 def main() -> None:
@@ -353,62 +371,72 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--n-calexp", type=int, default=2, help="simulated calexps")
     parser.add_argument("--calexp-size", type=int, default=2048, help="simulated calexp side")
+    parser.add_argument("--transfer-files", type=int, default=24, help="files in the transfer set")
+    parser.add_argument("--transfer-mb", type=float, default=32.0, help="MB per transfer file")
+    parser.add_argument("--streams", type=int, default=4, help="transfer streams")
+    parser.add_argument(
+        "--only", choices=["all", "raw", "float", "transfer"], default="all",
+        help="run one part of the benchmark (the full JSON keys need 'all')",
+    )
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
     with tempfile.TemporaryDirectory(prefix="skydm-bench-archive-") as tmp:
         work = Path(tmp)
-        sets = {
-            "eso085": sorted((DATA / "eso085_null_pair").glob("*.fit")),
-            "sim4k": simulated_raws(work, args.n_sim, (args.size, args.size)),
-        }
-        from skydm.archive import encode
+        out: dict[str, Any] = {"benchmark": "archive"}
+        if args.only in ("all", "raw"):
+            out.update(raw_figures(args, work))
+        if args.only in ("all", "float"):
+            out.update(float_figures(args, work))
+        if args.only in ("all", "transfer"):
+            out.update(transfer_figures(args, work))
+        out["timing"] = f"best of {args.repeat}; codecs: read the source, write the output file"
+        print(json.dumps(out))
 
-        start = time.perf_counter()
-        encode(sets["eso085"][0])
-        warmup = time.perf_counter() - start
-        figures: dict[str, dict[str, float]] = {}
-        totals = np.zeros(7)
-        for name, paths in sets.items():
-            # Interleaved, so a change in the machine's load hits both alike.
-            runs = [
-                (archive_codec(paths, work), fpack(paths, work), ingest(paths, work))
-                for _ in range(args.repeat)
-            ]
-            s, d, t = min((r[0] for r in runs), key=lambda x: x[-1])
-            fs, fd, ft = min((r[1] for r in runs), key=lambda x: x[-1])
-            ib, it = min((r[2] for r in runs), key=lambda x: x[-1])
-            figures[name] = {
-                "files": len(paths),
-                "mb": round(s / 1e6, 2),
-                "ratio": round(s / d, 3),
-                "mb_per_s": round(s / 1e6 / t, 1),
-                "fpack_ratio": round(fs / fd, 3),
-                "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
-                "ingest_mb_per_s": round(ib / 1e6 / it, 1),
-            }
-            totals += [s, d, t, fs, fd, ft, it]
-        s, d, t, fs, fd, ft, it = totals
-        floats = float_figures(args, work)
-        floats.update(transfer_figures(sets["sim4k"], work, args.repeat))
-        print(
-            json.dumps(
-                {
-                    "benchmark": "archive",
-                    "ratio": round(s / d, 3),
-                    "mb_per_s": round(s / 1e6 / t, 1),
-                    "fpack_ratio": round(fs / fd, 3),
-                    "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
-                    "ingest_mb_per_s": round(s / 1e6 / it, 1),
-                    "codec_warmup_s": round(warmup, 2),
-                    **floats,
-                    "timing": "both read the source and write their output file; best of "
-                    f"{args.repeat}, one core",
-                    "sets": figures,
-                }
-            )
-        )
+
+def raw_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The lossless raw figures against ``fpack -r`` (see the module notes)."""
+    sets = {
+        "eso085": sorted((DATA / "eso085_null_pair").glob("*.fit")),
+        "sim4k": simulated_raws(work, args.n_sim, (args.size, args.size)),
+    }
+    from skydm.archive import encode
+
+    start = time.perf_counter()
+    encode(sets["eso085"][0])
+    warmup = time.perf_counter() - start
+    figures: dict[str, dict[str, float]] = {}
+    totals = np.zeros(7)
+    for name, paths in sets.items():
+        # Interleaved, so a change in the machine's load hits both alike.
+        runs = [
+            (archive_codec(paths, work), fpack(paths, work), ingest(paths, work))
+            for _ in range(args.repeat)
+        ]
+        s, d, t = min((r[0] for r in runs), key=lambda x: x[-1])
+        fs, fd, ft = min((r[1] for r in runs), key=lambda x: x[-1])
+        ib, it = min((r[2] for r in runs), key=lambda x: x[-1])
+        figures[name] = {
+            "files": len(paths),
+            "mb": round(s / 1e6, 2),
+            "ratio": round(s / d, 3),
+            "mb_per_s": round(s / 1e6 / t, 1),
+            "fpack_ratio": round(fs / fd, 3),
+            "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
+            "ingest_mb_per_s": round(ib / 1e6 / it, 1),
+        }
+        totals += [s, d, t, fs, fd, ft, it]
+    s, d, t, fs, fd, ft, it = totals
+    return {
+        "ratio": round(s / d, 3),
+        "mb_per_s": round(s / 1e6 / t, 1),
+        "fpack_ratio": round(fs / fd, 3),
+        "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
+        "ingest_mb_per_s": round(s / 1e6 / it, 1),
+        "codec_warmup_s": round(warmup, 2),
+        "sets": figures,
+    }
 
 
 if __name__ == "__main__":

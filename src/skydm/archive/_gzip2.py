@@ -8,6 +8,15 @@ tiles spread over threads (libdeflate releases the GIL) are an order of
 magnitude faster and barely larger (``benchmarks/archive.py`` measures both,
 and the byte-shuffled zstd of blosc2/imagecodecs, in one run).  The output
 is an ordinary tile-compressed HDU that astropy, ``funpack`` and ds9 read.
+
+The deflate coder is Intel's ISA-L (``isal``, the ``archive`` extra) at
+level 1 when it is installed, else libdeflate at level 1.  Measured on the
+shuffled planes of simulated calexps (one core, same run): ISA-L 2.6x
+faster than libdeflate on a noisy image plane for 0.4 % less ratio, 2x
+faster on a variance plane for 3 % less.  Most of the gain is on the random
+low mantissa bytes, which ISA-L recognises as incompressible and passes
+through at memory speed where libdeflate's matcher grinds through them.
+Both write the same standard gzip members.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -23,9 +33,20 @@ from astropy.io import fits
 from skydm.errors import require_extra
 
 _BLOCK = 2880
-GZIP_LEVEL = 1  # level 2-3 gain ~3 % in ratio for half the speed (measured)
+GZIP_LEVEL = 1  # higher levels gain < 1 % (ISA-L) or ~3 % (libdeflate) for half the speed
+#: ``isal`` (ISA-L, when installed) or ``libdeflate``; see the module notes.
+CODER = "isal"
 #: Threads coding tiles at once (``None``: up to 4, fewer on smaller machines).
 THREADS: int | None = None
+
+
+def _isal() -> Any:
+    """``isal.isal_zlib``, or ``None`` when ISA-L is not installed (libdeflate is used)."""
+    try:
+        import isal.isal_zlib
+    except ImportError:
+        return None
+    return isal.isal_zlib
 
 
 def _shuffled(tile: np.ndarray) -> bytes:
@@ -40,8 +61,13 @@ def gzip2_tiles(array: np.ndarray, tile_rows: int, *, threads: int | None = None
     starts = range(0, array.shape[0], tile_rows)
     threads = threads or THREADS or min(4, os.cpu_count() or 1)
 
+    isal = _isal() if CODER == "isal" else None
+
     def code(start: int) -> bytes:
-        return bytes(codecs.gzip_encode(_shuffled(array[start : start + tile_rows]), GZIP_LEVEL))
+        tile = _shuffled(array[start : start + tile_rows])
+        if isal is not None:  # a gzip member (wbits 31), as GZIP_2 wants
+            return bytes(isal.compress(tile, GZIP_LEVEL, 31))
+        return bytes(codecs.gzip_encode(tile, GZIP_LEVEL))
 
     if threads == 1 or len(starts) == 1:
         return [code(s) for s in starts]
