@@ -120,8 +120,9 @@ class PartJournal:
         if self._data_fd >= 0:  # reopened by name: a failed commit may have moved the file
             os.close(self._data_fd)
         self._data_fd = os.open(self.data_path, os.O_WRONLY | os.O_CREAT, 0o644)
-        os.ftruncate(self._data_fd, done * self.part_bytes)
-        os.lseek(self._data_fd, done * self.part_bytes, os.SEEK_SET)
+        received = min(done * self.part_bytes, self.size)  # the last part may be short
+        os.ftruncate(self._data_fd, received)
+        os.lseek(self._data_fd, received, os.SEEK_SET)
         return sha, done
 
     def _rewrite(self, entries: list[tuple[int, int]]) -> None:

@@ -60,7 +60,7 @@ class TransferConfig:
     """
 
     streams: int = 4
-    part_bytes: int = 8 << 20
+    part_bytes: int = 8_000_000  # the command line's --part-mb 8, so both resume alike
     retries: int = 3
     dataset_type: str = "raw"
     where: str | None = None

@@ -208,6 +208,10 @@ class Repository:
             raise NoRepositoryError(path, _why_not_a_repository(root))
         else:
             url = registry_url
+            if datastore_url is not None:  # the store must answer before anything is created
+                from skydm.repo.s3datastore import S3Datastore
+
+                S3Datastore(datastore_url, root).connect(create=True)
             config = {
                 "format": "skydm-repo", "version": 1, "registry_url": registry_url,
                 "datastore_url": datastore_url, "recipes": DEFAULT_RECIPES.to_json(),
@@ -226,9 +230,10 @@ class Repository:
         sql_url = url if url is not None else f"sqlite:///{root / SQLITE_NAME}"
         datastore: FileDatastore | S3Datastore
         if datastore_url is not None:
-            from skydm.repo.s3datastore import S3Datastore, S3StagedFile
+            from skydm.repo.s3datastore import S3Datastore
 
             datastore = S3Datastore(datastore_url, root)
+            datastore.connect()
         else:
             datastore = FileDatastore(root, reserved=_RESERVED, file_mode=mode)
         return cls(root, SqlRegistry(sql_url), datastore, recipes=recipes)
