@@ -158,7 +158,8 @@ def _kill_at_part(summit: Path, dest_root: Path, part: int, part_bytes: int) -> 
     """Run ``skydm transfer`` (one stream) and ``kill -9`` it right after its ``part``-th part."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "SKYDM_TEST_PAUSE": f"part:{part}"}
     cmd = [sys.executable, "-m", "skydm", "transfer", "--from", str(summit), "--to",
-           str(dest_root), "--streams", "1", "--part-mb", str(part_bytes / 1e6), "--quiet"]  # fmt: skip
+           str(dest_root), "--streams", "1", "--part-mb", str(part_bytes / 1e6),
+           "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
@@ -170,7 +171,9 @@ def _kill_at_part(summit: Path, dest_root: Path, part: int, part_bytes: int) -> 
     proc.wait(timeout=30)
 
 
-def _interrupted(summit: Path, done: dict[str, str], part_bytes: int, parts: int) -> tuple[int, int]:
+def _interrupted(
+    summit: Path, done: dict[str, str], part_bytes: int, parts: int
+) -> tuple[int, int]:
     """(bytes of the files not registered, bytes of the interrupted file's parts already sent).
 
     With one stream the files go one after another, so the ``parts``-th part
@@ -191,7 +194,7 @@ def test_kill_9_mid_file_resumes_without_resending_completed_parts(
     _kill_at_part(summit, dest_root, parts, part_bytes)
     done = _checksums(dest_root)
     missing, journaled = _interrupted(summit, done, part_bytes, parts)
-    assert 0 < journaled and len(done) >= 1  # killed inside a file, with a file done
+    assert journaled > 0 and len(done) >= 1  # killed inside a file, with a file done
     assert list((dest_root / ".transfer").glob("*.journal"))
     with Repository.open(summit) as src, Repository.open(dest_root) as dest:
         report = transfer(src, dest, TransferConfig(streams=2, part_bytes=part_bytes))

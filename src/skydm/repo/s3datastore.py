@@ -232,7 +232,7 @@ class S3Datastore:
                 self.client.create_bucket(Bucket=self.bucket)
 
     def key(self, relpath: str | PurePath) -> str:
-        """The object key of a relative path (or of :meth:`abspath`'s, as the file datastore allows)."""
+        """The object key of a relative path (or of an :meth:`abspath`, as files allow)."""
         path = PurePath(relpath)
         if path.is_absolute():
             path = path.relative_to(self.root / CACHE)
@@ -260,9 +260,7 @@ class S3Datastore:
             raise
         return S3StagedFile(self, tmp, dataset_type, data_id, checksum)
 
-    def adopt(
-        self, dataset_type: str, data_id: DataId, path: Path, checksum: str
-    ) -> S3StagedFile:
+    def adopt(self, dataset_type: str, data_id: DataId, path: Path, checksum: str) -> S3StagedFile:
         """Stage a complete local file with its known SHA-256, where it is.
 
         It is uploaded from its place and deleted once the object exists; a
