@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,10 +50,18 @@ def _isal() -> Any:
     return isal.isal_zlib
 
 
-def _shuffled(tile: np.ndarray) -> bytes:
-    """GZIP_2's shuffle: the first byte of every big-endian value, then the second..."""
-    big = tile.astype(tile.dtype.newbyteorder(">"), copy=False)
-    return np.ascontiguousarray(big.view(np.uint8).reshape(-1, big.itemsize).T).tobytes()
+def _shuffled(tile: np.ndarray) -> np.ndarray:
+    """GZIP_2's shuffle: the first byte of every big-endian value, then the second...
+
+    One copy: the byte columns are taken in big-endian order (reversed for a
+    little-endian array) and transposed into a contiguous buffer the coders read.
+    """
+    tile = np.ascontiguousarray(tile)
+    columns = tile.view(np.uint8).reshape(-1, tile.itemsize)
+    little = tile.dtype.byteorder == "<" or (
+        tile.dtype.byteorder == "=" and sys.byteorder == "little"
+    )
+    return np.ascontiguousarray((columns[:, ::-1] if little else columns).T)
 
 
 def gzip2_tiles(array: np.ndarray, tile_rows: int, *, threads: int | None = None) -> list[bytes]:

@@ -24,22 +24,30 @@ import fcntl
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 JOURNAL_DIR = ".transfer"
 _MAGIC = "skydm-part-journal 1"
 
-try:  # libdeflate's CRC-32 (same polynomial and values as zlib's), several times faster
-    from imagecodecs import deflate_crc32 as _fast_crc32
-except ImportError:  # pragma: no cover - imagecodecs is in the archive extra
-    _fast_crc32 = None
+
+def _fast_crc32() -> Callable[[Any], int] | None:
+    """libdeflate's CRC-32 (same polynomial and values as zlib's, several times faster)."""
+    try:
+        import imagecodecs
+    except ImportError:  # pragma: no cover - imagecodecs is in the archive extra
+        return None
+    return imagecodecs.deflate_crc32  # type: ignore[no-any-return]
+
+
+_CRC32 = _fast_crc32()
 
 
 def crc32(data: bytes | bytearray | memoryview) -> int:
     """CRC-32 of ``data`` (the per-part check; the end-to-end one is SHA-256)."""
-    if _fast_crc32 is not None:
-        return int(_fast_crc32(data))
+    if _CRC32 is not None:
+        return int(_CRC32(data))
     return zlib.crc32(data)
 
 

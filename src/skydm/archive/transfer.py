@@ -22,6 +22,7 @@ Either repository may keep its files in a directory or in S3.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import threading
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from skydm.archive._journal import JOURNAL_DIR, PartJournal, crc32
 from skydm.errors import BadValueError, ConflictError, DataCorruptionError, SkydmError
@@ -158,9 +159,10 @@ class _Reader:
 
     def __init__(self, source: Repository, ref: DatasetRef) -> None:
         self.source, self.ref = source, ref
-        self.fh: BinaryIO | None = None
+        self.fh: io.RawIOBase | None = None
         if isinstance(source.datastore, FileDatastore):
-            self.fh = open(source.datastore.abspath(ref.path), "rb", buffering=0)  # noqa: SIM115
+            path = source.datastore.abspath(ref.path)
+            self.fh = io.FileIO(path, "rb")  # unbuffered: parts are read into one buffer
 
     def read(self, offset: int, length: int, buffer: bytearray) -> memoryview:
         if self.fh is None:  # an object store: one ranged GET per part
