@@ -34,6 +34,10 @@ and ``--n-calexp`` simulated calexps of ``--calexp-size`` pixels a side):
   the same recipe with libdeflate (the coder before ISA-L);
   ``astropy_gzip2_mb_per_s`` astropy's own GZIP_2; ``fpack_lossless_mb_per_s``
   ``fpack -g -q 0`` (lossless GZIP_2 by cfitsio);
+* ``float_lossless_1thread_mb_per_cpu_s``, ``fpack_lossless_mb_per_cpu_s``,
+  ``fpack_q16_mb_per_cpu_s``, ``lossy_mb_per_cpu_s`` — MB per CPU-second
+  (the process's, or fpack's as a child): what one uncontended core does,
+  which the wall-clock figures of a loaded shared machine do not show;
 * ``blosc2_zstd_ratio``/``_mb_per_s`` (when blosc2 is installed) and
   ``imagecodecs_zstd_ratio``/``_mb_per_s`` — byte-shuffled zstd level 1 of
   the image and variance planes by the field codec libraries, codec only
@@ -58,6 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -194,24 +199,25 @@ def write_plain(exposures: list[Any], work: Path) -> list[Path]:
     return paths
 
 
-def recipe_codec(paths: list[Path], work: Path, recipe: str) -> tuple[int, int, float]:
-    """(source bytes, output bytes, seconds) of a write recipe, file to file like fpack."""
+def recipe_codec(paths: list[Path], work: Path, recipe: str) -> tuple[int, int, float, float]:
+    """(source bytes, output bytes, seconds, CPU seconds) of a write recipe, file to file."""
     from skydm.archive.lossy import encode_exposure_hdulist, hdulist_bytes
     from skydm.archive.recipes import WriteRecipe
 
     chosen = WriteRecipe.named(recipe)
     src = dst = 0
-    seconds = 0.0
+    seconds = cpu = 0.0
     for path in paths:
         out = work / (path.name + f".{recipe}")
         path.read_bytes()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with fits.open(path, memmap=False) as hdul:
             encoded, _ = encode_exposure_hdulist(hdul, chosen)
             out.write_bytes(hdulist_bytes(encoded))
         seconds += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         src, dst = src + path.stat().st_size, dst + out.stat().st_size
-    return src, dst, seconds
+    return src, dst, seconds, cpu
 
 
 def astropy_gzip2(paths: list[Path], work: Path) -> tuple[int, int, float]:
@@ -235,22 +241,29 @@ def astropy_gzip2(paths: list[Path], work: Path) -> tuple[int, int, float]:
     return src, dst, seconds
 
 
-def fpack_args(paths: list[Path], work: Path, args: list[str]) -> tuple[int, int, float]:
-    """(source bytes, .fz bytes, seconds) of ``fpack ARGS`` on each file."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fpack_args(paths: list[Path], work: Path, args: list[str]) -> tuple[int, int, float, float]:
+    """(source bytes, .fz bytes, seconds, CPU seconds) of ``fpack ARGS`` on each file."""
     exe = shutil.which("fpack")
     if exe is None:
         sys.exit("fpack is not on PATH: install Debian package libcfitsio-bin")
     src = dst = 0
-    seconds = 0.0
+    seconds = cpu = 0.0
     for path in paths:
         out = work / (path.name + ".fz")
         out.unlink(missing_ok=True)
         path.read_bytes()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _children_cpu()
         subprocess.run([exe, *args, "-O", str(out), str(path)], check=True)
         seconds += time.perf_counter() - start
+        cpu += _children_cpu() - start_cpu
         src, dst = src + path.stat().st_size, dst + out.stat().st_size
-    return src, dst, seconds
+    return src, dst, seconds, cpu
 
 
 def field_codec(exposures: list[Any], library: str) -> tuple[int, int, float]:
@@ -286,17 +299,17 @@ def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = write_plain(exposures, work)
     recipe_codec(paths[:1], work, "lossy16")  # imports and first-call costs, not timed
 
-    def best(run: Any) -> tuple[int, int, float]:
-        return min((run() for _ in range(args.repeat)), key=lambda r: r[-1])
+    def best(run: Any) -> tuple[Any, ...]:
+        return min((run() for _ in range(args.repeat)), key=lambda r: r[2])  # wall time
 
-    def one_thread() -> tuple[int, int, float]:
+    def one_thread() -> tuple[int, int, float, float]:
         _gzip2.THREADS = 1
         try:
             return recipe_codec(paths, work, "lossless")
         finally:
             _gzip2.THREADS = None
 
-    def libdeflate() -> tuple[int, int, float]:
+    def libdeflate() -> tuple[int, int, float, float]:
         _gzip2.CODER = "libdeflate"
         try:
             return recipe_codec(paths, work, "lossless")
@@ -322,10 +335,13 @@ def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"calexp_files": len(paths)}
     for name, run in runs.items():
         # astropy's GZIP_2 runs at a few MB/s: once is enough to place it.
-        s, d, t = run() if name == "astropy_gzip2" else best(run)
+        s, d, t, *cpu = run() if name == "astropy_gzip2" else best(run)
         if name != "float_lossless_1thread":
             out[f"{name}_ratio"] = round(s / d, 3)
         out[f"{name}_mb_per_s"] = round(s / 1e6 / t, 1)
+        if cpu and name in ("float_lossless_1thread", "fpack_lossless", "fpack_q16", "lossy"):
+            # MB per CPU-second: what one uncontended core does, whatever the machine's load.
+            out[f"{name}_mb_per_cpu_s"] = round(s / 1e6 / cpu[0], 1)
     return out
 
 

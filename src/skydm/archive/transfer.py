@@ -69,8 +69,8 @@ class TransferConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.streams <= 64:
             raise BadValueError("--streams", self.streams, "a whole number from 1 to 64")
-        if self.part_bytes < 1024:
-            raise BadValueError("--part-mb", self.part_bytes, "at least 1 KB")
+        if not 1024 <= self.part_bytes <= 1 << 30:  # each stream holds one part in memory
+            raise BadValueError("--part-mb", self.part_bytes / 1e6, "from 0.001 to 1000 (MB)")
         if not 0 <= self.retries <= 20:
             raise BadValueError("retries", self.retries, "a whole number from 0 to 20")
 
