@@ -28,19 +28,29 @@ and ``--n-calexp`` simulated calexps of ``--calexp-size`` pixels a side):
 * ``fpack_q16_ratio``, ``fpack_q16_mb_per_s`` — ``fpack -q 16`` (its
   defaults otherwise: Rice, SUBTRACTIVE_DITHER_1, row tiles, per-tile noise);
 * ``float_lossless_ratio``, ``float_lossless_mb_per_s`` — the ``lossless``
-  recipe (standard GZIP_2 tiles coded by libdeflate at level 1);
-  ``float_lossless_1thread_mb_per_s`` the same on one thread;
-  ``astropy_gzip2_mb_per_s`` astropy's own GZIP_2 (what the codec was
-  before); ``fpack_lossless_mb_per_s`` ``fpack -q 0`` (lossless gzip);
-* ``blosc2_zstd_ratio``/``_mb_per_s`` and ``imagecodecs_zstd_ratio``/``_mb_per_s``
-  — byte-shuffled zstd level 1 of the image and variance planes by the field
-  codec libraries, codec only (no FITS container, not readable by FITS tools).
+  recipe (standard GZIP_2 tiles deflated by ISA-L at level 1, libdeflate
+  without ``isal``; tiles in threads); ``float_lossless_1thread_mb_per_s``
+  the same on one thread; ``float_lossless_libdeflate_ratio``/``_mb_per_s``
+  the same recipe with libdeflate (the coder before ISA-L);
+  ``astropy_gzip2_mb_per_s`` astropy's own GZIP_2; ``fpack_lossless_mb_per_s``
+  ``fpack -g -q 0`` (lossless GZIP_2 by cfitsio);
+* ``float_lossless_1thread_mb_per_cpu_s``, ``fpack_lossless_mb_per_cpu_s``,
+  ``fpack_q16_mb_per_cpu_s``, ``lossy_mb_per_cpu_s`` — MB per CPU-second
+  (the process's, or fpack's as a child): what one uncontended core does,
+  which the wall-clock figures of a loaded shared machine do not show;
+* ``blosc2_zstd_ratio``/``_mb_per_s`` (when blosc2 is installed) and
+  ``imagecodecs_zstd_ratio``/``_mb_per_s`` — byte-shuffled zstd level 1 of
+  the image and variance planes by the field codec libraries, codec only
+  (no FITS container, not readable by FITS tools).
 
-Transfer between sites (``skydm.archive.transfer``): the simulated raws are
-ingested into a repository and copied into a fresh one with 4 streams
-(``transfer_mb_per_s``: per-part and end-to-end SHA-256, fsync, registry),
-against ``loopback_mb_per_s``, the plain copy limit measured in the same run
-(the same stored files read and written with an fsync each, no checksum).
+Transfer between sites (``skydm.archive.transfer``): a source repository of
+``--transfer-files`` incompressible raws of ``--transfer-mb`` MB (like
+archived, already compressed raws) is copied into a fresh repository with
+``--streams`` streams (``transfer_mb_per_s``: CRC-32 per part at both ends,
+SHA-256 end to end, part journal, fsync, registry), against
+``loopback_mb_per_s``, the plain copy limit measured in the same run and
+interleaved with it (the same stored files read and written with an fsync
+each, one after another, no checksum).
 
 Every figure is the best of ``--repeat`` runs on one core (numpy and the
 codecs are single-threaded; fpack is too).  Run:
@@ -52,6 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -188,24 +199,25 @@ def write_plain(exposures: list[Any], work: Path) -> list[Path]:
     return paths
 
 
-def recipe_codec(paths: list[Path], work: Path, recipe: str) -> tuple[int, int, float]:
-    """(source bytes, output bytes, seconds) of a write recipe, file to file like fpack."""
+def recipe_codec(paths: list[Path], work: Path, recipe: str) -> tuple[int, int, float, float]:
+    """(source bytes, output bytes, seconds, CPU seconds) of a write recipe, file to file."""
     from skydm.archive.lossy import encode_exposure_hdulist, hdulist_bytes
     from skydm.archive.recipes import WriteRecipe
 
     chosen = WriteRecipe.named(recipe)
     src = dst = 0
-    seconds = 0.0
+    seconds = cpu = 0.0
     for path in paths:
         out = work / (path.name + f".{recipe}")
         path.read_bytes()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         with fits.open(path, memmap=False) as hdul:
             encoded, _ = encode_exposure_hdulist(hdul, chosen)
             out.write_bytes(hdulist_bytes(encoded))
         seconds += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
         src, dst = src + path.stat().st_size, dst + out.stat().st_size
-    return src, dst, seconds
+    return src, dst, seconds, cpu
 
 
 def astropy_gzip2(paths: list[Path], work: Path) -> tuple[int, int, float]:
@@ -229,22 +241,29 @@ def astropy_gzip2(paths: list[Path], work: Path) -> tuple[int, int, float]:
     return src, dst, seconds
 
 
-def fpack_args(paths: list[Path], work: Path, args: list[str]) -> tuple[int, int, float]:
-    """(source bytes, .fz bytes, seconds) of ``fpack ARGS`` on each file."""
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fpack_args(paths: list[Path], work: Path, args: list[str]) -> tuple[int, int, float, float]:
+    """(source bytes, .fz bytes, seconds, CPU seconds) of ``fpack ARGS`` on each file."""
     exe = shutil.which("fpack")
     if exe is None:
         sys.exit("fpack is not on PATH: install Debian package libcfitsio-bin")
     src = dst = 0
-    seconds = 0.0
+    seconds = cpu = 0.0
     for path in paths:
         out = work / (path.name + ".fz")
         out.unlink(missing_ok=True)
         path.read_bytes()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _children_cpu()
         subprocess.run([exe, *args, "-O", str(out), str(path)], check=True)
         seconds += time.perf_counter() - start
+        cpu += _children_cpu() - start_cpu
         src, dst = src + path.stat().st_size, dst + out.stat().st_size
-    return src, dst, seconds
+    return src, dst, seconds, cpu
 
 
 def field_codec(exposures: list[Any], library: str) -> tuple[int, int, float]:
@@ -280,56 +299,78 @@ def float_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     paths = write_plain(exposures, work)
     recipe_codec(paths[:1], work, "lossy16")  # imports and first-call costs, not timed
 
-    def best(run: Any) -> tuple[int, int, float]:
-        return min((run() for _ in range(args.repeat)), key=lambda r: r[-1])
+    def best(run: Any) -> tuple[Any, ...]:
+        return min((run() for _ in range(args.repeat)), key=lambda r: r[2])  # wall time
 
-    def one_thread() -> tuple[int, int, float]:
+    def one_thread() -> tuple[int, int, float, float]:
         _gzip2.THREADS = 1
         try:
             return recipe_codec(paths, work, "lossless")
         finally:
             _gzip2.THREADS = None
 
+    def libdeflate() -> tuple[int, int, float, float]:
+        _gzip2.CODER = "libdeflate"
+        try:
+            return recipe_codec(paths, work, "lossless")
+        finally:
+            _gzip2.CODER = "isal"
+
     runs = {
         "lossy": lambda: recipe_codec(paths, work, "lossy16"),
         "fpack_q16": lambda: fpack_args(paths, work, ["-q", "16"]),
         "float_lossless": lambda: recipe_codec(paths, work, "lossless"),
         "float_lossless_1thread": one_thread,
+        "float_lossless_libdeflate": libdeflate,
         "astropy_gzip2": lambda: astropy_gzip2(paths, work),
         "fpack_lossless": lambda: fpack_args(paths, work, ["-g", "-q", "0"]),
-        "blosc2_zstd": lambda: field_codec(exposures, "blosc2"),
         "imagecodecs_zstd": lambda: field_codec(exposures, "imagecodecs"),
     }
+    try:
+        import blosc2  # noqa: F401
+
+        runs["blosc2_zstd"] = lambda: field_codec(exposures, "blosc2")
+    except ImportError:
+        pass
     out: dict[str, Any] = {"calexp_files": len(paths)}
     for name, run in runs.items():
-        s, d, t = best(run)
+        # astropy's GZIP_2 runs at a few MB/s: once is enough to place it.
+        s, d, t, *cpu = run() if name == "astropy_gzip2" else best(run)
         if name != "float_lossless_1thread":
             out[f"{name}_ratio"] = round(s / d, 3)
         out[f"{name}_mb_per_s"] = round(s / 1e6 / t, 1)
+        if cpu and name in ("float_lossless_1thread", "fpack_lossless", "fpack_q16", "lossy"):
+            # MB per CPU-second: what one uncontended core does, whatever the machine's load.
+            out[f"{name}_mb_per_cpu_s"] = round(s / 1e6 / cpu[0], 1)
     return out
 
 
-def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, float]:
+def transfer_source(work: Path, n_files: int, mb: float) -> Path:
+    """A repository of ``n_files`` raws of ``mb`` MB each (incompressible, like archived raws)."""
+    from skydm.repo import DataId, Repository
+
+    root = work / "transfer-source"
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(18)
+    size = int(mb * 1e6)
+    with Repository.open(root) as source:
+        for k in range(n_files):
+            blob = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            source.put_file(lambda fh, b=blob: fh.write(b), "raw", DataId("skysim", 1, k + 1, "r"))
+    return root
+
+
+def transfer_figures(args: argparse.Namespace, work: Path) -> dict[str, float]:
     """``transfer_mb_per_s`` and ``loopback_mb_per_s`` (see the module notes)."""
-    from skydm.archive import ingest_files
     from skydm.archive.transfer import TransferConfig, transfer
     from skydm.repo import Repository
 
-    source_root = work / "transfer-source"
-    shutil.rmtree(source_root, ignore_errors=True)
+    source_root = transfer_source(work, args.transfer_files, args.transfer_mb)
     with Repository.open(source_root) as source:
-        if not ingest_files(source, paths).ok:
-            sys.exit("ingest of the transfer set failed")
         stored = [r.path for r in source.query(dataset_type="raw")]
         best_t = best_l = 0.0
-        for k in range(repeat):
-            dest_root = work / f"transfer-dest-{k}"
-            with Repository.open(dest_root) as dest:
-                report = transfer(source, dest, TransferConfig(streams=4))
-            if not report.ok:
-                sys.exit("transfer failed: " + report.summary())
-            best_t = max(best_t, report.mb_per_s)
-            shutil.rmtree(dest_root)
+        for k in range(args.repeat):
+            # Interleaved, so a change in the machine's load hits both alike.
             copy_dir = work / f"loopback-{k}"
             copy_dir.mkdir()
             start = time.perf_counter()
@@ -343,7 +384,20 @@ def transfer_figures(paths: list[Path], work: Path, repeat: int) -> dict[str, fl
                 nbytes += len(data)
             best_l = max(best_l, nbytes / 1e6 / (time.perf_counter() - start))
             shutil.rmtree(copy_dir)
-    return {"transfer_mb_per_s": round(best_t, 1), "loopback_mb_per_s": round(best_l, 1)}
+            dest_root = work / f"transfer-dest-{k}"
+            with Repository.open(dest_root) as dest:
+                report = transfer(source, dest, TransferConfig(streams=args.streams))
+            if not report.ok:
+                sys.exit("transfer failed: " + report.summary())
+            best_t = max(best_t, report.mb_per_s)
+            shutil.rmtree(dest_root)
+    return {
+        "transfer_mb_per_s": round(best_t, 1),
+        "loopback_mb_per_s": round(best_l, 1),
+        "transfer_files": args.transfer_files,
+        "transfer_file_mb": args.transfer_mb,
+        "transfer_streams": args.streams,
+    }
 
 
 def main() -> None:
@@ -353,62 +407,74 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--n-calexp", type=int, default=2, help="simulated calexps")
     parser.add_argument("--calexp-size", type=int, default=2048, help="simulated calexp side")
+    parser.add_argument("--transfer-files", type=int, default=24, help="files in the transfer set")
+    parser.add_argument("--transfer-mb", type=float, default=32.0, help="MB per transfer file")
+    parser.add_argument("--streams", type=int, default=4, help="transfer streams")
+    parser.add_argument(
+        "--only",
+        choices=["all", "raw", "float", "transfer"],
+        default="all",
+        help="run one part of the benchmark (the full JSON keys need 'all')",
+    )
     args = parser.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
     with tempfile.TemporaryDirectory(prefix="skydm-bench-archive-") as tmp:
         work = Path(tmp)
-        sets = {
-            "eso085": sorted((DATA / "eso085_null_pair").glob("*.fit")),
-            "sim4k": simulated_raws(work, args.n_sim, (args.size, args.size)),
-        }
-        from skydm.archive import encode
+        out: dict[str, Any] = {"benchmark": "archive"}
+        if args.only in ("all", "raw"):
+            out.update(raw_figures(args, work))
+        if args.only in ("all", "float"):
+            out.update(float_figures(args, work))
+        if args.only in ("all", "transfer"):
+            out.update(transfer_figures(args, work))
+        out["timing"] = f"best of {args.repeat}; codecs: read the source, write the output file"
+        print(json.dumps(out))
 
-        start = time.perf_counter()
-        encode(sets["eso085"][0])
-        warmup = time.perf_counter() - start
-        figures: dict[str, dict[str, float]] = {}
-        totals = np.zeros(7)
-        for name, paths in sets.items():
-            # Interleaved, so a change in the machine's load hits both alike.
-            runs = [
-                (archive_codec(paths, work), fpack(paths, work), ingest(paths, work))
-                for _ in range(args.repeat)
-            ]
-            s, d, t = min((r[0] for r in runs), key=lambda x: x[-1])
-            fs, fd, ft = min((r[1] for r in runs), key=lambda x: x[-1])
-            ib, it = min((r[2] for r in runs), key=lambda x: x[-1])
-            figures[name] = {
-                "files": len(paths),
-                "mb": round(s / 1e6, 2),
-                "ratio": round(s / d, 3),
-                "mb_per_s": round(s / 1e6 / t, 1),
-                "fpack_ratio": round(fs / fd, 3),
-                "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
-                "ingest_mb_per_s": round(ib / 1e6 / it, 1),
-            }
-            totals += [s, d, t, fs, fd, ft, it]
-        s, d, t, fs, fd, ft, it = totals
-        floats = float_figures(args, work)
-        floats.update(transfer_figures(sets["sim4k"], work, args.repeat))
-        print(
-            json.dumps(
-                {
-                    "benchmark": "archive",
-                    "ratio": round(s / d, 3),
-                    "mb_per_s": round(s / 1e6 / t, 1),
-                    "fpack_ratio": round(fs / fd, 3),
-                    "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
-                    "ingest_mb_per_s": round(s / 1e6 / it, 1),
-                    "codec_warmup_s": round(warmup, 2),
-                    **floats,
-                    "timing": "both read the source and write their output file; best of "
-                    f"{args.repeat}, one core",
-                    "sets": figures,
-                }
-            )
-        )
+
+def raw_figures(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The lossless raw figures against ``fpack -r`` (see the module notes)."""
+    sets = {
+        "eso085": sorted((DATA / "eso085_null_pair").glob("*.fit")),
+        "sim4k": simulated_raws(work, args.n_sim, (args.size, args.size)),
+    }
+    from skydm.archive import encode
+
+    start = time.perf_counter()
+    encode(sets["eso085"][0])
+    warmup = time.perf_counter() - start
+    figures: dict[str, dict[str, float]] = {}
+    totals = np.zeros(7)
+    for name, paths in sets.items():
+        # Interleaved, so a change in the machine's load hits both alike.
+        runs = [
+            (archive_codec(paths, work), fpack(paths, work), ingest(paths, work))
+            for _ in range(args.repeat)
+        ]
+        s, d, t = min((r[0] for r in runs), key=lambda x: x[-1])
+        fs, fd, ft = min((r[1] for r in runs), key=lambda x: x[-1])
+        ib, it = min((r[2] for r in runs), key=lambda x: x[-1])
+        figures[name] = {
+            "files": len(paths),
+            "mb": round(s / 1e6, 2),
+            "ratio": round(s / d, 3),
+            "mb_per_s": round(s / 1e6 / t, 1),
+            "fpack_ratio": round(fs / fd, 3),
+            "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
+            "ingest_mb_per_s": round(ib / 1e6 / it, 1),
+        }
+        totals += [s, d, t, fs, fd, ft, it]
+    s, d, t, fs, fd, ft, it = totals
+    return {
+        "ratio": round(s / d, 3),
+        "mb_per_s": round(s / 1e6 / t, 1),
+        "fpack_ratio": round(fs / fd, 3),
+        "fpack_mb_per_s": round(fs / 1e6 / ft, 1),
+        "ingest_mb_per_s": round(s / 1e6 / it, 1),
+        "codec_warmup_s": round(warmup, 2),
+        "sets": figures,
+    }
 
 
 if __name__ == "__main__":

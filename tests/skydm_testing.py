@@ -7,8 +7,13 @@ skip when it is missing on a developer's machine, but CI sets
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +37,39 @@ def require_executable(exe: str, how: str) -> str:
     require_tool(exe, path is not None, how)
     assert path is not None
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_s3_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run moto's S3 server on 127.0.0.1 for the ``with`` block; yields its endpoint URL.
+
+    ``env`` adds variables to the server's environment (e.g.
+    ``INITIAL_NO_AUTH_ACTION_COUNT`` to make it check credentials).
+    """
+    exe = require_executable("moto_server", "pip install 'moto[server]' boto3")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -152,3 +152,87 @@ def test_watch_copies_raws_as_they_land(summit: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
     assert _checksums(dest_root) == _checksums(source_root)
+
+
+def _kill_at_part(summit: Path, dest_root: Path, part: int, part_bytes: int) -> None:
+    """Run ``skydm transfer`` (one stream) and ``kill -9`` it right after its ``part``-th part."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "SKYDM_TEST_PAUSE": f"part:{part}"}
+    cmd = [sys.executable, "-m", "skydm", "transfer", "--from", str(summit), "--to",
+           str(dest_root), "--streams", "1", "--part-mb", str(part_bytes / 1e6),
+           "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:
+        if f"skydm-test-pause part {part}" in line:
+            break
+        assert time.monotonic() < deadline, "the transfer never reached the pause point"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _interrupted(
+    summit: Path, done: dict[str, str], part_bytes: int, parts: int
+) -> tuple[int, int]:
+    """(bytes of the files not registered, bytes of the interrupted file's parts already sent).
+
+    With one stream the files go one after another, so the ``parts``-th part
+    overall fell in the first unregistered file, after the registered ones' parts.
+    """
+    with Repository.open(summit) as src:
+        refs = src.query(dataset_type="raw")
+    done_parts = sum(-(-r.size // part_bytes) for r in refs if str(r.data_id) in done)
+    missing = sum(r.size for r in refs if str(r.data_id) not in done)
+    return missing, (parts - done_parts) * part_bytes
+
+
+def test_kill_9_mid_file_resumes_without_resending_completed_parts(
+    summit: Path, tmp_path: Path
+) -> None:
+    part_bytes, parts = 16384, 9  # files of ~80 kB travel in 5-6 parts: part 9 is mid-file
+    dest_root = tmp_path / "archive"
+    _kill_at_part(summit, dest_root, parts, part_bytes)
+    done = _checksums(dest_root)
+    missing, journaled = _interrupted(summit, done, part_bytes, parts)
+    assert journaled > 0 and len(done) >= 1  # killed inside a file, with a file done
+    assert list((dest_root / ".transfer").glob("*.journal"))
+    with Repository.open(summit) as src, Repository.open(dest_root) as dest:
+        report = transfer(src, dest, TransferConfig(streams=2, part_bytes=part_bytes))
+        assert report.ok
+        # Neither the completed files nor the interrupted file's completed parts went again.
+        assert report.bytes_sent == missing - journaled
+        resumed = [r for r in report.results if r.parts_resumed]
+        assert len(resumed) == 1 and resumed[0].parts_resumed * part_bytes == journaled
+        ref = dest.find("raw", resumed[0].ref.data_id)
+        assert ref is not None and ref.meta["transfer"]["parts_resumed"] == journaled // part_bytes
+        assert dest.verify() == [] and dest.unregistered() == []
+    assert _checksums(dest_root) == _checksums(summit)
+    assert not list((dest_root / ".transfer").glob("*"))  # journals go when files are stored
+
+
+def test_a_journaled_part_damaged_on_disk_is_sent_again(summit: Path, tmp_path: Path) -> None:
+    part_bytes, parts = 16384, 9
+    dest_root = tmp_path / "archive"
+    _kill_at_part(summit, dest_root, parts, part_bytes)
+    missing, journaled = _interrupted(summit, _checksums(dest_root), part_bytes, parts)
+    (partial,) = (dest_root / ".transfer").glob("*.part")
+    data = bytearray(partial.read_bytes())
+    data[journaled - 100] ^= 0xFF  # the last journaled part is not what arrived any more
+    partial.write_bytes(bytes(data))
+    with Repository.open(summit) as src, Repository.open(dest_root) as dest:
+        report = transfer(src, dest, TransferConfig(streams=1, part_bytes=part_bytes))
+        assert report.ok
+        assert report.bytes_sent == missing - journaled + part_bytes  # that part, once more
+    assert _checksums(dest_root) == _checksums(summit)
+
+
+def test_a_rerun_with_another_part_size_starts_the_interrupted_file_again(
+    summit: Path, tmp_path: Path
+) -> None:
+    dest_root = tmp_path / "archive"
+    _kill_at_part(summit, dest_root, 9, 16384)
+    missing, _ = _interrupted(summit, _checksums(dest_root), 16384, 9)
+    with Repository.open(summit) as src, Repository.open(dest_root) as dest:
+        report = transfer(src, dest, TransferConfig(streams=1, part_bytes=32768))
+        assert report.ok and report.bytes_sent == missing
+    assert _checksums(dest_root) == _checksums(summit)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,52 +22,28 @@ from skydm.image.psf import GaussianPsf
 from skydm.image.visit import VisitInfo
 from skydm.repo import DataId, Repository
 from skydm.repo.datastore import FileDatastore, relpath_for
-from skydm_testing import require_executable
+from skydm_testing import moto_s3_server
 
 DID = DataId("skysim", detector=1, visit=12, band="r")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1; yields its endpoint URL (env set for boto3)."""
-    exe = require_executable("moto_server", "pip install 'moto[server]' boto3")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
     saved = {k: os.environ.get(k) for k in _ENV}
-    os.environ.update(
-        SKYDM_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION="us-east-1",
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with moto_s3_server() as endpoint:
+        os.environ.update(
+            SKYDM_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+        )  # fmt: skip
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 _ENV = ("SKYDM_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")

@@ -8,14 +8,25 @@ tiles spread over threads (libdeflate releases the GIL) are an order of
 magnitude faster and barely larger (``benchmarks/archive.py`` measures both,
 and the byte-shuffled zstd of blosc2/imagecodecs, in one run).  The output
 is an ordinary tile-compressed HDU that astropy, ``funpack`` and ds9 read.
+
+The deflate coder is Intel's ISA-L (``isal``, the ``archive`` extra) at
+level 1 when it is installed, else libdeflate at level 1.  Measured on the
+shuffled planes of simulated calexps (one core, same run): ISA-L 2.6x
+faster than libdeflate on a noisy image plane for 0.4 % less ratio, 2x
+faster on a variance plane for 3 % less.  Most of the gain is on the random
+low mantissa bytes, which ISA-L recognises as incompressible and passes
+through at memory speed where libdeflate's matcher grinds through them.
+Both write the same standard gzip members.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
@@ -23,15 +34,34 @@ from astropy.io import fits
 from skydm.errors import require_extra
 
 _BLOCK = 2880
-GZIP_LEVEL = 1  # level 2-3 gain ~3 % in ratio for half the speed (measured)
+GZIP_LEVEL = 1  # higher levels gain < 1 % (ISA-L) or ~3 % (libdeflate) for half the speed
+#: ``isal`` (ISA-L, when installed) or ``libdeflate``; see the module notes.
+CODER = "isal"
 #: Threads coding tiles at once (``None``: up to 4, fewer on smaller machines).
 THREADS: int | None = None
 
 
-def _shuffled(tile: np.ndarray) -> bytes:
-    """GZIP_2's shuffle: the first byte of every big-endian value, then the second..."""
-    big = tile.astype(tile.dtype.newbyteorder(">"), copy=False)
-    return np.ascontiguousarray(big.view(np.uint8).reshape(-1, big.itemsize).T).tobytes()
+def _isal() -> Any:
+    """``isal.isal_zlib``, or ``None`` when ISA-L is not installed (libdeflate is used)."""
+    try:
+        import isal.isal_zlib
+    except ImportError:
+        return None
+    return isal.isal_zlib
+
+
+def _shuffled(tile: np.ndarray) -> np.ndarray:
+    """GZIP_2's shuffle: the first byte of every big-endian value, then the second...
+
+    One copy: the byte columns are taken in big-endian order (reversed for a
+    little-endian array) and transposed into a contiguous buffer the coders read.
+    """
+    tile = np.ascontiguousarray(tile)
+    columns = tile.view(np.uint8).reshape(-1, tile.itemsize)
+    little = tile.dtype.byteorder == "<" or (
+        tile.dtype.byteorder == "=" and sys.byteorder == "little"
+    )
+    return np.ascontiguousarray((columns[:, ::-1] if little else columns).T)
 
 
 def gzip2_tiles(array: np.ndarray, tile_rows: int, *, threads: int | None = None) -> list[bytes]:
@@ -40,8 +70,13 @@ def gzip2_tiles(array: np.ndarray, tile_rows: int, *, threads: int | None = None
     starts = range(0, array.shape[0], tile_rows)
     threads = threads or THREADS or min(4, os.cpu_count() or 1)
 
+    isal = _isal() if CODER == "isal" else None
+
     def code(start: int) -> bytes:
-        return bytes(codecs.gzip_encode(_shuffled(array[start : start + tile_rows]), GZIP_LEVEL))
+        tile = _shuffled(array[start : start + tile_rows])
+        if isal is not None:  # a gzip member (wbits 31), as GZIP_2 wants
+            return bytes(isal.compress(tile, GZIP_LEVEL, 31))
+        return bytes(codecs.gzip_encode(tile, GZIP_LEVEL))
 
     if threads == 1 or len(starts) == 1:
         return [code(s) for s in starts]

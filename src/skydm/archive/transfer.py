@@ -22,7 +22,7 @@ Either repository may keep its files in a directory or in S3.
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
 import sys
 import threading
@@ -32,10 +32,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
-from skydm.errors import BadValueError, ConflictError, SkydmError
+from skydm.archive._journal import JOURNAL_DIR, PartJournal, crc32
+from skydm.errors import BadValueError, ConflictError, DataCorruptionError, SkydmError
 from skydm.repo import DatasetRef, Repository
+from skydm.repo.datastore import FileDatastore, _pause_point, relpath_for
 
 Status = Literal["sent", "present", "conflict", "failed"]
 
@@ -59,7 +61,7 @@ class TransferConfig:
     """
 
     streams: int = 4
-    part_bytes: int = 8 << 20
+    part_bytes: int = 8_000_000  # the command line's --part-mb 8, so both resume alike
     retries: int = 3
     dataset_type: str = "raw"
     where: str | None = None
@@ -67,8 +69,8 @@ class TransferConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.streams <= 64:
             raise BadValueError("--streams", self.streams, "a whole number from 1 to 64")
-        if self.part_bytes < 1024:
-            raise BadValueError("--part-mb", self.part_bytes, "at least 1 KB")
+        if not 1024 <= self.part_bytes <= 1 << 30:  # each stream holds one part in memory
+            raise BadValueError("--part-mb", self.part_bytes / 1e6, "from 0.001 to 1000 (MB)")
         if not 0 <= self.retries <= 20:
             raise BadValueError("retries", self.retries, "a whole number from 0 to 20")
 
@@ -82,12 +84,16 @@ class FileTransfer:
     bytes_sent: int = 0
     parts: int = 0
     parts_resent: int = 0
+    parts_resumed: int = 0
     message: str = ""
 
     def line(self) -> str:
         """One line for the command's output."""
         what = f"{self.ref.dataset_type} {self.ref.data_id}"
-        extra = f" ({self.parts_resent} parts re-sent)" if self.parts_resent else ""
+        notes = [f"{self.parts_resent} parts re-sent"] if self.parts_resent else []
+        if self.parts_resumed:
+            notes.append(f"resumed after {self.parts_resumed} parts")
+        extra = f" ({', '.join(notes)})" if notes else ""
         tail = f": {self.message}" if self.message else ""
         return f"{self.status}: {what}{extra}{tail}"
 
@@ -134,7 +140,9 @@ class _Transit:
         self.count = 0
         self.lock = threading.Lock()
 
-    def carry(self, part: bytes) -> bytes:
+    def carry(self, part: memoryview) -> memoryview:
+        if not self.corrupt_at:
+            return part
         with self.lock:
             self.count += 1
             hit = self.count == self.corrupt_at
@@ -142,8 +150,36 @@ class _Transit:
             damaged = bytearray(part)
             damaged[len(damaged) // 2] ^= 0x10
             print(f"skydm-test-corrupt part {self.count}", file=sys.stderr, flush=True)
-            return bytes(damaged)
+            return memoryview(damaged)
         return part
+
+
+class _Reader:
+    """Reads a source file's parts into a reusable buffer (one open file, no copies)."""
+
+    def __init__(self, source: Repository, ref: DatasetRef) -> None:
+        self.source, self.ref = source, ref
+        self.fh: io.RawIOBase | None = None
+        if isinstance(source.datastore, FileDatastore):
+            path = source.datastore.abspath(ref.path)
+            self.fh = io.FileIO(path, "rb")  # unbuffered: parts are read into one buffer
+
+    def read(self, offset: int, length: int, buffer: bytearray) -> memoryview:
+        if self.fh is None:  # an object store: one ranged GET per part
+            return memoryview(self.source.datastore.read_range(self.ref.path, offset, length))
+        view = memoryview(buffer)[:length]
+        self.fh.seek(offset)
+        got = 0
+        while got < length:
+            n = self.fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        return view[:got]
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
 
 
 def _send(
@@ -162,45 +198,81 @@ def _send(
                 f"(sha256 {existing.checksum[:12]}); it is not replaced",
             )  # fmt: skip
     result = FileTransfer(ref, "sent")
+    name = relpath_for(ref.dataset_type, ref.data_id, ref.checksum).stem
+    try:
+        journal = PartJournal.open(
+            Path(dest.root) / JOURNAL_DIR, name, size=ref.size, part_bytes=config.part_bytes
+        )
+    except BlockingIOError:
+        return FileTransfer(ref, "failed", message="another transfer is sending this file now")
+    with journal:
+        for attempt in range(config.retries + 1):
+            try:
+                digest = _send_parts(source, ref, config, transit, journal, result)
+                if digest != ref.checksum:
+                    journal.reset()  # the whole file again, from its first part
+                    raise DataCorruptionError(ref.path, ref.checksum, digest)
+                meta = dict(ref.meta)
+                meta["transfer"] = {
+                    "from": str(source.root), "source_sha256": ref.checksum,
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "parts": journal.n_parts, "parts_resent": result.parts_resent,
+                    "parts_resumed": result.parts_resumed,
+                }  # fmt: skip
+                # End to end: the SHA-256 of every byte written, checked against the
+                # one the source recorded, before the destination registers the file.
+                dest.put_local_file(
+                    journal.data_path, ref.dataset_type, ref.data_id, checksum=digest, meta=meta
+                )
+                journal.finish()
+                return result
+            except ConflictError as exc:
+                journal.reset()
+                return FileTransfer(ref, "conflict", result.bytes_sent, message=str(exc))
+            except SkydmError as exc:
+                if attempt == config.retries:
+                    result.status, result.message = "failed", str(exc)
+                    return result
+    return result
 
-    def write(fh: BinaryIO) -> None:
-        result.parts = 0
-        for offset in range(0, ref.size, config.part_bytes):
+
+def _send_parts(
+    source: Repository,
+    ref: DatasetRef,
+    config: TransferConfig,
+    transit: _Transit,
+    journal: PartJournal,
+    result: FileTransfer,
+) -> str:
+    """Send the parts the journal lacks; the SHA-256 of the whole file as written."""
+    sha, done = journal.resume()  # journaled parts re-read locally and checked, not re-sent
+    result.parts_resumed = max(result.parts_resumed, done)
+    result.parts = done
+    reader = _Reader(source, ref)
+    buffer = bytearray(min(config.part_bytes, max(ref.size, 1)))
+    try:
+        for index in range(done, journal.n_parts):
+            offset = index * config.part_bytes
             length = min(config.part_bytes, ref.size - offset)
             for attempt in range(config.retries + 1):
-                part = source.datastore.read_range(ref.path, offset, length)
-                digest = hashlib.sha256(part).digest()  # the sender's
+                part = reader.read(offset, length, buffer)
+                sent_crc = crc32(part)  # the sender's
                 arrived = transit.carry(part)
                 result.bytes_sent += len(arrived)
-                if hashlib.sha256(arrived).digest() == digest and len(arrived) == length:
+                arrived_crc = crc32(arrived)  # the receiver's
+                if arrived_crc == sent_crc and len(arrived) == length:
                     break
                 if attempt == config.retries:
                     raise SkydmError(f"part at byte {offset} arrived damaged {attempt + 1} times")
                 result.parts_resent += 1
-            fh.write(arrived)
+            journal.write(index, arrived, arrived_crc)
+            sha.update(arrived)
             result.parts += 1
-
-    meta = dict(ref.meta)
-    for attempt in range(config.retries + 1):
-        meta["transfer"] = {
-            "from": str(source.root), "source_sha256": ref.checksum,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "parts": -(-ref.size // config.part_bytes), "parts_resent": result.parts_resent,
-        }  # fmt: skip
-        try:
-            # End to end: the staged file's SHA-256 (computed from disk by the
-            # datastore) must be the one the source recorded.
-            dest.put_file(
-                write, ref.dataset_type, ref.data_id, meta=meta, expect_checksum=ref.checksum
-            )
-            return result
-        except ConflictError as exc:
-            return FileTransfer(ref, "conflict", result.bytes_sent, message=str(exc))
-        except SkydmError as exc:
-            if attempt == config.retries:
-                result.status, result.message = "failed", str(exc)
-                return result
-    return result
+            _pause_point("part")
+    finally:
+        reader.close()
+    journal.sync()
+    return sha.hexdigest()
 
 
 def transfer(

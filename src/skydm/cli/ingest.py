@@ -31,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="repository directory (default: $SKYDM_REPO or ./skydm-repo); created if needed",
     )
     p.add_argument(
+        "--datastore",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="when creating the repository: keep its files in this S3 bucket (endpoint from "
+        "AWS_ENDPOINT_URL, credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); "
+        "the bucket is created if missing",
+    )
+    p.add_argument(
         "--instrument",
         default=None,
         metavar="NAME",
@@ -79,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     root = new_or_existing_repository(args.repo)
     if isinstance(instrument, str):
         get_instrument(instrument, repository_instruments(root))  # a bad name: no work
-    repo = Repository.open(root, create=True, registry_url=settings.registry_url)
+    repo = Repository.open(
+        root, create=True, registry_url=settings.registry_url, datastore_url=args.datastore
+    )
 
     def show(res: FileResult) -> None:
         stream = sys.stderr if res.status == "error" else sys.stdout

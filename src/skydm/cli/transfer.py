@@ -21,12 +21,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Copy every raw of --from that --to lacks, in parallel streams and checksummed "
             "parts, each file checked end to end before --to registers it (with ingest's "
             "semantics and a record of the transfer). Files already there are skipped, so a "
-            "rerun after an interruption sends only what is missing. --watch keeps copying "
-            "new raws as they land."
+            "rerun after an interruption sends only what is missing, down to the parts of a "
+            "file cut off midway (a part journal in --to/.transfer/). Either repository may "
+            "keep its files in S3. --watch keeps copying new raws as they land."
         ),
     )
     p.add_argument("--from", dest="source", type=Path, required=True, help="source repository")
     p.add_argument("--to", dest="dest", type=Path, required=True, help="destination repository")
+    p.add_argument(
+        "--to-datastore",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="when --to is created: keep its files in this S3 bucket (endpoint from "
+        "AWS_ENDPOINT_URL, credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+    )
     p.add_argument("--where", default=None, help='data ID constraint, e.g. "visit > 100"')
     p.add_argument("--type", default="raw", help="dataset type to copy (default raw)")
     p.add_argument("--streams", type=int, default=4, help="files in flight at once (default 4)")
@@ -53,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     with (
         Repository.open(args.source, create=False) as source,
-        Repository.open(args.dest) as dest,
+        Repository.open(args.dest, datastore_url=args.to_datastore) as dest,
     ):
         try:
             return _loop(args, source, dest, config)

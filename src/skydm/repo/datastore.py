@@ -167,6 +167,20 @@ class FileDatastore:
             raise
         return StagedFile(self, tmp, dataset_type, data_id, checksum)
 
+    def adopt(self, dataset_type: str, data_id: DataId, path: Path, checksum: str) -> StagedFile:
+        """Stage a complete, fsynced file written elsewhere on this file system (moved, not copied).
+
+        ``checksum`` is the SHA-256 the writer computed over the bytes it
+        wrote; the file is renamed to a temporary name in the dataset's final
+        directory, so it is cleaned like any staged file if the commit never comes.
+        """
+        folder = self.root / relpath_for(dataset_type, data_id, "0" * 12).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{dataset_type}-{path.name}{_TMP_SUFFIX}"
+        os.chmod(path, file_mode(self.file_mode))
+        os.replace(path, tmp)
+        return StagedFile(self, tmp, dataset_type, data_id, checksum)
+
     def abspath(self, relpath: str | PurePath) -> Path:
         """Absolute path of a stored file (given relative to the root, or absolute)."""
         return self.root / relpath

@@ -27,13 +27,13 @@ from skydm.repo.dataid import (
     Problem,
     check_dataset_type,
 )
-from skydm.repo.datastore import FileDatastore
+from skydm.repo.datastore import FileDatastore, StagedFile
 from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
     from skydm.archive.recipes import RecipeSet
     from skydm.image.exposure import Exposure
-    from skydm.repo.s3datastore import S3Datastore
+    from skydm.repo.s3datastore import S3Datastore, S3StagedFile
 
 
 def require_repository(path: str | Path) -> Path:
@@ -208,6 +208,10 @@ class Repository:
             raise NoRepositoryError(path, _why_not_a_repository(root))
         else:
             url = registry_url
+            if datastore_url is not None:  # the store must answer before anything is created
+                from skydm.repo.s3datastore import S3Datastore
+
+                S3Datastore(datastore_url, root).connect(create=True)
             config = {
                 "format": "skydm-repo", "version": 1, "registry_url": registry_url,
                 "datastore_url": datastore_url, "recipes": DEFAULT_RECIPES.to_json(),
@@ -229,6 +233,7 @@ class Repository:
             from skydm.repo.s3datastore import S3Datastore
 
             datastore = S3Datastore(datastore_url, root)
+            datastore.connect()
         else:
             datastore = FileDatastore(root, reserved=_RESERVED, file_mode=mode)
         return cls(root, SqlRegistry(sql_url), datastore, recipes=recipes)
@@ -307,6 +312,50 @@ class Repository:
         check_dataset_type(dataset_type)
         existing = self.registry.find(dataset_type, data_id)
         staged = self.datastore.stage(dataset_type, data_id, write)
+        return self._register_staged(
+            staged, dataset_type, data_id, existing, replace=replace, meta=meta, check=check,
+            expect_checksum=expect_checksum,
+        )  # fmt: skip
+
+    def put_local_file(
+        self,
+        path: Path,
+        dataset_type: str,
+        data_id: DataId,
+        *,
+        checksum: str,
+        meta: Mapping[str, Any] | None = None,
+    ) -> DatasetRef:
+        """Store a complete, fsynced file already written under the repository directory.
+
+        The file is moved (not copied) into the datastore's staging place and
+        then committed and registered as :meth:`put_file` does; ``checksum``
+        is its SHA-256, computed by the caller from the bytes it wrote (the
+        transfer's end-to-end check), so it is not read again.
+
+        Raises
+        ------
+        ConflictError
+            When a different dataset has that data ID.
+        """
+        check_dataset_type(dataset_type)
+        existing = self.registry.find(dataset_type, data_id)
+        staged = self.datastore.adopt(dataset_type, data_id, Path(path), checksum)
+        return self._register_staged(staged, dataset_type, data_id, existing, meta=meta)
+
+    def _register_staged(
+        self,
+        staged: StagedFile | S3StagedFile,
+        dataset_type: str,
+        data_id: DataId,
+        existing: DatasetRef | None,
+        *,
+        replace: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        check: Callable[[Path], None] | None = None,
+        expect_checksum: str | None = None,
+    ) -> DatasetRef:
+        """Commit a staged file and register it (``put_file``'s second half)."""
         try:
             if expect_checksum is not None and staged.checksum != expect_checksum:
                 raise DataCorruptionError(staged.tmp, expect_checksum, staged.checksum)

@@ -19,8 +19,13 @@ Reads download and check the SHA-256 against the registry's;
 ``.s3-cache/`` for readers that need a file (``read_exposure``).
 
 It needs boto3 (the ``s3`` extra).  The endpoint comes from
-``SKYDM_S3_ENDPOINT_URL`` (any S3-compatible store: MinIO, Ceph, moto's
-server) and the credentials from boto3's usual sources.
+``SKYDM_S3_ENDPOINT_URL``, else the standard ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` (any S3-compatible store: MinIO, Ceph, moto's server;
+AWS itself when none is set), and the credentials from boto3's usual
+sources (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``...).
+Every call to the store goes through :func:`s3_errors`, so an unreachable
+endpoint, missing or refused credentials, or a missing bucket is one line
+naming the URL, the endpoint and what to do, not a traceback.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, BinaryIO
 
-from skydm.errors import BadValueError, DataCorruptionError, require_extra
+from skydm.errors import BadValueError, DataCorruptionError, SkydmError, UserError, require_extra
 from skydm.repo.atomic import sha256_file
 from skydm.repo.dataid import DataId, check_dataset_type
-from skydm.repo.datastore import StoredFile, relpath_for
+from skydm.repo.datastore import StoredFile, _pause_point, relpath_for
 
 MULTIPART_BYTES = 8 << 20
 STAGING = ".s3-staging"
@@ -52,11 +57,112 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+ENDPOINT_VARIABLES = ("SKYDM_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_endpoint() -> str | None:
+    """The endpoint URL from the first of :data:`ENDPOINT_VARIABLES` set (``None``: AWS)."""
+    return next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
 def s3_client() -> Any:
-    """A boto3 S3 client for ``SKYDM_S3_ENDPOINT_URL`` (or AWS when unset)."""
+    """A boto3 S3 client for :func:`s3_endpoint` (AWS when none is set).
+
+    Connections time out after 10 s and are retried twice, so that an
+    endpoint that is down is reported in seconds, not minutes.
+    """
     boto3 = require_extra("boto3", "s3")
-    endpoint = os.environ.get("SKYDM_S3_ENDPOINT_URL") or None
-    return boto3.client("s3", endpoint_url=endpoint)
+    botocore_config = require_extra("botocore.config", "s3")
+    config = botocore_config.Config(
+        connect_timeout=10, read_timeout=120, retries={"max_attempts": 3, "mode": "standard"}
+    )
+    # A session of its own: boto3's default one caches the credentials it found first.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=s3_endpoint(), config=config)
+
+
+_REFUSED = {
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+    "InvalidToken", "ExpiredToken",
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def s3_errors(url: str) -> Iterator[None]:
+    """Turn boto3's errors about reaching or using the store into one-line skydm errors.
+
+    Raises
+    ------
+    UserError
+        Missing or refused credentials, a missing bucket.
+    SkydmError
+        The endpoint cannot be reached.
+    """
+    botocore = require_extra("botocore.exceptions", "s3")
+    endpoint = s3_endpoint() or "AWS (no AWS_ENDPOINT_URL set)"
+    try:
+        yield
+    except botocore.NoCredentialsError:
+        raise UserError(
+            f"{url}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE)"
+        ) from None
+    except (botocore.EndpointConnectionError, botocore.ConnectTimeoutError) as exc:
+        raise SkydmError(
+            f"{url}: cannot reach the S3 endpoint {endpoint} ({exc}); check AWS_ENDPOINT_URL "
+            "and that the server is running"
+        ) from None
+    except botocore.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        if code in _REFUSED:
+            raise UserError(
+                f"{url}: the S3 endpoint {endpoint} refused the credentials ({code}); check "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from None
+        if code in ("NoSuchBucket", "404"):
+            raise UserError(
+                f"{url}: the bucket does not exist at {endpoint}; create it "
+                "(e.g. aws s3 mb s3://BUCKET) or fix the datastore URL"
+            ) from None
+        if code == "InvalidBucketName":
+            raise BadValueError(
+                "datastore URL", url, "a valid bucket name (3-63 lowercase letters, digits, -.)"
+            ) from None
+        if code == "NoSuchKey":
+            raise  # a missing object: the caller's FileNotFoundError
+        message = " ".join(str(error.get("Message", exc)).split())
+        raise SkydmError(f"{url}: the S3 endpoint {endpoint} answered {code}: {message}") from None
+
+
+def _multipart_upload(
+    client: Any, bucket: str, key: str, fh: BinaryIO, meta: dict[str, str]
+) -> None:
+    """``CreateMultipartUpload``, the parts, ``CompleteMultipartUpload`` (aborted on error).
+
+    Until the last call returns there is no object under ``key``: a reader,
+    a listing or the registry never sees part of a file.
+    """
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=meta)
+    upload_id = upload["UploadId"]
+    parts = []
+    try:
+        for number in range(1, 10_001):  # S3 allows 10,000 parts
+            chunk = fh.read(MULTIPART_BYTES)
+            if not chunk:
+                break
+            sent = client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+            )
+            parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            _pause_point("upload")
+        client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        raise
 
 
 class S3StagedFile:
@@ -71,15 +177,14 @@ class S3StagedFile:
         self.relpath = relpath_for(dataset_type, data_id, checksum)
 
     def commit(self) -> StoredFile:
-        """Upload the file (multipart when large); the object appears only when complete."""
-        boto3_s3 = require_extra("boto3.s3.transfer", "s3")
-        config = boto3_s3.TransferConfig(
-            multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES
-        )
-        self.store.client.upload_file(
-            str(self.tmp), self.store.bucket, self.store.key(self.relpath),
-            ExtraArgs={"Metadata": {"sha256": self.checksum}}, Config=config,
-        )  # fmt: skip
+        """Upload the file (in parts when large); the object appears only when complete."""
+        store, key = self.store, self.store.key(self.relpath)
+        client, meta = store.client, {"sha256": self.checksum}
+        with s3_errors(store.url), open(self.tmp, "rb") as fh:
+            if self.size <= MULTIPART_BYTES:
+                client.put_object(Bucket=store.bucket, Key=key, Body=fh.read(), Metadata=meta)
+            else:
+                _multipart_upload(client, store.bucket, key, fh, meta)
         self.discard()
         return StoredFile(self.relpath, self.checksum, self.size)
 
@@ -108,9 +213,30 @@ class S3Datastore:
         self.root = Path(local)
         self.client = client if client is not None else s3_client()
 
+    def connect(self, *, create: bool = False) -> None:
+        """Check that the store answers and the bucket exists (creating it if ``create``).
+
+        Raises
+        ------
+        UserError, SkydmError
+            One line naming the URL, the endpoint and what to do (:func:`s3_errors`).
+        """
+        botocore = require_extra("botocore.exceptions", "s3")
+        with s3_errors(self.url):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except botocore.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if not (create and code in ("404", "NoSuchBucket")):
+                    raise
+                self.client.create_bucket(Bucket=self.bucket)
+
     def key(self, relpath: str | PurePath) -> str:
-        """The object key of a relative path."""
-        rel = PurePosixPath(PurePath(relpath).as_posix())
+        """The object key of a relative path (or of an :meth:`abspath`, as files allow)."""
+        path = PurePath(relpath)
+        if path.is_absolute():
+            path = path.relative_to(self.root / CACHE)
+        rel = PurePosixPath(path.as_posix())
         return f"{self.prefix}/{rel}" if self.prefix else str(rel)
 
     def stage(
@@ -134,23 +260,36 @@ class S3Datastore:
             raise
         return S3StagedFile(self, tmp, dataset_type, data_id, checksum)
 
+    def adopt(self, dataset_type: str, data_id: DataId, path: Path, checksum: str) -> S3StagedFile:
+        """Stage a complete local file with its known SHA-256, where it is.
+
+        It is uploaded from its place and deleted once the object exists; a
+        kill before that leaves it to its writer (a transfer's part journal),
+        so that nothing received is received twice.
+        """
+        check_dataset_type(dataset_type)
+        return S3StagedFile(self, path, dataset_type, data_id, checksum)
+
     def abspath(self, relpath: str | PurePath) -> Path:
         """Where :meth:`local_path` keeps the verified copy of a stored file."""
         return self.root / CACHE / PurePath(relpath)
 
     def _get(self, relpath: str | PurePath) -> bytes:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))
+            with s3_errors(self.url):
+                response = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))
+                return bytes(response["Body"].read())
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(f"{self.url}/{PurePath(relpath).as_posix()}") from None
-        return bytes(response["Body"].read())
 
     def read_range(self, relpath: str | PurePath, offset: int, length: int) -> bytes:
         """``length`` bytes of an object from ``offset`` (an HTTP range request)."""
-        response = self.client.get_object(
-            Bucket=self.bucket, Key=self.key(relpath), Range=f"bytes={offset}-{offset + length - 1}"
-        )
-        return bytes(response["Body"].read())
+        with s3_errors(self.url):
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self.key(relpath),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )  # fmt: skip
+            return bytes(response["Body"].read())
 
     def read_verified(self, relpath: str | PurePath, checksum: str) -> bytes:
         """The object's bytes after checking them against ``checksum``.
@@ -201,7 +340,8 @@ class S3Datastore:
             with contextlib.suppress(FileNotFoundError):
                 (self.root / relpath).unlink()
             return
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(relpath))
+        with s3_errors(self.url):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(relpath))
         with contextlib.suppress(FileNotFoundError):
             self.abspath(relpath).unlink()
 
@@ -209,7 +349,9 @@ class S3Datastore:
         """Every object of the datastore's layout under the prefix."""
         paginator = self.client.get_paginator("list_objects_v2")
         start = f"{self.prefix}/" if self.prefix else ""
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=start):
+        with s3_errors(self.url):
+            pages = list(paginator.paginate(Bucket=self.bucket, Prefix=start))
+        for page in pages:
             for item in page.get("Contents", []):
                 rel = PurePosixPath(item["Key"][len(start) :])
                 if len(rel.parts) > 1 and rel.name.startswith(f"{rel.parts[0]}_"):
