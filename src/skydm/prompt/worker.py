@@ -133,9 +133,20 @@ class MemoryIO(UnitIO):
         self.cache = cache
 
     def exposure(self, key: DatasetKey) -> Exposure:
-        """An input Exposure, from memory when this worker holds it."""
+        """An input Exposure, from memory when this worker holds it.
+
+        Its visit metadata is completed from the data ID, as
+        :meth:`Repository.get_exposure` does when it reads one back (a raw's
+        header may lack the detector number that ingest translated).
+        """
         found = self.cache.get(key)
-        return found if found is not None else super().exposure(key)
+        if found is None:
+            return super().exposure(key)
+        info, d = found.info, key.data_id
+        info.instrument, info.detector, info.visit, info.band = (
+            d.instrument, d.detector, d.visit, d.band,
+        )  # fmt: skip
+        return found
 
     def put_exposure(self, key: DatasetKey, exposure: Exposure) -> DatasetRef:
         """Store an output Exposure and keep it in memory."""
