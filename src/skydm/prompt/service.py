@@ -228,13 +228,15 @@ class PromptService:
             row = self.store.row(inst, visit, det)
             attempts = row.attempts if row is not None else 0
             why = "its worker died" if outcome is None else outcome.error
-            if attempts < self.config.max_attempts:
+            retry = outcome is None or outcome.retry
+            if retry and attempts < self.config.max_attempts:
                 report.retries += 1
                 self.metrics.retries.inc()
                 say(f"retry: visit {visit} detector {det} ({why}; attempt {attempts})")
                 self._queue.appendleft(job)
                 return
-            self.store.finish(inst, visit, det, "failed", error=f"{why} (after {attempts} tries)")
+            tries = f" (after {attempts} tries)" if retry else ""
+            self.store.finish(inst, visit, det, "failed", error=f"{why}{tries}")
         row = self.store.row(inst, visit, det)
         if row is None:
             return

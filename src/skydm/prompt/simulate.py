@@ -48,7 +48,7 @@ class NightConfig:
     size : int
         Pixels on a detector's side.
     stars : int or None
-        Stars per detector; by default 300 per 512x512 pixels.
+        Stars per detector; by default 200 per 256x256 pixels.
     templates : int
         Visits coadded into the templates (before the night).
     exptime : float
@@ -103,7 +103,9 @@ class NightConfig:
     @property
     def n_stars(self) -> int:
         """Stars per detector."""
-        return self.stars if self.stars is not None else max(20, round(300 * (self.size / 512) ** 2))
+        # Enough isolated bright stars on every detector for the PSF matching
+        # kernel (fewer left some 256x256 detectors with 1-2 and no difference).
+        return self.stars if self.stars is not None else max(20, round(200 * (self.size / 256) ** 2))
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skydm.errors import UserError
 from skydm.pipeline.io import UnitIO
 from skydm.pipeline.task import DatasetKey, Task
 from skydm.prompt.config import PromptConfig
@@ -101,6 +102,8 @@ class DetectorOutcome:
     n_sources: int | None = None
     n_alerts: int | None = None
     error: str | None = None
+    #: Whether trying again may help (a fault), or not (bad data: a user error).
+    retry: bool = True
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,9 @@ def process_detector(job: DetectorJob) -> DetectorOutcome:
     except Exception as exc:  # the service decides whether to try again
         text = " ".join(f"{type(exc).__name__}: {exc}".split())
         store.finish(inst, visit, det, "failed", error=text)
-        outcome = DetectorOutcome(job.key, "failed", attempt, error=text)
+        # Bad data fails the same way every time; anything else may be transient.
+        retry = not isinstance(exc, UserError)
+        outcome = DetectorOutcome(job.key, "failed", attempt, error=text, retry=retry)
     finally:
         store.close()
     return outcome
@@ -275,13 +280,13 @@ def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutc
         diffim = tasks["diffim"]
         ny, nx = calexp.image.shape
         if calexp.wcs is None:
-            raise LookupError(f"calexp of {data_id} has no WCS: the raw could not be placed")
+            raise UserError(f"calexp of {data_id} has no WCS: the raw could not be placed")
         ra, dec = calexp.wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0)
         cell = diffim.config.grid().cell_containing(float(ra) % 360.0, float(dec))  # type: ignore[attr-defined]
         template_type = diffim.config.template_type  # type: ignore[attr-defined]
         template_key = DatasetKey(template_type, DataId(inst, band=job.band, skycell=cell.id))
         if repo.find(template_type, template_key.data_id) is None:
-            raise LookupError(
+            raise UserError(
                 f"no {template_type} template for sky cell {cell.id} band {job.band} "
                 f"(make templates first: `skydm run drp`)"
             )
