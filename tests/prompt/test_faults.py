@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DETECTORS, Service, read_alerts, skydm
 
+from conftest import DETECTORS, Service, read_alerts, skydm
 from skydm.alerts.localbroker import LocalBroker
 from skydm.alerts.schema import load_schema
 from skydm.ap.apdb import Apdb

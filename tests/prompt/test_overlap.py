@@ -116,7 +116,9 @@ def test_overlapping_detectors_at_once_make_one_object_per_source(tmp_path: Path
     objects = _night(tmp_path, locked=True)
     counts = _per_source(objects)
     seen = {int(i) for v in (1, 2) for d in (0, 1) for i in _detector(v, d)[0]["truth_index"]}
-    assert seen and all(counts[i] == 1 for i in seen), {i: counts[i] for i in seen if counts[i] != 1}
+    assert seen and all(counts[i] == 1 for i in seen), {
+        i: counts[i] for i in seen if counts[i] != 1
+    }
     assert len(objects) == len(seen)  # and no object that is not a real source
 
 

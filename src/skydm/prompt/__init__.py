@@ -14,8 +14,8 @@ from skydm.prompt.simulate import NightConfig, simulate_night
 from skydm.prompt.status import prompt_status
 
 __all__ = [
-    "NightConfig",
     "NextVisit",
+    "NightConfig",
     "PromptConfig",
     "PromptService",
     "RawArrival",

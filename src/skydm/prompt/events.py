@@ -25,8 +25,17 @@ NEXT_VISIT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "skydm next-visit event",
     "type": "object",
-    "required": ["kind", "instrument", "visit", "band", "ra", "dec", "exptime",
-                 "expected_time", "detectors"],  # fmt: skip
+    "required": [
+        "kind",
+        "instrument",
+        "visit",
+        "band",
+        "ra",
+        "dec",
+        "exptime",
+        "expected_time",
+        "detectors",
+    ],
     "properties": {
         "kind": {"const": "next_visit"},
         "instrument": {"type": "string", "minLength": 1},
@@ -116,7 +125,9 @@ class NextVisit:
             "dec": self.dec,
             "exptime": self.exptime,
             "expected_time": self.expected_time,
-            "detectors": [{"detector": d.detector, "ra": d.ra, "dec": d.dec} for d in self.detectors],
+            "detectors": [
+                {"detector": d.detector, "ra": d.ra, "dec": d.dec} for d in self.detectors
+            ],
         }
         return json.dumps(doc).encode()
 

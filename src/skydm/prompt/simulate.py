@@ -105,7 +105,9 @@ class NightConfig:
         """Stars per detector."""
         # Enough isolated bright stars on every detector for the PSF matching
         # kernel (fewer left some 256x256 detectors with 1-2 and no difference).
-        return self.stars if self.stars is not None else max(20, round(200 * (self.size / 256) ** 2))
+        return (
+            self.stars if self.stars is not None else max(20, round(200 * (self.size / 256) ** 2))
+        )
 
 
 @dataclass

@@ -45,7 +45,9 @@ class PromptStatus:
         out = [f"{self.visits} visits, {total} detector-visits: {states}", ""]
         out.append(f"{'stage':<12} {'n':>5} {'p50 s':>9} {'p95 s':>9} {'max s':>9}")
         for s in self.stages:
-            cells = [f"{x:9.3f}" if not math.isnan(x) else f"{'-':>9}" for x in (s.p50, s.p95, s.max)]
+            cells = [
+                f"{x:9.3f}" if not math.isnan(x) else f"{'-':>9}" for x in (s.p50, s.p95, s.max)
+            ]
             out.append(f"{s.stage:<12} {s.n:>5} {' '.join(cells)}")
         for r in self.problems:
             out.append(f"{r.state}: visit {r.visit} detector {r.detector}: {r.error or ''}")
