@@ -175,10 +175,17 @@ class TimingStore:
                 (state, error, n_sources, n_alerts, instrument, visit, detector),
             )
 
-    def rows(self, *, state: str | None = None) -> list[DetectorVisit]:
-        """Every detector-visit (or those in ``state``), by visit and detector."""
+    def rows(
+        self, *, state: str | None = None, key: tuple[str, int, int] | None = None
+    ) -> list[DetectorVisit]:
+        """Every detector-visit (or those in ``state``, or the one of ``key``), in order."""
         cols = ", ".join(f"t_{s}" for s in STAMPS)
-        where, args = ("WHERE state=?", (state,)) if state else ("", ())
+        where: str = ""
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            where, args = "WHERE state=?", (state,)
+        elif key is not None:
+            where, args = "WHERE instrument=? AND visit=? AND detector=?", key
         out = []
         for row in self._db.execute(
             "SELECT instrument, visit, detector, band, state, attempts, pid, n_sources, "
@@ -186,20 +193,18 @@ class TimingStore:
             args,
         ):
             stamps = {s: float(v) for s, v in zip(STAMPS, row[10:], strict=True) if v is not None}
-            inst, visit, det, band, state, attempts, pid, n_src, n_alerts, error = row[:10]
+            inst, visit, det, band, st, attempts, pid, n_src, n_alerts, error = row[:10]
             out.append(
                 DetectorVisit(
-                    inst, visit, det, band, state, attempts, pid, n_src, n_alerts, error, stamps
+                    inst, visit, det, band, st, attempts, pid, n_src, n_alerts, error, stamps
                 )
             )
         return out
 
     def row(self, instrument: str, visit: int, detector: int) -> DetectorVisit | None:
-        """One detector-visit."""
-        for r in self.rows():
-            if (r.instrument, r.visit, r.detector) == (instrument, visit, detector):
-                return r
-        return None
+        """One detector-visit, or ``None``."""
+        found = self.rows(key=(instrument, visit, detector))
+        return found[0] if found else None
 
 
 @dataclass(frozen=True)
