@@ -103,10 +103,8 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         with LocalBroker() as broker:
-            broker.start()
             one = night(work / "one", broker.bootstrap, detectors=1, args=args)
         with LocalBroker() as broker:
-            broker.start()
             four = night(work / "four", broker.bootstrap, detectors=4, args=args)
     finally:
         if args.keep is None:

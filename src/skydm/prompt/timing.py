@@ -84,7 +84,11 @@ class TimingStore:
     def __init__(self, root: str | Path) -> None:
         self.path = Path(root) / DB_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        # The service may be run from a thread other than the one that made it
+        # (a benchmark, an embedding application); it uses it from one at a time.
+        self._db = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
