@@ -63,6 +63,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=["RICE_1", "GZIP_1", "GZIP_2", "PLIO_1"],
         help="codec for integer pixels (default RICE_1; floats always use lossless GZIP_2)",
     )
+    p.add_argument(
+        "--notify",
+        default=None,
+        metavar="BOOTSTRAP",
+        help="send a raw-arrival notification per raw ingested to Kafka at BOOTSTRAP "
+        "(for `skydm prompt serve`)",
+    )
+    p.add_argument(
+        "--notify-topic",
+        default="skydm-raw-arrivals",
+        metavar="TOPIC",
+        help="topic of the notifications (skydm-raw-arrivals)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
@@ -91,9 +104,21 @@ def run(args: argparse.Namespace) -> int:
         root, create=True, registry_url=settings.registry_url, datastore_url=args.datastore
     )
 
+    notifier = None
+    if args.notify:
+        from skydm.prompt.events import EventProducer
+
+        notifier = EventProducer(args.notify)
+        notifier.ensure_topics([args.notify_topic])
+
     def show(res: FileResult) -> None:
         stream = sys.stderr if res.status == "error" else sys.stdout
         print(res.line(), file=stream, flush=True)
+        if notifier is not None and res.ok and res.data_id is not None:
+            from skydm.prompt.events import arrival_of
+
+            # Sent once the raw is registered: a worker told of it can read it.
+            notifier.send(args.notify_topic, [arrival_of(res.data_id, path=str(res.path))])
 
     with repo:
         report = ingest_files(
@@ -105,5 +130,7 @@ def run(args: argparse.Namespace) -> int:
             progress=Progress("ingest", len(args.files), quiet=args.quiet),
             on_result=show,
         )
+    if notifier is not None:
+        notifier.close()
     print(f"{report.summary()} in {report.seconds:.1f} s (repository {repo.root})")
     return 0 if report.ok else 1

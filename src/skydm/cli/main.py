@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "provenance",
     "calibrate",
     "warp",
+    "prompt",
 ]
 
 

@@ -1,0 +1,146 @@
+"""The prompt-processing service's tunables, in one validated config.
+
+Defaults run with no set-up.  A repository may hold ``prompt/config.json``
+(``skydm prompt simulate`` writes the sky grid of the templates it made
+there); command-line options override it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from skydm.errors import BadFileError, BadValueError
+from skydm.repo.atomic import atomic_write_bytes
+
+#: Where a repository keeps its prompt-processing config, relative to its root.
+CONFIG_NAME = "prompt/config.json"
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """What the service listens to, how it waits and how it runs detectors.
+
+    Attributes
+    ----------
+    next_visit_topic, raw_topic : str
+        Kafka topics of the next-visit events and of the raw-arrival
+        notifications (``skydm ingest --notify``).
+    raw_timeout_s : float or None
+        Seconds after a visit's expected start that a detector waits for its
+        raw before it is recorded as timed out; ``None`` for Rubin's rule,
+        twice the exposure time plus 20 s.
+    workers : int
+        Worker processes (or Dask tasks at once).
+    max_attempts : int
+        Tries of a detector whose worker died or failed.
+    lock_cell_deg : float
+        Size of the sky cells that association locks: two detectors whose
+        footprints (plus the association margin) share a cell associate one
+        after the other.
+    apdb : str
+        SQLAlchemy URL of the APDB; empty for ``apdb.sqlite3`` in the repository.
+    radius_arcsec : float
+        Association radius.
+    poll_s : float
+        How often a worker looks for its raw, and the service for events.
+    pipeline : tuple of str
+        ``KEY=VALUE`` / ``TASK.KEY=VALUE`` overrides of the ``ap`` pipeline's
+        task configs (the sky grid of the templates, the diffim method...).
+    """
+
+    next_visit_topic: str = "skydm-next-visit"
+    raw_topic: str = "skydm-raw-arrivals"
+    raw_timeout_s: float | None = None
+    workers: int = 2
+    max_attempts: int = 3
+    lock_cell_deg: float = 0.5
+    apdb: str = ""
+    radius_arcsec: float = 1.0
+    poll_s: float = 0.2
+    pipeline: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pipeline", tuple(self.pipeline))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value.
+
+        Raises
+        ------
+        BadValueError
+            Naming the field, the bad value and what is allowed.
+        """
+        for name in ("next_visit_topic", "raw_topic"):
+            value = getattr(self, name)
+            if not value or any(c.isspace() for c in value):
+                raise BadValueError(name, value, "a Kafka topic name without spaces")
+        t = self.raw_timeout_s
+        if t is not None and not (math.isfinite(t) and 0 < t <= 86400):
+            raise BadValueError("raw_timeout_s", t, "0 to 86400 seconds (or none for 2*exptime+20)")
+        if not 1 <= self.workers <= 1024:
+            raise BadValueError("workers", self.workers, "1 to 1024")
+        if not 1 <= self.max_attempts <= 20:
+            raise BadValueError("max_attempts", self.max_attempts, "1 to 20")
+        if not 0.01 <= self.lock_cell_deg <= 30:
+            raise BadValueError("lock_cell_deg", self.lock_cell_deg, "0.01 to 30 degrees")
+        if not 0.01 <= self.radius_arcsec <= 60:
+            raise BadValueError("radius_arcsec", self.radius_arcsec, "0.01 to 60 arcsec")
+        if not 0.01 <= self.poll_s <= 10:
+            raise BadValueError("poll_s", self.poll_s, "0.01 to 10 seconds")
+        for item in self.pipeline:
+            if "=" not in item:
+                raise BadValueError("pipeline", item, "KEY=VALUE or TASK.KEY=VALUE")
+
+    def timeout_for(self, exptime: float) -> float:
+        """Seconds a detector waits for its raw after the visit's expected start."""
+        if self.raw_timeout_s is not None:
+            return float(self.raw_timeout_s)
+        return 2.0 * float(exptime) + 20.0
+
+    def updated(self, **changes: Any) -> PromptConfig:
+        """A copy with the given fields changed (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        out = asdict(self)
+        out["pipeline"] = list(self.pipeline)
+        return out
+
+
+def load_config(root: Path) -> PromptConfig:
+    """The repository's ``prompt/config.json``, or the defaults.
+
+    Raises
+    ------
+    BadFileError
+        When the file is not a JSON object of known fields.
+    """
+    path = Path(root) / CONFIG_NAME
+    if not path.exists():
+        return PromptConfig()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadFileError(path, f"not readable JSON ({exc}); fix or delete it") from exc
+    known = {f.name for f in fields(PromptConfig)}
+    if not isinstance(data, dict) or set(data) - known:
+        extra = sorted(set(data) - known) if isinstance(data, dict) else data
+        raise BadFileError(path, f"unknown prompt config fields {extra}; allowed: {sorted(known)}")
+    try:
+        return PromptConfig(**data)
+    except BadValueError as exc:
+        raise BadFileError(path, str(exc)) from exc
+
+
+def save_config(root: Path, config: PromptConfig) -> Path:
+    """Write ``prompt/config.json`` atomically; returns its path."""
+    path = Path(root) / CONFIG_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(config.to_dict(), indent=1).encode())
+    return path

@@ -1,0 +1,352 @@
+"""One detector of one visit, in a worker process: preload, wait, process, alert.
+
+:func:`process_detector` is what the service runs per detector (in a worker
+process of its own pool, or as a Dask task).  It runs the bodies of the
+``ap`` pipeline's tasks (``calibrate``, ``diffim``, ``ap``) on that one
+detector-visit, with their outputs written to the repository with
+provenance as ``skydm run ap`` writes them:
+
+1. **preload**, on the next-visit event: the template (the coadd of the sky
+   cell holding the detector's expected centre) is read into memory, and
+   the DIA objects of that cell with their history are read from the APDB
+   (warming its pages; association reads them again under its lock, since
+   a neighbouring detector may have changed them meanwhile);
+2. **wait** for the raw to be registered, until the deadline (then the
+   detector-visit is recorded as timed out);
+3. ``calibrate`` and ``diffim`` (the preloaded template and the calexp
+   are handed over in memory);
+4. ``ap`` (association, forced photometry, packets, archive, outbox) under
+   the association locks of the detector's sky cells;
+5. the outbox is drained to Kafka under the outbox lock, so that two
+   workers never send the same message; ``alerts`` is stamped once every
+   message of the detector is acknowledged.
+
+Everything is idempotent: a detector-visit retried after its worker died
+redoes what was not committed (outputs are replaced; the APDB keeps a
+visit only once; the outbox keeps one row per diaSourceId and topic).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from skydm.errors import UserError
+from skydm.pipeline.io import UnitIO
+from skydm.pipeline.task import DatasetKey, Task
+from skydm.prompt.config import PromptConfig
+from skydm.prompt.locks import file_lock, region_cells, region_lock
+from skydm.prompt.timing import TimingStore, now
+from skydm.repo import DataId, DatasetRef, Repository
+
+if TYPE_CHECKING:
+    from skydm.image import Exposure
+    from skydm.pipeline.task import TaskConfig, WorkUnit
+
+OUTBOX_LOCK = "prompt/locks/outbox.lock"
+
+
+@dataclass(frozen=True)
+class DetectorJob:
+    """One detector-visit for a worker.
+
+    Attributes
+    ----------
+    root : str
+        Repository root.
+    instrument, visit, detector, band : str, int, int, str
+        The detector-visit.
+    ra, dec : float
+        Expected centre of the detector's footprint (from the event).
+    deadline : float
+        Unix time after which a raw that has not arrived is given up.
+    bootstrap : str
+        Kafka bootstrap servers for the alerts; empty for archives only.
+    config : PromptConfig
+        The service's config.
+    """
+
+    root: str
+    instrument: str
+    visit: int
+    detector: int
+    band: str
+    ra: float
+    dec: float
+    deadline: float
+    bootstrap: str
+    config: PromptConfig
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """(instrument, visit, detector)."""
+        return (self.instrument, self.visit, self.detector)
+
+    @property
+    def data_id(self) -> DataId:
+        """The detector-visit's data ID."""
+        return DataId(self.instrument, detector=self.detector, visit=self.visit, band=self.band)
+
+
+@dataclass(frozen=True)
+class DetectorOutcome:
+    """How a detector-visit ended in a worker."""
+
+    key: tuple[str, int, int]
+    state: str
+    attempt: int
+    n_sources: int | None = None
+    n_alerts: int | None = None
+    error: str | None = None
+    #: Whether trying again may help (a fault), or not (bad data: a user error).
+    retry: bool = True
+
+
+@dataclass(frozen=True)
+class Preloaded:
+    """What the preload read: the template (in memory) and the DIA objects seen."""
+
+    template_key: DatasetKey | None
+    template: Exposure | None
+    n_objects: int
+
+
+class MemoryIO(UnitIO):
+    """A :class:`UnitIO` that also hands Exposures over in memory.
+
+    Exposures in ``cache`` (the preloaded template, what an earlier stage of
+    the same detector wrote) are returned without reading them back; every
+    Exposure written is stored in the repository as usual and added to
+    ``cache``.
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        unit: WorkUnit,
+        config: TaskConfig,
+        run_id: str,
+        cache: dict[DatasetKey, Exposure],
+    ) -> None:
+        super().__init__(repo, unit, config, run_id)
+        self.cache = cache
+
+    def exposure(self, key: DatasetKey) -> Exposure:
+        """An input Exposure, from memory when this worker holds it.
+
+        Its visit metadata is completed from the data ID, as
+        :meth:`Repository.get_exposure` does when it reads one back (a raw's
+        header may lack the detector number that ingest translated).
+        """
+        found = self.cache.get(key)
+        if found is None:
+            return super().exposure(key)
+        info, d = found.info, key.data_id
+        info.instrument, info.detector, info.visit, info.band = (
+            d.instrument, d.detector, d.visit, d.band,
+        )  # fmt: skip
+        return found
+
+    def put_exposure(self, key: DatasetKey, exposure: Exposure) -> DatasetRef:
+        """Store an output Exposure and keep it in memory."""
+        ref = super().put_exposure(key, exposure)
+        self.cache[key] = exposure
+        return ref
+
+
+def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
+    """The APDB of the service: the configured URL or ``apdb.sqlite3`` in the repository."""
+    return config.apdb or Path(root) / "apdb.sqlite3"
+
+
+def _tasks(config: PromptConfig) -> dict[str, Task]:
+    from skydm.pipeline.pipelines import load_pipeline
+    from skydm.pipeline.tasks.ap import ApConfig, ApTask
+
+    pipe = load_pipeline(("calibrate", "diffim"), config.pipeline)
+    # Alerts go to Kafka from the outbox, under its lock (step 5), not from
+    # inside the task: two workers then never send the same message.
+    ap = ApTask(ApConfig(apdb=str(config.apdb), radius_arcsec=config.radius_arcsec, bootstrap=""))
+    return {"calibrate": pipe.task("calibrate"), "diffim": pipe.task("diffim"), "ap": ap}
+
+
+def preload(repo: Repository, job: DetectorJob, diffim: Task) -> Preloaded:
+    """Read the detector's template and its DIA objects with their history."""
+    from skydm.ap.apdb import Apdb
+    from skydm.ap.sources import now_mjd
+
+    grid = diffim.config.grid()  # type: ignore[attr-defined]
+    cell = grid.cell_containing(job.ra, job.dec)
+    template_type = diffim.config.template_type  # type: ignore[attr-defined]
+    tid = DataId(job.instrument, band=job.band, skycell=cell.id)
+    key: DatasetKey | None = DatasetKey(template_type, tid)
+    template = None
+    if repo.find(template_type, tid) is not None:
+        template = repo.get_exposure(template_type, tid)
+    else:
+        key = None
+    ny, nx = cell.shape
+    half_dec = ny * cell.pixel_scale / 7200.0
+    half_ra = nx * cell.pixel_scale / 7200.0 / max(0.01, abs(_cos_deg(cell.dec)))
+    apdb = Apdb(apdb_location(job.config, job.root))
+    try:
+        objects = apdb.objects_in_region(
+            [(max(0.0, cell.ra - half_ra), min(360.0, cell.ra + half_ra))],
+            (cell.dec - half_dec, cell.dec + half_dec),
+        )
+        ids = [int(o["diaObjectId"]) for o in objects]
+        if ids:
+            apdb.read_history(ids, since=now_mjd() - 365.0)
+    finally:
+        apdb.close()
+    return Preloaded(key, template, len(objects))
+
+
+def _cos_deg(x: float) -> float:
+    import math
+
+    return math.cos(math.radians(x))
+
+
+def wait_for_raw(repo: Repository, data_id: DataId, deadline: float, poll: float) -> bool:
+    """Whether the raw is registered by ``deadline`` (polling the registry)."""
+    while True:
+        if repo.find("raw", data_id) is not None:
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(min(poll, max(0.0, deadline - time.time())) or poll)
+
+
+def process_detector(job: DetectorJob) -> DetectorOutcome:
+    """Preload, wait for the raw, calibrate, difference, associate and alert one detector.
+
+    Errors are recorded in the timing table and returned, never raised (a
+    worker that dies is noticed by the service).
+    """
+    store = TimingStore(job.root)
+    inst, visit, det = job.key
+    attempt = store.start_attempt(inst, visit, det, os.getpid())
+    try:
+        outcome = _process(job, store, attempt)
+    except Exception as exc:  # the service decides whether to try again
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        store.finish(inst, visit, det, "failed", error=text)
+        # Bad data fails the same way every time; anything else may be transient.
+        retry = not isinstance(exc, UserError)
+        outcome = DetectorOutcome(job.key, "failed", attempt, error=text, retry=retry)
+    finally:
+        store.close()
+    return outcome
+
+
+def association_cells(exposure: Exposure, config: PromptConfig) -> list[str]:
+    """The lock cells of a detector's association: its footprint plus the margin
+    within which :func:`skydm.alerts.produce.produce_visit_alerts` reads DIA objects."""
+    from skydm.ap.forced import visit_region
+
+    margin = max(5.0, 2.0 * config.radius_arcsec)
+    ra_ranges, dec_range = visit_region(exposure, margin_arcsec=margin)
+    return region_cells(ra_ranges, dec_range, config.lock_cell_deg)
+
+
+def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutcome:
+    inst, visit, det = job.key
+    tasks = _tasks(job.config)
+    data_id = job.data_id
+    with Repository.open(job.root, create=False) as repo:
+        pre = preload(repo, job, tasks["diffim"])
+        store.stamp(inst, visit, det, "preload", now())
+        if not wait_for_raw(repo, data_id, job.deadline, job.config.poll_s):
+            waited = job.deadline - store_event_time(store, job)
+            error = f"no raw arrived within {waited:.0f} s of the event (timed out)"
+            store.finish(inst, visit, det, "timed_out", error=error)
+            return DetectorOutcome(job.key, "timed_out", attempt, error=error)
+        store.stamp(inst, visit, det, "start", now())
+        run_id = f"prompt-v{visit}"
+        cache: dict[DatasetKey, Exposure] = {}
+        if pre.template_key is not None and pre.template is not None:
+            cache[pre.template_key] = pre.template
+
+        calexp_key = DatasetKey("calexp", data_id)
+        _run(tasks["calibrate"], repo, run_id, cache, [DatasetKey("raw", data_id)], [calexp_key])
+        store.stamp(inst, visit, det, "calibrate", now())
+
+        calexp = cache[calexp_key]
+        diffim = tasks["diffim"]
+        ny, nx = calexp.image.shape
+        if calexp.wcs is None:
+            raise UserError(f"calexp of {data_id} has no WCS: the raw could not be placed")
+        ra, dec = calexp.wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0)
+        cell = diffim.config.grid().cell_containing(float(ra) % 360.0, float(dec))  # type: ignore[attr-defined]
+        template_type = diffim.config.template_type  # type: ignore[attr-defined]
+        template_key = DatasetKey(template_type, DataId(inst, band=job.band, skycell=cell.id))
+        if repo.find(template_type, template_key.data_id) is None:
+            raise UserError(
+                f"no {template_type} template for sky cell {cell.id} band {job.band} "
+                f"(make templates first: `skydm run drp`)"
+            )
+        diff_outputs = [DatasetKey(t, data_id) for t in ("diff", "dia_src", "diff_template")]
+        _run(diffim, repo, run_id, cache, [calexp_key, template_key], diff_outputs)
+        store.stamp(inst, visit, det, "diffim", now())
+
+        apdb_url = apdb_location(job.config, job.root)
+        cells = association_cells(calexp, job.config)
+        summary_key = DatasetKey("alert_summary", data_id)
+        with region_lock(apdb_url, cells):
+            _run(tasks["ap"], repo, run_id, cache, [calexp_key, *diff_outputs], [summary_key])
+        store.stamp(inst, visit, det, "association", now())
+        summary = json.loads(repo.get_bytes("alert_summary", data_id))
+
+        if job.bootstrap:
+            _stream(job)
+        store.stamp(inst, visit, det, "alerts", now())
+    n_sources = int(summary.get("n_sources") or 0)
+    n_alerts = summary.get("n_alerts")
+    n_alerts = n_sources if n_alerts is None else int(n_alerts)
+    store.finish(inst, visit, det, "done", n_sources=n_sources, n_alerts=n_alerts)
+    return DetectorOutcome(job.key, "done", attempt, n_sources=n_sources, n_alerts=n_alerts)
+
+
+def store_event_time(store: TimingStore, job: DetectorJob) -> float:
+    """When the detector-visit's event was received (the deadline's origin)."""
+    row = store.row(*job.key)
+    return row.stamps.get("event", job.deadline) if row is not None else job.deadline
+
+
+def _run(
+    task: Task,
+    repo: Repository,
+    run_id: str,
+    cache: dict[DatasetKey, Exposure],
+    inputs: list[DatasetKey],
+    outputs: list[DatasetKey],
+) -> None:
+    unit = task.unit(outputs[0].data_id, inputs, outputs)
+    task.run(unit, MemoryIO(repo, unit, task.config, run_id, cache))
+
+
+def _stream(job: DetectorJob) -> dict[str, Any]:
+    """Send every pending outbox message (this detector's among them) under the outbox lock."""
+    from skydm.alerts.outbox import Outbox
+    from skydm.alerts.transport import KafkaTransport, stream_outbox
+
+    root = Path(job.root)
+    with file_lock(root / OUTBOX_LOCK):
+        box = Outbox(root / "alerts" / "outbox.sqlite3")
+        transport = KafkaTransport(job.bootstrap)
+        try:
+            result = stream_outbox(box, transport, retry_for=30.0)
+        finally:
+            transport.close()
+            box.close()
+    if result.pending:
+        raise RuntimeError(
+            f"{result.pending} alerts not acknowledged by Kafka at {job.bootstrap} "
+            f"({'; '.join(result.errors[:1])}); they stay in the outbox"
+        )
+    return {"delivered": result.delivered}
