@@ -99,7 +99,7 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
 
     from skydm.coadd.skygrid import tan_wcs
     from skydm.pipeline import build_graph, load_pipeline, plan
-    from skydm.pipeline.regions import CACHE_NAME, footprint
+    from skydm.pipeline.regions import RegionIndex, footprint
     from skydm.repo import Repository
     from skydm.repo.registry import datasets
 
@@ -125,9 +125,12 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
                 footprints[checksum] = {**shape, "cells": {}}
     with repo.registry.engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(sa.insert(datasets), rows)
-    path = repo.root / CACHE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(footprints))
+    # The raws' borders as an ingest-time graph would have cached them (the
+    # synthetic raws have no files to read them from).
+    index = RegionIndex(repo.root)
+    for checksum, entry in footprints.items():
+        index.prime(checksum, entry)
+    index.save()
     pipe = load_pipeline("drp", ["cell_size_deg=0.05", "margin=50"])
     out: dict[str, float] = {}
     for label in ("cold", "warm", "warm2"):

@@ -129,13 +129,16 @@ def build_graph(
     units: list[WorkUnit] = []
     producer: dict[DatasetKey, str] = {}
     for task in pipeline.tasks:
-        use_where = expr is not None and expr.dimensions <= set(task.dimensions)
-        for unit in task.units(context):
-            if use_where and expr is not None and not expr.matches(unit.data_id):
-                continue
-            units.append(unit)
+        formed = list(task.units(context))
+        if expr is not None and expr.dimensions <= set(task.dimensions):
+            # One vectorised evaluation for the task's units, not one per unit.
+            keep = expr.select([u.data_id for u in formed])
+            formed = [u for u, k in zip(formed, keep, strict=True) if k]
+        units += formed
+        for unit in formed:
+            uid = unit.id
             for key in unit.outputs:
-                producer[key] = unit.id
+                producer[key] = uid
                 context.available.setdefault(key.dataset_type, set()).add(key.data_id)
     regions.save()
     if not units and not refs.get("raw"):

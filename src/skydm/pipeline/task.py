@@ -15,7 +15,8 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from skydm.errors import BadValueError
@@ -76,9 +77,9 @@ class WorkUnit:
     inputs: tuple[DatasetKey, ...]
     outputs: tuple[DatasetKey, ...]
 
-    @property
+    @cached_property
     def id(self) -> str:
-        """A unique, readable name: ``task{data id}``."""
+        """A unique, readable name: ``task{data id}`` (formatted once: graphs ask it often)."""
         return f"{self.task}{self.data_id}"
 
 
@@ -190,7 +191,7 @@ class GraphContext:
 
     def raw_ref(self, data_id: DataId) -> DatasetRef | None:
         """The registered raw of a detector-visit (its footprint places the visit's products)."""
-        key = data_id if data_id.skycell is None else replace(data_id, skycell=None)
+        key = data_id if data_id.skycell is None else data_id.with_skycell(None)
         return self.refs.get("raw", {}).get(key)
 
     def skip(self, reason: str, n: int = 1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from skydm.errors import BadValueError
 from skydm.pipeline.io import UnitIO
@@ -107,7 +107,7 @@ class WarpTask(Task):
             except Exception as exc:  # an unreadable raw fails in calibrate, named there
                 context.skip(f"warp: footprint of raw {data_id} unreadable ({exc})")
                 continue
-            outputs = [DatasetKey("warp", replace(data_id, skycell=c)) for c in cells]
+            outputs = [DatasetKey("warp", data_id.with_skycell(c)) for c in cells]
             if outputs:
                 yield self.unit(data_id, [DatasetKey("calexp", data_id)], outputs)
 
