@@ -147,64 +147,6 @@ def _key(ref: object) -> object:
     return DatasetKey(ref.dataset_type, ref.data_id)  # type: ignore[attr-defined]
 
 
-# -- executors ---------------------------------------------------------------
-@contextmanager
-def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[Executor]:
-    """The executor for ``--dask`` / ``-j``.
-
-    Parameters
-    ----------
-    dask : str, optional
-        ``local:N`` for a Dask ``LocalCluster`` of N worker processes (one
-        thread each), or the address of a running scheduler
-        (``tcp://host:8786``).  ``None`` for a local process pool.
-    jobs : int, optional
-        Worker processes of the local pool (default: the CPU count).
-    """
-    if dask is None:
-        n = jobs if jobs is not None else (os.cpu_count() or 1)
-        if n < 1:
-            raise BadValueError("-j", n, "at least 1 worker process")
-        # Workers are started fresh (not forked) so that no registry
-        # connection or thread of this process is inherited.
-        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("forkserver"))
-        try:
-            yield pool
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return
-    from skydm.errors import require_extra
-
-    distributed = require_extra("distributed", "pipeline")
-    cluster = None
-    if dask.startswith("local:"):
-        try:
-            n = int(dask.removeprefix("local:"))
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise BadValueError(
-                "--dask", dask, "local:N with N >= 1 workers, or a scheduler address"
-            )
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        client = distributed.Client(cluster)
-    else:
-        try:
-            client = distributed.Client(dask, timeout="20s")
-        except OSError as exc:
-            raise BadValueError(
-                "--dask", dask, f"the address of a running Dask scheduler ({exc})"
-            ) from exc
-    try:
-        yield client.get_executor(pure=False)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
 # -- the scheduler loop ------------------------------------------------------
 def execute(
     graph: Graph,
@@ -311,11 +253,12 @@ def execute(
     report.wall_s = time.perf_counter() - start
     report.scheduler_s = report.wall_s - waited
     report.results.sort(key=lambda r: rank[r.unit])
-    report.record = _write_record(repo, report)
+    report.record = write_record(repo, report)
     return report
 
 
-def _write_record(repo: Repository, report: RunReport) -> Path:
+def write_record(repo: Repository, report: RunReport) -> Path:
+    """Write the run's JSON record under ``<repo>/pipeline/runs/`` (atomically)."""
     path = repo.root / "pipeline" / "runs" / f"{report.run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -97,16 +97,24 @@ class TaskConfig:
         """Raise :class:`BadValueError` naming the field when a value is not allowed."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        """The config as JSON-ready values (a fresh copy)."""
+        return json.loads(self.text())
 
     def text(self) -> str:
         """The full config as canonical JSON (sorted keys), as recorded in provenance."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        # A frozen config never changes: formatted once, not once per unit.
+        found = self.__dict__.get("_text")
+        if found is None:
+            found = json.dumps(dataclasses.asdict(self), default=list, sort_keys=True)
+            self.__dict__["_text"] = found
+        return str(found)
 
     def sha256(self) -> str:
         """Hex SHA-256 of :meth:`text`."""
-        return hashlib.sha256(self.text().encode()).hexdigest()
+        found = self.__dict__.get("_sha256")
+        if found is None:
+            found = self.__dict__["_sha256"] = hashlib.sha256(self.text().encode()).hexdigest()
+        return str(found)
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any] | None, *, where: str) -> TaskConfig:
