@@ -144,9 +144,15 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
     # The graph's fast overlap test gives SkyGrid.cells_overlapping's answer
     # (random grids, pointings, sizes, rotations, declinations up to 85).
     from skydm.coadd.skygrid import SkyGrid
-    from skydm.pipeline.regions import footprint, overlapping_cells
+    from skydm.pipeline.regions import (
+        as_footprint,
+        footprint,
+        overlapping_cells,
+        overlapping_cells_many,
+    )
 
     rng = np.random.default_rng(5)
+    cases = []
     for _ in range(40):
         grid = SkyGrid(
             rng.uniform(0, 360), rng.uniform(-10, 10), float(rng.choice([0.02, 0.05, 0.1])),
@@ -158,3 +164,9 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
         entry = footprint(wcs, (n, n))
         ra, dec = (np.asarray(v) for v in entry["border"])
         assert overlapping_cells(grid, ra, dec, entry["centre"][0]) == expected
+        cases.append((grid, entry, expected))
+    # The batched form (cold graphs) gives each raw the same answer.
+    for grid, entry, expected in cases:
+        others = [as_footprint(e) for _, e, _ in cases[:7]]
+        got = overlapping_cells_many(grid, [*others, as_footprint(entry)])
+        assert got[-1] == expected

@@ -23,6 +23,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,9 @@ class GridConfig:
             self.ra0, self.dec0, self.cell_size_deg, self.pixel_scale, margin=self.margin
         )
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """A string naming the grid in the cache."""
+        """A string naming the grid in the cache (formatted once: asked per raw)."""
         return f"{self.ra0}:{self.dec0}:{self.cell_size_deg}:{self.pixel_scale}:{self.margin}"
 
 
@@ -116,13 +117,13 @@ class RegionIndex:
         found = borders.get(ref.checksum)
         if found is None:
             # Registry paths are relative to the repository root.
-            found = _as_footprint(footprint(*_image_wcs(self.root / ref.path)))
+            found = as_footprint(footprint(*_image_wcs(self.root / ref.path)))
             borders[ref.checksum] = self._new[ref.checksum] = found
         return found
 
     def prime(self, checksum: str, entry: dict[str, Any]) -> None:
         """Record a :func:`footprint` without reading a file (synthetic registries)."""
-        self._load_borders()[checksum] = self._new[checksum] = _as_footprint(entry)
+        self._load_borders()[checksum] = self._new[checksum] = as_footprint(entry)
 
     # -- the cells --------------------------------------------------------------
     def _grid(self, grid: GridConfig) -> SkyGrid:
@@ -162,6 +163,31 @@ class RegionIndex:
             self._dirty_grids.add(grid.key)
         return list(found)
 
+    def prepare(self, refs: list[DatasetRef], grid: GridConfig, *, min_overlap: int = 0) -> None:
+        """Place every raw of ``refs`` not yet placed on ``grid``, in batches.
+
+        :meth:`cells` then only looks them up.  A raw whose footprint
+        cannot be read is left for :meth:`cells` to raise about.
+        """
+        placed = self._placed(grid)
+        key = f"o{min_overlap}"
+        todo: list[tuple[str, Footprint]] = []
+        for ref in refs:
+            if key in placed.get(ref.checksum, ()):
+                continue
+            try:
+                todo.append((ref.checksum, self.footprint_of(ref)))
+            except (BadFileError, OSError, ValueError):
+                continue
+        if not todo:
+            return
+        found = overlapping_cells_many(
+            self._grid(grid), [fp for _, fp in todo], min_overlap=min_overlap
+        )
+        for (checksum, _), cells in zip(todo, found, strict=True):
+            placed.setdefault(checksum, {})[key] = cells
+        self._dirty_grids.add(grid.key)
+
     def centre_cell(self, ref: DatasetRef, grid: GridConfig) -> str:
         """Id of the cell containing the raw's centre."""
         placed = self._placed(grid).setdefault(ref.checksum, {})
@@ -193,7 +219,8 @@ class RegionIndex:
             atomic_write_bytes(path, json.dumps({"grid": key, "cells": self._cells[key]}).encode())
         self._dirty_grids.clear()
 
-def _as_footprint(entry: dict[str, Any]) -> Footprint:
+def as_footprint(entry: dict[str, Any]) -> Footprint:
+    """A :class:`Footprint` from a :func:`footprint` entry (64 border points)."""
     ra, dec = (np.asarray(v, dtype=float) for v in entry["border"])
     if ra.shape != (BORDER_POINTS,) or dec.shape != (BORDER_POINTS,):
         raise ValueError(f"a footprint has {BORDER_POINTS} border points, not {ra.shape}")
@@ -240,11 +267,62 @@ def overlapping_cells(
     half (a cell's square pixel grid reaches past its own part of the sky),
     touches, over the right-ascension range it spans in that ring.
     """
+    ids, ra0, dec0 = _candidates(grid, ra, dec, cra)
+    if not ids:
+        return []
+    grow = 1 if min_overlap <= 0 else -min_overlap
+    hit = _reaches(ra0, dec0, grid.pixel_scale, grid.cell_shape, ra, dec, grow=grow)
+    return sorted(c for c, h in zip(ids, hit.tolist(), strict=True) if h)
+
+
+#: Cell-raw pairs tested at once by :func:`overlapping_cells_many` (bounds its memory).
+PAIRS_PER_CHUNK = 16_384
+
+
+def overlapping_cells_many(
+    grid: SkyGrid, footprints: list[Footprint], *, min_overlap: int = 0
+) -> list[list[str]]:
+    """:func:`overlapping_cells` of many raws, their candidate cells tested in large batches.
+
+    A cold graph places every raw; one numpy pass over thousands of
+    (cell, raw) pairs costs far less than thousands of small passes.  The
+    answers are the same, element for element.
+    """
+    per_raw = [_candidates(grid, fp.ra, fp.dec, fp.centre[0]) for fp in footprints]
+    owner = np.repeat(np.arange(len(per_raw)), [len(ids) for ids, _, _ in per_raw])
+    if not len(owner):
+        return [[] for _ in footprints]
+    ra0 = np.concatenate([r for _, r, _ in per_raw])
+    dec0 = np.concatenate([d for _, _, d in per_raw])
+    border_ra = np.stack([fp.ra for fp in footprints])
+    border_dec = np.stack([fp.dec for fp in footprints])
+    grow = 1 if min_overlap <= 0 else -min_overlap
+    hit = np.empty(len(owner), dtype=bool)
+    for lo in range(0, len(owner), PAIRS_PER_CHUNK):
+        sl = slice(lo, lo + PAIRS_PER_CHUNK)
+        rows = owner[sl]
+        hit[sl] = _reaches(
+            ra0[sl], dec0[sl], grid.pixel_scale, grid.cell_shape,
+            border_ra[rows], border_dec[rows], grow=grow,
+        )  # fmt: skip
+    out: list[list[str]] = []
+    start = 0
+    flags = hit.tolist()
+    for ids, _, _ in per_raw:
+        out.append(sorted(c for c, h in zip(ids, flags[start : start + len(ids)], strict=True) if h))
+        start += len(ids)
+    return out
+
+
+def _candidates(
+    grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Cells an image might overlap: ids and centres (ra, dec) of every candidate."""
     reach = 1.5 * grid.cell_size + grid.margin * grid.pixel_scale / 3600.0
     dlo, dhi = float(dec.min()) - reach, float(dec.max()) + reach
     j_lo, j_hi = grid.ring_of(max(dlo, -90.0)), grid.ring_of(min(dhi, 90.0))
-    # Candidate cells as (i, j) pairs and centres, computed directly rather
-    # than through SkyCell objects (a cold graph asks this of every raw).
+    # Candidates computed directly rather than through SkyCell objects (a
+    # cold graph asks this of every raw).
     ids: list[str] = []
     ras: list[np.ndarray] = []
     decs: list[np.ndarray] = []
@@ -269,13 +347,8 @@ def overlapping_cells(
         ras.append((grid.ra0 + np.asarray(columns, dtype=float) * 360.0 / n) % 360.0)
         decs.append(np.full(len(columns), ring_dec))
     if not ids:
-        return []
-    grow = 1 if min_overlap <= 0 else -min_overlap
-    hit = _reaches(
-        np.concatenate(ras), np.concatenate(decs), grid.pixel_scale, grid.cell_shape, ra, dec,
-        grow=grow,
-    )  # fmt: skip
-    return sorted(c for c, h in zip(ids, hit.tolist(), strict=True) if h)
+        return [], np.empty(0), np.empty(0)
+    return ids, np.concatenate(ras), np.concatenate(decs)
 
 
 def _reaches(
@@ -287,10 +360,12 @@ def _reaches(
     As :meth:`SkyCell.overlap_bbox`: every point must project (be on the
     cell's side of the sky) and the points' bounding box, grown by a pixel,
     must meet the grid (``grow`` < 0 shrinks the box instead).  Cells along
-    the first axis, border points along the second.
+    the first axis, border points along the second; ``ra``, ``dec`` are one
+    border for every cell, or one border per cell (rows).
     """
-    a = np.radians(ra[None, :] - ra0[:, None])
-    d, d0 = np.radians(dec)[None, :], np.radians(dec0)[:, None]
+    ra2, dec2 = (v if v.ndim == 2 else v[None, :] for v in (ra, dec))
+    a = np.radians(ra2 - ra0[:, None])
+    d, d0 = np.radians(dec2), np.radians(dec0)[:, None]
     cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a)
     safe = np.where(cosc > 0.05, cosc, 1.0)
     xi = np.degrees(np.cos(d) * np.sin(a) / safe)

@@ -14,6 +14,7 @@ import abc
 import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -195,7 +196,13 @@ class GraphContext:
 
     def ids(self, dataset_type: str) -> list[DataId]:
         """The available data IDs of a type, sorted."""
-        return sorted(self.available.get(dataset_type, ()), key=_sort_key)
+        found = self.available.get(dataset_type, ())
+        try:
+            # The same order as _sort_key's, with the key made in C: a
+            # type's data IDs all have a sky cell or none (None ties with None).
+            return sorted(found, key=_FAST_KEY)
+        except TypeError:  # sky cells and None mixed within one type
+            return sorted(found, key=_sort_key)
 
     def raw_ref(self, data_id: DataId) -> DatasetRef | None:
         """The registered raw of a detector-visit (its footprint places the visit's products)."""
@@ -205,6 +212,9 @@ class GraphContext:
     def skip(self, reason: str, n: int = 1) -> None:
         """Count ``n`` units left out for ``reason``."""
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+_FAST_KEY = operator.attrgetter("instrument", "band", "skycell", "visit", "detector")
 
 
 def _sort_key(d: DataId) -> tuple[str, str, str, int, int]:

@@ -109,6 +109,19 @@ class DataId:
             )
         return DataId.unchecked(self.instrument, self.detector, self.visit, self.band, skycell)
 
+    def __hash__(self) -> int:
+        # Data IDs key the graph's dicts and sets hundreds of thousands of
+        # times per build: the hash is computed once per object.
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.instrument, self.detector, self.visit, self.band, self.skycell))
+            self.__dict__["_hash"] = found
+        return int(found)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached hash stays behind: string hashes differ between processes.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def as_dict(self) -> dict[str, Any]:
         """The parts as a plain dictionary."""
         return {

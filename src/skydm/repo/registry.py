@@ -343,7 +343,7 @@ class SqlRegistry(Registry):
 
         def query() -> list[sa.Row[Any]]:
             with self.engine.connect() as conn:
-                return list(conn.execute(stmt))
+                return list(conn.execute(stmt).all())  # one fetchall, not a fetch per row
 
         return [self._to_ref(row) for row in self._retry(query)]
 

@@ -97,8 +97,13 @@ class WarpTask(Task):
 
     def units(self, context: GraphContext) -> Iterator[WorkUnit]:
         assert isinstance(self.config, WarpConfig)
-        for data_id in context.ids("calexp"):
-            raw = context.raw_ref(data_id)
+        ids = context.ids("calexp")
+        raws = [context.raw_ref(d) for d in ids]
+        # Place the raws not yet on this grid in batches (a cold graph).
+        context.regions.prepare(
+            [r for r in raws if r is not None], self.config, min_overlap=self.config.min_overlap
+        )
+        for data_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 context.skip("warp: no raw to place the calexp on the sky")
                 continue
