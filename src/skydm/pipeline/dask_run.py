@@ -26,6 +26,7 @@ from skydm.pipeline.task import Task, WorkUnit
 from skydm.progress import Progress
 from skydm.repo import Repository
 
+
 def run_after(
     root: str,
     tasks: dict[str, Task],

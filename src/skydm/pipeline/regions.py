@@ -219,6 +219,7 @@ class RegionIndex:
             atomic_write_bytes(path, json.dumps({"grid": key, "cells": self._cells[key]}).encode())
         self._dirty_grids.clear()
 
+
 def as_footprint(entry: dict[str, Any]) -> Footprint:
     """A :class:`Footprint` from a :func:`footprint` entry (64 border points)."""
     ra, dec = (np.asarray(v, dtype=float) for v in entry["border"])
@@ -309,7 +310,8 @@ def overlapping_cells_many(
     start = 0
     flags = hit.tolist()
     for ids, _, _ in per_raw:
-        out.append(sorted(c for c, h in zip(ids, flags[start : start + len(ids)], strict=True) if h))
+        mine = flags[start : start + len(ids)]
+        out.append(sorted(c for c, h in zip(ids, mine, strict=True) if h))
         start += len(ids)
     return out
 

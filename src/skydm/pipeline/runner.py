@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+from skydm.pipeline.dask_run import execute_dask
 from skydm.pipeline.execute import RunReport, UnitResult, execute, new_run_id
 from skydm.pipeline.executors import DaskBackend, open_executor
-from skydm.pipeline.dask_run import execute_dask
 from skydm.pipeline.graph import Graph, build_graph, plan
 from skydm.pipeline.pipelines import Pipeline, load_pipeline
 from skydm.progress import Progress

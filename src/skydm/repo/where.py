@@ -233,7 +233,6 @@ class _Always(_Node):
         return np.ones(cols.n, dtype=bool)
 
 
-
 class _Columns:
     """Dimension values of many data IDs as numpy columns, built on first use.
 
@@ -260,6 +259,7 @@ class _Columns:
                     values = values.astype("U1")
             found = self._cols[dimension] = (values, null)
         return found
+
 
 # -- the parser -------------------------------------------------------------------
 
