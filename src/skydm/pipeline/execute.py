@@ -1,13 +1,15 @@
-"""Running a graph: a local process pool or Dask, with retries, isolation and a record.
+"""Running a graph on a local process pool, with retries, isolation and a record.
 
-The same scheduler loop drives any :class:`concurrent.futures.Executor`: a
-:class:`~concurrent.futures.ProcessPoolExecutor` by default, or a Dask
-``distributed`` client's executor (a running scheduler, or a
-``LocalCluster`` of worker processes).  Workers open the repository
-themselves and read and write it directly; only unit descriptions and small
-results travel.  A failed unit is recorded with its reason and blocks only
-what depends on it; the run ends with every unit accounted for, and a JSON
-record of it under ``<repo>/pipeline/runs/``.
+The scheduler loop submits a unit when every unit it reads from has
+succeeded (a :class:`~concurrent.futures.ProcessPoolExecutor` from
+:func:`skydm.pipeline.executors.open_executor`, or any
+:class:`~concurrent.futures.Executor`); Dask runs the whole graph at once
+instead (:mod:`skydm.pipeline.dask_run`), with the same :func:`run_unit` on
+its workers.  Workers open the repository themselves and read and write it
+directly; only unit descriptions and small results travel.  A failed unit is
+recorded with its reason and blocks only what depends on it; the run ends
+with every unit accounted for, and a JSON record of it under
+``<repo>/pipeline/runs/``.
 """
 
 from __future__ import annotations
