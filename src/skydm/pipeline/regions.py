@@ -22,6 +22,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -268,11 +269,17 @@ def overlapping_cells(
     half (a cell's square pixel grid reaches past its own part of the sky),
     touches, over the right-ascension range it spans in that ring.
     """
-    ids, ra0, dec0 = _candidates(grid, ra, dec, cra)
+    dra = ((ra - cra + 180.0) % 360.0) - 180.0
+    ids, ra0, dec0 = _candidates(
+        grid, float(dec.min()), float(dec.max()), float(dra.min()), float(dra.max()), cra
+    )
     if not ids:
         return []
     grow = 1 if min_overlap <= 0 else -min_overlap
-    hit = _reaches(ra0, dec0, grid.pixel_scale, grid.cell_shape, ra, dec, grow=grow)
+    hit = _reaches(
+        np.array(ra0), np.array(dec0), grid.pixel_scale, grid.cell_shape,
+        _Border.of(ra[None, :], dec[None, :]), np.zeros(len(ids), dtype=np.intp), grow=grow,
+    )  # fmt: skip
     return sorted(c for c, h in zip(ids, hit.tolist(), strict=True) if h)
 
 
@@ -286,26 +293,34 @@ def overlapping_cells_many(
     """:func:`overlapping_cells` of many raws, their candidate cells tested in large batches.
 
     A cold graph places every raw; one numpy pass over thousands of
-    (cell, raw) pairs costs far less than thousands of small passes.  The
-    answers are the same, element for element.
+    (cell, raw) pairs costs far less than thousands of small passes, and
+    the borders' trigonometry is done once per raw.  The answers are the
+    same, raw for raw.
     """
-    per_raw = [_candidates(grid, fp.ra, fp.dec, fp.centre[0]) for fp in footprints]
+    if not footprints:
+        return []
+    ra = np.stack([fp.ra for fp in footprints])
+    dec = np.stack([fp.dec for fp in footprints])
+    cra = np.array([fp.centre[0] for fp in footprints])
+    dra = ((ra - cra[:, None] + 180.0) % 360.0) - 180.0
+    per_raw = [
+        _candidates(grid, *bounds)
+        for bounds in zip(
+            dec.min(axis=1).tolist(), dec.max(axis=1).tolist(),
+            dra.min(axis=1).tolist(), dra.max(axis=1).tolist(), cra.tolist(), strict=True,
+        )
+    ]  # fmt: skip
     owner = np.repeat(np.arange(len(per_raw)), [len(ids) for ids, _, _ in per_raw])
-    if not len(owner):
-        return [[] for _ in footprints]
-    ra0 = np.concatenate([r for _, r, _ in per_raw])
-    dec0 = np.concatenate([d for _, _, d in per_raw])
-    border_ra = np.stack([fp.ra for fp in footprints])
-    border_dec = np.stack([fp.dec for fp in footprints])
+    ra0 = np.array([x for _, r, _ in per_raw for x in r], dtype=float)
+    dec0 = np.array([x for _, _, d in per_raw for x in d], dtype=float)
+    border = _Border.of(ra, dec)
     grow = 1 if min_overlap <= 0 else -min_overlap
     hit = np.empty(len(owner), dtype=bool)
     for lo in range(0, len(owner), PAIRS_PER_CHUNK):
         sl = slice(lo, lo + PAIRS_PER_CHUNK)
-        rows = owner[sl]
         hit[sl] = _reaches(
-            ra0[sl], dec0[sl], grid.pixel_scale, grid.cell_shape,
-            border_ra[rows], border_dec[rows], grow=grow,
-        )  # fmt: skip
+            ra0[sl], dec0[sl], grid.pixel_scale, grid.cell_shape, border, owner[sl], grow=grow
+        )
     out: list[list[str]] = []
     start = 0
     flags = hit.tolist()
@@ -317,61 +332,83 @@ def overlapping_cells_many(
 
 
 def _candidates(
-    grid: SkyGrid, ra: np.ndarray, dec: np.ndarray, cra: float
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Cells an image might overlap: ids and centres (ra, dec) of every candidate."""
+    grid: SkyGrid, dec_lo: float, dec_hi: float, dra_lo: float, dra_hi: float, cra: float
+) -> tuple[list[str], list[float], list[float]]:
+    """Cells an image might overlap: ids and centres (ra, dec) of every candidate.
+
+    The image spans declinations ``dec_lo..dec_hi`` and right ascensions
+    ``dra_lo..dra_hi`` about its centre's ``cra``.  Candidates are the cells
+    of every ring it touches, grown by a cell and a half (a cell's square
+    pixel grid reaches past its own part of the sky), over the range it
+    spans in that ring; centres as :meth:`SkyGrid.centre` gives them,
+    computed here without building cells (a cold graph asks this of every
+    raw).
+    """
     reach = 1.5 * grid.cell_size + grid.margin * grid.pixel_scale / 3600.0
-    dlo, dhi = float(dec.min()) - reach, float(dec.max()) + reach
+    dlo, dhi = dec_lo - reach, dec_hi + reach
     j_lo, j_hi = grid.ring_of(max(dlo, -90.0)), grid.ring_of(min(dhi, 90.0))
-    # Candidates computed directly rather than through SkyCell objects (a
-    # cold graph asks this of every raw).
-    ids: list[str] = []
-    ras: list[np.ndarray] = []
-    decs: list[np.ndarray] = []
     polar = dhi >= 89.0 or dlo <= -89.0  # rings around a pole: every cell of them
-    if not polar:
-        dra = ((ra - cra + 180.0) % 360.0) - 180.0
-        dra_lo, dra_hi = float(dra.min()), float(dra.max())
+    ids: list[str] = []
+    ras: list[float] = []
+    decs: list[float] = []
+    ra_grid = grid.ra0
     for j in range(j_lo, j_hi + 1):
         n = grid.n_cells(j)
         ring_dec = grid.centre(0, j)[1]
         if polar:
-            columns: list[int] = list(range(n))
+            columns: Iterable[int] = range(n)
         else:
             step = 360.0 / n
             widen = reach / max(math.cos(math.radians(min(abs(ring_dec) + reach, 89.0))), 1e-3)
-            k0 = (cra - grid.ra0) / step
+            k0 = (cra - ra_grid) / step
             lo = math.floor(k0 + (dra_lo - widen) / step)
             hi = math.ceil(k0 + (dra_hi + widen) / step)
             columns = sorted({k % n for k in range(lo, hi + 1)})
-        ids += [f"c{i}_{j}" for i in columns]
-        # As SkyGrid.centre: (ra0 + i * 360 / n) % 360 on the ring's declination.
-        ras.append((grid.ra0 + np.asarray(columns, dtype=float) * 360.0 / n) % 360.0)
-        decs.append(np.full(len(columns), ring_dec))
-    if not ids:
-        return [], np.empty(0), np.empty(0)
-    return ids, np.concatenate(ras), np.concatenate(decs)
+        for i in columns:
+            ids.append(f"c{i}_{j}")
+            ras.append((ra_grid + i * 360.0 / n) % 360.0)
+        decs += [ring_dec] * (len(ids) - len(decs))
+    return ids, ras, decs
+
+
+@dataclass(frozen=True)
+class _Border:
+    """Sines and cosines of border points (one row per image), computed once."""
+
+    sin_ra: np.ndarray
+    cos_ra: np.ndarray
+    sin_dec: np.ndarray
+    cos_dec: np.ndarray
+
+    @classmethod
+    def of(cls, ra: np.ndarray, dec: np.ndarray) -> _Border:
+        r, d = np.radians(ra), np.radians(dec)
+        return cls(np.sin(r), np.cos(r), np.sin(d), np.cos(d))
 
 
 def _reaches(
     ra0: np.ndarray, dec0: np.ndarray, pixel_scale: float, shape: tuple[int, int],
-    ra: np.ndarray, dec: np.ndarray, *, grow: int = 1,
+    border: _Border, rows: np.ndarray, *, grow: int = 1,
 ) -> np.ndarray:  # fmt: skip
-    """For cells centred on (ra0, dec0): does a border (ra, dec) overlap their pixel grid?
+    """For cells centred on (ra0, dec0): does an image's border overlap their pixel grid?
 
     As :meth:`SkyCell.overlap_bbox`: every point must project (be on the
     cell's side of the sky) and the points' bounding box, grown by a pixel,
-    must meet the grid (``grow`` < 0 shrinks the box instead).  Cells along
-    the first axis, border points along the second; ``ra``, ``dec`` are one
-    border for every cell, or one border per cell (rows).
+    must meet the grid (``grow`` < 0 shrinks the box instead).  Cell ``k``
+    is tested against the border in row ``rows[k]`` of ``border``; the
+    angle differences come from sum formulas on precomputed sines and
+    cosines (no trigonometry per cell-point pair).
     """
-    ra2, dec2 = (v if v.ndim == 2 else v[None, :] for v in (ra, dec))
-    a = np.radians(ra2 - ra0[:, None])
-    d, d0 = np.radians(dec2), np.radians(dec0)[:, None]
-    cosc = np.sin(d0) * np.sin(d) + np.cos(d0) * np.cos(d) * np.cos(a)
+    r0, d0 = np.radians(ra0)[:, None], np.radians(dec0)[:, None]
+    sr0, cr0, sd0, cd0 = np.sin(r0), np.cos(r0), np.sin(d0), np.cos(d0)
+    sr, cr = border.sin_ra[rows], border.cos_ra[rows]
+    sd, cd = border.sin_dec[rows], border.cos_dec[rows]
+    cos_a = cr * cr0 + sr * sr0  # cos(ra - ra0)
+    sin_a = sr * cr0 - cr * sr0  # sin(ra - ra0)
+    cosc = sd0 * sd + cd0 * cd * cos_a
     safe = np.where(cosc > 0.05, cosc, 1.0)
-    xi = np.degrees(np.cos(d) * np.sin(a) / safe)
-    eta = np.degrees((np.cos(d0) * np.sin(d) - np.sin(d0) * np.cos(d) * np.cos(a)) / safe)
+    xi = np.degrees(cd * sin_a / safe)
+    eta = np.degrees((cd0 * sd - sd0 * cd * cos_a) / safe)
     s = pixel_scale / 3600.0
     ny, nx = shape
     x = (nx - 1) / 2.0 - xi / s  # the cells' CD matrix is diag(-s, s), east left
