@@ -119,14 +119,18 @@ def test_bad_where_is_one_clear_error(
         assert repo.query(dataset_type="calexp") == []
 
 
+@pytest.mark.parametrize("executor", [["-j", "1"], ["--dask", "local:1"]], ids=["local", "dask"])
 def test_failures_are_isolated_and_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], executor: list[str]
 ) -> None:  # fmt: skip
     # Raws without a gain cannot be calibrated: each unit fails with the reason,
-    # the warps are blocked, and the run says so in its summary table.
+    # the warps are blocked, and the run says so in its summary table (the
+    # same on Dask, where the whole graph is submitted at once).
+    if executor[0] == "--dask":
+        pytest.importorskip("distributed")
     _tiny_raws(tmp_path / "repo", n_visits=1, gain=False).close()
     capsys.readouterr()
-    argv = ["run", "drp", "--repo", str(tmp_path / "repo"), "-j", "1", "--retries", "1"]
+    argv = ["run", "drp", "--repo", str(tmp_path / "repo"), *executor, "--retries", "1"]
     assert main([*argv, *[a for g in GRID for a in ("-c", g)], "--quiet"]) == 1
     out = capsys.readouterr().out
     lines = out.split("failures:")[1].strip().splitlines()
