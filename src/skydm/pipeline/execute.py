@@ -104,6 +104,14 @@ def new_run_id(pipeline: str) -> str:
 _REPOS: dict[str, Repository] = {}
 
 
+def open_repo(root: str) -> Repository:
+    """The repository at ``root``, opened once per worker process and kept."""
+    repo = _REPOS.get(root)
+    if repo is None:
+        repo = _REPOS[root] = Repository.open(root, create=False)
+    return repo
+
+
 def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -> UnitResult:
     """Run one unit in a worker: open the repository (once per process), run, record.
 
@@ -117,10 +125,7 @@ def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -
     for attempt in range(1, retries + 2):
         result.attempts = attempt
         try:
-            repo = _REPOS.get(root)
-            if repo is None:
-                repo = _REPOS[root] = Repository.open(root, create=False)
-            io = UnitIO(repo, unit, task.config, run_id)
+            io = UnitIO(open_repo(root), unit, task.config, run_id)
             t0 = time.perf_counter()
             task.run(unit, io)
             result.task_s = time.perf_counter() - t0

@@ -10,6 +10,7 @@ that a run's time is the work's and the start-up is measured apart
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import time
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skydm.errors import BadValueError
@@ -57,8 +59,12 @@ class Workers:
     start_s: float
 
 
-def warm_up() -> int:
-    """Import what a unit needs (in a worker), so that the first unit does not pay it."""
+def warm_up(root: str | None = None) -> int:
+    """Ready a worker: import what a unit needs and open the repository at ``root``.
+
+    So that the first unit a worker runs does not pay either (they are the
+    workers' start-up, measured apart from the run).
+    """
     import importlib
     import importlib.util
 
@@ -66,11 +72,21 @@ def warm_up() -> int:
     for name in ("skydm.pipeline.tasks", "skydm.pipeline.calibrate", "skydm.coadd", "skydm.drp"):
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
+    if root is not None:
+        from skydm.errors import SkydmError
+        from skydm.pipeline.execute import open_repo
+
+        # A worker that cannot open it (a cluster without the shared
+        # filesystem) fails each of its units with the reason instead.
+        with contextlib.suppress(SkydmError, OSError):
+            open_repo(root)
     return os.getpid()
 
 
 @contextmanager
-def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[Workers]:
+def open_executor(
+    dask: str | None = None, jobs: int | None = None, *, root: str | Path | None = None
+) -> Iterator[Workers]:
     """Start the workers for ``--dask`` / ``-j``, ready them, and close them after.
 
     Parameters
@@ -82,8 +98,12 @@ def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[
         process pool.
     jobs : int, optional
         Worker processes of the local pool (default: the CPU count).
+    root : path, optional
+        The repository the units will use: each worker opens it while
+        starting.
     """
     t0 = time.perf_counter()
+    where = str(root) if root is not None else None
     if dask is None:
         n = jobs if jobs is not None else (os.cpu_count() or 1)
         if n < 1:
@@ -92,7 +112,7 @@ def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[
         # connection or thread of this process is inherited.
         pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("forkserver"))
         try:
-            _ready_pool(pool, n)
+            _ready_pool(pool, n, where)
             yield Workers(pool, time.perf_counter() - t0)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -122,7 +142,7 @@ def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[
                 "--dask", dask, f"the address of a running Dask scheduler ({exc})"
             ) from exc
     try:
-        pids: dict[str, Any] = client.run(warm_up)
+        pids: dict[str, Any] = client.run(warm_up, where)
         yield Workers(DaskBackend(client, len(pids)), time.perf_counter() - t0)
     finally:
         client.close()
@@ -130,7 +150,7 @@ def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[
             cluster.close()
 
 
-def _ready_pool(pool: ProcessPoolExecutor, n: int) -> None:
+def _ready_pool(pool: ProcessPoolExecutor, n: int, root: str | None) -> None:
     """Start the pool's ``n`` processes and have each import the tasks.
 
     The pool starts a process per submission while none is idle; rounds of
@@ -139,6 +159,6 @@ def _ready_pool(pool: ProcessPoolExecutor, n: int) -> None:
     """
     seen: set[int] = set()
     for _ in range(5):
-        seen |= {f.result() for f in [pool.submit(warm_up) for _ in range(n)]}
+        seen |= {f.result() for f in [pool.submit(warm_up, root) for _ in range(n)]}
         if len(seen) >= n:
             return

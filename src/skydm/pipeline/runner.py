@@ -95,7 +95,7 @@ def run_pipeline(
             return outcome
         run_id = new_run_id(pipe.name)
         bar = Progress(f"run {pipe.name}", len(todo), quiet=quiet)
-        with open_executor(dask, jobs) as workers:
+        with open_executor(dask, jobs, root=repo.root) as workers:
             outcome.timings["start_s"] = workers.start_s
             t1 = time.perf_counter()
             executor = workers.executor
