@@ -21,9 +21,10 @@
   sky-cell overlaps; ``graph_100k_cpu_s`` and ``graph_100k_cold_cpu_s`` the
   CPU seconds of the same builds.
 
-Usage: ``python benchmarks/pipeline.py [--size 2048 --detectors 4 --visits 10]``
-(``--visits`` per band; two bands).  The defaults are reduced to fit a small
-shared machine; the JSON says which size was run.
+Usage: ``python benchmarks/pipeline.py [--size 2048 --detectors 4 --visits 10] [--repeat N]``
+(``--visits`` per band; two bands; ``--repeat``: local and Dask runs
+alternate N times and the medians are kept).  The defaults are reduced to
+fit a small shared machine; the JSON says which size was run.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def run_drp(raws: list[Path], repo: Path, config: list[str], **kwargs: object) -
         "wall_s": report.wall_s,
         "graph_s": outcome.graph_s,
         "task_s": sum(r.task_s for r in report.results),
+        "task_cpu_s": sum(r.task_cpu_s for r in report.results),
+        "unit_cpu_s": sum(r.unit_cpu_s for r in report.results),
         "scheduler_s": report.scheduler_s,
         "unit_s": sum(r.unit_s for r in report.results),
         "units": len(report.results),
@@ -152,6 +155,12 @@ def synthetic_graph(root: Path, n_units: int) -> dict[str, float]:
     return out
 
 
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The run of median ``run_s`` (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["run_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=512, help="detector side in pixels (512)")
@@ -160,6 +169,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
     p.add_argument("--graph-units", type=int, default=100_000, help="synthetic graph size")
     p.add_argument("--skip-runs", action="store_true", help="only the synthetic graph")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="alternating local/Dask runs, medians kept (1)"
+    )
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="skydm-bench-pipeline-"))
     figures: dict[str, object] = {
@@ -170,8 +182,17 @@ def main() -> int:
         if not args.skip_runs:
             raws = simulate(tmp / "sim", args.size, args.detectors, args.visits)
             config = grid_config(args.size, args.detectors)
-            local = run_drp(raws, tmp / "local", config, jobs=args.workers)
-            dask = run_drp(raws, tmp / "dask", config, dask=f"local:{args.workers}")
+            # Local and Dask runs alternate (each on a fresh repository) and
+            # the median of each is kept: a shared machine's load changes
+            # over minutes, and one run of each would compare two loads.
+            runs: dict[str, list[dict[str, float]]] = {"local": [], "dask": []}
+            for k in range(args.repeat):
+                runs["local"].append(run_drp(raws, tmp / f"local{k}", config, jobs=args.workers))
+                runs["dask"].append(
+                    run_drp(raws, tmp / f"dask{k}", config, dask=f"local:{args.workers}")
+                )
+            local = _median_run(runs["local"])
+            dask = _median_run(runs["dask"])
             # Framework time outside the task bodies: graph and plan, the
             # scheduler loop, and each unit's opening, provenance and registry
             # work in its worker (process start-up and idle workers excluded).
@@ -190,7 +211,13 @@ def main() -> int:
                 worker_overhead_ms_per_unit=round(
                     1000 * (local["unit_s"] - local["task_s"]) / local["units"], 1
                 ),
+                worker_overhead_cpu_ms_per_unit=round(
+                    1000 * (local["unit_cpu_s"] - local["task_cpu_s"]) / local["units"], 1
+                ),
                 dask_vs_local=round(dask["run_s"] / local["run_s"], 3),
+                repeats=args.repeat,
+                drp_local_runs_s=[round(r["run_s"], 2) for r in runs["local"]],
+                drp_dask_runs_s=[round(r["run_s"], 2) for r in runs["dask"]],
                 idle_ms_per_unit=round(
                     1000 * (args.workers * local["wall_s"] - local["unit_s"]) / local["units"], 1
                 ),

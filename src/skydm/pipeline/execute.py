@@ -59,6 +59,9 @@ class UnitResult:
         Seconds inside the task body (reading, computing, writing).
     unit_s : float
         Seconds in the worker for the whole unit (opening, provenance...).
+    task_cpu_s, unit_cpu_s : float
+        The same in CPU seconds of the worker process (its threads too):
+        what a loaded machine does not inflate as it does wall-clock time.
     """
 
     unit: str
@@ -68,6 +71,8 @@ class UnitResult:
     attempts: int = 0
     task_s: float = 0.0
     unit_s: float = 0.0
+    task_cpu_s: float = 0.0
+    unit_cpu_s: float = 0.0
 
 
 @dataclass
@@ -120,15 +125,16 @@ def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -
     """
     from skydm.pipeline.io import UnitIO
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = UnitResult(unit.id, unit.task, "failed")
     for attempt in range(1, retries + 2):
         result.attempts = attempt
         try:
             io = UnitIO(open_repo(root), unit, task.config, run_id)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             task.run(unit, io)
             result.task_s = time.perf_counter() - t0
+            result.task_cpu_s = time.process_time() - c0
             missing = set(unit.outputs) - {_key(r) for r in io.written}
             if missing:
                 raise RuntimeError(f"the task wrote no {', '.join(sorted(map(str, missing)))}")
@@ -142,6 +148,7 @@ def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -
                 f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
             )
     result.unit_s = time.perf_counter() - start
+    result.unit_cpu_s = time.process_time() - cpu_start
     return result
 
 
