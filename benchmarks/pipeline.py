@@ -215,6 +215,10 @@ def main() -> int:
                     1000 * (local["unit_cpu_s"] - local["task_cpu_s"]) / local["units"], 1
                 ),
                 dask_vs_local=round(dask["run_s"] / local["run_s"], 3),
+                # CPU seconds of the units (bodies and framework) on each:
+                # equal work costs equal CPU whatever the load's swings.
+                drp_local_cpu_s=round(local["unit_cpu_s"], 2),
+                drp_dask_cpu_s=round(dask["unit_cpu_s"], 2),
                 repeats=args.repeat,
                 drp_local_runs_s=[round(r["run_s"], 2) for r in runs["local"]],
                 drp_dask_runs_s=[round(r["run_s"], 2) for r in runs["dask"]],
