@@ -10,6 +10,7 @@ and masked pixels come back exactly; masks and raws stay lossless.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -104,6 +105,26 @@ def test_same_file_written_twice_gives_the_same_bytes() -> None:
     other.image = other.image + np.float32(1.0)
     third = hdulist_bytes(encode_exposure_hdulist(other.to_hdulist(), LOSSY16)[0])
     assert third != first
+
+
+def test_exact_pixels_carry_no_write_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pixels kept exactly go to <PLANE>_EXACT extensions; their gzip members
+    # must not record when they were written (astropy's coder does), or the
+    # same calexp made twice (or by two executors) would differ in its bytes.
+    import time
+
+    exposure = sim_calexp(7)
+    exposure.msk[30, 7:40] |= np.uint32(Mask.BAD)
+    hdul, _ = encode_exposure_hdulist(exposure.to_hdulist(), LOSSY16)
+    assert "IMAGE_EXACT" in hdul and "VARIANCE_EXACT" in hdul
+    first = hdulist_bytes(hdul)
+    later = time.time() + 86_400.0
+    monkeypatch.setattr(time, "time", lambda: later)  # a day later, as gzip sees it
+    second = hdulist_bytes(encode_exposure_hdulist(exposure.to_hdulist(), LOSSY16)[0])
+    assert first == second
+    with fits.open(io.BytesIO(second)) as back:
+        n = int((exposure.msk & np.uint32(Mask.BAD | Mask.SAT | Mask.NO_DATA) != 0).sum())
+        assert back["IMAGE_EXACT"].data.shape == (n,)
 
 
 def test_zeros_nans_and_masked_pixels_are_kept_exactly() -> None:

@@ -119,14 +119,18 @@ def test_bad_where_is_one_clear_error(
         assert repo.query(dataset_type="calexp") == []
 
 
+@pytest.mark.parametrize("executor", [["-j", "1"], ["--dask", "local:1"]], ids=["local", "dask"])
 def test_failures_are_isolated_and_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], executor: list[str]
 ) -> None:  # fmt: skip
     # Raws without a gain cannot be calibrated: each unit fails with the reason,
-    # the warps are blocked, and the run says so in its summary table.
+    # the warps are blocked, and the run says so in its summary table (the
+    # same on Dask, where the whole graph is submitted at once).
+    if executor[0] == "--dask":
+        pytest.importorskip("distributed")
     _tiny_raws(tmp_path / "repo", n_visits=1, gain=False).close()
     capsys.readouterr()
-    argv = ["run", "drp", "--repo", str(tmp_path / "repo"), "-j", "1", "--retries", "1"]
+    argv = ["run", "drp", "--repo", str(tmp_path / "repo"), *executor, "--retries", "1"]
     assert main([*argv, *[a for g in GRID for a in ("-c", g)], "--quiet"]) == 1
     out = capsys.readouterr().out
     lines = out.split("failures:")[1].strip().splitlines()
@@ -144,9 +148,15 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
     # The graph's fast overlap test gives SkyGrid.cells_overlapping's answer
     # (random grids, pointings, sizes, rotations, declinations up to 85).
     from skydm.coadd.skygrid import SkyGrid
-    from skydm.pipeline.regions import footprint, overlapping_cells
+    from skydm.pipeline.regions import (
+        as_footprint,
+        footprint,
+        overlapping_cells,
+        overlapping_cells_many,
+    )
 
     rng = np.random.default_rng(5)
+    cases = []
     for _ in range(40):
         grid = SkyGrid(
             rng.uniform(0, 360), rng.uniform(-10, 10), float(rng.choice([0.02, 0.05, 0.1])),
@@ -158,3 +168,9 @@ def test_overlapping_cells_agree_with_the_sky_grid() -> None:
         entry = footprint(wcs, (n, n))
         ra, dec = (np.asarray(v) for v in entry["border"])
         assert overlapping_cells(grid, ra, dec, entry["centre"][0]) == expected
+        cases.append((grid, entry, expected))
+    # The batched form (cold graphs) gives each raw the same answer.
+    for grid, entry, expected in cases:
+        others = [as_footprint(e) for _, e, _ in cases[:7]]
+        got = overlapping_cells_many(grid, [*others, as_footprint(entry)])
+        assert got[-1] == expected

@@ -2,8 +2,9 @@
 
 One repository goes through the whole story, in order, in a module fixture:
 a damaged raw fails only its own unit and what depends on it; after the raw
-is repaired the rerun plans exactly those units; then ``ap``.  Separate
-repositories are used for the Dask comparison and the ``kill -9`` test.
+is repaired the rerun plans exactly those units; then ``ap``.  A separate
+repository is used for the ``kill -9`` test; the Dask comparison is in
+``test_dask.py`` (self-contained).
 """
 
 from __future__ import annotations
@@ -255,54 +256,6 @@ def _catalog_table(repo: Path, name: str) -> Table:
 
     with open_engine(repo / "catalog") as engine:
         return Table(engine.execute(f"SELECT * FROM {name}").table.to_pydict())
-
-
-def test_dask_gives_identical_outputs(
-    story: Story, sim: SimField, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
-    pytest.importorskip("distributed")
-    repo_dir = tmp_path / "dask"
-    assert main(["ingest", "--repo", str(repo_dir), *map(str, sim.raws)]) == 0
-    capsys.readouterr()
-    argv = [story.drp[0], "--repo", str(repo_dir), *CONFIG, "--dask", "local:2", "--quiet"]
-    rc, out = _run(["run", *argv], capsys)
-    assert rc == 0, out
-    with Repository.open(story.repo) as a, Repository.open(repo_dir) as b:
-        for dataset_type in ("calexp", "warp", "coadd"):
-            local = {r.data_id: r.path for r in a.query(dataset_type=dataset_type)}
-            dask = {r.data_id: r.path for r in b.query(dataset_type=dataset_type)}
-            assert local.keys() == dask.keys() and local, dataset_type
-            for data_id, path in local.items():
-                _assert_same_fits(path, dask[data_id])
-        if HAVE_DRP:
-            ta, tb = _catalog_table(story.repo, "Object"), _catalog_table(repo_dir, "Object")
-            assert len(ta) == len(tb) > 0
-            for col in ta.colnames:
-                np.testing.assert_array_equal(np.asarray(ta[col]), np.asarray(tb[col]))
-
-
-def _assert_same_fits(a: Path, b: Path) -> None:
-    """Every HDU's decoded data bit for bit and every header card equal.
-
-    The stored bytes may differ where a compressed plane's gzip stream
-    records the time it was written, and so may the stored names of a
-    coadd's inputs (``INPnnnn``), which carry a hash of those bytes.
-    """
-    from astropy.io import fits
-
-    def cards(header: fits.Header) -> dict[str, object]:
-        return {k: v for k, v in header.items() if not k.startswith("INP")}
-
-    with fits.open(a) as ha, fits.open(b) as hb:
-        assert len(ha) == len(hb)
-        for x, y in zip(ha, hb, strict=True):
-            assert cards(x.header) == cards(y.header), (a, x.name)
-            if x.data is None:
-                assert y.data is None
-            elif isinstance(x, fits.BinTableHDU):
-                assert x.data.tobytes() == y.data.tobytes(), (a, x.name)
-            else:
-                np.testing.assert_array_equal(x.data, y.data, err_msg=f"{a} {x.name}")
 
 
 def test_kill_9_then_rerun_completes(sim: SimField, tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ def _pick(text: str) -> set[DataId]:
 def test_expressions_select_what_python_would(text: str, predicate: object) -> None:
     assert callable(predicate)
     assert _pick(text) == {d for d in IDS if predicate(d)}
+    picked = parse_where(text).select(IDS)  # vectorised, as graphs use it
+    assert {d for d, keep in zip(IDS, picked, strict=True) if keep} == _pick(text)
 
 
 def test_dimensions_used_are_reported() -> None:

@@ -124,6 +124,8 @@ def test_fuzz_where_agrees_with_the_tree(expr: tuple[Any, str], values: list[dic
     parsed = parse_where(text)
     for v in values:
         assert parsed.matches_values(v) == _evaluate(node, v), (text, v)
+    # The vectorised evaluation (graphs of many units) agrees item by item.
+    assert parsed.select(values) == [_evaluate(node, v) for v in values], (text, values)
 
 
 @budget(150)

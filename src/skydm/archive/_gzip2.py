@@ -87,9 +87,16 @@ def gzip2_tiles(array: np.ndarray, tile_rows: int, *, threads: int | None = None
 def gzip2_image_hdu(
     array: np.ndarray, header: fits.Header, name: str, *, tile_rows: int
 ) -> fits.BinTableHDU:
-    """A standard tile-compressed ``GZIP_2`` image HDU of ``array`` (2-d float)."""
-    if array.ndim != 2 or array.dtype.kind != "f":
-        raise ValueError(f"GZIP_2 plane must be a 2-d float array, not {array.dtype} {array.shape}")
+    """A standard tile-compressed ``GZIP_2`` image HDU of ``array`` (1-d or 2-d float).
+
+    The bytes depend on the pixels alone: libdeflate's gzip members carry no
+    time stamp (astropy's own GZIP coder records the time of writing, so
+    the same image written twice would differ).
+    """
+    if array.ndim not in (1, 2) or array.dtype.kind != "f":
+        raise ValueError(
+            f"GZIP_2 plane must be a 1-d or 2-d float array, not {array.dtype} {array.shape}"
+        )
     tiles = gzip2_tiles(array, tile_rows)
     ends = np.cumsum([len(t) for t in tiles])
     cards = fits.Header()
@@ -117,7 +124,7 @@ def tile_table_hdu(
     zparams: tuple[tuple[str, int], ...] = (),
     columns: tuple[tuple[str, np.ndarray], ...] = (),
 ) -> fits.BinTableHDU:
-    """The binary-table HDU of a tile-compressed 2-d image whose tiles are coded already.
+    """The binary-table HDU of a tile-compressed 1-d or 2-d image whose tiles are coded already.
 
     Parameters
     ----------
@@ -130,7 +137,8 @@ def tile_table_hdu(
     name : str
         Extension name.
     zbitpix, shape, tile_rows, cmptype : int, tuple, int, str
-        ``ZBITPIX``, the image shape (numpy order), rows per tile, ``ZCMPTYPE``.
+        ``ZBITPIX``, the image shape (numpy order), rows per tile (pixels per
+        tile for a 1-d image), ``ZCMPTYPE``.
     zparams : tuple of (str, int)
         ``ZNAMEn``/``ZVALn`` pairs of the codec.
     columns : tuple of (str, numpy.ndarray)
@@ -155,10 +163,16 @@ def tile_table_hdu(
     h["ZIMAGE"] = (True, "extension contains compressed image")
     h["ZTENSION"] = ("IMAGE", "Image extension")
     h["ZBITPIX"] = (zbitpix, "array data type")
-    h["ZNAXIS"] = 2
-    h["ZNAXIS1"], h["ZNAXIS2"] = shape[1], shape[0]
+    h["ZNAXIS"] = len(shape)
+    if len(shape) == 1:
+        h["ZNAXIS1"] = shape[0]
+    else:
+        h["ZNAXIS1"], h["ZNAXIS2"] = shape[1], shape[0]
     h["ZPCOUNT"], h["ZGCOUNT"] = 0, 1
-    h["ZTILE1"], h["ZTILE2"] = shape[1], tile_rows
+    if len(shape) == 1:
+        h["ZTILE1"] = tile_rows
+    else:
+        h["ZTILE1"], h["ZTILE2"] = shape[1], tile_rows
     h["ZCMPTYPE"] = (cmptype, "compression algorithm")
     for k, (key, value) in enumerate(zparams, start=1):
         h[f"ZNAME{k}"], h[f"ZVAL{k}"] = key, value

@@ -109,8 +109,16 @@ def _tile_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (rows, shape[1])
 
 
-def _comp_hdu(data: np.ndarray, header: fits.Header, name: str) -> fits.CompImageHDU:
-    """Lossless GZIP_2 through astropy, for what is not a 2-d float plane (exact pixels)."""
+def _comp_hdu(data: np.ndarray, header: fits.Header, name: str) -> fits.hdu.base._BaseHDU:
+    """Lossless GZIP_2 of exact pixels (1-d) or any other plane.
+
+    Float arrays of one or two dimensions go through :mod:`._gzip2`, whose
+    bytes depend on the pixels only; astropy's coder (left for other
+    shapes and types) stamps each tile with the time of writing, so the
+    same plane written twice would not give the same file.
+    """
+    if data.ndim in (1, 2) and data.dtype.kind == "f":
+        return gzip2_image_hdu(data, header, name, tile_rows=_tile_shape(data.shape)[0])
     return fits.CompImageHDU(
         data=data, header=header, name=name, compression_type="GZIP_2",
         tile_shape=_tile_shape(data.shape), quantize_level=0.0,
@@ -119,8 +127,6 @@ def _comp_hdu(data: np.ndarray, header: fits.Header, name: str) -> fits.CompImag
 
 def _lossless(data: np.ndarray, header: fits.Header, name: str) -> fits.hdu.base._BaseHDU:
     """A float plane kept bit for bit (``GZIP_2``, the fast coder of :mod:`._gzip2`)."""
-    if data.ndim == 2 and data.dtype.kind == "f":
-        return gzip2_image_hdu(data, header, name, tile_rows=_tile_shape(data.shape)[0])
     return _comp_hdu(data, header, name)
 
 

@@ -184,6 +184,19 @@ class SkyGrid:
     def _ring_dec(self, j: int) -> float:
         return self._dec_base + (j + 0.5) * self.cell_size
 
+    def ring_of(self, dec: float) -> int:
+        """Index of the ring holding declination ``dec`` (clipped to the grid's rings)."""
+        j = math.floor((dec - self._dec_base) / self.cell_size)
+        return min(max(j, 0), self.n_rings - 1)
+
+    def centre(self, i: int, j: int) -> tuple[float, float]:
+        """Centre (ra, dec) of cell ``(i, j)``, in degrees, without building the cell.
+
+        As :meth:`cell` gives it (for code that tests many candidate cells).
+        """
+        n = self.n_cells(j)
+        return (self.ra0 + i * 360.0 / n) % 360.0, min(max(self._ring_dec(j), -90.0), 90.0)
+
     def n_cells(self, j: int) -> int:
         """Number of cells in ring ``j``."""
         lo = self._dec_base + j * self.cell_size

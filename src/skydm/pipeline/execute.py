@@ -1,29 +1,28 @@
-"""Running a graph: a local process pool or Dask, with retries, isolation and a record.
+"""Running a graph on a local process pool, with retries, isolation and a record.
 
-The same scheduler loop drives any :class:`concurrent.futures.Executor`: a
-:class:`~concurrent.futures.ProcessPoolExecutor` by default, or a Dask
-``distributed`` client's executor (a running scheduler, or a
-``LocalCluster`` of worker processes).  Workers open the repository
-themselves and read and write it directly; only unit descriptions and small
-results travel.  A failed unit is recorded with its reason and blocks only
-what depends on it; the run ends with every unit accounted for, and a JSON
-record of it under ``<repo>/pipeline/runs/``.
+The scheduler loop submits a unit when every unit it reads from has
+succeeded (a :class:`~concurrent.futures.ProcessPoolExecutor` from
+:func:`skydm.pipeline.executors.open_executor`, or any
+:class:`~concurrent.futures.Executor`); Dask runs the whole graph at once
+instead (:mod:`skydm.pipeline.dask_run`), with the same :func:`run_unit` on
+its workers.  Workers open the repository themselves and read and write it
+directly; only unit descriptions and small results travel.  A failed unit is
+recorded with its reason and blocks only what depends on it; the run ends
+with every unit accounted for, and a JSON record of it under
+``<repo>/pipeline/runs/``.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
-import multiprocessing
-import os
 import secrets
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,6 +59,9 @@ class UnitResult:
         Seconds inside the task body (reading, computing, writing).
     unit_s : float
         Seconds in the worker for the whole unit (opening, provenance...).
+    task_cpu_s, unit_cpu_s : float
+        The same in CPU seconds of the worker process (its threads too):
+        what a loaded machine does not inflate as it does wall-clock time.
     """
 
     unit: str
@@ -69,6 +71,8 @@ class UnitResult:
     attempts: int = 0
     task_s: float = 0.0
     unit_s: float = 0.0
+    task_cpu_s: float = 0.0
+    unit_cpu_s: float = 0.0
 
 
 @dataclass
@@ -105,6 +109,14 @@ def new_run_id(pipeline: str) -> str:
 _REPOS: dict[str, Repository] = {}
 
 
+def open_repo(root: str) -> Repository:
+    """The repository at ``root``, opened once per worker process and kept."""
+    repo = _REPOS.get(root)
+    if repo is None:
+        repo = _REPOS[root] = Repository.open(root, create=False)
+    return repo
+
+
 def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -> UnitResult:
     """Run one unit in a worker: open the repository (once per process), run, record.
 
@@ -113,18 +125,16 @@ def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -
     """
     from skydm.pipeline.io import UnitIO
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = UnitResult(unit.id, unit.task, "failed")
     for attempt in range(1, retries + 2):
         result.attempts = attempt
         try:
-            repo = _REPOS.get(root)
-            if repo is None:
-                repo = _REPOS[root] = Repository.open(root, create=False)
-            io = UnitIO(repo, unit, task.config, run_id)
-            t0 = time.perf_counter()
+            io = UnitIO(open_repo(root), unit, task.config, run_id)
+            t0, c0 = time.perf_counter(), time.process_time()
             task.run(unit, io)
             result.task_s = time.perf_counter() - t0
+            result.task_cpu_s = time.process_time() - c0
             missing = set(unit.outputs) - {_key(r) for r in io.written}
             if missing:
                 raise RuntimeError(f"the task wrote no {', '.join(sorted(map(str, missing)))}")
@@ -138,6 +148,7 @@ def run_unit(root: str, task: Task, unit: WorkUnit, run_id: str, retries: int) -
                 f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
             )
     result.unit_s = time.perf_counter() - start
+    result.unit_cpu_s = time.process_time() - cpu_start
     return result
 
 
@@ -145,64 +156,6 @@ def _key(ref: object) -> object:
     from skydm.pipeline.task import DatasetKey
 
     return DatasetKey(ref.dataset_type, ref.data_id)  # type: ignore[attr-defined]
-
-
-# -- executors ---------------------------------------------------------------
-@contextmanager
-def open_executor(dask: str | None = None, jobs: int | None = None) -> Iterator[Executor]:
-    """The executor for ``--dask`` / ``-j``.
-
-    Parameters
-    ----------
-    dask : str, optional
-        ``local:N`` for a Dask ``LocalCluster`` of N worker processes (one
-        thread each), or the address of a running scheduler
-        (``tcp://host:8786``).  ``None`` for a local process pool.
-    jobs : int, optional
-        Worker processes of the local pool (default: the CPU count).
-    """
-    if dask is None:
-        n = jobs if jobs is not None else (os.cpu_count() or 1)
-        if n < 1:
-            raise BadValueError("-j", n, "at least 1 worker process")
-        # Workers are started fresh (not forked) so that no registry
-        # connection or thread of this process is inherited.
-        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("forkserver"))
-        try:
-            yield pool
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return
-    from skydm.errors import require_extra
-
-    distributed = require_extra("distributed", "pipeline")
-    cluster = None
-    if dask.startswith("local:"):
-        try:
-            n = int(dask.removeprefix("local:"))
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise BadValueError(
-                "--dask", dask, "local:N with N >= 1 workers, or a scheduler address"
-            )
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-        )
-        client = distributed.Client(cluster)
-    else:
-        try:
-            client = distributed.Client(dask, timeout="20s")
-        except OSError as exc:
-            raise BadValueError(
-                "--dask", dask, f"the address of a running Dask scheduler ({exc})"
-            ) from exc
-    try:
-        yield client.get_executor(pure=False)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # -- the scheduler loop ------------------------------------------------------
@@ -311,11 +264,12 @@ def execute(
     report.wall_s = time.perf_counter() - start
     report.scheduler_s = report.wall_s - waited
     report.results.sort(key=lambda r: rank[r.unit])
-    report.record = _write_record(repo, report)
+    report.record = write_record(repo, report)
     return report
 
 
-def _write_record(repo: Repository, report: RunReport) -> Path:
+def write_record(repo: Repository, report: RunReport) -> Path:
+    """Write the run's JSON record under ``<repo>/pipeline/runs/`` (atomically)."""
     path = repo.root / "pipeline" / "runs" / f"{report.run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {

@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from skydm.pipeline.execute import RunReport, UnitResult, execute, new_run_id, open_executor
+from skydm.pipeline.dask_run import execute_dask
+from skydm.pipeline.execute import RunReport, UnitResult, execute, new_run_id
+from skydm.pipeline.executors import DaskBackend, open_executor
 from skydm.pipeline.graph import Graph, build_graph, plan
 from skydm.pipeline.pipelines import Pipeline, load_pipeline
 from skydm.progress import Progress
@@ -28,6 +31,9 @@ class RunOutcome:
         ``None`` for a dry run.
     graph_s : float
         Seconds to build the graph and plan it.
+    timings : dict
+        ``start_s``: starting and readying the workers; ``execute_s``:
+        running the units on them (both absent for a dry run).
     """
 
     graph: Graph
@@ -89,16 +95,18 @@ def run_pipeline(
             return outcome
         run_id = new_run_id(pipe.name)
         bar = Progress(f"run {pipe.name}", len(todo), quiet=quiet)
-        with open_executor(dask, jobs) as executor:
-            outcome.report = execute(
-                graph,
-                todo,
-                repo,
-                executor,
+        with open_executor(dask, jobs, root=repo.root) as workers:
+            outcome.timings["start_s"] = workers.start_s
+            t1 = time.perf_counter()
+            executor = workers.executor
+            run = partial(
+                execute_dask if isinstance(executor, DaskBackend) else execute,
                 run_id=run_id,
                 retries=retries,
                 skipped_done=len(graph.units) - len(todo),
                 progress=bar,
                 on_result=on_result,
             )
+            outcome.report = run(graph, todo, repo, executor)
+            outcome.timings["execute_s"] = time.perf_counter() - t1
     return outcome

@@ -14,8 +14,10 @@ import abc
 import dataclasses
 import hashlib
 import json
+import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from skydm.errors import BadValueError
@@ -76,9 +78,9 @@ class WorkUnit:
     inputs: tuple[DatasetKey, ...]
     outputs: tuple[DatasetKey, ...]
 
-    @property
+    @cached_property
     def id(self) -> str:
-        """A unique, readable name: ``task{data id}``."""
+        """A unique, readable name: ``task{data id}`` (formatted once: graphs ask it often)."""
         return f"{self.task}{self.data_id}"
 
 
@@ -96,16 +98,24 @@ class TaskConfig:
         """Raise :class:`BadValueError` naming the field when a value is not allowed."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        """The config as JSON-ready values (a fresh copy)."""
+        return json.loads(self.text())
 
     def text(self) -> str:
         """The full config as canonical JSON (sorted keys), as recorded in provenance."""
-        return json.dumps(self.to_dict(), sort_keys=True)
+        # A frozen config never changes: formatted once, not once per unit.
+        found = self.__dict__.get("_text")
+        if found is None:
+            found = json.dumps(dataclasses.asdict(self), default=list, sort_keys=True)
+            self.__dict__["_text"] = found
+        return str(found)
 
     def sha256(self) -> str:
         """Hex SHA-256 of :meth:`text`."""
-        return hashlib.sha256(self.text().encode()).hexdigest()
+        found = self.__dict__.get("_sha256")
+        if found is None:
+            found = self.__dict__["_sha256"] = hashlib.sha256(self.text().encode()).hexdigest()
+        return str(found)
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any] | None, *, where: str) -> TaskConfig:
@@ -186,16 +196,25 @@ class GraphContext:
 
     def ids(self, dataset_type: str) -> list[DataId]:
         """The available data IDs of a type, sorted."""
-        return sorted(self.available.get(dataset_type, ()), key=_sort_key)
+        found = self.available.get(dataset_type, ())
+        try:
+            # The same order as _sort_key's, with the key made in C: a
+            # type's data IDs all have a sky cell or none (None ties with None).
+            return sorted(found, key=_FAST_KEY)
+        except TypeError:  # sky cells and None mixed within one type
+            return sorted(found, key=_sort_key)
 
     def raw_ref(self, data_id: DataId) -> DatasetRef | None:
         """The registered raw of a detector-visit (its footprint places the visit's products)."""
-        key = data_id if data_id.skycell is None else replace(data_id, skycell=None)
+        key = data_id if data_id.skycell is None else data_id.with_skycell(None)
         return self.refs.get("raw", {}).get(key)
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count ``n`` units left out for ``reason``."""
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+_FAST_KEY = operator.attrgetter("instrument", "band", "skycell", "visit", "detector")
 
 
 def _sort_key(d: DataId) -> tuple[str, str, str, int, int]:

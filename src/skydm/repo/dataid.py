@@ -83,6 +83,45 @@ class DataId:
                 "skycell", self.skycell, "None or 1-64 characters of letters, digits, '_.,+-'"
             )
 
+    @classmethod
+    def unchecked(
+        cls, instrument: str, detector: int, visit: int, band: str, skycell: str | None
+    ) -> DataId:
+        """A data ID of values already validated (registry rows, graph products).
+
+        Skips :meth:`__post_init__`'s checks, which dominate reading a
+        registry of 100,000 rows; anything from outside must use the
+        constructor.
+        """
+        obj = object.__new__(cls)
+        # A frozen dataclass's fields live in its __dict__; filling it
+        # directly is what its own __init__ does, without the checks.
+        obj.__dict__.update(
+            instrument=instrument, detector=detector, visit=visit, band=band, skycell=skycell
+        )
+        return obj
+
+    def with_skycell(self, skycell: str | None) -> DataId:
+        """This data ID on sky cell ``skycell`` (validated)."""
+        if skycell is not None and (not isinstance(skycell, str) or not _SKYCELL.match(skycell)):
+            raise BadValueError(
+                "skycell", skycell, "None or 1-64 characters of letters, digits, '_.,+-'"
+            )
+        return DataId.unchecked(self.instrument, self.detector, self.visit, self.band, skycell)
+
+    def __hash__(self) -> int:
+        # Data IDs key the graph's dicts and sets hundreds of thousands of
+        # times per build: the hash is computed once per object.
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.instrument, self.detector, self.visit, self.band, self.skycell))
+            self.__dict__["_hash"] = found
+        return int(found)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The cached hash stays behind: string hashes differ between processes.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def as_dict(self) -> dict[str, Any]:
         """The parts as a plain dictionary."""
         return {

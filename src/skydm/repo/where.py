@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 from skydm.errors import UserError
 from skydm.repo.dataid import DataId, DatasetRef
@@ -117,6 +119,10 @@ class _Node:
     def evaluate(self, values: Mapping[str, Any]) -> bool:
         raise NotImplementedError
 
+    def mask(self, cols: _Columns) -> np.ndarray:
+        """:meth:`evaluate` over many data IDs at once (numpy, same answers)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class _Not(_Node):
@@ -124,6 +130,9 @@ class _Not(_Node):
 
     def evaluate(self, values: Mapping[str, Any]) -> bool:
         return not self.inner.evaluate(values)
+
+    def mask(self, cols: _Columns) -> np.ndarray:
+        return ~self.inner.mask(cols)
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,10 @@ class _BoolOp(_Node):
         if self.conjunction:
             return all(p.evaluate(values) for p in self.parts)
         return any(p.evaluate(values) for p in self.parts)
+
+    def mask(self, cols: _Columns) -> np.ndarray:
+        masks = [p.mask(cols) for p in self.parts]
+        return np.logical_and.reduce(masks) if self.conjunction else np.logical_or.reduce(masks)
 
 
 _COMPARE: Mapping[str, Callable[[Any, Any], bool]] = {
@@ -162,6 +175,10 @@ class _Compare(_Node):
             return False
         return _COMPARE[self.op](actual, self.value)
 
+    def mask(self, cols: _Columns) -> np.ndarray:
+        values, null = cols.column(self.dimension)
+        return np.asarray(_COMPARE[self.op](values, self.value), dtype=bool) & ~null
+
 
 @dataclass(frozen=True)
 class _In(_Node):
@@ -171,6 +188,13 @@ class _In(_Node):
     def evaluate(self, values: Mapping[str, Any]) -> bool:
         actual = values.get(self.dimension)
         return actual is not None and actual in self.choices
+
+    def mask(self, cols: _Columns) -> np.ndarray:
+        values, null = cols.column(self.dimension)
+        hit = np.zeros(len(null), dtype=bool)
+        for choice in self.choices:
+            hit |= values == choice
+        return hit & ~null
 
 
 @dataclass(frozen=True)
@@ -183,6 +207,10 @@ class _Between(_Node):
         actual = values.get(self.dimension)
         return actual is not None and self.low <= actual <= self.high
 
+    def mask(self, cols: _Columns) -> np.ndarray:
+        values, null = cols.column(self.dimension)
+        return (values >= self.low) & (values <= self.high) & ~null
+
 
 @dataclass(frozen=True)
 class _IsNull(_Node):
@@ -192,11 +220,45 @@ class _IsNull(_Node):
     def evaluate(self, values: Mapping[str, Any]) -> bool:
         return (values.get(self.dimension) is None) != self.negated
 
+    def mask(self, cols: _Columns) -> np.ndarray:
+        return cols.column(self.dimension)[1] != self.negated
+
 
 @dataclass(frozen=True)
 class _Always(_Node):
     def evaluate(self, values: Mapping[str, Any]) -> bool:
         return True
+
+    def mask(self, cols: _Columns) -> np.ndarray:
+        return np.ones(cols.n, dtype=bool)
+
+
+class _Columns:
+    """Dimension values of many data IDs as numpy columns, built on first use.
+
+    Each column comes with a mask of its NULLs (a missing value); NULL slots
+    hold a placeholder of the column's type that the masks then discount.
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows = rows
+        self.n = len(rows)
+        self._cols: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def column(self, dimension: str) -> tuple[np.ndarray, np.ndarray]:
+        found = self._cols.get(dimension)
+        if found is None:
+            raw = [row.get(dimension) for row in self.rows]
+            null = np.fromiter((v is None for v in raw), dtype=bool, count=self.n)
+            if DIMENSIONS[dimension] is int:
+                values = np.fromiter((0 if v is None else v for v in raw), np.int64, self.n)
+            else:
+                # Unicode arrays compare by code point, as Python's str does.
+                values = np.array(["" if v is None else v for v in raw], dtype=str)
+                if values.dtype.kind != "U":  # no rows
+                    values = values.astype("U1")
+            found = self._cols[dimension] = (values, null)
+        return found
 
 
 # -- the parser -------------------------------------------------------------------
@@ -400,6 +462,21 @@ class WhereExpr:
     def matches(self, data_id: DataId) -> bool:
         """Whether ``data_id`` satisfies the expression."""
         return self._tree.evaluate(data_id.as_dict())
+
+    def select(self, data_ids: Sequence[DataId | Mapping[str, Any]]) -> list[bool]:
+        """:meth:`matches` (or :meth:`matches_values`) of each item, on numpy columns at once.
+
+        Graphs of 100,000 units filter their units with this rather than
+        one tree walk per data ID; the answers are the same.
+        """
+        if not data_ids:
+            return []
+        # A DataId's __dict__ holds its fields: read in place, not copied.
+        rows = [d if isinstance(d, Mapping) else d.__dict__ for d in data_ids]
+        try:
+            return self._tree.mask(_Columns(rows)).tolist()
+        except OverflowError:  # a literal beyond 64-bit integers: the tree walk copes
+            return [self._tree.evaluate(row) for row in rows]
 
     def matches_values(self, values: Mapping[str, Any]) -> bool:
         """Whether a mapping of dimension values satisfies the expression.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from skydm.errors import BadValueError
 from skydm.pipeline.io import UnitIO
@@ -97,8 +97,13 @@ class WarpTask(Task):
 
     def units(self, context: GraphContext) -> Iterator[WorkUnit]:
         assert isinstance(self.config, WarpConfig)
-        for data_id in context.ids("calexp"):
-            raw = context.raw_ref(data_id)
+        ids = context.ids("calexp")
+        raws = [context.raw_ref(d) for d in ids]
+        # Place the raws not yet on this grid in batches (a cold graph).
+        context.regions.prepare(
+            [r for r in raws if r is not None], self.config, min_overlap=self.config.min_overlap
+        )
+        for data_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 context.skip("warp: no raw to place the calexp on the sky")
                 continue
@@ -107,7 +112,7 @@ class WarpTask(Task):
             except Exception as exc:  # an unreadable raw fails in calibrate, named there
                 context.skip(f"warp: footprint of raw {data_id} unreadable ({exc})")
                 continue
-            outputs = [DatasetKey("warp", replace(data_id, skycell=c)) for c in cells]
+            outputs = [DatasetKey("warp", data_id.with_skycell(c)) for c in cells]
             if outputs:
                 yield self.unit(data_id, [DatasetKey("calexp", data_id)], outputs)
 
