@@ -17,8 +17,9 @@ import numpy as np
 from scipy import ndimage
 
 from skydm.errors import BadValueError, UserError, require_extra
-from skydm.image import Exposure, Mask, MoffatPsf, estimate_background, measure_psf
+from skydm.image import Exposure, Mask, MoffatPsf, measure_psf
 from skydm.image.psf import Psf
+from skydm.pipeline.sky import BackgroundConfig, masked_background
 
 #: Pixels by which the image is mirrored outwards for L.A.Cosmic (more than
 #: the half-width of its 7x7 median filters).
@@ -84,12 +85,15 @@ class CalibrateConfig:
     ----------
     cosmic_rays : CosmicRayConfig
         Single-frame cosmic-ray repair.
+    background : BackgroundConfig
+        Sky background measured with the sources masked.
     psf_fallback : bool
         When too few stars are found to measure a PSF, use a Moffat profile
         with the header's seeing instead of failing.
     """
 
     cosmic_rays: CosmicRayConfig = CosmicRayConfig()
+    background: BackgroundConfig = BackgroundConfig()
     psf_fallback: bool = True
 
 
@@ -138,7 +142,7 @@ def calibrate_raw(
     if cfg.cosmic_rays.enabled:
         image = repair_cosmic_rays(exp, image, gain=gain, read_noise=rn, config=cfg.cosmic_rays)
     exp.image = image
-    back, _ = estimate_background(exp)
+    back = masked_background(image, mask, fwhm=_seeing_pixels(exp), config=cfg.background)
     # A recorded sky level far above the measured background means the sky was
     # removed upstream (as in the DECam stamps' SKYDIP); its Poisson noise is
     # still in the pixels, so it stays in the variance.
@@ -249,11 +253,22 @@ def _interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray) -
     return out
 
 
+def _seeing_pixels(exp: Exposure) -> float:
+    """The header's seeing FWHM in pixels; NaN when it or the WCS is missing."""
+    if not math.isfinite(exp.info.seeing) or exp.wcs is None:
+        return math.nan
+    return exp.info.seeing / _pixel_scale(exp)
+
+
+def _pixel_scale(exp: Exposure) -> float:
+    assert exp.wcs is not None
+    return float(np.sqrt(abs(np.linalg.det(exp.wcs.pixel_scale_matrix)))) * 3600.0
+
+
 def _psf(exp: Exposure, fallback: bool) -> Psf:
     try:
         return measure_psf(exp)
     except UserError:
         if not fallback or not math.isfinite(exp.info.seeing) or exp.wcs is None:
             raise
-    scale = float(np.sqrt(abs(np.linalg.det(exp.wcs.pixel_scale_matrix)))) * 3600.0
-    return MoffatPsf(exp.info.seeing / scale, beta=3.5)
+    return MoffatPsf(exp.info.seeing / _pixel_scale(exp), beta=3.5)
