@@ -1,7 +1,8 @@
 """Turning a raw exposure into a calibrated visit image (a "calexp").
 
 This is instrument signature removal reduced to what a raw from the archive
-needs before differencing and coadding: saturated and non-finite pixels
+needs before differencing and coadding: overscan, gain and saturation per
+amplifier (:mod:`skydm.pipeline.isr`), saturated and non-finite pixels
 masked, single-frame cosmic rays found (L.A.Cosmic, van Dokkum 2001, through
 ``astroscrappy``) and repaired, the sky background subtracted (and
 remembered, so that the variance keeps its Poisson term), a CCD-equation
@@ -19,6 +20,7 @@ from scipy import ndimage
 from skydm.errors import BadValueError, UserError, require_extra
 from skydm.image import Exposure, Mask, MoffatPsf, measure_psf
 from skydm.image.psf import Psf
+from skydm.pipeline.isr import remove_signature
 from skydm.pipeline.sky import BackgroundConfig, masked_background
 
 #: Pixels by which the image is mirrored outwards for L.A.Cosmic (more than
@@ -117,7 +119,8 @@ def calibrate_raw(
     Returns
     -------
     Exposure
-        Background-subtracted image (``float32``), variance from the CCD
+        Overscan-subtracted, trimmed image in counts of the amplifiers' mean
+        gain, background-subtracted (``float32``), variance from the CCD
         equation, SAT/NO_DATA masks, cosmic rays masked (CR) and interpolated
         over (INTRP), a measured PSF, and ``info.sky`` set to the mean
         background that was removed.
@@ -132,13 +135,12 @@ def calibrate_raw(
         When cosmic-ray repair is on and ``astroscrappy`` is not installed.
     """
     cfg = config if config is not None else CalibrateConfig(psf_fallback=psf_fallback)
-    gain = raw.require_gain("calibration (the variance plane)")
-    rn = raw.info.read_noise if math.isfinite(raw.info.read_noise) else 0.0
-    exp = raw.copy()
-    image = exp.image.astype(np.float32)
+    isr = remove_signature(raw)
+    exp = isr.exposure
+    gain = exp.require_gain("calibration (the variance plane)")
+    rn = exp.info.read_noise if math.isfinite(exp.info.read_noise) else 0.0
+    image = exp.image
     mask = exp.msk
-    if math.isfinite(exp.info.saturation):
-        mask[image >= exp.info.saturation] |= np.uint32(Mask.SAT)
     if cfg.cosmic_rays.enabled:
         image = repair_cosmic_rays(exp, image, gain=gain, read_noise=rn, config=cfg.cosmic_rays)
     exp.image = image
@@ -152,7 +154,7 @@ def calibrate_raw(
     exp.image = image
     exp.info.sky = float(np.mean(sky))
     signal = np.clip(image + sky, 0.0, None)
-    exp.variance = (signal / gain + (rn / gain) ** 2).astype(np.float32)
+    exp.variance = (signal / gain + (isr.read_noise / gain) ** 2).astype(np.float32)
     exp.variance[(mask & np.uint32(Mask.NO_DATA)) != 0] = np.inf
     exp.psf = _psf(exp, cfg.psf_fallback)
     return exp
