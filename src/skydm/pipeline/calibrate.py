@@ -12,7 +12,7 @@ variance plane, and a PSF measured from the image's own stars.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -95,7 +95,7 @@ class CalibrateConfig:
     """
 
     cosmic_rays: CosmicRayConfig = CosmicRayConfig()
-    background: BackgroundConfig = BackgroundConfig()
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     psf_fallback: bool = True
 
 

@@ -73,7 +73,9 @@ class BackgroundConfig:
             if not (math.isfinite(value) and value > 0):
                 raise BadValueError(f"BackgroundConfig.{name}", value, "a positive number")
         if not 0 < self.max_masked < 1:
-            raise BadValueError("BackgroundConfig.max_masked", self.max_masked, "a fraction in (0, 1)")
+            raise BadValueError(
+                "BackgroundConfig.max_masked", self.max_masked, "a fraction in (0, 1)"
+            )
 
 
 def masked_background(
@@ -204,7 +206,5 @@ def _mesh_mean(
 
 def _mesh(data: np.ndarray, ignored: np.ndarray, cfg: BackgroundConfig) -> tuple[np.ndarray, float]:
     box = min(cfg.box, *data.shape)
-    bkg = sep.Background(
-        data, mask=ignored, bw=box, bh=box, fw=cfg.filter_size, fh=cfg.filter_size
-    )
+    bkg = sep.Background(data, mask=ignored, bw=box, bh=box, fw=cfg.filter_size, fh=cfg.filter_size)
     return np.asarray(bkg.back(), dtype=np.float64), float(bkg.globalrms)

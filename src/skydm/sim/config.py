@@ -293,7 +293,10 @@ class SurveyConfig:
         n = int(self.n_amps)
         if n == 1:
             return [float(self.gain)]
-        return [float(self.gain) * (1.0 + self.amp_gain_spread * (2 * k / (n - 1) - 1)) for k in range(n)]
+        return [
+            float(self.gain) * (1.0 + self.amp_gain_spread * (2 * k / (n - 1) - 1))
+            for k in range(n)
+        ]
 
     @property
     def zp_exposure(self) -> float:
