@@ -125,15 +125,15 @@ def remove_signature(raw: Exposure, amplifiers: list[Amplifier] | None = None) -
     Returns
     -------
     IsrProduct
-        A raw with one amplifier, no data or bias section and the visit
-        info's gain keeps its pixels (as ``float32``) and only gets its
-        saturated pixels flagged.
+        A raw whose amplifiers have no data or bias sections keeps its
+        pixels (as ``float32``) and only gets its saturated pixels flagged
+        (at the lowest amplifier's level), with the mean gain.
 
     Raises
     ------
     BadFileError
-        When several amplifiers are given and one has no data section, or
-        data sections overlap.
+        When some amplifiers have a data section and others not, or data
+        sections overlap.
     """
     amps = amplifiers_of(raw) if amplifiers is None else amplifiers
     info = raw.info
@@ -143,8 +143,12 @@ def remove_signature(raw: Exposure, amplifiers: list[Amplifier] | None = None) -
     gains = [a.gain if math.isfinite(a.gain) else info.gain for a in amps]
     finite = [g for g in gains if math.isfinite(g) and g > 0]
     gain = float(np.mean(finite)) if finite else info.gain
-    if len(amps) == 1 and amps[0].data_section is None and amps[0].bias_section is None:
-        return _single(raw, amps[0], gain, rn0)
+    if all(a.data_section is None and a.bias_section is None for a in amps):
+        # No sections (one amplifier, or a cutout such as the DECam stamps
+        # whose amplifiers' pixels are not marked): one readout for the
+        # whole image, with the mean gain and read noise and the lowest
+        # saturation, as the archive's effective values.
+        return _single(raw, _combined(amps, info.saturation, rn0), gain, rn0)
     where = raw.source or "raw"
     boxes = []
     for a in amps:
@@ -195,6 +199,22 @@ def remove_signature(raw: Exposure, amplifiers: list[Amplifier] | None = None) -
     exp.info.read_noise = float(np.mean(noise[covered])) if covered.any() else rn0
     exp.info.saturation = saturation if math.isfinite(saturation) else math.nan
     return IsrProduct(exp, noise, gain, len(amps))
+
+
+def _combined(amps: list[Amplifier], saturation: float, rn0: float) -> Amplifier:
+    """One amplifier standing for several without sections."""
+    if len(amps) == 1:
+        return amps[0]
+    noise = [a.read_noise for a in amps if math.isfinite(a.read_noise)]
+    levels = [a.saturation for a in amps if math.isfinite(a.saturation)]
+    return Amplifier(
+        "+".join(a.name for a in amps),
+        None,
+        None,
+        math.nan,
+        float(np.mean(noise)) if noise else rn0,
+        min(levels) if levels else saturation,
+    )
 
 
 def _single(raw: Exposure, amp: Amplifier, gain: float, rn0: float) -> IsrProduct:
