@@ -26,7 +26,9 @@ from simfield import GRID, SimField, simulate_field
 from skydm.cli.main import main
 from skydm.repo import DataId, Repository
 
-pytestmark = pytest.mark.slow
+#: The story's first ``drp`` run (84 units) takes about 3.5 minutes on two
+#: idle cores and was seen to pass 10 on the shared, loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 #: Object measurement comes from skydm.drp; without it the DRP stops at the coadds.
 HAVE_DRP = importlib.util.find_spec("skydm.drp") is not None
@@ -236,9 +238,10 @@ def test_objects_complete_at_snr_10(story: Story) -> None:
 @pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-12-06 (4 detectors, seed 7) after the source-masked calexp "
-    "background: median ratio 1.02 (g), 0.97 (r) at S/N >= 10 (was 0.91/0.94); bright stars "
-    "+2% (aperture correction), faint r stars -6% remain (see docs/drp.md)",
+    reason="measured 2026-12-06 (4 detectors, 5 visits per band) after the source-masked "
+    "calexp background (faint stars had lost 10-15%): median ratio 0.999/1.001 (g/r, seed 11) "
+    "but 1.028/1.026 on seed 23, where bright stars are 3% high too: the aperture correction "
+    "from a dozen stars per band (see docs/drp.md)",
 )
 def test_objects_flux_matches_truth(story: Story) -> None:
     table, stars, matched = _matched(story)
