@@ -141,3 +141,16 @@ def test_amplifier_without_data_section_is_refused(written: Path) -> None:
     del raw.meta["DATASECB"]
     with pytest.raises(BadFileError, match="amplifier B has no data section"):
         calibrate_raw(raw)
+
+
+def test_bad_amplifier_options_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skydm.errors import BadValueError
+
+    with pytest.raises(BadValueError, match="n_amps"):
+        SurveyConfig(shape=(256, 256), n_amps=3)  # 256 columns do not split in 3
+    assert main(["sim", "--out", str(tmp_path / "s"), "--amps", "5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--amps" in err and "5" in err and "1 to 4" in err
+    assert main(["sim", "--out", str(tmp_path / "t"), "--overscan", "-1", "-q"]) == 2
