@@ -1,22 +1,23 @@
 """A small multi-detector, multi-band simulated survey for the pipeline tests.
 
-Until the simulator writes focal planes, each detector is simulated as its
-own survey with the same seed (same visits, bands, epochs and seeing),
-shifted on the sky by one detector width, with its own ``DETNUM``.
+One ``skydm sim`` focal plane: ``detectors`` detectors in a grid sharing
+every visit's pointing (:attr:`skydm.sim.SurveyConfig.n_detectors`), written
+as one raw per detector and visit.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from astropy.table import Table, vstack
+from astropy.table import Table
 
 SIZE = 256
 PIXEL_SCALE = 0.2
 RA0, DEC0 = 150.0, 2.0
-#: The grid the tests' pipelines use: one cell holds the whole field.
+#: Gap between the detectors, pixels.
+GAP = 10.0
+#: The grid the tests' pipelines use: one cell holds the whole focal plane.
 GRID = [
     f"ra0={RA0}",
     f"dec0={DEC0}",
@@ -27,43 +28,38 @@ GRID = [
 
 @dataclass
 class SimField:
-    """Raw files written and the merged truth."""
+    """Raw files written, the truth catalog and the survey's config."""
 
     raws: list[Path]
     truth: Table
+    size: int = SIZE
 
 
 def simulate_field(
-    out: Path, *, detectors: int = 2, visits: int = 10, bands: tuple[str, ...] = ("g", "r"),
+    out: Path, *, detectors: int = 4, visits: int = 5, bands: tuple[str, ...] = ("g", "r"),
     seed: int = 7, size: int = SIZE,
 ) -> SimField:  # fmt: skip
-    """Write raws of ``detectors`` detectors side by side; returns paths and truth."""
+    """Write raws of a focal plane of ``detectors`` detectors; ``visits`` per band."""
     from skydm.sim import SurveyConfig, simulate_survey, write_survey
 
-    step = (size + 10) * PIXEL_SCALE / 3600.0
-    raws: list[Path] = []
-    truths = []
-    for k in range(detectors):
-        dra = (k - (detectors - 1) / 2) * step / math.cos(math.radians(DEC0))
-        cfg = SurveyConfig(
-            seed=seed,
-            shape=(size, size),
-            n_visits=visits,
-            bands=bands,
-            n_stars=60,
-            n_galaxies=20,
-            dither=5.0,
-            n_transients=2,
-            n_variables=1,
-            n_movers=0,
-            artefacts=("cosmic_rays",),
-            ra=RA0 + dra,
-            dec=DEC0,
-            detector=k,
-        )
-        survey = simulate_survey(cfg)
-        raws += write_survey(survey, out / f"det{k}", clean=False)
-        truth = survey.truth.copy()
-        truth["detector"] = k
-        truths.append(truth)
-    return SimField(raws, vstack(truths, metadata_conflicts="silent"))
+    cfg = SurveyConfig(
+        seed=seed,
+        shape=(size, size),
+        n_visits=visits,
+        bands=bands,
+        pixel_scale=PIXEL_SCALE,
+        n_stars=60,
+        n_galaxies=20,
+        dither=5.0,
+        n_transients=2,
+        n_variables=1,
+        n_movers=0,
+        artefacts=("cosmic_rays",),
+        ra=RA0,
+        dec=DEC0,
+        n_detectors=detectors,
+        detector_gap=GAP,
+    )
+    survey = simulate_survey(cfg)
+    raws = write_survey(survey, out, clean=False)
+    return SimField(raws, survey.truth, size)

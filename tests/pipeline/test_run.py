@@ -1,4 +1,4 @@
-"""``skydm run drp`` then ``skydm run ap`` on simulated raws of 2 detectors, 2 bands, 10 visits.
+"""``skydm run drp`` then ``skydm run ap`` on ``skydm sim`` raws: 4 detectors, 2 bands, 10 visits.
 
 One repository goes through the whole story, in order, in a module fixture:
 a damaged raw fails only its own unit and what depends on it; after the raw
@@ -27,7 +27,9 @@ from simfield import GRID, SimField, simulate_field
 from skydm.cli.main import main
 from skydm.repo import DataId, Repository
 
-pytestmark = pytest.mark.slow
+#: The story's first ``drp`` run (84 units) takes about 3.5 minutes on two
+#: idle cores and was seen to pass 10 on the shared, loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 #: Object measurement comes from skydm.drp; without it the DRP stops at the coadds.
 HAVE_DRP = importlib.util.find_spec("skydm.drp") is not None
@@ -67,7 +69,7 @@ def _drp_spec(tmp: Path) -> str:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> SimField:
-    return simulate_field(tmp_path_factory.mktemp("sim"), detectors=2, visits=5)
+    return simulate_field(tmp_path_factory.mktemp("sim"), detectors=4, visits=5)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_run_drp_isolates_a_damaged_raw(
     )
     assert len(failures) == 1 + len(blocked)
     with Repository.open(story.repo) as repo:
-        assert len(repo.query(dataset_type="calexp")) == 19
+        assert len(repo.query(dataset_type="calexp")) == 39
         assert [r.data_id.band for r in repo.query(dataset_type="coadd")] == ["r"]
         assert repo.find("calexp", story.damaged) is None  # type: ignore[arg-type]
 
@@ -142,8 +144,8 @@ def test_run_ap_and_tap_tables(story: Story, capsys: pytest.CaptureFixture[str])
     assert rc == 0, out
     with Repository.open(story.repo) as repo:
         for dataset_type, n in (
-            ("raw", 20), ("calexp", 20), ("warp", 20), ("coadd", 2), ("diff", 20),
-            ("dia_src", 20), ("alert_summary", 20), ("dia_catalog", 1),
+            ("raw", 40), ("calexp", 40), ("warp", 40), ("coadd", 2), ("diff", 40),
+            ("dia_src", 40), ("alert_summary", 40), ("dia_catalog", 1),
         ):  # fmt: skip
             assert len(repo.query(dataset_type=dataset_type)) == n, dataset_type
         assert repo.verify() == []
@@ -174,27 +176,26 @@ def test_provenance_back_to_the_raws(story: Story, capsys: pytest.CaptureFixture
     assert lines[0].startswith("alert_summary") and "task ap" in lines[0]
     for kind in ("diff", "calexp", "coadd", "warp"):
         assert any(line.lstrip().startswith(kind) for line in lines), kind
-    # The coadd's 10 raws (g: visits 1, 3, 5, 7, 9 of 2 detectors), its own among them.
-    assert sum("[ingested from skysim_" in line for line in lines) == 10
+    # The coadd's 20 raws (g: visits 1, 3, 5, 7, 9 of 4 detectors), its own among them.
+    assert sum("[ingested from skysim_" in line for line in lines) == 20
     assert '"method": "compare"' in out  # the coadd's full config
     rc, out = _run(["provenance", "--repo", str(story.repo), "calexp"], capsys)
     assert rc == 1
 
 
 def _isolated_stars(sim: SimField) -> Table:
-    """Truth stars on their own detector (15 px from its edges), no neighbour within 3 arcsec
+    """Truth stars on a detector (15 px from its edges), no neighbour within 3 arcsec
     brighter than a tenth of their flux."""
     from astropy.io import fits
     from astropy.wcs import WCS
     from scipy.spatial import cKDTree
 
     parts = []
-    for det in (0, 1):
-        truth = sim.truth[sim.truth["detector"] == det]
+    for det in range(4):
         raw = next(p for p in sim.raws if p.name.endswith(f"_{det:02d}_g.fits"))
-        x, y = WCS(fits.getheader(raw)).world_to_pixel_values(truth["ra"], truth["dec"])
-        edge = 15
-        parts.append(truth[(x > edge) & (x < 255 - edge) & (y > edge) & (y < 255 - edge)])
+        x, y = WCS(fits.getheader(raw)).world_to_pixel_values(sim.truth["ra"], sim.truth["dec"])
+        edge, top = 15, sim.size - 1 - 15
+        parts.append(sim.truth[(x > edge) & (x < top) & (y > edge) & (y < top)])
     truth = vstack(parts)
     xy = np.column_stack([truth["ra"] * np.cos(np.radians(truth["dec"])), truth["dec"]]) * 3600
     flux = 10 ** (-0.4 * np.asarray(truth["mag_r"]))
@@ -238,8 +239,10 @@ def test_objects_complete_at_snr_10(story: Story) -> None:
 @pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-12-06: median ratio 1.003 (g), 0.989 (r) at S/N >= 50 but 0.96/0.87 "
-    "at S/N >= 10 (faint stars lose flux: calexp/coadd background, see docs/pipeline.md)",
+    reason="measured 2026-12-06 (4 detectors, 5 visits per band) after the source-masked "
+    "calexp background (faint stars had lost 10-15%): median ratio 0.999/1.001 (g/r, seed 11) "
+    "but 1.009/1.023 on seed 7 and 1.028/1.026 on seed 23, where bright stars are 2-3% high "
+    "too: the aperture correction from a dozen stars per band (see docs/drp.md)",
 )
 def test_objects_flux_matches_truth(story: Story) -> None:
     table, stars, matched = _matched(story)

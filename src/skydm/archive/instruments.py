@@ -255,7 +255,7 @@ class InstrumentDefinition:
         meta: dict[str, Any] = {"mjd": mjd if math.isfinite(mjd) else None}
         for key, cards in self.metadata.items():
             meta[key] = _meta_value(header, cards, numeric=key in _NUMERIC_META)
-        amps = [self._amplifier(spec, header, path, shape) for spec in self.amplifiers]
+        amps = self.read_amplifiers(header, path=path, shape=shape)
         meta.update(_effective(amps))
         if amps:
             meta["amplifiers"] = [a.as_dict() for a in amps]
@@ -352,6 +352,27 @@ class InstrumentDefinition:
             )
         return str(rule.default) if rule.default is not None else "unknown"
 
+    def read_amplifiers(
+        self, header: fits.Header, *, path: object, shape: tuple[int, ...] | None = None
+    ) -> list[Amplifier]:
+        """The amplifiers of a raw, as its header describes them.
+
+        An amplifier after the first none of whose cards is in the header is
+        not on this raw (a camera read out through fewer amplifiers, or a
+        definition listing more than a raw uses), and is left out.
+
+        Raises
+        ------
+        BadFileError
+            When a section card is malformed or lies outside the image.
+        """
+        amps = []
+        for k, spec in enumerate(self.amplifiers):
+            if k > 0 and not _any_card(header, spec):
+                continue
+            amps.append(self._amplifier(spec, header, path, shape))
+        return amps
+
     def _amplifier(
         self,
         spec: AmplifierSpec,
@@ -392,6 +413,19 @@ class InstrumentDefinition:
             _card_number(header, spec.read_noise),
             _card_number(header, spec.saturation),
         )
+
+
+def _any_card(header: fits.Header, spec: AmplifierSpec) -> bool:
+    """Whether the header has a card of the amplifier, or it has a value of its own."""
+    sources = (spec.data_section, spec.bias_section, spec.gain, spec.read_noise, spec.saturation)
+    for source in sources:
+        if source is None:
+            continue
+        if not source.cards and source.value is not None:
+            return True
+        if any(header.get(card) is not None for card in source.cards):
+            return True
+    return False
 
 
 def _where(source: CardValue | None) -> str:

@@ -24,6 +24,8 @@ OPTIONS = {
     "raw_dtype": "dtype",
     "n_detectors": "detectors",
     "detector_gap": "detector_gap",
+    "n_amps": "amps",
+    "overscan": "overscan",
 }
 
 
@@ -119,6 +121,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write each visit's detectors as one multi-extension FITS file",
     )
+    p.add_argument(
+        "--amps",
+        type=int,
+        default=1,
+        help="amplifiers per detector, 1 to 4, side by side with gains 10%% apart around the "
+        "nominal one (DATASECA, GAINA, ... cards) (1)",
+    )
+    p.add_argument(
+        "--overscan",
+        type=int,
+        default=0,
+        help="overscan columns per amplifier, holding its bias (BIASSECA, ...) (0: no bias)",
+    )
     p.add_argument("--no-clean", action="store_true", help="do not write the clean twins")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
@@ -149,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
         raw_dtype=args.dtype,
         n_detectors=args.detectors,
         detector_gap=args.detector_gap,
+        n_amps=args.amps,
+        overscan=args.overscan,
     )
     check_output_dir(args.out)
     survey = simulate_survey(cfg)

@@ -1,7 +1,8 @@
 """Turning a raw exposure into a calibrated visit image (a "calexp").
 
 This is instrument signature removal reduced to what a raw from the archive
-needs before differencing and coadding: saturated and non-finite pixels
+needs before differencing and coadding: overscan, gain and saturation per
+amplifier (:mod:`skydm.pipeline.isr`), saturated and non-finite pixels
 masked, single-frame cosmic rays found (L.A.Cosmic, van Dokkum 2001, through
 ``astroscrappy``) and repaired, the sky background subtracted (and
 remembered, so that the variance keeps its Poisson term), a CCD-equation
@@ -11,14 +12,16 @@ variance plane, and a PSF measured from the image's own stars.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from skydm.errors import BadValueError, UserError, require_extra
-from skydm.image import Exposure, Mask, MoffatPsf, estimate_background, measure_psf
+from skydm.image import Exposure, Mask, MoffatPsf, measure_psf
 from skydm.image.psf import Psf
+from skydm.pipeline.isr import remove_signature
+from skydm.pipeline.sky import BackgroundConfig, masked_background
 
 #: Pixels by which the image is mirrored outwards for L.A.Cosmic (more than
 #: the half-width of its 7x7 median filters).
@@ -84,12 +87,15 @@ class CalibrateConfig:
     ----------
     cosmic_rays : CosmicRayConfig
         Single-frame cosmic-ray repair.
+    background : BackgroundConfig
+        Sky background measured with the sources masked.
     psf_fallback : bool
         When too few stars are found to measure a PSF, use a Moffat profile
         with the header's seeing instead of failing.
     """
 
     cosmic_rays: CosmicRayConfig = CosmicRayConfig()
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     psf_fallback: bool = True
 
 
@@ -113,7 +119,8 @@ def calibrate_raw(
     Returns
     -------
     Exposure
-        Background-subtracted image (``float32``), variance from the CCD
+        Overscan-subtracted, trimmed image in counts of the amplifiers' mean
+        gain, background-subtracted (``float32``), variance from the CCD
         equation, SAT/NO_DATA masks, cosmic rays masked (CR) and interpolated
         over (INTRP), a measured PSF, and ``info.sky`` set to the mean
         background that was removed.
@@ -128,17 +135,16 @@ def calibrate_raw(
         When cosmic-ray repair is on and ``astroscrappy`` is not installed.
     """
     cfg = config if config is not None else CalibrateConfig(psf_fallback=psf_fallback)
-    gain = raw.require_gain("calibration (the variance plane)")
-    rn = raw.info.read_noise if math.isfinite(raw.info.read_noise) else 0.0
-    exp = raw.copy()
-    image = exp.image.astype(np.float32)
+    isr = remove_signature(raw)
+    exp = isr.exposure
+    gain = exp.require_gain("calibration (the variance plane)")
+    rn = exp.info.read_noise if math.isfinite(exp.info.read_noise) else 0.0
+    image = exp.image
     mask = exp.msk
-    if math.isfinite(exp.info.saturation):
-        mask[image >= exp.info.saturation] |= np.uint32(Mask.SAT)
     if cfg.cosmic_rays.enabled:
         image = repair_cosmic_rays(exp, image, gain=gain, read_noise=rn, config=cfg.cosmic_rays)
     exp.image = image
-    back, _ = estimate_background(exp)
+    back = masked_background(image, mask, fwhm=_seeing_pixels(exp), config=cfg.background)
     # A recorded sky level far above the measured background means the sky was
     # removed upstream (as in the DECam stamps' SKYDIP); its Poisson noise is
     # still in the pixels, so it stays in the variance.
@@ -148,7 +154,7 @@ def calibrate_raw(
     exp.image = image
     exp.info.sky = float(np.mean(sky))
     signal = np.clip(image + sky, 0.0, None)
-    exp.variance = (signal / gain + (rn / gain) ** 2).astype(np.float32)
+    exp.variance = (signal / gain + (isr.read_noise / gain) ** 2).astype(np.float32)
     exp.variance[(mask & np.uint32(Mask.NO_DATA)) != 0] = np.inf
     exp.psf = _psf(exp, cfg.psf_fallback)
     return exp
@@ -249,11 +255,22 @@ def _interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray) -
     return out
 
 
+def _seeing_pixels(exp: Exposure) -> float:
+    """The header's seeing FWHM in pixels; NaN when it or the WCS is missing."""
+    if not math.isfinite(exp.info.seeing) or exp.wcs is None:
+        return math.nan
+    return exp.info.seeing / _pixel_scale(exp)
+
+
+def _pixel_scale(exp: Exposure) -> float:
+    assert exp.wcs is not None
+    return float(np.sqrt(abs(np.linalg.det(exp.wcs.pixel_scale_matrix)))) * 3600.0
+
+
 def _psf(exp: Exposure, fallback: bool) -> Psf:
     try:
         return measure_psf(exp)
     except UserError:
         if not fallback or not math.isfinite(exp.info.seeing) or exp.wcs is None:
             raise
-    scale = float(np.sqrt(abs(np.linalg.det(exp.wcs.pixel_scale_matrix)))) * 3600.0
-    return MoffatPsf(exp.info.seeing / scale, beta=3.5)
+    return MoffatPsf(exp.info.seeing / _pixel_scale(exp), beta=3.5)

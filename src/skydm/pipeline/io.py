@@ -86,11 +86,11 @@ class UnitIO:
         """An input read as an Exposure (raws decompressed), checksum verified."""
         self._check_input(key)
         if key.dataset_type == "raw":
-            from skydm.archive import restore
-            from skydm.image import exposure_from_hdulist
+            from skydm.archive import read_raw
 
-            with restore(self.repo, key.data_id) as hdul:
-                return exposure_from_hdulist(hdul, source=f"raw {key.data_id}")
+            # With what the instrument definition read at ingest: the
+            # amplifiers' sections, gains, read noise and saturation.
+            return read_raw(self.repo, key.data_id)
         return self.repo.get_exposure(key.dataset_type, key.data_id)
 
     def table(self, key: DatasetKey) -> Table:

@@ -114,6 +114,20 @@ class SurveyConfig:
         Gap between neighbouring detectors on the focal plane, pixels.
     first_visit : int
         Number of the first visit; visits are numbered in time order.
+    n_amps : int
+        Amplifiers each detector is read through, 1 to 4, side by side in
+        x (each a strip of ``shape[1] / n_amps`` columns).  The written raws
+        describe them in the DECam convention (``DATASECA``, ``GAINA``, ...).
+    overscan : int
+        Overscan columns per amplifier, written after all the data columns
+        (0: no overscan, no bias).
+    amp_gain_spread : float
+        With several amplifiers, their gains spread evenly over
+        ``gain * (1 -+ amp_gain_spread)`` (their mean is ``gain``).
+    bias_adu : float
+        Bias level of the first amplifier in ADU (the others' step up by
+        37 ADU each; each drifts by 3 ADU from the first row to the last);
+        only written with ``overscan > 0``.
     star_mags, galaxy_mags, transient_mags, variable_mags, mover_mags : (float, float) or None
         Magnitude ranges; ``None`` picks ranges from the zero point so that the
         brightest stars saturate and the faintest are near the 5-sigma limit.
@@ -155,6 +169,10 @@ class SurveyConfig:
     n_detectors: int = 1
     detector_gap: float = 30.0
     first_visit: int = 1
+    n_amps: int = 1
+    overscan: int = 0
+    amp_gain_spread: float = 0.1
+    bias_adu: float = 1000.0
     star_mags: tuple[float, float] | None = None
     galaxy_mags: tuple[float, float] | None = None
     transient_mags: tuple[float, float] | None = None
@@ -219,6 +237,18 @@ class SurveyConfig:
             raise BadValueError("n_detectors", self.n_detectors, "an integer from 1 to 64")
         if not (0 <= float(self.detector_gap) <= 10_000):
             raise BadValueError("detector_gap", self.detector_gap, "0 to 10000 pixels")
+        if not (1 <= int(self.n_amps) <= 4) or isinstance(self.n_amps, bool):
+            raise BadValueError("n_amps", self.n_amps, "an integer from 1 to 4")
+        if self.shape[1] % int(self.n_amps):
+            raise BadValueError(
+                "n_amps", self.n_amps, f"a divisor of the image width {self.shape[1]}"
+            )
+        if not (0 <= int(self.overscan) <= 1024):
+            raise BadValueError("overscan", self.overscan, "0 to 1024 columns")
+        if not (0 <= float(self.amp_gain_spread) < 0.5):
+            raise BadValueError("amp_gain_spread", self.amp_gain_spread, "a fraction in [0, 0.5)")
+        if not (0 <= float(self.bias_adu) <= 10_000):
+            raise BadValueError("bias_adu", self.bias_adu, "0 to 10000 ADU")
         if int(self.detector) < 0:
             raise BadValueError("detector", self.detector, "an integer >= 0")
         if self.raw_dtype == "uint16" and self.saturation > 65535:
@@ -257,6 +287,16 @@ class SurveyConfig:
         return rows * ny + (rows - 1) * self.detector_gap, cols * nx + (
             cols - 1
         ) * self.detector_gap
+
+    def amp_gains(self) -> list[float]:
+        """Each amplifier's gain, electrons per ADU (their mean is ``gain``)."""
+        n = int(self.n_amps)
+        if n == 1:
+            return [float(self.gain)]
+        return [
+            float(self.gain) * (1.0 + self.amp_gain_spread * (2 * k / (n - 1) - 1))
+            for k in range(n)
+        ]
 
     @property
     def zp_exposure(self) -> float:

@@ -14,7 +14,9 @@ A focal plane of several detectors names its truth per detector
 and with ``mef=True`` writes one multi-extension raw per visit,
 ``skysim_<visit>_<band>.fits``: a primary HDU with the visit's cards and one
 image extension per detector (``EXTNAME = 'DET<nn>'``, ``DETECTOR``, its WCS),
-as DECam, HSC and LSST cameras do.
+as DECam, HSC and LSST cameras do.  With several amplifiers or overscan
+(``SurveyConfig.n_amps``, ``overscan``) each raw is read out as
+:mod:`skydm.sim.readout` describes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from astropy.time import Time
 from skydm.progress import Progress
 from skydm.repo.atomic import atomic_write_bytes, atomic_write_hdulist
 from skydm.sim.config import FOOTPRINT_CLASSES
+from skydm.sim.readout import read_out
 from skydm.sim.survey import SimVisit, Survey
 
 _DTYPES = {"uint16": np.uint16, "int32": np.int32, "float32": np.float32}
@@ -76,6 +79,14 @@ def raw_header(v: SimVisit, *, clean: bool = False) -> fits.Header:
     return h
 
 
+def _raw_hdu(v: SimVisit, image: np.ndarray, header: fits.Header) -> fits.PrimaryHDU:
+    """A raw's HDU: read out through the amplifiers (overscan appended) and digitised."""
+    pixels, cards = read_out(v, image)
+    header = header.copy()
+    header.extend(cards, update=True)
+    return _hdu(pixels, v.config.raw_dtype, header)
+
+
 def _hdu(image: np.ndarray, dtype: str, header: fits.Header) -> fits.PrimaryHDU:
     target = _DTYPES[dtype]
     if dtype == "float32":
@@ -118,7 +129,6 @@ def _primary_header(v: SimVisit, *, clean: bool = False) -> fits.Header:
 def write_mef(visits: list[SimVisit], out_dir: Path, *, clean: bool = True) -> Path:
     """Write the detectors of one visit as one multi-extension raw (and clean twin, truth)."""
     first = visits[0]
-    dtype = first.config.raw_dtype
     for twin, folder in ((False, out_dir), (True, out_dir / "clean")):
         if twin and not clean:
             continue
@@ -127,7 +137,7 @@ def write_mef(visits: list[SimVisit], out_dir: Path, *, clean: bool = True) -> P
         ]
         for v in visits:
             image = v.clean.image if twin else v.raw.image
-            prim = _hdu(image, dtype, raw_header(v, clean=twin))
+            prim = _raw_hdu(v, image, raw_header(v, clean=twin))
             hdus.append(fits.ImageHDU(prim.data, header=prim.header, name=f"DET{v.detector:02d}"))
         atomic_write_hdulist(folder / mef_name(first), fits.HDUList(hdus))
     for v in visits:
@@ -137,12 +147,11 @@ def write_mef(visits: list[SimVisit], out_dir: Path, *, clean: bool = True) -> P
 
 def write_visit(v: SimVisit, out_dir: Path, *, clean: bool = True) -> Path:
     """Write one visit's raw (and clean twin, truth and footprints); returns the raw path."""
-    dtype = v.config.raw_dtype
     name = raw_name(v)
     raw_path = out_dir / name
-    atomic_write_hdulist(raw_path, fits.HDUList([_hdu(v.raw.image, dtype, raw_header(v))]))
+    atomic_write_hdulist(raw_path, fits.HDUList([_raw_hdu(v, v.raw.image, raw_header(v))]))
     if clean:
-        hdu = _hdu(v.clean.image, dtype, raw_header(v, clean=True))
+        hdu = _raw_hdu(v, v.clean.image, raw_header(v, clean=True))
         atomic_write_hdulist(out_dir / "clean" / name, fits.HDUList([hdu]))
     _write_truth(v, out_dir)
     return raw_path

@@ -1,0 +1,210 @@
+"""The sky background of a visit image, measured with its sources masked.
+
+A mesh background (SExtractor's, through ``sep``) estimated on every pixel
+is pulled up by the sources in each mesh: the faint ones and the wings of
+the bright ones skew the pixel distribution, and the clipped mode follows
+them.  Subtracting it removes a little of every source's light; for stars
+near the detection limit that is several per cent of their flux (measured
+on ``skydm sim`` raws: 1.5 to 3 ADU too much sky, 7% of the PSF flux of a
+star at S/N 15).  As Rubin's ``SubtractBackgroundTask`` after detection,
+the background is therefore measured again with every detected source
+masked and grown, a few times over.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from scipy import ndimage
+
+from skydm.errors import BadValueError
+from skydm.image.mask import UNUSABLE
+
+#: Gaussian FWHM (pixels) of the detection filter when the seeing is unknown.
+_DEFAULT_FWHM = 3.0
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """How the sky background is measured (:func:`masked_background`).
+
+    Parameters
+    ----------
+    box : int
+        Mesh size of the background, pixels.
+    filter_size : int
+        Median filter over the meshes, in meshes.
+    iterations : int
+        Rounds of detect-mask-remeasure after the first estimate (0: the
+        plain mesh background).
+    nsigma : float
+        Detection limit of the masked sources, in sigma of the
+        seeing-matched filtered image.
+    grow : float
+        Radius by which every detection is grown, in seeing FWHM (the
+        sources' wings lie below the detection limit but not below the
+        background's precision).
+    max_masked : float
+        Largest fraction of the meshes that may be mostly (more than half)
+        masked; a more crowded image keeps its previous background (a mesh
+        with less than half its pixels left is interpolated from its
+        neighbours, and with most meshes so there is nothing to interpolate).
+    """
+
+    box: int = 64
+    filter_size: int = 3
+    iterations: int = 2
+    nsigma: float = 3.0
+    grow: float = 1.0
+    max_masked: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.box, int) or self.box < 8:
+            raise BadValueError("BackgroundConfig.box", self.box, "an integer >= 8 pixels")
+        if not isinstance(self.filter_size, int) or not 1 <= self.filter_size <= 9:
+            raise BadValueError("BackgroundConfig.filter_size", self.filter_size, "1 to 9 meshes")
+        if not isinstance(self.iterations, int) or not 0 <= self.iterations <= 5:
+            raise BadValueError("BackgroundConfig.iterations", self.iterations, "0 to 5")
+        for name in ("nsigma", "grow"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise BadValueError(f"BackgroundConfig.{name}", value, "a positive number")
+        if not 0 < self.max_masked < 1:
+            raise BadValueError(
+                "BackgroundConfig.max_masked", self.max_masked, "a fraction in (0, 1)"
+            )
+
+
+def masked_background(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    fwhm: float = math.nan,
+    config: BackgroundConfig | None = None,
+) -> np.ndarray:
+    """The sky background of ``image``, measured away from its sources.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The pixels (sky not subtracted).
+    mask : numpy.ndarray
+        Mask plane; unusable pixels (:data:`~skydm.image.mask.UNUSABLE`)
+        are ignored.
+    fwhm : float
+        Seeing FWHM in pixels (the detection filter and the growth); a
+        typical 3 pixels when NaN.
+    config : BackgroundConfig, optional
+        The defaults otherwise.
+
+    Returns
+    -------
+    numpy.ndarray
+        The background at every pixel (``float64``).
+    """
+    cfg = config or BackgroundConfig()
+    data = np.ascontiguousarray(image, dtype=np.float64)
+    bad = ~np.isfinite(data) | ((mask & np.uint32(UNUSABLE)) != 0)
+    data = np.where(bad, 0.0, data)
+    back, rms = _mesh(data, bad, cfg)
+    fwhm = fwhm if math.isfinite(fwhm) and fwhm > 0 else _DEFAULT_FWHM
+    sigma = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    # The noise of a Gaussian-filtered white-noise image is rms * sqrt(sum k^2),
+    # and sum k^2 = 1 / (4 pi sigma^2) for a unit-sum Gaussian.
+    filtered_rms = rms / (2.0 * math.sqrt(math.pi) * sigma)
+    for _ in range(cfg.iterations):
+        if not (filtered_rms > 0):
+            break
+        resid = ndimage.gaussian_filter(np.where(bad, 0.0, data - back), sigma, mode="nearest")
+        found = resid > cfg.nsigma * filtered_rms
+        if not found.any():
+            break
+        # Grown by a distance, not by dilation steps: a disk of ``grow`` FWHM.
+        sources = ndimage.distance_transform_edt(~found) <= cfg.grow * fwhm
+        ignored = bad | sources
+        if _mostly_masked(ignored, min(cfg.box, *data.shape)) > cfg.max_masked:
+            break
+        new, new_rms = _mesh_mean(data, ignored, cfg)
+        if not (math.isfinite(new_rms) and new_rms > 0 and np.isfinite(new).all()):
+            break
+        back, rms = new, new_rms
+        filtered_rms = rms / (2.0 * math.sqrt(math.pi) * sigma)
+    return back
+
+
+def _mostly_masked(ignored: np.ndarray, box: int) -> float:
+    """Fraction of the background meshes with more than half their pixels ignored."""
+    ny, nx = ignored.shape
+    fractions = [
+        float(np.mean(ignored[y : y + box, x : x + box]))
+        for y in range(0, ny, box)
+        for x in range(0, nx, box)
+    ]
+    return float(np.mean(np.asarray(fractions) > 0.5))
+
+
+def _mesh_mean(
+    data: np.ndarray, ignored: np.ndarray, cfg: BackgroundConfig
+) -> tuple[np.ndarray, float]:
+    """A mesh background of 3-sigma clipped means, median-filtered, bicubic between meshes.
+
+    With the sources masked the sky pixels are noise alone, whose mean is
+    the sky; SExtractor's mode (``2.5 median - 1.5 mean``, made to resist
+    sources) sits below the mean of skewed (Poisson) noise, by 0.3 ADU on
+    the simulator's 1000 ADU skies, a per-cent of a faint star's flux.
+    Rubin's background uses the clipped mean too (``MEANCLIP``).
+    Meshes with less than half their pixels usable take the median of
+    the others.
+    """
+    from scipy.interpolate import RectBivariateSpline
+
+    ny, nx = data.shape
+    box = min(cfg.box, ny, nx)
+    my, mx = -(-ny // box), -(-nx // box)
+    grid = np.full((my, mx), np.nan)
+    sigmas = []
+    for j in range(my):
+        for i in range(mx):
+            cell = (slice(j * box, (j + 1) * box), slice(i * box, (i + 1) * box))
+            keep = ~ignored[cell]
+            if keep.mean() < 0.5:
+                continue
+            values = data[cell][keep]
+            centre, sigma = float(np.median(values)), 0.0
+            for _ in range(3):
+                sigma = 1.4826 * float(np.median(np.abs(values - centre)))
+                if not sigma > 0:
+                    break
+                values = values[np.abs(values - centre) < 3.0 * sigma]
+                centre = float(np.mean(values))
+            grid[j, i] = centre
+            sigmas.append(sigma)
+    if not sigmas:
+        return np.zeros(data.shape), math.nan
+    grid = np.where(np.isfinite(grid), grid, np.nanmedian(grid))
+    if cfg.filter_size > 1:
+        grid = ndimage.median_filter(grid, size=cfg.filter_size, mode="nearest")
+    # Mesh centres (the last mesh may be partial), then a spline through them.
+    yc = np.minimum((np.arange(my) + 0.5) * box, (np.arange(my) * box + ny) / 2.0)
+    xc = np.minimum((np.arange(mx) + 0.5) * box, (np.arange(mx) * box + nx) / 2.0)
+    if my == 1 and mx == 1:
+        return np.full(data.shape, grid[0, 0]), float(np.median(sigmas))
+    ky, kx = min(3, my - 1), min(3, mx - 1)
+    if my == 1 or mx == 1:
+        line = grid.ravel()
+        centres, size = (xc, nx) if my == 1 else (yc, ny)
+        prof = np.interp(np.arange(size), centres, line)
+        back = np.broadcast_to(prof[None, :] if my == 1 else prof[:, None], data.shape)
+        return np.array(back, dtype=np.float64), float(np.median(sigmas))
+    spline = RectBivariateSpline(yc, xc, grid, kx=kx, ky=ky)
+    back = spline(np.arange(ny, dtype=float), np.arange(nx, dtype=float))
+    return np.asarray(back, dtype=np.float64), float(np.median(sigmas))
+
+
+def _mesh(data: np.ndarray, ignored: np.ndarray, cfg: BackgroundConfig) -> tuple[np.ndarray, float]:
+    box = min(cfg.box, *data.shape)
+    bkg = sep.Background(data, mask=ignored, bw=box, bh=box, fw=cfg.filter_size, fh=cfg.filter_size)
+    return np.asarray(bkg.back(), dtype=np.float64), float(bkg.globalrms)
