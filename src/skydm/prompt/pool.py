@@ -199,12 +199,14 @@ def open_pool(workers: int, dask: str | None = None) -> Iterator[JobPool]:
         finally:
             pool.close()
         return
-    from skydm.pipeline.execute import open_executor
+    from skydm.pipeline.executors import DaskBackend, open_executor
 
-    distributed = require_extra("distributed", "pipeline")
-    with open_executor(dask, workers) as executor:
-        client = getattr(executor, "_client", None) or distributed.get_client()
-        dpool = DaskPool(client, workers)
+    require_extra("distributed", "pipeline")
+    with open_executor(dask, workers) as started:
+        backend = started.executor
+        if not isinstance(backend, DaskBackend):  # open_executor gives Dask when dask is set
+            raise TypeError(f"expected a Dask backend for --dask {dask}")
+        dpool = DaskPool(backend.client, workers)
         try:
             yield dpool
         finally:
