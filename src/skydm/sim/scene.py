@@ -207,12 +207,12 @@ def render_visit(v: SimVisit) -> VisitPixels:
     # The classes added later draw last (and nothing at rate 0), so that
     # surveys without them keep their pixels.
     if "satellite_trails" in cfg.artefacts and cfg.trails_on_variables > 0:
-        var = np.flatnonzero(inside & (kind == "variable"))
+        variables = np.flatnonzero(inside & (kind == "variable"))
         art.trails_on_variables(
             layer,
             arng,
             rate=cfg.trails_on_variables,
-            variables_xy=np.column_stack([x[var], y[var]]),
+            variables_xy=np.column_stack([x[variables], y[variables]]),
             sky_sigma=sky_sigma,
             psf_sigma=psf_sigma,
             id0=id0 + len(layer.rows),
