@@ -8,10 +8,10 @@ one that a method was tuned on.  :func:`draw_seeds` picks the seeds at
 random, or replays those of ``SKYDM_COADD_SEEDS``.
 
 Run as a script it prints, per field, every metric of CompareWarp (and of
-SWarp CLIPPED with ``--swarp``) as one JSON line (``SKYDM_COADD_SEEDS`` or
-``--seeds`` replays fields)::
+SWarp CLIPPED with ``--methods compare,swarp``) as one JSON line
+(``--fields`` or ``SKYDM_COADD_SEEDS`` replays fields)::
 
-    PYTHONPATH=src:tests python -m coadd_harness.fields --seeds 1,2 --epochs 8,20 --swarp
+    PYTHONPATH=src:tests python -m coadd_harness.fields --fields 1:8,2:20 --methods compare,swarp
 """
 
 from __future__ import annotations
@@ -39,14 +39,16 @@ SEEDS_ENV = "SKYDM_COADD_SEEDS"
 #: covers (about 180 pixels a side after the dithers).
 SIDE = 256
 
-#: Rates of the artefact classes, per exposure: high enough that each class
-#: shows up on most fields (a rate of 0.5 over 8 epochs misses a class on 2%
-#: of fields), low enough that some variables stay clear of every artefact.
-RATES = {
-    "trail_rate": 0.8,
-    "ghost_rate": 0.5,
-    "ghosts_on_stars": 0.5,
-    "trails_on_variables": 0.4,
+#: Mean number of each artefact class per field, whatever its epoch count
+#: (the rate per exposure is this over the epochs): enough that each class
+#: shows up on nearly every field (4 ghosts: none on 2% of fields), few
+#: enough that a small cell keeps some variables clear of every artefact
+#: (a bright trail's footprint, out to 0.1 sigma, is some 30 pixels wide).
+PER_FIELD = {
+    "trail_rate": 6.0,
+    "ghost_rate": 4.0,
+    "ghosts_on_stars": 4.0,
+    "trails_on_variables": 2.5,
 }
 
 
@@ -77,24 +79,29 @@ class HeldoutField:
 
 def draw_fields(n: int, epochs: Sequence[int] = (8, 20)) -> list[tuple[int, int]]:
     """``n`` fields as (seed, epochs): seeds drawn at random, epoch counts in
-    turn from ``epochs``; or those of ``SKYDM_COADD_SEEDS``.
-
-    ``SKYDM_COADD_SEEDS`` lists seeds, comma-separated, each optionally with
-    its epoch count (``123:20,456:8``; without one, the counts alternate).
-    """
+    turn from ``epochs``; or those of ``SKYDM_COADD_SEEDS``
+    (:func:`parse_fields`)."""
     given = os.environ.get(SEEDS_ENV, "").strip()
-    if not given:
-        # Above the tuning seeds (1-5) and anything a test fixes.
-        seeds = [1000 + secrets.randbelow(2**31 - 1000) for _ in range(n)]
-        return [(seed, epochs[i % len(epochs)]) for i, seed in enumerate(seeds)]
+    if given:
+        return parse_fields(given, epochs, source=SEEDS_ENV)
+    # Above the tuning seeds (1-5) and anything a test fixes.
+    seeds = [1000 + secrets.randbelow(2**31 - 1000) for _ in range(n)]
+    return [(seed, epochs[i % len(epochs)]) for i, seed in enumerate(seeds)]
+
+
+def parse_fields(
+    text: str, epochs: Sequence[int] = (8, 20), *, source: str = "--fields"
+) -> list[tuple[int, int]]:
+    """Fields from ``seed[:epochs],...`` (without a count, the counts of
+    ``epochs`` alternate); a bad entry exits with one line naming ``source``."""
     out = []
-    for i, part in enumerate(p.strip() for p in given.split(",") if p.strip()):
+    for i, part in enumerate(p.strip() for p in text.split(",") if p.strip()):
         seed, _, count = part.partition(":")
         try:
             out.append((int(seed), int(count) if count else epochs[i % len(epochs)]))
         except ValueError:
             raise SystemExit(
-                f"{SEEDS_ENV}={given!r}: bad field {part!r}; give seeds or seed:epochs, "
+                f"{source}={text!r}: bad field {part!r}; give seeds or seed:epochs, "
                 "comma-separated, e.g. 123:20,456:8"
             ) from None
     return out
@@ -121,7 +128,7 @@ def heldout_config(seed: int, epochs: int, *, side: int = SIDE) -> SurveyConfig:
         shape=(side, side),
         n_visits=epochs,
         raw_dtype="float32",  # integer raws would round raw and clean differently
-        n_variables=10,  # so that some are clear of every artefact
+        n_variables=16,  # so that some are clear of every artefact
         n_galaxies=40,  # fewer than the default 100: galaxies are most of the rendering time
         n_movers=2,  # one fast (trailed), one slow (tens of pixels per visit)
         n_slow_movers=2,  # one overlapping (< 1 FWHM per visit), one stepping
@@ -129,7 +136,7 @@ def heldout_config(seed: int, epochs: int, *, side: int = SIDE) -> SurveyConfig:
         night_gaps=(0.8, 4.0),
         dither=float(side * rng.uniform(0.09, 0.14)),
         rotation=float(rng.uniform(0.0, 1.5)),
-        **RATES,
+        **{name: total / epochs for name, total in PER_FIELD.items()},
     )
 
 
@@ -170,24 +177,33 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one JSON line of metrics per field and method."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", default="", help="comma-separated seeds (default: 5 at random)")
-    p.add_argument("--epochs", default="8,20", help="epoch counts, each run on every seed")
+    p.add_argument(
+        "--fields",
+        default="",
+        help=f"seed[:epochs],... (default: {SEEDS_ENV}, else 10 drawn at random)",
+    )
     p.add_argument("--side", type=int, default=SIDE, help=f"image side, pixels ({SIDE})")
-    p.add_argument("--swarp", action="store_true", help="score SWarp CLIPPED too")
+    p.add_argument(
+        "--methods", default="compare", help="compare and/or swarp, comma-separated (compare)"
+    )
     args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",") if s] or [s for s, _ in draw_fields(5)]
-    for seed in seeds:
-        for epochs in (int(e) for e in args.epochs.split(",")):
-            field = simulate_field(seed, epochs, side=args.side)
-            methods: dict[str, Any] = {"compare": compare_warp}
-            if args.swarp:
-                from coadd_harness.swarp import run_swarp
+    fields = parse_fields(args.fields) if args.fields else draw_fields(10)
+    methods: dict[str, Any] = {}
+    for name in args.methods.split(","):
+        if name == "compare":
+            methods[name] = compare_warp
+        elif name == "swarp":
+            from coadd_harness.swarp import run_swarp
 
-                methods["swarp_clipped"] = lambda w, wt: run_swarp(w, weights=wt)[0]
-            for name, coadder in methods.items():
-                out = summary(score(field.sim, coadder))
-                line = {"seed": seed, "epochs": epochs, "method": name, **out}
-                print(json.dumps(line), flush=True)
+            methods["swarp_clipped"] = lambda w, wt: run_swarp(w, weights=wt)[0]
+        else:
+            p.error(f"--methods: unknown method {name!r}; give compare and/or swarp")
+    for seed, epochs in fields:
+        field = simulate_field(seed, epochs, side=args.side)
+        for name, coadder in methods.items():
+            out = summary(score(field.sim, coadder))
+            line = {"label": field.label, "method": name, **out}
+            print(json.dumps(line), flush=True)
     return 0
 
 

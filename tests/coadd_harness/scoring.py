@@ -282,7 +282,7 @@ def variable_flux_ratios(coadd: Exposure, ideal: Exposure, truth: Table) -> np.n
     return np.asarray(f / f_ideal)
 
 
-def variables_clear(sim: SimWarps, *, radius: int = 8) -> np.ndarray:
+def variables_clear(sim: SimWarps, *, radius: int = 4) -> np.ndarray:
     """Per variable star of ``sim.truth`` (in order), whether no artefact
     footprint of any epoch comes within ``radius`` pixels of it.
 
