@@ -14,20 +14,22 @@ fields in ten and at most 0.05 on all; noise within 1.02 of the weighted
 mean; median star bias within 0.02 sigma; variables clear of artefacts
 within 1% of their flux; no 5-sigma detection that the plain weighted mean
 of the artefact-free warps lacks.  The fields are scored in two worker
-processes (about three minutes on two cores).
+processes (about three minutes on two cores); with ``SKYDM_COADD_SWARP=1``
+SWarp CLIPPED is scored on the same warps too and printed beside it.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
 import pytest
 
-from coadd_harness.fields import SEEDS_ENV, draw_fields, score_field
+from coadd_harness.fields import SEEDS_ENV, draw_fields, field_label, score_field
 from skydm.sim import FOOTPRINT_CLASSES
 
 N_FIELDS = 10
@@ -42,20 +44,43 @@ Results = list[dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
-def results() -> Results:
+def all_results() -> Results:
     fields = draw_fields(N_FIELDS, EPOCHS)
+    # SWarp CLIPPED on the same warps, for context (not asserted).
+    swarp = os.environ.get("SKYDM_COADD_SWARP", "") == "1"
     # Spawned workers: no state forked from pytest's process.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        futures = [pool.submit(score_field, seed, epochs) for seed, epochs in fields]
-        out = [f.result() for f in futures]
-    for r in out:  # shown with any failure: the per-field table
-        print(json.dumps(r))
-    return out
+        futures = {
+            pool.submit(score_field, seed, epochs, swarp=swarp): field_label(seed, epochs)
+            for seed, epochs in fields
+        }
+        out = []
+        for done in as_completed(futures):
+            try:
+                r = done.result()
+            except Exception as exc:  # the simulation itself failed
+                r = {"label": futures[done], "error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(r), flush=True)  # shown with any failure: the per-field table
+            out.append(r)
+    order = list(futures.values())
+    return sorted(out, key=lambda r: order.index(r["label"]))
+
+
+@pytest.fixture(scope="module")
+def results(all_results: Results) -> Results:
+    """The fields that CompareWarp coadded (a crash fails the test below)."""
+    return [r for r in all_results if "error" not in r]
 
 
 def _replay(fields: Results) -> str:
     return f"replay with {SEEDS_ENV}={','.join(r['label'] for r in fields)}"
+
+
+def test_every_field_is_coadded(all_results: Results) -> None:
+    bad = [r for r in all_results if "error" in r]
+    errors = {r["label"]: r["error"] for r in bad}
+    assert not bad, f"CompareWarp failed: {errors}; {_replay(bad)}"
 
 
 def test_every_class_is_on_most_fields(results: Results) -> None:

@@ -112,12 +112,30 @@ def field_label(seed: int, epochs: int) -> str:
     return f"{seed}:{epochs}"
 
 
-def score_field(seed: int, epochs: int, *, side: int = SIDE) -> dict[str, Any]:
+def score_field(seed: int, epochs: int, *, side: int = SIDE, swarp: bool = False) -> dict[str, Any]:
     """Simulate one held-out field and score CompareWarp on it (numbers only,
-    so that it can run in a worker process)."""
+    so that it can run in a worker process).
+
+    A method that fails is reported, not raised: ``error`` holds its message,
+    so that the other fields' results survive and the failing field is named.
+    With ``swarp``, SWarp CLIPPED's metrics on the same warps are under
+    ``swarp`` (or its failure under ``swarp_error``).
+    """
+    label = field_label(seed, epochs)
+    head: dict[str, Any] = {"seed": seed, "epochs": epochs, "label": label}
     field = simulate_field(seed, epochs, side=side)
-    out = summary(score(field.sim, compare_warp))
-    return {"seed": seed, "epochs": epochs, "label": field_label(seed, epochs), **out}
+    try:
+        out = {**head, **summary(score(field.sim, compare_warp))}
+    except Exception as exc:  # a crash of the method under test is a result
+        out = {**head, "error": f"{type(exc).__name__}: {exc}"}
+    if swarp:
+        from coadd_harness.swarp import run_swarp
+
+        try:
+            out["swarp"] = summary(score(field.sim, lambda w, wt: run_swarp(w, weights=wt)[0]))
+        except Exception as exc:
+            out["swarp_error"] = f"{type(exc).__name__}: {exc}"
+    return out
 
 
 def heldout_config(seed: int, epochs: int, *, side: int = SIDE) -> SurveyConfig:
