@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.table import Table
 
 from skydm.errors import BadValueError
 from skydm.sim import FOOTPRINT_CLASSES, SurveyConfig, simulate_survey
@@ -200,3 +202,33 @@ def test_every_footprint_class_has_truth_rows_and_the_reverse(survey: Survey) ->
 def test_new_fields_are_validated(name: str, value: object) -> None:
     with pytest.raises(BadValueError, match=name):
         SurveyConfig(**{name: value})  # type: ignore[arg-type]
+
+
+def test_sim_command_makes_the_new_classes_and_names_a_bad_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skydm.cli.main import main
+
+    out = tmp_path / "survey"
+    argv = ["sim", "--out", str(out), "--seed", "4", "--visits", "3", "--size", "96"]
+    argv += ["--stars", "30", "--galaxies", "2", "--variables", "2", "--movers", "0", "-q"]
+    argv += ["--slow-movers", "2", "--trails-on-variables", "2", "--ghosts-on-stars", "2"]
+    argv += ["--visits-per-night", "1", "--night-gaps", "2,2"]
+    assert main(argv) == 0
+    visits = Table.read(out / "visits.ecsv")
+    assert np.allclose(np.diff(visits["mjd"]), 2.0)
+    classes = set()
+    for v in visits["visit"]:
+        cls = Table.read(out / "truth" / f"visit_{v:06d}.ecsv")["cls"]
+        classes |= {str(c) for c in np.ma.filled(cls, "")}
+    assert classes >= {
+        "asteroids_overlapping",
+        "asteroids_stepping",
+        "satellite_trails_on_variables",
+        "ghosts_on_stars",
+    }
+    capsys.readouterr()
+    bad = ["sim", "--out", str(tmp_path / "b"), "--visits-per-night", "0"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--visits-per-night 0" in err[0], err
