@@ -32,6 +32,10 @@ import pytest
 from coadd_harness.fields import SEEDS_ENV, draw_fields, field_label, score_field
 from skydm.sim import FOOTPRINT_CLASSES
 
+#: The whole module is one computation (the fixture): about three minutes on
+#: two idle cores, but a shared machine can take several times that.
+pytestmark = pytest.mark.timeout(1800)
+
 N_FIELDS = 10
 EPOCHS = (8, 20)
 
