@@ -19,6 +19,11 @@ OPTIONS = {
     "n_transients": "transients",
     "n_variables": "variables",
     "n_movers": "movers",
+    "n_slow_movers": "slow_movers",
+    "trails_on_variables": "trails_on_variables",
+    "ghosts_on_stars": "ghosts_on_stars",
+    "visits_per_night": "visits_per_night",
+    "night_gaps": "night_gaps",
     "seeing_range": "seeing",
     "psf_kind": "psf",
     "raw_dtype": "dtype",
@@ -86,6 +91,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--transients", type=int, default=3, help="transients per field (3)")
     p.add_argument("--variables", type=int, default=2, help="variable stars per field (2)")
     p.add_argument("--movers", type=int, default=2, help="asteroids per field (2)")
+    p.add_argument(
+        "--slow-movers",
+        type=int,
+        default=0,
+        help="asteroids per field moving under 1 FWHM (overlapping) or 1-3 FWHM per visit (0)",
+    )
+    p.add_argument(
+        "--trails-on-variables",
+        type=float,
+        default=0.0,
+        help="satellite trails across a variable star, mean per exposure (0)",
+    )
+    p.add_argument(
+        "--ghosts-on-stars",
+        type=float,
+        default=0.0,
+        help="filter ghosts around bright stars, mean per exposure (0)",
+    )
+    p.add_argument(
+        "--visits-per-night", type=int, default=2, help="visits of a field per night (2)"
+    )
+    p.add_argument(
+        "--night-gaps",
+        type=_range,
+        default=(1.0, 3.0),
+        help="range of days between observing nights LOW,HIGH (1,3)",
+    )
     p.add_argument(
         "--seeing",
         type=_range,
@@ -159,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
         n_transients=args.transients,
         n_variables=args.variables,
         n_movers=args.movers,
+        n_slow_movers=args.slow_movers,
+        trails_on_variables=args.trails_on_variables,
+        ghosts_on_stars=args.ghosts_on_stars,
+        visits_per_night=args.visits_per_night,
+        night_gaps=args.night_gaps,
         seeing_range=args.seeing,
         psf_kind=args.psf,
         raw_dtype=args.dtype,
