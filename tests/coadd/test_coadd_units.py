@@ -9,11 +9,26 @@ import pytest
 from scipy import ndimage
 
 from skydm.coadd import SkyCell, SkyGrid, WarpStack, assemble_coadd, tan_wcs, warp_exposure
+from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd.assemble import masked_median
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, GaussianPsf, Mask, MoffatPsf, PixelPsf
 
 CELL = SkyCell.centred(150.0, 2.0, (96, 96), 0.2)
+
+
+def outlier_pixels(
+    idx: np.ndarray, dabs: np.ndarray, n: int, **values: float | np.ndarray
+) -> OutlierPixels:
+    """An epoch's outlier pixels at ``idx`` for the rules' tests: ``values``
+    (chi2, msig, peak, msn, alpha, chi2c) default to 0, every epoch in the model."""
+    m = idx.size
+    cols = {
+        k: np.broadcast_to(np.asarray(values.get(k, 0.0), dtype=np.float32), (m,)).copy()
+        for k in ("chi2", "msig", "peak", "msn", "alpha", "chi2c")
+    }
+    model = np.packbits(np.ones((m, n), dtype=bool), axis=1)
+    return OutlierPixels(idx, np.asarray(dabs, dtype=np.float32), model=model, **cols)
 
 
 def _star_image(
@@ -175,13 +190,15 @@ def test_bad_inputs_are_clear_errors_or_documented_results() -> None:
     # A single epoch cannot be compared with anything: CompareWarp returns it as it is.
     one = _warp(np.random.default_rng(3).normal(0, 1, (40, 40)))
     one.image[20, 20] = 1e4
-    coadd = assemble_coadd([one], "compare", cr_threshold=0.0)
+    coadd = assemble_coadd([one], "compare", cosmic_rays__enabled=False)
     assert np.array_equal(coadd.image, one.image)
     empty = _warp(np.zeros((40, 40)), mask=np.full((40, 40), Mask.NO_DATA, np.uint32))
     with pytest.raises(UserError, match="no usable pixel"):
         assemble_coadd([empty], "mean")
-    with pytest.raises(UserError, match="bad CompareWarp option"):
+    with pytest.raises(UserError, match="CompareWarp option"):
         assemble_coadd([one], "compare", nonsense=1.0)
+    with pytest.raises(UserError, match="threshold"):
+        assemble_coadd([one], "compare", detect__threshold=1.0)
 
 
 def test_compare_warp_removes_a_trail_and_cosmic_ray_but_keeps_a_variable_star() -> None:
@@ -228,7 +245,7 @@ def test_transient_merged_with_a_many_epoch_region_is_still_clipped() -> None:
     codes[:, 10:40, 10:40] = 2  # outlier in every epoch: static, never clipped
     codes[3, 25:27, 40:55] = 2  # epoch 3 only, merged with the blob
     cover = np.full(shape, n, dtype=np.uint8)
-    clip = clip_maps(codes, cover, [], CompareWarpConfig(streak_length=0), grow=0)
+    clip = clip_maps(codes, cover, [], CompareWarpConfig().without("trail"), grow=0)
     assert clip[3, 25:27, 40:55].all()
     assert not clip[:, 10:40, 10:40].any()
     assert not np.delete(clip, 3, axis=0).any()
@@ -238,22 +255,21 @@ def test_overlapping_transients_at_shifted_places_are_clipped() -> None:
     """Three epochs' blobs (a slow asteroid, a ghost moving with the dithers)
     overlap so much that most pixels are outliers in three epochs, more than
     the rule allows with eight; their peaks are apart, so each is transient."""
-    from skydm.coadd._cw_rules import Sparse, clip_maps
+    from skydm.coadd._cw_rules import clip_maps
     from skydm.coadd.compare_warp import CompareWarpConfig
 
     n, shape = 8, (40, 60)
     yy, xx = np.indices(shape)
     codes = np.zeros((n, *shape), dtype=np.int8)
-    sparse: Sparse = []
+    sparse = [outlier_pixels(np.zeros(0, dtype=np.int64), np.zeros(0), n) for _ in range(n)]
     for k, cx in enumerate((25.0, 28.0, 31.0)):
         dist = np.hypot(yy - 20.0, xx - cx)
         codes[k][dist <= 8] = 2
         idx = np.flatnonzero(codes[k])
-        dabs = (20 - dist.ravel()[idx]).astype(np.float32)
-        zero = np.zeros(idx.size, dtype=np.float32)
-        sparse.append((k, idx, dabs, zero + 99, zero, zero, zero, zero, zero, zero - 1))
+        sparse[k] = outlier_pixels(idx, 20 - dist.ravel()[idx], n, chi2=99.0)
     cover = np.full(shape, n, dtype=np.uint8)
-    cfg = CompareWarpConfig(streak_length=0)
+    # The epochs are far apart in time, so that the three make no track.
+    cfg = CompareWarpConfig().without("trail").without("mover")
     plain = clip_maps(codes, cover, sparse, cfg, grow=0)
     # By the pixel counts alone the middle one stays (but for its edges).
     assert not plain[1][codes[1] > 0].all()
@@ -345,20 +361,28 @@ def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
     """A slow asteroid merged with a brightening source's footprint (kept whole
     as a flux change) is clipped around its own peak; the variable is not, and
     a footprint without a second peak gives nothing."""
-    from skydm.coadd._cw_footprints import _Context, _Labels, _outliers
-    from skydm.coadd._cw_rules import _off_core_pixels, _peaks
+    from skydm.coadd._cw_footprints import _Labels
+    from skydm.coadd._cw_rules import OffCore, RuleContext, _epoch
     from skydm.coadd.compare_warp import CompareWarpConfig
 
     cfg = CompareWarpConfig()
+    rule = OffCore(cfg.rules.off_core, cfg.rules.variable)
 
-    def _off_core(lab, labels, k, sparse, count, limit, cfg, fwhm):  # type: ignore[no-untyped-def]
+    def _off_core(lab, labels, k, pixels, count, limit, cfg, fwhm):  # type: ignore[no-untyped-def]
         # The rule on a dense label map, as a boolean map.
         out = np.zeros(lab.size, dtype=bool)
         pix = np.flatnonzero(lab)
         fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
-        outl = _outliers(sparse, k)
-        ctx = _Context(cfg, 1, fwhm, None, lab.shape[1], count.ravel(), count.ravel(), None)
-        out[_off_core_pixels(fp, labels, _peaks(fp, outl)[0], outl, limit, ctx)] = True
+        ep = _epoch(k, fp, lab.astype(np.int8) * 2, pixels, count.ravel(), 1, cfg.rules.fraction)
+        ep.limit = limit
+        det = cfg.detect
+        ctx = RuleContext(
+            1, fwhm, lab.shape[1], count.ravel(), count.ravel(), det.threshold,
+            det.grow_threshold, [ep], np.zeros(1),
+        )  # fmt: skip
+        protected = np.zeros(fp.n, dtype=bool)
+        protected[labels - 1] = True
+        out[fp.pix[rule.select(ep, ctx, protected)]] = True
         return out.reshape(lab.shape)
 
     yy, xx = np.indices((40, 40))
@@ -366,14 +390,13 @@ def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
     ast = 20 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / (2 * 1.5**2))
     for with_asteroid in (True, False):
         sig = (var + ast * with_asteroid).astype(np.float32)
-        lab = (sig > cfg.grow_threshold).astype(np.int32)
+        lab = (sig > cfg.detect.grow_threshold).astype(np.int32)
         idx = np.flatnonzero(lab)
         # The variable's pixels fit the model (chi2 1), the asteroid's do not.
         chi2 = np.where(ast.ravel()[idx] > var.ravel()[idx], 50.0, 1.0).astype(np.float32)
-        ones = np.ones(idx.size, dtype=np.float32)
-        sparse = [(0, idx, sig.ravel()[idx], chi2, 20 * ones, ones, ones, ones, ones, -ones)]
+        pixels = outlier_pixels(idx, sig.ravel()[idx], 1, chi2=chi2, msig=20.0, peak=1.0)
         count = lab.astype(np.uint8)
-        out = _off_core(lab, np.array([1]), 0, sparse, count, np.array([2.0]), cfg, 2.5)
+        out = _off_core(lab, np.array([1]), 0, pixels, count, np.array([2.0]), cfg, 2.5)
         if not with_asteroid:
             assert not out.any()
             continue
@@ -386,6 +409,7 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     the replacement holds the other epochs' fainter star unless restored to the
     flux of the same night's other visit."""
     from skydm.coadd._cw_pixels import imputation_coefficients
+    from skydm.coadd._cw_config import RestoreConfig
     from skydm.coadd._cw_restore import Restore, restore_targets
 
     rng = np.random.default_rng(3)
@@ -415,12 +439,16 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     plain = coadd_flux([])
     assert plain < truth * 0.85  # epoch 0's bright star was replaced by fainter ones
     items = [Restore(0, cy, cx, alpha=0.0)]
-    targets = restore_targets(items, 0, img, var, kept, clipped, weights, psfs, times=times)
+    targets = restore_targets(
+        items, 0, img, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
+    )
     assert len(targets) == 1 and abs(targets[0].target - 9000.0) < 150
     assert abs(coadd_flux(targets) - truth) < 0.01 * truth
     # A constant star is left alone: nothing to restore.
     flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)
-    assert restore_targets(items, 0, flat, var, kept, clipped, weights, psfs, times=times) == []
+    assert restore_targets(
+        items, 0, flat, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
+    ) == []
 
 
 def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:
@@ -605,7 +633,7 @@ def test_clip_halo_takes_a_diffuse_ghosts_wings_and_spares_trails() -> None:
     codes = (z >= 2.5).astype(np.int8) + (z >= 5.0) - (z <= -2.5).astype(np.int8) - (z <= -5.0)
     cover = np.full((side, side), n, dtype=np.uint8)
     args = dict(grow=fwhm, fwhm=fwhm)
-    plain = clip_maps(codes, cover, [], CompareWarpConfig(halo_size=0.0), **args)
+    plain = clip_maps(codes, cover, [], CompareWarpConfig().without("halo"), **args)
     halo = clip_maps(codes, cover, [], CompareWarpConfig(), **args)
     light = blob.sum()
     after = (blob * halo[0]).sum() / light

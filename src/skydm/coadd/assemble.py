@@ -222,7 +222,8 @@ def assemble_coadd(
         Reports rows done.
     **options
         Passed to the method (e.g. ``nsigma`` for "clipped"; see
-        :class:`~skydm.coadd.compare_warp.CompareWarpConfig` for "compare").
+        :meth:`~skydm.coadd.compare_warp.CompareWarpConfig.from_options` for
+        "compare", e.g. ``detect__threshold=6``).
 
     Returns
     -------
@@ -243,10 +244,7 @@ def assemble_coadd(
         if method == "compare":
             from skydm.coadd.compare_warp import CompareWarpConfig, compare_warp
 
-            try:
-                config = CompareWarpConfig(**options)  # type: ignore[arg-type]
-            except TypeError as exc:
-                raise UserError(f"bad CompareWarp option: {exc}") from exc
+            config = CompareWarpConfig.from_options(**options)
             return compare_warp(stack, config=config, chunk_rows=chunk_rows, progress=progress)
         return assemble_simple(
             stack, method, chunk_rows=chunk_rows, bar=progress, nsigma=options.get("nsigma", 3.0)
