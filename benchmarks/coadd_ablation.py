@@ -67,9 +67,7 @@ def main() -> None:
         for name in names:
             cfg = CompareWarpConfig() if name == "none" else CompareWarpConfig().without(name)
             start = time.perf_counter()
-            res = score(
-                sim, lambda w, wt, c=cfg: compare_warp(WarpStack(w, weights=wt), config=c)
-            )
+            res = score(sim, lambda w, wt, c=cfg: compare_warp(WarpStack(w, weights=wt), config=c))
             var = variable_flux_ratios(res["coadd_clean"], res["ref_clean"], sim.truth)
             worst = max(res["leakage"], key=res["leakage"].get)
             rows[name][f] = {

@@ -8,27 +8,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from coadd_harness.outliers import outlier_pixels
 from skydm.coadd import SkyCell, SkyGrid, WarpStack, assemble_coadd, tan_wcs, warp_exposure
-from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd.assemble import masked_median
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, GaussianPsf, Mask, MoffatPsf, PixelPsf
 
 CELL = SkyCell.centred(150.0, 2.0, (96, 96), 0.2)
-
-
-def outlier_pixels(
-    idx: np.ndarray, dabs: np.ndarray, n: int, **values: float | np.ndarray
-) -> OutlierPixels:
-    """An epoch's outlier pixels at ``idx`` for the rules' tests: ``values``
-    (chi2, msig, peak, msn, alpha, chi2c) default to 0, every epoch in the model."""
-    m = idx.size
-    cols = {
-        k: np.broadcast_to(np.asarray(values.get(k, 0.0), dtype=np.float32), (m,)).copy()
-        for k in ("chi2", "msig", "peak", "msn", "alpha", "chi2c")
-    }
-    model = np.packbits(np.ones((m, n), dtype=bool), axis=1)
-    return OutlierPixels(idx, np.asarray(dabs, dtype=np.float32), model=model, **cols)
 
 
 def _star_image(
@@ -408,8 +394,8 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     """Epoch 0 of a variable star (bright that night) is clipped over the star;
     the replacement holds the other epochs' fainter star unless restored to the
     flux of the same night's other visit."""
-    from skydm.coadd._cw_pixels import imputation_coefficients
     from skydm.coadd._cw_config import RestoreConfig
+    from skydm.coadd._cw_pixels import imputation_coefficients
     from skydm.coadd._cw_restore import Restore, restore_targets
 
     rng = np.random.default_rng(3)
@@ -446,9 +432,12 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     assert abs(coadd_flux(targets) - truth) < 0.01 * truth
     # A constant star is left alone: nothing to restore.
     flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)
-    assert restore_targets(
-        items, 0, flat, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
-    ) == []
+    assert (
+        restore_targets(
+            items, 0, flat, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
+        )
+        == []
+    )
 
 
 def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:

@@ -23,7 +23,7 @@ from skydm.coadd._cw_config import RestoreConfig
 from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd._cw_streaks import Streak
-from skydm.coadd.assemble import _coadd_exposure
+from skydm.coadd.combine import _coadd_exposure
 from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
 from skydm.image import Exposure, Mask

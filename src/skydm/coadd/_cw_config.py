@@ -185,28 +185,36 @@ class PieceConfig:
 
 @dataclass(frozen=True)
 class MoverConfig:
-    """Add: footprints of consecutive epochs that overlap and whose peaks move
-    along a straight track in time (slow movers, whatever their speed).
+    """Add: every epoch's pixels along a straight track through time, found from
+    where each epoch is brighter than its time neighbours (slow movers).
 
     Attributes
     ----------
     min_track_fwhm : float
-        The track's length (target FWHM) from which a chain of footprints is
-        a mover and not a variable source (whose peaks stay put).
+        The track's length (target FWHM) from which a chain is a mover and
+        not a variable source (whose blob stays put).
     max_scatter_fwhm : float
-        Largest rms distance (target FWHM) of the peaks from the fitted
-        straight track.
+        Largest rms distance (target FWHM) of the chain's centroids from
+        the fitted straight track.
     min_epochs : int
-        Fewest epochs in a track.
+        Fewest epochs in a chain.
+    link_fwhm : float
+        Largest distance (target FWHM) between the centroids of footprints
+        of epochs next in time for them to be chained.
+    radius_fwhm : float
+        Radius (target FWHM) clipped about the track's position in every
+        epoch, beyond the chain's largest footprint radius.
     """
 
     enabled: bool = True
     min_track_fwhm: float = 1.0
-    max_scatter_fwhm: float = 0.35
+    max_scatter_fwhm: float = 0.5
     min_epochs: int = 3
+    link_fwhm: float = 2.0
+    radius_fwhm: float = 1.0
 
     def __post_init__(self) -> None:
-        _at_least(self, ("min_track_fwhm", "max_scatter_fwhm"))
+        _at_least(self, ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm"))
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
             raise BadValueError("min_epochs", self.min_epochs, "an integer >= 2")
 
@@ -447,5 +455,7 @@ class CompareWarpConfig:
             try:
                 out = out._replace(parts[:-1], **{parts[-1]: value})
             except (AttributeError, TypeError) as exc:
-                raise BadValueError("CompareWarp option", key, "stage__field, e.g. detect__threshold") from exc
+                raise BadValueError(
+                    "CompareWarp option", key, "stage__field, e.g. detect__threshold"
+                ) from exc
         return out

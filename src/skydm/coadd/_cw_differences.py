@@ -10,16 +10,17 @@ the cell-wide maps in band order (:meth:`BandDiff.merge_into`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from skydm.coadd._cw_config import CompareWarpConfig
+from skydm.coadd._cw_config import CompareWarpConfig, DetectConfig
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_lines import LineAccumulator, column_sums
-from skydm.coadd.assemble import clip_outliers
+from skydm.coadd.combine import clip_outliers
 
 
 def match_planes(
@@ -77,6 +78,10 @@ MIN_NOISE_SAMPLE = 100
 #: Robust rms rescalings outside this range mean a broken sample, not
 #: miscalibrated variance: ignored.
 NOISE_SCALE_RANGE = (0.2, 5.0)
+#: Share of the PSF-mismatch term in the noise of the time differences:
+#: residuals of static sources stay put and make no track, so a small
+#: share suffices, and a larger one hides slow movers' weak dipoles.
+TIME_SYSTEMATIC = 0.1
 #: Robust sigma of a Gaussian from its median absolute deviation.
 MAD_TO_SIGMA = 1.4826
 
@@ -102,6 +107,9 @@ class BandOutliers:
     static, peaks : numpy.ndarray or None
         Bright static sources (spared by line strips) and the model's local
         maxima (candidates for restoring variables).
+    tcodes : numpy.ndarray or None
+        ``(n, rows, columns)`` int8 codes of the time-neighbour differences
+        (:func:`time_codes`), for the mover rule.
     """
 
     row0: int
@@ -111,12 +119,15 @@ class BandOutliers:
     line_sums: list[tuple[np.ndarray, np.ndarray]] | None
     static: np.ndarray | None
     peaks: np.ndarray | None
+    tcodes: np.ndarray | None = None
 
     def merge_into(self, maps: OutlierMaps) -> None:
         """Write the band into the cell-wide maps (in band order: the line
         accumulators' blocks straddle bands)."""
         rb = slice(self.row0, self.row0 + self.codes.shape[1])
         maps.codes[:, rb] = self.codes
+        if maps.tcodes is not None and self.tcodes is not None:
+            maps.tcodes[:, rb] = self.tcodes
         maps.cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
         if maps.lines is not None and self.line_sums is not None:
             for acc, (zc, nc) in zip(maps.lines, self.line_sums, strict=True):
@@ -139,9 +150,17 @@ class OutlierMaps:
     peaks: np.ndarray
     lines: list[LineAccumulator] | None
     parts: list[list[OutlierPixels]]
+    tcodes: np.ndarray | None
 
     @classmethod
-    def empty(cls, n: int, shape: tuple[int, int], lines: list[LineAccumulator] | None) -> OutlierMaps:
+    def empty(
+        cls,
+        n: int,
+        shape: tuple[int, int],
+        lines: list[LineAccumulator] | None,
+        *,
+        movers: bool,
+    ) -> OutlierMaps:
         """Maps of ``n`` epochs on a binned grid of ``shape``, to be filled band by band."""
         return cls(
             np.zeros((n, *shape), dtype=np.int8),
@@ -150,6 +169,7 @@ class OutlierMaps:
             np.zeros(shape, dtype=bool),
             lines,
             [[] for _ in range(n)],
+            np.zeros((n, *shape), dtype=np.int8) if movers else None,
         )
 
     def pixels(self) -> list[OutlierPixels]:
@@ -158,9 +178,9 @@ class OutlierMaps:
         return [OutlierPixels.concatenate(p, n) for p in self.parts]
 
 
-def tile_scales(sig: np.ndarray, ok: np.ndarray, row0: int, tile: int) -> np.ndarray:
-    """Per row of ``sig`` (binned rows from ``row0``, whole tiles of ``tile`` rows
-    from a tile boundary), the robust rms of the significance over its tile.
+def tile_scales(sig: np.ndarray, ok: np.ndarray, tile: int) -> np.ndarray:
+    """Per row of ``sig`` (binned rows of whole tiles of ``tile`` rows from a
+    tile boundary), the robust rms of the significance over its tile.
 
     The sample is every third row and column of the tile from its first, so
     that it does not depend on how rows are grouped into bands.
@@ -190,12 +210,14 @@ def band_differences(
     fw: int,
     *,
     lines: bool,
+    order: np.ndarray | None = None,
 ) -> BandOutliers:
     """Leave-one-out differences of a band (binned rows from ``row0``, its core
     ``core`` of the band's rows, whole noise tiles): outlier codes, coverage,
     the line search's block sums and bright static sources (with ``lines``),
-    the model's peaks (with ``cfg.restore.enabled``) and each epoch's
-    outlier pixels with their local fits."""
+    the model's peaks (with ``cfg.restore.enabled``), each epoch's outlier
+    pixels with their local fits and, with ``order`` (the epochs in time
+    order), the codes of the time-neighbour differences."""
     det = cfg.detect
     n = matched.shape[0]
     keep = clip_outliers(
@@ -241,6 +263,10 @@ def band_differences(
         # line sums (a row of stars makes a line); the sums leave them out.
         near = ndimage.maximum_filter(model_sn, size=fw)[core] > np.float32(cfg.rules.line.source)
         quiet = ~near
+    if order is not None:
+        out.tcodes = time_codes(
+            matched[:, core], mvar[:, core], ok[:, core], sys2[lo:hi], order, det
+        )
     s_e, w_e, v_e = s_all[ext], w_all[ext], v_all[ext]
     for k in range(n):
         wkc = wk[k, ext]
@@ -259,7 +285,7 @@ def band_differences(
         noise = np.sqrt(mvar[k, ext] + v_o + sys2)
         raw = np.where(oke, (mk - others) / np.maximum(noise, np.float32(1e-12)), 0.0)
         okc = oke[lo:hi]
-        scale = tile_scales(raw[lo:hi], okc, row0, det.noise_tile)
+        scale = tile_scales(raw[lo:hi], okc, det.noise_tile)
         sig = raw[lo:hi] / scale[:, None]
         code = (sig > det.grow_threshold).astype(np.int8)
         code += sig > det.threshold
@@ -274,10 +300,51 @@ def band_differences(
         flagged = np.flatnonzero(code)
         out.pixels.append(
             _local_fits(
-                flagged, sig, raw, oke, others, noise, scale, keep[:, ext][:, lo:hi], lo, fw,
+                flagged,
+                sig,
+                raw,
+                oke,
+                others,
+                noise,
+                scale,
+                keep[:, ext][:, lo:hi],
+                lo,
+                fw,
                 row0 * cols,
-            )  # fmt: skip
+            )
         )
+    return out
+
+
+def time_codes(
+    matched: np.ndarray,
+    mvar: np.ndarray,
+    ok: np.ndarray,
+    sys2: np.ndarray,
+    order: np.ndarray,
+    det: DetectConfig,
+) -> np.ndarray:
+    """Codes of where each epoch is brighter than the epoch before it in time.
+
+    A mover slower than a PSF per epoch overlaps itself from epoch to epoch,
+    so the static-sky model holds its light and the leave-one-out
+    differences hardly see it; but the difference of an epoch and the one
+    before it is a dipole whose positive lobe, the mover's leading edge,
+    grows with its speed and moves with it.  The significance of
+    ``m_k - m_prev`` (PSF-matched, noise from both variances plus the
+    systematic term, rescaled to unit robust rms per noise tile) is
+    thresholded as the outliers are (2: above ``threshold``, 1: above
+    ``grow_threshold``); the first epoch in time gets none.  Static sources
+    cancel; a brightening source gives a blob that stays put, a mover one
+    that moves (:class:`skydm.coadd._cw_rules.Mover`).
+    """
+    out = np.zeros(matched.shape, dtype=np.int8)
+    for prev, k in itertools.pairwise(order):
+        both = ok[k] & ok[prev]
+        noise = np.sqrt(mvar[k] + mvar[prev] + TIME_SYSTEMATIC * sys2)
+        d = np.where(both, (matched[k] - matched[prev]) / np.maximum(noise, np.float32(1e-12)), 0)
+        d = d / tile_scales(d, both, det.noise_tile)[:, None]
+        out[k] = (d > det.grow_threshold).astype(np.int8) + (d > det.threshold)
     return out
 
 

@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+
 @dataclass
 class OutlierPixels:
     """One epoch's outlier pixels (binned grid), with the local fit of the
@@ -60,14 +61,13 @@ class OutlierPixels:
     @classmethod
     def concatenate(cls, parts: list[OutlierPixels], n_epochs: int) -> OutlierPixels:
         """The parts (bands in order) as one."""
-        if not parts:
-            empty = np.zeros(0, dtype=np.float32)
-            return cls(
-                np.zeros(0, dtype=np.int64), *([empty] * 7),
-                np.zeros((0, -(-n_epochs // 8)), dtype=np.uint8),
-            )  # fmt: skip
         names = [f.name for f in fields(cls)]
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in names))
+        if not parts:
+            out = {k: np.zeros(0, dtype=np.float32) for k in names}
+            out["idx"] = np.zeros(0, dtype=np.int64)
+            out["model"] = np.zeros((0, -(-n_epochs // 8)), dtype=np.uint8)
+            return cls(**out)
+        return cls(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
 
 
 class _Labels(NamedTuple):

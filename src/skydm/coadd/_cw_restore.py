@@ -265,8 +265,9 @@ def restore_targets(
         target = (1.0 + it.alpha) * f_ref
         if times is not None and math.isfinite(times[it.k]):
             # The light curve at epoch k's time: the epochs taken within
-            # ``same_time_days`` of it (the same night) measure it better than the fit, which the artefact's own
-            # light under the source biases.
+            # ``same_time_days`` of it (the same night) measure it better
+            # than the fit, which the artefact's own light under the source
+            # biases.
             # A partner clipped there too is measured on all its pixels; an
             # artefact only adds light, so of the partner's flux and epoch
             # k's own (on all its pixels) the smaller is the less touched.

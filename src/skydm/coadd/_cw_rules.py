@@ -8,13 +8,14 @@ independent of the order of its rules:
    selects it and no *veto* rule protects it:
    ``clip = any(add rules) and not any(veto rules)``.
    Adds: :class:`Fraction` (DMTN-080's temporal rule), :class:`SamePlace`
-   (few epochs peak there), :class:`Mover` (a consistent track through
-   time, whatever its speed).  Veto: :class:`Variable` (a flux change of a
+   (few epochs peak there).  Veto: :class:`Variable` (a flux change of a
    static source).
 2. **Parts of footprints not clipped whole.**  :class:`Pieces` adds the
    seeded few-epoch pieces of unprotected footprints merged with
    many-epoch regions; :class:`OffCore` adds a transient's own part of a
-   protected (variable) footprint.  Their pixels are unioned.
+   protected (variable) footprint; :class:`Mover` adds every epoch's
+   pixels along a straight track through time, whatever its speed.  Their
+   pixels are unioned.
 3. **Extensions of what is clipped.**  Growth by ``detect.grow_fwhm``;
    :class:`Trail` strips along long thin footprints; :class:`Halo` the faint
    wings of large round footprints; :class:`Line` (in
@@ -29,6 +30,7 @@ outlier epoch is allowed from two epochs on).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -184,87 +186,6 @@ class SamePlace(FootprintRule):
 
 
 @dataclass
-class Mover(FootprintRule):
-    """Add: a chain of footprints of consecutive epochs (in time) that overlap,
-    whose peaks move along a straight track at a steady rate.
-
-    A mover slower than a PSF per epoch overlaps itself from epoch to epoch,
-    so each pixel is an outlier in more epochs than :class:`Fraction`
-    allows; its peaks still move, by a length ``v dt`` that grows with the
-    time between epochs, while a variable source's stay put.  Each chain of
-    at least ``min_epochs`` epochs is fitted by ``p(t) = p0 + v t``; it is a
-    mover when the track is at least ``min_track_fwhm`` long and its peaks
-    scatter about it by at most ``max_scatter_fwhm`` rms.
-    """
-
-    config: MoverConfig
-    _movers: set[tuple[int, int]] | None = None
-
-    def prepare(self, ctx: RuleContext) -> None:
-        self._movers = set()
-        if ctx.sign < 0 or ctx.fwhm <= 0 or len(ctx.epochs) < self.config.min_epochs:
-            return
-        order = np.argsort(ctx.times, kind="stable")
-        # Nodes: (epoch, label) of every footprint with a peak; edges: the
-        # overlaps of footprints of epochs next in time.
-        base = np.cumsum([0] + [e.fp.n for e in ctx.epochs])
-        parent = np.arange(int(base[-1]))
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = int(parent[a])
-            return a
-
-        for a, b in zip(order[:-1], order[1:], strict=True):
-            ea, eb = ctx.epochs[a], ctx.epochs[b]
-            if ea.fp.n == 0 or eb.fp.n == 0:
-                continue
-            lb = _label_at(eb.fp, ea.fp.pix)
-            on = lb > 0
-            pairs = np.unique(np.stack([ea.fp.lab[on], lb[on]]), axis=1)
-            for la, lbb in pairs.T:
-                ra, rb = find(int(base[a] + la - 1)), find(int(base[b] + lbb - 1))
-                if ra != rb:
-                    parent[rb] = ra
-        roots = np.array([find(i) for i in range(parent.size)], dtype=np.int64)
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for k, e in enumerate(ctx.epochs):
-            for lab in range(1, e.fp.n + 1):
-                if e.tops[lab - 1] >= 0:
-                    groups.setdefault(int(roots[base[k] + lab - 1]), []).append((k, lab))
-        for members in groups.values():
-            if len({k for k, _ in members}) >= self.config.min_epochs and self._is_track(
-                members, ctx
-            ):
-                self._movers.update(members)
-
-    def _is_track(self, members: list[tuple[int, int]], ctx: RuleContext) -> bool:
-        t = np.array([ctx.times[k] for k, _ in members], dtype=np.float64)
-        top = np.array([ctx.epochs[k].tops[lab - 1] for k, lab in members])
-        y, x = np.divmod(top, ctx.width)
-        if np.ptp(t) <= 0:
-            return False
-        a = np.vstack([np.ones_like(t), t - t.mean()]).T
-        coef, *_ = np.linalg.lstsq(a, np.vstack([y, x]).T.astype(np.float64), rcond=None)
-        speed = float(np.hypot(*coef[1]))
-        resid = np.vstack([y, x]).T - a @ coef
-        scatter = float(np.sqrt(np.mean(np.sum(resid * resid, axis=1))))
-        length = speed * float(np.ptp(t))
-        return (
-            length >= self.config.min_track_fwhm * ctx.fwhm
-            and scatter <= self.config.max_scatter_fwhm * ctx.fwhm
-        )
-
-    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
-        out = np.zeros(ep.fp.n, dtype=bool)
-        for k, lab in self._movers or ():
-            if k == ep.k:
-                out[lab - 1] = True
-        return out
-
-
-@dataclass
 class Variable(FootprintRule):
     """Veto: the footprint looks like a flux change of a static source.
 
@@ -352,6 +273,123 @@ class OffCore:
 
 
 @dataclass
+class Mover:
+    """Add (stage 2): every epoch's pixels along a recognised moving track.
+
+    A mover slower than a PSF per epoch overlaps itself from epoch to epoch:
+    each pixel is an outlier in more epochs than :class:`Fraction` allows,
+    and the static-sky model holds much of its light.  Its leading edge is
+    still brighter in each epoch than in the epoch before (the time codes,
+    :func:`skydm.coadd._cw_differences.time_codes`).  Those footprints of
+    epochs next in time whose centroids lie within ``link_fwhm`` are
+    chained; a chain of at least ``min_epochs`` epochs is fitted by a
+    straight track ``p(t) = p0 + v t`` and is a mover when the track is at
+    least ``min_track_fwhm`` long and the centroids scatter about it by at
+    most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
+    residuals and dithered ghosts jump about).  Every epoch taken within the
+    track's time span (and one epoch either side) is then clipped within ``radius_fwhm`` (plus the
+    chain's largest footprint radius and the growth) of its position on the
+    track, whether or not that epoch showed an outlier there.
+    """
+
+    config: MoverConfig
+    role: ClassVar[Literal["add", "veto"]] = "add"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return self.config.enabled
+
+    def tracks(
+        self, tcodes: np.ndarray, times: np.ndarray, fwhm: float
+    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """The movers: per track, its fitted ``(p0, v)`` (rows: y, x; about the
+        mean time), the times it spans, and its footprints' largest radius."""
+        cfg = self.config
+        n = tcodes.shape[0]
+        if fwhm <= 0 or n < cfg.min_epochs:
+            return []
+        width = tcodes.shape[2]
+        nodes: list[tuple[int, float, float, float]] = []  # epoch, y, x, radius
+        per_epoch: list[list[int]] = [[] for _ in range(n)]
+        for k in range(n):
+            fp = _footprints(tcodes[k], 1, 0.0)
+            for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
+                per_epoch[k].append(len(nodes))
+                nodes.append((k, float(ys.mean()), float(xs.mean()), math.sqrt(ys.size / math.pi)))
+        if not nodes:
+            return []
+        parent = list(range(len(nodes)))
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        order = np.argsort(times, kind="stable")
+        link = cfg.link_fwhm * fwhm
+        for a, b in itertools.pairwise(order):
+            for i in per_epoch[a]:
+                for j in per_epoch[b]:
+                    if math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2]) <= link:
+                        parent[find(j)] = find(i)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(nodes)):
+            groups.setdefault(find(i), []).append(i)
+        out = []
+        for members in groups.values():
+            if len({nodes[i][0] for i in members}) < cfg.min_epochs:
+                continue
+            t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
+            pos = np.array([(nodes[i][1], nodes[i][2]) for i in members])
+            span = float(np.ptp(t))
+            if span <= 0:
+                continue
+            tc = t - t.mean()
+            v = (tc @ (pos - pos.mean(axis=0))) / float(tc @ tc)
+            p0 = pos.mean(axis=0)
+            resid = pos - (p0 + tc[:, None] * v)
+            scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
+            if (
+                float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
+                and scatter <= cfg.max_scatter_fwhm * fwhm
+            ):
+                radius = max(nodes[i][3] for i in members)
+                out.append(
+                    (np.vstack([p0 + v * 0, v]), np.array([t.min(), t.max(), t.mean()]), radius)
+                )
+        return out
+
+    def masks(
+        self, tcodes: np.ndarray, cover: np.ndarray, times: np.ndarray, fwhm: float, grow: float
+    ) -> np.ndarray:
+        """``(n, rows, columns)`` the pixels each epoch loses to the movers: those
+        of the epochs within the track's span, widened by one epoch either
+        side in time (the first epoch has no time code; the track's ends
+        fade below the threshold before the mover does)."""
+        n, rows, cols = tcodes.shape
+        out = np.zeros(tcodes.shape, dtype=bool)
+        yy, xx = np.indices((rows, cols))
+        ordered = np.sort(times)
+        for fit, span, radius in self.tracks(tcodes, times, fwhm):
+            r = self.config.radius_fwhm * fwhm + radius + grow
+            i0, i1 = np.searchsorted(ordered, [span[0], span[1]])
+            lo, hi = ordered[max(i0 - 1, 0)], ordered[min(i1 + 1, n - 1)]
+            for k in range(n):
+                if not lo <= times[k] <= hi:
+                    continue
+                cy, cx = fit[0] + (times[k] - span[2]) * fit[1]
+                y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, rows)
+                x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, cols)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+                out[k, y0:y1, x0:x1] |= disk & (cover[y0:y1, x0:x1] > 0)
+        return out
+
+
+@dataclass
 class Trail:
     """Add (stage 3): long thin clipped footprints are segments of straight
     trails; strips along their axes bridge the gaps where a faint trail dips
@@ -386,7 +424,6 @@ def footprint_rules(cfg: CompareWarpConfig) -> list[FootprintRule]:
     rules: list[FootprintRule] = [
         Fraction(r.fraction),
         SamePlace(r.same_place),
-        Mover(r.mover),
         Variable(r.variable),
     ]
     return [rule for rule in rules if rule.enabled]
@@ -401,9 +438,11 @@ def clip_maps(
     grow: float,
     fwhm: float = 0.0,
     times: np.ndarray | None = None,
+    tcodes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-epoch boolean maps of the pixels to clip (binned grid), by the
-    rules of ``cfg`` in their three stages (see the module docs)."""
+    rules of ``cfg`` in their three stages (see the module docs); ``tcodes``
+    are the time-neighbour codes that the :class:`Mover` rule reads."""
     n = codes.shape[0]
     shape = (int(codes.shape[1]), int(codes.shape[2]))
     clip = np.zeros(codes.shape, dtype=bool)
@@ -435,7 +474,9 @@ def clip_maps(
             if ep.fp.n == 0:
                 continue
             none = np.zeros(ep.fp.n, dtype=bool)
-            add = np.logical_or.reduce([r.select(ep, ctx) for r in rules if r.role == "add"] or [none])
+            add = np.logical_or.reduce(
+                [r.select(ep, ctx) for r in rules if r.role == "add"] or [none]
+            )
             veto = np.logical_or.reduce(
                 [r.select(ep, ctx) for r in rules if r.role == "veto"] or [none]
             )
@@ -447,6 +488,9 @@ def clip_maps(
                 chosen[off_core.select(ep, ctx, veto)] = True
             if chosen.any():
                 _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
+    mover = Mover(cfg.rules.mover)
+    if mover.enabled and tcodes is not None:
+        clip |= mover.masks(tcodes, cover, t, fwhm, grow)
     return clip
 
 
@@ -771,5 +815,3 @@ def _strip(
     dist = np.abs(-(xc.astype(np.float32) - cx) * uy + (yc.astype(np.float32) - cy) * ux)
     near = dist <= half
     return yc[near] * cols + xc[near]
-
-

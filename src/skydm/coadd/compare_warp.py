@@ -191,9 +191,7 @@ def plan(stack: WarpStack, cfg: CompareWarpConfig, chunk_rows: int | None) -> Pl
     halo = (math.ceil(HALO_SIGMAS * bsig + HALO_ROWS) + 2 * (fw // 2)) * b
     tile_rows = cfg.detect.noise_tile * b
     scales = (
-        cell_laplacian_scales(stack, tile_rows)
-        if cfg.cosmic_rays.enabled
-        else np.ones(len(stack))
+        cell_laplacian_scales(stack, tile_rows) if cfg.cosmic_rays.enabled else np.ones(len(stack))
     )
     return Plan(
         sigmas=sigmas,
@@ -252,7 +250,9 @@ def detect_outliers(
         if line.enabled
         else None
     )
-    maps = OutlierMaps.empty(n, p.binned, lines)
+    maps = OutlierMaps.empty(n, p.binned, lines, movers=cfg.rules.mover.enabled)
+    times = np.array([float(m.info.mjd) for m in stack.members])
+    order = np.argsort(np.where(np.isfinite(times), times, np.arange(n)), kind="stable")
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     def band(y0: int, y1: int) -> _Band:
@@ -283,8 +283,9 @@ def detect_outliers(
         matched, mvar, ok = match_planes(bi, bv, bc, p.sigmas / b)
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         diff = band_differences(
-            matched, mvar, ok, weights, cfg, core, y0 // b, p.fw, lines=lines is not None
-        )
+            matched, mvar, ok, weights, cfg, core, y0 // b, p.fw,
+            lines=lines is not None, order=order if cfg.rules.mover.enabled else None,
+        )  # fmt: skip
         return _Band(own_hits, diff)
 
     for out in in_order(band, p.chunks, threads=threads):
@@ -364,6 +365,7 @@ def find_clips(
         grow=cfg.detect.grow_fwhm * p.target_fwhm / b,
         fwhm=p.target_fwhm / b,
         times=np.where(np.isfinite(times), times, np.arange(len(times))),
+        tcodes=outliers.maps.tcodes,
     )
     n_lines = faint_lines(outliers, clip, p, cfg, threads=threads)
     # Variable sources under clipped pixels keep their clipped epoch's flux.
