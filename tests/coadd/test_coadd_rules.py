@@ -32,42 +32,45 @@ def _disk_codes(n: int, shape: tuple[int, int], centres: dict[int, tuple[float, 
 
 
 def test_mover_rule_clips_a_slow_overlapping_track_and_not_a_steady_source() -> None:
-    """Ten epochs of a blob moving one pixel per epoch (a fifth of its width):
-    every pixel is an outlier in up to nine epochs, so the fraction rule keeps
-    it; the mover rule clips the whole track.  The same blob standing still
-    (a variable source with a bad fit) is not a mover."""
+    """Ten epochs whose time codes (leading edges) move one pixel per epoch, a
+    fifth of their width: the mover rule clips every epoch along the track,
+    even one without a code there; the same blob standing still (a
+    brightening source) is no mover."""
     n, shape = 10, (40, 80)
     cover = np.full(shape, n, dtype=np.uint8)
-    cfg = CompareWarpConfig().without("trail").without("same_place")
+    cfg = CompareWarpConfig()
     for moving in (True, False):
-        centres = {k: (20.0, 30.0 + (k if moving else 0.0)) for k in range(n)}
-        codes, pixels = _disk_codes(n, shape, centres, 5.0)
-        with_rule = clip_maps(codes, cover, pixels, cfg, grow=0, fwhm=2.5)
-        without = clip_maps(codes, cover, pixels, cfg.without("mover"), grow=0, fwhm=2.5)
-        assert not without[:, 20, 35].any()  # the fraction rule alone keeps the core
+        centres = {k: (20.0, 30.0 + (k if moving else 0.0)) for k in range(n) if k != 4}
+        tcodes, _ = _disk_codes(n, shape, centres, 3.0)
+        codes = np.zeros_like(tcodes)
+        clip = clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes)
         if moving:
             for k in range(n):
-                assert with_rule[k][codes[k] > 0].all()
+                assert clip[k, 20, 30 + k], k
+                assert not clip[k, 20, 30 + k + 5]
         else:
-            assert not with_rule.any()
+            assert not clip.any()
+        off = clip_maps(codes, cover, [], cfg.without("mover"), grow=0, fwhm=2.5, tcodes=tcodes)
+        assert not off.any()
 
 
 def test_mover_rule_needs_a_straight_steady_track() -> None:
-    """Blobs that overlap but jump about at random (ghosts moving with the
-    dithers, or PSF residuals) are no track; a track out of time order (the
-    epochs shuffled in time) is none either."""
+    """Blobs that jump about at random (ghosts moving with the dithers, or PSF
+    residuals) are no track; nor is a track out of time order (the epochs
+    shuffled in time); in time order it is one."""
     n, shape = 8, (40, 60)
     rng = np.random.default_rng(1)
     cover = np.full(shape, n, dtype=np.uint8)
-    cfg = CompareWarpConfig().without("trail").without("same_place").without("fraction")
-    jumps = {k: (20.0 + rng.uniform(-2, 2), 30.0 + rng.uniform(-2, 2)) for k in range(n)}
-    codes, pixels = _disk_codes(n, shape, jumps, 5.0)
-    assert not clip_maps(codes, cover, pixels, cfg, grow=0, fwhm=2.5).any()
-    steady = {k: (20.0, 26.0 + k) for k in range(n)}
-    codes, pixels = _disk_codes(n, shape, steady, 5.0)
+    cfg = CompareWarpConfig()
+    codes = np.zeros((n, *shape), dtype=np.int8)
+    jumps = {k: (20.0 + rng.uniform(-3, 3), 30.0 + rng.uniform(-3, 3)) for k in range(n)}
+    tcodes, _ = _disk_codes(n, shape, jumps, 3.0)
+    assert not clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes).any()
+    steady = {k: (20.0, 26.0 + 1.5 * k) for k in range(n)}
+    tcodes, _ = _disk_codes(n, shape, steady, 3.0)
     times = rng.permutation(n).astype(float)
-    assert not clip_maps(codes, cover, pixels, cfg, grow=0, fwhm=2.5, times=times).any()
-    assert clip_maps(codes, cover, pixels, cfg, grow=0, fwhm=2.5).any()
+    assert not clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, times=times, tcodes=tcodes).any()
+    assert clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes).any()
 
 
 def test_variable_veto_keeps_a_flux_change_centred_on_a_source() -> None:
@@ -148,7 +151,7 @@ def _mover_field(speed_fwhm: float, n: int = 12, seed: int = 7):  # type: ignore
     return art, clean, light
 
 
-@pytest.mark.parametrize("speed", [0.3, 0.6, 1.5])
+@pytest.mark.parametrize("speed", [0.5, 0.8, 1.5])
 def test_slow_and_fast_movers_leak_at_most_two_percent(speed: float) -> None:
     art, clean, light = _mover_field(speed)
     w = WarpStack(clean).weights
@@ -156,6 +159,7 @@ def test_slow_and_fast_movers_leak_at_most_two_percent(speed: float) -> None:
     cc = compare_warp(WarpStack(clean, weights=w))
     leak = float(np.sum(ca.image - cc.image)) / float(light.sum())
     assert leak <= 0.02, f"a mover at {speed} FWHM per epoch leaks {leak:.3f}"
+    assert leak > -0.05, f"a mover at {speed} FWHM per epoch: over-subtracted ({leak:.3f})"
     if speed < 1:
         off = compare_warp(WarpStack(art, weights=w), config=CompareWarpConfig().without("mover"))
-        assert float(np.sum(off.image - cc.image)) / float(light.sum()) > 0.02
+        assert float(np.sum(off.image - cc.image)) / float(light.sum()) > 0.04

@@ -201,9 +201,11 @@ class MoverConfig:
     link_fwhm : float
         Largest distance (target FWHM) between the centroids of footprints
         of epochs next in time for them to be chained.
+    max_skip : int
+        Epochs (in time order) that may lie between two chained ones.
     radius_fwhm : float
         Radius (target FWHM) clipped about the track's position in every
-        epoch, beyond the chain's largest footprint radius.
+        epoch (1.2 FWHM holds 98% of a Gaussian PSF's light).
     """
 
     enabled: bool = True
@@ -211,12 +213,15 @@ class MoverConfig:
     max_scatter_fwhm: float = 0.5
     min_epochs: int = 3
     link_fwhm: float = 2.0
-    radius_fwhm: float = 1.0
+    max_skip: int = 2
+    radius_fwhm: float = 1.2
 
     def __post_init__(self) -> None:
         _at_least(self, ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm"))
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
             raise BadValueError("min_epochs", self.min_epochs, "an integer >= 2")
+        if not (isinstance(self.max_skip, int) and self.max_skip >= 0):
+            raise BadValueError("max_skip", self.max_skip, "an integer >= 0")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ outlier epoch is allowed from two epochs on).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -280,16 +279,17 @@ class Mover:
     each pixel is an outlier in more epochs than :class:`Fraction` allows,
     and the static-sky model holds much of its light.  Its leading edge is
     still brighter in each epoch than in the epoch before (the time codes,
-    :func:`skydm.coadd._cw_differences.time_codes`).  Those footprints of
-    epochs next in time whose centroids lie within ``link_fwhm`` are
-    chained; a chain of at least ``min_epochs`` epochs is fitted by a
+    :func:`skydm.coadd._cw_differences.time_codes`).  Footprints of epochs
+    next in time (up to ``max_skip`` epochs between them, where a slow
+    mover's weak dipole dips below the threshold) whose centroids lie within
+    ``link_fwhm`` are chained; a chain of at least ``min_epochs`` epochs is fitted by a
     straight track ``p(t) = p0 + v t`` and is a mover when the track is at
     least ``min_track_fwhm`` long and the centroids scatter about it by at
     most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
     residuals and dithered ghosts jump about).  Every epoch taken within the
-    track's time span (and one epoch either side) is then clipped within ``radius_fwhm`` (plus the
-    chain's largest footprint radius and the growth) of its position on the
-    track, whether or not that epoch showed an outlier there.
+    track's time span (and one epoch either side) is then clipped within
+    ``radius_fwhm`` of its position on the track, whether or not that epoch
+    showed an outlier there.
     """
 
     config: MoverConfig
@@ -329,11 +329,13 @@ class Mover:
 
         order = np.argsort(times, kind="stable")
         link = cfg.link_fwhm * fwhm
-        for a, b in itertools.pairwise(order):
-            for i in per_epoch[a]:
-                for j in per_epoch[b]:
-                    if math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2]) <= link:
-                        parent[find(j)] = find(i)
+        for pos, a in enumerate(order):
+            for b in order[pos + 1 : pos + 2 + cfg.max_skip]:
+                for i in per_epoch[a]:
+                    for j in per_epoch[b]:
+                        dist = math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2])
+                        if dist <= link:
+                            parent[find(j)] = find(i)
         groups: dict[int, list[int]] = {}
         for i in range(len(nodes)):
             groups.setdefault(find(i), []).append(i)
@@ -361,32 +363,51 @@ class Mover:
                 )
         return out
 
-    def masks(
-        self, tcodes: np.ndarray, cover: np.ndarray, times: np.ndarray, fwhm: float, grow: float
-    ) -> np.ndarray:
-        """``(n, rows, columns)`` the pixels each epoch loses to the movers: those
-        of the epochs within the track's span, widened by one epoch either
-        side in time (the first epoch has no time code; the track's ends
-        fade below the threshold before the mover does)."""
+    def add_to(
+        self,
+        clip: np.ndarray,
+        tcodes: np.ndarray,
+        cover: np.ndarray,
+        times: np.ndarray,
+        fwhm: float,
+    ) -> None:
+        """Clip from each epoch, in ``clip``, the pixels within ``radius_fwhm`` of
+        its position on every track: the epochs within the track's span,
+        widened by one epoch either side in time (the first epoch has no time
+        code; a track's ends fade below the threshold before the mover does).
+
+        A pixel is never taken from every epoch with data there: where it
+        would be, the epoch whose track position is farthest keeps it (a
+        very slow mover covers the middle of its track in every epoch; the
+        coadd keeps its faintest part rather than no data).
+        """
         n, rows, cols = tcodes.shape
-        out = np.zeros(tcodes.shape, dtype=bool)
-        yy, xx = np.indices((rows, cols))
         ordered = np.sort(times)
-        for fit, span, radius in self.tracks(tcodes, times, fwhm):
-            r = self.config.radius_fwhm * fwhm + radius + grow
+        r = self.config.radius_fwhm * fwhm
+        for fit, span, _ in self.tracks(tcodes, times, fwhm):
             i0, i1 = np.searchsorted(ordered, [span[0], span[1]])
             lo, hi = ordered[max(i0 - 1, 0)], ordered[min(i1 + 1, n - 1)]
-            for k in range(n):
-                if not lo <= times[k] <= hi:
-                    continue
-                cy, cx = fit[0] + (times[k] - span[2]) * fit[1]
-                y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, rows)
-                x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, cols)
-                if y0 >= y1 or x0 >= x1:
-                    continue
-                disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
-                out[k, y0:y1, x0:x1] |= disk & (cover[y0:y1, x0:x1] > 0)
-        return out
+            ks = [k for k in range(n) if lo <= times[k] <= hi]
+            centres = np.array([fit[0] + (times[k] - span[2]) * fit[1] for k in ks])
+            y0 = max(int(np.floor(centres[:, 0].min() - r)), 0)
+            y1 = min(int(np.ceil(centres[:, 0].max() + r)) + 1, rows)
+            x0 = max(int(np.floor(centres[:, 1].min() - r)), 0)
+            x1 = min(int(np.ceil(centres[:, 1].max() + r)) + 1, cols)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            dist = np.full((n, y1 - y0, x1 - x0), -1.0)
+            for k, (cy, cx) in zip(ks, centres, strict=True):
+                dist[k] = np.hypot(yy - cy, xx - cx)
+            box = clip[:, y0:y1, x0:x1]
+            mask = (dist >= 0) & (dist <= r) & (cover[y0:y1, x0:x1] > 0)
+            # Pixels every epoch with data would lose: the farthest keeps them.
+            full = (box | mask).sum(axis=0) >= cover[y0:y1, x0:x1]
+            if full.any():
+                far = np.argmax(np.where(mask, dist, -1.0), axis=0)
+                sel = np.nonzero(full)
+                mask[far[sel], sel[0], sel[1]] = False
+            box |= mask
 
 
 @dataclass
@@ -490,7 +511,7 @@ def clip_maps(
                 _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
     mover = Mover(cfg.rules.mover)
     if mover.enabled and tcodes is not None:
-        clip |= mover.masks(tcodes, cover, t, fwhm, grow)
+        mover.add_to(clip, tcodes, cover, t, fwhm)
     return clip
 
 
