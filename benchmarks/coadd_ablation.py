@@ -73,6 +73,7 @@ def main() -> None:
             rows[name][f] = {
                 "leakage_max": round(float(res["leakage_max"]), 4),
                 "worst": worst,
+                "leakage": {k: round(float(v), 4) for k, v in res["leakage"].items()},
                 "noise": round(float(res["noise_ratio"]) - 1, 4),
                 "star_bias": round(float(res["star_bias"]), 4),
                 "var_err": round(float(np.max(np.abs(var - 1))) if var.size else 0.0, 4),
