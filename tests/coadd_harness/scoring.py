@@ -146,7 +146,9 @@ def leakage(
     Returns
     -------
     dict of str to float
-        Leakage per class with a non-empty footprint and a non-zero reference sum.
+        Leakage per class whose footprint has scored pixels; NaN (which
+        fails every bound) where the plain mean's excess there is not
+        positive, rather than leaving the class out.
     """
     ok = np.isfinite(coadd_art) & np.isfinite(coadd_clean)
     ok &= np.isfinite(ref_art) & np.isfinite(ref_clean)
@@ -159,8 +161,7 @@ def leakage(
             continue
         num = float(np.sum(coadd_art[sel].astype(np.float64) - coadd_clean[sel]))
         den = float(np.sum(ref_art[sel].astype(np.float64) - ref_clean[sel]))
-        if den > 0:
-            out[cls] = num / den
+        out[cls] = num / den if den > 0 else math.nan
     return out
 
 
@@ -281,6 +282,27 @@ def variable_flux_ratios(coadd: Exposure, ideal: Exposure, truth: Table) -> np.n
     return np.asarray(f / f_ideal)
 
 
+def variables_clear(sim: SimWarps, *, radius: int = 8) -> np.ndarray:
+    """Per variable star of ``sim.truth`` (in order), whether no artefact
+    footprint of any epoch comes within ``radius`` pixels of it.
+
+    A variable under an artefact loses that epoch like any pixel there, so
+    its coadd flux is not the mean of all epochs; only the clear ones can be
+    held to the weighted mean.
+    """
+    union = np.zeros(sim.cell.shape, dtype=bool)
+    for fp in sim.footprints.values():
+        union |= fp
+    ny, nx = union.shape
+    clear = []
+    for row in sim.truth[sim.truth["kind"] == "variable"]:
+        x, y = round(float(row["x"])), round(float(row["y"]))
+        inside = 0 <= x < nx and 0 <= y < ny
+        box = union[max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1]
+        clear.append(inside and not box.any())
+    return np.asarray(clear, dtype=bool)
+
+
 def detection_map(coadd: Exposure) -> np.ndarray:
     """Matched-filter S/N of a point source at every pixel (the coadd's PSF)."""
     from scipy.signal import oaconvolve
@@ -348,12 +370,19 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
     Returns
     -------
     dict
-        ``leakage`` (per class), ``leakage_max``, ``noise_ratio``,
-        ``star_bias`` and ``n_stars``, ``variable_ratio`` (per variable),
-        ``spurious`` (detections in the artefact coadd in neither the clean
-        one nor the plain mean of the clean warps), ``spurious_vs_clean``
-        (those not in the clean coadd alone),
-        and the four coadds (``coadd_art``, ``coadd_clean``, ``ref_art``, ``ref_clean``).
+        ``leakage`` (per class), ``leakage_max``, ``noise_ratio`` (the
+        method's clean coadd against the plain mean, source-free pixels),
+        ``star_bias`` and ``n_stars`` (the method's clean coadd against the
+        plain mean, in flux errors), ``star_bias_art`` (its coadd of the
+        artefact warps against the plain mean of the clean ones),
+        ``variable_ratio`` (per variable, artefact coadd over the clean
+        plain mean), ``variable_clear`` (per variable, clear of every
+        artefact: :func:`variables_clear`), ``spurious_vs_mean``
+        (detections in the artefact coadd that the plain mean of the clean
+        warps lacks), ``spurious`` (those that the method's clean coadd
+        lacks too), ``spurious_vs_clean`` (those not in the clean coadd
+        alone), and the four coadds (``coadd_art``, ``coadd_clean``,
+        ``ref_art``, ``ref_clean``).
     """
     from skydm.coadd.assemble import assemble_coadd
     from skydm.coadd.stack import WarpStack
@@ -367,13 +396,17 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
     valid = ((rc.msk | ra.msk) & np.uint32(Mask.NO_DATA)) == 0
     leak = leakage(ca.image, cc.image, ra.image, rc.image, sim.footprints, valid=valid)
     bias, n_stars = star_flux_bias(cc, rc, sim.truth)
+    bias_art, _ = star_flux_bias(ca, rc, sim.truth)
     return {
         "leakage": leak,
         "leakage_max": max(leak.values()) if leak else math.nan,
         "noise_ratio": noise_ratio(cc, rc, sim.truth),
         "star_bias": bias,
+        "star_bias_art": bias_art,
         "n_stars": n_stars,
         "variable_ratio": variable_flux_ratios(ca, rc, sim.truth),
+        "variable_clear": variables_clear(sim),
+        "spurious_vs_mean": spurious_detections(ca, rc),
         "spurious": spurious_detections(ca, cc, sky=rc),
         "spurious_vs_clean": spurious_detections(ca, cc),
         "coadd_art": ca,

@@ -13,6 +13,7 @@ from astropy.table import Table
 from skydm.image import Mask, psf_photometry
 from skydm.sim import simulate_survey
 from skydm.sim.catalog import project, transient_shape, variable_offset
+from skydm.sim.config import MOVER_CLASSES
 from skydm.sim.render import PointRenderer, make_psf
 from skydm.sim.survey import SimVisit, Survey
 
@@ -231,7 +232,7 @@ def test_movers_move_at_their_catalog_rates(small_survey: Survey) -> None:
         m = v.truth[v.truth["kind"] == "mover"]
         for r in m:
             rows.append((int(r["id"]), v.mjd, str(r["cls"]), r))
-    assert {c for _, _, c, _ in rows} == {"asteroids_fast", "asteroids_slow"}
+    assert {c for _, _, c, _ in rows} == set(MOVER_CLASSES)
     centre = small_survey.fields[0]
     by_id: dict[int, list] = {}
     for ident, mjd, cls, r in rows:

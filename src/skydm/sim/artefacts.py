@@ -1,5 +1,6 @@
-"""Artefacts injected into raw exposures only: cosmic rays, satellite trails,
-moving objects and ghosts.
+"""Artefacts injected into raw exposures only: cosmic rays, satellite trails
+(also across variable stars), moving objects of every speed, and ghosts
+(mirrored through the axis, or around bright stars).
 
 Each class is rendered into its own layer; values below 0.1 sigma of the
 clean image's noise are set to zero, so that every class is exactly zero
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from skydm.sim.config import FOOTPRINT_CLASSES
+from skydm.sim.config import FOOTPRINT_CLASSES, MOVER_CLASSES
 from skydm.sim.render import PointRenderer
 
 #: Footprint threshold in units of the clean image's per-pixel noise.
@@ -110,27 +111,81 @@ def satellite_trails(
         width = psf_sigma * rng.uniform(1.0, 1.6)  # satellites are a little out of focus
         px, py = rng.uniform(0, shape[1] - 1), rng.uniform(0, shape[0] - 1)
         theta = rng.uniform(0, math.pi)
-        x0, y0, x1, y1 = _border_points(shape, px, py, theta)
-        fpp = peak * sky_sigma * math.sqrt(2 * math.pi) * width
-        tmp = np.zeros(shape, dtype=np.float32)
-        add_line(tmp, x0, y0, x1, y1, fpp, width)
-        flux = float(tmp.sum())
-        layer.add(cls, tmp)
-        layer.rows.append(
-            _row(
-                "trail",
-                id0 + len(layer.rows),
-                cls,
-                (x0 + x1) / 2,
-                (y0 + y1) / 2,
-                flux,
-                x0=x0,
-                y0=y0,
-                x1=x1,
-                y1=y1,
-                size=width,
-            )
+        _trail(layer, cls, px, py, theta, peak * sky_sigma, width, id0)
+
+
+#: Peak range of the trails over variables, in sky sigma (log-uniform): from
+#: hardly visible to bright enough to hide the star.
+TRAIL_ON_VARIABLE_PEAK = (1.0, 100.0)
+
+
+def trails_on_variables(
+    layer: ArtefactLayer,
+    rng: np.random.Generator,
+    *,
+    rate: float,
+    variables_xy: np.ndarray,
+    sky_sigma: float,
+    psf_sigma: float,
+    id0: int,
+) -> None:
+    """Satellite trails that cross a variable star on the image.
+
+    A trail and a variable change the same pixels in the same epoch: a method
+    must remove the trail and still keep the variable's flux changes.
+
+    Parameters
+    ----------
+    variables_xy : numpy.ndarray
+        (n, 2) pixel positions of the variables on the image; each trail
+        passes within half a pixel or so of one of them, at any angle.
+    """
+    if rate <= 0 or len(variables_xy) == 0:
+        return
+    for _ in range(rng.poisson(rate)):
+        vx, vy = variables_xy[int(rng.integers(len(variables_xy)))]
+        lo, hi = TRAIL_ON_VARIABLE_PEAK
+        peak = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        width = psf_sigma * rng.uniform(1.0, 1.6)
+        px, py = vx + rng.normal(0, 0.5), vy + rng.normal(0, 0.5)
+        theta = rng.uniform(0, math.pi)
+        _trail(layer, "satellite_trails_on_variables", px, py, theta, peak * sky_sigma, width, id0)
+
+
+def _trail(
+    layer: ArtefactLayer,
+    cls: str,
+    px: float,
+    py: float,
+    theta: float,
+    peak: float,
+    width: float,
+    id0: int,
+) -> None:
+    """One trail through (px, py) at angle ``theta`` across the image, of peak
+    ``peak`` ADU and Gaussian width ``width`` pixels."""
+    shape = layer.signal.shape
+    x0, y0, x1, y1 = _border_points(shape, px, py, theta)
+    fpp = peak * math.sqrt(2 * math.pi) * width
+    tmp = np.zeros(shape, dtype=np.float32)
+    add_line(tmp, x0, y0, x1, y1, fpp, width)
+    flux = float(tmp.sum())
+    layer.add(cls, tmp)
+    layer.rows.append(
+        _row(
+            "trail",
+            id0 + len(layer.rows),
+            cls,
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            flux,
+            x0=x0,
+            y0=y0,
+            x1=x1,
+            y1=y1,
+            size=width,
         )
+    )
 
 
 def cosmic_rays(
@@ -205,8 +260,7 @@ def ghosts(
 ) -> None:
     """Faint out-of-focus reflections: donuts (or blobs) mirrored from a bright star
     through the optical axis (the image centre)."""
-    shape = layer.signal.shape
-    ny, nx = shape
+    ny, nx = layer.signal.shape
     cx, cy = (nx - 1) / 2, (ny - 1) / 2
     for _ in range(rng.poisson(rate)):
         if bright_xy is not None:
@@ -214,27 +268,83 @@ def ghosts(
             gy = 2 * cy - bright_xy[1] + rng.normal(0, 5)
         else:
             gx, gy = rng.uniform(0, nx - 1), rng.uniform(0, ny - 1)
-        r_out = float(np.clip(rng.uniform(0.04, 0.1) * min(nx, ny), 8.0, 200.0))
-        r_in = rng.uniform(0.4, 0.6) * r_out
-        amp = rng.uniform(0.5, 2.5) * sky_sigma
-        reach = int(r_out + 12)
-        ys = slice(max(int(gy) - reach, 0), min(int(gy) + reach + 1, ny))
-        xs = slice(max(int(gx) - reach, 0), min(int(gx) + reach + 1, nx))
-        if ys.stop <= ys.start or xs.stop <= xs.start:
-            continue
-        yy, xx = np.mgrid[ys, xs].astype(float)
-        r = np.hypot(xx - gx, yy - gy)
-        if rng.random() < 0.7:
-            w = 1.5  # soft edges of the pupil image
-            val = amp / (1 + np.exp(-(r - r_in) / w)) / (1 + np.exp(-(r_out - r) / w))
-        else:
-            val = amp * np.exp(-0.5 * (r / (0.5 * r_out)) ** 2)
-        tmp = np.zeros(shape, dtype=np.float32)
-        tmp[ys, xs] = val
-        layer.add("ghosts", tmp)
-        layer.rows.append(
-            _row("ghost", id0 + len(layer.rows), "ghosts", gx, gy, float(val.sum()), size=r_out)
-        )
+        _ghost(layer, rng, "ghosts", gx, gy, (0.04, 0.1), sky_sigma, id0)
+
+
+#: Radial shift of a filter ghost's centre from its star, as a fraction of the
+#: star's distance from the optical axis (the reflection's slight defocus
+#: magnifies it about the axis).
+GHOST_SHIFT = (0.02, 0.08)
+
+
+def ghosts_on_stars(
+    layer: ArtefactLayer,
+    rng: np.random.Generator,
+    *,
+    rate: float,
+    sky_sigma: float,
+    stars_xy: np.ndarray,
+    id0: int,
+) -> None:
+    """Filter ghosts: faint halos around bright stars, shifted away from the axis.
+
+    A double reflection between the filter and the detector puts a defocused
+    image of a bright star around the star itself, shifted radially by a few
+    per cent of the star's distance from the optical axis; with the dithers
+    the halo moves a little on the sky while the star stays, so the halo's
+    pixels are outliers in most epochs and lie on a real source.
+
+    Parameters
+    ----------
+    stars_xy : numpy.ndarray
+        (n, 2) pixel positions of the brightest stars on the image, the star
+        of each ghost drawn among them (nothing is drawn when empty).
+    """
+    if rate <= 0 or len(stars_xy) == 0:
+        return
+    ny, nx = layer.signal.shape
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    for _ in range(rng.poisson(rate)):
+        sx, sy = stars_xy[int(rng.integers(len(stars_xy)))]
+        f = rng.uniform(*GHOST_SHIFT)
+        gx, gy = sx + f * (sx - cx), sy + f * (sy - cy)
+        _ghost(layer, rng, "ghosts_on_stars", gx, gy, (0.03, 0.08), sky_sigma, id0)
+
+
+def _ghost(
+    layer: ArtefactLayer,
+    rng: np.random.Generator,
+    cls: str,
+    gx: float,
+    gy: float,
+    radius: tuple[float, float],
+    sky_sigma: float,
+    id0: int,
+) -> None:
+    """One ghost centred on (gx, gy): a soft-edged donut (70%) or a Gaussian blob,
+    its outer radius a fraction in ``radius`` of the image's smaller side."""
+    shape = layer.signal.shape
+    ny, nx = shape
+    r_out = float(np.clip(rng.uniform(*radius) * min(nx, ny), 8.0, 200.0))
+    r_in = rng.uniform(0.4, 0.6) * r_out
+    amp = rng.uniform(0.5, 2.5) * sky_sigma
+    reach = int(r_out + 12)
+    ys = slice(max(int(gy) - reach, 0), min(int(gy) + reach + 1, ny))
+    xs = slice(max(int(gx) - reach, 0), min(int(gx) + reach + 1, nx))
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        return
+    yy, xx = np.mgrid[ys, xs].astype(float)
+    r = np.hypot(xx - gx, yy - gy)
+    if rng.random() < 0.7:
+        w = 1.5  # soft edges of the pupil image
+        val = amp / (1 + np.exp(-(r - r_in) / w)) / (1 + np.exp(-(r_out - r) / w))
+    else:
+        val = amp * np.exp(-0.5 * (r / (0.5 * r_out)) ** 2)
+    tmp = np.zeros(shape, dtype=np.float32)
+    tmp[ys, xs] = val
+    layer.add(cls, tmp)
+    kind = "ghost"
+    layer.rows.append(_row(kind, id0 + len(layer.rows), cls, gx, gy, float(val.sum()), size=r_out))
 
 
 def movers(
@@ -242,15 +352,16 @@ def movers(
     renderer: PointRenderer,
     tracks: list[dict[str, Any]],
 ) -> None:
-    """Moving objects: fast ones trailed over the exposure, slow ones point-like.
+    """Moving objects, each in its class's layer (:data:`MOVER_CLASSES`): fast
+    ones trailed over the exposure, the others point-like.
 
-    ``tracks`` holds per mover: id, fast, x0, y0, x1, y1 (start and end of the
+    ``tracks`` holds per mover: id, cls, x0, y0, x1, y1 (start and end of the
     exposure), x, y, ra, dec (mid-exposure), flux, mag.
     """
     shape = layer.signal.shape
-    for cls, fast in (("asteroids_fast", True), ("asteroids_slow", False)):
+    for cls in MOVER_CLASSES:
         tmp = np.zeros(shape, dtype=np.float64)
-        mine = [t for t in tracks if t["fast"] == fast]
+        mine = [t for t in tracks if t["cls"] == cls]
         for t in mine:
             renderer.add_trailed(tmp, t["x0"], t["y0"], t["x1"], t["y1"], t["flux"])
             layer.rows.append(

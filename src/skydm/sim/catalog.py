@@ -10,11 +10,12 @@ uniform density on the detector is uniform on the sky.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from astropy.table import Table
 
-from skydm.sim.config import COLOR_TERMS, SurveyConfig
+from skydm.sim.config import COLOR_TERMS, SLOW_MOVER_STEPS, SurveyConfig
 
 KINDS = ("star", "galaxy", "transient", "variable", "mover")
 
@@ -121,6 +122,8 @@ def make_catalog(
     rng: np.random.Generator,
     anchors: np.ndarray,
     mjd_range: tuple[float, float],
+    *,
+    epoch_gap: float = 1.0,
 ) -> Table:
     """The objects of one field.
 
@@ -138,6 +141,11 @@ def make_catalog(
         MJDs at which the movers are placed inside the field, one per mover.
     mjd_range : (float, float)
         First and last MJD of the survey (transient peaks fall in it).
+    epoch_gap : float
+        Longest time between consecutive visits of the field in the
+        reference band, days: slow movers' rates are set from it so that
+        every step between visits is within their class's range
+        (:data:`~skydm.sim.config.SLOW_MOVER_STEPS`).
 
     Returns
     -------
@@ -166,6 +174,7 @@ def make_catalog(
         for name in PARAM_COLUMNS:
             cols[name] = extra.get(name, np.full(n, np.nan))
         cols["fast"] = extra.get("fast", np.zeros(n, bool))
+        cols["mover_cls"] = extra.get("mover_cls", np.full(n, ""))
         for name, values in cols.items():
             rows.setdefault(name, []).append(np.asarray(values))
 
@@ -255,7 +264,9 @@ def make_catalog(
         rate_xi=rate * np.cos(theta),
         rate_eta=rate * np.sin(theta),
         fast=fast,
+        mover_cls=np.where(fast, "asteroids_fast", "asteroids_slow"),
     )
+    _slow_movers(cfg, rng, add, (ix, iy), mjd_range, epoch_gap)
 
     cols = {name: np.concatenate(parts) for name, parts in rows.items()}
     ra, dec = deproject(cols.pop("xi"), cols.pop("eta"), *centre)
@@ -271,9 +282,53 @@ def make_catalog(
         table[f"mag_{band}"] = (
             table["mag"] + (COLOR_TERMS[band] - COLOR_TERMS[cfg.bands[0]]) * table["color"]
         )
+    mover_cls = cols.pop("mover_cls").astype("U32")
     for name, values in cols.items():
         table[name] = values
+    table["mover_cls"] = mover_cls
     return table
+
+
+def _slow_movers(
+    cfg: SurveyConfig,
+    rng: np.random.Generator,
+    add: Callable[..., None],
+    inner: tuple[float, float],
+    mjd_range: tuple[float, float],
+    epoch_gap: float,
+) -> None:
+    """Movers slower than a few FWHM per visit, alternately overlapping and stepping.
+
+    Each is placed inside the field at the middle of the survey, so that its
+    whole track, centred there, stays on the image as long as possible.  Its
+    rate makes the step over the longest gap between consecutive visits
+    ``u`` times the sharpest FWHM, ``u`` drawn in its class's range of
+    :data:`SLOW_MOVER_STEPS`; every other step is shorter.
+    """
+    n = cfg.n_slow_movers if "asteroids" in cfg.artefacts else 0
+    if n == 0:
+        return  # no draws: surveys without slow movers keep their pixels
+    classes = np.where(np.arange(n) % 2 == 0, "asteroids_overlapping", "asteroids_stepping")
+    lo_u = np.array([SLOW_MOVER_STEPS[c][0] for c in classes])
+    hi_u = np.array([SLOW_MOVER_STEPS[c][1] for c in classes])
+    step_pix = rng.uniform(lo_u, hi_u) * cfg.seeing_range[0] / cfg.pixel_scale
+    rate = step_pix * cfg.pixel_scale / (max(epoch_gap, 1e-3) * 24.0)  # arcsec per hour
+    theta = rng.uniform(0, 2 * math.pi, n)
+    lo, hi = cfg.mag_range("mover")
+    ix, iy = inner
+    add(
+        "mover",
+        n,
+        rng.uniform(-ix, ix, n),
+        rng.uniform(-iy, iy, n),
+        rng.uniform(lo, hi, n),
+        rng.normal(0.9, 0.2, n),
+        mjd_ref=np.full(n, 0.5 * (mjd_range[0] + mjd_range[1])),
+        rate_xi=rate * np.cos(theta),
+        rate_eta=rate * np.sin(theta),
+        fast=np.zeros(n, bool),
+        mover_cls=classes,
+    )
 
 
 #: Per-kind parameter columns of the catalog (NaN where they do not apply).
@@ -292,6 +347,7 @@ PARAM_COLUMNS = (
     "rate_xi",  # mover: rate east, arcsec per hour
     "rate_eta",  # mover: rate north, arcsec per hour
 )
+# (``fast`` and ``mover_cls``, the mover's footprint class, follow them.)
 
 
 def band_mag(cat: Table, band: str, mjd: float) -> np.ndarray:

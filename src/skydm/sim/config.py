@@ -18,7 +18,20 @@ FOOTPRINT_CLASSES = (
     "asteroids_fast",
     "asteroids_slow",
     "ghosts",
+    "asteroids_overlapping",
+    "asteroids_stepping",
+    "satellite_trails_on_variables",
+    "ghosts_on_stars",
 )
+
+#: Footprint class of each kind of mover (catalog column ``mover_cls``).
+MOVER_CLASSES = ("asteroids_fast", "asteroids_slow", "asteroids_overlapping", "asteroids_stepping")
+
+#: Largest step between consecutive visits of the two classes of slow movers,
+#: in units of the sharpest FWHM (``seeing_range[0]``): overlapping movers'
+#: images overlap from one visit to the next; stepping ones move by 1 to 3
+#: FWHM, so that neighbouring images touch but no longer coincide.
+SLOW_MOVER_STEPS = {"asteroids_overlapping": (0.2, 0.9), "asteroids_stepping": (1.0, 3.0)}
 
 #: How an object's magnitude in a band follows from its colour ``c``:
 #: ``mag_band = mag_r + COLOR_TERMS[band] * c`` (roughly the slopes of main
@@ -88,13 +101,36 @@ class SurveyConfig:
         comma-separated string, ``"all"`` or ``"none"`` also do).
     n_transients, n_variables, n_movers : int
         Supernova-like transients, periodic variables and moving objects per
-        field (movers need ``"asteroids"`` in ``artefacts``).
+        field (movers need ``"asteroids"`` in ``artefacts``); movers alternate
+        fast (trailed) and slow (point-like, tens of pixels between visits).
+    n_slow_movers : int
+        Movers per field slower than a few FWHM per visit (need
+        ``"asteroids"``), alternately overlapping (moving 0.2 to 0.9 of the
+        sharpest FWHM between consecutive visits, so that their images
+        overlap) and stepping (1 to 3 FWHM per visit); see
+        :data:`SLOW_MOVER_STEPS`.
     cosmic_ray_rate : float
         Mean number of cosmic rays per megapixel per exposure.
     trail_rate : float
         Mean number of satellite trails per exposure.
     ghost_rate : float
-        Mean number of ghosts per exposure.
+        Mean number of ghosts per exposure (mirrored from the brightest star
+        through the optical axis).
+    trails_on_variables : float
+        Mean number per exposure of extra satellite trails that cross a
+        variable star on the image (class ``satellite_trails_on_variables``;
+        need ``"satellite_trails"``).
+    ghosts_on_stars : float
+        Mean number per exposure of filter ghosts: halos around one of the
+        five brightest stars on the image, shifted away from the optical
+        axis (class ``ghosts_on_stars``; need ``"ghosts"``).
+    visits_per_night : int
+        Visits of a field per night (all bands together), ``pair_gap``
+        apart; 1 gives one visit a night.
+    night_gaps : (float, float)
+        Range of the time between consecutive observing nights, days.
+    pair_gap : float
+        Time between consecutive visits of one night, days.
     raw_dtype : str
         Pixel type of the written raws: ``"uint16"``, ``"int32"`` or ``"float32"``;
         integer types also digitise the in-memory images.
@@ -143,9 +179,15 @@ class SurveyConfig:
     n_transients: int = 3
     n_variables: int = 2
     n_movers: int = 2
+    n_slow_movers: int = 0
     cosmic_ray_rate: float = 50.0
     trail_rate: float = 0.5
     ghost_rate: float = 0.3
+    trails_on_variables: float = 0.0
+    ghosts_on_stars: float = 0.0
+    visits_per_night: int = 2
+    night_gaps: tuple[float, float] = (1.0, 3.0)
+    pair_gap: float = 30.0 / 1440.0
     raw_dtype: str = "uint16"
     ra: float = 150.0
     dec: float = 2.0
@@ -165,6 +207,7 @@ class SurveyConfig:
         # Normalise sequences so that lists given by callers compare and hash alike.
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "bands", _names(self.bands))
+        object.__setattr__(self, "night_gaps", tuple(float(g) for g in self.night_gaps))
         artefacts = self.artefacts
         if isinstance(artefacts, str) and artefacts in ("all", "none"):
             artefacts = ARTEFACT_KINDS if artefacts == "all" else ()
@@ -177,7 +220,14 @@ class SurveyConfig:
         for name in ("n_visits", "n_fields"):
             if int(getattr(self, name)) < 1:
                 raise BadValueError(name, getattr(self, name), "an integer >= 1")
-        counts = ("n_stars", "n_galaxies", "n_transients", "n_variables", "n_movers")
+        counts = (
+            "n_stars",
+            "n_galaxies",
+            "n_transients",
+            "n_variables",
+            "n_movers",
+            "n_slow_movers",
+        )
         for name in (*counts, "bad_columns"):
             if int(getattr(self, name)) < 0:
                 raise BadValueError(name, getattr(self, name), "an integer >= 0")
@@ -211,10 +261,27 @@ class SurveyConfig:
         if self.psf_beta <= 1:
             raise BadValueError("psf_beta", self.psf_beta, "a Moffat index > 1")
         nonneg = ("read_noise", "dither", "rotation", "cosmic_ray_rate", "trail_rate")
-        for name in (*nonneg, "ghost_rate"):
+        for name in (*nonneg, "ghost_rate", "trails_on_variables", "ghosts_on_stars"):
             value = float(getattr(self, name))
             if not (value >= 0 and math.isfinite(value)):
                 raise BadValueError(name, value, "a finite number >= 0")
+        if not (1 <= int(self.visits_per_night) <= 48) or isinstance(self.visits_per_night, bool):
+            raise BadValueError(
+                "visits_per_night", self.visits_per_night, "an integer from 1 to 48"
+            )
+        lo_g, hi_g = self.night_gaps
+        if not (0.5 <= lo_g <= hi_g <= 365.0):
+            raise BadValueError(
+                "night_gaps",
+                self.night_gaps,
+                "(shortest, longest) days with 0.5 <= shortest <= longest <= 365",
+            )
+        if not (0.0 < self.pair_gap * self.visits_per_night <= 0.5):
+            raise BadValueError(
+                "pair_gap",
+                self.pair_gap,
+                "a positive gap in days such that one night's visits last at most 0.5 day",
+            )
         if not (1 <= int(self.n_detectors) <= 64) or isinstance(self.n_detectors, bool):
             raise BadValueError("n_detectors", self.n_detectors, "an integer from 1 to 64")
         if not (0 <= float(self.detector_gap) <= 10_000):

@@ -152,9 +152,10 @@ def _write_truth(v: SimVisit, out_dir: Path) -> None:
     truth_dir = out_dir / "truth"
     stem = _truth_stem(v)
     _write_table(truth_dir / f"visit_{stem}.ecsv", v.truth)
-    bits = np.zeros(v.config.shape, dtype=np.uint8)
+    # int16 holds the ten classes' bits (below the sign bit) and RICE compresses it.
+    bits = np.zeros(v.config.shape, dtype=np.int16)
     for i, cls in enumerate(FOOTPRINT_CLASSES):
-        bits[v.artefacts[cls]] |= np.uint8(1 << i)
+        bits[v.artefacts[cls]] |= np.int16(1 << i)
     fp = fits.CompImageHDU(bits, compression_type="RICE_1", name="FOOTPRNT")
     for i, cls in enumerate(FOOTPRINT_CLASSES):
         fp.header[f"FPBIT{i}"] = (cls, "artefact class of this bit")

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 #: Rows per block when drawing the noise.
 _NOISE_ROWS = 256
 
+#: Ghosts on stars sit around one of this many brightest stars on the image.
+BRIGHT_STARS = 5
+
 #: Columns of a visit's truth table, in order.
 TRUTH_COLUMNS = (
     "visit",
@@ -201,6 +204,30 @@ def render_visit(v: SimVisit) -> VisitPixels:
             bright_xy=bright,
             id0=id0 + len(layer.rows),
         )
+    # The classes added later draw last (and nothing at rate 0), so that
+    # surveys without them keep their pixels.
+    if "satellite_trails" in cfg.artefacts and cfg.trails_on_variables > 0:
+        variables = np.flatnonzero(inside & (kind == "variable"))
+        art.trails_on_variables(
+            layer,
+            arng,
+            rate=cfg.trails_on_variables,
+            variables_xy=np.column_stack([x[variables], y[variables]]),
+            sky_sigma=sky_sigma,
+            psf_sigma=psf_sigma,
+            id0=id0 + len(layer.rows),
+        )
+    if "ghosts" in cfg.artefacts and cfg.ghosts_on_stars > 0:
+        stars = np.flatnonzero(inside & (kind == "star"))
+        brightest = stars[np.argsort(-flux[stars], kind="stable")[:BRIGHT_STARS]]
+        art.ghosts_on_stars(
+            layer,
+            arng,
+            rate=cfg.ghosts_on_stars,
+            sky_sigma=sky_sigma,
+            stars_xy=np.column_stack([x[brightest], y[brightest]]),
+            id0=id0 + len(layer.rows),
+        )
     if "asteroids" in cfg.artefacts:
         art.movers(layer, renderer, _mover_tracks(v, mags, flux))
 
@@ -281,7 +308,7 @@ def _mover_tracks(v: SimVisit, mags: np.ndarray, flux: np.ndarray) -> list[dict[
         tracks.append(
             {
                 "id": int(cat["id"][i]),
-                "fast": bool(cat["fast"][i]),
+                "cls": str(cat["mover_cls"][i]),
                 "x0": float(xs[0]),
                 "y0": float(ys[0]),
                 "x1": float(xs[1]),
@@ -310,7 +337,7 @@ def _truth_table(v: SimVisit, rows: list[dict[str, Any]]) -> Table:
     t["visit"] = np.asarray(cols["visit"], dtype=np.int64)
     t["kind"] = np.asarray(cols["kind"], dtype="U10")
     t["id"] = np.asarray(cols["id"], dtype=np.int64)
-    t["cls"] = np.asarray(cols["cls"], dtype="U24")
+    t["cls"] = np.asarray(cols["cls"], dtype="U32")
     for name in TRUTH_COLUMNS[4:]:
         t[name] = np.asarray(cols[name], dtype=float)
     missing = ~np.isfinite(t["ra"]) & np.isfinite(t["x"])

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 # Purposes of the random streams (the second element of every seed key).
 STREAM_CATALOG, STREAM_CONDITIONS, STREAM_NOISE, STREAM_ARTEFACTS, STREAM_DETECTOR = range(5)
 
-#: Time between the two visits of a night, days (30 minutes).
+#: Default time between consecutive visits of a night, days (30 minutes;
+#: ``SurveyConfig.pair_gap``).
 PAIR_GAP = 30.0 / 1440.0
 
 
@@ -263,8 +264,9 @@ class Survey:
 def simulate_survey(config: SurveyConfig) -> Survey:
     """Plan a survey: catalogs, visits and conditions (pixels are rendered on use).
 
-    Each field is observed ``n_visits`` times in each band, two visits per
-    night (30 minutes apart) on nights 1 to 3 days apart.  Seeing, sky,
+    Each field is observed ``n_visits`` times in each band,
+    ``visits_per_night`` visits a night (``pair_gap`` apart; by default two,
+    30 minutes apart) on nights ``night_gaps`` (by default 1 to 3) days apart.  Seeing, sky,
     airmass, dither and rotation are drawn per visit.  With
     ``n_detectors > 1`` every visit has one :class:`SimVisit` per detector,
     sharing its pointing and conditions (``Survey.visits`` lists them visit
@@ -284,17 +286,27 @@ def simulate_survey(config: SurveyConfig) -> Survey:
     centres = field_centres(cfg)
     nb = len(cfg.bands)
     n_slots = cfg.n_visits * nb
-    nights = math.ceil(n_slots / 2)
-    gaps = stream(cfg, STREAM_CONDITIONS).uniform(1.0, 3.0, nights)
+    per_night = cfg.visits_per_night
+    nights = math.ceil(n_slots / per_night)
+    gaps = stream(cfg, STREAM_CONDITIONS).uniform(*cfg.night_gaps, nights)
     night_mjd = cfg.mjd_start + 0.1 + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
     plans = []
     catalogs = []
     for f, centre in enumerate(centres):
-        mjds = [float(night_mjd[j // 2] + (j % 2) * PAIR_GAP + f * 0.004) for j in range(n_slots)]
+        mjds = [
+            float(night_mjd[j // per_night] + (j % per_night) * cfg.pair_gap + f * 0.004)
+            for j in range(n_slots)
+        ]
         # Movers are placed in the field at visits spread over the survey.
         anchors = np.array([mjds[(k * n_slots) // cfg.n_movers] for k in range(cfg.n_movers)])
+        # Slow movers' rates follow from the longest gap between consecutive
+        # visits in one band (those a coadd compares).
+        ref_band = np.asarray(mjds[::nb])
+        epoch_gap = float(np.max(np.diff(ref_band))) if ref_band.size > 1 else 1.0
         cat_rng = stream(cfg, STREAM_CATALOG, f)
-        catalogs.append(make_catalog(cfg, f, centre, cat_rng, anchors, (mjds[0], mjds[-1])))
+        catalogs.append(
+            make_catalog(cfg, f, centre, cat_rng, anchors, (mjds[0], mjds[-1]), epoch_gap=epoch_gap)
+        )
         for j in range(n_slots):
             plans.append((mjds[j], f, j, cfg.bands[j % nb]))
     plans.sort()

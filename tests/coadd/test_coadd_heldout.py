@@ -1,0 +1,128 @@
+"""CompareWarp acceptance on held-out fields: seeds drawn at random in the test.
+
+Ten fields (five of 8 epochs, five of 20) with every artefact class of the
+simulator, slow movers that overlap from one epoch to the next included,
+realistic dithers (about an eighth of the image) and cadences of one to
+three visits a night (:mod:`coadd_harness.fields`).  No method was tuned on
+these seeds: they are drawn anew at each run and named in every failure
+message, so that a failing field can be replayed::
+
+    SKYDM_COADD_SEEDS=123:20,456:8 python -m pytest tests/coadd/test_coadd_heldout.py
+
+The goals (issue 19): leakage at most 0.02 for every class on at least nine
+fields in ten and at most 0.05 on all; noise within 1.02 of the weighted
+mean; median star bias within 0.02 sigma; variables clear of artefacts
+within 1% of their flux; no 5-sigma detection that the plain weighted mean
+of the artefact-free warps lacks.  The fields are scored in two worker
+processes (about three minutes on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from coadd_harness.fields import SEEDS_ENV, draw_fields, score_field
+from skydm.sim import FOOTPRINT_CLASSES
+
+N_FIELDS = 10
+EPOCHS = (8, 20)
+
+#: Classes that today's CompareWarp is known to leak (issue 19: movers whose
+#: images overlap from one epoch to the next are outliers in more epochs
+#: than its epoch rule allows); expected to fail until the redesign lands.
+SLOW_MOVERS = ("asteroids_overlapping", "asteroids_stepping")
+
+Results = list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def results() -> Results:
+    fields = draw_fields(N_FIELDS, EPOCHS)
+    # Spawned workers: no state forked from pytest's process.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
+        futures = [pool.submit(score_field, seed, epochs) for seed, epochs in fields]
+        out = [f.result() for f in futures]
+    for r in out:  # shown with any failure: the per-field table
+        print(json.dumps(r))
+    return out
+
+
+def _replay(fields: Results) -> str:
+    return f"replay with {SEEDS_ENV}={','.join(r['label'] for r in fields)}"
+
+
+def test_every_class_is_on_most_fields(results: Results) -> None:
+    """Otherwise the leakage tests below would judge a class on too few fields."""
+    for cls in FOOTPRINT_CLASSES:
+        on = [r for r in results if cls in r["leakage"]]
+        assert len(on) >= 0.8 * len(results), f"{cls} on {len(on)} fields; {_replay(results)}"
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        pytest.param(
+            c,
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="issue 19: CompareWarp clips only the ends of slow overlapping tracks",
+            ),
+        )
+        if c in SLOW_MOVERS
+        else c
+        for c in FOOTPRINT_CLASSES
+    ],
+)
+def test_leakage_within_two_percent_on_nine_fields_in_ten(results: Results, cls: str) -> None:
+    scored = [r for r in results if cls in r["leakage"]]
+    values = {r["label"]: r["leakage"][cls] for r in scored}
+    over = [r for r in scored if not r["leakage"][cls] <= 0.02]  # NaN counts as over
+    far = [r for r in scored if not r["leakage"][cls] <= 0.05]
+    allowed = len(scored) // 10
+    assert len(over) <= allowed and not far, (
+        f"{cls}: leakage over 0.02 on {len(over)} fields (allowed {allowed}), over 0.05 on "
+        f"{len(far)}: {values}; {_replay(over + far)}"
+    )
+    # Negative leakage is over-subtraction: only the noise of clipped pixels may cause it.
+    under = [r for r in scored if r["leakage"][cls] < -0.05]
+    assert not under, f"{cls}: over-subtracted {values}; {_replay(under)}"
+
+
+def test_noise_within_two_percent_of_the_weighted_mean(results: Results) -> None:
+    bad = [r for r in results if not r["noise_ratio"] <= 1.02]
+    ratios = {r["label"]: r["noise_ratio"] for r in results}
+    assert not bad, f"noise ratio {ratios}; {_replay(bad)}"
+
+
+def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> None:
+    assert all(r["n_stars"] >= 20 for r in results), {r["label"]: r["n_stars"] for r in results}
+    bad = [r for r in results if not abs(r["star_bias"]) <= 0.02]
+    bias = {r["label"]: r["star_bias"] for r in results}
+    assert not bad, f"median star bias (sigma) {bias}; {_replay(bad)}"
+
+
+def test_variables_clear_of_artefacts_keep_their_flux(results: Results) -> None:
+    judged = 0
+    bad = []
+    for r in results:
+        clear = np.asarray(r["variable_clear"], dtype=bool)
+        ratios = np.asarray(r["variable_ratio"], dtype=float)[clear]
+        judged += ratios.size
+        if not np.all(np.abs(ratios - 1.0) <= 0.01):
+            bad.append(r)
+    assert judged >= 10, f"only {judged} variables clear of artefacts; {_replay(results)}"
+    shown = {r["label"]: r["variable_ratio"] for r in bad}
+    assert not bad, f"variable flux ratios {shown}; {_replay(bad)}"
+
+
+def test_no_detection_that_the_clean_weighted_mean_lacks(results: Results) -> None:
+    bad = [r for r in results if r["spurious_vs_mean"] != 0]
+    counts = {r["label"]: r["spurious_vs_mean"] for r in bad}
+    assert not bad, f"spurious 5-sigma detections {counts}; {_replay(bad)}"
