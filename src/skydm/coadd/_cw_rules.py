@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -271,6 +271,21 @@ class OffCore:
         return np.searchsorted(ep.fp.pix, split)
 
 
+class Track(NamedTuple):
+    """A straight track through time: position ``p0`` (binned y, x) at time
+    ``tm``, velocity ``v`` (binned pixels per day), spanning ``t0`` to ``t1``."""
+
+    p0: np.ndarray
+    v: np.ndarray
+    tm: float
+    t0: float
+    t1: float
+
+    def at(self, t: float) -> np.ndarray:
+        """The position at time ``t``."""
+        return np.asarray(self.p0 + (t - self.tm) * self.v)
+
+
 @dataclass
 class Mover:
     """Add (stage 2): every epoch's pixels along a recognised moving track.
@@ -300,23 +315,20 @@ class Mover:
         """Whether the rule takes part."""
         return self.config.enabled
 
-    def tracks(
-        self, tcodes: np.ndarray, times: np.ndarray, fwhm: float
-    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """The movers: per track, its fitted ``(p0, v)`` (rows: y, x; about the
-        mean time), the times it spans, and its footprints' largest radius."""
+    def tracks(self, tcodes: np.ndarray, times: np.ndarray, fwhm: float) -> list[Track]:
+        """The movers' fitted tracks."""
         cfg = self.config
         n = tcodes.shape[0]
         if fwhm <= 0 or n < cfg.min_epochs:
             return []
         width = tcodes.shape[2]
-        nodes: list[tuple[int, float, float, float]] = []  # epoch, y, x, radius
+        nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
         per_epoch: list[list[int]] = [[] for _ in range(n)]
         for k in range(n):
             fp = _footprints(tcodes[k], 1, 0.0)
             for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
                 per_epoch[k].append(len(nodes))
-                nodes.append((k, float(ys.mean()), float(xs.mean()), math.sqrt(ys.size / math.pi)))
+                nodes.append((k, float(ys.mean()), float(xs.mean())))
         if not nodes:
             return []
         parent = list(range(len(nodes)))
@@ -344,23 +356,20 @@ class Mover:
             if len({nodes[i][0] for i in members}) < cfg.min_epochs:
                 continue
             t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
-            pos = np.array([(nodes[i][1], nodes[i][2]) for i in members])
+            xy = np.array([(nodes[i][1], nodes[i][2]) for i in members])
             span = float(np.ptp(t))
             if span <= 0:
                 continue
             tc = t - t.mean()
-            v = (tc @ (pos - pos.mean(axis=0))) / float(tc @ tc)
-            p0 = pos.mean(axis=0)
-            resid = pos - (p0 + tc[:, None] * v)
+            v = (tc @ (xy - xy.mean(axis=0))) / float(tc @ tc)
+            p0 = xy.mean(axis=0)
+            resid = xy - (p0 + tc[:, None] * v)
             scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
             if (
                 float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
                 and scatter <= cfg.max_scatter_fwhm * fwhm
             ):
-                radius = max(nodes[i][3] for i in members)
-                out.append(
-                    (np.vstack([p0 + v * 0, v]), np.array([t.min(), t.max(), t.mean()]), radius)
-                )
+                out.append(Track(p0, v, float(t.mean()), float(t.min()), float(t.max())))
         return out
 
     def add_to(
@@ -384,11 +393,11 @@ class Mover:
         n, rows, cols = tcodes.shape
         ordered = np.sort(times)
         r = self.config.radius_fwhm * fwhm
-        for fit, span, _ in self.tracks(tcodes, times, fwhm):
-            i0, i1 = np.searchsorted(ordered, [span[0], span[1]])
+        for track in self.tracks(tcodes, times, fwhm):
+            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
             lo, hi = ordered[max(i0 - 1, 0)], ordered[min(i1 + 1, n - 1)]
             ks = [k for k in range(n) if lo <= times[k] <= hi]
-            centres = np.array([fit[0] + (times[k] - span[2]) * fit[1] for k in ks])
+            centres = np.array([track.at(times[k]) for k in ks])
             y0 = max(int(np.floor(centres[:, 0].min() - r)), 0)
             y1 = min(int(np.ceil(centres[:, 0].max() + r)) + 1, rows)
             x0 = max(int(np.floor(centres[:, 1].min() - r)), 0)
