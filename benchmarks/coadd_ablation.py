@@ -9,7 +9,10 @@ the damage to clean data (``noise`` ratio to the weighted mean minus 1,
 and spurious 5-sigma detections).  Prints ONE JSON line:
 ``{"fields": [...], "rows": {rule: {field: {...}}}}``.
 
-Usage: ``python benchmarks/coadd_ablation.py [--rules a,b] [--fields 8,20,h8]``
+Fields ``held<seed>x<epochs>`` are the held-out fields of
+:mod:`coadd_harness.fields` (slow overlapping movers, ghosts on stars...).
+
+Usage: ``python benchmarks/coadd_ablation.py [--rules a,b] [--fields 8,20,h8,held101x8]``
 """
 
 from __future__ import annotations
@@ -63,7 +66,13 @@ def main() -> None:
         names = ["none", *args.rules.split(",")]
     rows: dict[str, dict[str, dict[str, float]]] = {n: {} for n in names}
     for f in args.fields.split(","):
-        sim = _field(*FIELDS[f])
+        if f.startswith("held"):  # held-out fields: held<seed>x<epochs>
+            from coadd_harness.fields import simulate_field
+
+            seed, epochs = f[4:].split("x")
+            sim = simulate_field(int(seed), int(epochs)).sim
+        else:
+            sim = _field(*FIELDS[f])
         for name in names:
             cfg = CompareWarpConfig() if name == "none" else CompareWarpConfig().without(name)
             start = time.perf_counter()

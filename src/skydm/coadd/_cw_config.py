@@ -206,6 +206,9 @@ class MoverConfig:
     radius_fwhm : float
         Radius (target FWHM) clipped about the track's position in every
         epoch (1.2 FWHM holds 98% of a Gaussian PSF's light).
+    min_gap_days : float
+        Each epoch is compared with the latest one taken at least this long
+        before it (within a night a slow mover hardly moves).
     """
 
     enabled: bool = True
@@ -215,9 +218,13 @@ class MoverConfig:
     link_fwhm: float = 2.0
     max_skip: int = 2
     radius_fwhm: float = 1.2
+    min_gap_days: float = 0.5
 
     def __post_init__(self) -> None:
-        _at_least(self, ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm"))
+        _at_least(
+            self,
+            ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm", "min_gap_days"),
+        )
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
             raise BadValueError("min_epochs", self.min_epochs, "an integer >= 2")
         if not (isinstance(self.max_skip, int) and self.max_skip >= 0):

@@ -10,7 +10,6 @@ the cell-wide maps in band order (:meth:`BandDiff.merge_into`).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -210,14 +209,14 @@ def band_differences(
     fw: int,
     *,
     lines: bool,
-    order: np.ndarray | None = None,
+    previous: np.ndarray | None = None,
 ) -> BandOutliers:
     """Leave-one-out differences of a band (binned rows from ``row0``, its core
     ``core`` of the band's rows, whole noise tiles): outlier codes, coverage,
     the line search's block sums and bright static sources (with ``lines``),
     the model's peaks (with ``cfg.restore.enabled``), each epoch's outlier
-    pixels with their local fits and, with ``order`` (the epochs in time
-    order), the codes of the time-neighbour differences."""
+    pixels with their local fits and, with ``previous`` (per epoch, the
+    epoch it is compared with in time), the time codes."""
     det = cfg.detect
     n = matched.shape[0]
     keep = clip_outliers(
@@ -263,9 +262,9 @@ def band_differences(
         # line sums (a row of stars makes a line); the sums leave them out.
         near = ndimage.maximum_filter(model_sn, size=fw)[core] > np.float32(cfg.rules.line.source)
         quiet = ~near
-    if order is not None:
+    if previous is not None:
         out.tcodes = time_codes(
-            matched[:, core], mvar[:, core], ok[:, core], sys2[lo:hi], order, det
+            matched[:, core], mvar[:, core], ok[:, core], sys2[lo:hi], previous, det
         )
     s_e, w_e, v_e = s_all[ext], w_all[ext], v_all[ext]
     for k in range(n):
@@ -321,30 +320,46 @@ def time_codes(
     mvar: np.ndarray,
     ok: np.ndarray,
     sys2: np.ndarray,
-    order: np.ndarray,
+    previous: np.ndarray,
     det: DetectConfig,
 ) -> np.ndarray:
-    """Codes of where each epoch is brighter than the epoch before it in time.
+    """Codes of where each epoch is brighter than an earlier one, ``previous[k]``
+    (-1: none; see :func:`previous_epochs`).
 
     A mover slower than a PSF per epoch overlaps itself from epoch to epoch,
     so the static-sky model holds its light and the leave-one-out
     differences hardly see it; but the difference of an epoch and the one
     before it is a dipole whose positive lobe, the mover's leading edge,
     grows with its speed and moves with it.  The significance of
-    ``m_k - m_prev`` (PSF-matched, noise from both variances plus the
-    systematic term, rescaled to unit robust rms per noise tile) is
+    ``m_k - m_prev`` (PSF-matched, noise from both variances plus a share
+    of the systematic term, rescaled to unit robust rms per noise tile) is
     thresholded as the outliers are (2: above ``threshold``, 1: above
-    ``grow_threshold``); the first epoch in time gets none.  Static sources
+    ``grow_threshold``); an epoch without an earlier one gets none.  Static sources
     cancel; a brightening source gives a blob that stays put, a mover one
     that moves (:class:`skydm.coadd._cw_rules.Mover`).
     """
     out = np.zeros(matched.shape, dtype=np.int8)
-    for prev, k in itertools.pairwise(order):
+    for k, prev in enumerate(previous):
+        if prev < 0:
+            continue
         both = ok[k] & ok[prev]
         noise = np.sqrt(mvar[k] + mvar[prev] + TIME_SYSTEMATIC * sys2)
         d = np.where(both, (matched[k] - matched[prev]) / np.maximum(noise, np.float32(1e-12)), 0)
         d = d / tile_scales(d, both, det.noise_tile)[:, None]
         out[k] = (d > det.grow_threshold).astype(np.int8) + (d > det.threshold)
+    return out
+
+
+def previous_epochs(times: np.ndarray, min_gap: float) -> np.ndarray:
+    """Per epoch, the latest epoch taken at least ``min_gap`` days before it (-1:
+    none): within a night a slow mover hardly moves, and the difference of
+    two visits of one night would show nothing."""
+    out = np.full(times.size, -1, dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    for k in range(times.size):
+        earlier = order[times[order] <= times[k] - min_gap]
+        if earlier.size:
+            out[k] = earlier[-1]
     return out
 
 

@@ -301,10 +301,9 @@ class Mover:
     straight track ``p(t) = p0 + v t`` and is a mover when the track is at
     least ``min_track_fwhm`` long and the centroids scatter about it by at
     most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
-    residuals and dithered ghosts jump about).  Every epoch taken within the
-    track's time span (and one epoch either side) is then clipped within
-    ``radius_fwhm`` of its position on the track, whether or not that epoch
-    showed an outlier there.
+    residuals and dithered ghosts jump about).  Every epoch is
+    then clipped within ``radius_fwhm`` of its position on the track, whether
+    or not that epoch showed an outlier there.
     """
 
     config: MoverConfig
@@ -380,10 +379,9 @@ class Mover:
         times: np.ndarray,
         fwhm: float,
     ) -> None:
-        """Clip from each epoch, in ``clip``, the pixels within ``radius_fwhm`` of
-        its position on every track: the epochs within the track's span,
-        widened by one epoch either side in time (the first epoch has no time
-        code; a track's ends fade below the threshold before the mover does).
+        """Clip from every epoch, in ``clip``, the pixels within ``radius_fwhm`` of
+        its position on every track (a straight, steady mover is somewhere on
+        its track in every epoch, also where it fell below the threshold).
 
         A pixel is never taken from every epoch with data there: where it
         would be, the epoch whose track position is farthest keeps it (a
@@ -391,32 +389,36 @@ class Mover:
         coadd keeps its faintest part rather than no data).
         """
         n, rows, cols = tcodes.shape
-        ordered = np.sort(times)
         r = self.config.radius_fwhm * fwhm
+        h = math.ceil(r)
+        dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
         for track in self.tracks(tcodes, times, fwhm):
-            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
-            lo, hi = ordered[max(i0 - 1, 0)], ordered[min(i1 + 1, n - 1)]
-            ks = [k for k in range(n) if lo <= times[k] <= hi]
-            centres = np.array([track.at(times[k]) for k in ks])
-            y0 = max(int(np.floor(centres[:, 0].min() - r)), 0)
-            y1 = min(int(np.ceil(centres[:, 0].max() + r)) + 1, rows)
-            x0 = max(int(np.floor(centres[:, 1].min() - r)), 0)
-            x1 = min(int(np.ceil(centres[:, 1].max() + r)) + 1, cols)
-            if y0 >= y1 or x0 >= x1:
+            ks, flat, dist = [], [], []
+            for k in range(n):
+                cy, cx = track.at(times[k])
+                yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
+                d = np.hypot(yy - cy, xx - cx)
+                on = (d <= r) & (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
+                ks.append(np.full(int(on.sum()), k))
+                flat.append((yy[on] * cols + xx[on]).astype(np.int64))
+                dist.append(d[on])
+            kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
+            if ff.size == 0:
                 continue
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            dist = np.full((n, y1 - y0, x1 - x0), -1.0)
-            for k, (cy, cx) in zip(ks, centres, strict=True):
-                dist[k] = np.hypot(yy - cy, xx - cx)
-            box = clip[:, y0:y1, x0:x1]
-            mask = (dist >= 0) & (dist <= r) & (cover[y0:y1, x0:x1] > 0)
+            pix, col = np.unique(ff, return_inverse=True)
+            mask = np.zeros((n, pix.size), dtype=bool)
+            far = np.full((n, pix.size), -1.0)
+            mask[kk, col] = cover.reshape(-1)[ff] > 0
+            far[kk, col] = dd
+            flat_clip = clip.reshape(n, -1)
             # Pixels every epoch with data would lose: the farthest keeps them.
-            full = (box | mask).sum(axis=0) >= cover[y0:y1, x0:x1]
+            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
             if full.any():
-                far = np.argmax(np.where(mask, dist, -1.0), axis=0)
-                sel = np.nonzero(full)
-                mask[far[sel], sel[0], sel[1]] = False
-            box |= mask
+                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
+                sel = np.flatnonzero(full)
+                mask[keep[sel], sel] = False
+            for k in range(n):
+                flat_clip[k, pix[mask[k]]] = True
 
 
 @dataclass

@@ -44,7 +44,13 @@ from scipy import ndimage
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
 from skydm.coadd._cw_config import CompareWarpConfig, StreakConfig
-from skydm.coadd._cw_differences import BandOutliers, OutlierMaps, band_differences, match_planes
+from skydm.coadd._cw_differences import (
+    BandOutliers,
+    OutlierMaps,
+    band_differences,
+    match_planes,
+    previous_epochs,
+)
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
@@ -252,7 +258,8 @@ def detect_outliers(
     )
     maps = OutlierMaps.empty(n, p.binned, lines, movers=cfg.rules.mover.enabled)
     times = np.array([float(m.info.mjd) for m in stack.members])
-    order = np.argsort(np.where(np.isfinite(times), times, np.arange(n)), kind="stable")
+    times = np.where(np.isfinite(times), times, np.arange(n))
+    previous = previous_epochs(times, cfg.rules.mover.min_gap_days)
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     def band(y0: int, y1: int) -> _Band:
@@ -284,7 +291,7 @@ def detect_outliers(
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         diff = band_differences(
             matched, mvar, ok, weights, cfg, core, y0 // b, p.fw,
-            lines=lines is not None, order=order if cfg.rules.mover.enabled else None,
+            lines=lines is not None, previous=previous if cfg.rules.mover.enabled else None,
         )  # fmt: skip
         return _Band(own_hits, diff)
 
