@@ -80,7 +80,7 @@ def test_variable_veto_keeps_a_flux_change_centred_on_a_source() -> None:
     n, shape = 8, (30, 30)
     cfg = CompareWarpConfig()
     codes, _ = _disk_codes(n, shape, {0: (15.0, 15.0)}, 2.0)
-    fp = _footprints(codes[0], 1, 0.0)
+    fp = _footprints(codes[0], 1, 0.0, 1.0)
     idx = fp.pix
     rule = Variable(cfg.rules.variable)
     cover = np.full(shape[0] * shape[1], n, dtype=np.uint8)

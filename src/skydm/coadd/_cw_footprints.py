@@ -134,7 +134,7 @@ def _groups(
         yield int(lab[a]), ys, xs
 
 
-def _footprints(code: np.ndarray, sign: int, streak_length: float, aspect: float = 8.0) -> _Labels:
+def _footprints(code: np.ndarray, sign: int, streak_length: float, aspect: float) -> _Labels:
     """Outlier footprints of one epoch and sign.
 
     Regions of ``code * sign >= 1`` that hold a seed (``code * sign >= 2``),

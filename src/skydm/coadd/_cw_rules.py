@@ -324,7 +324,7 @@ class Mover:
         nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
         per_epoch: list[list[int]] = [[] for _ in range(n)]
         for k in range(n):
-            fp = _footprints(tcodes[k], 1, 0.0)
+            fp = _footprints(tcodes[k], 1, 0.0, 1.0)  # no trail segments: any aspect
             for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
                 per_epoch[k].append(len(nodes))
                 nodes.append((k, float(ys.mean()), float(xs.mean())))
