@@ -343,53 +343,6 @@ def test_line_search_leaves_out_what_is_already_clipped() -> None:
     assert has_faint(found) and len(found) == 1
 
 
-def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
-    """A slow asteroid merged with a brightening source's footprint (kept whole
-    as a flux change) is clipped around its own peak; the variable is not, and
-    a footprint without a second peak gives nothing."""
-    from skydm.coadd._cw_footprints import _Labels
-    from skydm.coadd._cw_rules import OffCore, RuleContext, _epoch
-    from skydm.coadd.compare_warp import CompareWarpConfig
-
-    cfg = CompareWarpConfig()
-    rule = OffCore(cfg.rules.off_core, cfg.rules.variable)
-
-    def _off_core(lab, labels, k, pixels, count, limit, cfg, fwhm):  # type: ignore[no-untyped-def]
-        # The rule on a dense label map, as a boolean map.
-        out = np.zeros(lab.size, dtype=bool)
-        pix = np.flatnonzero(lab)
-        fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
-        ep = _epoch(k, fp, lab.astype(np.int8) * 2, pixels, count.ravel(), 1, cfg.rules.fraction)
-        ep.limit = limit
-        det = cfg.detect
-        ctx = RuleContext(
-            1, fwhm, lab.shape[1], count.ravel(), count.ravel(), det.threshold,
-            det.grow_threshold, [ep], np.zeros(1),
-        )  # fmt: skip
-        protected = np.zeros(fp.n, dtype=bool)
-        protected[labels - 1] = True
-        out[fp.pix[rule.select(ep, ctx, protected)]] = True
-        return out.reshape(lab.shape)
-
-    yy, xx = np.indices((40, 40))
-    var = 40 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / (2 * 2.0**2))
-    ast = 20 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / (2 * 1.5**2))
-    for with_asteroid in (True, False):
-        sig = (var + ast * with_asteroid).astype(np.float32)
-        lab = (sig > cfg.detect.grow_threshold).astype(np.int32)
-        idx = np.flatnonzero(lab)
-        # The variable's pixels fit the model (chi2 1), the asteroid's do not.
-        chi2 = np.where(ast.ravel()[idx] > var.ravel()[idx], 50.0, 1.0).astype(np.float32)
-        pixels = outlier_pixels(idx, sig.ravel()[idx], 1, chi2=chi2, msig=20.0, peak=1.0)
-        count = lab.astype(np.uint8)
-        out = _off_core(lab, np.array([1]), 0, pixels, count, np.array([2.0]), cfg, 2.5)
-        if not with_asteroid:
-            assert not out.any()
-            continue
-        assert out[20, 25] and not out[20, 15]
-        assert not out[:, :19].any()
-
-
 def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     """Epoch 0 of a variable star (bright that night) is clipped over the star;
     the replacement holds the other epochs' fainter star unless restored to the

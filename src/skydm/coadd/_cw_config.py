@@ -260,14 +260,6 @@ class VariableConfig:
 
 
 @dataclass(frozen=True)
-class OffCoreConfig:
-    """Add: a transient merged with a variable's footprint (its own peak, past a
-    saddle, not fitted by the model) is clipped off the variable's core."""
-
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
 class TrailConfig:
     """Add: long thin footprints (trail segments) are extended into strips
     along their axis across the whole grid, bridging gaps of faint trails.
@@ -348,7 +340,6 @@ class RulesConfig:
     pieces: PieceConfig = field(default_factory=PieceConfig)
     mover: MoverConfig = field(default_factory=MoverConfig)
     variable: VariableConfig = field(default_factory=VariableConfig)
-    off_core: OffCoreConfig = field(default_factory=OffCoreConfig)
     trail: TrailConfig = field(default_factory=TrailConfig)
     halo: HaloConfig = field(default_factory=HaloConfig)
     line: LineConfig = field(default_factory=LineConfig)
@@ -428,7 +419,6 @@ class CompareWarpConfig:
         "rules.pieces",
         "rules.mover",
         "rules.variable",
-        "rules.off_core",
         "rules.trail",
         "rules.halo",
         "rules.line",

@@ -12,8 +12,7 @@ independent of the order of its rules:
    static source).
 2. **Parts of footprints not clipped whole.**  :class:`Pieces` adds the
    seeded few-epoch pieces of unprotected footprints merged with
-   many-epoch regions; :class:`OffCore` adds a transient's own part of a
-   protected (variable) footprint; :class:`Mover` adds every epoch's
+   many-epoch regions; :class:`Mover` adds every epoch's
    pixels along a straight track through time, whatever its speed.  Their
    pixels are unioned.
 3. **Extensions of what is clipped.**  Growth by ``detect.grow_fwhm``;
@@ -42,7 +41,6 @@ from skydm.coadd._cw_config import (
     FractionConfig,
     HaloConfig,
     MoverConfig,
-    OffCoreConfig,
     PieceConfig,
     SamePlaceConfig,
     TrailConfig,
@@ -59,9 +57,6 @@ from skydm.coadd._cw_footprints import (
     _Labels,
 )
 
-#: Fraction of a second peak's significance below which the
-#: significance between two peaks is a saddle (they are two sources).
-SADDLE = 0.5
 #: A flux change's footprint reaches ``size + SPREAD * sqrt(2 ln(p / t))``
 #: FWHM (a Gaussian core's reach from peak ``p`` to threshold ``t``, with a
 #: margin for noise and PSF wings).
@@ -250,27 +245,6 @@ class Pieces:
         return piece[seeded[plab]]
 
 
-@dataclass
-class OffCore:
-    """Add (stage 2): a transient beside a variable (a slow asteroid passing a
-    supernova) merges with its protected footprint; its own peak's part is
-    clipped (:func:`_off_core_pixels`)."""
-
-    config: OffCoreConfig
-    variable: VariableConfig
-    role: ClassVar[Literal["add", "veto"]] = "add"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the rule takes part."""
-        return self.config.enabled
-
-    def select(self, ep: EpochFootprints, ctx: RuleContext, protected: np.ndarray) -> np.ndarray:
-        """Positions in ``ep.fp.pix`` of the pixels clipped, in footprints ``protected``."""
-        split = _off_core_pixels(ep, np.flatnonzero(protected) + 1, ctx, self.variable)
-        return np.searchsorted(ep.fp.pix, split)
-
-
 class Track(NamedTuple):
     """A straight track through time: position ``p0`` (binned y, x) at time
     ``tm``, velocity ``v`` (binned pixels per day), spanning ``t0`` to ``t1``."""
@@ -301,9 +275,10 @@ class Mover:
     straight track ``p(t) = p0 + v t`` and is a mover when the track is at
     least ``min_track_fwhm`` long and the centroids scatter about it by at
     most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
-    residuals and dithered ghosts jump about).  Every epoch is
-    then clipped within ``radius_fwhm`` of its position on the track, whether
-    or not that epoch showed an outlier there.
+    residuals and dithered ghosts jump about).  Every epoch of the track's
+    span, widened to the nights just before and after it, is then clipped
+    within ``radius_fwhm`` of its position on the track, whether or not
+    that epoch showed an outlier there.
     """
 
     config: MoverConfig
@@ -379,9 +354,10 @@ class Mover:
         times: np.ndarray,
         fwhm: float,
     ) -> None:
-        """Clip from every epoch, in ``clip``, the pixels within ``radius_fwhm`` of
-        its position on every track (a straight, steady mover is somewhere on
-        its track in every epoch, also where it fell below the threshold).
+        """Clip from the epochs of every track's span (and the nights just
+        before and after it), in ``clip``, the pixels within ``radius_fwhm``
+        of their positions on the track, also where the mover fell below the
+        threshold.
 
         A pixel is never taken from every epoch with data there: where it
         would be, the epoch whose track position is farthest keeps it (a
@@ -392,9 +368,20 @@ class Mover:
         r = self.config.radius_fwhm * fwhm
         h = math.ceil(r)
         dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
+        ordered = np.sort(times)
+        gap = self.config.min_gap_days
         for track in self.tracks(tcodes, times, fwhm):
+            # The track's span widened to the nights just before and after
+            # (the first night has no time code; a track's ends fade below
+            # the threshold before the mover does); no further: a straight
+            # track is not extrapolated over the survey.
+            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
+            lo = ordered[max(i0 - 1, 0)] - gap
+            hi = ordered[min(i1 + 1, n - 1)] + gap
             ks, flat, dist = [], [], []
             for k in range(n):
+                if not lo <= times[k] <= hi:
+                    continue
                 cy, cx = track.at(times[k])
                 yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
                 d = np.hypot(yy - cy, xx - cx)
@@ -484,7 +471,6 @@ def clip_maps(
         pixels = [OutlierPixels.concatenate([], n) for _ in range(n)]
     trail, halo = Trail(cfg.rules.trail), Halo(cfg.rules.halo)
     pieces = Pieces(cfg.rules.pieces)
-    off_core = OffCore(cfg.rules.off_core, cfg.rules.variable)
     for sign in (1, -1):
         length = trail.config.length if sign > 0 and trail.enabled else 0.0
         fps = [_footprints(codes[k], sign, length, trail.config.aspect) for k in range(n)]
@@ -516,8 +502,6 @@ def clip_maps(
             chosen = np.r_[False, whole][ep.fp.lab]  # per footprint pixel
             if pieces.enabled:
                 chosen[pieces.select(ep, ctx, ~whole & ~veto)] = True
-            if off_core.enabled and veto.any():
-                chosen[off_core.select(ep, ctx, veto)] = True
             if chosen.any():
                 _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
     mover = Mover(cfg.rules.mover)
@@ -722,70 +706,6 @@ def _grow(
         sy0, sy1 = max(int(iy[0]) - r, wy0), min(int(iy[-1]) + r + 1, wy1)
         sx0, sx1 = max(int(ix.min()) - r, wx0), min(int(ix.max()) + r + 1, wx1)
         out[sy0:sy1, sx0:sx1] |= _dilate(mask[sy0:sy1, sx0:sx1], structure)
-
-
-def _off_core_pixels(
-    ep: EpochFootprints, labels: np.ndarray, ctx: RuleContext, cfg: VariableConfig
-) -> np.ndarray:
-    """Second peaks of variable footprints ``labels``: transients beside a variable.
-
-    A slow asteroid passing a supernova merges with its footprint, which is
-    then kept whole as a flux change.  Within such a footprint, a second
-    local maximum of the significance (at least the detection threshold, more than
-    a target FWHM from the footprint's peak, separated from it by a saddle
-    below half its height, outlier in few enough epochs) whose difference
-    is not a multiple of the model (the fit of :func:`_variable` fails) is a
-    transient of its own: the footprint's pixels nearer to it than to the
-    peak, within the reach of a point source of its significance, are clipped.
-    Returns their flat indices.
-    """
-    fwhm, width, count = ctx.fwhm, ctx.width, ctx.count
-    fp, tops, outl, limit = ep.fp, ep.tops, ep.pixels, ep.limit
-    none = np.zeros(0, dtype=np.int64)
-    if fwhm <= 0 or outl.idx.size == 0:
-        return none
-    # The outlier values at a footprint's pixels (0 elsewhere; the last of
-    # repeated pixels, as a dense map filled in order would hold).
-    order = np.argsort(outl.idx, kind="stable")
-    sidx = outl.idx[order]
-    hits = []
-    for label, ys, xs in _groups(fp, np.asarray(labels), width):
-        t = tops[label - 1]
-        if t < 0:
-            continue
-        y0, x0 = int(ys.min()), int(xs.min())
-        shape = (int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1)
-        sub = np.zeros(shape, dtype=bool)
-        sub[ys - y0, xs - x0] = True
-        pos = np.searchsorted(sidx, ys * width + xs, side="right") - 1
-        found = np.flatnonzero((pos >= 0) & (sidx[np.maximum(pos, 0)] == ys * width + xs))
-        src = order[pos[found]]
-        vy, vx = ys[found] - y0, xs[found] - x0
-        s_sub, chi2, msig = (np.zeros(shape, dtype=np.float32) for _ in range(3))
-        s_sub[vy, vx], chi2[vy, vx], msig[vy, vx] = outl.dabs[src], outl.chi2[src], outl.msig[src]
-        ty, tx = t // width - y0, t % width - x0
-        peaks = sub & (s_sub >= ctx.threshold) & (s_sub >= ndimage.maximum_filter(s_sub, 3))
-        yy, xx = np.indices(shape)
-        d_top = np.hypot(yy - ty, xx - tx)
-        peaks &= d_top > fwhm
-        for py, px in zip(*np.nonzero(peaks), strict=True):
-            c = count[(py + y0) * width + px + x0]
-            if not 1 <= c <= limit[label - 1]:
-                continue
-            fit_ok = chi2[py, px] <= cfg.chi2_compact
-            if fit_ok and msig[py, px] >= ctx.threshold:
-                continue  # a flux change itself (a second star of the variable's blend)
-            m = max(int(d_top[py, px]), 2)
-            ly = np.rint(np.linspace(ty, py, m + 1)).astype(int)
-            lx = np.rint(np.linspace(tx, px, m + 1)).astype(int)
-            if s_sub[ly, lx].min() >= SADDLE * s_sub[py, px]:
-                continue  # no saddle: a wing of the variable's own footprint
-            reach = math.sqrt(2 * math.log(max(s_sub[py, px] / ctx.grow_threshold, 1.0)))
-            radius = fwhm * (cfg.size + SPREAD * reach)
-            d_p = np.hypot(yy - py, xx - px)
-            hy, hx = np.nonzero(sub & (d_p < d_top) & (d_p <= radius))
-            hits.append((hy + y0) * width + hx + x0)
-    return np.unique(np.concatenate(hits)) if hits else none
 
 
 def _extend_streaks(
