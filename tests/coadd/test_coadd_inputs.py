@@ -9,7 +9,7 @@ import pytest
 
 from skydm.cli.main import main
 from skydm.coadd import SkyCell, assemble_coadd
-from skydm.coadd.compare_warp import CompareWarpConfig
+from skydm.coadd._cw_config import InputConfig
 from skydm.errors import BadFileError, BadValueError, MissingMetadataError
 from skydm.image import Exposure, Mask
 from skydm.image.psf import GaussianPsf
@@ -59,7 +59,7 @@ def test_non_positive_variance_over_the_limit_is_refused_by_name(tmp_path: Path)
     with pytest.raises(BadFileError, match=r"w1\.fits: .*variance on 2\.0%.*max_bad_variance"):
         assemble_coadd(paths, "compare")
     # A looser limit accepts it, and the bad pixels are left out of the coadd.
-    coadd = assemble_coadd(paths, "compare", max_bad_variance=0.05)
+    coadd = assemble_coadd(paths, "compare", inputs__max_bad_variance=0.05)
     assert np.isfinite(coadd.image).all()
 
 
@@ -76,7 +76,7 @@ def test_bad_variance_under_the_limit_or_masked_is_accepted() -> None:
 @pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan")])
 def test_max_bad_variance_is_validated(bad: float) -> None:
     with pytest.raises(BadValueError, match="max_bad_variance"):
-        CompareWarpConfig(max_bad_variance=bad)
+        InputConfig(max_bad_variance=bad)
 
 
 def test_cli_prints_one_line_naming_the_warp(

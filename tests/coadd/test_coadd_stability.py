@@ -91,3 +91,28 @@ def test_a_1e_6_perturbation_of_psfs_and_variances_leaves_the_clips_unchanged(
         assert flipped == 0, f"perturbation {seed}: {flipped} binned clip pixels flipped"
         for k, (a, b) in enumerate(zip(base.cosmic_rays, other.cosmic_rays, strict=True)):
             assert np.array_equal(np.sort(a), np.sort(b)), f"epoch {k}: cosmic rays differ"
+
+
+def test_band_height_and_threads_leave_the_coadd_unchanged(warps: list[Exposure]) -> None:
+    """Noise statistics are taken over fixed tiles of the cell, so bands of one
+    tile, of two tiles and the default (the whole cell here), read by one or
+    two threads, give the same coadd bit for bit (with the default tiles and
+    with tiles small enough for several bands of one tile)."""
+    from dataclasses import replace
+
+    from skydm.coadd.compare_warp import CompareWarpConfig, compare_warp
+
+    for tile_rows in (64, 32):
+        cfg = CompareWarpConfig()
+        cfg = replace(cfg, detect=replace(cfg.detect, noise_tile=tile_rows))
+        tile = tile_rows * cfg.detect.bin
+        assert warps[0].image.shape[0] > tile  # so that bands of one tile are several
+        ref = compare_warp(WarpStack(warps), config=cfg, threads=2)
+        for rows, threads in ((tile, 1), (tile, 2), (2 * tile + 5, 2), (None, 1)):
+            other = compare_warp(WarpStack(warps), config=cfg, chunk_rows=rows, threads=threads)
+            for plane in ("image", "var", "msk"):
+                differ = np.count_nonzero(getattr(ref, plane) != getattr(other, plane))
+                assert differ == 0, (
+                    f"tiles of {tile} rows, bands of {rows}, {threads} threads: "
+                    f"{differ} {plane} pixels differ"
+                )

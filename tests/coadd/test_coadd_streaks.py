@@ -98,8 +98,8 @@ def test_a_point_on_a_static_source_is_variability_not_a_mover() -> None:
 def test_streak_size_limits_are_checked() -> None:
     import pytest
 
-    from skydm.coadd.compare_warp import CompareWarpConfig
+    from skydm.coadd._cw_config import StreakConfig
     from skydm.errors import BadValueError
 
-    with pytest.raises(BadValueError, match="streak_min_pixels"):
-        CompareWarpConfig(streak_min_pixels=50, streak_max_pixels=10)
+    with pytest.raises(BadValueError, match="min_pixels"):
+        StreakConfig(min_pixels=50, max_pixels=10)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from coadd_harness.outliers import outlier_pixels
 from skydm.coadd import SkyCell, SkyGrid, WarpStack, assemble_coadd, tan_wcs, warp_exposure
 from skydm.coadd.assemble import masked_median
 from skydm.errors import BadValueError, UserError
@@ -175,13 +176,15 @@ def test_bad_inputs_are_clear_errors_or_documented_results() -> None:
     # A single epoch cannot be compared with anything: CompareWarp returns it as it is.
     one = _warp(np.random.default_rng(3).normal(0, 1, (40, 40)))
     one.image[20, 20] = 1e4
-    coadd = assemble_coadd([one], "compare", cr_threshold=0.0)
+    coadd = assemble_coadd([one], "compare", cosmic_rays__enabled=False)
     assert np.array_equal(coadd.image, one.image)
     empty = _warp(np.zeros((40, 40)), mask=np.full((40, 40), Mask.NO_DATA, np.uint32))
     with pytest.raises(UserError, match="no usable pixel"):
         assemble_coadd([empty], "mean")
-    with pytest.raises(UserError, match="bad CompareWarp option"):
+    with pytest.raises(UserError, match="CompareWarp option"):
         assemble_coadd([one], "compare", nonsense=1.0)
+    with pytest.raises(UserError, match="threshold"):
+        assemble_coadd([one], "compare", detect__threshold=1.0)
 
 
 def test_compare_warp_removes_a_trail_and_cosmic_ray_but_keeps_a_variable_star() -> None:
@@ -228,7 +231,7 @@ def test_transient_merged_with_a_many_epoch_region_is_still_clipped() -> None:
     codes[:, 10:40, 10:40] = 2  # outlier in every epoch: static, never clipped
     codes[3, 25:27, 40:55] = 2  # epoch 3 only, merged with the blob
     cover = np.full(shape, n, dtype=np.uint8)
-    clip = clip_maps(codes, cover, [], CompareWarpConfig(streak_length=0), grow=0)
+    clip = clip_maps(codes, cover, [], CompareWarpConfig().without("trail"), grow=0)
     assert clip[3, 25:27, 40:55].all()
     assert not clip[:, 10:40, 10:40].any()
     assert not np.delete(clip, 3, axis=0).any()
@@ -238,22 +241,21 @@ def test_overlapping_transients_at_shifted_places_are_clipped() -> None:
     """Three epochs' blobs (a slow asteroid, a ghost moving with the dithers)
     overlap so much that most pixels are outliers in three epochs, more than
     the rule allows with eight; their peaks are apart, so each is transient."""
-    from skydm.coadd._cw_rules import Sparse, clip_maps
+    from skydm.coadd._cw_rules import clip_maps
     from skydm.coadd.compare_warp import CompareWarpConfig
 
     n, shape = 8, (40, 60)
     yy, xx = np.indices(shape)
     codes = np.zeros((n, *shape), dtype=np.int8)
-    sparse: Sparse = []
+    sparse = [outlier_pixels(np.zeros(0, dtype=np.int64), np.zeros(0), n) for _ in range(n)]
     for k, cx in enumerate((25.0, 28.0, 31.0)):
         dist = np.hypot(yy - 20.0, xx - cx)
         codes[k][dist <= 8] = 2
         idx = np.flatnonzero(codes[k])
-        dabs = (20 - dist.ravel()[idx]).astype(np.float32)
-        zero = np.zeros(idx.size, dtype=np.float32)
-        sparse.append((k, idx, dabs, zero + 99, zero, zero, zero, zero, zero, zero - 1))
+        sparse[k] = outlier_pixels(idx, 20 - dist.ravel()[idx], n, chi2=99.0)
     cover = np.full(shape, n, dtype=np.uint8)
-    cfg = CompareWarpConfig(streak_length=0)
+    # The epochs are far apart in time, so that the three make no track.
+    cfg = CompareWarpConfig().without("trail").without("mover")
     plain = clip_maps(codes, cover, sparse, cfg, grow=0)
     # By the pixel counts alone the middle one stays (but for its edges).
     assert not plain[1][codes[1] > 0].all()
@@ -341,50 +343,11 @@ def test_line_search_leaves_out_what_is_already_clipped() -> None:
     assert has_faint(found) and len(found) == 1
 
 
-def test_a_transient_beside_a_variable_is_split_off_its_footprint() -> None:
-    """A slow asteroid merged with a brightening source's footprint (kept whole
-    as a flux change) is clipped around its own peak; the variable is not, and
-    a footprint without a second peak gives nothing."""
-    from skydm.coadd._cw_footprints import _Context, _Labels, _outliers
-    from skydm.coadd._cw_rules import _off_core_pixels, _peaks
-    from skydm.coadd.compare_warp import CompareWarpConfig
-
-    cfg = CompareWarpConfig()
-
-    def _off_core(lab, labels, k, sparse, count, limit, cfg, fwhm):  # type: ignore[no-untyped-def]
-        # The rule on a dense label map, as a boolean map.
-        out = np.zeros(lab.size, dtype=bool)
-        pix = np.flatnonzero(lab)
-        fp = _Labels(pix, lab.ravel()[pix].astype(np.int64), int(lab.max()))
-        outl = _outliers(sparse, k)
-        ctx = _Context(cfg, 1, fwhm, None, lab.shape[1], count.ravel(), count.ravel(), None)
-        out[_off_core_pixels(fp, labels, _peaks(fp, outl)[0], outl, limit, ctx)] = True
-        return out.reshape(lab.shape)
-
-    yy, xx = np.indices((40, 40))
-    var = 40 * np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / (2 * 2.0**2))
-    ast = 20 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / (2 * 1.5**2))
-    for with_asteroid in (True, False):
-        sig = (var + ast * with_asteroid).astype(np.float32)
-        lab = (sig > cfg.grow_threshold).astype(np.int32)
-        idx = np.flatnonzero(lab)
-        # The variable's pixels fit the model (chi2 1), the asteroid's do not.
-        chi2 = np.where(ast.ravel()[idx] > var.ravel()[idx], 50.0, 1.0).astype(np.float32)
-        ones = np.ones(idx.size, dtype=np.float32)
-        sparse = [(0, idx, sig.ravel()[idx], chi2, 20 * ones, ones, ones, ones, ones, -ones)]
-        count = lab.astype(np.uint8)
-        out = _off_core(lab, np.array([1]), 0, sparse, count, np.array([2.0]), cfg, 2.5)
-        if not with_asteroid:
-            assert not out.any()
-            continue
-        assert out[20, 25] and not out[20, 15]
-        assert not out[:, :19].any()
-
-
 def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     """Epoch 0 of a variable star (bright that night) is clipped over the star;
     the replacement holds the other epochs' fainter star unless restored to the
     flux of the same night's other visit."""
+    from skydm.coadd._cw_config import RestoreConfig
     from skydm.coadd._cw_pixels import imputation_coefficients
     from skydm.coadd._cw_restore import Restore, restore_targets
 
@@ -415,12 +378,19 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     plain = coadd_flux([])
     assert plain < truth * 0.85  # epoch 0's bright star was replaced by fainter ones
     items = [Restore(0, cy, cx, alpha=0.0)]
-    targets = restore_targets(items, 0, img, var, kept, clipped, weights, psfs, times=times)
+    targets = restore_targets(
+        items, 0, img, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
+    )
     assert len(targets) == 1 and abs(targets[0].target - 9000.0) < 150
     assert abs(coadd_flux(targets) - truth) < 0.01 * truth
     # A constant star is left alone: nothing to restore.
     flat = np.mean(img, axis=0, keepdims=True) * np.ones((n, 1, 1), dtype=np.float32)
-    assert restore_targets(items, 0, flat, var, kept, clipped, weights, psfs, times=times) == []
+    assert (
+        restore_targets(
+            items, 0, flat, var, kept, clipped, weights, psfs, RestoreConfig(), times=times
+        )
+        == []
+    )
 
 
 def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:
@@ -605,7 +575,7 @@ def test_clip_halo_takes_a_diffuse_ghosts_wings_and_spares_trails() -> None:
     codes = (z >= 2.5).astype(np.int8) + (z >= 5.0) - (z <= -2.5).astype(np.int8) - (z <= -5.0)
     cover = np.full((side, side), n, dtype=np.uint8)
     args = dict(grow=fwhm, fwhm=fwhm)
-    plain = clip_maps(codes, cover, [], CompareWarpConfig(halo_size=0.0), **args)
+    plain = clip_maps(codes, cover, [], CompareWarpConfig().without("halo"), **args)
     halo = clip_maps(codes, cover, [], CompareWarpConfig(), **args)
     light = blob.sum()
     after = (blob * halo[0]).sum() / light

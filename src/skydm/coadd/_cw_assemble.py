@@ -19,10 +19,11 @@ from typing import TypeVar
 
 import numpy as np
 
+from skydm.coadd._cw_config import RestoreConfig
 from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd._cw_streaks import Streak
-from skydm.coadd.assemble import _coadd_exposure
+from skydm.coadd.combine import _coadd_exposure
 from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
 from skydm.image import Exposure, Mask
@@ -54,6 +55,7 @@ class Clips:
     threshold: float
     n_lines: int
     streaks: list[Streak] = field(default_factory=list)
+    restore_config: RestoreConfig = field(default_factory=RestoreConfig)
 
 
 def assemble_clipped(
@@ -142,6 +144,7 @@ def assemble_clipped(
                     clipped,
                     weights,
                     psfs,
+                    clips.restore_config,
                     times=times,
                     kernels=kernels,
                 )
@@ -186,11 +189,13 @@ def assemble_clipped(
     return exp
 
 
-def band_chunks(stack: WarpStack, chunk_rows: int | None, b: int) -> list[tuple[int, int]]:
+def band_chunks(stack: WarpStack, chunk_rows: int | None, tile: int) -> list[tuple[int, int]]:
     """The bands of rows CompareWarp's passes work on: ``chunk_rows`` (default:
-    :meth:`WarpStack.default_chunk_rows`) rounded down to whole binned rows."""
+    :meth:`WarpStack.default_chunk_rows`) rounded down to whole noise tiles of
+    ``tile`` full-resolution rows (at least one), so that every noise
+    statistic is taken over the same rows whatever the band height."""
     rows = check_rows(chunk_rows or stack.default_chunk_rows())
-    return list(stack.chunks(max(b, rows - rows % b)))
+    return list(stack.chunks(max(tile, rows - rows % tile)))
 
 
 def band_clip(clips: Clips, y0: int, ye: int, nx: int) -> np.ndarray:

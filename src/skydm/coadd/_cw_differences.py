@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
-from skydm.coadd._cw_footprints import Sparse
+from skydm.coadd._cw_config import CompareWarpConfig, DetectConfig
+from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_lines import LineAccumulator, column_sums
-from skydm.coadd.assemble import clip_outliers
-
-if TYPE_CHECKING:
-    from skydm.coadd.compare_warp import CompareWarpConfig
+from skydm.coadd.combine import clip_outliers
 
 
 def match_planes(
@@ -74,40 +71,131 @@ def border_mass(shape: tuple[int, ...], s: float) -> np.ndarray:
     return (out[0][:, None] * out[1][None, :]).astype(np.float32)
 
 
+#: Fewest usable pixels in a noise tile's sample for its robust rms; fewer:
+#: the variance plane is taken as it is (scale 1).
+MIN_NOISE_SAMPLE = 100
+#: Robust rms rescalings outside this range mean a broken sample, not
+#: miscalibrated variance: ignored.
+NOISE_SCALE_RANGE = (0.2, 5.0)
+#: Share of the PSF-mismatch term in the noise of the time differences:
+#: residuals of static sources stay put and make no track, so a small
+#: share suffices, and a larger one hides slow movers' weak dipoles.
+TIME_SYSTEMATIC = 0.1
+#: Robust sigma of a Gaussian from its median absolute deviation.
+MAD_TO_SIGMA = 1.4826
+
+
 @dataclass
-class BandDiff:
-    """Leave-one-out differences of one band, to be merged (:meth:`merge_into`)."""
+class BandOutliers:
+    """The outlier pass's products for one band of binned rows (merged into the
+    cell-wide maps in band order by :meth:`merge_into`).
+
+    Attributes
+    ----------
+    row0 : int
+        The band's first binned row.
+    codes : numpy.ndarray
+        ``(n, rows, columns)`` int8: +2/-2 above/below +-threshold, +1/-1
+        above/below +-grow_threshold, 0 otherwise.
+    okc : numpy.ndarray
+        ``(n, rows, columns)`` where each epoch could be compared.
+    pixels : list of OutlierPixels
+        Per epoch, its flagged pixels with their local fits.
+    line_sums : list of tuple, or None
+        Per epoch, the line search's column sums.
+    static, peaks : numpy.ndarray or None
+        Bright static sources (spared by line strips) and the model's local
+        maxima (candidates for restoring variables).
+    tcodes : numpy.ndarray or None
+        ``(n, rows, columns)`` int8 codes of the time-neighbour differences
+        (:func:`time_codes`), for the mover rule.
+    """
 
     row0: int
     codes: np.ndarray
     okc: np.ndarray
+    pixels: list[OutlierPixels]
     line_sums: list[tuple[np.ndarray, np.ndarray]] | None
     static: np.ndarray | None
     peaks: np.ndarray | None
-    sparse: Sparse
+    tcodes: np.ndarray | None = None
 
-    def merge_into(
-        self,
-        codes: np.ndarray,
-        cover: np.ndarray,
-        sparse: Sparse,
-        lines: list[LineAccumulator] | None,
-        static: np.ndarray,
-        peaks: np.ndarray,
-    ) -> None:
+    def merge_into(self, maps: OutlierMaps) -> None:
         """Write the band into the cell-wide maps (in band order: the line
         accumulators' blocks straddle bands)."""
         rb = slice(self.row0, self.row0 + self.codes.shape[1])
-        codes[:, rb] = self.codes
-        cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
-        if lines is not None and self.line_sums is not None:
-            for acc, (zc, nc) in zip(lines, self.line_sums, strict=True):
+        maps.codes[:, rb] = self.codes
+        if maps.tcodes is not None and self.tcodes is not None:
+            maps.tcodes[:, rb] = self.tcodes
+        maps.cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
+        if maps.lines is not None and self.line_sums is not None:
+            for acc, (zc, nc) in zip(maps.lines, self.line_sums, strict=True):
                 acc.add_sums(rb.start, zc, nc)
         if self.static is not None:
-            static[rb] |= self.static
+            maps.static[rb] |= self.static
         if self.peaks is not None:
-            peaks[rb] |= self.peaks
-        sparse.extend(self.sparse)
+            maps.peaks[rb] |= self.peaks
+        for k, part in enumerate(self.pixels):
+            maps.parts[k].append(part)
+
+
+@dataclass
+class OutlierMaps:
+    """The outlier pass's products for the whole cell (binned grid)."""
+
+    codes: np.ndarray
+    cover: np.ndarray
+    static: np.ndarray
+    peaks: np.ndarray
+    lines: list[LineAccumulator] | None
+    parts: list[list[OutlierPixels]]
+    tcodes: np.ndarray | None
+
+    @classmethod
+    def empty(
+        cls,
+        n: int,
+        shape: tuple[int, int],
+        lines: list[LineAccumulator] | None,
+        *,
+        movers: bool,
+    ) -> OutlierMaps:
+        """Maps of ``n`` epochs on a binned grid of ``shape``, to be filled band by band."""
+        return cls(
+            np.zeros((n, *shape), dtype=np.int8),
+            np.zeros(shape, dtype=np.uint8),
+            np.zeros(shape, dtype=bool),
+            np.zeros(shape, dtype=bool),
+            lines,
+            [[] for _ in range(n)],
+            np.zeros((n, *shape), dtype=np.int8) if movers else None,
+        )
+
+    def pixels(self) -> list[OutlierPixels]:
+        """Per epoch, all its outlier pixels."""
+        n = self.codes.shape[0]
+        return [OutlierPixels.concatenate(p, n) for p in self.parts]
+
+
+def tile_scales(sig: np.ndarray, ok: np.ndarray, tile: int) -> np.ndarray:
+    """Per row of ``sig`` (binned rows of whole tiles of ``tile`` rows from a
+    tile boundary), the robust rms of the significance over its tile.
+
+    The sample is every third row and column of the tile from its first, so
+    that it does not depend on how rows are grouped into bands.
+    """
+    rows = sig.shape[0]
+    out = np.ones(rows, dtype=np.float32)
+    for t0 in range(0, rows, tile):
+        t1 = min(t0 + tile, rows)
+        sample = sig[t0:t1:3, ::3][ok[t0:t1:3, ::3]]
+        if sample.size > MIN_NOISE_SAMPLE:
+            # The variance plane ignores the noise correlations of warping and
+            # the model's share of each epoch: rescale to unit robust rms.
+            scale = MAD_TO_SIGMA * float(np.median(np.abs(sample - np.median(sample))))
+            if NOISE_SCALE_RANGE[0] < scale < NOISE_SCALE_RANGE[1]:
+                out[t0:t1] = scale
+    return out
 
 
 def band_differences(
@@ -119,147 +207,226 @@ def band_differences(
     core: slice,
     row0: int,
     fw: int,
-    wb: int,
     *,
     lines: bool,
-) -> BandDiff:
-    """Leave-one-out differences of a band (binned rows from ``row0``): outlier
-    codes, coverage, the line search's block sums and bright static sources
-    (with ``lines``), the model's peaks (candidates for restoring variables,
-    with ``cfg.restore_variables``), and the sparse data of the
-    variable-source test."""
+    previous: np.ndarray | None = None,
+) -> BandOutliers:
+    """Leave-one-out differences of a band (binned rows from ``row0``, its core
+    ``core`` of the band's rows, whole noise tiles): outlier codes, coverage,
+    the line search's block sums and bright static sources (with ``lines``),
+    the model's peaks (with ``cfg.restore.enabled``), each epoch's outlier
+    pixels with their local fits and, with ``previous`` (per epoch, the
+    epoch it is compared with in time), the time codes."""
+    det = cfg.detect
     n = matched.shape[0]
     keep = clip_outliers(
-        matched, mvar, ok, weights, nsigma=cfg.model_nsigma, ampfrac=cfg.systematic
+        matched, mvar, ok, weights, nsigma=det.model_nsigma, ampfrac=det.systematic
     )
     # Each epoch is compared with the model made of the other epochs, so that
     # an epoch's own noise neither shrinks its difference nor inflates it
     # where the clipping took it out of the model.
     wk = np.where(keep, weights[:, None, None].astype(np.float32), np.float32(0))
-    # Which epochs the model holds, per pixel (a bit per epoch; -1: all, when
-    # there are too many epochs for the bits): the reference of a flux change.
-    if n <= 62:
-        bits = np.zeros(keep.shape[1:], dtype=np.int64)
-        for j in range(n):
-            bits |= keep[j].astype(np.int64) << j
-        bits = bits[core]
-    else:
-        bits = np.full(keep.shape[1:], -1, dtype=np.int64)[core]
     s_all = np.einsum("kij,kij->ij", wk, matched)
     w_all = wk.sum(axis=0)
     v_all = np.einsum("kij,kij->ij", wk * wk, mvar)
     model = s_all / np.maximum(w_all, np.float32(1e-30))
+    model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
+    # The fit windows reach ``h`` rows past the core: computed on the core
+    # so extended (the band's halo holds those rows), so that a window does
+    # not depend on where the band ends.
+    h = fw // 2
+    ext = slice(max(core.start - h, 0), min(core.stop + h, matched.shape[1]))
+    lo = core.start - ext.start  # the core within the extension
+    hi = lo + (core.stop - core.start)
     # PSF mismatch leaves residuals that scale with the brightness of the
     # nearby sky (cores and wings of stars): the local peak of the model.
-    peak = ndimage.maximum_filter(np.abs(model), size=fw)[core]
-    sys2 = (np.float32(cfg.systematic) * peak) ** 2
-    s_all, w_all, v_all = s_all[core], w_all[core], v_all[core]
-    model_sn = s_all / np.sqrt(np.maximum(v_all, np.float32(1e-30)))
-    out = BandDiff(
+    peak = ndimage.maximum_filter(np.abs(model), size=fw)[ext]
+    sys2 = (np.float32(det.systematic) * peak) ** 2
+    rows, cols = hi - lo, matched.shape[2]
+    out = BandOutliers(
         row0,
-        np.empty((n, *model_sn.shape), dtype=np.int8),
-        np.empty((n, *model_sn.shape), dtype=bool),
-        [] if lines else None,
-        model_sn > np.float32(cfg.line_static) if lines else None,
-        None,
+        np.empty((n, rows, cols), dtype=np.int8),
+        np.empty((n, rows, cols), dtype=bool),
         [],
+        [] if lines else None,
+        model_sn[core] > np.float32(cfg.rules.line.static) if lines else None,
+        None,
     )
-    if cfg.restore_variables:
+    if cfg.restore.enabled:
         # Bright static sources (candidates for restoring a variable's flux).
-        top = ndimage.maximum_filter(model_sn, size=3)
-        out.peaks = (model_sn >= top) & (model_sn >= np.float32(cfg.restore_sn))
+        top = ndimage.maximum_filter(model_sn, size=3)[core]
+        out.peaks = (model_sn[core] >= top) & (model_sn[core] >= np.float32(cfg.restore.sn))
     quiet = None
     if lines:
         # PSF-matching residuals of static sources are the heavy tail of the
         # line sums (a row of stars makes a line); the sums leave them out.
-        near = ndimage.maximum_filter(model_sn, size=fw) > np.float32(cfg.line_source)
+        near = ndimage.maximum_filter(model_sn, size=fw)[core] > np.float32(cfg.rules.line.source)
         quiet = ~near
+    if previous is not None:
+        out.tcodes = time_codes(
+            matched[:, core], mvar[:, core], ok[:, core], sys2[lo:hi], previous, det
+        )
+    s_e, w_e, v_e = s_all[ext], w_all[ext], v_all[ext]
     for k in range(n):
-        wkc = wk[k, core]
-        mk = matched[k, core]
-        w_o = w_all - wkc
-        okc = ok[k, core] & (w_o > 0)
+        wkc = wk[k, ext]
+        mk = matched[k, ext]
+        w_o = w_e - wkc
+        oke = ok[k, ext] & (w_o > 0)
         safe = np.maximum(w_o, np.float32(1e-30))
-        others = (s_all - wkc * mk) / safe
+        others = (s_e - wkc * mk) / safe
         v_o = np.divide(
-            v_all - wkc * wkc * mvar[k, core],
+            v_e - wkc * wkc * mvar[k, ext],
             safe * safe,
-            out=np.zeros(okc.shape, dtype=np.float32),
-            where=okc,
+            out=np.zeros(oke.shape, dtype=np.float32),
+            where=oke,
         )
         np.maximum(v_o, 0, out=v_o)
-        noise = np.sqrt(mvar[k, core] + v_o + sys2)
-        sig = np.where(okc, (mk - others) / np.maximum(noise, np.float32(1e-12)), 0.0)
-        sample = sig[::3, ::3][okc[::3, ::3]]
-        scale = 1.0
-        if sample.size > 100:
-            # The variance plane ignores the noise correlations of warping and
-            # the model's share of each epoch: rescale to unit robust rms.
-            scale = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
-            if 0.2 < scale < 5:
-                sig /= np.float32(scale)
-            else:
-                scale = 1.0
-        code = (sig > cfg.grow_threshold).astype(np.int8)
-        code += sig > cfg.threshold
-        code -= sig < -cfg.grow_threshold
-        code -= sig < -cfg.threshold
+        noise = np.sqrt(mvar[k, ext] + v_o + sys2)
+        raw = np.where(oke, (mk - others) / np.maximum(noise, np.float32(1e-12)), 0.0)
+        okc = oke[lo:hi]
+        scale = tile_scales(raw[lo:hi], okc, det.noise_tile)
+        sig = raw[lo:hi] / scale[:, None]
+        code = (sig > det.grow_threshold).astype(np.int8)
+        code += sig > det.threshold
+        code -= sig < -det.grow_threshold
+        code -= sig < -det.threshold
         out.codes[k] = code
         out.okc[k] = okc
         if out.line_sums is not None and quiet is not None:
-            out.line_sums.append(column_sums(sig, okc & quiet, cfg.line_block, cfg.grow_threshold))
-        flagged = np.flatnonzero(code)
-        if flagged.size:
-            # Local fit of the difference by a multiple of the model over a
-            # PSF-sized window: good where a static source changed flux.
-            # The window sums are needed at the flagged pixels alone (a few
-            # per cent): gathered there, not filtered over the whole band.
-            win = fw
-            rows_at, cols_at = _window(flagged, sig.shape, win)
-            okw = okc[rows_at, cols_at]
-            s_w = np.where(okw, sig[rows_at, cols_at], np.float32(0))
-            noise_w = np.maximum(noise[rows_at, cols_at], np.float32(1e-12))
-            m_w = np.where(okw, others[rows_at, cols_at] / noise_w, np.float32(0))
-            m_w /= np.float32(scale)
-            npw = win * win
-            fs = (s_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
-            fm = (m_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
-            fd = (s_w * s_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
-            sd = s_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
-            sm = m_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
-            mpk = m_w.max(axis=0)
-            m_here = m_w[npw // 2]
-            chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
-            # The same fit with a constant (a ghost's or a trail's light under
-            # the source): the multiple that restores a clipped variable
-            # (skydm.coadd._cw_restore).
-            cov = fs - sd * sm
-            vm = np.maximum(fm - sm * sm, 1e-12)
-            alpha = cov / vm
-            chi2c = npw * (fd - sd * sd - cov * cov / vm) / (npw - 2)
-            out.sparse.append(
-                (
-                    k,
-                    flagged + row0 * wb,
-                    np.abs(sig.ravel()[flagged]).astype(np.float32),
-                    chi2.astype(np.float32),
-                    np.sqrt(npw * fm).astype(np.float32),
-                    (m_here / np.maximum(mpk, 1e-12)).astype(np.float32),
-                    m_here.astype(np.float32),
-                    alpha.astype(np.float32),
-                    chi2c.astype(np.float32),
-                    bits.ravel()[flagged],
-                )
+            out.line_sums.append(
+                column_sums(sig, okc & quiet, cfg.rules.line.block, det.grow_threshold)
             )
+        flagged = np.flatnonzero(code)
+        out.pixels.append(
+            _local_fits(
+                flagged,
+                sig,
+                raw,
+                oke,
+                others,
+                noise,
+                scale,
+                keep[:, ext][:, lo:hi],
+                lo,
+                fw,
+                row0 * cols,
+            )
+        )
     return out
 
 
-def _window(flat: np.ndarray, shape: tuple[int, ...], win: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns, ``(win * win, m)``, of the ``win`` x ``win`` window about each
-    flat index (the centre at ``win * win // 2``), reflected at the edges as
-    scipy.ndimage's ``reflect`` mode does (the edge pixel is repeated)."""
+def time_codes(
+    matched: np.ndarray,
+    mvar: np.ndarray,
+    ok: np.ndarray,
+    sys2: np.ndarray,
+    previous: np.ndarray,
+    det: DetectConfig,
+) -> np.ndarray:
+    """Codes of where each epoch is brighter than an earlier one, ``previous[k]``
+    (-1: none; see :func:`previous_epochs`).
+
+    A mover slower than a PSF per epoch overlaps itself from epoch to epoch,
+    so the static-sky model holds its light and the leave-one-out
+    differences hardly see it; but the difference of an epoch and the one
+    before it is a dipole whose positive lobe, the mover's leading edge,
+    grows with its speed and moves with it.  The significance of
+    ``m_k - m_prev`` (PSF-matched, noise from both variances plus a share
+    of the systematic term, rescaled to unit robust rms per noise tile) is
+    thresholded as the outliers are (2: above ``threshold``, 1: above
+    ``grow_threshold``); an epoch without an earlier one gets none.  Static sources
+    cancel; a brightening source gives a blob that stays put, a mover one
+    that moves (:class:`skydm.coadd._cw_rules.Mover`).
+    """
+    out = np.zeros(matched.shape, dtype=np.int8)
+    for k, prev in enumerate(previous):
+        if prev < 0:
+            continue
+        both = ok[k] & ok[prev]
+        noise = np.sqrt(mvar[k] + mvar[prev] + TIME_SYSTEMATIC * sys2)
+        d = np.where(both, (matched[k] - matched[prev]) / np.maximum(noise, np.float32(1e-12)), 0)
+        d = d / tile_scales(d, both, det.noise_tile)[:, None]
+        out[k] = (d > det.grow_threshold).astype(np.int8) + (d > det.threshold)
+    return out
+
+
+def previous_epochs(times: np.ndarray, min_gap: float) -> np.ndarray:
+    """Per epoch, the latest epoch taken at least ``min_gap`` days before it (-1:
+    none): within a night a slow mover hardly moves, and the difference of
+    two visits of one night would show nothing."""
+    out = np.full(times.size, -1, dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    for k in range(times.size):
+        earlier = order[times[order] <= times[k] - min_gap]
+        if earlier.size:
+            out[k] = earlier[-1]
+    return out
+
+
+def _local_fits(
+    flagged: np.ndarray,
+    sig: np.ndarray,
+    raw: np.ndarray,
+    oke: np.ndarray,
+    others: np.ndarray,
+    noise: np.ndarray,
+    scale: np.ndarray,
+    keep: np.ndarray,
+    lo: int,
+    fw: int,
+    offset: int,
+) -> OutlierPixels:
+    """Local fit of the difference by a multiple of the model over a PSF-sized
+    window at each flagged pixel (core coordinates; the extended arrays
+    ``raw``, ``oke``, ``others``, ``noise`` start ``lo`` rows above the core):
+    good where a static source changed flux.  The window sums are needed at
+    the flagged pixels alone (a few per cent), gathered there, not filtered
+    over the whole band.  Each window is in the noise units of its flagged
+    pixel's tile, whatever band holds it."""
+    cols = sig.shape[1]
+    y, x = np.divmod(flagged, cols)
+    rows_at, cols_at = _window(y + lo, x, raw.shape, fw)
+    sc = scale[y].astype(np.float32)
+    okw = oke[rows_at, cols_at]
+    s_w = np.where(okw, raw[rows_at, cols_at] / sc, np.float32(0))
+    noise_w = np.maximum(noise[rows_at, cols_at], np.float32(1e-12))
+    m_w = np.where(okw, others[rows_at, cols_at] / noise_w, np.float32(0)) / sc
+    npw = fw * fw
+    fs = (s_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+    fm = (m_w * m_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+    fd = (s_w * s_w).sum(axis=0, dtype=np.float32) / np.float32(npw)
+    sd = s_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
+    sm = m_w.sum(axis=0, dtype=np.float32) / np.float32(npw)
+    mpk = m_w.max(axis=0)
+    m_here = m_w[npw // 2]
+    chi2 = npw * (fd - fs * fs / np.maximum(fm, 1e-12)) / (npw - 1)
+    # The same fit with a constant (a ghost's or a trail's light under the
+    # source): the multiple that restores a clipped variable (_cw_restore).
+    cov = fs - sd * sm
+    vm = np.maximum(fm - sm * sm, 1e-12)
+    alpha = cov / vm
+    chi2c = npw * (fd - sd * sd - cov * cov / vm) / (npw - 2)
+    model = np.packbits(keep.reshape(keep.shape[0], -1)[:, flagged].T, axis=1)
+    return OutlierPixels(
+        flagged + offset,
+        np.abs(sig.ravel()[flagged]).astype(np.float32),
+        chi2.astype(np.float32),
+        np.sqrt(npw * fm).astype(np.float32),
+        (m_here / np.maximum(mpk, 1e-12)).astype(np.float32),
+        m_here.astype(np.float32),
+        alpha.astype(np.float32),
+        chi2c.astype(np.float32),
+        model,
+    )
+
+
+def _window(
+    y: np.ndarray, x: np.ndarray, shape: tuple[int, ...], win: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns, ``(win * win, m)``, of the ``win`` x ``win`` window about
+    each pixel (y, x) (the centre at ``win * win // 2``), reflected at the edges
+    as scipy.ndimage's ``reflect`` mode does (the edge pixel is repeated)."""
     rows, cols = shape
-    y, x = np.divmod(flat, cols)
     h = win // 2
     d = np.arange(-h, win - h)
     yy = _reflect(y[None, :] + d[:, None], rows)

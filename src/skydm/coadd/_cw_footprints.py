@@ -10,6 +10,7 @@ their own pixels (``scipy.sparse.csgraph``) rather than by whole-grid
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -19,26 +20,54 @@ from scipy.sparse.csgraph import connected_components
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from skydm.coadd.compare_warp import CompareWarpConfig
 
-#: Per outlier pixel of an epoch: (epoch, flat index, |significance|, chi2 of the local
-#: fit by a multiple of the model, window model S/N, model over its local maximum,
-#: the model's S/N at the pixel, the multiple and chi2 of the fit with a constant, and
-#: the epochs in the model there as bits, -1 for all).
-Sparse = list[
-    tuple[
-        int,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-        np.ndarray,
-    ]
-]
+@dataclass
+class OutlierPixels:
+    """One epoch's outlier pixels (binned grid), with the local fit of the
+    epoch's difference by a multiple of the model (see
+    :func:`skydm.coadd._cw_differences.band_differences`).
+
+    Attributes
+    ----------
+    idx : numpy.ndarray
+        Flat indices of the pixels, ascending.
+    dabs : numpy.ndarray
+        Their absolute significance.
+    chi2 : numpy.ndarray
+        Reduced chi-square of the fit by a multiple of the model.
+    msig : numpy.ndarray
+        The model's S/N over the fit window.
+    peak : numpy.ndarray
+        The model at the pixel over its local maximum.
+    msn : numpy.ndarray
+        The model's S/N at the pixel.
+    alpha, chi2c : numpy.ndarray
+        The multiple and reduced chi-square of the fit with a constant.
+    model : numpy.ndarray
+        ``(m, ceil(n / 8))`` uint8: the epochs the model holds at the pixel,
+        as packed bits (``numpy.packbits``), for any number of epochs.
+    """
+
+    idx: np.ndarray
+    dabs: np.ndarray
+    chi2: np.ndarray
+    msig: np.ndarray
+    peak: np.ndarray
+    msn: np.ndarray
+    alpha: np.ndarray
+    chi2c: np.ndarray
+    model: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[OutlierPixels], n_epochs: int) -> OutlierPixels:
+        """The parts (bands in order) as one."""
+        names = [f.name for f in fields(cls)]
+        if not parts:
+            out = {k: np.zeros(0, dtype=np.float32) for k in names}
+            out["idx"] = np.zeros(0, dtype=np.int64)
+            out["model"] = np.zeros((0, -(-n_epochs // 8)), dtype=np.uint8)
+            return cls(**out)
+        return cls(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
 
 
 class _Labels(NamedTuple):
@@ -47,38 +76,6 @@ class _Labels(NamedTuple):
     pix: np.ndarray
     lab: np.ndarray
     n: int
-
-
-class _Outliers(NamedTuple):
-    """One epoch's outlier pixels from a :data:`Sparse` list, in its order."""
-
-    idx: np.ndarray
-    dabs: np.ndarray
-    chi2: np.ndarray
-    msig: np.ndarray
-    peak: np.ndarray
-
-
-class _Context(NamedTuple):
-    """The rule's settings, the outliers' sign, the grid's width, the flat maps
-    of epochs with data and with a footprint of that sign, and
-    :func:`_same_place`'s map (None without peaks)."""
-
-    cfg: CompareWarpConfig
-    sign: int
-    fwhm: float
-    structure: np.ndarray | None
-    width: int
-    cover: np.ndarray
-    nfp: np.ndarray
-    same: np.ndarray | None
-
-
-def _outliers(sparse: Sparse, k: int) -> _Outliers | None:
-    parts = [p for p in sparse if p[0] == k]
-    if not parts:
-        return None
-    return _Outliers(*(np.concatenate([p[i] for p in parts]) for i in range(1, 6)))
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -137,7 +134,7 @@ def _groups(
         yield int(lab[a]), ys, xs
 
 
-def _footprints(code: np.ndarray, sign: int, streak_length: float) -> _Labels:
+def _footprints(code: np.ndarray, sign: int, streak_length: float, aspect: float) -> _Labels:
     """Outlier footprints of one epoch and sign.
 
     Regions of ``code * sign >= 1`` that hold a seed (``code * sign >= 2``),
@@ -156,7 +153,7 @@ def _footprints(code: np.ndarray, sign: int, streak_length: float) -> _Labels:
         sizes = np.bincount(lab, minlength=nlab + 1)
         long = np.flatnonzero((sizes >= streak_length) & ~keep)
         for label, ys, xs in _groups(_Labels(pix, lab, nlab), long[long > 0], code.shape[1]):
-            if _is_streak(ys, xs, streak_length):
+            if _is_streak(ys, xs, streak_length, aspect):
                 keep[label] = True
     keep[0] = False
     # Kept footprints renumbered 1.. in their order (that of labelling the kept map).
@@ -165,13 +162,13 @@ def _footprints(code: np.ndarray, sign: int, streak_length: float) -> _Labels:
     return _Labels(pix[sel], renumber[lab[sel]], int(renumber[-1]))
 
 
-def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float) -> bool:
+def _is_streak(ys: np.ndarray, xs: np.ndarray, min_length: float, aspect: float) -> bool:
     """Whether pixels (ys, xs) form a straight strip at least ``min_length`` long
-    and 8 times longer than wide (from their second moments)."""
+    and ``aspect`` times longer than wide (from their second moments)."""
     cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
     evals = np.linalg.eigvalsh(cov)
     length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
-    return length >= min_length and length >= 8 * max(width, 1.0)
+    return length >= min_length and length >= aspect * max(width, 1.0)
 
 
 def _dilate(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:

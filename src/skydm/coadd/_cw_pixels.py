@@ -8,13 +8,16 @@ Everything here works on ``(n_epochs, rows, columns)`` float32 bands of a
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage, optimize
 
 from skydm.coadd._cw_restore import Target, replacement_correction
 from skydm.image.psf import GAUSS_FWHM, Psf
+
+if TYPE_CHECKING:
+    from skydm.coadd.stack import WarpStack
 
 
 def bin_planes(
@@ -325,6 +328,43 @@ def laplacian_scale(
         if vals.size >= 100:
             s = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
             out[k] = s if 0.05 < s < 20 else 1.0
+    return out
+
+
+#: Rows read per noise tile for the Laplacian's noise (its interior rows
+#: are sampled): a few per cent of the cell's rows.
+LAPLACIAN_STRIP = 8
+#: Robust rms outside this range means a broken sample, not a
+#: miscalibrated variance: the variance plane is taken as it is.
+LAPLACIAN_SCALE_RANGE = (0.05, 20.0)
+
+
+def cell_laplacian_scales(stack: WarpStack, tile_rows: int) -> np.ndarray:
+    """Per epoch, the robust rms of ``lap(x) / sqrt(20 var)`` over the whole cell.
+
+    A strip of :data:`LAPLACIAN_STRIP` rows at the top of every tile of
+    ``tile_rows`` rows is read and its interior sampled every third row and
+    column: one figure per epoch, whatever the band height.
+    """
+    n = len(stack)
+    ny = stack.shape[0]
+    vals: list[list[np.ndarray]] = [[] for _ in range(n)]
+    for t0 in range(0, ny, tile_rows):
+        t1 = min(t0 + LAPLACIAN_STRIP, ny)
+        if t1 - t0 < 3:
+            continue
+        img, var, good = stack.rows(t0, t1)
+        lap = laplacian(img)
+        grid = (slice(1, -1, 3), slice(1, -1, 3))
+        for k in range(n):
+            ok = good[k][grid]
+            vals[k].append(lap[k][grid][ok] / np.sqrt(20 * var[k][grid][ok]))
+    out = np.ones(n)
+    for k in range(n):
+        v = np.concatenate(vals[k]) if vals[k] else np.zeros(0)
+        if v.size >= 100:
+            s = 1.4826 * float(np.median(np.abs(v - np.median(v))))
+            out[k] = s if LAPLACIAN_SCALE_RANGE[0] < s < LAPLACIAN_SCALE_RANGE[1] else 1.0
     return out
 
 

@@ -19,8 +19,8 @@ flux and the replacing epochs' own:
    pixels.  A source whose other epochs agree with a constant flux is not
    a variable and is left alone (the fitted ``a`` is then the artefact's
    light or a PSF-matching residual).  Epoch ``k``'s flux is the mean of
-   the epochs taken within ``pair_days`` of it (visits come in pairs within
-   a night; the light curve hardly moves in between), else ``(1 + a)``
+   the epochs taken within ``same_time_days`` of it (the light curve
+   hardly moves within a night), else ``(1 + a)``
    times the flux of the epochs the model held there.
 3. The correction ``(f_k - sum_j c_j f_j) PSF_k`` is added over the
    replaced pixels (:func:`replacement_correction`): a deterministic
@@ -40,8 +40,12 @@ from scipy import ndimage
 from skydm.image.psf import Psf
 
 if TYPE_CHECKING:
-    from skydm.coadd._cw_footprints import Sparse
-    from skydm.coadd.compare_warp import CompareWarpConfig
+    from skydm.coadd._cw_config import CompareWarpConfig, RestoreConfig
+    from skydm.coadd._cw_footprints import OutlierPixels
+
+#: The model at a flagged pixel over its local maximum from which the pixel
+#: is the source's peak (a measured change is centred on the source).
+CENTRED_PEAK = 0.95
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,12 @@ class Restore:
     y: float
     x: float
     alpha: float
-    model: int = -1  # epochs in the model there, as bits (-1: all)
+    #: Epochs in the model there, packed bits (numpy.packbits); None: all.
+    model: np.ndarray | None = None
+
+    def in_model(self, j: int) -> bool:
+        """Whether epoch ``j`` was in the model where the change was fitted."""
+        return self.model is None or bool((self.model[j >> 3] >> (7 - (j & 7))) & 1)
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,7 @@ def split_targets(targets: list[Target], y0: int, y1: int) -> tuple[list[Target]
 
 def find_restorations(
     clip: np.ndarray,
-    sparse: Sparse,
+    pixels: list[OutlierPixels],
     cfg: CompareWarpConfig,
     b: int,
     fwhm: float,
@@ -108,16 +117,16 @@ def find_restorations(
     on a significant static source (model S/N at the pixel and over the fit
     window at least ``cfg.threshold``), at the model's local maximum, where
     the fit with a constant is good (reduced chi-square at most
-    ``cfg.variable_chi2_compact``).  One per source and epoch (the pixel
+    ``cfg.rules.variable.chi2_compact``).  One per source and epoch (the pixel
     with the brightest model within ``fwhm`` binned pixels).  Every other
     bright static source (``peaks``: the model's local maxima at S/N at
-    least ``cfg.restore_sn``) near epoch ``k``'s clipped pixels is a
+    least ``cfg.restore.sn``) near epoch ``k``'s clipped pixels is a
     candidate too, with no measured change (``alpha`` 0): the replacing
     epochs may hold a variable at another brightness than epoch ``k``'s
     even where ``k`` itself hardly differs from the model.
     """
     out: list[Restore] = []
-    if cfg.restore_variables is False or cfg.variable_chi2_compact <= 0:
+    if not cfg.restore.enabled or cfg.rules.variable.chi2_compact <= 0:
         return out
     wb = clip.shape[2]
     c = (b - 1) / 2.0
@@ -129,26 +138,23 @@ def find_restorations(
         reach = 2 * math.ceil(2 * fwhm) + 1
         near = ndimage.maximum_filter(clip[k].view(np.uint8), size=reach) > 0
         taken: list[tuple[int, int]] = []
-        parts = [p for p in sparse if p[0] == k]
-        idx = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
-        on = near.ravel()[idx]
+        on = near.ravel()[pixels[k].idx]
         if on.any():
-            _flagged_cores(k, idx, on, parts, cfg, wb, b, fwhm, taken, out)
+            _flagged_cores(k, pixels[k], on, cfg, wb, b, fwhm, taken, out)
         if peaks is not None:
             for i in np.flatnonzero((peaks & near).ravel()):
                 y, x = divmod(int(i), wb)
                 if any((y - ty) ** 2 + (x - tx) ** 2 <= fwhm * fwhm for ty, tx in taken):
                     continue
                 taken.append((y, x))
-                out.append(Restore(k, y * b + c, x * b + c, 0.0, -1))
+                out.append(Restore(k, y * b + c, x * b + c, 0.0))
     return out
 
 
 def _flagged_cores(
     k: int,
-    idx: np.ndarray,
+    o: OutlierPixels,
     on: np.ndarray,
-    parts: Sparse,
     cfg: CompareWarpConfig,
     wb: int,
     b: int,
@@ -157,15 +163,14 @@ def _flagged_cores(
     out: list[Restore],
 ) -> None:
     """Sources where epoch ``k``'s change was measured (see :func:`find_restorations`)."""
-    msig, peak, msn, alpha, chi2c, bits = (
-        np.concatenate([p[i] for p in parts])[on] for i in (4, 5, 6, 7, 8, 9)
-    )
-    idx = idx[on]
+    idx, msig, peak, msn = o.idx[on], o.msig[on], o.peak[on], o.msn[on]
+    alpha, chi2c, bits = o.alpha[on], o.chi2c[on], o.model[on]
+    t = cfg.detect.threshold
     ok = (
-        (msn >= cfg.threshold)
-        & (msig >= cfg.threshold)
-        & (peak >= 0.95)
-        & (chi2c <= cfg.variable_chi2_compact)
+        (msn >= t)
+        & (msig >= t)
+        & (peak >= CENTRED_PEAK)
+        & (chi2c <= cfg.rules.variable.chi2_compact)
         & np.isfinite(alpha)
         & (alpha > -1.0)
     )
@@ -179,7 +184,7 @@ def _flagged_cores(
         if any((y - ty) ** 2 + (x - tx) ** 2 <= fwhm * fwhm for ty, tx in taken):
             continue
         taken.append((y, x))
-        out.append(Restore(k, y * b + c, x * b + c, float(alpha[i]), int(bits[i])))
+        out.append(Restore(k, y * b + c, x * b + c, float(alpha[i]), bits[i].copy()))
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -197,20 +202,18 @@ def restore_targets(
     clipped: np.ndarray,
     weights: np.ndarray,
     psfs: list[Psf | None],
+    cfg: RestoreConfig,
     *,
-    variable_spread: float = 25.0,
-    variable_floor: float = 0.03,
     times: list[float] | None = None,
-    pair_days: float = 0.1,
     kernels: Kernels | None = None,
 ) -> list[Target]:
     """Per restoration in this band (rows ``y0`` on), a :class:`Target`.
 
     Sources whose PSF fluxes in the other epochs are consistent with a
-    constant (reduced chi-square at most ``variable_spread``, errors from the
-    variance plus ``variable_floor`` of the flux for photometric systematics)
+    constant (reduced chi-square at most ``cfg.spread``, errors from the
+    variance plus ``cfg.floor`` of the flux for photometric systematics)
     are left as they are.  The target is the mean flux of the epochs taken
-    within ``pair_days`` of epoch ``k`` (``times``: MJD per epoch), or, with
+    within ``cfg.same_time_days`` of epoch ``k`` (``times``: MJD per epoch), or, with
     none, ``(1 + alpha)`` times the flux of the epochs in the model there.
 
     ``mask`` is epoch ``k``'s clipped pixels within two FWHM of the source,
@@ -248,23 +251,23 @@ def restore_targets(
         f_oth = float(np.sum(wo * f[others]) / np.sum(wo))
         # The change was fitted against the model of the other epochs that
         # the model held there (the clipped mean leaves out the brightest).
-        ref = [j for j in others if it.model < 0 or (it.model >> j) & 1]
+        ref = [j for j in others if it.in_model(j)]
         if not ref:
             continue
         f_ref = float(np.sum(weights[ref] * f[ref]) / np.sum(weights[ref]))
         # Only a source that varies among the other epochs is a variable: a
         # constant one needs no restoring, and its fitted multiple is then
         # the artefact's light (or a PSF-matching residual), not a change.
-        err2 = ef[others] ** 2 + (variable_floor * f[others]) ** 2
+        err2 = ef[others] ** 2 + (cfg.floor * f[others]) ** 2
         spread = float(np.sum((f[others] - f_oth) ** 2 / err2)) / (len(others) - 1)
-        if not spread > variable_spread:
+        if not spread > cfg.spread:
             continue
         target = (1.0 + it.alpha) * f_ref
         if times is not None and math.isfinite(times[it.k]):
             # The light curve at epoch k's time: the epochs taken within
-            # ``pair_days`` of it (visits come in pairs within a night)
-            # measure it better than the fit, which the artefact's own
-            # light under the source biases.
+            # ``same_time_days`` of it (the same night) measure it better
+            # than the fit, which the artefact's own light under the source
+            # biases.
             # A partner clipped there too is measured on all its pixels; an
             # artefact only adds light, so of the partner's flux and epoch
             # k's own (on all its pixels) the smaller is the less touched.
@@ -272,7 +275,7 @@ def restore_targets(
             cand = [j for j in range(n) if j != it.k and np.isfinite(est[j])]
             if cand:
                 dt = np.abs(np.asarray(times)[cand] - times[it.k])
-                near = np.asarray(cand)[dt <= min(pair_days, float(dt.min()) + 1e-9)]
+                near = np.asarray(cand)[dt <= min(cfg.same_time_days, float(dt.min()) + 1e-9)]
                 if near.size:
                     target = float(np.mean(est[near]))
                     if np.isfinite(g[it.k]):

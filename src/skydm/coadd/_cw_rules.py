@@ -1,45 +1,570 @@
-"""Outlier footprints and DMTN-080's temporal rule: which footprints of which
-epochs CompareWarp clips (on the binned grid).
+"""CompareWarp's rules: which outlier footprints of which epochs are clipped.
 
-See :mod:`skydm.coadd.compare_warp` for the whole algorithm.  Footprints
-cover a few per cent of the grid, so they are kept sparse (flat indices of
-their pixels, ascending, and labels); per-footprint sums are bincounts over
-them, and only the growth of the clipped ones touches a dense map.
+Each rule is a small object with its own config (:mod:`skydm.coadd._cw_config`),
+an ``enabled`` switch and a role, and they are combined in three stages, each
+independent of the order of its rules:
+
+1. **Whole footprints.**  A footprint is clipped when some *add* rule
+   selects it and no *veto* rule protects it:
+   ``clip = any(add rules) and not any(veto rules)``.
+   Adds: :class:`Fraction` (DMTN-080's temporal rule), :class:`SamePlace`
+   (few epochs peak there).  Veto: :class:`Variable` (a flux change of a
+   static source).
+2. **Parts of footprints not clipped whole.**  :class:`Pieces` adds the
+   seeded few-epoch pieces of unprotected footprints merged with
+   many-epoch regions; :class:`Mover` adds every epoch's
+   pixels along a straight track through time, whatever its speed.  Their
+   pixels are unioned.
+3. **Extensions of what is clipped.**  Growth by ``detect.grow_fwhm``;
+   :class:`Trail` strips along long thin footprints; :class:`Halo` the faint
+   wings of large round footprints; :class:`Line` (in
+   :mod:`skydm.coadd.compare_warp`) faint trails found by a line search.
+
+Footprints are kept sparse (flat indices, ascending, with labels); only
+the growth of the clipped ones touches a dense map.  Positive and negative
+outliers are judged separately; artefacts add light, so a positive
+footprint may be clipped where only two epochs overlap (at least one
+outlier epoch is allowed from two epochs on).
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
+from skydm.coadd._cw_config import (
+    CompareWarpConfig,
+    FractionConfig,
+    HaloConfig,
+    MoverConfig,
+    PieceConfig,
+    SamePlaceConfig,
+    TrailConfig,
+    VariableConfig,
+)
 from skydm.coadd._cw_footprints import (
-    Sparse,
+    OutlierPixels,
     _components,
-    _Context,
     _dilate,
     _disk,
     _footprints,
     _groups,
     _label_at,
     _Labels,
-    _Outliers,
-    _outliers,
 )
 
-if TYPE_CHECKING:
-    from skydm.coadd.compare_warp import CompareWarpConfig
+#: A flux change's footprint reaches ``size + SPREAD * sqrt(2 ln(p / t))``
+#: FWHM (a Gaussian core's reach from peak ``p`` to threshold ``t``, with a
+#: margin for noise and PSF wings).
+SPREAD = 0.6
 
 
-def _same_place(tops: list[np.ndarray], shape: tuple[int, int], fwhm: float) -> np.ndarray | None:
-    """Per pixel, the number of epochs with a footprint peak within ``fwhm`` of it."""
-    if fwhm <= 0:
+@dataclass
+class EpochFootprints:
+    """One epoch's footprints of one sign, with what the rules read.
+
+    Attributes
+    ----------
+    k : int
+        The epoch.
+    fp : _Labels
+        The footprints (flat indices ascending, labels 1..n).
+    code : numpy.ndarray
+        The epoch's outlier codes (binned grid).
+    pixels : OutlierPixels
+        Its outlier pixels with their local fits.
+    tops : numpy.ndarray
+        Per label, the flat index of its most significant pixel (-1: none).
+    top_labels, top_at : numpy.ndarray
+        The labels that have one, and its position in ``pixels``.
+    sizes : numpy.ndarray
+        Pixels per label (index 0 unused).
+    limit : numpy.ndarray
+        Per label, the most outlier epochs for which it is transient
+        (:meth:`FractionConfig.epoch_limit` of its mean coverage).
+    """
+
+    k: int
+    fp: _Labels
+    code: np.ndarray
+    pixels: OutlierPixels
+    tops: np.ndarray
+    top_labels: np.ndarray
+    top_at: np.ndarray
+    sizes: np.ndarray
+    limit: np.ndarray
+
+
+@dataclass
+class RuleContext:
+    """What the rules share for one sign: the grid, the maps of epochs with
+    data (``cover``) and with a footprint (``count``), flat; the target FWHM
+    (binned pixels); every epoch's footprints and the epochs' times (MJD)."""
+
+    sign: int
+    fwhm: float
+    width: int
+    cover: np.ndarray
+    count: np.ndarray
+    threshold: float
+    grow_threshold: float
+    epochs: list[EpochFootprints]
+    times: np.ndarray
+
+
+class FootprintRule:
+    """A rule on whole footprints: selects labels of one epoch (stage 1)."""
+
+    role: ClassVar[Literal["add", "veto"]] = "add"
+    config: FractionConfig | SamePlaceConfig | MoverConfig | VariableConfig
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return bool(self.config.enabled)
+
+    def prepare(self, ctx: RuleContext) -> None:
+        """Work over every epoch at once (before :meth:`select`)."""
+
+    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
+        """Per label of ``ep`` (``(n,)`` bool), whether the rule fires."""
+        raise NotImplementedError
+
+
+@dataclass
+class Fraction(FootprintRule):
+    """Add: more than ``spatial_threshold`` of the footprint's pixels are
+    outliers in few enough epochs (DMTN-080): artefacts are in few epochs,
+    variable sources in many."""
+
+    config: FractionConfig
+
+    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
+        pix, lab, nlab = ep.fp
+        cnt = ctx.count[pix]
+        frac = np.zeros(nlab)
+        for lo in np.unique(ep.limit):
+            sel = ep.limit == lo
+            ok = np.bincount(lab, weights=(cnt >= 1) & (cnt <= lo), minlength=nlab + 1)[1:]
+            frac[sel] = ok[sel] / ep.sizes[1:][sel]
+        return np.asarray(frac > self.config.spatial_threshold)
+
+
+@dataclass
+class SamePlace(FootprintRule):
+    """Add: few epochs have a footprint peak within ``radius_fwhm`` of this one's.
+
+    A slow asteroid or ghost whose footprints overlap those of other visits
+    at shifted positions is still transient; a static source's residuals
+    are concentric.
+    """
+
+    config: SamePlaceConfig
+    _same: np.ndarray | None = None
+
+    def prepare(self, ctx: RuleContext) -> None:
+        radius = self.config.radius_fwhm * ctx.fwhm
+        rows = ctx.cover.size // ctx.width
+        self._same = _same_place([e.tops for e in ctx.epochs], (rows, ctx.width), radius)
+
+    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
+        if self._same is None:
+            return np.zeros(ep.fp.n, dtype=bool)
+        has = ep.tops >= 0
+        nsame = np.where(has, self._same.ravel()[np.maximum(ep.tops, 0)], 255)
+        return np.asarray(has & (nsame <= ep.limit))
+
+
+@dataclass
+class Variable(FootprintRule):
+    """Veto: the footprint looks like a flux change of a static source.
+
+    At the footprint's most significant pixel the difference over a
+    PSF-sized window must be fit by a multiple of the model (reduced
+    chi-square at most ``chi2``, or ``chi2_compact`` for a PSF-sized
+    footprint, whose PSF-matching residuals grow with the change), where
+    the model is a significant source (window S/N at least the detection
+    threshold), at its local maximum (``centred``: an asteroid or cosmic
+    ray beside a star peaks off the star's centre).
+    """
+
+    role: ClassVar[Literal["add", "veto"]] = "veto"
+    config: VariableConfig
+
+    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
+        cfg, out = self.config, np.zeros(ep.fp.n, dtype=bool)
+        o, top = ep.pixels, ep.top_at
+        if top.size == 0:
+            return out
+        dabs, chi2, msig, peak = o.dabs[top], o.chi2[top], o.msig[top], o.peak[top]
+        good = chi2 <= cfg.chi2
+        if ctx.fwhm > 0:
+            area = ep.sizes[ep.top_labels].astype(np.float64)
+            reach = np.sqrt(2 * np.log(np.maximum(dabs / ctx.grow_threshold, 1.0)))
+            radius = ctx.fwhm * (cfg.size + SPREAD * reach)
+            compact = area <= math.pi * radius**2
+            good |= compact & (chi2 <= cfg.chi2_compact)
+        good &= msig >= ctx.threshold
+        good &= peak >= cfg.centred
+        out[ep.top_labels - 1] = good
+        return out
+
+
+@dataclass
+class Pieces:
+    """Add (stage 2): a transient whose footprint merges with a region that is
+    an outlier in many epochs (a bright trail across a bright star's
+    PSF-mismatch halo or another epoch's ghost) fails the whole-footprint
+    rules; its own part, the seeded pieces that are outliers in few epochs,
+    is clipped.  Only in footprints no veto protects."""
+
+    config: PieceConfig
+    role: ClassVar[Literal["add", "veto"]] = "add"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return self.config.enabled
+
+    def select(self, ep: EpochFootprints, ctx: RuleContext, open_: np.ndarray) -> np.ndarray:
+        """Positions in ``ep.fp.pix`` of the pixels clipped, among footprints ``open_``."""
+        pix, lab, _ = ep.fp
+        cnt = ctx.count[pix]
+        piece = np.flatnonzero(
+            np.r_[False, open_][lab] & (cnt >= 1) & (cnt <= np.r_[0.0, ep.limit][lab])
+        )
+        plab, npiece = _components(pix[piece], ctx.width)
+        if not npiece:
+            return np.zeros(0, dtype=np.int64)
+        seeded = np.zeros(npiece + 1, dtype=bool)
+        seeded[plab[ep.code.ravel()[pix[piece]] * np.int8(ctx.sign) >= 2]] = True
+        return piece[seeded[plab]]
+
+
+class Track(NamedTuple):
+    """A straight track through time: position ``p0`` (binned y, x) at time
+    ``tm``, velocity ``v`` (binned pixels per day), spanning ``t0`` to ``t1``."""
+
+    p0: np.ndarray
+    v: np.ndarray
+    tm: float
+    t0: float
+    t1: float
+
+    def at(self, t: float) -> np.ndarray:
+        """The position at time ``t``."""
+        return np.asarray(self.p0 + (t - self.tm) * self.v)
+
+
+@dataclass
+class Mover:
+    """Add (stage 2): every epoch's pixels along a recognised moving track.
+
+    A mover slower than a PSF per epoch overlaps itself from epoch to epoch:
+    each pixel is an outlier in more epochs than :class:`Fraction` allows,
+    and the static-sky model holds much of its light.  Its leading edge is
+    still brighter in each epoch than in the epoch before (the time codes,
+    :func:`skydm.coadd._cw_differences.time_codes`).  Footprints of epochs
+    next in time (up to ``max_skip`` epochs between them, where a slow
+    mover's weak dipole dips below the threshold) whose centroids lie within
+    ``link_fwhm`` are chained; a chain of at least ``min_epochs`` epochs is fitted by a
+    straight track ``p(t) = p0 + v t`` and is a mover when the track is at
+    least ``min_track_fwhm`` long and the centroids scatter about it by at
+    most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
+    residuals and dithered ghosts jump about).  Every epoch of the track's
+    span, widened to the nights just before and after it, is then clipped
+    within ``radius_fwhm`` of its position on the track, whether or not
+    that epoch showed an outlier there.
+    """
+
+    config: MoverConfig
+    role: ClassVar[Literal["add", "veto"]] = "add"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return self.config.enabled
+
+    def tracks(self, tcodes: np.ndarray, times: np.ndarray, fwhm: float) -> list[Track]:
+        """The movers' fitted tracks."""
+        cfg = self.config
+        n = tcodes.shape[0]
+        if fwhm <= 0 or n < cfg.min_epochs:
+            return []
+        width = tcodes.shape[2]
+        nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
+        per_epoch: list[list[int]] = [[] for _ in range(n)]
+        for k in range(n):
+            fp = _footprints(tcodes[k], 1, 0.0, 1.0)  # no trail segments: any aspect
+            for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
+                per_epoch[k].append(len(nodes))
+                nodes.append((k, float(ys.mean()), float(xs.mean())))
+        if not nodes:
+            return []
+        parent = list(range(len(nodes)))
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        order = np.argsort(times, kind="stable")
+        link = cfg.link_fwhm * fwhm
+        for pos, a in enumerate(order):
+            for b in order[pos + 1 : pos + 2 + cfg.max_skip]:
+                for i in per_epoch[a]:
+                    for j in per_epoch[b]:
+                        dist = math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2])
+                        if dist <= link:
+                            parent[find(j)] = find(i)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(nodes)):
+            groups.setdefault(find(i), []).append(i)
+        out = []
+        for members in groups.values():
+            if len({nodes[i][0] for i in members}) < cfg.min_epochs:
+                continue
+            t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
+            xy = np.array([(nodes[i][1], nodes[i][2]) for i in members])
+            span = float(np.ptp(t))
+            if span <= 0:
+                continue
+            tc = t - t.mean()
+            v = (tc @ (xy - xy.mean(axis=0))) / float(tc @ tc)
+            p0 = xy.mean(axis=0)
+            resid = xy - (p0 + tc[:, None] * v)
+            scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
+            if (
+                float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
+                and scatter <= cfg.max_scatter_fwhm * fwhm
+            ):
+                out.append(Track(p0, v, float(t.mean()), float(t.min()), float(t.max())))
+        return out
+
+    def add_to(
+        self,
+        clip: np.ndarray,
+        tcodes: np.ndarray,
+        cover: np.ndarray,
+        times: np.ndarray,
+        fwhm: float,
+    ) -> None:
+        """Clip from the epochs of every track's span (and the nights just
+        before and after it), in ``clip``, the pixels within ``radius_fwhm``
+        of their positions on the track, also where the mover fell below the
+        threshold.
+
+        A pixel is never taken from every epoch with data there: where it
+        would be, the epoch whose track position is farthest keeps it (a
+        very slow mover covers the middle of its track in every epoch; the
+        coadd keeps its faintest part rather than no data).
+        """
+        n, rows, cols = tcodes.shape
+        r = self.config.radius_fwhm * fwhm
+        h = math.ceil(r)
+        dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
+        ordered = np.sort(times)
+        gap = self.config.min_gap_days
+        for track in self.tracks(tcodes, times, fwhm):
+            # The track's span widened to the nights just before and after
+            # (the first night has no time code; a track's ends fade below
+            # the threshold before the mover does); no further: a straight
+            # track is not extrapolated over the survey.
+            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
+            lo = ordered[max(i0 - 1, 0)] - gap
+            hi = ordered[min(i1 + 1, n - 1)] + gap
+            ks, flat, dist = [], [], []
+            for k in range(n):
+                if not lo <= times[k] <= hi:
+                    continue
+                cy, cx = track.at(times[k])
+                yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
+                d = np.hypot(yy - cy, xx - cx)
+                on = (d <= r) & (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
+                ks.append(np.full(int(on.sum()), k))
+                flat.append((yy[on] * cols + xx[on]).astype(np.int64))
+                dist.append(d[on])
+            kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
+            if ff.size == 0:
+                continue
+            pix, col = np.unique(ff, return_inverse=True)
+            mask = np.zeros((n, pix.size), dtype=bool)
+            far = np.full((n, pix.size), -1.0)
+            mask[kk, col] = cover.reshape(-1)[ff] > 0
+            far[kk, col] = dd
+            flat_clip = clip.reshape(n, -1)
+            # Pixels every epoch with data would lose: the farthest keeps them.
+            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
+            if full.any():
+                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
+                sel = np.flatnonzero(full)
+                mask[keep[sel], sel] = False
+            for k in range(n):
+                flat_clip[k, pix[mask[k]]] = True
+
+
+@dataclass
+class Trail:
+    """Add (stage 3): long thin clipped footprints are segments of straight
+    trails; strips along their axes bridge the gaps where a faint trail dips
+    into the noise (:func:`_extend_streaks`)."""
+
+    config: TrailConfig
+    role: ClassVar[Literal["add", "veto"]] = "add"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return self.config.enabled
+
+
+@dataclass
+class Halo:
+    """Add (stage 3): the faint halo of large round clipped footprints
+    (ghosts), see :func:`_halo`."""
+
+    config: HaloConfig
+    role: ClassVar[Literal["add", "veto"]] = "add"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the rule takes part."""
+        return self.config.enabled
+
+
+def footprint_rules(cfg: CompareWarpConfig) -> list[FootprintRule]:
+    """The enabled stage-1 rules of ``cfg``."""
+    r = cfg.rules
+    rules: list[FootprintRule] = [
+        Fraction(r.fraction),
+        SamePlace(r.same_place),
+        Variable(r.variable),
+    ]
+    return [rule for rule in rules if rule.enabled]
+
+
+def clip_maps(
+    codes: np.ndarray,
+    cover: np.ndarray,
+    pixels: list[OutlierPixels],
+    cfg: CompareWarpConfig,
+    *,
+    grow: float,
+    fwhm: float = 0.0,
+    times: np.ndarray | None = None,
+    tcodes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-epoch boolean maps of the pixels to clip (binned grid), by the
+    rules of ``cfg`` in their three stages (see the module docs); ``tcodes``
+    are the time-neighbour codes that the :class:`Mover` rule reads."""
+    n = codes.shape[0]
+    shape = (int(codes.shape[1]), int(codes.shape[2]))
+    clip = np.zeros(codes.shape, dtype=bool)
+    structure = _disk(grow) if grow >= 0.5 else None
+    t = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
+    if not pixels:  # no local fits (tests of the rules on codes alone)
+        pixels = [OutlierPixels.concatenate([], n) for _ in range(n)]
+    trail, halo = Trail(cfg.rules.trail), Halo(cfg.rules.halo)
+    pieces = Pieces(cfg.rules.pieces)
+    for sign in (1, -1):
+        length = trail.config.length if sign > 0 and trail.enabled else 0.0
+        fps = [_footprints(codes[k], sign, length, trail.config.aspect) for k in range(n)]
+        count = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+        for fp in fps:
+            count[fp.pix] += 1
+        epochs = [
+            _epoch(k, fps[k], codes[k], pixels[k], cover.ravel(), sign, cfg.rules.fraction)
+            for k in range(n)
+        ]
+        ctx = RuleContext(
+            sign, fwhm, shape[1], cover.ravel(), count, cfg.detect.threshold,
+            cfg.detect.grow_threshold, epochs, t,
+        )  # fmt: skip
+        rules = footprint_rules(cfg)
+        for rule in rules:
+            rule.prepare(ctx)
+        for ep in epochs:
+            if ep.fp.n == 0:
+                continue
+            none = np.zeros(ep.fp.n, dtype=bool)
+            add = np.logical_or.reduce(
+                [r.select(ep, ctx) for r in rules if r.role == "add"] or [none]
+            )
+            veto = np.logical_or.reduce(
+                [r.select(ep, ctx) for r in rules if r.role == "veto"] or [none]
+            )
+            whole = add & ~veto
+            chosen = np.r_[False, whole][ep.fp.lab]  # per footprint pixel
+            if pieces.enabled:
+                chosen[pieces.select(ep, ctx, ~whole & ~veto)] = True
+            if chosen.any():
+                _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
+    mover = Mover(cfg.rules.mover)
+    if mover.enabled and tcodes is not None:
+        mover.add_to(clip, tcodes, cover, t, fwhm)
+    return clip
+
+
+def _epoch(
+    k: int,
+    fp: _Labels,
+    code: np.ndarray,
+    pixels: OutlierPixels,
+    cover: np.ndarray,
+    sign: int,
+    fraction: FractionConfig,
+) -> EpochFootprints:
+    """The per-footprint quantities of one epoch that the rules read."""
+    tops, which, top = _peaks(fp, pixels)
+    sizes = np.bincount(fp.lab, minlength=fp.n + 1)
+    if fp.n:
+        mean_cover = np.bincount(fp.lab, weights=cover[fp.pix], minlength=fp.n + 1)[1:] / sizes[1:]
+    else:
+        mean_cover = np.zeros(0)
+    limit = fraction.epoch_limit(mean_cover)
+    if sign > 0:
+        limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
+    return EpochFootprints(k, fp, code, pixels, tops, which, top, sizes, limit)
+
+
+def _extend(
+    out: np.ndarray,
+    ep: EpochFootprints,
+    chosen: np.ndarray,
+    structure: np.ndarray | None,
+    ctx: RuleContext,
+    trail: Trail,
+    halo: Halo,
+) -> None:
+    """Stage 3: set in ``out`` the chosen footprint pixels, trail strips,
+    growth and halos."""
+    pix, lab = ep.fp.pix, ep.fp.lab
+    extra = np.zeros(0, dtype=np.int64)
+    if ctx.sign > 0 and trail.enabled:
+        strip = _extend_streaks(ep.fp, np.unique(lab[chosen]), ep.sizes, ctx, trail.config)
+        on = _label_at(ep.fp, strip) > 0
+        chosen[np.searchsorted(pix, strip[on])] = True
+        extra = strip[~on]
+    if structure is None:
+        flat = out.reshape(-1)
+        flat[pix[chosen]] = True
+        flat[extra] = True
+    else:
+        _grow(out, pix[chosen], lab[chosen], extra, structure)
+    if ctx.sign > 0 and halo.enabled and ctx.fwhm > 0:
+        _halo(out, pix[chosen], lab[chosen], ep.code, ctx, halo.config)
+
+
+def _same_place(tops: list[np.ndarray], shape: tuple[int, int], radius: float) -> np.ndarray | None:
+    """Per pixel, the number of epochs with a footprint peak within ``radius`` of it."""
+    if radius <= 0:
         return None
-    offsets = np.nonzero(_disk(fwhm)) - np.array(math.ceil(fwhm))
+    offsets = np.nonzero(_disk(radius)) - np.array(math.ceil(radius))
     out = np.zeros(shape[0] * shape[1], dtype=np.uint8)
     slot = np.empty(out.size, dtype=np.int64)  # scratch: read only where just written
     for t in tops:
@@ -57,53 +582,12 @@ def _same_place(tops: list[np.ndarray], shape: tuple[int, int], fwhm: float) -> 
     return out.reshape(shape)
 
 
-def clip_maps(
-    codes: np.ndarray,
-    cover: np.ndarray,
-    sparse: Sparse,
-    cfg: CompareWarpConfig,
-    *,
-    grow: float,
-    fwhm: float = 0.0,
-) -> np.ndarray:
-    """Per-epoch boolean maps of the pixels to clip (binned grid).
-
-    Positive and negative outliers are counted separately.  Artefacts add
-    light, so a positive footprint may be clipped even where only two epochs
-    overlap (at least one outlier epoch is allowed from two epochs on); a
-    negative one needs the full rule.  A footprint whose difference is
-    a multiple of the model there (see :func:`_variable`) is a variable
-    source, and is kept whatever its number of epochs.
-    """
-    n = codes.shape[0]
-    shape = (int(codes.shape[1]), int(codes.shape[2]))
-    clip = np.zeros(codes.shape, dtype=bool)
-    structure = _disk(grow) if grow >= 0.5 else None
-    outl = [_outliers(sparse, k) for k in range(n)]
-    for sign in (1, -1):
-        length = cfg.streak_length if sign > 0 else 0.0
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="footprints") as pool:
-            fps = list(pool.map(_footprints, codes, [sign] * n, [length] * n))
-        count = np.zeros(shape[0] * shape[1], dtype=np.uint8)
-        for fp in fps:
-            count[fp.pix] += 1
-        peaks = [_peaks(fp, o) for fp, o in zip(fps, outl, strict=True)]
-        same = _same_place([p[0] for p in peaks], shape, fwhm) if sparse else None
-
-        ctx = _Context(cfg, sign, fwhm, structure, shape[1], cover.ravel(), count, same)
-        # Epochs are independent given the counts: two threads (numpy releases
-        # the GIL in its array operations); each writes its own map.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="clip-maps") as pool:
-            list(pool.map(partial(_clip_epoch, ctx=ctx), clip, fps, codes, peaks, outl))
-    return clip
-
-
-def _peaks(fp: _Labels, outl: _Outliers | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _peaks(fp: _Labels, outl: OutlierPixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each footprint's most significant pixel: its flat index per label (-1 if
     unknown), and the labels that have one with its position in ``outl``."""
     tops = np.full(fp.n, -1, dtype=np.int64)
     none = np.zeros(0, dtype=np.int64)
-    if outl is None or fp.n == 0:
+    if outl.idx.size == 0 or fp.n == 0:
         return tops, none, none
     which = _label_at(fp, outl.idx)
     inside = np.flatnonzero(which > 0)
@@ -117,88 +601,13 @@ def _peaks(fp: _Labels, outl: _Outliers | None) -> tuple[np.ndarray, np.ndarray,
     return tops, which[top], top
 
 
-def _clip_epoch(
-    out: np.ndarray,
-    fp: _Labels,
-    code: np.ndarray,
-    peaks: tuple[np.ndarray, np.ndarray, np.ndarray],
-    outl: _Outliers | None,
-    ctx: _Context,
-) -> None:
-    """Set in ``out`` (the epoch's 2-D map) the footprints ``fp`` of one epoch
-    (outlier codes ``code``) that the temporal rule clips, grown by
-    ``ctx.structure``."""
-    if fp.n == 0:
-        return
-    cfg, sign, _, structure, width, cover, count, same = ctx
-    tops, which_top, top = peaks
-    pix, lab, nlab = fp
-    sizes = np.bincount(lab, minlength=nlab + 1)
-    mean_cover = np.bincount(lab, weights=cover[pix], minlength=nlab + 1)[1:] / sizes[1:]
-    limit = cfg.epoch_threshold(mean_cover)
-    if sign > 0:
-        limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
-    # Fraction of each footprint's pixels that are outliers in few enough
-    # epochs (footprints differ only through their coverage).
-    cnt = count[pix]
-    frac = np.zeros(nlab)
-    for lo in np.unique(limit):
-        sel = limit == lo
-        ok = np.bincount(lab, weights=(cnt >= 1) & (cnt <= lo), minlength=nlab + 1)[1:]
-        frac[sel] = ok[sel] / sizes[1:][sel]
-    candidate = frac > cfg.spatial_threshold
-    if same is not None:
-        # Outliers in few epochs *at the same place* (their peaks within a
-        # FWHM): a slow asteroid or ghost whose footprints overlap those of
-        # other visits at shifted positions is still transient; a static
-        # source's residuals are concentric.
-        has = tops >= 0
-        nsame = np.where(has, same.ravel()[np.maximum(tops, 0)], 255)
-        candidate |= has & (nsame <= limit)
-    variable = _variable(sizes, which_top, top, outl, nlab, ctx)
-    candidate &= ~variable
-    chosen = np.r_[False, candidate][lab]  # per footprint pixel
-    # A transient artefact whose footprint merges with a region that is an
-    # outlier in many epochs (a bright trail across a bright star's
-    # PSF-mismatch halo or another epoch's ghost) fails the fraction rule as
-    # a whole; its own part, the seeded pieces that are outliers in few
-    # epochs, is still clipped.
-    rest = ~candidate & ~variable
-    if rest.any():
-        piece = np.flatnonzero(
-            np.r_[False, rest][lab] & (cnt >= 1) & (cnt <= np.r_[0.0, limit][lab])
-        )
-        plab, npiece = _components(pix[piece], width)
-        if npiece:
-            seeded = np.zeros(npiece + 1, dtype=bool)
-            seeded[plab[code.ravel()[pix[piece]] * np.int8(sign) >= 2]] = True
-            chosen[piece[seeded[plab]]] = True
-    if variable.any():
-        # A transient beside a variable (a slow asteroid passing a supernova)
-        # merges with its footprint; outside the variable's core, seeded parts
-        # that are outliers in few enough epochs are still clipped.
-        split = _off_core_pixels(fp, np.flatnonzero(variable) + 1, tops, outl, limit, ctx)
-        chosen[np.searchsorted(pix, split)] = True
-    if not chosen.any():
-        return
-    extra = np.zeros(0, dtype=np.int64)
-    if sign > 0 and cfg.streak_length > 0:
-        strip = _extend_streaks(fp, np.unique(lab[chosen]), sizes, ctx)
-        on = _label_at(fp, strip) > 0
-        chosen[np.searchsorted(pix, strip[on])] = True
-        extra = strip[~on]
-    flat = out.reshape(-1)
-    if structure is None:
-        flat[pix[chosen]] = True
-        flat[extra] = True
-    else:
-        _grow(out, pix[chosen], lab[chosen], extra, structure)
-    if sign > 0 and cfg.halo_size > 0 and ctx.fwhm > 0:
-        _halo(out, pix[chosen], lab[chosen], code, ctx)
-
-
 def _halo(
-    out: np.ndarray, fpix: np.ndarray, flab: np.ndarray, code: np.ndarray, ctx: _Context
+    out: np.ndarray,
+    fpix: np.ndarray,
+    flab: np.ndarray,
+    code: np.ndarray,
+    ctx: RuleContext,
+    cfg: HaloConfig,
 ) -> None:
     """Extend large, broad clipped footprints over their faint halo.
 
@@ -210,22 +619,22 @@ def _halo(
     denser than noise gives (a fraction ``p0`` of the normal tail beyond
     it).  Around each clipped footprint whose minor-axis radius ``r`` (from
     its second moments; trails are thin and are not extended) is at least
-    ``cfg.halo_size`` target FWHM, whose major axis is at most
-    ``cfg.halo_aspect`` times that and that fills at least
-    ``cfg.halo_fill`` of the ellipse of its second moments (radii
+    ``cfg.size`` target FWHM, whose major axis is at most
+    ``cfg.aspect`` times that and that fills at least
+    ``cfg.fill`` of the ellipse of its second moments (radii
     ``2 sqrt(eigenvalue)``), the density of those pixels is taken in a box
-    of side ``s = max(cfg.halo_box r, 3 FWHM)``; where it exceeds noise by
-    ``cfg.halo_sigma`` standard deviations (``p0 + k sqrt(p0) FWHM / s``:
+    of side ``s = max(cfg.box r, 3 FWHM)``; where it exceeds noise by
+    ``cfg.sigma`` standard deviations (``p0 + k sqrt(p0) FWHM / s``:
     the pixels are correlated over about a FWHM squared), connected to the
-    footprint and within ``cfg.halo_reach r`` of it, the epoch is clipped
+    footprint and within ``cfg.reach r`` of it, the epoch is clipped
     too.
     """
-    cfg, width = ctx.cfg, ctx.width
-    min_r = cfg.halo_size * ctx.fwhm
+    width = ctx.width
+    min_r = cfg.size * ctx.fwhm
     if fpix.size < math.pi * min_r * min_r:
         return
     rows = out.shape[0]
-    p0 = 0.5 * math.erfc(cfg.grow_threshold / math.sqrt(2))
+    p0 = 0.5 * math.erfc(ctx.grow_threshold / math.sqrt(2))
     sizes = np.bincount(flab)
     big = np.flatnonzero(sizes >= math.pi * min_r * min_r)
     for _, ys, xs in _groups(_Labels(fpix, flab, int(flab.max())), big, width):
@@ -234,22 +643,22 @@ def _halo(
         # A round blob (a ghost's disk or ring, or a part of one cut by the
         # edge) that fills its ellipse: not a trail, nor the cross of a trail
         # merged with a ghost, along which the density box would run.
-        if minor < min_r or major > cfg.halo_aspect * minor:
+        if minor < min_r or major > cfg.aspect * minor:
             continue
-        if ys.size < cfg.halo_fill * math.pi * minor * major:
+        if ys.size < cfg.fill * math.pi * minor * major:
             continue
-        reach = math.ceil(cfg.halo_reach * minor)
+        reach = math.ceil(cfg.reach * minor)
         y0, y1 = max(int(ys.min()) - reach, 0), min(int(ys.max()) + reach + 1, rows)
         x0, x1 = max(int(xs.min()) - reach, 0), min(int(xs.max()) + reach + 1, width)
-        box = max(round(cfg.halo_box * minor), round(3 * ctx.fwhm)) | 1
-        limit = p0 + cfg.halo_sigma * math.sqrt(p0) * ctx.fwhm / box
+        box = max(round(cfg.box * minor), round(3 * ctx.fwhm)) | 1
+        limit = p0 + cfg.sigma * math.sqrt(p0) * ctx.fwhm / box
         hit = (code[y0:y1, x0:x1] * np.int8(ctx.sign) >= 1).astype(np.float32)
         dense = ndimage.uniform_filter(hit, box, mode="constant") > limit
         dense &= ctx.cover.reshape(rows, width)[y0:y1, x0:x1] > 0
         seed = np.zeros(dense.shape, dtype=bool)
         seed[ys - y0, xs - x0] = True
         # Within the reach of the footprint (a distance, not just its box).
-        dense &= ndimage.distance_transform_edt(~seed) <= cfg.halo_reach * minor
+        dense &= ndimage.distance_transform_edt(~seed) <= cfg.reach * minor
         dense |= seed
         lab, _ = ndimage.label(dense)
         touch = np.unique(lab[seed])
@@ -299,88 +708,20 @@ def _grow(
         out[sy0:sy1, sx0:sx1] |= _dilate(mask[sy0:sy1, sx0:sx1], structure)
 
 
-def _off_core_pixels(
-    fp: _Labels,
-    labels: np.ndarray,
-    tops: np.ndarray,
-    outl: _Outliers | None,
-    limit: np.ndarray,
-    ctx: _Context,
-) -> np.ndarray:
-    """Second peaks of variable footprints ``labels``: transients beside a variable.
-
-    A slow asteroid passing a supernova merges with its footprint, which is
-    then kept whole as a flux change.  Within such a footprint, a second
-    local maximum of the significance (at least ``cfg.threshold``, more than
-    a target FWHM from the footprint's peak, separated from it by a saddle
-    below half its height, outlier in few enough epochs) whose difference
-    is not a multiple of the model (the fit of :func:`_variable` fails) is a
-    transient of its own: the footprint's pixels nearer to it than to the
-    peak, within the reach of a point source of its significance, are clipped.
-    Returns their flat indices.
-    """
-    cfg, fwhm, width, count = ctx.cfg, ctx.fwhm, ctx.width, ctx.nfp
-    none = np.zeros(0, dtype=np.int64)
-    if fwhm <= 0 or outl is None:
-        return none
-    # The outlier values at a footprint's pixels (0 elsewhere; the last of
-    # repeated pixels, as a dense map filled in order would hold).
-    order = np.argsort(outl.idx, kind="stable")
-    sidx = outl.idx[order]
-    hits = []
-    for label, ys, xs in _groups(fp, np.asarray(labels), width):
-        t = tops[label - 1]
-        if t < 0:
-            continue
-        y0, x0 = int(ys.min()), int(xs.min())
-        shape = (int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1)
-        sub = np.zeros(shape, dtype=bool)
-        sub[ys - y0, xs - x0] = True
-        pos = np.searchsorted(sidx, ys * width + xs, side="right") - 1
-        found = np.flatnonzero((pos >= 0) & (sidx[np.maximum(pos, 0)] == ys * width + xs))
-        src = order[pos[found]]
-        vy, vx = ys[found] - y0, xs[found] - x0
-        s_sub, chi2, msig = (np.zeros(shape, dtype=np.float32) for _ in range(3))
-        s_sub[vy, vx], chi2[vy, vx], msig[vy, vx] = outl.dabs[src], outl.chi2[src], outl.msig[src]
-        ty, tx = t // width - y0, t % width - x0
-        peaks = sub & (s_sub >= cfg.threshold) & (s_sub >= ndimage.maximum_filter(s_sub, 3))
-        yy, xx = np.indices(shape)
-        d_top = np.hypot(yy - ty, xx - tx)
-        peaks &= d_top > fwhm
-        for py, px in zip(*np.nonzero(peaks), strict=True):
-            c = count[(py + y0) * width + px + x0]
-            if not 1 <= c <= limit[label - 1]:
-                continue
-            fit_ok = chi2[py, px] <= cfg.variable_chi2_compact
-            if fit_ok and msig[py, px] >= cfg.threshold:
-                continue  # a flux change itself (a second star of the variable's blend)
-            m = max(int(d_top[py, px]), 2)
-            ly = np.rint(np.linspace(ty, py, m + 1)).astype(int)
-            lx = np.rint(np.linspace(tx, px, m + 1)).astype(int)
-            if s_sub[ly, lx].min() >= 0.5 * s_sub[py, px]:
-                continue  # no saddle: a wing of the variable's own footprint
-            reach = math.sqrt(2 * math.log(max(s_sub[py, px] / cfg.grow_threshold, 1.0)))
-            radius = fwhm * (cfg.variable_size + 0.6 * reach)
-            d_p = np.hypot(yy - py, xx - px)
-            hy, hx = np.nonzero(sub & (d_p < d_top) & (d_p <= radius))
-            hits.append((hy + y0) * width + hx + x0)
-    return np.unique(np.concatenate(hits)) if hits else none
-
-
 def _extend_streaks(
-    fp: _Labels, chosen: np.ndarray, sizes: np.ndarray, ctx: _Context
+    fp: _Labels, chosen: np.ndarray, sizes: np.ndarray, ctx: RuleContext, cfg: TrailConfig
 ) -> np.ndarray:
     """Straight strips through every long, thin footprint, across the whole grid.
 
     Satellite trails cross a whole image, but where a faint one dips into
     the noise its footprint breaks into segments and the gaps would leak.
-    A footprint (of those ``chosen``) at least ``cfg.streak_length``
-    binned pixels long and 8 times longer than wide is taken to be a segment
+    A footprint (of those ``chosen``) at least ``cfg.length``
+    binned pixels long and ``cfg.aspect`` times longer than wide is taken to be a segment
     of a straight trail, and the strip along its axis (as wide as the
     footprint) is clipped wherever the epoch has data, as Rubin's streak
     masking does.  Returns the strips' flat indices, ascending.
     """
-    min_length, cover = ctx.cfg.streak_length, ctx.cover
+    min_length, cover = cfg.length, ctx.cover
     shape = (cover.size // ctx.width, ctx.width)
     big = chosen[sizes[chosen] >= min_length]
     strips = []
@@ -389,7 +730,7 @@ def _extend_streaks(
         cov = np.cov(np.vstack([xs - cx, ys - cy]))
         evals, evecs = np.linalg.eigh(cov)
         length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
-        if length < min_length or length < 8 * max(width, 1.0):
+        if length < min_length or length < cfg.aspect * max(width, 1.0):
             continue
         ux, uy = evecs[0, 1], evecs[1, 1]
         perp = np.abs(-(xs - cx) * uy + (ys - cy) * ux)
@@ -426,48 +767,3 @@ def _strip(
     dist = np.abs(-(xc.astype(np.float32) - cx) * uy + (yc.astype(np.float32) - cy) * ux)
     near = dist <= half
     return yc[near] * cols + xc[near]
-
-
-def _variable(
-    sizes: np.ndarray,
-    which_top: np.ndarray,
-    top: np.ndarray,
-    outl: _Outliers | None,
-    nlab: int,
-    ctx: _Context,
-) -> np.ndarray:
-    """Which footprints of an epoch look like a flux change of a static source.
-
-    At each footprint's most significant pixel (``top``, its position in
-    ``outl``, for labels ``which_top``; :func:`_peaks`), the difference over
-    a PSF-sized window must be fit by a multiple of the model (reduced
-    chi-square at most ``cfg.variable_chi2``) where the model is a
-    significant source (window S/N at least ``cfg.threshold``).  ``sizes``:
-    the footprints' pixel counts, by label.
-    """
-    cfg, fwhm = ctx.cfg, ctx.fwhm
-    out = np.zeros(nlab, dtype=bool)
-    if cfg.variable_chi2 <= 0 or outl is None:
-        return out
-    dabs, chi2, msig, peak = outl.dabs[top], outl.chi2[top], outl.msig[top], outl.peak[top]
-    good = chi2 <= cfg.variable_chi2
-    if fwhm > 0 and cfg.variable_chi2_compact > 0:
-        # A compact footprint (PSF-sized) on a static source is the source's
-        # flux change seen through that epoch's PSF; PSF-matching residuals
-        # grow with the change, so its fit is allowed a larger chi-square.
-        # Trails and ghosts across a star are larger than a PSF.
-        # The footprint of a point source of peak significance p reaches
-        # about sqrt(2 ln(p / t)) / 2.355 FWHM out to the lower threshold t
-        # (Gaussian core); allowed with a margin for noise and PSF wings.
-        area = sizes[which_top].astype(np.float64)
-        reach = np.sqrt(2 * np.log(np.maximum(dabs / cfg.grow_threshold, 1.0)))
-        radius = fwhm * (cfg.variable_size + 0.6 * reach)
-        compact = area <= math.pi * radius**2
-        good |= compact & (chi2 <= cfg.variable_chi2_compact)
-    good &= msig >= cfg.threshold
-    # A source's flux change peaks where the source does; an asteroid or a
-    # cosmic ray beside a star peaks off the star's centre (the model there
-    # is well below its local maximum).
-    good &= peak >= cfg.variable_centred
-    out[which_top - 1] = good
-    return out

@@ -536,6 +536,8 @@ def _point_residuals(
     for a line crossing a whole cell; a Gaussian of the PSF's width stands
     for the PSF.
     """
+    if x.size == 0:  # every pixel left out already
+        return np.zeros(0, dtype=bool)
     t, dd = _line_frame(p[0], 0.0, x, y, centre)
     ti = np.floor(t - t.min()).astype(np.int64)
     di = np.floor(dd - dd.min()).astype(np.int64)

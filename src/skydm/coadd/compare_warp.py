@@ -1,45 +1,36 @@
 """CompareWarp: coadds that reject transient artefacts and keep real flux (DMTN-080).
 
-The algorithm, in three passes over bands of rows:
+One algorithm in five stages, each a function passing a typed product to
+the next (the configuration of each stage is its part of
+:class:`~skydm.coadd._cw_config.CompareWarpConfig`):
 
-1. **Outlier detection.**  Each warp is binned (``config.bin`` x ``bin``) and
-   convolved with a Gaussian that brings its PSF to a common, wider target
-   PSF (the broadest input PSF convolved with a little more), so that
-   seeing differences do not make stars outliers.  A robust static-sky model
-   is the sigma-clipped weighted mean of these PSF-matched warps.  Each
-   matched warp minus the model, divided by its noise (the matched
-   variance plus a small fraction ``systematic`` of the model, for PSF
-   mismatch on bright stars, rescaled so that its robust rms is 1), is
-   thresholded with hysteresis: regions above ``grow_threshold`` that hold
-   a pixel above ``threshold`` are outlier footprints, positive and negative.
-2. **The temporal rule.**  The number of epochs in which each pixel is in
-   an outlier footprint is counted.  A footprint of one epoch is clipped
-   when more than ``spatial_threshold`` of its pixels are outliers in at
-   most ``E`` epochs, with ``E = floor(min(max_fraction_low * n,
-   max_epochs + max_fraction_high * n))`` growing with the number ``n`` of
-   epochs covering it (DMTN-080's rule; Rubin's defaults 0.4, 2, 0.03).
-   Variable stars differ from the model in many epochs and are kept;
-   artefacts are in few and are clipped.  Footprints are also clipped when
-   few epochs have an outlier peak at the same place (transients of
-   different visits that overlap but are shifted), and the few-epoch pieces
-   of footprints merged with many-epoch regions are clipped; compact
-   PSF-shaped outliers peaking on a static source are variability and kept
-   (:mod:`skydm.coadd._cw_rules`).  Faint trails below the footprint
-   thresholds are found by a line search (``line_threshold`` sigma; 0 turns
-   it off; :mod:`skydm.coadd._cw_lines`).  Clipped footprints are grown by
-   ``grow_fwhm`` target-PSF FWHMs to take the wings of bright artefacts.
-3. **Assembly.**  The original (not PSF-matched) warps are averaged with
-   their scalar inverse-variance weights; a clipped pixel of an epoch is
-   replaced by the least-noise mixture of the kept epochs nearest in PSF
-   width that has its PSF second moment
-   (:func:`skydm.coadd._cw_pixels.replacement_shares`), and where it lies on
-   a variable source the replacement is corrected to that epoch's own flux
-   of the source (``restore_variables``; :mod:`skydm.coadd._cw_restore`).
-   The coadd mask gets ``CLIPPED`` where a pixel was clipped from some
-   epoch and ``NO_DATA`` where no epoch is left.
+1. **Plan** (:func:`plan`): the PSF-matching kernels, the bands of rows
+   (whole noise tiles) and each epoch's Laplacian noise over the whole cell
+   -> :class:`Plan`.
+2. **Outliers** (:func:`detect_outliers`, band by band, :mod:`._cw_differences`):
+   cosmic rays at full resolution (pixels sharper than the epoch's PSF
+   allows, :mod:`._cw_pixels`); each warp binned and PSF-matched to a
+   common target PSF, compared with the sigma-clipped weighted mean of the
+   *other* epochs, in noise units rescaled to unit robust rms per fixed
+   sky tile; hysteresis codes and, at each flagged pixel, the local fit of
+   the difference by a multiple of the model -> :class:`Outliers`.
+3. **Rules** (:func:`skydm.coadd._cw_rules.clip_maps`): the footprints of
+   each epoch, and the rules that clip them, as objects combined in three
+   order-independent stages (whole footprints: adds or'ed, vetoes
+   subtracted; parts of footprints; extensions), then the line search for
+   faint trails (:mod:`._cw_lines`) -> the clip maps.
+4. **Restorations and streak models** (:mod:`._cw_restore`,
+   :mod:`._cw_streaks`): variable sources under clips keep their clipped
+   epoch's flux; faint clipped streaks are subtracted as fitted line
+   models -> :class:`~skydm.coadd._cw_assemble.Clips`.
+5. **Assembly** (:func:`skydm.coadd._cw_assemble.assemble_clipped`): the
+   original warps averaged with their weights, each clipped pixel replaced
+   by the least-noise mixture of kept epochs with its PSF second moment.
 
-Memory holds one band of rows of the stack plus one byte per binned pixel
-per epoch.
+Every statistic is taken over fixed rows of the cell (noise tiles), so the
+coadd does not depend on the band height, the memory budget or the number
+of threads.  Memory holds one band of rows of the stack plus one byte per
+binned pixel per epoch.
 """
 
 from __future__ import annotations
@@ -52,15 +43,22 @@ import numpy as np
 from scipy import ndimage
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
-from skydm.coadd._cw_differences import BandDiff, band_differences, match_planes
-from skydm.coadd._cw_footprints import Sparse
+from skydm.coadd._cw_config import CompareWarpConfig, StreakConfig
+from skydm.coadd._cw_differences import (
+    BandOutliers,
+    OutlierMaps,
+    band_differences,
+    match_planes,
+    previous_epochs,
+)
+from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
     bin_planes,
+    cell_laplacian_scales,
     cosmic_ray_pixels,
     grow_pixels,
     laplacian,
-    laplacian_scale,
     matching_sigmas,
     psf_widths2,
     sharpness_bound,
@@ -76,94 +74,17 @@ from skydm.coadd._cw_streaks import (
     gather,
 )
 from skydm.coadd.stack import WarpStack
-from skydm.errors import BadValueError, MissingMetadataError
+from skydm.errors import MissingMetadataError
 from skydm.image import Exposure
 from skydm.progress import Progress
 
+__all__ = ["CompareWarpConfig", "compare_warp", "find_clips"]
 
-@dataclass(frozen=True)
-class CompareWarpConfig:
-    """Parameters of :func:`compare_warp` (see the module docs for their roles)."""
-
-    bin: int = 2
-    threshold: float = 5.0
-    grow_threshold: float = 2.5
-    systematic: float = 0.05
-    model_nsigma: float = 3.0
-    spatial_threshold: float = 0.5
-    max_epochs: float = 2.0
-    max_fraction_low: float = 0.4
-    max_fraction_high: float = 0.03
-    grow_fwhm: float = 1.0
-    target_extra: float = 1.0
-    variable_chi2: float = 2.0
-    variable_chi2_compact: float = 8.0
-    variable_size: float = 1.0
-    variable_centred: float = 0.5
-    streak_length: float = 40.0
-    cr_threshold: float = 5.0
-    cr_margin: float = 1.3
-    cr_sharpness: float = 1.5
-    line_threshold: float = 5.5
-    line_block: int = 4
-    line_static: float = 30.0
-    line_source: float = 10.0
-    restore_variables: bool = True
-    restore_sn: float = 20.0
-    halo_size: float = 4.0
-    halo_sigma: float = 3.0
-    halo_box: float = 0.25
-    halo_fill: float = 0.4
-    halo_aspect: float = 2.5
-    halo_reach: float = 1.0
-    streak_models: bool = True
-    streak_min_pixels: int = 6
-    streak_max_pixels: int = 20_000
-    #: Largest fraction of a warp's usable pixels whose variance may be zero,
-    #: negative or NaN: those pixels are dropped, so more means a broken
-    #: variance plane that would silently remove the warp from the cell.
-    max_bad_variance: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.bin not in (1, 2, 3, 4):
-            raise BadValueError("bin", self.bin, "1, 2, 3 or 4 pixels")
-        if not self.threshold > self.grow_threshold > 0:
-            raise BadValueError(
-                "grow_threshold", self.grow_threshold, f"in (0, threshold={self.threshold})"
-            )
-        if not 0 <= self.spatial_threshold < 1:
-            raise BadValueError("spatial_threshold", self.spatial_threshold, "a fraction in [0, 1)")
-        if not (isinstance(self.line_block, int) and self.line_block >= 1):
-            raise BadValueError("line_block", self.line_block, "an integer >= 1 (binned pixels)")
-        if not 1 <= self.streak_min_pixels <= self.streak_max_pixels:
-            raise BadValueError(
-                "streak_min_pixels",
-                (self.streak_min_pixels, self.streak_max_pixels),
-                "1 <= streak_min_pixels <= streak_max_pixels (binned pixels)",
-            )
-        if not 0 <= self.max_bad_variance < 1:
-            raise BadValueError("max_bad_variance", self.max_bad_variance, "a fraction in [0, 1)")
-        for name in (
-            "systematic",
-            "grow_fwhm",
-            "target_extra",
-            "max_epochs",
-            "line_threshold",
-            "halo_size",
-            "halo_sigma",
-            "halo_box",
-            "halo_fill",
-            "halo_aspect",
-            "halo_reach",
-        ):
-            if not getattr(self, name) >= 0:
-                raise BadValueError(name, getattr(self, name), "a number >= 0")
-
-    def epoch_threshold(self, n: np.ndarray) -> np.ndarray:
-        """Largest number of outlier epochs for which a footprint is still clipped."""
-        low = self.max_fraction_low * n
-        high = self.max_epochs + self.max_fraction_high * n
-        return np.floor(np.minimum(low, high))
+#: The outlier pass reads this many binned rows of halo per kernel sigma of
+#: the sharpest epoch's matching Gaussian (its truncation is 3.5 sigma),
+#: plus :data:`HALO_ROWS` rows.
+HALO_SIGMAS = 4
+HALO_ROWS = 2
 
 
 def compare_warp(
@@ -183,12 +104,12 @@ def compare_warp(
     config : CompareWarpConfig, optional
         Thresholds and rules; the defaults follow DMTN-080.
     chunk_rows : int, optional
-        Rows per band (default: about 12 million stack pixels per band).
+        Rows per band (default: about 12 million stack pixels per band),
+        rounded down to whole noise tiles; the coadd does not depend on it.
     progress : Progress, optional
-        Reports the two passes over the bands.
+        Reports the passes over the bands.
     threads : int
-        Bands read and filtered at once in the outlier and the final pass
-        (the result does not depend on it).
+        Bands read and filtered at once (the result does not depend on it).
 
     Returns
     -------
@@ -207,8 +128,8 @@ def compare_warp(
 def check_inputs(stack: WarpStack, config: CompareWarpConfig) -> None:
     """Refuse warps CompareWarp cannot judge: without a PSF (the outlier maps
     are PSF-matched, and a guessed PSF lets artefacts through), or with
-    non-positive variance on more than ``config.max_bad_variance`` of their
-    usable pixels (see :meth:`WarpStack.check_variance`).
+    non-positive variance on more than ``config.inputs.max_bad_variance`` of
+    their usable pixels (see :meth:`WarpStack.check_variance`).
 
     Raises
     ------
@@ -226,7 +147,201 @@ def check_inputs(stack: WarpStack, config: CompareWarpConfig) -> None:
                 "write the warp with its calexp's PSF, or coadd with another method "
                 "(--method mean, median or clipped)",
             )
-    stack.check_variance(config.max_bad_variance)
+    stack.check_variance(config.inputs.max_bad_variance)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every band of the outlier pass shares (stage 1).
+
+    Attributes
+    ----------
+    sigmas : numpy.ndarray
+        Per epoch, the Gaussian sigma (pixels) matching its PSF to the target.
+    target_fwhm : float
+        The target PSF's FWHM (pixels).
+    bounds, widths2, lap_scales : numpy.ndarray
+        Per epoch: its PSF's sharpness bound, squared FWHM, and the
+        Laplacian's noise over the cell (cosmic rays).
+    halo : int
+        Rows read above and below each band.
+    binned : tuple of int
+        The binned grid's shape.
+    fw : int
+        The target FWHM in binned pixels, odd (windows and filters).
+    chunks : list of tuple of int
+        The bands of rows, whole noise tiles.
+    """
+
+    sigmas: np.ndarray
+    target_fwhm: float
+    bounds: np.ndarray
+    widths2: np.ndarray
+    lap_scales: np.ndarray
+    halo: int
+    binned: tuple[int, int]
+    fw: int
+    chunks: list[tuple[int, int]]
+
+
+def plan(stack: WarpStack, cfg: CompareWarpConfig, chunk_rows: int | None) -> Plan:
+    """Stage 1: the kernels, bands and cell-wide noise of the outlier pass."""
+    b = cfg.detect.bin
+    ny, nx = stack.shape
+    psfs = [m.psf for m in stack.members]
+    sigmas, target_fwhm = matching_sigmas(psfs, cfg.detect.target_extra)
+    fw = max(3, round(target_fwhm / b) | 1)
+    bsig = float((sigmas / b).max(initial=0.0))
+    # Enough rows that the matched planes, the model's local peak and the
+    # fit windows (``fw // 2`` past the core, twice) are those of the cell.
+    halo = (math.ceil(HALO_SIGMAS * bsig + HALO_ROWS) + 2 * (fw // 2)) * b
+    tile_rows = cfg.detect.noise_tile * b
+    scales = (
+        cell_laplacian_scales(stack, tile_rows) if cfg.cosmic_rays.enabled else np.ones(len(stack))
+    )
+    return Plan(
+        sigmas=sigmas,
+        target_fwhm=target_fwhm,
+        bounds=np.array([sharpness_bound(p) for p in psfs]),
+        widths2=psf_widths2(psfs),
+        lap_scales=scales,
+        halo=halo,
+        binned=(-(-ny // b), -(-nx // b)),
+        fw=fw,
+        chunks=band_chunks(stack, chunk_rows, tile_rows),
+    )
+
+
+@dataclass
+class Outliers:
+    """Stage 2's product: the cell-wide outlier maps and, per epoch, the flat
+    indices (full resolution, ascending) of its cosmic-ray pixels."""
+
+    maps: OutlierMaps
+    cosmic_rays: list[np.ndarray]
+
+    def pixels(self) -> list[OutlierPixels]:
+        """Per epoch, its outlier pixels with their local fits."""
+        return self.maps.pixels()
+
+
+@dataclass
+class _Band:
+    """What the outlier pass computes for one band before merging it."""
+
+    hits: list[tuple[int, np.ndarray]]
+    diff: BandOutliers
+
+
+def detect_outliers(
+    stack: WarpStack,
+    p: Plan,
+    cfg: CompareWarpConfig,
+    *,
+    threads: int = 2,
+    progress: Progress | None = None,
+) -> Outliers:
+    """Stage 2: cosmic rays and PSF-matched outlier maps, band by band.
+
+    The bands are read and filtered ``threads`` at a time (numpy and scipy
+    release the GIL); their maps are merged in band order.
+    """
+    b, n = cfg.detect.bin, len(stack)
+    ny, nx = stack.shape
+    weights = stack.weights
+    cr = cfg.cosmic_rays
+    line = cfg.rules.line
+    lines = (
+        [LineAccumulator(p.binned, line.block, cfg.detect.grow_threshold) for _ in range(n)]
+        if line.enabled
+        else None
+    )
+    maps = OutlierMaps.empty(n, p.binned, lines, movers=cfg.rules.mover.enabled)
+    times = np.array([float(m.info.mjd) for m in stack.members])
+    times = np.where(np.isfinite(times), times, np.arange(n))
+    previous = previous_epochs(times, cfg.rules.mover.min_gap_days)
+    crs: list[list[np.ndarray]] = [[] for _ in range(n)]
+
+    def band(y0: int, y1: int) -> _Band:
+        ya, yb = max(y0 - p.halo, 0), min(y1 + p.halo, ny)
+        img, var, good = stack.rows(ya, yb)
+        own_hits: list[tuple[int, np.ndarray]] = []
+        if cr.enabled:
+            lap = laplacian(img)
+            hits = cosmic_ray_pixels(
+                img, var, good, p.bounds,
+                threshold=cr.threshold, margin=cr.margin, sharp=cr.sharpness,
+                scales=p.lap_scales, lap=lap, widths2=p.widths2, systematic=cr.systematic,
+            )  # fmt: skip
+            del lap
+            for k in range(n):
+                if hits[k].size:
+                    ys, xs = np.divmod(hits[k], nx)
+                    flat = grow_pixels(ys, xs, yb - ya, nx)
+                    yy = flat // nx
+                    own_hits.append((k, flat[(yy >= y0 - ya) & (yy < y1 - ya)] + ya * nx))
+                    # Hits (in the halo too) stay out of the model and the differences.
+                    good[k].reshape(-1)[flat] = False
+                    img[k].reshape(-1)[flat] = 0.0
+                    var[k].reshape(-1)[flat] = 0.0
+            del hits
+        bi, bv, bc = bin_planes(img, var, good, b)
+        del img, var, good
+        matched, mvar, ok = match_planes(bi, bv, bc, p.sigmas / b)
+        core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
+        diff = band_differences(
+            matched, mvar, ok, weights, cfg, core, y0 // b, p.fw,
+            lines=lines is not None, previous=previous if cfg.rules.mover.enabled else None,
+        )  # fmt: skip
+        return _Band(own_hits, diff)
+
+    for out in in_order(band, p.chunks, threads=threads):
+        for k, own in out.hits:
+            crs[k].append(own)
+        out.diff.merge_into(maps)
+        if progress is not None:
+            progress.advance(1, "outlier detection")
+    cr_index = [np.sort(np.concatenate(c)) if c else np.zeros(0, dtype=np.int64) for c in crs]
+    return Outliers(maps, cr_index)
+
+
+def faint_lines(
+    outliers: Outliers, clip: np.ndarray, p: Plan, cfg: CompareWarpConfig, *, threads: int
+) -> int:
+    """Stage 3's :class:`~skydm.coadd._cw_config.LineConfig` rule: faint trails
+    below the footprint thresholds, found along their length, are added to
+    ``clip``; returns how many."""
+    maps, line, b = outliers.maps, cfg.rules.line, cfg.detect.bin
+    accs = maps.lines
+    if accs is None:
+        return 0
+    hb, wb = p.binned
+    half = line.block / 2 + p.target_fwhm / b
+    min_length = max(cfg.rules.trail.length, line.min_length_fraction * max(hb, wb))
+    # Where a faint trail crosses a bright static source its light is a
+    # trifle next to the source's, and replacing the pixels there would
+    # move more flux (PSF-matched replacement is not exact) than it saves.
+    keep = ndimage.binary_dilation(maps.static, structure=np.ones((p.fw, p.fw), dtype=bool))
+    n = clip.shape[0]
+
+    def search(k: int) -> list[tuple[float, float, float]]:
+        return find_lines(accs[k], line.threshold, min_length, exclude=clip[k])
+
+    # The first epoch alone builds the projection plans that all share; the
+    # others are searched on the band threads (the projections release the GIL).
+    found = [search(0)]
+    if threads > 1 and n > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lines") as pool:
+            found += list(pool.map(search, range(1, n)))
+    else:
+        found += [search(k) for k in range(1, n)]
+    release_line_plans()
+    count = 0
+    for k in range(n):
+        for theta, rho, _ in found[k]:
+            clip[k] |= line_strip((hb, wb), theta, rho, half) & (maps.cover > 0) & ~keep
+            count += 1
+    return count
 
 
 def find_clips(
@@ -237,154 +352,50 @@ def find_clips(
     progress: Progress | None = None,
     threads: int = 2,
 ) -> Clips:
-    """CompareWarp's first two passes: what to clip from each warp of ``stack``
-    (see :func:`compare_warp`, which assembles the coadd from them with
+    """Stages 1-4: what to clip from each warp of ``stack`` (see
+    :func:`compare_warp`, which assembles the coadd from them with
     :func:`~skydm.coadd._cw_assemble.assemble_clipped`)."""
     cfg = config or CompareWarpConfig()
-    b = cfg.bin
-    n = len(stack)
-    ny, nx = stack.shape
     check_inputs(stack, cfg)
-    weights = stack.weights
-    psfs = [m.psf for m in stack.members]
-    sigmas, target_fwhm = matching_sigmas(psfs, cfg.target_extra)
-    bounds = np.array([sharpness_bound(p) for p in psfs])
-    widths2 = psf_widths2(psfs)
-    bsig = sigmas / b
-    halo = max(math.ceil(4 * float(bsig.max(initial=0.0)) + 2) * b, 2)
-    hb, wb = -(-ny // b), -(-nx // b)
-    fw = max(3, round(target_fwhm / b) | 1)
-    codes = np.zeros((n, hb, wb), dtype=np.int8)
-    sparse: Sparse = []
-    crs: list[list[np.ndarray]] = [[] for _ in range(n)]
-    cover = np.zeros((hb, wb), dtype=np.uint8)
-    static = np.zeros((hb, wb), dtype=bool)
-    peaks = np.zeros((hb, wb), dtype=bool)
-    lines = (
-        [LineAccumulator((hb, wb), cfg.line_block, cfg.grow_threshold) for _ in range(n)]
-        if cfg.line_threshold > 0
-        else None
-    )
-    chunks = band_chunks(stack, chunk_rows, b)
-    bar = progress
-    if bar is not None:
-        bar.total = 2 * len(chunks)
-
-    # Pass 1: cosmic rays at full resolution, PSF-matched binned outlier maps.
-    # The bands are read and filtered by two threads (numpy and scipy release
-    # the GIL); their maps are merged here, in band order.
-    def band_maps(y0: int, y1: int) -> _BandMaps:
-        ya, yb = max(y0 - halo, 0), min(y1 + halo, ny)
-        img, var, good = stack.rows(ya, yb)
-        own_hits: list[tuple[int, np.ndarray]] = []
-        if cfg.cr_threshold > 0:
-            lap = laplacian(img)
-            scales = laplacian_scale(img, var, good, lap)
-            hits = cosmic_ray_pixels(
-                img,
-                var,
-                good,
-                bounds,
-                threshold=cfg.cr_threshold,
-                margin=cfg.cr_margin,
-                sharp=cfg.cr_sharpness,
-                scales=scales,
-                lap=lap,
-                widths2=widths2,
-            )
-            del lap
-            for k in range(n):
-                if hits[k].size:
-                    ys, xs = np.divmod(hits[k], nx)
-                    flat = grow_pixels(ys, xs, yb - ya, nx)
-                    yy = flat // nx
-                    own_hits.append((k, flat[(yy >= y0 - ya) & (yy < y1 - ya)] + ya * nx))
-                    # Hits (in the halo too) stay out of the model and the differences.
-                    g = good[k].reshape(-1)
-                    g[flat] = False
-                    img[k].reshape(-1)[flat] = 0.0
-                    var[k].reshape(-1)[flat] = 0.0
-            del hits
-        bi, bv, bc = bin_planes(img, var, good, b)
-        del img, var, good
-        matched, mvar, ok = match_planes(bi, bv, bc, bsig)
-        core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
-        diff = band_differences(
-            matched,
-            mvar,
-            ok,
-            weights,
-            cfg,
-            core,
-            y0 // b,
-            fw,
-            wb,
-            lines=lines is not None,
-        )
-        return _BandMaps(own_hits, diff)
-
-    for maps in in_order(band_maps, chunks, threads=threads):
-        for k, own in maps.hits:
-            crs[k].append(own)
-        maps.diff.merge_into(codes, cover, sparse, lines, static, peaks)
-        if bar is not None:
-            bar.advance(1, "outlier detection")
-
-    # Pass 2: footprints and the temporal rule.
+    b = cfg.detect.bin
+    p = plan(stack, cfg, chunk_rows)
+    if progress is not None:
+        progress.total = 2 * len(p.chunks)
+    outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
+    pixels = outliers.pixels()
+    times = np.array([float(m.info.mjd) for m in stack.members])
     clip = clip_maps(
-        codes, cover, sparse, cfg, grow=cfg.grow_fwhm * target_fwhm / b, fwhm=target_fwhm / b
+        outliers.maps.codes,
+        outliers.maps.cover,
+        pixels,
+        cfg,
+        grow=cfg.detect.grow_fwhm * p.target_fwhm / b,
+        fwhm=p.target_fwhm / b,
+        times=np.where(np.isfinite(times), times, np.arange(len(times))),
+        tcodes=outliers.maps.tcodes,
     )
-    del codes
-    n_lines = 0
-    if lines is not None:
-        # Faint trails below the footprint thresholds, found along their length.
-        half = cfg.line_block / 2 + target_fwhm / b
-        min_length = max(cfg.streak_length, 0.25 * max(hb, wb))
-        # Where a faint trail crosses a bright static source its light is a
-        # trifle next to the source's, and replacing the pixels there would
-        # move more flux (PSF-matched replacement is not exact) than it saves.
-        keep = ndimage.binary_dilation(static, structure=np.ones((fw, fw), dtype=bool))
-        accs = lines
-
-        def search(k: int) -> list[tuple[float, float, float]]:
-            return find_lines(accs[k], cfg.line_threshold, min_length, exclude=clip[k])
-
-        # The first epoch alone builds the projection plans that all share;
-        # the others are searched on the band threads (the projections
-        # release the GIL).
-        found = [search(0)]
-        if threads > 1 and n > 1:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lines") as pool:
-                found += list(pool.map(search, range(1, n)))
-        else:
-            found += [search(k) for k in range(1, n)]
-        release_line_plans()
-        for k in range(n):
-            for theta, rho, _ in found[k]:
-                clip[k] |= line_strip((hb, wb), theta, rho, half) & (cover > 0) & ~keep
-                n_lines += 1
-    cr_index = [np.sort(np.concatenate(c)) if c else np.zeros(0, dtype=np.int64) for c in crs]
+    n_lines = faint_lines(outliers, clip, p, cfg, threads=threads)
     # Variable sources under clipped pixels keep their clipped epoch's flux.
-    restore = find_restorations(clip, sparse, cfg, b, target_fwhm / b, peaks)
-    del sparse
+    restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
     clips = Clips(
         clip,
-        cr_index,
+        outliers.cosmic_rays,
         restore,
         bin=b,
-        target_fwhm=target_fwhm,
-        threshold=cfg.threshold,
+        target_fwhm=p.target_fwhm,
+        threshold=cfg.detect.threshold,
         n_lines=n_lines,
+        restore_config=cfg.restore,
     )
-    if cfg.streak_models:
-        clips.streaks = model_streaks(stack, clips, cfg, chunks, threads=threads)
+    if cfg.streaks.enabled:
+        clips.streaks = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
     return clips
 
 
 def model_streaks(
     stack: WarpStack,
     clips: Clips,
-    cfg: CompareWarpConfig,
+    cfg: StreakConfig,
     chunks: list[tuple[int, int]],
     *,
     threads: int = 2,
@@ -396,8 +407,8 @@ def model_streaks(
         clips.clip,
         clips.bin,
         (ny, nx),
-        min_pixels=cfg.streak_min_pixels,
-        max_pixels=cfg.streak_max_pixels,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
     )
     if not cands:
         return []
@@ -431,11 +442,3 @@ def model_streaks(
     # One thread: the fits are short Python-bound steps, which threads only slow.
     fitted = [fit(c) for c in cands]
     return [s for s in fitted if s is not None]
-
-
-@dataclass
-class _BandMaps:
-    """What the outlier pass computes for one band before merging it."""
-
-    hits: list[tuple[int, np.ndarray]]
-    diff: BandDiff

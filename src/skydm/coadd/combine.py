@@ -1,0 +1,143 @@
+"""The combining arithmetic every coadd method shares: weighted means,
+masked medians, sigma clipping, and the coadd exposure with its PSF.
+
+Kept apart from :mod:`skydm.coadd.assemble` (which dispatches the methods,
+CompareWarp among them) so that CompareWarp's modules can use it without
+an import cycle.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from skydm.coadd.stack import WarpStack
+from skydm.image import Exposure, PixelPsf, VisitInfo
+
+
+def weighted_mean(
+    img: np.ndarray, var: np.ndarray, good: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel weighted mean of a stack with scalar weights per layer.
+
+    Parameters
+    ----------
+    img, var : numpy.ndarray
+        ``(n, rows, columns)`` image and variance (bad pixels may hold anything).
+    good : numpy.ndarray
+        Boolean, True where a pixel is used.
+    weights : numpy.ndarray
+        ``(n,)`` weights.
+
+    Returns
+    -------
+    mean, variance, wsum : numpy.ndarray
+        The mean (0 where no pixel is used), its variance (inf there) and the
+        sum of the weights used.
+    """
+    w = np.where(good, weights[:, None, None].astype(np.float32), np.float32(0))
+    wsum = w.sum(axis=0)
+    safe = np.where(wsum > 0, wsum, 1.0)
+    mean = np.einsum("kij,kij->ij", w, np.where(good, img, 0.0)) / safe
+    v = np.einsum("kij,kij->ij", w * w, np.where(good, var, 0.0)) / (safe * safe)
+    return (
+        np.where(wsum > 0, mean, 0.0).astype(np.float32),
+        np.where(wsum > 0, v, np.inf).astype(np.float32),
+        wsum,
+    )
+
+
+def masked_median(img: np.ndarray, good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median of the good layers of ``img``; returns (median, count)."""
+    n = good.sum(axis=0)
+    s = np.sort(np.where(good, img, np.inf), axis=0)
+    lo = np.clip((n - 1) // 2, 0, img.shape[0] - 1)
+    hi = np.clip(n // 2, 0, img.shape[0] - 1)
+    a = np.take_along_axis(s, lo[None], axis=0)[0]
+    b = np.take_along_axis(s, hi[None], axis=0)[0]
+    med = np.where(n > 0, 0.5 * (a + b), 0.0)
+    return med.astype(np.float32), n
+
+
+def clip_outliers(
+    img: np.ndarray,
+    var: np.ndarray,
+    good: np.ndarray,
+    weights: np.ndarray,
+    *,
+    nsigma: float = 3.0,
+    ampfrac: float = 0.3,
+    iterations: int = 2,
+) -> np.ndarray:
+    """Pixels kept by iterative clipping around a robust centre.
+
+    A pixel is rejected when it differs from the centre (the median, then the
+    clipped mean) by more than ``nsigma`` times its own noise combined with
+    ``ampfrac`` times the centre's amplitude; the amplitude term (as in
+    SWarp's ``CLIP_AMPFRAC``) keeps the cores of stars, which differ between
+    epochs with the seeing, from being clipped.
+    """
+    centre, _ = masked_median(img, good)
+    keep = good.copy()
+    for _ in range(iterations):
+        tol2 = nsigma * nsigma * var + (ampfrac * centre[None]) ** 2
+        keep = good & ((img - centre[None]) ** 2 <= tol2)
+        centre, _, wsum = weighted_mean(img, var, keep, weights)
+        # Where everything was clipped, fall back to the median of what there is.
+        none_left = (wsum <= 0) & good.any(axis=0)
+        if none_left.any():
+            keep[:, none_left] = good[:, none_left]
+    return keep
+
+
+def coadd_psf(stack: WarpStack, used_weight: np.ndarray) -> PixelPsf | None:
+    """The coadd's PSF: the input PSFs averaged with the weight each warp got.
+
+    ``used_weight[k]`` is warp k's scalar weight times the number of coadd
+    pixels it contributed to, so a warp that covers half the cell counts
+    half.  Returns ``None`` when no input has a PSF.
+    """
+    psfs = [(m.psf, float(w)) for m, w in zip(stack.members, used_weight, strict=True)]
+    psfs = [(p, w) for p, w in psfs if p is not None and w > 0]
+    if not psfs:
+        return None
+    size = max(p.default_size() for p, _ in psfs if p is not None) | 1
+    total = np.zeros((size, size))
+    for p, w in psfs:
+        assert p is not None
+        total += w * p.kernel(size)
+    return PixelPsf(total)
+
+
+def _coadd_exposure(
+    stack: WarpStack,
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    used_weight: np.ndarray,
+    method: str,
+) -> Exposure:
+    infos = [m.info for m in stack.members]
+    mjds = [i.mjd for i in infos if math.isfinite(i.mjd)]
+    bands = sorted({i.band for i in infos})
+    info = VisitInfo(
+        instrument=infos[0].instrument,
+        band=bands[0] if len(bands) == 1 else "+".join(bands),
+        mjd=float(np.mean(mjds)) if mjds else math.nan,
+    )
+    exp = Exposure(
+        image=image,
+        variance=variance,
+        mask=mask,
+        wcs=stack.wcs.deepcopy(),
+        psf=coadd_psf(stack, used_weight),
+        zero_point=stack.zero_point,
+        info=info,
+    )
+    exp.meta["COADD"] = (method, "coadd assembly method")
+    exp.meta["NEPOCHS"] = (len(stack), "number of input warps")
+    for k, m in enumerate(stack.members):
+        exp.meta[f"INP{k:04d}"] = (Path(m.name).name[-60:], f"weight {used_weight[k]:.4g}")
+    return exp

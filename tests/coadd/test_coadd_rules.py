@@ -1,0 +1,165 @@
+"""CompareWarp's rules one by one (skydm.coadd._cw_rules), on outlier codes
+with known answers, and the mover rule on simulated slow movers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from coadd_harness.outliers import outlier_pixels
+from skydm.coadd import SkyCell, WarpStack
+from skydm.coadd._cw_config import CompareWarpConfig, MoverConfig
+from skydm.coadd._cw_rules import RuleContext, Variable, _epoch, _footprints, clip_maps
+from skydm.coadd.compare_warp import compare_warp
+from skydm.errors import BadValueError
+from skydm.image import Exposure, GaussianPsf, VisitInfo
+
+CELL = SkyCell.centred(150.0, 2.0, (96, 96), 0.2)
+
+
+def _disk_codes(n: int, shape: tuple[int, int], centres: dict[int, tuple[float, float]], r: float):  # type: ignore[no-untyped-def]
+    yy, xx = np.indices(shape)
+    codes = np.zeros((n, *shape), dtype=np.int8)
+    pixels = [outlier_pixels(np.zeros(0, dtype=np.int64), np.zeros(0), n) for _ in range(n)]
+    for k, (cy, cx) in centres.items():
+        dist = np.hypot(yy - cy, xx - cx)
+        codes[k][dist <= r] = 2
+        idx = np.flatnonzero(codes[k])
+        pixels[k] = outlier_pixels(idx, 20 - dist.ravel()[idx], n, chi2=99.0)
+    return codes, pixels
+
+
+def test_mover_rule_clips_a_slow_overlapping_track_and_not_a_steady_source() -> None:
+    """Ten epochs whose time codes (leading edges) move one pixel per epoch, a
+    fifth of their width: the mover rule clips every epoch along the track,
+    even one without a code there; the same blob standing still (a
+    brightening source) is no mover."""
+    n, shape = 10, (40, 80)
+    cover = np.full(shape, n, dtype=np.uint8)
+    cfg = CompareWarpConfig()
+    for moving in (True, False):
+        centres = {k: (20.0, 30.0 + (k if moving else 0.0)) for k in range(n) if k != 4}
+        tcodes, _ = _disk_codes(n, shape, centres, 3.0)
+        codes = np.zeros_like(tcodes)
+        clip = clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes)
+        if moving:
+            for k in range(n):
+                assert clip[k, 20, 30 + k], k
+                assert not clip[k, 20, 30 + k + 5]
+        else:
+            assert not clip.any()
+        off = clip_maps(codes, cover, [], cfg.without("mover"), grow=0, fwhm=2.5, tcodes=tcodes)
+        assert not off.any()
+
+
+def test_mover_rule_needs_a_straight_steady_track() -> None:
+    """Blobs that jump about at random (ghosts moving with the dithers, or PSF
+    residuals) are no track; nor is a track out of time order (the epochs
+    shuffled in time); in time order it is one."""
+    n, shape = 8, (40, 60)
+    rng = np.random.default_rng(1)
+    cover = np.full(shape, n, dtype=np.uint8)
+    cfg = CompareWarpConfig()
+    codes = np.zeros((n, *shape), dtype=np.int8)
+    jumps = {k: (20.0 + rng.uniform(-3, 3), 30.0 + rng.uniform(-3, 3)) for k in range(n)}
+    tcodes, _ = _disk_codes(n, shape, jumps, 3.0)
+    assert not clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes).any()
+    steady = {k: (20.0, 26.0 + 1.5 * k) for k in range(n)}
+    tcodes, _ = _disk_codes(n, shape, steady, 3.0)
+    times = rng.permutation(n).astype(float)
+    assert not clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, times=times, tcodes=tcodes).any()
+    assert clip_maps(codes, cover, [], cfg, grow=0, fwhm=2.5, tcodes=tcodes).any()
+
+
+def test_variable_veto_keeps_a_flux_change_centred_on_a_source() -> None:
+    """A compact footprint whose difference fits the model (chi2 1) on a
+    significant source, at its peak, is vetoed; off the source's centre or
+    with a bad fit it is not."""
+    n, shape = 8, (30, 30)
+    cfg = CompareWarpConfig()
+    codes, _ = _disk_codes(n, shape, {0: (15.0, 15.0)}, 2.0)
+    fp = _footprints(codes[0], 1, 0.0, 1.0)
+    idx = fp.pix
+    rule = Variable(cfg.rules.variable)
+    cover = np.full(shape[0] * shape[1], n, dtype=np.uint8)
+    for chi2, peak, want in ((1.0, 1.0, True), (50.0, 1.0, False), (1.0, 0.2, False)):
+        pix = outlier_pixels(idx, np.full(idx.size, 8.0), n, chi2=chi2, msig=30.0, peak=peak)
+        ep = _epoch(0, fp, codes[0], pix, cover, 1, cfg.rules.fraction)
+        ctx = RuleContext(1, 2.5, shape[1], cover, cover, 5.0, 2.5, [ep], np.zeros(1))
+        assert bool(rule.select(ep, ctx)[0]) is want
+
+
+def test_trail_rule_bridges_the_gaps_of_a_broken_trail() -> None:
+    """A faint trail broken into segments: with the trail rule the strip along
+    the long segment covers the gap; without it the gap is kept."""
+    n, shape = 8, (100, 200)
+    codes = np.zeros((n, *shape), dtype=np.int8)
+    codes[2, 49:52, 10:90] = 2
+    codes[2, 49:52, 110:190] = 2
+    cover = np.full(shape, n, dtype=np.uint8)
+    on = clip_maps(codes, cover, [], CompareWarpConfig(), grow=0)
+    off = clip_maps(codes, cover, [], CompareWarpConfig().without("trail"), grow=0)
+    assert on[2, 50, 95:105].all() and not off[2, 50, 95:105].any()
+    assert not on[[0, 1, 3]].any()
+
+
+def test_rules_are_switched_by_name_and_configs_validated() -> None:
+    cfg = CompareWarpConfig()
+    assert set(cfg.rule_names()) >= {"fraction", "mover", "variable", "halo", "line"}
+    assert not cfg.without("mover").rules.mover.enabled and cfg.rules.mover.enabled
+    with pytest.raises(BadValueError, match="rule"):
+        cfg.without("nonsense")
+    with pytest.raises(BadValueError, match="min_epochs"):
+        MoverConfig(min_epochs=1)
+    assert CompareWarpConfig.from_options(detect__threshold=6.0).detect.threshold == 6.0
+
+
+def _mover_field(speed_fwhm: float, n: int = 12, seed: int = 7):  # type: ignore[no-untyped-def]
+    """Warps of stars and one mover at ``speed_fwhm`` PSF FWHM per epoch (art),
+    and the same without the mover (clean, same noise)."""
+    rng = np.random.default_rng(seed)
+    shape = (96, 96)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    stars = [(rng.uniform(8, 88), rng.uniform(8, 88), rng.uniform(500, 5000)) for _ in range(12)]
+    art, clean, light = [], [], np.zeros(shape)
+    for k in range(n):
+        sigma = 1.4 + 0.1 * (k % 4)
+        fwhm = 2.3548 * 1.6
+        scene = sum(
+            f * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / sigma**2) / (2 * math.pi * sigma**2)
+            for x, y, f in stars
+        )
+        noisy = scene + rng.normal(0, 2.0, shape)
+        mx, my = 20.0 + speed_fwhm * fwhm * k, 40.0 + 0.3 * speed_fwhm * fwhm * k
+        mover = 600 * np.exp(-0.5 * ((xx - mx) ** 2 + (yy - my) ** 2) / sigma**2)
+        mover /= 2 * math.pi * sigma**2
+        light += mover / n
+        info = VisitInfo(mjd=60000.0 + k)
+        for img, out in ((noisy + mover, art), (noisy, clean)):
+            out.append(
+                Exposure(
+                    img.astype(np.float32),
+                    np.full(shape, 4.0, dtype=np.float32),
+                    wcs=CELL.wcs,
+                    psf=GaussianPsf(sigma),
+                    zero_point=28.0,
+                    info=info,
+                )
+            )
+    return art, clean, light
+
+
+@pytest.mark.parametrize("speed", [0.5, 0.8, 1.5])
+def test_slow_and_fast_movers_leak_at_most_two_percent(speed: float) -> None:
+    art, clean, light = _mover_field(speed)
+    w = WarpStack(clean).weights
+    ca = compare_warp(WarpStack(art, weights=w))
+    cc = compare_warp(WarpStack(clean, weights=w))
+    leak = float(np.sum(ca.image - cc.image)) / float(light.sum())
+    assert leak <= 0.02, f"a mover at {speed} FWHM per epoch leaks {leak:.3f}"
+    assert leak > -0.05, f"a mover at {speed} FWHM per epoch: over-subtracted ({leak:.3f})"
+    if speed < 1:
+        off = compare_warp(WarpStack(art, weights=w), config=CompareWarpConfig().without("mover"))
+        assert float(np.sum(off.image - cc.image)) / float(light.sum()) > 0.04
