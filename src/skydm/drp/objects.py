@@ -18,7 +18,6 @@ from scipy.spatial import cKDTree
 from skydm.drp._detect import BandPlanes, Detections, detect
 from skydm.drp._photometry import (
     BandPhotometry,
-    big_aperture,
     measure_band,
     position_shifts,
     stamp_groups,
@@ -29,6 +28,8 @@ from skydm.image.detect import estimate_background
 from skydm.image.exposure import NJY_AB_MAG, Exposure
 from skydm.image.mask import UNUSABLE, Mask
 
+#: Systematic scatter of one star's aperture correction (added in quadrature).
+_APCORR_FLOOR = 0.005
 _BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,15}$")
 #: Mask bits of a footprint and the Object flag each one sets.
 _FOOTPRINT_BITS = (
@@ -89,6 +90,7 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
             groups,
             stamp=min(p.psf.default_size(), config.psf_stamp) | 1,
             aperture_radius=_aperture_px(p, config),
+            big_radius=_big_px(p, config),
         )
         for p in planes
     ]
@@ -341,7 +343,7 @@ def _calibrate_band(
     three times over.
     """
     none = BandCalibration(1.0, 1.0, 0)
-    radius = config.apcorr_radius * plane.psf.fwhm
+    radius = _big_px(plane, config)
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = phot.flux / phot.flux_err
         ratio = phot.ap_flux / phot.flux
@@ -374,9 +376,57 @@ def _calibrate_band(
         locus = float(np.median(ratio[stars]))
     if stars.size < config.apcorr_min_stars:
         return none
-    big, _ = big_aperture(plane, found.x[stars], found.y[stars], radius)
-    corr = big / phot.flux[stars]
-    corr = corr[np.isfinite(corr)]
-    if corr.size < config.apcorr_min_stars:
+    # The aperture flux (neighbours' fitted models removed) is already divided
+    # by the fitting stamp's model fraction inside the aperture, i.e. it is the
+    # curve of growth extrapolated to the stamp with the PSF model; the stamp
+    # holds ``inside`` of the model's full light.  Measuring at a couple of
+    # FWHM and extrapolating with the model keeps out most of the light of
+    # neighbours' wings and undetected faint sources, which grows with the
+    # aperture's area and biased a 4-FWHM sky aperture high by 1-3%.
+    inside = _stamp_fraction(plane, config)
+    big, big_err = phot.big_flux[stars], phot.big_flux_err[stars]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = big / phot.flux[stars] / inside
+        corr_err = np.abs(corr) * np.hypot(big_err / big, phot.flux_err[stars] / phot.flux[stars])
+    # Floor: a star's ratio also scatters by its unresolved neighbours and the
+    # PSF model's small errors, so no single star may carry the estimate.
+    corr_err = np.hypot(corr_err, _APCORR_FLOOR)
+    ok = np.isfinite(corr) & np.isfinite(corr_err)
+    if np.count_nonzero(ok) < config.apcorr_min_stars:
         return none
-    return BandCalibration(float(np.median(corr)), locus, int(corr.size))
+    return BandCalibration(_robust_weighted_mean(corr[ok], corr_err[ok]), locus, int(ok.sum()))
+
+
+def _robust_weighted_mean(value: np.ndarray, error: np.ndarray) -> float:
+    """Inverse-variance weighted mean of ``value`` after 3-sigma clipping.
+
+    A star's aperture-to-PSF ratio is known to its own S/N, so the brightest
+    stars, good to a few tenths of a per cent, should carry the estimate: an
+    unweighted median of a dozen stars near the S/N cut scatters by about 1%.
+    Clipping (about the weighted mean of the survivors, starting from the
+    median) drops stars with an unmodelled neighbour or a cosmic ray.
+    """
+    keep = np.ones(value.size, dtype=bool)
+    centre = float(np.median(value))
+    for _ in range(5):
+        new = np.abs(value - centre) <= 3.0 * error
+        if not new.any():
+            break
+        keep = new
+        w = 1.0 / error[keep] ** 2
+        centre = float(np.sum(w * value[keep]) / np.sum(w))
+    return centre
+
+
+def _stamp_fraction(plane: BandPlanes, config: ObjectConfig) -> float:
+    """Fraction of the PSF model's light (on its full stamp) inside the fitting stamp."""
+    full = plane.psf.kernel(plane.psf.default_size() | 1)
+    size = min(plane.psf.default_size(), config.psf_stamp) | 1
+    c = (full.shape[0] - size) // 2
+    return float(np.sum(full[c : c + size, c : c + size])) if c > 0 else 1.0
+
+
+def _big_px(plane: BandPlanes, config: ObjectConfig) -> float:
+    """The aperture-correction aperture in pixels, kept inside the PSF stamp."""
+    half = (min(plane.psf.default_size(), config.psf_stamp) | 1) // 2
+    return min(config.apcorr_radius * plane.psf.fwhm, float(half))
