@@ -385,6 +385,11 @@ def _calibrate_band(
     # aperture's area and biased a 4-FWHM sky aperture high by 1-3%.
     inside = _stamp_fraction(plane, config)
     big, big_err = phot.big_flux[stars], phot.big_flux_err[stars]
+    # Light of sources too faint to detect is a pedestal under every star; a
+    # local sky from an annulus clear of detected footprints removes it (it is
+    # near zero where the coadd's background already took it out).
+    sky, npix = _local_sky(plane, found, stars, radius)
+    big = big - sky * npix / _model_fraction(plane, config, radius)
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = big / phot.flux[stars] / inside
         corr_err = np.abs(corr) * np.hypot(big_err / big, phot.flux_err[stars] / phot.flux[stars])
@@ -426,7 +431,50 @@ def _stamp_fraction(plane: BandPlanes, config: ObjectConfig) -> float:
     return float(np.sum(full[c : c + size, c : c + size])) if c > 0 else 1.0
 
 
+def _model_fraction(plane: BandPlanes, config: ObjectConfig, radius: float) -> float:
+    """The fitting stamp's model fraction within ``radius`` pixels of its centre."""
+    size = min(plane.psf.default_size(), config.psf_stamp) | 1
+    kern = plane.psf.kernel(size)
+    yy, xx = np.mgrid[0:size, 0:size] - size // 2
+    return float(np.sum(kern[xx**2 + yy**2 <= radius * radius]))
+
+
 def _big_px(plane: BandPlanes, config: ObjectConfig) -> float:
     """The aperture-correction aperture in pixels, kept inside the PSF stamp."""
     half = (min(plane.psf.default_size(), config.psf_stamp) | 1) // 2
     return min(config.apcorr_radius * plane.psf.fwhm, float(half))
+
+
+def _local_sky(
+    plane: BandPlanes, found: Detections, stars: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per star, the sky per pixel in an annulus and the aperture's pixel count.
+
+    The annulus runs from 1.5 to 3 times ``radius``; pixels in any detected
+    footprint or unusable are left out, and the mean of what is within
+    3 sigma of the median is the sky (0 with fewer than 20 pixels left).
+    The count is of pixels whose centres lie within ``radius``, as in the
+    aperture flux, in units of the fitted amplitude: divided by the model's
+    fraction in the aperture like the flux is.
+    """
+    ny, nx = plane.image.shape
+    r_out = 3.0 * radius
+    sky = np.zeros(stars.size)
+    npix = np.zeros(stars.size)
+    clear = (found.segmap == 0) & ~plane.bad
+    for k, i in enumerate(stars.tolist()):
+        xc, yc = float(found.x[i]), float(found.y[i])
+        x0, x1 = max(int(xc - r_out), 0), min(int(xc + r_out) + 2, nx)
+        y0, y1 = max(int(yc - r_out), 0), min(int(yc + r_out) + 2, ny)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        r2 = (xx - xc) ** 2 + (yy - yc) ** 2
+        ring = (r2 >= (1.5 * radius) ** 2) & (r2 <= r_out**2) & clear[y0:y1, x0:x1]
+        npix[k] = np.count_nonzero(r2 <= radius * radius)
+        vals = plane.image[y0:y1, x0:x1][ring]
+        if vals.size < 20:
+            continue
+        med = float(np.median(vals))
+        sig = 1.4826 * float(np.median(np.abs(vals - med)))
+        inner = vals[np.abs(vals - med) <= 3.0 * sig] if sig > 0 else vals
+        sky[k] = float(np.mean(inner))
+    return sky, npix
