@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import sep
 from scipy.sparse import coo_matrix, csc_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -33,9 +34,6 @@ class BandPhotometry:
         flux in expectation for a point source.
     clipped_stamp : numpy.ndarray
         True where the PSF stamp crosses the image border.
-    big_flux, big_flux_err : numpy.ndarray
-        The same as ``ap_flux`` in the aperture-correction aperture (NaN
-        where it was not asked for).
     """
 
     flux: np.ndarray
@@ -44,8 +42,6 @@ class BandPhotometry:
     ap_flux: np.ndarray
     ap_flux_err: np.ndarray
     clipped_stamp: np.ndarray
-    big_flux: np.ndarray
-    big_flux_err: np.ndarray
 
 
 def stamp_groups(x: np.ndarray, y: np.ndarray, size: int, max_group: int) -> list[np.ndarray]:
@@ -79,7 +75,6 @@ def measure_band(
     *,
     stamp: int,
     aperture_radius: float,
-    big_radius: float | None = None,
 ) -> BandPhotometry:
     """PSF and aperture fluxes of every object in one band.
 
@@ -95,9 +90,6 @@ def measure_band(
         Side of the PSF stamp (odd).
     aperture_radius : float
         Radius of the aperture flux, pixels (within the stamp).
-    big_radius : float, optional
-        Radius of the aperture-correction aperture flux (``big_flux``),
-        pixels (within the stamp); not measured when omitted.
     """
     n = x.size
     out = BandPhotometry(
@@ -107,16 +99,11 @@ def measure_band(
         ap_flux=np.full(n, np.nan),
         ap_flux_err=np.full(n, np.nan),
         clipped_stamp=np.zeros(n, dtype=bool),
-        big_flux=np.full(n, np.nan),
-        big_flux_err=np.full(n, np.nan),
     )
-    radii = [(aperture_radius, out.ap_flux, out.ap_flux_err)]
-    if big_radius is not None:
-        radii.append((big_radius, out.big_flux, out.big_flux_err))
     half = stamp // 2
     ny, nx = band.image.shape
     for g in groups:
-        _fit_group(band, x[g], y[g], g, half, (ny, nx), radii, out)
+        _fit_group(band, x[g], y[g], g, half, (ny, nx), aperture_radius, out)
     return out
 
 
@@ -182,7 +169,7 @@ def _fit_group(
     index: np.ndarray,
     half: int,
     shape: tuple[int, int],
-    radii: list[tuple[float, np.ndarray, np.ndarray]],
+    radius: float,
     out: BandPhotometry,
 ) -> None:
     x0, x1, y0, y1 = _group_box(xs, ys, half, shape)
@@ -229,14 +216,33 @@ def _fit_group(
         g = good[st.box]
         alone = np.where(g, data[st.box] - (total_model[st.box] - own), own)
         yy, xx = np.mgrid[ys_, xs_]
-        r2 = (xx + x0 - xs[j]) ** 2 + (yy + y0 - ys[j]) ** 2
-        for radius, ap_flux, ap_err in radii:
-            ap = r2 <= radius * radius
-            frac = float(np.sum(st.cut()[ap]))
-            if frac <= 0:
-                continue
-            ap_flux[index[j]] = float(np.sum(alone[ap])) / frac
-            ap_err[index[j]] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
+        ap = (xx + x0 - xs[j]) ** 2 + (yy + y0 - ys[j]) ** 2 <= radius * radius
+        frac = float(np.sum(st.cut()[ap]))
+        if frac <= 0:
+            continue
+        out.ap_flux[index[j]] = float(np.sum(alone[ap])) / frac
+        out.ap_flux_err[index[j]] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
+
+
+def big_aperture(
+    band: BandPlanes, x: np.ndarray, y: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flux in a circle of ``radius`` pixels; NaN where it holds an unusable pixel
+    or leaves the image."""
+    if x.size == 0:
+        return np.zeros(0), np.zeros(0)
+    var = np.where(band.bad, 0.0, band.variance).astype(np.float64)
+    flux, err, flag = sep.sum_circle(
+        np.ascontiguousarray(band.image, dtype=np.float64),
+        x,
+        y,
+        radius,
+        var=np.ascontiguousarray(var),
+        mask=np.ascontiguousarray(band.bad),
+        subpix=5,
+    )
+    bad = (flag & (sep.APER_HASMASKED | sep.APER_TRUNC)) != 0
+    return np.where(bad, np.nan, flux), np.where(bad, np.nan, err)
 
 
 def _group_box(

@@ -112,7 +112,7 @@ class ObjectConfig:
     aperture_radius: float = 1.5
     extended_fraction: float = 0.02
     extended_nsigma: float = 3.0
-    apcorr_radius: float = 2.0
+    apcorr_radius: float = 4.0
     apcorr_min_snr: float = 50.0
     apcorr_min_stars: int = 5
 

@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 from skydm.drp._detect import BandPlanes, Detections, detect
 from skydm.drp._photometry import (
     BandPhotometry,
+    big_aperture,
     measure_band,
     position_shifts,
     stamp_groups,
@@ -28,8 +29,6 @@ from skydm.image.detect import estimate_background
 from skydm.image.exposure import NJY_AB_MAG, Exposure
 from skydm.image.mask import UNUSABLE, Mask
 
-#: Systematic scatter of one star's aperture correction (added in quadrature).
-_APCORR_FLOOR = 0.005
 _BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,15}$")
 #: Mask bits of a footprint and the Object flag each one sets.
 _FOOTPRINT_BITS = (
@@ -90,7 +89,6 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
             groups,
             stamp=min(p.psf.default_size(), config.psf_stamp) | 1,
             aperture_radius=_aperture_px(p, config),
-            big_radius=_big_px(p, config),
         )
         for p in planes
     ]
@@ -343,7 +341,7 @@ def _calibrate_band(
     three times over.
     """
     none = BandCalibration(1.0, 1.0, 0)
-    radius = _big_px(plane, config)
+    radius = config.apcorr_radius * plane.psf.fwhm
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = phot.flux / phot.flux_err
         ratio = phot.ap_flux / phot.flux
@@ -376,105 +374,9 @@ def _calibrate_band(
         locus = float(np.median(ratio[stars]))
     if stars.size < config.apcorr_min_stars:
         return none
-    # The aperture flux (neighbours' fitted models removed) is already divided
-    # by the fitting stamp's model fraction inside the aperture, i.e. it is the
-    # curve of growth extrapolated to the stamp with the PSF model; the stamp
-    # holds ``inside`` of the model's full light.  Measuring at a couple of
-    # FWHM and extrapolating with the model keeps out most of the light of
-    # neighbours' wings and undetected faint sources, which grows with the
-    # aperture's area and biased a 4-FWHM sky aperture high by 1-3%.
-    inside = _stamp_fraction(plane, config)
-    big, big_err = phot.big_flux[stars], phot.big_flux_err[stars]
-    # Light of sources too faint to detect is a pedestal under every star; a
-    # local sky from an annulus clear of detected footprints removes it (it is
-    # near zero where the coadd's background already took it out).
-    sky, npix = _local_sky(plane, found, stars, radius)
-    big = big - sky * npix / _model_fraction(plane, config, radius)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        corr = big / phot.flux[stars] / inside
-        corr_err = np.abs(corr) * np.hypot(big_err / big, phot.flux_err[stars] / phot.flux[stars])
-    # Floor: a star's ratio also scatters by its unresolved neighbours and the
-    # PSF model's small errors, so no single star may carry the estimate.
-    corr_err = np.hypot(corr_err, _APCORR_FLOOR)
-    ok = np.isfinite(corr) & np.isfinite(corr_err)
-    if np.count_nonzero(ok) < config.apcorr_min_stars:
+    big, _ = big_aperture(plane, found.x[stars], found.y[stars], radius)
+    corr = big / phot.flux[stars]
+    corr = corr[np.isfinite(corr)]
+    if corr.size < config.apcorr_min_stars:
         return none
-    return BandCalibration(_robust_weighted_mean(corr[ok], corr_err[ok]), locus, int(ok.sum()))
-
-
-def _robust_weighted_mean(value: np.ndarray, error: np.ndarray) -> float:
-    """Inverse-variance weighted mean of ``value`` after 3-sigma clipping.
-
-    A star's aperture-to-PSF ratio is known to its own S/N, so the brightest
-    stars, good to a few tenths of a per cent, should carry the estimate: an
-    unweighted median of a dozen stars near the S/N cut scatters by about 1%.
-    Clipping (about the weighted mean of the survivors, starting from the
-    median) drops stars with an unmodelled neighbour or a cosmic ray.
-    """
-    keep = np.ones(value.size, dtype=bool)
-    centre = float(np.median(value))
-    for _ in range(5):
-        new = np.abs(value - centre) <= 3.0 * error
-        if not new.any():
-            break
-        keep = new
-        w = 1.0 / error[keep] ** 2
-        centre = float(np.sum(w * value[keep]) / np.sum(w))
-    return centre
-
-
-def _stamp_fraction(plane: BandPlanes, config: ObjectConfig) -> float:
-    """Fraction of the PSF model's light (on its full stamp) inside the fitting stamp."""
-    full = plane.psf.kernel(plane.psf.default_size() | 1)
-    size = min(plane.psf.default_size(), config.psf_stamp) | 1
-    c = (full.shape[0] - size) // 2
-    return float(np.sum(full[c : c + size, c : c + size])) if c > 0 else 1.0
-
-
-def _model_fraction(plane: BandPlanes, config: ObjectConfig, radius: float) -> float:
-    """The fitting stamp's model fraction within ``radius`` pixels of its centre."""
-    size = min(plane.psf.default_size(), config.psf_stamp) | 1
-    kern = plane.psf.kernel(size)
-    yy, xx = np.mgrid[0:size, 0:size] - size // 2
-    return float(np.sum(kern[xx**2 + yy**2 <= radius * radius]))
-
-
-def _big_px(plane: BandPlanes, config: ObjectConfig) -> float:
-    """The aperture-correction aperture in pixels, kept inside the PSF stamp."""
-    half = (min(plane.psf.default_size(), config.psf_stamp) | 1) // 2
-    return min(config.apcorr_radius * plane.psf.fwhm, float(half))
-
-
-def _local_sky(
-    plane: BandPlanes, found: Detections, stars: np.ndarray, radius: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per star, the sky per pixel in an annulus and the aperture's pixel count.
-
-    The annulus runs from 1.5 to 3 times ``radius``; pixels in any detected
-    footprint or unusable are left out, and the mean of what is within
-    3 sigma of the median is the sky (0 with fewer than 20 pixels left).
-    The count is of pixels whose centres lie within ``radius``, as in the
-    aperture flux, in units of the fitted amplitude: divided by the model's
-    fraction in the aperture like the flux is.
-    """
-    ny, nx = plane.image.shape
-    r_out = 3.0 * radius
-    sky = np.zeros(stars.size)
-    npix = np.zeros(stars.size)
-    clear = (found.segmap == 0) & ~plane.bad
-    for k, i in enumerate(stars.tolist()):
-        xc, yc = float(found.x[i]), float(found.y[i])
-        x0, x1 = max(int(xc - r_out), 0), min(int(xc + r_out) + 2, nx)
-        y0, y1 = max(int(yc - r_out), 0), min(int(yc + r_out) + 2, ny)
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        r2 = (xx - xc) ** 2 + (yy - yc) ** 2
-        ring = (r2 >= (1.5 * radius) ** 2) & (r2 <= r_out**2) & clear[y0:y1, x0:x1]
-        npix[k] = np.count_nonzero(r2 <= radius * radius)
-        vals = plane.image[y0:y1, x0:x1][ring]
-        if vals.size < 20:
-            continue
-        med = float(np.median(vals))
-        sig = 1.4826 * float(np.median(np.abs(vals - med)))
-        inner = vals[np.abs(vals - med) <= 3.0 * sig] if sig > 0 else vals
-        sky[k] = float(np.mean(inner))
-    return sky, npix
+    return BandCalibration(float(np.median(corr)), locus, int(corr.size))
