@@ -318,10 +318,13 @@ def simulate_night(
 
     say = log or (lambda _line: None)
     root = Path(root)
+    producer = EventProducer(bootstrap)
+    # Kafka first: an unreachable broker is found in seconds, before the
+    # night's templates (minutes) are made.
+    producer.ensure_topics([])
     prepared = prepare_night(root, night, config=config, jobs=jobs, log=say)
     prompt = prepared.prompt
     report = NightReport(grid=prepared.grid, templates_made=prepared.templates_made)
-    producer = EventProducer(bootstrap)
     producer.ensure_topics([prompt.next_visit_topic, prompt.raw_topic])
     step = night.cadence / night.speedup
     readout = night.exptime / night.speedup
