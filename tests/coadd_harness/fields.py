@@ -41,13 +41,16 @@ SIDE = 256
 
 #: Mean number of each artefact class per field, whatever its epoch count
 #: (the rate per exposure is this over the epochs): enough that each class
-#: shows up on nearly every field (4 ghosts: none on 2% of fields), few
-#: enough that a small cell keeps some variables clear of every artefact
-#: (a bright trail's footprint, out to 0.1 sigma, is some 30 pixels wide).
+#: is judged (its light in the plain mean at 20 sigma) on nearly every
+#: field, few enough that a small cell keeps some variables clear of every
+#: artefact (a bright trail's footprint, out to 0.1 sigma, is some 30
+#: pixels wide).  A ghost is faint (0.5-2.5 sky sigma in one exposure, so
+#: about 8 sigma in the mean of 20) and only about half of them fall in the
+#: cell: with 4 a field, ghosts on stars were judged on half the fields.
 PER_FIELD = {
     "trail_rate": 6.0,
-    "ghost_rate": 4.0,
-    "ghosts_on_stars": 4.0,
+    "ghost_rate": 8.0,
+    "ghosts_on_stars": 12.0,
     "trails_on_variables": 2.5,
 }
 
