@@ -97,11 +97,20 @@ def test_every_field_is_coadded(all_results: Results) -> None:
     assert not bad, f"CompareWarp failed: {errors}; {_replay(bad)}"
 
 
+#: Fraction of the fields on which each class must be judged.  The fields are
+#: random, so this is a bound on the harness's rates, set with a margin:
+#: a class judged on 80% of fields (the rarest, faint trails, measured at
+#: about that) falls below 4 fields in 10 once in a thousand runs.
+MIN_JUDGED = 0.4
+
+
 def test_every_class_is_on_most_fields(results: Results) -> None:
     """Otherwise the leakage tests below would judge a class on too few fields."""
     for cls in FOOTPRINT_CLASSES:
         on = [r for r in results if _judged(r, cls)]
-        assert len(on) >= 0.6 * len(results), f"{cls} on {len(on)} fields; {_replay(results)}"
+        assert len(on) >= MIN_JUDGED * len(results), (
+            f"{cls} on {len(on)} fields; {_replay(results)}"
+        )
 
 
 # Issue 19 is open: on held-out fields today's CompareWarp does not yet meet

@@ -41,15 +41,18 @@ SIDE = 256
 
 #: Mean number of each artefact class per field, whatever its epoch count
 #: (the rate per exposure is this over the epochs): enough that each class
-#: is judged (its light in the plain mean at 20 sigma) on nearly every
-#: field, few enough that a small cell keeps some variables clear of every
-#: artefact (a bright trail's footprint, out to 0.1 sigma, is some 30
-#: pixels wide).  A ghost is faint (0.5-2.5 sky sigma in one exposure, so
-#: about 8 sigma in the mean of 20) and only about half of them fall in the
-#: cell: with 4 a field, ghosts on stars were judged on half the fields.
+#: is judged (its light in the plain mean at 20 sigma) on most fields, so
+#: that ``test_every_class_is_on_most_fields`` holds by a wide margin on
+#: random seeds.  A ghost is faint (0.5-2.5 sky sigma in one exposure,
+#: about 8 sigma in the mean of 20) and about half of them fall in the
+#: cell; half the trails are faint.  Measured on 15 random fields with 6
+#: trails and 8 ghosts a field: faint trails were judged on 10, ghosts on
+#: 12, ghosts on stars (12 a field; with 4, on half the fields) on 14.
+#: The trails cost variables clear of every artefact; ``n_variables`` in
+#: :func:`heldout_config` makes up for it.
 PER_FIELD = {
-    "trail_rate": 6.0,
-    "ghost_rate": 8.0,
+    "trail_rate": 9.0,
+    "ghost_rate": 12.0,
     "ghosts_on_stars": 12.0,
     "trails_on_variables": 2.5,
 }
@@ -149,7 +152,7 @@ def heldout_config(seed: int, epochs: int, *, side: int = SIDE) -> SurveyConfig:
         shape=(side, side),
         n_visits=epochs,
         raw_dtype="float32",  # integer raws would round raw and clean differently
-        n_variables=16,  # so that some are clear of every artefact
+        n_variables=24,  # so that some are clear of every artefact
         n_galaxies=40,  # fewer than the default 100: galaxies are most of the rendering time
         n_movers=4,  # two fast (trailed), two slow (tens of pixels per visit)
         n_slow_movers=2,  # one overlapping (< 1 FWHM per visit), one stepping
