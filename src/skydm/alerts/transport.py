@@ -49,8 +49,8 @@ def broker_unreachable(bootstrap: str, exc: BaseException | str) -> BrokerUnavai
     if isinstance(exc, str):
         detail = exc
     else:
-        err = exc.args[0] if exc.args else None
-        detail = err.str() if hasattr(err, "str") else str(exc)
+        err: Any = exc.args[0] if exc.args else None
+        detail = str(err.str()) if err is not None and hasattr(err, "str") else str(exc)
     return BrokerUnavailableError(
         f"no answer from the Kafka broker at {bootstrap} ({detail}); {BROKER_ADVICE}"
     )
