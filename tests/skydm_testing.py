@@ -86,9 +86,11 @@ class DemoRun:
 
     ``repo`` is read-only: a test that writes (reruns the demo, adds
     datasets) works on a ``shutil.copytree`` of it.  ``bootstrap`` is the
-    broker the alerts were streamed to (``None`` where tansu is missing).
+    broker the alerts were streamed to (``None`` where tansu is missing or did
+    not start: ``no_broker`` says why).
     """
 
     repo: Path
     report: DemoReport
     bootstrap: str | None
+    no_broker: str = ""
