@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from skydm.alerts.localbroker import LocalBroker
-from skydm.errors import MissingExtraError
-from skydm_testing import DATA, require_tool
+from skydm.errors import MissingExtraError, SkydmError
+from skydm_testing import DATA, DemoRun, require_tool
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +125,30 @@ def broker() -> Iterator[LocalBroker]:
         yield b
     finally:
         b.kill()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    """The default demo (seed 42, 10 visits of 512^2, 5 in the template), made once.
+
+    Its alerts are streamed to a tansu broker that lives as long as the
+    session, so that a test can consume them.  Made once because it is the
+    suite's most expensive set-up (a minute on two busy cores), used by the
+    demo, reliability and archive-quality tests.
+    """
+    from skydm.pipeline.demo import run_demo
+
+    broker: LocalBroker | None = None
+    why = ""
+    try:
+        broker = LocalBroker().start()
+    except SkydmError as exc:  # tansu missing, or not up in time: only the stream test needs it
+        why = str(exc)
+    try:
+        root = tmp_path_factory.mktemp("demo") / "repo"
+        bootstrap = broker.bootstrap if broker is not None else None
+        report = run_demo(root, seed=42, bootstrap=bootstrap, quiet=True)
+        yield DemoRun(root, report, bootstrap, why)
+    finally:
+        if broker is not None:
+            broker.kill()

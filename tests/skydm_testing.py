@@ -14,9 +14,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from skydm.pipeline.demo import DemoReport
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 
@@ -73,3 +78,19 @@ def moto_s3_server(env: dict[str, str] | None = None) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """The session's ``skydm demo`` repository, shared by every test that reads one.
+
+    ``repo`` is read-only: a test that writes (reruns the demo, adds
+    datasets) works on a ``shutil.copytree`` of it.  ``bootstrap`` is the
+    broker the alerts were streamed to (``None`` where tansu is missing or did
+    not start: ``no_broker`` says why).
+    """
+
+    repo: Path
+    report: DemoReport
+    bootstrap: str | None
+    no_broker: str = ""

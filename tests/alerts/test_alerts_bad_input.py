@@ -239,3 +239,18 @@ def test_stream_progress_never_counts_past_its_total(tmp_path: Path, broker: Loc
     assert second.pending == 0
     assert bar.total == pending + second.requeued
     assert bar.done <= bar.total
+
+
+def test_unreachable_broker_message_says_what_to_do() -> None:
+    """librdkafka's error, as ``KafkaTransport`` gets it, becomes one readable line."""
+    ck = pytest.importorskip("confluent_kafka")
+    from skydm.alerts.transport import BrokerUnavailableError, broker_unreachable
+
+    exc = ck.KafkaException(ck.KafkaError(ck.KafkaError._TRANSPORT, "Broker transport failure"))
+    err = broker_unreachable("db.example:9092", exc)
+    assert isinstance(err, BrokerUnavailableError)
+    text = str(err)
+    assert text.startswith("no answer from the Kafka broker at db.example:9092 (")
+    assert "Broker transport failure" in text and "KafkaError{" not in text
+    assert "check that a Kafka broker is running at that address" in text
+    assert "--bootstrap HOST:PORT" in text and "\n" not in text

@@ -165,6 +165,9 @@ def test_broker_killed_mid_visit_and_restarted_loses_nothing(tmp_path: Path, bro
     broker.kill()
     down = stream_outbox(box, transport, batch=50, send_timeout=4, retry_for=0)
     assert down.errors and down.pending == total - len(first)  # kept, not lost
+    # The reason names the broker and says what to do, without librdkafka's repr.
+    assert f"no answer from the Kafka broker at {broker.bootstrap}" in down.errors[0]
+    assert "--bootstrap HOST:PORT" in down.errors[0] and "KafkaError{" not in down.errors[0]
     # Restart on the same port: memory storage, so the topic and the
     # acknowledged messages are gone; the outbox finds that out from the
     # offsets and sends everything again.
@@ -208,6 +211,7 @@ def test_produce_with_the_broker_down_keeps_the_visit_for_later(tmp_path: Path, 
     res = results[0]
     assert res.stream is not None and res.stream.errors and res.stream.delivered == 0
     assert res.stream.pending == res.n_alerts > 0
+    assert any(dead in e and "check that a Kafka broker is running" in e for e in res.stream.errors)
     assert time.monotonic() - t0 < 60
     # The broker comes up: the outbox sends the whole visit.
     up = stream_outbox(box, KafkaTransport(broker.bootstrap, partitions=4), retry_for=30)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from skydm.archive.recipes import RecipeSet, WriteRecipe
 from skydm.cli.main import main
 from skydm.image.exposure import Exposure
 from skydm.repo import DataId, Repository
+from skydm_testing import DemoRun
 
 photutils.future_column_names = True
 
@@ -184,12 +186,12 @@ def test_budget_projects_from_stored_sizes_nights_and_recipes(tmp_path: Path, ca
     assert len(err) == 1 and "--budget" in err[0] and "12XB" in err[0]
 
 
-def test_quality_report_runs_on_the_demo_repository(tmp_path: Path, capsys) -> None:
+def test_quality_report_runs_on_the_demo_repository(
+    demo_run: DemoRun, tmp_path: Path, capsys
+) -> None:
     """The demo stores lossy16 calexps, warps, diffs and a coadd; the report says so."""
-    from skydm.pipeline.demo import run_demo
-
-    root = tmp_path / "demo"
-    run_demo(root, n_visits=3, n_template=2, size=256, quiet=True)
+    root = tmp_path / "demo"  # a copy: the session's demo repository stays as made
+    shutil.copytree(demo_run.repo, root)
     out = tmp_path / "report"
     args = ["archive", "quality", "--repo", str(root), "--q", "16", "--out", str(out)]
     assert main([*args, "--max-images", "1", "--quiet"]) == 0

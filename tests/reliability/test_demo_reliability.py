@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from skydm.reliability import packaged_model
 from skydm.reliability.sample import label_alerts
 from skydm.reliability.truth import IGNORED, REAL
+from skydm_testing import DemoRun
 
 
 @pytest.mark.slow
-def test_demo_alerts_at_reliability_half_are_complete_and_pure(tmp_path: Path) -> None:
-    from skydm.pipeline.demo import run_demo
-
-    # The demo's own survey (seed 42, 10 visits of 512^2): never trained on
-    # (the shipped model's training seeds are 100-115).
-    report = run_demo(tmp_path / "repo", seed=42, quiet=True)
+def test_demo_alerts_at_reliability_half_are_complete_and_pure(demo_run: DemoRun) -> None:
+    # The demo's own survey (seed 42, 10 visits of 512^2, made once per
+    # session): never trained on (the shipped model's training seeds are 100-115).
+    report = demo_run.report
     alerts = label_alerts(report.alert_archives, 42)
     assert len(alerts) == report.alerts > 50
     # Every packet carries the score and the model's version.

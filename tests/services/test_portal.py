@@ -204,23 +204,39 @@ def test_portal_shows_the_hips_and_the_catalogs(tmp_path: Path) -> None:
         # Overlays off: what is left over the coverage is the HiPS alone.
         driver.find_element(By.ID, "show-objects").click()
         driver.find_element(By.ID, "show-dia").click()
-        time.sleep(5)  # tiles arrive and are drawn
         view = driver.find_element(By.ID, "aladin-lite-div")
         shot = tmp_path / "portal.png"
-        view.screenshot(str(shot))
-        with Image.open(shot) as picture:
-            pixels = np.asarray(picture.convert("RGB")).astype(float)
+
+        def look() -> tuple[np.ndarray, bool, float]:
+            """The view's pixels; whether the HiPS covers its centre; the bright pixels'
+            median distance to the nearest Object (where the view puts it now)."""
+            xy = driver.execute_script(
+                "return window.portal.objectRows.map("
+                "r => window.portalAladin.world2pix(r[0], r[1]));"
+            )
+            view.screenshot(str(shot))
+            with Image.open(shot) as picture:
+                pixels = np.asarray(picture.convert("RGB")).astype(float)
+            height, width = pixels.shape[:2]
+            box = pixels[height // 2 - 60 : height // 2 + 60, width // 2 - 60 : width // 2 + 60]
+            inner = pixels[60:-60, 60:-60].sum(axis=2)  # off the buttons at the view's edges
+            bright = np.argwhere(inner > np.percentile(inner, 99.5)) + 60
+            near = [
+                min(np.hypot(x - bx, y - by) for x, y in xy if x is not None) for by, bx in bright
+            ]
+            return pixels, bool(box.std() > 5 and box.max() > 100), float(np.median(near))
+
+        # Tiles arrive and are drawn (coarse orders first): look again until the
+        # view shows the HiPS with its stars in place, not after a fixed wait.
+        deadline = time.monotonic() + 60
+        pixels, covered, median_near = look()
+        while not (covered and median_near < 6) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pixels, covered, median_near = look()
+        assert covered, "the HiPS is not drawn over its coverage"
+        # The brightest pixels lie near an Object.
+        assert median_near < 6
         height, width = pixels.shape[:2]
-        box = pixels[height // 2 - 60 : height // 2 + 60, width // 2 - 60 : width // 2 + 60]
-        assert box.std() > 5 and box.max() > 100, "the HiPS is not drawn over its coverage"
-        # Stars are where the Objects are: the brightest pixels lie near one.
-        xy = driver.execute_script(
-            "return window.portal.objectRows.map(r => window.portalAladin.world2pix(r[0], r[1]));"
-        )
-        inner = pixels[60:-60, 60:-60].sum(axis=2)  # off the buttons at the view's edges
-        bright = np.argwhere(inner > np.percentile(inner, 99.5)) + 60
-        near = [min(np.hypot(x - bx, y - by) for x, y in xy if x is not None) for by, bx in bright]
-        assert np.median(near) < 6
         # A click on a DiaObject opens its cutouts and light curve.
         driver.find_element(By.ID, "show-dia").click()
         x, y = driver.execute_script(

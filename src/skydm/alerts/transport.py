@@ -33,6 +33,29 @@ class BrokerUnavailableError(SkydmError):
     """The broker could not be reached or did not acknowledge in time."""
 
 
+#: What to do when a broker does not answer (the end of every such message).
+BROKER_ADVICE = (
+    "check that a Kafka broker is running at that address, or give the right one "
+    "with --bootstrap HOST:PORT (or SKYDM_KAFKA_BOOTSTRAP)"
+)
+
+
+def broker_unreachable(bootstrap: str, exc: BaseException | str) -> BrokerUnavailableError:
+    """The error for a broker at ``bootstrap`` that did not answer: what failed and what to do.
+
+    ``exc`` is librdkafka's exception (its ``KafkaError`` is shown by its
+    readable text, not its ``repr``) or a description of what was not done.
+    """
+    if isinstance(exc, str):
+        detail = exc
+    else:
+        err: Any = exc.args[0] if exc.args else None
+        detail = str(err.str()) if err is not None and hasattr(err, "str") else str(exc)
+    return BrokerUnavailableError(
+        f"no answer from the Kafka broker at {bootstrap} ({detail}); {BROKER_ADVICE}"
+    )
+
+
 @dataclass(frozen=True)
 class SentAhead:
     """A positive delivery report of a message sent ahead of its outbox row."""
@@ -180,7 +203,7 @@ class KafkaTransport(AlertTransport):
         try:
             existing = set(admin.list_topics(timeout=10).topics)
         except self._ck.KafkaException as exc:
-            raise BrokerUnavailableError(f"Kafka at {self.bootstrap}: {exc}") from exc
+            raise broker_unreachable(self.bootstrap, exc) from exc
         missing = [t for t in topics if t not in existing]
         if not missing:
             return []
@@ -347,7 +370,7 @@ def requeue_lost_logs(
         try:
             existing = consumer.list_topics(timeout=timeout).topics
         except ck.KafkaException as exc:
-            raise BrokerUnavailableError(f"Kafka at {bootstrap}: {exc}") from exc
+            raise broker_unreachable(bootstrap, exc) from exc
         for (topic, partition), acked in sorted(logs.items()):
             meta = existing.get(topic)
             if meta is None or partition not in meta.partitions:
@@ -358,7 +381,7 @@ def requeue_lost_logs(
                         ck.TopicPartition(topic, partition), timeout=timeout
                     )
                 except ck.KafkaException as exc:
-                    raise BrokerUnavailableError(f"Kafka at {bootstrap}: {exc}") from exc
+                    raise broker_unreachable(bootstrap, exc) from exc
             if end <= acked:  # the next offset would reuse one acknowledged before
                 n = outbox.requeue_partition(topic, partition)
                 lost.append(LostLog(topic, partition, acked, int(end), n))
@@ -415,9 +438,11 @@ def stream_outbox(
                 if len(reports) < len(msgs):
                     got = {d.seq for d in reports}
                     outbox.mark_failed([m.seq for m in msgs if m.seq not in got])
-                    raise BrokerUnavailableError(
-                        f"{len(msgs) - len(reports)} of {len(msgs)} messages not acknowledged"
-                    )
+                    unacked = f"{len(msgs) - len(reports)} of {len(msgs)} messages not acknowledged"
+                    where = getattr(transport, "bootstrap", None)
+                    if where is None:
+                        raise BrokerUnavailableError(unacked)
+                    raise broker_unreachable(str(where), unacked)
                 progress_made = progress_made or bool(reports)
                 after = msgs[-1].seq
             if outbox.counts()["pending"] == 0:

@@ -228,7 +228,7 @@ class EventProducer:
         BrokerUnavailableError
             When an event was not acknowledged within ``timeout`` seconds.
         """
-        from skydm.alerts.transport import BrokerUnavailableError
+        from skydm.alerts.transport import broker_unreachable
 
         def report(err: Any, _msg: Any) -> None:
             if err is not None:
@@ -240,9 +240,9 @@ class EventProducer:
         left = self._producer.flush(timeout)
         if left or self._errors:
             errors, self._errors = self._errors, []
-            raise BrokerUnavailableError(
-                f"Kafka at {self.bootstrap}: {left} events unsent to {topic} "
-                f"after {timeout:.0f} s {errors[:1]}"
+            why = f": {errors[0]}" if errors else ""
+            raise broker_unreachable(
+                self.bootstrap, f"{left} events unsent to {topic} after {timeout:.0f} s{why}"
             )
 
     def close(self) -> None:
