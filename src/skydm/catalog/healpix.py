@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +88,34 @@ def cone_ranges(
     if not merged:
         return list(ranges)
     return list(_merged(order, ranges))
+
+
+@dataclass(frozen=True)
+class ConeCover:
+    """The exact coverage of a cone as inclusive order-29 ranges, also as arrays.
+
+    Attributes
+    ----------
+    ranges : tuple of (int, int)
+        Sorted, disjoint inclusive ranges ``(lo, hi)`` of ``_healpix`` values.
+    lo, hi : numpy.ndarray
+        Their bounds (int64, read-only), for vectorised comparisons.
+    """
+
+    ranges: tuple[tuple[int, int], ...]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@functools.lru_cache(maxsize=1024)
+def cone_cover(ra_deg: float, dec_deg: float, radius_deg: float) -> ConeCover:
+    """The exact coverage of a cone (``cone_ranges(..., merged=False)``), remembered."""
+    _, ranges = _cone_cover(float(ra_deg), float(dec_deg), float(radius_deg))
+    bounds = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+    lo, hi = bounds[:, 0].copy(), bounds[:, 1].copy()
+    lo.setflags(write=False)  # shared by every caller through the cache
+    hi.setflags(write=False)
+    return ConeCover(ranges, lo, hi)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -178,15 +207,30 @@ def cones_ranges(
     return ranges
 
 
+_SMALL_PIXELS = 64
+
+
 def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
     """Merge nested pixels at ``order`` into inclusive order-29 ranges."""
     if pixels.size == 0:
         return []
+    shift = _SHIFT_BITS * (ORDER - order)
+    if pixels.size <= _SMALL_PIXELS:
+        # A cone's dozen pixels: plain integers cost less than numpy's calls.
+        out: list[tuple[int, int]] = []
+        ordered = sorted(set(pixels.tolist()))
+        start = prev = ordered[0]
+        for p in ordered[1:]:
+            if p != prev + 1:
+                out.append((start << shift, ((prev + 1) << shift) - 1))
+                start = p
+            prev = p
+        out.append((start << shift, ((prev + 1) << shift) - 1))
+        return out
     pixels = np.unique(pixels)
     breaks = np.nonzero(np.diff(pixels) != 1)[0]
     starts = np.concatenate([pixels[:1], pixels[breaks + 1]])
     ends = np.concatenate([pixels[breaks], pixels[-1:]])
-    shift = _SHIFT_BITS * (ORDER - order)
     return [
         (int(s) << shift, ((int(e) + 1) << shift) - 1) for s, e in zip(starts, ends, strict=True)
     ]

@@ -31,17 +31,27 @@ from skydm.catalog.engine import (
     QueryFailedError,
     watch_cancel,
 )
-from skydm.catalog.engines.conereader import ConeReader
+from skydm.catalog.engines.conereader import INDEX_BYTES, ConeReader
 from skydm.catalog.schema import CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
 from skydm.catalog.tapschema import TapSchema
 from skydm.catalog.uploads import UploadedTable
-from skydm.errors import SkydmError, require_extra
+from skydm.errors import BadValueError, SkydmError, require_extra
 
 #: Results limited to this many rows are fetched through the faster DB-API path.
 SMALL_RESULT_ROWS = 200_001
 # That path warns that it copies the rows: known, and cheap at that size.
 warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
+
+
+def _env_megabytes(name: str, default: int) -> int:
+    """A non-negative whole number of megabytes from the environment variable ``name``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise BadValueError(name, text, "give a whole number of megabytes (0 or more)")
+    return int(text)
 
 
 def _quote(name: str) -> str:
@@ -66,6 +76,10 @@ class DuckDBEngine(CatalogEngine):
         Answer plain cone searches by reading the Parquet row groups directly
         (:mod:`skydm.catalog.engines.conereader`) instead of through DuckDB;
         ``SKYDM_CATALOG_DIRECT_CONES=0`` turns it off by default.
+    cone_index_mb : int, optional
+        Megabytes of decoded ``_healpix`` columns the direct cone reader keeps
+        in memory (8 bytes a row; 0 keeps none).  Default:
+        ``SKYDM_CATALOG_CONE_INDEX_MB`` if set, else 256.
     """
 
     name = "duckdb"
@@ -77,12 +91,18 @@ class DuckDBEngine(CatalogEngine):
         *,
         threads: int | None = None,
         direct_cones: bool | None = None,
+        cone_index_mb: int | None = None,
     ) -> None:
         duckdb = require_extra("duckdb", "catalog")
         if direct_cones is None:
             direct_cones = os.environ.get("SKYDM_CATALOG_DIRECT_CONES", "1").strip() != "0"
         self.direct_cones = direct_cones
-        self._cones = ConeReader([], {})
+        if cone_index_mb is None:
+            cone_index_mb = _env_megabytes("SKYDM_CATALOG_CONE_INDEX_MB", INDEX_BYTES >> 20)
+        if cone_index_mb < 0:
+            raise BadValueError("cone_index_mb", cone_index_mb, "give 0 or more megabytes")
+        self._index_bytes = cone_index_mb << 20
+        self._cones = ConeReader([], {}, index_bytes=self._index_bytes)
         # astropy_healpix imports astropy.coordinates (half a second): at open,
         # not in the first cone search.
         importlib.import_module("astropy_healpix")
@@ -157,7 +177,7 @@ class DuckDBEngine(CatalogEngine):
                 )
                 self._con.unregister("_skydm_tap_rows")
             self._cones.close()
-            self._cones = ConeReader(tables, view_files)
+            self._cones = ConeReader(tables, view_files, index_bytes=self._index_bytes)
             self._tables, self._schema, self._stamp = tables, schema, stamp
 
     def tap_schema(self) -> TapSchema:
