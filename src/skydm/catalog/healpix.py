@@ -13,8 +13,11 @@ removes the rows of the covering pixels that lie outside the cone.
 from __future__ import annotations
 
 import functools
-import importlib
+import importlib.machinery
+import importlib.util
 import math
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +153,11 @@ def _cone_cover(
     return order, tuple(pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order))
 
 
+def warm_up() -> None:
+    """Load the cone coverage code now (at an engine's opening), not in the first search."""
+    _moc_core()
+
+
 #: Radius added to a cone whose coverage mocpy computes (degrees, 3.6 mas): a
 #: cell the circle only touches within rounding is kept; the exact test follows.
 _MOC_PAD_DEG = 1e-6
@@ -161,15 +169,45 @@ def _moc_core() -> Any:
 
     Its cone coverage is a superset of the cone (cells that may overlap it,
     computed two orders deeper, so tighter than the pixels astropy-healpix
-    returns) and costs a fifth of astropy-healpix's search for an arcminute cone.
+    returns) and costs a fifth of astropy-healpix's search for an arcminute
+    cone.  Only the compiled module is loaded: the ``mocpy`` package imports
+    matplotlib (over a second), which a catalog service has no use for.  It
+    is registered as ``mocpy.mocpy``, so a later ``import mocpy`` uses it.
     """
-    try:
-        core = importlib.import_module("mocpy.mocpy")
-    except ImportError:
-        return None
+    core = sys.modules.get("mocpy.mocpy")
+    if core is None:
+        try:
+            core = _load_extension("mocpy", "mocpy")
+        except (ImportError, OSError):
+            return None
     if all(hasattr(core, name) for name in ("from_cone", "to_ranges", "drop")):
         return core
     return None
+
+
+def _load_extension(package: str, name: str) -> Any:
+    """The compiled module ``package.name`` loaded without running the package's ``__init__``."""
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed")
+    full = f"{package}.{name}"
+    for folder in spec.submodule_search_locations:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, name + suffix)
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader(full, path)
+                found = importlib.util.spec_from_file_location(full, path, loader=loader)
+                if found is None:
+                    break
+                module = importlib.util.module_from_spec(found)
+                sys.modules[full] = module
+                try:
+                    loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[full]
+                    raise
+                return module
+    raise ImportError(f"{full} has no compiled module")
 
 
 def _moc_cover(

@@ -329,12 +329,12 @@ class ConeReader:
                 self._values.put(index.path, values)
             if values is not None:
                 # Sorted by _healpix: each range is one slice of the file's rows.
-                starts = np.searchsorted(values, lo, side="left")
-                ends = np.searchsorted(values, hi, side="right")
+                starts = values.searchsorted(lo, side="left")
+                ends = values.searchsorted(hi, side="right")
                 if not np.any(ends > starts):
                     return None
                 rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends, strict=True)])
-                group_of = np.searchsorted(index.firsts, rows, side="right") - 1
+                group_of = index.firsts.searchsorted(rows, side="right") - 1
             else:
                 reader = self._checkout(index)
                 groups = np.array(chosen, dtype=np.int64)

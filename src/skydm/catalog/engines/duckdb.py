@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from skydm.catalog import healpix
 from skydm.catalog.adql import Translation
 from skydm.catalog.engine import (
     BATCH_ROWS,
@@ -106,6 +107,7 @@ class DuckDBEngine(CatalogEngine):
         # astropy_healpix imports astropy.coordinates (half a second): at open,
         # not in the first cone search.
         importlib.import_module("astropy_healpix")
+        healpix.warm_up()
         self.catalog_dir = Path(catalog_dir).resolve()
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
