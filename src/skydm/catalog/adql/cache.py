@@ -241,6 +241,36 @@ class TranslationCache:
         partition_orders: dict[str, int] | None = None,
     ) -> Translation:
         """The translation of ``adql`` (as :func:`compile_query` gives it)."""
+        found = self.lookup(
+            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=partition_orders
+        )
+        if found is not None:
+            return found
+        orders = partition_orders or {}
+        text, numbers = lift(adql)
+        key = (text, dialect, maxrec, tuple(sorted(orders.items())))
+        self.misses += 1
+        template = compile_template(
+            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=orders
+        )
+        new = _entry(schema, template, numbers)
+        with self._lock:
+            self._entries[key] = new
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return template.translation
+
+    def lookup(
+        self,
+        adql: str,
+        *,
+        dialect: Dialect,
+        schema: TapSchema,
+        maxrec: int | None = None,
+        partition_orders: dict[str, int] | None = None,
+    ) -> Translation | None:
+        """The translation of ``adql`` when its shape is cached (cheap), else None."""
         orders = partition_orders or {}
         text, numbers = lift(adql)
         key = (text, dialect, maxrec, tuple(sorted(orders.items())))
@@ -254,18 +284,8 @@ class TranslationCache:
                 self.hits += 1
                 return translation
             except AdqlError:
-                pass  # compiled in full below, for an error with its position
-        self.misses += 1
-        template = compile_template(
-            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=orders
-        )
-        new = _entry(schema, template, numbers)
-        with self._lock:
-            self._entries[key] = new
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        return template.translation
+                pass  # compiled in full by compile(), for an error with its position
+        return None
 
     @staticmethod
     def _reuse(entry: _Entry, values: list[str], dialect: Dialect) -> Translation:

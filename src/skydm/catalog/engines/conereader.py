@@ -256,8 +256,18 @@ class ConeReader:
             same = self._same[key] = index.schema.equals(first.schema)
         return same
 
-    def read(self, scan: ConeScan, limit: int | None) -> pa.Table | None:
-        """The rows of the cone (at most ``limit``), or None when SQL must answer."""
+    def _plan(
+        self, scan: ConeScan, *, memory_only: bool = False
+    ) -> tuple[_Layout, healpix.ConeCover, list[tuple[_FileIndex, list[int]]]] | None:
+        """The shape's layout, the cone's cover and the row groups of each file it may hit.
+
+        None when SQL must answer, or (``memory_only``) when a file's footer
+        has not been read yet.
+        """
+        if memory_only:
+            key = (scan.schema, scan.table, scan.columns, scan.ra_col, scan.dec_col)
+            if key not in self._layouts:
+                return None
         layout = self._layout(scan)
         if layout is None:
             return None
@@ -276,6 +286,8 @@ class ConeReader:
         plan: list[tuple[_FileIndex, list[int]]] = []
         groups = 0
         for _, path in paths:
+            if memory_only and str(path) not in self._indexes:
+                return None
             index = self._file_index(path)
             if index is None or not self._compatible(index, layout.first):
                 return None
@@ -286,12 +298,20 @@ class ConeReader:
                 return None
             if chosen:
                 plan.append((index, chosen))
+        return layout, cover, plan
+
+    def read(self, scan: ConeScan, limit: int | None) -> pa.Table | None:
+        """The rows of the cone (at most ``limit``), or None when SQL must answer."""
+        planned = self._plan(scan)
+        if planned is None:
+            return None
+        layout, cover, plan = planned
         pieces: list[pa.Table] = []
         rows = 0
         for index, chosen in plan:
             if limit is not None and rows >= limit:
                 break
-            selected = self._read_file(index, chosen, scan, lo, hi, layout.wanted)
+            selected = self._read_file(index, chosen, scan, cover.lo, cover.hi, layout.wanted)
             if selected is not None and selected.num_rows:
                 pieces.append(selected)
                 rows += selected.num_rows
@@ -301,6 +321,29 @@ class ConeReader:
         if limit is not None and table.num_rows > limit:
             table = table.slice(0, limit)
         return pa.table([table.column(c) for c in scan.columns], schema=layout.schema)
+
+    def read_from_memory(self, scan: ConeScan) -> pa.Table | None:
+        """The cone's (empty) result when memory alone shows it holds no row; else None.
+
+        "Memory alone": the footers and decoded ``_healpix`` columns of every
+        file the cone may hit are held, and no row falls in its ranges, which
+        is the case of most small cones.  Nothing is opened or decoded here,
+        so the answer costs tens of microseconds; None means :meth:`read`
+        (or SQL) must answer.
+        """
+        planned = self._plan(scan, memory_only=True)
+        if planned is None:
+            return None
+        layout, cover, plan = planned
+        for index, _ in plan:
+            values = self._values.get(index.path)
+            if values is None:
+                return None
+            starts = values.searchsorted(cover.lo, side="left")
+            ends = values.searchsorted(cover.hi, side="right")
+            if np.any(ends > starts):
+                return None  # rows to read and test: read() answers
+        return layout.empty
 
     def _read_file(
         self,

@@ -18,7 +18,7 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +28,7 @@ from skydm.catalog.adql import Translation
 from skydm.catalog.engine import (
     BATCH_ROWS,
     CatalogEngine,
+    ColumnInfo,
     QueryCancelledError,
     QueryFailedError,
     watch_cancel,
@@ -190,6 +191,37 @@ class DuckDBEngine(CatalogEngine):
         return {t.definition.qualified: t.partition_order for t in self._tables}
 
     # --- queries ---------------------------------------------------------------------
+
+    def answer_from_memory(
+        self, adql: str, *, maxrec: int | None = None
+    ) -> tuple[list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]] | None:
+        """A cone search of a cached shape that memory shows to hold no row; else None.
+
+        See :meth:`CatalogEngine.answer_from_memory` and
+        :meth:`ConeReader.read_from_memory`: the catalog must not have
+        changed since it was last read, the query's shape must be in the
+        translation cache, and the files the cone may hit must have their
+        ``_healpix`` columns in memory.
+        """
+        if not self.direct_cones or self._translations is None:
+            return None
+        if self._current_stamp() != self._stamp:
+            return None  # reloaded: refresh() (in iter_batches) reads it again
+        translation = self._translations.lookup(
+            adql,
+            dialect=self.dialect,
+            schema=self._schema,
+            maxrec=maxrec,
+            partition_orders=self._partition_orders(),
+        )
+        if translation is None or translation.cone is None:
+            return None
+        table = self._cones.read_from_memory(translation.cone)
+        if table is None:
+            return None
+        raw = iter(table.to_batches(max_chunksize=BATCH_ROWS))
+        _, columns, batches, overflow = self._shape(translation, table.schema, raw, maxrec)
+        return columns, batches, overflow
 
     def _run(
         self,
