@@ -18,6 +18,7 @@ import importlib.util
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,7 +316,7 @@ def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
     ]
 
 
-def ranges_partitions(ranges: list[tuple[int, int]], order: int) -> list[int]:
+def ranges_partitions(ranges: Sequence[tuple[int, int]], order: int) -> list[int]:
     """The pixels at the (coarse) partition ``order`` that the ranges touch."""
     shift = _SHIFT_BITS * (ORDER - order)
     out: set[int] = set()
