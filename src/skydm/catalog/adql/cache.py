@@ -42,12 +42,13 @@ from skydm.catalog.adql.translation import (
 from skydm.catalog.tapschema import TapSchema
 
 _TOKEN = re.compile(
-    r"""'(?:[^']|'')*'?"""  # string literal (unterminated: sqlglot reports it)
+    r"""('(?:[^']|'')*'?"""  # string literal (unterminated: sqlglot reports it)
     r"""|"(?:[^"]|"")*"?"""  # delimited identifier
     r"|--[^\n]*"  # comment
     r"|[A-Za-z_][A-Za-z0-9_$]*"  # word
-    r"|(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"  # number (group 1)
-    r"|\s+|.",
+    r"|(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"  # number (group 2)
+    r"|\s+|.)"  # the token is group 1...
+    r"(\s*)",  # ...and the whitespace after it group 3: half the iterations of the loop
     re.S,
 )
 _ZONES = frozenset({"CONTAINS", "INTERSECTS", "DISTANCE"})
@@ -71,13 +72,13 @@ def lift(adql: str) -> tuple[str, list[tuple[int, str]]]:
     zone: int | None = None  # depth at which the current geometry call opened
     pending = False  # a geometry function name was just seen
     for m in _TOKEN.finditer(adql):
-        text = m.group(0)
-        if m.group(1) is not None and zone is not None:
+        text, number, space = m.group(1, 2, 3)
+        if number is not None and zone is not None:
             numbers.append((m.start(), text))
-            parts.append(_MARK)
+            parts.append(_MARK + space)
             pending = False
             continue
-        parts.append(text)
+        parts.append(m.group(0))
         if text == "(":
             depth += 1
             if pending and zone is None:
