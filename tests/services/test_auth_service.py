@@ -144,6 +144,31 @@ def test_revoked_token_is_refused_within_a_second(client: TestClient, repo: Path
     store.close()
 
 
+def test_revoked_token_is_refused_on_cones_answered_from_memory(
+    client: TestClient, repo: Path
+) -> None:
+    # An empty cone of a known shape is answered on the event loop, from
+    # memory: the token gate still sees every such request first.
+    empty = {
+        "LANG": "ADQL",
+        "QUERY": "SELECT objectId FROM Object WHERE "
+        "CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 200.0, -30.0, 0.01)) = 1",
+    }
+    store = TokenStore.for_repo(repo)
+    new = store.create("erin", ["read:tap"])
+    headers = _bearer(new.token)
+    for _ in range(2):  # the second is answered from memory
+        answer = client.post("/tap/sync", data=empty, headers=headers)
+        assert answer.status_code == 200 and b"<TABLEDATA>" not in answer.content
+    assert client.post("/tap/sync", data=empty).status_code == 401
+    store.revoke(new.info.key)
+    start = time.monotonic()
+    while client.post("/tap/sync", data=empty, headers=headers).status_code != 401:
+        assert time.monotonic() - start < 1.0, "revocation not effective within 1 s"
+        time.sleep(0.02)
+    store.close()
+
+
 def test_token_api(client: TestClient, tokens: dict[str, str]) -> None:
     alice = _bearer(tokens["alice"])
     info = client.get("/auth/api/v1/token-info", headers=alice).json()

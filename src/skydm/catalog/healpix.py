@@ -13,7 +13,14 @@ removes the rows of the covering pixels that lie outside the cone.
 from __future__ import annotations
 
 import functools
+import importlib.machinery
+import importlib.util
 import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,6 +96,34 @@ def cone_ranges(
     return list(_merged(order, ranges))
 
 
+@dataclass(frozen=True)
+class ConeCover:
+    """The exact coverage of a cone as inclusive order-29 ranges, also as arrays.
+
+    Attributes
+    ----------
+    ranges : tuple of (int, int)
+        Sorted, disjoint inclusive ranges ``(lo, hi)`` of ``_healpix`` values.
+    lo, hi : numpy.ndarray
+        Their bounds (int64, read-only), for vectorised comparisons.
+    """
+
+    ranges: tuple[tuple[int, int], ...]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@functools.lru_cache(maxsize=1024)
+def cone_cover(ra_deg: float, dec_deg: float, radius_deg: float) -> ConeCover:
+    """The exact coverage of a cone (``cone_ranges(..., merged=False)``), remembered."""
+    _, ranges = _cone_cover(float(ra_deg), float(dec_deg), float(radius_deg))
+    bounds = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+    lo, hi = bounds[:, 0].copy(), bounds[:, 1].copy()
+    lo.setflags(write=False)  # shared by every caller through the cache
+    hi.setflags(write=False)
+    return ConeCover(ranges, lo, hi)
+
+
 @functools.lru_cache(maxsize=1024)
 def _merged(order: int, ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
     return tuple(coalesce(list(ranges), max(order - COALESCE_LEVELS, 0)))
@@ -99,13 +134,16 @@ def _cone_cover(
     ra_deg: float, dec_deg: float, radius_deg: float
 ) -> tuple[int, tuple[tuple[int, int], ...]]:
     """(order, ranges) of the pixels covering a cone at the order matched to its radius."""
+    if radius_deg >= 180:
+        return 0, ((0, 12 * 4**ORDER - 1),)
+    order = _order_for_radius(radius_deg)
+    moc = _moc_core()
+    if moc is not None:
+        return order, _moc_cover(moc, ra_deg % 360.0, dec_deg, radius_deg, order)
     # The C search itself: the public wrapper spends more time on Quantity
     # conversions than the search takes for a small cone.
     from astropy_healpix import _core
 
-    if radius_deg >= 180:
-        return 0, ((0, 12 * 4**ORDER - 1),)
-    order = _order_for_radius(radius_deg)
     nside = 2**order
     # Pad by half a pixel so that pixels which only graze the cone are never
     # lost to rounding in the coverage computation; the exact test follows.
@@ -114,6 +152,77 @@ def _cone_cover(
         ra_deg % 360.0, dec_deg, min(radius_deg + pad, 180.0), nside, "nested"
     )
     return order, tuple(pixels_to_ranges(np.asarray(pixels, dtype=np.int64), order))
+
+
+def warm_up() -> None:
+    """Load the cone coverage code now (at an engine's opening), not in the first search."""
+    _moc_core()
+
+
+#: Radius added to a cone whose coverage mocpy computes (degrees, 3.6 mas): a
+#: cell the circle only touches within rounding is kept; the exact test follows.
+_MOC_PAD_DEG = 1e-6
+
+
+@functools.cache
+def _moc_core() -> Any:
+    """mocpy's compiled core (CDS healpix) when installed with the calls used, else None.
+
+    Its cone coverage is a superset of the cone (cells that may overlap it,
+    computed two orders deeper, so tighter than the pixels astropy-healpix
+    returns) and costs a fifth of astropy-healpix's search for an arcminute
+    cone.  Only the compiled module is loaded: the ``mocpy`` package imports
+    matplotlib (over a second), which a catalog service has no use for.  It
+    is registered as ``mocpy.mocpy``, so a later ``import mocpy`` uses it.
+    """
+    core = sys.modules.get("mocpy.mocpy")
+    if core is None:
+        try:
+            core = _load_extension("mocpy", "mocpy")
+        except (ImportError, OSError):
+            return None
+    if all(hasattr(core, name) for name in ("from_cone", "to_ranges", "drop")):
+        return core
+    return None
+
+
+def _load_extension(package: str, name: str) -> Any:
+    """The compiled module ``package.name`` loaded without running the package's ``__init__``."""
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed")
+    full = f"{package}.{name}"
+    for folder in spec.submodule_search_locations:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, name + suffix)
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader(full, path)
+                found = importlib.util.spec_from_file_location(full, path, loader=loader)
+                if found is None:
+                    break
+                module = importlib.util.module_from_spec(found)
+                sys.modules[full] = module
+                try:
+                    loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[full]
+                    raise
+                return module
+    raise ImportError(f"{full} has no compiled module")
+
+
+def _moc_cover(
+    core: Any, ra_deg: float, dec_deg: float, radius_deg: float, order: int
+) -> tuple[tuple[int, int], ...]:
+    """Inclusive order-29 ranges of the cells at ``order`` that may overlap the cone (mocpy)."""
+    index = core.from_cone(
+        ra_deg, dec_deg, min(radius_deg + _MOC_PAD_DEG, 180.0), order, delta_depth=2
+    )
+    try:
+        bounds = core.to_ranges(index)  # (n, 2) half-open, at order 29
+    finally:
+        core.drop(index)
+    return tuple((int(lo), int(hi) - 1) for lo, hi in bounds.tolist())
 
 
 #: Ranges closer than a pixel this many orders coarser than the coverage are merged.
@@ -178,21 +287,36 @@ def cones_ranges(
     return ranges
 
 
+_SMALL_PIXELS = 64
+
+
 def pixels_to_ranges(pixels: np.ndarray, order: int) -> list[tuple[int, int]]:
     """Merge nested pixels at ``order`` into inclusive order-29 ranges."""
     if pixels.size == 0:
         return []
+    shift = _SHIFT_BITS * (ORDER - order)
+    if pixels.size <= _SMALL_PIXELS:
+        # A cone's dozen pixels: plain integers cost less than numpy's calls.
+        out: list[tuple[int, int]] = []
+        ordered = sorted(set(pixels.tolist()))
+        start = prev = ordered[0]
+        for p in ordered[1:]:
+            if p != prev + 1:
+                out.append((start << shift, ((prev + 1) << shift) - 1))
+                start = p
+            prev = p
+        out.append((start << shift, ((prev + 1) << shift) - 1))
+        return out
     pixels = np.unique(pixels)
     breaks = np.nonzero(np.diff(pixels) != 1)[0]
     starts = np.concatenate([pixels[:1], pixels[breaks + 1]])
     ends = np.concatenate([pixels[breaks], pixels[-1:]])
-    shift = _SHIFT_BITS * (ORDER - order)
     return [
         (int(s) << shift, ((int(e) + 1) << shift) - 1) for s, e in zip(starts, ends, strict=True)
     ]
 
 
-def ranges_partitions(ranges: list[tuple[int, int]], order: int) -> list[int]:
+def ranges_partitions(ranges: Sequence[tuple[int, int]], order: int) -> list[int]:
     """The pixels at the (coarse) partition ``order`` that the ranges touch."""
     shift = _SHIFT_BITS * (ORDER - order)
     out: set[int] = set()

@@ -12,7 +12,8 @@ asks skydm for a ``notebook`` token delegated from the user's token with a
 subset of its scopes (:attr:`SkydmAuthenticator.notebook_scopes`) and puts it
 in the server's environment as ``SKYDM_TOKEN``, with ``SKYDM_URL``; so
 :class:`skydm.client.Client` in the notebook finds both. The token is revoked
-when the server stops, and dies with the user's token.
+when the server stops (its key is kept in the encrypted ``auth_state`` too,
+so a hub restarted meanwhile still revokes it), and dies with the user's token.
 
 This works with any spawner: :class:`SkydmLocalSpawner` (a process of the
 same Unix user, for laptops) here, KubeSpawner on a cluster
@@ -47,6 +48,8 @@ from traitlets import Float, List, Unicode  # noqa: E402
 SESSION_COOKIE = "skydm_session"
 #: The scope a user needs to use the hub.
 NOTEBOOK_SCOPE = "exec:notebook"
+#: auth_state entry: server name → key of its delegated notebook token (outlives a restart).
+NOTEBOOK_KEYS = "notebook_keys"
 #: Where the token exchange is, under the hub's prefix (``/hub/``).
 TOKEN_EXCHANGE_PATH = "skydm/token"
 
@@ -176,12 +179,24 @@ class SkydmAuthenticator(Authenticator):  # type: ignore[misc]
             {"scopes": scopes, "token_type": "notebook", "name": f"notebook {spawner.name}"},
         )
         self._notebook_tokens[(user.name, spawner.name)] = (answer["key"], parent)
+        # Also in the (encrypted, stored) auth_state: a hub restarted while the
+        # server runs has lost the dict above, and must still revoke it at stop.
+        keys = dict(state.get(NOTEBOOK_KEYS) or {})
+        keys[spawner.name] = answer["key"]
+        await user.save_auth_state({**state, NOTEBOOK_KEYS: keys})
         spawner.environment["SKYDM_TOKEN"] = answer["token"]
         spawner.environment["SKYDM_URL"] = self.notebook_url or self.services_url
 
     async def post_spawn_stop(self, user: Any, spawner: Any) -> None:
-        """Revoke the server's notebook token."""
+        """Revoke the server's notebook token (also after a hub restart: from auth_state)."""
         entry = self._notebook_tokens.pop((user.name, spawner.name), None)
+        state = await user.get_auth_state() or {}
+        keys = dict(state.get(NOTEBOOK_KEYS) or {})
+        stored = keys.pop(spawner.name, None)
+        if stored is not None:
+            await user.save_auth_state({**state, NOTEBOOK_KEYS: keys})
+            if entry is None and state.get("token"):
+                entry = (stored, state["token"])
         if entry is None:
             return
         key, parent = entry

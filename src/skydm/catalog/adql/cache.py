@@ -42,12 +42,13 @@ from skydm.catalog.adql.translation import (
 from skydm.catalog.tapschema import TapSchema
 
 _TOKEN = re.compile(
-    r"""'(?:[^']|'')*'?"""  # string literal (unterminated: sqlglot reports it)
+    r"""('(?:[^']|'')*'?"""  # string literal (unterminated: sqlglot reports it)
     r"""|"(?:[^"]|"")*"?"""  # delimited identifier
     r"|--[^\n]*"  # comment
     r"|[A-Za-z_][A-Za-z0-9_$]*"  # word
-    r"|(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"  # number (group 1)
-    r"|\s+|.",
+    r"|(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)"  # number (group 2)
+    r"|\s+|.)"  # the token is group 1...
+    r"(\s*)",  # ...and the whitespace after it group 3: half the iterations of the loop
     re.S,
 )
 _ZONES = frozenset({"CONTAINS", "INTERSECTS", "DISTANCE"})
@@ -71,13 +72,13 @@ def lift(adql: str) -> tuple[str, list[tuple[int, str]]]:
     zone: int | None = None  # depth at which the current geometry call opened
     pending = False  # a geometry function name was just seen
     for m in _TOKEN.finditer(adql):
-        text = m.group(0)
-        if m.group(1) is not None and zone is not None:
+        text, number, space = m.group(1, 2, 3)
+        if number is not None and zone is not None:
             numbers.append((m.start(), text))
-            parts.append(_MARK)
+            parts.append(_MARK + space)
             pending = False
             continue
-        parts.append(text)
+        parts.append(m.group(0))
         if text == "(":
             depth += 1
             if pending and zone is None:
@@ -241,6 +242,36 @@ class TranslationCache:
         partition_orders: dict[str, int] | None = None,
     ) -> Translation:
         """The translation of ``adql`` (as :func:`compile_query` gives it)."""
+        found = self.lookup(
+            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=partition_orders
+        )
+        if found is not None:
+            return found
+        orders = partition_orders or {}
+        text, numbers = lift(adql)
+        key = (text, dialect, maxrec, tuple(sorted(orders.items())))
+        self.misses += 1
+        template = compile_template(
+            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=orders
+        )
+        new = _entry(schema, template, numbers)
+        with self._lock:
+            self._entries[key] = new
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return template.translation
+
+    def lookup(
+        self,
+        adql: str,
+        *,
+        dialect: Dialect,
+        schema: TapSchema,
+        maxrec: int | None = None,
+        partition_orders: dict[str, int] | None = None,
+    ) -> Translation | None:
+        """The translation of ``adql`` when its shape is cached (cheap), else None."""
         orders = partition_orders or {}
         text, numbers = lift(adql)
         key = (text, dialect, maxrec, tuple(sorted(orders.items())))
@@ -254,18 +285,8 @@ class TranslationCache:
                 self.hits += 1
                 return translation
             except AdqlError:
-                pass  # compiled in full below, for an error with its position
-        self.misses += 1
-        template = compile_template(
-            adql, dialect=dialect, schema=schema, maxrec=maxrec, partition_orders=orders
-        )
-        new = _entry(schema, template, numbers)
-        with self._lock:
-            self._entries[key] = new
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        return template.translation
+                pass  # compiled in full by compile(), for an error with its position
+        return None
 
     @staticmethod
     def _reuse(entry: _Entry, values: list[str], dialect: Dialect) -> Translation:

@@ -18,30 +18,42 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pyarrow as pa
 
+from skydm.catalog import healpix
 from skydm.catalog.adql import Translation
 from skydm.catalog.engine import (
     BATCH_ROWS,
     CatalogEngine,
+    ColumnInfo,
     QueryCancelledError,
     QueryFailedError,
     watch_cancel,
 )
-from skydm.catalog.engines.conereader import ConeReader
+from skydm.catalog.engines.conereader import INDEX_BYTES, ConeReader
 from skydm.catalog.schema import CATALOG_SCHEMA, OBSLOC_SCHEMA, TAP_SCHEMA_NAME
 from skydm.catalog.storage import PARTITION_COL, TableInfo, list_tables
 from skydm.catalog.tapschema import TapSchema
 from skydm.catalog.uploads import UploadedTable
-from skydm.errors import SkydmError, require_extra
+from skydm.errors import BadValueError, SkydmError, require_extra
 
 #: Results limited to this many rows are fetched through the faster DB-API path.
 SMALL_RESULT_ROWS = 200_001
 # That path warns that it copies the rows: known, and cheap at that size.
 warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
+
+
+def _env_megabytes(name: str, default: int) -> int:
+    """A non-negative whole number of megabytes from the environment variable ``name``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise BadValueError(name, text, "give a whole number of megabytes (0 or more)")
+    return int(text)
 
 
 def _quote(name: str) -> str:
@@ -66,6 +78,10 @@ class DuckDBEngine(CatalogEngine):
         Answer plain cone searches by reading the Parquet row groups directly
         (:mod:`skydm.catalog.engines.conereader`) instead of through DuckDB;
         ``SKYDM_CATALOG_DIRECT_CONES=0`` turns it off by default.
+    cone_index_mb : int, optional
+        Megabytes of decoded ``_healpix`` columns the direct cone reader keeps
+        in memory (8 bytes a row; 0 keeps none).  Default:
+        ``SKYDM_CATALOG_CONE_INDEX_MB`` if set, else 256.
     """
 
     name = "duckdb"
@@ -77,15 +93,22 @@ class DuckDBEngine(CatalogEngine):
         *,
         threads: int | None = None,
         direct_cones: bool | None = None,
+        cone_index_mb: int | None = None,
     ) -> None:
         duckdb = require_extra("duckdb", "catalog")
         if direct_cones is None:
             direct_cones = os.environ.get("SKYDM_CATALOG_DIRECT_CONES", "1").strip() != "0"
         self.direct_cones = direct_cones
-        self._cones = ConeReader([], {})
+        if cone_index_mb is None:
+            cone_index_mb = _env_megabytes("SKYDM_CATALOG_CONE_INDEX_MB", INDEX_BYTES >> 20)
+        if cone_index_mb < 0:
+            raise BadValueError("cone_index_mb", cone_index_mb, "give 0 or more megabytes")
+        self._index_bytes = cone_index_mb << 20
+        self._cones = ConeReader([], {}, index_bytes=self._index_bytes)
         # astropy_healpix imports astropy.coordinates (half a second): at open,
         # not in the first cone search.
         importlib.import_module("astropy_healpix")
+        healpix.warm_up()
         self.catalog_dir = Path(catalog_dir).resolve()
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
@@ -157,7 +180,7 @@ class DuckDBEngine(CatalogEngine):
                 )
                 self._con.unregister("_skydm_tap_rows")
             self._cones.close()
-            self._cones = ConeReader(tables, view_files)
+            self._cones = ConeReader(tables, view_files, index_bytes=self._index_bytes)
             self._tables, self._schema, self._stamp = tables, schema, stamp
 
     def tap_schema(self) -> TapSchema:
@@ -168,6 +191,37 @@ class DuckDBEngine(CatalogEngine):
         return {t.definition.qualified: t.partition_order for t in self._tables}
 
     # --- queries ---------------------------------------------------------------------
+
+    def answer_from_memory(
+        self, adql: str, *, maxrec: int | None = None
+    ) -> tuple[list[ColumnInfo], Iterator[pa.RecordBatch], Callable[[], bool]] | None:
+        """A cone search of a cached shape that memory shows to hold no row; else None.
+
+        See :meth:`CatalogEngine.answer_from_memory` and
+        :meth:`ConeReader.read_from_memory`: the catalog must not have
+        changed since it was last read, the query's shape must be in the
+        translation cache, and the files the cone may hit must have their
+        ``_healpix`` columns in memory.
+        """
+        if not self.direct_cones or self._translations is None:
+            return None
+        if self._current_stamp() != self._stamp:
+            return None  # reloaded: refresh() (in iter_batches) reads it again
+        translation = self._translations.lookup(
+            adql,
+            dialect=self.dialect,
+            schema=self._schema,
+            maxrec=maxrec,
+            partition_orders=self._partition_orders(),
+        )
+        if translation is None or translation.cone is None:
+            return None
+        table = self._cones.read_from_memory(translation.cone)
+        if table is None:
+            return None
+        raw = iter(table.to_batches(max_chunksize=BATCH_ROWS))
+        _, columns, batches, overflow = self._shape(translation, table.schema, raw, maxrec)
+        return columns, batches, overflow
 
     def _run(
         self,

@@ -96,6 +96,8 @@ def check_query_text(query: str, config: TapConfig) -> None:
     size = len(query.encode("utf-8", errors="replace"))
     if size > config.max_query_bytes:
         raise QueryTooLargeError(size, config.max_query_bytes)
+    if query.count("(") <= config.max_nesting:
+        return  # cannot nest deeper than it has parentheses: no need to walk it
     depth = deepest = 0
     quote: str | None = None
     i, n = 0, len(query)

@@ -168,6 +168,21 @@ class TapService:
             )
         return tables
 
+    def answer_from_memory(self, request: QueryRequest) -> ResultStream | None:
+        """The query's result when the engine has it in memory (see
+        :meth:`~skydm.catalog.engine.CatalogEngine.answer_from_memory`), else None.
+
+        Safe to call on the event loop: it opens nothing and compiles nothing.
+        """
+        if request.uploads:
+            return None
+        answer = getattr(self.engine, "answer_from_memory", None)
+        found = answer(request.query, maxrec=request.maxrec) if answer is not None else None
+        if found is None:
+            return None
+        columns, batches, overflow = found
+        return ResultStream(request.output, columns, batches, overflow, query=request.query)
+
     def start_query(
         self,
         request: QueryRequest,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,6 +153,21 @@ def field_specs(columns: Sequence[Any], schema: pa.Schema | None) -> list[FieldS
     Arrow type of the first batch decides otherwise.  A ``char`` without an
     arraysize is declared ``*`` because ADQL strings have no fixed length.
     """
+    try:
+        key = (tuple(columns), schema)
+        hash(key)
+    except TypeError:  # column descriptions that cannot be keyed: made each time
+        return _field_specs(columns, schema)
+    return list(_remembered_specs(*key))
+
+
+@functools.lru_cache(maxsize=256)
+def _remembered_specs(columns: tuple[Any, ...], schema: pa.Schema | None) -> tuple[FieldSpec, ...]:
+    """One result shape's specs (the same columns and types come back query after query)."""
+    return tuple(_field_specs(columns, schema))
+
+
+def _field_specs(columns: Sequence[Any], schema: pa.Schema | None) -> list[FieldSpec]:
     specs = []
     for i, col in enumerate(columns):
         datatype = getattr(col, "datatype", None)
@@ -197,19 +213,31 @@ def _as_strings(arr: pa.Array) -> pa.Array:
 
 def header(specs: Sequence[FieldSpec], *, query: str | None, encoding: str) -> bytes:
     """The document up to the start of the table data (``encoding``: BINARY2/TABLEDATA)."""
-    parts = [XML_DECL, VOTABLE_OPEN, '<RESOURCE type="results">\n']
-    parts.append('<INFO name="QUERY_STATUS" value="OK"/>\n')
-    if query is not None:
-        parts.append(f'<INFO name="QUERY" value={quoteattr(query)}/>\n')
-    parts.append("<TABLE>\n")
+    head, tail = _header_parts(tuple(specs), encoding)
+    if query is None:
+        return head + tail
+    return head + f'<INFO name="QUERY" value={quoteattr(query)}/>\n'.encode() + tail
+
+
+@functools.lru_cache(maxsize=256)
+def _header_parts(specs: tuple[FieldSpec, ...], encoding: str) -> tuple[bytes, bytes]:
+    """The header before and after the ``QUERY`` INFO; one result shape's, remembered.
+
+    Services answer the same few shapes again and again (a cone search's
+    columns), and escaping every attribute of every FIELD cost as much as
+    the search itself.
+    """
+    head = [XML_DECL, VOTABLE_OPEN, '<RESOURCE type="results">\n']
+    head.append('<INFO name="QUERY_STATUS" value="OK"/>\n')
+    parts = ["<TABLE>\n"]
     if encoding == "TABLEDATA":
-        specs = [_tabledata_spec(spec) for spec in specs]
+        specs = tuple(_tabledata_spec(spec) for spec in specs)
     parts.extend(spec.field_xml() + "\n" for spec in specs)
     if encoding == "BINARY2":
         parts.append('<DATA><BINARY2><STREAM encoding="base64">\n')
     else:
         parts.append("<DATA><TABLEDATA>\n")
-    return "".join(parts).encode()
+    return "".join(head).encode(), "".join(parts).encode()
 
 
 def _tabledata_spec(spec: FieldSpec) -> FieldSpec:

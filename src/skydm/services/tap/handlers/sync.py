@@ -11,6 +11,13 @@ thread and sent as one body; a larger one frees the pool thread and is
 streamed from a thread of its own through a bounded queue, so that a slow
 client slows its query instead of filling memory or holding a query slot.
 
+A query the engine answers from memory alone (a cone search of a known shape
+whose files' ``_healpix`` columns show no row in its ranges, most small cones:
+see :meth:`~skydm.services.tap.service.TapService.answer_from_memory`) is
+answered on the event loop at once: it costs less than the hop to a pool
+thread and back, and, answered in arrival order on one thread, such requests
+never wait for the GIL behind pool threads.
+
 Two routes lead here.  :func:`lean_sync` answers ``GET`` and url-encoded
 ``POST`` requests straight from ASGI, before FastAPI's routing, dependency and
 form machinery (which cost more CPU than a cone search itself); multipart
@@ -227,9 +234,13 @@ async def lean_sync(tap: TapService, scope: Scope, receive: Receive, send: Send)
                 return
             items += form
         query = tap.parse(collect_params(items))
-        stream, body = await run_query(
-            lambda gone: tap.start_query(query, cancel=gone), tap.sync_pool
-        )
+        quick = tap.answer_from_memory(query)
+        if quick is not None:
+            stream, body = quick, b"".join(quick.chunks())
+        else:
+            stream, body = await run_query(
+                lambda gone: tap.start_query(query, cancel=gone), tap.sync_pool
+            )
     except SkydmError as exc:
         response = error_response(exc)
     except RecursionError:
