@@ -71,6 +71,10 @@ def _warps(
         trail_rate=1.0,
         ghost_rate=0.5,
         n_variables=4,
+        # Slow movers overlapping their own earlier images (issue 19): the
+        # hardest movers to tell from a static source; one per 512x512 of
+        # field, at least two (one overlapping, one stepping).
+        n_slow_movers=max(2, round(args.slow_movers * (args.size / 512) ** 2)),
     )
     survey = simulate_survey(cfg)
     ra, dec = survey.fields[0]
@@ -107,7 +111,7 @@ def _kept_warps(
     args: argparse.Namespace, where: Path
 ) -> tuple[list[Path], list[Path], dict, np.ndarray, float]:
     """The warps of an earlier run with the same parameters, or new ones kept in ``where``."""
-    key = {k: getattr(args, k) for k in ("size", "epochs", "seed", "dither")}
+    key = {k: getattr(args, k) for k in ("size", "epochs", "seed", "dither", "slow_movers")}
     manifest = where / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["key"] == key:
         info = json.loads(manifest.read_text())
@@ -144,6 +148,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dither", type=float)
+    parser.add_argument(
+        "--slow-movers",
+        type=float,
+        default=1.0,
+        help="slow movers (overlapping and stepping) per 512x512 of field (default 1; at least 2)",
+    )
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep-warps", type=Path, help="keep/reuse the warps in this folder")
     args = parser.parse_args()
