@@ -437,6 +437,35 @@ def _grown(index: np.ndarray, hit: np.ndarray, nx: int) -> np.ndarray:
 
 
 @dataclass
+class _DesignParts:
+    """The parts of a line model's design matrix at pixels (``x``, ``y``), each
+    with the parameters it was computed for: the line frame (angle and
+    offset), the broadened PSF part (``p[2]``), the Gaussian part
+    (``p[3]``), a segment's ends (``p[4:6]``) and the hat functions.  The
+    pixels are held so that their identity keys the cache."""
+
+    x: np.ndarray
+    y: np.ndarray
+    theta: float
+    offset: float
+    t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dd: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    psf_key: float | None = None
+    psf_part: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    g_key: float | None = None
+    g: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ends_key: tuple[float, float] | None = None
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    hat: np.ndarray | None = None
+
+    def same_frame(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> bool:
+        """Whether ``p``'s angle and offset and the pixels are those of these parts."""
+        return (
+            x is self.x and y is self.y and float(p[0]) == self.theta and float(p[1]) == self.offset
+        )
+
+
+@dataclass
 class _LineModel:
     """The line model's design matrix: a flux per unit length (constant, or
     linear between ``nodes`` along the line) times the cross profile (and,
@@ -450,6 +479,10 @@ class _LineModel:
     long: bool
     nodes: np.ndarray | None
     diffuse: bool = True
+    # The parts of the last design, by the parameters they depend on: a
+    # finite-difference Jacobian moves one parameter at a time, so most
+    # parts are reused as they are (bit for bit; see _DesignParts).
+    _parts: _DesignParts | None = field(default=None, init=False, repr=False, compare=False)
 
     def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
         """The design matrix at pixels (x, y): dense, or sparse with many nodes
@@ -458,17 +491,33 @@ class _LineModel:
         column: the least-squares path, and so the fits, stay those of the
         two-part model)."""
         prof = self.prof
-        t, dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
+        parts = self._parts
+        if parts is None or not parts.same_frame(p, x, y):
+            parts = self._parts = _DesignParts(x, y, float(p[0]), float(p[1]))
+            parts.t, parts.dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
+        t, dd = parts.t, parts.dd
         # The PSF's line-spread function and a plain Gaussian across (a
         # diffuse trail without the PSF's wings), their fluxes fitted together.
-        psf_part = np.interp(dd, prof.grid, _broadened(prof, p[2]), left=0.0, right=0.0)
-        g = np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3])
-        cross = np.column_stack([psf_part, g if self.diffuse else np.zeros_like(g)])
+        if parts.psf_key != float(p[2]):
+            parts.psf_key = float(p[2])
+            parts.psf_part = np.interp(dd, prof.grid, _broadened(prof, p[2]), left=0.0, right=0.0)
+        if not self.diffuse:
+            g = np.zeros_like(dd)
+        elif parts.g_key != float(p[3]):
+            parts.g_key = float(p[3])
+            g = parts.g = np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3])
+        else:
+            g = parts.g
+        cross = np.column_stack([parts.psf_part, g])
         if not self.long:
-            cum = prof.cumulative
-            ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
-            ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
-            cross *= ends[:, None]
+            key = (float(p[4]), float(p[5]))
+            if parts.ends_key != key:
+                parts.ends_key = key
+                cum = prof.cumulative
+                ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
+                ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
+                parts.ends = ends
+            cross *= parts.ends[:, None]
         if self.nodes is None:
             return cross
         # Hat functions: a flux per unit length linear between nodes.
@@ -476,7 +525,11 @@ class _LineModel:
         m = nodes.size
         n = t.size
         if n * m <= 100_000:
-            hat = np.clip(1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None)
+            if parts.hat is None:
+                parts.hat = np.clip(
+                    1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None
+                )
+            hat = parts.hat
             return (cross[:, :, None] * hat[:, None, :]).reshape(n, -1)
         pos = np.clip((t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
         j = np.minimum(pos.astype(np.int64), m - 2)
@@ -500,10 +553,17 @@ class _LineModel:
         else:
             aw_s = sparse.diags(iv) @ a_mat
             normal, rhs = (aw_s.T @ aw_s).toarray(), aw_s.T @ (d * iv)
-        try:  # normal equations: a few columns, many rows
-            coef = np.linalg.solve(normal, rhs)
-        except np.linalg.LinAlgError:
+        # Normal equations: a few columns, many rows.  A zero column (the
+        # Gaussian part of a line that is not diffuse) makes a zero row, which
+        # LU always finds singular: straight to the least-squares solution
+        # (what solve's error led to, without raising it at every step).
+        if (normal == 0).all(axis=1).any():
             coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+        else:
+            try:
+                coef = np.linalg.solve(normal, rhs)
+            except np.linalg.LinAlgError:
+                coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
         return np.asarray(a_mat @ coef), coef
 
 
