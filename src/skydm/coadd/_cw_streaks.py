@@ -38,7 +38,9 @@ ghosts, cosmic rays and anything not a line fail them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, optimize, sparse, special
@@ -436,33 +438,33 @@ def _grown(index: np.ndarray, hit: np.ndarray, nx: int) -> np.ndarray:
     return np.isin(index, near, assume_unique=False)
 
 
-@dataclass
 class _DesignParts:
-    """The parts of a line model's design matrix at pixels (``x``, ``y``), each
-    with the parameters it was computed for: the line frame (angle and
-    offset), the broadened PSF part (``p[2]``), the Gaussian part
-    (``p[3]``), a segment's ends (``p[4:6]``) and the hat functions.  The
-    pixels are held so that their identity keys the cache."""
+    """The parts of a line model's design matrix at pixels (``x``, ``y``), by the
+    parameters each depends on: the line frame (angle and offset), the
+    broadened profile (``p[2]``), the PSF part, the Gaussian part
+    (``p[3]``), a segment's ends (``p[4:6]``) and the hat functions (the
+    frame).  A finite-difference Jacobian moves one parameter at a time, so
+    most parts of each step are those of the point it starts from; the last
+    few of each are kept (the pixels are held, so that their identity keys
+    the cache)."""
 
-    x: np.ndarray
-    y: np.ndarray
-    theta: float
-    offset: float
-    t: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    dd: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    psf_key: float | None = None
-    psf_part: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    g_key: float | None = None
-    g: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    ends_key: tuple[float, float] | None = None
-    ends: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    hat: np.ndarray | None = None
+    #: Parts kept (a six-parameter Jacobian makes about 20).
+    KEEP = 32
 
-    def same_frame(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> bool:
-        """Whether ``p``'s angle and offset and the pixels are those of these parts."""
-        return (
-            x is self.x and y is self.y and float(p[0]) == self.theta and float(p[1]) == self.offset
-        )
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+        self.memo: dict[tuple[object, ...], Any] = {}
+
+    def get(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
+        """The part under ``key``, made by ``make`` when not kept."""
+        if key in self.memo:
+            return self.memo[key]
+        value = make()
+        self.memo[key] = value
+        if len(self.memo) > self.KEEP:
+            # Dicts keep insertion order: drop the oldest.
+            del self.memo[next(iter(self.memo))]
+        return value
 
 
 @dataclass
@@ -492,32 +494,37 @@ class _LineModel:
         two-part model)."""
         prof = self.prof
         parts = self._parts
-        if parts is None or not parts.same_frame(p, x, y):
-            parts = self._parts = _DesignParts(x, y, float(p[0]), float(p[1]))
-            parts.t, parts.dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
-        t, dd = parts.t, parts.dd
+        if parts is None or parts.x is not x or parts.y is not y:
+            parts = self._parts = _DesignParts(x, y)
+        th, off = float(p[0]), float(p[1])
+        t, dd = parts.get(
+            ("frame", th, off), lambda: _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
+        )
         # The PSF's line-spread function and a plain Gaussian across (a
         # diffuse trail without the PSF's wings), their fluxes fitted together.
-        if parts.psf_key != float(p[2]):
-            parts.psf_key = float(p[2])
-            parts.psf_part = np.interp(dd, prof.grid, _broadened(prof, p[2]), left=0.0, right=0.0)
-        if not self.diffuse:
-            g = np.zeros_like(dd)
-        elif parts.g_key != float(p[3]):
-            parts.g_key = float(p[3])
-            g = parts.g = np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3])
+        across = parts.get(("across", float(p[2])), lambda: _broadened(prof, p[2]))
+        psf_part = parts.get(
+            ("psf", th, off, float(p[2])),
+            lambda: np.interp(dd, prof.grid, across, left=0.0, right=0.0),
+        )
+        if self.diffuse:
+            g = parts.get(
+                ("g", th, off, float(p[3])),
+                lambda: np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3]),
+            )
         else:
-            g = parts.g
-        cross = np.column_stack([parts.psf_part, g])
+            g = np.zeros_like(dd)
+        cross = np.column_stack([psf_part, g])
         if not self.long:
-            key = (float(p[4]), float(p[5]))
-            if parts.ends_key != key:
-                parts.ends_key = key
+
+            def make_ends() -> np.ndarray:
                 cum = prof.cumulative
                 ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
                 ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
-                parts.ends = ends
-            cross *= parts.ends[:, None]
+                return ends
+
+            ends = parts.get(("ends", th, off, float(p[4]), float(p[5])), make_ends)
+            cross *= ends[:, None]
         if self.nodes is None:
             return cross
         # Hat functions: a flux per unit length linear between nodes.
@@ -525,11 +532,12 @@ class _LineModel:
         m = nodes.size
         n = t.size
         if n * m <= 100_000:
-            if parts.hat is None:
-                parts.hat = np.clip(
+            hat = parts.get(
+                ("hat", th, off),
+                lambda: np.clip(
                     1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None
-                )
-            hat = parts.hat
+                ),
+            )
             return (cross[:, :, None] * hat[:, None, :]).reshape(n, -1)
         pos = np.clip((t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
         j = np.minimum(pos.astype(np.int64), m - 2)
