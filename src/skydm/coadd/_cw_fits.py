@@ -18,7 +18,6 @@ from __future__ import annotations
 import multiprocessing
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
 
 from skydm.coadd._cw_streaks import Candidate, ProfileCache, Streak, fit_streak
 from skydm.image.psf import Psf
@@ -54,8 +53,12 @@ def fit_candidates(
         if psfs[c.k] is not None:
             groups.setdefault(c.k, []).append(i)
     out: list[Streak | None] = [None] * len(cands)
-    tasks = [(psfs[k], nx, [cands[i] for i in idx]) for k, idx in groups.items()]
-    order = [idx for idx in groups.values()]
+    tasks: list[tuple[Psf, int, list[Candidate]]] = []
+    for k, idx in groups.items():
+        psf = psfs[k]
+        assert psf is not None  # epochs without a PSF have no group
+        tasks.append((psf, nx, [cands[i] for i in idx]))
+    order = list(groups.values())
     usable = workers > 1 and len(cands) >= MIN_PARALLEL and len(tasks) > 1
     if usable and "fork" in multiprocessing.get_all_start_methods():
         # Longest tasks first, so that the last to finish is a short one.
@@ -77,7 +80,7 @@ def fit_candidates(
     return out
 
 
-def _fit_group(psf: Psf, nx: int, group: list[Candidate]) -> list[Any]:
+def _fit_group(psf: Psf, nx: int, group: list[Candidate]) -> list[Streak | None]:
     """Fits of one epoch's candidates, sharing its PSF's profile cache."""
     cache: ProfileCache = {}
     return [fit_streak(c, nx, psf, cache=cache) for c in group]
