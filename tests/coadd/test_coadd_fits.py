@@ -4,8 +4,11 @@ fits made one by one, bit for bit, in the candidates' order."""
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from skydm.coadd._cw_fits import MIN_PARALLEL, fit_candidates
 from skydm.coadd._cw_streaks import Candidate, fit_streak
@@ -26,7 +29,7 @@ def _trail(k: int, angle: float, flux: float, seed: int) -> Candidate:
     return Candidate(k, index, d, np.ones(index.size), np.ones(index.size, dtype=bool))
 
 
-def test_parallel_fits_equal_serial_fits_in_order() -> None:
+def test_parallel_fits_equal_serial_fits_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     psfs = [MoffatPsf(3.5), GaussianPsf.from_fwhm(3.0), None]
     # Epoch 2 has no PSF: its candidate is not fitted.  Epochs interleave, so
     # that the results must be put back in the candidates' order.
@@ -35,17 +38,23 @@ def test_parallel_fits_equal_serial_fits_in_order() -> None:
     ]
     assert len(cands) >= MIN_PARALLEL
     serial = fit_candidates(cands, psfs, SIDE, workers=1)
+    # Called from a thread, the fits are made in the calling process.
+    with ThreadPoolExecutor(1) as pool:
+        in_thread = pool.submit(fit_candidates, cands, psfs, SIDE, workers=2).result()
+    # The worker processes are forked only where no other Python thread runs;
+    # a test runner's own thread must not make this test compare serial fits.
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     parallel = fit_candidates(cands, psfs, SIDE, workers=2)
     assert len(serial) == len(parallel) == len(cands)
     fitted = 0
-    for c, a, b in zip(cands, serial, parallel, strict=True):
+    for c, a, b, t in zip(cands, serial, parallel, in_thread, strict=True):
         psf = psfs[c.k]
         one = None if psf is None else fit_streak(c, SIDE, psf)
-        assert (a is None) == (b is None) == (one is None)
-        if a is None or b is None or one is None:
+        assert (a is None) == (b is None) == (one is None) == (t is None)
+        if a is None or b is None or one is None or t is None:
             continue
         fitted += 1
-        for s in (b, one):
+        for s in (b, one, t):
             assert s.k == a.k
             np.testing.assert_array_equal(s.index, a.index)
             np.testing.assert_array_equal(s.value, a.value)

@@ -16,6 +16,7 @@ the same, bit for bit, whatever the number of workers.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -41,7 +42,8 @@ def fit_candidates(
     nx : int
         The cell's width (the candidates' flat indices).
     workers : int
-        Worker processes; 1 (or a platform without ``fork``) fits them here.
+        Worker processes; with 1, on a platform without ``fork``, or when
+        other Python threads run, the fits are made in this process.
 
     Returns
     -------
@@ -59,7 +61,15 @@ def fit_candidates(
         assert psf is not None  # epochs without a PSF have no group
         tasks.append((psf, nx, [cands[i] for i in idx]))
     order = list(groups.values())
-    usable = workers > 1 and len(cands) >= MIN_PARALLEL and len(tasks) > 1
+    # Forking is safe only from a process running no other Python thread (a
+    # lock held by one, logging's say, would stay held in the child): called
+    # from a thread (a Dask worker's task), the fits are made here.
+    usable = (
+        workers > 1
+        and len(cands) >= MIN_PARALLEL
+        and len(tasks) > 1
+        and threading.active_count() == 1
+    )
     if usable and "fork" in multiprocessing.get_all_start_methods():
         # Longest tasks first, so that the last to finish is a short one.
         cost = [sum(int(c.ok.sum()) for c in t[2]) for t in tasks]
