@@ -27,8 +27,12 @@ dither (the simulation and warping of 4096x4096 visits take far longer than
 the assembly being measured); ``warp_s`` is then that of the run that made
 them.
 
-Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX] [--workdir DIR]
-[--keep-warps DIR]``
+The field has slow movers (``--slow-movers`` per 512x512 of field, at least
+two): alternately overlapping their own image from visit to visit and
+stepping 1-3 FWHM (the simulator's ``n_slow_movers``).
+
+Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX]
+[--slow-movers PER_512] [--workdir DIR] [--keep-warps DIR]``
 """
 
 from __future__ import annotations
