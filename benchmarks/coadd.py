@@ -27,8 +27,12 @@ dither (the simulation and warping of 4096x4096 visits take far longer than
 the assembly being measured); ``warp_s`` is then that of the run that made
 them.
 
-Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX] [--workdir DIR]
-[--keep-warps DIR]``
+The field has slow movers (``--slow-movers`` per 512x512 of field, at least
+two): alternately overlapping their own image from visit to visit and
+stepping 1-3 FWHM (the simulator's ``n_slow_movers``).
+
+Usage: ``python benchmarks/coadd.py [--size 4096] [--epochs 20] [--dither PIX]
+[--slow-movers PER_512] [--workdir DIR] [--keep-warps DIR]``
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ def _warps(
         trail_rate=1.0,
         ghost_rate=0.5,
         n_variables=4,
+        # Slow movers overlapping their own earlier images (issue 19): the
+        # hardest movers to tell from a static source; one per 512x512 of
+        # field, at least two (one overlapping, one stepping).
+        n_slow_movers=max(2, round(args.slow_movers * (args.size / 512) ** 2)),
     )
     survey = simulate_survey(cfg)
     ra, dec = survey.fields[0]
@@ -107,7 +115,7 @@ def _kept_warps(
     args: argparse.Namespace, where: Path
 ) -> tuple[list[Path], list[Path], dict, np.ndarray, float]:
     """The warps of an earlier run with the same parameters, or new ones kept in ``where``."""
-    key = {k: getattr(args, k) for k in ("size", "epochs", "seed", "dither")}
+    key = {k: getattr(args, k) for k in ("size", "epochs", "seed", "dither", "slow_movers")}
     manifest = where / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text())["key"] == key:
         info = json.loads(manifest.read_text())
@@ -144,6 +152,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--dither", type=float)
+    parser.add_argument(
+        "--slow-movers",
+        type=float,
+        default=1.0,
+        help="slow movers (overlapping and stepping) per 512x512 of field (default 1; at least 2)",
+    )
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep-warps", type=Path, help="keep/reuse the warps in this folder")
     args = parser.parse_args()

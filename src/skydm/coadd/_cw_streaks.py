@@ -38,7 +38,9 @@ ghosts, cosmic rays and anything not a line fail them too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, optimize, sparse, special
@@ -436,6 +438,35 @@ def _grown(index: np.ndarray, hit: np.ndarray, nx: int) -> np.ndarray:
     return np.isin(index, near, assume_unique=False)
 
 
+class _DesignParts:
+    """The parts of a line model's design matrix at pixels (``x``, ``y``), by the
+    parameters each depends on: the line frame (angle and offset), the
+    broadened profile (``p[2]``), the PSF part, the Gaussian part
+    (``p[3]``), a segment's ends (``p[4:6]``) and the hat functions (the
+    frame).  A finite-difference Jacobian moves one parameter at a time, so
+    most parts of each step are those of the point it starts from; the last
+    few of each are kept (the pixels are held, so that their identity keys
+    the cache)."""
+
+    #: Parts kept (a six-parameter Jacobian makes about 20).
+    KEEP = 32
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.y = x, y
+        self.memo: dict[tuple[object, ...], Any] = {}
+
+    def get(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
+        """The part under ``key``, made by ``make`` when not kept."""
+        if key in self.memo:
+            return self.memo[key]
+        value = make()
+        self.memo[key] = value
+        if len(self.memo) > self.KEEP:
+            # Dicts keep insertion order: drop the oldest.
+            del self.memo[next(iter(self.memo))]
+        return value
+
+
 @dataclass
 class _LineModel:
     """The line model's design matrix: a flux per unit length (constant, or
@@ -450,6 +481,10 @@ class _LineModel:
     long: bool
     nodes: np.ndarray | None
     diffuse: bool = True
+    # The parts of the last design, by the parameters they depend on: a
+    # finite-difference Jacobian moves one parameter at a time, so most
+    # parts are reused as they are (bit for bit; see _DesignParts).
+    _parts: _DesignParts | None = field(default=None, init=False, repr=False, compare=False)
 
     def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
         """The design matrix at pixels (x, y): dense, or sparse with many nodes
@@ -458,16 +493,37 @@ class _LineModel:
         column: the least-squares path, and so the fits, stay those of the
         two-part model)."""
         prof = self.prof
-        t, dd = _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
+        parts = self._parts
+        if parts is None or parts.x is not x or parts.y is not y:
+            parts = self._parts = _DesignParts(x, y)
+        th, off = float(p[0]), float(p[1])
+        t, dd = parts.get(
+            ("frame", th, off), lambda: _line_frame(p[0], p[1], x, y, (self.xc, self.yc))
+        )
         # The PSF's line-spread function and a plain Gaussian across (a
         # diffuse trail without the PSF's wings), their fluxes fitted together.
-        psf_part = np.interp(dd, prof.grid, _broadened(prof, p[2]), left=0.0, right=0.0)
-        g = np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3])
-        cross = np.column_stack([psf_part, g if self.diffuse else np.zeros_like(g)])
+        across = parts.get(("across", float(p[2])), lambda: _broadened(prof, p[2]))
+        psf_part = parts.get(
+            ("psf", th, off, float(p[2])),
+            lambda: np.interp(dd, prof.grid, across, left=0.0, right=0.0),
+        )
+        if self.diffuse:
+            g = parts.get(
+                ("g", th, off, float(p[3])),
+                lambda: np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3]),
+            )
+        else:
+            g = np.zeros_like(dd)
+        cross = np.column_stack([psf_part, g])
         if not self.long:
-            cum = prof.cumulative
-            ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
-            ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
+
+            def make_ends() -> np.ndarray:
+                cum = prof.cumulative
+                ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
+                ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
+                return ends
+
+            ends = parts.get(("ends", th, off, float(p[4]), float(p[5])), make_ends)
             cross *= ends[:, None]
         if self.nodes is None:
             return cross
@@ -476,7 +532,12 @@ class _LineModel:
         m = nodes.size
         n = t.size
         if n * m <= 100_000:
-            hat = np.clip(1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None)
+            hat = parts.get(
+                ("hat", th, off),
+                lambda: np.clip(
+                    1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None
+                ),
+            )
             return (cross[:, :, None] * hat[:, None, :]).reshape(n, -1)
         pos = np.clip((t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
         j = np.minimum(pos.astype(np.int64), m - 2)
@@ -500,10 +561,17 @@ class _LineModel:
         else:
             aw_s = sparse.diags(iv) @ a_mat
             normal, rhs = (aw_s.T @ aw_s).toarray(), aw_s.T @ (d * iv)
-        try:  # normal equations: a few columns, many rows
-            coef = np.linalg.solve(normal, rhs)
-        except np.linalg.LinAlgError:
+        # Normal equations: a few columns, many rows.  A zero column (the
+        # Gaussian part of a line that is not diffuse) makes a zero row, which
+        # LU always finds singular: straight to the least-squares solution
+        # (what solve's error led to, without raising it at every step).
+        if (normal == 0).all(axis=1).any():
             coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+        else:
+            try:
+                coef = np.linalg.solve(normal, rhs)
+            except np.linalg.LinAlgError:
+                coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
         return np.asarray(a_mat @ coef), coef
 
 

@@ -51,6 +51,7 @@ from skydm.coadd._cw_differences import (
     match_planes,
     previous_epochs,
 )
+from skydm.coadd._cw_fits import fit_candidates
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
 from skydm.coadd._cw_pixels import (
@@ -66,11 +67,8 @@ from skydm.coadd._cw_pixels import (
 from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import clip_maps
 from skydm.coadd._cw_streaks import (
-    Candidate,
-    ProfileCache,
     Streak,
     candidates,
-    fit_streak,
     gather,
 )
 from skydm.coadd.stack import WarpStack
@@ -433,12 +431,6 @@ def model_streaks(
 
     for _ in in_order(band, chunks, threads=threads):
         pass
-    caches: list[ProfileCache] = [{} for _ in psfs]
-
-    def fit(c: Candidate) -> Streak | None:
-        psf = psfs[c.k]
-        return None if psf is None else fit_streak(c, nx, psf, cache=caches[c.k])
-
-    # One thread: the fits are short Python-bound steps, which threads only slow.
-    fitted = [fit(c) for c in cands]
+    # Forked worker processes: the fits hold the GIL (:mod:`._cw_fits`).
+    fitted = fit_candidates(cands, psfs, nx, workers=threads)
     return [s for s in fitted if s is not None]
