@@ -1,5 +1,5 @@
 """PSF measurement from the stars of one image: star selection by size, a
-stamp large enough for the wings, a clipped weighted stack, Moffat wings.
+stamp large enough for the wings, a median stack, Moffat wings.
 
 The model is what every PSF flux downstream is measured with (calexps, the
 coadd PSF averaged from them, the Object table), so its errors become flux
@@ -14,7 +14,7 @@ choices follow from that (measured in ``docs/drp.md``):
   0.2% of a Moffat (beta 3.5) profile's light falls outside it.
 * **Amplitudes, not stamp sums**, normalise the stars before they are
   stacked (a large stamp's sum is dominated by noise and neighbours); the
-  stack is an inverse-variance weighted mean with neighbours clipped; the
+  stack is their per-pixel median; the
   wings beyond 2 FWHM are those of a Moffat profile (amplitude, width,
   index and a constant level free) fitted to the core, and the core loses
   that level: measured in the stack, the wings' light hangs on the
@@ -44,7 +44,7 @@ MIN_STARS = 4
 #: beta=3.5's (0.60): sizes the stamp from the stars' measured radii.
 _R50_PER_FWHM = 0.55
 #: Stars are within this fraction of the locus of half-light radii.
-_LOCUS_TOLERANCE = 0.12
+_LOCUS_TOLERANCE = 0.10
 #: Half-width of the stamp, in FWHM.
 _STAMP_FWHM = 3.5
 
@@ -61,7 +61,7 @@ def measure_psf(
     Stars are told from galaxies by their half-light radius (the tight locus
     at the low end); each is shifted to a common centre with sub-pixel
     interpolation and scaled by its fitted amplitude; the stack is their
-    clipped inverse-variance weighted mean inside 2 FWHM and a Moffat
+    per-pixel median inside 2 FWHM and a Moffat
     profile fitted to that core beyond.  When fewer than 4 stars pass
     ``min_snr`` (small images), stars down to ``min_snr / 2.5`` (but not
     below 20) are used.
@@ -90,8 +90,6 @@ def measure_psf(
     back, _ = estimate_background(exposure)
     bad = ~np.isfinite(exposure.image) | ((exposure.msk & np.uint32(UNUSABLE)) != 0)
     img = np.ascontiguousarray(np.where(bad, 0.0, exposure.image - back), dtype=np.float64)
-    var = np.asarray(exposure.var, dtype=np.float64)
-    bad |= ~np.isfinite(var) | (var <= 0)
     sat = exposure.info.saturation if math.isfinite(exposure.info.saturation) else np.inf
     ok = (sources["flag"] == 0) & (sources["peak"] < 0.8 * sat)
     # Stars are told from galaxies on every candidate down to the relaxed cut
@@ -133,7 +131,7 @@ def measure_psf(
             f"{name}: only {len(cand)} stars with a {side}-pixel stamp inside the image; "
             f"a PSF needs at least {MIN_STARS} (give a model PSF instead)"
         )
-    return _stack(img, var, bad, cand, side, fwhm, name)
+    return _stack(img, bad, cand, side, fwhm, name)
 
 
 def _stars(
@@ -142,8 +140,8 @@ def _stars(
     """Isolated stars of ``sources[pool]`` and an estimate of the FWHM (pixels).
 
     Sizes are half-light radii on the image; stars are those within
-    ``_LOCUS_TOLERANCE`` of the lowest dense clump of radii (galaxies are
-    the larger objects, often the majority of the bright ones).
+    ``_LOCUS_TOLERANCE`` of the lowest clump of radii (galaxies are the
+    larger objects, often the majority of the bright ones).
     """
     cand = sources[pool]
     if len(cand) == 0:
@@ -162,15 +160,15 @@ def _stars(
     cand, r50 = cand[good], np.asarray(r50)[good]
     if len(cand) == 0:
         return cand, math.nan
-    # The locus is the lowest dense clump of radii: the smallest radius
-    # whose neighbourhood (within 8%) holds at least half as many candidates
-    # as the densest one.  Bright compact galaxies can outnumber the stars
-    # and are spread over larger radii, so a percentile or an iterated
-    # median drifts onto them.
-    density = np.array([np.count_nonzero(np.abs(r50 / v - 1.0) < 0.08) for v in r50])
-    dense = r50[density >= max(2, (density.max() + 1) // 2)]
+    # The locus is the lowest clump of radii: the smallest radius that at
+    # least two others share to within 6%.  Stars are a clump of equal radii
+    # below every galaxy, but bright compact galaxies can outnumber them and
+    # are spread over larger radii, so a percentile, the densest clump or an
+    # iterated median lands on them.
+    density = np.array([np.count_nonzero(np.abs(r50 / v - 1.0) < 0.06) for v in r50])
+    dense = r50[density >= 3]
     start = float(dense.min()) if dense.size else float(r50.min())
-    locus = float(np.median(r50[np.abs(r50 / start - 1.0) < 0.08]))
+    locus = float(np.median(r50[np.abs(r50 / start - 1.0) < 0.06]))
     stars = cand[np.abs(r50 / locus - 1.0) < _LOCUS_TOLERANCE]
     fwhm = locus / _R50_PER_FWHM
     if len(stars) > 1:
@@ -195,17 +193,16 @@ def _fits(cand: Table, half: int, shape: tuple[int, int]) -> Table:
 
 def _stack(
     img: np.ndarray,
-    var: np.ndarray,
     bad: np.ndarray,
     cand: Table,
     side: int,
     fwhm: float,
     name: str,
 ) -> PixelPsf:
-    """Clipped, inverse-variance weighted mean of the recentred, amplitude-scaled
-    star stamps; azimuthal wings."""
+    """Median of the recentred, amplitude-scaled star stamps in the core,
+    Moffat wings beyond."""
     half = side // 2
-    stamps, variances = [], []
+    stamps = []
     for row in cand:
         xc, yc = float(row["x"]), float(row["y"])
         ix, iy = round(xc), round(yc)
@@ -214,10 +211,9 @@ def _stack(
             continue
         shifted = ndimage.shift(img[box], (iy - yc, ix - xc), order=3)
         stamps.append(shifted[1:-1, 1:-1])
-        variances.append(var[box][1:-1, 1:-1])
     if len(stamps) < MIN_STARS:
         raise UserError(f"{name}: fewer than {MIN_STARS} clean star stamps for a PSF")
-    cube, vcube = np.stack(stamps), np.stack(variances)
+    cube = np.stack(stamps)
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     r = np.hypot(xx, yy)
     core = r <= 2.0 * fwhm
@@ -234,18 +230,10 @@ def _stack(
     if np.count_nonzero(use) < MIN_STARS:
         raise UserError(f"{name}: fewer than {MIN_STARS} clean star stamps for a PSF")
     cube = cube[use] / amp[use, None, None]
-    vcube = vcube[use] / amp[use, None, None] ** 2
-    # Neighbours are rejected per pixel against the median (3 sigma of the
-    # star's noise and the median's); the rest are averaged with inverse-
-    # variance weights, so that faint stars' noise does not swamp the wings
-    # the bright ones measure.
-    med = np.median(cube, axis=0)
-    med_var = np.median(vcube, axis=0) * (math.pi / 2) / cube.shape[0]
-    keep = np.abs(cube - med) <= 3.0 * np.sqrt(vcube + med_var)
-    w = np.where(keep & (vcube > 0), 1.0 / np.where(vcube > 0, vcube, 1.0), 0.0)
-    wsum = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stack = np.where(wsum > 0, (w * cube).sum(axis=0) / np.where(wsum > 0, wsum, 1.0), med)
+    # The per-pixel median: a galaxy that slipped into the sample is outvoted
+    # (an inverse-variance weighted mean lets the brightest object, often a
+    # compact galaxy, decide the shape).
+    stack = np.median(cube, axis=0)
     # Beyond the core the stack is noise and neighbours' light, and its
     # level hangs on the background to a part in 10^4 of the star: the wings
     # are those of a Moffat profile fitted to the core (atmospheric PSFs have
