@@ -8,7 +8,7 @@ a small stamp (and renormalised to unit sum) gives them too low.  Three
 choices follow from that (measured in ``docs/drp.md``):
 
 * **Stars, not compact galaxies.** Candidates are ranked by half-light
-  radius; stars are the tight locus at its low end (galaxies, blends and
+  radius; stars are those within 15% of the smallest (galaxies, blends and
   transients on galaxies are only ever larger).
 * **A stamp of 3.5 FWHM half-width** (at least ``size``), so that about
   0.2% of a Moffat (beta 3.5) profile's light falls outside it.
@@ -24,6 +24,7 @@ choices follow from that (measured in ``docs/drp.md``):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import sep
@@ -43,8 +44,8 @@ MIN_STARS = 4
 #: Half-light radius over FWHM, between a Gaussian's (0.50) and a Moffat
 #: beta=3.5's (0.60): sizes the stamp from the stars' measured radii.
 _R50_PER_FWHM = 0.55
-#: Stars are within this fraction of the locus of half-light radii.
-_LOCUS_TOLERANCE = 0.10
+#: Stars are within this fraction above the smallest half-light radius.
+_LOCUS_TOLERANCE = 0.15
 #: Half-width of the stamp, in FWHM.
 _STAMP_FWHM = 3.5
 
@@ -140,8 +141,8 @@ def _stars(
     """Isolated stars of ``sources[pool]`` and an estimate of the FWHM (pixels).
 
     Sizes are half-light radii on the image; stars are those within
-    ``_LOCUS_TOLERANCE`` of the lowest clump of radii (galaxies are the
-    larger objects, often the majority of the bright ones).
+    ``_LOCUS_TOLERANCE`` above the smallest (galaxies are the larger
+    objects, often the majority of the bright ones).
     """
     cand = sources[pool]
     if len(cand) == 0:
@@ -154,22 +155,19 @@ def _stars(
         * float(np.median(np.sqrt(np.asarray(cand["a"]) * np.asarray(cand["b"]))))
         / math.sqrt(2)
     )
-    rmax = np.full(x.size, max(10.0, 4.0 * guess))
+    rmax = np.full(x.size, max(6.0, 2.5 * guess))
     r50, rflag = sep.flux_radius(img, x, y, rmax, 0.5, mask=bad, subpix=5)
     good = (rflag == 0) & np.isfinite(r50) & (r50 > 0)
     cand, r50 = cand[good], np.asarray(r50)[good]
     if len(cand) == 0:
         return cand, math.nan
-    # The locus is the lowest clump of radii: the smallest radius that at
-    # least two others share to within 6%.  Stars are a clump of equal radii
-    # below every galaxy, but bright compact galaxies can outnumber them and
+    # Stars are the smallest objects: those within ``_LOCUS_TOLERANCE`` of
+    # the smallest radius.  Bright compact galaxies can outnumber them and
     # are spread over larger radii, so a percentile, the densest clump or an
-    # iterated median lands on them.
-    density = np.array([np.count_nonzero(np.abs(r50 / v - 1.0) < 0.06) for v in r50])
-    dense = r50[density >= 3]
-    start = float(dense.min()) if dense.size else float(r50.min())
-    locus = float(np.median(r50[np.abs(r50 / start - 1.0) < 0.06]))
-    stars = cand[np.abs(r50 / locus - 1.0) < _LOCUS_TOLERANCE]
+    # iterated median of the radii lands on them; on few candidates the
+    # stars' radii scatter by 10%, so a tight clump is not found either.
+    stars = cand[r50 <= r50.min() * (1.0 + _LOCUS_TOLERANCE)]
+    locus = float(np.median(r50[r50 <= r50.min() * (1.0 + _LOCUS_TOLERANCE)]))
     fwhm = locus / _R50_PER_FWHM
     if len(stars) > 1:
         # Isolation: no other detection within 2.5 FWHM (fainter ones further
@@ -202,30 +200,37 @@ def _stack(
     """Median of the recentred, amplitude-scaled star stamps in the core,
     Moffat wings beyond."""
     half = side // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    r = np.hypot(xx, yy)
+    core = r <= 2.0 * fwhm
+    ap = r <= 1.5 * fwhm
     stamps = []
     for row in cand:
         xc, yc = float(row["x"]), float(row["y"])
         ix, iy = round(xc), round(yc)
         box = (slice(iy - half - 1, iy + half + 2), slice(ix - half - 1, ix + half + 2))
-        if bad[box].any():
+        # Masked pixels (bad columns, cosmic rays) are left out of the stack
+        # rather than losing the star, unless they fall in its core aperture.
+        if bad[box][1:-1, 1:-1][ap].any():
             continue
-        shifted = ndimage.shift(img[box], (iy - yc, ix - xc), order=3)
-        stamps.append(shifted[1:-1, 1:-1])
+        shift = (iy - yc, ix - xc)
+        shifted = ndimage.shift(img[box], shift, order=3)
+        lost = ndimage.shift(bad[box].astype(np.float64), shift, order=1) > 0.01
+        stamps.append(np.where(lost, np.nan, shifted)[1:-1, 1:-1])
     if len(stamps) < MIN_STARS:
         raise UserError(f"{name}: fewer than {MIN_STARS} clean star stamps for a PSF")
     cube = np.stack(stamps)
-    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
-    r = np.hypot(xx, yy)
-    core = r <= 2.0 * fwhm
     # First pass: each star scaled by its flux within 1.5 FWHM; then by its
     # least-squares amplitude against the median of those over the core,
     # where the star's S/N is.
-    norm = cube[:, r <= 1.5 * fwhm].sum(axis=1)
+    norm = np.nansum(cube[:, ap], axis=1)
     use = norm > 0
     if np.count_nonzero(use) < MIN_STARS:
         raise UserError(f"{name}: fewer than {MIN_STARS} clean star stamps for a PSF")
-    t = np.median(cube[use] / norm[use, None, None], axis=0)[core]
-    amp = cube[:, core] @ t / float(t @ t)
+    t = np.nanmedian(cube[use] / norm[use, None, None], axis=0)[core]
+    c = cube[:, core]
+    ok = np.isfinite(c) & np.isfinite(t)
+    amp = np.sum(np.where(ok, c * t, 0.0), axis=1) / np.sum(np.where(ok, t * t, 0.0), axis=1)
     use = amp > 0
     if np.count_nonzero(use) < MIN_STARS:
         raise UserError(f"{name}: fewer than {MIN_STARS} clean star stamps for a PSF")
@@ -233,14 +238,16 @@ def _stack(
     # The per-pixel median: a galaxy that slipped into the sample is outvoted
     # (an inverse-variance weighted mean lets the brightest object, often a
     # compact galaxy, decide the shape).
-    stack = np.median(cube, axis=0)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+        stack = np.nanmedian(cube, axis=0)
     # Beyond the core the stack is noise and neighbours' light, and its
     # level hangs on the background to a part in 10^4 of the star: the wings
     # are those of a Moffat profile fitted to the core (atmospheric PSFs have
     # Moffat wings; Racine 1996), so that the light they hold, 2-5% of the
     # total, is not lost to a truncated stamp nor inflated by the sky.
     wings, level = _moffat_wings(stack, r, core, fwhm)
-    psf_img = np.where(core, np.clip(stack - level, 0.0, None), wings)
+    psf_img = np.where(core & np.isfinite(stack), np.clip(stack - level, 0.0, None), wings)
     return PixelPsf(psf_img)
 
 
@@ -250,13 +257,14 @@ def _moffat_wings(
     """A Moffat profile (amplitude, FWHM and index free) fitted to the stack's core,
     rendered on the stack's pixels."""
     side = stack.shape[0]
-    data = stack[core]
+    fit_px = core & np.isfinite(stack)
+    data = stack[fit_px]
 
     def resid(p: np.ndarray) -> np.ndarray:
         model = MoffatPsf(p[1], p[2]).kernel(side)
-        return np.asarray(p[0] * model[core] + p[3] - data)
+        return np.asarray(p[0] * model[fit_px] + p[3] - data)
 
-    start = np.array([float(stack.sum()), fwhm, 3.5, 0.0])
+    start = np.array([float(np.nansum(stack)), fwhm, 3.5, 0.0])
     fit = least_squares(
         resid,
         start,
