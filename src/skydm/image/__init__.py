@@ -4,6 +4,7 @@ FITS I/O, background, detection and measurement."""
 from skydm.image.detect import (
     detect_sources,
     estimate_background,
+    measure_psf,
     psf_photometry,
     subtract_background,
 )
@@ -16,7 +17,6 @@ from skydm.image.io import (
 )
 from skydm.image.mask import UNUSABLE, Mask, mask_names
 from skydm.image.psf import DoubleGaussianPsf, GaussianPsf, MoffatPsf, PixelPsf, Psf
-from skydm.image.starpsf import measure_psf
 from skydm.image.visit import VisitInfo
 
 __all__ = [

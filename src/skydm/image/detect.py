@@ -1,5 +1,5 @@
 """Background estimation, source detection and measurement (with sep), and
-forced PSF photometry (PSF measurement from stars is in :mod:`skydm.image.starpsf`)."""
+PSF measurement from stars."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from astropy.table import Table
 from skydm.errors import BadValueError, UserError
 from skydm.image.exposure import Exposure
 from skydm.image.mask import UNUSABLE, Mask
-from skydm.image.psf import GaussianPsf, Psf
+from skydm.image.psf import GaussianPsf, PixelPsf, Psf
 
 
 def _native(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -149,6 +149,101 @@ def detect_sources(
     if set_mask:
         exposure.msk[segmap > 0] |= np.uint32(Mask.DETECTED)
     return table
+
+
+def measure_psf(
+    exposure: Exposure,
+    *,
+    size: int = 25,
+    max_stars: int = 200,
+    min_snr: float = 50.0,
+) -> PixelPsf:
+    """Measure a pixelized PSF by stacking bright, isolated, unsaturated stars.
+
+    Each star is shifted to a common centre with sub-pixel interpolation,
+    normalised, and the stack is the per-pixel median, so that the occasional
+    galaxy or blend does not bias the result.  When fewer than 5 stars pass
+    ``min_snr`` (small images), the cut is relaxed once, to ``min_snr / 2.5``
+    but not below 20.
+
+    Raises
+    ------
+    UserError
+        When fewer than 5 usable stars are found.
+    """
+    sources = detect_sources(exposure, threshold=10.0, set_mask=False)
+    if len(sources) == 0:
+        raise UserError(f"{exposure.source or 'image'}: no sources to measure a PSF from")
+    sat = exposure.info.saturation if math.isfinite(exposure.info.saturation) else np.inf
+    ok = (sources["flag"] == 0) & (sources["peak"] < 0.8 * sat)
+    # Small images may hold too few bright stars: the S/N cut is relaxed (to
+    # no less than 20, where a stack of >= 5 stars still has S/N > 40) before
+    # giving up.
+    for cut in (min_snr, min(min_snr, max(20.0, min_snr / 2.5))):
+        cand = _psf_candidates(sources, sources[ok & (sources["snr"] > cut)], size, exposure)
+        if len(cand) >= 5:
+            break
+    cand.sort("snr", reverse=True)
+    cand = cand[:max_stars]
+    if len(cand) < 5:
+        raise UserError(
+            f"{exposure.source or 'image'}: only {len(cand)} isolated unsaturated stars above "
+            f"S/N {cut:g}; a PSF needs at least 5 (give a model PSF instead)"
+        )
+    return _stack_stars(exposure, cand, size)
+
+
+def _psf_candidates(sources: Table, cand: Table, size: int, exposure: Exposure) -> Table:
+    """Isolated, compact candidates whose stamps fit in the image."""
+    half = size // 2
+    ny, nx = exposure.shape
+    cand = cand[
+        (cand["x"] > half + 1)
+        & (cand["x"] < nx - half - 2)
+        & (cand["y"] > half + 1)
+        & (cand["y"] < ny - half - 2)
+    ]
+    if len(cand) > 1:
+        # Isolation: no other detection within a stamp half-width.
+        xy = np.column_stack([sources["x"], sources["y"]])
+        keep = []
+        for row in cand:
+            d = np.hypot(xy[:, 0] - row["x"], xy[:, 1] - row["y"])
+            keep.append(np.count_nonzero(d < half) == 1)
+        cand = cand[np.asarray(keep, dtype=bool)]
+    # Stars are the compact population: keep those near the modal size.
+    if len(cand) > 5:
+        size_metric = np.sqrt(np.asarray(cand["a"]) * np.asarray(cand["b"]))
+        med = np.median(size_metric)
+        cand = cand[np.abs(size_metric - med) < 0.2 * med + 0.1]
+    return cand
+
+
+def _stack_stars(exposure: Exposure, cand: Table, size: int) -> PixelPsf:
+    """Median of the normalised, recentred star stamps."""
+    from scipy import ndimage
+
+    half = size // 2
+    back, _ = estimate_background(exposure)
+    img = exposure.image - back
+    stamps = []
+    for row in cand:
+        xc, yc = float(row["x"]), float(row["y"])
+        ix, iy = round(xc), round(yc)
+        stamp = np.asarray(img[iy - half - 1 : iy + half + 2, ix - half - 1 : ix + half + 2])
+        m = exposure.msk[iy - half - 1 : iy + half + 2, ix - half - 1 : ix + half + 2]
+        if (m & np.uint32(UNUSABLE)).any() or not np.all(np.isfinite(stamp)):
+            continue
+        shifted = ndimage.shift(stamp.astype(np.float64), (iy - yc, ix - xc), order=3)
+        stamp = shifted[1:-1, 1:-1]
+        total = stamp.sum()
+        if total > 0:
+            stamps.append(stamp / total)
+    if len(stamps) < 5:
+        raise UserError(f"{exposure.source or 'image'}: fewer than 5 clean star stamps for a PSF")
+    psf_img = np.median(np.stack(stamps), axis=0)
+    psf_img = np.clip(psf_img, 0.0, None)
+    return PixelPsf(psf_img)
 
 
 def psf_photometry(
