@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from skydm.errors import BadValueError, require_extra
-from skydm.prompt.worker import DetectorJob, DetectorOutcome, process_detector
+from skydm.prompt.worker import DetectorJob, DetectorOutcome, process_detector, warm_up
 
 Finished = tuple[DetectorJob, DetectorOutcome | None]
 
@@ -46,6 +46,7 @@ class JobPool(Protocol):
 
 
 def _worker_main(inbox: Any, results: Any, index: int) -> None:
+    warm_up()
     while True:
         job = inbox.get()
         if job is None:
