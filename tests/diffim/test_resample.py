@@ -1,4 +1,4 @@
-"""The template resampling of ``diffim`` against ``reproject_interp`` (its former implementation)."""
+"""The template resampling of ``diffim`` against ``reproject_interp`` (what it replaced)."""
 
 from __future__ import annotations
 

@@ -207,6 +207,7 @@ def open_pool(workers: int, dask: str | None = None) -> Iterator[JobPool]:
         backend = started.executor
         if not isinstance(backend, DaskBackend):  # open_executor gives Dask when dask is set
             raise TypeError(f"expected a Dask backend for --dask {dask}")
+        backend.client.run(warm_up)  # as the local pool's workers do on starting
         dpool = DaskPool(backend.client, workers)
         try:
             yield dpool

@@ -179,6 +179,14 @@ def warm_up() -> None:
                 importlib.import_module(name)
             except ImportError:  # an optional extra: the detector reports it if needed
                 continue
+    from contextlib import suppress
+
+    from skydm.errors import SkydmError
+
+    with suppress(SkydmError, ImportError):  # parsed once per process, then cached
+        from skydm.alerts.schema import load_schema
+
+        load_schema()
 
 
 def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
