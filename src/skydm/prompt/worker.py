@@ -164,7 +164,7 @@ WARM_MODULES = (
     "skydm.pipeline.pipelines", "skydm.pipeline.tasks.ap", "skydm.pipeline.tasks.visit",
     "skydm.pipeline.calibrate", "skydm.diffim.subtract", "skydm.diffim.measure",
     "skydm.alerts.produce", "skydm.alerts.transport", "skydm.ap.apdb", "skydm.ap.forced",
-    "skydm.reliability.model", "confluent_kafka",
+    "skydm.reliability.model", "astroscrappy", "confluent_kafka", "confluent_kafka.admin",
 )  # fmt: skip
 
 
