@@ -41,7 +41,7 @@ _DRAIN_AND_DIE = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     Outbox.mark_delivered = die
-    stream_outbox(Outbox(sys.argv[1]), KafkaTransport(sys.argv[2], partitions=3), batch=25)
+    stream_outbox(Outbox(sys.argv[1]), KafkaTransport(sys.argv[2], partitions=3), batch=10)
     """
 )
 
@@ -52,7 +52,7 @@ def test_a_drainer_killed_after_the_ack_sends_no_alert_twice(
     field = SyntheticField(seed=5, n_variables=30)
     apdb = Apdb(tmp_path / "apdb.sqlite3")
     archives = []
-    for v in (1, 2):
+    for v in (1,):
         sci, tmpl, diff, table = field.visit(v)
         archives.append(
             produce_visit_alerts(
@@ -62,7 +62,7 @@ def test_a_drainer_killed_after_the_ack_sends_no_alert_twice(
         )  # fmt: skip
     apdb.close()
     expected = {p["diaSourceId"] for a in archives for p in read_archive(a)}
-    assert len(expected) > 25  # more than one batch: the kill leaves some unsent
+    assert len(expected) > 10  # more than one batch: the kill leaves some unsent
     box_path = tmp_path / "archive" / "outbox.sqlite3"
 
     killed = subprocess.run(
@@ -70,15 +70,15 @@ def test_a_drainer_killed_after_the_ack_sends_no_alert_twice(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    assert "25 acknowledged" in killed.stdout
+    assert "10 acknowledged" in killed.stdout
     box = Outbox(box_path)
-    # Nothing recorded delivered: 25 messages are in Kafka, the outbox cannot tell.
+    # Nothing recorded delivered: 10 messages are in Kafka, the outbox cannot tell.
     assert box.counts() == {"pending": len(expected), "delivered": 0}
-    assert sum(len(v) for v in box.in_flight().values()) == 25
+    assert sum(len(v) for v in box.in_flight().values()) == 10
 
     result = stream_outbox(box, KafkaTransport(broker.bootstrap, partitions=3))
     assert result.pending == 0 and not result.errors
-    assert result.settled == 25 and result.delivered == len(expected) - 25
+    assert result.settled == 10 and result.delivered == len(expected) - 10
     assert box.counts() == {"pending": 0, "delivered": len(expected)}
     box.close()
 
