@@ -13,6 +13,15 @@ in-memory broker restarted) is noticed from the delivery reports: offsets of
 a partition that go back below offsets already acknowledged mean its log was
 started anew, and every message delivered to that partition before is
 queued again.  Consumers drop the duplicates by ``diaSourceId``.
+
+A batch is marked *in flight* (committed) before it is handed to the
+broker.  A drainer killed after the broker acknowledged a batch but before
+the outbox recorded it leaves rows in flight; the next drainer resolves
+them before sending anything (:meth:`Outbox.resolve_in_flight`): the ones
+the broker's log holds (looked up by ``diaSourceId`` after the highest
+offsets recorded) are marked delivered, the others are pending again.  So a
+retry after such a kill does not send an acknowledged message twice.  This
+assumes one drainer at a time per outbox (the prompt service's outbox lock).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ CREATE TABLE IF NOT EXISTS partition_log (
     PRIMARY KEY (topic, partition));
 """
 
-PENDING, DELIVERED = 0, 1
+PENDING, DELIVERED, IN_FLIGHT = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -253,11 +262,66 @@ class Outbox:
         )
 
     def mark_failed(self, seqs: Sequence[int]) -> None:
-        """Count a failed attempt for each message (they stay pending)."""
+        """Count a failed attempt for each message (they are pending again)."""
         with self._db:
             self._db.executemany(
-                "UPDATE message SET attempts=attempts+1 WHERE seq=?", [(s,) for s in seqs]
+                "UPDATE message SET attempts=attempts+1, state=? WHERE seq=? AND state!=?",
+                [(PENDING, s, DELIVERED) for s in seqs],
             )
+
+    def mark_in_flight(self, seqs: Sequence[int]) -> None:
+        """Record, before a batch is handed to the broker, that it may be acknowledged.
+
+        Committed at once: a drainer killed after the acknowledgement leaves
+        these rows for :meth:`resolve_in_flight` instead of pending.
+        """
+        with self._db:
+            self._db.executemany(
+                "UPDATE message SET state=? WHERE seq=? AND state=?",
+                [(IN_FLIGHT, s, PENDING) for s in seqs],
+            )
+
+    def in_flight(self) -> dict[str, set[int]]:
+        """diaSourceIds of the rows left in flight, by topic (a drainer died mid-batch)."""
+        out: dict[str, set[int]] = {}
+        for topic, sid in self._db.execute(
+            "SELECT topic, dia_source_id FROM message WHERE state=?", (IN_FLIGHT,)
+        ):
+            out.setdefault(str(topic), set()).add(int(sid))
+        return out
+
+    def resolve_in_flight(self, found: Sequence[tuple[str, int, int, int]]) -> tuple[int, int]:
+        """Settle the rows left in flight from what the broker's log holds.
+
+        Parameters
+        ----------
+        found : sequence of tuple
+            ``(topic, dia_source_id, partition, offset)`` of messages read back
+            from the broker after the highest offsets recorded, in log order.
+
+        Returns
+        -------
+        tuple of int
+            (rows marked delivered, rows made pending again).
+        """
+        seqs = {
+            (str(t), int(s)): int(q)
+            for q, t, s in self._db.execute(
+                "SELECT seq, topic, dia_source_id FROM message WHERE state=?", (IN_FLIGHT,)
+            )
+        }
+        hits: dict[int, Delivery] = {}
+        for t, s, p, o in sorted(found, key=lambda f: (f[0], f[2], f[3])):
+            q = seqs.get((t, int(s)))
+            if q is not None and q not in hits:  # the first copy in the log is the one
+                hits[q] = Delivery(q, t, int(p), int(o))
+        # mark_delivered wants the reports in log order per partition.
+        self.mark_delivered(sorted(hits.values(), key=lambda d: (d.topic, d.partition, d.offset)))
+        with self._db:
+            back = self._db.execute(
+                "UPDATE message SET state=? WHERE state=?", (PENDING, IN_FLIGHT)
+            ).rowcount
+        return len(hits), int(back)
 
     def drop_archive(self, archive: Path) -> None:
         """Forget the pending messages of an archive file (its visit was not stored)."""
@@ -315,7 +379,9 @@ class Outbox:
     def counts(self) -> dict[str, int]:
         """``{"pending": n, "delivered": m}``."""
         rows = dict(self._db.execute("SELECT state, count(*) FROM message GROUP BY state"))
-        return {"pending": int(rows.get(PENDING, 0)), "delivered": int(rows.get(DELIVERED, 0))}
+        # In flight is not delivered yet: it counts as pending.
+        pending = int(rows.get(PENDING, 0)) + int(rows.get(IN_FLIGHT, 0))
+        return {"pending": pending, "delivered": int(rows.get(DELIVERED, 0))}
 
     def topics(self) -> list[str]:
         """Every topic that has messages in the outbox."""

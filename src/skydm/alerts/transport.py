@@ -100,6 +100,21 @@ class AlertTransport(abc.ABC):
         """
         return []
 
+    def find_sent(
+        self,
+        wanted: Mapping[str, set[int]],
+        after: Mapping[tuple[str, int], int],
+        *,
+        timeout: float,
+    ) -> list[SentAhead]:
+        """Messages of ``wanted`` (diaSourceIds by topic) that the broker's log holds.
+
+        Only offsets above ``after[(topic, partition)]`` (the highest the
+        outbox recorded) are read.  Transports that cannot read back return
+        nothing: the rows are then sent again (consumers drop the duplicates).
+        """
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -301,6 +316,63 @@ class KafkaTransport(AlertTransport):
         out, self._ahead, self._ahead_failed = self._ahead, [], 0
         return out
 
+    def find_sent(
+        self,
+        wanted: Mapping[str, set[int]],
+        after: Mapping[tuple[str, int], int],
+        *,
+        timeout: float,
+    ) -> list[SentAhead]:
+        from skydm.alerts.consumer import dia_source_id_of
+
+        consumer = self._ck.Consumer(
+            {
+                **self._client_config(),
+                "group.id": f"skydm-outbox-check-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        found: list[SentAhead] = []
+        try:
+            meta = consumer.list_topics(timeout=timeout)
+            ends: dict[tuple[str, int], int] = {}
+            assign = []
+            for topic in wanted:
+                if topic not in meta.topics:
+                    continue
+                for part in meta.topics[topic].partitions:
+                    tp = self._ck.TopicPartition(topic, part)
+                    low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                    start = max(low, after.get((topic, part), -1) + 1)
+                    if start < high:
+                        ends[(topic, part)] = high
+                        assign.append(self._ck.TopicPartition(topic, part, start))
+            if not assign:
+                return found
+            consumer.assign(assign)
+            deadline = time.monotonic() + timeout
+            while ends and time.monotonic() < deadline:
+                for msg in consumer.consume(1000, timeout=0.5):
+                    if msg.error() is not None:
+                        continue
+                    k = (msg.topic(), msg.partition())
+                    sid = dia_source_id_of(msg.value())
+                    if sid in wanted.get(k[0], ()):
+                        found.append(SentAhead(k[0], sid, k[1], msg.offset()))
+                    if k in ends and msg.offset() >= ends[k] - 1:
+                        del ends[k]
+            if ends:
+                raise BrokerUnavailableError(
+                    f"Kafka at {self.bootstrap}: could not read back {len(ends)} partitions "
+                    f"within {timeout:.0f} s to settle alerts left in flight"
+                )
+        except self._ck.KafkaException as exc:
+            raise BrokerUnavailableError(f"Kafka at {self.bootstrap}: {exc}") from exc
+        finally:
+            consumer.close()
+        return found
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(5)
@@ -315,6 +387,8 @@ class StreamResult:
     pending: int = 0
     requeued: int = 0
     attempts: int = 0
+    #: Messages left in flight by a drainer that died, found in the broker's log.
+    settled: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -420,6 +494,15 @@ def stream_outbox(
             if not topics_ok:
                 transport.ensure_topics(outbox.topics())
                 topics_ok = True
+            doubt = outbox.in_flight()
+            if doubt:
+                # A drainer died between handing a batch over and recording
+                # its reports: what the broker has is delivered, not resent.
+                found = transport.find_sent(doubt, outbox.partition_logs(), timeout=send_timeout)
+                settled, _again = outbox.resolve_in_flight(
+                    [(f.topic, f.dia_source_id, f.partition, f.offset) for f in found]
+                )
+                result.settled += settled
             after = 0
             progress_made = False
             while True:
@@ -427,6 +510,7 @@ def stream_outbox(
                 if not msgs:
                     break
                 result.attempts += 1
+                outbox.mark_in_flight([m.seq for m in msgs])
                 reports = transport.send(msgs, timeout=send_timeout)
                 requeued = outbox.mark_delivered(reports)
                 result.requeued += requeued

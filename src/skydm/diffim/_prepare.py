@@ -320,25 +320,15 @@ def align(science: Exposure, template: Exposure, notes: list[str]) -> Exposure:
             f"grids and {missing} has no WCS to align them; give images on the same grid "
             "or add a WCS"
         )
-    from skydm.errors import require_extra
+    from skydm.diffim._resample import pixel_map, sample_bilinear, sample_nearest
 
-    rp = require_extra("reproject", "diffim")
-    shape = science.shape
-    wcs_out = science.wcs
-    img, foot = rp.reproject_interp(
-        (template.image.astype(np.float64), template.wcs), wcs_out, shape_out=shape, order=1
-    )
-    var, _ = rp.reproject_interp(
-        (template.var.astype(np.float64), template.wcs), wcs_out, shape_out=shape, order=1
-    )
-    msk, _ = rp.reproject_interp(
-        (template.msk.astype(np.float64), template.wcs),
-        wcs_out,
-        shape_out=shape,
-        order="nearest-neighbor",
-    )
-    mask = np.nan_to_num(msk, nan=0.0).astype(np.uint32)
-    nodata = (foot < 0.99) | ~np.isfinite(img)
+    # One science -> template pixel mapping for the three planes (reproject_interp
+    # would redo the full-frame WCS transforms per plane).
+    pm = pixel_map(science.wcs, template.wcs, science.shape, template.shape)
+    img = sample_bilinear(template.image, pm)
+    var = sample_bilinear(template.var, pm)
+    mask = sample_nearest(template.msk, pm).astype(np.uint32)
+    nodata = ~pm.inside | ~np.isfinite(img)
     mask[nodata] |= np.uint32(Mask.NO_DATA)
     if nodata.all():
         raise UserError(

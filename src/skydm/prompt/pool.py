@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from skydm.errors import BadValueError, require_extra
-from skydm.prompt.worker import DetectorJob, DetectorOutcome, process_detector
+from skydm.prompt.worker import DetectorJob, DetectorOutcome, process_detector, warm_up
 
 Finished = tuple[DetectorJob, DetectorOutcome | None]
 
@@ -46,6 +46,7 @@ class JobPool(Protocol):
 
 
 def _worker_main(inbox: Any, results: Any, index: int) -> None:
+    warm_up()
     while True:
         job = inbox.get()
         if job is None:
@@ -206,6 +207,7 @@ def open_pool(workers: int, dask: str | None = None) -> Iterator[JobPool]:
         backend = started.executor
         if not isinstance(backend, DaskBackend):  # open_executor gives Dask when dask is set
             raise TypeError(f"expected a Dask backend for --dask {dask}")
+        backend.client.run(warm_up)  # as the local pool's workers do on starting
         dpool = DaskPool(backend.client, workers)
         try:
             yield dpool

@@ -158,6 +158,37 @@ class MemoryIO(UnitIO):
         return ref
 
 
+#: What a detector-visit imports; a worker imports it on starting, before any
+#: event, so that no detector's latency pays for it (seconds of a cold start).
+WARM_MODULES = (
+    "skydm.pipeline.pipelines", "skydm.pipeline.tasks.ap", "skydm.pipeline.tasks.visit",
+    "skydm.pipeline.calibrate", "skydm.diffim.subtract", "skydm.diffim.measure",
+    "skydm.alerts.produce", "skydm.alerts.transport", "skydm.ap.apdb", "skydm.ap.forced",
+    "skydm.reliability.model", "astroscrappy", "confluent_kafka", "confluent_kafka.admin",
+)  # fmt: skip
+
+
+def warm_up() -> None:
+    """Import what processing a detector needs (a worker calls this once, at start)."""
+    import importlib
+    import importlib.util
+
+    for name in WARM_MODULES:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # an optional extra: the detector reports it if needed
+                continue
+    from contextlib import suppress
+
+    from skydm.errors import SkydmError
+
+    with suppress(SkydmError, ImportError):  # parsed once per process, then cached
+        from skydm.alerts.schema import load_schema
+
+        load_schema()
+
+
 def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
     """The APDB of the service: the configured URL or ``apdb.sqlite3`` in the repository."""
     return config.apdb or Path(root) / "apdb.sqlite3"
