@@ -86,7 +86,7 @@ def test_variable_veto_keeps_a_flux_change_centred_on_a_source() -> None:
     cover = np.full(shape[0] * shape[1], n, dtype=np.uint8)
     for chi2, peak, want in ((1.0, 1.0, True), (50.0, 1.0, False), (1.0, 0.2, False)):
         pix = outlier_pixels(idx, np.full(idx.size, 8.0), n, chi2=chi2, msig=30.0, peak=peak)
-        ep = _epoch(0, fp, codes[0], pix, cover, 1, cfg.rules.fraction)
+        ep = _epoch(0, fp, codes[0], pix, cover, 1, cfg.rules)
         ctx = RuleContext(1, 2.5, shape[1], cover, cover, 5.0, 2.5, [ep], np.zeros(1))
         assert bool(rule.select(ep, ctx)[0]) is want
 
@@ -107,7 +107,7 @@ def test_trail_rule_bridges_the_gaps_of_a_broken_trail() -> None:
 
 def test_rules_are_switched_by_name_and_configs_validated() -> None:
     cfg = CompareWarpConfig()
-    assert set(cfg.rule_names()) >= {"fraction", "mover", "variable", "halo", "line"}
+    assert set(cfg.rule_names()) >= {"same_place", "pieces", "mover", "variable", "trail"}
     assert not cfg.without("mover").rules.mover.enabled and cfg.rules.mover.enabled
     with pytest.raises(BadValueError, match="rule"):
         cfg.without("nonsense")

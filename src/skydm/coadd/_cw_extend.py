@@ -1,8 +1,7 @@
 """How far a clipped footprint reaches beyond its outlier pixels.
 
-The extension stage of :func:`skydm.coadd._cw_rules.clip_maps`: a ghost's
-faint halo (:func:`_halo`), a growth by the PSF (:func:`_grow`) and a
-faint streak's continuation along its line into the noise
+The extension stage of :func:`skydm.coadd._cw_rules.clip_maps`: a growth
+by the PSF (:func:`_grow`) and a faint streak's continuation along its line into the noise
 (:func:`_extend_streaks`, :func:`_strip`).  Split from the rules module,
 which decides *whether* a footprint is clipped; this one says *how much*.
 """
@@ -13,77 +12,12 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import ndimage
 
-from skydm.coadd._cw_config import HaloConfig, TrailConfig
+from skydm.coadd._cw_config import TrailConfig
 from skydm.coadd._cw_footprints import _dilate, _groups, _Labels
 
 if TYPE_CHECKING:
     from skydm.coadd._cw_rules import RuleContext
-
-
-def _halo(
-    out: np.ndarray,
-    fpix: np.ndarray,
-    flab: np.ndarray,
-    code: np.ndarray,
-    ctx: RuleContext,
-    cfg: HaloConfig,
-) -> None:
-    """Extend large, broad clipped footprints over their faint halo.
-
-    A diffuse artefact (a ghost: a soft donut, or a blob whose Gaussian
-    wings reach twice its half-light radius) is only above the footprint
-    threshold in its bright part; the rest of its light, a fraction of a
-    sigma per pixel over a large area, is below it pixel by pixel but not in
-    aggregate: there the epoch's pixels above the lower threshold are
-    denser than noise gives (a fraction ``p0`` of the normal tail beyond
-    it).  Around each clipped footprint whose minor-axis radius ``r`` (from
-    its second moments; trails are thin and are not extended) is at least
-    ``cfg.size`` target FWHM, whose major axis is at most
-    ``cfg.aspect`` times that and that fills at least
-    ``cfg.fill`` of the ellipse of its second moments (radii
-    ``2 sqrt(eigenvalue)``), the density of those pixels is taken in a box
-    of side ``s = max(cfg.box r, 3 FWHM)``; where it exceeds noise by
-    ``cfg.sigma`` standard deviations (``p0 + k sqrt(p0) FWHM / s``:
-    the pixels are correlated over about a FWHM squared), connected to the
-    footprint and within ``cfg.reach r`` of it, the epoch is clipped
-    too.
-    """
-    width = ctx.width
-    min_r = cfg.size * ctx.fwhm
-    if fpix.size < math.pi * min_r * min_r:
-        return
-    rows = out.shape[0]
-    p0 = 0.5 * math.erfc(ctx.grow_threshold / math.sqrt(2))
-    sizes = np.bincount(flab)
-    big = np.flatnonzero(sizes >= math.pi * min_r * min_r)
-    for _, ys, xs in _groups(_Labels(fpix, flab, int(flab.max())), big, width):
-        cov = np.cov(np.vstack([xs, ys]).astype(np.float64))
-        minor, major = 2 * np.sqrt(np.maximum(np.linalg.eigvalsh(cov), 0.0))
-        # A round blob (a ghost's disk or ring, or a part of one cut by the
-        # edge) that fills its ellipse: not a trail, nor the cross of a trail
-        # merged with a ghost, along which the density box would run.
-        if minor < min_r or major > cfg.aspect * minor:
-            continue
-        if ys.size < cfg.fill * math.pi * minor * major:
-            continue
-        reach = math.ceil(cfg.reach * minor)
-        y0, y1 = max(int(ys.min()) - reach, 0), min(int(ys.max()) + reach + 1, rows)
-        x0, x1 = max(int(xs.min()) - reach, 0), min(int(xs.max()) + reach + 1, width)
-        box = max(round(cfg.box * minor), round(3 * ctx.fwhm)) | 1
-        limit = p0 + cfg.sigma * math.sqrt(p0) * ctx.fwhm / box
-        hit = (code[y0:y1, x0:x1] * np.int8(ctx.sign) >= 1).astype(np.float32)
-        dense = ndimage.uniform_filter(hit, box, mode="constant") > limit
-        dense &= ctx.cover.reshape(rows, width)[y0:y1, x0:x1] > 0
-        seed = np.zeros(dense.shape, dtype=bool)
-        seed[ys - y0, xs - x0] = True
-        # Within the reach of the footprint (a distance, not just its box).
-        dense &= ndimage.distance_transform_edt(~seed) <= cfg.reach * minor
-        dense |= seed
-        lab, _ = ndimage.label(dense)
-        touch = np.unique(lab[seed])
-        out[y0:y1, x0:x1] |= np.isin(lab, touch[touch > 0])
 
 
 def _grow(

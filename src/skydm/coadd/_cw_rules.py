@@ -7,8 +7,8 @@ independent of the order of its rules:
 1. **Whole footprints.**  A footprint is clipped when some *add* rule
    selects it and no *veto* rule protects it:
    ``clip = any(add rules) and not any(veto rules)``.
-   Adds: :class:`Fraction` (DMTN-080's temporal rule), :class:`SamePlace`
-   (few epochs peak there).  Veto: :class:`Variable` (a flux change of a
+   Add: :class:`SamePlace` (few epochs peak there: DMTN-080's temporal
+   rule, judged at the footprint's peak).  Veto: :class:`Variable` (a flux change of a
    static source).
 2. **Parts of footprints not clipped whole.**  :class:`Pieces` adds the
    seeded few-epoch pieces of unprotected footprints merged with
@@ -16,9 +16,7 @@ independent of the order of its rules:
    pixels along a straight track through time, whatever its speed.  Their
    pixels are unioned.
 3. **Extensions of what is clipped.**  Growth by ``detect.grow_fwhm``;
-   :class:`Trail` strips along long thin footprints; :class:`Halo` the faint
-   wings of large round footprints; :class:`Line` (in
-   :mod:`skydm.coadd.compare_warp`) faint trails found by a line search.
+   :class:`Trail` strips along long thin footprints.
 
 Footprints are kept sparse (flat indices, ascending, with labels); only
 the growth of the clipped ones touches a dense map.  Positive and negative
@@ -37,15 +35,14 @@ import numpy as np
 
 from skydm.coadd._cw_config import (
     CompareWarpConfig,
-    FractionConfig,
-    HaloConfig,
     MoverConfig,
     PieceConfig,
+    RulesConfig,
     SamePlaceConfig,
     TrailConfig,
     VariableConfig,
 )
-from skydm.coadd._cw_extend import _extend_streaks, _grow, _halo
+from skydm.coadd._cw_extend import _extend_streaks, _grow
 from skydm.coadd._cw_footprints import (
     OutlierPixels,
     _components,
@@ -84,7 +81,7 @@ class EpochFootprints:
         Pixels per label (index 0 unused).
     limit : numpy.ndarray
         Per label, the most outlier epochs for which it is transient
-        (:meth:`FractionConfig.epoch_limit` of its mean coverage).
+        (:meth:`RulesConfig.epoch_limit` of its mean coverage).
     """
 
     k: int
@@ -119,7 +116,7 @@ class FootprintRule:
     """A rule on whole footprints: selects labels of one epoch (stage 1)."""
 
     role: ClassVar[Literal["add", "veto"]] = "add"
-    config: FractionConfig | SamePlaceConfig | MoverConfig | VariableConfig
+    config: SamePlaceConfig | VariableConfig
 
     @property
     def enabled(self) -> bool:
@@ -132,25 +129,6 @@ class FootprintRule:
     def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
         """Per label of ``ep`` (``(n,)`` bool), whether the rule fires."""
         raise NotImplementedError
-
-
-@dataclass
-class Fraction(FootprintRule):
-    """Add: more than ``spatial_threshold`` of the footprint's pixels are
-    outliers in few enough epochs (DMTN-080): artefacts are in few epochs,
-    variable sources in many."""
-
-    config: FractionConfig
-
-    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
-        pix, lab, nlab = ep.fp
-        cnt = ctx.count[pix]
-        frac = np.zeros(nlab)
-        for lo in np.unique(ep.limit):
-            sel = ep.limit == lo
-            ok = np.bincount(lab, weights=(cnt >= 1) & (cnt <= lo), minlength=nlab + 1)[1:]
-            frac[sel] = ok[sel] / ep.sizes[1:][sel]
-        return np.asarray(frac > self.config.spatial_threshold)
 
 
 @dataclass
@@ -264,7 +242,7 @@ class Mover:
     """Add (stage 2): every epoch's pixels along a recognised moving track.
 
     A mover slower than a PSF per epoch overlaps itself from epoch to epoch:
-    each pixel is an outlier in more epochs than :class:`Fraction` allows,
+    each pixel is an outlier in more epochs than :class:`SamePlace` allows,
     and the static-sky model holds much of its light.  Its leading edge is
     still brighter in each epoch than in the epoch before (the time codes,
     :func:`skydm.coadd._cw_differences.time_codes`).  Footprints of epochs
@@ -422,28 +400,10 @@ class Trail:
         return self.config.enabled
 
 
-@dataclass
-class Halo:
-    """Add (stage 3): the faint halo of large round clipped footprints
-    (ghosts), see :func:`_halo`."""
-
-    config: HaloConfig
-    role: ClassVar[Literal["add", "veto"]] = "add"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the rule takes part."""
-        return self.config.enabled
-
-
 def footprint_rules(cfg: CompareWarpConfig) -> list[FootprintRule]:
     """The enabled stage-1 rules of ``cfg``."""
     r = cfg.rules
-    rules: list[FootprintRule] = [
-        Fraction(r.fraction),
-        SamePlace(r.same_place),
-        Variable(r.variable),
-    ]
+    rules: list[FootprintRule] = [SamePlace(r.same_place), Variable(r.variable)]
     return [rule for rule in rules if rule.enabled]
 
 
@@ -468,7 +428,7 @@ def clip_maps(
     t = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
     if not pixels:  # no local fits (tests of the rules on codes alone)
         pixels = [OutlierPixels.concatenate([], n) for _ in range(n)]
-    trail, halo = Trail(cfg.rules.trail), Halo(cfg.rules.halo)
+    trail = Trail(cfg.rules.trail)
     pieces = Pieces(cfg.rules.pieces)
     for sign in (1, -1):
         length = trail.config.length if sign > 0 and trail.enabled else 0.0
@@ -477,8 +437,7 @@ def clip_maps(
         for fp in fps:
             count[fp.pix] += 1
         epochs = [
-            _epoch(k, fps[k], codes[k], pixels[k], cover.ravel(), sign, cfg.rules.fraction)
-            for k in range(n)
+            _epoch(k, fps[k], codes[k], pixels[k], cover.ravel(), sign, cfg.rules) for k in range(n)
         ]
         ctx = RuleContext(
             sign, fwhm, shape[1], cover.ravel(), count, cfg.detect.threshold,
@@ -502,7 +461,7 @@ def clip_maps(
             if pieces.enabled:
                 chosen[pieces.select(ep, ctx, ~whole & ~veto)] = True
             if chosen.any():
-                _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
+                _extend(clip[ep.k], ep, chosen, structure, ctx, trail)
     mover = Mover(cfg.rules.mover)
     if mover.enabled and tcodes is not None:
         mover.add_to(clip, tcodes, cover, t, fwhm)
@@ -516,7 +475,7 @@ def _epoch(
     pixels: OutlierPixels,
     cover: np.ndarray,
     sign: int,
-    fraction: FractionConfig,
+    rules: RulesConfig,
 ) -> EpochFootprints:
     """The per-footprint quantities of one epoch that the rules read."""
     tops, which, top = _peaks(fp, pixels)
@@ -525,7 +484,7 @@ def _epoch(
         mean_cover = np.bincount(fp.lab, weights=cover[fp.pix], minlength=fp.n + 1)[1:] / sizes[1:]
     else:
         mean_cover = np.zeros(0)
-    limit = fraction.epoch_limit(mean_cover)
+    limit = rules.epoch_limit(mean_cover)
     if sign > 0:
         limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
     return EpochFootprints(k, fp, code, pixels, tops, which, top, sizes, limit)
@@ -538,10 +497,9 @@ def _extend(
     structure: np.ndarray | None,
     ctx: RuleContext,
     trail: Trail,
-    halo: Halo,
 ) -> None:
-    """Stage 3: set in ``out`` the chosen footprint pixels, trail strips,
-    growth and halos."""
+    """Stage 3: set in ``out`` the chosen footprint pixels, trail strips and
+    growth."""
     pix, lab = ep.fp.pix, ep.fp.lab
     extra = np.zeros(0, dtype=np.int64)
     if ctx.sign > 0 and trail.enabled:
@@ -555,8 +513,6 @@ def _extend(
         flat[extra] = True
     else:
         _grow(out, pix[chosen], lab[chosen], extra, structure)
-    if ctx.sign > 0 and halo.enabled and ctx.fwhm > 0:
-        _halo(out, pix[chosen], lab[chosen], ep.code, ctx, halo.config)
 
 
 def _same_place(tops: list[np.ndarray], shape: tuple[int, int], radius: float) -> np.ndarray | None:
