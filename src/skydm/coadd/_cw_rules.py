@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from skydm.coadd._cw_config import (
     CompareWarpConfig,
-    MoverConfig,
     PieceConfig,
     RulesConfig,
     SamePlaceConfig,
@@ -48,10 +47,10 @@ from skydm.coadd._cw_footprints import (
     _components,
     _disk,
     _footprints,
-    _groups,
     _label_at,
     _Labels,
 )
+from skydm.coadd._cw_movers import Mover, Track
 
 #: A flux change's footprint reaches ``size + SPREAD * sqrt(2 ln(p / t))``
 #: FWHM (a Gaussian core's reach from peak ``p`` to threshold ``t``, with a
@@ -222,169 +221,6 @@ class Pieces:
         return piece[seeded[plab]]
 
 
-class Track(NamedTuple):
-    """A straight track through time: position ``p0`` (binned y, x) at time
-    ``tm``, velocity ``v`` (binned pixels per day), spanning ``t0`` to ``t1``."""
-
-    p0: np.ndarray
-    v: np.ndarray
-    tm: float
-    t0: float
-    t1: float
-
-    def at(self, t: float) -> np.ndarray:
-        """The position at time ``t``."""
-        return np.asarray(self.p0 + (t - self.tm) * self.v)
-
-
-@dataclass
-class Mover:
-    """Add (stage 2): every epoch's pixels along a recognised moving track.
-
-    A mover slower than a PSF per epoch overlaps itself from epoch to epoch:
-    each pixel is an outlier in more epochs than :class:`SamePlace` allows,
-    and the static-sky model holds much of its light.  Its leading edge is
-    still brighter in each epoch than in the epoch before (the time codes,
-    :func:`skydm.coadd._cw_differences.time_codes`).  Footprints of epochs
-    next in time (up to ``max_skip`` epochs between them, where a slow
-    mover's weak dipole dips below the threshold) whose centroids lie within
-    ``link_fwhm`` are chained; a chain of at least ``min_epochs`` epochs is fitted by a
-    straight track ``p(t) = p0 + v t`` and is a mover when the track is at
-    least ``min_track_fwhm`` long and the centroids scatter about it by at
-    most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
-    residuals and dithered ghosts jump about).  Every epoch of the track's
-    span, widened to the nights just before and after it, is then clipped
-    within ``radius_fwhm`` of its position on the track, whether or not
-    that epoch showed an outlier there.
-    """
-
-    config: MoverConfig
-    role: ClassVar[Literal["add", "veto"]] = "add"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the rule takes part."""
-        return self.config.enabled
-
-    def tracks(self, tcodes: np.ndarray, times: np.ndarray, fwhm: float) -> list[Track]:
-        """The movers' fitted tracks."""
-        cfg = self.config
-        n = tcodes.shape[0]
-        if fwhm <= 0 or n < cfg.min_epochs:
-            return []
-        width = tcodes.shape[2]
-        nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
-        per_epoch: list[list[int]] = [[] for _ in range(n)]
-        for k in range(n):
-            fp = _footprints(tcodes[k], 1, 0.0, 1.0)  # no trail segments: any aspect
-            for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
-                per_epoch[k].append(len(nodes))
-                nodes.append((k, float(ys.mean()), float(xs.mean())))
-        if not nodes:
-            return []
-        parent = list(range(len(nodes)))
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        order = np.argsort(times, kind="stable")
-        link = cfg.link_fwhm * fwhm
-        for pos, a in enumerate(order):
-            for b in order[pos + 1 : pos + 2 + cfg.max_skip]:
-                for i in per_epoch[a]:
-                    for j in per_epoch[b]:
-                        dist = math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2])
-                        if dist <= link:
-                            parent[find(j)] = find(i)
-        groups: dict[int, list[int]] = {}
-        for i in range(len(nodes)):
-            groups.setdefault(find(i), []).append(i)
-        out = []
-        for members in groups.values():
-            if len({nodes[i][0] for i in members}) < cfg.min_epochs:
-                continue
-            t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
-            xy = np.array([(nodes[i][1], nodes[i][2]) for i in members])
-            span = float(np.ptp(t))
-            if span <= 0:
-                continue
-            tc = t - t.mean()
-            v = (tc @ (xy - xy.mean(axis=0))) / float(tc @ tc)
-            p0 = xy.mean(axis=0)
-            resid = xy - (p0 + tc[:, None] * v)
-            scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
-            if (
-                float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
-                and scatter <= cfg.max_scatter_fwhm * fwhm
-            ):
-                out.append(Track(p0, v, float(t.mean()), float(t.min()), float(t.max())))
-        return out
-
-    def add_to(
-        self,
-        clip: np.ndarray,
-        tcodes: np.ndarray,
-        cover: np.ndarray,
-        times: np.ndarray,
-        fwhm: float,
-    ) -> None:
-        """Clip from the epochs of every track's span (and the nights just
-        before and after it), in ``clip``, the pixels within ``radius_fwhm``
-        of their positions on the track, also where the mover fell below the
-        threshold.
-
-        A pixel is never taken from every epoch with data there: where it
-        would be, the epoch whose track position is farthest keeps it (a
-        very slow mover covers the middle of its track in every epoch; the
-        coadd keeps its faintest part rather than no data).
-        """
-        n, rows, cols = tcodes.shape
-        r = self.config.radius_fwhm * fwhm
-        h = math.ceil(r)
-        dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
-        ordered = np.sort(times)
-        gap = self.config.min_gap_days
-        for track in self.tracks(tcodes, times, fwhm):
-            # The track's span widened to the nights just before and after
-            # (the first night has no time code; a track's ends fade below
-            # the threshold before the mover does); no further: a straight
-            # track is not extrapolated over the survey.
-            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
-            lo = ordered[max(i0 - 1, 0)] - gap
-            hi = ordered[min(i1 + 1, n - 1)] + gap
-            ks, flat, dist = [], [], []
-            for k in range(n):
-                if not lo <= times[k] <= hi:
-                    continue
-                cy, cx = track.at(times[k])
-                yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
-                d = np.hypot(yy - cy, xx - cx)
-                on = (d <= r) & (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-                ks.append(np.full(int(on.sum()), k))
-                flat.append((yy[on] * cols + xx[on]).astype(np.int64))
-                dist.append(d[on])
-            kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
-            if ff.size == 0:
-                continue
-            pix, col = np.unique(ff, return_inverse=True)
-            mask = np.zeros((n, pix.size), dtype=bool)
-            far = np.full((n, pix.size), -1.0)
-            mask[kk, col] = cover.reshape(-1)[ff] > 0
-            far[kk, col] = dd
-            flat_clip = clip.reshape(n, -1)
-            # Pixels every epoch with data would lose: the farthest keeps them.
-            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
-            if full.any():
-                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
-                sel = np.flatnonzero(full)
-                mask[keep[sel], sel] = False
-            for k in range(n):
-                flat_clip[k, pix[mask[k]]] = True
-
-
 @dataclass
 class Trail:
     """Add (stage 3): long thin clipped footprints are segments of straight
@@ -417,10 +253,12 @@ def clip_maps(
     fwhm: float = 0.0,
     times: np.ndarray | None = None,
     tcodes: np.ndarray | None = None,
+    tracks: list[tuple[Track, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """Per-epoch boolean maps of the pixels to clip (binned grid), by the
     rules of ``cfg`` in their three stages (see the module docs); ``tcodes``
-    are the time-neighbour codes that the :class:`Mover` rule reads."""
+    are the time codes that the :class:`Mover` rule reads; its tracks, with
+    the epochs of their spans, are appended to ``tracks``."""
     n = codes.shape[0]
     shape = (int(codes.shape[1]), int(codes.shape[2]))
     clip = np.zeros(codes.shape, dtype=bool)
@@ -464,7 +302,9 @@ def clip_maps(
                 _extend(clip[ep.k], ep, chosen, structure, ctx, trail)
     mover = Mover(cfg.rules.mover)
     if mover.enabled and tcodes is not None:
-        mover.add_to(clip, tcodes, cover, t, fwhm)
+        found = mover.add_to(clip, tcodes, cover, t, fwhm)
+        if tracks is not None:
+            tracks.extend(found)
     return clip
 
 

@@ -46,9 +46,9 @@ from skydm.coadd._cw_differences import (
     OutlierMaps,
     band_differences,
     match_planes,
-    previous_epochs,
 )
 from skydm.coadd._cw_footprints import OutlierPixels
+from skydm.coadd._cw_movers import Track, model_movers, reference_epochs
 from skydm.coadd._cw_pixels import (
     bin_planes,
     cell_laplacian_scales,
@@ -249,7 +249,7 @@ def detect_outliers(
     maps = OutlierMaps.empty(n, p.binned, movers=cfg.rules.mover.enabled)
     times = np.array([float(m.info.mjd) for m in stack.members])
     times = np.where(np.isfinite(times), times, np.arange(n))
-    previous = previous_epochs(times, cfg.rules.mover.min_gap_days)
+    previous = reference_epochs(times)
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     def band(y0: int, y1: int) -> _Band:
@@ -315,6 +315,7 @@ def find_clips(
     outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
     pixels = outliers.pixels()
     times = np.array([float(m.info.mjd) for m in stack.members])
+    tracks: list[tuple[Track, np.ndarray]] = []
     clip = clip_maps(
         outliers.maps.codes,
         outliers.maps.cover,
@@ -324,6 +325,7 @@ def find_clips(
         fwhm=p.target_fwhm / b,
         times=np.where(np.isfinite(times), times, np.arange(len(times))),
         tcodes=outliers.maps.tcodes,
+        tracks=tracks,
     )
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
@@ -337,8 +339,14 @@ def find_clips(
         n_lines=0,  # the faint-trail line search was deleted (issue 19)
         restore_config=cfg.restore,
     )
+    movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
     if cfg.streaks.enabled:
-        clips.streaks = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
+        lines = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
+        # A line fitted on a footprint that a mover model covers would be
+        # subtracted twice: the mover's model stands.
+        taken = {(s.k, int(i)) for s in movers for i in s.index[:: max(1, s.index.size // 8)]}
+        clips.streaks = [s for s in lines if not any((s.k, int(i)) in taken for i in s.index)]
+    clips.streaks = movers + clips.streaks
     return clips
 
 
