@@ -163,7 +163,8 @@ class PieceConfig:
 @dataclass(frozen=True)
 class MoverConfig:
     """Add: every epoch's pixels along a straight track through time, found from
-    where each epoch is brighter than its time neighbours (slow movers).
+    where each epoch is brighter than one end of the survey (slow movers),
+    or the moving point source fitted along it subtracted.
 
     Attributes
     ----------
@@ -184,8 +185,11 @@ class MoverConfig:
         Radius (target FWHM) clipped about the track's position in every
         epoch (1.2 FWHM holds 98% of a Gaussian PSF's light).
     min_gap_days : float
-        Each epoch is compared with the latest one taken at least this long
-        before it (within a night a slow mover hardly moves).
+        A track's span is widened by this many days beyond the epochs just
+        before and after it.
+    max_size_fwhm : float
+        Radius (target FWHM) of a circle as large as the largest lobe that
+        can be a point-like mover (a ghost's is larger).
     """
 
     enabled: bool = True
@@ -196,11 +200,19 @@ class MoverConfig:
     max_skip: int = 2
     radius_fwhm: float = 1.2
     min_gap_days: float = 0.5
+    max_size_fwhm: float = 2.0
 
     def __post_init__(self) -> None:
         _at_least(
             self,
-            ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm", "min_gap_days"),
+            (
+                "min_track_fwhm",
+                "max_scatter_fwhm",
+                "link_fwhm",
+                "radius_fwhm",
+                "min_gap_days",
+                "max_size_fwhm",
+            ),
         )
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
             raise BadValueError("min_epochs", self.min_epochs, "an integer >= 2")

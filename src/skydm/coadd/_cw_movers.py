@@ -21,7 +21,7 @@ fit is significant, each epoch is kept with its point source subtracted
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
 import numpy as np
@@ -112,11 +112,14 @@ class Mover:
         if fwhm <= 0 or n < cfg.min_epochs:
             return []
         width = tcodes.shape[2]
+        max_area = math.pi * (cfg.max_size_fwhm * fwhm) ** 2
         nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
         per_epoch: list[list[int]] = [[] for _ in range(n)]
         for k in range(n):
             fp = _footprints(tcodes[k], 1, 0.0, 1.0)  # no trail segments: any aspect
             for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
+                if ys.size > max_area:  # a diffuse artefact (a ghost), not a point
+                    continue
                 per_epoch[k].append(len(nodes))
                 nodes.append((k, float(ys.mean()), float(xs.mean())))
         if not nodes:
@@ -143,24 +146,56 @@ class Mover:
             groups.setdefault(find(i), []).append(i)
         out = []
         for members in groups.values():
-            if len({nodes[i][0] for i in members}) < cfg.min_epochs:
-                continue
             t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
+            ks = np.array([nodes[i][0] for i in members])
             xy = np.array([(nodes[i][1], nodes[i][2]) for i in members])
-            span = float(np.ptp(t))
-            if span <= 0:
-                continue
-            tc = t - t.mean()
-            v = (tc @ (xy - xy.mean(axis=0))) / float(tc @ tc)
-            p0 = xy.mean(axis=0)
-            resid = xy - (p0 + tc[:, None] * v)
-            scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
-            if (
-                float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
-                and scatter <= cfg.max_scatter_fwhm * fwhm
-            ):
-                out.append(Track(p0, v, float(t.mean()), float(t.min()), float(t.max())))
+            left = np.ones(len(members), dtype=bool)
+            # A chain may hold several tracks and the static blobs they pass
+            # (union by distance merges them): tracks are taken out one by one.
+            while np.unique(ks[left]).size >= cfg.min_epochs:
+                track, inliers = self._best_track(t, ks, xy, left, fwhm)
+                if track is None:
+                    break
+                out.append(track)
+                left &= ~inliers
         return out
+
+    def _best_track(
+        self, t: np.ndarray, ks: np.ndarray, xy: np.ndarray, left: np.ndarray, fwhm: float
+    ) -> tuple[Track | None, np.ndarray]:
+        """The straight track through two of the nodes ``left`` that most epochs'
+        nodes lie on (within ``2 max_scatter_fwhm``), refitted to them, if it
+        passes the rule's tests; and those nodes."""
+        cfg = self.config
+        tol = 2 * cfg.max_scatter_fwhm * fwhm
+        idx = np.flatnonzero(left)
+        best: tuple[int, np.ndarray] = (0, np.zeros(len(t), dtype=bool))
+        for a in idx:
+            for b in idx[t[idx] > t[a]]:
+                v = (xy[b] - xy[a]) / (t[b] - t[a])
+                d = np.hypot(*(xy - (xy[a] + (t - t[a])[:, None] * v)).T)
+                on = left & (d <= tol)
+                count = np.unique(ks[on]).size
+                if count > best[0]:
+                    best = (count, on)
+        count, on = best
+        if count < cfg.min_epochs:
+            return None, on
+        tt, pp = t[on], xy[on]
+        span = float(np.ptp(tt))
+        if span <= 0:
+            return None, on
+        tc = tt - tt.mean()
+        v = (tc @ (pp - pp.mean(axis=0))) / float(tc @ tc)
+        p0 = pp.mean(axis=0)
+        resid = pp - (p0 + tc[:, None] * v)
+        scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
+        if (
+            float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
+            and scatter <= cfg.max_scatter_fwhm * fwhm
+        ):
+            return Track(p0, v, float(tt.mean()), float(tt.min()), float(tt.max())), on
+        return None, on
 
     def add_to(
         self,
@@ -230,6 +265,16 @@ class Mover:
 
 
 @dataclass
+class MoverTracks:
+    """The :class:`Mover` rule's tracks, each with the epochs of its widened
+    span, and the clip maps (binned) before the rule added to them: pixels
+    that other rules clip stay replaced, not modelled."""
+
+    spans: list[tuple[Track, np.ndarray]] = field(default_factory=list)
+    others: np.ndarray | None = None
+
+
+@dataclass
 class _Stamp:
     """Every epoch's pixels around one track (full resolution): image, inverse
     variance (0 where unusable), the stamp's corner and the image width."""
@@ -243,7 +288,7 @@ class _Stamp:
 
 def model_movers(
     stack: WarpStack,
-    spans: list[tuple[Track, np.ndarray]],
+    tracks: MoverTracks,
     cosmic_rays: list[np.ndarray],
     b: int,
 ) -> list[Streak]:
@@ -264,7 +309,7 @@ def model_movers(
     h = max(3, math.ceil(2 * fw))
     ny, nx = stack.shape
     out: list[Streak] = []
-    for track, epochs in spans:
+    for track, epochs in tracks.spans:
         ks = np.array([k for k in epochs if psfs[k] is not None], dtype=np.int64)
         if ks.size < 3:
             continue
@@ -294,8 +339,11 @@ def model_movers(
             continue
         flux, models = fit
         for k, (idx, val) in zip(ks, models, strict=True):
-            # Cosmic rays stay replaced.
+            # Cosmic rays and what other rules clip stay replaced.
             keep = ~np.isin(idx, cosmic_rays[k])
+            if tracks.others is not None:
+                iy, ix = np.divmod(idx, nx)
+                keep &= ~tracks.others[k, iy // b, ix // b]
             if keep.any():
                 m = val[keep]
                 out.append(

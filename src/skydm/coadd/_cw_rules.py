@@ -50,7 +50,7 @@ from skydm.coadd._cw_footprints import (
     _label_at,
     _Labels,
 )
-from skydm.coadd._cw_movers import Mover, Track
+from skydm.coadd._cw_movers import Mover, MoverTracks
 
 #: A flux change's footprint reaches ``size + SPREAD * sqrt(2 ln(p / t))``
 #: FWHM (a Gaussian core's reach from peak ``p`` to threshold ``t``, with a
@@ -253,12 +253,12 @@ def clip_maps(
     fwhm: float = 0.0,
     times: np.ndarray | None = None,
     tcodes: np.ndarray | None = None,
-    tracks: list[tuple[Track, np.ndarray]] | None = None,
+    tracks: MoverTracks | None = None,
 ) -> np.ndarray:
     """Per-epoch boolean maps of the pixels to clip (binned grid), by the
     rules of ``cfg`` in their three stages (see the module docs); ``tcodes``
-    are the time codes that the :class:`Mover` rule reads; its tracks, with
-    the epochs of their spans, are appended to ``tracks``."""
+    are the time codes that the :class:`Mover` rule reads; its tracks, and
+    the clip maps before it, are stored in ``tracks``."""
     n = codes.shape[0]
     shape = (int(codes.shape[1]), int(codes.shape[2]))
     clip = np.zeros(codes.shape, dtype=bool)
@@ -302,9 +302,11 @@ def clip_maps(
                 _extend(clip[ep.k], ep, chosen, structure, ctx, trail)
     mover = Mover(cfg.rules.mover)
     if mover.enabled and tcodes is not None:
+        if tracks is not None:
+            tracks.others = clip.copy()
         found = mover.add_to(clip, tcodes, cover, t, fwhm)
         if tracks is not None:
-            tracks.extend(found)
+            tracks.spans.extend(found)
     return clip
 
 

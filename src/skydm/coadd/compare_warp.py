@@ -48,7 +48,7 @@ from skydm.coadd._cw_differences import (
     match_planes,
 )
 from skydm.coadd._cw_footprints import OutlierPixels
-from skydm.coadd._cw_movers import Track, model_movers, reference_epochs
+from skydm.coadd._cw_movers import MoverTracks, model_movers, reference_epochs
 from skydm.coadd._cw_pixels import (
     bin_planes,
     cell_laplacian_scales,
@@ -315,7 +315,7 @@ def find_clips(
     outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
     pixels = outliers.pixels()
     times = np.array([float(m.info.mjd) for m in stack.members])
-    tracks: list[tuple[Track, np.ndarray]] = []
+    tracks = MoverTracks()
     clip = clip_maps(
         outliers.maps.codes,
         outliers.maps.cover,
