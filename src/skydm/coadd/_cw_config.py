@@ -190,6 +190,10 @@ class MoverConfig:
     max_size_fwhm : float
         Radius (target FWHM) of a circle as large as the largest lobe that
         can be a point-like mover (a ghost's is larger).
+    model : bool
+        Subtract the moving point source fitted along each track where it
+        is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead
+        of replacing the track's pixels.
     """
 
     enabled: bool = True
@@ -201,6 +205,7 @@ class MoverConfig:
     radius_fwhm: float = 1.2
     min_gap_days: float = 0.5
     max_size_fwhm: float = 2.0
+    model: bool = True
 
     def __post_init__(self) -> None:
         _at_least(

@@ -339,7 +339,7 @@ def find_clips(
         n_lines=0,  # the faint-trail line search was deleted (issue 19)
         restore_config=cfg.restore,
     )
-    movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
+    movers = model_movers(stack, tracks, outliers.cosmic_rays, b) if cfg.rules.mover.model else []
     if cfg.streaks.enabled:
         lines = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
         # A line fitted on a footprint that a mover model covers would be
