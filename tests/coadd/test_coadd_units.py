@@ -395,8 +395,8 @@ def test_sparse_footprint_helpers_match_ndimage() -> None:
     the disk and draw streak strips from a band about the axis; each gives
     what ndimage's whole-grid labelling and dilation, and a whole-grid
     distance test, give."""
-    from skydm.coadd._cw_extend import _strip
     from skydm.coadd._cw_footprints import _components, _dilate, _disk
+    from skydm.coadd._cw_rules import _strip
 
     rng = np.random.default_rng(21)
     for _ in range(60):
