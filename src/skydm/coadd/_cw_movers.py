@@ -133,6 +133,10 @@ class Mover:
             return a
 
         order = np.argsort(times, kind="stable")
+        # Epochs less than ``min_gap_days`` apart are one night: within a
+        # night a mover hardly moves, so a track needs ``min_epochs`` nights.
+        night = np.zeros(n, dtype=np.int64)
+        night[order] = np.cumsum(np.r_[0, np.diff(times[order]) >= cfg.min_gap_days])
         link = cfg.link_fwhm * fwhm
         for pos, a in enumerate(order):
             for b in order[pos + 1 : pos + 2 + cfg.max_skip]:
@@ -152,8 +156,9 @@ class Mover:
             left = np.ones(len(members), dtype=bool)
             # A chain may hold several tracks and the static blobs they pass
             # (union by distance merges them): tracks are taken out one by one.
-            while np.unique(ks[left]).size >= cfg.min_epochs:
-                track, inliers = self._best_track(t, ks, xy, left, fwhm)
+            nights = night[ks]
+            while np.unique(nights[left]).size >= cfg.min_epochs:
+                track, inliers = self._best_track(t, nights, xy, left, fwhm)
                 if track is None:
                     break
                 out.append(track)
@@ -161,9 +166,9 @@ class Mover:
         return out
 
     def _best_track(
-        self, t: np.ndarray, ks: np.ndarray, xy: np.ndarray, left: np.ndarray, fwhm: float
+        self, t: np.ndarray, nights: np.ndarray, xy: np.ndarray, left: np.ndarray, fwhm: float
     ) -> tuple[Track | None, np.ndarray]:
-        """The straight track through two of the nodes ``left`` that most epochs'
+        """The straight track through two of the nodes ``left`` that most nights'
         nodes lie on (within ``2 max_scatter_fwhm``), refitted to them, if it
         passes the rule's tests; and those nodes."""
         cfg = self.config
@@ -175,7 +180,7 @@ class Mover:
                 v = (xy[b] - xy[a]) / (t[b] - t[a])
                 d = np.hypot(*(xy - (xy[a] + (t - t[a])[:, None] * v)).T)
                 on = left & (d <= tol)
-                count = np.unique(ks[on]).size
+                count = np.unique(nights[on]).size
                 if count > best[0]:
                     best = (count, on)
         count, on = best
