@@ -129,7 +129,7 @@ OPEN_19 = pytest.mark.xfail(
             c,
             marks=pytest.mark.xfail(
                 strict=False,
-                reason="issue 19: CompareWarp clips only the ends of slow overlapping tracks",
+                reason="issue 19: slow overlapping movers still leak on some held-out fields",
             ),
         )
         if c in SLOW_MOVERS

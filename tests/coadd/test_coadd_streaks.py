@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from skydm.coadd._cw_streaks import Candidate, fit_streak
+from skydm.coadd._cw_streaks import Candidate, StreakFit, fit_streak
 from skydm.image import MoffatPsf
 
 SIDE = 96
@@ -64,7 +64,7 @@ def test_a_faint_diffuse_trail_across_the_footprint_is_fitted() -> None:
     yy, xx = np.mgrid[0:SIDE, 0:SIDE]
     dist = (xx - 10) * math.sin(0.4) - (yy - 5) * math.cos(0.4)
     truth = 1.2 * np.exp(-0.5 * (dist / 2.5) ** 2)
-    s = fit_streak(_candidate(truth, 7), SIDE, PSF, long_line=60.0)
+    s = fit_streak(_candidate(truth, 7), SIDE, PSF, fit=StreakFit(long_line=60.0))
     assert s is not None
     covered = truth.reshape(-1)[s.index].sum()
     assert abs(s.flux - covered) < 0.05 * covered

@@ -265,84 +265,6 @@ def test_overlapping_transients_at_shifted_places_are_clipped() -> None:
     assert not clip[3:].any()
 
 
-def test_line_search_finds_a_faint_trail_and_nothing_in_noise() -> None:
-    """A trail at 1 sigma per pixel, invisible to the footprints, is found along
-    its length (added in bands of rows); pure noise gives no line."""
-    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
-
-    rng = np.random.default_rng(5)
-    shape = (150, 160)
-    theta, rho = 0.6, 12.0
-    trail = line_strip(shape, theta, rho, 1.5)
-    for with_trail in (True, False):
-        sig = rng.normal(size=shape).astype(np.float32) + np.float32(with_trail) * trail
-        acc = LineAccumulator(shape, 4, 2.5)
-        for y0 in range(0, shape[0], 37):
-            acc.add(y0, sig[y0 : y0 + 37], np.ones_like(sig[y0 : y0 + 37], dtype=bool))
-        lines = find_lines(acc, 5.5, 40.0)
-        if not with_trail:
-            assert lines == []
-            continue
-        assert len(lines) >= 1
-        t, r, snr = lines[0]
-        assert snr >= 5.5
-        assert abs(t - theta) < 0.05 and abs(r - rho) <= 4.0
-        found = line_strip(shape, t, r, 4.0)
-        assert found[trail].mean() > 0.95
-
-
-def test_line_search_in_tiles_finds_a_trail_across_a_large_grid_once() -> None:
-    """A large grid is searched tile by tile (the cost of one search grows as
-    the cube of its side); a faint trail crossing several tiles comes back as
-    one line through the whole grid, where the one-tile search finds it too,
-    and pure noise gives no line in any tile."""
-    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
-
-    rng = np.random.default_rng(11)
-    shape = (480, 520)  # 120 x 130 blocks of 4: 2 x 2 tiles of at most 64 blocks
-    theta, rho = 2.0, -35.0
-    trail = line_strip(shape, theta, rho, 1.5)
-    for with_trail in (True, False):
-        sig = rng.normal(size=shape).astype(np.float32) + np.float32(0.8 * with_trail) * trail
-        acc = LineAccumulator(shape, 4, 2.5)
-        acc.add(0, sig, np.ones(shape, dtype=bool))
-        tiled = find_lines(acc, 5.5, 40.0, tile=64)
-        if not with_trail:
-            assert tiled == []
-            continue
-        whole = find_lines(acc, 5.5, 40.0, tile=1000)
-        for lines in (tiled, whole):
-            assert len(lines) == 1, lines
-            t, r, _ = lines[0]
-            assert abs(t - theta) < 0.03 and abs(r - rho) <= 4.0
-            assert line_strip(shape, t, r, 4.0)[trail].mean() > 0.95
-
-
-def test_line_search_leaves_out_what_is_already_clipped() -> None:
-    """Bright trails (already clipped) would take every slot of the strongest
-    lines with their near-copies; excluded, the faint trail is found."""
-    from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip
-
-    rng = np.random.default_rng(7)
-    shape = (150, 160)
-    faint = line_strip(shape, 2.2, -20.0, 1.5)
-    bright = line_strip(shape, 0.5, 30.0, 4.0) | line_strip(shape, 1.2, -40.0, 4.0)
-    sig = rng.normal(size=shape).astype(np.float32) + faint + 40 * bright
-    ok = np.ones(shape, dtype=bool)
-
-    def search(exclude: np.ndarray | None) -> list[tuple[float, float, float]]:
-        acc = LineAccumulator(shape, 4, 2.5)
-        acc.add(0, sig, ok)
-        return find_lines(acc, 5.5, 40.0, exclude=exclude)
-
-    def has_faint(lines: list[tuple[float, float, float]]) -> bool:
-        return any(abs(t - 2.2) < 0.05 and abs(r + 20.0) <= 4.0 for t, r, _ in lines)
-
-    assert not has_faint(search(None))
-    found = search(np.asarray(ndimage.binary_dilation(bright, iterations=3)))
-    assert has_faint(found) and len(found) == 1
-
-
 def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     """Epoch 0 of a variable star (bright that night) is clipped over the star;
     the replacement holds the other epochs' fainter star unless restored to the
@@ -473,8 +395,8 @@ def test_sparse_footprint_helpers_match_ndimage() -> None:
     the disk and draw streak strips from a band about the axis; each gives
     what ndimage's whole-grid labelling and dilation, and a whole-grid
     distance test, give."""
-    from skydm.coadd._cw_extend import _strip
     from skydm.coadd._cw_footprints import _components, _dilate, _disk
+    from skydm.coadd._cw_rules import _strip
 
     rng = np.random.default_rng(21)
     for _ in range(60):
@@ -552,47 +474,6 @@ def test_a_cosmic_ray_on_a_bright_galaxy_is_found_from_the_other_epochs() -> Non
         assert both[k].size == 0, (k, both[k])
 
 
-def test_clip_halo_takes_a_diffuse_ghosts_wings_and_spares_trails() -> None:
-    """A faint Gaussian blob (a ghost) is above the footprint threshold only
-    in its core; its halo rule clips the surrounding region where the
-    epoch's outlier pixels are denser than noise, which holds most of the
-    wings' light (3/4 of it here; the wings of the simulator's ghosts, a
-    few times larger, are more than 95% clipped).  A thin trail in the same
-    epoch, and noise in the others, are clipped no more than without the
-    rule."""
-    from skydm.coadd._cw_rules import clip_maps
-    from skydm.coadd.compare_warp import CompareWarpConfig
-
-    rng = np.random.default_rng(5)
-    n, side, fwhm = 6, 200, 3.0
-    z = ndimage.gaussian_filter(rng.normal(size=(n, side, side)), (0, 1.0, 1.0))
-    z /= z.std(axis=(1, 2), keepdims=True)  # correlated noise of unit rms
-    yy, xx = np.indices((side, side))
-    blob = 4.0 * np.exp(-0.5 * ((yy - 70) ** 2 + (xx - 70) ** 2) / 22.0**2)
-    z[0] += blob
-    trail = (np.abs(yy - 0.5 * xx - 120) < 2) & (xx > 80)  # thin, 6 sigma
-    z[1][trail] += 6.0
-    codes = (z >= 2.5).astype(np.int8) + (z >= 5.0) - (z <= -2.5).astype(np.int8) - (z <= -5.0)
-    cover = np.full((side, side), n, dtype=np.uint8)
-    args = dict(grow=fwhm, fwhm=fwhm)
-    plain = clip_maps(codes, cover, [], CompareWarpConfig().without("halo"), **args)
-    halo = clip_maps(codes, cover, [], CompareWarpConfig(), **args)
-    light = blob.sum()
-    after = (blob * halo[0]).sum() / light
-    before = (blob * plain[0]).sum() / light
-    # Above the threshold out to 0.6 sigma_blob, about half the light: the
-    # footprint (grown by a FWHM) holds about half of it, the halo (out to
-    # where the density of 2.5-sigma pixels is 3 sigma above noise's) 3/4.
-    assert before < 0.6
-    assert after > 0.7 and after > before + 0.15
-    assert (halo[0] & ~plain[0]).any()
-    # Far from the blob nothing more is clipped; nor in any other epoch.
-    far = np.hypot(yy - 70, xx - 70) > 3 * 22.0
-    assert not (halo[0] & ~plain[0] & far).any()
-    assert np.array_equal(halo[1:], plain[1:])
-    assert plain[1][trail].mean() > 0.9
-
-
 def test_upsampled_clip_maps_are_the_repeated_binned_maps() -> None:
     """The final pass's upsampling of binned clip maps (strided assignments)
     equals repeating each binned pixel b x b and cutting the band's rows."""
@@ -606,24 +487,6 @@ def test_upsampled_clip_maps_are_the_repeated_binned_maps() -> None:
                 full = np.repeat(np.repeat(coarse, b, axis=1), b, axis=2)
                 expected = full[:, off : off + rows, :cols]
                 assert np.array_equal(upsample(coarse, b, off, rows, cols), expected)
-
-
-def test_line_search_median_is_numpys_bit_for_bit() -> None:
-    """The line search's bracketed median equals np.median exactly, on heavy
-    tails, ties, even and odd sizes, and falls back to it with a NaN."""
-    from skydm.coadd._cw_lines import _median
-
-    rng = np.random.default_rng(4)
-    for n in (10, 4095, 4096, 20001, 50000):
-        for vals in (
-            rng.normal(size=n),
-            rng.standard_cauchy(size=n),
-            rng.integers(0, 5, size=n).astype(np.float64),
-        ):
-            assert _median(vals) == float(np.median(vals))
-    vals = rng.normal(size=5000)
-    vals[7] = np.nan
-    assert np.isnan(_median(vals))
 
 
 def _combine(

@@ -143,29 +143,6 @@ class CosmicRayConfig:
 
 
 @dataclass(frozen=True)
-class FractionConfig:
-    """DMTN-080's temporal rule (add): a footprint is clipped when more than
-    ``spatial_threshold`` of its pixels are outliers in at most ``E`` epochs,
-    ``E = floor(min(max_fraction_low n, max_epochs + max_fraction_high n))``."""
-
-    enabled: bool = True
-    spatial_threshold: float = 0.5
-    max_epochs: float = 2.0
-    max_fraction_low: float = 0.4
-    max_fraction_high: float = 0.03
-
-    def __post_init__(self) -> None:
-        _fraction("spatial_threshold", self.spatial_threshold)
-        _at_least(self, ("max_epochs", "max_fraction_low", "max_fraction_high"))
-
-    def epoch_limit(self, n: np.ndarray) -> np.ndarray:
-        """Largest number of outlier epochs for which a footprint is still clipped."""
-        low = self.max_fraction_low * n
-        high = self.max_epochs + self.max_fraction_high * n
-        return np.floor(np.minimum(low, high))
-
-
-@dataclass(frozen=True)
 class SamePlaceConfig:
     """Add: footprints whose peak few epochs share within ``radius_fwhm``."""
 
@@ -186,7 +163,8 @@ class PieceConfig:
 @dataclass(frozen=True)
 class MoverConfig:
     """Add: every epoch's pixels along a straight track through time, found from
-    where each epoch is brighter than its time neighbours (slow movers).
+    where each epoch is brighter than one end of the survey (slow movers),
+    or the moving point source fitted along it subtracted.
 
     Attributes
     ----------
@@ -207,8 +185,15 @@ class MoverConfig:
         Radius (target FWHM) clipped about the track's position in every
         epoch (1.2 FWHM holds 98% of a Gaussian PSF's light).
     min_gap_days : float
-        Each epoch is compared with the latest one taken at least this long
-        before it (within a night a slow mover hardly moves).
+        A track's span is widened by this many days beyond the epochs just
+        before and after it.
+    max_size_fwhm : float
+        Radius (target FWHM) of a circle as large as the largest lobe that
+        can be a point-like mover (a ghost's is larger).
+    model : bool
+        Subtract the moving point source fitted along each track where it
+        is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead
+        of replacing the track's pixels.
     """
 
     enabled: bool = True
@@ -219,11 +204,20 @@ class MoverConfig:
     max_skip: int = 2
     radius_fwhm: float = 1.2
     min_gap_days: float = 0.5
+    max_size_fwhm: float = 2.0
+    model: bool = True
 
     def __post_init__(self) -> None:
         _at_least(
             self,
-            ("min_track_fwhm", "max_scatter_fwhm", "link_fwhm", "radius_fwhm", "min_gap_days"),
+            (
+                "min_track_fwhm",
+                "max_scatter_fwhm",
+                "link_fwhm",
+                "radius_fwhm",
+                "min_gap_days",
+                "max_size_fwhm",
+            ),
         )
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
             raise BadValueError("min_epochs", self.min_epochs, "an integer >= 2")
@@ -282,67 +276,30 @@ class TrailConfig:
 
 
 @dataclass(frozen=True)
-class HaloConfig:
-    """Add: the faint halo of large round clipped footprints (ghosts), where
-    the density of low-threshold outlier pixels exceeds noise's."""
-
-    enabled: bool = True
-    size: float = 4.0
-    sigma: float = 3.0
-    box: float = 0.25
-    fill: float = 0.4
-    aspect: float = 2.5
-    reach: float = 1.0
-
-    def __post_init__(self) -> None:
-        _at_least(self, ("size", "sigma", "box", "fill", "aspect", "reach"))
-
-
-@dataclass(frozen=True)
-class LineConfig:
-    """Add: faint trails found by a line search (Radon transform) of each
-    epoch's significance map.
-
-    Attributes
-    ----------
-    threshold : float
-        Significance of a line (robust sigma).
-    block : int
-        Binned pixels per coarse block side.
-    static : float
-        Model S/N above which a static source is spared by the strip.
-    source : float
-        Model S/N near which pixels are left out of the sums.
-    min_length_fraction : float
-        Smallest line length as a fraction of the grid's longer side.
-    """
-
-    enabled: bool = True
-    threshold: float = 5.5
-    block: int = 4
-    static: float = 30.0
-    source: float = 10.0
-    min_length_fraction: float = 0.25
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.block, int) and self.block >= 1):
-            raise BadValueError("block", self.block, "an integer >= 1 (binned pixels)")
-        _at_least(self, ("threshold", "static", "source"))
-        _fraction("min_length_fraction", self.min_length_fraction, closed=True)
-
-
-@dataclass(frozen=True)
 class RulesConfig:
-    """The rules, each with its own config and ``enabled`` switch."""
+    """The rules, each with its own config and ``enabled`` switch, and the
+    "few epochs" that the add rules share (DMTN-080): a footprint covered by
+    ``n`` epochs is transient when it is an outlier in at most
+    ``floor(min(max_fraction_low n, max_epochs + max_fraction_high n))``."""
 
-    fraction: FractionConfig = field(default_factory=FractionConfig)
+    max_epochs: float = 2.0
+    max_fraction_low: float = 0.4
+    max_fraction_high: float = 0.03
     same_place: SamePlaceConfig = field(default_factory=SamePlaceConfig)
     pieces: PieceConfig = field(default_factory=PieceConfig)
     mover: MoverConfig = field(default_factory=MoverConfig)
     variable: VariableConfig = field(default_factory=VariableConfig)
     trail: TrailConfig = field(default_factory=TrailConfig)
-    halo: HaloConfig = field(default_factory=HaloConfig)
-    line: LineConfig = field(default_factory=LineConfig)
+
+    def __post_init__(self) -> None:
+        _at_least(self, ("max_epochs", "max_fraction_low", "max_fraction_high"))
+
+    def epoch_limit(self, n: np.ndarray) -> np.ndarray:
+        """Largest number of outlier epochs for which a footprint covered by
+        ``n`` epochs is still transient."""
+        low = self.max_fraction_low * n
+        high = self.max_epochs + self.max_fraction_high * n
+        return np.floor(np.minimum(low, high))
 
 
 @dataclass(frozen=True)
@@ -414,14 +371,11 @@ class CompareWarpConfig:
 
     #: Switchable parts, by the name :meth:`without` takes.
     _SWITCHES = (
-        "rules.fraction",
         "rules.same_place",
         "rules.pieces",
         "rules.mover",
         "rules.variable",
         "rules.trail",
-        "rules.halo",
-        "rules.line",
         "cosmic_rays",
         "restore",
         "streaks",
@@ -450,7 +404,7 @@ class CompareWarpConfig:
     @classmethod
     def from_options(cls, **options: Any) -> CompareWarpConfig:
         """A config with ``stage__field=value`` (or ``rules__rule__field``) options set,
-        e.g. ``detect__threshold=6`` or ``rules__halo__enabled=False``."""
+        e.g. ``detect__threshold=6`` or ``rules__mover__enabled=False``."""
         out = cls()
         for key, value in options.items():
             parts = key.split("__")

@@ -18,7 +18,6 @@ from scipy import ndimage
 
 from skydm.coadd._cw_config import CompareWarpConfig, DetectConfig
 from skydm.coadd._cw_footprints import OutlierPixels
-from skydm.coadd._cw_lines import LineAccumulator, column_sums
 from skydm.coadd.combine import clip_outliers
 
 
@@ -101,11 +100,8 @@ class BandOutliers:
         ``(n, rows, columns)`` where each epoch could be compared.
     pixels : list of OutlierPixels
         Per epoch, its flagged pixels with their local fits.
-    line_sums : list of tuple, or None
-        Per epoch, the line search's column sums.
-    static, peaks : numpy.ndarray or None
-        Bright static sources (spared by line strips) and the model's local
-        maxima (candidates for restoring variables).
+    peaks : numpy.ndarray or None
+        The model's local maxima (candidates for restoring variables).
     tcodes : numpy.ndarray or None
         ``(n, rows, columns)`` int8 codes of the time-neighbour differences
         (:func:`time_codes`), for the mover rule.
@@ -115,24 +111,16 @@ class BandOutliers:
     codes: np.ndarray
     okc: np.ndarray
     pixels: list[OutlierPixels]
-    line_sums: list[tuple[np.ndarray, np.ndarray]] | None
-    static: np.ndarray | None
     peaks: np.ndarray | None
     tcodes: np.ndarray | None = None
 
     def merge_into(self, maps: OutlierMaps) -> None:
-        """Write the band into the cell-wide maps (in band order: the line
-        accumulators' blocks straddle bands)."""
+        """Write the band into the cell-wide maps."""
         rb = slice(self.row0, self.row0 + self.codes.shape[1])
         maps.codes[:, rb] = self.codes
         if maps.tcodes is not None and self.tcodes is not None:
             maps.tcodes[:, rb] = self.tcodes
         maps.cover[rb] += self.okc.sum(axis=0, dtype=np.uint8)
-        if maps.lines is not None and self.line_sums is not None:
-            for acc, (zc, nc) in zip(maps.lines, self.line_sums, strict=True):
-                acc.add_sums(rb.start, zc, nc)
-        if self.static is not None:
-            maps.static[rb] |= self.static
         if self.peaks is not None:
             maps.peaks[rb] |= self.peaks
         for k, part in enumerate(self.pixels):
@@ -145,9 +133,7 @@ class OutlierMaps:
 
     codes: np.ndarray
     cover: np.ndarray
-    static: np.ndarray
     peaks: np.ndarray
-    lines: list[LineAccumulator] | None
     parts: list[list[OutlierPixels]]
     tcodes: np.ndarray | None
 
@@ -156,7 +142,6 @@ class OutlierMaps:
         cls,
         n: int,
         shape: tuple[int, int],
-        lines: list[LineAccumulator] | None,
         *,
         movers: bool,
     ) -> OutlierMaps:
@@ -165,8 +150,6 @@ class OutlierMaps:
             np.zeros((n, *shape), dtype=np.int8),
             np.zeros(shape, dtype=np.uint8),
             np.zeros(shape, dtype=bool),
-            np.zeros(shape, dtype=bool),
-            lines,
             [[] for _ in range(n)],
             np.zeros((n, *shape), dtype=np.int8) if movers else None,
         )
@@ -208,12 +191,10 @@ def band_differences(
     row0: int,
     fw: int,
     *,
-    lines: bool,
     previous: np.ndarray | None = None,
 ) -> BandOutliers:
     """Leave-one-out differences of a band (binned rows from ``row0``, its core
     ``core`` of the band's rows, whole noise tiles): outlier codes, coverage,
-    the line search's block sums and bright static sources (with ``lines``),
     the model's peaks (with ``cfg.restore.enabled``), each epoch's outlier
     pixels with their local fits and, with ``previous`` (per epoch, the
     epoch it is compared with in time), the time codes."""
@@ -248,20 +229,12 @@ def band_differences(
         np.empty((n, rows, cols), dtype=np.int8),
         np.empty((n, rows, cols), dtype=bool),
         [],
-        [] if lines else None,
-        model_sn[core] > np.float32(cfg.rules.line.static) if lines else None,
         None,
     )
     if cfg.restore.enabled:
         # Bright static sources (candidates for restoring a variable's flux).
         top = ndimage.maximum_filter(model_sn, size=3)[core]
         out.peaks = (model_sn[core] >= top) & (model_sn[core] >= np.float32(cfg.restore.sn))
-    quiet = None
-    if lines:
-        # PSF-matching residuals of static sources are the heavy tail of the
-        # line sums (a row of stars makes a line); the sums leave them out.
-        near = ndimage.maximum_filter(model_sn, size=fw)[core] > np.float32(cfg.rules.line.source)
-        quiet = ~near
     if previous is not None:
         out.tcodes = time_codes(
             matched[:, core], mvar[:, core], ok[:, core], sys2[lo:hi], previous, det
@@ -292,10 +265,6 @@ def band_differences(
         code -= sig < -det.threshold
         out.codes[k] = code
         out.okc[k] = okc
-        if out.line_sums is not None and quiet is not None:
-            out.line_sums.append(
-                column_sums(sig, okc & quiet, cfg.rules.line.block, det.grow_threshold)
-            )
         flagged = np.flatnonzero(code)
         out.pixels.append(
             _local_fits(

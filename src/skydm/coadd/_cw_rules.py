@@ -7,8 +7,8 @@ independent of the order of its rules:
 1. **Whole footprints.**  A footprint is clipped when some *add* rule
    selects it and no *veto* rule protects it:
    ``clip = any(add rules) and not any(veto rules)``.
-   Adds: :class:`Fraction` (DMTN-080's temporal rule), :class:`SamePlace`
-   (few epochs peak there).  Veto: :class:`Variable` (a flux change of a
+   Add: :class:`SamePlace` (few epochs peak there: DMTN-080's temporal
+   rule, judged at the footprint's peak).  Veto: :class:`Variable` (a flux change of a
    static source).
 2. **Parts of footprints not clipped whole.**  :class:`Pieces` adds the
    seeded few-epoch pieces of unprotected footprints merged with
@@ -16,9 +16,7 @@ independent of the order of its rules:
    pixels along a straight track through time, whatever its speed.  Their
    pixels are unioned.
 3. **Extensions of what is clipped.**  Growth by ``detect.grow_fwhm``;
-   :class:`Trail` strips along long thin footprints; :class:`Halo` the faint
-   wings of large round footprints; :class:`Line` (in
-   :mod:`skydm.coadd.compare_warp`) faint trails found by a line search.
+   :class:`Trail` strips along long thin footprints.
 
 Footprints are kept sparse (flat indices, ascending, with labels); only
 the growth of the clipped ones touches a dense map.  Positive and negative
@@ -31,30 +29,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from skydm.coadd._cw_config import (
     CompareWarpConfig,
-    FractionConfig,
-    HaloConfig,
-    MoverConfig,
     PieceConfig,
+    RulesConfig,
     SamePlaceConfig,
     TrailConfig,
     VariableConfig,
 )
-from skydm.coadd._cw_extend import _extend_streaks, _grow, _halo
 from skydm.coadd._cw_footprints import (
     OutlierPixels,
     _components,
+    _dilate,
     _disk,
     _footprints,
     _groups,
     _label_at,
     _Labels,
 )
+from skydm.coadd._cw_movers import Mover, MoverTracks
 
 #: A flux change's footprint reaches ``size + SPREAD * sqrt(2 ln(p / t))``
 #: FWHM (a Gaussian core's reach from peak ``p`` to threshold ``t``, with a
@@ -84,7 +81,7 @@ class EpochFootprints:
         Pixels per label (index 0 unused).
     limit : numpy.ndarray
         Per label, the most outlier epochs for which it is transient
-        (:meth:`FractionConfig.epoch_limit` of its mean coverage).
+        (:meth:`RulesConfig.epoch_limit` of its mean coverage).
     """
 
     k: int
@@ -119,7 +116,7 @@ class FootprintRule:
     """A rule on whole footprints: selects labels of one epoch (stage 1)."""
 
     role: ClassVar[Literal["add", "veto"]] = "add"
-    config: FractionConfig | SamePlaceConfig | MoverConfig | VariableConfig
+    config: SamePlaceConfig | VariableConfig
 
     @property
     def enabled(self) -> bool:
@@ -132,25 +129,6 @@ class FootprintRule:
     def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
         """Per label of ``ep`` (``(n,)`` bool), whether the rule fires."""
         raise NotImplementedError
-
-
-@dataclass
-class Fraction(FootprintRule):
-    """Add: more than ``spatial_threshold`` of the footprint's pixels are
-    outliers in few enough epochs (DMTN-080): artefacts are in few epochs,
-    variable sources in many."""
-
-    config: FractionConfig
-
-    def select(self, ep: EpochFootprints, ctx: RuleContext) -> np.ndarray:
-        pix, lab, nlab = ep.fp
-        cnt = ctx.count[pix]
-        frac = np.zeros(nlab)
-        for lo in np.unique(ep.limit):
-            sel = ep.limit == lo
-            ok = np.bincount(lab, weights=(cnt >= 1) & (cnt <= lo), minlength=nlab + 1)[1:]
-            frac[sel] = ok[sel] / ep.sizes[1:][sel]
-        return np.asarray(frac > self.config.spatial_threshold)
 
 
 @dataclass
@@ -244,169 +222,6 @@ class Pieces:
         return piece[seeded[plab]]
 
 
-class Track(NamedTuple):
-    """A straight track through time: position ``p0`` (binned y, x) at time
-    ``tm``, velocity ``v`` (binned pixels per day), spanning ``t0`` to ``t1``."""
-
-    p0: np.ndarray
-    v: np.ndarray
-    tm: float
-    t0: float
-    t1: float
-
-    def at(self, t: float) -> np.ndarray:
-        """The position at time ``t``."""
-        return np.asarray(self.p0 + (t - self.tm) * self.v)
-
-
-@dataclass
-class Mover:
-    """Add (stage 2): every epoch's pixels along a recognised moving track.
-
-    A mover slower than a PSF per epoch overlaps itself from epoch to epoch:
-    each pixel is an outlier in more epochs than :class:`Fraction` allows,
-    and the static-sky model holds much of its light.  Its leading edge is
-    still brighter in each epoch than in the epoch before (the time codes,
-    :func:`skydm.coadd._cw_differences.time_codes`).  Footprints of epochs
-    next in time (up to ``max_skip`` epochs between them, where a slow
-    mover's weak dipole dips below the threshold) whose centroids lie within
-    ``link_fwhm`` are chained; a chain of at least ``min_epochs`` epochs is fitted by a
-    straight track ``p(t) = p0 + v t`` and is a mover when the track is at
-    least ``min_track_fwhm`` long and the centroids scatter about it by at
-    most ``max_scatter_fwhm`` rms (a variable source's blob stays put; PSF
-    residuals and dithered ghosts jump about).  Every epoch of the track's
-    span, widened to the nights just before and after it, is then clipped
-    within ``radius_fwhm`` of its position on the track, whether or not
-    that epoch showed an outlier there.
-    """
-
-    config: MoverConfig
-    role: ClassVar[Literal["add", "veto"]] = "add"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the rule takes part."""
-        return self.config.enabled
-
-    def tracks(self, tcodes: np.ndarray, times: np.ndarray, fwhm: float) -> list[Track]:
-        """The movers' fitted tracks."""
-        cfg = self.config
-        n = tcodes.shape[0]
-        if fwhm <= 0 or n < cfg.min_epochs:
-            return []
-        width = tcodes.shape[2]
-        nodes: list[tuple[int, float, float]] = []  # epoch, centroid y, x
-        per_epoch: list[list[int]] = [[] for _ in range(n)]
-        for k in range(n):
-            fp = _footprints(tcodes[k], 1, 0.0, 1.0)  # no trail segments: any aspect
-            for _, ys, xs in _groups(fp, np.arange(1, fp.n + 1), width):
-                per_epoch[k].append(len(nodes))
-                nodes.append((k, float(ys.mean()), float(xs.mean())))
-        if not nodes:
-            return []
-        parent = list(range(len(nodes)))
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        order = np.argsort(times, kind="stable")
-        link = cfg.link_fwhm * fwhm
-        for pos, a in enumerate(order):
-            for b in order[pos + 1 : pos + 2 + cfg.max_skip]:
-                for i in per_epoch[a]:
-                    for j in per_epoch[b]:
-                        dist = math.hypot(nodes[i][1] - nodes[j][1], nodes[i][2] - nodes[j][2])
-                        if dist <= link:
-                            parent[find(j)] = find(i)
-        groups: dict[int, list[int]] = {}
-        for i in range(len(nodes)):
-            groups.setdefault(find(i), []).append(i)
-        out = []
-        for members in groups.values():
-            if len({nodes[i][0] for i in members}) < cfg.min_epochs:
-                continue
-            t = np.array([times[nodes[i][0]] for i in members], dtype=np.float64)
-            xy = np.array([(nodes[i][1], nodes[i][2]) for i in members])
-            span = float(np.ptp(t))
-            if span <= 0:
-                continue
-            tc = t - t.mean()
-            v = (tc @ (xy - xy.mean(axis=0))) / float(tc @ tc)
-            p0 = xy.mean(axis=0)
-            resid = xy - (p0 + tc[:, None] * v)
-            scatter = math.sqrt(float(np.mean(np.sum(resid * resid, axis=1))))
-            if (
-                float(np.hypot(*v)) * span >= cfg.min_track_fwhm * fwhm
-                and scatter <= cfg.max_scatter_fwhm * fwhm
-            ):
-                out.append(Track(p0, v, float(t.mean()), float(t.min()), float(t.max())))
-        return out
-
-    def add_to(
-        self,
-        clip: np.ndarray,
-        tcodes: np.ndarray,
-        cover: np.ndarray,
-        times: np.ndarray,
-        fwhm: float,
-    ) -> None:
-        """Clip from the epochs of every track's span (and the nights just
-        before and after it), in ``clip``, the pixels within ``radius_fwhm``
-        of their positions on the track, also where the mover fell below the
-        threshold.
-
-        A pixel is never taken from every epoch with data there: where it
-        would be, the epoch whose track position is farthest keeps it (a
-        very slow mover covers the middle of its track in every epoch; the
-        coadd keeps its faintest part rather than no data).
-        """
-        n, rows, cols = tcodes.shape
-        r = self.config.radius_fwhm * fwhm
-        h = math.ceil(r)
-        dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
-        ordered = np.sort(times)
-        gap = self.config.min_gap_days
-        for track in self.tracks(tcodes, times, fwhm):
-            # The track's span widened to the nights just before and after
-            # (the first night has no time code; a track's ends fade below
-            # the threshold before the mover does); no further: a straight
-            # track is not extrapolated over the survey.
-            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
-            lo = ordered[max(i0 - 1, 0)] - gap
-            hi = ordered[min(i1 + 1, n - 1)] + gap
-            ks, flat, dist = [], [], []
-            for k in range(n):
-                if not lo <= times[k] <= hi:
-                    continue
-                cy, cx = track.at(times[k])
-                yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
-                d = np.hypot(yy - cy, xx - cx)
-                on = (d <= r) & (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-                ks.append(np.full(int(on.sum()), k))
-                flat.append((yy[on] * cols + xx[on]).astype(np.int64))
-                dist.append(d[on])
-            kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
-            if ff.size == 0:
-                continue
-            pix, col = np.unique(ff, return_inverse=True)
-            mask = np.zeros((n, pix.size), dtype=bool)
-            far = np.full((n, pix.size), -1.0)
-            mask[kk, col] = cover.reshape(-1)[ff] > 0
-            far[kk, col] = dd
-            flat_clip = clip.reshape(n, -1)
-            # Pixels every epoch with data would lose: the farthest keeps them.
-            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
-            if full.any():
-                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
-                sel = np.flatnonzero(full)
-                mask[keep[sel], sel] = False
-            for k in range(n):
-                flat_clip[k, pix[mask[k]]] = True
-
-
 @dataclass
 class Trail:
     """Add (stage 3): long thin clipped footprints are segments of straight
@@ -422,28 +237,10 @@ class Trail:
         return self.config.enabled
 
 
-@dataclass
-class Halo:
-    """Add (stage 3): the faint halo of large round clipped footprints
-    (ghosts), see :func:`_halo`."""
-
-    config: HaloConfig
-    role: ClassVar[Literal["add", "veto"]] = "add"
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the rule takes part."""
-        return self.config.enabled
-
-
 def footprint_rules(cfg: CompareWarpConfig) -> list[FootprintRule]:
     """The enabled stage-1 rules of ``cfg``."""
     r = cfg.rules
-    rules: list[FootprintRule] = [
-        Fraction(r.fraction),
-        SamePlace(r.same_place),
-        Variable(r.variable),
-    ]
+    rules: list[FootprintRule] = [SamePlace(r.same_place), Variable(r.variable)]
     return [rule for rule in rules if rule.enabled]
 
 
@@ -457,10 +254,12 @@ def clip_maps(
     fwhm: float = 0.0,
     times: np.ndarray | None = None,
     tcodes: np.ndarray | None = None,
+    tracks: MoverTracks | None = None,
 ) -> np.ndarray:
     """Per-epoch boolean maps of the pixels to clip (binned grid), by the
     rules of ``cfg`` in their three stages (see the module docs); ``tcodes``
-    are the time-neighbour codes that the :class:`Mover` rule reads."""
+    are the time codes that the :class:`Mover` rule reads; its tracks, and
+    the clip maps before it, are stored in ``tracks``."""
     n = codes.shape[0]
     shape = (int(codes.shape[1]), int(codes.shape[2]))
     clip = np.zeros(codes.shape, dtype=bool)
@@ -468,7 +267,7 @@ def clip_maps(
     t = np.arange(n, dtype=np.float64) if times is None else np.asarray(times, dtype=np.float64)
     if not pixels:  # no local fits (tests of the rules on codes alone)
         pixels = [OutlierPixels.concatenate([], n) for _ in range(n)]
-    trail, halo = Trail(cfg.rules.trail), Halo(cfg.rules.halo)
+    trail = Trail(cfg.rules.trail)
     pieces = Pieces(cfg.rules.pieces)
     for sign in (1, -1):
         length = trail.config.length if sign > 0 and trail.enabled else 0.0
@@ -477,8 +276,7 @@ def clip_maps(
         for fp in fps:
             count[fp.pix] += 1
         epochs = [
-            _epoch(k, fps[k], codes[k], pixels[k], cover.ravel(), sign, cfg.rules.fraction)
-            for k in range(n)
+            _epoch(k, fps[k], codes[k], pixels[k], cover.ravel(), sign, cfg.rules) for k in range(n)
         ]
         ctx = RuleContext(
             sign, fwhm, shape[1], cover.ravel(), count, cfg.detect.threshold,
@@ -502,10 +300,14 @@ def clip_maps(
             if pieces.enabled:
                 chosen[pieces.select(ep, ctx, ~whole & ~veto)] = True
             if chosen.any():
-                _extend(clip[ep.k], ep, chosen, structure, ctx, trail, halo)
+                _extend(clip[ep.k], ep, chosen, structure, ctx, trail)
     mover = Mover(cfg.rules.mover)
     if mover.enabled and tcodes is not None:
-        mover.add_to(clip, tcodes, cover, t, fwhm)
+        if tracks is not None:
+            tracks.others = clip.copy()
+        found = mover.add_to(clip, tcodes, cover, t, fwhm)
+        if tracks is not None:
+            tracks.spans.extend(found)
     return clip
 
 
@@ -516,7 +318,7 @@ def _epoch(
     pixels: OutlierPixels,
     cover: np.ndarray,
     sign: int,
-    fraction: FractionConfig,
+    rules: RulesConfig,
 ) -> EpochFootprints:
     """The per-footprint quantities of one epoch that the rules read."""
     tops, which, top = _peaks(fp, pixels)
@@ -525,7 +327,7 @@ def _epoch(
         mean_cover = np.bincount(fp.lab, weights=cover[fp.pix], minlength=fp.n + 1)[1:] / sizes[1:]
     else:
         mean_cover = np.zeros(0)
-    limit = fraction.epoch_limit(mean_cover)
+    limit = rules.epoch_limit(mean_cover)
     if sign > 0:
         limit = np.where(mean_cover >= 2, np.maximum(limit, 1), limit)
     return EpochFootprints(k, fp, code, pixels, tops, which, top, sizes, limit)
@@ -538,10 +340,9 @@ def _extend(
     structure: np.ndarray | None,
     ctx: RuleContext,
     trail: Trail,
-    halo: Halo,
 ) -> None:
-    """Stage 3: set in ``out`` the chosen footprint pixels, trail strips,
-    growth and halos."""
+    """Stage 3: set in ``out`` the chosen footprint pixels, trail strips and
+    growth."""
     pix, lab = ep.fp.pix, ep.fp.lab
     extra = np.zeros(0, dtype=np.int64)
     if ctx.sign > 0 and trail.enabled:
@@ -555,8 +356,6 @@ def _extend(
         flat[extra] = True
     else:
         _grow(out, pix[chosen], lab[chosen], extra, structure)
-    if ctx.sign > 0 and halo.enabled and ctx.fwhm > 0:
-        _halo(out, pix[chosen], lab[chosen], ep.code, ctx, halo.config)
 
 
 def _same_place(tops: list[np.ndarray], shape: tuple[int, int], radius: float) -> np.ndarray | None:
@@ -598,3 +397,107 @@ def _peaks(fp: _Labels, outl: OutlierPixels) -> tuple[np.ndarray, np.ndarray, np
     top = inside[order[first]]
     tops[which[top] - 1] = outl.idx[top]
     return tops, which[top], top
+
+
+def _grow(
+    out: np.ndarray, fpix: np.ndarray, flab: np.ndarray, extra: np.ndarray, structure: np.ndarray
+) -> None:
+    """Set in ``out`` the clipped pixels grown by ``structure``.
+
+    Clipped footprint pixels ``fpix`` (labels ``flab``) are grown in full.
+    Pixels ``extra`` off the footprints (streak strips) are grown only within
+    the window of some clipped footprint (its box grown by the structure's
+    radius), and only where that window holds them: that is where the
+    footprints' growth, done box by box, reaches.
+    """
+    rows, cols = out.shape
+    r = structure.shape[0] // 2
+    ys, xs = np.divmod(fpix, cols)
+    y0, y1 = max(int(ys.min()) - r, 0), min(int(ys.max()) + r + 1, rows)
+    x0, x1 = max(int(xs.min()) - r, 0), min(int(xs.max()) + r + 1, cols)
+    box = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    box[ys - y0, xs - x0] = True
+    out[y0:y1, x0:x1] |= _dilate(box, structure)
+    if extra.size == 0:
+        return
+    order = np.argsort(flab, kind="stable")
+    sl = flab[order]
+    starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
+    bounds = [np.minimum.reduceat(ys[order], starts), np.maximum.reduceat(ys[order], starts)]
+    bounds += [np.minimum.reduceat(xs[order], starts), np.maximum.reduceat(xs[order], starts)]
+    mask = np.zeros(out.shape, dtype=bool)
+    mask.reshape(-1)[extra] = True
+    ty, tx = np.divmod(extra, cols)  # ascending rows
+    for ya, yb, xa, xb in zip(*bounds, strict=True):
+        wy0, wy1 = max(int(ya) - r, 0), min(int(yb) + r + 1, rows)
+        wx0, wx1 = max(int(xa) - r, 0), min(int(xb) + r + 1, cols)
+        a, b = np.searchsorted(ty, [wy0, wy1])
+        inside = np.flatnonzero((tx[a:b] >= wx0) & (tx[a:b] < wx1))
+        if inside.size == 0:
+            continue
+        # The window's strip pixels grow within it, up to r from their box.
+        iy, ix = ty[a:b][inside], tx[a:b][inside]
+        sy0, sy1 = max(int(iy[0]) - r, wy0), min(int(iy[-1]) + r + 1, wy1)
+        sx0, sx1 = max(int(ix.min()) - r, wx0), min(int(ix.max()) + r + 1, wx1)
+        out[sy0:sy1, sx0:sx1] |= _dilate(mask[sy0:sy1, sx0:sx1], structure)
+
+
+def _extend_streaks(
+    fp: _Labels, chosen: np.ndarray, sizes: np.ndarray, ctx: RuleContext, cfg: TrailConfig
+) -> np.ndarray:
+    """Straight strips through every long, thin footprint, across the whole grid.
+
+    Satellite trails cross a whole image, but where a faint one dips into
+    the noise its footprint breaks into segments and the gaps would leak.
+    A footprint (of those ``chosen``) at least ``cfg.length``
+    binned pixels long and ``cfg.aspect`` times longer than wide is taken to be a segment
+    of a straight trail, and the strip along its axis (as wide as the
+    footprint) is clipped wherever the epoch has data, as Rubin's streak
+    masking does.  Returns the strips' flat indices, ascending.
+    """
+    min_length, cover = cfg.length, ctx.cover
+    shape = (cover.size // ctx.width, ctx.width)
+    big = chosen[sizes[chosen] >= min_length]
+    strips = []
+    for _, ys, xs in _groups(fp, big, shape[1]):
+        cy, cx = ys.mean(), xs.mean()
+        cov = np.cov(np.vstack([xs - cx, ys - cy]))
+        evals, evecs = np.linalg.eigh(cov)
+        length, width = math.sqrt(12 * max(evals[1], 0)), math.sqrt(12 * max(evals[0], 0))
+        if length < min_length or length < cfg.aspect * max(width, 1.0):
+            continue
+        ux, uy = evecs[0, 1], evecs[1, 1]
+        perp = np.abs(-(xs - cx) * uy + (ys - cy) * ux)
+        # The footprint itself is clipped anyway; the strip only bridges its
+        # gaps, as wide as the trail, not as the stars merged with it.
+        half = float(np.percentile(perp, 90)) + 1.0
+        strips.append(_strip(shape, cx, cy, ux, uy, half))
+    mark = np.zeros(cover.size, dtype=bool)
+    mark[np.concatenate([np.zeros(0, dtype=np.int64), *strips])] = True
+    strip = np.flatnonzero(mark)
+    return strip[cover[strip] > 0]
+
+
+def _strip(
+    shape: tuple[int, int], cx: float, cy: float, ux: float, uy: float, half: float
+) -> np.ndarray:
+    """Flat indices of the pixels within ``half`` of the line through (cx, cy)
+    along (ux, uy): a band of candidates per row (or column) tested by the
+    arithmetic of a whole-grid test (float32 coordinates), for equal results."""
+    rows, cols = shape
+    if abs(uy) >= abs(ux):
+        along = np.arange(rows)
+        centre = cx + (along - cy) * (ux / uy)
+        m = math.ceil(half / abs(uy)) + 2
+    else:
+        along = np.arange(cols)
+        centre = cy + (along - cx) * (uy / ux)
+        m = math.ceil(half / abs(ux)) + 2
+    across = np.floor(centre).astype(np.int64)[:, None] + np.arange(-m, m + 1)
+    first = np.broadcast_to(along[:, None], across.shape)
+    yc, xc = (first, across) if abs(uy) >= abs(ux) else (across, first)
+    ok = (xc >= 0) & (xc < cols) & (yc >= 0) & (yc < rows)
+    yc, xc = yc[ok], xc[ok]
+    dist = np.abs(-(xc.astype(np.float32) - cx) * uy + (yc.astype(np.float32) - cy) * ux)
+    near = dist <= half
+    return yc[near] * cols + xc[near]

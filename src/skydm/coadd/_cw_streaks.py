@@ -240,24 +240,46 @@ def _broadened(p: _Profiles, width: float) -> np.ndarray:
     return ndimage.gaussian_filter1d(p.across, width / _STEP, mode="constant", truncate=4.0)
 
 
+@dataclass(frozen=True)
+class StreakFit:
+    """The streak fit's constants (pixels are full resolution), named.
+
+    ``node_spacing``: pixels between the amplitude's nodes along the line;
+    ``long_line``: a segment longer than this crosses the footprint (its
+    ends are not fitted); ``diffuse_length``: longest footprint fitted as a
+    broadened (diffuse) line; ``z_cells``, ``cell_length``: the residual's
+    sums over cells of this length along the line must be within this many
+    sigma; ``min_aspect``: smallest length over width of a line;
+    ``min_sn``, ``max_sn``: the footprint's S/N range that is fitted (below:
+    no line to fit; above: replacing costs nothing); ``outlier_z``: pixels
+    this many sigma off the first fit are left out; ``z_point``: a point
+    source's residual excess (sigma) that marks a slow mover rather than a
+    line; ``max_outliers``: largest fraction of pixels left out;
+    ``fit_pixels``: pixels sampled for the non-linear fit; ``max_nfev``:
+    its evaluations.
+    """
+
+    node_spacing: float = 256.0
+    long_line: float = 400.0
+    diffuse_length: float = 150.0
+    z_cells: float = 3.0
+    cell_length: float = 32.0
+    min_aspect: float = 4.0
+    min_sn: float = 5.0
+    max_sn: float = 100.0
+    outlier_z: float = 4.0
+    z_point: float = 3.0
+    max_outliers: float = 0.5
+    fit_pixels: int = 3_000
+    max_nfev: int = 40
+
+
 def fit_streak(
     c: Candidate,
     nx: int,
     psf: Psf,
     *,
-    node_spacing: float = 256.0,
-    long_line: float = 400.0,
-    diffuse_length: float = 150.0,
-    z_cells: float = 3.0,
-    cell_length: float = 32.0,
-    min_aspect: float = 4.0,
-    min_sn: float = 5.0,
-    max_sn: float = 100.0,
-    outlier_z: float = 4.0,
-    z_point: float = 3.0,
-    max_outliers: float = 0.5,
-    fit_pixels: int = 3_000,
-    max_nfev: int = 40,
+    fit: StreakFit = StreakFit(),
     cache: ProfileCache | None = None,
 ) -> Streak | None:
     """Fit a line model to a candidate's data; None when it fails the tests
@@ -272,6 +294,10 @@ def fit_streak(
     """
     if c.ok.sum() < 20:
         return None
+    node_spacing, long_line, diffuse_length = fit.node_spacing, fit.long_line, fit.diffuse_length
+    z_cells, cell_length, min_aspect = fit.z_cells, fit.cell_length, fit.min_aspect
+    min_sn, max_sn, outlier_z, z_point = fit.min_sn, fit.max_sn, fit.outlier_z, fit.z_point
+    max_outliers, fit_pixels, max_nfev = fit.max_outliers, fit.fit_pixels, fit.max_nfev
     index = c.index[c.ok]
     y = (index // nx).astype(np.float64)
     x = (index % nx).astype(np.float64)

@@ -17,8 +17,7 @@ the next (the configuration of each stage is its part of
 3. **Rules** (:func:`skydm.coadd._cw_rules.clip_maps`): the footprints of
    each epoch, and the rules that clip them, as objects combined in three
    order-independent stages (whole footprints: adds or'ed, vetoes
-   subtracted; parts of footprints; extensions), then the line search for
-   faint trails (:mod:`._cw_lines`) -> the clip maps.
+   subtracted; parts of footprints; extensions) -> the clip maps.
 4. **Restorations and streak models** (:mod:`._cw_restore`,
    :mod:`._cw_streaks`): variable sources under clips keep their clipped
    epoch's flux; faint clipped streaks are subtracted as fitted line
@@ -36,11 +35,9 @@ binned pixel per epoch.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
 from skydm.coadd._cw_config import CompareWarpConfig, StreakConfig
@@ -49,11 +46,10 @@ from skydm.coadd._cw_differences import (
     OutlierMaps,
     band_differences,
     match_planes,
-    previous_epochs,
 )
 from skydm.coadd._cw_fits import fit_candidates
 from skydm.coadd._cw_footprints import OutlierPixels
-from skydm.coadd._cw_lines import LineAccumulator, find_lines, line_strip, release_line_plans
+from skydm.coadd._cw_movers import MoverTracks, model_movers, reference_epochs
 from skydm.coadd._cw_pixels import (
     bin_planes,
     cell_laplacian_scales,
@@ -248,16 +244,10 @@ def detect_outliers(
     ny, nx = stack.shape
     weights = stack.weights
     cr = cfg.cosmic_rays
-    line = cfg.rules.line
-    lines = (
-        [LineAccumulator(p.binned, line.block, cfg.detect.grow_threshold) for _ in range(n)]
-        if line.enabled
-        else None
-    )
-    maps = OutlierMaps.empty(n, p.binned, lines, movers=cfg.rules.mover.enabled)
+    maps = OutlierMaps.empty(n, p.binned, movers=cfg.rules.mover.enabled)
     times = np.array([float(m.info.mjd) for m in stack.members])
     times = np.where(np.isfinite(times), times, np.arange(n))
-    previous = previous_epochs(times, cfg.rules.mover.min_gap_days)
+    previous = reference_epochs(times)
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
     def band(y0: int, y1: int) -> _Band:
@@ -289,7 +279,7 @@ def detect_outliers(
         core = slice((y0 - ya) // b, (y0 - ya) // b + (-(-(y1 - y0) // b)))
         diff = band_differences(
             matched, mvar, ok, weights, cfg, core, y0 // b, p.fw,
-            lines=lines is not None, previous=previous if cfg.rules.mover.enabled else None,
+            previous=previous if cfg.rules.mover.enabled else None,
         )  # fmt: skip
         return _Band(own_hits, diff)
 
@@ -301,45 +291,6 @@ def detect_outliers(
             progress.advance(1, "outlier detection")
     cr_index = [np.sort(np.concatenate(c)) if c else np.zeros(0, dtype=np.int64) for c in crs]
     return Outliers(maps, cr_index)
-
-
-def faint_lines(
-    outliers: Outliers, clip: np.ndarray, p: Plan, cfg: CompareWarpConfig, *, threads: int
-) -> int:
-    """Stage 3's :class:`~skydm.coadd._cw_config.LineConfig` rule: faint trails
-    below the footprint thresholds, found along their length, are added to
-    ``clip``; returns how many."""
-    maps, line, b = outliers.maps, cfg.rules.line, cfg.detect.bin
-    accs = maps.lines
-    if accs is None:
-        return 0
-    hb, wb = p.binned
-    half = line.block / 2 + p.target_fwhm / b
-    min_length = max(cfg.rules.trail.length, line.min_length_fraction * max(hb, wb))
-    # Where a faint trail crosses a bright static source its light is a
-    # trifle next to the source's, and replacing the pixels there would
-    # move more flux (PSF-matched replacement is not exact) than it saves.
-    keep = ndimage.binary_dilation(maps.static, structure=np.ones((p.fw, p.fw), dtype=bool))
-    n = clip.shape[0]
-
-    def search(k: int) -> list[tuple[float, float, float]]:
-        return find_lines(accs[k], line.threshold, min_length, exclude=clip[k])
-
-    # The first epoch alone builds the projection plans that all share; the
-    # others are searched on the band threads (the projections release the GIL).
-    found = [search(0)]
-    if threads > 1 and n > 1:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lines") as pool:
-            found += list(pool.map(search, range(1, n)))
-    else:
-        found += [search(k) for k in range(1, n)]
-    release_line_plans()
-    count = 0
-    for k in range(n):
-        for theta, rho, _ in found[k]:
-            clip[k] |= line_strip((hb, wb), theta, rho, half) & (maps.cover > 0) & ~keep
-            count += 1
-    return count
 
 
 def find_clips(
@@ -362,6 +313,7 @@ def find_clips(
     outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
     pixels = outliers.pixels()
     times = np.array([float(m.info.mjd) for m in stack.members])
+    tracks = MoverTracks()
     clip = clip_maps(
         outliers.maps.codes,
         outliers.maps.cover,
@@ -371,8 +323,8 @@ def find_clips(
         fwhm=p.target_fwhm / b,
         times=np.where(np.isfinite(times), times, np.arange(len(times))),
         tcodes=outliers.maps.tcodes,
+        tracks=tracks,
     )
-    n_lines = faint_lines(outliers, clip, p, cfg, threads=threads)
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
     clips = Clips(
@@ -382,11 +334,17 @@ def find_clips(
         bin=b,
         target_fwhm=p.target_fwhm,
         threshold=cfg.detect.threshold,
-        n_lines=n_lines,
+        n_lines=0,  # the faint-trail line search was deleted (issue 19)
         restore_config=cfg.restore,
     )
+    movers = model_movers(stack, tracks, outliers.cosmic_rays, b) if cfg.rules.mover.model else []
     if cfg.streaks.enabled:
-        clips.streaks = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
+        lines = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
+        # A line fitted on a footprint that a mover model covers would be
+        # subtracted twice: the mover's model stands.
+        taken = {(s.k, int(i)) for s in movers for i in s.index[:: max(1, s.index.size // 8)]}
+        clips.streaks = [s for s in lines if not any((s.k, int(i)) in taken for i in s.index)]
+    clips.streaks = movers + clips.streaks
     return clips
 
 
