@@ -53,8 +53,12 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
     service = PromptService(root, bootstrap, config)
     report: dict[str, Any] = {}
 
+    # Idle for longer than the gap between visits: otherwise the service
+    # would stop after the first visit and the night's later visits go unserved.
+    idle_exit_s = 10.0 + 2.0 * args.cadence / max(args.speedup, 1e-3)
+
     def serve() -> None:
-        report["serve"] = service.run(idle_exit_s=10.0)
+        report["serve"] = service.run(idle_exit_s=idle_exit_s)
 
     thread = threading.Thread(target=serve)
     thread.start()
