@@ -6,7 +6,7 @@ holds the GIL through most of it, so threads do not run two fits at once,
 and on the benchmark's fields the fits were two thirds of CompareWarp's
 time.  They are independent, so they are run in forked worker processes,
 the candidates of one epoch in one task (they share that epoch's PSF
-profiles, :data:`~skydm.coadd._cw_streaks.ProfileCache`).
+profiles, :data:`~skydm.coadd._cw_linemodel.ProfileCache`).
 
 A fit depends only on its candidate and its epoch's PSF (the profile cache
 holds profiles computed from the angle bucket alone), so the streaks are
@@ -20,7 +20,8 @@ import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
-from skydm.coadd._cw_streaks import Candidate, ProfileCache, Streak, fit_streak
+from skydm.coadd._cw_linemodel import ProfileCache
+from skydm.coadd._cw_streaks import Candidate, Streak, fit_streak
 from skydm.image.psf import Psf
 
 #: Fewest candidates worth starting worker processes for (a fork and the
