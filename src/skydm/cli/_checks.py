@@ -156,7 +156,7 @@ def new_or_existing_repository(value: Path | None) -> Path:
         When the repository could not be created there (its parent is not a
         writable directory).
     """
-    from skydm.repo.repository import CONFIG_NAME
+    from skydm.repo.location import CONFIG_NAME
 
     path = repository_path(value)
     if path.exists() and not path.is_dir():

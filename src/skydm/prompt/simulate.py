@@ -163,7 +163,7 @@ def grid_overrides(cfg: SurveyConfig) -> tuple[str, ...]:
 def _existing(root: Path, band: str) -> tuple[bool, int]:
     """Whether the repository has templates in ``band``, and its highest raw visit."""
     from skydm.repo import Repository
-    from skydm.repo.repository import CONFIG_NAME
+    from skydm.repo.location import CONFIG_NAME
 
     if not (root / CONFIG_NAME).exists():
         return False, 0

@@ -11,8 +11,9 @@ registry backends.
 
 from skydm.repo.dataid import DataId, DatasetNotFoundError, DatasetRef, Problem
 from skydm.repo.datastore import FileDatastore, relpath_for
+from skydm.repo.location import require_repository
 from skydm.repo.registry import Registry, SqlRegistry
-from skydm.repo.repository import Repository, require_repository
+from skydm.repo.repository import Repository
 
 __all__ = [
     "DataId",

@@ -28,6 +28,12 @@ from skydm.repo.dataid import (
     check_dataset_type,
 )
 from skydm.repo.datastore import FileDatastore, StagedFile
+from skydm.repo.location import (
+    CONFIG_NAME,
+    create_directory,
+    recorded_mode,
+    why_not_a_repository,
+)
 from skydm.repo.registry import Registry, SqlRegistry
 
 if TYPE_CHECKING:
@@ -36,63 +42,6 @@ if TYPE_CHECKING:
     from skydm.repo.s3datastore import S3Datastore, S3StagedFile
 
 
-def require_repository(path: str | Path) -> Path:
-    """The resolved directory of the repository at ``path``, which must exist.
-
-    For commands that read a repository's parts without opening its
-    registry (the catalog, the TAP service): a mistyped ``--repo`` must not
-    quietly become an empty repository.
-
-    Raises
-    ------
-    NoRepositoryError
-        When ``path`` holds no skydm repository.
-    """
-    root = Path(path).expanduser().resolve()
-    if root.exists() and not root.is_dir():
-        raise NoRepositoryError(path, "it is a file, not a directory", is_file=True)
-    if not (root / CONFIG_NAME).is_file():
-        raise NoRepositoryError(path, _why_not_a_repository(root))
-    return root
-
-
-def _why_not_a_repository(root: Path) -> str:
-    if not root.exists():
-        return "it does not exist"
-    return f"{CONFIG_NAME} is missing"
-
-
-def _create_directory(root: Path, given: str | Path) -> None:
-    """Create a new repository's directory, or say why it cannot be."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".{CONFIG_NAME}.probe"
-        probe.touch()  # a read-only place fails here, not halfway through a write
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(
-            f"cannot create a skydm repository at {given}: {exc.strerror or exc}; "
-            "give --repo a directory you can write to"
-        ) from exc
-
-
-def _recorded_mode(config: Mapping[str, Any], config_path: Path) -> int | None:
-    """The ``file_mode`` setting of a repository config, checked."""
-    text = config.get("file_mode")
-    if text is None:
-        return None
-    try:
-        mode = int(str(text), 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
-        raise BadFileError(
-            config_path, f'file_mode {text!r} is not octal permission bits like "0640"; fix it'
-        )
-    return mode
-
-
-CONFIG_NAME = "skydm-repo.json"
 SQLITE_NAME = "registry.sqlite3"
 _RESERVED = frozenset(
     {CONFIG_NAME, SQLITE_NAME, f"{SQLITE_NAME}-wal", f"{SQLITE_NAME}-shm", f"{SQLITE_NAME}-journal"}
@@ -205,7 +154,7 @@ class Repository:
                 )
             datastore_url = stored_at
         elif not create:
-            raise NoRepositoryError(path, _why_not_a_repository(root))
+            raise NoRepositoryError(path, why_not_a_repository(root))
         else:
             url = registry_url
             if datastore_url is not None:  # the store must answer before anything is created
@@ -218,9 +167,9 @@ class Repository:
             }  # fmt: skip
             if file_mode is not None:
                 config["file_mode"] = f"{file_mode:04o}"
-            _create_directory(root, path)
+            create_directory(root, path)
             atomic_write_bytes(config_path, json.dumps(config, indent=1).encode(), mode=file_mode)
-        mode = _recorded_mode(config, config_path)
+        mode = recorded_mode(config, config_path)
         # A repository made before write recipes existed gets the defaults.
         recipes = (
             RecipeSet.from_json(config["recipes"], where=f"{config_path}: recipes")
@@ -246,7 +195,7 @@ class Repository:
         config_path = self.root / CONFIG_NAME
         config = json.loads(config_path.read_text())
         config["recipes"] = recipes.to_json()
-        mode = _recorded_mode(config, config_path)
+        mode = recorded_mode(config, config_path)
         atomic_write_bytes(config_path, json.dumps(config, indent=1).encode(), mode=mode)
         self.recipes = recipes
 
