@@ -41,6 +41,12 @@ import numpy as np
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
 from skydm.coadd._cw_config import CompareWarpConfig, StreakConfig
+from skydm.coadd._cw_cosmics import (
+    cell_laplacian_scales,
+    cosmic_ray_pixels,
+    laplacian,
+    sharpness_bound,
+)
 from skydm.coadd._cw_differences import (
     BandOutliers,
     OutlierMaps,
@@ -52,13 +58,9 @@ from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_movers import MoverTracks, model_movers, reference_epochs
 from skydm.coadd._cw_pixels import (
     bin_planes,
-    cell_laplacian_scales,
-    cosmic_ray_pixels,
     grow_pixels,
-    laplacian,
     matching_sigmas,
     psf_widths2,
-    sharpness_bound,
 )
 from skydm.coadd._cw_restore import find_restorations
 from skydm.coadd._cw_rules import clip_maps
