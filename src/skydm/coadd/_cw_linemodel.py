@@ -8,9 +8,7 @@ when a model replaces the clipped pixels) because it is pure numerics.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -74,33 +72,20 @@ def broadened(p: Profiles, width: float) -> np.ndarray:
     return ndimage.gaussian_filter1d(p.across, width / _STEP, mode="constant", truncate=4.0)
 
 
-class DesignParts:
-    """The parts of a line model's design matrix at pixels (``x``, ``y``), by the
-    parameters each depends on: the line frame (angle and offset), the
-    broadened profile (``p[2]``), the PSF part, the Gaussian part
-    (``p[3]``), a segment's ends (``p[4:6]``) and the hat functions (the
-    frame).  A finite-difference Jacobian moves one parameter at a time, so
-    most parts of each step are those of the point it starts from; the last
-    few of each are kept (the pixels are held, so that their identity keys
-    the cache)."""
+@dataclass
+class _Parts:
+    """A line model's factors at some pixels for one parameter vector: the
+    position along (``t``) and across (``dd``) the line, the PSF part and
+    the Gaussian part across (``cross``, one row per part), the segment's
+    ends (``ends``, None for a line crossing the footprint) and the hat
+    functions along it (``hat``, None with one node)."""
 
-    #: Parts kept (a six-parameter Jacobian makes about 20).
-    KEEP = 32
-
-    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.x, self.y = x, y
-        self.memo: dict[tuple[object, ...], Any] = {}
-
-    def get(self, key: tuple[object, ...], make: Callable[[], Any]) -> Any:
-        """The part under ``key``, made by ``make`` when not kept."""
-        if key in self.memo:
-            return self.memo[key]
-        value = make()
-        self.memo[key] = value
-        if len(self.memo) > self.KEEP:
-            # Dicts keep insertion order: drop the oldest.
-            del self.memo[next(iter(self.memo))]
-        return value
+    t: np.ndarray
+    dd: np.ndarray
+    across: np.ndarray
+    cross: np.ndarray
+    ends: np.ndarray | None
+    hat: np.ndarray | None
 
 
 @dataclass
@@ -109,7 +94,11 @@ class LineModel:
     linear between ``nodes`` along the line) times the cross profile (and,
     for a segment, its ends), at angle ``p[0]`` through (``xc``, ``yc``)
     offset by ``p[1]``, broadened by ``p[2]``, with a Gaussian part of
-    width ``p[3]``; ``p[4:]`` are a segment's centre and half-length."""
+    width ``p[3]``; ``p[4:]`` are a segment's centre and half-length.
+
+    :meth:`residual` and :meth:`jacobian` are the non-linear fit's
+    function and its analytic Jacobian, with the fluxes solved linearly at
+    each point (variable projection; Kaufman's Jacobian)."""
 
     prof: Profiles
     xc: float
@@ -117,65 +106,44 @@ class LineModel:
     long: bool
     nodes: np.ndarray | None
     diffuse: bool = True
-    # The parts of the last design, by the parameters they depend on: a
-    # finite-difference Jacobian moves one parameter at a time, so most
-    # parts are reused as they are (bit for bit; see DesignParts).
-    _parts: DesignParts | None = field(default=None, init=False, repr=False, compare=False)
+    # The last point's factors and fluxes: least_squares asks for the
+    # Jacobian at the point whose residual it has just had.
+    _last: tuple[bytes, np.ndarray, _Parts, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
-    def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
-        """The design matrix at pixels (x, y): dense, or sparse with many nodes
-        (a pixel lies on two hat functions of each part only).  The Gaussian
-        part (width ``p[3]``) is zero but for a ``diffuse`` line (a zero
-        column: the least-squares path, and so the fits, stay those of the
-        two-part model)."""
+    def _parts(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> _Parts:
         prof = self.prof
-        parts = self._parts
-        if parts is None or parts.x is not x or parts.y is not y:
-            parts = self._parts = DesignParts(x, y)
-        th, off = float(p[0]), float(p[1])
-        t, dd = parts.get(
-            ("frame", th, off), lambda: line_frame(p[0], p[1], x, y, (self.xc, self.yc))
-        )
+        t, dd = line_frame(float(p[0]), float(p[1]), x, y, (self.xc, self.yc))
         # The PSF's line-spread function and a plain Gaussian across (a
-        # diffuse trail without the PSF's wings), their fluxes fitted together.
-        across = parts.get(("across", float(p[2])), lambda: broadened(prof, p[2]))
-        psf_part = parts.get(
-            ("psf", th, off, float(p[2])),
-            lambda: np.interp(dd, prof.grid, across, left=0.0, right=0.0),
-        )
+        # diffuse trail without the PSF's wings), their fluxes fitted
+        # together; a line that is not diffuse has the PSF part alone.
+        across = broadened(prof, float(p[2]))
+        rows = [np.interp(dd, prof.grid, across, left=0.0, right=0.0)]
         if self.diffuse:
-            g = parts.get(
-                ("g", th, off, float(p[3])),
-                lambda: np.exp(-0.5 * (dd / p[3]) ** 2) / (math.sqrt(2 * math.pi) * p[3]),
-            )
-        else:
-            g = np.zeros_like(dd)
-        cross = np.column_stack([psf_part, g])
+            s3 = float(p[3])
+            rows.append(np.exp(-0.5 * (dd / s3) ** 2) / (math.sqrt(2 * math.pi) * s3))
+        ends = None
         if not self.long:
+            cum = prof.cumulative
+            ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
+            ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
+        hat = None
+        if self.nodes is not None and t.size * self.nodes.size <= 100_000:
+            step = self.nodes[1] - self.nodes[0]
+            hat = np.clip(1 - np.abs(t[:, None] - self.nodes[None, :]) / step, 0, None)
+        return _Parts(t, dd, across, np.array(rows), ends, hat)
 
-            def make_ends() -> np.ndarray:
-                cum = prof.cumulative
-                ends = np.interp(t - p[4] + p[5], prof.grid, cum, left=0.0, right=1.0)
-                ends -= np.interp(t - p[4] - p[5], prof.grid, cum, left=0.0, right=1.0)
-                return ends
-
-            ends = parts.get(("ends", th, off, float(p[4]), float(p[5])), make_ends)
-            cross *= ends[:, None]
+    def _columns(self, f: _Parts) -> np.ndarray | sparse.csr_matrix:
+        cross = f.cross.T if f.ends is None else f.cross.T * f.ends[:, None]
         if self.nodes is None:
             return cross
-        # Hat functions: a flux per unit length linear between nodes.
+        n, m = f.t.size, self.nodes.size
+        if f.hat is not None:
+            return (cross[:, :, None] * f.hat[:, None, :]).reshape(n, -1)
+        # Many nodes: a pixel lies on two hat functions of each part only.
         nodes = self.nodes
-        m = nodes.size
-        n = t.size
-        if n * m <= 100_000:
-            hat = parts.get(
-                ("hat", th, off),
-                lambda: np.clip(
-                    1 - np.abs(t[:, None] - nodes[None, :]) / (nodes[1] - nodes[0]), 0, None
-                ),
-            )
-            return (cross[:, :, None] * hat[:, None, :]).reshape(n, -1)
-        pos = np.clip((t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
+        pos = np.clip((f.t - nodes[0]) / (nodes[1] - nodes[0]), 0.0, m - 1.0)
         j = np.minimum(pos.astype(np.int64), m - 2)
         u = pos - j
         # Part q's hats are columns q m to q m + m - 1.
@@ -186,29 +154,130 @@ class LineModel:
         shape = (n, cross.shape[1] * m)
         return sparse.csr_matrix((vals.reshape(-1), (rows, cols.reshape(-1))), shape=shape)
 
+    def _full(self, coef: np.ndarray) -> np.ndarray:
+        """``coef`` with the Gaussian part's zero fluxes of a line that is not
+        diffuse (the fluxes are always those of both parts)."""
+        if self.diffuse:
+            return coef
+        return np.concatenate([coef, np.zeros_like(coef)])
+
+    def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
+        """The design matrix at pixels (x, y), columns by part then node (the
+        Gaussian part's columns are zero for a line that is not diffuse)."""
+        a_mat = self._columns(self._parts(p, x, y))
+        if self.diffuse:
+            return a_mat
+        if isinstance(a_mat, np.ndarray):
+            return np.hstack([a_mat, np.zeros_like(a_mat)])
+        return sparse.hstack([a_mat, sparse.csr_matrix(a_mat.shape)]).tocsr()
+
     def solve(
         self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The weighted least-squares fluxes for ``p`` and the model they make."""
-        a_mat = self.design(p, x, y)
-        if isinstance(a_mat, np.ndarray):
-            aw = a_mat * iv[:, None]
-            normal, rhs = aw.T @ aw, aw.T @ (d * iv)
+        f = self._parts(p, x, y)
+        a_mat = self._columns(f)
+        coef = _lsq(a_mat, d, iv)
+        self._last = (p.tobytes(), x, f, coef)
+        return np.asarray(a_mat @ coef), self._full(coef)
+
+    def residual(
+        self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray
+    ) -> np.ndarray:
+        """The normalised residual of the best fluxes at ``p``."""
+        return (d - self.solve(p, x, y, d, iv)[0]) * iv
+
+    def jacobian(
+        self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray
+    ) -> np.ndarray:
+        """The analytic Jacobian of :meth:`residual` (``nodes`` few enough for
+        dense hat functions).
+
+        With the fluxes ``c`` solved at each point, the residual
+        ``r = W (d - A c)`` moves by ``-P (W A_j c) - W A N^-1 (W A_j)^T r``
+        for a parameter that moves the design by ``A_j`` (``P`` projects
+        out the weighted design's columns, ``N`` is the normal matrix):
+        the variable-projection Jacobian of Golub and Pereyra."""
+        last = self._last
+        if last is None or last[0] != p.tobytes() or last[1] is not x:
+            self.solve(p, x, y, d, iv)
+            last = self._last
+        assert last is not None
+        f, coef = last[2], last[3]
+        if self.nodes is not None and f.hat is None:
+            raise ValueError("jacobian: too many nodes for dense hat functions")
+        prof, t, dd, n = self.prof, f.t, f.dd, f.t.size
+        u = dd + float(p[1])  # d t / d theta (d dd / d theta is -t)
+        # The hat functions along the line and their slopes (one flat node
+        # without nodes).
+        if f.hat is None:
+            hat, slope = np.ones((n, 1)), np.zeros((n, 1))
         else:
-            aw_s = sparse.diags(iv) @ a_mat
-            normal, rhs = (aw_s.T @ aw_s).toarray(), aw_s.T @ (d * iv)
-        # Normal equations: a few columns, many rows.  A zero column (the
-        # Gaussian part of a line that is not diffuse) makes a zero row, which
-        # LU always finds singular: straight to the least-squares solution
-        # (what solve's error led to, without raising it at every step).
-        if (normal == 0).all(axis=1).any():
-            coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
+            assert self.nodes is not None  # hats only with nodes
+            step = self.nodes[1] - self.nodes[0]
+            hat = f.hat
+            slope = np.where(hat > 0, -np.sign(t[:, None] - self.nodes[None, :]) / step, 0.0)
+        # The parts across and their derivatives across (d/d dd).
+        dp = np.gradient(f.across, _STEP)
+        cross, cross_d = f.cross, [np.interp(dd, prof.grid, dp, left=0.0, right=0.0)]
+        if self.diffuse:
+            cross_d.append(-dd / float(p[3]) ** 2 * cross[1])
+        cd = np.array(cross_d)
+        if f.ends is None:
+            e, e_t, e_5 = np.ones(n), np.zeros(n), np.zeros(n)
         else:
-            try:
-                coef = np.linalg.solve(normal, rhs)
-            except np.linalg.LinAlgError:
-                coef = np.linalg.lstsq(normal, rhs, rcond=None)[0]
-        return np.asarray(a_mat @ coef), coef
+            dens = np.gradient(prof.cumulative, _STEP)
+            hi = np.interp(t - p[4] + p[5], prof.grid, dens, left=0.0, right=0.0)
+            lo = np.interp(t - p[4] - p[5], prof.grid, dens, left=0.0, right=0.0)
+            e, e_t, e_5 = f.ends, hi - lo, hi + lo
+        # Broadening (width w) obeys the heat equation: d/dw = w d2/dd2.
+        p2 = float(p[2])
+        d2 = p2 * np.gradient(dp, _STEP) if p2 >= _STEP else np.zeros_like(dp)
+        parts = cross.shape[0]
+        width = np.zeros((parts, n))
+        width[0] = np.interp(dd, prof.grid, d2, left=0.0, right=0.0)
+        gauss = np.zeros((parts, n))
+        if self.diffuse:
+            s3 = float(p[3])
+            gauss[1] = cross[1] * (dd * dd / s3**3 - 1 / s3)
+        # Per parameter, the design's derivative by part (pixel, part, node).
+        ce = (cross * e).T[:, :, None]
+        rows = [
+            (-t * cd * e + u * cross * e_t).T[:, :, None] * hat[:, None, :]
+            + u[:, None, None] * ce * slope[:, None, :],
+            (-cd * e).T[:, :, None] * hat[:, None, :],
+            (width * e).T[:, :, None] * hat[:, None, :],
+            (gauss * e).T[:, :, None] * hat[:, None, :],
+        ]
+        if not self.long:
+            rows.append(-(cross * e_t).T[:, :, None] * hat[:, None, :])
+            rows.append((cross * e_5).T[:, :, None] * hat[:, None, :])
+        da = np.array(rows).reshape(len(rows), n, -1) * iv[None, :, None]
+        a_mat = self._columns(f)
+        assert isinstance(a_mat, np.ndarray)  # dense with dense hats
+        aw = a_mat * iv[:, None]
+        r = (d * iv) - aw @ coef
+        dm = (da @ coef).T  # (pixel, parameter)
+        rhs = aw.T @ dm - np.einsum("jnk,n->kj", da, r)
+        return -dm + aw @ _solve_normal(aw.T @ aw, rhs)
+
+
+def _solve_normal(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``normal^-1 rhs``, by least squares where ``normal`` is singular."""
+    try:
+        return np.linalg.solve(normal, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(normal, rhs, rcond=None)[0]
+
+
+def _lsq(a_mat: np.ndarray | sparse.csr_matrix, d: np.ndarray, iv: np.ndarray) -> np.ndarray:
+    """The weighted least-squares coefficients of ``a_mat`` for data ``d``
+    (normal equations: a few columns, many rows)."""
+    if isinstance(a_mat, np.ndarray):
+        aw = a_mat * iv[:, None]
+        return _solve_normal(aw.T @ aw, aw.T @ (d * iv))
+    aw_s = sparse.diags(iv) @ a_mat
+    return _solve_normal((aw_s.T @ aw_s).toarray(), aw_s.T @ (d * iv))
 
 
 def line_frame(

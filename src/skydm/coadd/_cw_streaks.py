@@ -302,23 +302,14 @@ def fit_streak(
     for rnd in range(3):
         sub = np.flatnonzero(use)
         sub = sub[:: max(1, math.ceil(sub.size / fit_pixels))]
-        sx, sy, sd, siv = x[sub], y[sub], d[sub], iv[sub]
-
-        def resid(
-            q: np.ndarray,
-            sx: np.ndarray = sx,
-            sy: np.ndarray = sy,
-            sd: np.ndarray = sd,
-            siv: np.ndarray = siv,
-        ) -> np.ndarray:
-            return (sd - coarse.solve(q, sx, sy, sd, siv)[0]) * siv
-
         try:
             # The first fit is robust (a bright source's residual would pull
             # the line over); the later ones are plain, on the pixels left.
             p = optimize.least_squares(
-                resid,
+                coarse.residual,
                 p,
+                jac=coarse.jacobian,
+                args=(x[sub], y[sub], d[sub], iv[sub]),
                 bounds=(lo, hi),
                 x_scale="jac",
                 max_nfev=max_nfev if rnd == 0 else max_nfev // 3,
