@@ -64,8 +64,7 @@ def border_mass(shape: tuple[int, ...], s: float) -> np.ndarray:
     """Mass of a truncated Gaussian kernel inside a ``shape`` image, per pixel."""
     out = []
     for size in shape:
-        e = np.zeros(size, dtype=np.float32)
-        e[:] = 1.0
+        e = np.ones(size, dtype=np.float32)
         out.append(ndimage.gaussian_filter1d(e, s, mode="constant", truncate=3.5))
     return (out[0][:, None] * out[1][None, :]).astype(np.float32)
 
@@ -292,8 +291,8 @@ def time_codes(
     previous: np.ndarray,
     det: DetectConfig,
 ) -> np.ndarray:
-    """Codes of where each epoch is brighter than an earlier one, ``previous[k]``
-    (-1: none; see :func:`previous_epochs`).
+    """Codes of where each epoch is brighter than its reference epoch,
+    ``previous[k]`` (-1: none; :func:`skydm.coadd._cw_movers.reference_epochs`).
 
     A mover slower than a PSF per epoch overlaps itself from epoch to epoch,
     so the static-sky model holds its light and the leave-one-out
@@ -316,19 +315,6 @@ def time_codes(
         d = np.where(both, (matched[k] - matched[prev]) / np.maximum(noise, np.float32(1e-12)), 0)
         d = d / tile_scales(d, both, det.noise_tile)[:, None]
         out[k] = (d > det.grow_threshold).astype(np.int8) + (d > det.threshold)
-    return out
-
-
-def previous_epochs(times: np.ndarray, min_gap: float) -> np.ndarray:
-    """Per epoch, the latest epoch taken at least ``min_gap`` days before it (-1:
-    none): within a night a slow mover hardly moves, and the difference of
-    two visits of one night would show nothing."""
-    out = np.full(times.size, -1, dtype=np.int64)
-    order = np.argsort(times, kind="stable")
-    for k in range(times.size):
-        earlier = order[times[order] <= times[k] - min_gap]
-        if earlier.size:
-            out[k] = earlier[-1]
     return out
 
 

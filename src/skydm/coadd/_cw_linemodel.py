@@ -98,7 +98,7 @@ class LineModel:
 
     :meth:`residual` and :meth:`jacobian` are the non-linear fit's
     function and its analytic Jacobian, with the fluxes solved linearly at
-    each point (variable projection; Kaufman's Jacobian)."""
+    each point (variable projection)."""
 
     prof: Profiles
     xc: float
@@ -154,22 +154,11 @@ class LineModel:
         shape = (n, cross.shape[1] * m)
         return sparse.csr_matrix((vals.reshape(-1), (rows, cols.reshape(-1))), shape=shape)
 
-    def _full(self, coef: np.ndarray) -> np.ndarray:
-        """``coef`` with the Gaussian part's zero fluxes of a line that is not
-        diffuse (the fluxes are always those of both parts)."""
-        if self.diffuse:
-            return coef
-        return np.concatenate([coef, np.zeros_like(coef)])
-
-    def design(self, p: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray | sparse.csr_matrix:
-        """The design matrix at pixels (x, y), columns by part then node (the
-        Gaussian part's columns are zero for a line that is not diffuse)."""
+    def model(self, p: np.ndarray, x: np.ndarray, y: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """The model of fluxes ``coef`` (of both parts, as :meth:`solve` gives
+        them) at pixels (x, y)."""
         a_mat = self._columns(self._parts(p, x, y))
-        if self.diffuse:
-            return a_mat
-        if isinstance(a_mat, np.ndarray):
-            return np.hstack([a_mat, np.zeros_like(a_mat)])
-        return sparse.hstack([a_mat, sparse.csr_matrix(a_mat.shape)]).tocsr()
+        return np.asarray(a_mat @ coef[: a_mat.shape[1]])
 
     def solve(
         self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray
@@ -179,7 +168,10 @@ class LineModel:
         a_mat = self._columns(f)
         coef = _lsq(a_mat, d, iv)
         self._last = (p.tobytes(), x, f, coef)
-        return np.asarray(a_mat @ coef), self._full(coef)
+        # The fluxes are those of both parts (zero for the Gaussian part of
+        # a line that is not diffuse).
+        full = coef if self.diffuse else np.concatenate([coef, np.zeros_like(coef)])
+        return np.asarray(a_mat @ coef), full
 
     def residual(
         self, p: np.ndarray, x: np.ndarray, y: np.ndarray, d: np.ndarray, iv: np.ndarray

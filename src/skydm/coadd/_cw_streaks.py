@@ -237,10 +237,6 @@ def fit_streak(
     """
     if c.ok.sum() < 20:
         return None
-    node_spacing, long_line, diffuse_length = fit.node_spacing, fit.long_line, fit.diffuse_length
-    z_cells, cell_length, min_aspect = fit.z_cells, fit.cell_length, fit.min_aspect
-    min_sn, max_sn, outlier_z, z_point = fit.min_sn, fit.max_sn, fit.outlier_z, fit.z_point
-    max_outliers, fit_pixels, max_nfev = fit.max_outliers, fit.fit_pixels, fit.max_nfev
     index = c.index[c.ok]
     y = (index // nx).astype(np.float64)
     x = (index % nx).astype(np.float64)
@@ -261,19 +257,19 @@ def fit_streak(
     # ~1/S/N of its flux in noise, and no model is exact enough to subtract
     # it: both stay replaced.
     snr = float(d.sum()) / math.sqrt(float(v.sum()))
-    if snr < min_sn or snr / math.sqrt(max(extent / cell_length, 1.0)) > max_sn:
+    if snr < fit.min_sn or snr / math.sqrt(max(extent / fit.cell_length, 1.0)) > fit.max_sn:
         return None
-    long = extent > long_line
+    long = extent > fit.long_line
     bucket = round(math.degrees(theta0) / 2) % 180
     prof = cache.get(bucket) if cache is not None else None
     if prof is None:
         prof = line_profiles(psf, math.radians(2 * bucket), 4 * psf.fwhm + 8)
         if cache is not None:
             cache[bucket] = prof
-    m = max(1, math.ceil(extent / node_spacing)) if long else 1
+    m = max(1, math.ceil(extent / fit.node_spacing)) if long else 1
     # A mover is the PSF trailed; a line longer than movers trail may also
     # be a diffuse trail (out of focus, without the PSF's wings).
-    diffuse = extent > diffuse_length
+    diffuse = extent > fit.diffuse_length
     line = LineModel(prof, xc, yc, long, np.linspace(tmin, tmax, m) if m > 1 else None, diffuse)
     # The line's shape is found on at most ``fit_pixels`` of the pixels, with
     # the flux along it coarser (both hardly change the geometry); the
@@ -301,7 +297,7 @@ def fit_streak(
     use = np.ones(d.size, dtype=bool)
     for rnd in range(3):
         sub = np.flatnonzero(use)
-        sub = sub[:: max(1, math.ceil(sub.size / fit_pixels))]
+        sub = sub[:: max(1, math.ceil(sub.size / fit.fit_pixels))]
         try:
             # The first fit is robust (a bright source's residual would pull
             # the line over); the later ones are plain, on the pixels left.
@@ -312,36 +308,26 @@ def fit_streak(
                 args=(x[sub], y[sub], d[sub], iv[sub]),
                 bounds=(lo, hi),
                 x_scale="jac",
-                max_nfev=max_nfev if rnd == 0 else max_nfev // 3,
+                max_nfev=fit.max_nfev if rnd == 0 else fit.max_nfev // 3,
                 loss="soft_l1" if rnd == 0 else "linear",
                 f_scale=3.0,
             ).x
             coef = line.solve(p, x[use], y[use], d[use], iv[use])[1]
         except (ValueError, np.linalg.LinAlgError):
             return None
-        model = line.design(p, x, y) @ coef
-        out = _grown(index, np.abs(d - model) * iv > outlier_z, nx)
+        model = line.model(p, x, y, coef)
+        res = d - model
+        out = _grown(index, np.abs(res) * iv > fit.outlier_z, nx)
         cells = np.zeros(d.size, dtype=bool)
         if rnd:  # after a fit without the first fit's outliers
-            cells[~out] = _bad_cells(
-                p,
-                x[~out],
-                y[~out],
-                (xc, yc),
-                (d - model)[~out],
-                v[~out],
-                prof,
-                cell_length,
-                z_cells,
-            )
-        if rnd:
+            cells[~out] = _bad_cells(p, x[~out], y[~out], (xc, yc), res[~out], v[~out], prof, fit)
             rest = ~(out | cells)
             cells[rest] = _point_residuals(
-                p, x[rest], y[rest], (xc, yc), (d - model)[rest], v[rest], prof.psf_sigma, z_point
+                p, x[rest], y[rest], (xc, yc), res[rest], v[rest], prof.psf_sigma, fit.z_point
             )
         settled = np.array_equal(~(out | cells), use)
         use = ~(out | cells)  # the model applies where this fit passed
-        if not use.mean() >= 1 - max_outliers:
+        if not use.mean() >= 1 - fit.max_outliers:
             return None
         if settled or rnd == 2:
             break
@@ -358,7 +344,7 @@ def fit_streak(
     w2 = np.array([prof.psf_sigma**2 + float(p[2]) ** 2, float(p[3]) ** 2])
     across = 2.355 * math.sqrt(float(parts @ w2) / max(float(parts.sum()), 1e-300))
     point = length <= across and p[2] <= 0.5 * prof.psf_sigma
-    if not (point or length >= min_aspect * across):
+    if not (point or length >= fit.min_aspect * across):
         return None  # neither a line nor a point source: a ghost or a blend
     ct, st = math.cos(p[0]), math.sin(p[0])
     cx, cy = xc - float(p[1]) * st, yc + float(p[1]) * ct
@@ -369,7 +355,7 @@ def fit_streak(
         gap = np.hypot(c.sources[:, 0] - py, c.sources[:, 1] - px)
         if gap.min() <= 1.5 * 2.355 * prof.psf_sigma:
             return None
-    if abs(float(r.sum())) > z_cells * math.sqrt(float(vv.sum())):
+    if abs(float(r.sum())) > fit.z_cells * math.sqrt(float(vv.sum())):
         return None  # the whole footprint's residual is not within noise
     t0, t1 = (tmin - 8, tmax + 8) if long else (float(p[4] - p[5]), float(p[4] + p[5]))
     value = model[use]
@@ -458,26 +444,25 @@ def _bad_cells(
     r: np.ndarray,
     v: np.ndarray,
     prof: Profiles,
-    cell_length: float,
-    z_cells: float,
+    fit: StreakFit,
 ) -> np.ndarray:
-    """The pixels of cells, along (``cell_length``) and across (core, either
-    side) the line, whose residual sum is not within noise.
+    """The pixels of cells, along (``fit.cell_length``) and across (core,
+    either side) the line, whose residual sum is not within noise.
 
     The threshold per cell grows with their number (a Bonferroni bound at
-    the same total false-rejection rate as ``z_cells`` for a single cell);
+    the same total false-rejection rate as ``fit.z_cells`` for a single cell);
     cells of fewer than 8 pixels are not judged.
     """
     t, dd = line_frame(p[0], p[1], x, y, centre)
     core = 1.5 * math.hypot(prof.psf_sigma, float(p[2]))
     across = np.where(dd < -core, 0, np.where(dd > core, 2, 1))
-    cell = np.floor((t - t.min()) / cell_length).astype(np.int64) * 3 + across
+    cell = np.floor((t - t.min()) / fit.cell_length).astype(np.int64) * 3 + across
     sums = np.bincount(cell, weights=r)
     vars_ = np.bincount(cell, weights=v)
     judged = np.bincount(cell) >= 8
     if not judged.any():
         return np.zeros(r.size, dtype=bool)
-    tail = special.erfc(z_cells / math.sqrt(2)) / judged.sum()
+    tail = special.erfc(fit.z_cells / math.sqrt(2)) / judged.sum()
     limit = math.sqrt(2) * float(special.erfcinv(tail))
     bad = judged & (np.abs(sums) > limit * np.sqrt(np.maximum(vars_, 1e-300)))
     return bad[cell]
