@@ -60,13 +60,8 @@ def fit_candidates(
     for i, c in enumerate(cands):
         if psfs[c.k] is not None:
             groups.setdefault(c.k, []).append(i)
-    out: list[Streak | None] = [None] * len(cands)
-    tasks: list[tuple[Psf, int, list[Candidate]]] = []
-    for k, idx in groups.items():
-        psf = psfs[k]
-        assert psf is not None  # epochs without a PSF have no group
-        tasks.append((psf, nx, [cands[i] for i in idx]))
     order = list(groups.values())
+    tasks = [(psfs[k], nx, [cands[i] for i in idx]) for k, idx in groups.items()]
     # Forking is safe only from a process running no other Python thread (a
     # lock held by one, logging's say, would stay held in the child): called
     # from a thread (a Dask worker's task), the fits are made here.
@@ -90,14 +85,16 @@ def fit_candidates(
                 results = {j: f.result() for j, f in futures.items()}
     else:
         results = {j: _fit_group(*t) for j, t in enumerate(tasks)}
+    out: list[Streak | None] = [None] * len(cands)
     for j, idx in enumerate(order):
         for i, s in zip(idx, results[j], strict=True):
             out[i] = s
     return out
 
 
-def _fit_group(psf: Psf, nx: int, group: list[Candidate]) -> list[Streak | None]:
+def _fit_group(psf: Psf | None, nx: int, group: list[Candidate]) -> list[Streak | None]:
     """Fits of one epoch's candidates, sharing its PSF's profile cache."""
+    assert psf is not None  # epochs without a PSF have no group
     cache: ProfileCache = {}
     with _one_blas_thread():
         return [fit_streak(c, nx, psf, cache=cache) for c in group]

@@ -198,53 +198,38 @@ class LineModel:
         f, coef = last[2], last[3]
         if self.nodes is not None and f.hat is None:
             raise ValueError("jacobian: too many nodes for dense hat functions")
-        prof, t, dd, n = self.prof, f.t, f.dd, f.t.size
+        prof, t, dd, n, parts = self.prof, f.t, f.dd, f.t.size, f.cross.shape[0]
         u = dd + float(p[1])  # d t / d theta (d dd / d theta is -t)
         # The hat functions along the line and their slopes (one flat node
         # without nodes).
-        if f.hat is None:
-            hat, slope = np.ones((n, 1)), np.zeros((n, 1))
-        else:
-            assert self.nodes is not None  # hats only with nodes
+        hat = np.ones((n, 1)) if f.hat is None else f.hat
+        slope = np.zeros_like(hat)
+        if self.nodes is not None:
             step = self.nodes[1] - self.nodes[0]
-            hat = f.hat
             slope = np.where(hat > 0, -np.sign(t[:, None] - self.nodes[None, :]) / step, 0.0)
-        # The parts across and their derivatives across (d/d dd).
+        # The parts across, and their derivatives across (d/d dd), in the
+        # broadening (width w: the heat equation, d/dw = w d2/dd2) and in
+        # the Gaussian part's width.
+        cross, zero, s3, p2 = f.cross, np.zeros(n), float(p[3]), float(p[2])
         dp = np.gradient(f.across, _STEP)
-        cross, cross_d = f.cross, [np.interp(dd, prof.grid, dp, left=0.0, right=0.0)]
-        if self.diffuse:
-            cross_d.append(-dd / float(p[3]) ** 2 * cross[1])
-        cd = np.array(cross_d)
-        if f.ends is None:
-            e, e_t, e_5 = np.ones(n), np.zeros(n), np.zeros(n)
-        else:
-            dens = np.gradient(prof.cumulative, _STEP)
-            hi = np.interp(t - p[4] + p[5], prof.grid, dens, left=0.0, right=0.0)
-            lo = np.interp(t - p[4] - p[5], prof.grid, dens, left=0.0, right=0.0)
-            e, e_t, e_5 = f.ends, hi - lo, hi + lo
-        # Broadening (width w) obeys the heat equation: d/dw = w d2/dd2.
-        p2 = float(p[2])
         d2 = p2 * np.gradient(dp, _STEP) if p2 >= _STEP else np.zeros_like(dp)
-        parts = cross.shape[0]
-        width = np.zeros((parts, n))
-        width[0] = np.interp(dd, prof.grid, d2, left=0.0, right=0.0)
-        gauss = np.zeros((parts, n))
-        if self.diffuse:
-            s3 = float(p[3])
-            gauss[1] = cross[1] * (dd * dd / s3**3 - 1 / s3)
-        # Per parameter, the design's derivative by part (pixel, part, node).
-        ce = (cross * e).T[:, :, None]
-        rows = [
-            (-t * cd * e + u * cross * e_t).T[:, :, None] * hat[:, None, :]
-            + u[:, None, None] * ce * slope[:, None, :],
-            (-cd * e).T[:, :, None] * hat[:, None, :],
-            (width * e).T[:, :, None] * hat[:, None, :],
-            (gauss * e).T[:, :, None] * hat[:, None, :],
-        ]
+        cd = np.array([_at(dd, prof.grid, dp), -dd / s3**2 * cross[-1]][:parts])
+        width = np.array([_at(dd, prof.grid, d2), zero][:parts])
+        gauss = np.array([zero, cross[-1] * (dd * dd / s3**3 - 1 / s3)][:parts])
+        e, e_t, e_5 = np.ones(n), zero, zero
+        if f.ends is not None:
+            dens = np.gradient(prof.cumulative, _STEP)
+            hi = _at(t - p[4] + p[5], prof.grid, dens)
+            lo = _at(t - p[4] - p[5], prof.grid, dens)
+            e, e_t, e_5 = f.ends, hi - lo, hi + lo
+        # Per parameter, the design's derivative (pixel, part, node): its
+        # factor by part times the hats, plus (the angle) the hats' slopes.
+        by_part = [-t * cd * e + u * cross * e_t, -cd * e, width * e, gauss * e]
         if not self.long:
-            rows.append(-(cross * e_t).T[:, :, None] * hat[:, None, :])
-            rows.append((cross * e_5).T[:, :, None] * hat[:, None, :])
-        da = np.array(rows).reshape(len(rows), n, -1) * iv[None, :, None]
+            by_part += [-cross * e_t, cross * e_5]
+        da = np.array([b.T[:, :, None] * hat[:, None, :] for b in by_part])
+        da[0] += u[:, None, None] * (cross * e).T[:, :, None] * slope[:, None, :]
+        da = da.reshape(len(by_part), n, -1) * iv[None, :, None]
         a_mat = self._columns(f)
         assert isinstance(a_mat, np.ndarray)  # dense with dense hats
         aw = a_mat * iv[:, None]
@@ -252,6 +237,11 @@ class LineModel:
         dm = (da @ coef).T  # (pixel, parameter)
         rhs = aw.T @ dm - np.einsum("jnk,n->kj", da, r)
         return -dm + aw @ _solve_normal(aw.T @ aw, rhs)
+
+
+def _at(z: np.ndarray, grid: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table`` interpolated at ``z``, zero off the grid."""
+    return np.interp(z, grid, table, left=0.0, right=0.0)
 
 
 def _solve_normal(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -125,15 +125,7 @@ def candidates(
             inside = (ys < ny) & (xs < nx)
             index = np.sort(ys[inside].astype(np.int64) * nx + xs[inside])
             m = index.size
-            out.append(
-                Candidate(
-                    k,
-                    index,
-                    np.zeros(m, np.float64),
-                    np.zeros(m, np.float64),
-                    np.zeros(m, dtype=bool),
-                )
-            )
+            out.append(Candidate(k, index, np.zeros(m), np.zeros(m), np.zeros(m, dtype=bool)))
     return out
 
 

@@ -227,12 +227,9 @@ class WarpStack:
                 img[k], var[k] = i, v
                 np.equal(m & np.uint32(REJECT), 0, out=good[k])
             # ``v > 0`` is False for NaN; ``v < inf`` drops infinite variance.
-            good[k] &= np.isfinite(img[k])
-            good[k] &= var[k] > 0
-            good[k] &= var[k] < np.inf
-            bad = ~good[k]
-            np.copyto(img[k], 0, where=bad)
-            np.copyto(var[k], 0, where=bad)
+            good[k] &= np.isfinite(img[k]) & (var[k] > 0) & (var[k] < np.inf)
+            np.copyto(img[k], 0, where=~good[k])
+            np.copyto(var[k], 0, where=~good[k])
         return img, var, good
 
     def _read_into(
