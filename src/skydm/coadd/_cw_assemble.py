@@ -134,23 +134,12 @@ def assemble_clipped(
                         img[s.k].reshape(-1)[local] -= s.value[lo:hi]
             clipped = good & c
             mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
-            found = (
-                restore_targets(
-                    mine,
-                    y0,
-                    img,
-                    var,
-                    good & ~c,
-                    clipped,
-                    weights,
-                    psfs,
-                    clips.restore_config,
-                    times=times,
-                    kernels=kernels,
+            found = []
+            if mine:
+                args = (weights, psfs, clips.restore_config)
+                found = restore_targets(
+                    mine, y0, img, var, good & ~c, clipped, *args, times=times, kernels=kernels
                 )
-                if mine
-                else []
-            )
             measured[i].set_result([t.moved(y0) for t in found])
         except BaseException as exc:
             measured[i].set_exception(exc)

@@ -137,13 +137,7 @@ class OutlierMaps:
     tcodes: np.ndarray | None
 
     @classmethod
-    def empty(
-        cls,
-        n: int,
-        shape: tuple[int, int],
-        *,
-        movers: bool,
-    ) -> OutlierMaps:
+    def empty(cls, n: int, shape: tuple[int, int], *, movers: bool) -> OutlierMaps:
         """Maps of ``n`` epochs on a binned grid of ``shape``, to be filled band by band."""
         return cls(
             np.zeros((n, *shape), dtype=np.int8),

@@ -65,13 +65,12 @@ def fit_candidates(
     # Forking is safe only from a process running no other Python thread (a
     # lock held by one, logging's say, would stay held in the child): called
     # from a thread (a Dask worker's task), the fits are made here.
-    usable = (
-        workers > 1
-        and len(cands) >= MIN_PARALLEL
-        and len(tasks) > 1
+    usable = workers > 1 and len(cands) >= MIN_PARALLEL and len(tasks) > 1
+    if (
+        usable
         and threading.active_count() == 1
-    )
-    if usable and "fork" in multiprocessing.get_all_start_methods():
+        and "fork" in multiprocessing.get_all_start_methods()
+    ):
         # Longest tasks first, so that the last to finish is a short one.
         cost = [sum(int(c.ok.sum()) for c in t[2]) for t in tasks]
         ranked = sorted(range(len(tasks)), key=lambda j: -cost[j])

@@ -161,8 +161,7 @@ def gather(
             j = np.minimum(np.searchsorted(cr[k], c.index[i0:i1]), cr[k].size - 1)
             usable &= cr[k][j] != c.index[i0:i1]
         cand, share = replacement_shares(kept, ys, xs, k, weights, widths2)
-        r = np.zeros(ys.size)
-        vr = np.zeros(ys.size)
+        r, vr = np.zeros(ys.size), np.zeros(ys.size)
         for row in range(cand.shape[0]):
             sel = cand[row] >= 0
             j = cand[row, sel]
@@ -230,8 +229,7 @@ def fit_streak(
     if c.ok.sum() < 20:
         return None
     index = c.index[c.ok]
-    y = (index // nx).astype(np.float64)
-    x = (index % nx).astype(np.float64)
+    y, x = (index // nx).astype(np.float64), (index % nx).astype(np.float64)
     d, v = c.d[c.ok], c.v[c.ok]
     iv = 1.0 / np.sqrt(v)
     # Start from the footprint's flux-weighted moments (positive part).
@@ -253,21 +251,22 @@ def fit_streak(
         return None
     long = extent > fit.long_line
     bucket = round(math.degrees(theta0) / 2) % 180
-    prof = cache.get(bucket) if cache is not None else None
-    if prof is None:
-        prof = line_profiles(psf, math.radians(2 * bucket), 4 * psf.fwhm + 8)
-        if cache is not None:
-            cache[bucket] = prof
+    cache = {} if cache is None else cache
+    if bucket not in cache:
+        cache[bucket] = line_profiles(psf, math.radians(2 * bucket), 4 * psf.fwhm + 8)
+    prof = cache[bucket]
     m = max(1, math.ceil(extent / fit.node_spacing)) if long else 1
     # A mover is the PSF trailed; a line longer than movers trail may also
     # be a diffuse trail (out of focus, without the PSF's wings).
     diffuse = extent > fit.diffuse_length
-    line = LineModel(prof, xc, yc, long, np.linspace(tmin, tmax, m) if m > 1 else None, diffuse)
+
+    def with_nodes(k: int) -> LineModel:
+        return LineModel(prof, xc, yc, long, np.linspace(tmin, tmax, k) if k > 1 else None, diffuse)
+
     # The line's shape is found on at most ``fit_pixels`` of the pixels, with
     # the flux along it coarser (both hardly change the geometry); the
     # fluxes and the tests then use them all.
-    mc = min(m, 4)
-    coarse = LineModel(prof, xc, yc, long, np.linspace(tmin, tmax, mc) if mc > 1 else None, diffuse)
+    line, coarse = with_nodes(m), with_nodes(min(m, 4))
     # The PSF part's broadening stays under the PSF's own width (an
     # out-of-focus satellite is wider, and the Gaussian part takes it: a
     # broader PSF part would only soak up smooth light that is not the line).
@@ -277,12 +276,10 @@ def fit_streak(
         lo = [theta0 - 0.2, -wmax, 0.0, 0.5]
         hi = [theta0 + 0.2, wmax, bmax, wmax]
     else:
-        half0 = math.sqrt(max(12 * (evals[1] - evals[0]), 0.0)) / 2
+        half0 = min(max(math.sqrt(max(12 * (evals[1] - evals[0]), 0.0)) / 2, 0.5), extent + 0.99)
         lo = [theta0 - math.pi / 2, -wmax, 0.0, 0.5, tmin, 0.1]
         hi = [theta0 + math.pi / 2, wmax, bmax, wmax, tmax, extent + 1]
-        p = np.array(
-            [theta0, 0.0, 0.3, 1.2 * prof.psf_sigma, 0.0, min(max(half0, 0.5), extent + 0.99)]
-        )
+        p = np.array([theta0, 0.0, 0.3, 1.2 * prof.psf_sigma, 0.0, half0])
     # Pixels the fit leaves ``outlier_z`` off, and (once those are out)
     # cells whose residual sum is off, are left out and the line fitted
     # again, until none is.
