@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 from skydm.coadd._cw_config import RestoreConfig
+from skydm.coadd._cw_fits import one_blas_thread
 from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd._cw_streaks import Streak
@@ -158,15 +159,19 @@ def assemble_clipped(
         )
         return _BandOut(m, v, ws <= 0, clipped.any(axis=0), modelled[:rows_], share)
 
-    for (y0, y1), out in zip(chunks, in_order(final_band, chunks, threads=threads), strict=True):
-        image[y0:y1], variance[y0:y1] = out.image, out.variance
-        band = mask[y0:y1]
-        band[out.no_data] |= np.uint32(Mask.NO_DATA)
-        band[out.clipped] |= np.uint32(Mask.CLIPPED)
-        band[out.modelled] |= np.uint32(Mask.STREAK)
-        used += out.used
-        if bar is not None:
-            bar.advance(1, "assembly")
+    # One BLAS thread: with BLAS's default (one per core) the final pass
+    # gave other bits on a machine with another number of cores.
+    with one_blas_thread():
+        bands = zip(chunks, in_order(final_band, chunks, threads=threads), strict=True)
+        for (y0, y1), out in bands:
+            image[y0:y1], variance[y0:y1] = out.image, out.variance
+            band = mask[y0:y1]
+            band[out.no_data] |= np.uint32(Mask.NO_DATA)
+            band[out.clipped] |= np.uint32(Mask.CLIPPED)
+            band[out.modelled] |= np.uint32(Mask.STREAK)
+            used += out.used
+            if bar is not None:
+                bar.advance(1, "assembly")
     exp = _coadd_exposure(stack, image, variance, mask, used, "compare")
     exp.meta["CWTHRESH"] = (clips.threshold, "CompareWarp outlier threshold, sigma")
     exp.meta["CWTFWHM"] = (clips.target_fwhm, "CompareWarp target PSF FWHM, pixels")
