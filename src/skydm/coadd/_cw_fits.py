@@ -12,9 +12,8 @@ A fit depends only on its candidate and its epoch's PSF (the profile cache
 holds profiles computed from the angle bucket alone), so the streaks are
 the same, bit for bit, whatever the number of workers.
 
-The fits' linear algebra is on a few thousand rows and six columns, where
-BLAS's threads only wait on each other: they run with one BLAS thread
-(on the benchmark's fits, 27% less CPU; the results are the same).
+The fits run with one BLAS thread (:func:`one_blas_thread`; on the
+benchmark's fits, 27% less CPU).
 """
 
 from __future__ import annotations

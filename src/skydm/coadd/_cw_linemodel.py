@@ -74,11 +74,8 @@ def broadened(p: Profiles, width: float) -> np.ndarray:
 
 @dataclass
 class _Parts:
-    """A line model's factors at some pixels for one parameter vector: the
-    position along (``t``) and across (``dd``) the line, the PSF part and
-    the Gaussian part across (``cross``, one row per part), the segment's
-    ends (``ends``, None for a line crossing the footprint) and the hat
-    functions along it (``hat``, None with one node)."""
+    """A line model's factors at some pixels for one parameter vector (``ends``
+    None for a line crossing the footprint, ``hat`` None with one node)."""
 
     t: np.ndarray
     dd: np.ndarray
@@ -168,8 +165,7 @@ class LineModel:
         a_mat = self._columns(f)
         coef = _lsq(a_mat, d, iv)
         self._last = (p.tobytes(), x, f, coef)
-        # The fluxes are those of both parts (zero for the Gaussian part of
-        # a line that is not diffuse).
+        # Both parts' fluxes (the Gaussian part's zero if not diffuse).
         full = coef if self.diffuse else np.concatenate([coef, np.zeros_like(coef)])
         return np.asarray(a_mat @ coef), full
 
