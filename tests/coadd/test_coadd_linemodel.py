@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy.optimize._numdiff import approx_derivative
 
 from skydm.coadd._cw_linemodel import LineModel, line_profiles
 from skydm.image.psf import MoffatPsf
@@ -34,7 +33,14 @@ def test_the_analytic_jacobian_matches_finite_differences(
     # Off the optimum, where the fluxes' own change matters most.
     p = np.array([theta + 0.05, 0.4, 0.5, 1.8, 1.0, 12.0][: 4 if long else 6])
     jac = model.jacobian(p, x, y, d, iv)
-    num = approx_derivative(lambda q: model.residual(q, x, y, d, iv), p, method="3-point")
+    # Central differences of the residual, fluxes solved again at each point.
+    num = np.empty_like(jac)
+    for j in range(p.size):
+        h = np.zeros_like(p)
+        h[j] = 1e-5 * max(1.0, abs(p[j]))
+        num[:, j] = (model.residual(p + h, x, y, d, iv) - model.residual(p - h, x, y, d, iv)) / (
+            2 * h[j]
+        )
     scale = np.maximum(np.linalg.norm(num, axis=0), 1e-9)
     # The tabulated profiles are interpolated linearly: a few per cent.
     assert np.all(np.linalg.norm(jac - num, axis=0) / scale < 0.05)
