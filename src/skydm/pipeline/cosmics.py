@@ -75,8 +75,9 @@ class CosmicRayConfig:
         steep wings of a saturated star pass the Laplacian test).
     tiled : bool
         Run L.A.Cosmic only on tiles around the pixels that can pass its
-        tests (:func:`candidate_pixels`); the same mask, 10 to 20 times
-        faster on a crowded 4096x4096 detector.  ``False`` runs it on the
+        tests (:func:`candidate_pixels`); the same mask, 5 to 6 times
+        faster on a crowded 4096x4096 detector (48.8 -> 8 to 9.5 CPU s
+        with the simulator's 50 cosmic rays per megapixel).  ``False`` runs it on the
         whole frame.
     tile_margin : int
         Pixels by which the candidates are grown into tiles.
@@ -93,8 +94,8 @@ class CosmicRayConfig:
     grow: int = 1
     saturation_margin: int = 4
     tiled: bool = True
-    tile_margin: int = 32
-    keep_margin: int = 12
+    tile_margin: int = 16
+    keep_margin: int = 10
 
     def __post_init__(self) -> None:
         for name in ("sigclip", "objlim"):
@@ -249,11 +250,15 @@ def lacosmic_mask(
     grown = ndimage.maximum_filter(seeds, size=2 * config.tile_margin + 1)
     keep = ndimage.maximum_filter(seeds, size=2 * (config.tile_margin - config.keep_margin) + 1)
     labels, _ = ndimage.label(grown)
-    for box in ndimage.find_objects(labels):
-        if box is None:
-            continue
-        tile = detect(np.ascontiguousarray(data[box]), np.ascontiguousarray(ignored[box]))
-        out[box] |= tile & keep[box]
+    threadpoolctl = require_extra("threadpoolctl", "calibrate")
+    # astroscrappy starts its OpenMP threads on every call: on small tiles
+    # that start-up costs ten times the work (and spins on a busy machine).
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        for box in ndimage.find_objects(labels):
+            if box is None:
+                continue
+            tile = detect(np.ascontiguousarray(data[box]), np.ascontiguousarray(ignored[box]))
+            out[box] |= tile & keep[box]
     return out
 
 
