@@ -166,9 +166,7 @@ def grow_disk(found: np.ndarray, radius: float) -> np.ndarray:
     for dy in range(-reach, reach + 1):
         half = math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)))
         if half not in rows:
-            rows[half] = (
-                ndimage.maximum_filter1d(src, 2 * half + 1, axis=1, mode="constant") > 0
-            )
+            rows[half] = ndimage.maximum_filter1d(src, 2 * half + 1, axis=1, mode="constant") > 0
         wide = rows[half]
         # Row y of the result takes the row y - dy of the widened image.
         if dy >= 0:
