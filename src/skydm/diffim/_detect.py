@@ -166,9 +166,28 @@ def _separate(
     """Whether the straight path from (cy, cx) to every peak (by, bx) dips to ``level``.
 
     The paths are sampled as ``np.linspace(c, q, ceil(dist) + 1)`` rounded to
-    pixels, all at once (a Python loop per pair cost 7 CPU s on a 4096x4096
-    difference with bright residuals).
+    pixels, several at once (a Python loop per pair cost 7 CPU s on a
+    4096x4096 difference with bright residuals), the nearest peaks first:
+    a path that does not dip is usually a short one, and it settles the
+    answer.
     """
+    order = np.argsort(dist, kind="stable")
+    for start in range(0, len(order), _PATHS):
+        pick = order[start : start + _PATHS]
+        if not _dips(sub, cy, cx, by[pick], bx[pick], dist[pick], level):
+            return False
+    return True
+
+
+#: Paths between peaks sampled at once by :func:`_separate`.
+_PATHS = 16
+
+
+def _dips(
+    sub: np.ndarray, cy: int, cx: int, by: np.ndarray, bx: np.ndarray, dist: np.ndarray,
+    level: float,
+) -> bool:  # fmt: skip
+    """Whether every path from (cy, cx) to the peaks (by, bx) dips to ``level``."""
     n = np.ceil(dist).astype(int) + 1
     k = np.arange(int(n.max()))[None, :]
     div = (n - 1)[:, None].astype(float)
