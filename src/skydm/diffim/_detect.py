@@ -146,20 +146,65 @@ def _footprint_peaks(
     cand = cand[np.argsort(-sub[local])]
     for cy, cx in cand:
         cy, cx = int(cy), int(cx)
-        if (cy, cx) == best[0] or any(math.hypot(cy - qy, cx - qx) < fwhm for qy, qx in best):
+        if (cy, cx) == best[0]:
+            continue
+        by, bx = np.asarray(best, dtype=float).T
+        dist = np.hypot(cy - by, cx - bx)
+        if (dist < fwhm).any():
             continue
         value = float(sub[cy, cx])
-        separate = True
-        for qy, qx in best:
-            n = math.ceil(math.hypot(cy - qy, cx - qx)) + 1
-            ly = np.rint(np.linspace(cy, qy, n)).astype(int)
-            lx = np.rint(np.linspace(cx, qx, n)).astype(int)
-            if float(np.min(sub[ly, lx])) > value - max(PEAK_DIP_SIGMA, PEAK_DIP_SHARE * value):
-                separate = False
-                break
-        if separate:
+        level = value - max(PEAK_DIP_SIGMA, PEAK_DIP_SHARE * value)
+        if _separate(sub, cy, cx, by, bx, dist, level):
             best.append((cy, cx))
     return best
+
+
+def _separate(
+    sub: np.ndarray, cy: int, cx: int, by: np.ndarray, bx: np.ndarray, dist: np.ndarray,
+    level: float,
+) -> bool:  # fmt: skip
+    """Whether the straight path from (cy, cx) to every peak (by, bx) dips to ``level``.
+
+    The paths are sampled as ``np.linspace(c, q, ceil(dist) + 1)`` rounded to
+    pixels, several at once (a Python loop per pair cost 7 CPU s on a
+    4096x4096 difference with bright residuals), the nearest peaks first:
+    a path that does not dip is usually a short one, and it settles the
+    answer.
+    """
+    order = np.argsort(dist, kind="stable")
+    for start in range(0, len(order), _PATHS):
+        pick = order[start : start + _PATHS]
+        if not _dips(sub, cy, cx, by[pick], bx[pick], dist[pick], level):
+            return False
+    return True
+
+
+#: Paths between peaks sampled at once by :func:`_separate`.
+_PATHS = 16
+
+
+def _dips(
+    sub: np.ndarray, cy: int, cx: int, by: np.ndarray, bx: np.ndarray, dist: np.ndarray,
+    level: float,
+) -> bool:  # fmt: skip
+    """Whether every path from (cy, cx) to the peaks (by, bx) dips to ``level``."""
+    n = np.ceil(dist).astype(int) + 1
+    k = np.arange(int(n.max()))[None, :]
+    div = (n - 1)[:, None].astype(float)
+    # linspace's own arithmetic (k * step + start, the end point exact), so
+    # that the pixels sampled are the same as one linspace per pair.
+    ly = k * ((by[:, None] - cy) / div) + cy
+    lx = k * ((bx[:, None] - cx) / div) + cx
+    last = k == (n - 1)[:, None]
+    ly = np.where(last, by[:, None], ly)
+    lx = np.where(last, bx[:, None], lx)
+    inside = k < n[:, None]
+    iy = np.where(inside, np.rint(ly), cy).astype(int)
+    ix = np.where(inside, np.rint(lx), cx).astype(int)
+    # Outside a path its first pixel (the candidate itself) stands in; it
+    # never lowers the minimum below the path's own.
+    lowest = sub[iy, ix].min(axis=1)
+    return not bool((lowest > level).any())
 
 
 def detect(
