@@ -136,7 +136,11 @@ def read_alerts(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
+    # Every partition assigned from its start, without a consumer group: a
+    # group's JoinGroup is held by the broker for half the session timeout
+    # (23 s with librdkafka's default) before the first message.
+    parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
     ids: list[int] = []
     deadline = time.monotonic() + timeout
     quiet_since = time.monotonic()

@@ -118,6 +118,9 @@ class PromptService:
                 + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16],
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,
+                "session.timeout.ms": round(self.config.session_timeout_s * 1000),
+                # Kafka's rule: heartbeats at most a third of the session timeout.
+                "heartbeat.interval.ms": round(self.config.session_timeout_s * 1000 / 3),
             }
         )
         consumer.subscribe(topics)
