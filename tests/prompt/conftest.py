@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,6 +56,27 @@ class Service:
             stderr=subprocess.STDOUT,
         )
 
+    def ended(self) -> int:
+        """Detector-visits the service logged as ended (done, timed out or failed for good)."""
+        text = self.log.read_text()
+        return len(re.findall(r"^(?:done|timed_out|failed): visit ", text, flags=re.MULTILINE))
+
+    def stop_after(self, n: int, timeout: float) -> tuple[int, str]:
+        """Exit status and output, once the service logged ``n`` detector-visits ended.
+
+        The service is then stopped with SIGTERM (as an operator stops it)
+        instead of waiting out its ``--until-idle`` time, which stays as the
+        backstop: a service that exits by itself first (a detector that
+        never ends) is waited for as usual.  Its log line comes after its
+        table's row, so every row is final by then.
+        """
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline and self.ended() < n:
+            time.sleep(0.2)
+        if self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(max(60.0, deadline - time.monotonic()))
+
     def wait(self, timeout: float) -> tuple[int, str]:
         """Exit status and output, once it ended."""
         try:
@@ -63,6 +87,24 @@ class Service:
                 self.proc.wait()
             self._fh.close()
         return rc, self.log.read_text()
+
+
+def ended_count(repo: Path, states: tuple[str, ...] = ("done", "timed_out")) -> int:
+    """Detector-visits of the service's table in one of ``states`` (0 before it exists)."""
+    db = repo / "prompt" / "prompt.sqlite3"
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    marks = ",".join("?" * len(states))
+    try:
+        row = con.execute(
+            f"SELECT count(*) FROM detector_visit WHERE state IN ({marks})", states
+        ).fetchone()
+        return int(row[0])
+    except sqlite3.OperationalError:  # the service has not made its table yet
+        return 0
+    finally:
+        con.close()
 
 
 @pytest.fixture
@@ -94,7 +136,11 @@ def read_alerts(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
+    # Every partition assigned from its start, without a consumer group: a
+    # group's JoinGroup is held by the broker for half the session timeout
+    # (23 s with librdkafka's default) before the first message.
+    parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
     ids: list[int] = []
     deadline = time.monotonic() + timeout
     quiet_since = time.monotonic()

@@ -68,7 +68,7 @@ def test_worker_killed_mid_visit_loses_and_duplicates_no_alert(
     os.kill(pid, signal.SIGKILL)
     out, _ = sim.communicate(timeout=600)
     assert sim.returncode == 0, out
-    rc, log = svc.wait(900)
+    rc, log = svc.stop_after(3 * DETECTORS, 900)
     assert rc == 0, log
     assert f"retry: visit {visit} detector {det} (its worker died" in log
 
@@ -99,7 +99,7 @@ def test_a_raw_that_never_arrives_times_out_and_the_service_goes_on(
     sim = _simulate(repo, broker.bootstrap, 3, "--missing", "2:1")
     out, _ = sim.communicate(timeout=600)
     assert sim.returncode == 0 and "1 withheld" in out, out
-    rc, log = svc.wait(900)
+    rc, log = svc.stop_after(3 * DETECTORS, 900)
     assert rc == 0, log
     store = TimingStore(repo)
     rows = store.rows()

@@ -34,7 +34,11 @@ def test_ingest_notifies_each_raw(tmp_path: Path, broker: LocalBroker) -> None:
         {"bootstrap.servers": broker.bootstrap, "group.id": uuid.uuid4().hex,
          "auto.offset.reset": "earliest"}
     )  # fmt: skip
-    consumer.subscribe(["skydm-raw-arrivals"])
+    # Every partition from its start, without a consumer group (whose join the
+    # broker holds for half the session timeout).
+    topic = "skydm-raw-arrivals"
+    parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
     got: list[RawArrival] = []
     try:
         for _ in range(60):

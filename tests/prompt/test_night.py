@@ -13,7 +13,6 @@ confluent-kafka consumer.
 from __future__ import annotations
 
 import re
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DETECTORS, Service, read_alerts, skydm
+from conftest import DETECTORS, Service, ended_count, read_alerts, skydm
 from skydm.alerts.localbroker import LocalBroker
 from skydm.alerts.schema import load_schema
 from skydm.ap.apdb import Apdb
@@ -30,21 +29,6 @@ from skydm.prompt.timing import STAMPS, TimingStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 VISITS = 20
-
-
-def _done_count(repo: Path) -> int:
-    db = repo / "prompt" / "prompt.sqlite3"
-    if not db.exists():
-        return 0
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        return int(
-            con.execute("SELECT count(*) FROM detector_visit WHERE state='done'").fetchone()[0]
-        )
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(3000)
@@ -69,14 +53,15 @@ def test_a_night_of_20_visits_by_4_detectors(
     # The metrics endpoint, while the service works through the night.
     port = int(re.search(r"metrics on http://0.0.0.0:(\d+)/metrics", svc.log.read_text())[1])  # type: ignore[index]
     deadline = time.monotonic() + 600
-    while _done_count(repo) < 1 and time.monotonic() < deadline:
-        time.sleep(1.0)
+    while ended_count(repo, ("done",)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         metrics = r.read().decode()
     m = re.search(r'skydm_prompt_stage_seconds_count\{stage="latency"\} (\S+)', metrics)
     assert m is not None and float(m[1]) >= 1.0, metrics[:2000]
 
-    rc, log = svc.wait(2400)
+    # Stopped once every detector-visit ended (--until-idle is the backstop).
+    rc, log = svc.stop_after(VISITS * DETECTORS, 2400)
     assert rc == 0, log
     store = TimingStore(repo)
     rows = store.rows()

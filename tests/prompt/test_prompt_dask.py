@@ -37,7 +37,7 @@ def test_a_visit_served_on_a_dask_local_cluster(
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert sim.returncode == 0, sim.stdout + sim.stderr
-    rc, log = svc.wait(300)
+    rc, log = svc.stop_after(DETECTORS, 300)
     assert rc == 0, log
 
     store = TimingStore(repo)

@@ -47,6 +47,13 @@ class PromptConfig:
         Association radius.
     poll_s : float
         How often a worker looks for its raw, and the service for events.
+    session_timeout_s : float
+        Kafka consumer-group session timeout of the service's event
+        consumer: how long the broker waits for its heartbeats before it
+        drops it from the group.  Kept at Kafka's former default (10 s), not
+        librdkafka's 45 s: a broker may hold a joining member's first
+        JoinGroup for up to half of it (tansu does), which is how long a
+        service waits for its first event after starting.
     pipeline : tuple of str
         ``KEY=VALUE`` / ``TASK.KEY=VALUE`` overrides of the ``ap`` pipeline's
         task configs (the sky grid of the templates, the diffim method...).
@@ -61,6 +68,7 @@ class PromptConfig:
     apdb: str = ""
     radius_arcsec: float = 1.0
     poll_s: float = 0.2
+    session_timeout_s: float = 10.0
     pipeline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -92,6 +100,9 @@ class PromptConfig:
             raise BadValueError("radius_arcsec", self.radius_arcsec, "0.01 to 60 arcsec")
         if not 0.01 <= self.poll_s <= 10:
             raise BadValueError("poll_s", self.poll_s, "0.01 to 10 seconds")
+        if not 6 <= self.session_timeout_s <= 1800:
+            # Kafka brokers refuse a session timeout outside 6 s to 30 min by default.
+            raise BadValueError("session_timeout_s", self.session_timeout_s, "6 to 1800 seconds")
         for item in self.pipeline:
             if "=" not in item:
                 raise BadValueError("pipeline", item, "KEY=VALUE or TASK.KEY=VALUE")

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from skydm.errors import BadValueError, require_extra
-from skydm.prompt.worker import DetectorJob, DetectorOutcome, process_detector, warm_up
+from skydm.prompt.worker import (
+    DetectorJob,
+    DetectorOutcome,
+    close_transports,
+    process_detector,
+    warm_up,
+)
 
 Finished = tuple[DetectorJob, DetectorOutcome | None]
 
@@ -47,11 +53,14 @@ class JobPool(Protocol):
 
 def _worker_main(inbox: Any, results: Any, index: int) -> None:
     warm_up()
-    while True:
-        job = inbox.get()
-        if job is None:
-            return
-        results.put((index, process_detector(job)))
+    try:
+        while True:
+            job = inbox.get()
+            if job is None:
+                return
+            results.put((index, process_detector(job)))
+    finally:
+        close_transports()
 
 
 @dataclass

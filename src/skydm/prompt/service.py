@@ -118,6 +118,9 @@ class PromptService:
                 + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16],
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,
+                "session.timeout.ms": round(self.config.session_timeout_s * 1000),
+                # Kafka's rule: heartbeats at most a third of the session timeout.
+                "heartbeat.interval.ms": round(self.config.session_timeout_s * 1000 / 3),
             }
         )
         consumer.subscribe(topics)
@@ -151,17 +154,21 @@ class PromptService:
             with open_pool(self.config.workers, self.dask) as pool:
                 self.pool = pool
                 while not self.stop_event.is_set():
-                    msgs = consumer.consume(200, timeout=self.config.poll_s)
+                    # Block on Kafka only when no queued job could start now.
+                    ready = bool(self._queue) and pool.free() > 0
+                    msgs = consumer.consume(200, timeout=0.0 if ready else self.config.poll_s)
                     for msg in msgs:
                         if msg.error() is not None:
                             continue
                         last_activity = time.monotonic()
                         self._on_message(msg, report, say)
-                    while self._queue and pool.free() > 0:
-                        pool.submit(self._queue.popleft())
+                    self._submit(pool)
                     for job, outcome in pool.finished(0.0 if msgs else self.config.poll_s):
                         last_activity = time.monotonic()
                         self._on_finished(job, outcome, report, say)
+                    # A worker freed just now takes its next job at once, not
+                    # after the next wait on Kafka.
+                    self._submit(pool)
                     busy = bool(self._queue) or pool.free() < self.config.workers
                     t = time.monotonic()
                     if max_seconds is not None and t - started > max_seconds:
@@ -178,6 +185,11 @@ class PromptService:
             restore()
             consumer.close()
         return report
+
+    def _submit(self, pool: JobPool) -> None:
+        """Start queued jobs on the free workers, first in first."""
+        while self._queue and pool.free() > 0:
+            pool.submit(self._queue.popleft())
 
     def _on_message(self, msg: Any, report: ServeReport, say: Callable[[str], None]) -> None:
         where = f"{msg.topic()} offset {msg.offset()}"

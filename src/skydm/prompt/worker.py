@@ -28,9 +28,12 @@ visit only once; the outbox keeps one row per diaSourceId and topic).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,7 @@ from skydm.prompt.timing import TimingStore, now
 from skydm.repo import DataId, DatasetRef, Repository
 
 if TYPE_CHECKING:
+    from skydm.alerts.transport import KafkaTransport
     from skydm.image import Exposure
     from skydm.pipeline.task import TaskConfig, WorkUnit
 
@@ -179,8 +183,6 @@ def warm_up() -> None:
                 importlib.import_module(name)
             except ImportError:  # an optional extra: the detector reports it if needed
                 continue
-    from contextlib import suppress
-
     from skydm.errors import SkydmError
 
     with suppress(SkydmError, ImportError):  # parsed once per process, then cached
@@ -194,7 +196,11 @@ def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
     return config.apdb or Path(root) / "apdb.sqlite3"
 
 
+@functools.lru_cache(maxsize=8)
 def _tasks(config: PromptConfig) -> dict[str, Task]:
+    """The detector's three tasks, made once per process and config (tasks keep
+    no state between units; parsing the pipeline and its configs is per-detector
+    overhead otherwise)."""
     from skydm.pipeline.pipelines import load_pipeline
     from skydm.pipeline.tasks.ap import ApConfig, ApTask
 
@@ -361,20 +367,64 @@ def _run(
     task.run(unit, MemoryIO(repo, unit, task.config, run_id, cache))
 
 
+#: One Kafka producer per worker process and bootstrap, reused by every
+#: detector the process runs: a new idempotent producer costs about 0.5 s
+#: (connections, producer id) before its first message is acknowledged, and
+#: a detector pays it under the outbox lock, so the workers queue behind it.
+_TRANSPORTS: dict[str, KafkaTransport] = {}
+_TRANSPORTS_LOCK = threading.Lock()
+
+
+def _transport(bootstrap: str) -> KafkaTransport:
+    """This process's producer for ``bootstrap`` (made on first use)."""
+    from skydm.alerts.transport import KafkaTransport
+
+    with _TRANSPORTS_LOCK:
+        found = _TRANSPORTS.get(bootstrap)
+        if found is None:
+            found = _TRANSPORTS[bootstrap] = KafkaTransport(bootstrap)
+        return found
+
+
+def _drop_transport(bootstrap: str) -> None:
+    """Forget (and close) this process's producer, so that the next detector makes a new one."""
+    with _TRANSPORTS_LOCK:
+        found = _TRANSPORTS.pop(bootstrap, None)
+    if found is not None:
+        with suppress(Exception):  # it failed already; a new one replaces it
+            found.close()
+
+
+def close_transports() -> None:
+    """Flush and close this process's producers (a worker calls this when it stops)."""
+    with _TRANSPORTS_LOCK:
+        found = list(_TRANSPORTS.values())
+        _TRANSPORTS.clear()
+    for transport in found:
+        with suppress(Exception):
+            transport.close()
+
+
 def _stream(job: DetectorJob) -> dict[str, Any]:
     """Send every pending outbox message (this detector's among them) under the outbox lock."""
     from skydm.alerts.outbox import Outbox
-    from skydm.alerts.transport import KafkaTransport, stream_outbox
+    from skydm.alerts.transport import stream_outbox
 
     root = Path(job.root)
     with file_lock(root / OUTBOX_LOCK):
         box = Outbox(root / "alerts" / "outbox.sqlite3")
-        transport = KafkaTransport(job.bootstrap)
+        transport = _transport(job.bootstrap)
+        ok = False
         try:
             result = stream_outbox(box, transport, retry_for=30.0)
+            ok = not result.pending and not result.errors
         finally:
-            transport.close()
             box.close()
+            if not ok:
+                # A producer that met an error may be in a state of its own
+                # (an idempotent producer's fatal error): the next detector
+                # starts from a new one, as a fresh worker would.
+                _drop_transport(job.bootstrap)
     if result.pending:
         raise RuntimeError(
             f"{result.pending} alerts not acknowledged by Kafka at {job.bootstrap} "
