@@ -40,7 +40,6 @@ MODEL_REACH = 1e-3
 
 #: Smallest significance (flux over its error) of a fitted mover model.
 MODEL_SN = 5.0
-DEBUG = False
 
 
 def reference_epochs(times: np.ndarray) -> np.ndarray:
@@ -339,17 +338,19 @@ def centroid_tracks(
         img, var = np.where(good, img, 0.0), np.where(good, var, 0.0)
         flat = ((yy + cy0) * nx + xx + cx0).astype(np.int64).ravel()
         core = yy * yy + xx * xx <= fwhm * fwhm
-        use = good[:, core].all(axis=1) & np.array([not crs[k].intersection(flat) for k in range(n)])
+        use = good[:, core].all(axis=1) & np.array(
+            [not crs[k].intersection(flat) for k in range(n)]
+        )
         # The window is centred on the source in the epochs' sum: off centre,
         # a static source's windowed centroid would move with the seeing.
         c = np.zeros(2)
         total = img[use].sum(axis=0)
         for _ in range(3):
-            g = np.exp(-0.5 * ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / s2)
-            c = np.array([(g * total * yy).sum(), (g * total * xx).sum()]) / (g * total).sum()
-            if not np.all(np.abs(c) < h / 2):
+            g = np.exp(-0.5 * ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / s2) * total
+            if not g.sum() > 0:
                 break
-        if not np.all(np.abs(c) < h / 2):
+            c = np.array([(g * yy).sum(), (g * xx).sum()]) / g.sum()
+        if not (g.sum() > 0 and np.all(np.abs(c) < h / 2)):
             continue
         gauss = np.exp(-0.5 * ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / s2)
         s = (gauss * img).sum(axis=(1, 2))
@@ -359,18 +360,14 @@ def centroid_tracks(
             continue
         s, gi, vi = s[use], gauss * img[use], var[use]
         cen = np.stack([(gi * yy).sum(axis=(1, 2)), (gi * xx).sum(axis=(1, 2))], 1) / s[:, None]
-        err2 = np.stack(
-            [
-                (gauss * gauss * (yy - c[0]) ** 2 * v).sum() + (gauss * gauss * (xx - c[1]) ** 2 * v).sum()
-                for c, v in zip(cen, vi, strict=True)
-            ]
-        ) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
+        # Per axis, the first moment's variance; the two axes averaged.
+        g2v = gauss * gauss * vi
+        d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
+        err2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
         fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
         if fit is None:
             continue
         tm, mean, v, sig = fit
-        if DEBUG:
-            print("peak", cy0, cx0, c, "sig %.1f" % sig, v)
         if sig >= cfg.centroid_sn:
             # Full resolution to the binned grid of :class:`Track`.
             pb = (mean + np.array([cy0, cx0]) + 0.5) / b - 0.5
