@@ -335,12 +335,22 @@ def centroid_tracks(
         img, var, good = stack.rows(cy0 - h, cy0 + h + 1)
         sl = np.s_[:, :, cx0 - h : cx0 + h + 1]
         img, var, good = img[sl].astype(np.float64), var[sl].astype(np.float64), good[sl]
-        img, var = np.where(good, img, 0.0), np.where(good, var, 0.0)
         flat = ((yy + cy0) * nx + xx + cx0).astype(np.int64).ravel()
         core = yy * yy + xx * xx <= fwhm * fwhm
-        use = good[:, core].all(axis=1) & np.array(
-            [not crs[k].intersection(flat) for k in range(n)]
+        # Bad pixels (a bad column crosses many epochs' windows) are filled
+        # from the epochs' mean image scaled to the epoch's flux, so that a
+        # static source's centroid stays put, whatever its variability.
+        mean_img = np.where(good, img, 0).sum(axis=0) / np.maximum(good.sum(axis=0), 1)
+        ratio = np.array(
+            [
+                (img[k][good[k] & core]).sum() / max((mean_img[good[k] & core]).sum(), 1e-30)
+                for k in range(n)
+            ]
         )
+        img = np.where(good, img, ratio[:, None, None] * mean_img)
+        var = np.where(good, var, np.median(var[good]) if good.any() else 0.0)
+        use = (good[:, core].mean(axis=1) >= 1 - MAX_FILLED) & (good.sum(axis=0)[core] > 0).all()
+        use &= np.array([not crs[k].intersection(flat) for k in range(n)])
         # The window is centred on the source in the epochs' sum: off centre,
         # a static source's windowed centroid would move with the seeing.
         c = np.zeros(2)
@@ -383,6 +393,9 @@ def centroid_tracks(
 #: A centroid's error floor (FWHM): PSF residuals and resampling move a
 #: bright source's centroid by a few hundredths of a FWHM from epoch to epoch.
 CENTROID_FLOOR = 0.03
+
+#: Largest fraction of a centroid window's core filled in for bad pixels.
+MAX_FILLED = 0.25
 
 #: Normalised residual (sigma) above which the epoch farthest from a
 #: centroid line is dropped and the line refitted (an epoch that a trail, a
