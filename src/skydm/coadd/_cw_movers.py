@@ -16,6 +16,13 @@ every epoch at once as a static sky plus a point source of constant flux
 moving along the track (its position and velocity refined) and, where the
 fit is significant, each epoch is kept with its point source subtracted
 (:class:`~skydm.coadd._cw_streaks.Streak` models) instead of replaced.
+
+A mover slower than about a FWHM over the whole survey shows no moving
+lobe at all (a small shift's lobes sit half a FWHM from the reference
+position, whatever the shift): :func:`centroid_tracks` finds it instead as
+a bright static source whose centroid moves along a straight line through
+time, significantly; a variable source, whose centroid stays put, never
+is one.  Its track is modelled the same way.
 """
 
 from __future__ import annotations
@@ -321,6 +328,9 @@ def centroid_tracks(
     h = max(2, math.ceil(fwhm))
     yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
     s2 = (fwhm / 2.3548) ** 2
+    widths2 = (
+        np.array([(m.psf.fwhm if m.psf is not None else fwhm) / 2.3548 for m in stack.members]) ** 2
+    )
     crs = [set(c.tolist()) for c in cosmic_rays]
     order = np.argsort(times, kind="stable")
     night = np.zeros(n, dtype=np.int64)
@@ -370,10 +380,15 @@ def centroid_tracks(
             continue
         s, gi, vi = s[use], gauss * img[use], var[use]
         cen = np.stack([(gi * yy).sum(axis=(1, 2)), (gi * xx).sum(axis=(1, 2))], 1) / s[:, None]
+        # A Gaussian window of variance s2 draws a Gaussian source's centroid
+        # towards its centre by s2 / (s2 + source variance): undone, so that
+        # the track moves as fast as the mover.
+        stretch = 1 + widths2[use] / s2
         # Per axis, the first moment's variance; the two axes averaged.
         g2v = gauss * gauss * vi
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
-        err2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
+        cen = c + (cen - c) * stretch[:, None]
+        err2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2 + (CENTROID_FLOOR * fwhm) ** 2
         fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
         if fit is None:
             continue
