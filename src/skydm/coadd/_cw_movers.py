@@ -388,7 +388,9 @@ def centroid_tracks(
         g2v = gauss * gauss * vi
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
-        err2 = ((g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2) * stretch**2
+        err2 = (
+            (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
+        ) * stretch**2
         fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
         if fit is None:
             continue
