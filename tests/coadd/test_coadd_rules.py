@@ -116,9 +116,10 @@ def test_rules_are_switched_by_name_and_configs_validated() -> None:
     assert CompareWarpConfig.from_options(detect__threshold=6.0).detect.threshold == 6.0
 
 
-def _mover_field(speed_fwhm: float, n: int = 12, seed: int = 7):  # type: ignore[no-untyped-def]
+def _mover_field(speed_fwhm: float, n: int = 12, seed: int = 7, variable: bool = False):  # type: ignore[no-untyped-def]
     """Warps of stars and one mover at ``speed_fwhm`` PSF FWHM per epoch (art),
-    and the same without the mover (clean, same noise)."""
+    and the same without the mover (clean, same noise); with ``variable``, a
+    star at (70, 70) whose flux varies by a factor of three in both."""
     rng = np.random.default_rng(seed)
     shape = (96, 96)
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
@@ -131,6 +132,10 @@ def _mover_field(speed_fwhm: float, n: int = 12, seed: int = 7):  # type: ignore
             f * np.exp(-0.5 * ((xx - x) ** 2 + (yy - y) ** 2) / sigma**2) / (2 * math.pi * sigma**2)
             for x, y, f in stars
         )
+        if variable:
+            flux = 1500 * (1 + 0.5 * math.sin(1.7 * k))
+            prof = np.exp(-0.5 * ((xx - 70) ** 2 + (yy - 70) ** 2) / sigma**2)
+            scene = scene + flux * prof / (2 * math.pi * sigma**2)
         noisy = scene + rng.normal(0, 2.0, shape)
         mx, my = 20.0 + speed_fwhm * fwhm * k, 40.0 + 0.3 * speed_fwhm * fwhm * k
         mover = 600 * np.exp(-0.5 * ((xx - mx) ** 2 + (yy - my) ** 2) / sigma**2)
@@ -188,3 +193,33 @@ def test_a_mover_model_is_subtracted_along_its_track() -> None:
     leak_on = float(np.sum(on.image - cc.image)) / float(light.sum())
     leak_off = float(np.sum(off.image - cc.image)) / float(light.sum())
     assert abs(leak_on) <= 0.02 and leak_on < leak_off
+
+
+def test_a_mover_whose_whole_track_is_under_a_fwhm_is_found_by_its_centroid() -> None:
+    """A mover at 0.05 FWHM per epoch (its whole track 0.6 FWHM: its
+    time-code lobes stay put) is a static source to every other rule; its
+    centroid moves along a straight line, so it is fitted and subtracted.
+    A variable star beside it, whose centroid stays put, is left alone."""
+    from skydm.coadd.compare_warp import find_clips
+
+    art, clean, light = _mover_field(0.05, variable=True)
+    w = WarpStack(clean).weights
+    models = [s for s in find_clips(WarpStack(art, weights=w)).streaks if s.x0 == s.x1 == 0]
+    assert {s.k for s in models} == set(range(12)), "one track over every epoch"
+    for s in models:
+        y, x = np.divmod(s.index[np.argmax(s.value)], 96)
+        assert math.hypot(y - 70, x - 70) > 10, f"a mover model on the variable: ({y}, {x})"
+    cc = compare_warp(WarpStack(clean, weights=w))
+    ca = compare_warp(WarpStack(art, weights=w))
+    # The variable keeps its mean flux (the clean coadd has it too).
+    box = np.s_[64:77, 64:77]
+    assert abs(float(ca.image[box].sum()) / float(cc.image[box].sum()) - 1) < 0.01
+    off = CompareWarpConfig.from_options(rules__mover__centroid_sn=0.0)
+    leak = float(np.sum(ca.image - cc.image)) / float(light.sum())
+    leak_off = float(np.sum(compare_warp(WarpStack(art, weights=w), config=off).image - cc.image))
+    leak_off /= float(light.sum())
+    # Issue 19 open: so slow a mover's flux is nearly degenerate with the
+    # static sky; the fit over-subtracts it by about 10% (not yet 2%).
+    assert abs(leak) <= 0.15 and leak_off > 0.5, (
+        f"leakage {leak:.3f}, without the rule {leak_off:.3f}"
+    )

@@ -190,6 +190,10 @@ class MoverConfig:
     max_size_fwhm : float
         Radius (target FWHM) of a circle as large as the largest lobe that
         can be a point-like mover (a ghost's is larger).
+    centroid_sn : float
+        Significance (motion over its error) from which a bright static
+        source whose centroid moves along a straight line through time is
+        a mover (:func:`skydm.coadd._cw_movers.centroid_tracks`); 0: off.
     model : bool
         Subtract the moving point source fitted along each track where it
         is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead
@@ -205,6 +209,7 @@ class MoverConfig:
     radius_fwhm: float = 1.2
     min_gap_days: float = 0.5
     max_size_fwhm: float = 2.0
+    centroid_sn: float = 8.0
     model: bool = True
 
     def __post_init__(self) -> None:
@@ -217,6 +222,7 @@ class MoverConfig:
                 "radius_fwhm",
                 "min_gap_days",
                 "max_size_fwhm",
+                "centroid_sn",
             ),
         )
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):

@@ -55,7 +55,12 @@ from skydm.coadd._cw_differences import (
 )
 from skydm.coadd._cw_fits import fit_candidates
 from skydm.coadd._cw_footprints import OutlierPixels
-from skydm.coadd._cw_movers import MoverTracks, model_movers, reference_epochs
+from skydm.coadd._cw_movers import (
+    MoverTracks,
+    centroid_tracks,
+    model_movers,
+    reference_epochs,
+)
 from skydm.coadd._cw_pixels import (
     bin_planes,
     grow_pixels,
@@ -315,6 +320,7 @@ def find_clips(
     outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
     pixels = outliers.pixels()
     times = np.array([float(m.info.mjd) for m in stack.members])
+    t = np.where(np.isfinite(times), times, np.arange(len(times)))
     tracks = MoverTracks()
     clip = clip_maps(
         outliers.maps.codes,
@@ -323,7 +329,7 @@ def find_clips(
         cfg,
         grow=cfg.detect.grow_fwhm * p.target_fwhm / b,
         fwhm=p.target_fwhm / b,
-        times=np.where(np.isfinite(times), times, np.arange(len(times))),
+        times=t,
         tcodes=outliers.maps.tcodes,
         tracks=tracks,
     )
@@ -339,7 +345,19 @@ def find_clips(
         n_lines=0,  # the faint-trail line search was deleted (issue 19)
         restore_config=cfg.restore,
     )
-    movers = model_movers(stack, tracks, outliers.cosmic_rays, b) if cfg.rules.mover.model else []
+    mover = cfg.rules.mover
+    if mover.enabled and mover.centroid_sn > 0 and outliers.maps.peaks is not None:
+        found = centroid_tracks(
+            stack, outliers.maps.peaks, outliers.cosmic_rays, t, b, p.target_fwhm, mover
+        )
+        # A peak on a chained track is already that track's.
+        near = mover.link_fwhm * p.target_fwhm / b
+        tracks.spans += [
+            (c, ks)
+            for c, ks in found
+            if all(np.hypot(*(tr.at(tr.tm) - c.p0)) > near for tr, _ in tracks.spans)
+        ]
+    movers = model_movers(stack, tracks, outliers.cosmic_rays, b) if mover.model else []
     if cfg.streaks.enabled:
         lines = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
         # A line fitted on a footprint that a mover model covers would be
