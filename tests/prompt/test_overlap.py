@@ -5,7 +5,8 @@ a strip of 60 columns; two processes run the service's association step
 (the association locks of the detector's sky cells around
 :func:`produce_visit_alerts`, as :mod:`skydm.prompt.worker` does) for both
 at once, released together by a barrier.  With the locks the APDB ends
-with one DIA object per real source; the same run without them makes
+with one DIA object per real source; the same run without them (each
+process held after its APDB read until the other has read too) makes
 duplicates in the shared strip, which shows the test can fail.
 """
 
@@ -60,7 +61,21 @@ def _associate(root: str, visit: int, det: int, locked: bool, barrier: Any) -> N
     table, science, template, diff = _detector(visit, det)
     url = Path(root) / "apdb.sqlite3"
     cells = association_cells(diff, PromptConfig())
-    apdb = Apdb(url)
+    if locked:
+        apdb = Apdb(url)
+    else:
+        # Without the locks, hold each process after its read of the known
+        # DIA objects until the other has read too: the interleaving that
+        # the locks exist to prevent, made certain rather than left to the
+        # scheduler (on a fast machine one process could otherwise finish
+        # before the other starts).
+        class ReadTogether(Apdb):
+            def objects_in_region(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+                out = super().objects_in_region(*args, **kwargs)
+                barrier.wait(60)
+                return out
+
+        apdb = ReadTogether(url)
     barrier.wait(60)
     with region_lock(url, cells) if locked else nullcontext():
         produce_visit_alerts(
