@@ -175,8 +175,16 @@ def _radii(side: int, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     half = side // 2
     sub = (np.arange(5) + 0.5) / 5 - 0.5
     g = np.arange(-half, half + 1, dtype=np.float64)
-    x = g[None, None, :, None, None] - dx[:, None, None, None, None] + sub[None, None, None, None, :]
-    y = g[None, :, None, None, None] - dy[:, None, None, None, None] + sub[None, None, None, :, None]
+    x = (
+        g[None, None, :, None, None]
+        - dx[:, None, None, None, None]
+        + sub[None, None, None, None, :]
+    )
+    y = (
+        g[None, :, None, None, None]
+        - dy[:, None, None, None, None]
+        + sub[None, None, None, :, None]
+    )
     return np.asarray((x**2 + y**2).reshape(len(dx), side, side, 25))
 
 
@@ -335,7 +343,6 @@ def _cut(
     """Stamps about each candidate; pixels off the image, masked, or within
     2 FWHM of another detection get no weight."""
     half = side // 2
-    ny, nx = img.shape
     pad = half + 1
     pimg = np.pad(img, pad)
     pivar = np.pad(np.where(bad, 0.0, 1.0 / np.where(bad, 1.0, var)), pad)
@@ -345,7 +352,10 @@ def _cut(
     for row in cand:
         xc, yc = float(row["x"]), float(row["y"])
         ix, iy = round(xc), round(yc)
-        box = (slice(iy - half + pad, iy + half + 1 + pad), slice(ix - half + pad, ix + half + 1 + pad))
+        box = (
+            slice(iy - half + pad, iy + half + 1 + pad),
+            slice(ix - half + pad, ix + half + 1 + pad),
+        )
         w = pivar[box].copy()
         others = (np.abs(sx - xc) < half + 2 * fwhm) & (np.abs(sy - yc) < half + 2 * fwhm)
         for ox, oy in zip(sx[others], sy[others], strict=True):
@@ -401,8 +411,8 @@ def _linear(
     det = smm * sw - sm * sm
     with np.errstate(divide="ignore", invalid="ignore"):
         amp = np.where(det > 0, (smd * sw - sm * sd) / det, 0.0)
-        sky = np.where(det > 0, (smm * sd - sm * smd) / det, 0.0)
-    return amp, sky
+        level = np.where(det > 0, (smm * sd - sm * smd) / det, 0.0)
+    return amp, level
 
 
 def _chi(s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig) -> np.ndarray:
@@ -473,9 +483,7 @@ def _own_fwhm(
     return fwhm * vertex, fwhm * err
 
 
-def _residual(
-    s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig
-) -> np.ndarray | None:
+def _residual(s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig) -> np.ndarray | None:
     """The stars' median residual from the profile within ``residual_radius``
     FWHM, recentred, or None when it is not significant."""
     model = _models(s, fwhm, beta)
@@ -496,7 +504,9 @@ def _residual(
         lost = ndimage.shift((s.ivar[i] <= 0).astype(np.float64), shift, order=1) > 0.01
         r = ndimage.shift(np.where(s.ivar[i] > 0, r, 0.0), shift, order=3)
         with np.errstate(divide="ignore"):
-            sd = np.where(s.ivar[i] > 0, 1.0 / np.sqrt(np.where(s.ivar[i] > 0, s.ivar[i], 1.0)), 0.0)
+            sd = np.where(
+                s.ivar[i] > 0, 1.0 / np.sqrt(np.where(s.ivar[i] > 0, s.ivar[i], 1.0)), 0.0
+            )
         res.append(np.where(lost, np.nan, r))
         sig.append(np.where(lost, np.nan, sd / amp[i]))
     cube, scube = np.array(res), np.array(sig)
