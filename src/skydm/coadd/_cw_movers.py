@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
 import numpy as np
-from scipy import optimize
+from scipy import ndimage, optimize
 
 from skydm.coadd._cw_config import MoverConfig
 from skydm.coadd._cw_footprints import _footprints, _groups
@@ -40,6 +40,7 @@ from skydm.coadd._cw_streaks import Streak
 
 if TYPE_CHECKING:
     from skydm.coadd.stack import WarpStack
+    from skydm.image.psf import Psf
 
 #: A model's pixels are those where the epoch's PSF is above this fraction
 #: of its peak (the light beyond is below the noise of any mover we fit).
@@ -469,6 +470,7 @@ def model_movers(
     h = max(3, math.ceil(2 * fw))
     ny, nx = stack.shape
     out: list[Streak] = []
+    tables: dict[int, KernelTable] = {}
     for track, epochs in tracks.spans:
         ks = np.array([k for k in epochs if psfs[k] is not None], dtype=np.int64)
         if ks.size < 3:
@@ -494,7 +496,11 @@ def model_movers(
             ok[i, cy[inside] - y0, cx[inside] - x0] = False
         w = np.where(ok, 1.0 / np.where(ok, var, 1.0), 0.0)
         stamp = _Stamp(np.where(ok, img, 0.0), w, y0, x0, nx)
-        fit = _fit_track(stamp, [psfs[k] for k in ks], dt, p0, v, h, fw)
+        for k in ks:
+            psf = psfs[k]
+            if int(k) not in tables and psf is not None:
+                tables[int(k)] = KernelTable(psf, h)
+        fit = _fit_track(stamp, [tables[int(k)] for k in ks], dt, p0, v, h, fw)
         if fit is None:
             continue
         flux, models = fit
@@ -512,9 +518,66 @@ def model_movers(
     return out
 
 
+#: Sub-pixel phases per pixel of a :class:`KernelTable`: the PSF is rendered
+#: at ``KERNEL_PHASES**2`` shifts and interpolated in between (a cubic spline
+#: on a 0.2-pixel grid: errors far below a mover's noise for any FWHM >= 2 px).
+KERNEL_PHASES = 5
+
+
+class KernelTable:
+    """One PSF's pixel kernels at any sub-pixel shift, from a finer table.
+
+    The mover fit asks for every epoch's kernel at a new position at each
+    step of its least squares (about 140 per epoch on the benchmark, most
+    of them for finite-difference Jacobians); rendering each one took
+    three quarters of the fit.  The kernel is instead rendered once at
+    ``KERNEL_PHASES**2`` sub-pixel shifts, interleaved into one finer grid
+    and interpolated with a cubic spline (smooth in the shift, as a least
+    squares needs), then normalised as :meth:`Psf.kernel` does.
+    """
+
+    def __init__(self, psf: Psf, h: int) -> None:
+        q, m = KERNEL_PHASES, h + 1
+        size = 2 * m + 1
+        fine = np.empty((size * q, size * q))
+        for a in range(q):
+            for c in range(q):
+                # Entry (j q + c, i q + a) is the profile at offset i - m + a / q.
+                fine[c::q, a::q] = psf.kernel(size, -a / q, -c / q)
+        self.coeffs = ndimage.spline_filter(fine, order=3)
+        self.h, self.m = h, m
+        self.base = (np.arange(2 * h + 1) - h + m) * q
+
+    def kernel(self, dx: float, dy: float) -> np.ndarray:
+        """The ``2 h + 1`` square kernel shifted by ``(dx, dy)`` (|shift| <= 0.5)."""
+        # Every output pixel sits at the same fraction of the fine grid, so
+        # the cubic B-spline is four weights per axis applied to strided views.
+        q, n = KERNEL_PHASES, 2 * self.h + 1
+        rows = self._axis(self.base[0] - dy * q)
+        cols = self._axis(self.base[0] - dx * q)
+        c = self.coeffs
+        part = sum(w * c[i : i + q * (n - 1) + 1 : q] for i, w in rows)
+        k = sum(w * part[:, i : i + q * (n - 1) + 1 : q] for i, w in cols)
+        assert isinstance(k, np.ndarray)
+        return k / k.sum()
+
+    @staticmethod
+    def _axis(at: float) -> list[tuple[int, float]]:
+        """The four (first fine index, cubic B-spline weight) pairs at ``at``."""
+        i = math.floor(at)
+        f = at - i
+        g = 1 - f
+        return [
+            (i - 1, g * g * g / 6),
+            (i, (3 * f * f * f - 6 * f * f + 4) / 6),
+            (i + 1, (3 * g * g * g - 6 * g * g + 4) / 6),
+            (i + 2, f * f * f / 6),
+        ]
+
+
 def _fit_track(
     st: _Stamp,
-    psfs: list,  # type: ignore[type-arg]
+    psfs: list[KernelTable],
     dt: np.ndarray,
     p0: np.ndarray,
     v: np.ndarray,
@@ -524,7 +587,6 @@ def _fit_track(
     """The refined track's flux and per-epoch (flat indices, model values),
     or None where the fit is not significant or moved off the chained track."""
     n, rows, cols = st.img.shape
-    size = 2 * h + 1
     wsum = st.w.sum(axis=0)
     safe = np.where(wsum > 0, wsum, 1.0)
     xbar = (st.w * st.img).sum(axis=0) / safe
@@ -535,7 +597,7 @@ def _fit_track(
         for i in range(n):
             cy, cx = pos[i, 0] - st.y0, pos[i, 1] - st.x0
             iy, ix = round(cy), round(cx)
-            k = psfs[i].kernel(size, cx - ix, cy - iy)
+            k = psfs[i].kernel(cx - ix, cy - iy)
             ya, yb = max(iy - h, 0), min(iy + h + 1, rows)
             xa, xb = max(ix - h, 0), min(ix + h + 1, cols)
             if ya < yb and xa < xb:

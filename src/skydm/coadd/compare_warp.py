@@ -53,7 +53,7 @@ from skydm.coadd._cw_differences import (
     band_differences,
     match_planes,
 )
-from skydm.coadd._cw_fits import fit_candidates
+from skydm.coadd._cw_fits import fit_candidates, one_blas_thread
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_movers import (
     MoverTracks,
@@ -357,14 +357,23 @@ def find_clips(
             for c, ks in found
             if all(np.hypot(*(tr.at(tr.tm) - c.p0)) > near for tr, _ in tracks.spans)
         ]
-    movers = model_movers(stack, tracks, outliers.cosmic_rays, b) if mover.model else []
+    movers: list[Streak] = []
+    if mover.model:
+        # Small least-squares matrices: BLAS's threads would only wait.
+        with one_blas_thread():
+            movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
+    clips.streaks = movers
     if cfg.streaks.enabled:
-        lines = model_streaks(stack, clips, cfg.streaks, p.chunks, threads=threads)
         # A line fitted on a footprint that a mover model covers would be
-        # subtracted twice: the mover's model stands.
-        taken = {(s.k, int(i)) for s in movers for i in s.index[:: max(1, s.index.size // 8)]}
-        clips.streaks = [s for s in lines if not any((s.k, int(i)) in taken for i in s.index)]
-    clips.streaks = movers + clips.streaks
+        # subtracted twice: the mover's model stands, and such a footprint
+        # (one holding a sample of a model's pixels) is not fitted at all.
+        taken: dict[int, list[np.ndarray]] = {}
+        for s in movers:
+            taken.setdefault(s.k, []).append(s.index[:: max(1, s.index.size // 8)])
+        owned = {k: np.concatenate(v) for k, v in taken.items()}
+        clips.streaks = movers + model_streaks(
+            stack, clips, cfg.streaks, p.chunks, threads=threads, owned=owned
+        )
     return clips
 
 
@@ -375,17 +384,24 @@ def model_streaks(
     chunks: list[tuple[int, int]],
     *,
     threads: int = 2,
+    owned: dict[int, np.ndarray] | None = None,
 ) -> list[Streak]:
-    """Fit a line model to every clipped footprint (:mod:`skydm.coadd._cw_streaks`);
-    those that pass its tests are subtracted at assembly instead of replaced."""
+    """Fit a line model to every clipped footprint (:mod:`skydm.coadd._cw_streaks`)
+    but those holding one of ``owned[k]`` (flat pixels of epoch ``k`` that
+    another model already covers); those that pass its tests are subtracted
+    at assembly instead of replaced."""
     ny, nx = stack.shape
-    cands = candidates(
-        clips.clip,
-        clips.bin,
-        (ny, nx),
-        min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels,
-    )
+    cands = [
+        c
+        for c in candidates(
+            clips.clip,
+            clips.bin,
+            (ny, nx),
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
+        )
+        if owned is None or c.k not in owned or not np.isin(owned[c.k], c.index).any()
+    ]
     if not cands:
         return []
     # Static sources under each epoch's clips (the restorations' positions).
