@@ -6,7 +6,10 @@ read from disk by memory map), ``peak_mb`` (peak memory allocated by that
 assembly, traced with tracemalloc on the identical clean run; memory-mapped
 warps are not counted), ``swarp_s`` and ``swarp_threads_s`` (SWarp's
 combine of the same warps with ``RESAMPLE N``, the SWarp process alone,
-one thread and its default of all cores), ``leakage`` / ``leakage_max``
+one thread and its default of all cores), ``compare_warp_cpu_s`` and
+``swarp_cpu_s`` (CPU seconds of the same CompareWarp run, its fit worker
+processes included, and of the one-thread SWarp process: steadier than wall
+time on a shared machine), ``leakage`` / ``leakage_max``
 for CompareWarp and ``swarp_leakage`` / ``swarp_leakage_max`` for SWarp
 (worst artefact class; :mod:`coadd_harness.scoring`'s harness), CompareWarp's
 leakage split into the artefacts' light (``leakage_light``,
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -138,6 +142,13 @@ def _kept_warps(
     return art, clean, foot, weights, warp_s
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (SWarp, the
+    fits' worker processes): on a shared machine, steadier than wall time."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _warm(paths: list[Path]) -> None:
     """Read ``paths`` once, so that the timed runs find them in the page cache."""
     for p in paths:
@@ -177,9 +188,9 @@ def main() -> int:
         # Both combines read the same files; both are timed with them in the
         # page cache (otherwise the first to run pays for the disk).
         _warm(art)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu()
         cw_art = assemble_coadd(WarpStack(art, weights=weights), "compare")
-        compare_s = time.perf_counter() - start
+        compare_s, compare_cpu = time.perf_counter() - start, _cpu() - cpu0
         # Peak memory of the assembly, traced on the (identical) clean run so
         # that tracing does not slow the timed one.
         tracemalloc.start()
@@ -190,7 +201,9 @@ def main() -> int:
         ref_clean = assemble_coadd(WarpStack(clean, weights=weights), "mean")
 
         _warm(art)
+        cpu0 = _cpu()
         sw_art, swarp_s = run_swarp(art, weights=weights, nthreads=1, workdir=work / "sw1")
+        swarp_cpu = _cpu() - cpu0
         _, swarp_threads_s = run_swarp(art, weights=weights, nthreads=0, workdir=work / "sw0")
         sw_clean, _ = run_swarp(clean, weights=weights, nthreads=0, workdir=work / "sw2")
 
@@ -222,6 +235,8 @@ def main() -> int:
         "peak_mb": round(peak_mb, 1),
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "swarp_s": round(swarp_s, 2),
+        "compare_warp_cpu_s": round(compare_cpu, 2),
+        "swarp_cpu_s": round(swarp_cpu, 2),
         "swarp_threads_s": round(swarp_threads_s, 2),
         "leakage_max": round(max(leak.values()), 4) if leak else math.nan,
         "swarp_leakage_max": round(max(sw_leak.values()), 4) if sw_leak else math.nan,

@@ -339,12 +339,19 @@ def centroid_tracks(
     if np.unique(night).size < cfg.min_epochs:
         return []
     found: list[tuple[float, Track]] = []
+    block = (0, 0)
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for py, px in zip(*np.nonzero(peaks), strict=True):
         cy0, cx0 = int(py) * b + (b - 1) // 2, int(px) * b + (b - 1) // 2
         if not (h <= cy0 < ny - h and h <= cx0 < nx - h):
             continue
-        img, var, good = stack.rows(cy0 - h, cy0 + h + 1)
-        sl = np.s_[:, :, cx0 - h : cx0 + h + 1]
+        if not (block[0] <= cy0 - h and cy0 + h + 1 <= block[1]):
+            # Peaks come row by row: one read serves all those of a block.
+            block = (cy0 - h, min(cy0 - h + max(CENTROID_BLOCK, 2 * h + 1), ny))
+            rows = stack.rows(*block)
+        sl = np.s_[:, cy0 - h - block[0] : cy0 + h + 1 - block[0], cx0 - h : cx0 + h + 1]
+        assert rows is not None
+        img, var, good = rows
         img, var, good = img[sl].astype(np.float64), var[sl].astype(np.float64), good[sl]
         flat = ((yy + cy0) * nx + xx + cx0).astype(np.int64).ravel()
         core = yy * yy + xx * xx <= fwhm * fwhm
@@ -407,6 +414,9 @@ def centroid_tracks(
             out.append(track)
     return [(track, np.arange(n)) for track in out]
 
+
+#: Rows of the stack read at once for the centroids of the peaks in them.
+CENTROID_BLOCK = 64
 
 #: A centroid's error floor (FWHM): PSF residuals and resampling move a
 #: bright source's centroid by a few hundredths of a FWHM from epoch to epoch.
