@@ -15,6 +15,7 @@ from skydm.coadd._cw_rules import RuleContext, Variable, _epoch, _footprints, cl
 from skydm.coadd.compare_warp import compare_warp
 from skydm.errors import BadValueError
 from skydm.image import Exposure, GaussianPsf, VisitInfo
+from skydm.image.psf import MoffatPsf, PixelPsf
 
 CELL = SkyCell.centred(150.0, 2.0, (96, 96), 0.2)
 
@@ -223,3 +224,57 @@ def test_a_mover_whose_whole_track_is_under_a_fwhm_is_found_by_its_centroid() ->
     assert abs(leak) <= 0.15 and leak_off > 0.5, (
         f"leakage {leak:.3f}, without the rule {leak_off:.3f}"
     )
+
+
+def test_footprints_a_mover_model_covers_are_not_fitted_as_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A footprint holding a mover model's pixels is the mover's: it is not
+    fitted as a line (the pre-screen that spares those fits), and no line
+    model shares a pixel with a mover model of its epoch."""
+    import importlib
+
+    cw = importlib.import_module("skydm.coadd.compare_warp")
+    fitted: list = []  # type: ignore[type-arg]
+    real = cw.fit_candidates
+
+    def record(cands, psfs, nx, *, workers=2):  # type: ignore[no-untyped-def]
+        fitted.extend(cands)
+        return real(cands, psfs, nx, workers=workers)
+
+    monkeypatch.setattr(cw, "fit_candidates", record)
+    art, clean, _ = _mover_field(0.3)
+    clips = cw.find_clips(WarpStack(art, weights=WarpStack(clean).weights))
+    models = [s for s in clips.streaks if s.x0 == s.x1 == 0]
+    assert models, "the mover is modelled"
+    lines = [s for s in clips.streaks if not s.x0 == s.x1 == 0]
+    for m in models:
+        for c in fitted:
+            assert c.k != m.k or not np.isin(m.index, c.index).any()
+        for s in lines:
+            assert s.k != m.k or not np.isin(m.index, s.index).any()
+
+
+@pytest.mark.parametrize(
+    "psf",
+    [GaussianPsf.from_fwhm(2.0), MoffatPsf(4.0), PixelPsf(MoffatPsf(5.0).kernel(25))],
+    ids=["gauss2", "moffat4", "pixel5"],
+)
+def test_kernel_table_matches_the_psf_kernel_at_any_shift(psf) -> None:  # type: ignore[no-untyped-def]
+    """The mover fit's interpolated kernels equal the PSF's own to 1e-4 of
+    their peak, at the table's phases and between them."""
+    from skydm.coadd._cw_movers import KernelTable
+
+    h = max(3, math.ceil(2 * psf.fwhm))
+    table = KernelTable(psf, h)
+    shifts = [
+        (0.0, 0.0),
+        (0.5, -0.5),
+        (-0.4, 0.2),
+        *np.random.default_rng(3).uniform(-0.5, 0.5, (8, 2)),
+    ]
+    for dx, dy in shifts:
+        want = psf.kernel(2 * h + 1, float(dx), float(dy))
+        got = table.kernel(float(dx), float(dy))
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4 * want.max(), (dx, dy)
