@@ -54,7 +54,6 @@ class Clips:
     bin: int
     target_fwhm: float
     threshold: float
-    n_lines: int
     streaks: list[Streak] = field(default_factory=list)
     restore_config: RestoreConfig = field(default_factory=RestoreConfig)
 
@@ -176,7 +175,6 @@ def assemble_clipped(
     exp.meta["CWTHRESH"] = (clips.threshold, "CompareWarp outlier threshold, sigma")
     exp.meta["CWTFWHM"] = (clips.target_fwhm, "CompareWarp target PSF FWHM, pixels")
     exp.meta["CWNCLIP"] = (int(clip.sum()), "binned pixels clipped, all epochs")
-    exp.meta["CWNLINE"] = (clips.n_lines, "faint trails found, all epochs")
     exp.meta["CWNREST"] = (len(restore), "variable sources restored under clips")
     exp.meta["CWNSTRK"] = (len(clips.streaks), "faint streaks subtracted as models")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")

@@ -342,7 +342,6 @@ def find_clips(
         bin=b,
         target_fwhm=p.target_fwhm,
         threshold=cfg.detect.threshold,
-        n_lines=0,  # the faint-trail line search was deleted (issue 19)
         restore_config=cfg.restore,
     )
     mover = cfg.rules.mover
