@@ -56,6 +56,13 @@ def test_star_psf_flux_matches_true_psf_among_compact_galaxies(seed: int) -> Non
     assert fit.psf.image.shape[0] >= 2 * 3.5 * TRUE.fwhm
 
 
+def test_a_large_image_is_measured_on_its_centre() -> None:
+    # max_side below the image: the central 256^2 alone is measured.
+    fit = measure_star_psf(_field(3), StarPsfConfig(max_side=256))
+    assert abs(fit.fwhm / TRUE.fwhm - 1) < 0.02, fit.fwhm
+    assert abs(_flux_ratio(fit.psf) - 1) < 0.01, (_flux_ratio(fit.psf), fit)
+
+
 def test_star_psf_needs_stars() -> None:
     rng = np.random.default_rng(1)
     exp = Exposure(rng.normal(0, 1, (100, 100)).astype(np.float32), info=VisitInfo(gain=1.0))
@@ -66,7 +73,13 @@ def test_star_psf_needs_stars() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("min_stars", 1), ("stamp_fwhm", 1.0), ("beta_sigma", -1.0), ("fit_fwhm", 9.0)],
+    [
+        ("min_stars", 1),
+        ("stamp_fwhm", 1.0),
+        ("beta_sigma", -1.0),
+        ("fit_fwhm", 9.0),
+        ("max_side", 100),
+    ],
 )
 def test_star_psf_config_is_validated(option: str, value: float) -> None:
     with pytest.raises(BadValueError, match=option):
