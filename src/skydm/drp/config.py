@@ -25,7 +25,7 @@ class ObjectFlag(enum.IntFlag):
     DEBLENDED = 1 << 4  #: one of several objects deblended from one footprint
     PARTIAL_PSF = 1 << 5  #: masked pixels removed a part of the PSF's weight in some band
     NO_FLUX = 1 << 6  #: no PSF flux could be measured in some band
-    NO_APCORR = 1 << 7  #: too few stars for a band's stellar locus (or, apcorr='stars', aperture correction)
+    NO_APCORR = 1 << 7  #: too few stars for a band's stellar locus (apcorr='stars': its correction)
 
 
 @dataclass(frozen=True)
