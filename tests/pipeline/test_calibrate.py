@@ -93,6 +93,8 @@ def test_cosmic_rays_found_and_repaired_against_truth(
 
 
 def test_cosmic_ray_repair_spares_real_decam_stars(data_dir: Path) -> None:
+    import sep
+
     from skydm.image import detect_sources
 
     flagged_any = 0
@@ -102,6 +104,11 @@ def test_cosmic_ray_repair_spares_real_decam_stars(data_dir: Path) -> None:
         flagged_any += int(cr.any())
         stars = detect_sources(exp, threshold=10.0)
         assert len(stars) >= 5
+        # Sources whose aperture leaves the stamp cannot be told from cosmic
+        # rays: with the PSF measured from the stars (3.9 px on OBS04e, where
+        # the 4.05 px header seeing was used before), the unmasked end of a
+        # cosmic ray that hits the border at (0-4, 62-66) is detected at (4, 67).
+        stars = stars[(np.asarray(stars["flag"]) & sep.APER_TRUNC) == 0]
         xs = np.rint(np.asarray(stars["x"])).astype(int)
         ys = np.rint(np.asarray(stars["y"])).astype(int)
         for x, y in zip(xs, ys, strict=True):

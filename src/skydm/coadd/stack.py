@@ -42,6 +42,9 @@ class _Member:
     #: straight (see :meth:`WarpStack._read_into`); looked up once, as
     #: astropy's HDU lookups by name cost more than reading a band.
     direct: tuple[np.ndarray, np.ndarray, np.ndarray, np.uint32] | None = None
+    #: The warp's resampling kernel (its ``WARPMETH`` card; "" when unknown):
+    #: the coadd PSF includes it (see :func:`skydm.coadd.combine.coadd_psf`).
+    resampling: str = ""
 
 
 def _grid_offset(a: WCS, b: WCS, shape: tuple[int, int]) -> float:
@@ -140,6 +143,7 @@ class WarpStack:
             name = item.source or f"warp of visit {item.info.visit}"
             psf = _as_stored(item.psf)
             member = _Member(name, item, None, False, psf, item.zero_point, item.info)
+            member.resampling = _resampling(item.meta.get("WARPMETH", ""))
             return member, item.shape, item.wcs
         path = Path(item)
         hdul = open_fits(path, memmap=True, do_not_scale_image_data=True)
@@ -147,6 +151,7 @@ class WarpStack:
             hdul.close()
             exp = read_exposure(path)
             member = _Member(str(path), exp, None, False, exp.psf, exp.zero_point, exp.info)
+            member.resampling = _resampling(exp.meta.get("WARPMETH", ""))
             return member, exp.shape, exp.wcs
         try:
             img_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
@@ -172,6 +177,7 @@ class WarpStack:
             float(h0.get("ZP", math.nan)),
             VisitInfo.from_header(h0),
             None if remap else _direct(hdul),
+            _resampling(h0.get("WARPMETH", "")),
         )
         return member, shape, wcs_from_header(img_hdu.header)
 
@@ -345,6 +351,12 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _resampling(card: object) -> str:
+    """The resampling kernel named by a ``WARPMETH`` card (a value or a (value, comment) pair)."""
+    value = card[0] if isinstance(card, tuple) else card
+    return str(value).strip().lower()
 
 
 def _as_stored(psf: Psf | None) -> Psf | None:

@@ -142,8 +142,10 @@ class FluxRatio:
     n_stars : int
         Stars kept in the fit.
     scatter : float
-        Robust scatter of the single stars' ratios (NaN with fewer than 3):
-        comparable to the ratio itself when the images do not share stars.
+        Robust scatter of the single stars' ratios beyond their typical
+        noise, in quadrature (NaN with fewer than 3): comparable to the
+        ratio itself when the images do not share stars, near 0 when they
+        do, however faint the stars are in one of them.
     """
 
     value: float
@@ -185,6 +187,7 @@ def flux_ratio(
     formal = float(1.0 / math.sqrt(np.sum(1.0 / err[keep] ** 2)))
     n = int(keep.sum())
     spread = robust_sigma(r - float(np.median(r)))
+    spread = math.sqrt(max(spread**2 - float(np.median(err)) ** 2, 0.0))
     return FluxRatio(est, max(formal, scatter / math.sqrt(n)), n, spread)
 
 

@@ -218,10 +218,14 @@ def subtract(
         image, variance, mask, psf = out.image, out.variance, out.mask, out.psf
         kernel, convolved, factor = out.solution, out.convolved, out.filter_factor
         ksum, kerr = out.solution.kernel_sum, out.solution.kernel_sum_err
+        excess = out.solution.kernel_sum_excess
         if out.convolved == "science" and ksum != 0:
-            kerr = kerr / ksum**2
+            kerr, excess = kerr / ksum**2, excess / ksum**2
         n_used = max(out.solution.n_stamps, 1)
-        fit = FluxRatio(out.flux_ratio, kerr, n_used, kerr * math.sqrt(n_used))
+        # The unrelated-images check takes the stamps' scatter beyond their
+        # noise: faint stars' sums scatter by a third of the ratio on a
+        # single visit, and a 0.5 limit on the raw scatter refused correct pairs.
+        fit = FluxRatio(out.flux_ratio, kerr, n_used, excess)
     else:
         if science.psf is None or template.psf is None:
             psf_s, psf_t = _al.kernel_psfs(sci, tmp, psf_s, psf_t, config=cfg.al, notes=notes)
@@ -317,7 +321,8 @@ def _check_ratio(fit: FluxRatio, science: Exposure, template: Exposure, cfg: Dif
         )
     if fit.n_stars >= 3 and math.isfinite(fit.scatter) and fit.scatter > 0.5 * beta:
         raise UserError(
-            f"{pair}: the single stars' flux ratios scatter by {fit.scatter:.3g} around "
+            f"{pair}: the single stars' flux ratios scatter by {fit.scatter:.3g} beyond their "
+            f"noise around "
             f"{beta:.3g}: the images do not share their stars (unrelated images?); check "
             "the pair"
         )

@@ -25,7 +25,7 @@ class ObjectFlag(enum.IntFlag):
     DEBLENDED = 1 << 4  #: one of several objects deblended from one footprint
     PARTIAL_PSF = 1 << 5  #: masked pixels removed a part of the PSF's weight in some band
     NO_FLUX = 1 << 6  #: no PSF flux could be measured in some band
-    NO_APCORR = 1 << 7  #: too few stars to measure a band's aperture correction
+    NO_APCORR = 1 << 7  #: too few stars for a band's stellar locus (apcorr='stars': its correction)
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,23 @@ class ObjectConfig:
         model) exceeds its PSF flux by more than this fraction ...
     extended_nsigma : float
         ... and by more than this many sigma of the difference.
+    apcorr : str
+        Where the aperture correction comes from: ``"psf"`` (default), the
+        PSF model itself (the inverse of the share of the coadd PSF's light
+        inside the fitted stamp: 1 when the whole model is fitted), or
+        ``"stars"``, the median over bright isolated stars of their flux in
+        ``apcorr_radius`` FWHM over their PSF flux (with 0-10 stars per
+        cell it scattered by +-2-5%: one star with a faint companion moves it).
     apcorr_radius : float
         Radius, in PSF FWHM, of the aperture whose flux the PSF fluxes are
-        corrected to (the PSF model's stamp truncates the wings).
+        corrected to with ``apcorr="stars"`` (the PSF model's stamp
+        truncates the wings).
     apcorr_min_snr : float
         Smallest PSF S/N of a star used to measure the aperture correction.
     apcorr_min_stars : int
-        Fewest stars for an aperture correction; with fewer it is 1 and
-        ``NO_APCORR`` is set.
+        Fewest stars for a band's stellar locus (and, with
+        ``apcorr="stars"``, its aperture correction); with fewer both are 1
+        and ``NO_APCORR`` is set.
     """
 
     threshold: float = 5.0
@@ -112,6 +121,7 @@ class ObjectConfig:
     aperture_radius: float = 1.5
     extended_fraction: float = 0.02
     extended_nsigma: float = 3.0
+    apcorr: str = "psf"
     apcorr_radius: float = 4.0
     apcorr_min_snr: float = 50.0
     apcorr_min_stars: int = 5
@@ -157,6 +167,8 @@ class ObjectConfig:
             value = getattr(self, name)
             if not (0 <= value < 1):
                 raise BadValueError(name, value, "a fraction in [0, 1)")
+        if self.apcorr not in ("psf", "stars"):
+            raise BadValueError("apcorr", self.apcorr, "'psf' or 'stars'")
         if not (self.apcorr_min_snr >= 0 and math.isfinite(self.apcorr_min_snr)):
             raise BadValueError("apcorr_min_snr", self.apcorr_min_snr, "a finite number >= 0")
         if self.apcorr_radius <= self.aperture_radius:

@@ -28,6 +28,7 @@ from skydm.errors import BadValueError, UserError
 from skydm.image.detect import estimate_background
 from skydm.image.exposure import NJY_AB_MAG, Exposure
 from skydm.image.mask import UNUSABLE, Mask
+from skydm.image.psf import Psf
 
 _BAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,15}$")
 #: Mask bits of a footprint and the Object flag each one sets.
@@ -298,6 +299,25 @@ def _extendedness(
     return np.where(used, extended.astype(np.float64), np.nan)
 
 
+def psf_apcorr(psf: Psf, stamp: int) -> float:
+    """Aperture correction from the PSF model: its whole light over that in the fitted stamp.
+
+    PSF fluxes are fitted with the model cut to ``min(model size, stamp)``
+    and normalised to unit sum there, so they miss the model's light
+    outside the stamp.  Unlike a median over a cell's few bright stars, it
+    is not moved by a star's faint companion or its noise; it trusts the
+    coadd PSF's wings (the calexp PSFs' Moffat profiles within 3.5 FWHM,
+    the warps' resampling included).
+    """
+    full = psf.kernel()
+    size = min(full.shape[0], stamp) | 1
+    if size >= full.shape[0]:
+        return 1.0
+    c = (full.shape[0] - size) // 2
+    inner = float(full[c : c + size, c : c + size].sum())
+    return float(full.sum()) / inner if inner > 0 else 1.0
+
+
 @dataclass(frozen=True)
 class BandCalibration:
     """A band's corrections measured on its bright isolated stars.
@@ -305,18 +325,19 @@ class BandCalibration:
     Attributes
     ----------
     apcorr : float
-        Large-aperture flux over PSF flux: multiplies PSF fluxes (the PSF
-        model is a finite stamp normalised to unit sum, so PSF fluxes miss
-        the light in the wings beyond it; Rubin's aperture corrections put
-        it back).
+        Total flux over PSF flux: multiplies PSF fluxes (the PSF model is a
+        finite stamp normalised to unit sum, so PSF fluxes miss the light
+        in the wings beyond it; Rubin's aperture corrections put it back).
+        From the PSF model (:func:`psf_apcorr`) by default, or measured on
+        the stars with ``apcorr="stars"``.
     locus : float
         The stars' extendedness-aperture flux over PSF flux: divides
         aperture fluxes so that point sources have equal PSF and aperture
         fluxes whatever the PSF model's small errors (Rubin corrects PSF and
         model fluxes alike for the same reason).
     n_stars : int
-        Stars used; 0 (and both corrections 1) when fewer than
-        ``apcorr_min_stars`` qualified.
+        Stars used; 0 (and the locus 1, and with ``apcorr="stars"`` the
+        correction too) when fewer than ``apcorr_min_stars`` qualified.
     """
 
     apcorr: float
@@ -340,7 +361,8 @@ def _calibrate_band(
     median of the candidates within 3 sigma (or ``extended_fraction``) of it,
     three times over.
     """
-    none = BandCalibration(1.0, 1.0, 0)
+    model = psf_apcorr(plane.psf, config.psf_stamp) if config.apcorr == "psf" else 1.0
+    none = BandCalibration(model, 1.0, 0)
     radius = config.apcorr_radius * plane.psf.fwhm
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = phot.flux / phot.flux_err
@@ -374,6 +396,8 @@ def _calibrate_band(
         locus = float(np.median(ratio[stars]))
     if stars.size < config.apcorr_min_stars:
         return none
+    if config.apcorr == "psf":
+        return BandCalibration(model, locus, int(stars.size))
     big, _ = big_aperture(plane, found.x[stars], found.y[stars], radius)
     corr = big / phot.flux[stars]
     corr = corr[np.isfinite(corr)]

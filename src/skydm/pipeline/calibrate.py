@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from skydm.errors import UserError
-from skydm.image import Exposure, Mask, MoffatPsf, measure_psf
+from skydm.image import Exposure, Mask, MoffatPsf
 from skydm.image.psf import Psf
+from skydm.image.starpsf import measure_star_psf
 from skydm.pipeline.cosmics import CosmicRayConfig, repair_cosmic_rays
 from skydm.pipeline.isr import remove_signature
 from skydm.pipeline.sky import BackgroundConfig, masked_background
@@ -121,8 +122,11 @@ def _pixel_scale(exp: Exposure) -> float:
 
 
 def _psf(exp: Exposure, fallback: bool) -> Psf:
+    # The stars' joint Moffat fit (skydm.image.starpsf; docs/drp.md, The PSF
+    # model): a stacked pixel PSF took compact galaxies for stars and lost
+    # its wings to a 25-pixel stamp.
     try:
-        return measure_psf(exp)
+        return measure_star_psf(exp).psf
     except UserError:
         if not fallback or not math.isfinite(exp.info.seeing) or exp.wcs is None:
             raise
