@@ -26,6 +26,7 @@ from skydm.prompt.config import PromptConfig, load_config, save_config
 from skydm.prompt.events import DetectorPointing, EventProducer, NextVisit, arrival_of
 
 if TYPE_CHECKING:
+    from skydm.repo import Repository
     from skydm.sim import SurveyConfig
     from skydm.sim.survey import SimVisit
 
@@ -313,7 +314,6 @@ def simulate_night(
     BrokerUnavailableError
         When Kafka does not acknowledge an event.
     """
-    from skydm.archive import ingest_files
     from skydm.repo import Repository
 
     say = log or (lambda _line: None)
@@ -338,7 +338,7 @@ def simulate_night(
             time.sleep(max(0.0, when - time.time()))
             dets = prepared.visits[n]
             if kind == 0:
-                producer.send(prompt.next_visit_topic, [_event(n, dets, night, when)])
+                send_next_visit(producer, prompt, n, dets, night, when)
                 report.visits.append(n)
                 say(f"next visit {n}: {len(dets)} detectors")
                 continue
@@ -346,19 +346,53 @@ def simulate_night(
                 if path is None:
                     report.missing.append((n, v.detector))
                     say(f"raw of visit {n} detector {v.detector} withheld (never arrives)")
-                    continue
-                result = ingest_files(repo, [path])
-                if not result.ok or result.results[0].data_id is None:
-                    raise SkydmError(f"night raw not ingested: {result.results[0].line()}")
-                producer.send(
-                    prompt.raw_topic, [arrival_of(result.results[0].data_id, path=str(path))]
-                )
-                report.raws += 1
+            report.raws += land_raws(repo, producer, prompt, dets)
     producer.close()
     first = prepared.visits[min(prepared.visits)]
     report.detectors = [v.detector for v, _ in first]
     report.seconds = time.time() - t0
     return report
+
+
+def send_next_visit(
+    producer: EventProducer,
+    prompt: PromptConfig,
+    visit: int,
+    dets: Sequence[tuple[SimVisit, Path | None]],
+    night: NightConfig,
+    when: float,
+) -> NextVisit:
+    """Send the next-visit event of ``visit`` (its detectors ``dets``, exposure at ``when``)."""
+    event = _event(visit, dets, night, when)
+    producer.send(prompt.next_visit_topic, [event])
+    return event
+
+
+def land_raws(
+    repo: Repository,
+    producer: EventProducer,
+    prompt: PromptConfig,
+    dets: Sequence[tuple[SimVisit, Path | None]],
+) -> int:
+    """Ingest each detector's raw and notify its arrival (withheld ones skipped); returns how many.
+
+    Raises
+    ------
+    SkydmError
+        When a raw cannot be ingested.
+    """
+    from skydm.archive import ingest_files
+
+    landed = 0
+    for _v, path in dets:
+        if path is None:
+            continue
+        result = ingest_files(repo, [path])
+        if not result.ok or result.results[0].data_id is None:
+            raise SkydmError(f"night raw not ingested: {result.results[0].line()}")
+        producer.send(prompt.raw_topic, [arrival_of(result.results[0].data_id, path=str(path))])
+        landed += 1
+    return landed
 
 
 def _event(
