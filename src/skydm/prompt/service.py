@@ -72,7 +72,7 @@ class ServeReport:
         return (
             f"{self.events} next-visit events, {self.arrivals} raw arrivals, "
             f"{self.bad_messages} bad messages; detector-visits: {states}; "
-            f"{self.retries} retries"
+            f"{self.retries} retries, {self.resumed} resumed from the table"
         )
 
 

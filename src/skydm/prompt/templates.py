@@ -149,7 +149,7 @@ def choose_template(
         raise UserError(
             f"no {template_type} template covers {min_coverage:.0%} of {what}: {where}; "
             f"build the template over those cells with `skydm run drp` (or lower "
-            f"template_min_coverage)"
+            f"template_min_coverage in prompt/config.json)"
         )
     return TemplateChoice(best.cell_id, best.coverage, tuple(searched))
 
