@@ -161,6 +161,19 @@ def grid_overrides(cfg: SurveyConfig) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def preload_radius(cfg: SurveyConfig) -> float:
+    """Half-size of the square a preload searches for templates: a detector's
+    half-diagonal plus the dither, in degrees (rounded up to 0.001).
+
+    Sized to the simulated detectors: the default (0.2 degrees, an LSST
+    detector) would make a preload of a small simulated detector look up
+    hundreds of the small grid's cells.
+    """
+    ny, nx = cfg.shape
+    half = (math.hypot(ny, nx) / 2.0 + cfg.dither) * cfg.pixel_scale / 3600.0
+    return math.ceil(half * 1000.0) / 1000.0
+
+
 def _existing(root: Path, band: str) -> tuple[bool, int]:
     """Whether the repository has templates in ``band``, and its highest raw visit."""
     from skydm.repo import Repository
@@ -262,7 +275,7 @@ def prepare_night(
     if not has_templates:
         say(f"making templates from {len(template_visits)} visits")
         make_templates(root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs)
-        prompt = prompt.updated(pipeline=grid)
+        prompt = prompt.updated(pipeline=grid, preload_radius_deg=preload_radius(cfg))
         save_config(root, prompt)
     # Raws are rendered and written before the clock starts: a camera has
     # them at readout; rendering them is not part of the night.
