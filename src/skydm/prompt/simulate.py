@@ -209,10 +209,22 @@ def make_templates(
         report = ingest_files(repo, paths)
     if not report.ok:
         raise SkydmError(f"template raws not ingested: {report.failed[0].line()}")
-    outcome = run_pipeline(("calibrate", "warp", "coadd"), root, config=grid, jobs=jobs, quiet=True)
+    # ``coadd`` skips a cell with fewer warps than its min_warps (3): a night
+    # with fewer template visits would get no template at all.
+    n_visits = len({v.visit for v in visits})
+    config = (*grid, f"coadd.min_warps={max(1, min(3, n_visits))}")
+    outcome = run_pipeline(
+        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True
+    )
     if outcome.report is not None and not outcome.report.ok:
         first = outcome.report.failures[0]
         raise SkydmError(f"templates not made: {first.unit} {first.status}: {first.reason}")
+    with Repository.open(root, create=False) as repo:
+        if not any(True for _ in repo.query(dataset_type="coadd")):
+            raise SkydmError(
+                f"templates not made: coadd made no template from {n_visits} visits "
+                f"(their warps do not overlap a sky cell); use more template visits"
+            )
 
 
 @dataclass
