@@ -118,3 +118,43 @@ def test_metrics_endpoint_serves_stage_histograms(tmp_path: Path) -> None:
     assert 'skydm_prompt_stage_seconds_sum{stage="latency"} 5.5' in text
     assert 'skydm_prompt_detectors_total{state="done"} 1.0' in text
     assert "skydm_prompt_alerts_total 3.0" in text
+
+
+def test_the_table_is_a_durable_queue(tmp_path: Path) -> None:
+    import sqlite3
+
+    # A table from before the durable queue gets the job's columns on opening.
+    (tmp_path / "prompt").mkdir()
+    old = sqlite3.connect(tmp_path / "prompt" / "prompt.sqlite3")
+    cols = ", ".join(f"t_{s} REAL" for s in ("event", "raw", "preload", "start", "calibrate",
+                                            "diffim", "association", "alerts"))  # fmt: skip
+    old.execute(
+        "CREATE TABLE detector_visit (instrument TEXT NOT NULL, visit INTEGER NOT NULL, "
+        "detector INTEGER NOT NULL, band TEXT NOT NULL, state TEXT NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, pid INTEGER, n_sources INTEGER, "
+        f"n_alerts INTEGER, error TEXT, {cols}, PRIMARY KEY (instrument, visit, detector))"
+    )
+    old.execute("INSERT INTO detector_visit VALUES ('skysim',1,0,'r','done',1,NULL,2,2,NULL,"
+                "1,2,3,4,5,6,7,8)")  # fmt: skip
+    old.commit()
+    old.close()
+    store = TimingStore(tmp_path)
+    assert store.open_jobs() == [] and store.rows()[0].state == "done"
+    # A raw notified before its event makes a row, but no job (no centre, no deadline).
+    store.arrived("skysim", 2, 1, "r", 50.0)
+    assert store.open_jobs() == []
+    for det in (0, 1, 2):
+        store.expect("skysim", 2, det, "r", 40.0, ra=150.0 + det, dec=2.0, deadline=120.0)
+    store.stamp("skysim", 2, 0, "preload", 41.0)
+    store.stamp("skysim", 2, 0, "preload", 99.0, keep=True)  # a re-load keeps the first
+    store.set_state("skysim", 2, 1, "ready")
+    assert store.start_attempt("skysim", 2, 0, 1234) == 1
+    store.finish("skysim", 2, 2, "timed_out", error="no raw")
+    store.close()
+    store = TimingStore(tmp_path)  # as a restarted service reads it
+    jobs = {r.detector: r for r in store.open_jobs()}
+    store.close()
+    assert {d: r.state for d, r in jobs.items()} == {0: "running", 1: "ready"}
+    assert jobs[1].stamps["raw"] == 50.0 and jobs[1].ra == 151.0 and jobs[1].deadline == 120.0
+    # The preload happened on the event: a processing attempt keeps its stamp.
+    assert jobs[0].stamps["preload"] == 41.0 and jobs[0].pid == 1234

@@ -54,6 +54,16 @@ class PromptConfig:
         librdkafka's 45 s: a broker may hold a joining member's first
         JoinGroup for up to half of it (tansu does), which is how long a
         service waits for its first event after starting.
+    template_min_coverage : float
+        Least fraction of a detector that its template (the coadd of the
+        sky cell covering it best) must cover; a detector with less fails
+        with the cells searched named.
+    preload_radius_deg : float
+        Half-size of the square around a detector's expected centre whose
+        sky cells' templates are read on the next-visit event (the event
+        gives the centre only).
+    template_cache : int
+        Templates a worker process keeps in memory between detectors.
     pipeline : tuple of str
         ``KEY=VALUE`` / ``TASK.KEY=VALUE`` overrides of the ``ap`` pipeline's
         task configs (the sky grid of the templates, the diffim method...).
@@ -69,6 +79,9 @@ class PromptConfig:
     radius_arcsec: float = 1.0
     poll_s: float = 0.2
     session_timeout_s: float = 10.0
+    template_min_coverage: float = 0.5
+    preload_radius_deg: float = 0.2
+    template_cache: int = 4
     pipeline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -103,6 +116,12 @@ class PromptConfig:
         if not 6 <= self.session_timeout_s <= 1800:
             # Kafka brokers refuse a session timeout outside 6 s to 30 min by default.
             raise BadValueError("session_timeout_s", self.session_timeout_s, "6 to 1800 seconds")
+        if not 0.01 <= self.template_min_coverage <= 1:
+            raise BadValueError("template_min_coverage", self.template_min_coverage, "0.01 to 1")
+        if not 0 <= self.preload_radius_deg <= 5:
+            raise BadValueError("preload_radius_deg", self.preload_radius_deg, "0 to 5 degrees")
+        if not 1 <= self.template_cache <= 64:
+            raise BadValueError("template_cache", self.template_cache, "1 to 64 templates")
         for item in self.pipeline:
             if "=" not in item:
                 raise BadValueError("pipeline", item, "KEY=VALUE or TASK.KEY=VALUE")

@@ -1,35 +1,66 @@
 """Where detector jobs run: worker processes of the service's own, or a Dask cluster.
 
-Both hand back, for each job, its :class:`DetectorOutcome`, or ``None``
-when the process running it died (``kill -9``, out of memory): the service
-then tries the job again on another worker.
+A job is a :class:`Work` item: the ``preload`` of a detector-visit (on its
+event) or its ``process`` (once its raw landed).  Both pools hand back, for
+each, its :class:`DetectorOutcome`, or ``None`` when the process running it
+died (``kill -9``, out of memory): the service then tries the job again on
+another worker.  The local pool says which worker ran each item, so that the
+service can send a detector's processing to the worker that preloaded it.
 
 The local pool gives each worker process one job at a time through its own
 queue, so the service always knows which job a dead worker held (a shared
 queue would lose the job a worker took just before dying).  Workers are
 started with ``spawn``: the service holds Kafka client threads that a fork
-must not copy.
+must not copy.  A worker whose service died (``kill -9``) exits by itself, so
+that a restarted service's retries are the only ones running.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from skydm.errors import BadValueError, require_extra
 from skydm.prompt.worker import (
     DetectorJob,
     DetectorOutcome,
     close_transports,
+    preload_detector,
     process_detector,
     warm_up,
 )
 
-Finished = tuple[DetectorJob, DetectorOutcome | None]
+
+@dataclass(frozen=True)
+class Work:
+    """One item for a worker: preload a detector-visit, or process it."""
+
+    kind: Literal["preload", "process"]
+    job: DetectorJob
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An item that ended: its outcome (``None``: its worker died) and the worker that ran it."""
+
+    work: Work
+    outcome: DetectorOutcome | None
+    worker: int | None
+
+
+def run_work(work: Work) -> DetectorOutcome:
+    """Run one item in this process."""
+    fn: Callable[[DetectorJob], DetectorOutcome] = (
+        preload_detector if work.kind == "preload" else process_detector
+    )
+    return fn(work.job)
 
 
 class JobPool(Protocol):
@@ -38,27 +69,50 @@ class JobPool(Protocol):
     def free(self) -> int:
         """How many more jobs may start now."""
 
-    def submit(self, job: DetectorJob) -> None:
-        """Start a job (only when :meth:`free` is positive)."""
+    def is_free(self, worker: int | None) -> bool:
+        """Whether ``worker`` (an id from :class:`Finished`) could start an item now."""
+
+    def submit(self, work: Work, prefer: int | None = None) -> None:
+        """Start an item (only when :meth:`free` is positive), on ``prefer`` if it is free."""
 
     def finished(self, timeout: float) -> list[Finished]:
-        """Jobs that ended since the last call (``None``: its worker died)."""
+        """Items that ended since the last call."""
 
-    def pids(self) -> dict[int, DetectorJob | None]:
-        """Worker process ids and the job each holds (empty for Dask)."""
+    def pids(self) -> dict[int, Work | None]:
+        """Worker process ids and the item each holds (empty for Dask)."""
 
     def close(self) -> None:
         """Stop the workers."""
 
 
+def _exit_with_parent() -> None:
+    """Exit this worker when the service that started it dies (checked every 0.5 s).
+
+    An orphan would carry on with its detector while the restarted service
+    retries it; ``os._exit`` ends it as a ``kill -9`` would, which the
+    retry semantics cover.
+    """
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        while parent.is_alive():
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="skydm-parent-watch", daemon=True).start()
+
+
 def _worker_main(inbox: Any, results: Any, index: int) -> None:
+    _exit_with_parent()
     warm_up()
     try:
         while True:
-            job = inbox.get()
-            if job is None:
+            work = inbox.get()
+            if work is None:
                 return
-            results.put((index, process_detector(job)))
+            results.put((index, run_work(work)))
     finally:
         close_transports()
 
@@ -67,7 +121,7 @@ def _worker_main(inbox: Any, results: Any, index: int) -> None:
 class _Slot:
     process: Any
     inbox: Any
-    job: DetectorJob | None = None
+    work: Work | None = None
 
 
 class LocalPool:
@@ -96,12 +150,22 @@ class LocalPool:
         return _Slot(proc, inbox)
 
     def free(self) -> int:
-        return sum(1 for s in self._slots if s.job is None)
+        return sum(1 for s in self._slots if s.work is None)
 
-    def submit(self, job: DetectorJob) -> None:
-        slot = next(s for s in self._slots if s.job is None)
-        slot.job = job
-        slot.inbox.put(job)
+    def is_free(self, worker: int | None) -> bool:
+        return (
+            worker is not None
+            and 0 <= worker < len(self._slots)
+            and (self._slots[worker].work is None)
+        )
+
+    def submit(self, work: Work, prefer: int | None = None) -> None:
+        if prefer is not None and self.is_free(prefer):
+            slot = self._slots[prefer]
+        else:
+            slot = next(s for s in self._slots if s.work is None)
+        slot.work = work
+        slot.inbox.put(work)
 
     def finished(self, timeout: float) -> list[Finished]:
         out: list[Finished] = []
@@ -115,22 +179,22 @@ class LocalPool:
             pass
         for i, slot in enumerate(self._slots):
             if not slot.process.is_alive():
-                lost = slot.job
+                lost = slot.work
                 slot.process.join(0)
                 self._slots[i] = self._start(i)
                 if lost is not None:
-                    out.append((lost, None))
+                    out.append(Finished(lost, None, i))
         return out
 
     def _took(self, index: int, outcome: DetectorOutcome) -> Finished:
         slot = self._slots[index]
-        job = slot.job
-        slot.job = None
-        assert job is not None and job.key == outcome.key
-        return job, outcome
+        work = slot.work
+        slot.work = None
+        assert work is not None and work.job.key == outcome.key
+        return Finished(work, outcome, index)
 
-    def pids(self) -> dict[int, DetectorJob | None]:
-        return {int(s.process.pid): s.job for s in self._slots}
+    def pids(self) -> dict[int, Work | None]:
+        return {int(s.process.pid): s.work for s in self._slots}
 
     def close(self) -> None:
         for slot in self._slots:
@@ -157,14 +221,17 @@ class DaskPool:
     def __init__(self, client: Any, n: int) -> None:
         self._client = client
         self._n = n
-        self._futures: dict[Any, DetectorJob] = {}
+        self._futures: dict[Any, Work] = {}
 
     def free(self) -> int:
         return self._n - len(self._futures)
 
-    def submit(self, job: DetectorJob) -> None:
-        fut = self._client.submit(process_detector, job, pure=False, key=_dask_key(job))
-        self._futures[fut] = job
+    def is_free(self, worker: int | None) -> bool:
+        return False  # Dask places tasks itself: no worker to prefer
+
+    def submit(self, work: Work, prefer: int | None = None) -> None:
+        fut = self._client.submit(run_work, work, pure=False, key=_dask_key(work))
+        self._futures[fut] = work
 
     def finished(self, timeout: float) -> list[Finished]:
         distributed = require_extra("distributed", "pipeline")
@@ -178,14 +245,14 @@ class DaskPool:
             return []
         out: list[Finished] = []
         for fut in [f for f in self._futures if f.done()]:
-            job = self._futures.pop(fut)
+            work = self._futures.pop(fut)
             try:
-                out.append((job, fut.result()))
+                out.append(Finished(work, fut.result(), None))
             except Exception:  # KilledWorker: Dask gave up on it after its retries
-                out.append((job, None))
+                out.append(Finished(work, None, None))
         return out
 
-    def pids(self) -> dict[int, DetectorJob | None]:
+    def pids(self) -> dict[int, Work | None]:
         return {}
 
     def close(self) -> None:
@@ -193,10 +260,10 @@ class DaskPool:
             fut.cancel()
 
 
-def _dask_key(job: DetectorJob) -> str:
+def _dask_key(work: Work) -> str:
     import uuid
 
-    return f"prompt-{job.visit}-{job.detector}-{uuid.uuid4().hex[:8]}"
+    return f"prompt-{work.kind}-{work.job.visit}-{work.job.detector}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager

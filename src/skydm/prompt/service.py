@@ -1,18 +1,26 @@
-"""The prompt-processing service: events in, one job per detector, retries, metrics.
+"""The prompt-processing service: events in, two jobs per detector, a durable queue.
 
 :class:`PromptService` consumes the next-visit and raw-arrival topics.  A
-next-visit event makes one :class:`~skydm.prompt.worker.DetectorJob` per
-detector, queued for the pool at once so that its worker preloads while the
-exposure is taken; a raw-arrival notification stamps ``raw``.  A job whose
-worker died, or that failed, is queued again (in front) until it has had
+next-visit event writes one row per detector into the repository's table
+(:class:`~skydm.prompt.timing.TimingStore`, state ``waiting``, with the
+job's centre and deadline) before its Kafka offset is committed, and queues
+a *preload* of each detector: a worker reads its templates and DIA objects
+and is then free again.  When the raw lands (its notification, or the
+registry), the detector becomes ``ready`` and its *processing* is queued,
+first for the worker that preloaded it.  A processing job whose worker died,
+or that failed, is queued again (in front) until it has had
 ``max_attempts`` tries; a raw that does not land by the deadline (the
-visit's expected start plus ``raw_timeout_s``) is recorded as timed out by
-its worker and the service carries on.
+visit's expected start plus ``raw_timeout_s``) is recorded as timed out and
+the service carries on.  A service started again (after a crash, ``kill
+-9``) reads the rows not ended back and carries on with them: waiting ones
+are preloaded again, ready and running ones processed (the latter as a
+retry; the APDB and outbox keep a retry from sending an alert twice).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import signal
 import threading
@@ -25,9 +33,26 @@ from typing import Any
 from skydm.errors import BadValueError, require_extra
 from skydm.prompt.config import PromptConfig
 from skydm.prompt.events import EventProducer, NextVisit, RawArrival, parse_event
-from skydm.prompt.pool import JobPool, open_pool
+from skydm.prompt.pool import Finished, JobPool, Work, open_pool
 from skydm.prompt.timing import DetectorVisit, Metrics, TimingStore, now
 from skydm.prompt.worker import DetectorJob, apdb_location
+from skydm.repo import Repository
+
+Key = tuple[str, int, int]
+
+#: Seconds between looks in the registry for the raws of waiting detectors
+#: (raws ingested without a notification; the notification is the fast path).
+REGISTRY_POLL_S = 1.0
+
+
+@dataclass
+class _Tracked:
+    """A detector-visit the service holds (not ended)."""
+
+    job: DetectorJob
+    state: str  # "waiting" (for its raw), "ready" (queued) or "running"
+    #: The worker holding its preload (``None``: none, or unknown).
+    preloaded_on: int | None = None
 
 
 @dataclass
@@ -38,6 +63,7 @@ class ServeReport:
     arrivals: int = 0
     bad_messages: int = 0
     retries: int = 0
+    resumed: int = 0
     ended: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -46,7 +72,7 @@ class ServeReport:
         return (
             f"{self.events} next-visit events, {self.arrivals} raw arrivals, "
             f"{self.bad_messages} bad messages; detector-visits: {states}; "
-            f"{self.retries} retries"
+            f"{self.retries} retries, {self.resumed} resumed from the table"
         )
 
 
@@ -93,8 +119,13 @@ class PromptService:
         self.stop_event = threading.Event()
         # Made here, once: workers creating the tables at the same moment would race.
         Apdb(apdb_location(config, self.root)).close()
-        self._queue: collections.deque[DetectorJob] = collections.deque()
-        self._known: set[tuple[str, int, int]] = set()
+        self._jobs: dict[Key, _Tracked] = {}
+        #: Detector-visits whose raw landed, in the order to process them.
+        self._ready: collections.deque[Key] = collections.deque()
+        #: Detector-visits to preload (their event came), first in first.
+        self._to_preload: collections.deque[Key] = collections.deque()
+        self._raw_seen: set[Key] = set()
+        self._last_registry_poll = 0.0
         self.pool: JobPool | None = None
 
     def close(self) -> None:
@@ -117,7 +148,10 @@ class PromptService:
                 "group.id": "skydm-prompt-"
                 + hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16],
                 "auto.offset.reset": "earliest",
-                "enable.auto.commit": True,
+                # Offsets are committed by hand once the events they cover are
+                # in the table (the durable queue): a service killed between the
+                # two reads the events again, and the table drops the repeats.
+                "enable.auto.commit": False,
                 "session.timeout.ms": round(self.config.session_timeout_s * 1000),
                 # Kafka's rule: heartbeats at most a third of the session timeout.
                 "heartbeat.interval.ms": round(self.config.session_timeout_s * 1000 / 3),
@@ -147,36 +181,45 @@ class PromptService:
         """
         say = log or (lambda _line: None)
         report = ServeReport()
+        self._resume(report, say)
         consumer = self._consumer()
         started = last_activity = time.monotonic()
         restore = _stop_on_signals(self.stop_event)
         try:
-            with open_pool(self.config.workers, self.dask) as pool:
+            with (
+                open_pool(self.config.workers, self.dask) as pool,
+                Repository.open(self.root, create=False) as repo,
+            ):
                 self.pool = pool
                 while not self.stop_event.is_set():
-                    # Block on Kafka only when no queued job could start now.
-                    ready = bool(self._queue) and pool.free() > 0
+                    # Block on Kafka only when no queued item could start now.
+                    ready = bool(self._ready or self._to_preload) and pool.free() > 0
                     msgs = consumer.consume(200, timeout=0.0 if ready else self.config.poll_s)
+                    handled = False
                     for msg in msgs:
                         if msg.error() is not None:
                             continue
                         last_activity = time.monotonic()
                         self._on_message(msg, report, say)
+                        handled = True
+                    if handled:
+                        _commit(consumer)
+                    self._check_waiting(repo, report, say)
                     self._submit(pool)
-                    for job, outcome in pool.finished(0.0 if msgs else self.config.poll_s):
+                    for item in pool.finished(0.0 if msgs else self.config.poll_s):
                         last_activity = time.monotonic()
-                        self._on_finished(job, outcome, report, say)
-                    # A worker freed just now takes its next job at once, not
+                        self._on_finished(item, report, say)
+                    # A worker freed just now takes its next item at once, not
                     # after the next wait on Kafka.
                     self._submit(pool)
-                    busy = bool(self._queue) or pool.free() < self.config.workers
+                    busy = bool(self._jobs) or pool.free() < self.config.workers
                     t = time.monotonic()
                     if max_seconds is not None and t - started > max_seconds:
                         break
                     if (
                         idle_exit_s is not None
                         and not busy
-                        and report.events
+                        and (report.events or report.resumed)
                         and t - last_activity > idle_exit_s
                     ):
                         break
@@ -186,10 +229,80 @@ class PromptService:
             consumer.close()
         return report
 
+    def _job(self, inst: str, visit: int, det: int, band: str, ra: float, dec: float,
+             deadline: float) -> DetectorJob:  # fmt: skip
+        return DetectorJob(
+            str(self.root), inst, visit, det, band, ra, dec, deadline, self.bootstrap, self.config
+        )
+
+    def _resume(self, report: ServeReport, say: Callable[[str], None]) -> None:
+        """Take back the detector-visits a previous service left in the table."""
+        for row in self.store.open_jobs():
+            key = (row.instrument, row.visit, row.detector)
+            if key in self._jobs:
+                continue
+            assert row.ra is not None and row.dec is not None and row.deadline is not None
+            job = self._job(*key, row.band, row.ra, row.dec, row.deadline)
+            report.resumed += 1
+            if row.state == "running" or row.state == "ready" or "raw" in row.stamps:
+                # A detector running when the service died is retried (its
+                # worker died with it); the outbox keeps its alerts single.
+                self._jobs[key] = _Tracked(job, "ready")
+                self.store.set_state(*key, "ready")
+                self._ready.append(key)
+            else:
+                self._jobs[key] = _Tracked(job, "waiting")
+                self._to_preload.append(key)
+            say(f"resumed: visit {row.visit} detector {row.detector} ({row.state})")
+
     def _submit(self, pool: JobPool) -> None:
-        """Start queued jobs on the free workers, first in first."""
-        while self._queue and pool.free() > 0:
-            pool.submit(self._queue.popleft())
+        """Start queued items on the free workers: raws landed first, then preloads.
+
+        A detector's processing goes to the worker that preloaded it when that
+        one is free, to any free worker otherwise (which reads the template
+        itself: a worker left idle while a raw waits costs more).
+        """
+        while self._ready and pool.free() > 0:
+            tracked = self._jobs[self._ready.popleft()]
+            tracked.state = "running"
+            pool.submit(Work("process", tracked.job), prefer=tracked.preloaded_on)
+        while self._to_preload and pool.free() > 0:
+            key = self._to_preload.popleft()
+            tracked_or_none = self._jobs.get(key)
+            if tracked_or_none is not None and tracked_or_none.state == "waiting":
+                pool.submit(Work("preload", tracked_or_none.job))
+
+    def _check_waiting(
+        self, repo: Repository, report: ServeReport, say: Callable[[str], None]
+    ) -> None:
+        """Waiting detectors whose raw is registered become ready; past the deadline, timed out."""
+        t = time.monotonic()
+        poll = t - self._last_registry_poll >= REGISTRY_POLL_S
+        if poll:
+            self._last_registry_poll = t
+        wall = now()
+        for key, tracked in list(self._jobs.items()):
+            if tracked.state != "waiting":
+                continue
+            job = tracked.job
+            landed = key in self._raw_seen
+            late = wall >= job.deadline
+            if not landed and (poll or late):
+                landed = repo.find("raw", job.data_id) is not None
+            if landed:
+                self._make_ready(key)
+            elif late:
+                row = self.store.row(*key)
+                waited = job.deadline - (row.stamps.get("event", job.deadline) if row else 0.0)
+                error = f"no raw arrived within {waited:.0f} s of the event (timed out)"
+                self.store.finish(*key, "timed_out", error=error)
+                self._end(key, report, say)
+
+    def _make_ready(self, key: Key) -> None:
+        tracked = self._jobs[key]
+        tracked.state = "ready"
+        self.store.set_state(*key, "ready")
+        self._ready.append(key)
 
     def _on_message(self, msg: Any, report: ServeReport, say: Callable[[str], None]) -> None:
         where = f"{msg.topic()} offset {msg.offset()}"
@@ -201,9 +314,12 @@ class PromptService:
             return
         if isinstance(event, RawArrival):
             report.arrivals += 1
-            self.store.arrived(
-                event.instrument, event.visit, event.detector, event.band, min(event.time, now())
-            )
+            key = (event.instrument, event.visit, event.detector)
+            self.store.arrived(*key, event.band, min(event.time, now()))
+            self._raw_seen.add(key)
+            tracked = self._jobs.get(key)
+            if tracked is not None and tracked.state == "waiting":
+                self._make_ready(key)
         elif isinstance(event, NextVisit):
             report.events += 1
             self._on_next_visit(event)
@@ -214,41 +330,59 @@ class PromptService:
         deadline = max(received, event.expected_time) + self.config.timeout_for(event.exptime)
         for d in event.detectors:
             key = (event.instrument, event.visit, d.detector)
-            if key in self._known:
+            if key in self._jobs:
                 continue  # an event delivered twice
             row = self.store.row(*key)
             if row is not None and row.state in ("done", "timed_out"):
                 continue  # finished before a restart of the service
-            self._known.add(key)
-            self.store.expect(event.instrument, event.visit, d.detector, event.band, received)
-            self._queue.append(
-                DetectorJob(
-                    str(self.root), event.instrument, event.visit, d.detector, event.band,
-                    d.ra, d.dec, deadline, self.bootstrap, self.config,
-                )
-            )  # fmt: skip
+            job = self._job(*key, event.band, d.ra, d.dec, deadline)
+            # In the table before the offset is committed: the durable queue.
+            self.store.expect(*key, event.band, received, ra=d.ra, dec=d.dec, deadline=deadline)
+            self._jobs[key] = _Tracked(job, "waiting")
+            self._to_preload.append(key)
 
-    def _on_finished(
-        self,
-        job: DetectorJob,
-        outcome: Any,
-        report: ServeReport,
-        say: Callable[[str], None],
-    ) -> None:
-        inst, visit, det = job.key
+    def _on_finished(self, item: Finished, report: ServeReport, say: Callable[[str], None]) -> None:
+        key = item.work.job.key
+        tracked = self._jobs.get(key)
+        if item.outcome is None and item.worker is not None:
+            # Its worker was replaced: what it had preloaded is gone.
+            for t in self._jobs.values():
+                if t.preloaded_on == item.worker:
+                    t.preloaded_on = None
+        if item.work.kind == "preload":
+            if tracked is None:
+                return
+            if item.outcome is not None and item.outcome.state == "preloaded":
+                tracked.preloaded_on = item.worker
+            else:
+                why = "its worker died" if item.outcome is None else item.outcome.error
+                say(f"preload: visit {key[1]} detector {key[2]} not preloaded ({why})")
+            return
+        inst, visit, det = key
+        outcome = item.outcome
         if outcome is None or outcome.state == "failed":
             row = self.store.row(inst, visit, det)
             attempts = row.attempts if row is not None else 0
             why = "its worker died" if outcome is None else outcome.error
             retry = outcome is None or outcome.retry
-            if retry and attempts < self.config.max_attempts:
+            if retry and attempts < self.config.max_attempts and tracked is not None:
                 report.retries += 1
                 self.metrics.retries.inc()
                 say(f"retry: visit {visit} detector {det} ({why}; attempt {attempts})")
-                self._queue.appendleft(job)
+                tracked.state = "ready"
+                tracked.preloaded_on = None
+                self.store.set_state(inst, visit, det, "ready")
+                self._ready.appendleft(key)
                 return
             tries = f" (after {attempts} tries)" if retry else ""
             self.store.finish(inst, visit, det, "failed", error=f"{why}{tries}")
+        self._end(key, report, say)
+
+    def _end(self, key: Key, report: ServeReport, say: Callable[[str], None]) -> None:
+        """A detector-visit ended (its row is final): count, observe and log it."""
+        self._jobs.pop(key, None)
+        self._raw_seen.discard(key)
+        inst, visit, det = key
         row = self.store.row(inst, visit, det)
         if row is None:
             return
@@ -260,6 +394,13 @@ class PromptService:
         took = f" latency {lat:.2f} s" if lat is not None else ""
         tail = f": {row.error}" if row.error else ""
         say(f"{row.state}: visit {visit} detector {det}{took}, {row.n_alerts or 0} alerts{tail}")
+
+
+def _commit(consumer: Any) -> None:
+    """Commit the consumed offsets (synchronously); a failure only means a re-read."""
+    ck = require_extra("confluent_kafka", "alerts")
+    with contextlib.suppress(ck.KafkaException):
+        consumer.commit(asynchronous=False)
 
 
 def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:

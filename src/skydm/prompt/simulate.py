@@ -26,6 +26,7 @@ from skydm.prompt.config import PromptConfig, load_config, save_config
 from skydm.prompt.events import DetectorPointing, EventProducer, NextVisit, arrival_of
 
 if TYPE_CHECKING:
+    from skydm.repo import Repository
     from skydm.sim import SurveyConfig
     from skydm.sim.survey import SimVisit
 
@@ -160,6 +161,19 @@ def grid_overrides(cfg: SurveyConfig) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def preload_radius(cfg: SurveyConfig) -> float:
+    """Half-size of the square a preload searches for templates: a detector's
+    half-diagonal plus the dither, in degrees (rounded up to 0.001).
+
+    Sized to the simulated detectors: the default (0.2 degrees, an LSST
+    detector) would make a preload of a small simulated detector look up
+    hundreds of the small grid's cells.
+    """
+    ny, nx = cfg.shape
+    half = (math.hypot(ny, nx) / 2.0 + cfg.dither) * cfg.pixel_scale / 3600.0
+    return math.ceil(half * 1000.0) / 1000.0
+
+
 def _existing(root: Path, band: str) -> tuple[bool, int]:
     """Whether the repository has templates in ``band``, and its highest raw visit."""
     from skydm.repo import Repository
@@ -195,10 +209,22 @@ def make_templates(
         report = ingest_files(repo, paths)
     if not report.ok:
         raise SkydmError(f"template raws not ingested: {report.failed[0].line()}")
-    outcome = run_pipeline(("calibrate", "warp", "coadd"), root, config=grid, jobs=jobs, quiet=True)
+    # ``coadd`` skips a cell with fewer warps than its min_warps (3): a night
+    # with fewer template visits would get no template at all.
+    n_visits = len({v.visit for v in visits})
+    config = (*grid, f"coadd.min_warps={max(1, min(3, n_visits))}")
+    outcome = run_pipeline(
+        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True
+    )
     if outcome.report is not None and not outcome.report.ok:
         first = outcome.report.failures[0]
         raise SkydmError(f"templates not made: {first.unit} {first.status}: {first.reason}")
+    with Repository.open(root, create=False) as repo:
+        if not any(True for _ in repo.query(dataset_type="coadd")):
+            raise SkydmError(
+                f"templates not made: coadd made no template from {n_visits} visits "
+                f"(their warps do not overlap a sky cell); use more template visits"
+            )
 
 
 @dataclass
@@ -261,7 +287,7 @@ def prepare_night(
     if not has_templates:
         say(f"making templates from {len(template_visits)} visits")
         make_templates(root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs)
-        prompt = prompt.updated(pipeline=grid)
+        prompt = prompt.updated(pipeline=grid, preload_radius_deg=preload_radius(cfg))
         save_config(root, prompt)
     # Raws are rendered and written before the clock starts: a camera has
     # them at readout; rendering them is not part of the night.
@@ -313,7 +339,6 @@ def simulate_night(
     BrokerUnavailableError
         When Kafka does not acknowledge an event.
     """
-    from skydm.archive import ingest_files
     from skydm.repo import Repository
 
     say = log or (lambda _line: None)
@@ -338,7 +363,7 @@ def simulate_night(
             time.sleep(max(0.0, when - time.time()))
             dets = prepared.visits[n]
             if kind == 0:
-                producer.send(prompt.next_visit_topic, [_event(n, dets, night, when)])
+                send_next_visit(producer, prompt, n, dets, night, when)
                 report.visits.append(n)
                 say(f"next visit {n}: {len(dets)} detectors")
                 continue
@@ -346,19 +371,53 @@ def simulate_night(
                 if path is None:
                     report.missing.append((n, v.detector))
                     say(f"raw of visit {n} detector {v.detector} withheld (never arrives)")
-                    continue
-                result = ingest_files(repo, [path])
-                if not result.ok or result.results[0].data_id is None:
-                    raise SkydmError(f"night raw not ingested: {result.results[0].line()}")
-                producer.send(
-                    prompt.raw_topic, [arrival_of(result.results[0].data_id, path=str(path))]
-                )
-                report.raws += 1
+            report.raws += land_raws(repo, producer, prompt, dets)
     producer.close()
     first = prepared.visits[min(prepared.visits)]
     report.detectors = [v.detector for v, _ in first]
     report.seconds = time.time() - t0
     return report
+
+
+def send_next_visit(
+    producer: EventProducer,
+    prompt: PromptConfig,
+    visit: int,
+    dets: Sequence[tuple[SimVisit, Path | None]],
+    night: NightConfig,
+    when: float,
+) -> NextVisit:
+    """Send the next-visit event of ``visit`` (its detectors ``dets``, exposure at ``when``)."""
+    event = _event(visit, dets, night, when)
+    producer.send(prompt.next_visit_topic, [event])
+    return event
+
+
+def land_raws(
+    repo: Repository,
+    producer: EventProducer,
+    prompt: PromptConfig,
+    dets: Sequence[tuple[SimVisit, Path | None]],
+) -> int:
+    """Ingest each detector's raw and notify its arrival (withheld ones skipped); returns how many.
+
+    Raises
+    ------
+    SkydmError
+        When a raw cannot be ingested.
+    """
+    from skydm.archive import ingest_files
+
+    landed = 0
+    for _v, path in dets:
+        if path is None:
+            continue
+        result = ingest_files(repo, [path])
+        if not result.ok or result.results[0].data_id is None:
+            raise SkydmError(f"night raw not ingested: {result.results[0].line()}")
+        producer.send(prompt.raw_topic, [arrival_of(result.results[0].data_id, path=str(path))])
+        landed += 1
+    return landed
 
 
 def _event(

@@ -8,6 +8,13 @@ loaded), ``start`` (the worker began on the raw), ``calibrate``, ``diffim``,
 ``association`` (APDB committed) and ``alerts`` (every alert acknowledged by
 Kafka).  The service and its workers write it (SQLite in WAL mode, short
 transactions); ``skydm prompt status`` reads it.
+
+The table is also the service's durable queue: a detector-visit announced by
+an event is written with what its job needs (expected centre, deadline)
+before the event's Kafka offset is committed, and moves through ``waiting``
+(for its raw), ``ready`` (raw landed, queued), ``running`` and one of
+``done``, ``timed_out``, ``failed``.  A service started again reads the rows
+not ended back (:meth:`TimingStore.open_jobs`) and carries on with them.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +42,9 @@ STAGES: dict[str, tuple[str, str]] = {
     # What the latency budget is about: raw landed -> last alert acknowledged.
     "latency": ("raw", "alerts"),
 }
-STATES = ("waiting", "running", "done", "timed_out", "failed")
+STATES = ("waiting", "ready", "running", "done", "timed_out", "failed")
+#: States of a detector-visit not ended: a restarted service resumes these.
+OPEN_STATES = ("waiting", "ready", "running")
 DB_NAME = "prompt/prompt.sqlite3"
 
 _SCHEMA = f"""
@@ -44,8 +53,11 @@ CREATE TABLE IF NOT EXISTS detector_visit (
     band TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     pid INTEGER, n_sources INTEGER, n_alerts INTEGER, error TEXT,
     {", ".join(f"t_{s} REAL" for s in STAMPS)},
+    ra REAL, dec REAL, deadline REAL,
     PRIMARY KEY (instrument, visit, detector));
 """
+#: Columns added since the first version of the table (added to an older table on opening).
+_ADDED = ("ra REAL", "dec REAL", "deadline REAL")
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,10 @@ class DetectorVisit:
     n_alerts: int | None
     error: str | None
     stamps: dict[str, float] = field(default_factory=dict)
+    #: The job's expected centre and raw deadline (``None`` before its event).
+    ra: float | None = None
+    dec: float | None = None
+    deadline: float | None = None
 
     def duration(self, stage: str) -> float | None:
         """Seconds of ``stage`` (see :data:`STAGES`), or ``None`` if not both stamps exist."""
@@ -92,6 +108,11 @@ class TimingStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(detector_visit)")}
+        for col in _ADDED:
+            if col.split()[0] not in have:  # a table from before the durable queue
+                with suppress(sqlite3.OperationalError):  # another process added it first
+                    self._db.execute(f"ALTER TABLE detector_visit ADD COLUMN {col}")
 
     def close(self) -> None:
         """Close the database."""
@@ -107,26 +128,67 @@ class TimingStore:
             raise
         self._db.execute("COMMIT")
 
-    def expect(self, instrument: str, visit: int, detector: int, band: str, when: float) -> None:
-        """Record a detector-visit announced by a next-visit event (the first event time kept)."""
+    def expect(
+        self,
+        instrument: str,
+        visit: int,
+        detector: int,
+        band: str,
+        when: float,
+        *,
+        ra: float | None = None,
+        dec: float | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Record a detector-visit announced by a next-visit event (the first event time kept).
+
+        ``ra``, ``dec`` (expected centre) and ``deadline`` (for its raw) are
+        what a restarted service needs to make its job again.
+        """
         with self._tx() as db:
             db.execute(
-                "INSERT INTO detector_visit (instrument, visit, detector, band, state, t_event) "
-                "VALUES (?,?,?,?,'waiting',?) ON CONFLICT DO UPDATE SET "
-                "t_event=COALESCE(t_event, excluded.t_event), band=excluded.band",
-                (instrument, visit, detector, band, when),
+                "INSERT INTO detector_visit (instrument, visit, detector, band, state, t_event, "
+                "ra, dec, deadline) VALUES (?,?,?,?,'waiting',?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "t_event=COALESCE(t_event, excluded.t_event), band=excluded.band, "
+                "ra=excluded.ra, dec=excluded.dec, deadline=excluded.deadline",
+                (instrument, visit, detector, band, when, ra, dec, deadline),
             )
 
-    def stamp(self, instrument: str, visit: int, detector: int, stage: str, when: float) -> None:
-        """Set a stage's timestamp (overwritten by a retry)."""
+    def stamp(
+        self,
+        instrument: str,
+        visit: int,
+        detector: int,
+        stage: str,
+        when: float,
+        *,
+        keep: bool = False,
+    ) -> None:
+        """Set a stage's timestamp (overwritten by a retry; kept if set when ``keep``)."""
         if stage not in STAMPS:
             raise KeyError(stage)
+        value = f"COALESCE(t_{stage}, ?)" if keep else "?"
         with self._tx() as db:
             db.execute(
-                f"UPDATE detector_visit SET t_{stage}=? "
+                f"UPDATE detector_visit SET t_{stage}={value} "
                 "WHERE instrument=? AND visit=? AND detector=?",
                 (when, instrument, visit, detector),
             )
+
+    def set_state(self, instrument: str, visit: int, detector: int, state: str) -> None:
+        """Move a detector-visit not ended to ``state`` (``waiting``, ``ready``)."""
+        if state not in OPEN_STATES:
+            raise KeyError(state)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE detector_visit SET state=?, pid=NULL "
+                "WHERE instrument=? AND visit=? AND detector=?",
+                (state, instrument, visit, detector),
+            )
+
+    def open_jobs(self) -> list[DetectorVisit]:
+        """Detector-visits announced by an event and not ended, in order (the durable queue)."""
+        return [r for s in OPEN_STATES for r in self.rows(state=s) if r.deadline is not None]
 
     def arrived(self, instrument: str, visit: int, detector: int, band: str, when: float) -> None:
         """Stamp a raw's arrival (the first one kept), before or after its event.
@@ -144,7 +206,8 @@ class TimingStore:
 
     def start_attempt(self, instrument: str, visit: int, detector: int, pid: int) -> int:
         """A worker took the detector-visit: count the attempt; returns its number."""
-        later = ", ".join(f"t_{s}=NULL" for s in STAMPS[STAMPS.index("preload") :])
+        # The preload happened on the event, before the raw: it is kept.
+        later = ", ".join(f"t_{s}=NULL" for s in STAMPS[STAMPS.index("start") :])
         with self._tx() as db:
             db.execute(
                 f"UPDATE detector_visit SET state='running', attempts=attempts+1, pid=?, "
@@ -193,16 +256,20 @@ class TimingStore:
         out = []
         for row in self._db.execute(
             "SELECT instrument, visit, detector, band, state, attempts, pid, n_sources, "
-            f"n_alerts, error, {cols} FROM detector_visit {where} ORDER BY visit, detector",
+            f"n_alerts, error, {cols}, ra, dec, deadline FROM detector_visit {where} "
+            "ORDER BY visit, detector",
             args,
         ):
-            stamps = {s: float(v) for s, v in zip(STAMPS, row[10:], strict=True) if v is not None}
+            n = 10 + len(STAMPS)
+            stamps = {s: float(v) for s, v in zip(STAMPS, row[10:n], strict=True) if v is not None}
             inst, visit, det, band, st, attempts, pid, n_src, n_alerts, error = row[:10]
+            ra, dec, deadline = row[n:]
             out.append(
                 DetectorVisit(
-                    inst, visit, det, band, st, attempts, pid, n_src, n_alerts, error, stamps
+                    inst, visit, det, band, st, attempts, pid, n_src, n_alerts, error, stamps,
+                    ra, dec, deadline,
                 )
-            )
+            )  # fmt: skip
         return out
 
     def row(self, instrument: str, visit: int, detector: int) -> DetectorVisit | None:

@@ -1,33 +1,32 @@
-"""One detector of one visit, in a worker process: preload, wait, process, alert.
+"""One detector of one visit, in a worker process: preload on the event, process on the raw.
 
-:func:`process_detector` is what the service runs per detector (in a worker
-process of its own pool, or as a Dask task).  It runs the bodies of the
-``ap`` pipeline's tasks (``calibrate``, ``diffim``, ``ap``) on that one
-detector-visit, with their outputs written to the repository with
-provenance as ``skydm run ap`` writes them:
+The service runs two jobs per detector-visit (in a worker process of its
+own pool, or as Dask tasks), so that no worker sits idle waiting for a raw:
 
-1. **preload**, on the next-visit event: the template (the coadd of the sky
-   cell holding the detector's expected centre) is read into memory, and
-   the DIA objects of that cell with their history are read from the APDB
-   (warming its pages; association reads them again under its lock, since
-   a neighbouring detector may have changed them meanwhile);
-2. **wait** for the raw to be registered, until the deadline (then the
-   detector-visit is recorded as timed out);
-3. ``calibrate`` and ``diffim`` (the preloaded template and the calexp
-   are handed over in memory);
-4. ``ap`` (association, forced photometry, packets, archive, outbox) under
-   the association locks of the detector's sky cells;
-5. the outbox is drained to Kafka under the outbox lock, so that two
-   workers never send the same message; ``alerts`` is stamped once every
-   message of the detector is acknowledged.
+1. :func:`preload_detector`, on the next-visit event: the templates of the
+   sky cells around the detector's expected centre are read into this
+   process's template cache, and the DIA objects there with their history
+   are read from the APDB (warming its pages; association reads them again
+   under its lock, since a neighbouring detector may have changed them
+   meanwhile).  The worker is then free for other detectors.
+2. :func:`process_detector`, once the raw has landed: ``calibrate``; the
+   template that covers the calexp best (:mod:`skydm.prompt.templates`,
+   from the cache when this process preloaded it, read otherwise);
+   ``diffim``; ``ap`` (association, forced photometry, packets, archive,
+   outbox) under the association locks of the detector's sky cells; the
+   outbox drained to Kafka under the outbox lock, so that two workers never
+   send the same message; ``alerts`` is stamped once every message of the
+   detector is acknowledged.
 
-Everything is idempotent: a detector-visit retried after its worker died
-redoes what was not committed (outputs are replaced; the APDB keeps a
-visit only once; the outbox keeps one row per diaSourceId and topic).
+Outputs are written to the repository with provenance as ``skydm run ap``
+writes them.  Everything is idempotent: a detector-visit retried after its
+worker died redoes what was not committed (outputs are replaced; the APDB
+keeps a visit only once; the outbox keeps one row per diaSourceId and topic).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -112,10 +111,9 @@ class DetectorOutcome:
 
 @dataclass(frozen=True)
 class Preloaded:
-    """What the preload read: the template (in memory) and the DIA objects seen."""
+    """What a preload read: the templates now in this process's cache, the DIA objects seen."""
 
-    template_key: DatasetKey | None
-    template: Exposure | None
+    template_keys: tuple[DatasetKey, ...]
     n_objects: int
 
 
@@ -211,36 +209,63 @@ def _tasks(config: PromptConfig) -> dict[str, Task]:
     return {"calibrate": pipe.task("calibrate"), "diffim": pipe.task("diffim"), "ap": ap}
 
 
+#: This process's templates, most recently used last (``config.template_cache`` kept).
+_TEMPLATES: collections.OrderedDict[DatasetKey, Exposure] = collections.OrderedDict()
+#: Detector-visits this process preloaded (what it read), most recent last.
+_PRELOADED: collections.OrderedDict[tuple[str, int, int], Preloaded] = collections.OrderedDict()
+_PRELOADED_KEEP = 256
+
+
+def cached_template(repo: Repository, key: DatasetKey, keep: int) -> Exposure | None:
+    """The template of ``key`` from this process's cache, or read and cached (``None``: absent)."""
+    found = _TEMPLATES.get(key)
+    if found is not None:
+        _TEMPLATES.move_to_end(key)
+        return found
+    if repo.find(key.dataset_type, key.data_id) is None:
+        return None
+    found = _TEMPLATES[key] = repo.get_exposure(key.dataset_type, key.data_id)
+    # Shared by every detector this process runs: a task writing into it
+    # would corrupt the next detector's template, so such a write raises.
+    for arr in (found.image, found.variance, found.mask):
+        if arr is not None:
+            arr.setflags(write=False)
+    while len(_TEMPLATES) > keep:
+        _TEMPLATES.popitem(last=False)
+    return found
+
+
+def _template_key(job: DetectorJob, diffim: Task, cell_id: str) -> DatasetKey:
+    template_type = diffim.config.template_type  # type: ignore[attr-defined]
+    return DatasetKey(template_type, DataId(job.instrument, band=job.band, skycell=cell_id))
+
+
 def preload(repo: Repository, job: DetectorJob, diffim: Task) -> Preloaded:
-    """Read the detector's template and its DIA objects with their history."""
+    """Read the templates around the detector's expected centre and its DIA objects."""
     from skydm.ap.apdb import Apdb
     from skydm.ap.sources import now_mjd
+    from skydm.prompt.templates import preload_cells
 
     grid = diffim.config.grid()  # type: ignore[attr-defined]
-    cell = grid.cell_containing(job.ra, job.dec)
-    template_type = diffim.config.template_type  # type: ignore[attr-defined]
-    tid = DataId(job.instrument, band=job.band, skycell=cell.id)
-    key: DatasetKey | None = DatasetKey(template_type, tid)
-    template = None
-    if repo.find(template_type, tid) is not None:
-        template = repo.get_exposure(template_type, tid)
-    else:
-        key = None
-    ny, nx = cell.shape
-    half_dec = ny * cell.pixel_scale / 7200.0
-    half_ra = nx * cell.pixel_scale / 7200.0 / max(0.01, abs(_cos_deg(cell.dec)))
+    radius = job.config.preload_radius_deg
+    keys = []
+    for cell in preload_cells(grid, job.ra, job.dec, radius):
+        key = _template_key(job, diffim, cell.id)
+        if cached_template(repo, key, job.config.template_cache) is not None:
+            keys.append(key)
+    half_ra = radius / max(0.01, abs(_cos_deg(job.dec)))
     apdb = Apdb(apdb_location(job.config, job.root))
     try:
         objects = apdb.objects_in_region(
-            [(max(0.0, cell.ra - half_ra), min(360.0, cell.ra + half_ra))],
-            (cell.dec - half_dec, cell.dec + half_dec),
+            [(max(0.0, job.ra - half_ra), min(360.0, job.ra + half_ra))],
+            (job.dec - radius, job.dec + radius),
         )
         ids = [int(o["diaObjectId"]) for o in objects]
         if ids:
             apdb.read_history(ids, since=now_mjd() - 365.0)
     finally:
         apdb.close()
-    return Preloaded(key, template, len(objects))
+    return Preloaded(tuple(keys), len(objects))
 
 
 def _cos_deg(x: float) -> float:
@@ -259,11 +284,34 @@ def wait_for_raw(repo: Repository, data_id: DataId, deadline: float, poll: float
         time.sleep(min(poll, max(0.0, deadline - time.time())) or poll)
 
 
-def process_detector(job: DetectorJob) -> DetectorOutcome:
-    """Preload, wait for the raw, calibrate, difference, associate and alert one detector.
+def preload_detector(job: DetectorJob) -> DetectorOutcome:
+    """Preload one detector-visit into this process (on its next-visit event); stamps ``preload``.
 
-    Errors are recorded in the timing table and returned, never raised (a
-    worker that dies is noticed by the service).
+    A preload that fails is reported (state ``failed``, not retried) but
+    leaves the detector-visit waiting: its processing reads what it needs.
+    """
+    store = TimingStore(job.root)
+    try:
+        with Repository.open(job.root, create=False) as repo:
+            pre = preload(repo, job, _tasks(job.config)["diffim"])
+        _PRELOADED[job.key] = pre
+        while len(_PRELOADED) > _PRELOADED_KEEP:
+            _PRELOADED.popitem(last=False)
+        store.stamp(*job.key, "preload", now())
+        return DetectorOutcome(job.key, "preloaded", 0, n_sources=pre.n_objects)
+    except Exception as exc:
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return DetectorOutcome(job.key, "failed", 0, error=f"preload: {text}", retry=False)
+    finally:
+        store.close()
+
+
+def process_detector(job: DetectorJob) -> DetectorOutcome:
+    """Calibrate, difference, associate and alert one detector whose raw has landed.
+
+    Preloads first when this process has not (a retry elsewhere, a
+    restarted service).  Errors are recorded in the timing table and
+    returned, never raised (a worker that dies is noticed by the service).
     """
     store = TimingStore(job.root)
     inst, visit, det = job.key
@@ -291,44 +339,61 @@ def association_cells(exposure: Exposure, config: PromptConfig) -> list[str]:
     return region_cells(ra_ranges, dec_range, config.lock_cell_deg)
 
 
+def _choose_template(
+    repo: Repository, job: DetectorJob, diffim: Task, calexp: Exposure
+) -> tuple[DatasetKey, Exposure]:
+    """The template covering the calexp best (:func:`skydm.prompt.templates.choose_template`)."""
+    from skydm.prompt.templates import choose_template
+
+    if calexp.wcs is None:
+        raise UserError(f"calexp of {job.data_id} has no WCS: the raw could not be placed")
+    grid = diffim.config.grid()  # type: ignore[attr-defined]
+    cells = grid.cells_overlapping(calexp.wcs, calexp.image.shape)
+    keep = max(job.config.template_cache, len(cells))
+
+    def load(cell_id: str) -> Exposure | None:
+        return cached_template(repo, _template_key(job, diffim, cell_id), keep)
+
+    choice = choose_template(
+        calexp, cells, load,
+        min_coverage=job.config.template_min_coverage,
+        what=f"visit {job.visit} detector {job.detector} band {job.band}",
+        template_type=diffim.config.template_type,  # type: ignore[attr-defined]
+    )  # fmt: skip
+    key = _template_key(job, diffim, choice.cell_id)
+    template = load(choice.cell_id)
+    assert template is not None  # chosen among those that load
+    return key, template
+
+
 def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutcome:
     inst, visit, det = job.key
     tasks = _tasks(job.config)
     data_id = job.data_id
     with Repository.open(job.root, create=False) as repo:
-        pre = preload(repo, job, tasks["diffim"])
-        store.stamp(inst, visit, det, "preload", now())
+        # The service sends the job once the raw is registered; the wait only
+        # covers a notification read before the registry shows the raw.
         if not wait_for_raw(repo, data_id, job.deadline, job.config.poll_s):
             waited = job.deadline - store_event_time(store, job)
             error = f"no raw arrived within {waited:.0f} s of the event (timed out)"
             store.finish(inst, visit, det, "timed_out", error=error)
             return DetectorOutcome(job.key, "timed_out", attempt, error=error)
         store.stamp(inst, visit, det, "start", now())
+        if _PRELOADED.pop(job.key, None) is None:
+            # Not preloaded here (another worker did, or none): read it now.
+            preload(repo, job, tasks["diffim"])
+            store.stamp(inst, visit, det, "preload", now(), keep=True)
         run_id = f"prompt-v{visit}"
         cache: dict[DatasetKey, Exposure] = {}
-        if pre.template_key is not None and pre.template is not None:
-            cache[pre.template_key] = pre.template
 
         calexp_key = DatasetKey("calexp", data_id)
         _run(tasks["calibrate"], repo, run_id, cache, [DatasetKey("raw", data_id)], [calexp_key])
         store.stamp(inst, visit, det, "calibrate", now())
 
         calexp = cache[calexp_key]
-        diffim = tasks["diffim"]
-        ny, nx = calexp.image.shape
-        if calexp.wcs is None:
-            raise UserError(f"calexp of {data_id} has no WCS: the raw could not be placed")
-        ra, dec = calexp.wcs.pixel_to_world_values((nx - 1) / 2.0, (ny - 1) / 2.0)
-        cell = diffim.config.grid().cell_containing(float(ra) % 360.0, float(dec))  # type: ignore[attr-defined]
-        template_type = diffim.config.template_type  # type: ignore[attr-defined]
-        template_key = DatasetKey(template_type, DataId(inst, band=job.band, skycell=cell.id))
-        if repo.find(template_type, template_key.data_id) is None:
-            raise UserError(
-                f"no {template_type} template for sky cell {cell.id} band {job.band} "
-                f"(make templates first: `skydm run drp`)"
-            )
+        template_key, cache[template_key] = _choose_template(repo, job, tasks["diffim"], calexp)
         diff_outputs = [DatasetKey(t, data_id) for t in ("diff", "dia_src", "diff_template")]
-        _run(diffim, repo, run_id, cache, [calexp_key, template_key], diff_outputs)
+        _run(tasks["diffim"], repo, run_id, cache, [calexp_key, template_key], diff_outputs)
         store.stamp(inst, visit, det, "diffim", now())
 
         apdb_url = apdb_location(job.config, job.root)
