@@ -116,3 +116,34 @@ def test_band_height_and_threads_leave_the_coadd_unchanged(warps: list[Exposure]
                     f"tiles of {tile} rows, bands of {rows}, {threads} threads: "
                     f"{differ} {plane} pixels differ"
                 )
+
+
+def test_clip_finding_runs_with_one_blas_thread_whatever_the_callers_limit(
+    warps: list[Exposure], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outlier pass, the rules and the models run with one BLAS thread
+    even where the caller allows more, so that their bits cannot depend on
+    the machine's cores (and BLAS's threads do not spin on small matrices)."""
+    import importlib
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    cwm = importlib.import_module("skydm.coadd.compare_warp")
+    seen: list[int] = []
+
+    def recorded(name: str) -> None:
+        stage = getattr(cwm, name)
+
+        def run(*args: object, **kwargs: object) -> object:
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return stage(*args, **kwargs)
+
+        monkeypatch.setattr(cwm, name, run)
+
+    for name in ("detect_outliers", "clip_maps", "model_movers", "model_streaks"):
+        recorded(name)
+    with threadpool_limits(2, user_api="blas"):
+        outside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        cwm.find_clips(WarpStack(warps))
+    assert seen, "no BLAS library found, or the stages were not reached"
+    assert set(seen) == {1}, f"BLAS threads in the stages: {sorted(set(seen))} (outside: {outside})"
