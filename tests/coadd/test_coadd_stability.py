@@ -8,6 +8,7 @@ one made in memory bit for bit; and perturbing every PSF and variance by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from coadd_harness.scoring import warps_from_survey
 from skydm.coadd import SkyCell, WarpStack, assemble_coadd
+from skydm.coadd._cw_assemble import Clips
 from skydm.coadd.compare_warp import find_clips
 from skydm.image import Exposure
 from skydm.image.psf import PixelPsf
@@ -80,10 +82,46 @@ def test_coadd_from_warp_files_equals_the_coadd_from_memory(
     assert np.array_equal(mem.var, files.var)
 
 
-def test_a_1e_6_perturbation_of_psfs_and_variances_leaves_the_clips_unchanged(
-    warps: list[Exposure],
+@pytest.fixture(scope="module")
+def base_clips(warps: list[Exposure]) -> tuple[Clips, list[int]]:
+    """The warps' clips, found with BLAS allowed two threads, and the BLAS
+    thread counts that the stages saw (one clip search serves two tests)."""
+    import importlib
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    cwm = importlib.import_module("skydm.coadd.compare_warp")
+    seen: list[int] = []
+
+    def recorded(stage: Callable[..., object]) -> Callable[..., object]:
+        def run(*args: object, **kwargs: object) -> object:
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return stage(*args, **kwargs)
+
+        return run
+
+    with pytest.MonkeyPatch.context() as mp, threadpool_limits(2, user_api="blas"):
+        for name in ("detect_outliers", "clip_maps", "model_movers", "model_streaks"):
+            mp.setattr(cwm, name, recorded(getattr(cwm, name)))
+        clips = find_clips(WarpStack(warps))
+    return clips, seen
+
+
+def test_clip_finding_runs_with_one_blas_thread_whatever_the_callers_limit(
+    base_clips: tuple[Clips, list[int]],
 ) -> None:
-    base = find_clips(WarpStack(warps))
+    """The outlier pass, the rules and the models run with one BLAS thread
+    even where the caller allows more, so that their bits cannot depend on
+    the machine's cores (and BLAS's threads do not spin on small matrices)."""
+    seen = base_clips[1]
+    assert seen, "no BLAS library found, or the stages were not reached"
+    assert set(seen) == {1}, f"BLAS threads seen by the stages: {sorted(set(seen))}"
+
+
+def test_a_1e_6_perturbation_of_psfs_and_variances_leaves_the_clips_unchanged(
+    warps: list[Exposure], base_clips: tuple[Clips, list[int]]
+) -> None:
+    base = base_clips[0]
     assert base.clip.any()  # the field has artefacts to clip
     for seed in (1, 2):
         other = find_clips(WarpStack(_perturbed(warps, 1e-6, seed)))

@@ -311,6 +311,22 @@ def find_clips(
     """Stages 1-4: what to clip from each warp of ``stack`` (see
     :func:`compare_warp`, which assembles the coadd from them with
     :func:`~skydm.coadd._cw_assemble.assemble_clipped`)."""
+    # One BLAS thread throughout (as the fits and the final pass have):
+    # every matrix here is small (a band's epochs, a fit's few columns), so
+    # BLAS's own threads only spin and wait, on a loaded machine for their
+    # turn on a core; and the bits cannot depend on the machine's cores.
+    with one_blas_thread():
+        return _find_clips(stack, config, chunk_rows, progress, threads)
+
+
+def _find_clips(
+    stack: WarpStack,
+    config: CompareWarpConfig | None,
+    chunk_rows: int | None,
+    progress: Progress | None,
+    threads: int,
+) -> Clips:
+    """:func:`find_clips`' stages, run with one BLAS thread."""
     cfg = config or CompareWarpConfig()
     check_inputs(stack, cfg)
     b = cfg.detect.bin
@@ -358,9 +374,7 @@ def find_clips(
         ]
     movers: list[Streak] = []
     if mover.model:
-        # Small least-squares matrices: BLAS's threads would only wait.
-        with one_blas_thread():
-            movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
+        movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
     clips.streaks = movers
     if cfg.streaks.enabled:
         # A line fitted on a footprint that a mover model covers would be
