@@ -3,12 +3,23 @@ compact galaxies outnumber and outshine the stars."""
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import pytest
 
 from skydm.errors import BadValueError, UserError
 from skydm.image import Exposure, MoffatPsf, VisitInfo
-from skydm.image.starpsf import StarPsfConfig, measure_star_psf
+from skydm.image.starpsf import (
+    StarPsfConfig,
+    StarPsfFit,
+    _core_radius,
+    _geometry,
+    _models,
+    _radii,
+    _Stamps,
+    measure_star_psf,
+)
 
 TRUE = MoffatPsf(4.0, 3.5)
 
@@ -45,9 +56,15 @@ def _flux_ratio(psf: MoffatPsf | object) -> float:
     return float(np.sum(m * t) / np.sum(m * m))
 
 
+@cache
+def _default_fit(seed: int) -> StarPsfFit:
+    """The default measurement of ``_field(seed)`` (shared by two tests)."""
+    return measure_star_psf(_field(seed))
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_star_psf_flux_matches_true_psf_among_compact_galaxies(seed: int) -> None:
-    fit = measure_star_psf(_field(seed))
+    fit = _default_fit(seed)
     assert abs(fit.fwhm / TRUE.fwhm - 1) < 0.02, fit.fwhm
     # PSF fluxes measured with the model are those of the true PSF to 1%
     # (a model broadened by the galaxies gives them 5-10% high).
@@ -57,10 +74,17 @@ def test_star_psf_flux_matches_true_psf_among_compact_galaxies(seed: int) -> Non
 
 
 def test_a_large_image_is_measured_on_its_centre() -> None:
-    # max_side below the image: the central 256^2 alone is measured.
-    fit = measure_star_psf(_field(3), StarPsfConfig(max_side=256))
+    # max_side below the image: the central 256^2 alone is measured (it
+    # holds 3 or more stars, region_stars=3).
+    exp = _field(3)
+    fit = measure_star_psf(exp, StarPsfConfig(max_side=256, region_stars=3))
     assert abs(fit.fwhm / TRUE.fwhm - 1) < 0.02, fit.fwhm
     assert abs(_flux_ratio(fit.psf) - 1) < 0.01, (_flux_ratio(fit.psf), fit)
+    # A centre with fewer than region_stars gives way to the whole image.
+    whole = _default_fit(3)  # 300^2, below the default max_side
+    grown = measure_star_psf(exp, StarPsfConfig(max_side=256, region_stars=40))
+    assert fit.nstars < whole.nstars
+    assert (grown.fwhm, grown.beta, grown.nstars) == (whole.fwhm, whole.beta, whole.nstars)
 
 
 def test_star_psf_needs_stars() -> None:
@@ -79,8 +103,33 @@ def test_star_psf_needs_stars() -> None:
         ("beta_sigma", -1.0),
         ("fit_fwhm", 9.0),
         ("max_side", 100),
+        ("region_stars", 2),
     ],
 )
 def test_star_psf_config_is_validated(option: str, value: float) -> None:
     with pytest.raises(BadValueError, match=option):
         StarPsfConfig(**{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fwhm", [2.0, 3.0, 5.0, 8.0])
+@pytest.mark.parametrize("beta", [2.5, 3.5, 4.5])
+def test_wing_pixels_match_full_subpixel_integration(fwhm: float, beta: float) -> None:
+    """The fit's model (5x5 sub-samples in the core, the centre value with
+    its Laplacian term outside) against 5x5 integration of every pixel."""
+    rng = np.random.default_rng(0)
+    n, side = 6, 2 * int(np.ceil(3.5 * fwhm)) + 1
+    dx, dy = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+    cfg = StarPsfConfig()
+    r2, core, sub2 = _geometry(side, dx, dy, _core_radius(fwhm, cfg))
+    zero = np.zeros((n, side, side))
+    fast = _models(_Stamps(zero, zero, dx, dy, dx, r2, core, sub2), fwhm, beta)
+    alpha2 = MoffatPsf(fwhm, beta).alpha ** 2
+    sub = (np.arange(5) + 0.5) / 5 - 0.5
+    full = ((1 + _radii(side, dx, dy, sub) / alpha2) ** -beta).sum(axis=-1)
+    assert np.max(np.abs(fast / full - 1)) < 1e-4
+    # Without the Laplacian term the wings would be off by much more: the
+    # check can fail.
+    centre = 25 * (1 + r2 / alpha2) ** -beta
+    wing = ~np.broadcast_to(core, r2.shape)
+    if wing.any():
+        assert np.max(np.abs(centre[wing] / full[wing] - 1)) > 3e-4
