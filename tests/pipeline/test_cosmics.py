@@ -110,3 +110,37 @@ def test_tiling_config_is_validated() -> None:
 
     with pytest.raises(BadValueError, match="tile_margin/keep_margin"):
         CosmicRayConfig(tile_margin=12, keep_margin=12)
+
+
+def _reference_interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray):  # type: ignore[no-untyped-def]
+    """The full-frame definition: masked box means from box filters of image and weights."""
+    from scipy import ndimage
+
+    out = image.copy()
+    good = np.where(unusable, 0.0, image).astype(np.float64)
+    weight = (~unusable).astype(np.float64)
+    todo = targets.copy()
+    for size in (5, 9, 17, 33):
+        total = ndimage.uniform_filter(good, size, mode="constant")
+        count = ndimage.uniform_filter(weight, size, mode="constant")
+        fill = todo & (count > 0.5 / size**2)
+        out[fill] = (total[fill] / count[fill]).astype(out.dtype)
+        todo &= ~fill
+    return out
+
+
+def test_interpolation_at_the_targets_equals_the_box_filters() -> None:
+    from skydm.pipeline.cosmics import _interpolate
+
+    rng = np.random.default_rng(8)
+    image = (1000.0 + 30.0 * rng.standard_normal((90, 110))).astype(np.float32)
+    targets = rng.random(image.shape) < 0.01
+    targets[0, :6] = targets[-1, -1] = True  # at the edges
+    targets[30:42, 50:62] = True  # a blob wider than the first box
+    unusable = targets | (rng.random(image.shape) < 0.05)
+    unusable[60:, :40] = True  # a long dead region: the widest box
+    targets[75, 10] = True
+    got = _interpolate(image, unusable, targets)
+    ref = _reference_interpolate(image, unusable, targets)
+    assert np.allclose(got, ref, rtol=2e-7, atol=0)
+    assert not np.array_equal(got, image)

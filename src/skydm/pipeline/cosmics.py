@@ -341,17 +341,31 @@ def _interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray) -
     """Replace ``targets`` by the mean of the usable pixels of a growing box.
 
     A 5x5 box first, wider where a long track leaves no usable neighbour.
+    Only the target pixels' boxes are summed (cosmic rays cover a few
+    hundredths of a per cent of a frame; full-frame box filters of the image
+    and of the weights cost 2 CPU s at 4096x4096).
     """
     out = image.copy()
-    good = np.where(unusable, 0.0, image).astype(np.float64)
-    weight = (~unusable).astype(np.float64)
-    todo = targets.copy()
+    ny, nx = image.shape
+    ys, xs = np.nonzero(targets)
     for size in (5, 9, 17, 33):
-        total = ndimage.uniform_filter(good, size, mode="constant")
-        count = ndimage.uniform_filter(weight, size, mode="constant")
-        fill = todo & (count > 0.5 / size**2)
-        out[fill] = (total[fill] / count[fill]).astype(out.dtype)
-        todo &= ~fill
-        if not todo.any():
+        if not len(ys):
             break
+        half = size // 2
+        total = np.zeros(len(ys))
+        count = np.zeros(len(ys))
+        for dy in range(-half, half + 1):
+            yy = ys + dy
+            row_ok = (yy >= 0) & (yy < ny)
+            yy = np.clip(yy, 0, ny - 1)
+            for dx in range(-half, half + 1):
+                xx = xs + dx
+                ok = row_ok & (xx >= 0) & (xx < nx)
+                xx = np.clip(xx, 0, nx - 1)
+                ok &= ~unusable[yy, xx]
+                total += np.where(ok, image[yy, xx], 0.0)
+                count += ok
+        fill = count > 0
+        out[ys[fill], xs[fill]] = (total[fill] / count[fill]).astype(out.dtype)
+        ys, xs = ys[~fill], xs[~fill]
     return out
