@@ -335,9 +335,11 @@ def align(science: Exposure, template: Exposure, notes: list[str]) -> Exposure:
             f"{_name(template, 'template')} does not overlap {_name(science, 'science')}"
         )
     notes.append("template resampled onto the science WCS (bilinear)")
+    img[nodata] = np.nan
+    var[nodata] = np.inf
     out = Exposure(
-        image=np.where(nodata, np.nan, img).astype(np.float32),
-        variance=np.where(nodata, np.inf, var).astype(np.float32),
+        image=img,
+        variance=var,
         mask=mask,
         wcs=science.wcs,
         psf=template.psf,

@@ -98,10 +98,20 @@ def pixel_map(
     return PixelMap(x, y, inside)
 
 
-def sample_bilinear(plane: NDArray[Any], pm: PixelMap) -> NDArray[np.float64]:
-    """``plane`` at the mapped positions, bilinearly (NaN outside the template)."""
+def sample_bilinear(plane: NDArray[Any], pm: PixelMap) -> NDArray[np.float32]:
+    """``plane`` at the mapped positions, bilinearly (NaN outside the template).
+
+    ``float32``: ``map_coordinates`` interpolates in float64 whatever the
+    input and rounds once into the output, so a float32 plane sampled into
+    a float32 output has the numbers of a float64 round trip cast at the
+    end, without the two full-frame float64 copies.
+    """
     out = ndimage.map_coordinates(
-        np.asarray(plane, dtype=np.float64), [pm.y, pm.x], order=1, mode="nearest"
+        np.asarray(plane, dtype=np.float32),
+        [pm.y, pm.x],
+        order=1,
+        mode="nearest",
+        output=np.float32,
     )
     out[~pm.inside] = np.nan
     return out
