@@ -144,3 +144,36 @@ def test_interpolation_at_the_targets_equals_the_box_filters() -> None:
     ref = _reference_interpolate(image, unusable, targets)
     assert np.allclose(got, ref, rtol=2e-7, atol=0)
     assert not np.array_equal(got, image)
+
+
+def _reference_candidates(electrons: np.ndarray, good: np.ndarray, read_noise: float, cfg: CosmicRayConfig):  # type: ignore[no-untyped-def]
+    """The bounds with full-frame numpy and scipy filters (what the compiled pass replaced)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy import ndimage
+
+    lap = laplacian_plus(electrons)
+    var = ndimage.minimum_filter(electrons, size=7, mode="nearest") + np.float32(read_noise**2)
+    noise = np.sqrt(np.maximum(var, np.float32(1e-5)))
+    cand = good & (lap > np.float32(0.98 * 2.0 * cfg.sigclip) * noise)
+    ys, xs = np.nonzero(cand)
+    padded = np.pad(electrons, 6, mode="edge")
+    offsets = np.arange(-6, 7)
+    win = padded[ys[:, None, None] + 6 + offsets[None, :, None], xs[:, None, None] + 6 + offsets]
+    rows = np.median(sliding_window_view(win, 5, axis=2), axis=-1)
+    med5 = np.median(sliding_window_view(rows, 5, axis=1), axis=-1)
+    fine = med5[:, 4, 4] - np.median(np.median(med5, axis=2), axis=1)
+    bound = lap[ys, xs] / (2.0 * np.maximum(fine, 0.01 * noise[ys, xs]))
+    cand[ys, xs] = bound > 0.98 * cfg.objlim
+    return cand
+
+
+def test_candidates_equal_the_full_frame_definition(crowded_visits) -> None:  # type: ignore[no-untyped-def]
+    exp = remove_signature(crowded_visits[0].raw).exposure
+    electrons = (exp.image * np.float32(exp.require_gain("the test"))).astype(np.float32)
+    good = np.ones(electrons.shape, dtype=bool)
+    good[:3] = good[:, -5:] = False
+    cfg = CosmicRayConfig()
+    got = candidate_pixels(electrons, good, read_noise=5.0, config=cfg)
+    ref = _reference_candidates(electrons, good, 5.0, cfg)
+    assert np.array_equal(got, ref)
+    assert 20 < got.sum() < 0.05 * got.size
