@@ -64,10 +64,11 @@ def test_clipped_means_of_float32_pixels_with_ties(seed: int) -> None:
     assert np.allclose(sigmas, ref_sigmas, rtol=1e-12, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("radius", [0.0, 1.0, 2.4, 3.0, 5.5, 7.26])
+@pytest.mark.parametrize("radius", [0.0, 1.0, 2.4, 3.0, 5.5, 7.26, 12.0])
 def test_grow_disk_equals_the_distance_transform(radius: float) -> None:
     rng = np.random.default_rng(int(radius * 10))
     found = rng.random((150, 133)) > 0.998
     found[0, 0] = found[-1, 70] = True
     ref = ndimage.distance_transform_edt(~found) <= radius
     assert np.array_equal(grow_disk(found, radius), ref)
+
