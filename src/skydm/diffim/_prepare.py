@@ -320,26 +320,14 @@ def align(science: Exposure, template: Exposure, notes: list[str]) -> Exposure:
             f"grids and {missing} has no WCS to align them; give images on the same grid "
             "or add a WCS"
         )
-    from skydm.diffim import _resample
+    from skydm.diffim._resample import pixel_map, warp
 
-    coarse = _resample.coarse_map(science.wcs, template.wcs, science.shape)
-    if coarse is not None:
-        # One compiled pass over the science grid for the three planes.
-        img, var, mask = _resample.warp(
-            coarse, science.shape, template.image, template.var, template.msk, Mask.NO_DATA
-        )
-        nodata = ~np.isfinite(img)  # exactly where no template pixel covers
-    else:
-        # One science -> template pixel mapping for the three planes
-        # (reproject_interp would redo the full-frame WCS transforms per plane).
-        pm = _resample.pixel_map(science.wcs, template.wcs, science.shape, template.shape)
-        img = _resample.sample_bilinear(template.image, pm)
-        var = _resample.sample_bilinear(template.var, pm)
-        mask = _resample.sample_nearest(template.msk, pm).astype(np.uint32)
-        nodata = ~pm.inside | ~np.isfinite(img)
-        mask[nodata] |= np.uint32(Mask.NO_DATA)
-        img[nodata] = np.nan
-        var[nodata] = np.inf
+    # One science -> template pixel mapping, then the three planes sampled in
+    # one compiled pass (reproject_interp would redo the full-frame WCS
+    # transforms per plane).
+    pm = pixel_map(science.wcs, template.wcs, science.shape, template.shape)
+    img, var, mask = warp(pm, template.image, template.var, template.msk, Mask.NO_DATA)
+    nodata = ~np.isfinite(img)  # exactly the pixels no template pixel covers
     if nodata.all():
         raise UserError(
             f"{_name(template, 'template')} does not overlap {_name(science, 'science')}"
