@@ -146,7 +146,9 @@ def test_interpolation_at_the_targets_equals_the_box_filters() -> None:
     assert not np.array_equal(got, image)
 
 
-def _reference_candidates(electrons: np.ndarray, good: np.ndarray, read_noise: float, cfg: CosmicRayConfig):  # type: ignore[no-untyped-def]
+def _reference_candidates(  # type: ignore[no-untyped-def]
+    electrons: np.ndarray, good: np.ndarray, read_noise: float, cfg: CosmicRayConfig
+):
     """The bounds with full-frame numpy and scipy filters (what the compiled pass replaced)."""
     from numpy.lib.stride_tricks import sliding_window_view
     from scipy import ndimage

@@ -71,4 +71,3 @@ def test_grow_disk_equals_the_distance_transform(radius: float) -> None:
     found[0, 0] = found[-1, 70] = True
     ref = ndimage.distance_transform_edt(~found) <= radius
     assert np.array_equal(grow_disk(found, radius), ref)
-

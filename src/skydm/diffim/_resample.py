@@ -165,9 +165,9 @@ def warp(
 
 
 @njit(cache=True, nogil=True)
-def _warp_pixels(  # pragma: no cover - compiled; tested through warp
+def _warp_pixels(  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     xs, ys, inside, image, variance, mask, nodata, out_img, out_var, out_mask
-):  # type: ignore[no-untyped-def]
+):
     ty, tx = image.shape
     for p in range(len(xs)):
         if not inside[p]:

@@ -322,9 +322,7 @@ class _SortedRuns:
         self.hi = np.where(rows, hi, self.hi)
 
 
-def _bisect(
-    test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray
-) -> np.ndarray:
+def _bisect(test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Per row, the first index in ``[lo, hi)`` where ``test`` holds (``hi`` if none).
 
     ``test`` must be false then true along every row's range.
