@@ -179,3 +179,17 @@ def test_candidates_equal_the_full_frame_definition(crowded_visits) -> None:  # 
     ref = _reference_candidates(electrons, good, 5.0, cfg)
     assert np.array_equal(got, ref)
     assert 20 < got.sum() < 0.05 * got.size
+
+
+@pytest.mark.parametrize("half", [0, 3, 16])
+def test_box_dilation_equals_the_maximum_filter(half: int) -> None:
+    from scipy import ndimage
+
+    from skydm.pipeline.cosmics import dilate_box
+
+    rng = np.random.default_rng(half)
+    for density in (0.002, 0.3):  # painted, and the dense fallback
+        seeds = rng.random((97, 120)) < density
+        seeds[0, 0] = seeds[-1, 60] = seeds[50, -1] = True  # at the edges
+        ref = ndimage.maximum_filter(seeds, size=2 * half + 1)
+        assert np.array_equal(dilate_box(seeds, half), ref)

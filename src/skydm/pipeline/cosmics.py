@@ -243,8 +243,8 @@ def lacosmic_mask(
     out = np.zeros(data.shape, dtype=bool)
     if not seeds.any():
         return out
-    grown = ndimage.maximum_filter(seeds, size=2 * config.tile_margin + 1)
-    keep = ndimage.maximum_filter(seeds, size=2 * (config.tile_margin - config.keep_margin) + 1)
+    grown = dilate_box(seeds, config.tile_margin)
+    keep = dilate_box(seeds, config.tile_margin - config.keep_margin)
     labels, _ = ndimage.label(grown)
     threadpoolctl = require_extra("threadpoolctl", "calibrate")
     # astroscrappy starts its OpenMP threads on every call: on small tiles
@@ -379,6 +379,31 @@ def _noise_bound(electrons, good, rn2, factor):  # type: ignore[no-untyped-def] 
 def _grown(values, size):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     out = np.empty(size, values.dtype)
     out[: len(values)] = values
+    return out
+
+
+def dilate_box(seeds: np.ndarray, half: int) -> np.ndarray:
+    """``seeds`` dilated by a ``(2 half + 1)``-square box (the image's edges cut it).
+
+    What ``ndimage.maximum_filter(seeds, size=2 * half + 1)`` gives (its
+    reflected border adds no pixel a box cut at the edge lacks).  Sparse
+    seeds (candidates cover a few thousandths of a frame) are painted box by
+    box in compiled code: two full-frame filters cost 0.4 CPU s at 4096x4096;
+    dense ones go to the filter.
+    """
+    ys, xs = np.nonzero(seeds)
+    if len(ys) * (2 * half + 1) ** 2 > 4 * seeds.size:
+        return np.asarray(ndimage.maximum_filter(seeds, size=2 * half + 1), dtype=bool)
+    return _paint_boxes(ys, xs, half, seeds.shape[0], seeds.shape[1])  # type: ignore[no-any-return]
+
+
+@njit(cache=True, nogil=True)
+def _paint_boxes(ys, xs, half, ny, nx):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    out = np.zeros((ny, nx), np.bool_)
+    for k in range(len(ys)):
+        for y in range(max(ys[k] - half, 0), min(ys[k] + half + 1, ny)):
+            for x in range(max(xs[k] - half, 0), min(xs[k] + half + 1, nx)):
+                out[y, x] = True
     return out
 
 
