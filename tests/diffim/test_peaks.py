@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 from scipy import ndimage
 
 from skydm.diffim._detect import PEAK_DIP_SHARE, PEAK_DIP_SIGMA, _footprint_peaks
@@ -40,11 +39,11 @@ def _reference_peaks(sub: np.ndarray, npix: int, threshold: float, fwhm: float):
     return best
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_footprint_peaks_match_the_pairwise_definition(dtype: type) -> None:
+def test_footprint_peaks_match_the_pairwise_definition() -> None:
     rng = np.random.default_rng(2024)
     several = 0
-    for _ in range(25):
+    for i in range(25):
+        dtype = np.float32 if i % 2 else np.float64  # differences are float32
         h, w = (int(v) for v in rng.integers(15, 70, 2))
         sub = ndimage.gaussian_filter(rng.standard_normal((h, w)), 1.2) * 30.0 + 8.0
         yy, xx = np.mgrid[:h, :w]
