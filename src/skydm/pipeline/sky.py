@@ -123,9 +123,11 @@ def masked_background(
         if not (filtered_rms > 0):
             break
         # float32: half the memory traffic; the threshold is far above its rounding.
-        resid = ndimage.gaussian_filter(
-            np.where(bad, 0.0, data - back).astype(np.float32), sigma, mode="nearest"
-        )
+        # The difference is taken in float64 and rounded once into the float32
+        # array, without full-frame float64 temporaries.
+        resid = np.subtract(data, back, out=np.empty(data.shape, np.float32), casting="same_kind")
+        resid[bad] = 0.0
+        resid = ndimage.gaussian_filter(resid, sigma, mode="nearest", output=resid)
         found = resid > cfg.nsigma * filtered_rms
         if not found.any():
             break
