@@ -153,7 +153,8 @@ def repair_cosmic_rays(
     finite = np.isfinite(image)
     ignored = ((mask & np.uint32(Mask.BAD | Mask.NO_DATA)) != 0) | ~finite
     saturated = (mask & np.uint32(Mask.SAT)) != 0
-    level = float(np.median(image[~ignored])) if (~ignored).any() else 0.0
+    usable = image[~ignored]  # a copy, which the median may reorder
+    level = float(np.median(usable, overwrite_input=True)) if usable.size else 0.0
     # The noise model needs the sky in the pixels; a sky removed upstream
     # (recorded in the visit info, far above what the pixels still hold) is
     # added back for the detection only.
@@ -284,15 +285,29 @@ def candidate_pixels(
     # The first bound in one compiled pass (L+ and the 7x7 minimum, as
     # laplacian_plus and minimum_filter compute them, in float32): a
     # full-frame Laplacian and minimum filter cost 1.3 CPU s at 4096x4096.
-    ys, xs, lap, noise = _noise_bound(
+    rn2 = np.float32(read_noise**2)
+    cand = np.zeros(electrons.shape, dtype=bool)
+    _noise_bound(
         electrons,
         np.ascontiguousarray(good, dtype=np.bool_),
-        np.float32(read_noise**2),
+        rn2,
         np.float32(_SLACK * 2.0 * config.sigclip),
+        cand,
     )
-    cand = np.zeros(electrons.shape, dtype=bool)
+    ys, xs = np.nonzero(cand)
     if len(ys) == 0:
         return cand
+    # L+ and the noise bound again at the few candidates, in the same float32 steps.
+    near = _window(electrons, ys, xs, 1)
+    centre = np.float32(2.0) * near[:, 1, 1]
+    up, down, left, right = near[:, 0, 1], near[:, 2, 1], near[:, 1, 0], near[:, 1, 2]
+    lap = np.maximum(centre - up - left, 0)  # laplacian_plus's steps
+    lap += np.maximum(centre - up - right, 0)
+    lap += np.maximum(centre - down - left, 0)
+    lap += np.maximum(centre - down - right, 0)
+    lap *= np.float32(0.25)
+    low = _window(electrons, ys, xs, 3).min(axis=(1, 2))
+    noise = np.sqrt(np.maximum(low + rn2, np.float32(1e-5)))
     fine = _fine_structure(electrons, ys, xs)
     # s' / f <= L+ / (2 max(F, 0.01 noise)) with F the unscaled fine structure.
     bound = lap / (2.0 * np.maximum(fine, 0.01 * noise))
@@ -300,13 +315,22 @@ def candidate_pixels(
     return cand
 
 
+def _window(image: np.ndarray, ys: np.ndarray, xs: np.ndarray, half: int) -> np.ndarray:
+    """The ``(2 half + 1)``-square windows around the pixels, edges extended."""
+    ny, nx = image.shape
+    offsets = np.arange(-half, half + 1)
+    rows = np.clip(ys[:, None, None] + offsets[None, :, None], 0, ny - 1)
+    cols = np.clip(xs[:, None, None] + offsets[None, None, :], 0, nx - 1)
+    return image[rows, cols]  # type: ignore[no-any-return]
+
+
 @njit(cache=True, nogil=True)
-def _noise_bound(electrons, good, rn2, factor):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Pixels whose L+ exceeds ``factor`` times the noise's lower bound.
+def _noise_bound(electrons, good, rn2, factor, cand):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``cand`` = good pixels whose L+ exceeds ``factor`` times the noise's lower bound.
 
     The noise bound is ``sqrt(max(min7 + rn2, 1e-5))`` with ``min7`` the
-    7x7 minimum (edges extended); returns their rows, columns, L+ and bound.
-    Row by row, on row buffers (loops the compiler vectorises).
+    7x7 minimum (edges extended).  Row by row, on row buffers (loops the
+    compiler vectorises).
     """
     ny, nx = electrons.shape
     # Minimum over 7 columns, edges extended.
@@ -331,13 +355,6 @@ def _noise_bound(electrons, good, rn2, factor):  # type: ignore[no-untyped-def] 
     two = np.float32(2.0)
     quarter = np.float32(0.25)
     low = np.empty(nx, np.float32)
-    lap = np.empty(nx, np.float32)
-    n = 0
-    cap = 1024
-    ys = np.empty(cap, np.intp)
-    xs = np.empty(cap, np.intp)
-    laps = np.empty(cap, np.float32)
-    noises = np.empty(cap, np.float32)
     for i in range(ny):
         # Minimum over 7 rows of the column minima.
         first = rows[max(i - 3, 0)]
@@ -351,6 +368,8 @@ def _noise_bound(electrons, good, rn2, factor):  # type: ignore[no-untyped-def] 
         up_row = electrons[max(i - 1, 0)]
         down_row = electrons[min(i + 1, ny - 1)]
         row = electrons[i]
+        flags = good[i]
+        out = cand[i]
         for j in range(nx):
             centre = two * row[j]
             up, down = up_row[j], down_row[j]
@@ -359,27 +378,8 @@ def _noise_bound(electrons, good, rn2, factor):  # type: ignore[no-untyped-def] 
             total += max(centre - up - right, zero)
             total += max(centre - down - left, zero)
             total += max(centre - down - right, zero)
-            lap[j] = total * quarter
-        flags = good[i]
-        for j in range(nx):
             noise = np.sqrt(max(low[j] + rn2, floor))
-            if flags[j] and lap[j] > factor * noise:
-                if n == cap:
-                    cap *= 2
-                    ys = _grown(ys, cap)
-                    xs = _grown(xs, cap)
-                    laps = _grown(laps, cap)
-                    noises = _grown(noises, cap)
-                ys[n], xs[n], laps[n], noises[n] = i, j, lap[j], noise
-                n += 1
-    return ys[:n], xs[:n], laps[:n], noises[:n]
-
-
-@njit(cache=True, nogil=True)
-def _grown(values, size):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    out = np.empty(size, values.dtype)
-    out[: len(values)] = values
-    return out
+            out[j] = flags[j] and total * quarter > factor * noise
 
 
 def dilate_box(seeds: np.ndarray, half: int) -> np.ndarray:
