@@ -110,3 +110,86 @@ def test_tiling_config_is_validated() -> None:
 
     with pytest.raises(BadValueError, match="tile_margin/keep_margin"):
         CosmicRayConfig(tile_margin=12, keep_margin=12)
+
+
+def _reference_interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray):  # type: ignore[no-untyped-def]
+    """The full-frame definition: masked box means from box filters of image and weights."""
+    from scipy import ndimage
+
+    out = image.copy()
+    good = np.where(unusable, 0.0, image).astype(np.float64)
+    weight = (~unusable).astype(np.float64)
+    todo = targets.copy()
+    for size in (5, 9, 17, 33):
+        total = ndimage.uniform_filter(good, size, mode="constant")
+        count = ndimage.uniform_filter(weight, size, mode="constant")
+        fill = todo & (count > 0.5 / size**2)
+        out[fill] = (total[fill] / count[fill]).astype(out.dtype)
+        todo &= ~fill
+    return out
+
+
+def test_interpolation_at_the_targets_equals_the_box_filters() -> None:
+    from skydm.pipeline.cosmics import _interpolate
+
+    rng = np.random.default_rng(8)
+    image = (1000.0 + 30.0 * rng.standard_normal((90, 110))).astype(np.float32)
+    targets = rng.random(image.shape) < 0.01
+    targets[0, :6] = targets[-1, -1] = True  # at the edges
+    targets[30:42, 50:62] = True  # a blob wider than the first box
+    unusable = targets | (rng.random(image.shape) < 0.05)
+    unusable[60:, :40] = True  # a long dead region: the widest box
+    targets[75, 10] = True
+    got = _interpolate(image, unusable, targets)
+    ref = _reference_interpolate(image, unusable, targets)
+    assert np.allclose(got, ref, rtol=2e-7, atol=0)
+    assert not np.array_equal(got, image)
+
+
+def _reference_candidates(  # type: ignore[no-untyped-def]
+    electrons: np.ndarray, good: np.ndarray, read_noise: float, cfg: CosmicRayConfig
+):
+    """The bounds with full-frame numpy and scipy filters (what the compiled pass replaced)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    from scipy import ndimage
+
+    lap = laplacian_plus(electrons)
+    var = ndimage.minimum_filter(electrons, size=7, mode="nearest") + np.float32(read_noise**2)
+    noise = np.sqrt(np.maximum(var, np.float32(1e-5)))
+    cand = good & (lap > np.float32(0.98 * 2.0 * cfg.sigclip) * noise)
+    ys, xs = np.nonzero(cand)
+    padded = np.pad(electrons, 6, mode="edge")
+    offsets = np.arange(-6, 7)
+    win = padded[ys[:, None, None] + 6 + offsets[None, :, None], xs[:, None, None] + 6 + offsets]
+    rows = np.median(sliding_window_view(win, 5, axis=2), axis=-1)
+    med5 = np.median(sliding_window_view(rows, 5, axis=1), axis=-1)
+    fine = med5[:, 4, 4] - np.median(np.median(med5, axis=2), axis=1)
+    bound = lap[ys, xs] / (2.0 * np.maximum(fine, 0.01 * noise[ys, xs]))
+    cand[ys, xs] = bound > 0.98 * cfg.objlim
+    return cand
+
+
+def test_candidates_equal_the_full_frame_definition(crowded_visits) -> None:  # type: ignore[no-untyped-def]
+    exp = remove_signature(crowded_visits[0].raw).exposure
+    electrons = (exp.image * np.float32(exp.require_gain("the test"))).astype(np.float32)
+    good = np.ones(electrons.shape, dtype=bool)
+    good[:3] = good[:, -5:] = False
+    cfg = CosmicRayConfig()
+    got = candidate_pixels(electrons, good, read_noise=5.0, config=cfg)
+    ref = _reference_candidates(electrons, good, 5.0, cfg)
+    assert np.array_equal(got, ref)
+    assert 20 < got.sum() < 0.05 * got.size
+
+
+@pytest.mark.parametrize("half", [0, 3, 16])
+def test_box_dilation_equals_the_maximum_filter(half: int) -> None:
+    from scipy import ndimage
+
+    from skydm.pipeline.cosmics import dilate_box
+
+    rng = np.random.default_rng(half)
+    for density in (0.002, 0.3):  # painted, and the dense fallback
+        seeds = rng.random((97, 120)) < density
+        seeds[0, 0] = seeds[-1, 60] = seeds[50, -1] = True  # at the edges
+        ref = ndimage.maximum_filter(seeds, size=2 * half + 1)
+        assert np.array_equal(dilate_box(seeds, half), ref)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
+from numba import njit
 from scipy import ndimage
 
 from skydm.image.mask import UNUSABLE, Mask
@@ -65,56 +66,66 @@ def grow_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return grow_masks([(mask, size)])
 
 
-def grow_masks(masks: Sequence[tuple[np.ndarray, int]], tile: int = 128) -> np.ndarray:
+def grow_masks(masks: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
     """OR of the carried bits of each ``(mask, size)``, grown by ``size`` x ``size`` boxes.
 
-    Works band by band and tile by tile: only tiles holding a bit are
-    filtered, and the one full-frame array made is the output.
+    Every bit grows as ``ndimage.maximum_filter(plane, size, mode="constant")``
+    would grow its plane; all bits at once, as one OR over the box (an OR
+    filter is separable: rows, then columns), in compiled code (tile by tile
+    with scipy, a frame full of cosmic rays cost 0.4 CPU s per mask at
+    4096x4096).
     """
     shape = masks[0][0].shape
     out = np.zeros(shape, dtype=np.uint32)
-    ny, nx = shape
     for mask, size in masks:
-        reach = size // 2 + 1
-        if size <= 1 or reach >= tile:
-            if size <= 1:
-                out |= mask & CARRIED
-            else:
-                out |= _grow_plane_by_plane(mask, size)
-            continue
-
-        def box(p: np.ndarray, size: int = size) -> np.ndarray:
-            return ndimage.maximum_filter(p.view(np.uint8), size=size, mode="constant")
-
-        for r0 in range(0, ny, tile):
-            band = mask[r0 : r0 + tile]
-            present = int(np.bitwise_or.reduce(band, axis=None)) & int(CARRIED)
-            for bit in Mask:
-                if not present & int(bit):
-                    continue
-                value = np.uint32(bit)
-                plane = (band & value) != 0
-                cols = np.add.reduceat(plane.any(axis=0), np.arange(0, nx, tile)) > 0
-                for c0 in (int(c) * tile for c in np.flatnonzero(cols)):
-                    y0, x0 = max(r0 - reach, 0), max(c0 - reach, 0)
-                    y1, x1 = min(r0 + tile + reach, ny), min(c0 + tile + reach, nx)
-                    window = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-                    ty0, tx0 = r0 - y0, c0 - x0
-                    window[ty0 : ty0 + plane.shape[0], tx0 : tx0 + tile] = plane[:, c0 : c0 + tile]
-                    # Dilation distributes over union: this tile's share of the whole.
-                    out[y0:y1, x0:x1] |= box(window).astype(np.uint32) * value
+        carried = np.bitwise_and(mask, CARRIED, dtype=np.uint32)
+        if size <= 1:
+            out |= carried
+        else:
+            _or_box(carried, int(size), out)
     return out
 
 
-def _grow_plane_by_plane(mask: np.ndarray, size: int) -> np.ndarray:
-    out = np.zeros_like(mask, dtype=np.uint32)
-    present = int(np.bitwise_or.reduce(mask, axis=None)) & int(CARRIED)
-    for bit in Mask:
-        if present & int(bit):
-            plane = ((mask & np.uint32(bit)) != 0).view(np.uint8)
-            grown = ndimage.maximum_filter(plane, size=size, mode="constant")
-            out[grown.view(bool)] |= np.uint32(bit)
-    return out
+@njit(cache=True, nogil=True)
+def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``out |=`` the OR of ``src`` over a ``size`` x ``size`` box (zero outside).
+
+    The box spans offsets ``-(size // 2)`` to ``size - 1 - size // 2``, as a
+    scipy filter of that size centred at the origin.  Along rows the window
+    is built by doubling (ORs over 2, 4, 8... pixels, then two overlapping
+    ones); along columns whole rows are ORed.
+    """
+    ny, nx = src.shape
+    first = -(size // 2)
+    width = 1
+    while 2 * width <= size:
+        width *= 2
+    # padded[t] = row[t + first], zero outside; the window of t starts there.
+    span = nx + size - 1
+    padded = np.zeros(span + width, dtype=src.dtype)
+    rows = np.empty_like(src)
+    for i in range(ny):
+        row = src[i]
+        padded[:] = 0
+        lo = max(0, -first)
+        for t in range(lo, min(span, nx - first)):
+            padded[t] = row[t + first]
+        w = 1
+        while w < width:
+            for t in range(span):
+                padded[t] |= padded[t + w]
+            w *= 2
+        dest = rows[i]
+        for j in range(nx):
+            dest[j] = padded[j] | padded[j + size - width]
+    for i in range(ny):
+        dest = out[i]
+        for k in range(size):
+            r = i + first + k
+            if 0 <= r < ny:
+                line = rows[r]
+                for j in range(nx):
+                    dest[j] |= line[j]
 
 
 def mark_edge(mask: np.ndarray, width: int) -> None:

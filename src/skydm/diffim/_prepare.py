@@ -320,24 +320,22 @@ def align(science: Exposure, template: Exposure, notes: list[str]) -> Exposure:
             f"grids and {missing} has no WCS to align them; give images on the same grid "
             "or add a WCS"
         )
-    from skydm.diffim._resample import pixel_map, sample_bilinear, sample_nearest
+    from skydm.diffim._resample import pixel_map, warp
 
-    # One science -> template pixel mapping for the three planes (reproject_interp
-    # would redo the full-frame WCS transforms per plane).
+    # One science -> template pixel mapping, then the three planes sampled in
+    # one compiled pass (reproject_interp would redo the full-frame WCS
+    # transforms per plane).
     pm = pixel_map(science.wcs, template.wcs, science.shape, template.shape)
-    img = sample_bilinear(template.image, pm)
-    var = sample_bilinear(template.var, pm)
-    mask = sample_nearest(template.msk, pm).astype(np.uint32)
-    nodata = ~pm.inside | ~np.isfinite(img)
-    mask[nodata] |= np.uint32(Mask.NO_DATA)
+    img, var, mask = warp(pm, template.image, template.var, template.msk, Mask.NO_DATA)
+    nodata = ~np.isfinite(img)  # exactly the pixels no template pixel covers
     if nodata.all():
         raise UserError(
             f"{_name(template, 'template')} does not overlap {_name(science, 'science')}"
         )
     notes.append("template resampled onto the science WCS (bilinear)")
     out = Exposure(
-        image=np.where(nodata, np.nan, img).astype(np.float32),
-        variance=np.where(nodata, np.inf, var).astype(np.float32),
+        image=img,
+        variance=var,
         mask=mask,
         wcs=science.wcs,
         psf=template.psf,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 from numpy.typing import NDArray
 from scipy import ndimage
 
@@ -98,10 +99,20 @@ def pixel_map(
     return PixelMap(x, y, inside)
 
 
-def sample_bilinear(plane: NDArray[Any], pm: PixelMap) -> NDArray[np.float64]:
-    """``plane`` at the mapped positions, bilinearly (NaN outside the template)."""
+def sample_bilinear(plane: NDArray[Any], pm: PixelMap) -> NDArray[np.float32]:
+    """``plane`` at the mapped positions, bilinearly (NaN outside the template).
+
+    ``float32``: ``map_coordinates`` interpolates in float64 whatever the
+    input and rounds once into the output, so a float32 plane sampled into
+    a float32 output has the numbers of a float64 round trip cast at the
+    end, without the two full-frame float64 copies.
+    """
     out = ndimage.map_coordinates(
-        np.asarray(plane, dtype=np.float64), [pm.y, pm.x], order=1, mode="nearest"
+        np.asarray(plane, dtype=np.float32),
+        [pm.y, pm.x],
+        order=1,
+        mode="nearest",
+        output=np.float32,
     )
     out[~pm.inside] = np.nan
     return out
@@ -115,3 +126,81 @@ def sample_nearest(plane: NDArray[Any], pm: PixelMap) -> NDArray[Any]:
     out = plane[iy, ix]
     out[~pm.inside] = 0
     return out
+
+
+def warp(
+    pm: PixelMap,
+    image: NDArray[np.float32],
+    variance: NDArray[np.float32],
+    mask: NDArray[np.uint32],
+    nodata: int,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.uint32]]:
+    """The template's three planes at the mapped positions, in one compiled pass.
+
+    The numbers of :func:`sample_bilinear` (image and variance) and
+    :func:`sample_nearest` (mask), bit for bit, without their full-frame
+    intermediates (three ``map_coordinates``-like passes cost 2.3 CPU s at
+    4096x4096): the bilinear sum is ``map_coordinates``' own (order 1,
+    ``mode="nearest"``: the four corners' values times their weights,
+    accumulated in float64 in the same order, indices clamped to the plane).
+    Pixels outside the template, or whose image is not finite, are NaN with
+    infinite variance and ``nodata`` added to the mask.
+    """
+    out_img = np.empty(pm.x.shape, dtype=np.float32)
+    out_var = np.empty(pm.x.shape, dtype=np.float32)
+    out_mask = np.empty(pm.x.shape, dtype=np.uint32)
+    _warp_pixels(
+        np.ascontiguousarray(pm.x, dtype=np.float64).ravel(),
+        np.ascontiguousarray(pm.y, dtype=np.float64).ravel(),
+        np.ascontiguousarray(pm.inside, dtype=np.bool_).ravel(),
+        np.ascontiguousarray(image, dtype=np.float32),
+        np.ascontiguousarray(variance, dtype=np.float32),
+        np.ascontiguousarray(mask, dtype=np.uint32),
+        np.uint32(nodata),
+        out_img.ravel(),
+        out_var.ravel(),
+        out_mask.ravel(),
+    )
+    return out_img, out_var, out_mask
+
+
+@njit(cache=True, nogil=True)
+def _warp_pixels(  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    xs, ys, inside, image, variance, mask, nodata, out_img, out_var, out_mask
+):
+    ty, tx = image.shape
+    for p in range(len(xs)):
+        if not inside[p]:
+            out_img[p] = np.nan
+            out_var[p] = np.inf
+            out_mask[p] = nodata
+            continue
+        y, x = ys[p], xs[p]
+        y0, x0 = np.floor(y), np.floor(x)
+        fy, fx = y - y0, x - x0
+        gy, gx = 1.0 - fy, 1.0 - fx
+        a0 = min(max(int(y0), 0), ty - 1)
+        a1 = min(max(int(y0) + 1, 0), ty - 1)
+        b0 = min(max(int(x0), 0), tx - 1)
+        b1 = min(max(int(x0) + 1, 0), tx - 1)
+        img = 0.0
+        img += np.float64(image[a0, b0]) * gy * gx
+        img += np.float64(image[a0, b1]) * gy * fx
+        img += np.float64(image[a1, b0]) * fy * gx
+        img += np.float64(image[a1, b1]) * fy * fx
+        iy = min(max(int(np.rint(y)), 0), ty - 1)
+        ix = min(max(int(np.rint(x)), 0), tx - 1)
+        value = np.float32(img)
+        if not np.isfinite(value):
+            out_img[p] = np.nan
+            out_var[p] = np.inf
+            out_mask[p] = mask[iy, ix] | nodata
+            continue
+        var = 0.0
+        var += np.float64(variance[a0, b0]) * gy * gx
+        var += np.float64(variance[a0, b1]) * gy * fx
+        var += np.float64(variance[a1, b0]) * fy * gx
+        var += np.float64(variance[a1, b1]) * fy * fx
+        out_img[p] = value
+        out_var[p] = var
+        out_mask[p] = mask[iy, ix]
