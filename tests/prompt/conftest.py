@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,3 +157,21 @@ def read_alerts(bootstrap: str, topic: str, *, expect: int, timeout: float = 60.
     finally:
         consumer.close()
     return ids
+
+
+def assert_every_alert_once(repo: Path, bootstrap: str, rows: Sequence[Any]) -> None:
+    """Every DIA source of the APDB delivered once, counted by an independent consumer.
+
+    ``rows`` are the service's detector-visit rows (their ``n_alerts`` sum to
+    the APDB's DiaSource count).
+    """
+    from skydm.alerts.schema import load_schema
+    from skydm.ap.apdb import Apdb
+
+    apdb = Apdb(repo / "apdb.sqlite3")
+    n_sources = apdb.count("DiaSource")
+    apdb.close()
+    assert n_sources == sum(r.n_alerts or 0 for r in rows) > 0
+    ids = read_alerts(bootstrap, load_schema().default_topic, expect=n_sources)
+    assert len(ids) == len(set(ids)), "a diaSourceId was delivered twice"
+    assert len(ids) == n_sources, "alerts lost"

@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DETECTORS, Service, read_alerts, skydm
+from conftest import DETECTORS, Service, assert_every_alert_once, skydm
 from skydm.alerts.localbroker import LocalBroker
-from skydm.alerts.schema import load_schema
-from skydm.ap.apdb import Apdb
 from skydm.prompt.timing import STAMPS, TimingStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
@@ -50,9 +48,4 @@ def test_a_visit_served_on_a_dask_local_cluster(
     # The Dask workers, not the service, ran them: worker pids other than the service's.
     assert {r.pid for r in rows}.isdisjoint({svc.proc.pid})
 
-    apdb = Apdb(repo / "apdb.sqlite3")
-    n_sources = apdb.count("DiaSource")
-    apdb.close()
-    assert n_sources == sum(r.n_alerts or 0 for r in rows) > 0
-    ids = read_alerts(broker.bootstrap, load_schema().default_topic, expect=n_sources)
-    assert len(ids) == len(set(ids)) == n_sources
+    assert_every_alert_once(repo, broker.bootstrap, rows)

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DETECTORS, SIZE, Service, read_alerts
+from conftest import DETECTORS, SIZE, Service, assert_every_alert_once
 from skydm.alerts.localbroker import LocalBroker
-from skydm.alerts.schema import load_schema
-from skydm.ap.apdb import Apdb
 from skydm.prompt.events import EventProducer
 from skydm.prompt.simulate import NightConfig, land_raws, prepare_night, send_next_visit
 from skydm.prompt.timing import STAMPS, TimingStore
@@ -147,11 +145,5 @@ def test_preload_frees_the_worker_and_a_killed_service_resumes_its_queue(
     # worker), neither for its own preload nor for a raw.
     assert 0.0 <= b.stamps["start"] - a.stamps["alerts"] < 10.0, (a.stamps, b.stamps)
 
-    apdb = Apdb(repo / "apdb.sqlite3")
-    n_sources = apdb.count("DiaSource")
-    apdb.close()
-    assert n_sources == sum(r.n_alerts or 0 for r in rows) > 0
-    ids = read_alerts(broker.bootstrap, load_schema().default_topic, expect=n_sources)
-    assert len(ids) == len(set(ids)), "a diaSourceId was delivered twice"
-    assert len(ids) == n_sources, "alerts lost"
+    assert_every_alert_once(repo, broker.bootstrap, rows)
     assert os.path.exists(repo / "prompt" / "prompt.sqlite3")

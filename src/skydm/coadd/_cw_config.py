@@ -193,7 +193,7 @@ class MoverConfig:
     centroid_sn : float
         Significance (motion over its error) from which a bright static
         source whose centroid moves along a straight line through time is
-        a mover (:func:`skydm.coadd._cw_movers.centroid_tracks`); 0: off.
+        a mover (:func:`skydm.coadd._cw_centroids.centroid_tracks`); 0: off.
     model : bool
         Subtract the moving point source fitted along each track where it
         is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead

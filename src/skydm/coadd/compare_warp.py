@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skydm.coadd._cw_assemble import Clips, assemble_clipped, band_chunks, band_clip, in_order
+from skydm.coadd._cw_centroids import centroid_tracks
 from skydm.coadd._cw_config import CompareWarpConfig, StreakConfig
 from skydm.coadd._cw_cosmics import (
     cell_laplacian_scales,
@@ -57,7 +58,6 @@ from skydm.coadd._cw_fits import fit_candidates, one_blas_thread
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_movers import (
     MoverTracks,
-    centroid_tracks,
     model_movers,
     reference_epochs,
 )

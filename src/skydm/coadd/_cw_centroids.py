@@ -1,0 +1,179 @@
+"""Slow movers found by their centroids: a bright static source of the model
+whose per-epoch centroid moves along a straight line through time.
+
+A mover slower than about a FWHM over the whole survey shows no moving lobe
+in the time codes (:mod:`skydm.coadd._cw_movers`), so its track is found
+here and handed to the same mover model; a variable source, whose centroid
+stays put, never passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from skydm.coadd._cw_config import MoverConfig
+from skydm.coadd._cw_movers import MODEL_SN, Track
+
+if TYPE_CHECKING:
+    from skydm.coadd.stack import WarpStack
+
+
+def centroid_tracks(
+    stack: WarpStack,
+    peaks: np.ndarray,
+    cosmic_rays: list[np.ndarray],
+    times: np.ndarray,
+    b: int,
+    fwhm: float,
+    cfg: MoverConfig,
+) -> list[tuple[Track, np.ndarray]]:
+    """Tracks (binned grid) of the model's bright peaks whose centroid moves
+    along a straight line through time, each with all its epochs.
+
+    A mover slower than about a FWHM over the whole survey leaves no lobe
+    that moves in the time codes (the lobes of a small shift sit half a FWHM
+    from the reference position whatever the shift) and is a static source
+    in the model; but its centroid still moves in a straight line.  Each
+    epoch's centroid is a Gaussian-windowed first moment (``fwhm`` full
+    resolution) about the peak; a straight line in time is fitted to the
+    epochs with a clean window, with errors from the variances scaled up by
+    the fit's reduced chi-square (a star whose centroid jumps about, pulled
+    by a varying neighbour or PSF residuals, has a large one).  The peak is a
+    mover where the line's motion is ``centroid_sn`` times its error or
+    more and the epochs span ``min_epochs`` nights; a variable source, whose
+    centroid does not move, never is.
+    """
+    ny, nx = stack.shape
+    n = times.size
+    h = max(2, math.ceil(fwhm))
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(np.float64)
+    s2 = (fwhm / 2.3548) ** 2
+    widths2 = (
+        np.array([(m.psf.fwhm if m.psf is not None else fwhm) / 2.3548 for m in stack.members]) ** 2
+    )
+    crs = [set(c.tolist()) for c in cosmic_rays]
+    order = np.argsort(times, kind="stable")
+    night = np.zeros(n, dtype=np.int64)
+    night[order] = np.cumsum(np.r_[0, np.diff(times[order]) >= cfg.min_gap_days])
+    if np.unique(night).size < cfg.min_epochs:
+        return []
+    found: list[tuple[float, Track]] = []
+    block = (0, 0)
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for py, px in zip(*np.nonzero(peaks), strict=True):
+        cy0, cx0 = int(py) * b + (b - 1) // 2, int(px) * b + (b - 1) // 2
+        if not (h <= cy0 < ny - h and h <= cx0 < nx - h):
+            continue
+        if not (block[0] <= cy0 - h and cy0 + h + 1 <= block[1]):
+            # Peaks come row by row: one read serves all those of a block.
+            block = (cy0 - h, min(cy0 - h + max(CENTROID_BLOCK, 2 * h + 1), ny))
+            rows = stack.rows(*block)
+        sl = np.s_[:, cy0 - h - block[0] : cy0 + h + 1 - block[0], cx0 - h : cx0 + h + 1]
+        assert rows is not None
+        img, var, good = rows
+        img, var, good = img[sl].astype(np.float64), var[sl].astype(np.float64), good[sl]
+        flat = ((yy + cy0) * nx + xx + cx0).astype(np.int64).ravel()
+        core = yy * yy + xx * xx <= fwhm * fwhm
+        # Bad pixels (a bad column crosses many epochs' windows) are filled
+        # from the epochs' mean image scaled to the epoch's flux, so that a
+        # static source's centroid stays put, whatever its variability.
+        mean_img = np.where(good, img, 0).sum(axis=0) / np.maximum(good.sum(axis=0), 1)
+        ratio = np.array(
+            [
+                (img[k][good[k] & core]).sum() / max((mean_img[good[k] & core]).sum(), 1e-30)
+                for k in range(n)
+            ]
+        )
+        img = np.where(good, img, ratio[:, None, None] * mean_img)
+        var = np.where(good, var, np.median(var[good]) if good.any() else 0.0)
+        use = (good[:, core].mean(axis=1) >= 1 - MAX_FILLED) & (good.sum(axis=0)[core] > 0).all()
+        use &= np.array([not crs[k].intersection(flat) for k in range(n)])
+        # The window is centred on the source in the epochs' sum: off centre,
+        # a static source's windowed centroid would move with the seeing.
+        c = np.zeros(2)
+        total = img[use].sum(axis=0)
+        for _ in range(3):
+            g = np.exp(-0.5 * ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / s2) * total
+            if not g.sum() > 0:
+                break
+            c = np.array([(g * yy).sum(), (g * xx).sum()]) / g.sum()
+        if not (g.sum() > 0 and np.all(np.abs(c) < h / 2)):
+            continue
+        gauss = np.exp(-0.5 * ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / s2)
+        s = (gauss * img).sum(axis=(1, 2))
+        ds = np.sqrt((gauss * gauss * var).sum(axis=(1, 2)))
+        use &= s > MODEL_SN * ds
+        if np.unique(night[use]).size < cfg.min_epochs:
+            continue
+        s, gi, vi = s[use], gauss * img[use], var[use]
+        cen = np.stack([(gi * yy).sum(axis=(1, 2)), (gi * xx).sum(axis=(1, 2))], 1) / s[:, None]
+        # A Gaussian window of variance s2 draws a Gaussian source's centroid
+        # towards its centre by s2 / (s2 + source variance): undone, so that
+        # the track moves as fast as the mover.
+        stretch = 1 + widths2[use] / s2
+        # Per axis, the first moment's variance; the two axes averaged.
+        g2v = gauss * gauss * vi
+        d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
+        cen = c + (cen - c) * stretch[:, None]
+        err2 = (
+            (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
+        ) * stretch**2
+        fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
+        if fit is None:
+            continue
+        tm, mean, v, sig = fit
+        if sig >= cfg.centroid_sn:
+            # Full resolution to the binned grid of :class:`Track`.
+            pb = (mean + np.array([cy0, cx0]) + 0.5) / b - 0.5
+            found.append((sig, Track(pb, v / b, tm, float(times.min()), float(times.max()))))
+    # One track per mover: a mover may hold several peaks of the model.
+    out: list[Track] = []
+    for _, track in sorted(found, key=lambda f: -f[0]):
+        if all(np.hypot(*(track.p0 - o.p0)) > cfg.link_fwhm * fwhm / b for o in out):
+            out.append(track)
+    return [(track, np.arange(n)) for track in out]
+
+
+#: Rows of the stack read at once for the centroids of the peaks in them.
+CENTROID_BLOCK = 64
+
+#: A centroid's error floor (FWHM): PSF residuals and resampling move a
+#: bright source's centroid by a few hundredths of a FWHM from epoch to epoch.
+CENTROID_FLOOR = 0.03
+
+#: Largest fraction of a centroid window's core filled in for bad pixels.
+MAX_FILLED = 0.25
+
+#: Normalised residual (sigma) above which the epoch farthest from a
+#: centroid line is dropped and the line refitted (an epoch that a trail, a
+#: ghost or a cosmic ray crosses pulls its centroid off the line).
+LINE_CLIP = 5.0
+
+
+def _line(
+    t: np.ndarray, cen: np.ndarray, w: np.ndarray, nights: np.ndarray, min_nights: int
+) -> tuple[float, np.ndarray, np.ndarray, float] | None:
+    """A straight line fitted to centroids ``cen`` (weights ``w``) at times ``t``,
+    dropping the worst epoch while it is over :data:`LINE_CLIP` sigma off
+    and ``min_nights`` nights are left: (mean time, mean
+    position, velocity, significance of the velocity with its errors scaled
+    by the reduced chi-square where above 1), or None."""
+    keep = np.ones(t.size, dtype=bool)
+    while np.unique(nights[keep]).size >= min_nights:
+        wk, tk, ck = w[keep], t[keep], cen[keep]
+        tm = float(np.average(tk, weights=wk))
+        dt = tk - tm
+        stt = float((wk * dt * dt).sum())
+        if stt <= 0:
+            return None
+        mean = (wk[:, None] * ck).sum(axis=0) / wk.sum()
+        v = (wk * dt) @ (ck - mean) / stt
+        r2 = wk * ((ck - mean - dt[:, None] * v) ** 2).sum(axis=1)
+        chi2 = float(r2.sum()) / max(2 * (tk.size - 2), 1)
+        if r2.max() <= LINE_CLIP**2:
+            return tm, mean, v, float(np.hypot(*v)) * math.sqrt(stt / max(chi2, 1.0))
+        keep[np.flatnonzero(keep)[np.argmax(r2)]] = False
+    return None
