@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,9 +184,11 @@ def _check_output(path: Path, option: str) -> None:
         )
     try:
         # Pseudo file systems (/proc, /sys) pass access() but refuse new files.
-        probe = parent / f".{path.name}.skydm-probe"
-        probe.touch()
-        probe.unlink()
+        # A unique name: two commands writing beside each other must not
+        # unlink each other's probe.
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".skydm-probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise BadFileError(
             path, f"{option}: cannot write there ({exc.strerror}); pick another place"

@@ -6,6 +6,8 @@ repository do not import the registry and datastores).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,9 +57,12 @@ def create_directory(root: Path, given: str | Path) -> None:
     """Create a new repository's directory, or say why it cannot be."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".{CONFIG_NAME}.probe"
-        probe.touch()  # a read-only place fails here, not halfway through a write
-        probe.unlink()
+        # One probe per process: ingests started together into a new
+        # repository must not unlink each other's probe.
+        # A read-only place fails here, not halfway through a write.
+        fd, probe = tempfile.mkstemp(prefix=f".{CONFIG_NAME}.", suffix=".probe", dir=root)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UserError(
             f"cannot create a skydm repository at {given}: {exc.strerror or exc}; "
