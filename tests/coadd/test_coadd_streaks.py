@@ -7,7 +7,14 @@ import math
 
 import numpy as np
 
-from skydm.coadd._cw_streaks import Candidate, StreakFit, fit_streak
+from skydm.coadd._cw_linemodel import line_profiles
+from skydm.coadd._cw_streaks import (
+    Candidate,
+    StreakFit,
+    _bad_cells,
+    _point_residuals,
+    fit_streak,
+)
 from skydm.image import MoffatPsf
 
 SIDE = 96
@@ -103,3 +110,19 @@ def test_streak_size_limits_are_checked() -> None:
 
     with pytest.raises(BadValueError, match="min_pixels"):
         StreakConfig(min_pixels=50, max_pixels=10)
+
+
+def test_the_residual_tests_accept_a_fit_that_left_every_pixel_out() -> None:
+    """A later fit can leave every pixel of a footprint over ``outlier_z``
+    (grown by a pixel): both residual tests then see no pixel.  They must
+    judge none (the fit fails its pixel-fraction test and the footprint stays
+    replaced), not stop CompareWarp: ``_point_residuals`` crashed this way on
+    held-out fields 569793000:8 and 1462159799:8, and ``_bad_cells`` had the
+    same reduction over no pixel."""
+    p = np.array([0.3, 0.0, 0.3, 2.0, 0.0, 3.0])
+    none = np.zeros(0)
+    prof = line_profiles(PSF, 0.3, 4 * PSF.fwhm + 8)
+    cells = _bad_cells(p, none, none, (10.0, 10.0), none, none, prof, StreakFit())
+    points = _point_residuals(p, none, none, (10.0, 10.0), none, none, 2.0, 3.0)
+    for out in (cells, points):
+        assert out.dtype == bool and out.shape == (0,)

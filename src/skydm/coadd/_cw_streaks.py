@@ -442,6 +442,8 @@ def _bad_cells(
     the same total false-rejection rate as ``fit.z_cells`` for a single cell);
     cells of fewer than 8 pixels are not judged.
     """
+    if x.size == 0:  # every pixel an outlier of the last fit (the footprint stays replaced)
+        return np.zeros(0, dtype=bool)
     t, dd = line_frame(p[0], p[1], x, y, centre)
     core = 1.5 * math.hypot(prof.psf_sigma, float(p[2]))
     across = np.where(dd < -core, 0, np.where(dd > core, 2, 1))
