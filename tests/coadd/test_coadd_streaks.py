@@ -126,3 +126,14 @@ def test_the_residual_tests_accept_a_fit_that_left_every_pixel_out() -> None:
     points = _point_residuals(p, none, none, (10.0, 10.0), none, none, 2.0, 3.0)
     for out in (cells, points):
         assert out.dtype == bool and out.shape == (0,)
+
+
+def test_a_footprint_with_one_positive_pixel_is_no_streak() -> None:
+    """The start is the positive part's weighted moments: one positive pixel
+    has none (their covariance is NaN), and the fit must decline the
+    footprint rather than stop on a NaN angle."""
+    index = np.arange(30, dtype=np.int64) + 5 * SIDE
+    d = -np.ones(index.size)
+    d[7] = 200.0  # S/N 31: past the S/N test
+    c = Candidate(0, index, d, np.ones(index.size), np.ones(index.size, dtype=bool))
+    assert fit_streak(c, SIDE, PSF) is None

@@ -238,6 +238,8 @@ def fit_streak(
         return None
     xc, yc = float(np.average(x, weights=w)), float(np.average(y, weights=w))
     evals, evecs = np.linalg.eigh(np.cov(np.vstack([x - xc, y - yc]), aweights=w))
+    if not (np.all(np.isfinite(evals)) and np.all(np.isfinite(evecs))):
+        return None  # one positive pixel: no moments, no direction to fit along
     theta0 = math.atan2(evecs[1, 1], evecs[0, 1])
     t_all = (x - xc) * math.cos(theta0) + (y - yc) * math.sin(theta0)
     tmin, tmax = float(t_all.min()), float(t_all.max())
