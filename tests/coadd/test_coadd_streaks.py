@@ -7,7 +7,14 @@ import math
 
 import numpy as np
 
-from skydm.coadd._cw_streaks import Candidate, StreakFit, fit_streak
+from skydm.coadd._cw_linemodel import line_profiles
+from skydm.coadd._cw_streaks import (
+    Candidate,
+    StreakFit,
+    _bad_cells,
+    _point_residuals,
+    fit_streak,
+)
 from skydm.image import MoffatPsf
 
 SIDE = 96
@@ -103,3 +110,30 @@ def test_streak_size_limits_are_checked() -> None:
 
     with pytest.raises(BadValueError, match="min_pixels"):
         StreakConfig(min_pixels=50, max_pixels=10)
+
+
+def test_the_residual_tests_accept_a_fit_that_left_every_pixel_out() -> None:
+    """A later fit can leave every pixel of a footprint over ``outlier_z``
+    (grown by a pixel): both residual tests then see no pixel.  They must
+    judge none (the fit fails its pixel-fraction test and the footprint stays
+    replaced), not stop CompareWarp: ``_point_residuals`` crashed this way on
+    held-out fields 569793000:8 and 1462159799:8, and ``_bad_cells`` had the
+    same reduction over no pixel."""
+    p = np.array([0.3, 0.0, 0.3, 2.0, 0.0, 3.0])
+    none = np.zeros(0)
+    prof = line_profiles(PSF, 0.3, 4 * PSF.fwhm + 8)
+    cells = _bad_cells(p, none, none, (10.0, 10.0), none, none, prof, StreakFit())
+    points = _point_residuals(p, none, none, (10.0, 10.0), none, none, 2.0, 3.0)
+    for out in (cells, points):
+        assert out.dtype == bool and out.shape == (0,)
+
+
+def test_a_footprint_with_one_positive_pixel_is_no_streak() -> None:
+    """The start is the positive part's weighted moments: one positive pixel
+    has none (their covariance is NaN), and the fit must decline the
+    footprint rather than stop on a NaN angle."""
+    index = np.arange(30, dtype=np.int64) + 5 * SIDE
+    d = -np.ones(index.size)
+    d[7] = 200.0  # S/N 31: past the S/N test
+    c = Candidate(0, index, d, np.ones(index.size), np.ones(index.size, dtype=bool))
+    assert fit_streak(c, SIDE, PSF) is None

@@ -234,10 +234,12 @@ def fit_streak(
     iv = 1.0 / np.sqrt(v)
     # Start from the footprint's flux-weighted moments (positive part).
     w = np.clip(d * iv, 0.0, None) ** 2
-    if w.sum() <= 0:
-        return None
+    if np.count_nonzero(w) < 2:
+        return None  # one positive pixel has no moments (no direction to fit along)
     xc, yc = float(np.average(x, weights=w)), float(np.average(y, weights=w))
     evals, evecs = np.linalg.eigh(np.cov(np.vstack([x - xc, y - yc]), aweights=w))
+    if not (np.all(np.isfinite(evals)) and np.all(np.isfinite(evecs))):
+        return None  # non-finite data: no moments
     theta0 = math.atan2(evecs[1, 1], evecs[0, 1])
     t_all = (x - xc) * math.cos(theta0) + (y - yc) * math.sin(theta0)
     tmin, tmax = float(t_all.min()), float(t_all.max())
@@ -442,6 +444,8 @@ def _bad_cells(
     the same total false-rejection rate as ``fit.z_cells`` for a single cell);
     cells of fewer than 8 pixels are not judged.
     """
+    if x.size == 0:  # every pixel an outlier of the last fit (the footprint stays replaced)
+        return np.zeros(0, dtype=bool)
     t, dd = line_frame(p[0], p[1], x, y, centre)
     core = 1.5 * math.hypot(prof.psf_sigma, float(p[2]))
     across = np.where(dd < -core, 0, np.where(dd > core, 2, 1))
