@@ -91,9 +91,11 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``out |=`` the OR of ``src`` over a ``size`` x ``size`` box (zero outside).
 
     The box spans offsets ``-(size // 2)`` to ``size - 1 - size // 2``, as a
-    scipy filter of that size centred at the origin.  Along rows the window
-    is built by doubling (ORs over 2, 4, 8... pixels, then two overlapping
-    ones); along columns whole rows are ORed.
+    scipy filter of that size centred at the origin.  Along rows and then
+    along columns the window is built by doubling (ORs over 2, 4, 8...
+    pixels or rows, then two overlapping ones): ``log2(size)`` passes over
+    the frame per direction, not ``size`` (the column pass cost 0.25 CPU s
+    per mask at 4096x4096 row by row).
     """
     ny, nx = src.shape
     first = -(size // 2)
@@ -103,7 +105,9 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     # padded[t] = row[t + first], zero outside; the window of t starts there.
     span = nx + size - 1
     padded = np.zeros(span + width, dtype=src.dtype)
-    rows = np.empty_like(src)
+    # cols[t] = the row-ORed row t + first, zero outside (as padded, by rows).
+    rspan = ny + size - 1
+    cols = np.zeros((rspan + width, nx), dtype=src.dtype)
     for i in range(ny):
         row = src[i]
         padded[:] = 0
@@ -115,17 +119,23 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
             for t in range(span):
                 padded[t] |= padded[t + w]
             w *= 2
-        dest = rows[i]
+        dest = cols[i - first]
         for j in range(nx):
             dest[j] = padded[j] | padded[j + size - width]
+    w = 1
+    while w < width:
+        for t in range(rspan):
+            line = cols[t]
+            ahead = cols[t + w]
+            for j in range(nx):
+                line[j] |= ahead[j]
+        w *= 2
     for i in range(ny):
         dest = out[i]
-        for k in range(size):
-            r = i + first + k
-            if 0 <= r < ny:
-                line = rows[r]
-                for j in range(nx):
-                    dest[j] |= line[j]
+        a = cols[i]
+        b = cols[i + size - width]
+        for j in range(nx):
+            dest[j] |= a[j] | b[j]
 
 
 def mark_edge(mask: np.ndarray, width: int) -> None:
@@ -149,9 +159,23 @@ def filled(image: np.ndarray, value: float | None = None) -> np.ndarray:
     bad = ~np.isfinite(out)
     if bad.any():
         out = out.copy()
-        fill = float(np.median(out[~bad])) if value is None else value
-        out[bad] = fill
+        out[bad] = _typical(out, bad) if value is None else value
     return out
+
+
+def _typical(image: np.ndarray, bad: np.ndarray) -> float:
+    """The median of the good pixels; of every third in each direction on large images.
+
+    Only the filled pixels take it, and every pixel a convolution carries
+    it to is masked with them (their NO_DATA is grown by the kernel), so a
+    subsampled median (a ninth of the 0.18 CPU s at 4096x4096) changes no
+    unmasked pixel.
+    """
+    if image.size > 1 << 20:
+        sub = image[::3, ::3][~bad[::3, ::3]]
+        if sub.size:
+            return float(np.median(sub))
+    return float(np.median(image[~bad]))
 
 
 def typical_variance(variance: np.ndarray, mask: np.ndarray) -> float:

@@ -173,18 +173,37 @@ def repair_cosmic_rays(
         config=config,
     )[_PAD:-_PAD, _PAD:-_PAD]  # fmt: skip
     found &= ~ignored & ~saturated
-    if saturated.any():
+    if saturated.any() and config.saturation_margin > 0:
         # The steep wings of a saturated core pass the Laplacian test; the
         # cores are masked SAT anyway, and their surroundings are no place to
         # interpolate.
-        near = ndimage.binary_dilation(saturated, iterations=config.saturation_margin)
-        found &= ~near
+        found[found] = ~near_marked(saturated, found, config.saturation_margin)
     if config.grow and found.any():
         found = ndimage.binary_dilation(found, iterations=config.grow) & ~ignored & ~saturated
     if not found.any():
         return image
     mask[found] |= np.uint32(Mask.CR | Mask.INTRP)
     return _interpolate(image, found | ignored, found)
+
+
+def near_marked(marked: np.ndarray, at: np.ndarray, reach: int) -> np.ndarray:
+    """Whether each ``at`` pixel (in ``nonzero`` order) has a ``marked`` one within ``reach``.
+
+    Within ``reach`` steps between edge neighbours (``|dy| + |dx| <=
+    reach``): what ``ndimage.binary_dilation(marked, iterations=reach)``
+    reaches, looked up at the few pixels asked about instead of dilating
+    the whole frame (0.25 CPU s at 4096x4096).
+    """
+    ny, nx = marked.shape
+    ys, xs = np.nonzero(at)
+    hit = np.zeros(len(ys), dtype=bool)
+    for dy in range(-reach, reach + 1):
+        y = ys + dy
+        for dx in range(-(reach - abs(dy)), reach - abs(dy) + 1):
+            x = xs + dx
+            ok = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            hit[ok] |= marked[y[ok], x[ok]]
+    return hit
 
 
 def lacosmic_mask(
