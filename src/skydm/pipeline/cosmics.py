@@ -413,7 +413,16 @@ def dilate_box(seeds: np.ndarray, half: int) -> np.ndarray:
     ys, xs = np.nonzero(seeds)
     if len(ys) * (2 * half + 1) ** 2 > 4 * seeds.size:
         return np.asarray(ndimage.maximum_filter(seeds, size=2 * half + 1), dtype=bool)
-    return _paint_boxes(ys, xs, half, seeds.shape[0], seeds.shape[1])  # type: ignore[no-any-return]
+    # Contiguous whatever nonzero returns (its index arrays are strided views
+    # of one array, contiguous only when they hold a single seed): one
+    # compiled signature, made ahead by the prompt worker's warm-up.
+    return _paint_boxes(  # type: ignore[no-any-return]
+        np.ascontiguousarray(ys, dtype=np.intp),
+        np.ascontiguousarray(xs, dtype=np.intp),
+        int(half),
+        int(seeds.shape[0]),
+        int(seeds.shape[1]),
+    )
 
 
 @njit(cache=True, nogil=True)
