@@ -91,11 +91,9 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``out |=`` the OR of ``src`` over a ``size`` x ``size`` box (zero outside).
 
     The box spans offsets ``-(size // 2)`` to ``size - 1 - size // 2``, as a
-    scipy filter of that size centred at the origin.  Along rows and then
-    along columns the window is built by doubling (ORs over 2, 4, 8...
-    pixels or rows, then two overlapping ones): ``log2(size)`` passes over
-    the frame per direction, not ``size`` (the column pass cost 0.25 CPU s
-    per mask at 4096x4096 row by row).
+    scipy filter of that size centred at the origin.  Along rows the window
+    is built by doubling (ORs over 2, 4, 8... pixels, then two overlapping
+    ones); along columns whole rows are ORed.
     """
     ny, nx = src.shape
     first = -(size // 2)
@@ -105,9 +103,7 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
     # padded[t] = row[t + first], zero outside; the window of t starts there.
     span = nx + size - 1
     padded = np.zeros(span + width, dtype=src.dtype)
-    # cols[t] = the row-ORed row t + first, zero outside (as padded, by rows).
-    rspan = ny + size - 1
-    cols = np.zeros((rspan + width, nx), dtype=src.dtype)
+    rows = np.empty_like(src)
     for i in range(ny):
         row = src[i]
         padded[:] = 0
@@ -119,23 +115,17 @@ def _or_box(src, size, out):  # type: ignore[no-untyped-def]  # pragma: no cover
             for t in range(span):
                 padded[t] |= padded[t + w]
             w *= 2
-        dest = cols[i - first]
+        dest = rows[i]
         for j in range(nx):
             dest[j] = padded[j] | padded[j + size - width]
-    w = 1
-    while w < width:
-        for t in range(rspan):
-            line = cols[t]
-            ahead = cols[t + w]
-            for j in range(nx):
-                line[j] |= ahead[j]
-        w *= 2
     for i in range(ny):
         dest = out[i]
-        a = cols[i]
-        b = cols[i + size - width]
-        for j in range(nx):
-            dest[j] |= a[j] | b[j]
+        for k in range(size):
+            r = i + first + k
+            if 0 <= r < ny:
+                line = rows[r]
+                for j in range(nx):
+                    dest[j] |= line[j]
 
 
 def mark_edge(mask: np.ndarray, width: int) -> None:

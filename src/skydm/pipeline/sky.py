@@ -251,18 +251,6 @@ def _mostly_masked(ignored: np.ndarray, box: int) -> float:
     return float(np.mean(counts / np.outer(heights, widths) > 0.5))
 
 
-def _meshes(image: np.ndarray, box: int, *, fill: float) -> np.ndarray:
-    """The ``box`` x ``box`` meshes of ``image`` as rows (mesh-major, row by row).
-
-    Partial meshes at the top and right edges are completed with ``fill``.
-    """
-    ny, nx = image.shape
-    my, mx = -(-ny // box), -(-nx // box)
-    full = np.full((my * box, mx * box), fill, dtype=image.dtype)
-    full[:ny, :nx] = image
-    return full.reshape(my, box, mx, box).transpose(0, 2, 1, 3).reshape(my * mx, box * box)
-
-
 def _clipped_means(
     data: np.ndarray, ignored: np.ndarray, box: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +273,8 @@ def _clipped_means(
     """
     ny, nx = data.shape
     my, mx = -(-ny // box), -(-nx // box)
-    values = _meshes(np.where(ignored, np.nan, data), box, fill=np.nan)
+    values = np.empty((my * mx, box * box), dtype=data.dtype)
+    _gather_meshes(np.ascontiguousarray(data), np.ascontiguousarray(ignored), box, values)
     values.sort(axis=1)  # NaNs last
     usable = np.count_nonzero(~np.isnan(values), axis=1)
     # A mesh counts its own (possibly partial) pixels.
@@ -382,6 +371,28 @@ class _SortedRuns:
         hi = _bisect(lambda i: self.at(i) - centre >= limit, split, self.hi)
         self.lo = np.where(rows, lo, self.lo)
         self.hi = np.where(rows, hi, self.hi)
+
+
+@njit(cache=True, nogil=True)
+def _gather_meshes(data, ignored, box, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """``out`` = the meshes of ``data`` as rows, NaN where ignored or beyond the edges.
+
+    Mesh-major, row by row within a mesh; one pass where padding, masking
+    and transposing the frame made three full-frame copies.
+    """
+    ny, nx = data.shape
+    mx = (nx + box - 1) // box
+    nan = np.nan
+    for y in range(out.shape[0] // mx * box):
+        my_, dy = y // box, y % box
+        for m in range(mx):
+            row = out[my_ * mx + m]
+            for dx in range(box):
+                x = m * box + dx
+                if y < ny and x < nx and not ignored[y, x]:
+                    row[dy * box + dx] = data[y, x]
+                else:
+                    row[dy * box + dx] = nan
 
 
 @njit(cache=True, nogil=True)
