@@ -53,18 +53,30 @@ def _warm_calibrate() -> None:
 def _warm_diffim() -> None:
     from skydm.diffim._common import grow_masks
     from skydm.diffim._detect import _separate
-    from skydm.diffim._resample import PixelMap, warp
+    from skydm.diffim._resample import pixel_map, warp
 
     mask = np.zeros((24, 24), dtype=np.uint32)
     mask[12, 12] = 1
     grow_masks([(mask, 5), (mask, 3)])
-    yy, xx = np.mgrid[0:24, 0:24].astype(np.float64)
+    # Two grids a fraction of a pixel apart: the mapping interpolated between knots.
+    pm = pixel_map(_tan((12.0, 12.0)), _tan((12.4, 11.7)), (24, 24), (24, 24))
     image = np.ones((24, 24), dtype=np.float32)
-    warp(PixelMap(xx + 0.3, yy - 0.2, np.ones((24, 24), dtype=bool)), image, image, mask, 256)
+    warp(pm, image, image, mask, 256)
     # A footprint's significance (float32, as the matched filter's).
     sub = np.zeros((16, 16), dtype=np.float32)
     sub[4, 4], sub[11, 11] = 10.0, 9.0
     _separate(sub, 11, 11, np.array([4.0]), np.array([4.0]), np.array([9.9]), 7.0)
+
+
+def _tan(crpix: tuple[float, float]) -> Any:
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = list(crpix)
+    wcs.wcs.cdelt = [-0.2 / 3600.0, 0.2 / 3600.0]
+    return wcs
 
 
 def _warm_archive() -> None:
