@@ -33,6 +33,8 @@ def test_sparse_dilations_equal_the_iterated_dilation(reach: int) -> None:
     ref = ndimage.binary_dilation(marked, iterations=reach)
     assert np.array_equal(near_marked(marked, at, reach), ref[at])
     assert np.array_equal(dilate_sparse(marked, reach), ref)
+
+
 utils = pytest.importorskip("astroscrappy.utils")
 
 

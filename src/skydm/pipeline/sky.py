@@ -33,6 +33,11 @@ _DEFAULT_FWHM = 3.0
 #: 2x2-binned residual (:func:`source_mask`): the binned filter's sigma is
 #: then at least 0.55 binned pixels.
 BINNED_MIN_SIGMA = 1.2
+#: Least image side (pixels) for the binned source mask: where it saves
+#: seconds.  Smaller images keep the full-resolution mask, whose result
+#: crowded small fields near ``max_masked`` depend on (a 256x256 field with
+#: half its pixels masked flips between the masked and the plain background).
+BINNED_MIN_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,9 @@ def source_mask(
     The residual is filtered with a Gaussian of the seeing and thresholded at
     ``nsigma`` times its noise; the detections are grown by a disk of
     ``grow`` FWHM.  With a seeing sigma of at least
-    :data:`BINNED_MIN_SIGMA` pixels the filtering, the threshold and the
-    growth run on the 2x2-binned residual and the mask is expanded back: a
+    :data:`BINNED_MIN_SIGMA` pixels on an image of at least
+    :data:`BINNED_MIN_SIZE` pixels a side, the filtering, the threshold and
+    the growth run on the 2x2-binned residual and the mask is expanded back: a
     quarter of the pixels for a mask that only decides which pixels the
     mesh statistics skip (1.3 + 0.9 CPU s at full resolution on a 4096x4096
     detector, 0.35 binned; the background moves by a few thousandths of
@@ -166,7 +172,7 @@ def source_mask(
     resid = np.subtract(data, back, out=np.empty(data.shape, np.float32), casting="same_kind")
     resid[bad] = 0.0
     ny, nx = data.shape
-    if sigma < BINNED_MIN_SIGMA or min(ny, nx) < 2 * config.box:
+    if sigma < BINNED_MIN_SIGMA or min(ny, nx) < BINNED_MIN_SIZE:
         resid = ndimage.gaussian_filter(resid, sigma, mode="nearest", output=resid)
         # The noise of a Gaussian-filtered white-noise image is rms * sqrt(sum k^2),
         # and sum k^2 = 1 / (4 pi sigma^2) for a unit-sum Gaussian.

@@ -171,7 +171,7 @@ WARM_MODULES = (
 
 
 def warm_up() -> None:
-    """Import what processing a detector needs and compile its kernels (once, at a worker's start)."""
+    """Import what processing a detector needs and compile its kernels (at a worker's start)."""
     import importlib
     import importlib.util
 
