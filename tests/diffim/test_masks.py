@@ -38,3 +38,14 @@ def test_grow_masks_equals_per_bit_box_filters(sizes: tuple[int, int]) -> None:
     got = grow_masks(masks)
     assert np.array_equal(got, _reference(masks))
     assert not (got & np.uint32(Mask.DETECTED)).any()  # not carried
+
+
+@pytest.mark.parametrize("size", [2, 3, 17, 41])
+def test_grow_masks_of_sparse_masks(size: int) -> None:
+    """A few hits per row (a calexp's cosmic rays): the painted paths, edges included."""
+    rng = np.random.default_rng(size)
+    shape = (300, 257)
+    mask = (rng.random(shape) < 0.002) * np.uint32(Mask.CR)
+    mask[0, 0] = mask[-1, -1] = mask[150, 0] = np.uint32(Mask.SAT)
+    mask = mask.astype(np.uint32)
+    assert np.array_equal(grow_masks([(mask, size)]), _reference([(mask, size)]))

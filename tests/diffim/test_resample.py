@@ -83,3 +83,33 @@ def test_compiled_warp_equals_the_pixel_map_sampling() -> None:
     assert np.array_equal(v, ref_v, equal_nan=True)
     assert (~np.isfinite(v) & ~nodata).any()  # next to the infinite variance
     assert np.array_equal(m, ref_m)
+
+
+def test_pixel_map_interpolates_the_knots_as_the_matrix_products() -> None:
+    """The compiled bilinear pass against ``wy @ c @ wx.T`` (what it replaced) and the WCS."""
+    from skydm.diffim import _resample
+
+    ty, tx = 200, 210
+    tw, sw = _wcs((110.0, 95.0), 0.0), _wcs((90.3, 101.7), 1.2)
+    ny, nx = 190, 205
+    pm = _resample.pixel_map(sw, tw, (ny, nx), (ty, tx))
+    step = _resample.FIRST_STEP_PX
+    my, mx = -(-(ny - 1) // step) + 1, -(-(nx - 1) // step) + 1
+    ky, kx = np.linspace(0, ny - 1, my), np.linspace(0, nx - 1, mx)
+    cx, cy = _resample._exact(sw, tw, *np.meshgrid(kx, ky))
+
+    def weights(n: int, m: int) -> np.ndarray:
+        lo, frac = _resample._knots(n, m)
+        w = np.zeros((n, m))
+        w[np.arange(n), lo] = 1.0 - frac
+        w[np.arange(n), lo + 1] += frac
+        return w
+
+    wy, wx = weights(ny, my), weights(nx, mx)
+    np.testing.assert_allclose(pm.x, wy @ cx @ wx.T, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(pm.y, wy @ cy @ wx.T, rtol=0, atol=1e-9)
+    ex, ey = _resample._exact(sw, tw, *np.meshgrid(np.arange(nx), np.arange(ny)))
+    assert np.max(np.hypot(pm.x - ex, pm.y - ey)) <= _resample.MAP_TOLERANCE_PX
+    inside = (ex >= -0.5) & (ex <= tx - 0.5) & (ey >= -0.5) & (ey <= ty - 0.5)
+    assert (~pm.inside).sum() > 0.1 * inside.size
+    assert np.sum(pm.inside != inside) <= 0.001 * inside.size

@@ -11,12 +11,30 @@ from skydm.image import Mask, read_exposure
 from skydm.pipeline.cosmics import (
     CosmicRayConfig,
     candidate_pixels,
+    dilate_sparse,
     laplacian_plus,
+    near_marked,
     repair_cosmic_rays,
 )
 from skydm.pipeline.isr import remove_signature
 
 astroscrappy = pytest.importorskip("astroscrappy")
+
+
+@pytest.mark.parametrize("reach", [1, 2, 4, 7])
+def test_sparse_dilations_equal_the_iterated_dilation(reach: int) -> None:
+    """The saturation margin looked up at the hits: binary_dilation's set, border included."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(reach)
+    marked = rng.random((90, 70)) > 0.995
+    marked[0, 5] = marked[-1, -1] = True
+    at = rng.random(marked.shape) > 0.7
+    ref = ndimage.binary_dilation(marked, iterations=reach)
+    assert np.array_equal(near_marked(marked, at, reach), ref[at])
+    assert np.array_equal(dilate_sparse(marked, reach), ref)
+
+
 utils = pytest.importorskip("astroscrappy.utils")
 
 

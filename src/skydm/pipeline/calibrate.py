@@ -97,13 +97,22 @@ def calibrate_raw(
     # A recorded sky level far above the measured background means the sky was
     # removed upstream (as in the DECam stamps' SKYDIP); its Poisson noise is
     # still in the pixels, so it stays in the variance.
-    removed = exp.info.sky if exp.info.sky > 2.0 * abs(float(np.median(back))) else 0.0
-    sky = back + removed
-    image = image - back.astype(np.float32)
+    # (The background is smooth: its median from every 8th pixel.)
+    level = abs(float(np.median(back[::8, ::8])))
+    removed = exp.info.sky if exp.info.sky > 2.0 * level else 0.0
+    back32 = back.astype(np.float32)
+    image = np.asarray(image, dtype=np.float32) - back32
     exp.image = image
-    exp.info.sky = float(np.mean(sky))
-    signal = np.clip(image + sky, 0.0, None)
-    exp.variance = (signal / gain + (isr.read_noise / gain) ** 2).astype(np.float32)
+    exp.info.sky = float(np.mean(back)) + removed
+    # The CCD equation on the signal with the sky put back, in float32 in
+    # place (float64 full-frame temporaries cost 0.3 CPU s at 4096x4096).
+    signal = np.add(image, back32, out=back32)
+    if removed:
+        signal += np.float32(removed)
+    np.maximum(signal, np.float32(0.0), out=signal)
+    signal *= np.float32(1.0 / gain)
+    signal += np.float32((isr.read_noise / gain) ** 2)
+    exp.variance = signal
     exp.variance[(mask & np.uint32(Mask.NO_DATA)) != 0] = np.inf
     exp.psf = _psf(exp, cfg.psf_fallback)
     return exp

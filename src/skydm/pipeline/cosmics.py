@@ -153,8 +153,7 @@ def repair_cosmic_rays(
     finite = np.isfinite(image)
     ignored = ((mask & np.uint32(Mask.BAD | Mask.NO_DATA)) != 0) | ~finite
     saturated = (mask & np.uint32(Mask.SAT)) != 0
-    usable = image[~ignored]  # a copy, which the median may reorder
-    level = float(np.median(usable, overwrite_input=True)) if usable.size else 0.0
+    level = _typical_level(image, ignored)
     # The noise model needs the sky in the pixels; a sky removed upstream
     # (recorded in the visit info, far above what the pixels still hold) is
     # added back for the detection only.
@@ -173,18 +172,71 @@ def repair_cosmic_rays(
         config=config,
     )[_PAD:-_PAD, _PAD:-_PAD]  # fmt: skip
     found &= ~ignored & ~saturated
-    if saturated.any():
+    if saturated.any() and config.saturation_margin > 0:
         # The steep wings of a saturated core pass the Laplacian test; the
         # cores are masked SAT anyway, and their surroundings are no place to
         # interpolate.
-        near = ndimage.binary_dilation(saturated, iterations=config.saturation_margin)
-        found &= ~near
+        found[found] = ~near_marked(saturated, found, config.saturation_margin)
     if config.grow and found.any():
-        found = ndimage.binary_dilation(found, iterations=config.grow) & ~ignored & ~saturated
+        found = dilate_sparse(found, config.grow) & ~ignored & ~saturated
     if not found.any():
         return image
     mask[found] |= np.uint32(Mask.CR | Mask.INTRP)
     return _interpolate(image, found | ignored, found)
+
+
+def _typical_level(image: np.ndarray, ignored: np.ndarray) -> float:
+    """The median of the usable pixels; of every other row and column on large images.
+
+    It fills the unusable pixels for L.A.Cosmic (never flagged) and tells a
+    sky removed upstream; a quarter of the pixels gives it to a fraction of
+    the noise, for a quarter of the 0.25 CPU s at 4096x4096.
+    """
+    if image.size > 1 << 22:
+        usable = image[::2, ::2][~ignored[::2, ::2]]
+        if usable.size:
+            return float(np.median(usable, overwrite_input=True))
+    usable = image[~ignored]  # a copy, which the median may reorder
+    return float(np.median(usable, overwrite_input=True)) if usable.size else 0.0
+
+
+def near_marked(marked: np.ndarray, at: np.ndarray, reach: int) -> np.ndarray:
+    """Whether each ``at`` pixel (in ``nonzero`` order) has a ``marked`` one within ``reach``.
+
+    Within ``reach`` steps between edge neighbours (``|dy| + |dx| <=
+    reach``): what ``ndimage.binary_dilation(marked, iterations=reach)``
+    reaches, looked up at the few pixels asked about instead of dilating
+    the whole frame (0.25 CPU s at 4096x4096).
+    """
+    ny, nx = marked.shape
+    ys, xs = np.nonzero(at)
+    hit = np.zeros(len(ys), dtype=bool)
+    for dy in range(-reach, reach + 1):
+        y = ys + dy
+        for dx in range(-(reach - abs(dy)), reach - abs(dy) + 1):
+            x = xs + dx
+            ok = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            hit[ok] |= marked[y[ok], x[ok]]
+    return hit
+
+
+def dilate_sparse(marked: np.ndarray, reach: int) -> np.ndarray:
+    """``ndimage.binary_dilation(marked, iterations=reach)`` for a sparse ``marked``.
+
+    The pixels within ``reach`` edge-neighbour steps (``|dy| + |dx| <=
+    reach``) of a marked one, painted from the few marked pixels rather
+    than filtering the whole frame (0.3 CPU s at 4096x4096).
+    """
+    ny, nx = marked.shape
+    ys, xs = np.nonzero(marked)
+    out = marked.copy()
+    for dy in range(-reach, reach + 1):
+        y = ys + dy
+        for dx in range(-(reach - abs(dy)), reach - abs(dy) + 1):
+            x = xs + dx
+            ok = (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+            out[y[ok], x[ok]] = True
+    return out
 
 
 def lacosmic_mask(
@@ -394,7 +446,16 @@ def dilate_box(seeds: np.ndarray, half: int) -> np.ndarray:
     ys, xs = np.nonzero(seeds)
     if len(ys) * (2 * half + 1) ** 2 > 4 * seeds.size:
         return np.asarray(ndimage.maximum_filter(seeds, size=2 * half + 1), dtype=bool)
-    return _paint_boxes(ys, xs, half, seeds.shape[0], seeds.shape[1])  # type: ignore[no-any-return]
+    # Contiguous whatever nonzero returns (its index arrays are strided views
+    # of one array, contiguous only when they hold a single seed): one
+    # compiled signature, made ahead by the prompt worker's warm-up.
+    return _paint_boxes(  # type: ignore[no-any-return]
+        np.ascontiguousarray(ys, dtype=np.intp),
+        np.ascontiguousarray(xs, dtype=np.intp),
+        int(half),
+        int(seeds.shape[0]),
+        int(seeds.shape[1]),
+    )
 
 
 @njit(cache=True, nogil=True)

@@ -171,7 +171,7 @@ WARM_MODULES = (
 
 
 def warm_up() -> None:
-    """Import what processing a detector needs (a worker calls this once, at start)."""
+    """Import what processing a detector needs and compile its kernels (at a worker's start)."""
     import importlib
     import importlib.util
 
@@ -187,6 +187,12 @@ def warm_up() -> None:
         from skydm.alerts.schema import load_schema
 
         load_schema()
+    # The compiled kernels, so that the first detector's latency holds no
+    # JIT compilation or cache loading (skydm.prompt.kernels).
+    with suppress(ImportError):  # an optional extra: the detector reports it if needed
+        from skydm.prompt.kernels import warm_kernels
+
+        warm_kernels()
 
 
 def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
