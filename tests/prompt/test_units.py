@@ -158,3 +158,35 @@ def test_the_table_is_a_durable_queue(tmp_path: Path) -> None:
     assert jobs[1].stamps["raw"] == 50.0 and jobs[1].ra == 151.0 and jobs[1].deadline == 120.0
     # The preload happened on the event: a processing attempt keeps its stamp.
     assert jobs[0].stamps["preload"] == 41.0 and jobs[0].pid == 1234
+
+
+def test_a_raw_found_in_the_registry_is_stamped_as_landed(tmp_path: Path) -> None:
+    """Without its Kafka notice (a restarted service's consumer may still wait
+    for the group to rebalance) a raw found by the registry poll makes the
+    detector ready and stamps its arrival, so its latency is still measured."""
+    import numpy as np
+    from astropy.io import fits
+
+    from skydm.prompt.service import PromptService, ServeReport
+    from skydm.prompt.timing import now
+    from skydm.repo import DataId, Repository
+
+    with Repository.open(tmp_path, create=True) as repo:
+        store = TimingStore(tmp_path)
+        store.expect("skysim", 7, 0, "r", now(), ra=150.0, dec=2.0, deadline=now() + 600)
+        store.close()
+        service = PromptService(tmp_path, "127.0.0.1:9", PromptConfig())
+        try:
+            service._resume(ServeReport(), lambda _: None)
+            service._check_waiting(repo, ServeReport(), lambda _: None)
+            assert service.store.row("skysim", 7, 0).state == "waiting"  # no raw yet
+            hdu = fits.PrimaryHDU(np.zeros((4, 4), dtype=np.int32))
+            repo.put_hdulist(fits.HDUList([hdu]), "raw", DataId("skysim", detector=0, visit=7,
+                                                                 band="r"))  # fmt: skip
+            before = now()
+            service._last_registry_poll = 0.0  # the next check polls the registry
+            service._check_waiting(repo, ServeReport(), lambda _: None)
+            row = service.store.row("skysim", 7, 0)
+            assert row.state == "ready" and before <= row.stamps["raw"] <= now()
+        finally:
+            service.close()

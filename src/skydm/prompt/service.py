@@ -289,6 +289,13 @@ class PromptService:
             late = wall >= job.deadline
             if not landed and (poll or late):
                 landed = repo.find("raw", job.data_id) is not None
+                if landed:
+                    # Found in the registry before (or without) its Kafka
+                    # notice, e.g. while a restarted service's consumer still
+                    # waits for the group to rebalance: the arrival is stamped
+                    # when found (at most REGISTRY_POLL_S late), so that the
+                    # latency of this detector is still measured.
+                    self.store.stamp(*key, "raw", wall, keep=True)
             if landed:
                 self._make_ready(key)
             elif late:
