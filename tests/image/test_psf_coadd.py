@@ -91,7 +91,9 @@ def test_coadd_psf_convolves_bilinear_warps_only() -> None:
     assert np.allclose(both.image, (only_bilinear.image + only_bicubic.image) / 2, atol=1e-7)
 
 
-def _stars_at_phase(fx: float, fy: float, n: int, seed: int) -> list[tuple[np.ndarray, float, float]]:
+def _stars_at_phase(
+    fx: float, fy: float, n: int, seed: int
+) -> list[tuple[np.ndarray, float, float]]:
     """``n`` unit-flux stars at random positions, all bilinearly resampled at
     the one phase ``(fx, fy)``: the output pixel centres fall at input
     coordinates ``k + f`` (a warp that is a pure translation)."""

@@ -80,9 +80,7 @@ def scale_psf(psf: Psf, factor: float) -> Psf:
 PHASE_TOLERANCE = 0.05
 
 
-def warp_phase(
-    in_wcs: WCS, out_wcs: WCS, box: tuple[slice, slice]
-) -> tuple[float, float] | None:
+def warp_phase(in_wcs: WCS, out_wcs: WCS, box: tuple[slice, slice]) -> tuple[float, float] | None:
     """The sub-pixel phase of a warp that is locally a translation.
 
     Parameters
