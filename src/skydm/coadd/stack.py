@@ -45,6 +45,10 @@ class _Member:
     #: The warp's resampling kernel (its ``WARPMETH`` card; "" when unknown):
     #: the coadd PSF includes it (see :func:`skydm.coadd.combine.coadd_psf`).
     resampling: str = ""
+    #: The sub-pixel phase of a bilinear warp that is a translation (its
+    #: ``WARPDX``/``WARPDY`` cards, see :func:`skydm.coadd.warp.warp_phase`);
+    #: None when not recorded (other kernels, older warps).
+    phase: tuple[float, float] | None = None
 
 
 def _grid_offset(a: WCS, b: WCS, shape: tuple[int, int]) -> float:
@@ -144,6 +148,7 @@ class WarpStack:
             psf = _as_stored(item.psf)
             member = _Member(name, item, None, False, psf, item.zero_point, item.info)
             member.resampling = _resampling(item.meta.get("WARPMETH", ""))
+            member.phase = _phase(item.meta)
             return member, item.shape, item.wcs
         path = Path(item)
         hdul = open_fits(path, memmap=True, do_not_scale_image_data=True)
@@ -152,6 +157,7 @@ class WarpStack:
             exp = read_exposure(path)
             member = _Member(str(path), exp, None, False, exp.psf, exp.zero_point, exp.info)
             member.resampling = _resampling(exp.meta.get("WARPMETH", ""))
+            member.phase = _phase(exp.meta)
             return member, exp.shape, exp.wcs
         try:
             img_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
@@ -178,6 +184,7 @@ class WarpStack:
             VisitInfo.from_header(h0),
             None if remap else _direct(hdul),
             _resampling(h0.get("WARPMETH", "")),
+            _phase(h0),
         )
         return member, shape, wcs_from_header(img_hdu.header)
 
@@ -357,6 +364,20 @@ def _resampling(card: object) -> str:
     """The resampling kernel named by a ``WARPMETH`` card (a value or a (value, comment) pair)."""
     value = card[0] if isinstance(card, tuple) else card
     return str(value).strip().lower()
+
+
+def _phase(header: fits.Header) -> tuple[float, float] | None:
+    """A warp's ``(WARPDX, WARPDY)`` phase, or None when absent or not in ``[0, 1]``."""
+    values = []
+    for key in ("WARPDX", "WARPDY"):
+        card = header.get(key)
+        value = card[0] if isinstance(card, tuple) else card
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if not 0.0 <= float(value) <= 1.0:
+            return None
+        values.append(float(value))
+    return values[0], values[1]
 
 
 def _as_stored(psf: Psf | None) -> Psf | None:

@@ -17,6 +17,13 @@ equal (within 1%) the PSF in cell pixels is the input PSF; otherwise
 analytic PSFs are rescaled and pixel PSFs resampled by the ratio of scales.
 PSF rotation between grids is ignored (the simulator's and most ground-based
 PSFs are near-circular).
+
+Bilinear interpolation at a sub-pixel phase ``f`` convolves the image with
+the two-tap kernel ``(1 - f, f)`` per axis, so a warp that is a translation
+of its input broadens every star by the same amount.  Such a warp records
+that phase (``WARPDX``/``WARPDY``: the fractional input-pixel coordinates
+of the output pixel centres, see :func:`warp_phase`) and the coadd PSF uses
+the exact kernel for it (:func:`skydm.coadd.combine.bilinear_psf`).
 """
 
 from __future__ import annotations
@@ -65,6 +72,50 @@ def scale_psf(psf: Psf, factor: float) -> Psf:
     if n > zoomed.shape[0]:
         zoomed = np.pad(zoomed, ((0, 1), (0, 1)))
     return PixelPsf(np.clip(zoomed[:n, :n], 0.0, None))
+
+
+#: How far (input pixels) the sub-pixel phase may drift over a warp for it to
+#: count as a translation: the two-tap kernel's variance ``f (1 - f)`` moves
+#: by at most 0.05 px^2 (a flux bias near 0.1% at FWHM 3.5 px) across it.
+PHASE_TOLERANCE = 0.05
+
+
+def warp_phase(in_wcs: WCS, out_wcs: WCS, box: tuple[slice, slice]) -> tuple[float, float] | None:
+    """The sub-pixel phase of a warp that is locally a translation.
+
+    Parameters
+    ----------
+    in_wcs, out_wcs : astropy.wcs.WCS
+        The input image's WCS and the output grid's.
+    box : tuple of slice
+        The (rows, columns) of the output grid the input covers.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(fx, fy)`` in ``[0, 1)``: the fractional part of the input-pixel
+        coordinates of the output pixel centres at the box's centre (the
+        bilinear weight given to the next input pixel), or ``None`` when the
+        phase drifts by more than :data:`PHASE_TOLERANCE` between the centre
+        and the corners (rotation, scale change or distortion), where the mean
+        kernel over phases is the right model.
+    """
+    ys, xs = box
+    # Integer output pixels: the centre and the four corners of the box.
+    px = np.array([(xs.start + xs.stop - 1) // 2, xs.start, xs.stop - 1, xs.start, xs.stop - 1])
+    py = np.array([(ys.start + ys.stop - 1) // 2, ys.start, ys.start, ys.stop - 1, ys.stop - 1])
+    ra, dec = out_wcs.pixel_to_world_values(px.astype(float), py.astype(float))
+    x, y = in_wcs.world_to_pixel_values(ra, dec)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        return None
+    fx, fy = x - np.floor(x), y - np.floor(y)
+    for f in (fx, fy):
+        # Phases wrap at 1: 0.99 and 0.01 are 0.02 apart.
+        drift = np.abs((f[1:] - f[0] + 0.5) % 1.0 - 0.5)
+        if float(drift.max()) > PHASE_TOLERANCE:
+            return None
+    return float(fx[0]), float(fy[0])
 
 
 def _dilate_bits(mask: np.ndarray) -> np.ndarray:
@@ -196,6 +247,12 @@ def warp_exposure(
     meta = exposure.meta.copy()
     meta["SKYCELL"] = (cell.id, "sky cell of this warp")
     meta["WARPMETH"] = (method, "resampling kernel")
+    for key in ("WARPDX", "WARPDY"):
+        meta.pop(key, None)
+    phase = warp_phase(wcs, cell.wcs, box) if method == "bilinear" else None
+    if phase is not None:
+        meta["WARPDX"] = (round(phase[0], 6), "input x phase of output pixels (bilinear)")
+        meta["WARPDY"] = (round(phase[1], 6), "input y phase of output pixels (bilinear)")
     meta["FLXSCALE"] = (scale, "flux scale applied to reach the warp zero point")
     return Exposure(
         image=full_img,
