@@ -4,8 +4,13 @@ Self-contained (runs alone): a small simulated field of 2 detectors, one band
 and 3 visits is ingested into two fresh repositories; ``skydm run``
 processes one with 2 local worker processes and the other on a real
 ``distributed`` scheduler with 2 worker processes.  Every stored file must
-be the same, byte for byte (so pixels are bit-identical and every header
-card equal), and the Object tables equal, row for row.
+hold the same content: every pixel bit-identical and every header card equal
+(what the issue asks), and the Object tables equal, row for row.  Files are
+compared byte for byte first; a FITS file whose bytes differ is then compared
+decoded, because ISA-L's deflate (the fast ``GZIP_2`` coder) once coded the
+same tile differently in a Dask worker than in a local one (5 bytes of 4,655,
+same decoded bits; see docs/pipeline.md).  File names carry a hash of the
+bytes, so a coadd's input cards are compared through the name mapping.
 """
 
 from __future__ import annotations
@@ -42,6 +47,22 @@ def _object_table(repo: Path) -> Table:
         return Table(engine.execute("SELECT * FROM Object ORDER BY objectId").table.to_pydict())
 
 
+def _assert_same_fits(a: Path, b: Path, renamed: dict[str, str]) -> None:
+    """Same HDUs, decoded: header cards equal (local file names mapped to the
+    Dask repository's) and data bit-identical."""
+    with fits.open(a) as ha, fits.open(b) as hb:
+        assert [h.name for h in ha] == [h.name for h in hb], a.name
+        for x, y in zip(ha, hb, strict=True):
+            cards_x = [(c.keyword, renamed.get(c.value, c.value) if isinstance(c.value, str)
+                        else c.value) for c in x.header.cards]  # fmt: skip
+            assert cards_x == [(c.keyword, c.value) for c in y.header.cards], (a.name, x.name)
+            if x.data is not None:
+                assert np.asarray(x.data).tobytes() == np.asarray(y.data).tobytes(), (
+                    a.name,
+                    x.name,
+                )
+
+
 def test_dask_outputs_are_identical_to_the_local_executors(tmp_path: Path) -> None:
     pytest.importorskip("distributed")
     # One band: what is compared is the executors, not the bands (2 detectors x
@@ -63,21 +84,28 @@ def test_dask_outputs_are_identical_to_the_local_executors(tmp_path: Path) -> No
         assert local.keys() == dask.keys()
         made = {t for t, _ in local}
         assert {"calexp", "warp", "coadd"} <= made, made
+        renamed = {ref.path.name: dask[key].path.name for key, ref in local.items()}
         for key, ref in local.items():
             other = dask[key]
-            # Same bytes: no time stamp or run-dependent value inside any file.
-            assert ref.path.read_bytes() == other.path.read_bytes(), key
-            assert ref.checksum == other.checksum and ref.path.name == other.path.name
+            # No time stamp or run-dependent value inside any file.
+            if ref.path.read_bytes() != other.path.read_bytes():
+                assert ref.path.suffix == ".fits", key
+                _assert_same_fits(ref.path, other.path, renamed)
         # And the pixels, decoded, are bit-identical (NaNs where NaNs are).
         coadd = next(ref for (t, _), ref in local.items() if t == "coadd")
         with fits.open(coadd.path) as ha, fits.open(dask[("coadd", coadd.data_id)].path) as hb:
             for x, y in zip(ha, hb, strict=True):
                 if x.is_image and x.data is not None:
                     assert x.data.tobytes() == y.data.tobytes(), x.name
-        # Provenance differs only in the run id.
+        # Provenance differs only in the run id (the inputs' checksums, hashes
+        # of their bytes, mapped as the names are).
+        sums = {ref.checksum: dask[key].checksum for key, ref in local.items()}
         for key, ref in local.items():
             pa, pb = dict(ref.meta["provenance"]), dict(dask[key].meta["provenance"])
             assert pa.pop("run") != pb.pop("run")
+            if "inputs" in pa:
+                pa["inputs"] = [{**i, "checksum": sums.get(i["checksum"], i["checksum"])}
+                                for i in pa["inputs"]]  # fmt: skip
             assert pa == pb, key
 
     if HAVE_DRP:
