@@ -31,18 +31,22 @@ def _resampled_stars(n: int, seed: int) -> list[tuple[np.ndarray, float, float]]
     phases, then bilinearly resampled onto an output grid offset by phases
     on an ``n x n`` grid."""
     rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n * n):
-        # Resampling phases on a regular n x n grid (the mean over phases is
-        # what the kernel models), star positions at random.
-        gx, gy = (k % n + 0.5) / n, (k // n + 0.5) / n
-        sx, sy = rng.random(2)
-        star = TRUE.kernel(SIZE + 8, dx=sx - 0.5, dy=sy - 0.5)
-        yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
-        img = ndimage.map_coordinates(star, [yy + 4 + gy, xx + 4 + gx], order=1)
-        # The star's centre on the output grid, relative to its central pixel.
-        out.append((img, sx - 0.5 - gx, sy - 0.5 - gy))
-    return out
+    # Resampling phases on a regular n x n grid (the mean over phases is
+    # what the kernel models), star positions at random.
+    return [_resampled_star(rng, (k % n + 0.5) / n, (k // n + 0.5) / n) for k in range(n * n)]
+
+
+def _resampled_star(
+    rng: np.random.Generator, fx: float, fy: float
+) -> tuple[np.ndarray, float, float]:
+    """One unit-flux star of ``TRUE`` at a random input position, bilinearly
+    resampled at phase ``(fx, fy)``, and its centre on the output grid
+    relative to the central pixel."""
+    sx, sy = rng.random(2)
+    star = TRUE.kernel(SIZE + 8, dx=sx - 0.5, dy=sy - 0.5)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
+    img = ndimage.map_coordinates(star, [yy + 4 + fy, xx + 4 + fx], order=1)
+    return img, sx - 0.5 - fx, sy - 0.5 - fy
 
 
 def _mean_psf_flux(kernel: np.ndarray, stars: list[tuple[np.ndarray, float, float]]) -> float:
@@ -98,14 +102,7 @@ def _stars_at_phase(
     the one phase ``(fx, fy)``: the output pixel centres fall at input
     coordinates ``k + f`` (a warp that is a pure translation)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        sx, sy = rng.random(2)
-        star = TRUE.kernel(SIZE + 8, dx=sx - 0.5, dy=sy - 0.5)
-        yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(float)
-        img = ndimage.map_coordinates(star, [yy + 4 + fy, xx + 4 + fx], order=1)
-        out.append((img, sx - 0.5 - fx, sy - 0.5 - fy))
-    return out
+    return [_resampled_star(rng, fx, fy) for _ in range(n)]
 
 
 @pytest.mark.parametrize("phase", [(0.5, 0.5), (0.05, 0.0), (0.8, 0.3)])
