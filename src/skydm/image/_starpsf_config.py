@@ -42,6 +42,10 @@ class StarPsfConfig:
         errors (and by ``reject_fraction``) is not a star.
     reject_fraction : float
         Least relative excess of FWHM for a rejection.
+    median_reference : bool
+        Compare each candidate's own FWHM with the smaller of the common
+        fit's and the candidates' median (not the common fit's alone, which
+        a bright compact galaxy among a few stars sets).
     residual_radius : float
         Radius, in FWHM, of the pixel residual.
     fit_sky : bool
@@ -67,6 +71,7 @@ class StarPsfConfig:
     beta_sigma: float = 0.5
     reject_nsigma: float = 3.0
     reject_fraction: float = 0.02
+    median_reference: bool = True
     residual_radius: float = 2.0
     fit_sky: bool = False
     max_side: int = 1024
