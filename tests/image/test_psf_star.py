@@ -133,3 +133,35 @@ def test_wing_pixels_match_full_subpixel_integration(fwhm: float, beta: float) -
     wing = ~np.broadcast_to(core, r2.shape)
     if wing.any():
         assert np.max(np.abs(centre[wing] / full[wing] - 1)) > 3e-4
+
+
+def _few_stars_and_a_bright_galaxy(seed: int) -> Exposure:
+    """Three stars (S/N ~100) and one compact galaxy (the PSF at 1.1 times its
+    FWHM) six times brighter, all isolated: as on a simulated 256^2 detector
+    whose brightest compact object is a galaxy (seed 101)."""
+    rng = np.random.default_rng(seed)
+    n, sky, gain, rn = 160, 300.0, 2.0, 5.0
+    model = np.full((n, n), sky)
+    objects = [(TRUE, 10 ** rng.uniform(3.9, 4.1)) for _ in range(3)]
+    objects.append((MoffatPsf(1.1 * TRUE.fwhm, 3.5), 10**4.8))
+    for (x, y), (psf, flux) in zip([(40, 40), (120, 40), (40, 120), (80, 80)], objects, strict=True):
+        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+        ix, iy = round(x), round(y)
+        model[iy - 20 : iy + 21, ix - 20 : ix + 21] += flux * psf.kernel(41, x - ix, y - iy)
+    img = rng.poisson(model * gain) / gain + rng.normal(0, rn / gain, (n, n))
+    exp = Exposure((img - sky).astype(np.float32), info=VisitInfo(gain=gain, read_noise=rn))
+    exp.variance = (model / gain + (rn / gain) ** 2).astype(np.float32)
+    return exp
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_bright_compact_galaxy_among_few_stars_is_rejected(seed: int) -> None:
+    exp = _few_stars_and_a_bright_galaxy(seed)
+    fit = measure_star_psf(exp)
+    assert fit.nstars == 3
+    assert abs(_flux_ratio(fit.psf) - 1) < 0.015, (_flux_ratio(fit.psf), fit)
+    # Against the common fit alone (which the galaxy, at six times the
+    # stars' S/N, sets) nothing was broader: PSF fluxes came out 8% high.
+    old = measure_star_psf(exp, StarPsfConfig(median_reference=False))
+    assert old.nstars == 4
+    assert _flux_ratio(old.psf) > 1.05, (_flux_ratio(old.psf), old)

@@ -98,6 +98,8 @@ class StarPsfConfig:
             raise BadValueError("beta_sigma", self.beta_sigma, "a prior width >= 0 (0: fixed)")
         if not self.reject_nsigma > 0:
             raise BadValueError("reject_nsigma", self.reject_nsigma, "a positive number of sigma")
+        if not isinstance(self.median_reference, bool):
+            raise BadValueError("median_reference", self.median_reference, "True or False")
         if not self.reject_fraction >= 0:
             raise BadValueError("reject_fraction", self.reject_fraction, "a fraction >= 0")
         if self.region_stars < self.min_stars:
