@@ -144,7 +144,8 @@ def _few_stars_and_a_bright_galaxy(seed: int) -> Exposure:
     model = np.full((n, n), sky)
     objects = [(TRUE, 10 ** rng.uniform(3.9, 4.1)) for _ in range(3)]
     objects.append((MoffatPsf(1.1 * TRUE.fwhm, 3.5), 10**4.8))
-    for (x, y), (psf, flux) in zip([(40, 40), (120, 40), (40, 120), (80, 80)], objects, strict=True):
+    places = [(40, 40), (120, 40), (40, 120), (80, 80)]
+    for (x, y), (psf, flux) in zip(places, objects, strict=True):
         x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
         ix, iy = round(x), round(y)
         model[iy - 20 : iy + 21, ix - 20 : ix + 21] += flux * psf.kernel(41, x - ix, y - iy)
