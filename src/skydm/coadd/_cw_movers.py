@@ -281,10 +281,13 @@ class Mover:
             mask[kk, col] = cover.reshape(-1)[ff] > 0
             far[kk, col] = dd
             flat_clip = clip.reshape(n, -1)
-            # Pixels every epoch with data would lose: the farthest keeps them.
-            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
+            # Pixels every epoch with data would lose: the farthest epoch that
+            # no other rule clips there keeps them (one another rule clips
+            # would keep nothing: issue 19's holes in a star's core).
+            before = flat_clip[:, pix]
+            full = (before | mask).sum(axis=0) >= cover.reshape(-1)[pix]
             if full.any():
-                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
+                keep = np.argmax(np.where(mask & ~before, far, -1.0), axis=0)
                 sel = np.flatnonzero(full)
                 mask[keep[sel], sel] = False
             for k in range(n):
@@ -319,10 +322,18 @@ class _Stamp:
 class MoverModels:
     """What :func:`model_movers` found: the per-epoch models to subtract, and
     which of the tracks' spans (indices into ``MoverTracks.spans``) the fit
-    confirmed."""
+    confirmed as movers (with or without a model)."""
 
     streaks: list[Streak] = field(default_factory=list)
-    confirmed: list[int] = field(default_factory=list)
+    movers: list[int] = field(default_factory=list)
+
+
+class _Fit(NamedTuple):
+    """A confirmed track's fitted flux and, unless the fit moved off the
+    chained track, its per-epoch models (flat indices, values)."""
+
+    flux: float
+    models: list[tuple[np.ndarray, np.ndarray]] | None
 
 
 def model_movers(
@@ -384,9 +395,11 @@ def model_movers(
         fit = _fit_track(stamp, [tables[int(k)] for k in ks], dt, p0, v, h, fw, systematic)
         if fit is None:
             continue
-        flux, models = fit
-        out.confirmed.append(i_span)
-        for k, (idx, val) in zip(ks, models, strict=True):
+        out.movers.append(i_span)
+        if fit.models is None:
+            continue
+        flux = fit.flux
+        for k, (idx, val) in zip(ks, fit.models, strict=True):
             # Cosmic rays and what other rules clip stay replaced.
             keep = ~np.isin(idx, cosmic_rays[k])
             if tracks.others is not None:
@@ -466,10 +479,11 @@ def _fit_track(
     h: int,
     fw: float,
     systematic: float,
-) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]] | None:
-    """The refined track's flux and per-epoch (flat indices, model values),
-    or None where the fit is not significant, moved off the chained track,
-    or its motion is not significant (see :func:`_motion_chi2`)."""
+) -> _Fit | None:
+    """The refined track's flux and per-epoch (flat indices, model values);
+    None where it is no mover: its flux or its motion is not significant
+    (:func:`_motion_chi2`); no models where the fit moved off the chained
+    track by more than ``fw``."""
     n, rows, cols = st.img.shape
 
     def profiles(theta: np.ndarray) -> np.ndarray:
@@ -521,10 +535,15 @@ def _fit_track(
     theta = res.x
     moved = np.hypot(*(theta[:2] - p0)) + span * np.hypot(*(theta[2:] - v)) / 2
     flux, err, prof, _ = solve(theta)
-    if not (flux > 0 and flux >= MODEL_SN * err and moved <= fw):
+    if not (flux > 0 and flux >= MODEL_SN * err):
         return None
     if _motion_chi2(st, solver, theta, dt, fw, systematic) < MODEL_SN**2:
         return None
+    if moved > fw:
+        # A mover, but the fit wandered off the chained track (a stepping
+        # mover's lobes are off its positions): its pixels are clipped,
+        # not modelled.
+        return _Fit(flux, None)
     models = []
     for i in range(n):
         on = np.flatnonzero(prof[i].ravel() > MODEL_REACH * prof[i].max())
@@ -532,7 +551,7 @@ def _fit_track(
         idx = (yy + st.y0) * st.nx + xx + st.x0
         order = np.argsort(idx)
         models.append((idx[order], flux * prof[i].ravel()[on][order]))
-    return flux, models
+    return _Fit(flux, models)
 
 
 def _motion_chi2(

@@ -367,11 +367,12 @@ def _find_clips(
         models = model_movers(stack, tracks, outliers.cosmic_rays, b, cfg.detect.systematic)
         movers = models.streaks
         # A chained track that the fit over all its epochs does not confirm
-        # (no significant point source moving along it) is no mover: its
-        # chained lobes were PSF residuals of a bright static source, and
-        # clipping them in every epoch took the source out of the coadd
-        # (issue 19: a 28,000-count star lost half its flux).
-        kept = [tracks.spans[i] for i in models.confirmed if i < tracks.chained]
+        # (no point source moving along it with significant flux and
+        # motion) is no mover: its chained lobes were PSF residuals of a
+        # bright static source, and clipping them in every epoch took the
+        # source out of the coadd (issue 19: a 28,000-count star lost half
+        # its flux).
+        kept = [tracks.spans[i] for i in models.movers if i < tracks.chained]
         if len(kept) < tracks.chained and tracks.others is not None:
             clip = tracks.others.copy()
             Mover(mover).clip_spans(clip, kept, outliers.maps.cover, t, p.target_fwhm / b)
