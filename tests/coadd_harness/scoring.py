@@ -429,7 +429,8 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
         (detections in the artefact coadd that the plain mean of the clean
         warps lacks), ``spurious`` (those that the method's clean coadd
         lacks too), ``spurious_vs_clean`` (those not in the clean coadd
-        alone), and the four coadds (``coadd_art``, ``coadd_clean``,
+        alone), ``holes`` (pixels of the artefact coadd without data where
+        the plain means have data), and the four coadds (``coadd_art``, ``coadd_clean``,
         ``ref_art``, ``ref_clean``).
     """
     from skydm.coadd.assemble import assemble_coadd
@@ -459,6 +460,10 @@ def score(sim: SimWarps, coadder: Coadder, *, reference: Coadder | None = None) 
         "spurious_vs_mean": spurious_detections(ca, rc),
         "spurious": spurious_detections(ca, cc, sky=rc),
         "spurious_vs_clean": spurious_detections(ca, cc),
+        # Pixels the method left without data where the plain mean has
+        # some: the leakage reads them as 0, so a hole in a star's core
+        # scores as a large negative leakage, and one on an artefact hides it.
+        "holes": int(np.count_nonzero(valid & ((ca.msk & np.uint32(Mask.NO_DATA)) != 0))),
         "coadd_art": ca,
         "coadd_clean": cc,
         "ref_art": ra,

@@ -29,6 +29,7 @@ is one.  Its track is modelled the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
@@ -219,38 +220,49 @@ class Mover:
         times: np.ndarray,
         fwhm: float,
     ) -> list[tuple[Track, np.ndarray]]:
-        """Clip from the epochs of every track's span (and the nights just
-        before and after it), in ``clip``, the pixels within ``radius_fwhm``
-        of their positions on the track, also where the mover fell below the
-        threshold.
+        """Clip, in ``clip``, every track's pixels (:meth:`clip_spans`).
+
+        Returns every track with the epochs of its span, widened to the
+        nights just before and after it (the first night has no time code;
+        a track's ends fade below the threshold before the mover does); no
+        further: a straight track is not extrapolated over the survey.
+        """
+        n = tcodes.shape[0]
+        ordered = np.sort(times)
+        gap = self.config.min_gap_days
+        spans: list[tuple[Track, np.ndarray]] = []
+        for track in self.tracks(tcodes, times, fwhm):
+            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
+            lo = ordered[max(i0 - 1, 0)] - gap
+            hi = ordered[min(i1 + 1, n - 1)] + gap
+            spans.append((track, np.flatnonzero((times >= lo) & (times <= hi))))
+        self.clip_spans(clip, spans, cover, times, fwhm)
+        return spans
+
+    def clip_spans(
+        self,
+        clip: np.ndarray,
+        spans: list[tuple[Track, np.ndarray]],
+        cover: np.ndarray,
+        times: np.ndarray,
+        fwhm: float,
+    ) -> None:
+        """Clip from each span's epochs, in ``clip``, the pixels within
+        ``radius_fwhm`` of their positions on the track, also where the mover
+        fell below the threshold.
 
         A pixel is never taken from every epoch with data there: where it
         would be, the epoch whose track position is farthest keeps it (a
         very slow mover covers the middle of its track in every epoch; the
         coadd keeps its faintest part rather than no data).
-
-        Returns every track with the epochs of its widened span.
         """
-        n, rows, cols = tcodes.shape
-        spans: list[tuple[Track, np.ndarray]] = []
+        n, rows, cols = clip.shape
         r = self.config.radius_fwhm * fwhm
         h = math.ceil(r)
         dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
-        ordered = np.sort(times)
-        gap = self.config.min_gap_days
-        for track in self.tracks(tcodes, times, fwhm):
-            # The track's span widened to the nights just before and after
-            # (the first night has no time code; a track's ends fade below
-            # the threshold before the mover does); no further: a straight
-            # track is not extrapolated over the survey.
-            i0, i1 = np.searchsorted(ordered, [track.t0, track.t1])
-            lo = ordered[max(i0 - 1, 0)] - gap
-            hi = ordered[min(i1 + 1, n - 1)] + gap
-            spans.append((track, np.flatnonzero((times >= lo) & (times <= hi))))
+        for track, epochs in spans:
             ks, flat, dist = [], [], []
-            for k in range(n):
-                if not lo <= times[k] <= hi:
-                    continue
+            for k in epochs:
                 cy, cx = track.at(times[k])
                 yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
                 d = np.hypot(yy - cy, xx - cx)
@@ -258,6 +270,8 @@ class Mover:
                 ks.append(np.full(int(on.sum()), k))
                 flat.append((yy[on] * cols + xx[on]).astype(np.int64))
                 dist.append(d[on])
+            if not ks:
+                continue
             kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
             if ff.size == 0:
                 continue
@@ -267,25 +281,29 @@ class Mover:
             mask[kk, col] = cover.reshape(-1)[ff] > 0
             far[kk, col] = dd
             flat_clip = clip.reshape(n, -1)
-            # Pixels every epoch with data would lose: the farthest keeps them.
-            full = (flat_clip[:, pix] | mask).sum(axis=0) >= cover.reshape(-1)[pix]
+            # Pixels every epoch with data would lose: the farthest epoch that
+            # no other rule clips there keeps them (one another rule clips
+            # would keep nothing: issue 19's holes in a star's core).
+            before = flat_clip[:, pix]
+            full = (before | mask).sum(axis=0) >= cover.reshape(-1)[pix]
             if full.any():
-                keep = np.argmax(np.where(mask, far, -1.0), axis=0)
+                keep = np.argmax(np.where(mask & ~before, far, -1.0), axis=0)
                 sel = np.flatnonzero(full)
                 mask[keep[sel], sel] = False
             for k in range(n):
                 flat_clip[k, pix[mask[k]]] = True
-        return spans
 
 
 @dataclass
 class MoverTracks:
     """The :class:`Mover` rule's tracks, each with the epochs of its widened
-    span, and the clip maps (binned) before the rule added to them: pixels
-    that other rules clip stay replaced, not modelled."""
+    span (the first ``chained`` from chained lobes, the rest from
+    centroids), and the clip maps (binned) before the rule added to them:
+    pixels that other rules clip stay replaced, not modelled."""
 
     spans: list[tuple[Track, np.ndarray]] = field(default_factory=list)
     others: np.ndarray | None = None
+    chained: int = 0
 
 
 @dataclass
@@ -300,12 +318,31 @@ class _Stamp:
     nx: int
 
 
+@dataclass
+class MoverModels:
+    """What :func:`model_movers` found: the per-epoch models to subtract, and
+    which of the tracks' spans (indices into ``MoverTracks.spans``) the fit
+    confirmed as movers (with or without a model)."""
+
+    streaks: list[Streak] = field(default_factory=list)
+    movers: list[int] = field(default_factory=list)
+
+
+class _Fit(NamedTuple):
+    """A confirmed track's fitted flux and, unless the fit moved off the
+    chained track, its per-epoch models (flat indices, values)."""
+
+    flux: float
+    models: list[tuple[np.ndarray, np.ndarray]] | None
+
+
 def model_movers(
     stack: WarpStack,
     tracks: MoverTracks,
     cosmic_rays: list[np.ndarray],
     b: int,
-) -> list[Streak]:
+    systematic: float = 0.0,
+) -> MoverModels:
     """Fit each track as a static sky plus a moving point source of constant
     flux over the epochs of its span, and return the significant ones as
     per-epoch models to subtract (see the module docs).
@@ -314,7 +351,9 @@ def model_movers(
     value per pixel, is eliminated by taking each pixel's weighted mean
     over the epochs out of both data and model); the track's position and
     velocity are refined by least squares from the chained lobes' track
-    (binned grid, ``b`` pixels per binned pixel).
+    (binned grid, ``b`` pixels per binned pixel).  A fit is kept where its
+    motion is significant against ``systematic`` (``detect.systematic``)
+    PSF-mismatch noise too (:func:`_motion_chi2`).
     """
     times = np.array([float(m.info.mjd) for m in stack.members])
     times = np.where(np.isfinite(times), times, np.arange(times.size))
@@ -322,9 +361,9 @@ def model_movers(
     fw = max((p.fwhm for p in psfs if p is not None and math.isfinite(p.fwhm)), default=4.0)
     h = max(3, math.ceil(2 * fw))
     ny, nx = stack.shape
-    out: list[Streak] = []
+    out = MoverModels()
     tables: dict[int, KernelTable] = {}
-    for track, epochs in tracks.spans:
+    for i_span, (track, epochs) in enumerate(tracks.spans):
         ks = np.array([k for k in epochs if psfs[k] is not None], dtype=np.int64)
         if ks.size < 3:
             continue
@@ -353,11 +392,14 @@ def model_movers(
             psf = psfs[k]
             if int(k) not in tables and psf is not None:
                 tables[int(k)] = KernelTable(psf, h)
-        fit = _fit_track(stamp, [tables[int(k)] for k in ks], dt, p0, v, h, fw)
+        fit = _fit_track(stamp, [tables[int(k)] for k in ks], dt, p0, v, h, fw, systematic)
         if fit is None:
             continue
-        flux, models = fit
-        for k, (idx, val) in zip(ks, models, strict=True):
+        out.movers.append(i_span)
+        if fit.models is None:
+            continue
+        flux = fit.flux
+        for k, (idx, val) in zip(ks, fit.models, strict=True):
             # Cosmic rays and what other rules clip stay replaced.
             keep = ~np.isin(idx, cosmic_rays[k])
             if tracks.others is not None:
@@ -365,7 +407,7 @@ def model_movers(
                 keep &= ~tracks.others[k, iy // b, ix // b]
             if keep.any():
                 m = val[keep]
-                out.append(
+                out.streaks.append(
                     Streak(int(k), idx[keep], m.astype(np.float32), 0, 0, 0, 0, 0.0, flux, 0.0)
                 )
     return out
@@ -436,13 +478,13 @@ def _fit_track(
     v: np.ndarray,
     h: int,
     fw: float,
-) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]] | None:
-    """The refined track's flux and per-epoch (flat indices, model values),
-    or None where the fit is not significant or moved off the chained track."""
+    systematic: float,
+) -> _Fit | None:
+    """The refined track's flux and per-epoch (flat indices, model values);
+    None where it is no mover: its flux or its motion is not significant
+    (:func:`_motion_chi2`); no models where the fit moved off the chained
+    track by more than ``fw``."""
     n, rows, cols = st.img.shape
-    wsum = st.w.sum(axis=0)
-    safe = np.where(wsum > 0, wsum, 1.0)
-    xbar = (st.w * st.img).sum(axis=0) / safe
 
     def profiles(theta: np.ndarray) -> np.ndarray:
         pos = theta[None, :2] + dt[:, None] * theta[None, 2:]
@@ -457,15 +499,27 @@ def _fit_track(
                 prof[i, ya:yb, xa:xb] = k[ya - iy + h : yb - iy + h, xa - ix + h : xb - ix + h]
         return prof
 
-    def solve(theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
-        prof = profiles(theta)
-        dp = prof - (st.w * prof).sum(axis=0) / safe
-        den = float((st.w * dp * dp).sum())
-        if den <= 0:
-            return 0.0, math.inf, prof, np.sqrt(st.w) * (st.img - xbar)
-        flux = float((st.w * dp * (st.img - xbar)).sum()) / den
-        return flux, 1.0 / math.sqrt(den), prof, np.sqrt(st.w) * (st.img - xbar - flux * dp)
+    def solver(
+        w: np.ndarray,
+    ) -> Callable[[np.ndarray], tuple[float, float, np.ndarray, np.ndarray]]:
+        # The static sky (one value per pixel) is eliminated by taking each
+        # pixel's weighted mean over the epochs out of data and model.
+        wsum = w.sum(axis=0)
+        safe = np.where(wsum > 0, wsum, 1.0)
+        xbar = (w * st.img).sum(axis=0) / safe
 
+        def solve(theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+            prof = profiles(theta)
+            dp = prof - (w * prof).sum(axis=0) / safe
+            den = float((w * dp * dp).sum())
+            if den <= 0:
+                return 0.0, math.inf, prof, np.sqrt(w) * (st.img - xbar)
+            flux = float((w * dp * (st.img - xbar)).sum()) / den
+            return flux, 1.0 / math.sqrt(den), prof, np.sqrt(w) * (st.img - xbar - flux * dp)
+
+        return solve
+
+    solve = solver(st.w)
     theta0 = np.r_[p0, v]
     span = max(float(np.ptp(dt)), 1e-3)
     try:
@@ -481,8 +535,15 @@ def _fit_track(
     theta = res.x
     moved = np.hypot(*(theta[:2] - p0)) + span * np.hypot(*(theta[2:] - v)) / 2
     flux, err, prof, _ = solve(theta)
-    if not (flux > 0 and flux >= MODEL_SN * err and moved <= fw):
+    if not (flux > 0 and flux >= MODEL_SN * err):
         return None
+    if _motion_chi2(st, solver, theta, dt, fw, systematic) < MODEL_SN**2:
+        return None
+    if moved > fw:
+        # A mover, but the fit wandered off the chained track (a stepping
+        # mover's lobes are off its positions): its pixels are clipped,
+        # not modelled.
+        return _Fit(flux, None)
     models = []
     for i in range(n):
         on = np.flatnonzero(prof[i].ravel() > MODEL_REACH * prof[i].max())
@@ -490,4 +551,46 @@ def _fit_track(
         idx = (yy + st.y0) * st.nx + xx + st.x0
         order = np.argsort(idx)
         models.append((idx[order], flux * prof[i].ravel()[on][order]))
-    return flux, models
+    return _Fit(flux, models)
+
+
+def _motion_chi2(
+    st: _Stamp,
+    solver: Callable[
+        [np.ndarray], Callable[[np.ndarray], tuple[float, float, np.ndarray, np.ndarray]]
+    ],
+    theta: np.ndarray,
+    dt: np.ndarray,
+    fw: float,
+    systematic: float,
+) -> float:
+    """How much worse (chi-square) a static point source fits than the moving
+    one ``theta``, each pixel's noise its variance plus ``systematic`` of
+    the local peak of the static sky (PSF mismatch, as in the outlier pass).
+
+    A track is a mover only where its motion is significant, not just its
+    flux: a bright static star whose seeing differs from epoch to epoch (or
+    that a variable neighbour pulls about) fits a short track at hundreds
+    of sigma on the pixel noise alone, and subtracting or clipping that
+    "mover" took the star out of the coadd (issue 19).  The static source
+    is the same fit with no velocity (each epoch with its own PSF), its
+    position refined.  The PSF-mismatch noise enters this test only, so
+    that a real mover's flux is fitted on the pixel noise.
+    """
+    ok = st.w > 0
+    wsum = st.w.sum(axis=0)
+    xbar = (st.w * st.img).sum(axis=0) / np.where(wsum > 0, wsum, 1.0)
+    peak = ndimage.maximum_filter(np.abs(xbar), size=max(3, round(fw) | 1))
+    var = np.where(ok, 1.0 / np.where(ok, st.w, 1.0), 0.0) + (systematic * peak) ** 2
+    solve = solver(np.where(ok, 1.0 / var, 0.0))
+    moving = solve(theta)[3]
+    try:
+        still = optimize.least_squares(
+            lambda q: solve(np.r_[q, 0.0, 0.0])[3].ravel(),
+            theta[:2] + dt.mean() * theta[2:],
+            diff_step=1e-3,
+            max_nfev=40,
+        )
+    except (ValueError, np.linalg.LinAlgError):
+        return 0.0
+    return 2 * float(still.cost) - float((moving * moving).sum())

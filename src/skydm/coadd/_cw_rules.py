@@ -308,6 +308,7 @@ def clip_maps(
         found = mover.add_to(clip, tcodes, cover, t, fwhm)
         if tracks is not None:
             tracks.spans.extend(found)
+            tracks.chained = len(tracks.spans)
     return clip
 
 

@@ -57,6 +57,7 @@ from skydm.coadd._cw_differences import (
 from skydm.coadd._cw_fits import fit_candidates, one_blas_thread
 from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_movers import (
+    Mover,
     MoverTracks,
     model_movers,
     reference_epochs,
@@ -349,17 +350,6 @@ def _find_clips(
         tcodes=outliers.maps.tcodes,
         tracks=tracks,
     )
-    # Variable sources under clipped pixels keep their clipped epoch's flux.
-    restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
-    clips = Clips(
-        clip,
-        outliers.cosmic_rays,
-        restore,
-        bin=b,
-        target_fwhm=p.target_fwhm,
-        threshold=cfg.detect.threshold,
-        restore_config=cfg.restore,
-    )
     mover = cfg.rules.mover
     if mover.enabled and mover.centroid_sn > 0 and outliers.maps.peaks is not None:
         found = centroid_tracks(
@@ -373,8 +363,30 @@ def _find_clips(
             if all(np.hypot(*(tr.at(tr.tm) - c.p0)) > near for tr, _ in tracks.spans)
         ]
     movers: list[Streak] = []
-    if mover.model:
-        movers = model_movers(stack, tracks, outliers.cosmic_rays, b)
+    if mover.enabled and mover.model:
+        models = model_movers(stack, tracks, outliers.cosmic_rays, b, cfg.detect.systematic)
+        movers = models.streaks
+        # A chained track that the fit over all its epochs does not confirm
+        # (no point source moving along it with significant flux and
+        # motion) is no mover: its chained lobes were PSF residuals of a
+        # bright static source, and clipping them in every epoch took the
+        # source out of the coadd (issue 19: a 28,000-count star lost half
+        # its flux).
+        kept = [tracks.spans[i] for i in models.movers if i < tracks.chained]
+        if len(kept) < tracks.chained and tracks.others is not None:
+            clip = tracks.others.copy()
+            Mover(mover).clip_spans(clip, kept, outliers.maps.cover, t, p.target_fwhm / b)
+    # Variable sources under clipped pixels keep their clipped epoch's flux.
+    restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
+    clips = Clips(
+        clip,
+        outliers.cosmic_rays,
+        restore,
+        bin=b,
+        target_fwhm=p.target_fwhm,
+        threshold=cfg.detect.threshold,
+        restore_config=cfg.restore,
+    )
     clips.streaks = movers
     if cfg.streaks.enabled:
         # A line fitted on a footprint that a mover model covers would be
