@@ -26,6 +26,7 @@ from skydm.prompt.config import PromptConfig, load_config, save_config
 from skydm.prompt.events import DetectorPointing, EventProducer, NextVisit, arrival_of
 
 if TYPE_CHECKING:
+    from skydm.pipeline.execute import UnitResult
     from skydm.repo import Repository
     from skydm.sim import SurveyConfig
     from skydm.sim.survey import SimVisit
@@ -188,7 +189,12 @@ def _existing(root: Path, band: str) -> tuple[bool, int]:
 
 
 def make_templates(
-    root: Path, visits: Sequence[SimVisit], grid: Sequence[str], *, jobs: int = 2
+    root: Path,
+    visits: Sequence[SimVisit],
+    grid: Sequence[str],
+    *,
+    jobs: int = 2,
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Ingest the template visits' raws and coadd them (``calibrate``, ``warp``, ``coadd``).
 
@@ -202,9 +208,12 @@ def make_templates(
     from skydm.repo import Repository
     from skydm.sim.io import write_visit
 
+    say = log or (lambda _line: None)
+    t0 = time.perf_counter()
     staging = root / SIM_DIR / "templates"
     staging.mkdir(parents=True, exist_ok=True)
     paths = [write_visit(v, staging, clean=False) for v in visits]
+    say(f"templates: {len(paths)} raws rendered in {time.perf_counter() - t0:.1f} s")
     with Repository.open(root, create=True) as repo:
         report = ingest_files(repo, paths)
     if not report.ok:
@@ -213,8 +222,19 @@ def make_templates(
     # with fewer template visits would get no template at all.
     n_visits = len({v.visit for v in visits})
     config = (*grid, f"coadd.min_warps={max(1, min(3, n_visits))}")
+    cpu: dict[str, float] = {}
+
+    def ended(result: UnitResult) -> None:
+        cpu[result.task] = cpu.get(result.task, 0.0) + result.unit_cpu_s
+
+    t0 = time.perf_counter()
     outcome = run_pipeline(
-        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True
+        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True,
+        on_result=ended,
+    )  # fmt: skip
+    say(
+        f"templates: pipeline {time.perf_counter() - t0:.1f} s wall, CPU s per task: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
     )
     if outcome.report is not None and not outcome.report.ok:
         first = outcome.report.failures[0]
@@ -286,7 +306,9 @@ def prepare_night(
     prompt = config or load_config(root)
     if not has_templates:
         say(f"making templates from {len(template_visits)} visits")
-        make_templates(root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs)
+        make_templates(
+            root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs, log=say
+        )
         prompt = prompt.updated(pipeline=grid, preload_radius_deg=preload_radius(cfg))
         save_config(root, prompt)
     # Raws are rendered and written before the clock starts: a camera has
