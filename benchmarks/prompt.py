@@ -78,8 +78,11 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
 
     cfg = night_config(detectors, args)
     t_prep = time.perf_counter()
-    prepared = prepare_night(root, cfg, render=False, jobs=args.workers, log=_log)
+    made = prepare_night(root, cfg, render=False, jobs=args.workers, log=_log).templates_made
     template_prep_s = time.perf_counter() - t_prep
+    # The night's raws are rendered before the service starts: at 4096 pixels
+    # rendering takes minutes, longer than the service's idle exit.
+    prepared = prepare_night(root, cfg, render=True, jobs=args.workers, log=_log)
     config = load_config(root).updated(workers=args.workers)
     assert isinstance(config, PromptConfig)
     service = PromptService(root, bootstrap, config)
@@ -97,7 +100,7 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
     try:
         # Workers start (and import) before the first event, as a deployed service's are.
         time.sleep(5.0)
-        sent = simulate_night(root, bootstrap, cfg, config=config)
+        sent = simulate_night(root, bootstrap, cfg, config=config, prepared=prepared)
     finally:
         thread.join()
         service.close()
@@ -105,7 +108,7 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
     # A kept repository holds the earlier nights' rows too: count this one's.
     rows = [r for r in store.rows() if r.visit in set(sent.visits)]
     store.close()
-    return Night(rows, template_prep_s, prepared.templates_made)
+    return Night(rows, template_prep_s, made)
 
 
 def visit_latencies(rows: list[Any]) -> list[float]:
