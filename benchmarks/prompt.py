@@ -16,9 +16,18 @@ with ``--workers`` worker processes:
 The cadence is long enough that visits do not queue behind each other
 (``--cadence``, default 40 s at ``--speedup 1``).
 
-Usage: ``python benchmarks/prompt.py [--size 4096 --stars 10000 --visits 5]``.
-The defaults are reduced to fit a small shared machine; the JSON says which
-size was run.
+Usage: ``python benchmarks/prompt.py [--size 4096 --stars 10000 --visits 5]
+[--keep DIR]``.  The defaults are reduced to fit a small shared machine; the
+JSON says which size was run.
+
+Making the templates (simulating, calibrating, warping and coadding the
+template visits) is not part of a night and at 4096 pixels takes far longer
+than the night itself: ``template_prep_s`` reports it apart.  With ``--keep
+DIR`` the two repositories stay in ``DIR/one`` and ``DIR/four``, and a later
+run with the same ``--keep DIR`` (and the same size, stars, templates and
+seed) reuses their templates: each night comes under new visit numbers
+after the last one there (:func:`skydm.prompt.simulate.prepare_night`), and
+only that night's detector-visits are counted.
 """
 
 from __future__ import annotations
@@ -31,23 +40,49 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 
-def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespace) -> list[Any]:
-    """Templates, then a served night; returns the timing rows."""
-    from skydm.prompt import NightConfig, PromptConfig, PromptService, simulate_night
+def _log(line: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {line}", file=sys.stderr, flush=True)
+
+
+def night_config(detectors: int, args: argparse.Namespace) -> Any:
+    """The :class:`NightConfig` of a night of ``detectors`` detectors."""
+    from skydm.prompt import NightConfig
+
+    return NightConfig(
+        visits=args.visits, cadence=args.cadence, detectors=detectors, size=args.size,
+        stars=args.stars, templates=args.templates, speedup=args.speedup, seed=args.seed,
+    )  # fmt: skip
+
+
+@dataclass
+class Night:
+    """One served night: its timing rows and the seconds its templates took."""
+
+    rows: list[Any]
+    template_prep_s: float
+    templates_made: bool
+
+
+def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespace) -> Night:
+    """Templates (made or reused), then a served night."""
+    from skydm.prompt import PromptConfig, PromptService, simulate_night
     from skydm.prompt.config import load_config
     from skydm.prompt.simulate import prepare_night
     from skydm.prompt.timing import TimingStore
 
-    cfg = NightConfig(
-        visits=args.visits, cadence=args.cadence, detectors=detectors, size=args.size,
-        stars=args.stars, templates=args.templates, speedup=args.speedup, seed=args.seed,
-    )  # fmt: skip
-    prepare_night(root, cfg, render=False, jobs=args.workers)
+    cfg = night_config(detectors, args)
+    t_prep = time.perf_counter()
+    made = prepare_night(root, cfg, render=False, jobs=args.workers, log=_log).templates_made
+    template_prep_s = time.perf_counter() - t_prep
+    # The night's raws are rendered before the service starts: at 4096 pixels
+    # rendering takes minutes, longer than the service's idle exit.
+    prepared = prepare_night(root, cfg, render=True, jobs=args.workers, log=_log)
     config = load_config(root).updated(workers=args.workers)
     assert isinstance(config, PromptConfig)
     service = PromptService(root, bootstrap, config)
@@ -65,14 +100,15 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
     try:
         # Workers start (and import) before the first event, as a deployed service's are.
         time.sleep(5.0)
-        simulate_night(root, bootstrap, cfg, config=config)
+        sent = simulate_night(root, bootstrap, cfg, config=config, prepared=prepared)
     finally:
         thread.join()
         service.close()
     store = TimingStore(root)
-    rows = store.rows()
+    # A kept repository holds the earlier nights' rows too: count this one's.
+    rows = [r for r in store.rows() if r.visit in set(sent.visits)]
     store.close()
-    return rows
+    return Night(rows, template_prep_s, made)
 
 
 def visit_latencies(rows: list[Any]) -> list[float]:
@@ -87,6 +123,22 @@ def visit_latencies(rows: list[Any]) -> list[float]:
     return out
 
 
+def prepare_only(args: argparse.Namespace) -> None:
+    """Make the templates of both nights under ``--keep`` and print their seconds."""
+    from skydm.prompt.simulate import prepare_night
+
+    out: dict[str, Any] = {"benchmark": "prompt", "prepare_only": True, "size": args.size}
+    for name, detectors in (("one", 1), ("four", 4)):
+        t = time.perf_counter()
+        prepared = prepare_night(
+            args.keep / name, night_config(detectors, args), render=False, jobs=args.workers,
+            log=_log,
+        )  # fmt: skip
+        out[f"template_prep_{name}_s"] = round(time.perf_counter() - t, 1)
+        out[f"templates_made_{name}"] = prepared.templates_made
+    print(json.dumps(out))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=512, help="detector side, pixels (512)")
@@ -97,8 +149,20 @@ def main() -> None:
     p.add_argument("--cadence", type=float, default=40.0, help="seconds between visits (40)")
     p.add_argument("--speedup", type=float, default=1.0, help="simulated s per wall s (1)")
     p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--keep", type=Path, default=None, help="keep the repositories here")
+    p.add_argument(
+        "--keep", type=Path, default=None,
+        help="keep the repositories here and reuse their templates on the next run",
+    )  # fmt: skip
+    p.add_argument(
+        "--prepare-only", action="store_true",
+        help="make (or find) the templates of both nights in --keep DIR, serve no night",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.prepare_only and args.keep is None:
+        p.error("--prepare-only needs --keep DIR (where the templates are kept)")
+    if args.prepare_only:
+        prepare_only(args)
+        return
 
     from skydm.alerts.localbroker import LocalBroker
     from skydm.prompt.timing import percentile, summarise
@@ -107,12 +171,13 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         with LocalBroker() as broker:
-            one = night(work / "one", broker.bootstrap, detectors=1, args=args)
+            night1 = night(work / "one", broker.bootstrap, detectors=1, args=args)
         with LocalBroker() as broker:
-            four = night(work / "four", broker.bootstrap, detectors=4, args=args)
+            night4 = night(work / "four", broker.bootstrap, detectors=4, args=args)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+    one, four = night1.rows, night4.rows
     done = [r for r in one if r.state == "done"]
     lat = [d for r in done if (d := r.duration("latency")) is not None]
     stages = {s.stage: round(s.p50, 3) for s in summarise(done) if not math.isnan(s.p50)}
@@ -140,6 +205,12 @@ def main() -> None:
                 },
                 "cadence_s": args.cadence / args.speedup,
                 "wall_s": round(time.perf_counter() - t0, 1),
+                # Not part of a night: 0-ish when --keep reused the templates.
+                "template_prep_s": round(night1.template_prep_s + night4.template_prep_s, 1),
+                "templates_made": night1.templates_made or night4.templates_made,
+                "night_s": round(
+                    time.perf_counter() - t0 - night1.template_prep_s - night4.template_prep_s, 1
+                ),
             }
         )
     )

@@ -14,6 +14,7 @@ and timeouts then run in wall seconds.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from skydm.prompt.config import PromptConfig, load_config, save_config
 from skydm.prompt.events import DetectorPointing, EventProducer, NextVisit, arrival_of
 
 if TYPE_CHECKING:
+    from skydm.pipeline.execute import UnitResult
     from skydm.repo import Repository
     from skydm.sim import SurveyConfig
     from skydm.sim.survey import SimVisit
@@ -187,8 +189,61 @@ def _existing(root: Path, band: str) -> tuple[bool, int]:
     return has, last
 
 
+def _write_raw(visit: SimVisit, staging: Path) -> Path:
+    from skydm.sim.io import write_visit
+
+    try:
+        return write_visit(visit, staging, clean=False)
+    finally:
+        visit.release()  # rendered again, identically, if asked for
+
+
+@functools.lru_cache(maxsize=2)
+def _survey(cfg: SurveyConfig) -> dict[tuple[int, int], SimVisit]:
+    from skydm.sim import simulate_survey
+
+    return {(v.visit, v.detector): v for v in simulate_survey(cfg).visits}
+
+
+def _write_raw_of(cfg: SurveyConfig, key: tuple[int, int], staging: Path) -> Path:
+    return _write_raw(_survey(cfg)[key], staging)
+
+
+def write_raws(visits: Sequence[SimVisit], staging: Path, *, jobs: int = 1) -> list[Path]:
+    """Render and write each visit's raw into ``staging``, ``jobs`` at a time; returns the paths.
+
+    A 4096x4096 detector with 10,000 stars takes about 25 s to render (its
+    galaxies' convolutions mostly): the four-detector benchmark's templates
+    and night render 32 of them, so they go to a process pool.  Each process
+    simulates the survey again from its config (deterministic, and cheap
+    next to rendering) and renders the visits it is given, so the files are
+    those one process would write (a pickled visit would not do: its WCS
+    loses its CD matrix on the way).  Each visit's pixels are released once
+    written (20 of them at 4096 pixels would take gigabytes).
+    """
+    if jobs <= 1 or len(visits) <= 1:
+        return [_write_raw(v, staging) for v in visits]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    cfg = visits[0].config
+    keys = [(v.visit, v.detector) for v in visits]
+    if any(v.config != cfg for v in visits):  # not one survey's: render them here
+        return [_write_raw(v, staging) for v in visits]
+    # forkserver: the caller may hold threads (a service, a Kafka client).
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(min(jobs, len(visits)), mp_context=ctx) as pool:
+        n = len(keys)
+        return list(pool.map(_write_raw_of, [cfg] * n, keys, [staging] * n))
+
+
 def make_templates(
-    root: Path, visits: Sequence[SimVisit], grid: Sequence[str], *, jobs: int = 2
+    root: Path,
+    visits: Sequence[SimVisit],
+    grid: Sequence[str],
+    *,
+    jobs: int = 2,
+    log: Callable[[str], None] | None = None,
 ) -> None:
     """Ingest the template visits' raws and coadd them (``calibrate``, ``warp``, ``coadd``).
 
@@ -200,11 +255,13 @@ def make_templates(
     from skydm.archive import ingest_files
     from skydm.pipeline.runner import run_pipeline
     from skydm.repo import Repository
-    from skydm.sim.io import write_visit
 
+    say = log or (lambda _line: None)
+    t0 = time.perf_counter()
     staging = root / SIM_DIR / "templates"
     staging.mkdir(parents=True, exist_ok=True)
-    paths = [write_visit(v, staging, clean=False) for v in visits]
+    paths = write_raws(visits, staging, jobs=jobs)
+    say(f"templates: {len(paths)} raws rendered in {time.perf_counter() - t0:.1f} s")
     with Repository.open(root, create=True) as repo:
         report = ingest_files(repo, paths)
     if not report.ok:
@@ -213,8 +270,19 @@ def make_templates(
     # with fewer template visits would get no template at all.
     n_visits = len({v.visit for v in visits})
     config = (*grid, f"coadd.min_warps={max(1, min(3, n_visits))}")
+    cpu: dict[str, float] = {}
+
+    def ended(result: UnitResult) -> None:
+        cpu[result.task] = cpu.get(result.task, 0.0) + result.unit_cpu_s
+
+    t0 = time.perf_counter()
     outcome = run_pipeline(
-        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True
+        ("calibrate", "warp", "coadd"), root, config=config, jobs=jobs, quiet=True,
+        on_result=ended,
+    )  # fmt: skip
+    say(
+        f"templates: pipeline {time.perf_counter() - t0:.1f} s wall, CPU s per task: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
     )
     if outcome.report is not None and not outcome.report.ok:
         first = outcome.report.failures[0]
@@ -268,7 +336,6 @@ def prepare_night(
     numbers (after its last raw).  ``render=False`` only makes the templates.
     """
     from skydm.sim import simulate_survey
-    from skydm.sim.io import write_visit
 
     say = log or (lambda _line: None)
     root = Path(root)
@@ -286,7 +353,9 @@ def prepare_night(
     prompt = config or load_config(root)
     if not has_templates:
         say(f"making templates from {len(template_visits)} visits")
-        make_templates(root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs)
+        make_templates(
+            root, [v for n in template_visits for v in by_visit[n]], grid, jobs=jobs, log=say
+        )
         prompt = prompt.updated(pipeline=grid, preload_radius_deg=preload_radius(cfg))
         save_config(root, prompt)
     # Raws are rendered and written before the clock starts: a camera has
@@ -295,12 +364,18 @@ def prepare_night(
     staging.mkdir(parents=True, exist_ok=True)
     missing = set(night.missing)
     files: dict[int, list[tuple[SimVisit, Path | None]]] = {}
+    todo: list[SimVisit] = []
     for i, n in enumerate(night_visits if render else [], start=1):
-        files[n] = []
         for v in by_visit[n]:
-            skip = (i, v.detector - cfg.detector) in missing
-            files[n].append((v, None if skip else write_visit(v, staging, clean=False)))
-            v.release()
+            if (i, v.detector - cfg.detector) not in missing:
+                todo.append(v)
+    t0 = time.perf_counter()
+    paths = write_raws(todo, staging, jobs=jobs)
+    written = {(v.visit, v.detector): path for v, path in zip(todo, paths, strict=True)}
+    if todo:
+        say(f"night: {len(todo)} raws rendered in {time.perf_counter() - t0:.1f} s")
+    for n in night_visits if render else []:
+        files[n] = [(v, written.get((v.visit, v.detector))) for v in by_visit[n]]
     return PreparedNight(cfg, files, prompt, not has_templates, grid)
 
 
@@ -312,6 +387,7 @@ def simulate_night(
     config: PromptConfig | None = None,
     jobs: int = 2,
     log: Callable[[str], None] | None = None,
+    prepared: PreparedNight | None = None,
 ) -> NightReport:
     """Run a simulated night against a service listening on ``bootstrap``.
 
@@ -331,6 +407,9 @@ def simulate_night(
         Processes for making the templates.
     log : callable, optional
         Gets a line per visit.
+    prepared : PreparedNight, optional
+        The night :func:`prepare_night` made already (its raws rendered),
+        so that rendering does not happen while a service waits.
 
     Raises
     ------
@@ -347,7 +426,8 @@ def simulate_night(
     # Kafka first: an unreachable broker is found in seconds, before the
     # night's templates (minutes) are made.
     producer.ensure_topics([])
-    prepared = prepare_night(root, night, config=config, jobs=jobs, log=say)
+    if prepared is None:
+        prepared = prepare_night(root, night, config=config, jobs=jobs, log=say)
     prompt = prepared.prompt
     report = NightReport(grid=prepared.grid, templates_made=prepared.templates_made)
     producer.ensure_topics([prompt.next_visit_topic, prompt.raw_topic])
