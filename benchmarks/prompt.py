@@ -106,7 +106,8 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
         service.close()
     store = TimingStore(root)
     # A kept repository holds the earlier nights' rows too: count this one's.
-    rows = [r for r in store.rows() if r.visit in set(sent.visits)]
+    tonight = set(sent.visits)
+    rows = [r for r in store.rows() if r.visit in tonight]
     store.close()
     return Night(rows, template_prep_s, made)
 

@@ -504,9 +504,7 @@ def _fit_track(
     ) -> Callable[[np.ndarray], tuple[float, float, np.ndarray, np.ndarray]]:
         # The static sky (one value per pixel) is eliminated by taking each
         # pixel's weighted mean over the epochs out of data and model.
-        wsum = w.sum(axis=0)
-        safe = np.where(wsum > 0, wsum, 1.0)
-        xbar = (w * st.img).sum(axis=0) / safe
+        safe, xbar = _epoch_mean(w, st.img)
 
         def solve(theta: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
             prof = profiles(theta)
@@ -554,6 +552,14 @@ def _fit_track(
     return _Fit(flux, models)
 
 
+def _epoch_mean(w: np.ndarray, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's summed weight over the epochs (1 where none) and its
+    weighted mean: the static sky of a track's stamp."""
+    wsum = w.sum(axis=0)
+    safe = np.where(wsum > 0, wsum, 1.0)
+    return safe, (w * img).sum(axis=0) / safe
+
+
 def _motion_chi2(
     st: _Stamp,
     solver: Callable[
@@ -578,8 +584,7 @@ def _motion_chi2(
     that a real mover's flux is fitted on the pixel noise.
     """
     ok = st.w > 0
-    wsum = st.w.sum(axis=0)
-    xbar = (st.w * st.img).sum(axis=0) / np.where(wsum > 0, wsum, 1.0)
+    xbar = _epoch_mean(st.w, st.img)[1]
     peak = ndimage.maximum_filter(np.abs(xbar), size=max(3, round(fw) | 1))
     var = np.where(ok, 1.0 / np.where(ok, st.w, 1.0), 0.0) + (systematic * peak) ** 2
     solve = solver(np.where(ok, 1.0 / var, 0.0))
