@@ -97,6 +97,13 @@ def test_every_field_is_coadded(all_results: Results) -> None:
     assert not bad, f"CompareWarp failed: {errors}; {_replay(bad)}"
 
 
+def test_no_pixel_with_data_is_left_without_it(results: Results) -> None:
+    """Where the plain mean has data, so has the coadd (the harness's ``holes``)."""
+    bad = [r for r in results if r["holes"] != 0]
+    counts = {r["label"]: r["holes"] for r in bad}
+    assert not bad, f"pixels without data {counts}; {_replay(bad)}"
+
+
 #: Fraction of the fields on which each class must be judged.  The fields are
 #: random, so this is a bound on the harness's rates, set with a margin:
 #: a class judged on 80% of fields (the rarest, faint trails, measured at

@@ -21,6 +21,7 @@ import numpy as np
 
 from skydm.coadd._cw_config import RestoreConfig
 from skydm.coadd._cw_fits import one_blas_thread
+from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd._cw_streaks import Streak
@@ -46,6 +47,9 @@ class Clips:
     streaks : list of Streak
         Clipped footprints where the epoch is kept with a fitted line model
         subtracted instead (:mod:`skydm.coadd._cw_streaks`).
+    outliers : list of OutlierPixels
+        Per epoch, its outlier pixels: their significance ranks the epochs
+        given back where every epoch is clipped (:func:`keep_least_discrepant`).
     """
 
     clip: np.ndarray
@@ -56,6 +60,7 @@ class Clips:
     threshold: float
     streaks: list[Streak] = field(default_factory=list)
     restore_config: RestoreConfig = field(default_factory=RestoreConfig)
+    outliers: list[OutlierPixels] = field(default_factory=list)
 
 
 def assemble_clipped(
@@ -132,6 +137,7 @@ def assemble_clipped(
                     modelled.reshape(-1)[local] = True
                     if subtract_streaks:
                         img[s.k].reshape(-1)[local] -= s.value[lo:hi]
+            keep_least_discrepant(c, good, clips, y0, weights)
             clipped = good & c
             mine = [it for it in restore if y0 <= max(round(it.y) - kernels.half, 0) < y1]
             found = []
@@ -179,6 +185,49 @@ def assemble_clipped(
     exp.meta["CWNSTRK"] = (len(clips.streaks), "faint streaks subtracted as models")
     exp.meta["CWNCR"] = (int(sum(c.size for c in cr_index)), "cosmic-ray pixels, all epochs")
     return exp
+
+
+def keep_least_discrepant(
+    c: np.ndarray, good: np.ndarray, clips: Clips, y0: int, weights: np.ndarray
+) -> None:
+    """The clip decision's last word: no pixel with data loses all of it.
+
+    Where the rules together clip every epoch with data at a pixel (rules
+    that are each right can add up to that: a slow mover over a variable
+    star, a ghost under a trail), the least discrepant of those epochs keeps
+    it: the faintest against the other epochs (the smallest signed
+    significance of the outlier pass, 0 without an outlier code), a cosmic
+    ray there last; ties go to the larger weight.  Nearly every artefact
+    adds light, so where all epochs have some (a slow mover overlapping
+    itself) the faintest holds the least.  SWarp CLIPPED and Rubin's CompareWarp never leave
+    such holes either.  ``c`` (``(n, rows, columns)`` full-resolution clip
+    maps of rows ``y0:``) is edited in place.
+    """
+    n, _, nx = c.shape
+    clipped = good & c
+    hole = clipped.any(axis=0)
+    hole &= ~(good & ~c).any(axis=0)
+    ys, xs = np.nonzero(hole)
+    if ys.size == 0:
+        return
+    b, wb = clips.bin, clips.clip.shape[2]
+    binned = (ys + y0) // b * wb + xs // b
+    flat = (ys + y0) * nx + xs
+    order = np.argsort(-weights, kind="stable")  # argmin takes the first of ties
+    key = np.full((n, ys.size), np.inf)
+    for r, k in enumerate(order):
+        px = clips.outliers[k] if clips.outliers else None
+        score = np.zeros(ys.size)
+        if px is not None and px.idx.size:
+            j = np.minimum(np.searchsorted(px.idx, binned), px.idx.size - 1)
+            hit = px.idx[j] == binned
+            score[hit] = px.sig[j[hit]]
+        cr = clips.cosmic_rays[k]
+        if cr.size:
+            score[cr[np.minimum(np.searchsorted(cr, flat), cr.size - 1)] == flat] += 1e30
+        key[r] = np.where(clipped[k, ys, xs], score, np.inf)
+    best = order[np.argmin(key, axis=0)]
+    c[best, ys, xs] = False
 
 
 def band_chunks(stack: WarpStack, chunk_rows: int | None, tile: int) -> list[tuple[int, int]]:

@@ -358,7 +358,7 @@ def _local_fits(
     model = np.packbits(keep.reshape(keep.shape[0], -1)[:, flagged].T, axis=1)
     return OutlierPixels(
         flagged + offset,
-        np.abs(sig.ravel()[flagged]).astype(np.float32),
+        sig.ravel()[flagged].astype(np.float32),
         chi2.astype(np.float32),
         np.sqrt(npw * fm).astype(np.float32),
         (m_here / np.maximum(mpk, 1e-12)).astype(np.float32),

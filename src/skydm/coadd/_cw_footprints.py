@@ -31,8 +31,8 @@ class OutlierPixels:
     ----------
     idx : numpy.ndarray
         Flat indices of the pixels, ascending.
-    dabs : numpy.ndarray
-        Their absolute significance.
+    sig : numpy.ndarray
+        Their significance (positive: brighter than the other epochs).
     chi2 : numpy.ndarray
         Reduced chi-square of the fit by a multiple of the model.
     msig : numpy.ndarray
@@ -49,7 +49,7 @@ class OutlierPixels:
     """
 
     idx: np.ndarray
-    dabs: np.ndarray
+    sig: np.ndarray
     chi2: np.ndarray
     msig: np.ndarray
     peak: np.ndarray

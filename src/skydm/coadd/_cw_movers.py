@@ -247,51 +247,25 @@ class Mover:
         times: np.ndarray,
         fwhm: float,
     ) -> None:
-        """Clip from each span's epochs, in ``clip``, the pixels within
-        ``radius_fwhm`` of their positions on the track, also where the mover
-        fell below the threshold.
-
-        A pixel is never taken from every epoch with data there: where it
-        would be, the epoch whose track position is farthest keeps it (a
-        very slow mover covers the middle of its track in every epoch; the
-        coadd keeps its faintest part rather than no data).
+        """Clip from each span's epochs, in ``clip``, the pixels with data
+        (``cover``) within ``radius_fwhm`` of their positions on the track,
+        also where the mover fell below the threshold.  A very slow mover
+        covers the middle of its track in every epoch: the assembly's last
+        step gives the faintest epoch back there
+        (:func:`~skydm.coadd._cw_assemble.keep_least_discrepant`).
         """
-        n, rows, cols = clip.shape
         r = self.config.radius_fwhm * fwhm
         h = math.ceil(r)
         dy, dx = np.mgrid[-h : h + 1, -h : h + 1]
+        rows, cols = cover.shape
         for track, epochs in spans:
-            ks, flat, dist = [], [], []
             for k in epochs:
                 cy, cx = track.at(times[k])
                 yy, xx = np.floor(cy) + dy.ravel(), np.floor(cx) + dx.ravel()
-                d = np.hypot(yy - cy, xx - cx)
-                on = (d <= r) & (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-                ks.append(np.full(int(on.sum()), k))
-                flat.append((yy[on] * cols + xx[on]).astype(np.int64))
-                dist.append(d[on])
-            if not ks:
-                continue
-            kk, ff, dd = np.concatenate(ks), np.concatenate(flat), np.concatenate(dist)
-            if ff.size == 0:
-                continue
-            pix, col = np.unique(ff, return_inverse=True)
-            mask = np.zeros((n, pix.size), dtype=bool)
-            far = np.full((n, pix.size), -1.0)
-            mask[kk, col] = cover.reshape(-1)[ff] > 0
-            far[kk, col] = dd
-            flat_clip = clip.reshape(n, -1)
-            # Pixels every epoch with data would lose: the farthest epoch that
-            # no other rule clips there keeps them (one another rule clips
-            # would keep nothing: issue 19's holes in a star's core).
-            before = flat_clip[:, pix]
-            full = (before | mask).sum(axis=0) >= cover.reshape(-1)[pix]
-            if full.any():
-                keep = np.argmax(np.where(mask & ~before, far, -1.0), axis=0)
-                sel = np.flatnonzero(full)
-                mask[keep[sel], sel] = False
-            for k in range(n):
-                flat_clip[k, pix[mask[k]]] = True
+                on = (np.hypot(yy - cy, xx - cx) <= r) & (yy >= 0) & (yy < rows)
+                on &= (xx >= 0) & (xx < cols)
+                at = (yy[on] * cols + xx[on]).astype(np.int64)
+                clip[k].reshape(-1)[at[cover.reshape(-1)[at] > 0]] = True
 
 
 @dataclass

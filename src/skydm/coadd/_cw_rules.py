@@ -177,7 +177,7 @@ class Variable(FootprintRule):
         o, top = ep.pixels, ep.top_at
         if top.size == 0:
             return out
-        dabs, chi2, msig, peak = o.dabs[top], o.chi2[top], o.msig[top], o.peak[top]
+        dabs, chi2, msig, peak = np.abs(o.sig[top]), o.chi2[top], o.msig[top], o.peak[top]
         good = chi2 <= cfg.chi2
         if ctx.fwhm > 0:
             area = ep.sizes[ep.top_labels].astype(np.float64)
@@ -390,7 +390,7 @@ def _peaks(fp: _Labels, outl: OutlierPixels) -> tuple[np.ndarray, np.ndarray, np
         return tops, none, none
     which = _label_at(fp, outl.idx)
     inside = np.flatnonzero(which > 0)
-    w, d = which[inside], outl.dabs[inside]
+    w, d = which[inside], np.abs(outl.sig[inside])
     # Sort by label, then by decreasing |d| (ties keep the sparse order).
     order = np.lexsort((-d, w))
     first = np.ones(order.size, dtype=bool)

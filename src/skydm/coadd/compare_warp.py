@@ -386,6 +386,7 @@ def _find_clips(
         target_fwhm=p.target_fwhm,
         threshold=cfg.detect.threshold,
         restore_config=cfg.restore,
+        outliers=pixels,
     )
     clips.streaks = movers
     if cfg.streaks.enabled:
