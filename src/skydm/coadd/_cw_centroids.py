@@ -54,7 +54,6 @@ def centroid_tracks(
     widths2 = (
         np.array([(m.psf.fwhm if m.psf is not None else fwhm) / 2.3548 for m in stack.members]) ** 2
     )
-    crs = [set(c.tolist()) for c in cosmic_rays]
     order = np.argsort(times, kind="stable")
     night = np.zeros(n, dtype=np.int64)
     night[order] = np.cumsum(np.r_[0, np.diff(times[order]) >= cfg.min_gap_days])
@@ -75,7 +74,6 @@ def centroid_tracks(
         assert rows is not None
         img, var, good = rows
         img, var, good = img[sl].astype(np.float64), var[sl].astype(np.float64), good[sl]
-        flat = ((yy + cy0) * nx + xx + cx0).astype(np.int64).ravel()
         core = yy * yy + xx * xx <= fwhm * fwhm
         # Bad pixels (a bad column crosses many epochs' windows) are filled
         # from the epochs' mean image scaled to the epoch's flux, so that a
@@ -90,7 +88,12 @@ def centroid_tracks(
         img = np.where(good, img, ratio[:, None, None] * mean_img)
         var = np.where(good, var, np.median(var[good]) if good.any() else 0.0)
         use = (good[:, core].mean(axis=1) >= 1 - MAX_FILLED) & (good.sum(axis=0)[core] > 0).all()
-        use &= np.array([not crs[k].intersection(flat) for k in range(n)])
+        # No cosmic ray in the window: none in any of its rows' spans (sorted).
+        starts = (cy0 - h + np.arange(2 * h + 1)) * nx + cx0 - h
+        use &= [
+            not np.any(np.searchsorted(c, starts + 2 * h, "right") > np.searchsorted(c, starts))
+            for c in cosmic_rays
+        ]
         # The window is centred on the source in the epochs' sum: off centre,
         # a static source's windowed centroid would move with the seeing.
         c = np.zeros(2)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 from scipy import ndimage, sparse
 
 from skydm.image.psf import Psf
+
+#: A line model's design matrix: dense, or sparse with many nodes.
+_Design: TypeAlias = np.ndarray | sparse.csr_matrix
 
 _STEP = 0.1  # pixels: sampling of the tabulated line-spread functions
 
@@ -103,9 +107,9 @@ class LineModel:
     long: bool
     nodes: np.ndarray | None
     diffuse: bool = True
-    # The last point's factors and fluxes: least_squares asks for the
-    # Jacobian at the point whose residual it has just had.
-    _last: tuple[bytes, np.ndarray, _Parts, np.ndarray] | None = field(
+    # The last point's factors, fluxes and design: least_squares asks for
+    # the Jacobian at the point whose residual it has just had.
+    _last: tuple[bytes, np.ndarray, _Parts, np.ndarray, _Design] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -164,7 +168,7 @@ class LineModel:
         f = self._parts(p, x, y)
         a_mat = self._columns(f)
         coef = _lsq(a_mat, d, iv)
-        self._last = (p.tobytes(), x, f, coef)
+        self._last = (p.tobytes(), x, f, coef, a_mat)
         # Both parts' fluxes (the Gaussian part's zero if not diffuse).
         full = coef if self.diffuse else np.concatenate([coef, np.zeros_like(coef)])
         return np.asarray(a_mat @ coef), full
@@ -191,7 +195,7 @@ class LineModel:
             self.solve(p, x, y, d, iv)
             last = self._last
         assert last is not None
-        f, coef = last[2], last[3]
+        f, coef, a_mat = last[2], last[3], last[4]
         if self.nodes is not None and f.hat is None:
             raise ValueError("jacobian: too many nodes for dense hat functions")
         prof, t, dd, n, parts = self.prof, f.t, f.dd, f.t.size, f.cross.shape[0]
@@ -226,7 +230,6 @@ class LineModel:
         da = np.array([b.T[:, :, None] * hat[:, None, :] for b in by_part])
         da[0] += u[:, None, None] * (cross * e).T[:, :, None] * slope[:, None, :]
         da = da.reshape(len(by_part), n, -1) * iv[None, :, None]
-        a_mat = self._columns(f)
         assert isinstance(a_mat, np.ndarray)  # dense with dense hats
         aw = a_mat * iv[:, None]
         r = (d * iv) - aw @ coef
