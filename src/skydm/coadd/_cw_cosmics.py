@@ -6,7 +6,7 @@ epoch over the whole cell.  Split from :mod:`skydm.coadd._cw_pixels`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,17 +59,6 @@ def sharpness_bound(psf: Psf | None) -> float:
     return best
 
 
-def cosmic_rays(
-    img: np.ndarray, var: np.ndarray, good: np.ndarray, bounds: np.ndarray, **options: Any
-) -> np.ndarray:
-    """:func:`cosmic_ray_pixels` (with the same ``options``) as boolean hits,
-    ``(n, rows, columns)``, not grown."""
-    out = np.zeros(img.shape, dtype=bool)
-    for k, flat in enumerate(cosmic_ray_pixels(img, var, good, bounds, **options)):
-        out[k].reshape(-1)[flat] = True
-    return out
-
-
 def cosmic_ray_pixels(
     img: np.ndarray,
     var: np.ndarray,
@@ -106,7 +95,7 @@ def cosmic_ray_pixels(
         PSF (an unblurred hit reaches 2 to 4).
     scales : numpy.ndarray
         Per epoch, the Laplacian's noise over ``sqrt(20 var)`` (warping
-        correlates neighbouring pixels), from :func:`laplacian_scale`.
+        correlates neighbouring pixels), from :func:`cell_laplacian_scales`.
     lap : numpy.ndarray, optional
         ``laplacian(img)``, when the caller has it already.
     widths2 : numpy.ndarray, optional
@@ -226,28 +215,6 @@ def _sharper_than_source(
     sk = np.sqrt(np.float32(20.0) * var[k].reshape(-1)[flat]) * np.float32(scales[k])
     noise = np.sqrt(sk * sk + (bound_noise * xk) ** 2)
     return lk - expected > np.float32(threshold) * noise + np.float32(systematic) * expected
-
-
-def laplacian_scale(
-    img: np.ndarray, var: np.ndarray, good: np.ndarray, lap: np.ndarray | None = None
-) -> np.ndarray:
-    """Per epoch, the robust rms of ``lap(x) / sqrt(20 var)`` on the usable pixels of a
-    grid of every third row and column off the edges (``lap``: ``laplacian(img)``
-    if the caller has it)."""
-    if lap is None:
-        lap = laplacian(img)
-    n = img.shape[0]
-    out = np.ones(n)
-    # A regular sample: far cheaper than selecting the usable pixels first,
-    # and as good an estimate (a 4096-pixel band of 160 rows gives 70,000).
-    grid = (slice(1, -1, 3), slice(1, -1, 3))
-    for k in range(n):
-        ok = good[k][grid]
-        vals = lap[k][grid][ok] / np.sqrt(20 * var[k][grid][ok])
-        if vals.size >= 100:
-            s = 1.4826 * float(np.median(np.abs(vals - np.median(vals))))
-            out[k] = s if 0.05 < s < 20 else 1.0
-    return out
 
 
 #: Rows read per noise tile for the Laplacian's noise (its interior rows

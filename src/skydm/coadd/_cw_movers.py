@@ -310,11 +310,18 @@ class _Fit(NamedTuple):
     models: list[tuple[np.ndarray, np.ndarray]] | None
 
 
+def epoch_times(stack: WarpStack) -> np.ndarray:
+    """Each epoch's MJD; its index where the time is unknown."""
+    times = np.array([float(m.info.mjd) for m in stack.members])
+    return np.where(np.isfinite(times), times, np.arange(times.size))
+
+
 def model_movers(
     stack: WarpStack,
     tracks: MoverTracks,
     cosmic_rays: list[np.ndarray],
     b: int,
+    times: np.ndarray,
     systematic: float = 0.0,
 ) -> MoverModels:
     """Fit each track as a static sky plus a moving point source of constant
@@ -329,8 +336,6 @@ def model_movers(
     motion is significant against ``systematic`` (``detect.systematic``)
     PSF-mismatch noise too (:func:`_motion_chi2`).
     """
-    times = np.array([float(m.info.mjd) for m in stack.members])
-    times = np.where(np.isfinite(times), times, np.arange(times.size))
     psfs = [m.psf for m in stack.members]
     fw = max((p.fwhm for p in psfs if p is not None and math.isfinite(p.fwhm)), default=4.0)
     h = max(3, math.ceil(2 * fw))

@@ -55,10 +55,10 @@ from skydm.coadd._cw_differences import (
     match_planes,
 )
 from skydm.coadd._cw_fits import fit_candidates, one_blas_thread
-from skydm.coadd._cw_footprints import OutlierPixels
 from skydm.coadd._cw_movers import (
     Mover,
     MoverTracks,
+    epoch_times,
     model_movers,
     reference_epochs,
 )
@@ -222,10 +222,6 @@ class Outliers:
     maps: OutlierMaps
     cosmic_rays: list[np.ndarray]
 
-    def pixels(self) -> list[OutlierPixels]:
-        """Per epoch, its outlier pixels with their local fits."""
-        return self.maps.pixels()
-
 
 @dataclass
 class _Band:
@@ -239,11 +235,13 @@ def detect_outliers(
     stack: WarpStack,
     p: Plan,
     cfg: CompareWarpConfig,
+    times: np.ndarray,
     *,
     threads: int = 2,
     progress: Progress | None = None,
 ) -> Outliers:
-    """Stage 2: cosmic rays and PSF-matched outlier maps, band by band.
+    """Stage 2: cosmic rays and PSF-matched outlier maps, band by band
+    (``times``: the epochs' :func:`epoch_times`).
 
     The bands are read and filtered ``threads`` at a time (numpy and scipy
     release the GIL); their maps are merged in band order.
@@ -253,8 +251,6 @@ def detect_outliers(
     weights = stack.weights
     cr = cfg.cosmic_rays
     maps = OutlierMaps.empty(n, p.binned, movers=cfg.rules.mover.enabled)
-    times = np.array([float(m.info.mjd) for m in stack.members])
-    times = np.where(np.isfinite(times), times, np.arange(n))
     previous = reference_epochs(times)
     crs: list[list[np.ndarray]] = [[] for _ in range(n)]
 
@@ -334,10 +330,9 @@ def _find_clips(
     p = plan(stack, cfg, chunk_rows)
     if progress is not None:
         progress.total = 2 * len(p.chunks)
-    outliers = detect_outliers(stack, p, cfg, threads=threads, progress=progress)
-    pixels = outliers.pixels()
-    times = np.array([float(m.info.mjd) for m in stack.members])
-    t = np.where(np.isfinite(times), times, np.arange(len(times)))
+    t = epoch_times(stack)
+    outliers = detect_outliers(stack, p, cfg, t, threads=threads, progress=progress)
+    pixels = outliers.maps.pixels()
     tracks = MoverTracks()
     clip = clip_maps(
         outliers.maps.codes,
@@ -364,7 +359,7 @@ def _find_clips(
         ]
     movers: list[Streak] = []
     if mover.enabled and mover.model:
-        models = model_movers(stack, tracks, outliers.cosmic_rays, b, cfg.detect.systematic)
+        models = model_movers(stack, tracks, outliers.cosmic_rays, b, t, cfg.detect.systematic)
         movers = models.streaks
         # A chained track that the fit over all its epochs does not confirm
         # (no point source moving along it with significant flux and
