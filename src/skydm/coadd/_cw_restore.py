@@ -187,12 +187,6 @@ def _flagged_cores(
         out.append(Restore(k, y * b + c, x * b + c, float(alpha[i]), bits[i].copy()))
 
 
-def _disk(radius: float) -> np.ndarray:
-    r = max(math.ceil(radius), 1)
-    y, x = np.mgrid[-r : r + 1, -r : r + 1]
-    return (x * x + y * y) <= radius * radius + 1e-9
-
-
 def restore_targets(
     items: list[Restore],
     y0: int,
