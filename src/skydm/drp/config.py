@@ -64,6 +64,17 @@ class ObjectConfig:
     centroid_max_shift : float
         Largest move of that fit, pixels; an object that would move further
         (a blend the fit cannot untangle) keeps its detection centroid.
+    residual_detection : bool
+        Detect a second time on the coadds with the first pass's PSF models
+        subtracted (finds faint objects on the slopes of bright ones; see
+        ``docs/drp.md``).
+    residual_model_error : float
+        Fractional error of a subtracted PSF model per pixel: the residual's
+        variance gains ``(residual_model_error * model)**2``, so that the
+        imperfect cores of bright objects do not come back as detections.
+    residual_min_separation : float
+        Least distance, in PSF FWHM, of a residual detection from any object
+        (and from another residual detection).
     subtract_background : bool
         Re-estimate and subtract a smooth background from each coadd first.
     background_box : int
@@ -113,6 +124,9 @@ class ObjectConfig:
     deblend_cont: float = 0.005
     centroid_iterations: int = 2
     centroid_max_shift: float = 1.5
+    residual_detection: bool = True
+    residual_model_error: float = 0.1
+    residual_min_separation: float = 1.5
     subtract_background: bool = False
     background_box: int = 128
     psf_stamp: int = 41
@@ -139,8 +153,18 @@ class ObjectConfig:
             "extended_nsigma",
             "peak_prominence",
             "centroid_max_shift",
+            "residual_min_separation",
         ):
             positive(name)
+        if not isinstance(self.residual_detection, bool):
+            raise BadValueError("residual_detection", self.residual_detection, "true or false")
+        value = self.residual_model_error
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0 <= value < math.inf)
+        ):
+            raise BadValueError("residual_model_error", value, "a finite number >= 0")
         if self.detection_image not in DETECTION_IMAGES:
             raise BadValueError(
                 "detection_image", self.detection_image, f"one of {', '.join(DETECTION_IMAGES)}"

@@ -23,6 +23,7 @@ from skydm.drp._photometry import (
     position_shifts,
     stamp_groups,
 )
+from skydm.drp._residual import add_objects, residual_peaks
 from skydm.drp.config import ObjectConfig, ObjectFlag
 from skydm.errors import BadValueError, UserError
 from skydm.image.detect import estimate_background
@@ -77,22 +78,19 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
     first = coadds[bands[0]]
     wcs = first.require_wcs("the Object table's coordinates")
     found = detect(planes, config)
-    n = len(found)
     stamp = max(min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes)
+    stamps = [min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes]
     groups = stamp_groups(found.x, found.y, stamp, config.max_group)
-    x, y = _refine_positions(found, planes, groups, config)
-    found.x, found.y = x, y
-    phot = [
-        measure_band(
-            p,
-            found.x,
-            found.y,
-            groups,
-            stamp=min(p.psf.default_size(), config.psf_stamp) | 1,
-            aperture_radius=_aperture_px(p, config),
-        )
-        for p in planes
-    ]
+    found.x, found.y = _refine_positions(found, planes, groups, config)
+    phot = _photometry(planes, found, groups, stamps, config)
+    if config.residual_detection and len(found):
+        rx, ry, rpeak = residual_peaks(planes, found, phot, stamps, config)
+        if rx.size:
+            found = add_objects(found, found.linear, rx, ry, rpeak)
+            groups = stamp_groups(found.x, found.y, stamp, config.max_group)
+            found.x, found.y = _refine_positions(found, planes, groups, config)
+            phot = _photometry(planes, found, groups, stamps, config)
+    n = len(found)
     flags = _footprint_flags(found, planes)
     flags[found.n_peaks > 1] |= ObjectFlag.DEBLENDED
     for ph in phot:
@@ -136,6 +134,22 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
             ).astype(np.float32)
     table["flags"] = flags.astype(np.int64)
     return table
+
+
+def _photometry(
+    planes: list[BandPlanes],
+    found: Detections,
+    groups: list[np.ndarray],
+    stamps: list[int],
+    config: ObjectConfig,
+) -> list[BandPhotometry]:
+    """Forced PSF and aperture photometry of every object in every band."""
+    return [
+        measure_band(
+            p, found.x, found.y, groups, stamp=size, aperture_radius=_aperture_px(p, config)
+        )
+        for p, size in zip(planes, stamps, strict=True)
+    ]
 
 
 def _prepare(
