@@ -13,7 +13,8 @@ the variance raised by ``(residual_model_error * model)²`` so that the
 imperfect cores of subtracted bright objects do not come back as
 detections; its local maxima above ``threshold``, at least
 ``residual_min_separation`` PSF FWHM from every object and from each other,
-are new objects.
+are new objects.  Galaxies are not PSF models: their footprints (first-pass
+objects measured as extended) are not searched.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def residual_peaks(
     maxf = ndimage.maximum_filter(linear, size=3, mode="nearest")
     cand = (linear >= maxf) & (det >= config.threshold) & (found.segmap > 0)
     py, px = np.nonzero(cand)
+    if px.size and config.residual_roundness > 0:
+        keep = roundness(linear, px, py) >= config.residual_roundness
+        px, py = px[keep], py[keep]
     empty = np.zeros(0, dtype=np.int64)
     if px.size == 0:
         return empty, empty, np.zeros(0)
@@ -101,6 +105,32 @@ def residual_peaks(
     idx = np.asarray(kept, dtype=np.int64)
     rx, ry = _refine_peak(linear, px[idx], py[idx])
     return rx, ry, det[py[idx], px[idx]]
+
+
+def roundness(linear: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Ratio of the smaller to the larger curvature of ``linear`` at peaks (``px``, ``py``).
+
+    The matched-filter map of a point source is the PSF's autocorrelation,
+    round at its peak (ratio near 1 for a round PSF); a bump on the arc that
+    a PSF model leaves around a subtracted galaxy is curved across the arc
+    and nearly flat along it (ratio near 0), which is how DAOFIND's
+    roundness test tells stars from such residuals.  Second differences over
+    two pixels (the map is smooth on the PSF's scale); 0 where a curvature is
+    not negative.
+    """
+    ny, nx = linear.shape
+    xm, xp = np.clip(px - 2, 0, nx - 1), np.clip(px + 2, 0, nx - 1)
+    ym, yp = np.clip(py - 2, 0, ny - 1), np.clip(py + 2, 0, ny - 1)
+    c = linear[py, px]
+    dxx = (linear[py, xp] - 2.0 * c + linear[py, xm]) / 4.0
+    dyy = (linear[yp, px] - 2.0 * c + linear[ym, px]) / 4.0
+    dxy = (linear[yp, xp] - linear[yp, xm] - linear[ym, xp] + linear[ym, xm]) / 16.0
+    half = 0.5 * (dxx + dyy)
+    root = np.sqrt(0.25 * (dxx - dyy) ** 2 + dxy**2)
+    lo, hi = half - root, half + root  # lo <= hi; both negative at a round maximum
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((hi < 0) & (lo < 0), hi / lo, 0.0)
+    return np.asarray(ratio, dtype=np.float64)
 
 
 def add_objects(

@@ -75,6 +75,11 @@ class ObjectConfig:
     residual_min_separation : float
         Least distance, in PSF FWHM, of a residual detection from any object
         (and from another residual detection).
+    residual_roundness : float
+        Least ratio of the smaller to the larger curvature of the residual
+        S/N map at a residual detection (1 for a round point source; the
+        arcs a PSF model leaves around a galaxy are near 0); 0 switches the
+        test off.
     subtract_background : bool
         Re-estimate and subtract a smooth background from each coadd first.
     background_box : int
@@ -127,6 +132,7 @@ class ObjectConfig:
     residual_detection: bool = True
     residual_model_error: float = 0.1
     residual_min_separation: float = 1.5
+    residual_roundness: float = 0.5
     subtract_background: bool = False
     background_box: int = 128
     psf_stamp: int = 41
@@ -158,6 +164,8 @@ class ObjectConfig:
             positive(name)
         if not isinstance(self.residual_detection, bool):
             raise BadValueError("residual_detection", self.residual_detection, "true or false")
+        if not (0 <= self.residual_roundness <= 1):
+            raise BadValueError("residual_roundness", self.residual_roundness, "a ratio in [0, 1]")
         value = self.residual_model_error
         if (
             isinstance(value, bool)
