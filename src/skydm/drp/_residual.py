@@ -11,7 +11,8 @@ PSF model is subtracted from every band; the residual's detection image is
 built exactly as the first one (same matched filter, same chi² sigma), with
 the variance raised by ``(residual_model_error * model)²`` so that the
 imperfect cores of subtracted bright objects do not come back as
-detections; its local maxima above ``threshold``, at least
+detections (and, beyond each model's stamp, by the square of the model's
+value at the stamp's edge, for the wing the stamp leaves out); its local maxima above ``threshold``, at least
 ``residual_min_separation`` PSF FWHM from every object and from each other,
 are new objects.  Galaxies are not PSF models: their footprints (first-pass
 objects measured as extended) are not searched.
@@ -32,17 +33,44 @@ from skydm.drp._photometry import BandPhotometry, _stamp
 from skydm.drp.config import ObjectConfig
 
 
-def model_image(band: BandPlanes, x: np.ndarray, y: np.ndarray, flux: np.ndarray, stamp: int) -> np.ndarray:
-    """The band's image of PSF models of ``flux`` at (``x``, ``y``) (non-finite fluxes skipped)."""
+def model_image(
+    band: BandPlanes, x: np.ndarray, y: np.ndarray, flux: np.ndarray, stamp: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The band's image of PSF models of ``flux`` at (``x``, ``y``), and their unmodelled wings.
+
+    Returns
+    -------
+    model : numpy.ndarray
+        The sum of the models, each in its ``stamp``-pixel box (non-finite
+        fluxes skipped).
+    wing : numpy.ndarray
+        The light each model leaves out beyond its box, taken to be of the
+        order of the model at the box's edge, in a box twice the size: the
+        residual's noise there has a term of that size (without it, a
+        bright object's wing, cut off at the box's edge, is a ring of
+        detections).
+    """
     shape = band.image.shape
     model = np.zeros(shape, dtype=np.float64)
+    wing = np.zeros(shape, dtype=np.float64)
     for xc, yc, f in zip(x.tolist(), y.tolist(), flux.tolist(), strict=True):
         if not (math.isfinite(f) and math.isfinite(xc) and math.isfinite(yc)):
             continue
         kernel = band.psf.kernel(size=stamp, dx=xc - round(xc), dy=yc - round(yc))
         st = _stamp(kernel, xc, yc, (0, 0), shape)
         model[st.box] += f * st.cut()
-    return model
+        edge = max(
+            float(np.abs(kernel[0]).max()),
+            float(np.abs(kernel[-1]).max()),
+            float(np.abs(kernel[:, 0]).max()),
+            float(np.abs(kernel[:, -1]).max()),
+        )
+        outer = np.full((2 * stamp + 1, 2 * stamp + 1), abs(f) * edge)
+        h = stamp // 2
+        outer[stamp - h : stamp + h + 1, stamp - h : stamp + h + 1] = 0.0
+        so = _stamp(outer, xc, yc, (0, 0), shape)
+        wing[so.box] = np.maximum(wing[so.box], so.cut())
+    return model, wing
 
 
 def residual_peaks(
@@ -77,8 +105,8 @@ def residual_peaks(
     """
     residual = []
     for p, ph, size in zip(planes, phot, stamps, strict=True):
-        model = model_image(p, found.x, found.y, ph.flux, size)
-        var = p.variance + (config.residual_model_error * model) ** 2
+        model, wing = model_image(p, found.x, found.y, ph.flux, size)
+        var = p.variance + (config.residual_model_error * model) ** 2 + wing**2
         residual.append(replace(p, image=np.where(p.bad, 0.0, p.image - model), variance=var))
     det, linear, _ = detection_image(residual, config.detection_image)
     maxf = ndimage.maximum_filter(linear, size=3, mode="nearest")
