@@ -86,10 +86,20 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
     if config.residual_detection and len(found):
         rx, ry, rpeak = residual_peaks(planes, found, phot, stamps, config)
         if rx.size:
+            n_old = len(found)
             found = add_objects(found, found.linear, rx, ry, rpeak)
+            # Only the groups that the new objects changed are fitted again:
+            # the others' positions and fluxes would come out the same.
+            old = {tuple(g.tolist()) for g in groups}
             groups = stamp_groups(found.x, found.y, stamp, config.max_group)
-            found.x, found.y = _refine_positions(found, planes, groups, config)
-            phot = _photometry(planes, found, groups, stamps, config)
+            redo = [g for g in groups if tuple(g.tolist()) not in old]
+            found.x, found.y = _refine_positions(found, planes, redo, config)
+            phot = [
+                _merge(before, after, n_old, redo)
+                for before, after in zip(
+                    phot, _photometry(planes, found, redo, stamps, config), strict=True
+                )
+            ]
     n = len(found)
     flags = _footprint_flags(found, planes)
     flags[found.n_peaks > 1] |= ObjectFlag.DEBLENDED
@@ -150,6 +160,23 @@ def _photometry(
         )
         for p, size in zip(planes, stamps, strict=True)
     ]
+
+
+def _merge(
+    before: BandPhotometry, after: BandPhotometry, n_old: int, redo: list[np.ndarray]
+) -> BandPhotometry:
+    """First-pass measurements of the first ``n_old`` objects, replaced by ``after``'s
+    for the objects in the refitted groups ``redo``."""
+    idx = np.concatenate(redo) if redo else np.zeros(0, dtype=np.int64)
+    fields = {}
+    for name in ("flux", "flux_err", "psf_fraction", "ap_flux", "ap_flux_err", "clipped_stamp"):
+        new = getattr(after, name).copy()
+        keep = np.ones(new.size, dtype=bool)
+        keep[idx] = False
+        keep[n_old:] = False
+        new[keep] = getattr(before, name)[keep[:n_old]]
+        fields[name] = new
+    return BandPhotometry(**fields)
 
 
 def _prepare(
