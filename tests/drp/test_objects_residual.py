@@ -26,7 +26,8 @@ def _coadd(rng: np.random.Generator, stars: list[tuple[float, float, float]]) ->
     padded = np.pad(rng.normal(0.0, 2.0, SHAPE), pad)
     for x, y, counts in stars:
         ix, iy = round(x), round(y)
-        padded[iy : iy + size, ix : ix + size] += counts * psf.kernel(size=size, dx=x - ix, dy=y - iy)
+        kernel = psf.kernel(size=size, dx=x - ix, dy=y - iy)
+        padded[iy : iy + size, ix : ix + size] += counts * kernel
     cell = SkyCell.centred(150.0, 2.0, SHAPE, 0.2)
     return Exposure(
         image=padded[pad:-pad, pad:-pad].astype(np.float32),

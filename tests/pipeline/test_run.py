@@ -197,13 +197,28 @@ def _isolated_stars(sim: SimField) -> Table:
         edge, top = 15, sim.size - 1 - 15
         parts.append(sim.truth[(x > edge) & (x < top) & (y > edge) & (y < top)])
     truth = vstack(parts)
-    xy = np.column_stack([truth["ra"] * np.cos(np.radians(truth["dec"])), truth["dec"]]) * 3600
+
+    def xy(t: Table) -> np.ndarray:
+        return np.column_stack([t["ra"] * np.cos(np.radians(t["dec"])), t["dec"]]) * 3600
+
+    # Neighbours are looked for in the whole truth catalog: one near a
+    # detector's edge or in a gap (dithers cover them) blends all the same.
     flux = 10 ** (-0.4 * np.asarray(truth["mag_r"]))
-    near = cKDTree(xy).query_ball_point(xy, 3.0)
+    every = 10 ** (-0.4 * np.asarray(sim.truth["mag_r"]))
+    near = cKDTree(xy(sim.truth)).query_ball_point(xy(truth), 3.0)
     alone = np.array(
-        [all(flux[k] <= 0.1 * flux[i] for k in ks if k != i) for i, ks in enumerate(near)]
+        [
+            all(every[k] <= 0.1 * flux[i] or k == i0 for k in ks)
+            for i, (ks, i0) in enumerate(zip(near, _index_in(sim.truth, truth), strict=True))
+        ]
     )
     return truth[(truth["kind"] == "star") & alone]
+
+
+def _index_in(full: Table, part: Table) -> list[int]:
+    """Row of each of ``part``'s sources in ``full`` (by truth id)."""
+    row = {int(i): k for k, i in enumerate(full["id"])}
+    return [row[int(i)] for i in part["id"]]
 
 
 def _matched(story: Story) -> tuple[Table, Table, np.ndarray]:

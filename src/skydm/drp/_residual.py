@@ -9,13 +9,14 @@ models of what was found and looking again at the residual (DAOPHOT's
 FIND/ALLSTAR cycle, Stetson 1987).  Here every first-pass object's forced
 PSF model is subtracted from every band; the residual's detection image is
 built exactly as the first one (same matched filter, same chi² sigma), with
-the variance raised by ``(residual_model_error * model)²`` so that the
+the variance raised by ``(residual_model_error * model)²``, so that the
 imperfect cores of subtracted bright objects do not come back as
-detections (and, beyond each model's stamp, by the square of the model's
-value at the stamp's edge, for the wing the stamp leaves out); its local maxima above ``threshold``, at least
+detections, and beyond each model's stamp by the square of the model's
+value at the stamp's edge, for the wing the stamp leaves out.  Its local
+maxima above ``threshold``, inside a footprint, at least
 ``residual_min_separation`` PSF FWHM from every object and from each other,
-are new objects.  Galaxies are not PSF models: their footprints (first-pass
-objects measured as extended) are not searched.
+and round (``residual_roundness``: the arcs a PSF model leaves around a
+galaxy are not) are new objects.
 """
 
 from __future__ import annotations
@@ -172,7 +173,6 @@ def add_objects(
     """
     if x.size == 0:
         return found
-    n_old = len(found)
     parents = np.zeros_like(found.segmap)
     inside = found.segmap > 0
     parents[inside] = found.parent[found.segmap[inside] - 1]
