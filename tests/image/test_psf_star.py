@@ -165,3 +165,42 @@ def test_a_bright_compact_galaxy_among_few_stars_is_rejected() -> None:
     old = measure_star_psf(exp, StarPsfConfig(median_reference=False))
     assert old.nstars == 4
     assert _flux_ratio(old.psf) > 1.05, (_flux_ratio(old.psf), old)
+
+
+def _four_stars_and_a_haloed_one(seed: int) -> Exposure:
+    """Four stars (S/N ~100) and one six times brighter whose core is the PSF's but
+    which carries a broad halo (10% of its light, a Moffat of 2.5 times the FWHM):
+    a bright PSF candidate contaminated in its wings only (a star on a faint host)."""
+    rng = np.random.default_rng(seed)
+    n, sky, gain, rn = 160, 300.0, 2.0, 5.0
+    model = np.full((n, n), sky)
+    halo = MoffatPsf(2.5 * TRUE.fwhm, 2.5)
+    objects = [((x, y), TRUE, 10 ** rng.uniform(3.9, 4.1)) for x, y in
+               ((40, 40), (120, 40), (40, 120), (120, 120))]  # fmt: skip
+    objects += [((80, 80), TRUE, 10**4.8), ((80, 80), halo, 0.1 * 10**4.8)]
+    for (x, y), psf, flux in objects:
+        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+        ix, iy = round(x), round(y)
+        model[iy - 20 : iy + 21, ix - 20 : ix + 21] += flux * psf.kernel(41, x - ix, y - iy)
+    img = rng.poisson(model * gain) / gain + rng.normal(0, rn / gain, (n, n))
+    exp = Exposure((img - sky).astype(np.float32), info=VisitInfo(gain=gain, read_noise=rn))
+    exp.variance = (model / gain + (rn / gain) ** 2).astype(np.float32)
+    return exp
+
+
+def test_a_weight_cap_keeps_one_bright_haloed_candidate_from_setting_the_wings() -> None:
+    exp = _four_stars_and_a_haloed_one(2)
+    # Uncapped, the haloed star (six times the others' S/N, 36 times their
+    # weight) sets a low beta, is then not broader than the fit, and stays:
+    # PSF fluxes come out ~5% high.
+    old = measure_star_psf(exp)
+    assert old.nstars == 5 and _flux_ratio(old.psf) > 1.03, (_flux_ratio(old.psf), old)
+    capped = measure_star_psf(exp, StarPsfConfig(max_weight=1.0))
+    assert capped.nstars == 4
+    assert abs(_flux_ratio(capped.psf) - 1) < 0.015, (_flux_ratio(capped.psf), capped)
+
+
+def test_max_weight_is_validated() -> None:
+    for bad in (-1.0, 0.5, float("inf")):
+        with pytest.raises(BadValueError, match="max_weight"):
+            StarPsfConfig(max_weight=bad)

@@ -184,8 +184,8 @@ def test_provenance_back_to_the_raws(story: Story, capsys: pytest.CaptureFixture
 
 
 def _isolated_stars(sim: SimField) -> Table:
-    """Truth stars on a detector (15 px from its edges), no neighbour within 3 arcsec
-    brighter than a tenth of their flux."""
+    """Truth stars on a detector (15 px from its edges), no neighbour (any truth source)
+    within 3 arcsec brighter than a tenth of their flux."""
     from astropy.io import fits
     from astropy.wcs import WCS
     from scipy.spatial import cKDTree
@@ -197,13 +197,28 @@ def _isolated_stars(sim: SimField) -> Table:
         edge, top = 15, sim.size - 1 - 15
         parts.append(sim.truth[(x > edge) & (x < top) & (y > edge) & (y < top)])
     truth = vstack(parts)
-    xy = np.column_stack([truth["ra"] * np.cos(np.radians(truth["dec"])), truth["dec"]]) * 3600
+
+    def xy(t: Table) -> np.ndarray:
+        return np.column_stack([t["ra"] * np.cos(np.radians(t["dec"])), t["dec"]]) * 3600
+
+    # Neighbours are looked for in the whole truth catalog: one near a
+    # detector's edge or in a gap (dithers cover them) blends all the same.
     flux = 10 ** (-0.4 * np.asarray(truth["mag_r"]))
-    near = cKDTree(xy).query_ball_point(xy, 3.0)
+    every = 10 ** (-0.4 * np.asarray(sim.truth["mag_r"]))
+    near = cKDTree(xy(sim.truth)).query_ball_point(xy(truth), 3.0)
     alone = np.array(
-        [all(flux[k] <= 0.1 * flux[i] for k in ks if k != i) for i, ks in enumerate(near)]
+        [
+            all(every[k] <= 0.1 * flux[i] or k == i0 for k in ks)
+            for i, (ks, i0) in enumerate(zip(near, _index_in(sim.truth, truth), strict=True))
+        ]
     )
     return truth[(truth["kind"] == "star") & alone]
+
+
+def _index_in(full: Table, part: Table) -> list[int]:
+    """Row of each of ``part``'s sources in ``full`` (by truth id)."""
+    row = {int(i): k for k, i in enumerate(full["id"])}
+    return [row[int(i)] for i in part["id"]]
 
 
 def _matched(story: Story) -> tuple[Table, Table, np.ndarray]:
@@ -239,13 +254,13 @@ def test_objects_complete_at_snr_10(story: Story) -> None:
 @pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-12-07 (4 detectors, 5 visits per band; calexp PSF candidates "
-    "checked against the sample's median width), median ratio g/r: 1.004/0.999 (7), "
-    "1.010/1.002 (43), 1.005/0.983 (61), 1.006/0.992 (89); held out: 1.008/0.995 (97), "
-    "1.024/1.020 (101), 1.008/1.002 (103), 1.002/1.005 (107), 1.003/1.004 (109), "
-    "1.002/1.004 (113); g and r within 1% on 8 of these 10: calexp PSFs broadened by "
-    "contaminated PSF stars (101), a faint r deficit (61), see docs/drp.md, Where the "
-    "remaining flux errors come from",
+    reason="measured 2026-12-07 (4 detectors, 5 visits per band; residual detection pass), "
+    "median ratio g/r: 1.004/1.000 (7), 1.010/1.002 (43), 1.005/0.987 (61), 1.006/0.992 (89); "
+    "held out: 1.009/0.996 (97), 1.024/1.021 (101), 1.008/1.002 (103), 1.002/1.005 (107), "
+    "1.006/1.006 (109), 1.002/1.004 (113), 1.002/1.002 (23), 1.000/0.993 (83), "
+    "1.022/1.003 (282), 1.003/1.000 (563), 1.001/1.004 (728); g within 1% on 12 of 15 "
+    "fields, r on 13: calexp PSFs broadened by contaminated PSF stars (101), 282 g not yet "
+    "traced, a faint r deficit (61), see docs/drp.md, Where the remaining flux errors come from",
 )
 def test_objects_flux_matches_truth(story: Story) -> None:
     table, stars, matched = _matched(story)

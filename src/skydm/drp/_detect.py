@@ -63,6 +63,8 @@ class Detections:
         Footprints: object ``k`` holds the pixels labelled ``k + 1``.
     image : numpy.ndarray
         The detection image (sigma).
+    linear : numpy.ndarray
+        The linear S/N-sum map that peaks and footprints were found on.
     """
 
     x: np.ndarray
@@ -73,6 +75,7 @@ class Detections:
     n_peaks: np.ndarray
     segmap: np.ndarray
     image: np.ndarray
+    linear: np.ndarray
 
     def __len__(self) -> int:
         return int(self.x.size)
@@ -305,4 +308,5 @@ def detect(bands: Sequence[BandPlanes], config: ObjectConfig) -> Detections:
         n_peaks=counts[parent].astype(np.int64),
         segmap=segmap,
         image=det,
+        linear=linear,
     )

@@ -64,6 +64,22 @@ class ObjectConfig:
     centroid_max_shift : float
         Largest move of that fit, pixels; an object that would move further
         (a blend the fit cannot untangle) keeps its detection centroid.
+    residual_detection : bool
+        Detect a second time on the coadds with the first pass's PSF models
+        subtracted (finds faint objects on the slopes of bright ones; see
+        ``docs/drp.md``).
+    residual_model_error : float
+        Fractional error of a subtracted PSF model per pixel: the residual's
+        variance gains ``(residual_model_error * model)**2``, so that the
+        imperfect cores of bright objects do not come back as detections.
+    residual_min_separation : float
+        Least distance, in PSF FWHM, of a residual detection from any object
+        (and from another residual detection).
+    residual_roundness : float
+        Least ratio of the smaller to the larger curvature of the residual
+        S/N map at a residual detection (1 for a round point source; the
+        arcs a PSF model leaves around a galaxy are near 0); 0 switches the
+        test off.
     subtract_background : bool
         Re-estimate and subtract a smooth background from each coadd first.
     background_box : int
@@ -113,6 +129,10 @@ class ObjectConfig:
     deblend_cont: float = 0.005
     centroid_iterations: int = 2
     centroid_max_shift: float = 1.5
+    residual_detection: bool = True
+    residual_model_error: float = 0.1
+    residual_min_separation: float = 1.5
+    residual_roundness: float = 0.5
     subtract_background: bool = False
     background_box: int = 128
     psf_stamp: int = 41
@@ -139,8 +159,20 @@ class ObjectConfig:
             "extended_nsigma",
             "peak_prominence",
             "centroid_max_shift",
+            "residual_min_separation",
         ):
             positive(name)
+        if not isinstance(self.residual_detection, bool):
+            raise BadValueError("residual_detection", self.residual_detection, "true or false")
+        if not (0 <= self.residual_roundness <= 1):
+            raise BadValueError("residual_roundness", self.residual_roundness, "a ratio in [0, 1]")
+        value = self.residual_model_error
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0 <= value < math.inf)
+        ):
+            raise BadValueError("residual_model_error", value, "a finite number >= 0")
         if self.detection_image not in DETECTION_IMAGES:
             raise BadValueError(
                 "detection_image", self.detection_image, f"one of {', '.join(DETECTION_IMAGES)}"

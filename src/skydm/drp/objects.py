@@ -23,6 +23,7 @@ from skydm.drp._photometry import (
     position_shifts,
     stamp_groups,
 )
+from skydm.drp._residual import add_objects, residual_peaks
 from skydm.drp.config import ObjectConfig, ObjectFlag
 from skydm.errors import BadValueError, UserError
 from skydm.image.detect import estimate_background
@@ -77,22 +78,29 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
     first = coadds[bands[0]]
     wcs = first.require_wcs("the Object table's coordinates")
     found = detect(planes, config)
-    n = len(found)
     stamp = max(min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes)
+    stamps = [min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes]
     groups = stamp_groups(found.x, found.y, stamp, config.max_group)
-    x, y = _refine_positions(found, planes, groups, config)
-    found.x, found.y = x, y
-    phot = [
-        measure_band(
-            p,
-            found.x,
-            found.y,
-            groups,
-            stamp=min(p.psf.default_size(), config.psf_stamp) | 1,
-            aperture_radius=_aperture_px(p, config),
-        )
-        for p in planes
-    ]
+    found.x, found.y = _refine_positions(found, planes, groups, config)
+    phot = _photometry(planes, found, groups, stamps, config)
+    if config.residual_detection and len(found):
+        rx, ry, rpeak = residual_peaks(planes, found, phot, stamps, config)
+        if rx.size:
+            n_old = len(found)
+            found = add_objects(found, found.linear, rx, ry, rpeak)
+            # Only the groups that the new objects changed are fitted again:
+            # the others' positions and fluxes would come out the same.
+            old = {tuple(g.tolist()) for g in groups}
+            groups = stamp_groups(found.x, found.y, stamp, config.max_group)
+            redo = [g for g in groups if tuple(g.tolist()) not in old]
+            found.x, found.y = _refine_positions(found, planes, redo, config)
+            phot = [
+                _merge(before, after, n_old, redo)
+                for before, after in zip(
+                    phot, _photometry(planes, found, redo, stamps, config), strict=True
+                )
+            ]
+    n = len(found)
     flags = _footprint_flags(found, planes)
     flags[found.n_peaks > 1] |= ObjectFlag.DEBLENDED
     for ph in phot:
@@ -136,6 +144,39 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
             ).astype(np.float32)
     table["flags"] = flags.astype(np.int64)
     return table
+
+
+def _photometry(
+    planes: list[BandPlanes],
+    found: Detections,
+    groups: list[np.ndarray],
+    stamps: list[int],
+    config: ObjectConfig,
+) -> list[BandPhotometry]:
+    """Forced PSF and aperture photometry of every object in every band."""
+    return [
+        measure_band(
+            p, found.x, found.y, groups, stamp=size, aperture_radius=_aperture_px(p, config)
+        )
+        for p, size in zip(planes, stamps, strict=True)
+    ]
+
+
+def _merge(
+    before: BandPhotometry, after: BandPhotometry, n_old: int, redo: list[np.ndarray]
+) -> BandPhotometry:
+    """First-pass measurements of the first ``n_old`` objects, replaced by ``after``'s
+    for the objects in the refitted groups ``redo``."""
+    idx = np.concatenate(redo) if redo else np.zeros(0, dtype=np.int64)
+    fields = {}
+    for name in ("flux", "flux_err", "psf_fraction", "ap_flux", "ap_flux_err", "clipped_stamp"):
+        new = getattr(after, name).copy()
+        keep = np.ones(new.size, dtype=bool)
+        keep[idx] = False
+        keep[n_old:] = False
+        new[keep] = getattr(before, name)[keep[:n_old]]
+        fields[name] = new
+    return BandPhotometry(**fields)
 
 
 def _prepare(

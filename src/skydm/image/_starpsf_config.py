@@ -6,6 +6,7 @@ is built, and the named product it returns.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from skydm.errors import BadValueError
@@ -46,6 +47,13 @@ class StarPsfConfig:
         Compare each candidate's own FWHM with the smaller of the common
         fit's and the candidates' median (not the common fit's alone, which
         a bright compact galaxy among a few stars sets).
+    max_weight : float
+        Largest weight of one candidate in the common profile fit, in units
+        of the median candidate's (weights go as S/N²; a candidate above
+        the cap has its residuals scaled down to it); 0 leaves the weights
+        as they are.  With a few stars per detector one bright contaminant
+        (a star with a close galaxy, a transient on its host) otherwise
+        sets the wings.
     residual_radius : float
         Radius, in FWHM, of the pixel residual.
     fit_sky : bool
@@ -72,6 +80,7 @@ class StarPsfConfig:
     reject_nsigma: float = 3.0
     reject_fraction: float = 0.02
     median_reference: bool = True
+    max_weight: float = 0.0
     residual_radius: float = 2.0
     fit_sky: bool = False
     max_side: int = 1024
@@ -100,6 +109,10 @@ class StarPsfConfig:
             raise BadValueError("reject_nsigma", self.reject_nsigma, "a positive number of sigma")
         if not isinstance(self.median_reference, bool):
             raise BadValueError("median_reference", self.median_reference, "True or False")
+        if isinstance(self.max_weight, bool) or not (0 <= self.max_weight < math.inf):
+            raise BadValueError("max_weight", self.max_weight, "a weight ratio >= 1, or 0 (off)")
+        if 0 < self.max_weight < 1:
+            raise BadValueError("max_weight", self.max_weight, "a weight ratio >= 1, or 0 (off)")
         if not self.reject_fraction >= 0:
             raise BadValueError("reject_fraction", self.reject_fraction, "a fraction >= 0")
         if self.region_stars < self.min_stars:

@@ -414,12 +414,20 @@ def _fit_profile(s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig) -> tu
     """
     free = cfg.beta_sigma > 0
     s = _crop(s, 2 * math.ceil(cfg.fit_fwhm * fwhm) + 1)
+    # A candidate's chi-square weight goes as its S/N squared; above the cap
+    # (max_weight times the median candidate's) its residuals are scaled down.
+    scale = np.ones(len(s.snr))
+    if cfg.max_weight > 0 and len(s.snr):
+        ref = float(np.median(s.snr)) * math.sqrt(cfg.max_weight)
+        scale = np.minimum(1.0, ref / np.maximum(s.snr, 1e-12))
+    scale = scale[:, None, None]
 
     def resid(p: np.ndarray) -> np.ndarray:
         if not free:
-            return _chi(s, float(p[0]), beta, cfg).ravel()
+            return (_chi(s, float(p[0]), beta, cfg) * scale).ravel()
         prior = (p[1] - cfg.beta_prior) / cfg.beta_sigma
-        return np.concatenate([_chi(s, float(p[0]), float(p[1]), cfg).ravel(), [prior]])
+        chi = _chi(s, float(p[0]), float(p[1]), cfg) * scale
+        return np.concatenate([chi.ravel(), [prior]])
 
     start = np.array([fwhm, beta]) if free else np.array([fwhm])
     lo = [0.5, 1.2] if free else [0.5]
