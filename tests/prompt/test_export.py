@@ -58,7 +58,11 @@ def test_a_worker_killed_during_its_export_loses_and_duplicates_nothing(
 ) -> None:
     from skydm.archive import ingest_files
 
-    night = NightConfig(visits=1, detectors=DETECTORS, size=SIZE, templates=3)
+    # The focal plane of the templates, with only its first detector's raw rendered.
+    night = NightConfig(
+        visits=1, detectors=DETECTORS, size=SIZE, templates=3,
+        missing=tuple((1, d) for d in range(1, DETECTORS)),
+    )  # fmt: skip
     prepared = prepare_night(repo, night)
     visit = min(prepared.visits)
     sim, raw = prepared.visits[visit][0]
