@@ -93,8 +93,8 @@ def _quantize(  # pragma: no cover - compiled; tested through the readers
 def dither_seed(data: np.ndarray) -> int:
     """A reproducible ``ZDITHER0`` in 1..10000 from the plane's own bytes (as DES does)."""
     # The array's buffer is hashed in place (``tobytes`` would copy the plane).
-    digest = hashlib.sha256(np.ascontiguousarray(data).reshape(-1).view(np.uint8)).digest()
-    return int.from_bytes(digest[:4], "big") % N_RANDOM + 1
+    digest = hashlib.sha256(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
+    return int.from_bytes(digest.digest()[:4], "big") % N_RANDOM + 1
 
 
 def quantizable(data: np.ndarray, quantum: float) -> bool:
