@@ -8,7 +8,9 @@ with ``--workers`` worker processes:
   and ``detector_latency_p95_s`` are raw landed -> the detector's last alert
   acknowledged by Kafka (preload excluded, as Rubin's design allows), and
   ``stages_s`` the p50 seconds of every stage (``preload`` counts from the
-  next-visit event, ``queue`` from the raw landing to a worker starting);
+  next-visit event, ``queue`` from the raw landing to a worker starting,
+  ``export`` is the detector's outputs written after its alerts, outside
+  the latency);
 * a night of ``--visits`` four-detector visits: ``visit_4det_over_1det`` is
   the p50 over visits of (first raw landed -> last alert of the visit)
   divided by the same for the one-detector visits.

@@ -20,6 +20,7 @@ measures it against ``fpack -q 16``.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 from astropy.io import fits
@@ -54,6 +55,13 @@ RANDOMS = _standard_randoms()
 def _quantize(  # pragma: no cover - compiled; tested through the readers
     x: np.ndarray, tile: int, first_row: int, scale: float, randoms: np.ndarray, out: np.ndarray
 ) -> None:
+    """Quantize the flat plane ``x`` into ``out``: big-endian int32 bytes (``4 * x.size``).
+
+    ``x`` may be float32 or float64: ``v * inv`` is computed in float64 either
+    way (a float32 is promoted exactly, as cfitsio promotes it), so the
+    integers do not depend on the input's width; writing them big-endian
+    here saves the Rice coder a byte-swapped copy.
+    """
     n = x.size
     inv = 1.0 / scale
     for start in range(0, n, tile):
@@ -61,14 +69,19 @@ def _quantize(  # pragma: no cover - compiled; tested through the readers
         iseed = (row - 1) % N_RANDOM
         nextrand = int(randoms[iseed] * 500.0)
         for i in range(start, min(start + tile, n)):
-            v = x[i]
+            v = np.float64(x[i])
             if v != v:
-                out[i] = NULL_VALUE
+                q = NULL_VALUE
             elif v == 0.0:
-                out[i] = ZERO_VALUE
+                q = ZERO_VALUE
             else:
-                q = v * inv + randoms[nextrand] - 0.5
-                out[i] = int(q + 0.5) if q >= 0.0 else int(q - 0.5)
+                f = v * inv + randoms[nextrand] - 0.5
+                q = int(f + 0.5) if f >= 0.0 else int(f - 0.5)
+            k = 4 * i
+            out[k] = np.uint8((q >> 24) & 255)
+            out[k + 1] = np.uint8((q >> 16) & 255)
+            out[k + 2] = np.uint8((q >> 8) & 255)
+            out[k + 3] = np.uint8(q & 255)
             nextrand += 1
             if nextrand == N_RANDOM:
                 iseed += 1
@@ -79,14 +92,24 @@ def _quantize(  # pragma: no cover - compiled; tested through the readers
 
 def dither_seed(data: np.ndarray) -> int:
     """A reproducible ``ZDITHER0`` in 1..10000 from the plane's own bytes (as DES does)."""
-    digest = hashlib.sha256(np.ascontiguousarray(data).tobytes()).digest()
-    return int.from_bytes(digest[:4], "big") % N_RANDOM + 1
+    # The array's buffer is hashed in place (``tobytes`` would copy the plane).
+    digest = hashlib.sha256(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
+    return int.from_bytes(digest.digest()[:4], "big") % N_RANDOM + 1
 
 
 def quantizable(data: np.ndarray, quantum: float) -> bool:
     """Whether every finite value fits the quantized integers at step ``quantum``."""
-    finite = data[np.isfinite(data)]
-    return finite.size == 0 or float(np.abs(finite).max()) / quantum < _INT_LIMIT
+    if data.size == 0:
+        return True
+    # fmax/fmin skip NaNs without a copy of the finite values; an infinity
+    # (never quantized: the plane is stored losslessly) takes the slow path.
+    hi, lo = float(np.fmax.reduce(data, axis=None)), float(np.fmin.reduce(data, axis=None))
+    if math.isnan(hi):
+        return True  # every value NaN
+    if math.isinf(hi) or math.isinf(lo):
+        finite = data[np.isfinite(data)]
+        return finite.size == 0 or float(np.abs(finite).max()) / quantum < _INT_LIMIT
+    return max(abs(hi), abs(lo)) / quantum < _INT_LIMIT
 
 
 def quantized_image_hdu(
@@ -107,12 +130,17 @@ def quantized_image_hdu(
     tile_rows : int
         Rows per tile.
     """
-    flat = np.ascontiguousarray(data, dtype=np.float64).ravel()
-    seed = dither_seed(data)
+    seed = dither_seed(data)  # of the plane as given (its byte order and width)
+    zbitpix = -8 * data.dtype.itemsize
+    native = data.dtype.newbyteorder("=")
+    if native not in (np.float32, np.float64):
+        native = np.dtype(np.float64)
+    # No copy of a C-ordered native plane (the compiled loop promotes each value).
+    flat = np.ascontiguousarray(data, dtype=native).reshape(-1)
     tile = tile_rows * data.shape[1]
-    ints = np.empty(flat.size, np.int32)
-    _quantize(flat, tile, seed, float(quantum), RANDOMS, ints)
-    coded, ends = rice_tiles(ints.astype(">i4").view(np.uint8), 4, tile)
+    be = np.empty(4 * flat.size, np.uint8)  # the quantized plane as big-endian int32
+    _quantize(flat, tile, seed, float(quantum), RANDOMS, be)
+    coded, ends = rice_tiles(be, 4, tile)
     n_tiles = len(ends)
     cards = fits.Header()
     cards["ZQUANTIZ"] = ("SUBTRACTIVE_DITHER_2", "dithered quantization, zeros kept exactly")
@@ -123,7 +151,7 @@ def quantized_image_hdu(
     zero = np.zeros(n_tiles, dtype=">f8")
     return tile_table_hdu(
         coded.data, ends, cards, name,
-        zbitpix=-8 * data.dtype.itemsize, shape=data.shape, tile_rows=tile_rows,
+        zbitpix=zbitpix, shape=data.shape, tile_rows=tile_rows,
         cmptype="RICE_1", zparams=(("BLOCKSIZE", BLOCK), ("BYTEPIX", 4)),
         columns=(("ZSCALE", scale), ("ZZERO", zero)),
     )  # fmt: skip
@@ -133,7 +161,7 @@ def rice_int_hdu(
     data: np.ndarray, header: fits.Header, name: str, *, tile_rows: int
 ) -> fits.BinTableHDU:
     """A lossless ``RICE_1`` HDU of a 2-d int32 plane (the mask)."""
-    ints = np.ascontiguousarray(data, dtype=">i4")
+    ints = np.ascontiguousarray(data, dtype=">i4")  # one copy, swapped as it is made
     coded, ends = rice_tiles(ints.view(np.uint8), 4, tile_rows * data.shape[1])
     return tile_table_hdu(
         coded.data, ends, header, name,

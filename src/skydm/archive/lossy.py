@@ -217,7 +217,8 @@ def encode_exposure_hdulist(
             header["SDMCODEC"] = ("lossless", "skydm write recipe of this plane")
             # int32 (mask bits stay below 2^31) so Rice codes it with no BZERO offset.
             rows = _tile_shape(mask.shape)[0]
-            out.append(rice_int_hdu(mask.astype(np.int32), header, "MASK", tile_rows=rows))
+            # One big-endian copy (rice_int_hdu keeps it): no native int32 copy first.
+            out.append(rice_int_hdu(mask.astype(">i4"), header, "MASK", tile_rows=rows))
         else:
             out.append(hdu)
     return fits.HDUList(out), report

@@ -64,6 +64,12 @@ class PromptConfig:
         gives the centre only).
     template_cache : int
         Templates a worker process keeps in memory between detectors.
+    keep_diff_template : bool
+        Also write each detector's ``diff_template`` (the template on the
+        calexp's grid, uncompressed: 200 MB at 4096²) to the repository.
+        Only ``ap`` reads it, and the service hands it over in memory; keep
+        it for a later ``skydm run ap`` to see the detector's ``diffim`` as
+        done.
     pipeline : tuple of str
         ``KEY=VALUE`` / ``TASK.KEY=VALUE`` overrides of the ``ap`` pipeline's
         task configs (the sky grid of the templates, the diffim method...).
@@ -82,6 +88,7 @@ class PromptConfig:
     template_min_coverage: float = 0.5
     preload_radius_deg: float = 0.2
     template_cache: int = 4
+    keep_diff_template: bool = False
     pipeline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -122,6 +129,8 @@ class PromptConfig:
             raise BadValueError("preload_radius_deg", self.preload_radius_deg, "0 to 5 degrees")
         if not 1 <= self.template_cache <= 64:
             raise BadValueError("template_cache", self.template_cache, "1 to 64 templates")
+        if not isinstance(self.keep_diff_template, bool):
+            raise BadValueError("keep_diff_template", self.keep_diff_template, "true or false")
         for item in self.pipeline:
             if "=" not in item:
                 raise BadValueError("pipeline", item, "KEY=VALUE or TASK.KEY=VALUE")

@@ -5,9 +5,11 @@ state, attempts, the worker process holding it, and one wall-clock time
 (Unix seconds) per stage: ``event`` (next-visit event received), ``raw``
 (raw-arrival notification received), ``preload`` (template and DIA objects
 loaded), ``start`` (the worker began on the raw), ``calibrate``, ``diffim``,
-``association`` (APDB committed) and ``alerts`` (every alert acknowledged by
-Kafka).  The service and its workers write it (SQLite in WAL mode, short
-transactions); ``skydm prompt status`` reads it.
+``association`` (APDB committed), ``alerts`` (every alert acknowledged by
+Kafka) and ``export`` (the detector's outputs written to the repository,
+after its alerts; outside the latency).  The service and its workers write
+it (SQLite in WAL mode, short transactions); ``skydm prompt status`` reads
+it.
 
 The table is also the service's durable queue: a detector-visit announced by
 an event is written with what its job needs (expected centre, deadline)
@@ -29,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 #: Stage timestamps, in the order they happen.
-STAMPS = ("event", "raw", "preload", "start", "calibrate", "diffim", "association", "alerts")
+STAMPS = (
+    "event", "raw", "preload", "start", "calibrate", "diffim", "association", "alerts", "export",
+)  # fmt: skip
 #: Stage durations reported by ``status`` and the metrics: name -> (from stamp, to stamp).
 STAGES: dict[str, tuple[str, str]] = {
     "preload": ("event", "preload"),
@@ -41,6 +45,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "alerts": ("association", "alerts"),
     # What the latency budget is about: raw landed -> last alert acknowledged.
     "latency": ("raw", "alerts"),
+    # The detector's outputs written to the repository, after its alerts
+    # (skydm.prompt.handoff): outside the latency.
+    "export": ("alerts", "export"),
 }
 STATES = ("waiting", "ready", "running", "done", "timed_out", "failed")
 #: States of a detector-visit not ended: a restarted service resumes these.
@@ -57,7 +64,7 @@ CREATE TABLE IF NOT EXISTS detector_visit (
     PRIMARY KEY (instrument, visit, detector));
 """
 #: Columns added since the first version of the table (added to an older table on opening).
-_ADDED = ("ra REAL", "dec REAL", "deadline REAL")
+_ADDED = ("ra REAL", "dec REAL", "deadline REAL", "t_export REAL")
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ own pool, or as Dask tasks), so that no worker sits idle waiting for a raw:
    send the same message; ``alerts`` is stamped once every message of the
    detector is acknowledged.
 
-Outputs are written to the repository with provenance as ``skydm run ap``
-writes them.  Everything is idempotent: a detector-visit retried after its
-worker died redoes what was not committed (outputs are replaced; the APDB
-keeps a visit only once; the outbox keeps one row per diaSourceId and topic).
+Every dataset goes from task to task in memory (:mod:`skydm.prompt.handoff`)
+and is written to the repository, with provenance as ``skydm run ap``
+writes it, only after the alerts are acknowledged (stamp ``export``).
+Everything is idempotent: a detector-visit retried after its worker died
+redoes what was not committed (outputs are replaced; the APDB keeps a visit
+only once; the outbox keeps one row per diaSourceId and topic).
 """
 
 from __future__ import annotations
@@ -38,17 +40,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from skydm.errors import UserError
-from skydm.pipeline.io import UnitIO
 from skydm.pipeline.task import DatasetKey, Task
 from skydm.prompt.config import PromptConfig
+from skydm.prompt.handoff import Handoff, HandoffIO
 from skydm.prompt.locks import file_lock, region_cells, region_lock
 from skydm.prompt.timing import TimingStore, now
-from skydm.repo import DataId, DatasetRef, Repository
+from skydm.repo import DataId, Repository
 
 if TYPE_CHECKING:
     from skydm.alerts.transport import KafkaTransport
     from skydm.image import Exposure
-    from skydm.pipeline.task import TaskConfig, WorkUnit
 
 OUTBOX_LOCK = "prompt/locks/outbox.lock"
 
@@ -115,49 +116,6 @@ class Preloaded:
 
     template_keys: tuple[DatasetKey, ...]
     n_objects: int
-
-
-class MemoryIO(UnitIO):
-    """A :class:`UnitIO` that also hands Exposures over in memory.
-
-    Exposures in ``cache`` (the preloaded template, what an earlier stage of
-    the same detector wrote) are returned without reading them back; every
-    Exposure written is stored in the repository as usual and added to
-    ``cache``.
-    """
-
-    def __init__(
-        self,
-        repo: Repository,
-        unit: WorkUnit,
-        config: TaskConfig,
-        run_id: str,
-        cache: dict[DatasetKey, Exposure],
-    ) -> None:
-        super().__init__(repo, unit, config, run_id)
-        self.cache = cache
-
-    def exposure(self, key: DatasetKey) -> Exposure:
-        """An input Exposure, from memory when this worker holds it.
-
-        Its visit metadata is completed from the data ID, as
-        :meth:`Repository.get_exposure` does when it reads one back (a raw's
-        header may lack the detector number that ingest translated).
-        """
-        found = self.cache.get(key)
-        if found is None:
-            return super().exposure(key)
-        info, d = found.info, key.data_id
-        info.instrument, info.detector, info.visit, info.band = (
-            d.instrument, d.detector, d.visit, d.band,
-        )  # fmt: skip
-        return found
-
-    def put_exposure(self, key: DatasetKey, exposure: Exposure) -> DatasetRef:
-        """Store an output Exposure and keep it in memory."""
-        ref = super().put_exposure(key, exposure)
-        self.cache[key] = exposure
-        return ref
 
 
 #: What a detector-visit imports; a worker imports it on starting, before any
@@ -390,29 +348,40 @@ def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutc
             preload(repo, job, tasks["diffim"])
             store.stamp(inst, visit, det, "preload", now(), keep=True)
         run_id = f"prompt-v{visit}"
-        cache: dict[DatasetKey, Exposure] = {}
+        # Every dataset goes from task to task in memory and is written only
+        # after the alerts (skydm.prompt.handoff), as Rubin's Prompt
+        # Processing exports its local butler's outputs afterwards.
+        skip = frozenset() if job.config.keep_diff_template else frozenset({"diff_template"})
+        handoff = Handoff(skip=skip)
 
         calexp_key = DatasetKey("calexp", data_id)
-        _run(tasks["calibrate"], repo, run_id, cache, [DatasetKey("raw", data_id)], [calexp_key])
+        _run(tasks["calibrate"], repo, run_id, handoff, [DatasetKey("raw", data_id)], [calexp_key])
         store.stamp(inst, visit, det, "calibrate", now())
 
-        calexp = cache[calexp_key]
-        template_key, cache[template_key] = _choose_template(repo, job, tasks["diffim"], calexp)
+        calexp = handoff.objects[calexp_key]
+        template_key, handoff.objects[template_key] = _choose_template(
+            repo, job, tasks["diffim"], calexp
+        )
         diff_outputs = [DatasetKey(t, data_id) for t in ("diff", "dia_src", "diff_template")]
-        _run(tasks["diffim"], repo, run_id, cache, [calexp_key, template_key], diff_outputs)
+        _run(tasks["diffim"], repo, run_id, handoff, [calexp_key, template_key], diff_outputs)
         store.stamp(inst, visit, det, "diffim", now())
 
         apdb_url = apdb_location(job.config, job.root)
         cells = association_cells(calexp, job.config)
         summary_key = DatasetKey("alert_summary", data_id)
         with region_lock(apdb_url, cells):
-            _run(tasks["ap"], repo, run_id, cache, [calexp_key, *diff_outputs], [summary_key])
+            _run(tasks["ap"], repo, run_id, handoff, [calexp_key, *diff_outputs], [summary_key])
         store.stamp(inst, visit, det, "association", now())
-        summary = json.loads(repo.get_bytes("alert_summary", data_id))
+        summary = json.loads(handoff.bytes_of(summary_key))
 
         if job.bootstrap:
             _stream(job)
         store.stamp(inst, visit, det, "alerts", now())
+        # A worker killed before (or during) this computes the detector again
+        # on its retry: the APDB keeps the association single, the outbox the
+        # alerts, and each file is registered only once written.
+        handoff.export(repo)
+        store.stamp(inst, visit, det, "export", now())
     n_sources = int(summary.get("n_sources") or 0)
     n_alerts = summary.get("n_alerts")
     n_alerts = n_sources if n_alerts is None else int(n_alerts)
@@ -430,12 +399,12 @@ def _run(
     task: Task,
     repo: Repository,
     run_id: str,
-    cache: dict[DatasetKey, Exposure],
+    handoff: Handoff,
     inputs: list[DatasetKey],
     outputs: list[DatasetKey],
 ) -> None:
     unit = task.unit(outputs[0].data_id, inputs, outputs)
-    task.run(unit, MemoryIO(repo, unit, task.config, run_id, cache))
+    task.run(unit, HandoffIO(repo, unit, task.config, run_id, handoff))
 
 
 #: One Kafka producer per worker process and bootstrap, reused by every
