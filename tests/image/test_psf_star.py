@@ -204,3 +204,18 @@ def test_max_weight_is_validated() -> None:
     for bad in (-1.0, 0.5, float("inf")):
         with pytest.raises(BadValueError, match="max_weight"):
             StarPsfConfig(max_weight=bad)
+
+
+def test_calibrate_task_passes_the_weight_cap_to_the_calexp_psf() -> None:
+    from skydm.pipeline.calibrate import _psf
+    from skydm.pipeline.tasks.visit import CalibrateConfig
+
+    cfg = CalibrateConfig.from_overrides({"psf_max_weight": 1}, where="-c")
+    assert isinstance(cfg, CalibrateConfig) and cfg.psf_max_weight == 1.0
+    for bad in (0.5, -1.0, float("inf")):
+        with pytest.raises(BadValueError, match="calibrate.psf_max_weight"):
+            CalibrateConfig(psf_max_weight=bad)
+    # calibrate_raw's PSF step with the cap gives the capped fit, not the default one.
+    exp = _four_stars_and_a_haloed_one(2)
+    psf = _psf(exp, False, StarPsfConfig(max_weight=cfg.psf_max_weight))
+    assert abs(_flux_ratio(psf) - 1) < 0.015, _flux_ratio(psf)

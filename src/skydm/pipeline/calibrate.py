@@ -19,7 +19,7 @@ import numpy as np
 from skydm.errors import UserError
 from skydm.image import Exposure, Mask, MoffatPsf
 from skydm.image.psf import Psf
-from skydm.image.starpsf import measure_star_psf
+from skydm.image.starpsf import StarPsfConfig, measure_star_psf
 from skydm.pipeline.cosmics import CosmicRayConfig, repair_cosmic_rays
 from skydm.pipeline.isr import remove_signature
 from skydm.pipeline.sky import BackgroundConfig, masked_background
@@ -41,11 +41,14 @@ class CalibrateConfig:
     psf_fallback : bool
         When too few stars are found to measure a PSF, use a Moffat profile
         with the header's seeing instead of failing.
+    psf : StarPsfConfig
+        The star PSF measurement (:func:`skydm.image.starpsf.measure_star_psf`).
     """
 
     cosmic_rays: CosmicRayConfig = field(default_factory=CosmicRayConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     psf_fallback: bool = True
+    psf: StarPsfConfig = field(default_factory=StarPsfConfig)
 
 
 def calibrate_raw(
@@ -114,7 +117,7 @@ def calibrate_raw(
     signal += np.float32((isr.read_noise / gain) ** 2)
     exp.variance = signal
     exp.variance[(mask & np.uint32(Mask.NO_DATA)) != 0] = np.inf
-    exp.psf = _psf(exp, cfg.psf_fallback)
+    exp.psf = _psf(exp, cfg.psf_fallback, cfg.psf)
     return exp
 
 
@@ -130,12 +133,12 @@ def _pixel_scale(exp: Exposure) -> float:
     return float(np.sqrt(abs(np.linalg.det(exp.wcs.pixel_scale_matrix)))) * 3600.0
 
 
-def _psf(exp: Exposure, fallback: bool) -> Psf:
+def _psf(exp: Exposure, fallback: bool, config: StarPsfConfig) -> Psf:
     # The stars' joint Moffat fit (skydm.image.starpsf; docs/drp.md, The PSF
     # model): a stacked pixel PSF took compact galaxies for stars and lost
     # its wings to a 25-pixel stamp.
     try:
-        return measure_star_psf(exp).psf
+        return measure_star_psf(exp, config).psf
     except UserError:
         if not fallback or not math.isfinite(exp.info.seeing) or exp.wcs is None:
             raise

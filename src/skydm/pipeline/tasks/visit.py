@@ -31,9 +31,19 @@ class CalibrateConfig(TaskConfig):
     ----------
     psf_fallback : bool
         With too few stars for a PSF, use a Moffat of the header's seeing.
+    psf_max_weight : float
+        Cap on one PSF candidate's weight in the common profile fit, in units
+        of the median candidate's (:class:`skydm.image.StarPsfConfig`
+        ``max_weight``); 0 is off.
     """
 
     psf_fallback: bool = True
+    psf_max_weight: float = 0.0
+
+    def validate(self) -> None:
+        w = self.psf_max_weight
+        if isinstance(w, bool) or not (w == 0 or 1 <= w < math.inf):
+            raise BadValueError("calibrate.psf_max_weight", w, "a weight ratio >= 1, or 0 (off)")
 
 
 class CalibrateTask(Task):
@@ -53,7 +63,14 @@ class CalibrateTask(Task):
         from skydm.pipeline.calibrate import calibrate_raw
 
         assert isinstance(self.config, CalibrateConfig)
-        calexp = calibrate_raw(io.exposure(unit.inputs[0]), psf_fallback=self.config.psf_fallback)
+        from skydm.image.starpsf import StarPsfConfig
+        from skydm.pipeline.calibrate import CalibrateConfig as Settings
+
+        settings = Settings(
+            psf_fallback=self.config.psf_fallback,
+            psf=StarPsfConfig(max_weight=self.config.psf_max_weight),
+        )
+        calexp = calibrate_raw(io.exposure(unit.inputs[0]), config=settings)
         io.put_exposure(unit.outputs[0], calexp)
 
 
