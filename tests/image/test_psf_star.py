@@ -4,6 +4,7 @@ compact galaxies outnumber and outshine the stars."""
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pytest
@@ -135,24 +136,35 @@ def test_wing_pixels_match_full_subpixel_integration(fwhm: float, beta: float) -
         assert np.max(np.abs(centre[wing] / full[wing] - 1)) > 3e-4
 
 
-def _few_stars_and_a_bright_galaxy(seed: int) -> Exposure:
-    """Three stars (S/N ~100) and one compact galaxy (the PSF at 1.1 times its
-    FWHM) six times brighter, all isolated: as on a simulated 256^2 detector
-    whose brightest compact object is a galaxy (seed 101)."""
-    rng = np.random.default_rng(seed)
+def _render(
+    rng: np.random.Generator, objects: list[tuple[tuple[int, int], Any, float]]
+) -> Exposure:
+    """A 160x160 exposure (sky 300, gain 2, read noise 5) of ``objects``, each
+    ``((x, y), psf, flux)`` placed within half a pixel of ``(x, y)``, with its
+    true variance plane."""
     n, sky, gain, rn = 160, 300.0, 2.0, 5.0
     model = np.full((n, n), sky)
-    objects = [(TRUE, 10 ** rng.uniform(3.9, 4.1)) for _ in range(3)]
-    objects.append((MoffatPsf(1.1 * TRUE.fwhm, 3.5), 10**4.8))
-    places = [(40, 40), (120, 40), (40, 120), (80, 80)]
-    for (x, y), (psf, flux) in zip(places, objects, strict=True):
-        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
+    for (x0, y0), psf, flux in objects:
+        x, y = x0 + rng.uniform(-0.5, 0.5), y0 + rng.uniform(-0.5, 0.5)
         ix, iy = round(x), round(y)
         model[iy - 20 : iy + 21, ix - 20 : ix + 21] += flux * psf.kernel(41, x - ix, y - iy)
     img = rng.poisson(model * gain) / gain + rng.normal(0, rn / gain, (n, n))
     exp = Exposure((img - sky).astype(np.float32), info=VisitInfo(gain=gain, read_noise=rn))
     exp.variance = (model / gain + (rn / gain) ** 2).astype(np.float32)
     return exp
+
+
+def _few_stars_and_a_bright_galaxy(seed: int) -> Exposure:
+    """Three stars (S/N ~100) and one compact galaxy (the PSF at 1.1 times its
+    FWHM) six times brighter, all isolated: as on a simulated 256^2 detector
+    whose brightest compact object is a galaxy (seed 101)."""
+    rng = np.random.default_rng(seed)
+    objects = [(TRUE, 10 ** rng.uniform(3.9, 4.1)) for _ in range(3)]
+    objects.append((MoffatPsf(1.1 * TRUE.fwhm, 3.5), 10**4.8))
+    places = [(40, 40), (120, 40), (40, 120), (80, 80)]
+    return _render(
+        rng, [((x, y), psf, flux) for (x, y), (psf, flux) in zip(places, objects, strict=True)]
+    )
 
 
 def test_a_bright_compact_galaxy_among_few_stars_is_rejected() -> None:
@@ -172,20 +184,11 @@ def _four_stars_and_a_haloed_one(seed: int) -> Exposure:
     which carries a broad halo (10% of its light, a Moffat of 2.5 times the FWHM):
     a bright PSF candidate contaminated in its wings only (a star on a faint host)."""
     rng = np.random.default_rng(seed)
-    n, sky, gain, rn = 160, 300.0, 2.0, 5.0
-    model = np.full((n, n), sky)
     halo = MoffatPsf(2.5 * TRUE.fwhm, 2.5)
     objects = [((x, y), TRUE, 10 ** rng.uniform(3.9, 4.1)) for x, y in
                ((40, 40), (120, 40), (40, 120), (120, 120))]  # fmt: skip
     objects += [((80, 80), TRUE, 10**4.8), ((80, 80), halo, 0.1 * 10**4.8)]
-    for (x, y), psf, flux in objects:
-        x, y = x + rng.uniform(-0.5, 0.5), y + rng.uniform(-0.5, 0.5)
-        ix, iy = round(x), round(y)
-        model[iy - 20 : iy + 21, ix - 20 : ix + 21] += flux * psf.kernel(41, x - ix, y - iy)
-    img = rng.poisson(model * gain) / gain + rng.normal(0, rn / gain, (n, n))
-    exp = Exposure((img - sky).astype(np.float32), info=VisitInfo(gain=gain, read_noise=rn))
-    exp.variance = (model / gain + (rn / gain) ** 2).astype(np.float32)
-    return exp
+    return _render(rng, objects)
 
 
 def test_a_weight_cap_keeps_one_bright_haloed_candidate_from_setting_the_wings() -> None:
