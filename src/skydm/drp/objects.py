@@ -78,8 +78,8 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
     first = coadds[bands[0]]
     wcs = first.require_wcs("the Object table's coordinates")
     found = detect(planes, config)
-    stamp = max(min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes)
     stamps = [min(p.psf.default_size(), config.psf_stamp) | 1 for p in planes]
+    stamp = max(stamps)
     groups = stamp_groups(found.x, found.y, stamp, config.max_group)
     found.x, found.y = _refine_positions(found, planes, groups, config)
     phot = _photometry(planes, found, groups, stamps, config)

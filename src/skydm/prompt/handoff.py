@@ -27,12 +27,10 @@ import dataclasses
 import functools
 import io
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from astropy.io.fits.verify import VerifyWarning
 from astropy.table import Table
 
 from skydm.errors import UserError
@@ -211,20 +209,8 @@ class HandoffIO(UnitIO):
         self.handoff.exports.append(Export(key, exposure, self.unit, self.config, self.run_id))
         return None
 
-    def put_table(self, key: DatasetKey, table: Table) -> DatasetRef | None:  # type: ignore[override]
-        """Hold an output table as the FITS bytes :meth:`UnitIO.put_table` would write."""
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            # Long metadata keys become HIERARCH cards, which is what we want.
-            warnings.simplefilter("ignore", VerifyWarning)
-            table.write(buf, format="fits")
-        self._hold(key, buf.getvalue())
-        return None
-
-    def put_json(self, key: DatasetKey, document: Any) -> DatasetRef | None:  # type: ignore[override]
-        """Hold an output JSON document as the bytes :meth:`UnitIO.put_json` would write."""
-        self._hold(key, json.dumps(document, sort_keys=True, indent=1).encode())
-        return None
+    # put_table and put_json are UnitIO's: they serialise exactly as for a
+    # file and hand the bytes to put_file below, which holds them.
 
     def put_file(self, key: DatasetKey, write: Callable[[BinaryIO], Any]) -> DatasetRef | None:  # type: ignore[override]
         """Hold an output written by ``write(fh)``."""
