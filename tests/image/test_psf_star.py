@@ -105,6 +105,9 @@ def test_star_psf_needs_stars() -> None:
         ("fit_fwhm", 9.0),
         ("max_side", 100),
         ("region_stars", 2),
+        ("companion_snr", 1.0),
+        ("companion_min_radius", -1.0),
+        ("companion_radius", 0.2),
     ],
 )
 def test_star_psf_config_is_validated(option: str, value: float) -> None:
@@ -201,6 +204,32 @@ def test_a_weight_cap_keeps_one_bright_haloed_candidate_from_setting_the_wings()
     capped = measure_star_psf(exp, StarPsfConfig(max_weight=1.0))
     assert capped.nstars == 4
     assert abs(_flux_ratio(capped.psf) - 1) < 0.015, (_flux_ratio(capped.psf), capped)
+
+
+def _four_stars_and_one_with_a_companion(seed: int) -> Exposure:
+    """Four stars (S/N ~100) and one six times brighter with a faint star (5% of
+    its flux) 2 FWHM away: on the bright star's slope it is no detection of its
+    own, so the bright candidate passes the isolation cut (seeds 101 and 282:
+    companions at 1.5-3 FWHM, 2-15% of the candidate's flux)."""
+    rng = np.random.default_rng(seed)
+    objects = [((x, y), TRUE, 10 ** rng.uniform(3.9, 4.1)) for x, y in
+               ((40, 40), (120, 40), (40, 120), (120, 120))]  # fmt: skip
+    a = rng.uniform(0, 2 * np.pi)
+    d = 2 * TRUE.fwhm
+    companion = (80 + round(d * np.cos(a)), 80 + round(d * np.sin(a)))
+    objects += [((80, 80), TRUE, 10**4.8), (companion, TRUE, 0.05 * 10**4.8)]
+    return _render(rng, objects)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_undetected_companion_is_masked_not_taken_for_the_wings(seed: int) -> None:
+    exp = _four_stars_and_one_with_a_companion(seed)
+    fit = measure_star_psf(exp)
+    assert abs(_flux_ratio(fit.psf) - 1) < 0.01, (_flux_ratio(fit.psf), fit)
+    # Without the residual search the bright star (36 times the others'
+    # weight) fits its companion as wings: a low beta, PSF fluxes 2-3% high.
+    old = measure_star_psf(exp, StarPsfConfig(companion_snr=0))
+    assert _flux_ratio(old.psf) > 1.02 and old.beta < fit.beta, (_flux_ratio(old.psf), old)
 
 
 def test_max_weight_is_validated() -> None:

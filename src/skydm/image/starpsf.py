@@ -226,6 +226,9 @@ def _measure(exposure: Exposure, cfg: StarPsfConfig) -> StarPsfFit:
     # sample converges on the narrowest population (the stars).
     for _ in range(4):
         fwhm, beta = _fit_profile(_subset(stamps, keep), fwhm, beta, cfg)
+        # Undetected companions found in the residuals are masked; the fit
+        # is repeated until no new one appears (and no candidate is dropped).
+        masked = cfg.companion_snr > 0 and _mask_companions(stamps, fwhm, beta, cfg)
         own, err = _own_fwhm(stamps, fwhm, beta, cfg)
         # Against the sample's median own width as well as the common one:
         # the common fit weighs each candidate by its S/N, so one bright
@@ -235,7 +238,7 @@ def _measure(exposure: Exposure, cfg: StarPsfConfig) -> StarPsfFit:
         ref = min(fwhm, float(np.median(own[keep]))) if cfg.median_reference else fwhm
         broad = (own > ref * (1 + cfg.reject_fraction)) & (own - ref > cfg.reject_nsigma * err)
         new = keep & ~broad
-        if np.array_equal(new, keep):
+        if np.array_equal(new, keep) and not masked:
             break
         keep = new
         if np.count_nonzero(keep) < cfg.min_stars:
@@ -442,6 +445,51 @@ def _fit_profile(s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig) -> tu
         ftol=1e-6,
     )
     return float(fit.x[0]), float(fit.x[1]) if free else beta
+
+
+def _mask_companions(s: _Stamps, fwhm: float, beta: float, cfg: StarPsfConfig) -> bool:
+    """Mask (in ``s.ivar``, in place) a disc about every significant peak of
+    each stamp's residual from the profile; whether anything new was masked.
+
+    The residual less its azimuthal median (the part a wrong profile leaves,
+    the same all round) is correlated with the PSF's core, as detection does,
+    so that its peaks are in true sigma; peaks within
+    ``companion_min_radius`` FWHM of the centre are the star's own.
+    """
+    model = _models(s, fwhm, beta)
+    amp, sky = _linear(s.data, s.ivar, model, cfg.fit_sky)
+    resid = s.data - amp[:, None, None] * model - sky[:, None, None]
+    half = s.data.shape[1] // 2
+    kside = 2 * math.ceil(fwhm) + 1
+    kernel = MoffatPsf(fwhm, beta).kernel(kside)
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    rad = np.sqrt(s.r2)
+    ring = np.floor(rad).astype(np.int64)
+    found = False
+    for i in range(len(s.dx)):
+        w = s.ivar[i]
+        use = w > 0
+        if not use.any():
+            continue
+        labels = np.where(use, ring[i] + 1, 0)
+        index = np.arange(1, int(labels.max()) + 1)
+        med = np.asarray(ndimage.median(resid[i], labels=labels, index=index))
+        flat = np.where(use, resid[i] - np.nan_to_num(med)[np.maximum(labels - 1, 0)], 0.0)
+        num = ndimage.correlate(flat * w, kernel, mode="constant")
+        den = ndimage.correlate(w, kernel * kernel, mode="constant")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            snr = np.where(den > 0, num / np.sqrt(den), 0.0)
+        peak = (
+            (snr > cfg.companion_snr)
+            & (snr == ndimage.maximum_filter(snr, size=3))
+            & (rad[i] > cfg.companion_min_radius * fwhm)
+        )
+        for py, px in zip(*np.nonzero(peak), strict=True):
+            disc = np.hypot(xx - (px - half), yy - (py - half)) < cfg.companion_radius * fwhm
+            if np.any(w[disc] > 0):
+                w[disc] = 0.0
+                found = True
+    return found
 
 
 def _own_fwhm(
