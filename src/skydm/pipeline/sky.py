@@ -62,9 +62,16 @@ class BackgroundConfig:
         background's precision).
     max_masked : float
         Largest fraction of the meshes that may be mostly (more than half)
-        masked; a more crowded image keeps its previous background (a mesh
-        with less than half its pixels left is interpolated from its
-        neighbours, and with most meshes so there is nothing to interpolate).
+        masked (a mesh with less than half its pixels left is interpolated
+        from its neighbours, and with most meshes so there is nothing to
+        interpolate); a more crowded image is measured on meshes twice as
+        large, and so on up to one mesh of the image's shorter side.
+    min_sky_fraction : float
+        Least fraction of that one mesh's pixels left unmasked for it to be
+        measured; a still more crowded image keeps its previous background.
+        (Keeping the plain mesh background on crowded images left the
+        simulated 256^2 r calexps of the worst seeing 3-5 ADU, 0.13-0.19
+        sigma per pixel, over-subtracted: docs/drp.md.)
     """
 
     box: int = 64
@@ -73,6 +80,7 @@ class BackgroundConfig:
     nsigma: float = 3.0
     grow: float = 1.0
     max_masked: float = 0.5
+    min_sky_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.box, int) or self.box < 8:
@@ -88,6 +96,10 @@ class BackgroundConfig:
         if not 0 < self.max_masked < 1:
             raise BadValueError(
                 "BackgroundConfig.max_masked", self.max_masked, "a fraction in (0, 1)"
+            )
+        if not 0 < self.min_sky_fraction <= 0.5:
+            raise BadValueError(
+                "BackgroundConfig.min_sky_fraction", self.min_sky_fraction, "a fraction in (0, 0.5]"
             )
 
 
@@ -134,9 +146,10 @@ def masked_background(
         if sources is None:
             break
         ignored = bad | sources
-        if _mostly_masked(ignored, min(cfg.box, *data.shape)) > cfg.max_masked:
+        box = _crowded_box(ignored, cfg)
+        if box is None:
             break
-        new, new_rms = _mesh_mean(data, ignored, cfg)
+        new, new_rms = _mesh_mean(data, ignored, cfg, box=box)
         if not (math.isfinite(new_rms) and new_rms > 0 and np.isfinite(new).all()):
             break
         back, rms = new, new_rms
@@ -241,6 +254,35 @@ def grow_disk(found: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
+def _crowded_box(ignored: np.ndarray, cfg: BackgroundConfig) -> int | None:
+    """The mesh size for a background with ``ignored`` pixels masked, or None.
+
+    ``cfg.box`` while at most ``max_masked`` of its meshes are mostly masked;
+    else twice that, and so on up to the image's shorter side, where the one
+    mesh needs ``min_sky_fraction`` of its pixels left.  (A crowded image
+    keeping its plain mesh background, pulled up by the sources, was the
+    worse choice: the sky between the sources is what a coarser mesh measures.)
+    """
+    side = min(ignored.shape)
+    box = min(cfg.box, side)
+    while _mostly_masked(ignored, box) > cfg.max_masked:
+        if box >= side:
+            return box if _usable_fraction(ignored, side) >= cfg.min_sky_fraction else None
+        box = min(2 * box, side)
+    return box
+
+
+def _usable_fraction(ignored: np.ndarray, box: int) -> float:
+    """Smallest unmasked fraction of the ``box`` meshes."""
+    ny, nx = ignored.shape
+    my, mx = -(-ny // box), -(-nx // box)
+    return min(
+        1.0 - float(ignored[j * box : (j + 1) * box, i * box : (i + 1) * box].mean())
+        for j in range(my)
+        for i in range(mx)
+    )
+
+
 def _mostly_masked(ignored: np.ndarray, box: int) -> float:
     """Fraction of the background meshes with more than half their pixels ignored."""
     ny, nx = ignored.shape
@@ -258,11 +300,11 @@ def _mostly_masked(ignored: np.ndarray, box: int) -> float:
 
 
 def _clipped_means(
-    data: np.ndarray, ignored: np.ndarray, box: int
+    data: np.ndarray, ignored: np.ndarray, box: int, min_usable: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per mesh: the 3-sigma clipped mean (3 rounds) and the last clipping sigma.
 
-    Meshes with less than half their pixels usable are NaN in both.  Each
+    Meshes with less than ``min_usable`` of their pixels usable are NaN in both.  Each
     round the sigma is 1.4826 times the median absolute deviation from the
     current centre, the pixels further than 3 sigma are dropped for good, and
     the centre becomes the mean of the rest; a mesh whose sigma is zero keeps
@@ -287,7 +329,7 @@ def _clipped_means(
     heights = np.minimum(box, ny - np.arange(my) * box)
     widths = np.minimum(box, nx - np.arange(mx) * box)
     sizes = np.outer(heights, widths).ravel()
-    enough = usable >= 0.5 * sizes
+    enough = usable >= min_usable * sizes
     run = _SortedRuns(values[enough], usable[enough])
     centre = run.median()
     sigma = np.zeros_like(centre)
@@ -432,7 +474,7 @@ def _bisect(test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.nda
 
 
 def _mesh_mean(
-    data: np.ndarray, ignored: np.ndarray, cfg: BackgroundConfig
+    data: np.ndarray, ignored: np.ndarray, cfg: BackgroundConfig, *, box: int | None = None
 ) -> tuple[np.ndarray, float]:
     """A mesh background of 3-sigma clipped means, median-filtered, bicubic between meshes.
 
@@ -442,14 +484,16 @@ def _mesh_mean(
     the simulator's 1000 ADU skies, a per-cent of a faint star's flux.
     Rubin's background uses the clipped mean too (``MEANCLIP``).
     Meshes with less than half their pixels usable take the median of
-    the others.
+    the others; one mesh over the image's shorter side (``box``, from
+    :func:`_crowded_box`) is measured on what it has left.
     """
     from scipy.interpolate import RectBivariateSpline
 
     ny, nx = data.shape
-    box = min(cfg.box, ny, nx)
+    box = min(cfg.box if box is None else box, ny, nx)
     my, mx = -(-ny // box), -(-nx // box)
-    grid, sigma_grid = _clipped_means(data, ignored, box)
+    least = cfg.min_sky_fraction if box >= min(ny, nx) else 0.5
+    grid, sigma_grid = _clipped_means(data, ignored, box, least)
     sigmas = sigma_grid[np.isfinite(sigma_grid)]
     if not len(sigmas):
         return np.zeros(data.shape), math.nan
