@@ -254,13 +254,13 @@ def test_objects_complete_at_snr_10(story: Story) -> None:
 @pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-12-07 (4 detectors, 5 visits per band; residual detection pass), "
-    "median ratio g/r: 1.004/1.000 (7), 1.010/1.002 (43), 1.005/0.987 (61), 1.006/0.992 (89); "
-    "held out: 1.009/0.996 (97), 1.024/1.021 (101), 1.008/1.002 (103), 1.002/1.005 (107), "
-    "1.006/1.006 (109), 1.002/1.004 (113), 1.002/1.002 (23), 1.000/0.993 (83), "
-    "1.022/1.003 (282), 1.003/1.000 (563), 1.001/1.004 (728); g within 1% on 12 of 15 "
-    "fields, r on 13: calexp PSFs broadened by contaminated PSF stars (101), 282 g not yet "
-    "traced, a faint r deficit (61), see docs/drp.md, Where the remaining flux errors come from",
+    reason="measured 2026-12-08 (4 detectors, 5 visits per band; PSF stars' undetected "
+    "companions masked, crowded calexps' sky on coarser meshes), median ratio g/r: "
+    "1.002/1.007 (7), 1.006/1.011 (43), 1.002/1.019 (61), 0.998/0.994 (89), 1.005/1.004 (97), "
+    "1.008/1.009 (101), 1.013/1.002 (282), 1.001/1.001 (563); never looked at before: "
+    "1.003/1.007 (1201), 0.999/1.006 (1302); g within 1% on 9 of 10 fields, r on 8: 282 g "
+    "(PSF stars with companions inside the core), faint r stars 1-4% high (61, 43), see "
+    "docs/drp.md, Undetected companions and crowded calexp skies",
 )
 def test_objects_flux_matches_truth(story: Story) -> None:
     table, stars, matched = _matched(story)
