@@ -34,6 +34,10 @@ _SCRIPT = textwrap.dedent(
     visits = simulate_survey(cfg).visits
     template = calibrate_raw(visits[0].pixels().raw)
     science = calibrate_raw(visits[1].pixels().raw)
+    # Read-only, as the worker's template cache holds it (numba types a
+    # read-only array apart: a signature of its own).
+    for plane in (template.image, template.variance, template.mask):
+        plane.setflags(write=False)
     result = subtract(science, template, method="al")
     sources = detect_dia_sources(result, threshold=5.0)
     measure_dia_sources(
