@@ -65,10 +65,10 @@ def _warm_diffim() -> None:
     # And read-only, as the worker's template cache holds the template's
     # planes: numba compiles a read-only array's signature apart (3 CPU s
     # inside the first detector otherwise).
-    frozen = [image.copy(), image.copy(), mask.copy()]
-    for plane in frozen:
+    image_ro, variance_ro, mask_ro = image.copy(), image.copy(), mask.copy()
+    for plane in (image_ro, variance_ro, mask_ro):
         plane.setflags(write=False)
-    warp(pm, *frozen, 256)
+    warp(pm, image_ro, variance_ro, mask_ro, 256)
     # A footprint's significance (float32, as the matched filter's).
     sub = np.zeros((16, 16), dtype=np.float32)
     sub[4, 4], sub[11, 11] = 10.0, 9.0
