@@ -10,9 +10,11 @@ stays put, never passes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from scipy import stats
 
 from skydm.coadd._cw_config import MoverConfig
 from skydm.coadd._cw_movers import MODEL_SN, Track
@@ -60,6 +62,7 @@ def centroid_tracks(
     if np.unique(night).size < cfg.min_epochs:
         return []
     found: list[tuple[float, Track]] = []
+    measured: list[_Centroids] = []
     block = (0, 0)
     rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for py, px in zip(*np.nonzero(peaks), strict=True):
@@ -121,16 +124,17 @@ def centroid_tracks(
         g2v = gauss * gauss * vi
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
-        err2 = (
-            (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
-        ) * stretch**2
-        fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
+        photon2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2
+        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use]))
+    floor2 = centroid_floor(measured, fwhm) ** 2
+    for m in measured:
+        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs)
         if fit is None:
             continue
         tm, mean, v, sig = fit
         if sig >= cfg.centroid_sn:
             # Full resolution to the binned grid of :class:`Track`.
-            pb = (mean + np.array([cy0, cx0]) + 0.5) / b - 0.5
+            pb = (mean + np.array([m.cy, m.cx]) + 0.5) / b - 0.5
             found.append((sig, Track(pb, v / b, tm, float(times.min()), float(times.max()))))
     # One track per mover: a mover may hold several peaks of the model.
     out: list[Track] = []
@@ -143,9 +147,15 @@ def centroid_tracks(
 #: Rows of the stack read at once for the centroids of the peaks in them.
 CENTROID_BLOCK = 64
 
-#: A centroid's error floor (FWHM): PSF residuals and resampling move a
-#: bright source's centroid by a few hundredths of a FWHM from epoch to epoch.
-CENTROID_FLOOR = 0.03
+#: Fewest sources whose centroids measure a field's centroid floor
+#: (:func:`centroid_floor`); below it, :data:`DEFAULT_FLOOR` is assumed.
+MIN_FLOOR_SOURCES = 10
+
+#: The centroid floor (target FWHM) assumed where too few sources measure it:
+#: PSF residuals and resampling move a bright source's centroid by a few
+#: hundredths of a FWHM from epoch to epoch (the constant floor this
+#: measurement replaced).
+DEFAULT_FLOOR = 0.03
 
 #: Largest fraction of a centroid window's core filled in for bad pixels.
 MAX_FILLED = 0.25
@@ -154,6 +164,66 @@ MAX_FILLED = 0.25
 #: centroid line is dropped and the line refitted (an epoch that a trail, a
 #: ghost or a cosmic ray crosses pulls its centroid off the line).
 LINE_CLIP = 5.0
+
+
+class _Centroids(NamedTuple):
+    """One bright source's per-epoch centroids (full resolution, about
+    ``cy``, ``cx``): the epochs' times and nights, the centroids and their
+    photon variance per axis (both corrected for the window's pull)."""
+
+    cy: int
+    cx: int
+    t: np.ndarray
+    cen: np.ndarray
+    photon2: np.ndarray
+    nights: np.ndarray
+
+
+def centroid_floor(measured: Sequence[_Centroids], fwhm: float) -> float:
+    """The field's centroid error floor (full-resolution pixels, per axis),
+    added in quadrature to each epoch's photon error: the ``f`` for which
+    the median source's scatter about its mean position is what its errors
+    predict.
+
+    Resampling, PSF residuals and the seeing's changes move a bright
+    source's centroid by more than its photon noise, by an amount that
+    depends on the data (the warps' resampling, how well each epoch's PSF
+    is known), not on one field's tuning.  Most bright peaks are static
+    sources, so over the field's sources the median of ``chi2(f) /
+    median(chi2_d)`` (``chi2`` about each source's weighted mean position
+    with errors ``photon^2 + f^2``, ``d = 2 (n - 1)`` degrees of freedom)
+    is 1 at the floor; movers and variables pulled about by a neighbour are
+    few and do not move a median.  A constant floor of 0.03 FWHM was 2-7
+    times the scatter of the held-out fields' static sources, and hid
+    overlapping movers' motion (issue 19).
+    """
+    usable = [m for m in measured if m.t.size >= 2]
+    if len(usable) < MIN_FLOOR_SOURCES:
+        return DEFAULT_FLOOR * fwhm
+    expected = np.array([stats.chi2.median(2 * (m.t.size - 1)) for m in usable])
+
+    def excess(f: float) -> float:
+        ratios = np.empty(len(usable))
+        for i, m in enumerate(usable):
+            w = 1.0 / (m.photon2 + f * f)
+            mean = (w[:, None] * m.cen).sum(axis=0) / w.sum()
+            ratios[i] = float((w * ((m.cen - mean) ** 2).sum(axis=1)).sum()) / expected[i]
+        return float(np.median(ratios)) - 1.0
+
+    lo, hi = 0.0, float(fwhm)
+    if excess(lo) <= 0:
+        return 0.0
+    if excess(hi) > 0:
+        return hi
+    # chi2(f) falls as f grows: bisection to a hundredth of a percent of a FWHM.
+    while hi - lo > FLOOR_TOLERANCE * fwhm:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+#: Precision (target FWHM) to which :func:`centroid_floor` is solved.
+FLOOR_TOLERANCE = 1e-4
 
 
 def _line(
