@@ -226,6 +226,34 @@ def test_a_mover_whose_whole_track_is_under_a_fwhm_is_found_by_its_centroid() ->
     )
 
 
+def test_centroid_floor_is_the_static_sources_scatter_beyond_their_photon_noise() -> None:
+    """The centroid floor is measured on the field: static sources whose
+    centroids scatter by photon noise plus 0.15 px give back 0.15 px,
+    whatever a few movers among them do; photon noise alone gives a floor
+    near 0; too few sources fall back on the default floor."""
+    from skydm.coadd._cw_centroids import DEFAULT_FLOOR, _Centroids, centroid_floor
+
+    rng = np.random.default_rng(3)
+    t = np.arange(10, dtype=float)
+
+    def sources(floor: float, n: int, movers: int = 0) -> list[_Centroids]:
+        out = []
+        for i in range(n):
+            photon2 = rng.uniform(0.01, 0.2, t.size) ** 2  # bright and faint sources
+            sd = np.sqrt(photon2 + floor**2)[:, None]
+            cen = rng.normal(0.0, 1.0, (t.size, 2)) * sd
+            if i < movers:
+                cen[:, 1] += 0.5 * t  # a mover: 0.5 px per epoch
+            out.append(_Centroids(0, 0, t, cen, photon2, t.astype(np.int64), np.ones(t.size)))
+        return out
+
+    fwhm = 6.0
+    got = [centroid_floor(sources(0.15, 200, movers=20), fwhm) for _ in range(3)]
+    assert all(abs(f - 0.15) < 0.03 for f in got), got
+    assert centroid_floor(sources(0.0, 200), fwhm) < 0.03
+    assert centroid_floor(sources(0.15, 5), fwhm) == DEFAULT_FLOOR * fwhm
+
+
 def test_footprints_a_mover_model_covers_are_not_fitted_as_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -125,10 +125,11 @@ def centroid_tracks(
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
         photon2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2
-        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use]))
+        # The window's flux, undone for the seeing as the centroid's pull is.
+        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], s * stretch))
     floor2 = centroid_floor(measured, fwhm) ** 2
     for m in measured:
-        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs)
+        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs, m.flux)
         if fit is None:
             continue
         tm, mean, v, sig = fit
@@ -169,7 +170,8 @@ LINE_CLIP = 5.0
 class _Centroids(NamedTuple):
     """One bright source's per-epoch centroids (full resolution, about
     ``cy``, ``cx``): the epochs' times and nights, the centroids and their
-    photon variance per axis (both corrected for the window's pull)."""
+    photon variance per axis (both corrected for the window's pull), and
+    the flux in the window (corrected for the seeing's share outside it)."""
 
     cy: int
     cx: int
@@ -177,6 +179,7 @@ class _Centroids(NamedTuple):
     cen: np.ndarray
     photon2: np.ndarray
     nights: np.ndarray
+    flux: np.ndarray
 
 
 def centroid_floor(measured: Sequence[_Centroids], fwhm: float) -> float:
@@ -227,26 +230,55 @@ FLOOR_TOLERANCE = 1e-4
 
 
 def _line(
-    t: np.ndarray, cen: np.ndarray, w: np.ndarray, nights: np.ndarray, min_nights: int
+    t: np.ndarray,
+    cen: np.ndarray,
+    w: np.ndarray,
+    nights: np.ndarray,
+    min_nights: int,
+    flux: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray, float] | None:
     """A straight line fitted to centroids ``cen`` (weights ``w``) at times ``t``,
     dropping the worst epoch while it is over :data:`LINE_CLIP` sigma off
     and ``min_nights`` nights are left: (mean time, mean
     position, velocity, significance of the velocity with its errors scaled
-    by the reduced chi-square where above 1), or None."""
+    by the reduced chi-square where above 1), or None.
+
+    With ``flux`` (each epoch's flux in the window), the centroid may also
+    move in proportion to the flux: a static source blended with a variable
+    neighbour moves towards it as it brightens, which a line in time
+    mimics wherever the light curve is slow (issue 19: with centroid errors
+    at the field's floor, such blends passed as movers and their model took
+    a star out of the coadd).  The velocity is then only what the flux does
+    not explain.  A mover keeps a steady flux, so its motion is untouched.
+    """
     keep = np.ones(t.size, dtype=bool)
     while np.unique(nights[keep]).size >= min_nights:
         wk, tk, ck = w[keep], t[keep], cen[keep]
         tm = float(np.average(tk, weights=wk))
-        dt = tk - tm
-        stt = float((wk * dt * dt).sum())
-        if stt <= 0:
+        cols = [np.ones(tk.size), tk - tm]
+        if flux is not None:
+            fa = flux / float(np.average(flux[keep], weights=wk)) - 1.0
+            cols.append(fa[keep])
+        x = np.stack(cols, axis=1)
+        normal = x.T @ (wk[:, None] * x)
+        try:
+            inv = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
             return None
-        mean = (wk[:, None] * ck).sum(axis=0) / wk.sum()
-        v = (wk * dt) @ (ck - mean) / stt
-        r2 = wk * ((ck - mean - dt[:, None] * v) ** 2).sum(axis=1)
-        chi2 = float(r2.sum()) / max(2 * (tk.size - 2), 1)
+        if not (np.all(np.isfinite(inv)) and inv[1, 1] > 0):
+            return None
+        beta = inv @ (x.T @ (wk[:, None] * ck))  # one column per axis
+        r2 = wk * ((ck - x @ beta) ** 2).sum(axis=1)
+        chi2 = float(r2.sum()) / max(2 * (tk.size - x.shape[1]), 1)
         if r2.max() <= LINE_CLIP**2:
-            return tm, mean, v, float(np.hypot(*v)) * math.sqrt(stt / max(chi2, 1.0))
+            # The scatter of *every* epoch about the line, robustly: dropping
+            # epochs until a line fits would make one out of any wandering
+            # centroid; a few epochs that a trail or a ghost crosses do not
+            # move a median.  (A 2-axis residual's median is 2 ln 2 sigma^2.)
+            xa = np.stack([np.ones(t.size), t - tm, *([fa] if flux is not None else [])], axis=1)
+            r2a = w * ((cen - xa @ beta) ** 2).sum(axis=1)
+            chi2 = max(chi2, float(np.median(r2a)) / (2 * math.log(2)), 1.0)
+            v = beta[1]
+            return tm, beta[0], v, float(np.hypot(*v)) / math.sqrt(inv[1, 1] * chi2)
         keep[np.flatnonzero(keep)[np.argmax(r2)]] = False
     return None
