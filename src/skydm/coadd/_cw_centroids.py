@@ -125,11 +125,20 @@ def centroid_tracks(
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
         photon2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2
-        # The window's flux, undone for the seeing as the centroid's pull is.
-        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], s * stretch))
+        # The point source's flux: the window's, undone for the share of the
+        # light that the seeing and the offset from the window's centre take
+        # outside it (a Gaussian source in a Gaussian window).
+        off2 = ((cen - c) ** 2).sum(axis=1)
+        flux = s * stretch * np.exp(0.5 * off2 / (s2 + widths2[use]))
+        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux))
     floor2 = centroid_floor(measured, fwhm) ** 2
     for m in measured:
-        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs, m.flux)
+        # A mover's flux is steady; a static source blended with variable
+        # neighbours has a centroid that wanders with their light curves.
+        rel = m.flux / float(np.median(m.flux))
+        if 1.4826 * float(np.median(np.abs(rel - 1.0))) > cfg.max_flux_scatter:
+            continue
+        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs)
         if fit is None:
             continue
         tm, mean, v, sig = fit
@@ -230,55 +239,35 @@ FLOOR_TOLERANCE = 1e-4
 
 
 def _line(
-    t: np.ndarray,
-    cen: np.ndarray,
-    w: np.ndarray,
-    nights: np.ndarray,
-    min_nights: int,
-    flux: np.ndarray | None = None,
+    t: np.ndarray, cen: np.ndarray, w: np.ndarray, nights: np.ndarray, min_nights: int
 ) -> tuple[float, np.ndarray, np.ndarray, float] | None:
     """A straight line fitted to centroids ``cen`` (weights ``w``) at times ``t``,
     dropping the worst epoch while it is over :data:`LINE_CLIP` sigma off
-    and ``min_nights`` nights are left: (mean time, mean
-    position, velocity, significance of the velocity with its errors scaled
-    by the reduced chi-square where above 1), or None.
+    and ``min_nights`` nights are left: (mean time, mean position,
+    velocity, significance of the velocity with its errors scaled by the
+    reduced chi-square where above 1), or None.
 
-    With ``flux`` (each epoch's flux in the window), the centroid may also
-    move in proportion to the flux: a static source blended with a variable
-    neighbour moves towards it as it brightens, which a line in time
-    mimics wherever the light curve is slow (issue 19: with centroid errors
-    at the field's floor, such blends passed as movers and their model took
-    a star out of the coadd).  The velocity is then only what the flux does
-    not explain.  A mover keeps a steady flux, so its motion is untouched.
+    The chi-square is the larger of the kept epochs' and the median one of
+    *every* epoch: dropping epochs until a line fits would make one out of
+    any wandering centroid, while the few epochs that a trail or a ghost
+    crosses do not move a median (a 2-axis residual's median is
+    ``2 ln 2`` times its variance per axis).
     """
     keep = np.ones(t.size, dtype=bool)
     while np.unique(nights[keep]).size >= min_nights:
         wk, tk, ck = w[keep], t[keep], cen[keep]
         tm = float(np.average(tk, weights=wk))
-        cols = [np.ones(tk.size), tk - tm]
-        if flux is not None:
-            fa = flux / float(np.average(flux[keep], weights=wk)) - 1.0
-            cols.append(fa[keep])
-        x = np.stack(cols, axis=1)
-        normal = x.T @ (wk[:, None] * x)
-        try:
-            inv = np.linalg.inv(normal)
-        except np.linalg.LinAlgError:
+        dt = tk - tm
+        stt = float((wk * dt * dt).sum())
+        if stt <= 0:
             return None
-        if not (np.all(np.isfinite(inv)) and inv[1, 1] > 0):
-            return None
-        beta = inv @ (x.T @ (wk[:, None] * ck))  # one column per axis
-        r2 = wk * ((ck - x @ beta) ** 2).sum(axis=1)
-        chi2 = float(r2.sum()) / max(2 * (tk.size - x.shape[1]), 1)
+        mean = (wk[:, None] * ck).sum(axis=0) / wk.sum()
+        v = (wk * dt) @ (ck - mean) / stt
+        r2 = wk * ((ck - mean - dt[:, None] * v) ** 2).sum(axis=1)
+        chi2 = float(r2.sum()) / max(2 * (tk.size - 2), 1)
         if r2.max() <= LINE_CLIP**2:
-            # The scatter of *every* epoch about the line, robustly: dropping
-            # epochs until a line fits would make one out of any wandering
-            # centroid; a few epochs that a trail or a ghost crosses do not
-            # move a median.  (A 2-axis residual's median is 2 ln 2 sigma^2.)
-            xa = np.stack([np.ones(t.size), t - tm, *([fa] if flux is not None else [])], axis=1)
-            r2a = w * ((cen - xa @ beta) ** 2).sum(axis=1)
-            chi2 = max(chi2, float(np.median(r2a)) / (2 * math.log(2)), 1.0)
-            v = beta[1]
-            return tm, beta[0], v, float(np.hypot(*v)) / math.sqrt(inv[1, 1] * chi2)
+            r2all = w * ((cen - mean - (t - tm)[:, None] * v) ** 2).sum(axis=1)
+            chi2 = max(chi2, float(np.median(r2all)) / (2 * math.log(2)), 1.0)
+            return tm, mean, v, float(np.hypot(*v)) * math.sqrt(stt / chi2)
         keep[np.flatnonzero(keep)[np.argmax(r2)]] = False
     return None
