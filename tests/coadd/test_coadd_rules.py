@@ -254,6 +254,48 @@ def test_centroid_floor_is_the_static_sources_scatter_beyond_their_photon_noise(
     assert centroid_floor(sources(0.15, 5), fwhm) == DEFAULT_FLOOR * fwhm
 
 
+def test_a_star_pulled_by_a_brightening_neighbour_is_no_centroid_track() -> None:
+    """A static star beside a variable that brightens steadily through the
+    survey: their blend's centroid moves along a straight line in time,
+    but its flux is not steady, so it is no mover (without the flux test it
+    is one); a mover of steady flux on the same field still is."""
+    import dataclasses
+
+    from skydm.coadd._cw_centroids import centroid_tracks
+    from skydm.coadd._cw_movers import epoch_times
+    from skydm.coadd.compare_warp import detect_outliers, plan
+
+    art, _, _ = _mover_field(0.05)
+    yy, xx = np.mgrid[:96, :96].astype(float)
+    for k, e in enumerate(art):
+        sigma = e.psf.sigma
+        prof = np.exp(-0.5 * ((xx - 75) ** 2 + (yy - 20) ** 2) / sigma**2) / (
+            2 * math.pi * sigma**2
+        )
+        flux = 1000 + 550 * k  # 1000 to 7050 (2 mag) over the survey
+        e.image = (e.image + 3000 * prof + flux * np.roll(prof, 5, axis=1)).astype(np.float32)
+    stack = WarpStack(art)
+    cfg = CompareWarpConfig()
+    p = plan(stack, cfg, None)
+    t = epoch_times(stack)
+    out = detect_outliers(stack, p, cfg, t)
+
+    def tracks(mover: MoverConfig) -> list[tuple[float, float]]:
+        found = centroid_tracks(stack, out.maps.peaks, out.cosmic_rays, t, 2, p.target_fwhm, mover)
+        return [(float(tr.p0[0]) * 2, float(tr.p0[1]) * 2) for tr, _ in found]
+
+    def at_blend(found: list[tuple[float, float]]) -> bool:
+        return any(math.hypot(y - 20, x - 77.5) < 5 for y, x in found)
+
+    def at_mover(found: list[tuple[float, float]]) -> bool:  # 20-28 px, 40-43 px
+        return any(math.hypot(y - 41.5, x - 24) < 6 for y, x in found)
+
+    found = tracks(cfg.rules.mover)
+    assert at_mover(found) and not at_blend(found), found
+    loose = tracks(dataclasses.replace(cfg.rules.mover, max_flux_scatter=10.0))
+    assert at_blend(loose), f"the blend's centroid moves: a track without the flux test {loose}"
+
+
 def test_footprints_a_mover_model_covers_are_not_fitted_as_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
