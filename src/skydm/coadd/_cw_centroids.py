@@ -128,14 +128,19 @@ def centroid_tracks(
         # The point source's flux: the window's, undone for the share of the
         # light that the seeing and the offset from the window's centre take
         # outside it (a Gaussian source in a Gaussian window).
+        # Only where it is within the window's sigma of the centre is that
+        # correction good (farther, the window pulls the centroid in): the
+        # flux elsewhere is left out (NaN) of the flux test.
         off2 = ((cen - c) ** 2).sum(axis=1)
         flux = s * stretch * np.exp(0.5 * off2 / (s2 + widths2[use]))
+        flux[off2 > s2] = np.nan
         measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux))
     floor2 = centroid_floor(measured, fwhm) ** 2
     for m in measured:
         # A mover's flux is steady; a static source blended with variable
         # neighbours has a centroid that wanders with their light curves.
-        rel = m.flux / float(np.median(m.flux))
+        near = m.flux[np.isfinite(m.flux)]
+        rel = near / float(np.median(near)) if near.size >= cfg.min_epochs else np.ones(1)
         if 1.4826 * float(np.median(np.abs(rel - 1.0))) > cfg.max_flux_scatter:
             continue
         fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs)
@@ -180,7 +185,8 @@ class _Centroids(NamedTuple):
     """One bright source's per-epoch centroids (full resolution, about
     ``cy``, ``cx``): the epochs' times and nights, the centroids and their
     photon variance per axis (both corrected for the window's pull), and
-    the flux in the window (corrected for the seeing's share outside it)."""
+    the flux in the window (corrected for the share of the light outside
+    it; NaN where the source is too far from the window's centre for that)."""
 
     cy: int
     cx: int
