@@ -134,7 +134,9 @@ def centroid_tracks(
         off2 = ((cen - c) ** 2).sum(axis=1)
         flux = s * stretch * np.exp(0.5 * off2 / (s2 + widths2[use]))
         flux[off2 > s2] = np.nan
-        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux))
+        measured.append(
+            _Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux, s * stretch)
+        )
     floor2 = centroid_floor(measured, fwhm) ** 2
     for m in measured:
         # A mover's flux is steady; a static source blended with variable
@@ -143,7 +145,8 @@ def centroid_tracks(
         rel = near / float(np.median(near)) if near.size >= cfg.min_epochs else np.ones(1)
         if 1.4826 * float(np.median(np.abs(rel - 1.0))) > cfg.max_flux_scatter:
             continue
-        fit = _line(m.t, m.cen, 1.0 / (m.photon2 + floor2), m.nights, cfg.min_epochs)
+        w = 1.0 / (m.photon2 + floor2)
+        fit = _line(m.t, m.cen, w, m.nights, cfg.min_epochs, m.window)
         if fit is None:
             continue
         tm, mean, v, sig = fit
@@ -186,7 +189,8 @@ class _Centroids(NamedTuple):
     ``cy``, ``cx``): the epochs' times and nights, the centroids and their
     photon variance per axis (both corrected for the window's pull), and
     the flux in the window (corrected for the share of the light outside
-    it; NaN where the source is too far from the window's centre for that)."""
+    it; NaN where the source is too far from the window's centre for that)
+    and the window's flux corrected for the seeing only (``window``)."""
 
     cy: int
     cx: int
@@ -195,6 +199,7 @@ class _Centroids(NamedTuple):
     photon2: np.ndarray
     nights: np.ndarray
     flux: np.ndarray
+    window: np.ndarray
 
 
 def centroid_floor(measured: Sequence[_Centroids], fwhm: float) -> float:
@@ -245,7 +250,12 @@ FLOOR_TOLERANCE = 1e-4
 
 
 def _line(
-    t: np.ndarray, cen: np.ndarray, w: np.ndarray, nights: np.ndarray, min_nights: int
+    t: np.ndarray,
+    cen: np.ndarray,
+    w: np.ndarray,
+    nights: np.ndarray,
+    min_nights: int,
+    flux: np.ndarray,
 ) -> tuple[float, np.ndarray, np.ndarray, float] | None:
     """A straight line fitted to centroids ``cen`` (weights ``w``) at times ``t``,
     dropping the worst epoch while it is over :data:`LINE_CLIP` sigma off
@@ -253,27 +263,37 @@ def _line(
     velocity, significance of the velocity with its errors scaled by the
     reduced chi-square where above 1), or None.
 
-    The chi-square is the larger of the kept epochs' and the median one of
-    *every* epoch: dropping epochs until a line fits would make one out of
-    any wandering centroid, while the few epochs that a trail or a ghost
-    crosses do not move a median (a 2-axis residual's median is
-    ``2 ln 2`` times its variance per axis).
+    The centroid may also move in proportion to the window's ``flux``: a
+    static source blended with a variable neighbour moves towards it as it
+    brightens, which a line in time mimics wherever the light curve is slow
+    (at the field's centroid floor such blends passed as movers, and their
+    model took a star out of the coadd).  The velocity is only what the
+    flux does not explain; a mover's flux is steady.  The chi-square is the
+    larger of the kept epochs' and the median one of *every* epoch:
+    dropping epochs until a line fits would make one out of any wandering
+    centroid, while the few epochs that a trail or a ghost crosses do not
+    move a median (a 2-axis residual's median is ``2 ln 2`` times its
+    variance per axis).
     """
     keep = np.ones(t.size, dtype=bool)
     while np.unique(nights[keep]).size >= min_nights:
-        wk, tk, ck = w[keep], t[keep], cen[keep]
-        tm = float(np.average(tk, weights=wk))
-        dt = tk - tm
-        stt = float((wk * dt * dt).sum())
-        if stt <= 0:
+        wk = w[keep]
+        tm = float(np.average(t[keep], weights=wk))
+        rel = flux / float(np.average(flux[keep], weights=wk)) - 1.0
+        x = np.stack([np.ones(t.size), t - tm, rel], axis=1)
+        xk = x[keep]
+        try:
+            inv = np.linalg.inv(xk.T @ (wk[:, None] * xk))
+        except np.linalg.LinAlgError:
             return None
-        mean = (wk[:, None] * ck).sum(axis=0) / wk.sum()
-        v = (wk * dt) @ (ck - mean) / stt
-        r2 = wk * ((ck - mean - dt[:, None] * v) ** 2).sum(axis=1)
-        chi2 = float(r2.sum()) / max(2 * (tk.size - 2), 1)
-        if r2.max() <= LINE_CLIP**2:
-            r2all = w * ((cen - mean - (t - tm)[:, None] * v) ** 2).sum(axis=1)
-            chi2 = max(chi2, float(np.median(r2all)) / (2 * math.log(2)), 1.0)
-            return tm, mean, v, float(np.hypot(*v)) * math.sqrt(stt / chi2)
-        keep[np.flatnonzero(keep)[np.argmax(r2)]] = False
+        if not (np.all(np.isfinite(inv)) and inv[1, 1] > 0):
+            return None
+        beta = inv @ (xk.T @ (wk[:, None] * cen[keep]))  # one column per axis
+        r2 = w * ((cen - x @ beta) ** 2).sum(axis=1)
+        chi2 = float(r2[keep].sum()) / max(2 * (int(keep.sum()) - 3), 1)
+        if r2[keep].max() <= LINE_CLIP**2:
+            chi2 = max(chi2, float(np.median(r2)) / (2 * math.log(2)), 1.0)
+            v = beta[1]
+            return tm, beta[0], v, float(np.hypot(*v)) / math.sqrt(inv[1, 1] * chi2)
+        keep[np.argmax(np.where(keep, r2, -1.0))] = False
     return None
