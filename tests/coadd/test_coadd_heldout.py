@@ -39,11 +39,6 @@ pytestmark = pytest.mark.timeout(1800)
 N_FIELDS = 10
 EPOCHS = (8, 20)
 
-#: Classes that today's CompareWarp is known to leak (issue 19: movers whose
-#: images overlap from one epoch to the next are outliers in more epochs
-#: than its epoch rule allows); expected to fail until the redesign lands.
-SLOW_MOVERS = ("asteroids_overlapping", "asteroids_stepping")
-
 #: A class is judged on a field only where the plain mean's excess over its
 #: footprint is this many times that sum's noise: a class that grazes the
 #: cell in a few pixels (a trail across a corner) cannot be told from noise
@@ -152,8 +147,9 @@ LEAKING = {
             marks=_open(
                 f"leakage over 0.05 on {LEAKING.get(c, 'some')} held-out fields"
                 + (
-                    " (slow movers: not found where slower than a FWHM on a brighter source)"
-                    if c in SLOW_MOVERS
+                    " (movers slower than a FWHM in all on a brighter source or a variable"
+                    " are not found)"
+                    if c == "asteroids_overlapping"
                     else ""
                 )
             ),
