@@ -39,11 +39,6 @@ pytestmark = pytest.mark.timeout(1800)
 N_FIELDS = 10
 EPOCHS = (8, 20)
 
-#: Classes that today's CompareWarp is known to leak (issue 19: movers whose
-#: images overlap from one epoch to the next are outliers in more epochs
-#: than its epoch rule allows); expected to fail until the redesign lands.
-SLOW_MOVERS = ("asteroids_overlapping", "asteroids_stepping")
-
 #: A class is judged on a field only where the plain mean's excess over its
 #: footprint is this many times that sum's noise: a class that grazes the
 #: cell in a few pixels (a trail across a corner) cannot be told from noise
@@ -120,13 +115,28 @@ def test_every_class_is_on_most_fields(results: Results) -> None:
         )
 
 
-# Issue 19 is open: on held-out fields today's CompareWarp does not yet meet
-# these (see docs/coadd.md, "Held-out acceptance"). They run and report their
-# figures; an XPASS says a criterion now holds and its mark can go.
-OPEN_19 = pytest.mark.xfail(
-    strict=False,
-    reason="issue 19 (open): held-out acceptance not met yet (docs/coadd.md)",
-)
+def _open(reason: str) -> pytest.MarkDecorator:
+    """Issue 19 is open: on held-out fields today's CompareWarp does not yet
+    meet these (docs/coadd.md, "Held-out acceptance" and the dated rounds).
+    They run and report their figures; an XPASS says a criterion held on
+    this draw.  ``reason``'s figures: the 40 fresh fields of 2026-12-08
+    ("Issue 19, centroid floor round")."""
+    return pytest.mark.xfail(strict=False, reason=f"issue 19 (open): {reason}")
+
+
+#: Per class, fields over 0.05 of those judged, on the 40 fields.
+LEAKING = {
+    "cosmic_rays": "10/40",
+    "satellite_trails_bright": "3/40",
+    "satellite_trails_faint": "11/40",
+    "asteroids_fast": "16/40",
+    "asteroids_slow": "8/39",
+    "ghosts": "14/38",
+    "asteroids_overlapping": "22/40",
+    "asteroids_stepping": "16/40",
+    "satellite_trails_on_variables": "10/38",
+    "ghosts_on_stars": "13/39",
+}
 
 
 @pytest.mark.parametrize(
@@ -134,13 +144,16 @@ OPEN_19 = pytest.mark.xfail(
     [
         pytest.param(
             c,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="issue 19: slow overlapping movers still leak on some held-out fields",
+            marks=_open(
+                f"leakage over 0.05 on {LEAKING.get(c, 'some')} held-out fields"
+                + (
+                    " (movers slower than a FWHM in all on a brighter source or a variable"
+                    " are not found)"
+                    if c == "asteroids_overlapping"
+                    else ""
+                )
             ),
         )
-        if c in SLOW_MOVERS
-        else pytest.param(c, marks=OPEN_19)
         for c in FOOTPRINT_CLASSES
     ],
 )
@@ -159,14 +172,14 @@ def test_leakage_within_two_percent_on_nine_fields_in_ten(results: Results, cls:
     assert not under, f"{cls}: over-subtracted {values}; {_replay(under)}"
 
 
-@OPEN_19
+@_open("noise within 1.02 on 40/40 fields, the worst 1.0197 (1.044-1.10 on earlier rounds)")
 def test_noise_within_two_percent_of_the_weighted_mean(results: Results) -> None:
     bad = [r for r in results if not r["noise_ratio"] <= 1.02]
     ratios = {r["label"]: r["noise_ratio"] for r in results}
     assert not bad, f"noise ratio {ratios}; {_replay(bad)}"
 
 
-@OPEN_19
+@_open("median star bias beyond 0.02 sigma on 3 of 40 fields (to -0.042)")
 def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> None:
     assert all(r["n_stars"] >= 20 for r in results), {r["label"]: r["n_stars"] for r in results}
     bad = [r for r in results if not abs(r["star_bias"]) <= 0.02]
@@ -174,7 +187,7 @@ def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> No
     assert not bad, f"median star bias (sigma) {bias}; {_replay(bad)}"
 
 
-@OPEN_19
+@_open("8 of 60 clear variables off by more than 1% on 40 fields (0.88-1.03)")
 def test_variables_clear_of_artefacts_keep_their_flux(results: Results) -> None:
     judged = 0
     bad = []
@@ -189,7 +202,7 @@ def test_variables_clear_of_artefacts_keep_their_flux(results: Results) -> None:
     assert not bad, f"variable flux ratios {shown}; {_replay(bad)}"
 
 
-@OPEN_19
+@_open("spurious 5-sigma detections on 34 of 40 fields (179 in all)")
 def test_no_detection_that_the_clean_weighted_mean_lacks(results: Results) -> None:
     bad = [r for r in results if r["spurious_vs_mean"] != 0]
     counts = {r["label"]: r["spurious_vs_mean"] for r in bad}

@@ -226,6 +226,81 @@ def test_a_mover_whose_whole_track_is_under_a_fwhm_is_found_by_its_centroid() ->
     )
 
 
+def test_centroid_floor_is_the_static_sources_scatter_beyond_their_photon_noise() -> None:
+    """The centroid floor is measured on the field: static sources whose
+    centroids scatter by photon noise plus 0.15 px give back 0.15 px,
+    whatever a few movers among them do; photon noise alone gives a floor
+    near 0; too few sources fall back on the default floor."""
+    from skydm.coadd._cw_centroids import DEFAULT_FLOOR, _Centroids, centroid_floor
+
+    rng = np.random.default_rng(3)
+    t = np.arange(10, dtype=float)
+
+    def sources(floor: float, n: int, movers: int = 0) -> list[_Centroids]:
+        out = []
+        for i in range(n):
+            photon2 = rng.uniform(0.01, 0.2, t.size) ** 2  # bright and faint sources
+            sd = np.sqrt(photon2 + floor**2)[:, None]
+            cen = rng.normal(0.0, 1.0, (t.size, 2)) * sd
+            if i < movers:
+                cen[:, 1] += 0.5 * t  # a mover: 0.5 px per epoch
+            out.append(
+                _Centroids(0, 0, t, cen, photon2, t.astype(np.int64), *[np.ones(t.size)] * 2)
+            )
+        return out
+
+    fwhm = 6.0
+    got = [centroid_floor(sources(0.15, 200, movers=20), fwhm) for _ in range(3)]
+    assert all(abs(f - 0.15) < 0.03 for f in got), got
+    assert centroid_floor(sources(0.0, 200), fwhm) < 0.03
+    assert centroid_floor(sources(0.15, 5), fwhm) == DEFAULT_FLOOR * fwhm
+
+
+def test_a_star_pulled_by_a_brightening_neighbour_is_no_centroid_track() -> None:
+    """A static star beside a variable that brightens steadily through the
+    survey: their blend's centroid moves along a straight line in time
+    (with the centroid floor measured on the field, and neither guard, it
+    is a track), but its flux is not steady, and the centroid's move is
+    what the flux explains: it is no mover, by either guard alone (flux
+    test off: the flux term of the line).  A mover of steady flux on the
+    same field still is."""
+    import dataclasses
+
+    from skydm.coadd._cw_centroids import centroid_tracks
+    from skydm.coadd._cw_movers import epoch_times
+    from skydm.coadd.compare_warp import detect_outliers, plan
+
+    art, _, _ = _mover_field(0.05)
+    yy, xx = np.mgrid[:96, :96].astype(float)
+    for k, e in enumerate(art):
+        sigma = e.psf.sigma
+        prof = np.exp(-0.5 * ((xx - 75) ** 2 + (yy - 20) ** 2) / sigma**2) / (
+            2 * math.pi * sigma**2
+        )
+        flux = 1000 + 550 * k  # 1000 to 7050 (2 mag) over the survey
+        e.image = (e.image + 3000 * prof + flux * np.roll(prof, 5, axis=1)).astype(np.float32)
+    stack = WarpStack(art)
+    cfg = CompareWarpConfig()
+    p = plan(stack, cfg, None)
+    t = epoch_times(stack)
+    out = detect_outliers(stack, p, cfg, t)
+
+    def tracks(mover: MoverConfig) -> list[tuple[float, float]]:
+        found = centroid_tracks(stack, out.maps.peaks, out.cosmic_rays, t, 2, p.target_fwhm, mover)
+        return [(float(tr.p0[0]) * 2, float(tr.p0[1]) * 2) for tr, _ in found]
+
+    def at_blend(found: list[tuple[float, float]]) -> bool:
+        return any(math.hypot(y - 20, x - 77.5) < 5 for y, x in found)
+
+    def at_mover(found: list[tuple[float, float]]) -> bool:  # 20-28 px, 40-43 px
+        return any(math.hypot(y - 41.5, x - 24) < 6 for y, x in found)
+
+    found = tracks(cfg.rules.mover)
+    assert at_mover(found) and not at_blend(found), found
+    loose = tracks(dataclasses.replace(cfg.rules.mover, max_flux_scatter=10.0))
+    assert at_mover(loose) and not at_blend(loose), loose
+
+
 def test_footprints_a_mover_model_covers_are_not_fitted_as_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -72,6 +72,39 @@ def test_tiled_mask_equals_whole_frame_on_simulated_raws(crowded_visits) -> None
     assert flagged > 300  # the comparison covers many cosmic rays
 
 
+def test_banded_tiles_equal_whole_frame_beside_a_dead_column(crowded_visits) -> None:  # type: ignore[no-untyped-def]
+    """An unflagged dead column makes its neighbours candidates in every row: the
+    region is cut into bands of ``tile_rows`` (here 64 of 400 padded rows), same mask."""
+    from scipy import ndimage
+
+    from skydm.pipeline.cosmics import dilate_box, tile_boxes
+
+    raw = crowded_visits[0].raw.copy()
+    raw.image[:, 201] = 0.0  # as a written raw holds it: no BAD mask
+    raw.msk[:, 201] = 0
+    cfg = CosmicRayConfig(tile_rows=64)
+    tiled, image_t = _cr_mask(raw, cfg)
+    whole, image_w = _cr_mask(raw, CosmicRayConfig(tiled=False))
+    assert np.array_equal(tiled, whole), f"{int((tiled ^ whole).sum())} pixels differ"
+    assert np.array_equal(image_t, image_w)
+    assert whole.sum() > 300
+    # The column's region was banded: some tile gives fewer rows than its region spans.
+    exp = remove_signature(raw).exposure
+    padded = np.pad(exp.image, 8, mode="symmetric").astype(np.float32)
+    seeds = candidate_pixels(
+        padded * np.float32(exp.require_gain("the test")), np.ones(padded.shape, bool),
+        read_noise=exp.info.read_noise, config=cfg,
+    )  # fmt: skip
+    labels, _ = ndimage.label(dilate_box(seeds, cfg.tile_margin))
+    spans = {i + 1: b[0] for i, b in enumerate(ndimage.find_objects(labels)) if b is not None}
+    tiles = tile_boxes(labels, cfg)
+    assert any(t.rows != spans[t.label] for t in tiles)
+    # Every row of every region is given by exactly one tile.
+    for label, span in spans.items():
+        given = [r for t in tiles if t.label == label for r in range(t.rows.start, t.rows.stop)]
+        assert sorted(given) == list(range(span.start, span.stop))
+
+
 @pytest.mark.parametrize("stamp", ["DEC-OBS04c", "DEC-OBS18b"])
 def test_tiled_mask_equals_whole_frame_on_real_decam(data_dir: Path, stamp: str) -> None:
     raw = read_exposure(data_dir / "decam_pair" / f"input_data__{stamp}.mini.fits")
@@ -128,6 +161,8 @@ def test_tiling_config_is_validated() -> None:
 
     with pytest.raises(BadValueError, match="tile_margin/keep_margin"):
         CosmicRayConfig(tile_margin=12, keep_margin=12)
+    with pytest.raises(BadValueError, match="tile_rows"):
+        CosmicRayConfig(tile_rows=8)
 
 
 def _reference_interpolate(image: np.ndarray, unusable: np.ndarray, targets: np.ndarray):  # type: ignore[no-untyped-def]

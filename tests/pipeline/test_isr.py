@@ -90,7 +90,10 @@ def test_calibration_recovers_fluxes_across_amplifiers(
         with Repository.open(repo_dir) as repo:
             raw = read_raw(repo, DataId("skysim", detector=0, visit=1, band="r"))
         assert raw.meta["AMP2GAIN"] == pytest.approx(1.65)
+        # Not estimated from pixels that still hold the bias: calibration makes it.
+        assert np.isnan(raw.var).all()
     exp = calibrate_raw(raw)
+    assert np.isfinite(exp.var).all() and (exp.var > 0).all()
     assert exp.shape == (SIZE, SIZE)  # the overscan trimmed away
     assert exp.info.gain == pytest.approx(1.5)
     one = calibrate_raw(read_exposure(written / "one" / path.name))

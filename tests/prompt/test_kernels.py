@@ -34,6 +34,10 @@ _SCRIPT = textwrap.dedent(
     visits = simulate_survey(cfg).visits
     template = calibrate_raw(visits[0].pixels().raw)
     science = calibrate_raw(visits[1].pixels().raw)
+    # Read-only, as the worker's template cache holds it (numba types a
+    # read-only array apart: a signature of its own).
+    for plane in (template.image, template.variance, template.mask):
+        plane.setflags(write=False)
     result = subtract(science, template, method="al")
     sources = detect_dia_sources(result, threshold=5.0)
     measure_dia_sources(
@@ -77,3 +81,31 @@ def test_first_detector_after_warm_up_compiles_nothing() -> None:
         assert warmed.get(name, 0) >= 1, f"{name} not compiled by warm_up: {warmed}"
     grew = {k: (warmed.get(k, 0), n) for k, n in after.items() if n > warmed.get(k, 0)}
     assert not grew, f"kernels compiled during the first detector (before, after): {grew}"
+
+
+def test_warm_up_limits_the_workers_thread_pools() -> None:
+    """A worker's BLAS and OpenMP pools run one thread (PromptConfig.worker_threads),
+    whatever the environment asked for: the workers are the parallelism."""
+    script = textwrap.dedent(
+        """
+        import json
+        import threadpoolctl
+        from skydm.prompt.worker import warm_up
+
+        warm_up()
+        before = {i["internal_api"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+        warm_up(1)
+        after = {i["internal_api"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+        print(json.dumps({"before": before, "after": after}))
+        """
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="3", OPENBLAS_NUM_THREADS="3")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    # Both kinds of pool are loaded by the warm-up (numpy/scipy, astroscrappy).
+    assert {"openblas", "openmp"} <= set(report["after"])
+    assert max(report["before"].values()) == 3
+    assert set(report["after"].values()) == {1}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,10 @@ def parse_kafka_config(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+#: Seconds to wait for the broker's topic list before calling it unreachable.
+METADATA_TIMEOUT_S = 10.0
+
+
 @dataclass
 class KafkaTransport(AlertTransport):
     """Kafka producer side.
@@ -171,6 +176,14 @@ class KafkaTransport(AlertTransport):
     config : mapping
         Extra librdkafka settings, passed through unchanged (``security.protocol``,
         ``sasl.mechanism``, ``sasl.username``, ``compression.type`` ...).
+
+    Notes
+    -----
+    Topics are looked up (and created) with a timeout of
+    :data:`METADATA_TIMEOUT_S`, or ``message.timeout.ms`` when that is
+    shorter: a broker that cannot answer within the time a message may take
+    to be delivered is unreachable for this producer, and waiting longer
+    would only delay the caller's "keep the visit for later".
     """
 
     bootstrap: str
@@ -213,10 +226,18 @@ class KafkaTransport(AlertTransport):
         if self._producer is None:
             self._producer = self._make_producer()
 
+    def _metadata_timeout(self) -> float:
+        delivery_ms = self.config.get("message.timeout.ms")
+        try:
+            delivery_s = float(delivery_ms) / 1000 if delivery_ms is not None else math.inf
+        except (TypeError, ValueError):  # librdkafka itself names a bad value
+            delivery_s = math.inf
+        return max(min(METADATA_TIMEOUT_S, delivery_s), 1.0)
+
     def ensure_topics(self, topics: Sequence[str]) -> list[str]:
         admin = self._admin.AdminClient(self._client_config())
         try:
-            existing = set(admin.list_topics(timeout=10).topics)
+            existing = set(admin.list_topics(timeout=self._metadata_timeout()).topics)
         except self._ck.KafkaException as exc:
             raise broker_unreachable(self.bootstrap, exc) from exc
         missing = [t for t in topics if t not in existing]

@@ -64,7 +64,9 @@ def read_raw(repo: Repository, data_id: DataId) -> Exposure:
     amplifiers), are set on ``exposure.info``, overriding the generic
     header reading; each amplifier's values are in ``exposure.meta`` as
     ``AMPn...`` cards (``AMPnNAME``, ``AMPnGAIN``, ``AMPnRDN``, ``AMPnSAT``,
-    ``AMPnDSEC``, ``AMPnBSEC``).
+    ``AMPnDSEC``, ``AMPnBSEC``).  Its variance plane is NaN (unknown):
+    the pixels still hold the bias, and calibration makes the variance from
+    the CCD equation after ISR.
 
     Raises
     ------
@@ -77,7 +79,11 @@ def read_raw(repo: Repository, data_id: DataId) -> Exposure:
 
     ref = repo.get_ref(RAW, data_id)
     with restore(repo, data_id) as hdul:
-        exposure = exposure_from_hdulist(hdul, source=f"raw {data_id} ({ref.path})")
+        # No variance estimate: a raw's pixels hold the bias, and ISR and
+        # calibration make the variance plane from the CCD equation.
+        exposure = exposure_from_hdulist(
+            hdul, source=f"raw {data_id} ({ref.path})", estimate_variance=False
+        )
     info = exposure.info
     info.instrument, info.detector = data_id.instrument, data_id.detector
     info.visit, info.band = data_id.visit, data_id.band

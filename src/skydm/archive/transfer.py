@@ -281,6 +281,7 @@ def transfer(
     config: TransferConfig | None = None,
     *,
     progress: Callable[[FileTransfer], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> TransferReport:
     """Copy ``source``'s selected datasets that ``dest`` lacks (see the module notes).
 
@@ -292,6 +293,9 @@ def transfer(
         Streams, part size, retries, dataset type and ``where``.
     progress : callable, optional
         Called with each dataset's outcome as it completes.
+    stop : threading.Event, optional
+        Once set, datasets not yet started are left for the next run (they
+        are not in the report); those in flight finish.
 
     Raises
     ------
@@ -308,14 +312,18 @@ def transfer(
     report = TransferReport()
     transit = _Transit()
     start = time.perf_counter()
+
+    def send(ref: DatasetRef) -> FileTransfer | None:
+        if stop is not None and stop.is_set():
+            return None
+        return _send(source, dest, ref, config, transit)
+
     with ThreadPoolExecutor(config.streams) as pool:
-        futures = [
-            pool.submit(_send, source, dest, ref, config, transit)
-            for ref in refs
-            if ref is not None
-        ]
+        futures = [pool.submit(send, ref) for ref in refs if ref is not None]
         for future in as_completed(futures):
             outcome = future.result()
+            if outcome is None:
+                continue
             report.results.append(outcome)
             if progress is not None:
                 progress(outcome)

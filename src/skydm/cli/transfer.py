@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import time
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--type", default="raw", help="dataset type to copy (default raw)")
     p.add_argument("--streams", type=int, default=4, help="files in flight at once (default 4)")
     p.add_argument("--part-mb", type=float, default=8.0, help="part size in MB (default 8)")
-    p.add_argument("--watch", action="store_true", help="keep copying new datasets (Ctrl-C ends)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep copying new datasets (Ctrl-C ends: files in flight are finished, "
+        "the rest wait for the next run; a second Ctrl-C stops at once)",
+    )
     p.add_argument(
         "--interval", type=float, default=2.0, help="seconds between looks with --watch (2)"
     )
@@ -63,31 +69,64 @@ def run(args: argparse.Namespace) -> int:
         Repository.open(args.source, create=False) as source,
         Repository.open(args.dest, datastore_url=args.to_datastore) as dest,
     ):
-        try:
-            return _loop(args, source, dest, config)
-        except KeyboardInterrupt:  # --watch ends with Ctrl-C; completed files are registered
-            return 130
+        if not args.watch:
+            return _round(args, source, dest, config, None)
+        return _watch(args, source, dest, config)
 
 
-def _loop(
+def _watch(
     args: argparse.Namespace, source: Repository, dest: Repository, config: TransferConfig
 ) -> int:
+    """Transfer every ``--interval`` seconds until Ctrl-C (exit status 130).
+
+    Ctrl-C sets an event instead of raising :class:`KeyboardInterrupt` at
+    whatever statement runs (inside a registry write, a part journal, the
+    thread pool's shutdown): files in flight finish and are registered, files
+    not started wait for the next run.  A second Ctrl-C raises at once, as
+    usual; what it cuts off is resumed from the part journal.
+    """
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        while not stop.is_set():
+            # Failures are printed; the next round tries them again.
+            _round(args, source, dest, config, stop)
+            stop.wait(args.interval)
+    except KeyboardInterrupt:  # the second Ctrl-C; completed files are registered
+        pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 130
+
+
+def _round(
+    args: argparse.Namespace,
+    source: Repository,
+    dest: Repository,
+    config: TransferConfig,
+    stop: threading.Event | None,
+) -> int:
+    """One pass over ``source``; the exit status of a single transfer."""
     from skydm.archive.transfer import FileTransfer, transfer
     from skydm.progress import Progress
 
-    failed = False
-    while True:
-        bar = Progress("transfer", None, quiet=args.quiet)
+    bar = Progress("transfer", None, quiet=args.quiet)
 
-        def tick(outcome: FileTransfer, bar: Progress = bar) -> None:
-            bar.advance(note=f"{outcome.status} {outcome.ref.data_id}")
+    def tick(outcome: FileTransfer) -> None:
+        bar.advance(note=f"{outcome.status} {outcome.ref.data_id}")
 
-        report = transfer(source, dest, config, progress=tick)
-        for outcome in report.results:
-            if outcome.status != "present":
-                print(outcome.line())
-        print(f"transfer {args.source} -> {args.dest}: {report.summary()}")
-        failed |= not report.ok
-        if not args.watch:
-            return 1 if failed else 0
-        time.sleep(args.interval)
+    report = transfer(source, dest, config, progress=tick, stop=stop)
+    for outcome in report.results:
+        if outcome.status != "present":
+            print(outcome.line())
+    # With --watch a round that found nothing new says nothing: one line
+    # every few seconds would bury the rounds that did.
+    if stop is None or any(r.status != "present" for r in report.results):
+        print(f"transfer {args.source} -> {args.dest}: {report.summary()}", flush=True)
+    return 0 if report.ok else 1

@@ -10,9 +10,11 @@ stays put, never passes.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+from scipy import stats
 
 from skydm.coadd._cw_config import MoverConfig
 from skydm.coadd._cw_movers import MODEL_SN, Track
@@ -60,6 +62,7 @@ def centroid_tracks(
     if np.unique(night).size < cfg.min_epochs:
         return []
     found: list[tuple[float, Track]] = []
+    measured: list[_Centroids] = []
     block = (0, 0)
     rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for py, px in zip(*np.nonzero(peaks), strict=True):
@@ -121,16 +124,35 @@ def centroid_tracks(
         g2v = gauss * gauss * vi
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
-        err2 = (
-            (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) + (CENTROID_FLOOR * fwhm) ** 2
-        ) * stretch**2
-        fit = _line(times[use], cen, 1.0 / err2, night[use], cfg.min_epochs)
+        photon2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2
+        # The point source's flux: the window's, undone for the share of the
+        # light that the seeing and the offset from the window's centre take
+        # outside it (a Gaussian source in a Gaussian window).
+        # Only where it is within the window's sigma of the centre is that
+        # correction good (farther, the window pulls the centroid in): the
+        # flux elsewhere is left out (NaN) of the flux test.
+        off2 = ((cen - c) ** 2).sum(axis=1)
+        flux = s * stretch * np.exp(0.5 * off2 / (s2 + widths2[use]))
+        flux[off2 > s2] = np.nan
+        measured.append(
+            _Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux, s * stretch)
+        )
+    floor2 = centroid_floor(measured, fwhm) ** 2
+    for m in measured:
+        # A mover's flux is steady; a static source blended with variable
+        # neighbours has a centroid that wanders with their light curves.
+        near = m.flux[np.isfinite(m.flux)]
+        rel = near / float(np.median(near)) if near.size >= cfg.min_epochs else np.ones(1)
+        if 1.4826 * float(np.median(np.abs(rel - 1.0))) > cfg.max_flux_scatter:
+            continue
+        w = 1.0 / (m.photon2 + floor2)
+        fit = _line(m.t, m.cen, w, m.nights, cfg.min_epochs, m.window)
         if fit is None:
             continue
         tm, mean, v, sig = fit
         if sig >= cfg.centroid_sn:
             # Full resolution to the binned grid of :class:`Track`.
-            pb = (mean + np.array([cy0, cx0]) + 0.5) / b - 0.5
+            pb = (mean + np.array([m.cy, m.cx]) + 0.5) / b - 0.5
             found.append((sig, Track(pb, v / b, tm, float(times.min()), float(times.max()))))
     # One track per mover: a mover may hold several peaks of the model.
     out: list[Track] = []
@@ -143,9 +165,15 @@ def centroid_tracks(
 #: Rows of the stack read at once for the centroids of the peaks in them.
 CENTROID_BLOCK = 64
 
-#: A centroid's error floor (FWHM): PSF residuals and resampling move a
-#: bright source's centroid by a few hundredths of a FWHM from epoch to epoch.
-CENTROID_FLOOR = 0.03
+#: Fewest sources whose centroids measure a field's centroid floor
+#: (:func:`centroid_floor`); below it, :data:`DEFAULT_FLOOR` is assumed.
+MIN_FLOOR_SOURCES = 10
+
+#: The centroid floor (target FWHM) assumed where too few sources measure it:
+#: PSF residuals and resampling move a bright source's centroid by a few
+#: hundredths of a FWHM from epoch to epoch (the constant floor this
+#: measurement replaced).
+DEFAULT_FLOOR = 0.03
 
 #: Largest fraction of a centroid window's core filled in for bad pixels.
 MAX_FILLED = 0.25
@@ -156,27 +184,116 @@ MAX_FILLED = 0.25
 LINE_CLIP = 5.0
 
 
+class _Centroids(NamedTuple):
+    """One bright source's per-epoch centroids (full resolution, about
+    ``cy``, ``cx``): the epochs' times and nights, the centroids and their
+    photon variance per axis (both corrected for the window's pull), and
+    the flux in the window (corrected for the share of the light outside
+    it; NaN where the source is too far from the window's centre for that)
+    and the window's flux corrected for the seeing only (``window``)."""
+
+    cy: int
+    cx: int
+    t: np.ndarray
+    cen: np.ndarray
+    photon2: np.ndarray
+    nights: np.ndarray
+    flux: np.ndarray
+    window: np.ndarray
+
+
+def centroid_floor(measured: Sequence[_Centroids], fwhm: float) -> float:
+    """The field's centroid error floor (full-resolution pixels, per axis),
+    added in quadrature to each epoch's photon error: the ``f`` for which
+    the median source's scatter about its mean position is what its errors
+    predict.
+
+    Resampling, PSF residuals and the seeing's changes move a bright
+    source's centroid by more than its photon noise, by an amount that
+    depends on the data (the warps' resampling, how well each epoch's PSF
+    is known), not on one field's tuning.  Most bright peaks are static
+    sources, so over the field's sources the median of ``chi2(f) /
+    median(chi2_d)`` (``chi2`` about each source's weighted mean position
+    with errors ``photon^2 + f^2``, ``d = 2 (n - 1)`` degrees of freedom)
+    is 1 at the floor; movers and variables pulled about by a neighbour are
+    few and do not move a median.  A constant floor of 0.03 FWHM was 2-7
+    times the scatter of the held-out fields' static sources, and hid
+    overlapping movers' motion (issue 19).
+    """
+    usable = [m for m in measured if m.t.size >= 2]
+    if len(usable) < MIN_FLOOR_SOURCES:
+        return DEFAULT_FLOOR * fwhm
+    expected = np.array([stats.chi2.median(2 * (m.t.size - 1)) for m in usable])
+
+    def excess(f: float) -> float:
+        ratios = np.empty(len(usable))
+        for i, m in enumerate(usable):
+            w = 1.0 / (m.photon2 + f * f)
+            mean = (w[:, None] * m.cen).sum(axis=0) / w.sum()
+            ratios[i] = float((w * ((m.cen - mean) ** 2).sum(axis=1)).sum()) / expected[i]
+        return float(np.median(ratios)) - 1.0
+
+    lo, hi = 0.0, float(fwhm)
+    if excess(lo) <= 0:
+        return 0.0
+    if excess(hi) > 0:
+        return hi
+    # chi2(f) falls as f grows: bisection to a hundredth of a percent of a FWHM.
+    while hi - lo > FLOOR_TOLERANCE * fwhm:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+#: Precision (target FWHM) to which :func:`centroid_floor` is solved.
+FLOOR_TOLERANCE = 1e-4
+
+
 def _line(
-    t: np.ndarray, cen: np.ndarray, w: np.ndarray, nights: np.ndarray, min_nights: int
+    t: np.ndarray,
+    cen: np.ndarray,
+    w: np.ndarray,
+    nights: np.ndarray,
+    min_nights: int,
+    flux: np.ndarray,
 ) -> tuple[float, np.ndarray, np.ndarray, float] | None:
     """A straight line fitted to centroids ``cen`` (weights ``w``) at times ``t``,
     dropping the worst epoch while it is over :data:`LINE_CLIP` sigma off
-    and ``min_nights`` nights are left: (mean time, mean
-    position, velocity, significance of the velocity with its errors scaled
-    by the reduced chi-square where above 1), or None."""
+    and ``min_nights`` nights are left: (mean time, mean position,
+    velocity, significance of the velocity with its errors scaled by the
+    reduced chi-square where above 1), or None.
+
+    The centroid may also move in proportion to the window's ``flux``: a
+    static source blended with a variable neighbour moves towards it as it
+    brightens, which a line in time mimics wherever the light curve is slow
+    (at the field's centroid floor such blends passed as movers, and their
+    model took a star out of the coadd).  The velocity is only what the
+    flux does not explain; a mover's flux is steady.  The chi-square is the
+    larger of the kept epochs' and the median one of *every* epoch:
+    dropping epochs until a line fits would make one out of any wandering
+    centroid, while the few epochs that a trail or a ghost crosses do not
+    move a median (a 2-axis residual's median is ``2 ln 2`` times its
+    variance per axis).
+    """
     keep = np.ones(t.size, dtype=bool)
     while np.unique(nights[keep]).size >= min_nights:
-        wk, tk, ck = w[keep], t[keep], cen[keep]
-        tm = float(np.average(tk, weights=wk))
-        dt = tk - tm
-        stt = float((wk * dt * dt).sum())
-        if stt <= 0:
+        wk = w[keep]
+        tm = float(np.average(t[keep], weights=wk))
+        rel = flux / float(np.average(flux[keep], weights=wk)) - 1.0
+        x = np.stack([np.ones(t.size), t - tm, rel], axis=1)
+        xk = x[keep]
+        try:
+            inv = np.linalg.inv(xk.T @ (wk[:, None] * xk))
+        except np.linalg.LinAlgError:
             return None
-        mean = (wk[:, None] * ck).sum(axis=0) / wk.sum()
-        v = (wk * dt) @ (ck - mean) / stt
-        r2 = wk * ((ck - mean - dt[:, None] * v) ** 2).sum(axis=1)
-        chi2 = float(r2.sum()) / max(2 * (tk.size - 2), 1)
-        if r2.max() <= LINE_CLIP**2:
-            return tm, mean, v, float(np.hypot(*v)) * math.sqrt(stt / max(chi2, 1.0))
-        keep[np.flatnonzero(keep)[np.argmax(r2)]] = False
+        if not (np.all(np.isfinite(inv)) and inv[1, 1] > 0):
+            return None
+        beta = inv @ (xk.T @ (wk[:, None] * cen[keep]))  # one column per axis
+        r2 = w * ((cen - x @ beta) ** 2).sum(axis=1)
+        chi2 = float(r2[keep].sum()) / max(2 * (int(keep.sum()) - 3), 1)
+        if r2[keep].max() <= LINE_CLIP**2:
+            chi2 = max(chi2, float(np.median(r2)) / (2 * math.log(2)), 1.0)
+            v = beta[1]
+            return tm, beta[0], v, float(np.hypot(*v)) / math.sqrt(inv[1, 1] * chi2)
+        keep[np.argmax(np.where(keep, r2, -1.0))] = False
     return None

@@ -122,11 +122,20 @@ def read_exposure(path: str | Path, *, hdu: int | str | None = None) -> Exposure
 
 
 def exposure_from_hdulist(
-    hdul: fits.HDUList, *, source: str | Path | None = None, hdu: int | str | None = None
+    hdul: fits.HDUList,
+    *,
+    source: str | Path | None = None,
+    hdu: int | str | None = None,
+    estimate_variance: bool = True,
 ) -> Exposure:
     """An Exposure from an open ``HDUList`` (see :func:`read_exposure`).
 
-    ``source`` names where the data came from, for error messages.
+    ``source`` names where the data came from, for error messages.  With
+    ``estimate_variance=False`` a FITS image that is not a skydm file gets a
+    variance plane of NaN (unknown) instead of one estimated from its pixels:
+    for a raw, whose pixels still hold the bias, the estimate means nothing
+    and calibration makes the variance anew (the estimate costs 0.5 to 1 CPU
+    s at 4096x4096).
     """
     where = source if source is not None else "<in-memory FITS>"
     # Non-standard cards (ESO-LOG, ...) are expected in raw data: keep quiet about them.
@@ -149,6 +158,7 @@ def exposure_from_hdulist(
         image = np.array(h.data, dtype=np.float64 if h.data.dtype.itemsize > 4 else np.float32)
         return Exposure(
             image=image,
+            variance=None if estimate_variance else np.full(image.shape, np.nan, np.float32),
             wcs=wcs_from_header(h.header),
             zero_point=_card(header, ("ZP", "MAGZERO", "MAGZPT")),
             info=info,

@@ -80,6 +80,10 @@ class CosmicRayConfig:
     keep_margin : int
         Pixels at a tile's cut edges whose result is not kept (L.A.Cosmic's
         medians reach 9 pixels; the rest covers the iterations).
+    tile_rows : int
+        Rows of the bands a tall, mostly empty tile is cut into
+        (:func:`tile_boxes`): a bad column makes every row of the detector
+        a candidate.
     """
 
     enabled: bool = True
@@ -92,6 +96,7 @@ class CosmicRayConfig:
     tiled: bool = True
     tile_margin: int = 16
     keep_margin: int = 10
+    tile_rows: int = 256
 
     def __post_init__(self) -> None:
         for name in ("sigclip", "objlim"):
@@ -114,6 +119,8 @@ class CosmicRayConfig:
                 f"{self.tile_margin}/{self.keep_margin}",
                 "10 <= keep_margin < tile_margin <= 128 pixels",
             )
+        if not 16 <= int(self.tile_rows) <= 1 << 16:
+            raise BadValueError("CosmicRayConfig.tile_rows", self.tile_rows, "16 to 65536 rows")
 
 
 def repair_cosmic_rays(
@@ -303,11 +310,80 @@ def lacosmic_mask(
     # astroscrappy starts its OpenMP threads on every call: on small tiles
     # that start-up costs ten times the work (and spins on a busy machine).
     with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
-        for box in ndimage.find_objects(labels):
-            if box is None:
-                continue
+        for tile_box in tile_boxes(labels, config):
+            box = tile_box.box
             tile = detect(np.ascontiguousarray(data[box]), np.ascontiguousarray(ignored[box]))
-            out[box] |= tile & keep[box]
+            # Kept: near the tile's own candidates, in its own rows; another
+            # tile's pixels inside this box may lie near its cut edges.
+            kept = keep[box] & (labels[box] == tile_box.label)
+            kept[: tile_box.rows.start - box[0].start] = False
+            kept[tile_box.rows.stop - box[0].start :] = False
+            out[box] |= tile & kept
+    return out
+
+
+@dataclass(frozen=True)
+class TileBox:
+    """One L.A.Cosmic tile: where it runs and which of its results are kept.
+
+    Attributes
+    ----------
+    box : tuple of slice
+        The pixels L.A.Cosmic runs on.
+    label : int
+        The connected region of grown candidates it serves.
+    rows : slice
+        The rows whose results it gives (the box runs past them by
+        ``2 tile_margin`` where a tall region is cut into bands).
+    """
+
+    box: tuple[slice, slice]
+    label: int
+    rows: slice
+
+
+def tile_boxes(labels: np.ndarray, config: CosmicRayConfig) -> list[TileBox]:
+    """The tiles of the labelled regions of grown candidates.
+
+    A region's tile is its bounding box, unless the box is taller than
+    ``tile_rows`` and mostly empty (a bad column whose every row is a
+    candidate, with the cosmic rays beside it merged in: a 4096-row box
+    150 pixels wide, most of the tiles' area, for a region of 35): it is
+    then cut into bands of ``tile_rows`` rows, each run on the region's
+    columns within ``2 tile_margin`` rows of the band, so that every kept
+    pixel still has the whole region around it to ``2 tile_margin`` rows
+    and the full ``tile_margin`` box of its candidate.
+    """
+    out: list[TileBox] = []
+    context = 2 * config.tile_margin
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        rows, cols = box
+        height = rows.stop - rows.start
+        if height <= config.tile_rows + 2 * context:
+            out.append(TileBox(box, label, rows))
+            continue
+        mine = labels[box] == label
+        if 2 * np.count_nonzero(mine) >= mine.size:
+            out.append(TileBox(box, label, rows))
+            continue
+        for a in range(0, height, config.tile_rows):
+            b = min(a + config.tile_rows, height)
+            lo, hi = max(a - context, 0), min(b + context, height)
+            used = np.flatnonzero(mine[lo:hi].any(axis=0))
+            if not len(used):
+                continue
+            out.append(
+                TileBox(
+                    (
+                        slice(rows.start + lo, rows.start + hi),
+                        slice(cols.start + int(used[0]), cols.start + int(used[-1]) + 1),
+                    ),
+                    label,
+                    slice(rows.start + a, rows.start + b),
+                )
+            )
     return out
 
 

@@ -35,6 +35,13 @@ class PromptConfig:
         twice the exposure time plus 20 s.
     workers : int
         Worker processes (or Dask tasks at once).
+    worker_threads : int
+        Threads each worker process may give its pixel work (BLAS and
+        OpenMP pools; FFTs take ``SKYDM_FFT_WORKERS``).  One by default: the
+        workers are the parallelism, one detector a core, and a library
+        that starts a thread per core in every worker (OpenBLAS does)
+        oversubscribes the cores once the workers are busy, and makes a
+        lone detector faster than its share of a busy machine.
     max_attempts : int
         Tries of a detector whose worker died or failed.
     lock_cell_deg : float
@@ -79,6 +86,7 @@ class PromptConfig:
     raw_topic: str = "skydm-raw-arrivals"
     raw_timeout_s: float | None = None
     workers: int = 2
+    worker_threads: int = 1
     max_attempts: int = 3
     lock_cell_deg: float = 0.5
     apdb: str = ""
@@ -112,6 +120,8 @@ class PromptConfig:
             raise BadValueError("raw_timeout_s", t, "0 to 86400 seconds (or none for 2*exptime+20)")
         if not 1 <= self.workers <= 1024:
             raise BadValueError("workers", self.workers, "1 to 1024")
+        if not 1 <= self.worker_threads <= 256:
+            raise BadValueError("worker_threads", self.worker_threads, "1 to 256 threads")
         if not 1 <= self.max_attempts <= 20:
             raise BadValueError("max_attempts", self.max_attempts, "1 to 20")
         if not 0.01 <= self.lock_cell_deg <= 30:

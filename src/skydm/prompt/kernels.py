@@ -62,6 +62,13 @@ def _warm_diffim() -> None:
     pm = pixel_map(_tan((12.0, 12.0)), _tan((12.4, 11.7)), (24, 24), (24, 24))
     image = np.ones((24, 24), dtype=np.float32)
     warp(pm, image, image, mask, 256)
+    # And read-only, as the worker's template cache holds the template's
+    # planes: numba compiles a read-only array's signature apart (3 CPU s
+    # inside the first detector otherwise).
+    image_ro, variance_ro, mask_ro = image.copy(), image.copy(), mask.copy()
+    for plane in (image_ro, variance_ro, mask_ro):
+        plane.setflags(write=False)
+    warp(pm, image_ro, variance_ro, mask_ro, 256)
     # A footprint's significance (float32, as the matched filter's).
     sub = np.zeros((16, 16), dtype=np.float32)
     sub[4, 4], sub[11, 11] = 10.0, 9.0

@@ -104,9 +104,9 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="skydm-parent-watch", daemon=True).start()
 
 
-def _worker_main(inbox: Any, results: Any, index: int) -> None:
+def _worker_main(inbox: Any, results: Any, index: int, threads: int) -> None:
     _exit_with_parent()
-    warm_up()
+    warm_up(threads)
     try:
         while True:
             work = inbox.get()
@@ -131,11 +131,14 @@ class LocalPool:
     ----------
     n : int
         Worker processes.
+    threads : int
+        BLAS and OpenMP threads of each (:attr:`PromptConfig.worker_threads`).
     """
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, threads: int = 1) -> None:
         if n < 1:
             raise BadValueError("workers", n, "at least 1")
+        self._threads = threads
         self._ctx = mp.get_context("spawn")
         self._results = self._ctx.Queue()
         self._slots = [self._start(i) for i in range(n)]
@@ -143,7 +146,7 @@ class LocalPool:
     def _start(self, index: int) -> _Slot:
         inbox = self._ctx.Queue()
         proc = self._ctx.Process(
-            target=_worker_main, args=(inbox, self._results, index), daemon=True,
+            target=_worker_main, args=(inbox, self._results, index, self._threads), daemon=True,
             name=f"skydm-prompt-worker-{index}",
         )  # fmt: skip
         proc.start()
@@ -267,10 +270,13 @@ def _dask_key(work: Work) -> str:
 
 
 @contextmanager
-def open_pool(workers: int, dask: str | None = None) -> Iterator[JobPool]:
-    """A pool of ``workers`` local processes, or Dask (``local:N`` or a scheduler address)."""
+def open_pool(workers: int, dask: str | None = None, *, threads: int = 1) -> Iterator[JobPool]:
+    """A pool of ``workers`` local processes, or Dask (``local:N`` or a scheduler address).
+
+    Each worker's BLAS and OpenMP pools are limited to ``threads`` threads.
+    """
     if dask is None:
-        pool = LocalPool(workers)
+        pool = LocalPool(workers, threads)
         try:
             yield pool
         finally:
@@ -283,7 +289,7 @@ def open_pool(workers: int, dask: str | None = None) -> Iterator[JobPool]:
         backend = started.executor
         if not isinstance(backend, DaskBackend):  # open_executor gives Dask when dask is set
             raise TypeError(f"expected a Dask backend for --dask {dask}")
-        backend.client.run(warm_up)  # as the local pool's workers do on starting
+        backend.client.run(warm_up, threads)  # as the local pool's workers do on starting
         dpool = DaskPool(backend.client, workers)
         try:
             yield dpool

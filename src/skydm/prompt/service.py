@@ -187,7 +187,9 @@ class PromptService:
         restore = _stop_on_signals(self.stop_event)
         try:
             with (
-                open_pool(self.config.workers, self.dask) as pool,
+                open_pool(
+                    self.config.workers, self.dask, threads=self.config.worker_threads
+                ) as pool,
                 Repository.open(self.root, create=False) as repo,
             ):
                 self.pool = pool

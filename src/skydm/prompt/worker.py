@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skydm.errors import UserError
+from skydm.errors import UserError, require_extra
 from skydm.pipeline.task import DatasetKey, Task
 from skydm.prompt.config import PromptConfig
 from skydm.prompt.handoff import Handoff, HandoffIO
@@ -128,8 +128,16 @@ WARM_MODULES = (
 )  # fmt: skip
 
 
-def warm_up() -> None:
-    """Import what processing a detector needs and compile its kernels (at a worker's start)."""
+def warm_up(threads: int | None = None) -> None:
+    """Import what processing a detector needs and compile its kernels (at a worker's start).
+
+    Parameters
+    ----------
+    threads : int, optional
+        Limit this process's BLAS and OpenMP thread pools to so many
+        threads (:attr:`PromptConfig.worker_threads`); ``None`` leaves them
+        as they are.
+    """
     import importlib
     import importlib.util
 
@@ -139,6 +147,8 @@ def warm_up() -> None:
                 importlib.import_module(name)
             except ImportError:  # an optional extra: the detector reports it if needed
                 continue
+    if threads is not None:
+        limit_threads(threads)
     from skydm.errors import SkydmError
 
     with suppress(SkydmError, ImportError):  # parsed once per process, then cached
@@ -151,6 +161,19 @@ def warm_up() -> None:
         from skydm.prompt.kernels import warm_kernels
 
         warm_kernels()
+
+
+def limit_threads(threads: int) -> None:
+    """Limit the BLAS and OpenMP pools this process has loaded to ``threads`` threads.
+
+    For the life of the process (a worker's): OpenBLAS and OpenMP start a
+    thread per core by default, so two workers on two cores would run four
+    threads of pixel work (spinning while they wait for each other).  The
+    libraries are loaded by :data:`WARM_MODULES` first: a pool is limited
+    only once loaded.
+    """
+    threadpoolctl = require_extra("threadpoolctl", "calibrate")
+    threadpoolctl.threadpool_limits(limits=int(threads))
 
 
 def apdb_location(config: PromptConfig, root: str | Path) -> str | Path:
