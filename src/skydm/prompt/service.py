@@ -13,12 +13,13 @@ the *export* to that worker when it has no processing to start (or holds
 ``defer_export_max`` detectors): the row stays ``running`` until then, and a
 worker that dies holding outputs has those detectors computed again.  A
 processing job whose worker died, or that failed, is queued again (in
-front) until it has had ``max_attempts`` tries; a raw that does not land by the deadline (the
-visit's expected start plus ``raw_timeout_s``) is recorded as timed out and
-the service carries on.  A service started again (after a crash, ``kill
--9``) reads the rows not ended back and carries on with them: waiting ones
-are preloaded again, ready and running ones processed (the latter as a
-retry; the APDB and outbox keep a retry from sending an alert twice).
+front) until it has had ``max_attempts`` tries; a raw that does not land by
+the deadline (the visit's expected start plus ``raw_timeout_s``) is
+recorded as timed out and the service carries on.  A service started
+again (after a crash, ``kill -9``) reads the rows not ended back and
+carries on with them: waiting ones are preloaded again, ready and running
+ones processed (the latter as a retry; the APDB and outbox keep a retry
+from sending an alert twice).
 """
 
 from __future__ import annotations
