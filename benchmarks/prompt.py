@@ -19,7 +19,7 @@ The cadence is long enough that visits do not queue behind each other
 (``--cadence``, default 40 s at ``--speedup 1``).
 
 Usage: ``python benchmarks/prompt.py [--size 4096 --stars 10000 --visits 5]
-[--keep DIR]``.  The defaults are reduced to fit a small shared machine; the
+[--keep DIR] [--no-defer-export]``.  The defaults are reduced to fit a small shared machine; the
 JSON says which size was run.
 
 Making the templates (simulating, calibrating, warping and coadding the
@@ -85,7 +85,7 @@ def night(root: Path, bootstrap: str, *, detectors: int, args: argparse.Namespac
     # The night's raws are rendered before the service starts: at 4096 pixels
     # rendering takes minutes, longer than the service's idle exit.
     prepared = prepare_night(root, cfg, render=True, jobs=args.workers, log=_log)
-    config = load_config(root).updated(workers=args.workers)
+    config = load_config(root).updated(workers=args.workers, defer_export=args.defer_export)
     assert isinstance(config, PromptConfig)
     service = PromptService(root, bootstrap, config)
     report: dict[str, Any] = {}
@@ -153,6 +153,10 @@ def main() -> None:
     p.add_argument("--speedup", type=float, default=1.0, help="simulated s per wall s (1)")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument(
+        "--no-defer-export", dest="defer_export", action="store_false",
+        help="each worker exports a detector before its next one (PromptConfig.defer_export off)",
+    )  # fmt: skip
+    p.add_argument(
         "--keep", type=Path, default=None,
         help="keep the repositories here and reuse their templates on the next run",
     )  # fmt: skip
@@ -199,6 +203,7 @@ def main() -> None:
                 "visits": len({r.visit for r in one}),
                 "detectors_per_visit": 1,
                 "workers": args.workers,
+                "defer_export": args.defer_export,
                 "visit_4det_over_1det": round(ratio, 3),
                 "visit_latency_1det_p50_s": round(percentile(v1, 50), 3),
                 "visit_latency_4det_p50_s": round(percentile(v4, 50), 3),

@@ -59,7 +59,8 @@ def test_config_defaults_and_validation(tmp_path: Path) -> None:
     assert PromptConfig(raw_timeout_s=5).timeout_for(30.0) == 5.0
     for bad in ({"workers": 0}, {"raw_timeout_s": -1.0}, {"lock_cell_deg": 0.0},
                 {"pipeline": ("nokey",)}, {"next_visit_topic": "a b"},
-                {"session_timeout_s": 3.0}, {"worker_threads": 0}):  # fmt: skip
+                {"session_timeout_s": 3.0}, {"worker_threads": 0},
+                {"defer_export": "yes"}, {"defer_export_max": 0}):  # fmt: skip
         with pytest.raises(BadValueError):
             PromptConfig(**bad)  # type: ignore[arg-type]
     save_config(tmp_path, PromptConfig(workers=3, pipeline=("ra0=1",)))

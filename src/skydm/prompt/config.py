@@ -77,6 +77,16 @@ class PromptConfig:
         Only ``ap`` reads it, and the service hands it over in memory; keep
         it for a later ``skydm run ap`` to see the detector's ``diffim`` as
         done.
+    defer_export : bool
+        Let a worker whose detector's alerts are out process its next
+        queued detector before it writes the first one's outputs to the
+        repository (the export), holding them in memory meanwhile, so that
+        the next detector's latency does not hold that export.  Only with
+        the service's own worker processes (a Dask task exports at once).
+    defer_export_max : int
+        Most detectors whose outputs one worker holds un-exported: a worker
+        holding this many exports them before it processes another (each
+        holds a detector's calexp and difference: about 0.3 GB at 4096²).
     pipeline : tuple of str
         ``KEY=VALUE`` / ``TASK.KEY=VALUE`` overrides of the ``ap`` pipeline's
         task configs (the sky grid of the templates, the diffim method...).
@@ -97,6 +107,8 @@ class PromptConfig:
     preload_radius_deg: float = 0.2
     template_cache: int = 4
     keep_diff_template: bool = False
+    defer_export: bool = True
+    defer_export_max: int = 2
     pipeline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -141,6 +153,10 @@ class PromptConfig:
             raise BadValueError("template_cache", self.template_cache, "1 to 64 templates")
         if not isinstance(self.keep_diff_template, bool):
             raise BadValueError("keep_diff_template", self.keep_diff_template, "true or false")
+        if not isinstance(self.defer_export, bool):
+            raise BadValueError("defer_export", self.defer_export, "true or false")
+        if not 1 <= self.defer_export_max <= 16:
+            raise BadValueError("defer_export_max", self.defer_export_max, "1 to 16 detectors")
         for item in self.pipeline:
             if "=" not in item:
                 raise BadValueError("pipeline", item, "KEY=VALUE or TASK.KEY=VALUE")

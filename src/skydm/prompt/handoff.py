@@ -98,6 +98,16 @@ class Handoff:
             raise TypeError(f"{key} is held as {type(found).__name__}, not bytes")
         return found
 
+    def release(self) -> None:
+        """Keep only what :meth:`export` writes (a deferred export: the worker goes on).
+
+        The objects handed between tasks and the outputs never written (the
+        ``diff_template``, 200 MB at 4096², and the cached template) are
+        dropped; the outputs to write keep their payloads.
+        """
+        self.objects.clear()
+        self.exports = [e for e in self.exports if e.key.dataset_type not in self.skip]
+
     def export(self, repo: Repository) -> list[DatasetRef]:
         """Write every held output (except :attr:`skip`) with its provenance; returns the refs.
 

@@ -1,11 +1,15 @@
 """Where detector jobs run: worker processes of the service's own, or a Dask cluster.
 
 A job is a :class:`Work` item: the ``preload`` of a detector-visit (on its
-event) or its ``process`` (once its raw landed).  Both pools hand back, for
-each, its :class:`DetectorOutcome`, or ``None`` when the process running it
-died (``kill -9``, out of memory): the service then tries the job again on
-another worker.  The local pool says which worker ran each item, so that the
-service can send a detector's processing to the worker that preloaded it.
+event), its ``process`` (once its raw landed) or, when its export was
+deferred, its ``export`` (to the worker holding its outputs).  Both pools
+hand back, for each, its :class:`DetectorOutcome`, or ``None`` when the
+process running it died (``kill -9``, out of memory): the service then tries
+the job again on another worker.  The local pool says which worker ran each
+item, so that the service can send a detector's processing to the worker
+that preloaded it and its export to the worker that holds its outputs, and
+which workers it started again (:meth:`LocalPool.replaced`: what they held
+is lost).
 
 The local pool gives each worker process one job at a time through its own
 queue, so the service always knows which job a dead worker held (a shared
@@ -32,6 +36,8 @@ from skydm.prompt.worker import (
     DetectorJob,
     DetectorOutcome,
     close_transports,
+    export_detector,
+    export_held,
     preload_detector,
     process_detector,
     warm_up,
@@ -40,10 +46,15 @@ from skydm.prompt.worker import (
 
 @dataclass(frozen=True)
 class Work:
-    """One item for a worker: preload a detector-visit, or process it."""
+    """One item for a worker: preload a detector-visit, process it, or export it.
 
-    kind: Literal["preload", "process"]
+    ``defer_export`` (``process`` only): hold the outputs in the worker for
+    a later ``export`` item there (:func:`~skydm.prompt.worker.process_detector`).
+    """
+
+    kind: Literal["preload", "process", "export"]
     job: DetectorJob
+    defer_export: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,14 +68,26 @@ class Finished:
 
 def run_work(work: Work) -> DetectorOutcome:
     """Run one item in this process."""
+    if work.kind == "process":
+        return process_detector(work.job, defer_export=work.defer_export)
     fn: Callable[[DetectorJob], DetectorOutcome] = (
-        preload_detector if work.kind == "preload" else process_detector
+        preload_detector if work.kind == "preload" else export_detector
     )
     return fn(work.job)
 
 
 class JobPool(Protocol):
     """What the service needs of a pool."""
+
+    #: Whether an item can be sent to a given worker that keeps what an
+    #: earlier item left in its memory (the local pool; not Dask).
+    addressable: bool
+
+    def workers(self) -> list[int]:
+        """Ids of the workers (empty when not :attr:`addressable`)."""
+
+    def replaced(self) -> list[int]:
+        """Workers started again since the last call (what they held is lost)."""
 
     def free(self) -> int:
         """How many more jobs may start now."""
@@ -111,6 +134,9 @@ def _worker_main(inbox: Any, results: Any, index: int, threads: int) -> None:
         while True:
             work = inbox.get()
             if work is None:
+                # Told to stop: the outputs still held are written first, so
+                # that a service stopped gracefully leaves no detector to redo.
+                export_held()
                 return
             results.put((index, run_work(work)))
     finally:
@@ -135,6 +161,10 @@ class LocalPool:
         BLAS and OpenMP threads of each (:attr:`PromptConfig.worker_threads`).
     """
 
+    addressable = True
+    #: Seconds a stopping worker may take to export what it holds before it is terminated.
+    STOP_S = 30.0
+
     def __init__(self, n: int, threads: int = 1) -> None:
         if n < 1:
             raise BadValueError("workers", n, "at least 1")
@@ -142,6 +172,14 @@ class LocalPool:
         self._ctx = mp.get_context("spawn")
         self._results = self._ctx.Queue()
         self._slots = [self._start(i) for i in range(n)]
+        self._replaced: list[int] = []
+
+    def workers(self) -> list[int]:
+        return list(range(len(self._slots)))
+
+    def replaced(self) -> list[int]:
+        out, self._replaced = self._replaced, []
+        return out
 
     def _start(self, index: int) -> _Slot:
         inbox = self._ctx.Queue()
@@ -185,6 +223,7 @@ class LocalPool:
                 lost = slot.work
                 slot.process.join(0)
                 self._slots[i] = self._start(i)
+                self._replaced.append(i)
                 if lost is not None:
                     out.append(Finished(lost, None, i))
         return out
@@ -203,8 +242,9 @@ class LocalPool:
         for slot in self._slots:
             if slot.process.is_alive():
                 slot.inbox.put(None)
+        deadline = time.monotonic() + self.STOP_S
         for slot in self._slots:
-            slot.process.join(5.0)
+            slot.process.join(max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():
                 slot.process.terminate()
                 slot.process.join(5.0)
@@ -221,10 +261,18 @@ class DaskPool:
         Jobs in flight at once.
     """
 
+    addressable = False
+
     def __init__(self, client: Any, n: int) -> None:
         self._client = client
         self._n = n
         self._futures: dict[Any, Work] = {}
+
+    def workers(self) -> list[int]:
+        return []
+
+    def replaced(self) -> list[int]:
+        return []  # Dask reruns a dead worker's tasks itself
 
     def free(self) -> int:
         return self._n - len(self._futures)

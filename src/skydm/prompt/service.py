@@ -7,14 +7,19 @@ job's centre and deadline) before its Kafka offset is committed, and queues
 a *preload* of each detector: a worker reads its templates and DIA objects
 and is then free again.  When the raw lands (its notification, or the
 registry), the detector becomes ``ready`` and its *processing* is queued,
-first for the worker that preloaded it.  A processing job whose worker died,
-or that failed, is queued again (in front) until it has had
-``max_attempts`` tries; a raw that does not land by the deadline (the
-visit's expected start plus ``raw_timeout_s``) is recorded as timed out and
-the service carries on.  A service started again (after a crash, ``kill
--9``) reads the rows not ended back and carries on with them: waiting ones
-are preloaded again, ready and running ones processed (the latter as a
-retry; the APDB and outbox keep a retry from sending an alert twice).
+first for the worker that preloaded it.  With ``defer_export`` the worker
+holds the detector's outputs once its alerts are out, and the service sends
+the *export* to that worker when it has no processing to start (or holds
+``defer_export_max`` detectors): the row stays ``running`` until then, and a
+worker that dies holding outputs has those detectors computed again.  A
+processing job whose worker died, or that failed, is queued again (in
+front) until it has had ``max_attempts`` tries; a raw that does not land by
+the deadline (the visit's expected start plus ``raw_timeout_s``) is
+recorded as timed out and the service carries on.  A service started
+again (after a crash, ``kill -9``) reads the rows not ended back and
+carries on with them: waiting ones are preloaded again, ready and running
+ones processed (the latter as a retry; the APDB and outbox keep a retry
+from sending an alert twice).
 """
 
 from __future__ import annotations
@@ -50,9 +55,13 @@ class _Tracked:
     """A detector-visit the service holds (not ended)."""
 
     job: DetectorJob
-    state: str  # "waiting" (for its raw), "ready" (queued) or "running"
+    #: "waiting" (for its raw), "ready" (queued), "running", "held" (alerts
+    #: out, outputs held by :attr:`worker` for a deferred export) or "exporting".
+    state: str
     #: The worker holding its preload (``None``: none, or unknown).
     preloaded_on: int | None = None
+    #: The worker holding its outputs un-exported (states "held", "exporting").
+    worker: int | None = None
 
 
 @dataclass
@@ -125,6 +134,10 @@ class PromptService:
         #: Detector-visits to preload (their event came), first in first.
         self._to_preload: collections.deque[Key] = collections.deque()
         self._raw_seen: set[Key] = set()
+        #: Per worker, the detector-visits whose outputs it holds for export, oldest first.
+        self._held: dict[int, list[Key]] = {}
+        #: Whether exports are deferred (``defer_export``, with a pool of addressable workers).
+        self._defer = False
         self._last_registry_poll = 0.0
         self.pool: JobPool | None = None
 
@@ -193,9 +206,12 @@ class PromptService:
                 Repository.open(self.root, create=False) as repo,
             ):
                 self.pool = pool
+                self._defer = self.config.defer_export and pool.addressable
                 while not self.stop_event.is_set():
                     # Block on Kafka only when no queued item could start now.
-                    ready = bool(self._ready or self._to_preload) and pool.free() > 0
+                    ready = (bool(self._ready or self._to_preload) and pool.free() > 0) or any(
+                        keys and pool.is_free(w) for w, keys in self._held.items()
+                    )
                     msgs = consumer.consume(200, timeout=0.0 if ready else self.config.poll_s)
                     handled = False
                     for msg in msgs:
@@ -211,6 +227,8 @@ class PromptService:
                     for item in pool.finished(0.0 if msgs else self.config.poll_s):
                         last_activity = time.monotonic()
                         self._on_finished(item, report, say)
+                    for worker in pool.replaced():
+                        self._on_replaced(worker, report, say)
                     # A worker freed just now takes its next item at once, not
                     # after the next wait on Kafka.
                     self._submit(pool)
@@ -258,21 +276,52 @@ class PromptService:
             say(f"resumed: visit {row.visit} detector {row.detector} ({row.state})")
 
     def _submit(self, pool: JobPool) -> None:
-        """Start queued items on the free workers: raws landed first, then preloads.
+        """Start queued items on the free workers: raws landed, then exports, then preloads.
 
         A detector's processing goes to the worker that preloaded it when that
         one is free, to any free worker otherwise (which reads the template
-        itself: a worker left idle while a raw waits costs more).
+        itself: a worker left idle while a raw waits costs more).  With
+        deferred exports, a worker holding ``defer_export_max`` detectors
+        un-exported takes no processing; a free worker with nothing to
+        process exports what it holds, oldest first.
         """
         while self._ready and pool.free() > 0:
-            tracked = self._jobs[self._ready.popleft()]
+            tracked = self._jobs[self._ready[0]]
+            worker = tracked.preloaded_on
+            if self._defer:
+                worker = self._worker_for(pool, worker)
+                if worker is None:  # every free worker must export first
+                    break
+            self._ready.popleft()
             tracked.state = "running"
-            pool.submit(Work("process", tracked.job), prefer=tracked.preloaded_on)
+            pool.submit(Work("process", tracked.job, defer_export=self._defer), prefer=worker)
+        for worker, keys in self._held.items():
+            if keys and pool.is_free(worker):
+                tracked = self._jobs[keys.pop(0)]
+                tracked.state = "exporting"
+                pool.submit(Work("export", tracked.job), prefer=worker)
         while self._to_preload and pool.free() > 0:
             key = self._to_preload.popleft()
             tracked_or_none = self._jobs.get(key)
             if tracked_or_none is not None and tracked_or_none.state == "waiting":
                 pool.submit(Work("preload", tracked_or_none.job))
+
+    def _worker_for(self, pool: JobPool, prefer: int | None) -> int | None:
+        """The free worker to process a detector on (``prefer`` if it may), or ``None``.
+
+        A worker may when it holds fewer than ``defer_export_max`` detectors
+        un-exported; among the others, the one holding fewest.
+        """
+        able = [
+            w
+            for w in pool.workers()
+            if pool.is_free(w) and len(self._held.get(w, ())) < self.config.defer_export_max
+        ]
+        if not able:
+            return None
+        if prefer in able:
+            return prefer
+        return min(able, key=lambda w: len(self._held.get(w, ())))
 
     def _check_waiting(
         self, repo: Repository, report: ServeReport, say: Callable[[str], None]
@@ -353,11 +402,6 @@ class PromptService:
     def _on_finished(self, item: Finished, report: ServeReport, say: Callable[[str], None]) -> None:
         key = item.work.job.key
         tracked = self._jobs.get(key)
-        if item.outcome is None and item.worker is not None:
-            # Its worker was replaced: what it had preloaded is gone.
-            for t in self._jobs.values():
-                if t.preloaded_on == item.worker:
-                    t.preloaded_on = None
         if item.work.kind == "preload":
             if tracked is None:
                 return
@@ -367,29 +411,59 @@ class PromptService:
                 why = "its worker died" if item.outcome is None else item.outcome.error
                 say(f"preload: visit {key[1]} detector {key[2]} not preloaded ({why})")
             return
-        inst, visit, det = key
         outcome = item.outcome
+        if outcome is not None and outcome.state == "alerted":
+            # Its outputs wait in that worker for their export (_submit).
+            if tracked is not None and item.worker is not None:
+                tracked.state = "held"
+                tracked.worker = item.worker
+                self._held.setdefault(item.worker, []).append(key)
+            return
         if outcome is None or outcome.state == "failed":
-            row = self.store.row(inst, visit, det)
-            attempts = row.attempts if row is not None else 0
-            why = "its worker died" if outcome is None else outcome.error
-            retry = outcome is None or outcome.retry
-            if retry and attempts < self.config.max_attempts and tracked is not None:
-                report.retries += 1
-                self.metrics.retries.inc()
-                say(f"retry: visit {visit} detector {det} ({why}; attempt {attempts})")
-                tracked.state = "ready"
-                tracked.preloaded_on = None
-                self.store.set_state(inst, visit, det, "ready")
-                self._ready.appendleft(key)
-                return
-            tries = f" (after {attempts} tries)" if retry else ""
-            self.store.finish(inst, visit, det, "failed", error=f"{why}{tries}")
+            why = "its worker died" if outcome is None else (outcome.error or "failed")
+            self._retry_or_fail(key, why, outcome is None or outcome.retry, report, say)
+            return
+        self._end(key, report, say)
+
+    def _on_replaced(self, worker: int, report: ServeReport, say: Callable[[str], None]) -> None:
+        """A worker died and was started again: what it preloaded and held is gone."""
+        for t in self._jobs.values():
+            if t.preloaded_on == worker:
+                t.preloaded_on = None
+        # Computed again: the APDB keeps their association single, the outbox
+        # their alerts (already sent), so no alert is lost or sent twice.
+        for key in self._held.pop(worker, []):
+            why = "its worker died holding its outputs un-exported"
+            self._retry_or_fail(key, why, True, report, say)
+
+    def _retry_or_fail(
+        self, key: Key, why: str, retry: bool, report: ServeReport, say: Callable[[str], None]
+    ) -> None:
+        """Queue a detector-visit again (in front) unless it had its tries or may not be retried."""
+        inst, visit, det = key
+        tracked = self._jobs.get(key)
+        row = self.store.row(inst, visit, det)
+        attempts = row.attempts if row is not None else 0
+        if retry and attempts < self.config.max_attempts and tracked is not None:
+            report.retries += 1
+            self.metrics.retries.inc()
+            say(f"retry: visit {visit} detector {det} ({why}; attempt {attempts})")
+            tracked.state = "ready"
+            tracked.preloaded_on = None
+            tracked.worker = None
+            self.store.set_state(inst, visit, det, "ready")
+            self._ready.appendleft(key)
+            return
+        tries = f" (after {attempts} tries)" if retry else ""
+        self.store.finish(inst, visit, det, "failed", error=f"{why}{tries}")
         self._end(key, report, say)
 
     def _end(self, key: Key, report: ServeReport, say: Callable[[str], None]) -> None:
         """A detector-visit ended (its row is final): count, observe and log it."""
-        self._jobs.pop(key, None)
+        tracked = self._jobs.pop(key, None)
+        if tracked is not None and tracked.worker is not None:
+            with contextlib.suppress(ValueError):  # not waiting for its export
+                self._held.get(tracked.worker, []).remove(key)
         self._raw_seen.discard(key)
         inst, visit, det = key
         row = self.store.row(inst, visit, det)

@@ -20,7 +20,11 @@ own pool, or as Dask tasks), so that no worker sits idle waiting for a raw:
 
 Every dataset goes from task to task in memory (:mod:`skydm.prompt.handoff`)
 and is written to the repository, with provenance as ``skydm run ap``
-writes it, only after the alerts are acknowledged (stamp ``export``).
+writes it, only after the alerts are acknowledged (stamp ``export``): at
+once, or, when the service defers it (``defer_export``), held in this
+process (state ``alerted`` reported) until the service sends the
+detector's :func:`export_detector`, so that the worker first processes the
+detectors queued behind it.
 Everything is idempotent: a detector-visit retried after its worker died
 redoes what was not committed (outputs are replaced; the APDB keeps a visit
 only once; the outbox keeps one row per diaSourceId and topic).
@@ -293,18 +297,44 @@ def preload_detector(job: DetectorJob) -> DetectorOutcome:
         store.close()
 
 
-def process_detector(job: DetectorJob) -> DetectorOutcome:
+@dataclass
+class _Held:
+    """A detector whose alerts are out and whose outputs wait in this process for export."""
+
+    job: DetectorJob
+    handoff: Handoff
+    attempt: int
+    n_sources: int
+    n_alerts: int
+
+
+#: Detectors this process holds un-exported (``defer_export``), oldest first.
+#: Lost if the process dies: the service then computes them again.
+_HELD: collections.OrderedDict[tuple[str, int, int], _Held] = collections.OrderedDict()
+
+
+def process_detector(job: DetectorJob, *, defer_export: bool = False) -> DetectorOutcome:
     """Calibrate, difference, associate and alert one detector whose raw has landed.
 
     Preloads first when this process has not (a retry elsewhere, a
     restarted service).  Errors are recorded in the timing table and
     returned, never raised (a worker that dies is noticed by the service).
+
+    Parameters
+    ----------
+    job : DetectorJob
+        The detector-visit.
+    defer_export : bool
+        Hold the outputs in this process once the alerts are acknowledged
+        and return the state ``alerted`` (the row stays ``running``), for a
+        later :func:`export_detector` in this process; write them at once
+        (state ``done``) otherwise.
     """
     store = TimingStore(job.root)
     inst, visit, det = job.key
     attempt = store.start_attempt(inst, visit, det, os.getpid())
     try:
-        outcome = _process(job, store, attempt)
+        outcome = _process(job, store, attempt, defer_export=defer_export)
     except Exception as exc:  # the service decides whether to try again
         text = " ".join(f"{type(exc).__name__}: {exc}".split())
         store.finish(inst, visit, det, "failed", error=text)
@@ -353,7 +383,9 @@ def _choose_template(
     return key, template
 
 
-def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutcome:
+def _process(
+    job: DetectorJob, store: TimingStore, attempt: int, *, defer_export: bool
+) -> DetectorOutcome:
     inst, visit, det = job.key
     tasks = _tasks(job.config)
     data_id = job.data_id
@@ -400,16 +432,62 @@ def _process(job: DetectorJob, store: TimingStore, attempt: int) -> DetectorOutc
         if job.bootstrap:
             _stream(job)
         store.stamp(inst, visit, det, "alerts", now())
+        n_sources = int(summary.get("n_sources") or 0)
+        n_alerts = summary.get("n_alerts")
+        n_alerts = n_sources if n_alerts is None else int(n_alerts)
+        if defer_export:
+            # The row stays running until export_detector: a worker that dies
+            # meanwhile has the detector computed again, as below.
+            handoff.release()
+            _HELD[job.key] = _Held(job, handoff, attempt, n_sources, n_alerts)
+            return DetectorOutcome(
+                job.key, "alerted", attempt, n_sources=n_sources, n_alerts=n_alerts
+            )
         # A worker killed before (or during) this computes the detector again
         # on its retry: the APDB keeps the association single, the outbox the
         # alerts, and each file is registered only once written.
         handoff.export(repo)
         store.stamp(inst, visit, det, "export", now())
-    n_sources = int(summary.get("n_sources") or 0)
-    n_alerts = summary.get("n_alerts")
-    n_alerts = n_sources if n_alerts is None else int(n_alerts)
     store.finish(inst, visit, det, "done", n_sources=n_sources, n_alerts=n_alerts)
     return DetectorOutcome(job.key, "done", attempt, n_sources=n_sources, n_alerts=n_alerts)
+
+
+def export_detector(job: DetectorJob) -> DetectorOutcome:
+    """Write the outputs this process holds for ``job`` (a deferred export); stamps ``export``.
+
+    Errors are recorded and returned as :func:`process_detector`'s are; a
+    detector this process does not hold (it was started again) fails with
+    ``retry``: the service computes it again.
+    """
+    held = _HELD.pop(job.key, None)
+    inst, visit, det = job.key
+    if held is None:
+        return DetectorOutcome(
+            job.key, "failed", 0, retry=True,
+            error=f"the outputs of visit {visit} detector {det} are not held by worker "
+            f"process {os.getpid()} (it was started again); computing the detector again",
+        )  # fmt: skip
+    store = TimingStore(job.root)
+    try:
+        with Repository.open(job.root, create=False) as repo:
+            held.handoff.export(repo)
+        store.stamp(inst, visit, det, "export", now())
+        store.finish(inst, visit, det, "done", n_sources=held.n_sources, n_alerts=held.n_alerts)
+        return DetectorOutcome(
+            job.key, "done", held.attempt, n_sources=held.n_sources, n_alerts=held.n_alerts
+        )
+    except Exception as exc:  # the service computes it again (a fault, not bad data)
+        text = " ".join(f"export: {type(exc).__name__}: {exc}".split())
+        store.finish(inst, visit, det, "failed", error=text)
+        return DetectorOutcome(job.key, "failed", held.attempt, error=text, retry=True)
+    finally:
+        store.close()
+
+
+def export_held() -> None:
+    """Export every detector this process holds (a worker told to stop), oldest first."""
+    while _HELD:
+        export_detector(next(iter(_HELD.values())).job)
 
 
 def store_event_time(store: TimingStore, job: DetectorJob) -> float:
