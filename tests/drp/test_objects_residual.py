@@ -88,3 +88,35 @@ def test_residual_config_is_validated() -> None:
         ObjectConfig(residual_min_separation=0)
     with pytest.raises(BadValueError, match="residual_detection"):
         ObjectConfig(residual_detection="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_objects_of_a_split_group_are_fitted_without_their_neighbours_wings(seed: int) -> None:
+    # On crowded cells every stamp overlaps a neighbour's and the whole cell
+    # is one group, larger than max_group, so objects are fitted one at a
+    # time; max_group=1 makes this pair such a group.  A lone fit gives the
+    # faint star the bright one's wing (tens of per cent here); the
+    # neighbour-subtracted sweeps give the joint fit's flux back.
+    rng = np.random.default_rng(20 + seed)
+    bright, faint = (60.0, 64.0, 3.0e5), (75.0, 64.3, 700.0)
+    coadds = {"r": _coadd(rng, [bright, faint])}
+    njy = 10 ** ((NJY_AB_MAG - ZP) / 2.5)
+
+    def faint_pull(config: ObjectConfig) -> tuple[float, float]:
+        table = measure_objects(coadds, config)
+        assert len(table) == 2
+        k = int(np.argmin(table["r_psfFlux"]))
+        flux, err = float(table["r_psfFlux"][k]), float(table["r_psfFluxErr"][k])
+        return (flux - faint[2] * njy) / err, flux
+
+    lone, _ = faint_pull(ObjectConfig(max_group=1, crowded_sweeps=0))
+    assert lone > 4, "a lone fit takes the bright star's wing"
+    pull, flux = faint_pull(ObjectConfig(max_group=1))
+    assert abs(pull) < 4, pull
+    _, joint = faint_pull(ObjectConfig())
+    assert abs(flux / joint - 1) < 0.01, (flux, joint)
+
+
+def test_crowded_sweeps_is_validated() -> None:
+    with pytest.raises(BadValueError, match="crowded_sweeps"):
+        ObjectConfig(crowded_sweeps=-1)

@@ -90,6 +90,11 @@ class ObjectConfig:
     max_group : int
         Most objects fitted together; objects whose stamps overlap are fitted
         simultaneously, larger groups one object at a time.
+    crowded_sweeps : int
+        Sweeps of the refit of objects in groups larger than ``max_group``:
+        each object's amplitude fitted on the data less its neighbours'
+        current models (Gauss-Seidel towards the joint fit); 0 keeps the
+        lone fits, which give a faint object its bright neighbours' wings.
     partial_psf_fraction : float
         ``PARTIAL_PSF`` is set when the usable pixels hold less than this
         fraction of the PSF's squared weight.
@@ -137,6 +142,7 @@ class ObjectConfig:
     background_box: int = 128
     psf_stamp: int = 41
     max_group: int = 64
+    crowded_sweeps: int = 8
     partial_psf_fraction: float = 0.9
     aperture_radius: float = 1.5
     extended_fraction: float = 0.02
@@ -183,6 +189,7 @@ class ObjectConfig:
             ("min_area", 1),
             ("deblend_nthresh", 1),
             ("max_group", 1),
+            ("crowded_sweeps", 0),
             ("apcorr_min_stars", 1),
             ("centroid_iterations", 0),
         ):

@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 from skydm.drp._detect import BandPlanes, Detections, detect
 from skydm.drp._photometry import (
     BandPhotometry,
+    _has_neighbour,
     big_aperture,
     measure_band,
     position_shifts,
@@ -94,6 +95,15 @@ def measure_objects(coadds: Mapping[str, Exposure], config: ObjectConfig | None 
             groups = stamp_groups(found.x, found.y, stamp, config.max_group)
             redo = [g for g in groups if tuple(g.tolist()) not in old]
             found.x, found.y = _refine_positions(found, planes, redo, config)
+            if config.crowded_sweeps > 0:
+                # Objects of split groups are refitted with their neighbours'
+                # models removed, so a new object changes its neighbours'
+                # fluxes too (their positions stay the first pass's).
+                lone = [g for g in groups if g.size == 1 and tuple(g.tolist()) in old]
+                if lone:
+                    idx = np.concatenate(lone)
+                    crowded = idx[_has_neighbour(found.x, found.y, idx, stamp)]
+                    redo = redo + [np.array([i]) for i in crowded.tolist()]
             phot = [
                 _merge(before, after, n_old, redo)
                 for before, after in zip(
@@ -156,7 +166,13 @@ def _photometry(
     """Forced PSF and aperture photometry of every object in every band."""
     return [
         measure_band(
-            p, found.x, found.y, groups, stamp=size, aperture_radius=_aperture_px(p, config)
+            p,
+            found.x,
+            found.y,
+            groups,
+            stamp=size,
+            aperture_radius=_aperture_px(p, config),
+            crowded_sweeps=config.crowded_sweeps,
         )
         for p, size in zip(planes, stamps, strict=True)
     ]
