@@ -252,18 +252,15 @@ def test_objects_complete_at_snr_10(story: Story) -> None:
 
 
 @pytest.mark.skipif(not HAVE_DRP, reason="Object measurement is skydm.drp's")
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 2026-12-08 (4 detectors, 5 visits per band; PSF stars' undetected "
-    "companions masked, crowded calexps' sky on coarser meshes, split groups refitted with "
-    "their neighbours' models subtracted), median ratio g/r: 1.002/1.001 (7), 1.005/1.005 "
-    "(43), 1.001/1.006 (61), 0.996/0.992 (89), 1.002/1.002 (97), 1.004/1.006 (101), "
-    "1.013/1.002 (282), 1.000/1.001 (563), 1.002/1.004 (1201), 0.999/1.004 (1302); never "
-    "looked at before: 1.001/1.003 (1403), 0.999/0.999 (1504); and 23, 83, 103, 107, 109, "
-    "113, 728 all within 1%; g within 1% on 18 of 19 fields, r on 19: 282 g (PSF stars with "
-    "companions inside the core), see docs/drp.md, Crowded cells",
-)
 def test_objects_flux_matches_truth(story: Story) -> None:
+    """Median Object/truth PSF flux within 1% in both bands (issue 12's acceptance).
+
+    This field is one of 19 measured with full ``skydm run drp`` runs
+    (2026-12-08, 4 detectors, 5 visits per band; docs/drp.md, "Crowded
+    cells"): g within 1% on 18 (282 g at 1.013: on one of its detectors every
+    PSF candidate has a companion inside the core), r on all 19, including
+    four seeds that no change was tuned on (1201, 1302, 1403, 1504).
+    """
     table, stars, matched = _matched(story)
     for band in ("g", "r"):
         flux = _truth_flux(stars, band)
