@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from scipy import ndimage
 
 from coadd_harness.outliers import outlier_pixels
@@ -217,6 +218,41 @@ def test_compare_warp_removes_a_trail_and_cosmic_ray_but_keeps_a_variable_star()
     assert (cw_art.msk[100, 100] & Mask.CLIPPED) and not (cw_clean.msk[30, 90] & Mask.CLIPPED)
     box = (slice(20, 41), slice(80, 101))
     assert abs(cw_clean.image[box].sum() / mean_clean.image[box].sum() - 1) < 0.005
+
+
+def test_own_light_leakage_charges_a_class_with_its_own_light_only() -> None:
+    # A cosmic ray on an artefact that is in every epoch (as an unmodelled
+    # slow mover is) at one place, so that CompareWarp keeps it: the ray is
+    # clipped, but its footprint's leakage is the other class's light.
+    from coadd_harness.scoring import SimWarps, leakage, own_light_leakage
+
+    rng = np.random.default_rng(7)
+    shape = (96, 96)
+    art, clean, per_epoch = [], [], []
+    for k in range(6):
+        sigma = 1.3 + 0.15 * k
+        noisy = _star_image(shape, 30.0, 60.0, 8000.0, sigma) + rng.normal(0, 3.0, shape)
+        blob = _star_image(shape, 50.0, 40.0, 6000.0, sigma)
+        ray = np.zeros(shape)
+        if k == 2:
+            ray[41, 51] = 900.0
+        clean.append(_warp(noisy, 9.0, sigma))
+        art.append(_warp(noisy + blob + ray, 9.0, sigma))
+        per_epoch.append({"asteroids_overlapping": blob > 0.3, "cosmic_rays": ray > 0})
+    foot = {c: np.logical_or.reduce([fp[c] for fp in per_epoch]) for c in per_epoch[0]}
+    w = WarpStack(clean).weights
+    sim = SimWarps(CELL, art, clean, foot, w, Table(), [], per_epoch)
+    split = own_light_leakage(sim)
+    ray = split["cosmic_rays"]
+    parts = ray["own"] + ray["others"] + ray["replacement"]
+    assert parts == pytest.approx(ray["leakage"], abs=1e-4)
+    cw = [assemble_coadd(WarpStack(s_, weights=w), "compare").image for s_ in (art, clean)]
+    means = [assemble_coadd(WarpStack(s_, weights=w), "mean").image for s_ in (art, clean)]
+    whole = leakage(cw[0], cw[1], means[0], means[1], foot)["cosmic_rays"]
+    assert ray["leakage"] == pytest.approx(whole, abs=1e-4)
+    assert whole > 0.5  # the blob's light, kept, on the ray's pixel
+    assert abs(ray["own_fraction"]) < 0.02  # the ray itself is clipped
+    assert split["asteroids_overlapping"]["own_fraction"] > 0.9
 
 
 def test_transient_merged_with_a_many_epoch_region_is_still_clipped() -> None:

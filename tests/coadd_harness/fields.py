@@ -12,6 +12,10 @@ SWarp CLIPPED with ``--methods compare,swarp``) as one JSON line
 (``--fields`` or ``SKYDM_COADD_SEEDS`` replays fields)::
 
     PYTHONPATH=src:tests python -m coadd_harness.fields --fields 1:8,2:20 --methods compare,swarp
+
+With ``--own-light`` CompareWarp's line also holds, per class, its leakage
+split into its own light, other classes' and the replacement noise
+(:func:`~coadd_harness.scoring.own_light_leakage`; slower).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from coadd_harness.scoring import SimWarps, score, warps_from_survey
+from coadd_harness.scoring import SimWarps, own_light_leakage, score, warps_from_survey
 from skydm.coadd import SkyCell, WarpStack, assemble_coadd
 from skydm.image import Exposure
 from skydm.sim import SurveyConfig, simulate_survey
@@ -210,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--methods", default="compare", help="compare and/or swarp, comma-separated (compare)"
     )
+    p.add_argument(
+        "--own-light",
+        action="store_true",
+        help="split CompareWarp's leakage per class into own light, others', replacement",
+    )
     args = p.parse_args(argv)
     fields = parse_fields(args.fields) if args.fields else draw_fields(10)
     methods: dict[str, Any] = {}
@@ -227,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, coadder in methods.items():
             out = summary(score(field.sim, coadder))
             line = {"label": field.label, "method": name, **out}
+            if args.own_light and name == "compare":
+                split = own_light_leakage(field.sim)
+                line["own_light"] = {c: summary(parts) for c, parts in split.items()}
             print(json.dumps(line), flush=True)
     return 0
 

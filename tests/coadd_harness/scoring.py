@@ -14,6 +14,15 @@ metrics below are exact rather than statistical.
 i.e. the fraction of the artefacts' flux that the method lets through
 (0 = all rejected, 1 = none).  The same harness scores SWarp's output.
 
+The footprints of the classes overlap (a field's trails cross much of it,
+a slow mover's track is under every epoch), and the leakage of a class
+takes each pixel of its footprint whole: it also holds what was left of
+other classes' light there, and the noise of pixels clipped for another
+class.  :func:`own_light_leakage` splits it exactly (for CompareWarp)
+into the class's own light, the other classes' and the replacement
+noise; the acceptance still judges :func:`leakage` (docs/coadd.md,
+"Issue 19, cosmic-ray round").
+
 Both runs use the same per-warp weights (those of the artefact-free warps),
 so that the metrics measure the rejection, not a weight change that the
 artefacts cause in the median variance.
@@ -58,6 +67,9 @@ class SimWarps:
         The survey's object catalog with cell pixel positions ``x``, ``y``.
     visits : list
         The simulator's visits.
+    epoch_footprints : list of dict of str to numpy.ndarray
+        Per warp, the warped footprint of each class present in it (what
+        :func:`own_light_leakage` splits the artefact light by).
     """
 
     cell: SkyCell
@@ -67,6 +79,7 @@ class SimWarps:
     weights: np.ndarray
     truth: Table
     visits: list[Any] = field(default_factory=list)
+    epoch_footprints: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 def warp_masks(
@@ -105,20 +118,23 @@ def warps_from_survey(
     art: list[Exposure] = []
     clean: list[Exposure] = []
     foot = {c: np.zeros(cell.shape, dtype=bool) for c in FOOTPRINT_CLASSES}
+    per_epoch: list[dict[str, np.ndarray]] = []
     for v in visits:
         for src, out in ((v.raw, art), (v.clean, clean)):
             exp = src.copy()
             exp.image = (exp.image - np.float32(exp.info.sky)).astype(np.float32)
             out.append(warp_exposure(exp, cell, zero_point=zp))
         wanted = {c: m for c, m in v.artefacts.items() if c in foot}
-        for cls, m in warp_masks(wanted, v.raw, cell).items():
+        warped = warp_masks(wanted, v.raw, cell)
+        for cls, m in warped.items():
             foot[cls] |= m
+        per_epoch.append(warped)
         v.release()
     weights = WarpStack(clean).weights
     truth = survey.truth
     x, y = cell.wcs.world_to_pixel_values(np.asarray(truth["ra"]), np.asarray(truth["dec"]))
     truth["x"], truth["y"] = x, y
-    return SimWarps(cell, art, clean, foot, weights, truth, visits)
+    return SimWarps(cell, art, clean, foot, weights, truth, visits, per_epoch)
 
 
 def leakage(
@@ -260,6 +276,93 @@ def leakage_parts(
     light = leakage(coadd_art.image, twin, *refs, footprints, valid=valid)
     noise = leakage(twin, coadd_clean.image, *refs, footprints, valid=valid)
     return light, noise
+
+
+def own_light_leakage(
+    sim: SimWarps, *, config: CompareWarpConfig | None = None
+) -> dict[str, dict[str, float]]:
+    """CompareWarp's leakage of each class split into its own light, other
+    classes' light and the replacement noise (exact; for diagnosis: it
+    costs a search for clips and an assembly per class).
+
+    Each epoch's artefact light (raw less clean warp) is split among the
+    classes whose footprints cover the pixel in that epoch (equally where
+    several do, which is rare within one epoch, unlike over a field's
+    epochs); the coadd of the warps is linear in their pixels once the
+    clips are found, so assembling one class's light alone with the clips
+    found on the artefact warps gives exactly what is left of it.
+
+    Returns
+    -------
+    dict of str to dict of str to float
+        Per class judged by :func:`leakage` (same footprint and
+        denominator): ``leakage`` (:func:`leakage`'s figure, which the
+        three parts add up to), ``own`` (its own light left), ``others``
+        (other classes' light left on its footprint, streak models
+        included), ``replacement`` (the clipped pixels' noise, as in
+        :func:`leakage_parts`); and ``own_fraction``, the fraction of the
+        class's own light in the plain mean that the coadd keeps.
+    """
+    from skydm.coadd._cw_assemble import assemble_clipped
+    from skydm.coadd.assemble import assemble_coadd
+    from skydm.coadd.compare_warp import find_clips
+    from skydm.coadd.stack import WarpStack
+
+    if len(sim.epoch_footprints) != len(sim.art):
+        raise UserError(
+            "own_light_leakage needs the per-epoch footprints: make the warps with "
+            "warps_from_survey"
+        )
+    w = sim.weights
+    art, clean = WarpStack(sim.art, weights=w), WarpStack(sim.clean, weights=w)
+    clips = find_clips(art, config=config)
+    coadd_art = assemble_clipped(art, clips).image.astype(np.float64)
+    twin = assemble_clipped(clean, clips, subtract_streaks=False).image.astype(np.float64)
+    coadd_clean = assemble_clipped(clean, find_clips(clean, config=config)).image
+    ref_art, ref_clean = assemble_coadd(art, "mean"), assemble_coadd(clean, "mean")
+    ok = ((ref_art.msk | ref_clean.msk) & np.uint32(Mask.NO_DATA)) == 0
+    ok &= np.isfinite(coadd_art) & np.isfinite(coadd_clean)
+    excess = ref_art.image.astype(np.float64) - ref_clean.image
+    # Per epoch, how many classes cover each pixel (to share the few shared ones).
+    covers = [
+        sum((m.astype(np.float32) for m in fp.values()), np.float32(0))
+        for fp in sim.epoch_footprints
+    ]
+
+    def left(cls: str) -> tuple[np.ndarray, np.ndarray]:
+        # The class's light per epoch, its coadd with the clips and its plain mean.
+        parts = []
+        for a, c, fp, n in zip(sim.art, sim.clean, sim.epoch_footprints, covers, strict=True):
+            own = np.zeros(a.shape, dtype=np.float32)
+            if cls in fp:
+                share = fp[cls] / np.maximum(n, np.float32(1))
+                own = ((a.image - c.image) * share).astype(np.float32)
+            e = c.copy()
+            e.image = own
+            parts.append(e)
+        stack = WarpStack(parts, weights=w)
+        kept = assemble_clipped(stack, clips, subtract_streaks=False).image.astype(np.float64)
+        return kept, assemble_coadd(stack, "mean").image.astype(np.float64)
+
+    out: dict[str, dict[str, float]] = {}
+    for cls, fp in sim.footprints.items():
+        sel = fp & ok
+        den = float(excess[sel].sum()) if sel.any() else 0.0
+        if den <= 0:
+            continue
+        kept, mean = left(cls)
+        total = float((coadd_art - coadd_clean)[sel].sum())
+        own = float(kept[sel].sum())
+        light = float((coadd_art - twin)[sel].sum())
+        mine = float(mean[sel].sum())
+        out[cls] = {
+            "leakage": total / den,
+            "own": own / den,
+            "others": (light - own) / den,
+            "replacement": float((twin - coadd_clean)[sel].sum()) / den,
+            "own_fraction": own / mine if mine > 0 else math.nan,
+        }
+    return out
 
 
 #: Fewest source-free pixels that the noise ratio is measured over.
