@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,105 @@ class Service:
                 self.proc.wait()
             self._fh.close()
         return rc, self.log.read_text()
+
+
+def poll_table(
+    repo: Path,
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    timeout: float,
+    until: Callable[[list[Any]], bool] = bool,
+    interval: float = 0.05,
+) -> list[Any]:
+    """Rows of ``sql`` on the service's table, polled until ``until(rows)`` holds.
+
+    Returns the last rows read once ``until`` holds, or raises
+    :class:`TimeoutError` after ``timeout`` seconds (the table may not
+    exist yet: the service makes it when it starts).
+    """
+    db = repo / "prompt" / "prompt.sqlite3"
+    deadline = time.monotonic() + timeout
+    rows: list[Any] = []
+    while time.monotonic() < deadline:
+        if db.exists():
+            con = sqlite3.connect(db, timeout=30)
+            try:
+                rows = con.execute(sql, tuple(params)).fetchall()
+            except sqlite3.OperationalError:  # the service has not made its table yet
+                rows = []
+            finally:
+                con.close()
+            if until(rows):
+                return rows
+        time.sleep(interval)
+    raise TimeoutError(f"{sql!r} gave {rows} after {timeout:.0f} s")
+
+
+@dataclass
+class TwoDetectorVisit:
+    """The first two detectors of a one-visit night, ready to send (topics made).
+
+    Attributes
+    ----------
+    night : NightConfig
+        The night (one visit of the test focal plane).
+    visit : int
+        Its visit number.
+    dets : list
+        ``(SimVisit, raw path)`` of its first two detectors.
+    prompt : PromptConfig
+        The topics and settings saved with the templates.
+    producer : EventProducer
+        Connected to the test's broker.
+    """
+
+    night: NightConfig
+    visit: int
+    dets: list[Any]
+    prompt: Any
+    producer: Any
+
+    @classmethod
+    def prepare(cls, repo: Path, bootstrap: str) -> TwoDetectorVisit:
+        """Render the night in ``repo`` and make the service's topics."""
+        from skydm.prompt.events import EventProducer
+
+        night = NightConfig(visits=1, detectors=DETECTORS, size=SIZE, templates=3)
+        prepared = prepare_night(repo, night)
+        visit = min(prepared.visits)
+        prompt = prepared.prompt
+        producer = EventProducer(bootstrap)
+        producer.ensure_topics([prompt.next_visit_topic, prompt.raw_topic])
+        return cls(night, visit, prepared.visits[visit][:2], prompt, producer)
+
+    def send_event(self, at: float) -> None:
+        """Send the visit's next-visit event."""
+        from skydm.prompt.simulate import send_next_visit
+
+        send_next_visit(self.producer, self.prompt, self.visit, self.dets, self.night, at)
+
+    def land(self, repo: Path) -> int:
+        """Ingest both raws and announce them; returns how many landed."""
+        from skydm.prompt.simulate import land_raws
+        from skydm.repo import Repository
+
+        with Repository.open(repo, create=False) as r:
+            return land_raws(r, self.producer, self.prompt, self.dets)
+
+    def done_rows(self, repo: Path, attempts: int) -> list[Any]:
+        """The service's rows, asserted ``done`` after ``attempts``, with every stamp."""
+        from skydm.prompt.timing import STAMPS, TimingStore
+
+        store = TimingStore(repo)
+        rows = store.rows()
+        store.close()
+        expected = [(v.detector, "done") for v, _ in self.dets]
+        assert [(r.detector, r.state) for r in rows] == expected, [
+            (r.detector, r.state, r.error) for r in rows
+        ]
+        assert all(set(STAMPS) <= set(r.stamps) and r.attempts == attempts for r in rows)
+        return rows
 
 
 def ended_count(repo: Path, states: tuple[str, ...] = ("done", "timed_out")) -> int:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DETECTORS, Service, assert_every_alert_once, skydm
+from conftest import DETECTORS, Service, assert_every_alert_once, poll_table, skydm
 from skydm.alerts.localbroker import LocalBroker
 from skydm.prompt.timing import STAMPS, TimingStore
 
@@ -35,25 +33,18 @@ def _simulate(repo: Path, bootstrap: str, visits: int, *extra: str) -> subproces
 
 def _running_mid_visit(repo: Path, timeout: float) -> tuple[int, int, int]:
     """(visit, detector, pid) of a worker that started on its raw but has not associated."""
-    db = repo / "prompt" / "prompt.sqlite3"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if db.exists():
-            con = sqlite3.connect(db, timeout=30)
-            try:
-                row = con.execute(
-                    "SELECT visit, detector, pid FROM detector_visit WHERE state='running' "
-                    "AND t_start IS NOT NULL AND t_association IS NULL AND pid IS NOT NULL "
-                    "ORDER BY visit LIMIT 1"
-                ).fetchone()
-            except sqlite3.OperationalError:
-                row = None
-            finally:
-                con.close()
-            if row is not None:
-                return int(row[0]), int(row[1]), int(row[2])
-        time.sleep(0.05)
-    raise AssertionError("no worker was ever seen mid-detector")
+    try:
+        rows = poll_table(
+            repo,
+            "SELECT visit, detector, pid FROM detector_visit WHERE state='running' "
+            "AND t_start IS NOT NULL AND t_association IS NULL AND pid IS NOT NULL "
+            "ORDER BY visit LIMIT 1",
+            timeout=timeout,
+        )
+    except TimeoutError:
+        raise AssertionError("no worker was ever seen mid-detector") from None
+    visit, det, pid = rows[0]
+    return int(visit), int(det), int(pid)
 
 
 def test_worker_killed_mid_visit_loses_and_duplicates_no_alert(

@@ -18,46 +18,32 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import DETECTORS, SIZE, Service, assert_every_alert_once
+from conftest import Service, TwoDetectorVisit, assert_every_alert_once, poll_table
 from skydm.alerts.localbroker import LocalBroker
-from skydm.prompt.events import EventProducer
-from skydm.prompt.simulate import NightConfig, land_raws, prepare_night, send_next_visit
-from skydm.prompt.timing import STAMPS, TimingStore
-from skydm.repo import Repository
+from skydm.prompt.timing import TimingStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka]
 
 
 def _preloads(repo: Path, after: float, n: int, timeout: float) -> dict[int, float]:
     """detector -> t_preload, once ``n`` detector-visits were preloaded after ``after``."""
-    db = repo / "prompt" / "prompt.sqlite3"
-    deadline = time.monotonic() + timeout
-    found: dict[int, float] = {}
-    while time.monotonic() < deadline:
-        if db.exists():
-            con = sqlite3.connect(db, timeout=30)
-            try:
-                found = {
-                    int(d): float(t)
-                    for d, t in con.execute(
-                        "SELECT detector, t_preload FROM detector_visit WHERE t_preload > ?",
-                        (after,),
-                    )
-                }
-            except sqlite3.OperationalError:  # the table is not made yet
-                found = {}
-            finally:
-                con.close()
-            if len(found) >= n:
-                return found
-        time.sleep(0.1)
-    raise AssertionError(f"only {len(found)} of {n} detectors preloaded in {timeout:.0f} s")
+    try:
+        rows = poll_table(
+            repo,
+            "SELECT detector, t_preload FROM detector_visit WHERE t_preload > ?",
+            (after,),
+            timeout=timeout,
+            until=lambda rows: len(rows) >= n,
+            interval=0.1,
+        )
+    except TimeoutError as exc:
+        raise AssertionError(f"fewer than {n} detectors preloaded: {exc}") from None
+    return {int(d): float(t) for d, t in rows}
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -89,19 +75,14 @@ def _alive(pid: int) -> bool:
 def test_preload_frees_the_worker_and_a_killed_service_resumes_its_queue(
     repo: Path, broker: LocalBroker, service: list[Service]
 ) -> None:
-    night = NightConfig(visits=1, detectors=DETECTORS, size=SIZE, templates=3)
-    prepared = prepare_night(repo, night)
-    visit = min(prepared.visits)
-    dets = prepared.visits[visit][:2]
-    prompt = prepared.prompt
-    producer = EventProducer(broker.bootstrap)
-    producer.ensure_topics([prompt.next_visit_topic, prompt.raw_topic])
+    two = TwoDetectorVisit.prepare(repo, broker.bootstrap)
+    visit, dets = two.visit, two.dets
 
     args = ("--workers", "1", "--raw-timeout", "900", "--until-idle", "60")
     first = Service(repo, broker.bootstrap, *args)
     service.append(first)
     t0 = time.time()
-    send_next_visit(producer, prompt, visit, dets, night, t0)
+    two.send_event(t0)
     # One worker preloads both detectors with no raw landed: it is not held
     # by the first one waiting for its raw.
     _preloads(repo, t0, 2, timeout=300)
@@ -123,21 +104,14 @@ def test_preload_frees_the_worker_and_a_killed_service_resumes_its_queue(
     service.append(second)
     # The event is not read again (its offset was committed): the table has it.
     preloaded = _preloads(repo, killed_at, 2, timeout=300)
-    with Repository.open(repo, create=False) as r:
-        assert land_raws(r, producer, prompt, dets) == 2
-    producer.close()
+    assert two.land(repo) == 2
+    two.producer.close()
     rc, log = second.stop_after(2, 600)
     assert rc == 0, log
     for v, _ in dets:
         assert f"resumed: visit {visit} detector {v.detector} (waiting)" in log
 
-    store = TimingStore(repo)
-    rows = store.rows()
-    store.close()
-    assert [(r.detector, r.state) for r in rows] == [(v.detector, "done") for v, _ in dets], [
-        (r.detector, r.state, r.error) for r in rows
-    ]
-    assert all(set(STAMPS) <= set(r.stamps) and r.attempts == 1 for r in rows)
+    rows = two.done_rows(repo, attempts=1)
     landed = min(r.stamps["raw"] for r in rows)
     assert max(preloaded.values()) < landed, "a preload waited for a raw"
     a, b = sorted(rows, key=lambda r: r.stamps["start"])
