@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from skydm.image import Mask, read_exposure
+from skydm.pipeline._cosmic_bounds import candidate_pixels, laplacian_plus
 from skydm.pipeline.cosmics import (
     CosmicRayConfig,
-    candidate_pixels,
     dilate_sparse,
-    laplacian_plus,
     near_marked,
     repair_cosmic_rays,
 )
@@ -77,7 +76,8 @@ def test_banded_tiles_equal_whole_frame_beside_a_dead_column(crowded_visits) -> 
     region is cut into bands of ``tile_rows`` (here 64 of 400 padded rows), same mask."""
     from scipy import ndimage
 
-    from skydm.pipeline.cosmics import dilate_box, tile_boxes
+    from skydm.pipeline._cosmic_bounds import dilate_box
+    from skydm.pipeline.cosmics import tile_boxes
 
     raw = crowded_visits[0].raw.copy()
     raw.image[:, 201] = 0.0  # as a written raw holds it: no BAD mask
@@ -140,7 +140,7 @@ def test_candidates_hold_every_first_iteration_hit(crowded_visits) -> None:  # t
 
 
 def test_laplacian_and_fine_structure_match_astroscrappy() -> None:
-    from skydm.pipeline.cosmics import _fine_structure
+    from skydm.pipeline._cosmic_bounds import _fine_structure
 
     rng = np.random.default_rng(5)
     image = (1000.0 + 30.0 * rng.standard_normal((120, 130))).astype(np.float32)
@@ -238,7 +238,7 @@ def test_candidates_equal_the_full_frame_definition(crowded_visits) -> None:  # 
 def test_box_dilation_equals_the_maximum_filter(half: int) -> None:
     from scipy import ndimage
 
-    from skydm.pipeline.cosmics import dilate_box
+    from skydm.pipeline._cosmic_bounds import dilate_box
 
     rng = np.random.default_rng(half)
     for density in (0.002, 0.3):  # painted, and the dense fallback

@@ -54,9 +54,9 @@ _SCRIPT = textwrap.dedent(
 
 #: The kernels a detector's processing calls (calibrate, diffim, lossy writes).
 KERNELS = (
-    "skydm.pipeline.cosmics._noise_bound",
-    "skydm.pipeline.cosmics._fine_at",
-    "skydm.pipeline.cosmics._paint_boxes",
+    "skydm.pipeline._cosmic_bounds._noise_bound",
+    "skydm.pipeline._cosmic_bounds._fine_at",
+    "skydm.pipeline._cosmic_bounds._paint_boxes",
     "skydm.pipeline.sky._run_means",
     "skydm.pipeline.sky._gather_meshes",
     "skydm.diffim._common._or_box",

@@ -35,7 +35,8 @@ def warm_kernels() -> None:
 
 
 def _warm_calibrate() -> None:
-    from skydm.pipeline.cosmics import CosmicRayConfig, candidate_pixels, dilate_box
+    from skydm.pipeline._cosmic_bounds import candidate_pixels, dilate_box
+    from skydm.pipeline.cosmics import CosmicRayConfig
     from skydm.pipeline.sky import _clipped_means
 
     rng = np.random.default_rng(0)
