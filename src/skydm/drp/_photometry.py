@@ -178,18 +178,9 @@ def _crowded_refit(
             flux[k] = new
     for k, st, p, _ in items:
         out.flux[k] = flux[k]
-        # Aperture flux as in _fit_group: the neighbours' models removed,
-        # unusable pixels replaced by the object's own model.
-        own = flux[k] * p
-        g = good[st.box]
-        alone = np.where(g, data[st.box] - (model[st.box] - own), own)
-        yy, xx = np.mgrid[st.box]
-        ap = (xx - x[k]) ** 2 + (yy - y[k]) ** 2 <= radius * radius
-        frac = float(np.sum(p[ap]))
-        if frac <= 0:
-            continue
-        out.ap_flux[k] = float(np.sum(alone[ap])) / frac
-        out.ap_flux_err[k] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
+        _aperture_alone(
+            out, k, st, p, flux[k], (data, var, good, model), (x[k], y[k]), (0, 0), radius
+        )
 
 
 @dataclass
@@ -296,17 +287,41 @@ def _fit_group(
     total_model = np.asarray(a @ flux).reshape(h, w)
     for j in np.flatnonzero(active).tolist():
         st = stamps[j]
-        ys_, xs_ = st.box
-        own = flux[j] * st.cut()
-        g = good[st.box]
-        alone = np.where(g, data[st.box] - (total_model[st.box] - own), own)
-        yy, xx = np.mgrid[ys_, xs_]
-        ap = (xx + x0 - xs[j]) ** 2 + (yy + y0 - ys[j]) ** 2 <= radius * radius
-        frac = float(np.sum(st.cut()[ap]))
-        if frac <= 0:
-            continue
-        out.ap_flux[index[j]] = float(np.sum(alone[ap])) / frac
-        out.ap_flux_err[index[j]] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
+        _aperture_alone(
+            out, index[j], st, st.cut(), float(flux[j]), (data, var, good, total_model),
+            (xs[j], ys[j]), (x0, y0), radius,
+        )  # fmt: skip
+
+
+def _aperture_alone(
+    out: BandPhotometry,
+    k: int,
+    st: _Stamp,
+    p: np.ndarray,
+    flux: float,
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    centre: tuple[float, float],
+    offset: tuple[int, int],
+    radius: float,
+) -> None:
+    """Object ``k``'s aperture flux with its neighbours' models removed, within its stamp.
+
+    ``planes`` are the data, variance, usable pixels and the model of every
+    object, on a box whose pixel (0, 0) is ``offset`` (x, y) of the image;
+    unusable pixels are replaced by the object's own model ``flux * p``.
+    """
+    data, var, good, model = planes
+    ys_, xs_ = st.box
+    own = flux * p
+    g = good[st.box]
+    alone = np.where(g, data[st.box] - (model[st.box] - own), own)
+    yy, xx = np.mgrid[ys_, xs_]
+    ap = (xx + offset[0] - centre[0]) ** 2 + (yy + offset[1] - centre[1]) ** 2 <= radius * radius
+    frac = float(np.sum(p[ap]))
+    if frac <= 0:
+        return
+    out.ap_flux[k] = float(np.sum(alone[ap])) / frac
+    out.ap_flux_err[k] = float(np.sqrt(np.sum(var[st.box][ap & g]))) / frac
 
 
 def big_aperture(
