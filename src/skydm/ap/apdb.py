@@ -25,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from skydm._sqlite import use_wal
 from skydm.ap.history import (
     FORCED,
     SOURCE,
@@ -528,7 +529,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # instead of a chain of overflow pages (takes effect on a new file only).
     cur.execute("PRAGMA page_size=16384")
     # WAL lets readers (a consumer of the APDB, a report) run while a visit writes.
-    cur.execute("PRAGMA journal_mode=WAL")
+    use_wal(dbapi_conn)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 

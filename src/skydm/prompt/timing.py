@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skydm._sqlite import use_wal
+
 #: Stage timestamps, in the order they happen.
 STAMPS = (
     "event", "raw", "preload", "start", "calibrate", "diffim", "association", "alerts", "export",
@@ -112,7 +114,7 @@ class TimingStore:
         self._db = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         have = {r[1] for r in self._db.execute("PRAGMA table_info(detector_visit)")}

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from skydm._sqlite import use_wal
 from skydm.errors import ConflictError, SkydmError
 from skydm.repo.dataid import DataId, DatasetRef, check_dataset_type
 
@@ -380,7 +381,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # WAL lets readers (verify, a service) run beside one writer (ingest);
     # synchronous=FULL makes a committed registration survive a power cut.
-    cur.execute("PRAGMA journal_mode=WAL")
+    use_wal(dbapi_conn)
     cur.execute("PRAGMA synchronous=FULL")
     cur.close()
 
