@@ -35,7 +35,9 @@ def test_processes_opening_a_new_file_together_all_succeed(tmp_path: Path, which
     for r in range(ROUNDS):
         path = tmp_path / f"r{r}.sqlite3"
         barrier = ctx.Barrier(OPENERS)
-        procs = [ctx.Process(target=_open, args=(str(path), barrier, which)) for _ in range(OPENERS)]
+        procs = [
+            ctx.Process(target=_open, args=(str(path), barrier, which)) for _ in range(OPENERS)
+        ]
         for p in procs:
             p.start()
         for p in procs:
