@@ -156,10 +156,7 @@ def gather(
         flat = c.index[i0:i1] - lo
         ys, xs = flat // nx, flat % nx
         k = c.k
-        usable = good[k, ys, xs]
-        if cr[k].size:
-            j = np.minimum(np.searchsorted(cr[k], c.index[i0:i1]), cr[k].size - 1)
-            usable &= cr[k][j] != c.index[i0:i1]
+        usable = good[k, ys, xs] & ~in_sorted(c.index[i0:i1], cr[k])
         cand, share = replacement_shares(kept, ys, xs, k, weights, widths2)
         r, vr = np.zeros(ys.size), np.zeros(ys.size)
         for row in range(cand.shape[0]):
@@ -370,7 +367,15 @@ def _grown(index: np.ndarray, hit: np.ndarray, nx: int) -> np.ndarray:
         return hit
     steps = np.array([-nx - 1, -nx, -nx + 1, -1, 0, 1, nx - 1, nx, nx + 1])
     near = np.unique((index[hit][:, None] + steps[None, :]).reshape(-1))
-    return np.isin(index, near, assume_unique=False)
+    return in_sorted(index, near)
+
+
+def in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in the sorted array ``table``: ``np.isin``
+    by binary search, without sorting again what is sorted already."""
+    if table.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return table[np.minimum(np.searchsorted(table, values), table.size - 1)] == values
 
 
 def _point_residuals(

@@ -67,9 +67,15 @@ class Psf(abc.ABC):
         sub = 5
         offsets = (np.arange(sub) + 0.5) / sub - 0.5
         x, y = _grid(size, dx, dy)
-        xs = x[:, :, None, None] + offsets[None, None, None, :]
-        ys = y[:, :, None, None] + offsets[None, None, :, None]
-        img = self._render(xs, ys).sum(axis=(2, 3))
+        # The sub-samples' coordinates along each axis (pixel, sub-sample):
+        # rendered as one fine image with whole rows of ``size * sub``, then
+        # laid out (row, column, sub-row, sub-column) for the per-pixel sums,
+        # the order (and so the bits) of rendering that 4-d layout directly,
+        # at a third of the cost (issue 19).
+        xs = (x[0, :, None] + offsets[None, :]).reshape(1, -1)
+        ys = (y[:, 0, None] + offsets[None, :]).reshape(-1, 1)
+        fine = self._render(xs, ys).reshape(size, sub, size, sub)
+        img = np.ascontiguousarray(fine.transpose(0, 2, 1, 3)).sum(axis=(2, 3))
         return img / img.sum()
 
     @property
