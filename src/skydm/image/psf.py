@@ -54,7 +54,7 @@ class Psf(abc.ABC):
         dx, dy : float
             Sub-pixel shift of the centre from the stamp's central pixel.
         """
-        size = _check_size(size or self.default_size())
+        size = int(_check_size(size or self.default_size()))
         # Integrate over each pixel with a 5x5 sub-grid so that narrow PSFs are
         # not aliased (matters at seeing of ~2 pixels); all sub-samples are
         # evaluated in one vectorised call and summed per pixel.
@@ -65,7 +65,7 @@ class Psf(abc.ABC):
         # rendered as one fine image with whole rows of ``size * sub``, then
         # laid out (row, column, sub-row, sub-column) for the per-pixel sums,
         # the order (and so the bits) of rendering that 4-d layout directly,
-        # at half the cost or less (issue 19).
+        # for less (half the time at 41 px; issue 19).
         xs = ((pix - dx)[:, None] + offsets[None, :]).reshape(1, -1)
         ys = ((pix - dy)[:, None] + offsets[None, :]).reshape(-1, 1)
         fine = self._render(xs, ys).reshape(size, sub, size, sub)
