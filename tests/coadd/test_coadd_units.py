@@ -541,28 +541,3 @@ def _combine(
         np.where(csum > 0, v, np.inf).astype(np.float32),
         csum,
     )
-
-
-def test_rows_into_reused_buffers_equal_fresh_rows() -> None:
-    """``WarpStack.rows`` into a thread's ``RowBuffers`` gives the fresh arrays'
-    values whatever the band before it (taller, shorter, other rows), and
-    reuses the thread's memory instead of taking new."""
-    from skydm.coadd.stack import RowBuffers
-
-    rng = np.random.default_rng(5)
-    warps = []
-    for k in range(3):
-        img = rng.normal(0.0, 1.0, (96, 96)).astype(np.float32)
-        img[10 + k, 20:30] = np.nan  # unusable pixels are zeroed in both
-        w = _warp(img)
-        w.msk[40:44, 50 + k] = np.uint32(Mask.BAD)
-        warps.append(w)
-    stack = WarpStack(warps)
-    buffers = RowBuffers()
-    first = stack.rows(0, 70, buffers=buffers)[0]
-    for y0, y1 in ((30, 96), (5, 17), (0, 60), (0, 96)):
-        got = stack.rows(y0, y1, buffers=buffers)
-        for a, b in zip(got, stack.rows(y0, y1), strict=True):
-            assert a.dtype == b.dtype and np.array_equal(a, b)
-        # A band taller than the buffers grows them; others reuse them.
-        assert np.shares_memory(got[0], first) == (y1 - y0 <= 70)

@@ -26,7 +26,7 @@ from skydm.coadd._cw_pixels import combine_band, psf_widths2
 from skydm.coadd._cw_restore import Kernels, Restore, Target, restore_targets, split_targets
 from skydm.coadd._cw_streaks import Streak
 from skydm.coadd.combine import _coadd_exposure
-from skydm.coadd.stack import RowBuffers, WarpStack, check_rows
+from skydm.coadd.stack import WarpStack, check_rows
 from skydm.errors import BadValueError
 from skydm.image import Exposure, Mask
 from skydm.progress import Progress
@@ -71,7 +71,6 @@ def assemble_clipped(
     progress: Progress | None = None,
     threads: int = 2,
     subtract_streaks: bool = True,
-    buffers: RowBuffers | None = None,
 ) -> Exposure:
     """The coadd of ``stack`` with the pixels of ``clips`` replaced (PSF-preserving).
 
@@ -82,8 +81,7 @@ def assemble_clipped(
     of ``clips.streaks`` the epoch is kept with the streak's model
     subtracted (only kept, with ``subtract_streaks=False``: the scoring
     harness assembles artefact-free warps so), and the coadd's pixels get
-    the STREAK bit.  The bands are read into ``buffers`` if given
-    (:class:`~skydm.coadd.stack.RowBuffers`).
+    the STREAK bit.
 
     Raises
     ------
@@ -128,7 +126,7 @@ def assemble_clipped(
         i = index[y0, y1]
         ye = min(y1 + reach, ny)
         try:
-            img, var, good = stack.rows(y0, ye, buffers=buffers)
+            img, var, good = stack.rows(y0, ye)
             c = band_clip(clips, y0, ye, nx)
             modelled = np.zeros((ye - y0, nx), dtype=bool)
             for s in clips.streaks:

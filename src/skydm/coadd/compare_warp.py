@@ -76,7 +76,7 @@ from skydm.coadd._cw_streaks import (
     gather,
     in_sorted,
 )
-from skydm.coadd.stack import RowBuffers, WarpStack
+from skydm.coadd.stack import WarpStack
 from skydm.errors import MissingMetadataError
 from skydm.image import Exposure
 from skydm.progress import Progress
@@ -122,20 +122,10 @@ def compare_warp(
         no footprint can be clipped (the epoch threshold is 0) and only
         cosmic rays are removed.
     """
-    # One set of band buffers per thread for the three passes over the stack
-    # (outliers, streak gathering, assembly): fresh ones cost more than reading.
-    buffers = RowBuffers()
     clips = find_clips(
-        stack,
-        config=config,
-        chunk_rows=chunk_rows,
-        progress=progress,
-        threads=threads,
-        buffers=buffers,
+        stack, config=config, chunk_rows=chunk_rows, progress=progress, threads=threads
     )
-    return assemble_clipped(
-        stack, clips, chunk_rows=chunk_rows, progress=progress, threads=threads, buffers=buffers
-    )
+    return assemble_clipped(stack, clips, chunk_rows=chunk_rows, progress=progress, threads=threads)
 
 
 def check_inputs(stack: WarpStack, config: CompareWarpConfig) -> None:
@@ -250,14 +240,12 @@ def detect_outliers(
     *,
     threads: int = 2,
     progress: Progress | None = None,
-    buffers: RowBuffers | None = None,
 ) -> Outliers:
     """Stage 2: cosmic rays and PSF-matched outlier maps, band by band
     (``times``: the epochs' :func:`epoch_times`).
 
     The bands are read and filtered ``threads`` at a time (numpy and scipy
-    release the GIL), into ``buffers`` if given; their maps are merged in
-    band order.
+    release the GIL); their maps are merged in band order.
     """
     b, n = cfg.detect.bin, len(stack)
     ny, nx = stack.shape
@@ -269,7 +257,7 @@ def detect_outliers(
 
     def band(y0: int, y1: int) -> _Band:
         ya, yb = max(y0 - p.halo, 0), min(y1 + p.halo, ny)
-        img, var, good = stack.rows(ya, yb, buffers=buffers)
+        img, var, good = stack.rows(ya, yb)
         own_hits: list[tuple[int, np.ndarray]] = []
         if cr.enabled:
             lap = laplacian(img)
@@ -317,18 +305,16 @@ def find_clips(
     chunk_rows: int | None = None,
     progress: Progress | None = None,
     threads: int = 2,
-    buffers: RowBuffers | None = None,
 ) -> Clips:
     """Stages 1-4: what to clip from each warp of ``stack`` (see
     :func:`compare_warp`, which assembles the coadd from them with
-    :func:`~skydm.coadd._cw_assemble.assemble_clipped`); the passes read
-    the stack into ``buffers`` if given."""
+    :func:`~skydm.coadd._cw_assemble.assemble_clipped`)."""
     # One BLAS thread throughout (as the fits and the final pass have):
     # every matrix here is small (a band's epochs, a fit's few columns), so
     # BLAS's own threads only spin and wait, on a loaded machine for their
     # turn on a core; and the bits cannot depend on the machine's cores.
     with one_blas_thread():
-        return _find_clips(stack, config, chunk_rows, progress, threads, buffers)
+        return _find_clips(stack, config, chunk_rows, progress, threads)
 
 
 def _find_clips(
@@ -337,7 +323,6 @@ def _find_clips(
     chunk_rows: int | None,
     progress: Progress | None,
     threads: int,
-    buffers: RowBuffers | None = None,
 ) -> Clips:
     """:func:`find_clips`' stages, run with one BLAS thread."""
     cfg = config or CompareWarpConfig()
@@ -347,9 +332,7 @@ def _find_clips(
     if progress is not None:
         progress.total = 2 * len(p.chunks)
     t = epoch_times(stack)
-    outliers = detect_outliers(
-        stack, p, cfg, t, threads=threads, progress=progress, buffers=buffers
-    )
+    outliers = detect_outliers(stack, p, cfg, t, threads=threads, progress=progress)
     pixels = outliers.maps.pixels()
     tracks = MoverTracks()
     clip = clip_maps(
@@ -411,7 +394,7 @@ def _find_clips(
             taken.setdefault(s.k, []).append(s.index[:: max(1, s.index.size // 8)])
         owned = {k: np.concatenate(v) for k, v in taken.items()}
         clips.streaks = movers + model_streaks(
-            stack, clips, cfg.streaks, p.chunks, threads=threads, owned=owned, buffers=buffers
+            stack, clips, cfg.streaks, p.chunks, threads=threads, owned=owned
         )
     return clips
 
@@ -424,13 +407,11 @@ def model_streaks(
     *,
     threads: int = 2,
     owned: dict[int, np.ndarray] | None = None,
-    buffers: RowBuffers | None = None,
 ) -> list[Streak]:
     """Fit a line model to every clipped footprint (:mod:`skydm.coadd._cw_streaks`)
     but those holding one of ``owned[k]`` (flat pixels of epoch ``k`` that
     another model already covers); those that pass its tests are subtracted
-    at assembly instead of replaced.  The stack is read into ``buffers`` if
-    given."""
+    at assembly instead of replaced."""
     ny, nx = stack.shape
     cands = [
         c
@@ -460,7 +441,7 @@ def model_streaks(
             c for c, a, e in zip(cands, starts, ends, strict=True) if a < y1 * nx and e >= y0 * nx
         ]
         if mine:
-            img, var, good = stack.rows(y0, y1, buffers=buffers)
+            img, var, good = stack.rows(y0, y1)
             clipped = good & band_clip(clips, y0, y1, nx)
             gather(mine, y0, img, var, good, clipped, clips.cosmic_rays, weights, widths2)
 

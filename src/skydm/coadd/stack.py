@@ -9,7 +9,6 @@ memory stays bounded.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,23 +224,16 @@ class WarpStack:
             mask = raw_mask.astype(np.uint32)
         return img, var, mask
 
-    def rows(
-        self, y0: int, y1: int, *, buffers: RowBuffers | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows ``y0:y1`` of every warp: image and variance with bad pixels zeroed, and a
         boolean array that is True where a pixel may enter the coadd.
 
-        Shapes are ``(n_warps, y1 - y0, columns)``.  With ``buffers`` the
-        arrays are views of the calling thread's buffers, overwritten by its
-        next call with the same ``buffers``.
+        Shapes are ``(n_warps, y1 - y0, columns)``.
         """
         n, w = len(self), self.shape[1]
-        if buffers is not None:
-            img, var, good = buffers.take((n, y1 - y0, w))
-        else:
-            img = np.empty((n, y1 - y0, w), dtype=np.float32)
-            var = np.empty((n, y1 - y0, w), dtype=np.float32)
-            good = np.empty((n, y1 - y0, w), dtype=bool)
+        img = np.empty((n, y1 - y0, w), dtype=np.float32)
+        var = np.empty((n, y1 - y0, w), dtype=np.float32)
+        good = np.empty((n, y1 - y0, w), dtype=bool)
         for k in range(n):
             if not self._read_into(k, y0, y1, img[k], var[k], good[k]):
                 i, v, m = self.read(k, y0, y1)
@@ -370,43 +362,6 @@ class WarpStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class RowBuffers:
-    """Planes for :meth:`WarpStack.rows` reused from call to call, one set per
-    thread name.
-
-    A band of the stack is about a hundred megabytes; fresh memory of that
-    size costs the kernel a page fault and the zeroing of every page, on
-    this project's virtual machines up to half a second per CompareWarp
-    run over its passes.  CompareWarp's outlier pass, streak gathering and
-    final pass read every band into the same ``RowBuffers``: each band is
-    done with its arrays before its thread reads the next, and the passes
-    run one after the other, their band threads named alike by
-    :func:`~skydm.coadd._cw_assemble.in_order`, so a pass reuses the
-    buffers of the one before.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image, variance and usability arrays of ``shape`` (float32, float32, bool),
-        views of this thread's buffers (grown when too small)."""
-        size = shape[0] * shape[1] * shape[2]
-        name = threading.current_thread().name
-        with self._lock:
-            held = self._held.get(name)
-            if held is None or held[0].size < size:
-                held = (
-                    np.empty(size, dtype=np.float32),
-                    np.empty(size, dtype=np.float32),
-                    np.empty(size, dtype=bool),
-                )
-                self._held[name] = held
-        img, var, good = (a[:size].reshape(shape) for a in held)
-        return img, var, good
 
 
 def _resampling(card: object) -> str:
