@@ -23,6 +23,7 @@ import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from skydm.coadd._cw_linemodel import ProfileCache
 from skydm.coadd._cw_streaks import Candidate, Streak, fit_streak
@@ -100,9 +101,23 @@ def _fit_group(psf: Psf | None, nx: int, group: list[Candidate]) -> list[Streak 
 
 def one_blas_thread() -> AbstractContextManager[object]:
     """BLAS limited to one thread (nothing where threadpoolctl is missing): for
-    small matrices, faster, and the same bits whatever the machine's cores."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - a dependency of the coadd extra
-        return nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    small matrices, faster, and the same bits whatever the machine's cores.
+
+    The loaded BLAS libraries are looked up once per process (numpy's and
+    scipy's are loaded by this module's imports): threadpoolctl's lookup
+    of the process's shared libraries costs about 2 ms, paid at every call
+    before (one per epoch's group of fits).
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - a dependency of the coadd extra
+            return nullcontext()
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+#: threadpoolctl's controller of the BLAS libraries, made at the first call
+#: of :func:`one_blas_thread` (a forked worker inherits it with the libraries).
+_CONTROLLER: Any = None

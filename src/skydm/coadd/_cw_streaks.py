@@ -149,6 +149,10 @@ def gather(
     rows, nx = img.shape[1], img.shape[2]
     lo, hi = y0 * nx, (y0 + rows) * nx
     kept = good & ~clipped
+    # Pixels taken by one flat index into the band (epoch * plane + pixel):
+    # numpy's indexing by three arrays costs several times more.
+    plane = rows * nx
+    img_f, var_f = img.reshape(-1), var.reshape(-1)
     for c in cands:
         i0, i1 = np.searchsorted(c.index, (lo, hi))
         if i1 <= i0:
@@ -156,21 +160,18 @@ def gather(
         flat = c.index[i0:i1] - lo
         ys, xs = flat // nx, flat % nx
         k = c.k
-        usable = good[k, ys, xs]
-        if cr[k].size:
-            j = np.minimum(np.searchsorted(cr[k], c.index[i0:i1]), cr[k].size - 1)
-            usable &= cr[k][j] != c.index[i0:i1]
+        usable = good[k].reshape(-1)[flat] & ~in_sorted(c.index[i0:i1], cr[k])
         cand, share = replacement_shares(kept, ys, xs, k, weights, widths2)
         r, vr = np.zeros(ys.size), np.zeros(ys.size)
         for row in range(cand.shape[0]):
             sel = cand[row] >= 0
-            j = cand[row, sel]
+            at = cand[row, sel] * plane + flat[sel]
             s = share[row, sel].astype(np.float64)
-            r[sel] += s * img[j, ys[sel], xs[sel]]
-            vr[sel] += s * s * var[j, ys[sel], xs[sel]]
+            r[sel] += s * img_f[at]
+            vr[sel] += s * s * var_f[at]
         usable &= (cand >= 0).any(axis=0)
-        c.d[i0:i1] = img[k, ys, xs] - r
-        c.v[i0:i1] = var[k, ys, xs] + vr
+        c.d[i0:i1] = img_f[k * plane + flat] - r
+        c.v[i0:i1] = var_f[k * plane + flat] + vr
         c.ok[i0:i1] = usable & (c.v[i0:i1] > 0)
 
 
@@ -370,7 +371,15 @@ def _grown(index: np.ndarray, hit: np.ndarray, nx: int) -> np.ndarray:
         return hit
     steps = np.array([-nx - 1, -nx, -nx + 1, -1, 0, 1, nx - 1, nx, nx + 1])
     near = np.unique((index[hit][:, None] + steps[None, :]).reshape(-1))
-    return np.isin(index, near, assume_unique=False)
+    return in_sorted(index, near)
+
+
+def in_sorted(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in the sorted array ``table``: ``np.isin``
+    by binary search, without sorting again what is sorted already."""
+    if table.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return table[np.minimum(np.searchsorted(table, values), table.size - 1)] == values
 
 
 def _point_residuals(

@@ -74,6 +74,7 @@ from skydm.coadd._cw_streaks import (
     Streak,
     candidates,
     gather,
+    in_sorted,
 )
 from skydm.coadd.stack import WarpStack
 from skydm.errors import MissingMetadataError
@@ -421,7 +422,7 @@ def model_streaks(
             min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels,
         )
-        if owned is None or c.k not in owned or not np.isin(owned[c.k], c.index).any()
+        if owned is None or c.k not in owned or not in_sorted(owned[c.k], c.index).any()
     ]
     if not cands:
         return []

@@ -240,9 +240,13 @@ class WarpStack:
                 img[k], var[k] = i, v
                 np.equal(m & np.uint32(REJECT), 0, out=good[k])
             # ``v > 0`` is False for NaN; ``v < inf`` drops infinite variance.
-            good[k] &= np.isfinite(img[k]) & (var[k] > 0) & (var[k] < np.inf)
-            np.copyto(img[k], 0, where=~good[k])
-            np.copyto(var[k], 0, where=~good[k])
+            g = good[k]
+            g &= np.isfinite(img[k])
+            g &= var[k] > 0
+            g &= var[k] < np.inf
+            bad = ~g
+            np.copyto(img[k], 0, where=bad)
+            np.copyto(var[k], 0, where=bad)
         return img, var, good
 
     def _read_into(

@@ -20,12 +20,6 @@ from skydm.errors import BadValueError
 GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
-def _grid(size: int, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
-    half = size // 2
-    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
-    return x - dx, y - dy
-
-
 def _check_size(size: int) -> int:
     if size < 3 or size % 2 == 0:
         raise BadValueError("size", size, "an odd number of pixels >= 3")
@@ -60,16 +54,22 @@ class Psf(abc.ABC):
         dx, dy : float
             Sub-pixel shift of the centre from the stamp's central pixel.
         """
-        size = _check_size(size or self.default_size())
+        size = int(_check_size(size or self.default_size()))
         # Integrate over each pixel with a 5x5 sub-grid so that narrow PSFs are
         # not aliased (matters at seeing of ~2 pixels); all sub-samples are
         # evaluated in one vectorised call and summed per pixel.
         sub = 5
         offsets = (np.arange(sub) + 0.5) / sub - 0.5
-        x, y = _grid(size, dx, dy)
-        xs = x[:, :, None, None] + offsets[None, None, None, :]
-        ys = y[:, :, None, None] + offsets[None, None, :, None]
-        img = self._render(xs, ys).sum(axis=(2, 3))
+        pix = np.arange(-(size // 2), size // 2 + 1, dtype=np.float64)
+        # The sub-samples' coordinates along each axis (pixel, sub-sample):
+        # rendered as one fine image with whole rows of ``size * sub``, then
+        # laid out (row, column, sub-row, sub-column) for the per-pixel sums,
+        # the order (and so the bits) of rendering that 4-d layout directly,
+        # for less (half the time at 41 px; issue 19).
+        xs = ((pix - dx)[:, None] + offsets[None, :]).reshape(1, -1)
+        ys = ((pix - dy)[:, None] + offsets[None, :]).reshape(-1, 1)
+        fine = self._render(xs, ys).reshape(size, sub, size, sub)
+        img = np.ascontiguousarray(fine.transpose(0, 2, 1, 3)).sum(axis=(2, 3))
         return img / img.sum()
 
     @property
