@@ -120,7 +120,8 @@ def _open(reason: str) -> pytest.MarkDecorator:
     meet these (docs/coadd.md, "Held-out acceptance" and the dated rounds).
     They run and report their figures; an XPASS says a criterion held on
     this draw.  ``reason``'s figures: the 40 fresh fields of 2026-12-08
-    ("Issue 19, centroid floor round")."""
+    ("Issue 19, centroid floor round"; leakage and variables as moved by the
+    "spurious detections round")."""
     return pytest.mark.xfail(strict=False, reason=f"issue 19 (open): {reason}")
 
 
@@ -128,13 +129,13 @@ def _open(reason: str) -> pytest.MarkDecorator:
 LEAKING = {
     "cosmic_rays": "10/40",
     "satellite_trails_bright": "3/40",
-    "satellite_trails_faint": "11/40",
+    "satellite_trails_faint": "10/40",
     "asteroids_fast": "16/40",
     "asteroids_slow": "8/39",
     "ghosts": "14/38",
     "asteroids_overlapping": "22/40",
-    "asteroids_stepping": "16/40",
-    "satellite_trails_on_variables": "10/38",
+    "asteroids_stepping": "15/40",
+    "satellite_trails_on_variables": "12/38",
     "ghosts_on_stars": "13/39",
 }
 
@@ -187,7 +188,7 @@ def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> No
     assert not bad, f"median star bias (sigma) {bias}; {_replay(bad)}"
 
 
-@_open("8 of 60 clear variables off by more than 1% on 40 fields (0.88-1.03)")
+@_open("6 of 60 clear variables off by more than 1% on 40 fields (0.88-1.03)")
 def test_variables_clear_of_artefacts_keep_their_flux(results: Results) -> None:
     judged = 0
     bad = []

@@ -351,6 +351,41 @@ def test_a_variable_under_a_clipped_artefact_keeps_its_flux() -> None:
     )
 
 
+def test_a_clipped_variable_keeps_its_own_flux_unless_an_artefact_lies_on_it() -> None:
+    """Epoch 0 of a variable (bright that night, no other visit that night) is
+    clipped over the star with no measured change (``alpha`` 0): its own
+    pixels fit the PSF, so their flux is the target, not the other epochs'.
+    With a trail's light on the star in that epoch the own flux is refused
+    (it would keep the trail) and the other epochs' flux stands."""
+    from skydm.coadd._cw_config import RestoreConfig
+    from skydm.coadd._cw_restore import Restore, restore_targets
+
+    rng = np.random.default_rng(5)
+    n, shape, cy, cx = 6, (41, 41), 20.3, 19.8
+    sigmas = np.array([1.2, 1.4, 1.6, 1.3, 1.8, 1.5])
+    fluxes = np.array([9000.0, 3000.0, 5000.0, 3500.0, 4500.0, 4000.0])
+    times = [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    psfs = [GaussianPsf(float(s)) for s in sigmas]
+    img = np.empty((n, *shape), dtype=np.float32)
+    for j, p in enumerate(psfs):
+        img[j] = fluxes[j] * p.kernel(41, cx - 20, cy - 20) + rng.normal(0, 2.0, shape)
+    var = np.full(img.shape, 4.0, dtype=np.float32)
+    good = np.ones(img.shape, dtype=bool)
+    clipped = np.zeros(img.shape, dtype=bool)
+    clipped[0, 12:30, 10:30] = True
+    kept = good & ~clipped
+    items = [Restore(0, cy, cx, alpha=0.0)]
+    args = (var, kept, clipped, np.ones(n), psfs, RestoreConfig())
+    (t,) = restore_targets(items, 0, img, *args, times=times)
+    assert abs(t.target - 9000.0) < 150  # the others' flux is 4000
+    yy = np.arange(shape[0], dtype=float)[:, None]
+    img[0] += (60.0 * np.exp(-0.5 * ((yy - cy - 0.4 * (np.arange(41) - cx)) / 1.5) ** 2)).astype(
+        np.float32
+    )  # a trail across the star
+    (t,) = restore_targets(items, 0, img, *args, times=times)
+    assert abs(t.target - np.mean(fluxes[1:])) < 300
+
+
 def test_a_star_on_the_edge_of_the_data_is_no_cosmic_ray() -> None:
     """The Laplacian takes the missing neighbour beyond the edge as the one
     opposite: a star cut by the edge stays within its PSF's sharpness, while

@@ -335,6 +335,10 @@ class RestoreConfig:
         Epochs taken within this many days of the clipped one measure its
         flux (the light curve hardly moves within a night); none: the fitted
         multiple of the model is used.
+    own_chi2 : float
+        Reduced chi-square (noise plus ``floor``) of the clipped epoch's own
+        pixels about its PSF fit and the static sky up to which its own
+        flux is the target: no artefact's light lies on the source.
     """
 
     enabled: bool = True
@@ -342,9 +346,10 @@ class RestoreConfig:
     spread: float = 25.0
     floor: float = 0.03
     same_time_days: float = 0.1
+    own_chi2: float = 2.0
 
     def __post_init__(self) -> None:
-        _at_least(self, ("sn", "spread", "floor", "same_time_days"))
+        _at_least(self, ("sn", "spread", "floor", "same_time_days", "own_chi2"))
 
 
 @dataclass(frozen=True)

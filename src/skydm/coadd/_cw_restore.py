@@ -21,7 +21,10 @@ flux and the replacing epochs' own:
    light or a PSF-matching residual).  Epoch ``k``'s flux is the mean of
    the epochs taken within ``same_time_days`` of it (the light curve
    hardly moves within a night), else ``(1 + a)``
-   times the flux of the epochs the model held there.
+   times the flux of the epochs the model held there; but where epoch
+   ``k``'s own pixels fit its PSF about the static sky (:func:`_own_chi2`
+   at most ``own_chi2``: no artefact's light on the source), its own flux
+   on all its pixels.
 3. The correction ``(f_k - sum_j c_j f_j) PSF_k`` is added over the
    replaced pixels (:func:`replacement_correction`): a deterministic
    profile, so neither the replacing epochs' noise nor any light of theirs
@@ -208,7 +211,8 @@ def restore_targets(
     variance plus ``cfg.floor`` of the flux for photometric systematics)
     are left as they are.  The target is the mean flux of the epochs taken
     within ``cfg.same_time_days`` of epoch ``k`` (``times``: MJD per epoch), or, with
-    none, ``(1 + alpha)`` times the flux of the epochs in the model there.
+    none, ``(1 + alpha)`` times the flux of the epochs in the model there;
+    epoch ``k``'s own flux where its pixels fit (``cfg.own_chi2``).
 
     ``mask`` is epoch ``k``'s clipped pixels within two FWHM of the source,
     ``f`` every epoch's PSF flux of the source (``nan`` where unmeasured) and
@@ -232,12 +236,12 @@ def restore_targets(
         xs = slice(max(ix - h, 0), min(ix + h + 1, cols))
         if (iy, ix) not in cache:
             cache[iy, ix] = _photometry(
-                img, var, kept, usable, weights, kernels, ys, xs, iy, ix, big
+                img, var, kept, usable, weights, kernels, ys, xs, iy, ix, big, cfg.floor
             )
         meas = cache[iy, ix]
         if meas is None:
             continue
-        cy, cx, r2, mean, f, ef, g = meas
+        cy, cx, r2, mean, f, ef, g, q = meas
         others = [j for j in range(n) if j != it.k and np.isfinite(f[j])]
         if len(others) < max(3, n // 2):
             continue
@@ -274,6 +278,11 @@ def restore_targets(
                     target = float(np.mean(est[near]))
                     if np.isfinite(g[it.k]):
                         target = min(target, float(g[it.k]))
+        if np.isfinite(g[it.k]) and q[it.k] <= cfg.own_chi2:
+            # The epoch's own pixels are the source and noise (no artefact's
+            # light on it): its own flux is the measurement, exact where the
+            # fitted multiple and the same night's epochs only estimate it.
+            target = float(g[it.k])
         r = 2.0 * (fw[it.k] if math.isfinite(fw[it.k]) else big)
         disk = r2 <= r * r
         mask = disk & clipped[it.k, ys, xs]
@@ -296,10 +305,12 @@ def _photometry(
     iy: int,
     ix: int,
     big: float,
+    floor: float = 0.0,
 ) -> tuple | None:
     """Centre and every epoch's PSF flux of the source near (iy, ix) on the stamp
-    (ys, xs): ``(cy, cx, r2, mean, f, ef, g)``, or None beside a brighter source.
-    ``f`` uses the kept pixels, ``g`` every usable one (clipped ones too)."""
+    (ys, xs): ``(cy, cx, r2, mean, f, ef, g, q)``, or None beside a brighter
+    source.  ``f`` uses the kept pixels, ``g`` every usable one (clipped ones
+    too), ``q`` is how well ``g`` fits (:func:`_own_chi2`)."""
     n = img.shape[0]
     w = np.where(kept[:, ys, xs], weights[:, None, None], 0.0)
     wsum = w.sum(axis=0)
@@ -319,8 +330,10 @@ def _photometry(
             prof[j] = p
     x, v = img[:, ys, xs], var[:, ys, xs]
     f, ef = _psf_flux(x, v, kept[:, ys, xs] & core, prof)
-    g, _ = _psf_flux(x, v, usable[:, ys, xs] & core, prof)
-    return cy, cx, r2, mean, f, ef, g
+    on = usable[:, ys, xs] & core
+    g, _ = _psf_flux(x, v, on, prof)
+    q = _own_chi2(x, v, on, prof, g, weights, floor)
+    return cy, cx, r2, mean, f, ef, g, q
 
 
 def _centroid(stamp: np.ndarray, iy: int, ix: int) -> tuple[float, float]:
@@ -394,6 +407,39 @@ class Kernels:
         if ya < yb and xa < xb:
             out[ya:yb, xa:xb] = k[ya - y0 : yb - y0, xa - x0 : xb - x0]
         return out
+
+
+def _own_chi2(
+    x: np.ndarray,
+    v: np.ndarray,
+    on: np.ndarray,
+    p: np.ndarray,
+    g: np.ndarray,
+    w: np.ndarray,
+    floor: float,
+) -> np.ndarray:
+    """Per epoch, the reduced chi-square of its pixels ``on`` the core about its
+    own PSF fit ``g`` (all its pixels) plus the static sky around the source
+    (the other epochs' weighted mean residual there): about 1 where the
+    source's change is all the epoch differs by, large where an artefact's
+    light (a trail, a ghost, a mover) lies on the source."""
+    n = x.shape[0]
+    model = np.where(np.isfinite(g), g, 0.0)[:, None, None] * p
+    r = x - model
+    # The PSF's systematics (``floor`` of the flux) as in the spread test.
+    v = v + (floor * model) ** 2
+    ok = on & np.isfinite(g)[:, None, None]
+    wk = np.where(ok, w[:, None, None] / np.maximum(v, 1e-30), 0.0)
+    out = np.full(n, np.inf)
+    for k in range(n):
+        wo = wk.copy()
+        wo[k] = 0.0
+        ws = wo.sum(axis=0)
+        sky = (wo * r).sum(axis=0) / np.maximum(ws, 1e-30)
+        use = ok[k] & (ws > 0) & (v[k] > 0)
+        if use.sum() > 1:
+            out[k] = float(((r[k] - sky)[use] ** 2 / v[k][use]).sum()) / (int(use.sum()) - 1)
+    return out
 
 
 def _psf_flux(
