@@ -125,26 +125,9 @@ def centroid_tracks(
         d2 = (yy - cen[:, :1, None]) ** 2 + (xx - cen[:, 1:, None]) ** 2
         cen = c + (cen - c) * stretch[:, None]
         photon2 = (g2v * d2).sum(axis=(1, 2)) / (2 * s * s) * stretch**2
-        # The point source's flux: the window's, undone for the share of the
-        # light that the seeing and the offset from the window's centre take
-        # outside it (a Gaussian source in a Gaussian window).
-        # Only where it is within the window's sigma of the centre is that
-        # correction good (farther, the window pulls the centroid in): the
-        # flux elsewhere is left out (NaN) of the flux test.
-        off2 = ((cen - c) ** 2).sum(axis=1)
-        flux = s * stretch * np.exp(0.5 * off2 / (s2 + widths2[use]))
-        flux[off2 > s2] = np.nan
-        measured.append(
-            _Centroids(cy0, cx0, times[use], cen, photon2, night[use], flux, s * stretch)
-        )
+        measured.append(_Centroids(cy0, cx0, times[use], cen, photon2, night[use], s * stretch))
     floor2 = centroid_floor(measured, fwhm) ** 2
     for m in measured:
-        # A mover's flux is steady; a static source blended with variable
-        # neighbours has a centroid that wanders with their light curves.
-        near = m.flux[np.isfinite(m.flux)]
-        rel = near / float(np.median(near)) if near.size >= cfg.min_epochs else np.ones(1)
-        if 1.4826 * float(np.median(np.abs(rel - 1.0))) > cfg.max_flux_scatter:
-            continue
         w = 1.0 / (m.photon2 + floor2)
         fit = _line(m.t, m.cen, w, m.nights, cfg.min_epochs, m.window)
         if fit is None:
@@ -188,9 +171,7 @@ class _Centroids(NamedTuple):
     """One bright source's per-epoch centroids (full resolution, about
     ``cy``, ``cx``): the epochs' times and nights, the centroids and their
     photon variance per axis (both corrected for the window's pull), and
-    the flux in the window (corrected for the share of the light outside
-    it; NaN where the source is too far from the window's centre for that)
-    and the window's flux corrected for the seeing only (``window``)."""
+    the window's flux corrected for the seeing (``window``)."""
 
     cy: int
     cx: int
@@ -198,7 +179,6 @@ class _Centroids(NamedTuple):
     cen: np.ndarray
     photon2: np.ndarray
     nights: np.ndarray
-    flux: np.ndarray
     window: np.ndarray
 
 

@@ -194,12 +194,6 @@ class MoverConfig:
         Significance (motion over its error) from which a bright static
         source whose centroid moves along a straight line through time is
         a mover (:func:`skydm.coadd._cw_centroids.centroid_tracks`); 0: off.
-    max_flux_scatter : float
-        Largest robust relative rms of such a source's flux over the epochs
-        (corrected for the share of its light outside the centroid window):
-        a mover's flux is steady, while a static source blended with
-        variable neighbours, whose centroid wanders with their light
-        curves, is not (issue 19).
     model : bool
         Subtract the moving point source fitted along each track where it
         is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead
@@ -216,7 +210,6 @@ class MoverConfig:
     min_gap_days: float = 0.5
     max_size_fwhm: float = 2.0
     centroid_sn: float = 8.0
-    max_flux_scatter: float = 0.1
     model: bool = True
 
     def __post_init__(self) -> None:
@@ -230,7 +223,6 @@ class MoverConfig:
                 "min_gap_days",
                 "max_size_fwhm",
                 "centroid_sn",
-                "max_flux_scatter",
             ),
         )
         if not (isinstance(self.min_epochs, int) and self.min_epochs >= 2):
