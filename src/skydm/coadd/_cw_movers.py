@@ -323,10 +323,16 @@ def model_movers(
     b: int,
     times: np.ndarray,
     systematic: float = 0.0,
+    link: float = 0.0,
 ) -> MoverModels:
     """Fit each track as a static sky plus a moving point source of constant
     flux over the epochs of its span, and return the significant ones as
     per-epoch models to subtract (see the module docs).
+
+    A centroid track (after the first ``tracks.chained``) within ``link``
+    binned pixels of a confirmed track is that track's mover, and is not
+    fitted again; near a chained track that the fit does not confirm (lobes
+    of other sources linked into it), it is fitted on its own.
 
     The flux has a closed form for given positions (the static sky, one
     value per pixel, is eliminated by taking each pixel's weighted mean
@@ -345,6 +351,10 @@ def model_movers(
     for i_span, (track, epochs) in enumerate(tracks.spans):
         ks = np.array([k for k in epochs if psfs[k] is not None], dtype=np.int64)
         if ks.size < 3:
+            continue
+        if i_span >= tracks.chained and any(
+            np.hypot(*(tracks.spans[i][0].p0 - track.p0)) <= link for i in out.movers
+        ):
             continue
         dt = times[ks] - track.tm
         # Binned pixel centres to full resolution.

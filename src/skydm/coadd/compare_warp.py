@@ -351,16 +351,14 @@ def _find_clips(
         found = centroid_tracks(
             stack, outliers.maps.peaks, outliers.cosmic_rays, t, b, p.target_fwhm, mover
         )
-        # A peak on a chained track is already that track's.
-        near = mover.link_fwhm * p.target_fwhm / b
-        tracks.spans += [
-            (c, ks)
-            for c, ks in found
-            if all(np.hypot(*(tr.at(tr.tm) - c.p0)) > near for tr, _ in tracks.spans)
-        ]
+        tracks.spans += found
     movers: list[Streak] = []
     if mover.enabled and mover.model:
-        models = model_movers(stack, tracks, outliers.cosmic_rays, b, t, cfg.detect.systematic)
+        # A peak on a confirmed track is already that track's.
+        link = mover.link_fwhm * p.target_fwhm / b
+        models = model_movers(
+            stack, tracks, outliers.cosmic_rays, b, t, cfg.detect.systematic, link
+        )
         movers = models.streaks
         # A chained track that the fit over all its epochs does not confirm
         # (no point source moving along it with significant flux and
