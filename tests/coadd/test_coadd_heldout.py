@@ -120,22 +120,22 @@ def _open(reason: str) -> pytest.MarkDecorator:
     meet these (docs/coadd.md, "Held-out acceptance" and the dated rounds).
     They run and report their figures; an XPASS says a criterion held on
     this draw.  ``reason``'s figures: the 40 fresh fields of 2026-12-08
-    ("Issue 19, centroid floor round"; leakage and variables as moved by the
-    "spurious detections round")."""
+    ("Issue 19, centroid floor round"; leakage, variables and star bias as
+    moved by the "spurious detections" and "variable-blend guard" rounds)."""
     return pytest.mark.xfail(strict=False, reason=f"issue 19 (open): {reason}")
 
 
 #: Per class, fields over 0.05 of those judged, on the 40 fields.
 LEAKING = {
     "cosmic_rays": "10/40",
-    "satellite_trails_bright": "3/40",
-    "satellite_trails_faint": "10/40",
-    "asteroids_fast": "16/40",
-    "asteroids_slow": "8/39",
-    "ghosts": "14/38",
-    "asteroids_overlapping": "22/40",
-    "asteroids_stepping": "15/40",
-    "satellite_trails_on_variables": "12/38",
+    "satellite_trails_bright": "0/40",
+    "satellite_trails_faint": "6/40",
+    "asteroids_fast": "14/40",
+    "asteroids_slow": "8/40",
+    "ghosts": "13/40",
+    "asteroids_overlapping": "20/40",
+    "asteroids_stepping": "16/40",
+    "satellite_trails_on_variables": "5/38",
     "ghosts_on_stars": "13/39",
 }
 
@@ -180,7 +180,7 @@ def test_noise_within_two_percent_of_the_weighted_mean(results: Results) -> None
     assert not bad, f"noise ratio {ratios}; {_replay(bad)}"
 
 
-@_open("median star bias beyond 0.02 sigma on 3 of 40 fields (to -0.042)")
+@_open("median star bias beyond 0.02 sigma on 1 of 40 fields (-0.042)")
 def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> None:
     assert all(r["n_stars"] >= 20 for r in results), {r["label"]: r["n_stars"] for r in results}
     bad = [r for r in results if not abs(r["star_bias"]) <= 0.02]
@@ -188,7 +188,7 @@ def test_median_star_bias_within_two_hundredths_of_sigma(results: Results) -> No
     assert not bad, f"median star bias (sigma) {bias}; {_replay(bad)}"
 
 
-@_open("6 of 60 clear variables off by more than 1% on 40 fields (0.88-1.03)")
+@_open("6 of 60 clear variables off by more than 1% on 40 fields (0.88-1.07)")
 def test_variables_clear_of_artefacts_keep_their_flux(results: Results) -> None:
     judged = 0
     bad = []
