@@ -290,7 +290,7 @@ class TrailConfig:
     aspect: float = 8.0
     line_sn: float = 5.0
     piece_length: float = 8.0
-    piece_aspect: float = 2.0
+    piece_aspect: float = 1.5
     max_angle: float = 15.0
     segment: float = 16.0
 

@@ -112,15 +112,16 @@ def _score(
     nx_, ny_ = -uy, ux  # the normal
     # The trail's light is within a FWHM of its axis (the piece's width is
     # that of its PSF-matched footprint, merged with what it touched): the
-    # sum is taken there, as far beside it as the clipped strip is wide.
-    off = 2 * half + gap
-    core = min(half, gap)
+    # sum is taken there, and beside it a FWHM beyond (not beyond the
+    # piece's width, which would take the flanks off a small cell).
+    core = min(half, gap / 2)
+    off = 2 * core + gap
     strips = [
         _strip(shape, cx + f * off * nx_, cy + f * off * ny_, ux, uy, core) for f in (0, 1, -1)
     ]
     span = math.ceil(math.hypot(*shape) / segment) + 1
     flat_sig, flat_use = sig.reshape(-1), usable.reshape(-1)
-    means = []
+    means: list[np.ndarray] = []
     counts_c = np.zeros(0)
     for idx in strips:
         idx = idx[flat_use[idx]]
@@ -133,20 +134,27 @@ def _score(
             counts_c = counts.astype(np.float64)
         with np.errstate(all="ignore"):
             means.append(np.where(counts >= MIN_SEGMENT, sums / np.maximum(counts, 1), np.nan))
-    vals = means[0] - 0.5 * (means[1] + means[2])
+    # Either flank may leave the cell or lie on clipped pixels: the
+    # segment's background is the flanks it has.
+    flank = np.vstack(means[1:])
+    have = np.isfinite(flank).sum(axis=0)
+    with np.errstate(all="ignore"):
+        vals = means[0] - np.where(have > 0, np.nansum(flank, axis=0) / have, np.nan)
     null = (means[1] - means[2]) * math.sqrt(0.75)  # same variance, no trail
-    ok = np.isfinite(vals) & np.isfinite(null)
+    ok = np.isfinite(vals)
     if ok.sum() < 3:
         return 0.0
     # The noise of a segment's value, measured beside the line (pixel
     # correlation, faint sources' residuals), and at least what the flank
-    # pixels' own scatter gives: the trail's own segments (bright pieces
-    # clipped, faint gaps) must not set it.
+    # pixels' own scatter gives (for a segment with one flank, 2 pixel
+    # samples): the trail's own segments (bright pieces clipped, faint gaps)
+    # must not set it.
     flanks = np.concatenate([flat_sig[i[flat_use[i]]] for i in strips[1:]])
-    per = float(np.mean(counts_c[ok])) if ok.any() else 1.0
-    sd = max(
-        float(np.sqrt(np.mean(null[ok] ** 2))), float(np.std(flanks)) * math.sqrt(1.5 / per)
-    )
+    per = float(np.mean(counts_c[ok]))
+    both = ok & np.isfinite(null)
+    sd = float(np.std(flanks)) * math.sqrt(2.0 / per)
+    if both.sum() >= 3:
+        sd = max(sd, float(np.sqrt(np.mean(null[both] ** 2))))
     return float(vals[ok].sum() / (sd * math.sqrt(ok.sum()))) if sd > 0 else 0.0
 
 
@@ -169,10 +177,11 @@ def _significance(
         bi, bv, bc = bin_planes(img, var, good, b)
         del img, var, good
         full = bc >= 1.0
-        data = np.where(full, bi, np.nan)
+        # A pixel no epoch fully covers has no median (NaN here, not a warning).
+        data = np.where(full | ~full.any(axis=0), bi, np.nan)
         with np.errstate(all="ignore"):
             med = np.nanmedian(data, axis=0)
-            out = (data[sel] - med) / np.sqrt(bv[sel])
+            out = np.where(full[sel], (data[sel] - med) / np.sqrt(bv[sel]), np.nan)
         return np.asarray(out, dtype=np.float32)
 
     sig = np.full((sel.size, *shape), np.nan, dtype=np.float32)
@@ -212,7 +221,7 @@ def trail_lines(
     sig = _significance(stack, epochs, b, (rows, cols), chunks, run)
     avoid = np.zeros((rows, cols), dtype=bool)
     if bright is not None and bright.any():
-        avoid = _dilate(bright, _disk(2 * fwhm))
+        avoid = _dilate(bright, _disk(fwhm))
     taken = 0
     for s, k in enumerate(epochs):
         usable = np.isfinite(sig[s]) & ~clip[k] & ~avoid
@@ -227,7 +236,10 @@ def trail_lines(
             if set(line[5]) <= done:
                 continue  # these pieces' trail is already clipped
             done.update(line[5])
-            strip = _strip((rows, cols), *line[:5])
+            # As wide as the piece, but no wider than a trail's PSF-matched
+            # footprint (a piece merged with a star is wider).
+            half = min(line[4], 2 * fwhm)
+            strip = _strip((rows, cols), *line[:4], half)
             clip[k].reshape(-1)[strip[np.isfinite(sig[s].reshape(-1)[strip])]] = True
             taken += 1
     return taken
