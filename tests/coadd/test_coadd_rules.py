@@ -396,7 +396,7 @@ def test_kernel_table_matches_the_psf_kernel_at_any_shift(psf) -> None:  # type:
 
 
 def test_a_faint_trail_found_in_pieces_is_clipped_along_its_whole_line() -> None:
-    """A trail at 0.8 sigma a pixel, brighter (found) on two short pieces only:
+    """A trail at 1 sigma a pixel, brighter (found) on two short pieces only:
     the line through the pieces, significant summed along it, is clipped in
     its gaps too; without the line test the gaps are kept, and no other
     epoch is touched."""
@@ -408,7 +408,7 @@ def test_a_faint_trail_found_in_pieces_is_clipped_along_its_whole_line() -> None
     along = xx
     profile = np.exp(-0.5 * (dist / sigma) ** 2)
     bright = ((along > 10) & (along < 40)) | ((along > 84) & (along < 114))
-    trail = profile * np.where(bright, 12.0, 1.6)
+    trail = profile * np.where(bright, 12.0, 2.0)
     warps = []
     for k in range(n):
         img = rng.normal(0, 2.0, shape) + (trail if k == 3 else 0.0)
