@@ -12,7 +12,7 @@ from coadd_harness.outliers import outlier_pixels
 from skydm.coadd import SkyCell, WarpStack
 from skydm.coadd._cw_config import CompareWarpConfig, MoverConfig
 from skydm.coadd._cw_rules import RuleContext, Variable, _epoch, _footprints, clip_maps
-from skydm.coadd.compare_warp import compare_warp, find_clips
+from skydm.coadd.compare_warp import compare_warp
 from skydm.errors import BadValueError
 from skydm.image import Exposure, GaussianPsf, VisitInfo
 from skydm.image.psf import MoffatPsf, PixelPsf
@@ -393,41 +393,3 @@ def test_kernel_table_matches_the_psf_kernel_at_any_shift(psf) -> None:  # type:
         got = table.kernel(float(dx), float(dy))
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * want.max(), (dx, dy)
-
-
-def test_a_faint_trail_found_in_pieces_is_clipped_along_its_whole_line() -> None:
-    """A trail at 1 sigma a pixel, brighter (found) on two short pieces only:
-    the line through the pieces, significant summed along it, is clipped in
-    its gaps too; without the line test the gaps are kept, and no other
-    epoch is touched."""
-    rng = np.random.default_rng(11)
-    n, shape, sigma = 8, (128, 128), 1.5
-    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
-    # The trail: y = 20 + 0.6 x, Gaussian across (sigma of the PSF).
-    dist = np.abs(yy - 20 - 0.6 * xx) / math.hypot(1, 0.6)
-    along = xx
-    profile = np.exp(-0.5 * (dist / sigma) ** 2)
-    bright = ((along > 10) & (along < 40)) | ((along > 84) & (along < 114))
-    trail = profile * np.where(bright, 12.0, 2.0)
-    warps = []
-    for k in range(n):
-        img = rng.normal(0, 2.0, shape) + (trail if k == 3 else 0.0)
-        warps.append(
-            Exposure(
-                img.astype(np.float32),
-                np.full(shape, 4.0, dtype=np.float32),
-                wcs=CELL.wcs,
-                psf=GaussianPsf(sigma),
-                zero_point=28.0,
-                info=VisitInfo(mjd=60000.0 + k),
-            )
-        )
-    on = find_clips(WarpStack(warps)).clip
-    off = find_clips(
-        WarpStack(warps), config=CompareWarpConfig.from_options(rules__trail__line_sn=0.0)
-    ).clip
-    gap = (along[::2, ::2] > 44) & (along[::2, ::2] < 80) & (dist[::2, ::2] < 1.0)
-    assert off[3][bright[::2, ::2] & (dist[::2, ::2] < 1.0)].mean() > 0.5
-    assert off[3][gap].mean() < 0.2, "the gap is already clipped without the line test"
-    assert on[3][gap].mean() > 0.9, "the line test did not clip the trail's gap"
-    assert not on[[0, 1, 2, 4, 5, 6, 7]].any()

@@ -271,32 +271,14 @@ class TrailConfig:
         thin footprints count.
     aspect : float
         Smallest length over width.
-    line_sn : float
-        The faint-trail line test (:mod:`skydm.coadd._cw_trails`): a clipped
-        piece's line is clipped across the grid where the epoch's difference
-        along it, less beside it, reaches this t statistic over its
-        segments (0: no line test).
-    piece_length, piece_aspect : float
-        Smallest length (binned pixels) and length over width of a clipped
-        piece that proposes a line.
-    max_angle : float
-        Most degrees between the line through two pieces and their axes.
-    segment : float
-        Length (binned pixels) of the segments along a line.
     """
 
     enabled: bool = True
     length: float = 40.0
     aspect: float = 8.0
-    line_sn: float = 5.0
-    piece_length: float = 8.0
-    piece_aspect: float = 1.5
-    max_angle: float = 15.0
-    segment: float = 16.0
 
     def __post_init__(self) -> None:
-        _at_least(self, ("length", "aspect", "piece_length", "piece_aspect", "segment"), 1.0)
-        _at_least(self, ("line_sn", "max_angle"))
+        _at_least(self, ("length", "aspect"), 1.0)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,6 @@ from skydm.coadd._cw_streaks import (
     gather,
     in_sorted,
 )
-from skydm.coadd._cw_trails import trail_lines
 from skydm.coadd.stack import WarpStack
 from skydm.errors import MissingMetadataError
 from skydm.image import Exposure
@@ -371,12 +370,6 @@ def _find_clips(
         if len(kept) < tracks.chained and tracks.others is not None:
             clip = tracks.others.copy()
             Mover(mover).clip_spans(clip, kept, outliers.maps.cover, t, p.target_fwhm / b)
-    if cfg.rules.trail.enabled:
-        # Faint trails found in pieces: whole lines, where their sum is significant.
-        trail_lines(
-            clip, stack, outliers.maps.peaks, cfg.rules.trail, b=b, fwhm=p.target_fwhm / b,
-            chunks=p.chunks, run=lambda f, c: in_order(f, c, threads=threads),
-        )  # fmt: skip
     # Variable sources under clipped pixels keep their clipped epoch's flux.
     restore = find_restorations(clip, pixels, cfg, b, p.target_fwhm / b, outliers.maps.peaks)
     clips = Clips(
