@@ -51,6 +51,16 @@ MODEL_REACH = 1e-3
 #: Smallest significance (flux over its error) of a fitted mover model.
 MODEL_SN = 5.0
 
+#: The static alternative's position is fitted as an offset from the track's
+#: mean (pixels), so that its finite-difference step and its tolerance are in
+#: pixels, not relative to the position in the cell (a relative step of 1e-3
+#: was 0.1-0.2 px, and most fits ran to their evaluation cap); a hundredth
+#: of a pixel is far below any PSF's width.
+STATIC_STEP_PX = 1e-2
+
+#: At most this many evaluations of the static alternative (2 parameters).
+STATIC_MAX_EVALS = 40
+
 
 def reference_epochs(times: np.ndarray) -> np.ndarray:
     """Per epoch, the epoch its time codes compare it with: the last one in
@@ -602,10 +612,18 @@ def _motion_chi2(
     q0 = theta[:2] + dt.mean() * theta[2:]
     try:
         fit = optimize.least_squares(
-            still, q0, bounds=(q0 - fw, q0 + fw), diff_step=1e-3, max_nfev=40
+            lambda dq: still(q0 + dq),
+            np.zeros(2),
+            bounds=(-fw, fw),
+            diff_step=STATIC_STEP_PX,
+            max_nfev=STATIC_MAX_EVALS,
+            xtol=STATIC_STEP_PX,
+            # A chi-square gain to 1e-4 of the stamp's chi-square: far finer
+            # than the decision's threshold of MODEL_SN**2.
+            ftol=1e-4,
         )
     except (ValueError, np.linalg.LinAlgError):
         return 0.0
-    gain = (still(fit.x) ** 2).reshape(n, -1).sum(axis=1)
+    gain = (still(q0 + fit.x) ** 2).reshape(n, -1).sum(axis=1)
     gain -= (solve(theta)[3] ** 2).reshape(n, -1).sum(axis=1)
     return n * float(np.median(gain))
