@@ -430,12 +430,12 @@ def _own_chi2(
     v = v + (floor * model) ** 2
     ok = on & np.isfinite(g)[:, None, None]
     wk = np.where(ok, w[:, None, None] / np.maximum(v, 1e-30), 0.0)
+    # The other epochs' weighted mean: the totals less epoch k's own share.
+    wsum, wrsum = wk.sum(axis=0), (wk * r).sum(axis=0)
     out = np.full(n, np.inf)
     for k in range(n):
-        wo = wk.copy()
-        wo[k] = 0.0
-        ws = wo.sum(axis=0)
-        sky = (wo * r).sum(axis=0) / np.maximum(ws, 1e-30)
+        ws = wsum - wk[k]
+        sky = (wrsum - wk[k] * r[k]) / np.maximum(ws, 1e-30)
         use = ok[k] & (ws > 0) & (v[k] > 0)
         if use.sum() > 1:
             out[k] = float(((r[k] - sky)[use] ** 2 / v[k][use]).sum()) / (int(use.sum()) - 1)
