@@ -302,7 +302,8 @@ def test_a_static_source_brightening_beside_a_star_is_no_mover_to_the_model() ->
     passed as a mover).  A static source of free per-epoch flux (a
     variable) fits it better still, so it is no mover; a mover of steady
     flux at 0.3 px per epoch beside the same star is one, with its flux."""
-    from skydm.coadd._cw_movers import MoverTracks, Track, epoch_times, model_movers
+    from skydm.coadd._cw_movermodel import model_movers
+    from skydm.coadd._cw_movers import MoverTracks, Track, epoch_times
 
     yy, xx = np.mgrid[:96, :96].astype(float)
 
@@ -378,7 +379,7 @@ def test_footprints_a_mover_model_covers_are_not_fitted_as_lines(
 def test_kernel_table_matches_the_psf_kernel_at_any_shift(psf) -> None:  # type: ignore[no-untyped-def]
     """The mover fit's interpolated kernels equal the PSF's own to 1e-4 of
     their peak, at the table's phases and between them."""
-    from skydm.coadd._cw_movers import KernelTable
+    from skydm.coadd._cw_movermodel import KernelTable
 
     h = max(3, math.ceil(2 * psf.fwhm))
     table = KernelTable(psf, h)

@@ -8,7 +8,7 @@ sigma on the pixel noise) was subtracted: the star lost up to half its
 flux and the coadd had a hole (NO_DATA) in its core, which the harness
 scored as a leakage of -9.5 for ghosts on stars.  A chained track is now a
 mover only where the fit over all its epochs confirms it with significant
-motion against the PSF-mismatch noise (``_cw_movers._motion_chi2``).
+motion against the PSF-mismatch noise (``_cw_movermodel._motion_chi2``).
 
 The field is a 64x64 cut stored in ``data/static_star.npz``
 (``data/make_static_star.py``), and its central 40x40.  Before the fix, on

@@ -61,7 +61,7 @@ def _with(exp: Exposure, image: np.ndarray) -> Exposure:
 
 
 def _is_mover(s: Any) -> bool:
-    # The mover model's streaks carry no segment (_cw_movers.model_movers).
+    # The mover model's streaks carry no segment (_cw_movermodel.model_movers).
     return s.x0 == s.x1 == s.y0 == s.y1 == 0 and s.chi2 == 0.0
 
 

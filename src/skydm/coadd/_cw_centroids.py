@@ -17,7 +17,8 @@ import numpy as np
 from scipy import stats
 
 from skydm.coadd._cw_config import MoverConfig
-from skydm.coadd._cw_movers import MODEL_SN, Track
+from skydm.coadd._cw_movermodel import MODEL_SN
+from skydm.coadd._cw_movers import Track
 
 if TYPE_CHECKING:
     from skydm.coadd.stack import WarpStack

@@ -196,7 +196,7 @@ class MoverConfig:
         a mover (:func:`skydm.coadd._cw_centroids.centroid_tracks`); 0: off.
     model : bool
         Subtract the moving point source fitted along each track where it
-        is significant (:func:`skydm.coadd._cw_movers.model_movers`) instead
+        is significant (:func:`skydm.coadd._cw_movermodel.model_movers`) instead
         of replacing the track's pixels.
     """
 

@@ -55,11 +55,11 @@ from skydm.coadd._cw_differences import (
     match_planes,
 )
 from skydm.coadd._cw_fits import fit_candidates, one_blas_thread
+from skydm.coadd._cw_movermodel import model_movers
 from skydm.coadd._cw_movers import (
     Mover,
     MoverTracks,
     epoch_times,
-    model_movers,
     reference_epochs,
 )
 from skydm.coadd._cw_pixels import (
